@@ -1,0 +1,296 @@
+import type pg from 'pg';
+import { DEFAULTS, resolveConnectionString, validateName, validatePositiveInt, validateSchemaName } from './config.ts';
+import { createPool, explainConnectionErrors, type Queryable } from './db.ts';
+import { GrapevineError } from './errors.ts';
+import { isTerminal, jobFromRow, type Job } from './job.ts';
+import { Listener } from './listener.ts';
+import { silentLogger, type Logger } from './log.ts';
+import { parseJobNotification, rangesContain } from './notification.ts';
+import { channelsFor } from './schema/channels.ts';
+import { migrate, type MigrateResult } from './schema/migrate.ts';
+import { jobStatements } from './sql/jobs.ts';
+import { withValues } from './sql/statement.ts';
+
+export interface ClientOptions {
+  /** Defaults to DATABASE_URL. */
+  connectionString?: string;
+  /** Defaults to "grapevine". */
+  schema?: string;
+  /** Bring your own pool; the client will not end it on close(). */
+  pool?: pg.Pool;
+  /** Apply migrations before first use (default true). Turn off where the runtime role has no DDL rights. */
+  migrate?: boolean;
+  /** Largest accepted payload, in bytes of JSON (default 1 MiB). */
+  maxPayloadBytes?: number;
+  logger?: Logger;
+}
+
+export interface AddJobOptions {
+  /** When the job becomes due (default: now). */
+  runAt?: Date | string;
+  /** Higher runs first (default 0). */
+  priority?: number;
+  queue?: string;
+  maxAttempts?: number;
+  /** Hard limit on one attempt; the thread is terminated when it runs over. */
+  timeoutMs?: number;
+  /** Enqueue inside the caller's open transaction: rolled back means no job and no notification. */
+  db?: Queryable;
+}
+
+export interface JobSpec extends Omit<AddJobOptions, 'db'> {
+  task: string;
+  payload?: unknown;
+}
+
+export interface Client {
+  readonly schema: string;
+  addJob(task: string, payload?: unknown, options?: AddJobOptions): Promise<string>;
+  addJobs(jobs: JobSpec[], options?: { db?: Queryable }): Promise<string[]>;
+  getJob(id: string | number): Promise<Job | null>;
+  /** Resolves when the job is terminal; wakes on a notification, never polls. */
+  waitForJob(id: string | number, options?: { timeoutMs?: number }): Promise<Job>;
+  /** Cancels a pending job at once; a running one is signalled on whichever host runs it. */
+  cancelJob(id: string | number): Promise<{ state: string | null }>;
+  /** Makes pending jobs due now (all, or the given ids): for tests and operators. */
+  runDueNow(ids?: Array<string | number>): Promise<number>;
+  migrate(): Promise<MigrateResult>;
+  close(): Promise<void>;
+}
+
+interface Row {
+  task: string;
+  payload: unknown;
+  queue: string;
+  run_at: string | null;
+  priority: number;
+  max_attempts: number;
+  timeout_ms: number | null;
+}
+
+export function createClient(options: ClientOptions = {}): Client {
+  const schema = validateSchemaName(options.schema ?? DEFAULTS.schema);
+  const connectionString = options.pool ? (options.connectionString ?? '') : resolveConnectionString(options.connectionString);
+  const maxPayloadBytes = options.maxPayloadBytes ?? 1024 * 1024;
+  const logger = options.logger ?? silentLogger();
+  const pool = options.pool ?? createPool(connectionString, { max: 4, applicationName: 'grapevine-client' });
+  const sql = jobStatements(schema);
+  const channels = channelsFor(schema);
+  let migrated: Promise<MigrateResult> | null = null;
+  let doneListener: Promise<Listener> | null = null;
+  const waiters = new Map<string, Set<() => void>>();
+
+  const ensureMigrated = (): Promise<unknown> => {
+    if (options.migrate === false) return Promise.resolve();
+    migrated ??= explainConnectionErrors(connectionString, () => migrate(pool, schema)).catch((err) => {
+      migrated = null;
+      throw err;
+    });
+    return migrated;
+  };
+
+  const run = async <T>(fn: () => Promise<T>): Promise<T> => {
+    await ensureMigrated();
+    return explainConnectionErrors(connectionString, fn);
+  };
+
+  const toRow = (spec: JobSpec): Row => {
+    const task = validateName('task', spec.task);
+    const queue = validateName('queue', spec.queue ?? DEFAULTS.queue);
+    let payloadJson: string | undefined;
+    try {
+      payloadJson = JSON.stringify(spec.payload ?? {});
+    } catch (err) {
+      throw new GrapevineError(
+        'GRAPEVINE_PAYLOAD_INVALID',
+        `payload of task "${task}" is not JSON-serializable (${(err as Error).message}): pass plain objects, arrays, strings, numbers and booleans`,
+      );
+    }
+    if (payloadJson === undefined) {
+      throw new GrapevineError('GRAPEVINE_PAYLOAD_INVALID', `payload of task "${task}" is not JSON (got ${typeof spec.payload})`);
+    }
+    if (Buffer.byteLength(payloadJson) > maxPayloadBytes) {
+      throw new GrapevineError(
+        'GRAPEVINE_PAYLOAD_INVALID',
+        `payload of task "${task}" is ${Buffer.byteLength(payloadJson)} bytes, over the ${maxPayloadBytes}-byte limit: ` +
+          'store large data elsewhere and pass a reference, or raise maxPayloadBytes',
+      );
+    }
+    return {
+      task,
+      payload: JSON.parse(payloadJson),
+      queue,
+      run_at: toTimestamp(spec.runAt, task),
+      priority: spec.priority === undefined ? 0 : validatePositiveInt('priority', spec.priority, { min: -32768, max: 32767 }),
+      max_attempts: validatePositiveInt('maxAttempts', spec.maxAttempts ?? DEFAULTS.maxAttempts, { min: 1, max: 1000 }),
+      timeout_ms: spec.timeoutMs === undefined ? null : validatePositiveInt('timeoutMs', spec.timeoutMs, { min: 1, max: 2_147_483_647 }),
+    };
+  };
+
+  const client: Client = {
+    schema,
+
+    async addJob(task, payload, opts = {}) {
+      const row = toRow({ ...opts, task, payload });
+      const db = opts.db ?? pool;
+      return run(async () => {
+        const { rows } = await db.query(
+          withValues(sql.insertOne, [row.task, JSON.stringify(row.payload), row.queue, row.run_at, row.priority, row.max_attempts, row.timeout_ms]),
+        );
+        return rows[0].id as string;
+      });
+    },
+
+    async addJobs(specs, opts = {}) {
+      if (!Array.isArray(specs)) throw new GrapevineError('GRAPEVINE_PAYLOAD_INVALID', 'addJobs() takes an array of { task, payload?, ... }');
+      const rows = specs.map(toRow);
+      const db = opts.db ?? pool;
+      return run(async () => {
+        const ids: string[] = [];
+        for (let i = 0; i < rows.length; i += DEFAULTS.insertChunkSize) {
+          const chunk = rows.slice(i, i + DEFAULTS.insertChunkSize);
+          const result = await db.query(withValues(sql.insertMany, [JSON.stringify(chunk)]));
+          for (const r of result.rows) ids.push(r.id as string);
+        }
+        return ids;
+      });
+    },
+
+    async getJob(id) {
+      const jobId = toJobId(id);
+      return run(async () => {
+        const { rows } = await pool.query(withValues(sql.getById, [jobId]));
+        return rows[0] ? jobFromRow(rows[0]) : null;
+      });
+    },
+
+    async waitForJob(id, { timeoutMs = 60_000 } = {}) {
+      const jobId = toJobId(id);
+      await ensureMigrated();
+      const listener = await (doneListener ??= startDoneListener());
+      return new Promise<Job>((resolve, reject) => {
+        let settled = false;
+        const check = () => {
+          client.getJob(jobId).then((job) => {
+            if (settled) return;
+            if (!job) finish(new GrapevineError('GRAPEVINE_JOB_NOT_FOUND', `job ${jobId} does not exist in schema "${schema}"`));
+            else if (isTerminal(job.state)) finish(null, job);
+          }, (err) => finish(err));
+        };
+        const timer = setTimeout(
+          () => finish(new GrapevineError('GRAPEVINE_WAIT_TIMEOUT', `job ${jobId} did not finish within ${timeoutMs} ms`)),
+          timeoutMs,
+        );
+        const finish = (err: unknown, job?: Job) => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          const set = waiters.get(jobId);
+          set?.delete(check);
+          if (set?.size === 0) waiters.delete(jobId);
+          if (err) reject(err);
+          else resolve(job!);
+        };
+        let set = waiters.get(jobId);
+        if (!set) waiters.set(jobId, (set = new Set()));
+        set.add(check);
+        // Read after subscribing, so a job that finishes in between is not missed.
+        check();
+        void listener;
+      });
+    },
+
+    async cancelJob(id) {
+      const jobId = toJobId(id);
+      return run(async () => {
+        const c = await pool.connect();
+        try {
+          await c.query('BEGIN');
+          const { rows } = await c.query(withValues(sql.cancel, [jobId]));
+          const state = (rows[0]?.state as string | null) ?? null;
+          if (state === 'running') {
+            await c.query('SELECT pg_notify($1, $2)', [
+              channels.control,
+              JSON.stringify({ type: 'cancel', job: jobId, to: rows[0].locked_by }),
+            ]);
+          }
+          await c.query('COMMIT');
+          return { state: state === 'running' ? 'cancelling' : state === null ? (await currentState(jobId)) : state };
+        } catch (err) {
+          await c.query('ROLLBACK').catch(() => {});
+          throw err;
+        } finally {
+          c.release();
+        }
+      });
+    },
+
+    async runDueNow(ids) {
+      return run(async () => {
+        const { rows } = await pool.query(withValues(sql.makeDue, [ids ? ids.map(toJobId) : null]));
+        return (rows[0]?.ids as string[] | undefined)?.length ?? 0;
+      });
+    },
+
+    migrate: () => {
+      migrated = null;
+      return ensureMigrated() as Promise<MigrateResult>;
+    },
+
+    async close() {
+      const listener = doneListener;
+      doneListener = null;
+      if (listener) await (await listener.catch(() => null))?.stop();
+      if (!options.pool) await pool.end();
+    },
+  };
+
+  async function currentState(jobId: string): Promise<string | null> {
+    const { rows } = await pool.query(withValues(sql.getById, [jobId]));
+    return (rows[0]?.state as string | undefined) ?? null;
+  }
+
+  async function startDoneListener(): Promise<Listener> {
+    const listener = new Listener({ connectionString, channels: [channels.done], applicationName: 'grapevine-waiter', logger });
+    listener.on('notification', (_channel: string, payload: string) => {
+      const parsed = parseJobNotification(payload);
+      if (parsed.kind !== 'ids') return;
+      for (const [id, checks] of waiters) {
+        if (rangesContain(parsed.ranges, Number(id))) for (const check of [...checks]) check();
+      }
+    });
+    // Anything that finished while the connection was down is only in the table.
+    listener.on('connected', () => {
+      for (const checks of waiters.values()) for (const check of [...checks]) check();
+    });
+    try {
+      await listener.start();
+    } catch (err) {
+      doneListener = null;
+      throw err;
+    }
+    return listener;
+  }
+
+  return client;
+}
+
+function toJobId(id: string | number): string {
+  const text = String(id);
+  if (!/^[1-9][0-9]{0,18}$/.test(text)) {
+    throw new GrapevineError('GRAPEVINE_JOB_NOT_FOUND', `invalid job id ${JSON.stringify(id)}: job ids are positive integers`);
+  }
+  return text;
+}
+
+function toTimestamp(value: Date | string | undefined, task: string): string | null {
+  if (value === undefined) return null;
+  const date = value instanceof Date ? value : new Date(value);
+  if (Number.isNaN(date.getTime())) {
+    throw new GrapevineError(
+      'GRAPEVINE_PAYLOAD_INVALID',
+      `runAt of task "${task}" is not a valid time (${JSON.stringify(value)}): pass a Date or an ISO 8601 string such as 2026-01-31T12:00:00Z`,
+    );
+  }
+  return date.toISOString();
+}

@@ -1,0 +1,82 @@
+import os from 'node:os';
+import { configError } from './errors.ts';
+
+/** One place for every default, so README and code cannot drift apart. */
+export const DEFAULTS = {
+  /** Schema that holds grapevine's tables and functions. */
+  schema: 'grapevine',
+  /** Queue a job goes to when none is named. */
+  queue: 'default',
+  /** Attempts before a failing job is parked as `failed`. */
+  maxAttempts: 5,
+  /** Handler concurrency inside one thread. */
+  concurrency: 8,
+  /** How often a supervisor writes its heartbeat and renews its jobs' leases. */
+  heartbeatIntervalMs: 1_000,
+  /** A running job whose lease is not renewed for this long is returned to the queue. */
+  leaseMs: 10_000,
+  /** How often the (elected) reaper looks for expired leases. */
+  reaperIntervalMs: 1_000,
+  /** How often an idle supervisor scans the table for due jobs nobody was told about. */
+  sweepIntervalMs: 2_000,
+  /** How long running jobs may finish after SIGTERM before they are aborted and released. */
+  shutdownGraceMs: 10_000,
+  /** First retry delay; doubled per attempt, with jitter. */
+  retryBaseMs: 1_000,
+  /** Upper bound of a retry delay. */
+  retryMaxMs: 3_600_000,
+  /** pg connections per thread for claims and outcome writes. */
+  threadSystemConnections: 2,
+  /** pg connections per thread for handlers' helpers.query(). */
+  threadHandlerConnections: 4,
+  /** Jobs inserted per statement by addJobs(). */
+  insertChunkSize: 5_000,
+} as const;
+
+export function defaultThreadCount(): number {
+  return os.availableParallelism();
+}
+
+const IDENTIFIER = /^[a-z_][a-z0-9_]{0,39}$/;
+
+/**
+ * Schema names end up inside SQL and channel names, so only plain lowercase
+ * identifiers are accepted; quoting tricks are refused before any SQL runs.
+ */
+export function validateSchemaName(name: unknown): string {
+  if (typeof name !== 'string' || !IDENTIFIER.test(name)) {
+    throw configError(
+      `invalid schema name ${JSON.stringify(name)}: use 1-40 characters of lowercase letters, digits and _ ` +
+        `starting with a letter or _ (for example "grapevine" or "jobs_v2")`,
+    );
+  }
+  return name;
+}
+
+const NAME = /^[A-Za-z0-9_.:\-/]{1,128}$/;
+
+/** Task and queue names are data, but keeping them plain keeps logs and CLIs readable. */
+export function validateName(kind: 'task' | 'queue', name: unknown): string {
+  if (typeof name !== 'string' || !NAME.test(name)) {
+    throw configError(
+      `invalid ${kind} name ${JSON.stringify(name)}: use 1-128 characters of letters, digits and _ . : - /`,
+    );
+  }
+  return name;
+}
+
+export function validatePositiveInt(field: string, value: unknown, { min = 1, max = 1_000_000 } = {}): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw configError(`${field} must be an integer from ${min} to ${max}, got ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+/** The connection string from options or DATABASE_URL, or a clear error saying how to give one. */
+export function resolveConnectionString(explicit: string | undefined): string {
+  const value = explicit ?? process.env.DATABASE_URL;
+  if (!value) {
+    throw configError('no database given: pass connectionString (or --database-url) or set DATABASE_URL');
+  }
+  return value;
+}

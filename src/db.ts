@@ -1,0 +1,84 @@
+import pg from 'pg';
+import { GrapevineError } from './errors.ts';
+import { describeConnection, redactSecret } from './redact.ts';
+
+export type Queryable = Pick<pg.ClientBase, 'query'>;
+
+export interface PoolOptions {
+  max: number;
+  applicationName: string;
+  /** Called for errors on idle connections (a restarted server, a killed backend). */
+  onIdleError?: (err: Error) => void;
+}
+
+export function createPool(connectionString: string, options: PoolOptions): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString,
+    max: options.max,
+    application_name: options.applicationName,
+    // A dead server must surface as an error, not as a hang.
+    connectionTimeoutMillis: 10_000,
+    keepAlive: true,
+    keepAliveInitialDelayMillis: 10_000,
+  });
+  // Without a listener, an idle connection's error (server restart,
+  // pg_terminate_backend) would crash the process.
+  pool.on('error', (err) => options.onIdleError?.(err));
+  return pool;
+}
+
+export async function withTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  try {
+    await client.query('BEGIN');
+    const result = await fn(client);
+    await client.query('COMMIT');
+    return result;
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => {});
+    throw err;
+  } finally {
+    client.release();
+  }
+}
+
+const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'ECONNRESET', 'EHOSTUNREACH']);
+
+/** True for errors that mean "the server is not there", as opposed to a bad statement. */
+export function isConnectionError(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && (CONNECTION_CODES.has(code) || code.startsWith('08') || code === '57P01' || code === '57P03')) {
+    return true;
+  }
+  const message = err instanceof Error ? err.message : '';
+  return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(message);
+}
+
+/**
+ * One clear line for "could not reach the database": the host and database,
+ * the underlying reason, and never the password.
+ */
+export function unreachableError(err: unknown, connectionString: string): GrapevineError {
+  const reason = err instanceof Error ? err.message || (err as { code?: string }).code || err.name : String(err);
+  return new GrapevineError(
+    'GRAPEVINE_DATABASE_UNREACHABLE',
+    `cannot connect to PostgreSQL at ${describeConnection(connectionString)}: ${redactSecret(reason, connectionString)}. ` +
+      'Check that the server is running and DATABASE_URL (or --database-url) is right',
+    { cause: err },
+  );
+}
+
+/** Runs fn, turning connection failures into unreachableError and scrubbing secrets from others. */
+export async function explainConnectionErrors<T>(connectionString: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof GrapevineError) throw err;
+    const code = (err as { code?: string }).code;
+    if (isConnectionError(err) || code === '28P01' || code === '28000' || code === '3D000') {
+      throw unreachableError(err, connectionString);
+    }
+    if (err instanceof Error) err.message = redactSecret(err.message, connectionString);
+    throw err;
+  }
+}

@@ -1,0 +1,84 @@
+/**
+ * Every error grapevine throws on purpose is a GrapevineError with a stable
+ * `code`. Callers branch on the code; messages are for people and may change.
+ */
+export type ErrorCode =
+  | 'GRAPEVINE_CONFIG_INVALID'
+  | 'GRAPEVINE_DATABASE_UNREACHABLE'
+  | 'GRAPEVINE_SCHEMA_TOO_NEW'
+  | 'GRAPEVINE_PAYLOAD_INVALID'
+  | 'GRAPEVINE_TASKS_INVALID'
+  | 'GRAPEVINE_JOB_NOT_FOUND'
+  | 'GRAPEVINE_WAIT_TIMEOUT'
+  | 'GRAPEVINE_THREAD_CRASHED'
+  | 'GRAPEVINE_JOB_TIMEOUT'
+  | 'GRAPEVINE_CANCELLED'
+  | 'GRAPEVINE_SHUTDOWN'
+  | 'GRAPEVINE_RESPONSE_MISSING'
+  | 'GRAPEVINE_COMMAND_INVALID';
+
+export class GrapevineError extends Error {
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'GrapevineError';
+    this.code = code;
+  }
+}
+
+export function configError(message: string): GrapevineError {
+  return new GrapevineError('GRAPEVINE_CONFIG_INVALID', message);
+}
+
+/** Plain-data form of an error, safe to clone between threads and store as text. */
+export interface SerializedError {
+  name: string;
+  message: string;
+  stack?: string;
+  code?: string;
+}
+
+export function serializeError(err: unknown): SerializedError {
+  if (err instanceof Error) {
+    const code = (err as { code?: unknown }).code;
+    return {
+      name: safeString(() => err.name, 'Error'),
+      message: safeString(() => err.message, ''),
+      stack: safeString(() => err.stack ?? '', '') || undefined,
+      code: typeof code === 'string' ? code : undefined,
+    };
+  }
+  // Handlers may throw anything (`throw null`, a string, an object whose
+  // toString throws); the job must still get a readable failure record.
+  return { name: 'NonErrorThrown', message: safeString(() => describeThrown(err), 'unprintable value thrown') };
+}
+
+function describeThrown(value: unknown): string {
+  if (typeof value === 'string') return value;
+  if (value === null || value === undefined) return `${value} was thrown`;
+  try {
+    return `non-Error thrown: ${JSON.stringify(value)}`;
+  } catch {
+    return `non-Error thrown: ${String(value)}`;
+  }
+}
+
+function safeString(read: () => string, fallback: string): string {
+  try {
+    const value = read();
+    return typeof value === 'string' ? value : String(value);
+  } catch {
+    return fallback;
+  }
+}
+
+/** The text kept in jobs.last_error: message first, then the stack. */
+export function formatStoredError(err: SerializedError): string {
+  const head = err.code ? `${err.name} [${err.code}]: ${err.message}` : `${err.name}: ${err.message}`;
+  if (!err.stack) return head;
+  // V8 stacks start with "Name: message"; avoid printing it twice.
+  const firstNewline = err.stack.indexOf('\n');
+  const frames = firstNewline === -1 ? '' : err.stack.slice(firstNewline);
+  return head + frames;
+}

@@ -1,0 +1,16 @@
+/**
+ * grapevine's public API. Everything a user may import is named here;
+ * nothing else in the package is a supported interface.
+ */
+export { createClient } from './client.ts';
+export type { AddJobOptions, Client, ClientOptions, JobSpec } from './client.ts';
+export { startSupervisor } from '../supervisor/index.ts';
+export type { Supervisor, SupervisorOptions, SupervisorState, SupervisorStatus, ThreadStatus } from '../supervisor/index.ts';
+export { GrapevineError } from './errors.ts';
+export type { ErrorCode } from './errors.ts';
+export type { Job, JobState } from './job.ts';
+export { PermanentError } from './task.ts';
+export type { JobInfo, TaskHandler, TaskHelpers } from './task.ts';
+export { DEFAULTS } from './config.ts';
+export { VERSION } from './version.ts';
+export { describeConnection } from './redact.ts';

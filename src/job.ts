@@ -1,0 +1,54 @@
+export type JobState = 'pending' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+
+export const TERMINAL_STATES: readonly JobState[] = ['succeeded', 'failed', 'cancelled'];
+
+export function isTerminal(state: JobState): boolean {
+  return TERMINAL_STATES.includes(state);
+}
+
+/** A row of the jobs table, as getJob() returns it. */
+export interface Job {
+  id: string;
+  task: string;
+  queue: string;
+  payload: unknown;
+  state: JobState;
+  priority: number;
+  runAt: Date;
+  attempts: number;
+  maxAttempts: number;
+  timeoutMs: number | null;
+  lockedBy: string | null;
+  lockedThread: number | null;
+  leaseUntil: Date | null;
+  cancelRequestedAt: Date | null;
+  lastError: string | null;
+  result: unknown;
+  createdAt: Date;
+  startedAt: Date | null;
+  finishedAt: Date | null;
+}
+
+export function jobFromRow(row: Record<string, any>): Job {
+  return {
+    id: String(row.id),
+    task: row.task,
+    queue: row.queue,
+    payload: row.payload,
+    state: row.state,
+    priority: row.priority,
+    runAt: row.run_at,
+    attempts: row.attempts,
+    maxAttempts: row.max_attempts,
+    timeoutMs: row.timeout_ms,
+    lockedBy: row.locked_by,
+    lockedThread: row.locked_thread,
+    leaseUntil: row.lease_until,
+    cancelRequestedAt: row.cancel_requested_at,
+    lastError: row.last_error,
+    result: row.result,
+    createdAt: row.created_at,
+    startedAt: row.started_at,
+    finishedAt: row.finished_at,
+  };
+}

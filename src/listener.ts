@@ -1,0 +1,173 @@
+import { EventEmitter } from 'node:events';
+import pg from 'pg';
+import { describeConnection, redactSecret } from './redact.ts';
+import { throttled, type Logger } from './log.ts';
+import { quoteIdent } from './schema/channels.ts';
+import { unreachableError } from './db.ts';
+
+export interface ListenerOptions {
+  connectionString: string;
+  channels: string[];
+  applicationName: string;
+  logger: Logger;
+  /** How often the subscription is checked (pg_listening_channels over the same socket). */
+  healthCheckMs?: number;
+  /** A check that does not answer within this long means a half-open socket. */
+  healthTimeoutMs?: number;
+  reconnectMinMs?: number;
+  reconnectMaxMs?: number;
+}
+
+/**
+ * One dedicated connection that LISTENs. It reconnects with backoff and
+ * jitter after any loss, re-LISTENs, and emits 'connected' each time, because
+ * notifications sent while it was away are gone for good and the owner must
+ * re-read the table. Events: 'notification' (channel, payload),
+ * 'connected', 'disconnected' (error).
+ */
+export class Listener extends EventEmitter {
+  private readonly options: Required<ListenerOptions>;
+  // Owned by this class; replaced on every reconnect.
+  private client: pg.Client | null = null;
+  private stopped = false;
+  private attempt = 0;
+  private healthTimer: NodeJS.Timeout | null = null;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private readonly warn = throttled(1_000);
+  connected = false;
+  reconnects = 0;
+
+  constructor(options: ListenerOptions) {
+    super();
+    this.options = {
+      healthCheckMs: 5_000,
+      healthTimeoutMs: 3_000,
+      reconnectMinMs: 100,
+      reconnectMaxMs: 5_000,
+      ...options,
+    };
+  }
+
+  /** Connects once; a failure here is reported to the caller, later ones are retried forever. */
+  async start(): Promise<void> {
+    try {
+      await this.connect();
+    } catch (err) {
+      this.stopped = true;
+      throw unreachableError(err, this.options.connectionString);
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.healthTimer) clearTimeout(this.healthTimer);
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    const client = this.client;
+    this.client = null;
+    this.connected = false;
+    if (client) await client.end().catch(() => {});
+  }
+
+  /** For tests and operations: the backend pid of the LISTEN connection. */
+  get backendPid(): number | null {
+    return (this.client as unknown as { processID?: number } | null)?.processID ?? null;
+  }
+
+  private async connect(): Promise<void> {
+    const client = new pg.Client({
+      connectionString: this.options.connectionString,
+      application_name: this.options.applicationName,
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 5_000,
+      connectionTimeoutMillis: 10_000,
+    });
+    client.on('notification', (msg) => this.emit('notification', msg.channel, msg.payload ?? ''));
+    client.on('error', (err) => this.lost(client, err));
+    client.on('end', () => this.lost(client, new Error('LISTEN connection ended')));
+    try {
+      await client.connect();
+      for (const channel of this.options.channels) await client.query(`LISTEN ${quoteIdent(channel)}`);
+    } catch (err) {
+      client.removeAllListeners('end');
+      client.on('error', () => {});
+      await client.end().catch(() => {});
+      throw err;
+    }
+    if (this.stopped) {
+      await client.end().catch(() => {});
+      return;
+    }
+    this.client = client;
+    this.connected = true;
+    this.attempt = 0;
+    this.scheduleHealthCheck();
+    this.emit('connected');
+  }
+
+  private lost(client: pg.Client, err: Error): void {
+    if (client !== this.client) return;
+    this.client = null;
+    this.connected = false;
+    if (this.healthTimer) clearTimeout(this.healthTimer);
+    client.removeAllListeners('notification');
+    client.on('error', () => {});
+    // A half-open socket would otherwise linger until the OS gives up on it.
+    (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+    if (this.stopped) return;
+    this.emit('disconnected', err);
+    this.scheduleReconnect(err);
+  }
+
+  private scheduleReconnect(err: Error): void {
+    const { reconnectMinMs, reconnectMaxMs, connectionString, logger } = this.options;
+    this.warn((suppressed) =>
+      logger.warn(
+        { err: redactSecret(err.message, connectionString), suppressed, target: describeConnection(connectionString) },
+        'LISTEN connection lost; reconnecting',
+      ),
+    );
+    const base = Math.min(reconnectMaxMs, reconnectMinMs * 2 ** this.attempt);
+    const delay = base / 2 + Math.random() * (base / 2);
+    this.attempt++;
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      this.connect().then(
+        () => {
+          this.reconnects++;
+        },
+        (e: Error) => {
+          if (!this.stopped) this.scheduleReconnect(e);
+        },
+      );
+    }, delay);
+  }
+
+  private scheduleHealthCheck(): void {
+    if (this.healthTimer) clearTimeout(this.healthTimer);
+    this.healthTimer = setTimeout(() => void this.checkHealth(), this.options.healthCheckMs);
+    this.healthTimer.unref();
+  }
+
+  /** Forces a health check now (tests use this instead of waiting for the timer). */
+  async checkHealth(): Promise<boolean> {
+    const client = this.client;
+    if (!client) return false;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error('LISTEN connection did not answer a health check')), this.options.healthTimeoutMs);
+      });
+      const result = await Promise.race([client.query<{ channel: string }>('SELECT pg_listening_channels() AS channel'), timeout]);
+      const listening = new Set(result.rows.map((r) => r.channel));
+      const missing = this.options.channels.filter((c) => !listening.has(c));
+      if (missing.length > 0) throw new Error(`subscription lost for ${missing.join(', ')}`);
+      if (client === this.client) this.scheduleHealthCheck();
+      return true;
+    } catch (err) {
+      this.lost(client, err as Error);
+      return false;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}

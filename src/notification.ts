@@ -1,0 +1,57 @@
+/**
+ * Parsing of job-id notification payloads ("12,15-19,40" or "at:<epoch ms>").
+ * Anyone who can connect may NOTIFY our channels, so payloads are untrusted:
+ * anything malformed is reported as such, never thrown, and ranges are kept
+ * as ranges so a hostile "1-9007199254740991" costs nothing to hold.
+ */
+export interface IdRange {
+  first: number;
+  last: number;
+}
+
+export type JobNotification =
+  | { kind: 'ids'; ranges: IdRange[]; count: number }
+  | { kind: 'due-at'; at: number }
+  | { kind: 'malformed'; reason: string };
+
+const MAX_PAYLOAD = 8_000;
+const ID = /^[1-9][0-9]{0,15}$/;
+
+export function parseJobNotification(payload: string): JobNotification {
+  if (typeof payload !== 'string' || payload.length === 0) return { kind: 'malformed', reason: 'empty payload' };
+  if (payload.length > MAX_PAYLOAD) return { kind: 'malformed', reason: 'payload too long' };
+  if (payload.startsWith('at:')) {
+    const at = Number(payload.slice(3));
+    return Number.isSafeInteger(at) && at > 0 ? { kind: 'due-at', at } : { kind: 'malformed', reason: 'bad due time' };
+  }
+  const ranges: IdRange[] = [];
+  let count = 0;
+  for (const token of payload.split(',')) {
+    const dash = token.indexOf('-');
+    const firstText = dash === -1 ? token : token.slice(0, dash);
+    const lastText = dash === -1 ? token : token.slice(dash + 1);
+    if (!ID.test(firstText) || !ID.test(lastText)) return { kind: 'malformed', reason: `bad id ${JSON.stringify(token.slice(0, 40))}` };
+    const first = Number(firstText);
+    const last = Number(lastText);
+    if (!Number.isSafeInteger(first) || !Number.isSafeInteger(last) || last < first) {
+      return { kind: 'malformed', reason: `bad id range ${JSON.stringify(token.slice(0, 40))}` };
+    }
+    ranges.push({ first, last });
+    count += last - first + 1;
+  }
+  return { kind: 'ids', ranges, count };
+}
+
+export function rangesContain(ranges: IdRange[], id: number): boolean {
+  return ranges.some((r) => id >= r.first && id <= r.last);
+}
+
+/** At most `limit` ids from the ranges, in order, without expanding the rest. */
+export function takeIds(ranges: IdRange[], limit: number): number[] {
+  const out: number[] = [];
+  for (const r of ranges) {
+    for (let id = r.first; id <= r.last && out.length < limit; id++) out.push(id);
+    if (out.length >= limit) break;
+  }
+  return out;
+}

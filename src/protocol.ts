@@ -1,0 +1,56 @@
+/**
+ * Messages between the supervisor (main thread) and its piscina threads.
+ * Internal: not exported from the package. Plain data only, because every
+ * message is structured-cloned across the thread boundary.
+ */
+import type { MessagePort } from 'node:worker_threads';
+import type { SerializedError } from './errors.ts';
+
+/** Given to every thread once, as piscina's workerData. */
+export interface ThreadConfig {
+  connectionString: string;
+  schema: string;
+  supervisorId: string;
+  /** Directory of task modules, or one module with named handler exports. */
+  tasksPath: string;
+  /** NULL: every queue. */
+  queues: string[] | null;
+  leaseMs: number;
+  retryBaseMs: number;
+  retryMaxMs: number;
+  systemConnections: number;
+  handlerConnections: number;
+  logLevel: string;
+}
+
+/** What the supervisor asks of a thread (one piscina task). */
+export type ThreadRequest =
+  | { type: 'describe' }
+  | { type: 'claim-ids'; ids: string[]; tasks: string[]; port: MessagePort }
+  | { type: 'claim-next'; count: number; tasks: string[]; port: MessagePort };
+
+export type ThreadResponse =
+  | { type: 'described'; tasks: string[]; error: SerializedError | null; threadId: number }
+  | {
+      type: 'batch-done';
+      threadId: number;
+      /** Ids this batch claimed (all of them reached an outcome write attempt). */
+      claimed: string[];
+      /** Ids handed over that another owner had, or that were not due or not ours to run. */
+      skipped: number;
+      /** Outcome writes rejected by the fence: the claim had been taken away meanwhile. */
+      fenced: number;
+      /** A claim that could not run at all (database down): nothing was claimed. */
+      claimError: SerializedError | null;
+    };
+
+/** Posted by the thread on the batch's MessagePort while the batch runs. */
+export type BatchEvent =
+  | { type: 'claimed'; ids: string[]; threadId: number }
+  | { type: 'started'; jobId: string; task: string; attempt: number; timeoutMs: number | null; threadId: number }
+  | { type: 'finished'; jobId: string; outcome: 'succeeded' | 'failed' | 'cancelled'; threadId: number };
+
+/** Posted by the supervisor on a batch's MessagePort. */
+export type SupervisorSignal = { type: 'abort'; jobId: string; reason: AbortKind; message: string };
+
+export type AbortKind = 'cancelled' | 'timeout' | 'shutdown';

@@ -1,0 +1,22 @@
+/**
+ * Channel names are derived from the schema so that two grapevine schemas in
+ * one database never hear each other. Schema names are at most 40 plain
+ * characters (config.ts), which keeps every channel under PostgreSQL's
+ * 63-byte limit.
+ */
+export interface Channels {
+  /** Ids of jobs that became due: inserts, retries, released and reaped jobs. */
+  jobs: string;
+  /** Ids of jobs that reached a terminal state; waitForJob() listens here. */
+  done: string;
+  /** Control messages to supervisors (cancel, PING, PAUSE, ...). */
+  control: string;
+}
+
+export function channelsFor(schema: string): Channels {
+  return { jobs: `${schema}_jobs`, done: `${schema}_done`, control: `${schema}_control` };
+}
+
+export function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}

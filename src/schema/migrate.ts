@@ -1,0 +1,55 @@
+import type pg from 'pg';
+import { GrapevineError } from '../errors.ts';
+import { withTransaction } from '../db.ts';
+import { quoteIdent } from './channels.ts';
+import { LATEST_VERSION, MIGRATIONS } from './migrations/index.ts';
+
+// Arbitrary constant namespacing grapevine's advisory locks; the second key is
+// the schema, so installs in different schemas do not wait for each other.
+const MIGRATION_LOCK = 0x67726170;
+
+export interface MigrateResult {
+  applied: number[];
+  version: number;
+}
+
+/**
+ * Brings the schema up to date. Every supervisor calls this on start; the
+ * transaction-scoped advisory lock makes concurrent starters take turns, so
+ * each migration runs exactly once and later starters see it applied.
+ */
+export async function migrate(pool: pg.Pool, schema: string): Promise<MigrateResult> {
+  const s = quoteIdent(schema);
+  return withTransaction(pool, async (client) => {
+    await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [MIGRATION_LOCK, schema]);
+    await client.query(`CREATE SCHEMA IF NOT EXISTS ${s}`);
+    await client.query(
+      `CREATE TABLE IF NOT EXISTS ${s}.migrations (
+         version integer PRIMARY KEY,
+         name text NOT NULL,
+         applied_at timestamptz NOT NULL DEFAULT now()
+       )`,
+    );
+    const { rows } = await client.query<{ version: number }>(`SELECT version FROM ${s}.migrations`);
+    const done = new Set(rows.map((r) => r.version));
+    const newest = Math.max(0, ...done);
+    if (newest > LATEST_VERSION) {
+      throw new GrapevineError(
+        'GRAPEVINE_SCHEMA_TOO_NEW',
+        `schema "${schema}" is at version ${newest} but this grapevine knows only up to ${LATEST_VERSION}: ` +
+          'upgrade grapevine on this host (an older release must not run against a newer schema)',
+      );
+    }
+    const applied: number[] = [];
+    for (const migration of MIGRATIONS) {
+      if (done.has(migration.version)) continue;
+      await client.query(migration.sql(schema));
+      await client.query(`INSERT INTO ${s}.migrations (version, name) VALUES ($1, $2)`, [
+        migration.version,
+        migration.name,
+      ]);
+      applied.push(migration.version);
+    }
+    return { applied, version: LATEST_VERSION };
+  });
+}

@@ -1,0 +1,12 @@
+import * as jobs from './0001_jobs.ts';
+
+export interface Migration {
+  version: number;
+  name: string;
+  sql(schema: string): string;
+}
+
+/** Append-only: a released migration is never edited, only followed by a new one. */
+export const MIGRATIONS: readonly Migration[] = [jobs];
+
+export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;

@@ -1,0 +1,249 @@
+import { channelsFor, quoteIdent } from '../schema/channels.ts';
+import { statement, type Statement } from './statement.ts';
+
+/**
+ * Every statement that reads or changes jobs. Each outcome write is fenced on
+ * the claim token handed out by the claim, so an owner that lost its claim
+ * (reaped, released, cancelled) changes nothing.
+ */
+export interface JobStatements {
+  insertOne: Statement;
+  insertMany: Statement;
+  getById: Statement;
+  claimByIds: Statement;
+  claimNext: Statement;
+  complete: Statement;
+  fail: Statement;
+  releaseThread: Statement;
+  releaseIds: Statement;
+  renewLeases: Statement;
+  countDue: Statement;
+  reapExpired: Statement;
+  pruneFinished: Statement;
+  cancel: Statement;
+  makeDue: Statement;
+}
+
+const cache = new Map<string, JobStatements>();
+
+export function jobStatements(schema: string): JobStatements {
+  let found = cache.get(schema);
+  if (!found) {
+    found = build(schema);
+    cache.set(schema, found);
+  }
+  return found;
+}
+
+function build(schema: string): JobStatements {
+  const s = quoteIdent(schema);
+  const ch = channelsFor(schema);
+  const st = (name: string, text: string) => statement(schema, name, text);
+
+  const claimedColumns = `j.id::text AS id, j.task, j.queue, j.payload, j.attempts, j.max_attempts,
+    j.timeout_ms, j.claim_token::text AS claim_token, j.cancel_requested_at IS NOT NULL AS cancel_requested`;
+
+  // $3 owner supervisor, $4 thread id, $5 lease in ms
+  const markClaimed = `state = 'running', attempts = j.attempts + 1, locked_by = $3, locked_thread = $4,
+    claim_token = nextval('${s}.claim_tokens'), lease_until = now() + $5 * interval '1 millisecond',
+    started_at = now(), finished_at = NULL`;
+
+  // Shared by every path that takes a running job away from its owner.
+  const terminalAfterRelease = (countAttempt: string) => `CASE
+      WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+      WHEN ${countAttempt} AND j.attempts >= j.max_attempts THEN 'failed'
+      ELSE 'pending' END`;
+
+  const releaseSet = (countAttempt: string, reason: string) => `
+      state = ${terminalAfterRelease(countAttempt)},
+      attempts = CASE WHEN ${countAttempt} THEN j.attempts ELSE greatest(j.attempts - 1, 0) END,
+      run_at = now(), last_error = ${reason}, lease_until = NULL, claim_token = NULL,
+      finished_at = CASE WHEN ${terminalAfterRelease(countAttempt)} = 'pending' THEN NULL ELSE now() END`;
+
+  // Tell listeners about what a statement changed: pending ids to supervisors,
+  // terminal ids to waitForJob().
+  const announce = (cte: string) => `
+    SELECT ${s}.notify_ids('${ch.jobs}', ARRAY(SELECT id FROM ${cte} WHERE state = 'pending' AND run_at <= now())),
+           ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM ${cte} WHERE state IN ('succeeded', 'failed', 'cancelled'))),
+           (SELECT count(pg_notify('${ch.jobs}', 'at:' || floor(extract(epoch FROM run_at) * 1000)::bigint))
+              FROM (SELECT min(run_at) AS run_at FROM ${cte} WHERE state = 'pending' AND run_at > now()) later
+             WHERE later.run_at IS NOT NULL) AS hinted,
+           ARRAY(SELECT id::text FROM ${cte}) AS ids`;
+
+  return {
+    insertOne: st(
+      'insert_one',
+      `INSERT INTO ${s}.jobs (task, payload, queue, run_at, priority, max_attempts, timeout_ms)
+       VALUES ($1, $2, $3, coalesce($4, now()), $5, $6, $7)
+       RETURNING id::text AS id`,
+    ),
+    insertMany: st(
+      'insert_many',
+      `INSERT INTO ${s}.jobs (task, payload, queue, run_at, priority, max_attempts, timeout_ms)
+       SELECT t.task, t.payload, t.queue, coalesce(t.run_at, now()), t.priority, t.max_attempts, t.timeout_ms
+         FROM ROWS FROM (jsonb_to_recordset($1::jsonb)
+                AS (task text, payload jsonb, queue text, run_at timestamptz, priority integer,
+                    max_attempts integer, timeout_ms integer))
+              WITH ORDINALITY AS t(task, payload, queue, run_at, priority, max_attempts, timeout_ms, ord)
+        ORDER BY t.ord
+       RETURNING id::text AS id`,
+    ),
+    getById: st('get_by_id', `SELECT * FROM ${s}.jobs WHERE id = $1`),
+
+    // $1 ids, $2 tasks this host can run, $3-$5 see markClaimed, $6 queues (NULL = all)
+    claimByIds: st(
+      'claim_by_ids',
+      `WITH picked AS (
+         SELECT id FROM ${s}.jobs
+          WHERE id = ANY($1::bigint[]) AND state = 'pending' AND run_at <= now()
+            AND task = ANY($2::text[]) AND ($6::text[] IS NULL OR queue = ANY($6::text[]))
+          ORDER BY id
+          FOR UPDATE SKIP LOCKED)
+       UPDATE ${s}.jobs j SET ${markClaimed}
+         FROM picked WHERE j.id = picked.id
+       RETURNING ${claimedColumns}`,
+    ),
+    // $1 how many, $2 tasks, $3-$5 see markClaimed, $6 queues (NULL = all)
+    claimNext: st(
+      'claim_next',
+      `WITH picked AS (
+         SELECT id FROM ${s}.jobs
+          WHERE state = 'pending' AND run_at <= now()
+            AND task = ANY($2::text[]) AND ($6::text[] IS NULL OR queue = ANY($6::text[]))
+          ORDER BY priority DESC, run_at, id
+          LIMIT $1
+          FOR UPDATE SKIP LOCKED)
+       UPDATE ${s}.jobs j SET ${markClaimed}
+         FROM picked WHERE j.id = picked.id
+       RETURNING ${claimedColumns}`,
+    ),
+
+    // $1 [{id, token, result}]
+    complete: st(
+      'complete',
+      `WITH r AS (
+         SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(id bigint, token bigint, result jsonb)),
+       done AS (
+         UPDATE ${s}.jobs j
+            SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'succeeded' END,
+                result = r.result, finished_at = now(), lease_until = NULL
+           FROM r
+          WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
+         RETURNING j.id, j.state, j.run_at)
+       ${announce('done')}`,
+    ),
+    // $1 [{id, token, error, retryable}], $2 retry base ms, $3 retry max ms
+    fail: st(
+      'fail',
+      `WITH r AS (
+         SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(id bigint, token bigint, error text, retryable boolean)),
+       done AS (
+         UPDATE ${s}.jobs j
+            SET state = CASE
+                  WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                  WHEN NOT r.retryable OR j.attempts >= j.max_attempts THEN 'failed'
+                  ELSE 'pending' END,
+                run_at = CASE
+                  WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < j.max_attempts
+                  THEN now() + least($2::float8 * power(2, greatest(j.attempts - 1, 0)), $3::float8)
+                               * (0.75 + random() * 0.5) * interval '1 millisecond'
+                  ELSE j.run_at END,
+                finished_at = CASE
+                  WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < j.max_attempts THEN NULL
+                  ELSE now() END,
+                last_error = r.error, lease_until = NULL,
+                claim_token = CASE
+                  WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < j.max_attempts THEN NULL
+                  ELSE j.claim_token END
+           FROM r
+          WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
+         RETURNING j.id, j.state, j.run_at)
+       ${announce('done')}`,
+    ),
+
+    // A thread died: everything it held goes back at once. $1 supervisor,
+    // $2 thread id, $3 reason, $4 whether the attempt counts.
+    releaseThread: st(
+      'release_thread',
+      `WITH done AS (
+         UPDATE ${s}.jobs j SET ${releaseSet('$4::boolean', '$3')}
+          WHERE j.state = 'running' AND j.locked_by = $1 AND j.locked_thread = $2
+         RETURNING j.id, j.state, j.run_at)
+       ${announce('done')}`,
+    ),
+    // Release chosen jobs of this supervisor ($1) with per-job reasons:
+    // $2 [{id, reason, count}] (count = whether the attempt counts).
+    releaseIds: st(
+      'release_ids',
+      `WITH r AS (
+         SELECT * FROM jsonb_to_recordset($2::jsonb) AS r(id bigint, reason text, count boolean)),
+       done AS (
+         UPDATE ${s}.jobs j SET ${releaseSet('r.count', 'r.reason')}
+           FROM r
+          WHERE j.id = r.id AND j.state = 'running' AND j.locked_by = $1
+         RETURNING j.id, j.state, j.run_at)
+       ${announce('done')}`,
+    ),
+
+    // $1 supervisor, $2 ids of jobs it knows are running, $3 lease ms. Only
+    // known jobs are renewed: a claim whose thread died before reporting it
+    // lets its lease run out, and the reaper returns it.
+    renewLeases: st(
+      'renew_leases',
+      `UPDATE ${s}.jobs SET lease_until = now() + $3 * interval '1 millisecond'
+        WHERE state = 'running' AND locked_by = $1 AND id = ANY($2::bigint[])`,
+    ),
+    // $1 tasks, $2 queues (NULL = all), $3 cap
+    countDue: st(
+      'count_due',
+      `SELECT count(*)::integer AS due FROM (
+         SELECT 1 FROM ${s}.jobs
+          WHERE state = 'pending' AND run_at <= now()
+            AND task = ANY($1::text[]) AND ($2::text[] IS NULL OR queue = ANY($2::text[]))
+          LIMIT $3) d`,
+    ),
+    // Run only by the elected reaper, inside its transaction.
+    reapExpired: st(
+      'reap_expired',
+      `WITH done AS (
+         UPDATE ${s}.jobs j SET ${releaseSet('true', `'lease expired: ' || coalesce(j.locked_by, '?') || ' stopped renewing it (supervisor lost or thread stuck)'`)}
+          WHERE j.state = 'running'
+            AND (j.lease_until < now()
+                 OR j.locked_by IN (SELECT id FROM ${s}.supervisors WHERE status IN ('LOST', 'EXITED')))
+         RETURNING j.id, j.state, j.run_at)
+       ${announce('done')}`,
+    ),
+    // $1 retention ms, $2 batch size
+    pruneFinished: st(
+      'prune_finished',
+      `DELETE FROM ${s}.jobs WHERE id IN (
+         SELECT id FROM ${s}.jobs
+          WHERE finished_at < now() - $1 * interval '1 millisecond'
+            AND state IN ('succeeded', 'failed', 'cancelled')
+          LIMIT $2)`,
+    ),
+    // $1 id. A pending job is cancelled on the spot; a running one is
+    // flagged, and the caller tells its owner over the control channel.
+    cancel: st(
+      'cancel',
+      `WITH done AS (
+         UPDATE ${s}.jobs j
+            SET cancel_requested_at = coalesce(j.cancel_requested_at, now()),
+                state = CASE WHEN j.state = 'pending' THEN 'cancelled' ELSE j.state END,
+                finished_at = CASE WHEN j.state = 'pending' THEN now() ELSE j.finished_at END
+          WHERE j.id = $1 AND j.state IN ('pending', 'running')
+         RETURNING j.id, j.state, j.locked_by)
+       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE state = 'cancelled')),
+              (SELECT state FROM done) AS state, (SELECT locked_by FROM done) AS locked_by`,
+    ),
+    // Testing and operations: make pending jobs due now. $1 ids (NULL = all)
+    makeDue: st(
+      'make_due',
+      `WITH done AS (
+         UPDATE ${s}.jobs j SET run_at = now()
+          WHERE j.state = 'pending' AND j.run_at > now() AND ($1::bigint[] IS NULL OR j.id = ANY($1::bigint[]))
+         RETURNING j.id, j.state, j.run_at)
+       ${announce('done')}`,
+    ),
+  };
+}

@@ -1,0 +1,79 @@
+import { quoteIdent } from '../schema/channels.ts';
+import { statement, type Statement } from './statement.ts';
+
+// Namespaces grapevine's advisory locks (see also schema/migrate.ts).
+export const REAPER_LOCK = 0x67726171;
+
+export interface SupervisorStatements {
+  register: Statement;
+  heartbeat: Statement;
+  deregister: Statement;
+  tryLeadReaper: Statement;
+  markLost: Statement;
+  pruneExited: Statement;
+  list: Statement;
+}
+
+const cache = new Map<string, SupervisorStatements>();
+
+export function supervisorStatements(schema: string): SupervisorStatements {
+  let found = cache.get(schema);
+  if (!found) {
+    found = build(schema);
+    cache.set(schema, found);
+  }
+  return found;
+}
+
+function build(schema: string): SupervisorStatements {
+  const s = quoteIdent(schema);
+  const st = (name: string, text: string) => statement(schema, name, text);
+  return {
+    // $1 id, $2 host, $3 pid, $4 version, $5 threads, $6 concurrency, $7 queues, $8 tasks, $9 info
+    register: st(
+      'supervisor_register',
+      `INSERT INTO ${s}.supervisors (id, host, pid, version, threads, concurrency, queues, tasks, info)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+    ),
+    // $1 id, $2 status, $3 threads, $4 info. Returns the status the row had,
+    // so a supervisor that was paused long enough to be declared LOST learns it.
+    heartbeat: st(
+      'supervisor_heartbeat',
+      `WITH prev AS (SELECT status FROM ${s}.supervisors WHERE id = $1 FOR UPDATE)
+       UPDATE ${s}.supervisors
+          SET heartbeat_at = now(), status = $2, threads = $3, info = $4, stopped_at = NULL
+        WHERE id = $1
+       RETURNING (SELECT status FROM prev) AS previous_status`,
+    ),
+    deregister: st(
+      'supervisor_deregister',
+      `UPDATE ${s}.supervisors SET status = 'EXITED', stopped_at = now(), heartbeat_at = now() WHERE id = $1`,
+    ),
+    // Only one supervisor reaps per tick: whoever takes this lock inside its
+    // transaction. If that one dies, the next tick elects another.
+    tryLeadReaper: st(
+      'reaper_lead',
+      `SELECT pg_try_advisory_xact_lock(${REAPER_LOCK}, hashtext('${schema}')) AS leader`,
+    ),
+    // $1 heartbeat timeout ms
+    markLost: st(
+      'supervisor_mark_lost',
+      `UPDATE ${s}.supervisors SET status = 'LOST', stopped_at = now()
+        WHERE status NOT IN ('EXITED', 'LOST') AND heartbeat_at < now() - $1 * interval '1 millisecond'
+       RETURNING id`,
+    ),
+    pruneExited: st(
+      'supervisor_prune',
+      `DELETE FROM ${s}.supervisors
+        WHERE status IN ('EXITED', 'LOST') AND coalesce(stopped_at, heartbeat_at) < now() - interval '1 day'
+          AND NOT EXISTS (SELECT 1 FROM ${s}.jobs j WHERE j.state = 'running' AND j.locked_by = ${s}.supervisors.id)`,
+    ),
+    list: st(
+      'supervisor_list',
+      `SELECT id, host, pid, version, threads, concurrency, queues, tasks, info, started_at, heartbeat_at, stopped_at,
+              CASE WHEN status NOT IN ('EXITED', 'LOST') AND heartbeat_at < now() - $1 * interval '1 millisecond'
+                   THEN 'LOST' ELSE status END AS status
+         FROM ${s}.supervisors ORDER BY started_at`,
+    ),
+  };
+}

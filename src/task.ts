@@ -1,0 +1,36 @@
+import type { Logger } from 'pino';
+import type { AddJobOptions } from './client.ts';
+
+/** What a handler learns about the job it runs. */
+export interface JobInfo {
+  id: string;
+  task: string;
+  queue: string;
+  /** 1 on the first run, 2 on the first retry, ... */
+  attempt: number;
+  maxAttempts: number;
+}
+
+export interface TaskHelpers {
+  job: JobInfo;
+  /** A pino child logger bound to the job. */
+  logger: Logger;
+  /** Aborted when the job is cancelled, times out, or the supervisor shuts down. */
+  signal: AbortSignal;
+  /** Runs a statement on the thread's own pool. */
+  query<R extends Record<string, any> = Record<string, any>>(sql: string, params?: unknown[]): Promise<{ rows: R[]; rowCount: number | null }>;
+  /** Enqueues a follow-up job. */
+  addJob(task: string, payload?: unknown, options?: Omit<AddJobOptions, 'db'>): Promise<string>;
+}
+
+/** A task module's default export (or a named export of a tasks module). */
+export type TaskHandler<P = any, R = unknown> = (payload: P, helpers: TaskHelpers) => R | Promise<R>;
+
+/** Throw this (or any error with `retryable = false`) to fail a job without retrying it. */
+export class PermanentError extends Error {
+  readonly retryable = false;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'PermanentError';
+  }
+}

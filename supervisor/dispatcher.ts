@@ -1,0 +1,380 @@
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
+import PQueue from 'p-queue';
+import type { Logger } from 'pino';
+import { throttled } from '../src/log.ts';
+import type { AbortKind, BatchEvent, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
+import type { ThreadPool } from './threads.ts';
+
+/** A job this supervisor should give back to the queue, and why. */
+export interface Release {
+  id: string;
+  reason: string;
+  /** Whether the attempt counts towards max_attempts. */
+  count: boolean;
+}
+
+export interface DispatcherOptions {
+  pool: ThreadPool;
+  threads: number;
+  concurrency: number;
+  logger: Logger;
+  /** Gives jobs back (fenced on this supervisor); must not throw. */
+  release: (jobs: Release[]) => Promise<void>;
+  /** Called when a job starts and ends, for the supervisor's status and idle timer. */
+  onActivity?: () => void;
+  /** How long a cancelled or timed-out handler may take to stop before its thread is terminated. */
+  killGraceMs: number;
+}
+
+/** One unit of capacity: a specific job id, or "whatever is due next". */
+interface Slot {
+  id: string | null;
+  free: () => void;
+}
+
+interface Batch {
+  slots: Slot[];
+  port: MessagePort;
+  threadId: number | null;
+  claimed: string[];
+}
+
+/** A claimed job, as the supervisor sees it. */
+export interface RunningJob {
+  id: string;
+  threadId: number;
+  task: string | null;
+  attempt: number | null;
+  startedAt: number | null;
+  batch: Batch;
+  slot: Slot | null;
+  timer: NodeJS.Timeout | null;
+}
+
+export interface DispatchCounters {
+  notifiedIds: number;
+  duplicateIds: number;
+  overflowIds: number;
+  batches: number;
+  claimed: number;
+  /** Ids handed to a thread that it could not claim: the cost of racing other supervisors. */
+  wastedClaims: number;
+  fenced: number;
+  threadCrashes: number;
+  claimErrors: number;
+}
+
+/**
+ * Turns job ids (from notifications) and "there is a backlog" (from sweeps)
+ * into batches for the threads, never holding more than threads x
+ * concurrency jobs. Ids beyond that are not kept: they stay pending in the
+ * table, and the backlog flag makes the next free slots pull them from there.
+ *
+ * All state is owned by the main thread; batch events arrive on per-batch
+ * MessagePorts before the batch's result.
+ */
+export class Dispatcher {
+  private readonly options: DispatcherOptions;
+  private readonly queue: PQueue;
+  private readonly capacity: number;
+  /** Ids that hold a slot, queued or running: a duplicate notification is a no-op. */
+  private readonly holding = new Set<string>();
+  private readonly running = new Map<string, RunningJob>();
+  /** Threads this supervisor is terminating on purpose, and for which job. */
+  private readonly killing = new Map<number, { jobId: string; kind: AbortKind; message: string }>();
+  private unsent: Slot[] = [];
+  private flushScheduled = false;
+  private backlog = false;
+  private paused = false;
+  private stopping = false;
+  private readonly warnClaim = throttled(1_000);
+  readonly counters: DispatchCounters = {
+    notifiedIds: 0,
+    duplicateIds: 0,
+    overflowIds: 0,
+    batches: 0,
+    claimed: 0,
+    wastedClaims: 0,
+    fenced: 0,
+    threadCrashes: 0,
+    claimErrors: 0,
+  };
+  /** Jobs finished per thread, for status. */
+  readonly jobsRunByThread = new Map<number, number>();
+  lastJobAt = 0;
+
+  constructor(options: DispatcherOptions) {
+    this.options = options;
+    this.capacity = options.threads * options.concurrency;
+    this.queue = new PQueue({ concurrency: this.capacity });
+  }
+
+  get inFlight(): number {
+    return this.queue.pending + this.queue.size;
+  }
+
+  get runningJobs(): ReadonlyMap<string, RunningJob> {
+    return this.running;
+  }
+
+  get isPaused(): boolean {
+    return this.paused;
+  }
+
+  /** Job ids that were notified. Those that do not fit now are left to the table. */
+  offer(ids: Iterable<number | string>): void {
+    for (const raw of ids) {
+      const id = String(raw);
+      this.counters.notifiedIds++;
+      if (this.holding.has(id)) {
+        this.counters.duplicateIds++;
+        continue;
+      }
+      if (this.paused || this.stopping || this.free() <= 0) {
+        this.counters.overflowIds++;
+        this.backlog = true;
+        continue;
+      }
+      this.take(id);
+    }
+  }
+
+  /** Somewhere in the table there may be due jobs nobody told us about. */
+  markBacklog(): void {
+    this.backlog = true;
+    this.fill();
+  }
+
+  hasBacklog(): boolean {
+    return this.backlog;
+  }
+
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    this.paused = false;
+    this.markBacklog();
+  }
+
+  /** Capacity for more work, in jobs. */
+  free(): number {
+    return this.capacity - this.inFlight;
+  }
+
+  /** Resolves once nothing is queued or running. */
+  onIdle(): Promise<void> {
+    return this.queue.onIdle();
+  }
+
+  /** Asks a running job's handler to stop; terminates its thread if it does not within the grace. */
+  abort(jobId: string, kind: AbortKind, message: string): boolean {
+    const job = this.running.get(jobId);
+    if (!job) return false;
+    job.batch.port.postMessage({ type: 'abort', jobId, reason: kind, message });
+    if (kind === 'shutdown') return true;
+    const timer = setTimeout(() => {
+      if (this.running.get(jobId) !== job) return;
+      this.options.logger.warn({ jobId, threadId: job.threadId, kind }, 'handler ignored its abort signal; terminating its thread');
+      this.killing.set(job.threadId, { jobId, kind, message });
+      this.options.pool.terminate(job.threadId);
+    }, this.options.killGraceMs);
+    timer.unref();
+    return true;
+  }
+
+  /** Stops taking work; jobs not yet sent to a thread are dropped (they are still pending in the table). */
+  stop(): void {
+    this.stopping = true;
+    for (const slot of this.unsent) slot.free();
+    this.unsent = [];
+  }
+
+  private take(id: string | null): void {
+    if (id !== null) this.holding.add(id);
+    void this.queue.add(
+      () =>
+        new Promise<void>((resolve) => {
+          const slot: Slot = {
+            id,
+            // Idempotent: a slot may be freed by its job's end and again by its batch's end.
+            free: () => {
+              if (slot.id !== null) this.holding.delete(slot.id);
+              resolve();
+            },
+          };
+          this.unsent.push(slot);
+          this.scheduleFlush();
+        }),
+    ).then(() => this.fill());
+  }
+
+  private fill(): void {
+    if (!this.backlog || this.paused || this.stopping) return;
+    const free = this.free();
+    // Pull in batches worth a claim statement: waiting for half a thread's
+    // worth of free slots keeps claims from degenerating into one job each.
+    if (free < Math.ceil(this.options.concurrency / 2) && this.inFlight > 0) return;
+    for (let n = free; n > 0; n--) this.take(null);
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    // Everything offered in this turn of the event loop goes out together.
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flush();
+    });
+  }
+
+  private flush(): void {
+    const slots = this.unsent;
+    this.unsent = [];
+    if (this.stopping) {
+      for (const slot of slots) slot.free();
+      return;
+    }
+    const byId = slots.filter((s) => s.id !== null);
+    const pulls = slots.filter((s) => s.id === null);
+    // Batches no bigger than one thread's concurrency, so work spreads over threads.
+    const size = Math.max(1, this.options.concurrency);
+    for (let i = 0; i < byId.length; i += size) this.send(byId.slice(i, i + size), 'claim-ids');
+    for (let i = 0; i < pulls.length; i += size) this.send(pulls.slice(i, i + size), 'claim-next');
+  }
+
+  private send(slots: Slot[], type: 'claim-ids' | 'claim-next'): void {
+    const { port1, port2 } = new MessageChannel();
+    const batch: Batch = { slots, port: port1, threadId: null, claimed: [] };
+    const tasks = this.options.pool.tasks;
+    const request: ThreadRequest =
+      type === 'claim-ids'
+        ? { type, ids: slots.map((s) => s.id!), tasks, port: port2 }
+        : { type, count: slots.length, tasks, port: port2 };
+    port1.on('message', (event: BatchEvent) => this.onEvent(batch, event));
+    this.counters.batches++;
+    this.options.pool.run(request, [port2]).then(
+      (response) => this.onDone(batch, type, response),
+      (err: Error) => void this.onFailed(batch, err),
+    );
+  }
+
+  private onEvent(batch: Batch, event: BatchEvent): void {
+    switch (event.type) {
+      case 'claimed': {
+        batch.threadId = event.threadId;
+        batch.claimed = event.ids;
+        const claimed = new Set(event.ids);
+        // Give each claimed job a slot; free the slots whose ids were not claimed.
+        const unclaimedPulls: Slot[] = [];
+        for (const slot of batch.slots) {
+          if (slot.id === null) unclaimedPulls.push(slot);
+          else if (!claimed.has(slot.id)) slot.free();
+        }
+        for (const id of event.ids) {
+          let slot = batch.slots.find((s) => s.id === id) ?? null;
+          if (!slot) {
+            slot = unclaimedPulls.shift() ?? null;
+            if (slot) {
+              slot.id = id;
+              this.holding.add(id);
+            }
+          }
+          this.running.set(id, { id, threadId: event.threadId, task: null, attempt: null, startedAt: null, batch, slot, timer: null });
+        }
+        for (const slot of unclaimedPulls) slot.free();
+        break;
+      }
+      case 'started': {
+        const job = this.running.get(event.jobId);
+        if (!job) break;
+        job.task = event.task;
+        job.attempt = event.attempt;
+        job.startedAt = Date.now();
+        this.lastJobAt = job.startedAt;
+        this.options.onActivity?.();
+        if (event.timeoutMs) {
+          // The clock starts when the handler starts, not when the job was dispatched.
+          const ms = event.timeoutMs;
+          job.timer = setTimeout(() => this.abort(event.jobId, 'timeout', `job timed out after ${ms} ms`), ms);
+          job.timer.unref();
+        }
+        break;
+      }
+      case 'finished':
+        this.finish(event.jobId, event.threadId);
+        break;
+    }
+  }
+
+  private finish(jobId: string, threadId: number): void {
+    const job = this.running.get(jobId);
+    if (!job) return;
+    if (job.timer) clearTimeout(job.timer);
+    this.running.delete(jobId);
+    this.jobsRunByThread.set(threadId, (this.jobsRunByThread.get(threadId) ?? 0) + 1);
+    this.lastJobAt = Date.now();
+    this.options.onActivity?.();
+    job.slot?.free();
+  }
+
+  private onDone(batch: Batch, type: ThreadRequest['type'], response: ThreadResponse): void {
+    batch.port.close();
+    if (response.type !== 'batch-done') return;
+    this.counters.claimed += response.claimed.length;
+    this.counters.fenced += response.fenced;
+    if (type === 'claim-ids') this.counters.wastedClaims += response.skipped;
+    if (response.claimError) {
+      this.counters.claimErrors++;
+      this.warnClaim((suppressed) =>
+        this.options.logger.warn({ err: response.claimError!.message, suppressed }, 'claim failed; will retry from the table'),
+      );
+      // Nothing was claimed; the jobs are still pending and the sweep will find them.
+    } else if (type === 'claim-next' && response.claimed.length < batch.slots.length) {
+      // The table had fewer due jobs than we asked for: the backlog is drained.
+      this.backlog = false;
+    }
+    for (const id of response.claimed) this.finish(id, response.threadId);
+    for (const slot of batch.slots) slot.free();
+  }
+
+  /** The batch's thread died (or the pool was destroyed): give its jobs back at once. */
+  private async onFailed(batch: Batch, err: Error): Promise<void> {
+    batch.port.close();
+    const threadId = batch.threadId;
+    const killed = threadId === null ? undefined : this.killing.get(threadId);
+    const releases: Release[] = [];
+    for (const id of batch.claimed) {
+      if (!this.running.has(id)) continue;
+      if (killed && killed.jobId === id) {
+        releases.push({ id, reason: `${killed.message}; its thread was terminated because the handler did not stop`, count: true });
+      } else if (killed) {
+        releases.push({ id, reason: `thread ${threadId} was terminated to stop job ${killed.jobId} (${killed.kind})`, count: false });
+      } else if (this.stopping) {
+        releases.push({ id, reason: 'supervisor shut down before the job finished', count: false });
+      } else {
+        releases.push({ id, reason: `thread crashed: ${describeCrash(err)}`, count: true });
+      }
+    }
+    if (!killed && !this.stopping && threadId !== null) this.counters.threadCrashes++;
+    if (releases.length > 0) await this.options.release(releases);
+    for (const id of batch.claimed) {
+      const job = this.running.get(id);
+      if (job?.timer) clearTimeout(job.timer);
+      this.running.delete(id);
+    }
+    for (const slot of batch.slots) slot.free();
+  }
+
+  /** Called by the supervisor when a thread has exited, after its batches were failed. */
+  forgetThread(threadId: number): void {
+    this.killing.delete(threadId);
+  }
+}
+
+function describeCrash(err: Error): string {
+  const code = (err as { code?: string }).code;
+  const message = err.message || (err.stack?.split('\n')[0] ?? err.name);
+  return code ? `${message} (${code})` : message;
+}

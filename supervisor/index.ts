@@ -1,0 +1,514 @@
+import os from 'node:os';
+import { randomBytes } from 'node:crypto';
+import type { ResourceLimits } from 'node:worker_threads';
+import type pg from 'pg';
+import {
+  DEFAULTS,
+  defaultThreadCount,
+  resolveConnectionString,
+  validateName,
+  validatePositiveInt,
+  validateSchemaName,
+} from '../src/config.ts';
+import { createPool, explainConnectionErrors } from '../src/db.ts';
+import { GrapevineError } from '../src/errors.ts';
+import { Listener } from '../src/listener.ts';
+import { createLogger, throttled, type Logger } from '../src/log.ts';
+import { parseJobNotification, takeIds } from '../src/notification.ts';
+import type { ThreadConfig } from '../src/protocol.ts';
+import { describeConnection } from '../src/redact.ts';
+import { channelsFor } from '../src/schema/channels.ts';
+import { migrate } from '../src/schema/migrate.ts';
+import { jobStatements } from '../src/sql/jobs.ts';
+import { withValues } from '../src/sql/statement.ts';
+import { supervisorStatements } from '../src/sql/supervisors.ts';
+import { VERSION } from '../src/version.ts';
+import { Dispatcher, type DispatchCounters, type Release } from './dispatcher.ts';
+import { Reaper } from './maintenance.ts';
+import { ThreadPool } from './threads.ts';
+
+export interface SupervisorOptions {
+  /** Defaults to DATABASE_URL. */
+  connectionString?: string;
+  schema?: string;
+  /** A directory of task modules (file name = task name) or one module with named handler exports. */
+  tasks: string;
+  /** Threads in the pool (default: available parallelism). */
+  threads?: number;
+  /** Jobs one thread runs at the same time (default 8). */
+  concurrency?: number;
+  /** Queues to take jobs from (default: all). */
+  queues?: string[] | null;
+  logger?: Logger;
+  /** A readable id; default: host name plus a random suffix. */
+  id?: string;
+  heartbeatIntervalMs?: number;
+  leaseMs?: number;
+  reaperIntervalMs?: number;
+  sweepIntervalMs?: number;
+  shutdownGraceMs?: number;
+  /** How long a cancelled or timed-out handler may ignore its AbortSignal before its thread is terminated. */
+  killGraceMs?: number;
+  retryBaseMs?: number;
+  retryMaxMs?: number;
+  /** Finished jobs older than this are deleted (default 7 days). */
+  retentionMs?: number;
+  /** Per-thread limits, e.g. { maxOldGenerationSizeMb: 256 }: a handler over it kills only its thread. */
+  resourceLimits?: ResourceLimits;
+}
+
+export type SupervisorState = 'IDLE' | 'BUSY' | 'PAUSED' | 'STOPPING' | 'EXITED';
+
+export interface ThreadStatus {
+  threadId: number;
+  generation: number;
+  currentJobs: string[];
+  jobsRun: number;
+}
+
+export interface SupervisorStatus {
+  id: string;
+  state: SupervisorState;
+  threads: ThreadStatus[];
+  restarts: number;
+  inFlight: number;
+  counters: DispatchCounters & { malformedNotifications: number; listenerReconnects: number };
+}
+
+export interface Supervisor {
+  readonly id: string;
+  /** Task names this supervisor runs. */
+  readonly tasks: string[];
+  status(): SupervisorStatus;
+  pause(): void;
+  resume(): void;
+  /** Graceful stop: no new claims, running jobs get `graceMs`, the rest are released. Idempotent. */
+  stop(options?: { graceMs?: number; reason?: string }): Promise<void>;
+  /** Resolves when the supervisor has stopped, for whatever reason. */
+  readonly stopped: Promise<void>;
+  /** Chaos and operations: terminate one thread (default: a random busy one). Returns its id. */
+  killThread(threadId?: number): number | null;
+  /** The LISTEN connection's backend pid (tests use it to cut the connection). */
+  listenerPid(): number | null;
+  /** Runs the reaper once now (normally it runs on a timer). */
+  reapNow(): Promise<{ leader: boolean; reapedJobs: string[] }>;
+}
+
+export async function startSupervisor(options: SupervisorOptions): Promise<Supervisor> {
+  const schema = validateSchemaName(options.schema ?? DEFAULTS.schema);
+  const connectionString = resolveConnectionString(options.connectionString);
+  if (typeof options.tasks !== 'string' || options.tasks.length === 0) {
+    throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', 'tasks is required: a directory of task modules or one module with named exports');
+  }
+  const threads = validatePositiveInt('threads', options.threads ?? defaultThreadCount(), { max: 256 });
+  const concurrency = validatePositiveInt('concurrency', options.concurrency ?? DEFAULTS.concurrency, { max: 10_000 });
+  const queues = options.queues ? options.queues.map((q) => validateName('queue', q)) : null;
+  const id = options.id ?? supervisorId();
+  const logger = (options.logger ?? createLogger()).child({ supervisor: id });
+  const timing = {
+    heartbeatIntervalMs: options.heartbeatIntervalMs ?? DEFAULTS.heartbeatIntervalMs,
+    leaseMs: options.leaseMs ?? DEFAULTS.leaseMs,
+    reaperIntervalMs: options.reaperIntervalMs ?? DEFAULTS.reaperIntervalMs,
+    sweepIntervalMs: options.sweepIntervalMs ?? DEFAULTS.sweepIntervalMs,
+    shutdownGraceMs: options.shutdownGraceMs ?? DEFAULTS.shutdownGraceMs,
+    killGraceMs: options.killGraceMs ?? 1_000,
+  };
+  if (timing.leaseMs < timing.heartbeatIntervalMs * 2) {
+    throw new GrapevineError(
+      'GRAPEVINE_CONFIG_INVALID',
+      `leaseMs (${timing.leaseMs}) must be at least twice heartbeatIntervalMs (${timing.heartbeatIntervalMs}), or live jobs would be reaped`,
+    );
+  }
+
+  const pool = createPool(connectionString, {
+    max: 3,
+    applicationName: `grapevine-supervisor`,
+    onIdleError: (err) => logger.debug({ err: err.message }, 'idle supervisor connection closed'),
+  });
+  try {
+    await explainConnectionErrors(connectionString, () => migrate(pool, schema));
+  } catch (err) {
+    await pool.end().catch(() => {});
+    throw err;
+  }
+
+  const threadConfig: ThreadConfig = {
+    connectionString,
+    schema,
+    supervisorId: id,
+    tasksPath: options.tasks,
+    queues,
+    leaseMs: timing.leaseMs,
+    retryBaseMs: options.retryBaseMs ?? DEFAULTS.retryBaseMs,
+    retryMaxMs: options.retryMaxMs ?? DEFAULTS.retryMaxMs,
+    systemConnections: DEFAULTS.threadSystemConnections,
+    handlerConnections: DEFAULTS.threadHandlerConnections,
+    logLevel: logger.level,
+  };
+  const threadPool = new ThreadPool({ threads, concurrency, config: threadConfig, resourceLimits: options.resourceLimits, logger });
+  try {
+    await threadPool.start();
+  } catch (err) {
+    await pool.end().catch(() => {});
+    throw err;
+  }
+
+  const runtime = new SupervisorRuntime({
+    id,
+    schema,
+    connectionString,
+    pool,
+    threadPool,
+    threads,
+    concurrency,
+    queues,
+    logger,
+    timing,
+    retentionMs: options.retentionMs ?? 7 * 24 * 3_600_000,
+  });
+  try {
+    await runtime.start();
+  } catch (err) {
+    await runtime.stop({ graceMs: 0 }).catch(() => {});
+    throw err;
+  }
+  return runtime;
+}
+
+interface RuntimeOptions {
+  id: string;
+  schema: string;
+  connectionString: string;
+  pool: pg.Pool;
+  threadPool: ThreadPool;
+  threads: number;
+  concurrency: number;
+  queues: string[] | null;
+  logger: Logger;
+  timing: {
+    heartbeatIntervalMs: number;
+    leaseMs: number;
+    reaperIntervalMs: number;
+    sweepIntervalMs: number;
+    shutdownGraceMs: number;
+    killGraceMs: number;
+  };
+  retentionMs: number;
+}
+
+/** The running supervisor: wires listener, dispatcher, threads and timers together. */
+class SupervisorRuntime implements Supervisor {
+  readonly id: string;
+  readonly stopped: Promise<void>;
+  private readonly o: RuntimeOptions;
+  private readonly dispatcher: Dispatcher;
+  private readonly listener: Listener;
+  private readonly reaper: Reaper;
+  private readonly channels: ReturnType<typeof channelsFor>;
+  private readonly timers: NodeJS.Timeout[] = [];
+  private dueTimer: NodeJS.Timeout | null = null;
+  private dueAt = Infinity;
+  private stopping: Promise<void> | null = null;
+  private forceStop: (() => void) | null = null;
+  private resolveStopped!: () => void;
+  private state: SupervisorState = 'IDLE';
+  private malformed = 0;
+  private readonly warnMalformed = throttled(1_000);
+  private readonly warnDb = throttled(1_000);
+
+  constructor(options: RuntimeOptions) {
+    this.o = options;
+    this.id = options.id;
+    this.channels = channelsFor(options.schema);
+    this.stopped = new Promise((resolve) => (this.resolveStopped = resolve));
+    this.dispatcher = new Dispatcher({
+      pool: options.threadPool,
+      threads: options.threads,
+      concurrency: options.concurrency,
+      logger: options.logger,
+      killGraceMs: options.timing.killGraceMs,
+      release: (jobs) => this.release(jobs),
+    });
+    this.listener = new Listener({
+      connectionString: options.connectionString,
+      channels: [this.channels.jobs, this.channels.control],
+      applicationName: 'grapevine-listener',
+      logger: options.logger,
+    });
+    this.reaper = new Reaper({
+      pool: options.pool,
+      schema: options.schema,
+      leaseMs: options.timing.leaseMs,
+      retentionMs: options.retentionMs,
+      logger: options.logger,
+    });
+  }
+
+  get tasks(): string[] {
+    return this.o.threadPool.tasks;
+  }
+
+  async start(): Promise<void> {
+    const { pool, schema, logger, threadPool } = this.o;
+    const sups = supervisorStatements(schema);
+    await explainConnectionErrors(this.o.connectionString, () =>
+      pool.query(
+        withValues(sups.register, [
+          this.id,
+          os.hostname(),
+          process.pid,
+          VERSION,
+          this.o.threads,
+          this.o.concurrency,
+          this.o.queues,
+          threadPool.tasks,
+          JSON.stringify({}),
+        ]),
+      ),
+    );
+    this.listener.on('notification', (channel: string, payload: string) => this.onNotification(channel, payload));
+    // Notifications sent while we were not listening are gone: re-read the table.
+    this.listener.on('connected', () => this.dispatcher.markBacklog());
+    threadPool.on('exit', (threadId: number, code: number, expected: boolean) => {
+      if (!expected) logger.warn({ threadId, code }, 'thread exited unexpectedly; piscina is replacing it');
+      this.dispatcher.forgetThread(threadId);
+    });
+    await this.listener.start();
+    this.dispatcher.markBacklog();
+    const every = (ms: number, fn: () => unknown) => {
+      const timer = setInterval(() => void fn(), ms);
+      this.timers.push(timer);
+    };
+    every(this.o.timing.heartbeatIntervalMs, () => this.heartbeat());
+    every(this.o.timing.reaperIntervalMs, () => this.reaper.tick());
+    every(this.o.timing.sweepIntervalMs, () => this.sweep());
+    logger.info(
+      {
+        threads: this.o.threads,
+        concurrency: this.o.concurrency,
+        tasks: threadPool.tasks,
+        queues: this.o.queues ?? 'all',
+        database: describeConnection(this.o.connectionString),
+        schema,
+      },
+      'supervisor started',
+    );
+  }
+
+  status(): SupervisorStatus {
+    const running = [...this.dispatcher.runningJobs.values()];
+    const threads = this.o.threadPool.liveThreads().map((t) => ({
+      threadId: t.threadId,
+      generation: t.generation,
+      currentJobs: running.filter((j) => j.threadId === t.threadId).map((j) => j.id),
+      jobsRun: this.dispatcher.jobsRunByThread.get(t.threadId) ?? 0,
+    }));
+    return {
+      id: this.id,
+      state: this.currentState(),
+      threads,
+      restarts: this.o.threadPool.restarts,
+      inFlight: this.dispatcher.inFlight,
+      counters: { ...this.dispatcher.counters, malformedNotifications: this.malformed, listenerReconnects: this.listener.reconnects },
+    };
+  }
+
+  pause(): void {
+    this.dispatcher.pause();
+    this.o.logger.info('paused: no new jobs will be claimed');
+  }
+
+  resume(): void {
+    this.dispatcher.resume();
+    this.o.logger.info('resumed');
+  }
+
+  killThread(threadId?: number): number | null {
+    const live = this.o.threadPool.liveThreads().map((t) => t.threadId);
+    const busy = new Set([...this.dispatcher.runningJobs.values()].map((j) => j.threadId));
+    const target = threadId ?? pick(live.filter((t) => busy.has(t))) ?? pick(live);
+    if (target === undefined || !this.o.threadPool.terminate(target)) return null;
+    // An outside kill is a crash like any other: its jobs count an attempt.
+    return target;
+  }
+
+  listenerPid(): number | null {
+    return this.listener.backendPid;
+  }
+
+  reapNow() {
+    return this.reaper.tick();
+  }
+
+  stop(options: { graceMs?: number; reason?: string } = {}): Promise<void> {
+    if (this.stopping) {
+      // A second stop while the first waits for running jobs means: now.
+      if (options.graceMs === 0) this.forceStop?.();
+      return this.stopping;
+    }
+    this.stopping = this.shutdown(options.graceMs ?? this.o.timing.shutdownGraceMs, options.reason);
+    return this.stopping;
+  }
+
+  private currentState(): SupervisorState {
+    if (this.state === 'STOPPING' || this.state === 'EXITED') return this.state;
+    if (this.dispatcher.isPaused) return 'PAUSED';
+    return this.dispatcher.runningJobs.size > 0 ? 'BUSY' : 'IDLE';
+  }
+
+  private async shutdown(graceMs: number, reason?: string): Promise<void> {
+    const { logger, pool, schema, threadPool } = this.o;
+    this.state = 'STOPPING';
+    logger.info({ graceMs, reason }, 'stopping: no new jobs; waiting for running jobs');
+    this.dispatcher.stop();
+    for (const timer of this.timers) clearInterval(timer);
+    if (this.dueTimer) clearTimeout(this.dueTimer);
+
+    let graceTimer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      this.dispatcher.onIdle(),
+      new Promise<void>((resolve) => {
+        this.forceStop = resolve;
+        graceTimer = setTimeout(resolve, graceMs);
+      }),
+    ]);
+    clearTimeout(graceTimer);
+
+    const left = [...this.dispatcher.runningJobs.values()];
+    if (left.length > 0) {
+      // Release first: the fence then rejects any outcome a handler writes later.
+      logger.warn({ jobs: left.map((j) => j.id) }, 'grace period over; releasing jobs that are still running');
+      await this.release(left.map((j) => ({ id: j.id, reason: 'supervisor shut down before the job finished', count: false })));
+      for (const job of left) this.dispatcher.abort(job.id, 'shutdown', 'supervisor is shutting down');
+    }
+    await threadPool.destroy();
+    await this.listener.stop();
+    await pool.query(withValues(supervisorStatements(schema).deregister, [this.id])).catch((err: Error) =>
+      logger.warn({ err: err.message }, 'could not deregister'),
+    );
+    await pool.end().catch(() => {});
+    this.state = 'EXITED';
+    logger.info('stopped');
+    this.resolveStopped();
+  }
+
+  private onNotification(channel: string, payload: string): void {
+    if (channel === this.channels.jobs) {
+      const parsed = parseJobNotification(payload);
+      if (parsed.kind === 'ids') {
+        const room = Math.max(0, this.dispatcher.free());
+        const ids = takeIds(parsed.ranges, room);
+        this.dispatcher.offer(ids);
+        if (parsed.count > ids.length) {
+          this.dispatcher.counters.overflowIds += parsed.count - ids.length;
+          this.dispatcher.markBacklog();
+        }
+      } else if (parsed.kind === 'due-at') {
+        this.wakeAt(parsed.at);
+      } else {
+        this.onMalformed(channel, parsed.reason);
+      }
+      return;
+    }
+    if (channel === this.channels.control) this.onControl(payload);
+  }
+
+  private onControl(payload: string): void {
+    let message: { type?: unknown; job?: unknown; to?: unknown };
+    try {
+      message = JSON.parse(payload);
+    } catch {
+      this.onMalformed(this.channels.control, 'not JSON');
+      return;
+    }
+    if (message?.type === 'cancel' && typeof message.job === 'string') {
+      if (message.to !== this.id) return;
+      if (this.dispatcher.abort(message.job, 'cancelled', 'job was cancelled')) {
+        this.o.logger.info({ jobId: message.job }, 'cancelling running job');
+      }
+      return;
+    }
+    this.onMalformed(this.channels.control, 'unknown message');
+  }
+
+  private onMalformed(channel: string, reason: string): void {
+    this.malformed++;
+    this.warnMalformed((suppressed) =>
+      this.o.logger.warn({ channel, reason, suppressed, total: this.malformed }, 'ignored a malformed notification'),
+    );
+  }
+
+  /** A job becomes due at `at` (epoch ms): make sure we look then. */
+  private wakeAt(at: number): void {
+    if (at >= this.dueAt || this.state === 'STOPPING') return;
+    if (this.dueTimer) clearTimeout(this.dueTimer);
+    this.dueAt = at;
+    const delay = Math.min(Math.max(0, at - Date.now()), 2 ** 31 - 1);
+    this.dueTimer = setTimeout(() => {
+      this.dueTimer = null;
+      this.dueAt = Infinity;
+      this.dispatcher.markBacklog();
+    }, delay);
+  }
+
+  /** Due jobs nobody was told about (delayed run_at, retries, lost notifications). */
+  private async sweep(): Promise<void> {
+    if (this.dispatcher.isPaused || this.state === 'STOPPING' || this.dispatcher.free() <= 0) return;
+    if (this.dispatcher.hasBacklog()) return this.dispatcher.markBacklog();
+    try {
+      const { rows } = await this.o.pool.query(
+        withValues(jobStatements(this.o.schema).countDue, [this.o.threadPool.tasks, this.o.queues, 1]),
+      );
+      if (rows[0].due > 0) this.dispatcher.markBacklog();
+    } catch (err) {
+      this.warnDb((suppressed) => this.o.logger.warn({ err: (err as Error).message, suppressed }, 'sweep failed'));
+    }
+  }
+
+  private async heartbeat(): Promise<void> {
+    const { pool, schema, timing, logger } = this.o;
+    const status = this.status();
+    try {
+      const { rows } = await pool.query(
+        withValues(supervisorStatements(schema).heartbeat, [
+          this.id,
+          status.state === 'STOPPING' ? 'BUSY' : status.state,
+          status.threads.length,
+          JSON.stringify({ threads: status.threads, restarts: status.restarts, counters: status.counters }),
+        ]),
+      );
+      if (rows[0]?.previous_status === 'LOST') {
+        logger.warn('this supervisor was declared LOST (paused or cut off too long); its earlier jobs were reaped and their late outcomes are fenced');
+      }
+      const ids = [...this.dispatcher.runningJobs.keys()];
+      if (ids.length > 0) await pool.query(withValues(jobStatements(schema).renewLeases, [this.id, ids, timing.leaseMs]));
+    } catch (err) {
+      this.warnDb((suppressed) => logger.warn({ err: (err as Error).message, suppressed }, 'heartbeat failed'));
+    }
+  }
+
+  /** Gives jobs back to the queue, retrying while the database is away; the lease is the last resort. */
+  private async release(jobs: Release[]): Promise<void> {
+    const st = jobStatements(this.o.schema).releaseIds;
+    for (let attempt = 0; attempt < 10; attempt++) {
+      try {
+        await this.o.pool.query(withValues(st, [this.id, JSON.stringify(jobs)]));
+        this.o.logger.warn({ jobs: jobs.map((j) => ({ id: j.id, reason: j.reason })) }, 'released jobs back to the queue');
+        return;
+      } catch (err) {
+        this.warnDb((suppressed) => this.o.logger.warn({ err: (err as Error).message, suppressed }, 'release failed; retrying'));
+        await new Promise((r) => setTimeout(r, Math.min(2_000, 100 * 2 ** attempt)));
+      }
+    }
+    this.o.logger.error({ jobs: jobs.map((j) => j.id) }, 'could not release jobs; their leases will expire and the reaper will return them');
+  }
+}
+
+function supervisorId(): string {
+  const host = os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').slice(0, 24) || 'host';
+  return `${host}-${randomBytes(3).toString('hex')}`;
+}
+
+function pick<T>(items: T[]): T | undefined {
+  return items[Math.floor(Math.random() * items.length)];
+}

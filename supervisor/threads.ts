@@ -1,0 +1,206 @@
+import { EventEmitter } from 'node:events';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { ResourceLimits, Worker } from 'node:worker_threads';
+import { Piscina } from 'piscina';
+import type { Logger } from 'pino';
+import { GrapevineError } from '../src/errors.ts';
+import type { ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
+
+// The thread entry sits beside this file's sibling folder with the same
+// extension: .ts when run from source, .js from the built package.
+const here = fileURLToPath(import.meta.url);
+const THREAD_ENTRY = path.join(path.dirname(here), '..', 'threads', `entry${path.extname(here)}`);
+
+export interface ThreadPoolOptions {
+  threads: number;
+  concurrency: number;
+  config: ThreadConfig;
+  resourceLimits?: ResourceLimits;
+  logger: Logger;
+}
+
+export interface ThreadInfo {
+  threadId: number;
+  generation: number;
+  startedAt: Date;
+}
+
+/**
+ * The piscina pool, wrapped so the supervisor can see each thread: which
+ * threads live, when one exits and why, and terminate one on purpose.
+ *
+ * piscina cannot resize or reload a pool, and stops refilling for good after
+ * a thread fails while booting, so resizing, reloading and repairing all work
+ * the same way: start a new generation, check it can load the tasks, send new
+ * work to it, and destroy the old one once its batches are done.
+ * Events: 'exit' (threadId, exitCode, expected: boolean).
+ */
+export class ThreadPool extends EventEmitter {
+  // All fields are owned by the main thread.
+  private current: Piscina | null = null;
+  private generation = 0;
+  private readonly generations = new Map<Piscina, { id: number; size: number; created: number; running: number; retiring: boolean }>();
+  private readonly live = new Map<number, ThreadInfo & { worker: Worker; pool: Piscina }>();
+  private readonly terminating = new Set<number>();
+  private destroyed = false;
+  private repairTimer: NodeJS.Timeout | null = null;
+  private repairBackoffMs = 500;
+  threads: number;
+  /** Threads started to replace ones that died. */
+  restarts = 0;
+  /** Task names the current generation can run. */
+  tasks: string[] = [];
+
+  private readonly options: ThreadPoolOptions;
+
+  constructor(options: ThreadPoolOptions) {
+    super();
+    this.options = options;
+    this.threads = options.threads;
+  }
+
+  /** Starts the first generation; fails with the task path if the tasks cannot load. */
+  async start(): Promise<void> {
+    this.current = await this.spawnGeneration(this.threads);
+  }
+
+  /** New generation with `threads` threads (default: the same count); old one drains. */
+  async replace(threads = this.threads): Promise<void> {
+    const next = await this.spawnGeneration(threads);
+    const old = this.current;
+    this.current = next;
+    this.threads = threads;
+    if (old) this.retire(old);
+  }
+
+  run(request: ThreadRequest, transferList: Transferable[]): Promise<ThreadResponse> {
+    const pool = this.current;
+    if (!pool || this.destroyed) return Promise.reject(new GrapevineError('GRAPEVINE_SHUTDOWN', 'thread pool is stopped'));
+    const gen = this.generations.get(pool)!;
+    gen.running++;
+    return pool.run(request, { transferList: transferList as never }).finally(() => {
+      gen.running--;
+      if (gen.retiring && gen.running === 0) void this.destroyGeneration(pool);
+    });
+  }
+
+  liveThreads(): ThreadInfo[] {
+    return [...this.live.values()].map(({ threadId, generation, startedAt }) => ({ threadId, generation, startedAt }));
+  }
+
+  /** Terminates one thread (a runaway or cancelled job); piscina rejects its batches and starts a replacement. */
+  terminate(threadId: number): boolean {
+    const entry = this.live.get(threadId);
+    if (!entry) return false;
+    this.terminating.add(threadId);
+    void entry.worker.terminate();
+    return true;
+  }
+
+  async destroy(): Promise<void> {
+    this.destroyed = true;
+    if (this.repairTimer) clearTimeout(this.repairTimer);
+    await Promise.all([...this.generations.keys()].map((p) => this.destroyGeneration(p)));
+    this.current = null;
+  }
+
+  private async spawnGeneration(threads: number): Promise<Piscina> {
+    const id = ++this.generation;
+    const pool = new Piscina({
+      filename: THREAD_ENTRY,
+      minThreads: threads,
+      maxThreads: threads,
+      idleTimeout: Infinity,
+      // The default 'sync' freezes idle threads, and with them pg's handling
+      // of dropped connections; see piscina research notes.
+      atomics: 'disabled',
+      concurrentTasksPerWorker: Math.max(1, this.options.concurrency),
+      workerData: this.options.config,
+      resourceLimits: this.options.resourceLimits,
+      recordTiming: false,
+    });
+    this.generations.set(pool, { id, size: threads, created: 0, running: 0, retiring: false });
+    pool.on('workerCreate', (w: { id: number }) => this.track(pool, id, w.id));
+    // Without an 'error' listener, a thread that dies while idle would take the process down.
+    pool.on('error', (err: Error) => this.options.logger.warn({ err: err.message }, 'thread failed outside a job'));
+    try {
+      const described = (await pool.run({ type: 'describe' } satisfies ThreadRequest)) as Extract<ThreadResponse, { type: 'described' }>;
+      if (described.error) {
+        throw new GrapevineError('GRAPEVINE_TASKS_INVALID', `cannot load tasks from ${this.options.config.tasksPath}: ${described.error.message}`);
+      }
+      this.tasks = described.tasks;
+      return pool;
+    } catch (err) {
+      await this.destroyGeneration(pool);
+      if (err instanceof GrapevineError) throw err;
+      throw new GrapevineError(
+        'GRAPEVINE_TASKS_INVALID',
+        `threads could not start with tasks from ${this.options.config.tasksPath}: ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
+  }
+
+  private track(pool: Piscina, generation: number, threadId: number): void {
+    const worker = pool.threads.find((w: Worker) => w.threadId === threadId);
+    if (!worker || this.live.has(threadId)) return;
+    const gen = this.generations.get(pool);
+    if (gen && ++gen.created > gen.size) this.restarts++;
+    this.live.set(threadId, { threadId, generation, startedAt: new Date(), worker, pool });
+    worker.once('exit', (code: number) => {
+      this.live.delete(threadId);
+      const gen = this.generations.get(pool);
+      const expected = this.destroyed || !gen || gen.retiring || this.terminating.delete(threadId);
+      this.emit('exit', threadId, code, expected);
+      if (pool === this.current && !this.destroyed) this.scheduleRepair();
+    });
+  }
+
+  /**
+   * piscina replaces a dead thread by itself, except after a boot failure;
+   * if the pool is still short a little later, a new generation replaces it,
+   * with growing pauses so a module that cannot load does not spin the CPU.
+   */
+  private scheduleRepair(): void {
+    if (this.repairTimer) return;
+    this.repairTimer = setTimeout(() => {
+      this.repairTimer = null;
+      const pool = this.current;
+      if (!pool || this.destroyed) return;
+      if (pool.threads.length >= this.threads) {
+        this.repairBackoffMs = 500;
+        return;
+      }
+      this.options.logger.warn({ threads: pool.threads.length, wanted: this.threads }, 'thread pool is short; starting a new generation');
+      this.replace().then(
+        () => {
+          this.repairBackoffMs = 500;
+        },
+        (err: Error) => {
+          this.options.logger.error({ err: err.message }, 'could not restore the thread pool; will retry');
+          this.repairBackoffMs = Math.min(30_000, this.repairBackoffMs * 2);
+          this.scheduleRepair();
+        },
+      );
+    }, this.repairBackoffMs);
+    this.repairTimer.unref();
+  }
+
+  private retire(pool: Piscina): void {
+    const gen = this.generations.get(pool);
+    if (!gen) return;
+    gen.retiring = true;
+    if (gen.running === 0) void this.destroyGeneration(pool);
+  }
+
+  private async destroyGeneration(pool: Piscina): Promise<void> {
+    const gen = this.generations.get(pool);
+    if (!gen) return;
+    gen.retiring = true;
+    this.generations.delete(pool);
+    // destroy(), not close(): close() in piscina 5.3 can kill running tasks of
+    // other threads; by now this generation has no batches left anyway.
+    await pool.destroy().catch(() => {});
+  }
+}

@@ -1,0 +1,135 @@
+/**
+ * The piscina task module: one copy runs in every thread. It keeps its own
+ * pg pools for the life of the thread, loads the task modules once, and for
+ * each request claims a batch with SKIP LOCKED, runs the handlers and records
+ * their outcomes.
+ *
+ * Nothing here may throw at import time: piscina never settles tasks queued
+ * for a thread that fails while booting, so load errors are kept and reported
+ * through the 'describe' request instead.
+ */
+import { threadId, workerData } from 'node:worker_threads';
+import type { MessagePort } from 'node:worker_threads';
+import pino from 'pino';
+import { createClient, type Client } from '../src/client.ts';
+import { createPool } from '../src/db.ts';
+import { serializeError } from '../src/errors.ts';
+import type { AbortKind, BatchEvent, SupervisorSignal, ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
+import { jobStatements } from '../src/sql/jobs.ts';
+import { withValues } from '../src/sql/statement.ts';
+import { executeJob, type ClaimedJob } from './execute.ts';
+import { OutcomeWriter } from './outcomes.ts';
+import { loadTasks, type LoadedTasks } from './registry.ts';
+
+const config = workerData as ThreadConfig;
+const logger = pino({ name: 'grapevine', level: config.logLevel }).child({ supervisor: config.supervisorId, threadId });
+const onIdleError = (err: Error) => logger.debug({ err: err.message }, 'idle database connection closed');
+const systemPool = createPool(config.connectionString, {
+  max: config.systemConnections,
+  applicationName: `grapevine-thread-${threadId}`,
+  onIdleError,
+});
+const writer = new OutcomeWriter(systemPool, config.schema, { baseMs: config.retryBaseMs, maxMs: config.retryMaxMs }, logger);
+const sql = jobStatements(config.schema);
+const tasks: Promise<LoadedTasks> = loadTasks(config.tasksPath).catch((err: Error) => ({ handlers: new Map(), error: err }));
+
+// Handlers get their own pool, so a handler that holds every connection
+// cannot starve claims and outcome writes.
+let handlerPool: ReturnType<typeof createPool> | null = null;
+let handlerClient: Client | null = null;
+function handlerConnections(): ReturnType<typeof createPool> {
+  handlerPool ??= createPool(config.connectionString, {
+    max: config.handlerConnections,
+    applicationName: `grapevine-handler-${threadId}`,
+    onIdleError,
+  });
+  return handlerPool;
+}
+function handlerQuery(text: string, params?: unknown[]) {
+  return handlerConnections().query(text, params as unknown[]);
+}
+function handlerAddJob(...args: Parameters<Client['addJob']>) {
+  handlerClient ??= createClient({ pool: handlerConnections(), schema: config.schema, migrate: false });
+  return handlerClient.addJob(...args);
+}
+
+export default async function run(request: ThreadRequest): Promise<ThreadResponse> {
+  switch (request.type) {
+    case 'describe': {
+      const loaded = await tasks;
+      return {
+        type: 'described',
+        tasks: [...loaded.handlers.keys()],
+        error: loaded.error ? serializeError(loaded.error) : null,
+        threadId,
+      };
+    }
+    case 'claim-ids':
+    case 'claim-next':
+      return runBatch(request);
+  }
+}
+
+async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'claim-next' }>): Promise<ThreadResponse> {
+  const port = request.port;
+  const loaded = await tasks;
+  const known = request.tasks.filter((t) => loaded.handlers.has(t));
+  let jobs: ClaimedJob[];
+  try {
+    const claim =
+      request.type === 'claim-ids'
+        ? withValues(sql.claimByIds, [request.ids, known, config.supervisorId, threadId, config.leaseMs, config.queues])
+        : withValues(sql.claimNext, [request.count, known, config.supervisorId, threadId, config.leaseMs, config.queues]);
+    jobs = (await systemPool.query<ClaimedJob>(claim)).rows;
+  } catch (err) {
+    port.close();
+    return { type: 'batch-done', threadId, claimed: [], skipped: 0, fenced: 0, claimError: serializeError(err) };
+  }
+  const requested = request.type === 'claim-ids' ? request.ids.length : request.count;
+  const claimed = jobs.map((j) => j.id);
+  if (jobs.length > 0) post(port, { type: 'claimed', ids: claimed, threadId });
+
+  const controllers = new Map<string, AbortController>();
+  port.on('message', (signal: SupervisorSignal) => {
+    if (signal.type === 'abort') controllers.get(signal.jobId)?.abort(new JobAbort(signal.reason, signal.message));
+  });
+
+  let fenced = 0;
+  await Promise.all(
+    jobs.map(async (job) => {
+      const controller = new AbortController();
+      controllers.set(job.id, controller);
+      if (job.cancel_requested) controller.abort(new JobAbort('cancelled', 'job was cancelled'));
+      post(port, { type: 'started', jobId: job.id, task: job.task, attempt: job.attempts, timeoutMs: job.timeout_ms, threadId });
+      const outcome = await executeJob(job, loaded.handlers.get(job.task)!, controller.signal, {
+        logger,
+        query: handlerQuery as never,
+        addJob: handlerAddJob,
+      });
+      controllers.delete(job.id);
+      const accepted = await writer.record(outcome);
+      if (!accepted) {
+        fenced++;
+        logger.warn({ jobId: job.id }, 'outcome rejected: the job was reassigned, cancelled or released while it ran');
+      }
+      const finished = outcome.kind === 'success' ? 'succeeded' : controller.signal.aborted ? 'cancelled' : 'failed';
+      post(port, { type: 'finished', jobId: job.id, outcome: finished, threadId });
+    }),
+  );
+  port.close();
+  return { type: 'batch-done', threadId, claimed, skipped: requested - jobs.length, fenced, claimError: null };
+}
+
+function post(port: MessagePort, event: BatchEvent): void {
+  port.postMessage(event);
+}
+
+/** The reason an AbortSignal carries; executeJob() reads `kind` to decide whether to retry. */
+class JobAbort extends Error {
+  readonly kind: AbortKind;
+  constructor(kind: AbortKind, message: string) {
+    super(message);
+    this.name = 'AbortError';
+    this.kind = kind;
+  }
+}

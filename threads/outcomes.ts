@@ -1,0 +1,107 @@
+import type pg from 'pg';
+import type { Logger } from 'pino';
+import { jobStatements } from '../src/sql/jobs.ts';
+import { withValues } from '../src/sql/statement.ts';
+
+export type Outcome =
+  | { kind: 'success'; id: string; token: string; result: string }
+  | { kind: 'failure'; id: string; token: string; error: string; retryable: boolean };
+
+interface Pending {
+  outcome: Outcome;
+  resolve: (accepted: boolean) => void;
+}
+
+/**
+ * Collects the outcomes of jobs that finish close together and writes them in
+ * one statement per kind. While one write is in flight, new outcomes queue up
+ * and go out together in the next, so the batch grows with the load. A write
+ * that fails (database down) is retried with backoff: an outcome is never
+ * dropped, and if the claim was lost meanwhile the fence rejects it.
+ */
+export class OutcomeWriter {
+  private queue: Pending[] = [];
+  private flushing = false;
+  private scheduled = false;
+  private failures = 0;
+
+  private readonly pool: pg.Pool;
+  private readonly schema: string;
+  private readonly retry: { baseMs: number; maxMs: number };
+  private readonly logger: Logger;
+
+  constructor(pool: pg.Pool, schema: string, retry: { baseMs: number; maxMs: number }, logger: Logger) {
+    this.pool = pool;
+    this.schema = schema;
+    this.retry = retry;
+    this.logger = logger;
+  }
+
+  /** Resolves true if the outcome was recorded, false if the fence rejected it. */
+  record(outcome: Outcome): Promise<boolean> {
+    return new Promise((resolve) => {
+      this.queue.push({ outcome, resolve });
+      this.schedule(0);
+    });
+  }
+
+  private schedule(delayMs: number): void {
+    if (this.scheduled || this.flushing) return;
+    this.scheduled = true;
+    const go = () => {
+      this.scheduled = false;
+      void this.flush();
+    };
+    if (delayMs > 0) setTimeout(go, delayMs);
+    else setImmediate(go);
+  }
+
+  private async flush(): Promise<void> {
+    if (this.queue.length === 0) return;
+    this.flushing = true;
+    const batch = this.queue;
+    this.queue = [];
+    const sql = jobStatements(this.schema);
+    const successes = batch.filter((p) => p.outcome.kind === 'success');
+    const failures = batch.filter((p) => p.outcome.kind === 'failure');
+    try {
+      const accepted = new Set<string>();
+      const writes: Promise<void>[] = [];
+      if (successes.length > 0) {
+        const rows = successes.map(({ outcome: o }) => ({ id: o.id, token: o.token, result: JSON.parse((o as { result: string }).result) }));
+        writes.push(this.pool.query(withValues(sql.complete, [JSON.stringify(rows)])).then((r) => this.collect(r, accepted)));
+      }
+      if (failures.length > 0) {
+        const rows = failures.map(({ outcome: o }) => {
+          const f = o as Extract<Outcome, { kind: 'failure' }>;
+          return { id: f.id, token: f.token, error: f.error, retryable: f.retryable };
+        });
+        writes.push(
+          this.pool
+            .query(withValues(sql.fail, [JSON.stringify(rows), this.retry.baseMs, this.retry.maxMs]))
+            .then((r) => this.collect(r, accepted)),
+        );
+      }
+      await Promise.all(writes);
+      this.failures = 0;
+      for (const p of batch) p.resolve(accepted.has(p.outcome.id));
+    } catch (err) {
+      // Both statements are idempotent under the fence, so the whole batch can be retried.
+      this.failures++;
+      this.queue = batch.concat(this.queue);
+      const delay = Math.min(2_000, 50 * 2 ** Math.min(this.failures, 6));
+      if (this.failures === 1 || this.failures % 20 === 0) {
+        this.logger.warn({ err: (err as Error).message, jobs: batch.length }, 'could not record job outcomes; retrying');
+      }
+      this.flushing = false;
+      this.schedule(delay);
+      return;
+    }
+    this.flushing = false;
+    if (this.queue.length > 0) this.schedule(0);
+  }
+
+  private collect(result: pg.QueryResult, accepted: Set<string>): void {
+    for (const id of (result.rows[0]?.ids as string[] | undefined) ?? []) accepted.add(id);
+  }
+}

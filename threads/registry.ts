@@ -1,0 +1,60 @@
+import { readdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type { TaskHandler } from '../src/task.ts';
+
+const TASK_FILE = /^([A-Za-z0-9_.:-]+)\.(m?js|ts|mts)$/;
+
+export interface LoadedTasks {
+  handlers: Map<string, TaskHandler>;
+  /** The first module that failed to load, with its path; no handler from it is registered. */
+  error: Error | null;
+}
+
+/**
+ * Loads the task handlers once per thread. Names come from file names (a
+ * directory) or export names (one module), fixed at start: job rows never
+ * choose what gets imported.
+ */
+export async function loadTasks(tasksPath: string): Promise<LoadedTasks> {
+  const handlers = new Map<string, TaskHandler>();
+  const info = await stat(tasksPath).catch(() => null);
+  if (!info) return { handlers, error: new Error(`task path ${tasksPath} does not exist`) };
+
+  if (info.isFile()) {
+    const mod = await importModule(tasksPath);
+    if (mod instanceof Error) return { handlers, error: mod };
+    for (const [name, value] of Object.entries(mod)) {
+      if (name !== 'default' && typeof value === 'function') handlers.set(name, value as TaskHandler);
+    }
+    if (handlers.size === 0) {
+      return { handlers, error: new Error(`task module ${tasksPath} has no named function exports (export one handler per task)`) };
+    }
+    return { handlers, error: null };
+  }
+
+  const files = (await readdir(tasksPath)).filter((f) => TASK_FILE.test(f) && !f.endsWith('.d.ts')).sort();
+  for (const file of files) {
+    const full = path.join(tasksPath, file);
+    const name = TASK_FILE.exec(file)![1];
+    const mod = await importModule(full);
+    if (mod instanceof Error) return { handlers, error: mod };
+    const handler = (mod as { default?: unknown }).default;
+    if (typeof handler !== 'function') {
+      return { handlers, error: new Error(`task module ${full} has no default export function (export default async (payload, helpers) => ...)`) };
+    }
+    if (handlers.has(name)) return { handlers, error: new Error(`task "${name}" is defined twice in ${tasksPath}`) };
+    handlers.set(name, handler as TaskHandler);
+  }
+  if (handlers.size === 0) return { handlers, error: new Error(`no task modules (*.js, *.mjs, *.ts) found in ${tasksPath}`) };
+  return { handlers, error: null };
+}
+
+async function importModule(file: string): Promise<Record<string, unknown> | Error> {
+  try {
+    return (await import(pathToFileURL(file).href)) as Record<string, unknown>;
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    return new Error(`task module ${file} failed to load: ${reason}`, { cause: err });
+  }
+}
