@@ -70,7 +70,9 @@ interface Row {
 
 export function createClient(options: ClientOptions = {}): Client {
   const schema = validateSchemaName(options.schema ?? DEFAULTS.schema);
-  const connectionString = options.pool ? (options.connectionString ?? '') : resolveConnectionString(options.connectionString);
+  // With a caller's pool, its connection string still serves waitForJob's LISTEN connection.
+  const poolUrl = (options.pool as { options?: { connectionString?: string } } | undefined)?.options?.connectionString;
+  const connectionString = options.pool ? (options.connectionString ?? poolUrl ?? process.env.DATABASE_URL ?? '') : resolveConnectionString(options.connectionString);
   const maxPayloadBytes = options.maxPayloadBytes ?? 1024 * 1024;
   const logger = options.logger ?? silentLogger();
   const pool = options.pool ?? createPool(connectionString, { max: 4, applicationName: 'grapevine-client' });

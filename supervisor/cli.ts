@@ -1,0 +1,279 @@
+#!/usr/bin/env node
+/**
+ * The `grapevine` command. Every failure ends as one line on stderr naming
+ * the problem and the fix, and a non-zero exit: 2 for usage errors, 1 for
+ * everything else.
+ */
+import { realpathSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { createClient } from '../src/client.ts';
+import { DEFAULTS } from '../src/config.ts';
+import { GrapevineError } from '../src/errors.ts';
+import { createLogger } from '../src/log.ts';
+import { redactSecret } from '../src/redact.ts';
+import { PACKAGE_ROOT, VERSION } from '../src/version.ts';
+import { resolveDatabase } from './database.ts';
+import { startSupervisor } from './index.ts';
+import { stopOnSignals } from './signals.ts';
+
+class UsageError extends Error {}
+
+const COMMON = {
+  'database-url': { type: 'string' },
+  schema: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const satisfies ParseArgsConfig['options'];
+
+const HELP: Record<string, string> = {
+  main: `grapevine ${VERSION}: background jobs on PostgreSQL, run on every core
+
+Usage: grapevine <command> [options]
+
+Commands:
+  run       run a supervisor and its worker threads
+  add       enqueue a job
+  job       show a job
+  cancel    cancel a job
+  migrate   create or upgrade grapevine's tables
+  demo      the square-root work queue, on an embedded PostgreSQL
+
+Options for every command:
+  --database-url URL   PostgreSQL to use (default: DATABASE_URL, else an embedded
+                       server kept in ./.grapevine/db)
+  --schema NAME        schema of grapevine's tables (default: ${DEFAULTS.schema})
+  -h, --help           help for a command: grapevine <command> --help
+  --version            print the version`,
+  run: `Usage: grapevine run --tasks DIR [--threads N] [--concurrency N] [--queue Q ...]
+
+  --tasks PATH        directory of task modules (name.js/.mjs/.ts, default export),
+                      or one module whose named exports are the handlers
+  --threads N         worker threads (default: available parallelism, ${os.availableParallelism()} here)
+  --concurrency N     jobs one thread runs at once (default: ${DEFAULTS.concurrency})
+  --queue Q           take jobs from this queue only (repeatable; default: all)
+  --grace-ms N        on SIGTERM, how long running jobs may finish (default: ${DEFAULTS.shutdownGraceMs})
+  --log-level LEVEL   pino level (default: info)
+
+SIGTERM/SIGINT stop gracefully; a second signal stops at once. Exit code 0.`,
+  add: `Usage: grapevine add TASK [JSON] [--run-at ISO] [--priority N] [--queue Q] [--max-attempts N] [--timeout-ms N] [--wait]
+
+  JSON               the payload (default: {})
+  --run-at ISO       when the job becomes due, e.g. 2026-01-31T12:00:00Z
+  --wait             wait for the job and print its result (exit 1 if it failed)
+  --wait-ms N        how long --wait waits (default: 60000)`,
+  job: 'Usage: grapevine job ID\n\nPrints the job as JSON.',
+  cancel: 'Usage: grapevine cancel ID\n\nCancels a pending job at once; a running one is signalled wherever it runs.',
+  migrate: 'Usage: grapevine migrate\n\nCreates or upgrades the schema. Safe to run from several hosts at once.',
+  demo: `Usage: grapevine demo [--count N] [--threads N]
+
+Enqueues the numbers 1..N (default 12), computes their square roots on at least
+two threads, prints which thread did which and the results table, and stops.`,
+};
+
+type Values = Record<string, string | boolean | string[] | undefined>;
+
+function parse(command: string, argv: string[], options: ParseArgsConfig['options']): { values: Values; positionals: string[] } {
+  try {
+    const parsed = parseArgs({ args: argv, options: { ...COMMON, ...options }, allowPositionals: true, strict: true });
+    return { values: parsed.values as Values, positionals: parsed.positionals };
+  } catch (err) {
+    const match = /'(-[^']+)'/.exec((err as Error).message);
+    const what = match ? `unknown option ${match[1]}` : (err as Error).message.split('\n')[0];
+    throw new UsageError(`${what} for \`grapevine ${command}\`; see grapevine ${command} --help`);
+  }
+}
+
+function int(values: Values, name: string): number | undefined {
+  const raw = values[name];
+  if (raw === undefined) return undefined;
+  const n = Number(raw);
+  if (!Number.isInteger(n)) throw new UsageError(`--${name} must be an integer, got ${JSON.stringify(raw)}`);
+  return n;
+}
+
+const say = (line: string) => process.stderr.write(`grapevine: ${line}\n`);
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (!command || command === '--help' || command === '-h' || command === 'help') {
+    console.log(HELP.main);
+    return command ? 0 : 2;
+  }
+  if (command === '--version') {
+    console.log(VERSION);
+    return 0;
+  }
+  const handler = COMMANDS[command];
+  if (!handler) throw new UsageError(`unknown command "${command}"; run grapevine --help for the list`);
+  if (rest.includes('--help') || rest.includes('-h')) {
+    console.log(HELP[command]);
+    return 0;
+  }
+  return handler(command, rest);
+}
+
+const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<number>> = {
+  async run(command, argv) {
+    const { values } = parse(command, argv, {
+      tasks: { type: 'string' },
+      threads: { type: 'string' },
+      concurrency: { type: 'string' },
+      queue: { type: 'string', multiple: true },
+      'grace-ms': { type: 'string' },
+      'log-level': { type: 'string' },
+    });
+    if (!values.tasks) throw new UsageError('--tasks is required: a directory of task modules (see grapevine run --help)');
+    const db = await resolveDatabase(values['database-url'] as string | undefined, say);
+    const logger = createLogger({ level: values['log-level'] as string | undefined });
+    try {
+      const supervisor = await startSupervisor({
+        connectionString: db.connectionString,
+        schema: values.schema as string | undefined,
+        tasks: path.resolve(values.tasks as string),
+        threads: int(values, 'threads'),
+        concurrency: int(values, 'concurrency'),
+        queues: (values.queue as string[] | undefined) ?? null,
+        shutdownGraceMs: int(values, 'grace-ms'),
+        logger,
+      });
+      const unhook = stopOnSignals(supervisor, logger);
+      await supervisor.stopped;
+      unhook();
+      return 0;
+    } finally {
+      await db.release();
+    }
+  },
+
+  async add(command, argv) {
+    const { values, positionals } = parse(command, argv, {
+      'run-at': { type: 'string' },
+      priority: { type: 'string' },
+      queue: { type: 'string' },
+      'max-attempts': { type: 'string' },
+      'timeout-ms': { type: 'string' },
+      wait: { type: 'boolean' },
+      'wait-ms': { type: 'string' },
+    });
+    const [task, json, extra] = positionals;
+    if (!task) throw new UsageError('missing TASK: grapevine add TASK [JSON]');
+    if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}: quote the JSON payload as one argument`);
+    let payload: unknown = {};
+    if (json !== undefined) {
+      try {
+        payload = JSON.parse(json);
+      } catch (err) {
+        throw new UsageError(`payload is not valid JSON (${(err as Error).message}): pass e.g. '{"n": 4}' in single quotes`);
+      }
+    }
+    return withClient(values, async (client) => {
+      const id = await client.addJob(task, payload, {
+        runAt: values['run-at'] as string | undefined,
+        priority: int(values, 'priority'),
+        queue: values.queue as string | undefined,
+        maxAttempts: int(values, 'max-attempts'),
+        timeoutMs: int(values, 'timeout-ms'),
+      });
+      if (!values.wait) {
+        console.log(id);
+        return 0;
+      }
+      const job = await client.waitForJob(id, { timeoutMs: int(values, 'wait-ms') ?? 60_000 });
+      console.log(JSON.stringify({ id, state: job.state, result: job.result, lastError: job.lastError }, null, 2));
+      return job.state === 'succeeded' ? 0 : 1;
+    });
+  },
+
+  async job(command, argv) {
+    const { values, positionals } = parse(command, argv, {});
+    const id = positionals[0];
+    if (!id) throw new UsageError('missing ID: grapevine job ID');
+    return withClient(values, async (client) => {
+      const job = await client.getJob(id);
+      if (!job) throw new GrapevineError('GRAPEVINE_JOB_NOT_FOUND', `job ${id} does not exist in schema "${client.schema}"`);
+      console.log(JSON.stringify(job, null, 2));
+      return 0;
+    });
+  },
+
+  async cancel(command, argv) {
+    const { values, positionals } = parse(command, argv, {});
+    const id = positionals[0];
+    if (!id) throw new UsageError('missing ID: grapevine cancel ID');
+    return withClient(values, async (client) => {
+      const { state } = await client.cancelJob(id);
+      if (state === null) throw new GrapevineError('GRAPEVINE_JOB_NOT_FOUND', `job ${id} does not exist in schema "${client.schema}"`);
+      console.log(state);
+      return 0;
+    });
+  },
+
+  async migrate(command, argv) {
+    const { values } = parse(command, argv, {});
+    return withClient(values, async (client) => {
+      const { applied, version } = await client.migrate();
+      console.log(applied.length > 0 ? `applied migrations ${applied.join(', ')}; schema "${client.schema}" is at version ${version}` : `schema "${client.schema}" is up to date (version ${version})`);
+      return 0;
+    });
+  },
+
+  async demo(command, argv) {
+    const { values } = parse(command, argv, { count: { type: 'string' }, threads: { type: 'string' } });
+    const count = int(values, 'count') ?? 12;
+    if (count < 1 || count > 1000) throw new UsageError('--count must be from 1 to 1000');
+    const threads = int(values, 'threads') ?? Math.max(2, os.availableParallelism());
+    const db = await resolveDatabase(values['database-url'] as string | undefined, say);
+    try {
+      const demoModule = pathToFileURL(path.join(PACKAGE_ROOT, 'examples', 'sqroot', 'demo.mjs'));
+      const { runSqrootDemo } = await import(demoModule.href);
+      await runSqrootDemo({
+        connectionString: db.connectionString,
+        schema: (values.schema as string | undefined) ?? 'grapevine_demo',
+        numbers: Array.from({ length: count }, (_, i) => i + 1),
+        threads,
+        logger: createLogger({ level: 'warn' }),
+      });
+      return 0;
+    } finally {
+      await db.release();
+    }
+  },
+};
+
+async function withClient(values: Values, fn: (client: ReturnType<typeof createClient>) => Promise<number>): Promise<number> {
+  const db = await resolveDatabase(values['database-url'] as string | undefined, say);
+  const client = createClient({ connectionString: db.connectionString, schema: values.schema as string | undefined });
+  try {
+    return await fn(client);
+  } finally {
+    await client.close().catch(() => {});
+    await db.release();
+  }
+}
+
+// Through npm's bin symlink argv[1] is the link; compare real paths.
+const isMain = process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href;
+if (isMain) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      const message = err instanceof Error ? err.message : String(err);
+      say(redactAll(message));
+      process.exitCode = err instanceof UsageError ? 2 : 1;
+    },
+  );
+}
+
+/** Error text may echo a connection string from the environment or the command line. */
+function redactAll(message: string): string {
+  const flagIndex = process.argv.indexOf('--database-url');
+  const inline = process.argv.find((a) => a.startsWith('--database-url='))?.slice('--database-url='.length);
+  const candidates = [process.env.DATABASE_URL, flagIndex > 0 ? process.argv[flagIndex + 1] : undefined, inline];
+  return candidates.reduce<string>((text, url) => (url ? redactSecret(text, url) : text), message);
+}
+
+export { main };

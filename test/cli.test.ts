@@ -1,0 +1,96 @@
+import { beforeAll, describe, expect, it } from 'vitest';
+import { createClient } from '../src/index.ts';
+import { FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
+import { assertBuilt, CLI, run, start } from './helpers/process.ts';
+
+const db = useTestSchema('cli');
+const env = { DATABASE_URL: db.url, GRAPEVINE_LOG_LEVEL: 'warn' };
+const cli = (...args: string[]) => run([CLI, ...args, '--schema', db.schema], env);
+
+beforeAll(() => assertBuilt());
+
+describe('grapevine CLI', () => {
+  it('prints help for the command and for each subcommand', async () => {
+    const main = await run([CLI, '--help']);
+    expect(main.code).toBe(0);
+    expect(main.stdout).toMatch(/Usage: grapevine <command>/);
+    const add = await run([CLI, 'add', '--help']);
+    expect(add.stdout).toMatch(/grapevine add TASK \[JSON\]/);
+    const none = await run([CLI]);
+    expect(none.code).toBe(2);
+  });
+
+  it('answers bad input with one line and a usage exit code', async () => {
+    const cases: Array<[string[], RegExp]> = [
+      [['add', 'square', '{"n": '], /payload is not valid JSON/],
+      [['add', 'square', '--frobnicate'], /unknown option --frobnicate for `grapevine add`/],
+      [['fly'], /unknown command "fly"/],
+      [['run'], /--tasks is required/],
+      [['add', 'square', '--priority', 'high'], /--priority must be an integer/],
+    ];
+    for (const [args, message] of cases) {
+      const result = await run([CLI, ...args], env);
+      expect(result.code, args.join(' ')).toBe(2);
+      expect(result.stderr.trim().split('\n')).toHaveLength(1);
+      expect(result.stderr).toMatch(message);
+    }
+  });
+
+  it('names the unreachable host and never prints the password', async () => {
+    const secret = 'hunter2-secret';
+    const viaEnv = await run([CLI, 'job', '1'], { DATABASE_URL: `postgres://app:${secret}@127.0.0.1:1/jobs` });
+    expect(viaEnv.code).toBe(1);
+    expect(viaEnv.stderr).toMatch(/cannot connect to PostgreSQL at app@127\.0\.0\.1:1\/jobs/);
+    const viaFlag = await run([CLI, 'add', 'square', '--database-url', `postgres://app:${secret}@nonexistent.invalid:5432/jobs`]);
+    expect(viaFlag.code).toBe(1);
+    expect(viaFlag.stderr).toMatch(/nonexistent\.invalid:5432/);
+    for (const r of [viaEnv, viaFlag]) expect(r.stdout + r.stderr).not.toContain(secret);
+  });
+
+  it('rejects a schema name that is not a plain identifier before running SQL', async () => {
+    const result = await run([CLI, 'migrate', '--schema', 'x"; DROP TABLE jobs;--'], env);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/invalid schema name/);
+  });
+
+  it('migrates, adds a job, shows it, and runs it with --wait against a running supervisor', async () => {
+    const migrated = await cli('migrate');
+    expect(migrated.code).toBe(0);
+    expect(migrated.stdout).toMatch(/version \d+/);
+
+    const added = await cli('add', 'square', '{"n": 16}', '--priority', '3');
+    expect(added.code).toBe(0);
+    const id = added.stdout.trim();
+    const shown = await cli('job', id);
+    expect(JSON.parse(shown.stdout)).toMatchObject({ id, task: 'square', state: 'pending', priority: 3, payload: { n: 16 } });
+
+    const supervisor = start([CLI, 'run', '--tasks', FIXTURE_TASKS, '--threads', '2', '--schema', db.schema, '--log-level', 'info'], env);
+    try {
+      await supervisor.waitFor(/supervisor started/);
+      const waited = await cli('add', 'square', '{"n": 81}', '--wait');
+      expect(waited.code).toBe(0);
+      expect(JSON.parse(waited.stdout)).toMatchObject({ state: 'succeeded', result: { n: 81, root: 9 } });
+      const client = createClient({ connectionString: db.url, schema: db.schema });
+      expect((await client.waitForJob(id)).state).toBe('succeeded');
+      await client.close();
+
+      const failed = await cli('add', 'fail', '{"message": "nope"}', '--max-attempts', '1', '--wait');
+      expect(failed.code).toBe(1);
+      expect(JSON.parse(failed.stdout)).toMatchObject({ state: 'failed' });
+    } finally {
+      supervisor.child.kill('SIGTERM');
+    }
+    const exit = await supervisor.exited;
+    expect(exit.code).toBe(0);
+    expect(exit.stdout).toMatch(/stopped/);
+  });
+
+  it('cancels a pending job', async () => {
+    const added = await cli('add', 'square', '{}', '--run-at', new Date(Date.now() + 3_600_000).toISOString());
+    const id = added.stdout.trim();
+    const cancelled = await cli('cancel', id);
+    expect(cancelled.stdout.trim()).toBe('cancelled');
+    const { rows } = await db.pool.query(`SELECT state FROM "${db.schema}".jobs WHERE id = $1`, [id]);
+    expect(rows[0].state).toBe('cancelled');
+  });
+});

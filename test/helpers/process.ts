@@ -1,0 +1,70 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+
+export const ROOT = path.resolve(import.meta.dirname, '../..');
+/** The built CLI, as users run it (npm test builds first). */
+export const CLI = path.join(ROOT, 'dist/supervisor/cli.js');
+
+export function assertBuilt(): void {
+  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` (npm test does it for you)`);
+}
+
+export interface Finished {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface Running {
+  child: ChildProcess;
+  stdout(): string;
+  stderr(): string;
+  /** Resolves when stdout or stderr has printed a line matching `pattern`. */
+  waitFor(pattern: RegExp): Promise<string>;
+  exited: Promise<Finished>;
+}
+
+export function start(args: string[], env: Record<string, string | undefined> = {}, cwd = ROOT): Running {
+  const child = spawn(process.execPath, args, { cwd, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  const watchers: Array<{ pattern: RegExp; resolve: (line: string) => void }> = [];
+  const check = () => {
+    for (const w of [...watchers]) {
+      const m = w.pattern.exec(out + err);
+      if (m) {
+        watchers.splice(watchers.indexOf(w), 1);
+        w.resolve(m[0]);
+      }
+    }
+  };
+  child.stdout!.on('data', (d) => {
+    out += d;
+    check();
+  });
+  child.stderr!.on('data', (d) => {
+    err += d;
+    check();
+  });
+  const exited = new Promise<Finished>((resolve) =>
+    child.on('exit', (code, signal) => resolve({ code, signal, stdout: out, stderr: err })),
+  );
+  return {
+    child,
+    stdout: () => out,
+    stderr: () => err,
+    exited,
+    waitFor: (pattern) =>
+      new Promise((resolve, reject) => {
+        watchers.push({ pattern, resolve });
+        check();
+        void exited.then((f) => reject(new Error(`process exited (${f.code}) before printing ${pattern}:\n${f.stdout}\n${f.stderr}`)));
+      }),
+  };
+}
+
+export function run(args: string[], env: Record<string, string | undefined> = {}): Promise<Finished> {
+  return start(args, env).exited;
+}
