@@ -1,0 +1,189 @@
+import { randomBytes } from 'node:crypto';
+import { afterAll, describe, expect, it } from 'vitest';
+import { createClient, GrapevineError, startSupervisor } from '../src/index.ts';
+import { silentLogger } from '../src/log.ts';
+import { LATEST_VERSION, MIGRATIONS } from '../src/schema/migrations/index.ts';
+import { FIXTURE_TASKS, schemaName, useTestSchema } from './helpers/db.ts';
+
+const db = useTestSchema('migrate');
+const created: string[] = [];
+afterAll(async () => {
+  for (const schema of created) await db.pool.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
+});
+
+/** A schema name this file will drop when it is done. */
+function freshSchema(prefix: string): string {
+  const schema = schemaName(prefix);
+  created.push(schema);
+  return schema;
+}
+
+async function schemaExists(name: string): Promise<boolean> {
+  const { rows } = await db.pool.query('SELECT 1 FROM pg_namespace WHERE nspname = $1', [name]);
+  return rows.length > 0;
+}
+
+const INVALID_SCHEMA_NAMES = [
+  'x"; DROP TABLE jobs;--',
+  "a'b",
+  '%I',
+  '$1',
+  'a.b',
+  'a'.repeat(41),
+  'jöbs',
+  '作业',
+  'Jobs',
+  'GRAPEVINE',
+  '',
+  '1abc',
+  'a b',
+];
+
+function expectConfigError(err: unknown, name: string): void {
+  expect(err).toBeInstanceOf(GrapevineError);
+  expect((err as GrapevineError).code).toBe('GRAPEVINE_CONFIG_INVALID');
+  // Names the bad value and says what a good one looks like.
+  expect((err as Error).message).toContain(`invalid schema name ${JSON.stringify(name)}`);
+  expect((err as Error).message).toMatch(/lowercase letters, digits and _/);
+}
+
+describe('schema names', () => {
+  it('refuses unsafe or unusual schema names in createClient with GRAPEVINE_CONFIG_INVALID, creating nothing', async () => {
+    for (const name of INVALID_SCHEMA_NAMES) {
+      let err: unknown;
+      try {
+        createClient({ connectionString: db.url, schema: name });
+      } catch (e) {
+        err = e;
+      }
+      expectConfigError(err, name);
+    }
+    const { rows } = await db.pool.query(
+      'SELECT nspname FROM pg_namespace WHERE nspname = ANY($1::text[])',
+      [INVALID_SCHEMA_NAMES],
+    );
+    expect(rows).toEqual([]);
+  });
+
+  it('refuses them in startSupervisor before connecting: the error is about the name even when no server listens', async () => {
+    // Port 1 never has a PostgreSQL: reaching the database at all would turn this into GRAPEVINE_DATABASE_UNREACHABLE.
+    const nowhere = 'postgres://postgres@127.0.0.1:1/nowhere';
+    for (const name of INVALID_SCHEMA_NAMES) {
+      const err = await startSupervisor({ connectionString: nowhere, schema: name, tasks: FIXTURE_TASKS, threads: 1, logger: silentLogger() }).then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expectConfigError(err, name);
+      let clientErr: unknown;
+      try {
+        createClient({ connectionString: nowhere, schema: name });
+      } catch (e) {
+        clientErr = e;
+      }
+      expectConfigError(clientErr, name);
+    }
+    for (const name of INVALID_SCHEMA_NAMES) expect(await schemaExists(name)).toBe(false);
+  });
+
+  it('accepts a 40-character schema name, whose channel names stay within PostgreSQL limits', async () => {
+    const name = `t_${'m'.repeat(31)}_${randomBytes(3).toString('hex')}`;
+    expect(name).toHaveLength(40);
+    created.push(name);
+    const client = createClient({ connectionString: db.url, schema: name });
+    try {
+      await client.migrate();
+      const id = await client.addJob('noop');
+      expect((await client.getJob(id))!.state).toBe('pending');
+      expect(await schemaExists(name)).toBe(true);
+    } finally {
+      await client.close();
+    }
+  });
+});
+
+describe('migrate', () => {
+  it('four concurrent migrations of a fresh schema all succeed and apply each version exactly once', async () => {
+    const schema = freshSchema('mig4');
+    // Each client has its own pool, as four hosts starting at once would.
+    const clients = Array.from({ length: 4 }, () => createClient({ connectionString: db.url, schema }));
+    try {
+      const results = await Promise.allSettled(clients.map((c) => c.migrate()));
+      for (const r of results) expect(r.status).toBe('fulfilled');
+      const applied = results.map((r) => (r as PromiseFulfilledResult<{ applied: number[]; version: number }>).value);
+      for (const r of applied) expect(r.version).toBe(LATEST_VERSION);
+      // One of them did the work; the others found it done.
+      const allVersions = MIGRATIONS.map((m) => m.version);
+      expect(applied.filter((r) => r.applied.length > 0).map((r) => r.applied)).toEqual([allVersions]);
+      expect(applied.filter((r) => r.applied.length === 0)).toHaveLength(3);
+
+      const { rows } = await db.pool.query(
+        `SELECT version, count(*)::int AS n FROM "${schema}".migrations GROUP BY version ORDER BY version`,
+      );
+      expect(rows).toEqual(allVersions.map((version) => ({ version, n: 1 })));
+      // The schema is usable by all four.
+      const ids = await Promise.all(clients.map((c, i) => c.addJob('noop', { i })));
+      expect(new Set(ids).size).toBe(4);
+    } finally {
+      await Promise.all(clients.map((c) => c.close()));
+    }
+  });
+
+  it('migrating an up-to-date schema again applies nothing', async () => {
+    const client = createClient({ connectionString: db.url, schema: db.schema });
+    try {
+      await client.migrate();
+      expect(await client.migrate()).toEqual({ applied: [], version: LATEST_VERSION });
+      const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM "${db.schema}".migrations`);
+      expect(rows[0].n).toBe(MIGRATIONS.length);
+    } finally {
+      await client.close();
+    }
+  });
+
+  it('refuses a schema newer than this release with GRAPEVINE_SCHEMA_TOO_NEW naming both versions, changing nothing', async () => {
+    const schema = freshSchema('toonew');
+    const newer = LATEST_VERSION + 1;
+    await db.pool.query(`CREATE SCHEMA "${schema}"`);
+    await db.pool.query(
+      `CREATE TABLE "${schema}".migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`,
+    );
+    await db.pool.query(`INSERT INTO "${schema}".migrations (version, name) VALUES ($1, 'from_the_future')`, [newer]);
+
+    const expectTooNew = (err: unknown) => {
+      expect(err).toBeInstanceOf(GrapevineError);
+      expect((err as GrapevineError).code).toBe('GRAPEVINE_SCHEMA_TOO_NEW');
+      const message = (err as Error).message;
+      expect(message).toContain(schema);
+      expect(message).toMatch(new RegExp(`version ${newer}\\b`));
+      expect(message).toMatch(new RegExp(`up to ${LATEST_VERSION}\\b`));
+      expect(message).toMatch(/upgrade grapevine/);
+    };
+
+    const client = createClient({ connectionString: db.url, schema });
+    try {
+      expectTooNew(await client.migrate().then(() => null, (e: unknown) => e));
+      // Enqueueing migrates first, so it is refused the same way.
+      expectTooNew(await client.addJob('noop').then(() => null, (e: unknown) => e));
+    } finally {
+      await client.close();
+    }
+    expectTooNew(
+      await startSupervisor({ connectionString: db.url, schema, tasks: FIXTURE_TASKS, threads: 1, logger: silentLogger() }).then(
+        async (s) => {
+          await s.stop({ graceMs: 0 });
+          return null;
+        },
+        (e: unknown) => e,
+      ),
+    );
+
+    // Nothing older was applied on top of the newer schema.
+    const { rows: tables } = await db.pool.query(
+      `SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY table_name`,
+      [schema],
+    );
+    expect(tables.map((t) => t.table_name)).toEqual(['migrations']);
+    const { rows: versions } = await db.pool.query(`SELECT version FROM "${schema}".migrations`);
+    expect(versions).toEqual([{ version: newer }]);
+  });
+});
