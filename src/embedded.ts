@@ -35,6 +35,8 @@ export interface EmbeddedDatabase {
 
 export interface EmbeddedDatabaseOptions {
   dir: string;
+  /** A fixed port (default: a free one). Restarting on the same port lets connected clients reconnect. */
+  port?: number;
   database?: string;
   onLog?: (line: string) => void;
 }
@@ -197,7 +199,7 @@ export async function startEmbeddedDatabase(opts: EmbeddedDatabaseOptions): Prom
     const reason = (err: unknown) => recent.findLast((l) => /FATAL|PANIC|ERROR|error:/.test(l)) ?? recent.at(-1)
       ?? (err instanceof Error ? err.message.split('\n')[0] : 'postgres exited during startup');
     for (let attempt = 1; ; attempt++) {
-      const port = await freePort();
+      const port = opts.port ?? (await freePort());
       const server = new EmbeddedPostgres({
         databaseDir: pgdata, port, user: USER, password, authMethod: 'scram-sha-256', persistent: true,
         createPostgresUser: isRoot, onLog, onError: (e) => onLog(String(e)),

@@ -31,7 +31,7 @@ const systemPool = createPool(config.connectionString, {
 });
 const writer = new OutcomeWriter(systemPool, config.schema, { baseMs: config.retryBaseMs, maxMs: config.retryMaxMs }, logger);
 const sql = jobStatements(config.schema);
-const tasks: Promise<LoadedTasks> = loadTasks(config.tasksPath).catch((err: Error) => ({ handlers: new Map(), error: err }));
+const tasks: Promise<LoadedTasks> = loadTasks(config.tasksPath).catch((err: Error) => ({ handlers: new Map(), timeouts: new Map(), error: err }));
 
 // Handlers get their own pool, so a handler that holds every connection
 // cannot starve claims and outcome writes.
@@ -100,7 +100,8 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       const controller = new AbortController();
       controllers.set(job.id, controller);
       if (job.cancel_requested) controller.abort(new JobAbort('cancelled', 'job was cancelled'));
-      post(port, { type: 'started', jobId: job.id, task: job.task, attempt: job.attempts, timeoutMs: job.timeout_ms, threadId });
+      const timeoutMs = job.timeout_ms ?? loaded.timeouts.get(job.task) ?? null;
+      post(port, { type: 'started', jobId: job.id, task: job.task, attempt: job.attempts, timeoutMs, threadId });
       const outcome = await executeJob(job, loaded.handlers.get(job.task)!, controller.signal, {
         logger,
         query: handlerQuery as never,

@@ -7,6 +7,8 @@ const TASK_FILE = /^([A-Za-z0-9_.:-]+)\.(m?js|ts|mts)$/;
 
 export interface LoadedTasks {
   handlers: Map<string, TaskHandler>;
+  /** Per-task hard timeouts: `export const timeoutMs = …` in a task module, or `handler.timeoutMs`. */
+  timeouts: Map<string, number>;
   /** The first module that failed to load, with its path; no handler from it is registered. */
   error: Error | null;
 }
@@ -18,19 +20,27 @@ export interface LoadedTasks {
  */
 export async function loadTasks(tasksPath: string): Promise<LoadedTasks> {
   const handlers = new Map<string, TaskHandler>();
+  const timeouts = new Map<string, number>();
+  const loaded = (error: Error | null): LoadedTasks => {
+    for (const [name, handler] of handlers) {
+      const ms = (handler as { timeoutMs?: unknown }).timeoutMs;
+      if (typeof ms === 'number' && ms > 0 && !timeouts.has(name)) timeouts.set(name, ms);
+    }
+    return { handlers, timeouts, error };
+  };
   const info = await stat(tasksPath).catch(() => null);
-  if (!info) return { handlers, error: new Error(`task path ${tasksPath} does not exist`) };
+  if (!info) return loaded(new Error(`task path ${tasksPath} does not exist (pass a directory of task modules or one module)`));
 
   if (info.isFile()) {
     const mod = await importModule(tasksPath);
-    if (mod instanceof Error) return { handlers, error: mod };
+    if (mod instanceof Error) return loaded(mod);
     for (const [name, value] of Object.entries(mod)) {
       if (name !== 'default' && typeof value === 'function') handlers.set(name, value as TaskHandler);
     }
     if (handlers.size === 0) {
-      return { handlers, error: new Error(`task module ${tasksPath} has no named function exports (export one handler per task)`) };
+      return loaded(new Error(`task module ${tasksPath} has no named function exports (export one handler per task)`));
     }
-    return { handlers, error: null };
+    return loaded(null);
   }
 
   const files = (await readdir(tasksPath)).filter((f) => TASK_FILE.test(f) && !f.endsWith('.d.ts')).sort();
@@ -38,16 +48,18 @@ export async function loadTasks(tasksPath: string): Promise<LoadedTasks> {
     const full = path.join(tasksPath, file);
     const name = TASK_FILE.exec(file)![1];
     const mod = await importModule(full);
-    if (mod instanceof Error) return { handlers, error: mod };
+    if (mod instanceof Error) return loaded(mod);
     const handler = (mod as { default?: unknown }).default;
     if (typeof handler !== 'function') {
-      return { handlers, error: new Error(`task module ${full} has no default export function (export default async (payload, helpers) => ...)`) };
+      return loaded(new Error(`task module ${full} has no default export function (export default async (payload, helpers) => ...)`));
     }
-    if (handlers.has(name)) return { handlers, error: new Error(`task "${name}" is defined twice in ${tasksPath}`) };
+    if (handlers.has(name)) return loaded(new Error(`task "${name}" is defined twice in ${tasksPath}`));
     handlers.set(name, handler as TaskHandler);
+    const ms = (mod as { timeoutMs?: unknown }).timeoutMs;
+    if (typeof ms === 'number' && ms > 0) timeouts.set(name, ms);
   }
-  if (handlers.size === 0) return { handlers, error: new Error(`no task modules (*.js, *.mjs, *.ts) found in ${tasksPath}`) };
-  return { handlers, error: null };
+  if (handlers.size === 0) return loaded(new Error(`no task modules (*.js, *.mjs, *.ts) found in ${tasksPath}`));
+  return loaded(null);
 }
 
 async function importModule(file: string): Promise<Record<string, unknown> | Error> {

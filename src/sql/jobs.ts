@@ -54,9 +54,11 @@ function build(schema: string): JobStatements {
       WHEN ${countAttempt} AND j.attempts >= j.max_attempts THEN 'failed'
       ELSE 'pending' END`;
 
+  // `attempts` only ever grows, so (job, attempt) names one execution. A
+  // release that should not cost the job an attempt raises its allowance instead.
   const releaseSet = (countAttempt: string, reason: string) => `
       state = ${terminalAfterRelease(countAttempt)},
-      attempts = CASE WHEN ${countAttempt} THEN j.attempts ELSE greatest(j.attempts - 1, 0) END,
+      max_attempts = CASE WHEN ${countAttempt} THEN j.max_attempts ELSE j.max_attempts + 1 END,
       run_at = now(), last_error = ${reason}, lease_until = NULL, claim_token = NULL,
       finished_at = CASE WHEN ${terminalAfterRelease(countAttempt)} = 'pending' THEN NULL ELSE now() END`;
 
