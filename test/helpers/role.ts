@@ -1,0 +1,33 @@
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll } from 'vitest';
+import type { TestDatabase } from './db.ts';
+
+export interface OwnRole {
+  /** The role's name: pg_stat_activity.usename of every connection made with `url`. */
+  name: string;
+  url: string;
+}
+
+/**
+ * A login role of the test file's own. Test files run in parallel against one
+ * server and every supervisor names its connections alike, so counting
+ * connections by application_name alone would count other files' too;
+ * connecting as this role makes pg_stat_activity.usename tell them apart.
+ */
+export function useOwnRole(db: TestDatabase, prefix: string): OwnRole {
+  const name = `t_${prefix.replace(/[^a-z0-9_]/g, '_').slice(0, 20)}_${randomBytes(3).toString('hex')}`;
+  const password = randomBytes(12).toString('hex');
+  const url = new URL(db.url);
+  url.username = name;
+  url.password = password;
+  beforeAll(async () => {
+    // Superuser, so that migrations and LISTEN work in a schema another role created.
+    await db.pool.query(`CREATE ROLE "${name}" LOGIN SUPERUSER PASSWORD '${password}'`);
+  });
+  afterAll(async () => {
+    await db.pool.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [name]);
+    await db.pool.query(`DROP OWNED BY "${name}" CASCADE`).catch(() => {});
+    await db.pool.query(`DROP ROLE IF EXISTS "${name}"`).catch(() => {});
+  });
+  return { name, url: url.toString() };
+}
