@@ -11,8 +11,16 @@ export interface JobInfo {
   maxAttempts: number;
 }
 
+/** Where the handler runs. */
+export interface WorkerInfo {
+  supervisorId: string;
+  threadId: number;
+  schema: string;
+}
+
 export interface TaskHelpers {
   job: JobInfo;
+  worker: WorkerInfo;
   /** A pino child logger bound to the job. */
   logger: Logger;
   /** Aborted when the job is cancelled, times out, or the supervisor shuts down. */

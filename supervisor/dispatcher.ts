@@ -1,4 +1,4 @@
-import { MessageChannel, type MessagePort } from 'node:worker_threads';
+import { MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import { throttled } from '../src/log.ts';
@@ -85,6 +85,10 @@ export class Dispatcher {
   private unsent: Slot[] = [];
   private flushScheduled = false;
   private backlog = false;
+  /** After failed claims, no pulls before this time (epoch ms); grows with consecutive failures. */
+  private claimBackoffUntil = 0;
+  private claimFailures = 0;
+  private retryTimer: NodeJS.Timeout | null = null;
   private paused = false;
   private stopping = false;
   private readonly warnClaim = throttled(1_000);
@@ -187,6 +191,7 @@ export class Dispatcher {
   /** Stops taking work; jobs not yet sent to a thread are dropped (they are still pending in the table). */
   stop(): void {
     this.stopping = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
     for (const slot of this.unsent) slot.free();
     this.unsent = [];
   }
@@ -212,6 +217,15 @@ export class Dispatcher {
 
   private fill(): void {
     if (!this.backlog || this.paused || this.stopping) return;
+    const wait = this.claimBackoffUntil - Date.now();
+    if (wait > 0) {
+      // Claims are failing (database down): pulling again at once would spin.
+      this.retryTimer ??= setTimeout(() => {
+        this.retryTimer = null;
+        this.fill();
+      }, wait);
+      return;
+    }
     const free = this.free();
     // Pull in batches worth a claim statement: waiting for half a thread's
     // worth of free slots keeps claims from degenerating into one job each.
@@ -327,11 +341,17 @@ export class Dispatcher {
     if (type === 'claim-ids') this.counters.wastedClaims += response.skipped;
     if (response.claimError) {
       this.counters.claimErrors++;
+      this.claimFailures++;
+      this.claimBackoffUntil = Date.now() + Math.min(2_000, 50 * 2 ** Math.min(this.claimFailures, 6));
       this.warnClaim((suppressed) =>
         this.options.logger.warn({ err: response.claimError!.message, suppressed }, 'claim failed; will retry from the table'),
       );
-      // Nothing was claimed; the jobs are still pending and the sweep will find them.
-    } else if (type === 'claim-next' && response.claimed.length < batch.slots.length) {
+      // Nothing was claimed; the jobs are still pending: pull them once claims work again.
+      this.backlog = true;
+    } else {
+      this.claimFailures = 0;
+    }
+    if (!response.claimError && type === 'claim-next' && response.claimed.length < batch.slots.length) {
       // The table had fewer due jobs than we asked for: the backlog is drained.
       this.backlog = false;
     }
@@ -341,6 +361,12 @@ export class Dispatcher {
 
   /** The batch's thread died (or the pool was destroyed): give its jobs back at once. */
   private async onFailed(batch: Batch, err: Error): Promise<void> {
+    // A thread that dies right after claiming (an unhandled rejection in its
+    // first tick) can fail the batch before its 'claimed' event is handled:
+    // read what it sent first, or its jobs would wait for their lease.
+    for (let m = receiveMessageOnPort(batch.port); m; m = receiveMessageOnPort(batch.port)) {
+      this.onEvent(batch, m.message as BatchEvent);
+    }
     batch.port.close();
     const threadId = batch.threadId;
     const killed = threadId === null ? undefined : this.killing.get(threadId);

@@ -104,6 +104,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       post(port, { type: 'started', jobId: job.id, task: job.task, attempt: job.attempts, timeoutMs, threadId });
       const outcome = await executeJob(job, loaded.handlers.get(job.task)!, controller.signal, {
         logger,
+        worker: { supervisorId: config.supervisorId, threadId, schema: config.schema },
         query: handlerQuery as never,
         addJob: handlerAddJob,
       });

@@ -18,6 +18,7 @@ export interface ClaimedJob {
 
 export interface ExecuteContext {
   logger: Logger;
+  worker: TaskHelpers['worker'];
   query: TaskHelpers['query'];
   addJob: TaskHelpers['addJob'];
 }
@@ -36,6 +37,7 @@ export async function executeJob(
   const logger = context.logger.child({ jobId: job.id, task: job.task, attempt: job.attempts, threadId });
   const helpers: TaskHelpers = {
     job: { id: job.id, task: job.task, queue: job.queue, attempt: job.attempts, maxAttempts: job.max_attempts },
+    worker: context.worker,
     logger,
     signal,
     query: context.query,
