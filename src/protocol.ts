@@ -44,11 +44,16 @@ export type ThreadResponse =
       claimError: SerializedError | null;
     };
 
-/** Posted by the thread on the batch's MessagePort while the batch runs. */
+/**
+ * Posted by the thread on the batch's MessagePort while the batch runs. Kept
+ * to about one message per batch: 'started' is sent only for jobs with a hard
+ * timeout (its clock starts there), and jobs whose outcomes were written
+ * together are reported finished together.
+ */
 export type BatchEvent =
-  | { type: 'claimed'; ids: string[]; threadId: number }
-  | { type: 'started'; jobId: string; task: string; attempt: number; timeoutMs: number | null; threadId: number }
-  | { type: 'finished'; jobId: string; outcome: 'succeeded' | 'failed' | 'cancelled'; threadId: number };
+  | { type: 'claimed'; jobs: Array<{ id: string; task: string; attempt: number }>; threadId: number }
+  | { type: 'started'; jobId: string; timeoutMs: number; threadId: number }
+  | { type: 'finished'; ids: string[]; threadId: number };
 
 /** Posted by the supervisor on a batch's MessagePort. */
 export type SupervisorSignal = { type: 'abort'; jobId: string; reason: AbortKind; message: string };

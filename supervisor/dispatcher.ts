@@ -43,9 +43,9 @@ interface Batch {
 export interface RunningJob {
   id: string;
   threadId: number;
-  task: string | null;
-  attempt: number | null;
-  startedAt: number | null;
+  task: string;
+  attempt: number;
+  startedAt: number;
   batch: Batch;
   slot: Slot | null;
   timer: NodeJS.Timeout | null;
@@ -278,15 +278,17 @@ export class Dispatcher {
     switch (event.type) {
       case 'claimed': {
         batch.threadId = event.threadId;
-        batch.claimed = event.ids;
-        const claimed = new Set(event.ids);
+        batch.claimed = event.jobs.map((j) => j.id);
+        const claimed = new Set(batch.claimed);
         // Give each claimed job a slot; free the slots whose ids were not claimed.
         const unclaimedPulls: Slot[] = [];
         for (const slot of batch.slots) {
           if (slot.id === null) unclaimedPulls.push(slot);
           else if (!claimed.has(slot.id)) slot.free();
         }
-        for (const id of event.ids) {
+        const now = Date.now();
+        this.lastJobAt = now;
+        for (const { id, task, attempt } of event.jobs) {
           let slot = batch.slots.find((s) => s.id === id) ?? null;
           if (!slot) {
             slot = unclaimedPulls.shift() ?? null;
@@ -295,29 +297,24 @@ export class Dispatcher {
               this.holding.add(id);
             }
           }
-          this.running.set(id, { id, threadId: event.threadId, task: null, attempt: null, startedAt: null, batch, slot, timer: null });
+          this.running.set(id, { id, threadId: event.threadId, task, attempt, startedAt: now, batch, slot, timer: null });
         }
         for (const slot of unclaimedPulls) slot.free();
+        this.options.onActivity?.();
         break;
       }
       case 'started': {
         const job = this.running.get(event.jobId);
         if (!job) break;
-        job.task = event.task;
-        job.attempt = event.attempt;
         job.startedAt = Date.now();
-        this.lastJobAt = job.startedAt;
-        this.options.onActivity?.();
-        if (event.timeoutMs) {
-          // The clock starts when the handler starts, not when the job was dispatched.
-          const ms = event.timeoutMs;
-          job.timer = setTimeout(() => this.abort(event.jobId, 'timeout', `job timed out after ${ms} ms`), ms);
-          job.timer.unref();
-        }
+        // The clock starts when the handler starts, not when the job was dispatched.
+        const ms = event.timeoutMs;
+        job.timer = setTimeout(() => this.abort(event.jobId, 'timeout', `job timed out after ${ms} ms`), ms);
+        job.timer.unref();
         break;
       }
       case 'finished':
-        this.finish(event.jobId, event.threadId);
+        for (const id of event.ids) this.finish(id, event.threadId);
         break;
     }
   }

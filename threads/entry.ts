@@ -87,7 +87,8 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   }
   const requested = request.type === 'claim-ids' ? request.ids.length : request.count;
   const claimed = jobs.map((j) => j.id);
-  if (jobs.length > 0) post(port, { type: 'claimed', ids: claimed, threadId });
+  if (jobs.length > 0) post(port, { type: 'claimed', jobs: jobs.map((j) => ({ id: j.id, task: j.task, attempt: j.attempts })), threadId });
+  const finished = finishedReporter(port);
 
   const controllers = new Map<string, AbortController>();
   port.on('message', (signal: SupervisorSignal) => {
@@ -101,7 +102,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       controllers.set(job.id, controller);
       if (job.cancel_requested) controller.abort(new JobAbort('cancelled', 'job was cancelled'));
       const timeoutMs = job.timeout_ms ?? loaded.timeouts.get(job.task) ?? null;
-      post(port, { type: 'started', jobId: job.id, task: job.task, attempt: job.attempts, timeoutMs, threadId });
+      if (timeoutMs !== null) post(port, { type: 'started', jobId: job.id, timeoutMs, threadId });
       const outcome = await executeJob(job, loaded.handlers.get(job.task)!, controller.signal, {
         logger,
         worker: { supervisorId: config.supervisorId, threadId, schema: config.schema },
@@ -114,12 +115,24 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
         fenced++;
         logger.warn({ jobId: job.id }, 'outcome rejected: the job was reassigned, cancelled or released while it ran');
       }
-      const finished = outcome.kind === 'success' ? 'succeeded' : controller.signal.aborted ? 'cancelled' : 'failed';
-      post(port, { type: 'finished', jobId: job.id, outcome: finished, threadId });
+      finished(job.id);
     }),
   );
   port.close();
   return { type: 'batch-done', threadId, claimed, skipped: requested - jobs.length, fenced, claimError: null };
+}
+
+/** Reports finished jobs in one message per microtask turn: outcomes written together finish together. */
+function finishedReporter(port: MessagePort): (id: string) => void {
+  let ids: string[] = [];
+  return (id) => {
+    ids.push(id);
+    if (ids.length > 1) return;
+    queueMicrotask(() => {
+      post(port, { type: 'finished', ids, threadId });
+      ids = [];
+    });
+  };
 }
 
 function post(port: MessagePort, event: BatchEvent): void {

@@ -14,7 +14,6 @@ export interface JobStatements {
   claimNext: Statement;
   complete: Statement;
   fail: Statement;
-  releaseThread: Statement;
   releaseIds: Statement;
   renewLeases: Statement;
   countDue: Statement;
@@ -163,16 +162,6 @@ function build(schema: string): JobStatements {
        ${announce('done')}`,
     ),
 
-    // A thread died: everything it held goes back at once. $1 supervisor,
-    // $2 thread id, $3 reason, $4 whether the attempt counts.
-    releaseThread: st(
-      'release_thread',
-      `WITH done AS (
-         UPDATE ${s}.jobs j SET ${releaseSet('$4::boolean', '$3')}
-          WHERE j.state = 'running' AND j.locked_by = $1 AND j.locked_thread = $2
-         RETURNING j.id, j.state, j.run_at)
-       ${announce('done')}`,
-    ),
     // Release chosen jobs of this supervisor ($1) with per-job reasons:
     // $2 [{id, reason, count}] (count = whether the attempt counts).
     releaseIds: st(
