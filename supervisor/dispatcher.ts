@@ -22,8 +22,17 @@ export interface DispatcherOptions {
   release: (jobs: Release[]) => Promise<void>;
   /** Called when a job starts and ends, for the supervisor's status and idle timer. */
   onActivity?: () => void;
+  /** Called per job when it is claimed and when it is done, for the worker log. */
+  onJobEvent?: (event: JobEvent) => void;
   /** How long a cancelled or timed-out handler may take to stop before its thread is terminated. */
   killGraceMs: number;
+}
+
+export interface JobEvent {
+  type: 'started' | 'finished';
+  jobId: string;
+  task: string;
+  threadId: number;
 }
 
 /** One unit of capacity: a specific job id, or "whatever is due next". */
@@ -76,7 +85,7 @@ export interface DispatchCounters {
 export class Dispatcher {
   private readonly options: DispatcherOptions;
   private readonly queue: PQueue;
-  private readonly capacity: number;
+  private capacity: number;
   /** Ids that hold a slot, queued or running: a duplicate notification is a no-op. */
   private readonly holding = new Set<string>();
   private readonly running = new Map<string, RunningJob>();
@@ -160,6 +169,13 @@ export class Dispatcher {
   resume(): void {
     this.paused = false;
     this.markBacklog();
+  }
+
+  /** Follows a change of the thread count (SCALE): threads x concurrency slots. */
+  resize(threads: number): void {
+    this.capacity = threads * this.options.concurrency;
+    this.queue.concurrency = this.capacity;
+    this.fill();
   }
 
   /** Capacity for more work, in jobs. */
@@ -298,6 +314,7 @@ export class Dispatcher {
             }
           }
           this.running.set(id, { id, threadId: event.threadId, task, attempt, startedAt: now, batch, slot, timer: null });
+          this.options.onJobEvent?.({ type: 'started', jobId: id, task, threadId: event.threadId });
         }
         for (const slot of unclaimedPulls) slot.free();
         this.options.onActivity?.();
@@ -324,6 +341,7 @@ export class Dispatcher {
     if (!job) return;
     if (job.timer) clearTimeout(job.timer);
     this.running.delete(jobId);
+    this.options.onJobEvent?.({ type: 'finished', jobId, task: job.task, threadId });
     this.jobsRunByThread.set(threadId, (this.jobsRunByThread.get(threadId) ?? 0) + 1);
     this.lastJobAt = Date.now();
     this.options.onActivity?.();
@@ -390,9 +408,14 @@ export class Dispatcher {
     for (const slot of batch.slots) slot.free();
   }
 
-  /** Called by the supervisor when a thread has exited, after its batches were failed. */
+  /**
+   * Called when a thread has exited. The thread's 'exit' event can arrive
+   * before piscina's rejections of its batches are handled, so the record of
+   * why we killed it is kept a little longer (thread ids are never reused).
+   */
   forgetThread(threadId: number): void {
-    this.killing.delete(threadId);
+    if (!this.killing.has(threadId)) return;
+    setTimeout(() => this.killing.delete(threadId), 10_000).unref();
   }
 }
 

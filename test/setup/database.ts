@@ -1,3 +1,5 @@
+import { readdir, rm } from 'node:fs/promises';
+import path from 'node:path';
 import type { TestProject } from 'vitest/node';
 import { startEmbeddedDatabase } from '../../src/embedded.ts';
 import { describeConnection } from '../../src/redact.ts';
@@ -20,8 +22,35 @@ export default async function setup(project: TestProject): Promise<() => Promise
     project.provide('databaseUrl', external);
     return async () => {};
   }
-  const db = await startEmbeddedDatabase({ dir: '.grapevine/test-db', database: 'grapevine_test' });
-  console.log(`[grapevine tests] no DATABASE_URL: using embedded PostgreSQL on 127.0.0.1:${db.port} (data in .grapevine/test-db)`);
+  // A server per test run: two runs at once (a developer and an editor's
+  // watcher, or parallel checkouts) must not stop each other's database.
+  await removeStaleRuns();
+  const dir = path.join(RUNS, String(process.pid));
+  const db = await startEmbeddedDatabase({ dir, database: 'grapevine_test' });
+  console.log(`[grapevine tests] no DATABASE_URL: using embedded PostgreSQL on 127.0.0.1:${db.port} (data in ${dir})`);
   project.provide('databaseUrl', db.connectionString);
-  return () => db.stop();
+  return async () => {
+    await db.stop();
+    await rm(dir, { recursive: true, force: true });
+  };
+}
+
+const RUNS = '.grapevine/test-db';
+
+async function removeStaleRuns(): Promise<void> {
+  const entries = await readdir(RUNS).catch(() => [] as string[]);
+  for (const entry of entries) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid) || pid <= 0 || isAlive(pid)) continue;
+    await rm(path.join(RUNS, entry), { recursive: true, force: true });
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }
