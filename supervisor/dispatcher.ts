@@ -138,7 +138,6 @@ export class Dispatcher {
   offer(ids: Iterable<number | string>): void {
     for (const raw of ids) {
       const id = String(raw);
-      this.counters.notifiedIds++;
       if (this.holding.has(id)) {
         this.counters.duplicateIds++;
         continue;

@@ -23,6 +23,7 @@ import { jobStatements } from '../src/sql/jobs.ts';
 import { withValues } from '../src/sql/statement.ts';
 import { supervisorStatements } from '../src/sql/supervisors.ts';
 import { VERSION } from '../src/version.ts';
+import { ControlPlane } from './control.ts';
 import { Dispatcher, type DispatchCounters, type Release } from './dispatcher.ts';
 import { Reaper } from './maintenance.ts';
 import { ThreadPool } from './threads.ts';
@@ -55,6 +56,8 @@ export interface SupervisorOptions {
   retentionMs?: number;
   /** Per-thread limits, e.g. { maxOldGenerationSizeMb: 256 }: a handler over it kills only its thread. */
   resourceLimits?: ResourceLimits;
+  /** Lets the EVAL control message run arbitrary code on this supervisor (default false). */
+  allowEval?: boolean;
 }
 
 export type SupervisorState = 'IDLE' | 'BUSY' | 'PAUSED' | 'STOPPING' | 'EXITED';
@@ -165,6 +168,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     logger,
     timing,
     retentionMs: options.retentionMs ?? 7 * 24 * 3_600_000,
+    allowEval: options.allowEval === true,
   });
   try {
     await runtime.start();
@@ -194,6 +198,7 @@ interface RuntimeOptions {
     killGraceMs: number;
   };
   retentionMs: number;
+  allowEval: boolean;
 }
 
 /** The running supervisor: wires listener, dispatcher, threads and timers together. */
@@ -205,6 +210,8 @@ class SupervisorRuntime implements Supervisor {
   private readonly listener: Listener;
   private readonly reaper: Reaper;
   private readonly channels: ReturnType<typeof channelsFor>;
+  /** Messages, worker log and idle timeout (supervisor/control.ts). */
+  private readonly control: ControlPlane;
   private readonly timers: NodeJS.Timeout[] = [];
   private dueTimer: NodeJS.Timeout | null = null;
   private dueAt = Infinity;
@@ -228,6 +235,7 @@ class SupervisorRuntime implements Supervisor {
       logger: options.logger,
       killGraceMs: options.timing.killGraceMs,
       release: (jobs) => this.release(jobs),
+      onJobEvent: (event) => this.control.onJobEvent(event),
     });
     this.listener = new Listener({
       connectionString: options.connectionString,
@@ -242,6 +250,31 @@ class SupervisorRuntime implements Supervisor {
       retentionMs: options.retentionMs,
       logger: options.logger,
     });
+    // --- control plane (supervisor/control.ts) ---
+    this.control = new ControlPlane({
+      id: options.id,
+      schema: options.schema,
+      connectionString: options.connectionString,
+      pool: options.pool,
+      logger: options.logger,
+      threadPool: options.threadPool,
+      queues: options.queues,
+      concurrency: options.concurrency,
+      allowEval: options.allowEval,
+      status: () => this.status(),
+      isPaused: () => this.dispatcher.isPaused,
+      inFlight: () => this.dispatcher.inFlight,
+      lastJobAt: () => this.dispatcher.lastJobAt,
+      pause: () => this.pause(),
+      resume: () => this.resume(),
+      replaceThreads: async (threads) => {
+        await options.threadPool.replace(threads);
+        this.dispatcher.resize(options.threadPool.threads);
+      },
+      markBacklog: () => this.dispatcher.markBacklog(),
+      stop: (reason) => void this.stop({ reason }),
+    });
+    // --- end control plane ---
   }
 
   get tasks(): string[] {
@@ -268,7 +301,10 @@ class SupervisorRuntime implements Supervisor {
     );
     this.listener.on('notification', (channel: string, payload: string) => this.onNotification(channel, payload));
     // Notifications sent while we were not listening are gone: re-read the table.
-    this.listener.on('connected', () => this.dispatcher.markBacklog());
+    this.listener.on('connected', () => {
+      this.dispatcher.markBacklog();
+      this.control.wake();
+    });
     threadPool.on('exit', (threadId: number, code: number, expected: boolean) => {
       if (!expected) logger.warn({ threadId, code }, 'thread exited unexpectedly; piscina is replacing it');
       this.dispatcher.forgetThread(threadId);
@@ -282,6 +318,7 @@ class SupervisorRuntime implements Supervisor {
     every(this.o.timing.heartbeatIntervalMs, () => this.heartbeat());
     every(this.o.timing.reaperIntervalMs, () => this.reaper.tick());
     every(this.o.timing.sweepIntervalMs, () => this.sweep());
+    this.control.start();
     logger.info(
       {
         threads: this.o.threads,
@@ -316,11 +353,13 @@ class SupervisorRuntime implements Supervisor {
   pause(): void {
     this.dispatcher.pause();
     this.o.logger.info('paused: no new jobs will be claimed');
+    this.control.note('PAUSE');
   }
 
   resume(): void {
     this.dispatcher.resume();
     this.o.logger.info('resumed');
+    this.control.note('RESUME');
   }
 
   killThread(threadId?: number): number | null {
@@ -360,6 +399,7 @@ class SupervisorRuntime implements Supervisor {
     const { logger, pool, schema, threadPool } = this.o;
     this.state = 'STOPPING';
     logger.info({ graceMs, reason }, 'stopping: no new jobs; waiting for running jobs');
+    this.control.onStopping(reason);
     this.dispatcher.stop();
     for (const timer of this.timers) clearInterval(timer);
     if (this.dueTimer) clearTimeout(this.dueTimer);
@@ -386,6 +426,7 @@ class SupervisorRuntime implements Supervisor {
     await pool.query(withValues(supervisorStatements(schema).deregister, [this.id])).catch((err: Error) =>
       logger.warn({ err: err.message }, 'could not deregister'),
     );
+    await this.control.close();
     await pool.end().catch(() => {});
     this.state = 'EXITED';
     logger.info('stopped');
@@ -396,6 +437,7 @@ class SupervisorRuntime implements Supervisor {
     if (channel === this.channels.jobs) {
       const parsed = parseJobNotification(payload);
       if (parsed.kind === 'ids') {
+        this.dispatcher.counters.notifiedIds += parsed.count;
         const room = Math.max(0, this.dispatcher.free());
         const ids = takeIds(parsed.ranges, room);
         this.dispatcher.offer(ids);
@@ -414,7 +456,7 @@ class SupervisorRuntime implements Supervisor {
   }
 
   private onControl(payload: string): void {
-    let message: { type?: unknown; job?: unknown; to?: unknown };
+    let message: { type?: unknown; job?: unknown; to?: unknown; id?: unknown };
     try {
       message = JSON.parse(payload);
     } catch {
@@ -426,6 +468,10 @@ class SupervisorRuntime implements Supervisor {
       if (this.dispatcher.abort(message.job, 'cancelled', 'job was cancelled')) {
         this.o.logger.info({ jobId: message.job }, 'cancelling running job');
       }
+      return;
+    }
+    if (message?.type === 'message') {
+      this.control.onNotify(message);
       return;
     }
     this.onMalformed(this.channels.control, 'unknown message');
