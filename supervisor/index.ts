@@ -48,6 +48,8 @@ export interface SupervisorOptions {
   reaperIntervalMs?: number;
   sweepIntervalMs?: number;
   shutdownGraceMs?: number;
+  /** How often the LISTEN connection proves it is alive and subscribed (default 5000; a check gets min(3000, this) to answer). */
+  listenerHealthCheckMs?: number;
   /** How long a cancelled or timed-out handler may ignore its AbortSignal before its thread is terminated. */
   killGraceMs?: number;
   retryBaseMs?: number;
@@ -115,6 +117,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     sweepIntervalMs: options.sweepIntervalMs ?? DEFAULTS.sweepIntervalMs,
     shutdownGraceMs: options.shutdownGraceMs ?? DEFAULTS.shutdownGraceMs,
     killGraceMs: options.killGraceMs ?? 1_000,
+    listenerHealthCheckMs: options.listenerHealthCheckMs ?? 5_000,
   };
   if (timing.leaseMs < timing.heartbeatIntervalMs * 2) {
     throw new GrapevineError(
@@ -196,6 +199,7 @@ interface RuntimeOptions {
     sweepIntervalMs: number;
     shutdownGraceMs: number;
     killGraceMs: number;
+    listenerHealthCheckMs: number;
   };
   retentionMs: number;
   allowEval: boolean;
@@ -242,6 +246,8 @@ class SupervisorRuntime implements Supervisor {
       channels: [this.channels.jobs, this.channels.control],
       applicationName: 'grapevine-listener',
       logger: options.logger,
+      healthCheckMs: options.timing.listenerHealthCheckMs,
+      healthTimeoutMs: Math.min(3_000, options.timing.listenerHealthCheckMs),
     });
     this.reaper = new Reaper({
       pool: options.pool,
