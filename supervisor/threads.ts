@@ -34,7 +34,8 @@ export interface ThreadInfo {
  * a thread fails while booting, so resizing, reloading and repairing all work
  * the same way: start a new generation, check it can load the tasks, send new
  * work to it, and destroy the old one once its batches are done.
- * Events: 'exit' (threadId, exitCode, expected: boolean).
+ * Events: 'exit' (threadId, exitCode, expected: boolean), 'start' (threadId,
+ * generation, restart: boolean).
  */
 export class ThreadPool extends EventEmitter {
   // All fields are owned by the main thread.
@@ -146,8 +147,10 @@ export class ThreadPool extends EventEmitter {
     const worker = pool.threads.find((w: Worker) => w.threadId === threadId);
     if (!worker || this.live.has(threadId)) return;
     const gen = this.generations.get(pool);
-    if (gen && ++gen.created > gen.size) this.restarts++;
+    const restart = gen !== undefined && ++gen.created > gen.size;
+    if (restart) this.restarts++;
     this.live.set(threadId, { threadId, generation, startedAt: new Date(), worker, pool });
+    this.emit('start', threadId, generation, restart);
     worker.once('exit', (code: number) => {
       this.live.delete(threadId);
       const gen = this.generations.get(pool);

@@ -11,10 +11,14 @@ export interface Channels {
   done: string;
   /** Control messages to supervisors (cancel, PING, PAUSE, ...). */
   control: string;
+  /** Message ids that got a response; sendAndWait()/getResponse() listen here. */
+  responses: string;
+  /** Worker ids whose log grew; `grapevine log --follow` listens here. */
+  log: string;
 }
 
 export function channelsFor(schema: string): Channels {
-  return { jobs: `${schema}_jobs`, done: `${schema}_done`, control: `${schema}_control` };
+  return { jobs: `${schema}_jobs`, done: `${schema}_done`, control: `${schema}_control`, responses: `${schema}_responses`, log: `${schema}_log` };
 }
 
 export function quoteIdent(name: string): string {

@@ -1,4 +1,5 @@
 import * as jobs from './0001_jobs.ts';
+import * as control from './0002_control.ts';
 
 export interface Migration {
   version: number;
@@ -7,6 +8,6 @@ export interface Migration {
 }
 
 /** Append-only: a released migration is never edited, only followed by a new one. */
-export const MIGRATIONS: readonly Migration[] = [jobs];
+export const MIGRATIONS: readonly Migration[] = [jobs, control];
 
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;

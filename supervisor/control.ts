@@ -1,0 +1,458 @@
+import os from 'node:os';
+import vm from 'node:vm';
+import type pg from 'pg';
+import type { Logger } from 'pino';
+import { throttled } from '../src/log.ts';
+import { describeConnection } from '../src/redact.ts';
+import { controlStatements } from '../src/sql/control.ts';
+import { jobStatements } from '../src/sql/jobs.ts';
+import { withValues } from '../src/sql/statement.ts';
+import { VERSION } from '../src/version.ts';
+import type { JobEvent } from './dispatcher.ts';
+import type { SupervisorStatus } from './index.ts';
+import type { ThreadPool } from './threads.ts';
+import { WorkerLog, type WorkerEvent } from './worker-log.ts';
+
+/** What the control plane needs from the supervisor it belongs to. */
+export interface ControlHost {
+  id: string;
+  schema: string;
+  connectionString: string;
+  pool: pg.Pool;
+  logger: Logger;
+  threadPool: ThreadPool;
+  queues: string[] | null;
+  concurrency: number;
+  allowEval: boolean;
+  status(): SupervisorStatus;
+  isPaused(): boolean;
+  /** Jobs queued for or running on the threads. */
+  inFlight(): number;
+  /** When a job last started or finished (epoch ms; 0 = never). */
+  lastJobAt(): number;
+  pause(): void;
+  resume(): void;
+  /** New threads (same count, or `threads`); the dispatcher's capacity follows. */
+  replaceThreads(threads?: number): Promise<void>;
+  markBacklog(): void;
+  stop(reason: string): void;
+}
+
+export interface ControlOptions {
+  /** Entries of this supervisor's log kept (default 10,000). */
+  logKeep?: number;
+  /** Log entries, messages and responses older than this are deleted (default 7 days / 1 day). */
+  logMaxAgeMs?: number;
+  messageMaxAgeMs?: number;
+  pruneIntervalMs?: number;
+}
+
+/** The commands a supervisor understands. */
+export const COMMANDS = ['PING', 'ECHO', 'INFO', 'PAUSE', 'RESUME', 'TIMEOUT_SET', 'TIMEOUT_GET', 'REFRESH', 'SCALE', 'STOP', 'EVAL'] as const;
+
+interface Outcome {
+  value: unknown;
+  /** Runs after the response is stored (STOP must answer before it goes). */
+  after?: () => void;
+}
+
+class CommandError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.code = code;
+  }
+}
+
+interface MessageRow {
+  id: string;
+  command: string;
+  args: unknown;
+}
+
+const BUSY_RECHECK_MS = 200;
+// A supervisor that missed a wake-up (it should not happen while the LISTEN
+// connection is healthy) still answers within this long.
+const SAFETY_DRAIN_MS = 10_000;
+const MAX_TIMEOUT_S = 10 * 365 * 24 * 3600;
+
+/**
+ * Messages to this supervisor, handled on the main thread: the threads may
+ * all be stuck in CPU-bound handlers and the supervisor still answers.
+ * Messages are read from the table in id order, one at a time, so one
+ * worker processes its messages in the order they were sent; NOTIFY only
+ * says "look". Also owns the worker log and the idle timeout.
+ */
+export class ControlPlane {
+  readonly log: WorkerLog;
+  private readonly host: ControlHost;
+  private readonly options: Required<ControlOptions>;
+  private readonly startedAt = Date.now();
+  // All fields are owned by the main thread.
+  private draining: Promise<void> | null = null;
+  private again = false;
+  private closed = false;
+  private stopping = false;
+  private idleTimeoutMs: number | null = null;
+  private idleTimer: NodeJS.Timeout | null = null;
+  private readonly timers: NodeJS.Timeout[] = [];
+  private readonly warnDb = throttled(5_000);
+
+  constructor(host: ControlHost, options: ControlOptions = {}) {
+    this.host = host;
+    this.options = {
+      logKeep: 10_000,
+      logMaxAgeMs: 7 * 24 * 3_600_000,
+      messageMaxAgeMs: 24 * 3_600_000,
+      pruneIntervalMs: 60_000,
+      ...options,
+    };
+    this.log = new WorkerLog({ pool: host.pool, schema: host.schema, worker: host.id, logger: host.logger });
+  }
+
+  start(): void {
+    const { host } = this;
+    this.log.append('ALIVE', `${os.hostname()} pid ${process.pid} grapevine ${VERSION} node ${process.version}`);
+    this.log.append('QUEUE', host.queues ? host.queues.join(' ') : '(all queues)');
+    this.log.append('THREADS', `${host.threadPool.threads} x ${host.concurrency}`);
+    host.threadPool.on('exit', (threadId: number, code: number, expected: boolean) =>
+      this.log.append('THREAD_EXIT', `exit code ${code}${expected ? '' : ' (unexpected)'}`, threadId),
+    );
+    host.threadPool.on('start', (threadId: number, generation: number, restart: boolean) => {
+      if (restart) this.log.append('THREAD_RESTART', `generation ${generation}`, threadId);
+    });
+    const every = (ms: number, fn: () => unknown) => {
+      const timer = setInterval(() => void fn(), ms);
+      timer.unref();
+      this.timers.push(timer);
+    };
+    every(SAFETY_DRAIN_MS, () => this.wake());
+    every(this.options.pruneIntervalMs, () => this.prune());
+    this.wake();
+  }
+
+  /** A `{type: 'message'}` notification on the control channel. */
+  onNotify(message: { to?: unknown }): void {
+    if (Array.isArray(message.to) && !message.to.includes(this.host.id)) return;
+    this.wake();
+  }
+
+  /** Reads and handles every unprocessed message addressed to this supervisor. */
+  wake(): void {
+    void this.drain();
+  }
+
+  onJobEvent(event: JobEvent): void {
+    if (event.type === 'started') this.log.append('TASK_START', `${event.jobId} ${event.task}`, event.threadId);
+    else this.log.jobDone(event.jobId, event.task, event.threadId);
+  }
+
+  /** Events the supervisor's own API causes (pause() and resume() called directly). */
+  note(event: WorkerEvent, detail?: string): void {
+    this.log.append(event, detail);
+  }
+
+  /** The supervisor began to stop: no idle timer, no commands that change it. */
+  onStopping(reason: string | undefined): void {
+    this.stopping = true;
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = null;
+    this.log.append('STOP', reason ?? 'no reason given');
+  }
+
+  /** Last step before the pool closes: answers what is left with an error, flushes the log. */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const timer of this.timers) clearInterval(timer);
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    await this.draining?.catch(() => {});
+    try {
+      const { rows } = await this.host.pool.query<MessageRow>(withValues(controlStatements(this.host.schema).pending, [this.host.id, 1_000]));
+      for (const row of rows) {
+        await this.respond(row, false, null, {
+          code: 'GRAPEVINE_SHUTDOWN',
+          message: `worker ${this.host.id} stopped before it processed this ${row.command} message`,
+        });
+      }
+    } catch (err) {
+      this.host.logger.warn({ err: (err as Error).message }, 'could not answer the messages left at shutdown');
+    }
+    await this.log.close();
+  }
+
+  private drain(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    if (this.draining) {
+      this.again = true;
+      return this.draining;
+    }
+    const sql = controlStatements(this.host.schema);
+    const run = async () => {
+      do {
+        this.again = false;
+        for (;;) {
+          const { rows } = await this.host.pool.query<MessageRow>(withValues(sql.pending, [this.host.id, 50]));
+          if (rows.length === 0 || this.closed) break;
+          for (const row of rows) {
+            if (this.closed) return;
+            await this.process(row);
+          }
+        }
+      } while (this.again && !this.closed);
+    };
+    this.draining = run()
+      .catch((err: Error) =>
+        // The messages stay unprocessed in the table; the next wake-up (or the safety timer) retries.
+        this.warnDb((suppressed) => this.host.logger.warn({ err: err.message, suppressed }, 'could not read or answer control messages')),
+      )
+      .finally(() => {
+        this.draining = null;
+      });
+    return this.draining;
+  }
+
+  private async process(row: MessageRow): Promise<void> {
+    this.log.append('MESSAGE', `${row.command}${describeArgs(row.args)} (message ${row.id})`);
+    let outcome: Outcome | null = null;
+    let error: { code: string; message: string } | null = null;
+    try {
+      outcome = await this.handle(row);
+    } catch (err) {
+      error =
+        err instanceof CommandError
+          ? { code: err.code, message: err.message }
+          : { code: 'GRAPEVINE_COMMAND_FAILED', message: `${row.command} failed on worker ${this.host.id}: ${(err as Error)?.message ?? String(err)}` };
+    }
+    // What the command did is in the log before anyone sees the response.
+    await this.log.flush().catch(() => {});
+    await this.respond(row, error === null, outcome ? outcome.value : null, error);
+    this.log.append('RESPONSE', `${row.command} ${error ? `ERROR ${error.code}` : summarize(outcome!.value)} (message ${row.id})`);
+    outcome?.after?.();
+  }
+
+  private async respond(row: MessageRow, ok: boolean, value: unknown, error: { code: string; message: string } | null): Promise<void> {
+    await this.host.pool.query(
+      withValues(controlStatements(this.host.schema).respond, [
+        row.id,
+        this.host.id,
+        row.command,
+        ok,
+        JSON.stringify(value ?? null),
+        error ? JSON.stringify(error) : null,
+      ]),
+    );
+  }
+
+  private async handle(row: MessageRow): Promise<Outcome> {
+    const { host } = this;
+    const { command, args } = row;
+    const changesState = ['PAUSE', 'RESUME', 'TIMEOUT_SET', 'REFRESH', 'SCALE'].includes(command);
+    if (changesState && this.stopping) {
+      throw new CommandError('GRAPEVINE_SHUTDOWN', `worker ${host.id} is stopping; ${command} no longer applies`);
+    }
+    switch (command) {
+      case 'PING':
+        return { value: 'PONG' };
+      case 'ECHO': {
+        const text = textArg(command, args, 'the text to log');
+        host.logger.info({ echo: text }, text);
+        return { value: 'OK' };
+      }
+      case 'INFO':
+        return { value: this.info() };
+      case 'PAUSE':
+        host.pause();
+        await this.publishStatus();
+        return { value: 'OK' };
+      case 'RESUME':
+        host.resume();
+        await this.publishStatus();
+        return { value: 'OK' };
+      case 'TIMEOUT_SET': {
+        this.idleTimeoutMs = timeoutArg(args);
+        this.scheduleIdleCheck();
+        return { value: 'OK' };
+      }
+      case 'TIMEOUT_GET': {
+        const remaining = this.idleRemainingMs();
+        return {
+          value: {
+            timeout: this.idleTimeoutMs === null ? null : this.idleTimeoutMs / 1000,
+            remaining: remaining === null ? null : Math.round(remaining) / 1000,
+          },
+        };
+      }
+      case 'REFRESH':
+        // A new generation of threads imports the task modules afresh; the
+        // old one finishes the jobs it has, so nothing is dropped.
+        await host.replaceThreads();
+        this.log.append('THREADS', `${host.threadPool.threads} x ${host.concurrency} (refreshed; tasks: ${host.threadPool.tasks.join(' ')})`);
+        return { value: 'OK' };
+      case 'SCALE': {
+        const threads = intArg(command, args, 1, 256, 'the new thread count');
+        await host.replaceThreads(threads);
+        this.log.append('THREADS', `${threads} x ${host.concurrency} (scaled)`);
+        return { value: 'OK' };
+      }
+      case 'STOP': {
+        const reason = args === null || args === undefined || args === '' ? 'STOP message' : String(args);
+        return { value: 'BYE', after: () => host.stop(reason) };
+      }
+      case 'EVAL': {
+        if (!host.allowEval) {
+          throw new CommandError(
+            'GRAPEVINE_COMMAND_REFUSED',
+            `EVAL is disabled on worker ${host.id} because it runs arbitrary code: start the supervisor with allowEval: true (grapevine run --allow-eval) to allow it`,
+          );
+        }
+        const code = textArg(command, args, 'JavaScript to evaluate');
+        let value = vm.runInThisContext(code, { filename: `grapevine-eval-message-${row.id}` }) as unknown;
+        if (value && typeof (value as PromiseLike<unknown>).then === 'function') value = await value;
+        return { value: toJson(value) };
+      }
+      default:
+        throw new CommandError('GRAPEVINE_COMMAND_INVALID', `unknown command ${JSON.stringify(command)}: use one of ${COMMANDS.join(', ')}`);
+    }
+  }
+
+  private info(): Record<string, unknown> {
+    const { host } = this;
+    const status = host.status();
+    return {
+      worker: host.id,
+      host: os.hostname(),
+      pid: process.pid,
+      platform: `${process.platform}-${process.arch}`,
+      os: `${os.type()} ${os.release()}`,
+      node: process.version,
+      grapevine: VERSION,
+      schema: host.schema,
+      queues: host.queues,
+      tasks: host.threadPool.tasks,
+      threads: host.threadPool.threads,
+      concurrency: host.concurrency,
+      connection: describeConnection(host.connectionString),
+      startedAt: new Date(this.startedAt).toISOString(),
+      status: status.state,
+      threadStates: status.threads,
+      restarts: status.restarts,
+      idleTimeout: this.idleTimeoutMs === null ? null : this.idleTimeoutMs / 1000,
+      evalAllowed: host.allowEval,
+    };
+  }
+
+  private async publishStatus(): Promise<void> {
+    const state = this.host.status().state;
+    await this.host.pool.query(withValues(controlStatements(this.host.schema).setStatus, [this.host.id, state === 'STOPPING' ? 'BUSY' : state]));
+  }
+
+  /** Only jobs count as activity: a busy supervisor is never idle, messages do not reset the clock. */
+  private idleRemainingMs(): number | null {
+    if (this.idleTimeoutMs === null) return null;
+    if (this.host.inFlight() > 0) return this.idleTimeoutMs;
+    const since = Math.max(this.host.lastJobAt(), this.startedAt);
+    return Math.max(0, this.idleTimeoutMs - (Date.now() - since));
+  }
+
+  private scheduleIdleCheck(delayMs?: number): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = null;
+    const remaining = this.idleRemainingMs();
+    if (remaining === null || this.stopping || this.closed) return;
+    const delay = delayMs ?? (this.host.inFlight() > 0 ? BUSY_RECHECK_MS : remaining);
+    this.idleTimer = setTimeout(() => void this.checkIdle(), Math.min(delay, 2 ** 31 - 1));
+    this.idleTimer.unref();
+  }
+
+  private async checkIdle(): Promise<void> {
+    this.idleTimer = null;
+    const remaining = this.idleRemainingMs();
+    if (remaining === null || this.stopping || this.closed) return;
+    if (this.host.inFlight() > 0 || remaining > 0) return this.scheduleIdleCheck();
+    if (!this.host.isPaused()) {
+      // Idle, but maybe only because nobody told us about due work: take it first.
+      try {
+        const { rows } = await this.host.pool.query(
+          withValues(jobStatements(this.host.schema).countDue, [this.host.threadPool.tasks, this.host.queues, 1]),
+        );
+        if (rows[0].due > 0) {
+          this.host.markBacklog();
+          return this.scheduleIdleCheck(BUSY_RECHECK_MS);
+        }
+      } catch (err) {
+        this.warnDb((suppressed) => this.host.logger.warn({ err: (err as Error).message, suppressed }, 'idle check failed'));
+        return this.scheduleIdleCheck(1_000);
+      }
+    }
+    if (this.stopping || this.closed || this.idleTimeoutMs === null || this.host.inFlight() > 0) return this.scheduleIdleCheck();
+    const idleFor = (Date.now() - Math.max(this.host.lastJobAt(), this.startedAt)) / 1000;
+    this.log.append('TIMEOUT', `no job for ${idleFor.toFixed(1)} s (idle timeout ${this.idleTimeoutMs / 1000} s)`);
+    this.host.stop('idle timeout');
+  }
+
+  private async prune(): Promise<void> {
+    const { pool, schema } = this.host;
+    const sql = controlStatements(schema);
+    try {
+      await this.log.prune({ keep: this.options.logKeep, maxAgeMs: this.options.logMaxAgeMs });
+      await pool.query(withValues(sql.pruneMessages, [this.options.messageMaxAgeMs, 10_000]));
+      await pool.query(withValues(sql.pruneResponses, [this.options.messageMaxAgeMs, 10_000]));
+    } catch (err) {
+      this.warnDb((suppressed) => this.host.logger.warn({ err: (err as Error).message, suppressed }, 'could not prune the worker log'));
+    }
+  }
+}
+
+function textArg(command: string, args: unknown, what: string): string {
+  if (typeof args === 'number' || typeof args === 'boolean') return String(args);
+  if (typeof args !== 'string' || args.length === 0) {
+    throw new CommandError('GRAPEVINE_COMMAND_INVALID', `${command} needs ${what} as its argument, got ${JSON.stringify(args ?? null)}`);
+  }
+  return args;
+}
+
+function intArg(command: string, args: unknown, min: number, max: number, what: string): number {
+  const n = typeof args === 'string' && args.trim() !== '' ? Number(args) : args;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
+    throw new CommandError(
+      'GRAPEVINE_COMMAND_INVALID',
+      `${command} needs ${what}, an integer from ${min} to ${max}, got ${JSON.stringify(args ?? null)}`,
+    );
+  }
+  return n;
+}
+
+/** Seconds (0 = stop as soon as idle), or "none" for no timeout. */
+function timeoutArg(args: unknown): number | null {
+  if (typeof args === 'string' && /^(none|off|inf|infinity)$/i.test(args.trim())) return null;
+  const n = typeof args === 'string' && args.trim() !== '' ? Number(args) : args;
+  if (typeof n !== 'number' || !Number.isFinite(n) || n < 0 || n > MAX_TIMEOUT_S) {
+    throw new CommandError(
+      'GRAPEVINE_COMMAND_INVALID',
+      `TIMEOUT_SET needs the idle timeout in seconds (0 to ${MAX_TIMEOUT_S}) or "none", got ${JSON.stringify(args ?? null)}`,
+    );
+  }
+  return Math.round(n * 1000);
+}
+
+function toJson(value: unknown): unknown {
+  if (value === undefined) return null;
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(value);
+  } catch (err) {
+    throw new CommandError('GRAPEVINE_COMMAND_FAILED', `EVAL result cannot be sent back as JSON: ${(err as Error).message}`);
+  }
+  return text === undefined ? null : JSON.parse(text);
+}
+
+function describeArgs(args: unknown): string {
+  if (args === null || args === undefined) return '';
+  const text = typeof args === 'string' ? args : JSON.stringify(args);
+  return ` ${text.length > 200 ? `${text.slice(0, 200)}...` : text}`;
+}
+
+function summarize(value: unknown): string {
+  const text = typeof value === 'string' ? value : JSON.stringify(value);
+  return text.length > 80 ? `${text.slice(0, 80)}...` : text;
+}

@@ -1,0 +1,158 @@
+import type pg from 'pg';
+import type { Logger } from 'pino';
+import { throttled } from '../src/log.ts';
+import { controlStatements } from '../src/sql/control.ts';
+import { withValues } from '../src/sql/statement.ts';
+
+export type WorkerEvent =
+  | 'ALIVE'
+  | 'QUEUE'
+  | 'THREADS'
+  | 'TASK_START'
+  | 'TASK_COMPLETE'
+  | 'TASK_ERROR'
+  | 'THREAD_EXIT'
+  | 'THREAD_RESTART'
+  | 'MESSAGE'
+  | 'RESPONSE'
+  | 'PAUSE'
+  | 'RESUME'
+  | 'TIMEOUT'
+  | 'STOP';
+
+export interface WorkerLogOptions {
+  pool: pg.Pool;
+  schema: string;
+  worker: string;
+  logger: Logger;
+  /** Entries written per worker are batched for this long (default 100 ms). */
+  flushMs?: number;
+  /** Entries kept in memory while the database is away; the oldest are dropped beyond this. */
+  maxBuffered?: number;
+}
+
+interface Entry {
+  at: string;
+  /** TASK_END becomes TASK_COMPLETE or TASK_ERROR when written, from the job's state. */
+  event: WorkerEvent | 'TASK_END';
+  thread: number | null;
+  detail: string | null;
+  job?: string;
+}
+
+// Per-job events would flood an info-level log on a busy supervisor.
+const QUIET_EVENTS = new Set<Entry['event']>(['TASK_START', 'TASK_COMPLETE', 'TASK_ERROR', 'TASK_END']);
+
+/**
+ * The supervisor's event log in the worker_log table (what `grapevine log`
+ * reads), mirrored to pino. Appends are buffered and written in one
+ * statement per flush, so logging every job start and finish costs one
+ * insert per batch, not per job.
+ */
+export class WorkerLog {
+  private readonly o: Required<WorkerLogOptions>;
+  // Owned by the main thread.
+  private buffer: Entry[] = [];
+  private timer: NodeJS.Timeout | null = null;
+  private flushing: Promise<void> | null = null;
+  private dropped = 0;
+  private closed = false;
+  private readonly warn = throttled(5_000);
+
+  constructor(options: WorkerLogOptions) {
+    this.o = { flushMs: 100, maxBuffered: 10_000, ...options };
+  }
+
+  append(event: WorkerEvent, detail?: string | null, thread?: number | null): void {
+    this.push({ at: new Date().toISOString(), event, thread: thread ?? null, detail: detail ?? null });
+  }
+
+  /**
+   * A job's outcome is written by its thread, which reports only "done"; the
+   * entry is resolved to TASK_COMPLETE or TASK_ERROR (with the job's state)
+   * from the jobs table when the log is flushed.
+   */
+  jobDone(jobId: string, task: string, thread: number): void {
+    this.push({ at: new Date().toISOString(), event: 'TASK_END', thread, detail: `${jobId} ${task}`, job: jobId });
+  }
+
+  private push(entry: Entry): void {
+    const { event } = entry;
+    const fields = { event, ...(entry.thread !== null ? { threadId: entry.thread } : {}) };
+    const line = entry.detail === null ? event : `${event} ${entry.detail}`;
+    if (QUIET_EVENTS.has(event)) this.o.logger.debug(fields, line);
+    else this.o.logger.info(fields, line);
+    if (this.closed) return;
+    this.buffer.push(entry);
+    if (this.buffer.length > this.o.maxBuffered) {
+      this.dropped += this.buffer.length - this.o.maxBuffered;
+      this.buffer.splice(0, this.buffer.length - this.o.maxBuffered);
+    }
+    this.schedule();
+  }
+
+  /** Writes everything buffered so far. */
+  async flush(): Promise<void> {
+    while (this.flushing) await this.flushing;
+    if (this.buffer.length === 0) return;
+    const entries = this.buffer;
+    this.buffer = [];
+    this.flushing = this.write(entries).finally(() => {
+      this.flushing = null;
+      // Entries appended while this write was under way.
+      if (this.buffer.length > 0 && !this.closed) this.schedule();
+    });
+    await this.flushing;
+  }
+
+  /** Keeps this worker's newest `keep` entries and drops everyone's entries older than `maxAgeMs`. */
+  async prune({ keep, maxAgeMs }: { keep: number; maxAgeMs: number }): Promise<number> {
+    const sql = controlStatements(this.o.schema);
+    const own = await this.o.pool.query(withValues(sql.pruneOwnLog, [this.o.worker, keep]));
+    const old = await this.o.pool.query(withValues(sql.pruneOldLog, [maxAgeMs, 10_000]));
+    return (own.rowCount ?? 0) + (old.rowCount ?? 0);
+  }
+
+  /** Final flush; later appends only reach pino. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    await this.flush().catch(() => {});
+  }
+
+  private schedule(): void {
+    if (this.timer || this.flushing) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      void this.flush().catch(() => {});
+    }, this.o.flushMs);
+    this.timer.unref();
+  }
+
+  private async write(entries: Entry[]): Promise<void> {
+    try {
+      await this.o.pool.query(withValues(controlStatements(this.o.schema).appendLog, [this.o.worker, JSON.stringify(entries)]));
+      if (this.dropped > 0) {
+        this.o.logger.warn({ dropped: this.dropped }, 'worker log entries were dropped while the database was away');
+        this.dropped = 0;
+      }
+    } catch (err) {
+      // Put them back in front, in order; the next flush retries.
+      this.buffer = entries.concat(this.buffer);
+      if (this.buffer.length > this.o.maxBuffered) {
+        this.dropped += this.buffer.length - this.o.maxBuffered;
+        this.buffer.splice(0, this.buffer.length - this.o.maxBuffered);
+      }
+      this.warn((suppressed) => this.o.logger.warn({ err: (err as Error).message, suppressed }, 'could not write the worker log; will retry'));
+      if (!this.closed && !this.timer) {
+        this.timer = setTimeout(() => {
+          this.timer = null;
+          void this.flush().catch(() => {});
+        }, 1_000);
+        this.timer.unref();
+      }
+      throw err;
+    }
+  }
+}
