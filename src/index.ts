@@ -4,6 +4,8 @@
  */
 export { createClient } from './client.ts';
 export type { AddJobOptions, Client, ClientOptions, JobSpec } from './client.ts';
+export { createControl } from './control.ts';
+export type { Control, ControlClientOptions, ControlResponse, LogEntry, SendOptions, WorkerInfo, WorkerStatus, WorkerThread } from './control.ts';
 export { startSupervisor } from '../supervisor/index.ts';
 export type { Supervisor, SupervisorOptions, SupervisorState, SupervisorStatus, ThreadStatus } from '../supervisor/index.ts';
 export { GrapevineError } from './errors.ts';

@@ -1,0 +1,469 @@
+import type pg from 'pg';
+import { DEFAULTS, resolveConnectionString, validateSchemaName } from './config.ts';
+import { createPool, explainConnectionErrors } from './db.ts';
+import { GrapevineError } from './errors.ts';
+import { Listener } from './listener.ts';
+import { silentLogger, type Logger } from './log.ts';
+import { channelsFor } from './schema/channels.ts';
+import { migrate, type MigrateResult } from './schema/migrate.ts';
+import { controlStatements } from './sql/control.ts';
+import { withValues } from './sql/statement.ts';
+import { supervisorStatements } from './sql/supervisors.ts';
+
+export interface ControlClientOptions {
+  /** Defaults to DATABASE_URL. */
+  connectionString?: string;
+  /** Defaults to "grapevine". */
+  schema?: string;
+  /** Bring your own pool; close() will not end it. */
+  pool?: pg.Pool;
+  /** Apply migrations before first use (default true). */
+  migrate?: boolean;
+  /** A supervisor whose heartbeat is older than this counts as LOST (default: DEFAULTS.leaseMs). */
+  lostAfterMs?: number;
+  logger?: Logger;
+}
+
+/** One supervisor's answer to one message. */
+export interface ControlResponse {
+  worker: string;
+  messageId: string;
+  command: string;
+  ok: boolean;
+  /** The answer when ok: "PONG", "OK", an INFO object, ... */
+  value: unknown;
+  /** Why the command was not carried out: unknown command, bad argument, EVAL refused, ... */
+  error: { code: string; message: string } | null;
+  respondedAt: Date;
+}
+
+export type WorkerStatus = 'IDLE' | 'BUSY' | 'PAUSED' | 'EXITED' | 'LOST';
+
+export interface WorkerThread {
+  threadId: number;
+  generation: number;
+  currentJobs: string[];
+  jobsRun: number;
+}
+
+/** A supervisor as the registry (the supervisors table) sees it. */
+export interface WorkerInfo {
+  id: string;
+  host: string;
+  pid: number;
+  version: string;
+  status: WorkerStatus;
+  threads: number;
+  concurrency: number;
+  /** NULL: every queue. */
+  queues: string[] | null;
+  tasks: string[];
+  /** Per-thread state as of the last heartbeat. */
+  threadStates: WorkerThread[];
+  /** Threads started to replace ones that died. */
+  restarts: number;
+  startedAt: Date;
+  heartbeatAt: Date;
+  stoppedAt: Date | null;
+}
+
+export interface LogEntry {
+  id: string;
+  worker: string;
+  at: Date;
+  event: string;
+  thread: number | null;
+  detail: string | null;
+}
+
+export interface SendOptions {
+  /** Recipients (supervisor ids); default: every live supervisor. */
+  workers?: string[];
+}
+
+export interface Control {
+  readonly schema: string;
+  /** Sends a command; returns the message id (shared by all recipients). */
+  send(command: string, args?: unknown, options?: SendOptions): Promise<string>;
+  /** Sends and waits for every recipient's response (deleted once read unless `delete: false`). */
+  sendAndWait(command: string, args?: unknown, options?: SendOptions & { timeoutMs?: number; delete?: boolean }): Promise<Record<string, ControlResponse>>;
+  /** Which recipients of the message have answered. */
+  hasResponse(messageId: string): Promise<Record<string, boolean>>;
+  /** Ids of the messages a worker has answered (and whose responses are still stored). */
+  responseIds(workerId: string): Promise<string[]>;
+  /**
+   * The responses to a message (all recipients, or one worker), waiting up to
+   * `timeoutMs` (default 0) for missing ones; a response still missing then
+   * is an error naming the worker.
+   */
+  getResponse(messageId: string, options?: { worker?: string; delete?: boolean; timeoutMs?: number }): Promise<Record<string, ControlResponse>>;
+  /** Every registered supervisor, live or not, oldest first. */
+  workers(): Promise<WorkerInfo[]>;
+  /** The newest `n` (default 20) log entries, oldest first. */
+  logTail(options?: { worker?: string; n?: number }): Promise<LogEntry[]>;
+  /** Calls `onEntry` for every new log entry after `afterId` until the returned stop function is called. */
+  followLog(options: { worker?: string; afterId?: string }, onEntry: (entry: LogEntry) => void): Promise<() => Promise<void>>;
+  close(): Promise<void>;
+}
+
+const COMMAND = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
+const MAX_ARGS_BYTES = 64 * 1024;
+
+interface ResponseRow {
+  message_id: string;
+  worker: string;
+  command: string;
+  ok: boolean;
+  value: unknown;
+  error: { code: string; message: string } | null;
+  responded_at: Date;
+}
+
+/**
+ * The operator's side of the control plane: messages to supervisors and
+ * their responses, the worker registry, the worker log. Waiting for a
+ * response wakes on a notification on the responses channel, never by
+ * polling.
+ */
+export function createControl(options: ControlClientOptions = {}): Control {
+  const schema = validateSchemaName(options.schema ?? DEFAULTS.schema);
+  const poolUrl = (options.pool as { options?: { connectionString?: string } } | undefined)?.options?.connectionString;
+  const connectionString = options.pool ? (options.connectionString ?? poolUrl ?? process.env.DATABASE_URL ?? '') : resolveConnectionString(options.connectionString);
+  const lostAfterMs = options.lostAfterMs ?? DEFAULTS.leaseMs;
+  const logger = options.logger ?? silentLogger();
+  const pool = options.pool ?? createPool(connectionString, { max: 2, applicationName: 'grapevine-control' });
+  const sql = controlStatements(schema);
+  const channels = channelsFor(schema);
+  let migrated: Promise<MigrateResult> | null = null;
+  let responseListener: Promise<Listener> | null = null;
+  const waiters = new Map<string, Set<() => void>>();
+  const followers = new Set<Listener>();
+
+  const run = async <T>(fn: () => Promise<T>): Promise<T> => {
+    if (options.migrate !== false) {
+      migrated ??= explainConnectionErrors(connectionString, () => migrate(pool, schema)).catch((err) => {
+        migrated = null;
+        throw err;
+      });
+      await migrated;
+    }
+    return explainConnectionErrors(connectionString, fn);
+  };
+
+  const resolveRecipients = async (workers: string[] | undefined, command: string): Promise<string[]> => {
+    if (workers === undefined) {
+      const { rows } = await pool.query(withValues(sql.liveWorkers, [lostAfterMs]));
+      if (rows.length === 0) {
+        throw new GrapevineError(
+          'GRAPEVINE_WORKER_NOT_FOUND',
+          `no live supervisor in schema "${schema}" to send ${command} to: start one (grapevine run --tasks DIR) or check grapevine workers`,
+        );
+      }
+      return rows.map((r) => r.id as string);
+    }
+    if (!Array.isArray(workers) || workers.length === 0 || workers.some((w) => typeof w !== 'string' || w.length === 0)) {
+      throw new GrapevineError('GRAPEVINE_WORKER_NOT_FOUND', `workers must be a non-empty array of supervisor ids, got ${JSON.stringify(workers)}`);
+    }
+    const unique = [...new Set(workers)];
+    const { rows } = await pool.query(withValues(sql.workerStates, [lostAfterMs, unique]));
+    const status = new Map(rows.map((r) => [r.id as string, r.status as string]));
+    for (const worker of unique) {
+      const state = status.get(worker);
+      if (state === undefined) {
+        throw new GrapevineError('GRAPEVINE_WORKER_NOT_FOUND', `worker '${worker}' is not registered in schema "${schema}": see grapevine workers for the ids`);
+      }
+      if (state === 'EXITED' || state === 'LOST') {
+        throw new GrapevineError('GRAPEVINE_WORKER_NOT_FOUND', `worker '${worker}' is ${state} and cannot answer ${command}: see grapevine workers for live ones`);
+      }
+    }
+    return unique;
+  };
+
+  const readResponses = async (messageId: string, workers: string[]): Promise<Map<string, ResponseRow>> => {
+    const { rows } = await pool.query<ResponseRow>(withValues(sql.responses, [messageId, workers]));
+    return new Map(rows.map((r) => [r.worker, r]));
+  };
+
+  /** Resolves once every one of `workers` has answered, or after `timeoutMs` with what there is. */
+  const waitForResponses = async (messageId: string, workers: string[], timeoutMs: number): Promise<Map<string, ResponseRow>> => {
+    await (responseListener ??= startResponseListener());
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      let latest = new Map<string, ResponseRow>();
+      const check = () => {
+        readResponses(messageId, workers).then((found) => {
+          latest = found;
+          if (found.size === workers.length) finish(null);
+        }, (err) => finish(err));
+      };
+      const timer = setTimeout(() => finish(null), timeoutMs);
+      const finish = (err: unknown) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        const set = waiters.get(messageId);
+        set?.delete(check);
+        if (set?.size === 0) waiters.delete(messageId);
+        if (err) reject(err);
+        else resolve(latest);
+      };
+      let set = waiters.get(messageId);
+      if (!set) waiters.set(messageId, (set = new Set()));
+      set.add(check);
+      // Read after subscribing, so a response that lands in between is not missed.
+      check();
+    });
+  };
+
+  async function startResponseListener(): Promise<Listener> {
+    const listener = new Listener({ connectionString, channels: [channels.responses], applicationName: 'grapevine-control', logger });
+    listener.on('notification', (_channel: string, payload: string) => {
+      for (const check of [...(waiters.get(payload) ?? [])]) check();
+    });
+    // Responses that arrived while the connection was down are only in the table.
+    listener.on('connected', () => {
+      for (const checks of waiters.values()) for (const check of [...checks]) check();
+    });
+    try {
+      await listener.start();
+    } catch (err) {
+      responseListener = null;
+      throw err;
+    }
+    return listener;
+  }
+
+  const missingError = async (messageId: string, command: string, missing: string[], timeoutMs: number): Promise<GrapevineError> => {
+    const { rows } = await pool.query(withValues(sql.workerStates, [lostAfterMs, missing]));
+    const status = new Map(rows.map((r) => [r.id as string, r.status as string]));
+    const who = missing
+      .map((w) => {
+        const state = status.get(w);
+        return state === 'EXITED' || state === 'LOST' ? `'${w}' (${state})` : `'${w}'`;
+      })
+      .join(', ');
+    const waited = timeoutMs > 0 ? ` after waiting ${timeoutMs} ms` : ' (pass timeoutMs to wait for it)';
+    return new GrapevineError(
+      'GRAPEVINE_RESPONSE_MISSING',
+      `response missing for worker${missing.length > 1 ? 's' : ''}: ${who} to message ${messageId} (${command})${waited}`,
+    );
+  };
+
+  const control: Control = {
+    schema,
+
+    async send(command, args, opts = {}) {
+      const name = validateCommand(command);
+      const argsJson = encodeArgs(name, args);
+      return run(async () => {
+        const recipients = await resolveRecipients(opts.workers, name);
+        const { rows } = await pool.query(withValues(sql.send, [recipients, name, argsJson]));
+        return rows[0].id as string;
+      });
+    },
+
+    async sendAndWait(command, args, opts = {}) {
+      const id = await control.send(command, args, opts);
+      return control.getResponse(id, { timeoutMs: opts.timeoutMs ?? 10_000, delete: opts.delete ?? true });
+    },
+
+    async hasResponse(messageId) {
+      const id = toMessageId(messageId);
+      return run(async () => {
+        const recipients = await recipientsOf(id);
+        const found = await readResponses(id, recipients.workers);
+        return Object.fromEntries(recipients.workers.map((w) => [w, found.has(w)]));
+      });
+    },
+
+    async responseIds(workerId) {
+      if (typeof workerId !== 'string' || workerId.length === 0) {
+        throw new GrapevineError('GRAPEVINE_WORKER_NOT_FOUND', `responseIds() needs a worker id, got ${JSON.stringify(workerId)}`);
+      }
+      return run(async () => {
+        const { rows } = await pool.query(withValues(sql.responseIds, [workerId]));
+        return rows.map((r) => r.id as string);
+      });
+    },
+
+    async getResponse(messageId, { worker, delete: remove = false, timeoutMs = 0 } = {}) {
+      const id = toMessageId(messageId);
+      if (!Number.isFinite(timeoutMs) || timeoutMs < 0) {
+        throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `timeoutMs must be a number of milliseconds >= 0, got ${JSON.stringify(timeoutMs)}`);
+      }
+      return run(async () => {
+        const recipients = await recipientsOf(id);
+        if (worker !== undefined && !recipients.workers.includes(worker)) {
+          throw new GrapevineError(
+            'GRAPEVINE_RESPONSE_MISSING',
+            `response missing for worker: '${worker}': message ${id} (${recipients.command}) was not sent to it (recipients: ${recipients.workers.join(', ')})`,
+          );
+        }
+        const wanted = worker === undefined ? recipients.workers : [worker];
+        let found = await readResponses(id, wanted);
+        if (found.size < wanted.length && timeoutMs > 0) found = await waitForResponses(id, wanted, timeoutMs);
+        const missing = wanted.filter((w) => !found.has(w));
+        if (missing.length > 0) throw await missingError(id, recipients.command, missing, timeoutMs);
+        if (remove) await pool.query(withValues(sql.deleteResponses, [id, wanted]));
+        return Object.fromEntries(wanted.map((w) => [w, toResponse(found.get(w)!)]));
+      });
+    },
+
+    async workers() {
+      return run(async () => {
+        const { rows } = await pool.query(withValues(supervisorStatements(schema).list, [lostAfterMs]));
+        return rows.map(toWorkerInfo);
+      });
+    },
+
+    async logTail({ worker, n = 20 } = {}) {
+      if (!Number.isInteger(n) || n < 1 || n > 100_000) {
+        throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `n must be an integer from 1 to 100000, got ${JSON.stringify(n)}`);
+      }
+      return run(async () => {
+        const { rows } = await pool.query(withValues(sql.logTail, [worker ?? null, n]));
+        return rows.map(toLogEntry);
+      });
+    },
+
+    async followLog({ worker, afterId = '0' }, onEntry) {
+      await run(async () => {});
+      let last = afterId;
+      let reading: Promise<void> | null = null;
+      let again = false;
+      let stopped = false;
+      const read = (): void => {
+        if (reading) {
+          again = true;
+          return;
+        }
+        reading = (async () => {
+          do {
+            again = false;
+            for (;;) {
+              const { rows } = await pool.query(withValues(sql.logAfter, [last, worker ?? null]));
+              for (const row of rows) {
+                if (stopped) return;
+                last = row.id as string;
+                onEntry(toLogEntry(row));
+              }
+              if (rows.length < 1000) break;
+            }
+          } while (again && !stopped);
+        })()
+          .catch((err: Error) => logger.warn({ err: err.message }, 'could not read the worker log'))
+          .finally(() => {
+            reading = null;
+          });
+      };
+      const listener = new Listener({ connectionString, channels: [channels.log], applicationName: 'grapevine-log', logger });
+      listener.on('notification', (_channel: string, payload: string) => {
+        if (worker === undefined || payload === worker) read();
+      });
+      listener.on('connected', read);
+      await explainConnectionErrors(connectionString, () => listener.start());
+      followers.add(listener);
+      return async () => {
+        stopped = true;
+        followers.delete(listener);
+        await listener.stop();
+        await reading;
+      };
+    },
+
+    async close() {
+      const listener = responseListener;
+      responseListener = null;
+      if (listener) await (await listener.catch(() => null))?.stop();
+      for (const follower of followers) await follower.stop();
+      followers.clear();
+      if (!options.pool) await pool.end();
+    },
+  };
+
+  async function recipientsOf(id: string): Promise<{ workers: string[]; command: string }> {
+    const { rows } = await pool.query(withValues(sql.recipients, [id]));
+    if (rows.length === 0) {
+      throw new GrapevineError('GRAPEVINE_RESPONSE_MISSING', `message ${id} does not exist in schema "${schema}" (never sent, or pruned)`);
+    }
+    return { workers: rows.map((r) => r.worker as string), command: rows[0].command as string };
+  }
+
+  return control;
+}
+
+function validateCommand(command: unknown): string {
+  if (typeof command !== 'string' || !COMMAND.test(command)) {
+    throw new GrapevineError(
+      'GRAPEVINE_COMMAND_INVALID',
+      `invalid command ${JSON.stringify(command)}: a command is one word of letters, digits and _ such as PING, INFO or TIMEOUT_SET`,
+    );
+  }
+  return command.toUpperCase();
+}
+
+function encodeArgs(command: string, args: unknown): string | null {
+  if (args === undefined) return null;
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(args);
+  } catch (err) {
+    throw new GrapevineError('GRAPEVINE_COMMAND_INVALID', `arguments of ${command} are not JSON-serializable: ${(err as Error).message}`);
+  }
+  if (text === undefined) throw new GrapevineError('GRAPEVINE_COMMAND_INVALID', `arguments of ${command} are not JSON (got ${typeof args})`);
+  if (Buffer.byteLength(text) > MAX_ARGS_BYTES) {
+    throw new GrapevineError('GRAPEVINE_COMMAND_INVALID', `arguments of ${command} are ${Buffer.byteLength(text)} bytes, over the ${MAX_ARGS_BYTES}-byte limit`);
+  }
+  return text;
+}
+
+function toMessageId(id: unknown): string {
+  const text = String(id);
+  if (!/^[1-9][0-9]{0,18}$/.test(text)) {
+    throw new GrapevineError('GRAPEVINE_RESPONSE_MISSING', `invalid message id ${JSON.stringify(id)}: message ids are positive integers returned by send()`);
+  }
+  return text;
+}
+
+function toResponse(row: ResponseRow): ControlResponse {
+  return {
+    worker: row.worker,
+    messageId: row.message_id,
+    command: row.command,
+    ok: row.ok,
+    value: row.value,
+    error: row.error,
+    respondedAt: row.responded_at,
+  };
+}
+
+function toWorkerInfo(row: Record<string, unknown>): WorkerInfo {
+  const info = (row.info ?? {}) as { threads?: WorkerThread[]; restarts?: number };
+  return {
+    id: row.id as string,
+    host: row.host as string,
+    pid: row.pid as number,
+    version: row.version as string,
+    status: row.status as WorkerStatus,
+    threads: row.threads as number,
+    concurrency: row.concurrency as number,
+    queues: (row.queues as string[] | null) ?? null,
+    tasks: (row.tasks as string[]) ?? [],
+    threadStates: Array.isArray(info.threads) ? info.threads : [],
+    restarts: info.restarts ?? 0,
+    startedAt: row.started_at as Date,
+    heartbeatAt: row.heartbeat_at as Date,
+    stoppedAt: (row.stopped_at as Date | null) ?? null,
+  };
+}
+
+function toLogEntry(row: Record<string, unknown>): LogEntry {
+  return {
+    id: row.id as string,
+    worker: row.worker as string,
+    at: row.at as Date,
+    event: row.event as string,
+    thread: (row.thread as number | null) ?? null,
+    detail: (row.detail as string | null) ?? null,
+  };
+}
