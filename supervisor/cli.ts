@@ -15,6 +15,7 @@ import { GrapevineError } from '../src/errors.ts';
 import { createLogger } from '../src/log.ts';
 import { redactSecret } from '../src/redact.ts';
 import { PACKAGE_ROOT, VERSION } from '../src/version.ts';
+import { CONTROL_HELP, controlCommands } from './cli-control.ts';
 import { resolveDatabase } from './database.ts';
 import { startSupervisor } from './index.ts';
 import { stopOnSignals } from './signals.ts';
@@ -38,6 +39,9 @@ Commands:
   job       show a job
   cancel    cancel a job
   migrate   create or upgrade grapevine's tables
+  message   send a control message (PING, INFO, PAUSE, SCALE, STOP, ...) to supervisors
+  workers   list the supervisors and their threads
+  log       show the supervisors' event log
   demo      the square-root work queue, on an embedded PostgreSQL
 
 Options for every command:
@@ -55,6 +59,7 @@ Options for every command:
   --queue Q           take jobs from this queue only (repeatable; default: all)
   --grace-ms N        on SIGTERM, how long running jobs may finish (default: ${DEFAULTS.shutdownGraceMs})
   --log-level LEVEL   pino level (default: info)
+  --allow-eval        let the EVAL control message run JavaScript on this supervisor
 
 SIGTERM/SIGINT stop gracefully; a second signal stops at once. Exit code 0.`,
   add: `Usage: grapevine add TASK [JSON] [--run-at ISO] [--priority N] [--queue Q] [--max-attempts N] [--timeout-ms N] [--wait]
@@ -66,6 +71,7 @@ SIGTERM/SIGINT stop gracefully; a second signal stops at once. Exit code 0.`,
   job: 'Usage: grapevine job ID\n\nPrints the job as JSON.',
   cancel: 'Usage: grapevine cancel ID\n\nCancels a pending job at once; a running one is signalled wherever it runs.',
   migrate: 'Usage: grapevine migrate\n\nCreates or upgrades the schema. Safe to run from several hosts at once.',
+  ...CONTROL_HELP,
   demo: `Usage: grapevine demo [--count N] [--threads N]
 
 Enqueues the numbers 1..N (default 12), computes their square roots on at least
@@ -123,6 +129,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
       queue: { type: 'string', multiple: true },
       'grace-ms': { type: 'string' },
       'log-level': { type: 'string' },
+      'allow-eval': { type: 'boolean' },
     });
     if (!values.tasks) throw new UsageError('--tasks is required: a directory of task modules (see grapevine run --help)');
     const db = await resolveDatabase(values['database-url'] as string | undefined, say);
@@ -136,6 +143,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         concurrency: int(values, 'concurrency'),
         queues: (values.queue as string[] | undefined) ?? null,
         shutdownGraceMs: int(values, 'grace-ms'),
+        allowEval: values['allow-eval'] === true,
         logger,
       });
       const unhook = stopOnSignals(supervisor, logger);
@@ -240,6 +248,8 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
       await db.release();
     }
   },
+
+  ...controlCommands({ parse, int, usage: (message) => new UsageError(message), say }),
 };
 
 async function withClient(values: Values, fn: (client: ReturnType<typeof createClient>) => Promise<number>): Promise<number> {
