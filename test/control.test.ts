@@ -1,0 +1,412 @@
+import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createClient, createControl, describeConnection, GrapevineError, VERSION, type Control } from '../src/index.ts';
+import { silentLogger } from '../src/log.ts';
+import { WorkerLog } from '../supervisor/worker-log.ts';
+import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
+import { ROOT, run, start, type Running } from './helpers/process.ts';
+
+const db = useTestSchema('control');
+const S = `"${db.schema}"`;
+const SOURCE_CLI = path.join(ROOT, 'supervisor/cli.ts');
+const env = { DATABASE_URL: db.url, GRAPEVINE_LOG_LEVEL: 'info' };
+const cli = (...args: string[]) => run([SOURCE_CLI, ...args, '--schema', db.schema], env);
+
+const client = createClient({ connectionString: db.url, schema: db.schema });
+const control: Control = createControl({ connectionString: db.url, schema: db.schema });
+
+interface Worker {
+  id: string;
+  process: Running;
+}
+
+let tasksDir = '';
+let A: Worker; // two threads
+let B: Worker; // one thread, started with --allow-eval
+let C: Worker; // takes only queue "solo": the idle-timeout subject
+
+async function startWorker(...args: string[]): Promise<Worker> {
+  const proc = start([SOURCE_CLI, 'run', '--tasks', tasksDir, '--schema', db.schema, '--log-level', 'info', ...args], env);
+  await proc.waitFor(/supervisor started/);
+  const worker = await eventually(async () => (await control.workers()).find((w) => w.pid === proc.child.pid), 'the supervisor to register');
+  return { id: worker.id, process: proc };
+}
+
+async function writeVersionTask(version: number): Promise<void> {
+  await writeFile(path.join(tasksDir, 'version.mjs'), `export default async function version() { return { version: ${version} }; }\n`);
+}
+
+async function jobRows(ids: string[]): Promise<Array<{ id: string; state: string; attempts: number; locked_by: string | null }>> {
+  const { rows } = await db.pool.query(`SELECT id::text, state, attempts, locked_by FROM ${S}.jobs WHERE id = ANY($1::bigint[]) ORDER BY id`, [ids]);
+  return rows;
+}
+
+async function events(worker: string, n = 200): Promise<string[]> {
+  return (await control.logTail({ worker, n })).map((e) => `${e.event}${e.detail ? ` ${e.detail}` : ''}`);
+}
+
+/** The log once it holds an entry matching `pattern` (entries are written in batches, a moment after the fact). */
+async function eventsOnce(worker: string, pattern: RegExp): Promise<string[]> {
+  return eventually(async () => {
+    const e = await events(worker);
+    return e.some((x) => pattern.test(x)) ? e : null;
+  }, `${pattern} in the log of ${worker}`);
+}
+
+beforeAll(async () => {
+  tasksDir = await mkdtemp(path.join(os.tmpdir(), 'grapevine-control-'));
+  for (const file of ['block.mjs', 'square.mjs']) await copyFile(path.join(FIXTURE_TASKS, file), path.join(tasksDir, file));
+  await writeFile(
+    path.join(tasksDir, 'spin.mjs'),
+    'export default async function spin({ ms }) { const end = Date.now() + ms; while (Date.now() < end); return { spun: ms }; }\n',
+  );
+  await writeVersionTask(1);
+  await client.migrate();
+  [A, B, C] = await Promise.all([
+    startWorker('--threads', '2', '--concurrency', '2', '--queue', 'default'),
+    startWorker('--threads', '1', '--concurrency', '2', '--queue', 'default', '--allow-eval'),
+    startWorker('--threads', '1', '--concurrency', '1', '--queue', 'solo'),
+  ]);
+});
+
+afterAll(async () => {
+  for (const w of [A, B, C]) if (w && w.process.child.exitCode === null) w.process.child.kill('SIGKILL');
+  await control.close();
+  await client.close();
+  if (tasksDir) await rm(tasksDir, { recursive: true, force: true });
+});
+
+describe('worker registry', () => {
+  it('registers each supervisor under a readable host-based id with its per-thread state', async () => {
+    const prefix = os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').slice(0, 24);
+    for (const w of [A, B, C]) expect(w.id).toMatch(new RegExp(`^${prefix}-[0-9a-f]{6}$`));
+    const workers = await eventually(async () => {
+      const list = await control.workers();
+      const a = list.find((w) => w.id === A.id);
+      return a && a.threadStates.length === 2 ? list : null;
+    }, 'a heartbeat with per-thread state');
+    const a = workers.find((w) => w.id === A.id)!;
+    expect(a).toMatchObject({ status: 'IDLE', host: os.hostname(), pid: A.process.child.pid, threads: 2, concurrency: 2 });
+    expect(a.threadStates[0]).toMatchObject({ threadId: expect.any(Number), currentJobs: [], jobsRun: 0 });
+    expect(workers.map((w) => w.id)).toEqual(expect.arrayContaining([A.id, B.id, C.id]));
+
+    const listed = await cli('workers');
+    expect(listed.code).toBe(0);
+    for (const w of [A, B, C]) expect(listed.stdout).toMatch(new RegExp(`${w.id}\\s+(IDLE|BUSY)`));
+  });
+
+  it('logs ALIVE, QUEUE and THREADS when a supervisor starts', async () => {
+    const log = await eventsOnce(C.id, /^THREADS/);
+    expect(log.slice(0, 3)).toEqual([expect.stringMatching(/^ALIVE .*grapevine/), 'QUEUE solo', 'THREADS 1 x 1']);
+  });
+});
+
+describe('messages and responses', () => {
+  it('PING reaches every live supervisor and each answers PONG for itself', async () => {
+    const responses = await control.sendAndWait('PING');
+    expect(Object.keys(responses).sort()).toEqual([A.id, B.id, C.id].sort());
+    for (const [worker, response] of Object.entries(responses)) {
+      expect(response).toMatchObject({ worker, command: 'PING', ok: true, value: 'PONG', error: null });
+    }
+    // sendAndWait deletes what it read.
+    expect(Object.values(await control.hasResponse(responses[A.id].messageId))).toEqual([false, false, false]);
+    const log = await eventsOnce(A.id, /^RESPONSE PING/);
+    expect(log.filter((x) => /^(MESSAGE|RESPONSE) PING/.test(x))).toEqual([
+      `MESSAGE PING (message ${responses[A.id].messageId})`,
+      `RESPONSE PING PONG (message ${responses[A.id].messageId})`,
+    ]);
+  });
+
+  it('keeps responses until deleted; hasResponse and responseIds see them; a missing one is an error naming the worker', async () => {
+    const id = await control.send('PING', undefined, { workers: [A.id] });
+    expect(await control.getResponse(id, { timeoutMs: 10_000 })).toEqual({ [A.id]: expect.objectContaining({ value: 'PONG', messageId: id }) });
+    expect(await control.hasResponse(id)).toEqual({ [A.id]: true });
+    expect(await control.responseIds(A.id)).toContain(id);
+
+    const got = await control.getResponse(id, { worker: A.id, delete: true });
+    expect(got[A.id].value).toBe('PONG');
+    const missing = await control.getResponse(id, { worker: A.id }).catch((e) => e);
+    expect(missing).toBeInstanceOf(GrapevineError);
+    expect(missing.code).toBe('GRAPEVINE_RESPONSE_MISSING');
+    expect(missing.message).toContain(`response missing for worker: '${A.id}'`);
+    expect(await control.hasResponse(id)).toEqual({ [A.id]: false });
+    expect(await control.responseIds(A.id)).not.toContain(id);
+
+    await expect(control.getResponse(id, { worker: B.id })).rejects.toThrow(/was not sent to it/);
+    await expect(control.getResponse('987654321')).rejects.toThrow(/message 987654321 does not exist/);
+    await expect(control.getResponse('nope')).rejects.toMatchObject({ code: 'GRAPEVINE_RESPONSE_MISSING' });
+  });
+
+  it('processes one worker\'s messages in the order they were sent, and waiting times out with the worker named', async () => {
+    // REFRESH starts new threads, so the PING queued behind it is still unanswered a moment later.
+    const refresh = await control.send('REFRESH', undefined, { workers: [B.id] });
+    const ids: string[] = [];
+    for (let i = 1; i <= 8; i++) ids.push(await control.send('ECHO', `order ${i}`, { workers: [B.id] }));
+    const ping = await control.send('PING', undefined, { workers: [B.id] });
+    await expect(control.getResponse(ping, { timeoutMs: 1 })).rejects.toThrow(
+      new RegExp(`response missing for worker: '${B.id}' to message ${ping} \\(PING\\) after waiting 1 ms`),
+    );
+    expect((await control.getResponse(ping, { timeoutMs: 20_000 }))[B.id].value).toBe('PONG');
+    expect((await control.getResponse(refresh))[B.id].value).toBe('OK');
+
+    const { rows } = await db.pool.query(
+      `SELECT message_id::text AS id FROM ${S}.responses WHERE worker = $1 AND message_id = ANY($2::bigint[]) ORDER BY responded_at, message_id`,
+      [B.id, [refresh, ...ids, ping]],
+    );
+    expect(rows.map((r) => r.id)).toEqual([refresh, ...ids, ping]);
+    const echoed = (await events(B.id)).filter((e) => e.startsWith('MESSAGE ECHO order'));
+    expect(echoed.map((e) => e.split(' (')[0])).toEqual(ids.map((_, i) => `MESSAGE ECHO order ${i + 1}`));
+  });
+
+  it('ECHO logs its text and answers OK', async () => {
+    const responses = await control.sendAndWait('ECHO', 'hello from the test', { workers: [A.id] });
+    expect(responses[A.id].value).toBe('OK');
+    await A.process.waitFor(/"msg":"hello from the test"/);
+  });
+
+  it('INFO describes the supervisor, with the connection target but never the password', async () => {
+    const info = (await control.sendAndWait('INFO', undefined, { workers: [A.id] }))[A.id].value as Record<string, unknown>;
+    expect(info).toMatchObject({
+      worker: A.id,
+      host: os.hostname(),
+      pid: A.process.child.pid,
+      platform: `${process.platform}-${process.arch}`,
+      node: process.version,
+      grapevine: VERSION,
+      schema: db.schema,
+      queues: ['default'],
+      threads: 2,
+      concurrency: 2,
+      connection: describeConnection(db.url),
+      status: 'IDLE',
+      evalAllowed: false,
+    });
+    expect(info.tasks).toEqual(expect.arrayContaining(['block', 'spin', 'square', 'version']));
+    expect(new Date(info.startedAt as string).getTime()).not.toBeNaN();
+    const password = decodeURIComponent(new URL(db.url).password);
+    if (password) expect(JSON.stringify(info)).not.toContain(password);
+    expect((await control.sendAndWait('INFO', undefined, { workers: [C.id] }))[C.id].value).toMatchObject({ queues: ['solo'], threads: 1 });
+  });
+
+  it('answers unknown commands and bad arguments with an error response and keeps answering', async () => {
+    const bad: Array<[string, unknown, RegExp]> = [
+      ['FLY', undefined, /unknown command "FLY": use one of PING, ECHO/],
+      ['SCALE', 'lots', /SCALE needs the new thread count, an integer from 1 to 256, got "lots"/],
+      ['SCALE', 0, /SCALE needs .* got 0/],
+      ['TIMEOUT_SET', -5, /TIMEOUT_SET needs the idle timeout in seconds/],
+      ['TIMEOUT_SET', 'soon', /TIMEOUT_SET needs .* got "soon"/],
+      ['ECHO', undefined, /ECHO needs the text to log/],
+      ['EVAL', undefined, /EVAL is disabled/],
+    ];
+    for (const [command, args, message] of bad) {
+      const response = (await control.sendAndWait(command, args, { workers: [A.id] }))[A.id];
+      expect(response.ok, command).toBe(false);
+      expect(response.error!.message).toMatch(message);
+      expect(response.error!.code).toBe(command === 'EVAL' ? 'GRAPEVINE_COMMAND_REFUSED' : 'GRAPEVINE_COMMAND_INVALID');
+    }
+    expect((await control.sendAndWait('ping', undefined, { workers: [A.id] }))[A.id].value).toBe('PONG');
+    expect(A.process.child.exitCode).toBeNull();
+  });
+
+  it('refuses to send what no supervisor could take, naming the problem', async () => {
+    await expect(control.send('')).rejects.toMatchObject({ code: 'GRAPEVINE_COMMAND_INVALID' });
+    await expect(control.send('DROP TABLE')).rejects.toThrow(/invalid command "DROP TABLE"/);
+    await expect(control.send('ECHO', 10n)).rejects.toThrow(/not JSON-serializable/);
+    await expect(control.send('ECHO', 'x'.repeat(70_000))).rejects.toThrow(/over the 65536-byte limit/);
+    await expect(control.send('PING', undefined, { workers: ['nobody-000000'] })).rejects.toThrow(
+      /worker 'nobody-000000' is not registered/,
+    );
+    await expect(control.send('PING', undefined, { workers: [] })).rejects.toMatchObject({ code: 'GRAPEVINE_WORKER_NOT_FOUND' });
+    const empty = createControl({ connectionString: db.url, schema: `${db.schema}_none` });
+    try {
+      await expect(empty.send('PING')).rejects.toThrow(/no live supervisor in schema/);
+    } finally {
+      await empty.close();
+      await db.pool.query(`DROP SCHEMA IF EXISTS "${db.schema}_none" CASCADE`);
+    }
+  });
+
+  it('EVAL runs code only on a supervisor started with --allow-eval', async () => {
+    const refused = await control.sendAndWait('EVAL', '6 * 7', { workers: [A.id] });
+    expect(refused[A.id]).toMatchObject({ ok: false, error: { code: 'GRAPEVINE_COMMAND_REFUSED' } });
+    const allowed = await control.sendAndWait('EVAL', '6 * 7', { workers: [B.id] });
+    expect(allowed[B.id]).toMatchObject({ ok: true, value: 42 });
+    expect((await control.sendAndWait('EVAL', 'Promise.resolve(process.pid)', { workers: [B.id] }))[B.id].value).toBe(B.process.child.pid);
+    const thrown = (await control.sendAndWait('EVAL', 'throw new Error("boom")', { workers: [B.id] }))[B.id];
+    expect(thrown).toMatchObject({ ok: false, error: { code: 'GRAPEVINE_COMMAND_FAILED', message: expect.stringContaining('boom') } });
+  });
+});
+
+describe('the grapevine CLI', () => {
+  it('message prints each worker\'s response and exits 1 on an error response', async () => {
+    const ping = await cli('message', 'PING', '--worker', A.id, '--worker', B.id, '--wait', '10');
+    expect(ping.code).toBe(0);
+    expect(ping.stdout.trim().split('\n').sort()).toEqual([`${A.id}: PONG`, `${B.id}: PONG`].sort());
+    const bad = await cli('message', 'FLY', '--worker', A.id);
+    expect(bad.code).toBe(1);
+    expect(bad.stdout).toContain(`${A.id}: ERROR GRAPEVINE_COMMAND_INVALID: unknown command "FLY"`);
+    const gone = await cli('message', 'PING', '--worker', 'nobody-000000');
+    expect(gone.code).toBe(1);
+    expect(gone.stderr).toMatch(/worker 'nobody-000000' is not registered/);
+  });
+
+  it('log prints the newest entries and --follow prints new ones as they come', async () => {
+    const tail = await cli('log', '--worker', A.id, '-n', '3');
+    expect(tail.code).toBe(0);
+    const lines = tail.stdout.trim().split('\n');
+    expect(lines).toHaveLength(3);
+    for (const line of lines) expect(line).toMatch(new RegExp(`^\\[\\d{4}-.*Z\\] ${A.id} [A-Z_]+`));
+
+    const follow = start([SOURCE_CLI, 'log', '--follow', '--worker', A.id, '-n', '1', '--schema', db.schema], env);
+    try {
+      await eventually(() => follow.stdout().includes(A.id), 'the follower to print the tail');
+      await control.sendAndWait('ECHO', 'followed live', { workers: [A.id] });
+      await follow.waitFor(/MESSAGE ECHO followed live/);
+    } finally {
+      follow.child.kill('SIGTERM');
+    }
+    expect((await follow.exited).code).toBe(0);
+  });
+});
+
+describe('PAUSE and RESUME', () => {
+  it('a paused supervisor leaves jobs to the others; with everyone paused jobs stay pending until RESUME', async () => {
+    expect((await control.sendAndWait('PAUSE', undefined, { workers: [A.id] }))[A.id].value).toBe('OK');
+    expect((await control.workers()).find((w) => w.id === A.id)!.status).toBe('PAUSED');
+
+    const forB = await client.addJobs(Array.from({ length: 6 }, (_, i) => ({ task: 'square', payload: { n: i } })));
+    for (const id of forB) expect((await client.waitForJob(id, { timeoutMs: 20_000 })).state).toBe('succeeded');
+    expect(new Set((await jobRows(forB)).map((r) => r.locked_by))).toEqual(new Set([B.id]));
+
+    await control.sendAndWait('PAUSE', undefined, { workers: [B.id] });
+    const held = await client.addJobs(Array.from({ length: 4 }, (_, i) => ({ task: 'square', payload: { n: i } })));
+    // The jobs' notification reached both before this PING did: both have seen the jobs and left them.
+    await control.sendAndWait('PING', undefined, { workers: [A.id, B.id] });
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await jobRows(held)).map((r) => r.state)).toEqual(['pending', 'pending', 'pending', 'pending']);
+    const statuses = await control.workers();
+    for (const w of [A, B]) expect(statuses.find((s) => s.id === w.id)!.status).toBe('PAUSED');
+
+    const resumed = await control.sendAndWait('RESUME', undefined, { workers: [A.id, B.id] });
+    expect(Object.values(resumed).map((r) => r.value)).toEqual(['OK', 'OK']);
+    for (const id of held) expect((await client.waitForJob(id, { timeoutMs: 20_000 })).state).toBe('succeeded');
+    expect((await control.workers()).find((w) => w.id === A.id)!.status).not.toBe('PAUSED');
+    const log = await events(A.id);
+    expect(log).toContain('PAUSE');
+    expect(log).toContain('RESUME');
+  });
+});
+
+describe('idle timeout', () => {
+  it('TIMEOUT_GET reports no timeout until TIMEOUT_SET gives one, with the time remaining', async () => {
+    expect((await control.sendAndWait('TIMEOUT_GET', undefined, { workers: [A.id] }))[A.id].value).toEqual({ timeout: null, remaining: null });
+    expect((await control.sendAndWait('TIMEOUT_SET', '600', { workers: [A.id] }))[A.id].value).toBe('OK');
+    const got = (await control.sendAndWait('TIMEOUT_GET', undefined, { workers: [A.id] }))[A.id].value as { timeout: number; remaining: number };
+    expect(got.timeout).toBe(600);
+    expect(got.remaining).toBeGreaterThan(0);
+    expect(got.remaining).toBeLessThanOrEqual(600);
+    await control.sendAndWait('TIMEOUT_SET', 'none', { workers: [A.id] });
+    expect((await control.sendAndWait('TIMEOUT_GET', undefined, { workers: [A.id] }))[A.id].value).toEqual({ timeout: null, remaining: null });
+  });
+
+  it('TIMEOUT_SET 0 after a batch of work makes the supervisor exit once the work is done', async () => {
+    // Only C takes queue "solo", one job at a time: an early exit would leave jobs pending.
+    const ids = await client.addJobs(Array.from({ length: 5 }, () => ({ task: 'spin', queue: 'solo', payload: { ms: 150 } })));
+    expect((await control.sendAndWait('TIMEOUT_SET', 0, { workers: [C.id] }))[C.id].value).toBe('OK');
+    const exit = await C.process.exited;
+    expect(exit.code).toBe(0);
+    const rows = await jobRows(ids);
+    expect(rows.map((r) => r.state)).toEqual(ids.map(() => 'succeeded'));
+    expect(new Set(rows.map((r) => r.locked_by))).toEqual(new Set([C.id]));
+    expect((await control.workers()).find((w) => w.id === C.id)!.status).toBe('EXITED');
+    const log = await events(C.id);
+    expect(log).toEqual(expect.arrayContaining([expect.stringMatching(/^TIMEOUT no job for/), 'STOP idle timeout']));
+    expect(log.filter((e) => e.startsWith('TASK_COMPLETE'))).toHaveLength(5);
+    await expect(control.send('PING', undefined, { workers: [C.id] })).rejects.toThrow(new RegExp(`worker '${C.id}' is EXITED`));
+  });
+});
+
+describe('REFRESH and SCALE', () => {
+  it('REFRESH makes changed task code take effect without losing a running job', async () => {
+    const before = await client.addJob('version');
+    expect((await client.waitForJob(before)).result).toEqual({ version: 1 });
+
+    await db.pool.query(`CREATE TABLE ${S}.gate (open boolean NOT NULL)`);
+    await db.pool.query(`INSERT INTO ${S}.gate VALUES (false)`);
+    const blocked = await client.addJobs([1, 2, 3].map((i) => ({ task: 'block', payload: { gate: `${S}.gate`, i } })));
+    await eventually(async () => (await jobRows(blocked)).every((r) => r.state === 'running'), 'the blocked jobs to run');
+
+    await writeVersionTask(2);
+    const refreshed = await control.sendAndWait('REFRESH', undefined, { workers: [A.id, B.id], timeoutMs: 30_000 });
+    expect(Object.values(refreshed).map((r) => r.value)).toEqual(['OK', 'OK']);
+    await db.pool.query(`UPDATE ${S}.gate SET open = true`);
+    for (const id of blocked) expect((await client.waitForJob(id, { timeoutMs: 20_000 })).state).toBe('succeeded');
+    expect((await jobRows(blocked)).map((r) => r.attempts)).toEqual([1, 1, 1]);
+
+    const after = await client.addJob('version');
+    expect((await client.waitForJob(after)).result).toEqual({ version: 2 });
+    expect(await events(A.id)).toEqual(expect.arrayContaining([expect.stringMatching(/^THREADS 2 x 2 \(refreshed/)]));
+  });
+
+  it('SCALE changes the live thread count and the supervisor keeps running jobs', async () => {
+    const threadsOf = async (id: string) => ((await control.sendAndWait('INFO', undefined, { workers: [id] }))[id].value as { threadStates: unknown[] }).threadStates.length;
+    expect((await control.sendAndWait('SCALE', 3, { workers: [A.id] }))[A.id].value).toBe('OK');
+    await eventually(async () => (await threadsOf(A.id)) === 3, 'three live threads');
+    await eventually(async () => (await control.workers()).find((w) => w.id === A.id)!.threadStates.length === 3, 'the registry to show three threads');
+    expect(((await control.sendAndWait('INFO', undefined, { workers: [A.id] }))[A.id].value as { threads: number }).threads).toBe(3);
+
+    await control.sendAndWait('SCALE', '1', { workers: [A.id] });
+    await eventually(async () => (await threadsOf(A.id)) === 1, 'one live thread');
+    await control.sendAndWait('PAUSE', undefined, { workers: [B.id] });
+    try {
+      const ids = await client.addJobs(Array.from({ length: 5 }, (_, i) => ({ task: 'square', payload: { n: i } })));
+      for (const id of ids) expect((await client.waitForJob(id, { timeoutMs: 20_000 })).state).toBe('succeeded');
+      expect(new Set((await jobRows(ids)).map((r) => r.locked_by))).toEqual(new Set([A.id]));
+    } finally {
+      await control.sendAndWait('RESUME', undefined, { workers: [B.id] });
+    }
+    expect(await events(A.id)).toEqual(expect.arrayContaining(['THREADS 3 x 2 (scaled)', 'THREADS 1 x 2 (scaled)']));
+  });
+});
+
+describe('stopping', () => {
+  it('a supervisor that stops heartbeating is listed as LOST and cannot be sent to', async () => {
+    A.process.child.kill('SIGKILL');
+    await A.process.exited;
+    const watcher = createControl({ connectionString: db.url, schema: db.schema, lostAfterMs: 2_500 });
+    try {
+      await eventually(async () => (await watcher.workers()).find((w) => w.id === A.id)!.status === 'LOST', 'A to be LOST');
+      await expect(watcher.send('PING', undefined, { workers: [A.id] })).rejects.toThrow(new RegExp(`worker '${A.id}' is LOST`));
+      // "Every live supervisor" no longer includes it.
+      expect(Object.keys(await watcher.sendAndWait('PING'))).toEqual([B.id]);
+    } finally {
+      await watcher.close();
+    }
+  });
+
+  it('STOP stops gracefully with its reason: BYE, EXITED in the registry, exit code 0', async () => {
+    const bye = await control.sendAndWait('STOP', 'maintenance window', { workers: [B.id] });
+    expect(bye[B.id].value).toBe('BYE');
+    const exit = await B.process.exited;
+    expect(exit.code).toBe(0);
+    expect(exit.stdout).toMatch(/"msg":"STOP maintenance window"/);
+    expect((await control.workers()).find((w) => w.id === B.id)!.status).toBe('EXITED');
+    expect(await events(B.id)).toContain('STOP maintenance window');
+  });
+});
+
+describe('worker log pruning', () => {
+  it('keeps a worker\'s newest entries and drops everyone\'s entries past the age limit', async () => {
+    const log = new WorkerLog({ pool: db.pool, schema: db.schema, worker: 'prune-test', logger: silentLogger() });
+    for (let i = 0; i < 30; i++) log.append('MESSAGE', `entry ${i}`);
+    await log.flush();
+    await db.pool.query(`INSERT INTO ${S}.worker_log (worker, at, event) VALUES ('long-gone', now() - interval '8 days', 'ALIVE')`);
+    await log.prune({ keep: 10, maxAgeMs: 7 * 24 * 3_600_000 });
+    const kept = await control.logTail({ worker: 'prune-test', n: 100 });
+    expect(kept.map((e) => e.detail)).toEqual(Array.from({ length: 10 }, (_, i) => `entry ${20 + i}`));
+    expect(await control.logTail({ worker: 'long-gone' })).toEqual([]);
+    await log.close();
+  });
+});
