@@ -104,19 +104,13 @@ function build(schema: string): JobStatements {
          FROM picked WHERE j.id = picked.id
        RETURNING ${claimedColumns}`,
     ),
-    // $1 how many, $2 tasks, $3-$5 see markClaimed, $6 queues (NULL = all)
+    // $1 how many, $2 tasks, $3-$5 see markClaimed, $6 queues (NULL = all).
+    // The statement itself is the claim_next() function (see migration 0001 for why).
     claimNext: st(
       'claim_next',
-      `WITH picked AS (
-         SELECT id FROM ${s}.jobs
-          WHERE state = 'pending' AND run_at <= now()
-            AND task = ANY($2::text[]) AND ($6::text[] IS NULL OR queue = ANY($6::text[]))
-          ORDER BY priority DESC, run_at, id
-          LIMIT $1
-          FOR UPDATE SKIP LOCKED)
-       UPDATE ${s}.jobs j SET ${markClaimed}
-         FROM picked WHERE j.id = picked.id
-       RETURNING ${claimedColumns}`,
+      `SELECT id::text AS id, task, queue, payload, attempts, max_attempts, timeout_ms,
+              claim_token::text AS claim_token, cancel_requested
+         FROM ${s}.claim_next($1, $2::text[], $6::text[], $3, $4, $5)`,
     ),
 
     // $1 [{id, token, result}]

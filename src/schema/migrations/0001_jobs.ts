@@ -110,6 +110,34 @@ $fn$;
 CREATE TRIGGER jobs_inserted AFTER INSERT ON ${s}.jobs
   REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION ${s}.jobs_inserted();
 
+-- The pull claim. It lives in a function only for its planner settings:
+-- right after a bulk insert the statistics say "few pending rows", and the
+-- planner then prefers a bitmap scan plus sort, which reads every pending
+-- row on every claim (quadratic over a backlog). Walking the index in order
+-- and stopping after n rows is right whatever the statistics say.
+CREATE FUNCTION ${s}.claim_next(n integer, task_names text[], queue_names text[], owner text, thread integer, lease_ms integer)
+RETURNS TABLE (id bigint, task text, queue text, payload jsonb, attempts integer, max_attempts integer,
+               timeout_ms integer, claim_token bigint, cancel_requested boolean)
+LANGUAGE sql
+SET enable_bitmapscan = off
+SET enable_sort = off
+AS $fn$
+  WITH picked AS (
+    SELECT id FROM ${s}.jobs
+     WHERE state = 'pending' AND run_at <= now()
+       AND task = ANY($2) AND ($3 IS NULL OR queue = ANY($3))
+     ORDER BY priority DESC, run_at, id
+     LIMIT $1
+     FOR UPDATE SKIP LOCKED)
+  UPDATE ${s}.jobs j
+     SET state = 'running', attempts = j.attempts + 1, locked_by = $4, locked_thread = $5,
+         claim_token = nextval('${s}.claim_tokens'), lease_until = now() + $6 * interval '1 millisecond',
+         started_at = now(), finished_at = NULL
+    FROM picked WHERE j.id = picked.id
+  RETURNING j.id, j.task, j.queue, j.payload, j.attempts, j.max_attempts, j.timeout_ms, j.claim_token,
+            j.cancel_requested_at IS NOT NULL
+$fn$;
+
 -- Enqueue from SQL: triggers, other languages, psql.
 CREATE FUNCTION ${s}.add_job(
   task text,
