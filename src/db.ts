@@ -6,6 +6,8 @@ export type Queryable = Pick<pg.ClientBase, 'query'>;
 
 export interface PoolOptions {
   max: number;
+  /** Connections kept open while idle (the rest close after 10 s idle). */
+  min?: number;
   applicationName: string;
   /** Called for errors on idle connections (a restarted server, a killed backend). */
   onIdleError?: (err: Error) => void;
@@ -15,6 +17,7 @@ export function createPool(connectionString: string, options: PoolOptions): pg.P
   const pool = new pg.Pool({
     connectionString,
     max: options.max,
+    min: options.min ?? 0,
     application_name: options.applicationName,
     // A dead server must surface as an error, not as a hang.
     connectionTimeoutMillis: 10_000,

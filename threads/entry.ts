@@ -24,11 +24,15 @@ import { loadTasks, type LoadedTasks } from './registry.ts';
 const config = workerData as ThreadConfig;
 const logger = pino({ name: 'grapevine', level: config.logLevel }).child({ supervisor: config.supervisorId, threadId });
 const onIdleError = (err: Error) => logger.debug({ err: err.message }, 'idle database connection closed');
+// Claims and outcome writes keep their connections open: a job arriving
+// after a quiet spell must not pay for a new connection (and its auth).
 const systemPool = createPool(config.connectionString, {
   max: config.systemConnections,
+  min: config.systemConnections,
   applicationName: `grapevine-thread-${threadId}`,
   onIdleError,
 });
+void Promise.all(Array.from({ length: config.systemConnections }, () => systemPool.query('SELECT 1'))).catch(() => {});
 const writer = new OutcomeWriter(systemPool, config.schema, { baseMs: config.retryBaseMs, maxMs: config.retryMaxMs }, logger);
 const sql = jobStatements(config.schema);
 const tasks: Promise<LoadedTasks> = loadTasks(config.tasksPath).catch((err: Error) => ({ handlers: new Map(), timeouts: new Map(), error: err }));
