@@ -249,22 +249,37 @@ export function createControl(options: ControlClientOptions = {}): Control {
     );
   };
 
+  const sendTo = async (command: string, args: unknown, workers: string[] | undefined): Promise<{ id: string; command: string; recipients: string[] }> => {
+    const name = validateCommand(command);
+    const argsJson = encodeArgs(name, args);
+    return run(async () => {
+      const recipients = await resolveRecipients(workers, name);
+      const { rows } = await pool.query(withValues(sql.send, [recipients, name, argsJson]));
+      return { id: rows[0].id as string, command: name, recipients };
+    });
+  };
+
+  /** The responses of `wanted`, waiting up to timeoutMs; an error naming whoever did not answer. */
+  const collect = async (id: string, command: string, wanted: string[], timeoutMs: number, remove: boolean) => {
+    let found = await readResponses(id, wanted);
+    if (found.size < wanted.length && timeoutMs > 0) found = await waitForResponses(id, wanted, timeoutMs);
+    const missing = wanted.filter((w) => !found.has(w));
+    if (missing.length > 0) throw await missingError(id, command, missing, timeoutMs);
+    if (remove) await pool.query(withValues(sql.deleteResponses, [id, wanted]));
+    return Object.fromEntries(wanted.map((w) => [w, toResponse(found.get(w)!)]));
+  };
+
   const control: Control = {
     schema,
 
     async send(command, args, opts = {}) {
-      const name = validateCommand(command);
-      const argsJson = encodeArgs(name, args);
-      return run(async () => {
-        const recipients = await resolveRecipients(opts.workers, name);
-        const { rows } = await pool.query(withValues(sql.send, [recipients, name, argsJson]));
-        return rows[0].id as string;
-      });
+      return (await sendTo(command, args, opts.workers)).id;
     },
 
     async sendAndWait(command, args, opts = {}) {
-      const id = await control.send(command, args, opts);
-      return control.getResponse(id, { timeoutMs: opts.timeoutMs ?? 10_000, delete: opts.delete ?? true });
+      const timeoutMs = validateTimeout(opts.timeoutMs ?? 10_000);
+      const sent = await sendTo(command, args, opts.workers);
+      return run(() => collect(sent.id, sent.command, sent.recipients, timeoutMs, opts.delete ?? true));
     },
 
     async hasResponse(messageId) {
@@ -288,9 +303,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
 
     async getResponse(messageId, { worker, delete: remove = false, timeoutMs = 0 } = {}) {
       const id = toMessageId(messageId);
-      if (!Number.isFinite(timeoutMs) || timeoutMs < 0) {
-        throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `timeoutMs must be a number of milliseconds >= 0, got ${JSON.stringify(timeoutMs)}`);
-      }
+      validateTimeout(timeoutMs);
       return run(async () => {
         const recipients = await recipientsOf(id);
         if (worker !== undefined && !recipients.workers.includes(worker)) {
@@ -299,13 +312,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
             `response missing for worker: '${worker}': message ${id} (${recipients.command}) was not sent to it (recipients: ${recipients.workers.join(', ')})`,
           );
         }
-        const wanted = worker === undefined ? recipients.workers : [worker];
-        let found = await readResponses(id, wanted);
-        if (found.size < wanted.length && timeoutMs > 0) found = await waitForResponses(id, wanted, timeoutMs);
-        const missing = wanted.filter((w) => !found.has(w));
-        if (missing.length > 0) throw await missingError(id, recipients.command, missing, timeoutMs);
-        if (remove) await pool.query(withValues(sql.deleteResponses, [id, wanted]));
-        return Object.fromEntries(wanted.map((w) => [w, toResponse(found.get(w)!)]));
+        return collect(id, recipients.command, worker === undefined ? recipients.workers : [worker], timeoutMs, remove);
       });
     },
 
@@ -400,6 +407,13 @@ function validateCommand(command: unknown): string {
     );
   }
   return command.toUpperCase();
+}
+
+function validateTimeout(timeoutMs: unknown): number {
+  if (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs < 0 || timeoutMs > 2_147_483_647) {
+    throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `timeoutMs must be a number of milliseconds from 0 to 2147483647, got ${JSON.stringify(timeoutMs)}`);
+  }
+  return timeoutMs;
 }
 
 function encodeArgs(command: string, args: unknown): string | null {
