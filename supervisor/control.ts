@@ -144,7 +144,7 @@ export class ControlPlane {
 
   onJobEvent(event: JobEvent): void {
     if (event.type === 'started') this.log.append('TASK_START', `${event.jobId} ${event.task}`, event.threadId);
-    else this.log.jobDone(event.jobId, event.task, event.threadId);
+    else this.log.jobDone(event.jobId, event.task, event.attempt, event.threadId);
   }
 
   /** Events the supervisor's own API causes (pause() and resume() called directly). */

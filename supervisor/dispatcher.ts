@@ -32,6 +32,7 @@ export interface JobEvent {
   type: 'started' | 'finished';
   jobId: string;
   task: string;
+  attempt: number;
   threadId: number;
 }
 
@@ -313,7 +314,7 @@ export class Dispatcher {
             }
           }
           this.running.set(id, { id, threadId: event.threadId, task, attempt, startedAt: now, batch, slot, timer: null });
-          this.options.onJobEvent?.({ type: 'started', jobId: id, task, threadId: event.threadId });
+          this.options.onJobEvent?.({ type: 'started', jobId: id, task, attempt, threadId: event.threadId });
         }
         for (const slot of unclaimedPulls) slot.free();
         this.options.onActivity?.();
@@ -340,7 +341,7 @@ export class Dispatcher {
     if (!job) return;
     if (job.timer) clearTimeout(job.timer);
     this.running.delete(jobId);
-    this.options.onJobEvent?.({ type: 'finished', jobId, task: job.task, threadId });
+    this.options.onJobEvent?.({ type: 'finished', jobId, task: job.task, attempt: job.attempt, threadId });
     this.jobsRunByThread.set(threadId, (this.jobsRunByThread.get(threadId) ?? 0) + 1);
     this.lastJobAt = Date.now();
     this.options.onActivity?.();
@@ -403,6 +404,7 @@ export class Dispatcher {
       const job = this.running.get(id);
       if (job?.timer) clearTimeout(job.timer);
       this.running.delete(id);
+      if (job) this.options.onJobEvent?.({ type: 'finished', jobId: id, task: job.task, attempt: job.attempt, threadId: job.threadId });
     }
     for (const slot of batch.slots) slot.free();
   }

@@ -38,6 +38,7 @@ interface Entry {
   thread: number | null;
   detail: string | null;
   job?: string;
+  attempt?: number;
 }
 
 // Per-job events would flood an info-level log on a busy supervisor.
@@ -68,12 +69,12 @@ export class WorkerLog {
   }
 
   /**
-   * A job's outcome is written by its thread, which reports only "done"; the
-   * entry is resolved to TASK_COMPLETE or TASK_ERROR (with the job's state)
-   * from the jobs table when the log is flushed.
+   * A job's outcome is written by its thread, which reports only "done" (or
+   * dies); the entry is resolved to TASK_COMPLETE or TASK_ERROR from the jobs
+   * table when the log is flushed: succeeded with no later attempt started.
    */
-  jobDone(jobId: string, task: string, thread: number): void {
-    this.push({ at: new Date().toISOString(), event: 'TASK_END', thread, detail: `${jobId} ${task}`, job: jobId });
+  jobDone(jobId: string, task: string, attempt: number, thread: number): void {
+    this.push({ at: new Date().toISOString(), event: 'TASK_END', thread, detail: `${jobId} ${task}`, job: jobId, attempt });
   }
 
   private push(entry: Entry): void {

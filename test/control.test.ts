@@ -49,15 +49,19 @@ async function events(worker: string, n = 200): Promise<string[]> {
 
 /** The log once it holds an entry matching `pattern` (entries are written in batches, a moment after the fact). */
 async function eventsOnce(worker: string, pattern: RegExp): Promise<string[]> {
-  return eventually(async () => {
-    const e = await events(worker);
-    return e.some((x) => pattern.test(x)) ? e : null;
-  }, `${pattern} in the log of ${worker}`);
+  try {
+    return await eventually(async () => {
+      const e = await events(worker);
+      return e.some((x) => pattern.test(x)) ? e : null;
+    }, `${pattern} in the log of ${worker}`);
+  } catch (err) {
+    throw new Error(`${(err as Error).message}; the log:\n${(await events(worker)).join('\n')}`);
+  }
 }
 
 beforeAll(async () => {
   tasksDir = await mkdtemp(path.join(os.tmpdir(), 'grapevine-control-'));
-  for (const file of ['block.mjs', 'square.mjs']) await copyFile(path.join(FIXTURE_TASKS, file), path.join(tasksDir, file));
+  for (const file of ['block.mjs', 'square.mjs', 'fail.mjs', 'exit.mjs']) await copyFile(path.join(FIXTURE_TASKS, file), path.join(tasksDir, file));
   await writeFile(
     path.join(tasksDir, 'spin.mjs'),
     'export default async function spin({ ms }) { const end = Date.now() + ms; while (Date.now() < end); return { spun: ms }; }\n',
@@ -100,6 +104,40 @@ describe('worker registry', () => {
   it('logs ALIVE, QUEUE and THREADS when a supervisor starts', async () => {
     const log = await eventsOnce(C.id, /^THREADS/);
     expect(log.slice(0, 3)).toEqual([expect.stringMatching(/^ALIVE .*grapevine/), 'QUEUE solo', 'THREADS 1 x 1']);
+  });
+});
+
+describe('worker log', () => {
+  it('records task starts, completions and errors, and thread exits and restarts', async () => {
+    const ok = await client.addJob('square', { n: 9 });
+    const failed = await client.addJob('fail', { message: 'no' }, { maxAttempts: 1 });
+    const crashed = await client.addJob('exit', { crashes: 1 }, { maxAttempts: 2 });
+    for (const id of [ok, failed, crashed]) await client.waitForJob(id, { timeoutMs: 20_000 });
+    const [okRow, failedRow, crashedRow] = await jobRows([ok, failed, crashed]);
+    expect(failedRow.state).toBe('failed');
+    expect(crashedRow).toMatchObject({ state: 'succeeded', attempts: 2 });
+
+    const has = (worker: string, pattern: RegExp) => eventsOnce(worker, pattern);
+    await has(okRow.locked_by!, new RegExp(`^TASK_START ${ok} square$`));
+    await has(okRow.locked_by!, new RegExp(`^TASK_COMPLETE ${ok} square$`));
+    await has(failedRow.locked_by!, new RegExp(`^TASK_ERROR ${failed} fail \\(failed\\)$`));
+    // The crash may have been on either supervisor (the retry then ran wherever).
+    const expected = [
+      /^THREAD_EXIT exit code 1 \(unexpected\)$/,
+      /^THREAD_RESTART generation \d+$/,
+      // The first attempt died with its thread; the second one succeeded.
+      new RegExp(`^TASK_ERROR ${crashed} exit \\((pending|running|attempt 1 ended; job now (running|succeeded))\\)$`),
+      new RegExp(`^TASK_COMPLETE ${crashed} exit$`),
+    ];
+    let log: string[] = [];
+    try {
+      await eventually(async () => {
+        log = (await control.logTail({ n: 1_000 })).map((x) => `${x.event} ${x.detail}`);
+        return expected.every((pattern) => log.some((line) => pattern.test(line)));
+      }, 'thread exit, restart and both attempts in the log');
+    } finally {
+      if (!expected.every((pattern) => log.some((line) => pattern.test(line)))) console.error(log.join('\n'));
+    }
   });
 });
 

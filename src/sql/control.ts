@@ -136,21 +136,26 @@ function build(schema: string): ControlStatements {
       'control_set_status',
       `UPDATE ${s}.supervisors SET status = $2 WHERE id = $1 AND status NOT IN ('EXITED', 'LOST')`,
     ),
-    // $1 worker, $2 [{at, event, thread, detail, job?}] in order. A TASK_END
-    // entry becomes TASK_COMPLETE when its job succeeded, else TASK_ERROR with
-    // the job's state (pending = will retry).
+    // $1 worker, $2 [{at, event, thread, detail, job?, attempt?}] in order. A
+    // TASK_END entry becomes TASK_COMPLETE when that attempt succeeded, else
+    // TASK_ERROR with what became of the job (pending = will retry). Attempts
+    // only ever count up, so a later attempt means this one did not succeed.
     appendLog: st(
       'control_append_log',
       `WITH ins AS (
          INSERT INTO ${s}.worker_log (worker, at, event, thread, detail)
          SELECT $1, (e.entry->>'at')::timestamptz,
                 CASE WHEN e.entry->>'event' <> 'TASK_END' THEN e.entry->>'event'
-                     WHEN j.state = 'succeeded' THEN 'TASK_COMPLETE' ELSE 'TASK_ERROR' END,
+                     WHEN j.state = 'succeeded' AND same.attempt THEN 'TASK_COMPLETE' ELSE 'TASK_ERROR' END,
                 (e.entry->>'thread')::integer,
-                CASE WHEN e.entry->>'event' <> 'TASK_END' OR j.state = 'succeeded' THEN e.entry->>'detail'
-                     ELSE (e.entry->>'detail') || ' (' || coalesce(j.state, 'deleted') || ')' END
+                CASE WHEN e.entry->>'event' <> 'TASK_END' OR (j.state = 'succeeded' AND same.attempt) THEN e.entry->>'detail'
+                     ELSE (e.entry->>'detail') || ' (' || CASE
+                       WHEN j.id IS NULL THEN 'deleted'
+                       WHEN same.attempt THEN j.state
+                       ELSE 'attempt ' || (e.entry->>'attempt') || ' ended; job now ' || j.state END || ')' END
            FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS e(entry, n)
            LEFT JOIN ${s}.jobs j ON e.entry->>'event' = 'TASK_END' AND j.id = (e.entry->>'job')::bigint
+           CROSS JOIN LATERAL (SELECT j.attempts = (e.entry->>'attempt')::integer AS attempt) same
           ORDER BY e.n)
        SELECT pg_notify('${ch.log}', $1::text)`,
     ),
