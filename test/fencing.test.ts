@@ -155,6 +155,8 @@ describe('a handler that finishes after its job was reaped and run elsewhere', (
       }, 'the first supervisor to run the job');
       // Keep the first supervisor from taking the job back after the reap.
       first.pause();
+      // Nothing but the running job may hold a slot, or a pull sent earlier could claim the job back.
+      await eventually(() => first.status().inFlight === 1, 'claims sent before the pause to finish');
 
       await db.pool.query(`UPDATE ${s}.jobs SET lease_until = now() - interval '1 second' WHERE id = $1`, [id]);
       expect((await first.reapNow()).reapedJobs).toEqual([id]);

@@ -104,6 +104,8 @@ describe('the reaper', () => {
     const supervisor = await start({ reaperIntervalMs: 3_600_000 });
     try {
       supervisor.pause();
+      // A pull sent before the pause could still claim the jobs the moment they are reaped.
+      await eventually(() => supervisor.status().inFlight === 0, 'claims sent before the pause to finish');
       const reaped = await supervisor.reapNow();
       expect(reaped.leader).toBe(true);
       expect([...reaped.reapedJobs].sort()).toEqual([expired, liveLease].sort());
