@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { DEFAULTS, resolveConnectionString, validateName, validatePositiveInt, validateSchemaName } from './config.ts';
-import { createPool, explainConnectionErrors, type Queryable } from './db.ts';
+import { createPool, explainConnectionErrors, withTransaction, type Queryable } from './db.ts';
 import { GrapevineError } from './errors.ts';
 import { isTerminal, jobFromRow, type Job } from './job.ts';
 import { Listener } from './listener.ts';
@@ -205,25 +205,18 @@ export function createClient(options: ClientOptions = {}): Client {
     async cancelJob(id) {
       const jobId = toJobId(id);
       return run(async () => {
-        const c = await pool.connect();
-        try {
-          await c.query('BEGIN');
+        const state = await withTransaction(pool, async (c) => {
           const { rows } = await c.query(withValues(sql.cancel, [jobId]));
-          const state = (rows[0]?.state as string | null) ?? null;
-          if (state === 'running') {
+          const found = (rows[0]?.state as string | null) ?? null;
+          if (found === 'running') {
             await c.query('SELECT pg_notify($1, $2)', [
               channels.control,
               JSON.stringify({ type: 'cancel', job: jobId, to: rows[0].locked_by }),
             ]);
           }
-          await c.query('COMMIT');
-          return { state: state === 'running' ? 'cancelling' : state === null ? (await currentState(jobId)) : state };
-        } catch (err) {
-          await c.query('ROLLBACK').catch(() => {});
-          throw err;
-        } finally {
-          c.release();
-        }
+          return found;
+        });
+        return { state: state === 'running' ? 'cancelling' : state === null ? await currentState(jobId) : state };
       });
     },
 

@@ -31,17 +31,41 @@ export function createPool(connectionString: string, options: PoolOptions): pg.P
 }
 
 export async function withTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-  const client = await pool.connect();
-  try {
+  return withClient(pool, async (client) => {
     await client.query('BEGIN');
-    const result = await fn(client);
-    await client.query('COMMIT');
-    return result;
+    try {
+      const result = await fn(client);
+      await client.query('COMMIT');
+      return result;
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => {});
+      throw err;
+    }
+  });
+}
+
+/**
+ * Checks a client out for several statements. A checked-out client whose
+ * connection dies between two statements emits 'error' with nobody
+ * listening, which would crash the process (seen when PostgreSQL restarts):
+ * the failure is reported by the next statement instead, and the broken
+ * client is discarded rather than returned to the pool.
+ */
+export async function withClient<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  let broken: Error | undefined;
+  const onError = (err: Error) => {
+    broken = err;
+  };
+  client.on('error', onError);
+  try {
+    return await fn(client);
   } catch (err) {
-    await client.query('ROLLBACK').catch(() => {});
+    broken ??= isConnectionError(err) ? (err as Error) : undefined;
     throw err;
   } finally {
-    client.release();
+    client.off('error', onError);
+    client.release(broken);
   }
 }
 

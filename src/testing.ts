@@ -62,6 +62,8 @@ export interface SupervisorProcess {
   /** SIGTERM: graceful stop; resolves with the exit code. */
   stop(): Promise<number | null>;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** What the process printed (stdout and stderr), for diagnosing a failed run. */
+  output(): string;
 }
 
 export interface TestQueue {
@@ -76,7 +78,11 @@ export interface TestQueue {
   killThread(supervisor: Supervisor, threadId?: number): Promise<number | null>;
   /** Terminates every LISTEN connection of this schema's supervisors. */
   killListeners(): Promise<number>;
-  /** Records a fault the test caused itself (for example a database restart). */
+  /**
+   * Records a fault the test caused itself. A 'database-restarted' fault
+   * explains re-runs of executions begun before it was recorded, so record it
+   * once the database is back.
+   */
   recordFault(kind: string, supervisorId?: string | null, threadId?: number | null): Promise<void>;
   /** Makes every pending job due now (delayed jobs, retries waiting out their backoff). */
   runDueNow(): Promise<number>;
@@ -152,6 +158,7 @@ export async function createTestQueue(options: { connectionString?: string; sche
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       let output = '';
+      child.stderr!.on('data', (chunk: Buffer) => (output += chunk));
       const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
         child.on('exit', (code, signal) => resolve({ code, signal })),
       );
@@ -162,7 +169,6 @@ export async function createTestQueue(options: { connectionString?: string; sche
           if (match) resolve(match[1]);
         };
         child.stdout!.on('data', onData);
-        child.stderr!.on('data', (chunk: Buffer) => (output += chunk));
         void exited.then(({ code }) => reject(new Error(`supervisor process exited (${code}) before it was ready: ${output.slice(-2000)}`)));
       });
       const proc: SupervisorProcess = {
@@ -179,6 +185,7 @@ export async function createTestQueue(options: { connectionString?: string; sche
           return (await exited).code;
         },
         exited,
+        output: () => output,
       };
       children.push(proc);
       return proc;

@@ -48,8 +48,10 @@ async function gone(pid: number): Promise<void> {
   }
 }
 
+/** Starts the server again and records the restart: it explains any re-run of an execution begun before now. */
 async function bringBack(): Promise<void> {
   db = await startEmbeddedDatabase({ dir: DIR, database: 'restart', port: db.port });
+  await queue.recordFault('database-restarted');
 }
 
 describe('PostgreSQL restarts and crashes', () => {
@@ -57,7 +59,6 @@ describe('PostgreSQL restarts and crashes', () => {
     const a = await queue.spawnSupervisor(SUPERVISOR);
     const b = await queue.spawnSupervisor(SUPERVISOR);
     await queue.client.addJobs(Array.from({ length: 1_000 }, (_, i) => ({ task: 'chaos-work', payload: { ms: i % 3 }, maxAttempts: 25 })));
-    await queue.recordFault('database-restarted');
     await db.stop(); // fast shutdown: sessions are terminated, committed data kept
     await bringBack();
     // Jobs committed while the supervisors were still reconnecting must be found too.
@@ -74,7 +75,6 @@ describe('PostgreSQL restarts and crashes', () => {
   it('recovers from a crash (immediate shutdown, notifications lost) and finds every committed job by re-reading the table', async () => {
     const a = await queue.spawnSupervisor(SUPERVISOR);
     await queue.client.addJobs(Array.from({ length: 500 }, () => ({ task: 'chaos-work', payload: { ms: 1 }, maxAttempts: 25 })));
-    await queue.recordFault('database-restarted');
     const pid = await postmasterPid();
     process.kill(pid, 'SIGQUIT'); // immediate shutdown: like a crash, recovery on start
     await gone(pid);
