@@ -94,7 +94,8 @@ async function main(): Promise<void> {
 
     const b = summarize(busy);
     console.log('grapevine control plane: PING round trip (control.sendAndWait, supervisor in its own process)');
-    console.log(`database ${describeConnection(url)}${embedded ? ' (embedded)' : ''}; ${os.availableParallelism()} cores; node ${process.version}`);
+    const load = os.loadavg().map((l) => l.toFixed(1)).join(' ');
+    console.log(`database ${describeConnection(url)}${embedded ? ' (embedded)' : ''}; ${os.availableParallelism()} cores, load average ${load}; node ${process.version}`);
     console.log(`idle threads:                        ${fmt(summarize(idle))}`);
     console.log(`all ${threads} threads in a CPU loop:         ${fmt(b)}  (${stillBusy}/${threads} threads still busy at the end)`);
     console.log(`target: median under ${TARGET_MEDIAN_MS} ms with every thread busy: ${b.median < TARGET_MEDIAN_MS ? 'met' : 'NOT met'}`);

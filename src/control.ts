@@ -150,17 +150,9 @@ export function createControl(options: ControlClientOptions = {}): Control {
     return explainConnectionErrors(connectionString, fn);
   };
 
-  const resolveRecipients = async (workers: string[] | undefined, command: string): Promise<string[]> => {
-    if (workers === undefined) {
-      const { rows } = await pool.query(withValues(sql.liveWorkers, [lostAfterMs]));
-      if (rows.length === 0) {
-        throw new GrapevineError(
-          'GRAPEVINE_WORKER_NOT_FOUND',
-          `no live supervisor in schema "${schema}" to send ${command} to: start one (grapevine run --tasks DIR) or check grapevine workers`,
-        );
-      }
-      return rows.map((r) => r.id as string);
-    }
+  /** Checks named recipients; undefined (every live supervisor) is resolved by the send statement itself. */
+  const checkRecipients = async (workers: string[] | undefined, command: string): Promise<string[] | null> => {
+    if (workers === undefined) return null;
     if (!Array.isArray(workers) || workers.length === 0 || workers.some((w) => typeof w !== 'string' || w.length === 0)) {
       throw new GrapevineError('GRAPEVINE_WORKER_NOT_FOUND', `workers must be a non-empty array of supervisor ids, got ${JSON.stringify(workers)}`);
     }
@@ -184,14 +176,20 @@ export function createControl(options: ControlClientOptions = {}): Control {
     return new Map(rows.map((r) => [r.worker, r]));
   };
 
-  /** Resolves once every one of `workers` has answered, or after `timeoutMs` with what there is. */
-  const waitForResponses = async (messageId: string, workers: string[], timeoutMs: number): Promise<Map<string, ResponseRow>> => {
+  /** The responses there are; deleted (if `remove`) only once all of `workers` have answered. */
+  const takeResponses = async (messageId: string, workers: string[], remove: boolean): Promise<Map<string, ResponseRow>> => {
+    const { rows } = await pool.query<ResponseRow>(withValues(sql.takeResponses, [messageId, workers, remove]));
+    return new Map(rows.map((r) => [r.worker, r]));
+  };
+
+  /** Resolves once every one of `workers` has answered (taking the responses), or after `timeoutMs` with what there is. */
+  const waitForResponses = async (messageId: string, workers: string[], timeoutMs: number, remove: boolean): Promise<Map<string, ResponseRow>> => {
     await (responseListener ??= startResponseListener());
     return new Promise((resolve, reject) => {
       let settled = false;
       let latest = new Map<string, ResponseRow>();
       const check = () => {
-        readResponses(messageId, workers).then((found) => {
+        takeResponses(messageId, workers, remove).then((found) => {
           latest = found;
           if (found.size === workers.length) finish(null);
         }, (err) => finish(err));
@@ -253,19 +251,23 @@ export function createControl(options: ControlClientOptions = {}): Control {
     const name = validateCommand(command);
     const argsJson = encodeArgs(name, args);
     return run(async () => {
-      const recipients = await resolveRecipients(workers, name);
-      const { rows } = await pool.query(withValues(sql.send, [recipients, name, argsJson]));
-      return { id: rows[0].id as string, command: name, recipients };
+      const named = await checkRecipients(workers, name);
+      const { rows } = await pool.query(withValues(sql.send, [named, name, argsJson, lostAfterMs]));
+      if (rows.length === 0) {
+        throw new GrapevineError(
+          'GRAPEVINE_WORKER_NOT_FOUND',
+          `no live supervisor in schema "${schema}" to send ${name} to: start one (grapevine run --tasks DIR) or check grapevine workers`,
+        );
+      }
+      return { id: rows[0].id as string, command: name, recipients: rows[0].workers as string[] };
     });
   };
 
   /** The responses of `wanted`, waiting up to timeoutMs; an error naming whoever did not answer. */
   const collect = async (id: string, command: string, wanted: string[], timeoutMs: number, remove: boolean) => {
-    let found = await readResponses(id, wanted);
-    if (found.size < wanted.length && timeoutMs > 0) found = await waitForResponses(id, wanted, timeoutMs);
+    const found = timeoutMs > 0 ? await waitForResponses(id, wanted, timeoutMs, remove) : await takeResponses(id, wanted, remove);
     const missing = wanted.filter((w) => !found.has(w));
     if (missing.length > 0) throw await missingError(id, command, missing, timeoutMs);
-    if (remove) await pool.query(withValues(sql.deleteResponses, [id, wanted]));
     return Object.fromEntries(wanted.map((w) => [w, toResponse(found.get(w)!)]));
   };
 

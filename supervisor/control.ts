@@ -223,23 +223,25 @@ export class ControlPlane {
           ? { code: err.code, message: err.message }
           : { code: 'GRAPEVINE_COMMAND_FAILED', message: `${row.command} failed on worker ${this.host.id}: ${(err as Error)?.message ?? String(err)}` };
     }
-    // What the command did is in the log before anyone sees the response.
-    await this.log.flush().catch(() => {});
     await this.respond(row, error === null, outcome ? outcome.value : null, error);
     this.log.append('RESPONSE', `${row.command} ${error ? `ERROR ${error.code}` : summarize(outcome!.value)} (message ${row.id})`);
     outcome?.after?.();
   }
 
+  /** Stores the response together with the log so far: what the command did is in the log before anyone sees the answer. */
   private async respond(row: MessageRow, ok: boolean, value: unknown, error: { code: string; message: string } | null): Promise<void> {
-    await this.host.pool.query(
-      withValues(controlStatements(this.host.schema).respond, [
-        row.id,
-        this.host.id,
-        row.command,
-        ok,
-        JSON.stringify(value ?? null),
-        error ? JSON.stringify(error) : null,
-      ]),
+    await this.log.writeWith((entries) =>
+      this.host.pool.query(
+        withValues(controlStatements(this.host.schema).respond, [
+          row.id,
+          this.host.id,
+          row.command,
+          ok,
+          JSON.stringify(value ?? null),
+          error ? JSON.stringify(error) : null,
+          entries,
+        ]),
+      ),
     );
   }
 

@@ -94,11 +94,23 @@ export class WorkerLog {
 
   /** Writes everything buffered so far. */
   async flush(): Promise<void> {
-    while (this.flushing) await this.flushing;
+    while (this.flushing) await this.flushing.catch(() => {});
     if (this.buffer.length === 0) return;
+    await this.writeWith((entries) => this.o.pool.query(withValues(controlStatements(this.o.schema).appendLog, [this.o.worker, entries])));
+  }
+
+  /**
+   * Hands what is buffered (a JSON array, possibly empty) to `write`, which
+   * stores it as part of another statement; entries come back to the buffer
+   * if it fails. Writes never overlap, so the log keeps its order.
+   */
+  async writeWith(write: (entries: string) => Promise<unknown>): Promise<void> {
+    while (this.flushing) await this.flushing.catch(() => {});
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
     const entries = this.buffer;
     this.buffer = [];
-    this.flushing = this.write(entries).finally(() => {
+    this.flushing = this.write(entries, write).finally(() => {
       this.flushing = null;
       // Entries appended while this write was under way.
       if (this.buffer.length > 0 && !this.closed) this.schedule();
@@ -131,9 +143,9 @@ export class WorkerLog {
     this.timer.unref();
   }
 
-  private async write(entries: Entry[]): Promise<void> {
+  private async write(entries: Entry[], write: (entries: string) => Promise<unknown>): Promise<void> {
     try {
-      await this.o.pool.query(withValues(controlStatements(this.o.schema).appendLog, [this.o.worker, JSON.stringify(entries)]));
+      await write(JSON.stringify(entries));
       if (this.dropped > 0) {
         this.o.logger.warn({ dropped: this.dropped }, 'worker log entries were dropped while the database was away');
         this.dropped = 0;

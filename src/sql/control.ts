@@ -3,12 +3,11 @@ import { statement, type Statement } from './statement.ts';
 
 export interface ControlStatements {
   // Client side.
-  liveWorkers: Statement;
   workerStates: Statement;
   send: Statement;
   recipients: Statement;
   responses: Statement;
-  deleteResponses: Statement;
+  takeResponses: Statement;
   responseIds: Statement;
   logTail: Statement;
   logAfter: Statement;
@@ -46,31 +45,31 @@ function build(schema: string): ControlStatements {
   const effectiveStatus = `CASE WHEN status NOT IN ('EXITED', 'LOST') AND heartbeat_at < now() - $1 * interval '1 millisecond'
                                 THEN 'LOST' ELSE status END`;
   return {
-    // $1 lost-after ms
-    liveWorkers: st(
-      'control_live_workers',
-      `SELECT id FROM ${s}.supervisors
-        WHERE status NOT IN ('EXITED', 'LOST') AND heartbeat_at >= now() - $1 * interval '1 millisecond'
-        ORDER BY started_at, id`,
-    ),
     // $1 lost-after ms, $2 ids
     workerStates: st(
       'control_worker_states',
       `SELECT id, ${effectiveStatus} AS status FROM ${s}.supervisors WHERE id = ANY($2::text[])`,
     ),
-    // $1 recipients, $2 command, $3 args. The notification names the
-    // recipients (when few) so the others need not look at the table.
+    // $1 recipients (NULL: every live supervisor), $2 command, $3 args, $4
+    // lost-after ms. Returns nothing when there is no recipient. The
+    // notification names the recipients (when few) so the others need not
+    // look at the table.
     send: st(
       'control_send',
-      `WITH m AS (SELECT nextval('${s}.message_ids') AS id),
+      `WITH w AS (
+         SELECT coalesce($1::text[], ARRAY(
+           SELECT id FROM ${s}.supervisors
+            WHERE status NOT IN ('EXITED', 'LOST') AND heartbeat_at >= now() - $4 * interval '1 millisecond'
+            ORDER BY started_at, id)) AS workers),
+       m AS (SELECT nextval('${s}.message_ids') AS id FROM w WHERE cardinality(w.workers) > 0),
        ins AS (
          INSERT INTO ${s}.messages (id, worker, command, args)
-         SELECT m.id, w.worker, $2, $3::jsonb FROM m, unnest($1::text[]) WITH ORDINALITY AS w(worker, n) ORDER BY w.n)
-       SELECT m.id::text AS id,
+         SELECT m.id, r.worker, $2, $3::jsonb FROM m, w, unnest(w.workers) AS r(worker))
+       SELECT m.id::text AS id, w.workers,
               pg_notify('${ch.control}', json_build_object(
                 'type', 'message', 'id', m.id::text,
-                'to', CASE WHEN cardinality($1::text[]) <= ${MAX_ADDRESSED_RECIPIENTS} THEN to_json($1::text[]) END)::text)
-         FROM m`,
+                'to', CASE WHEN cardinality(w.workers) <= ${MAX_ADDRESSED_RECIPIENTS} THEN to_json(w.workers) END)::text)
+         FROM m, w`,
     ),
     // $1 message id
     recipients: st(
@@ -83,10 +82,19 @@ function build(schema: string): ControlStatements {
       `SELECT message_id::text, worker, command, ok, value, error, responded_at
          FROM ${s}.responses WHERE message_id = $1 AND worker = ANY($2::text[])`,
     ),
-    // $1 message id, $2 workers
-    deleteResponses: st(
-      'control_delete_responses',
-      `DELETE FROM ${s}.responses WHERE message_id = $1 AND worker = ANY($2::text[])`,
+    // $1 message id, $2 workers, $3 delete. Returns the responses there are;
+    // deletes them only if every one of the workers has answered (and $3), so
+    // a caller that gives up on a missing one loses nothing.
+    takeResponses: st(
+      'control_take_responses',
+      `WITH here AS (
+         SELECT message_id, worker, command, ok, value, error, responded_at
+           FROM ${s}.responses WHERE message_id = $1 AND worker = ANY($2::text[])),
+       complete AS (SELECT count(*) = cardinality($2::text[]) AS yes FROM here),
+       gone AS (
+         DELETE FROM ${s}.responses
+          WHERE message_id = $1 AND worker = ANY($2::text[]) AND $3::boolean AND (SELECT yes FROM complete))
+       SELECT message_id::text, worker, command, ok, value, error, responded_at, (SELECT yes FROM complete) AS complete FROM here`,
     ),
     // $1 worker
     responseIds: st(
@@ -121,6 +129,8 @@ function build(schema: string): ControlStatements {
     // $1 message id, $2 worker, $3 command, $4 ok, $5 value, $6 error.
     // Marking the message processed and storing its response is one step, so
     // a message is never answered twice nor marked done without an answer.
+    // $7: log entries written in the same step (what the command did is in
+    // the log before the response is visible, at no extra round trip).
     respond: st(
       'control_respond',
       `WITH r AS (
@@ -128,35 +138,20 @@ function build(schema: string): ControlStatements {
          VALUES ($1, $2, $3, $4, $5::json, $6::json)
          ON CONFLICT (message_id, worker) DO NOTHING),
        m AS (
-         UPDATE ${s}.messages SET processed_at = now() WHERE id = $1 AND worker = $2)
-       SELECT pg_notify('${ch.responses}', $1::text)`,
+         UPDATE ${s}.messages SET processed_at = now() WHERE id = $1 AND worker = $2),
+       log AS (${logInsert(s, '$2', '$7')})
+       SELECT pg_notify('${ch.responses}', $1::text),
+              CASE WHEN jsonb_array_length($7::jsonb) > 0 THEN pg_notify('${ch.log}', $2::text) END`,
     ),
     // $1 worker, $2 status: makes PAUSE/RESUME visible before the next heartbeat.
     setStatus: st(
       'control_set_status',
       `UPDATE ${s}.supervisors SET status = $2 WHERE id = $1 AND status NOT IN ('EXITED', 'LOST')`,
     ),
-    // $1 worker, $2 [{at, event, thread, detail, job?, attempt?}] in order. A
-    // TASK_END entry becomes TASK_COMPLETE when that attempt succeeded, else
-    // TASK_ERROR with what became of the job (pending = will retry). Attempts
-    // only ever count up, so a later attempt means this one did not succeed.
+    // $1 worker, $2 log entries (see logInsert).
     appendLog: st(
       'control_append_log',
-      `WITH ins AS (
-         INSERT INTO ${s}.worker_log (worker, at, event, thread, detail)
-         SELECT $1, (e.entry->>'at')::timestamptz,
-                CASE WHEN e.entry->>'event' <> 'TASK_END' THEN e.entry->>'event'
-                     WHEN j.state = 'succeeded' AND same.attempt THEN 'TASK_COMPLETE' ELSE 'TASK_ERROR' END,
-                (e.entry->>'thread')::integer,
-                CASE WHEN e.entry->>'event' <> 'TASK_END' OR (j.state = 'succeeded' AND same.attempt) THEN e.entry->>'detail'
-                     ELSE (e.entry->>'detail') || ' (' || CASE
-                       WHEN j.id IS NULL THEN 'deleted'
-                       WHEN same.attempt THEN j.state
-                       ELSE 'attempt ' || (e.entry->>'attempt') || ' ended; job now ' || j.state END || ')' END
-           FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS e(entry, n)
-           LEFT JOIN ${s}.jobs j ON e.entry->>'event' = 'TASK_END' AND j.id = (e.entry->>'job')::bigint
-           CROSS JOIN LATERAL (SELECT j.attempts = (e.entry->>'attempt')::integer AS attempt) same
-          ORDER BY e.n)
+      `WITH ins AS (${logInsert(s, '$1', '$2')})
        SELECT pg_notify('${ch.log}', $1::text)`,
     ),
     // $1 worker, $2 entries to keep
@@ -185,4 +180,29 @@ function build(schema: string): ControlStatements {
          SELECT message_id, worker FROM ${s}.responses WHERE responded_at < now() - $1 * interval '1 millisecond' LIMIT $2)`,
     ),
   };
+}
+
+/**
+ * Inserts worker log entries given as a JSON array of {at, event, thread,
+ * detail, job?, attempt?}, in order. A TASK_END entry becomes TASK_COMPLETE
+ * when that attempt succeeded, else TASK_ERROR with what became of the job
+ * (pending = will retry). Attempts only ever count up, so a later attempt
+ * means this one did not succeed.
+ */
+function logInsert(s: string, worker: string, entries: string): string {
+  return `
+         INSERT INTO ${s}.worker_log (worker, at, event, thread, detail)
+         SELECT ${worker}, (e.entry->>'at')::timestamptz,
+                CASE WHEN e.entry->>'event' <> 'TASK_END' THEN e.entry->>'event'
+                     WHEN j.state = 'succeeded' AND same.attempt THEN 'TASK_COMPLETE' ELSE 'TASK_ERROR' END,
+                (e.entry->>'thread')::integer,
+                CASE WHEN e.entry->>'event' <> 'TASK_END' OR (j.state = 'succeeded' AND same.attempt) THEN e.entry->>'detail'
+                     ELSE (e.entry->>'detail') || ' (' || CASE
+                       WHEN j.id IS NULL THEN 'deleted'
+                       WHEN same.attempt THEN j.state
+                       ELSE 'attempt ' || (e.entry->>'attempt') || ' ended; job now ' || j.state END || ')' END
+           FROM jsonb_array_elements(${entries}::jsonb) WITH ORDINALITY AS e(entry, n)
+           LEFT JOIN ${s}.jobs j ON e.entry->>'event' = 'TASK_END' AND j.id = (e.entry->>'job')::bigint
+           CROSS JOIN LATERAL (SELECT j.attempts = (e.entry->>'attempt')::integer AS attempt) same
+          ORDER BY e.n`;
 }
