@@ -55,7 +55,7 @@ async function jobRow(id: string) {
 function poolRestored(supervisor: Supervisor, threads = THREADS) {
   return eventually(() => {
     const status = supervisor.status();
-    return status.threads.length === threads && status.restarts >= 1 && status;
+    return status.threads.length === threads && status.restarts >= 1 ? status : null;
   }, 'the thread pool to be back to full size');
 }
 
@@ -114,7 +114,7 @@ describe('a thread that dies mid-job', () => {
       const blocked = await client.addJob('block', { gate: gate.table }, { maxAttempts: 3 });
       const firstRun = await eventually(async () => {
         const row = await jobRow(blocked);
-        return row.state === 'running' && row;
+        return row.state === 'running' ? row : null;
       }, 'the block job to run');
       // One thread: the crashing job runs beside the blocked one.
       const crashing = await client.addJob('exit', {}, { maxAttempts: 3 });
@@ -122,7 +122,7 @@ describe('a thread that dies mid-job', () => {
 
       const rerun = await eventually(async () => {
         const row = await jobRow(blocked);
-        return row.state === 'running' && row.attempts === 2 && row;
+        return row.state === 'running' && row.attempts === 2 ? row : null;
       }, 'the co-located job to be released and claimed again');
       expect(rerun.locked_thread).not.toBe(firstRun.locked_thread);
       expect(rerun.last_error).toMatch(/^thread crashed: .*exited with code: 1/);
@@ -140,14 +140,14 @@ describe('a thread that dies mid-job', () => {
       const id = await client.addJob('block', { gate: gate.table }, { maxAttempts: 3 });
       const firstRun = await eventually(async () => {
         const row = await jobRow(id);
-        return row.state === 'running' && supervisor.status().threads.some((t) => t.currentJobs.includes(id)) && row;
+        return row.state === 'running' && supervisor.status().threads.some((t) => t.currentJobs.includes(id)) ? row : null;
       }, 'the block job to run');
 
       expect(supervisor.killThread()).toBe(firstRun.locked_thread);
 
       const rerun = await eventually(async () => {
         const row = await jobRow(id);
-        return row.state === 'running' && row.attempts === 2 && row;
+        return row.state === 'running' && row.attempts === 2 ? row : null;
       }, 'the job of the killed thread to be claimed again');
       expect(rerun.last_error).toMatch(/^thread crashed: /);
       expect(rerun.locked_thread).not.toBe(firstRun.locked_thread);

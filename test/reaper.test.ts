@@ -201,7 +201,7 @@ describe('the reaper', () => {
       survivor = await start();
       const takenOver = await eventually(async () => {
         const rows = await jobRows(ids);
-        return rows.every((r) => r.state === 'running' && r.locked_by === survivor!.id) && rows;
+        return rows.every((r) => r.state === 'running' && r.locked_by === survivor!.id) ? rows : null;
       }, 'the surviving supervisor to claim the jobs of the killed one');
       for (const row of takenOver) {
         expect(row.attempts).toBe(2);

@@ -53,7 +53,7 @@ async function jobRows(ids: string[]) {
 function allRunning(ids: string[], owner: string) {
   return eventually(async () => {
     const rows = await jobRows(ids);
-    return rows.length === ids.length && rows.every((r) => r.state === 'running' && r.locked_by === owner) && rows;
+    return rows.length === ids.length && rows.every((r) => r.state === 'running' && r.locked_by === owner) ? rows : null;
   }, `jobs ${ids.join(', ')} to be running on ${owner}`);
 }
 
