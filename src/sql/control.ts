@@ -1,5 +1,5 @@
 import { channelsFor, quoteIdent } from '../schema/channels.ts';
-import { statement, type Statement } from './statement.ts';
+import { perSchema, statement, type Statement } from './statement.ts';
 
 export interface ControlStatements {
   // Client side.
@@ -25,16 +25,7 @@ export interface ControlStatements {
 /** More recipients than this and the wake-up goes to everyone, so the payload stays far below 8000 bytes. */
 export const MAX_ADDRESSED_RECIPIENTS = 100;
 
-const cache = new Map<string, ControlStatements>();
-
-export function controlStatements(schema: string): ControlStatements {
-  let found = cache.get(schema);
-  if (!found) {
-    found = build(schema);
-    cache.set(schema, found);
-  }
-  return found;
-}
+export const controlStatements: (schema: string) => ControlStatements = perSchema(build);
 
 function build(schema: string): ControlStatements {
   const s = quoteIdent(schema);

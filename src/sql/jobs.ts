@@ -1,5 +1,5 @@
 import { channelsFor, quoteIdent } from '../schema/channels.ts';
-import { statement, type Statement } from './statement.ts';
+import { perSchema, statement, type Statement } from './statement.ts';
 
 /**
  * Every statement that reads or changes jobs. Each outcome write is fenced on
@@ -23,16 +23,7 @@ export interface JobStatements {
   makeDue: Statement;
 }
 
-const cache = new Map<string, JobStatements>();
-
-export function jobStatements(schema: string): JobStatements {
-  let found = cache.get(schema);
-  if (!found) {
-    found = build(schema);
-    cache.set(schema, found);
-  }
-  return found;
-}
+export const jobStatements: (schema: string) => JobStatements = perSchema(build);
 
 function build(schema: string): JobStatements {
   const s = quoteIdent(schema);

@@ -15,3 +15,20 @@ export function statement(schema: string, name: string, text: string): Statement
 export function withValues(st: Statement, values: unknown[]): { name: string; text: string; values: unknown[] } {
   return { name: st.name, text: st.text, values };
 }
+
+/**
+ * Builds a family of statements once per schema and hands back the same
+ * objects afterwards, so statement names stay stable for pg's prepared-plan
+ * cache.
+ */
+export function perSchema<T>(build: (schema: string) => T): (schema: string) => T {
+  const cache = new Map<string, T>();
+  return (schema) => {
+    let found = cache.get(schema);
+    if (found === undefined) {
+      found = build(schema);
+      cache.set(schema, found);
+    }
+    return found;
+  };
+}

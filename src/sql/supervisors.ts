@@ -1,5 +1,5 @@
 import { quoteIdent } from '../schema/channels.ts';
-import { statement, type Statement } from './statement.ts';
+import { perSchema, statement, type Statement } from './statement.ts';
 
 // Namespaces grapevine's advisory locks (see also schema/migrate.ts).
 export const REAPER_LOCK = 0x67726171;
@@ -14,16 +14,7 @@ export interface SupervisorStatements {
   list: Statement;
 }
 
-const cache = new Map<string, SupervisorStatements>();
-
-export function supervisorStatements(schema: string): SupervisorStatements {
-  let found = cache.get(schema);
-  if (!found) {
-    found = build(schema);
-    cache.set(schema, found);
-  }
-  return found;
-}
+export const supervisorStatements: (schema: string) => SupervisorStatements = perSchema(build);
 
 function build(schema: string): SupervisorStatements {
   const s = quoteIdent(schema);
