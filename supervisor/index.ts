@@ -314,6 +314,7 @@ class SupervisorRuntime implements Supervisor {
     threadPool.on('exit', (threadId: number, code: number, expected: boolean) => {
       if (!expected) logger.warn({ threadId, code }, 'thread exited unexpectedly; piscina is replacing it');
       this.dispatcher.forgetThread(threadId);
+      this.sweepDeadThread(threadId, code);
     });
     await this.listener.start();
     this.dispatcher.markBacklog();
@@ -536,6 +537,28 @@ class SupervisorRuntime implements Supervisor {
       if (ids.length > 0) await pool.query(withValues(jobStatements(schema).renewLeases, [this.id, ids, timing.leaseMs]));
     } catch (err) {
       this.warnDb((suppressed) => logger.warn({ err: (err as Error).message, suppressed }, 'heartbeat failed'));
+    }
+  }
+
+  /**
+   * The dispatcher releases the jobs a dead thread reported. A claim that
+   * committed just as the thread died was never reported; look for those a
+   * little later (after the dispatcher's own releases, which carry the better
+   * reasons) instead of leaving them to the lease.
+   */
+  private sweepDeadThread(threadId: number, code: number): void {
+    const st = jobStatements(this.o.schema).releaseThread;
+    const reason = `thread ${threadId} exited (code ${code}) after claiming this job`;
+    for (const delay of [500, 2_000]) {
+      setTimeout(() => {
+        this.o.pool.query(withValues(st, [this.id, threadId, reason])).then(
+          (r) => {
+            const ids = (r.rows[0]?.ids as string[] | undefined) ?? [];
+            if (ids.length > 0) this.o.logger.warn({ threadId, jobs: ids }, 'released jobs a dead thread claimed but never reported');
+          },
+          () => {}, // the lease still covers them
+        );
+      }, delay).unref();
     }
   }
 

@@ -185,3 +185,25 @@ describe('a result that cannot be stored as JSON', () => {
     });
   });
 });
+
+describe('a claim the dying thread never reported', () => {
+  it('is released soon after the thread exits, not when its lease runs out', async () => {
+    await withSupervisor({}, async (supervisor) => {
+      // As if a thread had committed a claim and died before telling the
+      // supervisor: the row names a live thread the dispatcher knows nothing about.
+      const victim = supervisor.status().threads[0].threadId;
+      const id = await client.addJob('square', { n: 25 }, { runAt: new Date(Date.now() + 3_600_000) });
+      await db.pool.query(
+        `UPDATE "${db.schema}".jobs SET state = 'running', attempts = 1, locked_by = $2, locked_thread = $3,
+                claim_token = 1, lease_until = now() + interval '1 hour', run_at = now()
+          WHERE id = $1`,
+        [id, supervisor.id, victim],
+      );
+      expect(supervisor.killThread(victim)).toBe(victim);
+      const job = await client.waitForJob(id);
+      expect(job.state).toBe('succeeded');
+      expect(job.attempts).toBe(2);
+      expect(job.lastError).toMatch(new RegExp(`thread ${victim} exited \\(code \\d+\\) after claiming this job`));
+    });
+  });
+});

@@ -14,6 +14,7 @@ export interface JobStatements {
   claimNext: Statement;
   complete: Statement;
   fail: Statement;
+  releaseThread: Statement;
   releaseIds: Statement;
   renewLeases: Statement;
   countDue: Statement;
@@ -147,6 +148,18 @@ function build(schema: string): JobStatements {
        ${announce('done')}`,
     ),
 
+    // Safety net after a thread exits: jobs it claimed but never reported
+    // (it died between the claim's commit and its 'claimed' message). Thread
+    // ids are never reused within a process, so nothing live matches.
+    // $1 supervisor, $2 thread id, $3 reason.
+    releaseThread: st(
+      'release_thread',
+      `WITH done AS (
+         UPDATE ${s}.jobs j SET ${releaseSet('true', '$3')}
+          WHERE j.state = 'running' AND j.locked_by = $1 AND j.locked_thread = $2
+         RETURNING j.id, j.state, j.run_at)
+       ${announce('done')}`,
+    ),
     // Release chosen jobs of this supervisor ($1) with per-job reasons:
     // $2 [{id, reason, count}] (count = whether the attempt counts).
     releaseIds: st(
