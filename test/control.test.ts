@@ -61,10 +61,16 @@ async function eventsOnce(worker: string, pattern: RegExp): Promise<string[]> {
 
 beforeAll(async () => {
   tasksDir = await mkdtemp(path.join(os.tmpdir(), 'grapevine-control-'));
-  for (const file of ['block.mjs', 'square.mjs', 'fail.mjs', 'exit.mjs']) await copyFile(path.join(FIXTURE_TASKS, file), path.join(tasksDir, file));
+  for (const file of ['block.mjs', 'square.mjs', 'fail.mjs']) await copyFile(path.join(FIXTURE_TASKS, file), path.join(tasksDir, file));
   await writeFile(
     path.join(tasksDir, 'spin.mjs'),
     'export default async function spin({ ms }) { const end = Date.now() + ms; while (Date.now() < end); return { spun: ms }; }\n',
+  );
+  // Dies mid-run on its first attempt (not in its first tick, which can beat
+  // the thread's report that it claimed the job), succeeds on the second.
+  await writeFile(
+    path.join(tasksDir, 'crash.mjs'),
+    'export default async function crash(_, { job }) { if (job.attempt === 1) { await new Promise((r) => setTimeout(r, 100)); process.exit(1); } return { survived: job.attempt }; }\n',
   );
   await writeVersionTask(1);
   await client.migrate();
@@ -111,7 +117,7 @@ describe('worker log', () => {
   it('records task starts, completions and errors, and thread exits and restarts', async () => {
     const ok = await client.addJob('square', { n: 9 });
     const failed = await client.addJob('fail', { message: 'no' }, { maxAttempts: 1 });
-    const crashed = await client.addJob('exit', { crashes: 1 }, { maxAttempts: 2 });
+    const crashed = await client.addJob('crash', {}, { maxAttempts: 2 });
     for (const id of [ok, failed, crashed]) await client.waitForJob(id, { timeoutMs: 20_000 });
     const [okRow, failedRow, crashedRow] = await jobRows([ok, failed, crashed]);
     expect(failedRow.state).toBe('failed');
@@ -126,8 +132,8 @@ describe('worker log', () => {
       /^THREAD_EXIT exit code 1 \(unexpected\)$/,
       /^THREAD_RESTART generation \d+$/,
       // The first attempt died with its thread; the second one succeeded.
-      new RegExp(`^TASK_ERROR ${crashed} exit \\((pending|running|attempt 1 ended; job now (running|succeeded))\\)$`),
-      new RegExp(`^TASK_COMPLETE ${crashed} exit$`),
+      new RegExp(`^TASK_ERROR ${crashed} crash \\((pending|running|attempt 1 ended; job now (running|succeeded))\\)$`),
+      new RegExp(`^TASK_COMPLETE ${crashed} crash$`),
     ];
     let log: string[] = [];
     try {
@@ -221,7 +227,7 @@ describe('messages and responses', () => {
       status: 'IDLE',
       evalAllowed: false,
     });
-    expect(info.tasks).toEqual(expect.arrayContaining(['block', 'spin', 'square', 'version']));
+    expect(info.tasks).toEqual(expect.arrayContaining(['block', 'crash', 'spin', 'square', 'version']));
     expect(new Date(info.startedAt as string).getTime()).not.toBeNaN();
     const password = decodeURIComponent(new URL(db.url).password);
     if (password) expect(JSON.stringify(info)).not.toContain(password);
