@@ -44,6 +44,11 @@ interface Entry {
 // Per-job events would flood an info-level log on a busy supervisor.
 const QUIET_EVENTS = new Set<Entry['event']>(['TASK_START', 'TASK_COMPLETE', 'TASK_ERROR', 'TASK_END']);
 
+// Per-job entries itemised per flush. Beyond this, a busy supervisor writes
+// one summary row per kind instead: at tens of thousands of jobs a second,
+// two log rows per job would cost as much as the jobs themselves.
+const ITEMISED_PER_FLUSH = 50;
+
 /**
  * The supervisor's event log in the worker_log table (what `grapevine log`
  * reads), mirrored to pino. Appends are buffered and written in one
@@ -57,6 +62,9 @@ export class WorkerLog {
   private timer: NodeJS.Timeout | null = null;
   private flushing: Promise<void> | null = null;
   private dropped = 0;
+  /** Per-job entries itemised in the current flush window, and those only counted. */
+  private itemised = 0;
+  private readonly uncounted = { started: 0, finished: 0 };
   private closed = false;
   private readonly warn = throttled(5_000);
 
@@ -84,6 +92,12 @@ export class WorkerLog {
     if (QUIET_EVENTS.has(event)) this.o.logger.debug(fields, line);
     else this.o.logger.info(fields, line);
     if (this.closed) return;
+    if (QUIET_EVENTS.has(event) && ++this.itemised > ITEMISED_PER_FLUSH) {
+      if (event === 'TASK_START') this.uncounted.started++;
+      else this.uncounted.finished++;
+      this.schedule();
+      return;
+    }
     this.buffer.push(entry);
     if (this.buffer.length > this.o.maxBuffered) {
       this.dropped += this.buffer.length - this.o.maxBuffered;
@@ -95,7 +109,7 @@ export class WorkerLog {
   /** Writes everything buffered so far. */
   async flush(): Promise<void> {
     while (this.flushing) await this.flushing.catch(() => {});
-    if (this.buffer.length === 0) return;
+    if (this.buffer.length === 0 && this.uncounted.started + this.uncounted.finished === 0) return;
     await this.writeWith((entries) => this.o.pool.query(withValues(controlStatements(this.o.schema).appendLog, [this.o.worker, entries])));
   }
 
@@ -110,6 +124,16 @@ export class WorkerLog {
     this.timer = null;
     const entries = this.buffer;
     this.buffer = [];
+    this.itemised = 0;
+    const at = new Date().toISOString();
+    if (this.uncounted.started > 0) {
+      entries.push({ at, event: 'TASK_START', thread: null, detail: `and ${this.uncounted.started} more jobs (not itemised at this rate)` });
+    }
+    if (this.uncounted.finished > 0) {
+      entries.push({ at, event: 'TASK_COMPLETE', thread: null, detail: `and ${this.uncounted.finished} more jobs finished (not itemised at this rate; see the jobs table)` });
+    }
+    this.uncounted.started = 0;
+    this.uncounted.finished = 0;
     this.flushing = this.write(entries, write).finally(() => {
       this.flushing = null;
       // Entries appended while this write was under way.
