@@ -43,18 +43,28 @@ export interface SerializedError {
 }
 
 export function serializeError(err: unknown): SerializedError {
-  if (err instanceof Error) {
-    const code = (err as { code?: unknown }).code;
+  // Handlers may throw anything (`throw null`, a string, an object whose
+  // toString throws, a Proxy that throws on every access); the job must
+  // still get a readable failure record, so no read here may throw.
+  if (safeRead(() => err instanceof Error, false)) {
+    const error = err as Error;
+    const code = safeRead(() => (error as { code?: unknown }).code, undefined);
     return {
-      name: safeString(() => err.name, 'Error'),
-      message: safeString(() => err.message, ''),
-      stack: safeString(() => err.stack ?? '', '') || undefined,
+      name: safeString(() => error.name, 'Error'),
+      message: safeString(() => error.message, '(the error message could not be read)'),
+      stack: safeString(() => error.stack ?? '', '') || undefined,
       code: typeof code === 'string' ? code : undefined,
     };
   }
-  // Handlers may throw anything (`throw null`, a string, an object whose
-  // toString throws); the job must still get a readable failure record.
   return { name: 'NonErrorThrown', message: safeString(() => describeThrown(err), 'unprintable value thrown') };
+}
+
+function safeRead<T>(read: () => T, fallback: T): T {
+  try {
+    return read();
+  } catch {
+    return fallback;
+  }
 }
 
 function describeThrown(value: unknown): string {

@@ -31,7 +31,8 @@ export interface LedgerEntry {
 }
 
 export interface Fault {
-  kind: 'thread-killed' | 'supervisor-killed' | 'listener-killed' | 'database-restarted' | string;
+  /** 'supervisor-paused': SIGSTOPped (a GC pause or partition) long enough for its jobs to be reaped and run elsewhere. */
+  kind: 'thread-killed' | 'supervisor-killed' | 'supervisor-paused' | 'listener-killed' | 'database-restarted' | string;
   supervisorId: string | null;
   threadId: number | null;
   at: Date;
@@ -258,7 +259,7 @@ export async function createTestQueue(options: { connectionString?: string; sche
         faults.some(
           (f) =>
             (f.kind === 'thread-killed' && f.supervisorId === e.supervisorId && f.threadId === e.threadId) ||
-            (f.kind === 'supervisor-killed' && f.supervisorId === e.supervisorId) ||
+            ((f.kind === 'supervisor-killed' || f.kind === 'supervisor-paused') && f.supervisorId === e.supervisorId) ||
             (f.kind === 'database-restarted' && f.at >= e.at),
         );
       const unexplainedDuplicates: CheckResult['unexplainedDuplicates'] = [];

@@ -6,6 +6,7 @@ import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
 import { GrapevineError } from '../src/errors.ts';
 import type { ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
+import { redactSecret } from '../src/redact.ts';
 
 // The thread entry sits beside this file's sibling folder with the same
 // extension: .ts when run from source, .js from the built package.
@@ -124,11 +125,13 @@ export class ThreadPool extends EventEmitter {
     this.generations.set(pool, { id, size: threads, created: 0, running: 0, retiring: false });
     pool.on('workerCreate', (w: { id: number }) => this.track(pool, id, w.id));
     // Without an 'error' listener, a thread that dies while idle would take the process down.
-    pool.on('error', (err: Error) => this.options.logger.warn({ err: err.message }, 'thread failed outside a job'));
+    // Handlers' and task modules' error texts may echo the connection string.
+    const redact = (text: string) => redactSecret(text, this.options.config.connectionString);
+    pool.on('error', (err: Error) => this.options.logger.warn({ err: redact(err.message) }, 'thread failed outside a job'));
     try {
       const described = (await pool.run({ type: 'describe' } satisfies ThreadRequest)) as Extract<ThreadResponse, { type: 'described' }>;
       if (described.error) {
-        throw new GrapevineError('GRAPEVINE_TASKS_INVALID', `cannot load tasks from ${this.options.config.tasksPath}: ${described.error.message}`);
+        throw new GrapevineError('GRAPEVINE_TASKS_INVALID', `cannot load tasks from ${this.options.config.tasksPath}: ${redact(described.error.message)}`);
       }
       this.tasks = described.tasks;
       return pool;
@@ -137,7 +140,7 @@ export class ThreadPool extends EventEmitter {
       if (err instanceof GrapevineError) throw err;
       throw new GrapevineError(
         'GRAPEVINE_TASKS_INVALID',
-        `threads could not start with tasks from ${this.options.config.tasksPath}: ${(err as Error).message}`,
+        `threads could not start with tasks from ${this.options.config.tasksPath}: ${redact((err as Error).message)}`,
         { cause: err },
       );
     }

@@ -112,6 +112,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
         worker: { supervisorId: config.supervisorId, threadId, schema: config.schema },
         query: handlerQuery as never,
         addJob: handlerAddJob,
+        connectionString: config.connectionString,
       });
       controllers.delete(job.id);
       const accepted = await writer.record(outcome);

@@ -1,6 +1,7 @@
 import { threadId } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import { formatStoredError, serializeError } from '../src/errors.ts';
+import { redactSecret } from '../src/redact.ts';
 import type { TaskHandler, TaskHelpers } from '../src/task.ts';
 import type { Outcome } from './outcomes.ts';
 
@@ -21,6 +22,8 @@ export interface ExecuteContext {
   worker: TaskHelpers['worker'];
   query: TaskHelpers['query'];
   addJob: TaskHelpers['addJob'];
+  /** The thread's connection string: handlers' errors may echo it (apps often share DATABASE_URL), so its password is cut from stored errors. */
+  connectionString: string;
 }
 
 /**
@@ -34,6 +37,12 @@ export async function executeJob(
   signal: AbortSignal,
   context: ExecuteContext,
 ): Promise<Outcome> {
+  const outcome = await runHandler(job, handler, signal, context);
+  if (outcome.kind === 'failure') outcome.error = redactSecret(outcome.error, context.connectionString);
+  return outcome;
+}
+
+async function runHandler(job: ClaimedJob, handler: TaskHandler, signal: AbortSignal, context: ExecuteContext): Promise<Outcome> {
   const logger = context.logger.child({ jobId: job.id, task: job.task, attempt: job.attempts, threadId });
   const helpers: TaskHelpers = {
     job: { id: job.id, task: job.task, queue: job.queue, attempt: job.attempts, maxAttempts: job.max_attempts },
@@ -51,8 +60,16 @@ export async function executeJob(
     return { kind: 'success', id: job.id, token: job.claim_token, result };
   } catch (err) {
     if (signal.aborted) return aborted(job, signal);
-    const retryable = (err as { retryable?: unknown } | null)?.retryable !== false;
-    return failure(job, formatStoredError(serializeError(err)), retryable);
+    return failure(job, formatStoredError(serializeError(err)), isRetryable(err));
+  }
+}
+
+/** PermanentError (or any `retryable = false`) is not retried; reading the flag must not throw either. */
+function isRetryable(err: unknown): boolean {
+  try {
+    return (err as { retryable?: unknown } | null)?.retryable !== false;
+  } catch {
+    return true;
   }
 }
 
@@ -74,6 +91,7 @@ function toJson(value: unknown): string | Error {
     if (text === undefined) return new Error(`result is not JSON-serializable: handler returned a ${typeof value}`);
     return text;
   } catch (err) {
-    return new Error(`result is not JSON-serializable: ${(err as Error).message}`);
+    // A toJSON() may throw anything, null included.
+    return new Error(`result is not JSON-serializable: ${serializeError(err).message}`);
   }
 }
