@@ -5,6 +5,9 @@ import { throttled } from '../src/log.ts';
 import type { AbortKind, BatchEvent, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
 import type { ThreadPool } from './threads.ts';
 
+/** How long a pull waits for more slots to free up before it claims with what it has. */
+const GATHER_SLOTS_MS = 2;
+
 /** A job this supervisor should give back to the queue, and why. */
 export interface Release {
   id: string;
@@ -99,6 +102,7 @@ export class Dispatcher {
   private claimBackoffUntil = 0;
   private claimFailures = 0;
   private retryTimer: NodeJS.Timeout | null = null;
+  private fillTimer: NodeJS.Timeout | null = null;
   private paused = false;
   private stopping = false;
   private readonly warnClaim = throttled(1_000);
@@ -208,6 +212,7 @@ export class Dispatcher {
   stop(): void {
     this.stopping = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.fillTimer) clearTimeout(this.fillTimer);
     for (const slot of this.unsent) slot.free();
     this.unsent = [];
   }
@@ -231,7 +236,7 @@ export class Dispatcher {
     ).then(() => this.fill());
   }
 
-  private fill(): void {
+  private fill(force = false): void {
     if (!this.backlog || this.paused || this.stopping) return;
     const wait = this.claimBackoffUntil - Date.now();
     if (wait > 0) {
@@ -243,9 +248,17 @@ export class Dispatcher {
       return;
     }
     const free = this.free();
-    // Pull in batches worth a claim statement: waiting for half a thread's
-    // worth of free slots keeps claims from degenerating into one job each.
-    if (free < Math.ceil(this.options.concurrency / 2) && this.inFlight > 0) return;
+    if (free <= 0) return;
+    // Pull in batches worth a claim statement: while jobs finish one by one,
+    // wait a moment for more slots so claims do not degenerate into one job
+    // each; but never leave free slots idle for longer than that moment.
+    if (free < Math.ceil(this.options.concurrency / 2) && this.inFlight > 0 && !force) {
+      this.fillTimer ??= setTimeout(() => {
+        this.fillTimer = null;
+        this.fill(true);
+      }, GATHER_SLOTS_MS);
+      return;
+    }
     for (let n = free; n > 0; n--) this.take(null);
   }
 

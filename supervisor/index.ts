@@ -46,6 +46,8 @@ export interface SupervisorOptions {
   retryMaxMs?: number;
   /** Finished jobs older than this are deleted (default 7 days). */
   retentionMs?: number;
+  /** Connections per thread for handlers' helpers.query() and addJob() (default 4). */
+  handlerConnections?: number;
   /** Per-thread limits, e.g. { maxOldGenerationSizeMb: 256 }: a handler over it kills only its thread. */
   resourceLimits?: ResourceLimits;
   /** Lets the EVAL control message run arbitrary code on this supervisor (default false). */
@@ -138,7 +140,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     retryBaseMs: options.retryBaseMs ?? DEFAULTS.retryBaseMs,
     retryMaxMs: options.retryMaxMs ?? DEFAULTS.retryMaxMs,
     systemConnections: DEFAULTS.threadSystemConnections,
-    handlerConnections: DEFAULTS.threadHandlerConnections,
+    handlerConnections: validatePositiveInt('handlerConnections', options.handlerConnections ?? DEFAULTS.threadHandlerConnections, { max: 100 }),
     logLevel: logger.level,
   };
   const threadPool = new ThreadPool({ threads, concurrency, config: threadConfig, resourceLimits: options.resourceLimits, logger });

@@ -44,6 +44,9 @@ export class Reaper {
     const sups = supervisorStatements(schema);
     try {
       return await withTransaction(pool, async (client) => {
+        // A reaper frozen mid-transaction (SIGSTOP, a long GC pause) would keep
+        // the leader lock and stop everyone's reaping; the server ends it instead.
+        await client.query(`SET LOCAL idle_in_transaction_session_timeout = ${Math.max(1_000, Math.floor(leaseMs / 2))}`);
         const { rows } = await client.query(withValues(sups.tryLeadReaper, []));
         if (!rows[0].leader) return { leader: false, lostSupervisors: [], reapedJobs: [] };
         const lost = await client.query(withValues(sups.markLost, [leaseMs]));

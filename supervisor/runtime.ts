@@ -156,8 +156,17 @@ export class SupervisorRuntime implements Supervisor {
     });
     await this.listener.start();
     this.dispatcher.markBacklog();
-    const every = (ms: number, fn: () => unknown) => {
-      const timer = setInterval(() => void fn(), ms);
+    // A tick that is still running when the next is due is not started
+    // twice: a stalled heartbeat must not pile up and take every connection.
+    const every = (ms: number, fn: () => Promise<unknown>) => {
+      let running = false;
+      const timer = setInterval(() => {
+        if (running) return;
+        running = true;
+        void fn().finally(() => {
+          running = false;
+        });
+      }, ms);
       this.timers.push(timer);
     };
     every(this.o.timing.heartbeatIntervalMs, () => this.heartbeat());
@@ -387,7 +396,8 @@ export class SupervisorRuntime implements Supervisor {
   private sweepDeadThread(threadId: number, code: number): void {
     const st = jobStatements(this.o.schema).releaseThread;
     const reason = `thread ${threadId} exited (code ${code}) after claiming this job`;
-    for (const delay of [500, 2_000]) {
+    // Late enough that the dispatcher's own release (with the real reason) has normally run.
+    for (const delay of [1_000, 3_000]) {
       setTimeout(() => {
         this.o.pool.query(withValues(st, [this.id, threadId, reason])).then(
           (r) => {
@@ -407,8 +417,10 @@ export class SupervisorRuntime implements Supervisor {
     const st = jobStatements(this.o.schema).releaseIds;
     for (let attempt = 0; attempt < 10; attempt++) {
       try {
-        await this.o.pool.query(withValues(st, [this.id, JSON.stringify(jobs)]));
-        this.o.logger.warn({ jobs: jobs.map((j) => ({ id: j.id, reason: j.reason })) }, 'released jobs back to the queue');
+        const { rows } = await this.o.pool.query(withValues(st, [this.id, JSON.stringify(jobs)]));
+        const ids = new Set((rows[0]?.ids as string[] | undefined) ?? []);
+        const done = jobs.filter((j) => ids.has(j.id));
+        if (done.length > 0) this.o.logger.warn({ jobs: done.map((j) => ({ id: j.id, reason: j.reason })) }, 'released jobs back to the queue');
         return;
       } catch (err) {
         this.warnDb((suppressed) => this.o.logger.warn({ err: (err as Error).message, suppressed }, 'release failed; retrying'));

@@ -49,8 +49,22 @@ function handlerConnections(): ReturnType<typeof createPool> {
   });
   return handlerPool;
 }
-function handlerQuery(text: string, params?: unknown[]) {
-  return handlerConnections().query(text, params as unknown[]);
+async function handlerQuery(text: string, params?: unknown[]) {
+  const pool = handlerConnections();
+  try {
+    return await pool.query(text, params as unknown[]);
+  } catch (err) {
+    // pg says only "timeout exceeded when trying to connect", which reads like
+    // the database is down; here it means the handlers hold every connection.
+    if (/timeout exceeded when trying to connect/.test((err as Error).message) && pool.totalCount >= config.handlerConnections) {
+      throw new Error(
+        `handler pool exhausted: all ${config.handlerConnections} connections of thread ${threadId} are in use ` +
+          `(${pool.waitingCount} waiting); release connections sooner or raise handlerConnections`,
+        { cause: err },
+      );
+    }
+    throw err;
+  }
 }
 function handlerAddJob(...args: Parameters<Client['addJob']>) {
   handlerClient ??= createClient({ pool: handlerConnections(), schema: config.schema, migrate: false });
