@@ -173,7 +173,7 @@ export function createClient(options: ClientOptions = {}): Client {
       return new Promise<Job>((resolve, reject) => {
         let settled = false;
         const check = () => {
-          client.getJob(jobId).then((job) => {
+          watchAndRead(jobId).then((job) => {
             if (settled) return;
             if (!job) finish(new GrapevineError('GRAPEVINE_JOB_NOT_FOUND', `job ${jobId} does not exist in schema "${schema}"`));
             else if (isTerminal(job.state)) finish(null, job);
@@ -239,6 +239,20 @@ export function createClient(options: ClientOptions = {}): Client {
       if (!options.pool) await pool.end();
     },
   };
+
+  /**
+   * Marks the job as waited for (so its end is notified), then reads it: a job
+   * that ends before the mark is seen by the read, one that ends after it is
+   * announced. The mark and the outcome write lock the same row, so one of
+   * the two always holds.
+   */
+  async function watchAndRead(jobId: string): Promise<Job | null> {
+    return run(async () => {
+      await pool.query(withValues(sql.watch, [jobId]));
+      const { rows } = await pool.query(withValues(sql.getById, [jobId]));
+      return rows[0] ? jobFromRow(rows[0]) : null;
+    });
+  }
 
   async function currentState(jobId: string): Promise<string | null> {
     const { rows } = await pool.query(withValues(sql.getById, [jobId]));

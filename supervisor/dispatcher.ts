@@ -310,26 +310,27 @@ export class Dispatcher {
         batch.claimed = event.jobs.map((j) => j.id);
         const claimed = new Set(batch.claimed);
         // Give each claimed job a slot; free the slots whose ids were not claimed.
+        const byId = new Map<string, Slot>();
         const unclaimedPulls: Slot[] = [];
         for (const slot of batch.slots) {
           if (slot.id === null) unclaimedPulls.push(slot);
-          else if (!claimed.has(slot.id)) slot.free();
+          else if (claimed.has(slot.id)) byId.set(slot.id, slot);
+          else slot.free();
         }
         const now = Date.now();
         this.lastJobAt = now;
+        let nextPull = 0;
         for (const { id, task, attempt } of event.jobs) {
-          let slot = batch.slots.find((s) => s.id === id) ?? null;
-          if (!slot) {
-            slot = unclaimedPulls.shift() ?? null;
-            if (slot) {
-              slot.id = id;
-              this.holding.add(id);
-            }
+          let slot = byId.get(id) ?? null;
+          if (!slot && nextPull < unclaimedPulls.length) {
+            slot = unclaimedPulls[nextPull++];
+            slot.id = id;
+            this.holding.add(id);
           }
           this.running.set(id, { id, threadId: event.threadId, task, attempt, startedAt: now, batch, slot, timer: null });
           this.options.onJobEvent?.({ type: 'started', jobId: id, task, attempt, threadId: event.threadId });
         }
-        for (const slot of unclaimedPulls) slot.free();
+        for (let i = nextPull; i < unclaimedPulls.length; i++) unclaimedPulls[i].free();
         this.options.onActivity?.();
         break;
       }

@@ -73,6 +73,7 @@ export class WorkerLog {
   }
 
   append(event: WorkerEvent, detail?: string | null, thread?: number | null): void {
+    if (this.onlyCount(event)) return;
     this.push({ at: new Date().toISOString(), event, thread: thread ?? null, detail: detail ?? null });
   }
 
@@ -82,17 +83,34 @@ export class WorkerLog {
    * table when the log is flushed: succeeded with no later attempt started.
    */
   jobDone(jobId: string, task: string, attempt: number, thread: number): void {
+    if (this.onlyCount('TASK_END')) return;
     this.push({ at: new Date().toISOString(), event: 'TASK_END', thread, detail: `${jobId} ${task}`, job: jobId, attempt });
+  }
+
+  /**
+   * Past the per-flush allowance a job event is only counted — checked before
+   * any entry is built, because on a busy supervisor this runs twice per job.
+   */
+  private onlyCount(event: Entry['event']): boolean {
+    if (!QUIET_EVENTS.has(event) || this.closed || this.itemised < ITEMISED_PER_FLUSH) return false;
+    if (this.o.logger.isLevelEnabled('debug')) return false; // pino gets every event; push() counts it
+    if (event === 'TASK_START') this.uncounted.started++;
+    else this.uncounted.finished++;
+    this.schedule();
+    return true;
   }
 
   private push(entry: Entry): void {
     const { event } = entry;
-    const fields = { event, ...(entry.thread !== null ? { threadId: entry.thread } : {}) };
-    const line = entry.detail === null ? event : `${event} ${entry.detail}`;
-    if (QUIET_EVENTS.has(event)) this.o.logger.debug(fields, line);
-    else this.o.logger.info(fields, line);
+    const quiet = QUIET_EVENTS.has(event);
+    if (!quiet || this.o.logger.isLevelEnabled('debug')) {
+      const fields = { event, ...(entry.thread !== null ? { threadId: entry.thread } : {}) };
+      const line = entry.detail === null ? event : `${event} ${entry.detail}`;
+      if (quiet) this.o.logger.debug(fields, line);
+      else this.o.logger.info(fields, line);
+    }
     if (this.closed) return;
-    if (QUIET_EVENTS.has(event) && ++this.itemised > ITEMISED_PER_FLUSH) {
+    if (quiet && ++this.itemised > ITEMISED_PER_FLUSH) {
       if (event === 'TASK_START') this.uncounted.started++;
       else this.uncounted.finished++;
       this.schedule();

@@ -10,6 +10,7 @@ export interface JobStatements {
   insertOne: Statement;
   insertMany: Statement;
   getById: Statement;
+  watch: Statement;
   claimByIds: Statement;
   claimNext: Statement;
   complete: Statement;
@@ -54,10 +55,13 @@ function build(schema: string): JobStatements {
       finished_at = CASE WHEN ${terminalAfterRelease(countAttempt)} = 'pending' THEN NULL ELSE now() END`;
 
   // Tell listeners about what a statement changed: pending ids to supervisors,
-  // terminal ids to waitForJob().
+  // terminal ids to waitForJob() — only for jobs someone waits for, because a
+  // NOTIFY serialises commits cluster-wide (PostgreSQL holds a global lock
+  // from pre-commit until after the WAL flush), and the outcome writes of
+  // every thread of every supervisor would otherwise queue behind each other.
   const announce = (cte: string) => `
     SELECT ${s}.notify_ids('${ch.jobs}', ARRAY(SELECT id FROM ${cte} WHERE state = 'pending' AND run_at <= now())),
-           ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM ${cte} WHERE state IN ('succeeded', 'failed', 'cancelled'))),
+           ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM ${cte} WHERE watched AND state IN ('succeeded', 'failed', 'cancelled'))),
            (SELECT count(pg_notify('${ch.jobs}', 'at:' || floor(extract(epoch FROM run_at) * 1000)::bigint))
               FROM (SELECT min(run_at) AS run_at FROM ${cte} WHERE state = 'pending' AND run_at > now()) later
              WHERE later.run_at IS NOT NULL) AS hinted,
@@ -82,6 +86,8 @@ function build(schema: string): JobStatements {
        RETURNING id::text AS id`,
     ),
     getById: st('get_by_id', `SELECT * FROM ${s}.jobs WHERE id = $1`),
+    // $1 id. Asks for a notification when the job finishes (see announce).
+    watch: st('watch', `UPDATE ${s}.jobs SET watched = true WHERE id = $1 AND NOT watched AND state IN ('pending', 'running')`),
 
     // $1 ids, $2 tasks this host can run, $3-$5 see markClaimed, $6 queues (NULL = all)
     claimByIds: st(
@@ -116,7 +122,7 @@ function build(schema: string): JobStatements {
                 result = r.result, finished_at = now(), lease_until = NULL
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
-         RETURNING j.id, j.state, j.run_at)
+         RETURNING j.id, j.state, j.run_at, j.watched)
        ${announce('done')}`,
     ),
     // $1 [{id, token, error, retryable}], $2 retry base ms, $3 retry max ms
@@ -144,7 +150,7 @@ function build(schema: string): JobStatements {
                   ELSE j.claim_token END
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
-         RETURNING j.id, j.state, j.run_at)
+         RETURNING j.id, j.state, j.run_at, j.watched)
        ${announce('done')}`,
     ),
 
@@ -157,7 +163,7 @@ function build(schema: string): JobStatements {
       `WITH done AS (
          UPDATE ${s}.jobs j SET ${releaseSet('true', '$3')}
           WHERE j.state = 'running' AND j.locked_by = $1 AND j.locked_thread = $2
-         RETURNING j.id, j.state, j.run_at)
+         RETURNING j.id, j.state, j.run_at, j.watched)
        ${announce('done')}`,
     ),
     // Release chosen jobs of this supervisor ($1) with per-job reasons:
@@ -170,7 +176,7 @@ function build(schema: string): JobStatements {
          UPDATE ${s}.jobs j SET ${releaseSet('r.count', 'r.reason')}
            FROM r
           WHERE j.id = r.id AND j.state = 'running' AND j.locked_by = $1
-         RETURNING j.id, j.state, j.run_at)
+         RETURNING j.id, j.state, j.run_at, j.watched)
        ${announce('done')}`,
     ),
 
@@ -199,7 +205,7 @@ function build(schema: string): JobStatements {
           WHERE j.state = 'running'
             AND (j.lease_until < now()
                  OR j.locked_by IN (SELECT id FROM ${s}.supervisors WHERE status IN ('LOST', 'EXITED')))
-         RETURNING j.id, j.state, j.run_at)
+         RETURNING j.id, j.state, j.run_at, j.watched)
        ${announce('done')}`,
     ),
     // $1 retention ms, $2 batch size
@@ -221,8 +227,8 @@ function build(schema: string): JobStatements {
                 state = CASE WHEN j.state = 'pending' THEN 'cancelled' ELSE j.state END,
                 finished_at = CASE WHEN j.state = 'pending' THEN now() ELSE j.finished_at END
           WHERE j.id = $1 AND j.state IN ('pending', 'running')
-         RETURNING j.id, j.state, j.locked_by)
-       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE state = 'cancelled')),
+         RETURNING j.id, j.state, j.locked_by, j.watched)
+       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched AND state = 'cancelled')),
               (SELECT state FROM done) AS state, (SELECT locked_by FROM done) AS locked_by`,
     ),
     // Testing and operations: make pending jobs due now. $1 ids (NULL = all)
@@ -231,7 +237,7 @@ function build(schema: string): JobStatements {
       `WITH done AS (
          UPDATE ${s}.jobs j SET run_at = now()
           WHERE j.state = 'pending' AND j.run_at > now() AND ($1::bigint[] IS NULL OR j.id = ANY($1::bigint[]))
-         RETURNING j.id, j.state, j.run_at)
+         RETURNING j.id, j.state, j.run_at, j.watched)
        ${announce('done')}`,
     ),
   };

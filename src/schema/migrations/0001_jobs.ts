@@ -24,6 +24,8 @@ CREATE TABLE ${s}.jobs (
   claim_token   bigint,
   lease_until   timestamptz,
   cancel_requested_at timestamptz,
+  -- Someone waits for this job (waitForJob): its end is announced on <schema>_done.
+  watched       boolean NOT NULL DEFAULT false,
   last_error    text,
   result        jsonb,
   created_at    timestamptz NOT NULL DEFAULT now(),
