@@ -16,7 +16,7 @@ export const DEFAULTS = {
   /** A running job whose lease is not renewed for this long is returned to the queue. */
   leaseMs: 10_000,
   /** How often the (elected) reaper looks for expired leases. */
-  reaperIntervalMs: 1_000,
+  reaperIntervalMs: 500,
   /** How often an idle supervisor scans the table for due jobs nobody was told about. */
   sweepIntervalMs: 2_000,
   /** How long running jobs may finish after SIGTERM before they are aborted and released. */

@@ -413,7 +413,9 @@ export class Dispatcher {
       }
     }
     if (!killed && !this.stopping && threadId !== null) this.counters.threadCrashes++;
-    if (releases.length > 0) await this.options.release(releases);
+    // Forget the jobs and free their slots before releasing them: the release
+    // notifies their ids, and an id still held here would be dropped as a
+    // duplicate, leaving the job to the next sweep instead of running now.
     for (const id of batch.claimed) {
       const job = this.running.get(id);
       if (job?.timer) clearTimeout(job.timer);
@@ -421,6 +423,7 @@ export class Dispatcher {
       if (job) this.options.onJobEvent?.({ type: 'finished', jobId: id, task: job.task, attempt: job.attempt, threadId: job.threadId });
     }
     for (const slot of batch.slots) slot.free();
+    if (releases.length > 0) await this.options.release(releases);
   }
 
   /**

@@ -207,3 +207,17 @@ describe('a claim the dying thread never reported', () => {
     });
   });
 });
+
+describe('the way back into the queue', () => {
+  it('brings a crashed thread’s job back through the release notification, not a later sweep', async () => {
+    // With sweeps ten minutes apart, the job can only run again because its
+    // release announced it and the supervisor took it.
+    await withSupervisor({ sweepIntervalMs: 600_000 }, async () => {
+      for (let i = 0; i < 5; i++) {
+        const id = await client.addJob('exit', { crashes: 1 });
+        const job = await client.waitForJob(id, { timeoutMs: 30_000 });
+        expect(job).toMatchObject({ state: 'succeeded', attempts: 2 });
+      }
+    });
+  });
+});

@@ -32,14 +32,6 @@ function build(schema: string): JobStatements {
   const ch = channelsFor(schema);
   const st = (name: string, text: string) => statement(schema, name, text);
 
-  const claimedColumns = `j.id::text AS id, j.task, j.queue, j.payload, j.attempts, j.max_attempts,
-    j.timeout_ms, j.claim_token::text AS claim_token, j.cancel_requested_at IS NOT NULL AS cancel_requested`;
-
-  // $3 owner supervisor, $4 thread id, $5 lease in ms
-  const markClaimed = `state = 'running', attempts = j.attempts + 1, locked_by = $3, locked_thread = $4,
-    claim_token = nextval('${s}.claim_tokens'), lease_until = now() + $5 * interval '1 millisecond',
-    started_at = now(), finished_at = NULL`;
-
   // Shared by every path that takes a running job away from its owner.
   const terminalAfterRelease = (countAttempt: string) => `CASE
       WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
@@ -89,21 +81,15 @@ function build(schema: string): JobStatements {
     // $1 id. Asks for a notification when the job finishes (see announce).
     watch: st('watch', `UPDATE ${s}.jobs SET watched = true WHERE id = $1 AND NOT watched AND state IN ('pending', 'running')`),
 
-    // $1 ids, $2 tasks this host can run, $3-$5 see markClaimed, $6 queues (NULL = all)
+    // $1 ids, $2 tasks this host can run, $3 owner supervisor, $4 thread id,
+    // $5 lease ms, $6 queues (NULL = all). See claim_ids() in migration 0001.
     claimByIds: st(
       'claim_by_ids',
-      `WITH picked AS (
-         SELECT id FROM ${s}.jobs
-          WHERE id = ANY($1::bigint[]) AND state = 'pending' AND run_at <= now()
-            AND task = ANY($2::text[]) AND ($6::text[] IS NULL OR queue = ANY($6::text[]))
-          ORDER BY id
-          FOR UPDATE SKIP LOCKED)
-       UPDATE ${s}.jobs j SET ${markClaimed}
-         FROM picked WHERE j.id = picked.id
-       RETURNING ${claimedColumns}`,
+      `SELECT id::text AS id, task, queue, payload, attempts, max_attempts, timeout_ms,
+              claim_token::text AS claim_token, cancel_requested
+         FROM ${s}.claim_ids($1::bigint[], $2::text[], $6::text[], $3, $4, $5)`,
     ),
-    // $1 how many, $2 tasks, $3-$5 see markClaimed, $6 queues (NULL = all).
-    // The statement itself is the claim_next() function (see migration 0001 for why).
+    // $1 how many, the rest as for claimByIds. See claim_next() in migration 0001.
     claimNext: st(
       'claim_next',
       `SELECT id::text AS id, task, queue, payload, attempts, max_attempts, timeout_ms,

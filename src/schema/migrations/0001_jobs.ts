@@ -97,11 +97,18 @@ $fn$;
 CREATE FUNCTION ${s}.jobs_inserted() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 DECLARE
+  due bigint[];
   next_due timestamptz;
 BEGIN
-  PERFORM ${s}.notify_ids('${ch.jobs}',
-    ARRAY(SELECT id FROM inserted WHERE state = 'pending' AND run_at <= now()));
-  SELECT min(run_at) INTO next_due FROM inserted WHERE state = 'pending' AND run_at > now();
+  -- One pass over the new rows; a single due job (addJob) skips the batching.
+  SELECT array_agg(id) FILTER (WHERE run_at <= now()), min(run_at) FILTER (WHERE run_at > now())
+    INTO due, next_due
+    FROM inserted WHERE state = 'pending';
+  IF cardinality(due) = 1 THEN
+    PERFORM pg_notify('${ch.jobs}', due[1]::text);
+  ELSIF due IS NOT NULL THEN
+    PERFORM ${s}.notify_ids('${ch.jobs}', due);
+  END IF;
   IF next_due IS NOT NULL THEN
     PERFORM pg_notify('${ch.jobs}', 'at:' || floor(extract(epoch FROM next_due) * 1000)::bigint);
   END IF;
@@ -112,33 +119,31 @@ $fn$;
 CREATE TRIGGER jobs_inserted AFTER INSERT ON ${s}.jobs
   REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION ${s}.jobs_inserted();
 
--- The pull claim. It lives in a function only for its planner settings:
--- right after a bulk insert the statistics say "few pending rows", and the
--- planner then prefers a bitmap scan plus sort, which reads every pending
--- row on every claim (quadratic over a backlog). Walking the index in order
--- and stopping after n rows is right whatever the statistics say.
-CREATE FUNCTION ${s}.claim_next(n integer, task_names text[], queue_names text[], owner text, thread integer, lease_ms integer)
-RETURNS TABLE (id bigint, task text, queue text, payload jsonb, attempts integer, max_attempts integer,
-               timeout_ms integer, claim_token bigint, cancel_requested boolean)
-LANGUAGE sql
-SET enable_bitmapscan = off
-SET enable_sort = off
-AS $fn$
-  WITH picked AS (
-    SELECT id FROM ${s}.jobs
+-- The two claims. Both mark the rows running for one owner with a fresh
+-- claim token and a lease, and return what the thread needs to run them.
+--
+-- claim_next() pulls the next due jobs. It is a function for its planner
+-- settings: right after a bulk insert the statistics say "few pending rows",
+-- and the planner then prefers a bitmap scan plus sort, which reads every
+-- pending row on every claim (quadratic over a backlog). Walking the index in
+-- order and stopping after n rows is right whatever the statistics say.
+${claimFunction(s, 'claim_next', 'n integer', `
      WHERE state = 'pending' AND run_at <= now()
        AND task = ANY($2) AND ($3 IS NULL OR queue = ANY($3))
      ORDER BY priority DESC, run_at, id
      LIMIT $1
-     FOR UPDATE SKIP LOCKED)
-  UPDATE ${s}.jobs j
-     SET state = 'running', attempts = j.attempts + 1, locked_by = $4, locked_thread = $5,
-         claim_token = nextval('${s}.claim_tokens'), lease_until = now() + $6 * interval '1 millisecond',
-         started_at = now(), finished_at = NULL
-    FROM picked WHERE j.id = picked.id
-  RETURNING j.id, j.task, j.queue, j.payload, j.attempts, j.max_attempts, j.timeout_ms, j.claim_token,
-            j.cancel_requested_at IS NOT NULL
-$fn$;
+     FOR UPDATE SKIP LOCKED`, 'SET enable_bitmapscan = off SET enable_sort = off')}
+
+-- claim_ids() claims notified ids. Unlike the pull it waits for a row lock
+-- instead of skipping the row: the other holders are single short statements
+-- (another supervisor claiming the same id, which then finds it taken; a
+-- waitForJob() mark), and a skipped id would only come back with the next
+-- sweep. lock_timeout bounds the wait should a user's transaction hold a row.
+${claimFunction(s, 'claim_ids', 'ids bigint[]', `
+     WHERE id = ANY($1) AND state = 'pending' AND run_at <= now()
+       AND task = ANY($2) AND ($3 IS NULL OR queue = ANY($3))
+     ORDER BY id
+     FOR UPDATE`, "SET lock_timeout = '500ms'")}
 
 -- Enqueue from SQL: triggers, other languages, psql.
 CREATE FUNCTION ${s}.add_job(
@@ -157,4 +162,23 @@ LANGUAGE sql AS $fn$
   RETURNING id
 $fn$;
 `;
+}
+
+function claimFunction(s: string, name: string, first: string, pick: string, settings: string): string {
+  return `CREATE FUNCTION ${s}.${name}(${first}, task_names text[], queue_names text[], owner text, thread integer, lease_ms integer)
+RETURNS TABLE (id bigint, task text, queue text, payload jsonb, attempts integer, max_attempts integer,
+               timeout_ms integer, claim_token bigint, cancel_requested boolean)
+LANGUAGE sql
+${settings}
+AS $fn$
+  WITH picked AS (
+    SELECT id FROM ${s}.jobs${pick})
+  UPDATE ${s}.jobs j
+     SET state = 'running', attempts = j.attempts + 1, locked_by = $4, locked_thread = $5,
+         claim_token = nextval('${s}.claim_tokens'), lease_until = now() + $6 * interval '1 millisecond',
+         started_at = now(), finished_at = NULL
+    FROM picked WHERE j.id = picked.id
+  RETURNING j.id, j.task, j.queue, j.payload, j.attempts, j.max_attempts, j.timeout_ms, j.claim_token,
+            j.cancel_requested_at IS NOT NULL
+$fn$;`;
 }
