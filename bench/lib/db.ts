@@ -1,0 +1,73 @@
+// Database plumbing for the bench: where PostgreSQL is, the bench database,
+// fresh schemas per trial, and printing a connection without its password.
+import { readFileSync } from 'node:fs';
+import pg from 'pg';
+
+export const BENCH_DB = 'bench_grapevine';
+
+/** The installed version of a package, read from node_modules (for BENCHMARKS.md). */
+export function installedVersion(pkg: string): string {
+  return readVersion(new URL(`../../node_modules/${pkg}/package.json`, import.meta.url));
+}
+
+/** grapevine's own version, from the repository's package.json. */
+export function repoVersion(): string {
+  return readVersion(new URL('../../package.json', import.meta.url));
+}
+
+function readVersion(file: URL): string {
+  try {
+    return (JSON.parse(readFileSync(file, 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** host:port/db only — connection strings may carry a password. */
+export function describeConnection(connectionString: string): string {
+  const u = new URL(connectionString);
+  return `${u.hostname}:${u.port || '5432'}${u.pathname}`;
+}
+
+export function withDatabase(connectionString: string, database: string): string {
+  const u = new URL(connectionString);
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
+export async function withClient<T>(connectionString: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString });
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end();
+  }
+}
+
+/** Drops and recreates the bench database so every run starts from an empty catalog. */
+export async function recreateBenchDatabase(adminUrl: string): Promise<string> {
+  await withClient(adminUrl, async (c) => {
+    await c.query(`DROP DATABASE IF EXISTS ${BENCH_DB} WITH (FORCE)`);
+    await c.query(`CREATE DATABASE ${BENCH_DB}`);
+  });
+  return withDatabase(adminUrl, BENCH_DB);
+}
+
+export async function dropBenchDatabase(adminUrl: string): Promise<void> {
+  await withClient(adminUrl, (c) => c.query(`DROP DATABASE IF EXISTS ${BENCH_DB} WITH (FORCE)`));
+}
+
+export async function dropSchema(connectionString: string, schema: string): Promise<void> {
+  await withClient(connectionString, (c) => c.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`));
+}
+
+export async function serverFacts(connectionString: string): Promise<{ version: string; settings: Record<string, string> }> {
+  return withClient(connectionString, async (c) => {
+    const version = (await c.query('SHOW server_version')).rows[0].server_version as string;
+    const names = ['max_connections', 'shared_buffers', 'synchronous_commit', 'fsync', 'work_mem'];
+    const settings: Record<string, string> = {};
+    for (const n of names) settings[n] = (await c.query(`SHOW ${n}`)).rows[0][n];
+    return { version, settings };
+  });
+}

@@ -1,0 +1,90 @@
+// Tables for the terminal and BENCHMARKS.md (both markdown: it reads fine in a terminal).
+import type { SystemName } from '../systems/types.ts';
+import type { Subject, Summary, Target } from './summary.ts';
+
+export const LABEL: Record<Subject, string> = {
+  grapevine: 'grapevine',
+  graphile: 'graphile-worker',
+  pgboss: 'pg-boss',
+  bullmq: 'BullMQ (PostgreSQL)',
+  floor: 'floor (plain pg)',
+};
+
+const int = (n: number) => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '—');
+const ms = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : '—');
+const sec = (n: number) => (Number.isFinite(n) ? (n / 1000).toFixed(2) : '—');
+
+export function table(head: string[], rows: string[][]): string {
+  const line = (cells: string[]) => `| ${cells.join(' | ')} |`;
+  return [line(head), line(head.map(() => '---')), ...rows.map(line)].join('\n');
+}
+
+/** "value (k×)" where k > 1 means grapevine is better. */
+function cell(value: number, gv: number | undefined, fmt: (n: number) => string, higherIsBetter: boolean, self: boolean): string {
+  if (!Number.isFinite(value)) return '—';
+  if (self || gv === undefined || !Number.isFinite(gv) || gv === 0 || value === 0) return fmt(value);
+  const adv = higherIsBetter ? gv / value : value / gv;
+  return `${fmt(value)} (${adv.toFixed(2)}×)`;
+}
+
+export function mainTable(s: Summary, systems: SystemName[]): string {
+  const cols: Subject[] = [...systems, ...(s.latency.has('floor') ? (['floor'] as Subject[]) : [])];
+  const rows: string[][] = [];
+  const rateRows = (name: string, m: Summary['throughput'], extra: 'fill' | 'drain' | null) => {
+    if (m.size === 0) return;
+    const gv = m.get('grapevine');
+    rows.push([name, 'jobs/s (median)', ...cols.map((c) => (c === 'floor' ? '' : cell(m.get(c)?.median ?? NaN, gv?.median, int, true, c === 'grapevine')))]);
+    if (extra === 'drain') rows.push([name, 'drain s (median)', ...cols.map((c) => (c === 'floor' ? '' : cell(m.get(c)?.drainMs ?? NaN, gv?.drainMs, sec, false, c === 'grapevine')))]);
+    if (extra === 'fill') rows.push([name, 'filler write s', ...cols.map((c) => (c === 'floor' ? '' : sec(m.get(c)?.fillMs ?? NaN)))]);
+    // In-process smoke trials have no per-system RSS: leave the row out then.
+    if ([...m.values()].some((v) => Number.isFinite(v.rssMb))) {
+      rows.push([name, 'peak RSS MB', ...cols.map((c) => (c === 'floor' ? '' : int(m.get(c)?.rssMb ?? NaN)))]);
+    }
+  };
+  rateRows('throughput', s.throughput, null);
+  if (s.latency.size) {
+    const gv = s.latency.get('grapevine');
+    for (const q of ['p50', 'p95', 'p99'] as const) {
+      rows.push(['latency', `${q} ms`, ...cols.map((c) => cell(s.latency.get(c)?.[q] ?? NaN, gv?.[q], ms, false, c === 'grapevine' || c === 'floor'))]);
+    }
+    if ([...s.latency.values()].some((v) => Number.isFinite(v.rssMb))) {
+      rows.push(['latency', 'peak RSS MB', ...cols.map((c) => int(s.latency.get(c)?.rssMb ?? NaN))]);
+    }
+  }
+  rateRows('cpu', s.cpu, 'drain');
+  rateRows('deep queue', s.deep, 'fill');
+  return table(['workload', 'metric', ...cols.map((c) => LABEL[c])], rows);
+}
+
+export function scaleTable(s: Summary): string {
+  if (!s.scaleout.length) return '';
+  return table(
+    ['supervisor processes', 'jobs/s (median)', 'rounds', 'wasted claim attempts / job', 'jobs claimed more than once', 'peak RSS MB per supervisor'],
+    s.scaleout.map((x) => [String(x.supervisors), int(x.median), x.rounds.map(int).join(', '), x.wastedPerJob.toFixed(4), int(x.reclaimed), int(x.rssMb)]),
+  );
+}
+
+export function recoveryTable(s: Summary): string {
+  const r = s.recovery;
+  if (!r) return '';
+  const rows = [['thread killed mid-job (process.exit in the handler) → job running again', ms(r.threadMedian), r.threadCrashMs.map(ms).join(', ')]];
+  if (r.killMs.length) {
+    rows.push([`supervisor SIGKILLed → its job running on another (heartbeat timeout ${r.heartbeatTimeoutMs} ms)`, ms(r.killMedian), r.killMs.map(ms).join(', ')]);
+  }
+  return table(['grapevine recovery', 'median ms', 'all trials ms'], rows);
+}
+
+export function targetTable(ts: Target[]): string {
+  return table(['target', 'result', 'measured'], ts.map((t) => [t.name, t.verdict, t.detail]));
+}
+
+export function roundsTable(s: Summary, systems: SystemName[]): string {
+  const rows: string[][] = [];
+  for (const [name, m] of [['throughput', s.throughput], ['cpu', s.cpu], ['deep queue', s.deep]] as const) {
+    for (const sys of systems) {
+      const st = m.get(sys);
+      if (st) rows.push([name, LABEL[sys], st.rounds.map(int).join(', '), int(st.enqueueMs), int(st.bootMs)]);
+    }
+  }
+  return table(['workload', 'system', 'jobs/s per round', 'bulk enqueue ms', 'worker boot ms (not counted)'], rows);
+}

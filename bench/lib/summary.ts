@@ -1,0 +1,135 @@
+// Turns the trials of a run into medians, ratios and the PASS/FAIL targets.
+import type { SystemName } from '../systems/types.ts';
+import type { TrialResult } from '../trial.ts';
+import type { Workload } from './plan.ts';
+import { median, percentiles, type Percentiles } from './stats.ts';
+
+export type Subject = SystemName | 'floor';
+
+export interface TrialRecord {
+  round: number;
+  workload: Workload;
+  system: Subject;
+  supervisors?: number;
+  wallMs: number;
+  result: TrialResult;
+}
+
+export interface RateStat { median: number; rounds: number[]; rssMb: number; bootMs: number; enqueueMs: number; drainMs: number; fillMs: number }
+export interface ScaleStat { supervisors: number; median: number; rounds: number[]; wastedPerJob: number; reclaimed: number; rssMb: number }
+export interface RecoveryStat { threadCrashMs: number[]; threadMedian: number; killMs: number[]; killMedian: number; heartbeatTimeoutMs: number; killedProcess: string }
+
+export interface Summary {
+  throughput: Map<SystemName, RateStat>;
+  cpu: Map<SystemName, RateStat>;
+  deep: Map<SystemName, RateStat>;
+  latency: Map<Subject, Percentiles & { rssMb: number }>;
+  scaleout: ScaleStat[];
+  recovery: RecoveryStat | null;
+  failures: string[];
+}
+
+export interface Target { name: string; verdict: 'PASS' | 'FAIL' | 'n/a'; detail: string }
+
+const ok = (r: TrialRecord) => r.result.ok;
+const num = (r: TrialRecord, key: string) => Number((r.result as Record<string, unknown>)[key] ?? Number.NaN);
+const maxOf = (xs: number[]) => (xs.filter(Number.isFinite).length ? Math.max(...xs.filter(Number.isFinite)) : Number.NaN);
+
+function rates(records: TrialRecord[], workload: Workload): Map<SystemName, RateStat> {
+  const out = new Map<SystemName, RateStat>();
+  const mine = records.filter((r) => r.workload === workload && ok(r) && r.system !== 'floor');
+  for (const system of new Set(mine.map((r) => r.system as SystemName))) {
+    const rs = mine.filter((r) => r.system === system);
+    out.set(system, {
+      median: median(rs.map((r) => num(r, 'jobsPerSec'))),
+      rounds: rs.map((r) => num(r, 'jobsPerSec')),
+      rssMb: maxOf(rs.map((r) => num(r, 'rssMb'))),
+      bootMs: median(rs.map((r) => num(r, 'bootMs'))),
+      enqueueMs: median(rs.map((r) => num(r, 'enqueueMs'))),
+      drainMs: median(rs.map((r) => num(r, 'drainMs'))),
+      fillMs: maxOf(rs.map((r) => num(r, 'fillMs'))),
+    });
+  }
+  return out;
+}
+
+export function summarize(records: TrialRecord[]): Summary {
+  const latency = new Map<Subject, Percentiles & { rssMb: number }>();
+  const lat = records.filter((r) => r.workload === 'latency' && ok(r));
+  for (const subject of new Set(lat.map((r) => r.system))) {
+    const rs = lat.filter((r) => r.system === subject);
+    // Samples of all rounds pooled: a p99 from 3 x 150 samples beats a median of three p99s.
+    const samples = rs.flatMap((r) => ((r.result as Record<string, unknown>).samples as number[]) ?? []);
+    latency.set(subject, { ...percentiles(samples), rssMb: maxOf(rs.map((r) => num(r, 'rssMb'))) });
+  }
+  const scale = records.filter((r) => r.workload === 'scaleout' && ok(r));
+  const scaleout = [...new Set(scale.map((r) => r.supervisors ?? 1))].sort((a, b) => a - b).map((n) => {
+    const rs = scale.filter((r) => r.supervisors === n);
+    return {
+      supervisors: n,
+      median: median(rs.map((r) => num(r, 'jobsPerSec'))),
+      rounds: rs.map((r) => num(r, 'jobsPerSec')),
+      wastedPerJob: median(rs.map((r) => num(r, 'wastedClaimsPerJob'))),
+      reclaimed: median(rs.map((r) => num(r, 'jobsWithAttemptsOver1'))),
+      rssMb: maxOf(rs.map((r) => num(r, 'rssMb'))),
+    };
+  });
+  const rec = records.find((r) => r.workload === 'recovery' && ok(r));
+  const rr = rec?.result as Record<string, unknown> | undefined;
+  return {
+    throughput: rates(records, 'throughput'),
+    cpu: rates(records, 'cpu'),
+    deep: rates(records, 'deep'),
+    latency,
+    scaleout,
+    recovery: rr
+      ? {
+          threadCrashMs: rr.threadCrashMs as number[],
+          // From the arrays: NaN does not survive JSON (it comes back as null, i.e. 0).
+          threadMedian: median(rr.threadCrashMs as number[]),
+          killMs: rr.supervisorKillMs as number[],
+          killMedian: median(rr.supervisorKillMs as number[]),
+          heartbeatTimeoutMs: Number(rr.heartbeatTimeoutMs),
+          killedProcess: String(rr.killedProcess ?? ''),
+        }
+      : null,
+    failures: records.filter((r) => !r.result.ok).map((r) => `${r.workload}/${r.system}${r.supervisors ? ` x${r.supervisors}` : ''} round ${r.round}: ${(r.result as { error: string }).error.split('\n')[0]}`),
+  };
+}
+
+const f = (n: number, digits = 2) => (Number.isFinite(n) ? n.toFixed(digits) : '—');
+
+/** at least `factor` times `other` (higher is better). */
+function atLeast(name: string, mine: number | undefined, other: number | undefined, factor: number, unit: string): Target {
+  if (mine === undefined || other === undefined || !Number.isFinite(mine) || !Number.isFinite(other)) return { name, verdict: 'n/a', detail: 'not measured in this run' };
+  const need = other * factor;
+  return { name, verdict: mine >= need ? 'PASS' : 'FAIL', detail: `${f(mine, 1)} ${unit} vs required ${f(need, 1)} (ratio ${f(mine / other)}×)` };
+}
+
+function atMost(name: string, mine: number | undefined, limit: number | undefined, unit: string, strict = false): Target {
+  if (mine === undefined || limit === undefined || !Number.isFinite(mine) || !Number.isFinite(limit)) return { name, verdict: 'n/a', detail: 'not measured in this run' };
+  const pass = strict ? mine < limit : mine <= limit;
+  return { name, verdict: pass ? 'PASS' : 'FAIL', detail: `${f(mine)} ${unit} vs limit ${f(limit)} ${unit}` };
+}
+
+export function targets(s: Summary, threads: number): Target[] {
+  const gvT = s.throughput.get('grapevine')?.median;
+  const gvL = s.latency.get('grapevine');
+  const one = s.scaleout.find((x) => x.supervisors === 1);
+  const four = s.scaleout.find((x) => x.supervisors === 4);
+  const rec = s.recovery;
+  const list = [
+    atLeast('throughput ≥ 1.25× graphile-worker', gvT, s.throughput.get('graphile')?.median, 1.25, 'jobs/s'),
+    atLeast('throughput ≥ 2× pg-boss', gvT, s.throughput.get('pgboss')?.median, 2, 'jobs/s'),
+    atMost('latency p50 ≤ 2× floor p50', gvL?.p50, (s.latency.get('floor')?.p50 ?? Number.NaN) * 2, 'ms'),
+    atMost('latency p50 ≤ 0.7× graphile-worker p50', gvL?.p50, (s.latency.get('graphile')?.p50 ?? Number.NaN) * 0.7, 'ms'),
+    atMost('latency p99 < 10 ms', gvL?.p99, 10, 'ms', true),
+    atLeast(`cpu ≥ 0.85 × ${threads} threads × graphile-worker (concurrentJobs 24, one thread)`, s.cpu.get('grapevine')?.median, s.cpu.get('graphile')?.median, 0.85 * threads, 'jobs/s'),
+    atLeast('scale-out: 4 supervisors ≥ 1 supervisor', four?.median, one?.median, 1, 'jobs/s'),
+    atLeast('deep queue ≥ 0.8× shallow throughput', s.deep.get('grapevine')?.median, gvT, 0.8, 'jobs/s'),
+    atMost('recovery: thread crash median < 100 ms', rec?.threadMedian, 100, 'ms', true),
+    atMost('recovery: supervisor SIGKILL median < heartbeat timeout + 1 s', rec?.killMedian, rec ? rec.heartbeatTimeoutMs + 1000 : undefined, 'ms', true),
+  ];
+  if (four) list[6].detail += `; wasted claim attempts per job: x1 ${f(one?.wastedPerJob ?? Number.NaN, 4)}, x4 ${f(four.wastedPerJob, 4)}`;
+  return list;
+}

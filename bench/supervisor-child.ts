@@ -1,0 +1,61 @@
+// A grapevine supervisor in its own process, driven by the bench over IPC: it boots
+// paused, resumes on request, relays its threads' completion counts, and reports its
+// dispatcher counters and peak RSS. Same startSupervisor() as `grapevine run`, plus the
+// pause/resume the scale-out workload needs to start N supervisors on one backlog.
+// Usage (spawned with an IPC channel): node bench/supervisor-child.ts '<ChildSpec JSON>'
+import { BroadcastChannel } from 'node:worker_threads';
+import pino from 'pino';
+import { startSupervisor } from '../src/index.ts';
+import { CHANNEL_NAME } from './lib/channel.mjs';
+
+export interface ChildSpec {
+  connectionString: string;
+  schema: string;
+  tasks: string;
+  threads: number;
+  concurrency: number;
+  paused: boolean;
+}
+
+export type ParentMessage = { kind: 'resume' } | { kind: 'stats' } | { kind: 'stop' };
+export type ChildMessage =
+  | { kind: 'ready'; pid: number }
+  | { kind: 'handled'; count: number }
+  | { kind: 'stats'; counters: Record<string, number>; rssMb: number }
+  | { kind: 'stopped' };
+
+const spec = JSON.parse(process.argv[2]) as ChildSpec;
+const send = (m: ChildMessage) => process.send?.(m);
+
+const channel = new BroadcastChannel(CHANNEL_NAME);
+channel.onmessage = (event) => {
+  const msg = (event as unknown as { data: { kind: string; count?: number } }).data;
+  if (msg.kind === 'handled') send({ kind: 'handled', count: msg.count ?? 0 });
+};
+
+const supervisor = await startSupervisor({
+  connectionString: spec.connectionString,
+  schema: spec.schema,
+  tasks: spec.tasks,
+  threads: spec.threads,
+  concurrency: spec.concurrency,
+  logger: pino({ level: process.env.GRAPEVINE_LOG_LEVEL ?? 'warn' }),
+});
+if (spec.paused) supervisor.pause();
+
+process.on('message', (m: ParentMessage) => {
+  if (m.kind === 'resume') supervisor.resume();
+  else if (m.kind === 'stats') {
+    const { counters } = supervisor.status();
+    send({ kind: 'stats', counters: { ...counters }, rssMb: process.resourceUsage().maxRSS / 1024 });
+  } else if (m.kind === 'stop') {
+    void supervisor.stop({ graceMs: 5000 }).then(() => {
+      channel.close();
+      send({ kind: 'stopped' });
+      process.exit(0);
+    });
+  }
+});
+// The parent going away (even by SIGKILL) must not leave supervisors behind.
+process.on('disconnect', () => void supervisor.stop({ graceMs: 0 }).finally(() => process.exit(0)));
+send({ kind: 'ready', pid: process.pid });

@@ -1,0 +1,128 @@
+// grapevine, in-process: createClient() for enqueueing, startSupervisor() with the
+// bench's task modules (bench/tasks/*.mjs) running in its worker threads. Those report
+// back over a BroadcastChannel (lib/channel.mjs).
+import os from 'node:os';
+import path from 'node:path';
+import { BroadcastChannel } from 'node:worker_threads';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { repoVersion } from '../lib/db.ts';
+import pino from 'pino';
+import { createClient, startSupervisor, type Client, type Supervisor } from '../../src/index.ts';
+import { CHANNEL_NAME } from '../lib/channel.mjs';
+import type { AdapterContext, BenchPayload, Probe, SystemAdapter, TaskName, WorkerOptions } from './types.ts';
+
+export const TASKS_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'tasks');
+/**
+ * Handler concurrency per thread: grapevine's documented high-throughput
+ * setting for short jobs (README, "Throughput"). One claim takes up to this
+ * many jobs, and threads x concurrency jobs are in flight: 512 on 2 threads,
+ * next to graphile-worker's local queue of 500 and pg-boss's 2 x 250.
+ */
+export const GRAPEVINE_CONCURRENCY = 256;
+/** For CPU-bound handlers the README says: keep concurrency low (4 measured best here: 1 and 2 leave threads idle between jobs, 8+ strand jobs on one thread at the end). */
+export const GRAPEVINE_CPU_CONCURRENCY = 4;
+
+const concurrencyFor = (opts: WorkerOptions) => (opts.cpuBound ? GRAPEVINE_CPU_CONCURRENCY : GRAPEVINE_CONCURRENCY);
+
+export class GrapevineAdapter implements SystemAdapter {
+  readonly name = 'grapevine' as const;
+  private readonly ctx: AdapterContext;
+  private client: Client | null = null;
+  private supervisor: Supervisor | null = null;
+  private channel: BroadcastChannel | null = null;
+  private readonly pool: pg.Pool;
+  /** Lowest bulk-enqueued id: unfinished() walks the primary key from there instead of
+   * counting through the million not-due rows of the deep-queue workload. */
+  private firstId: bigint | null = null;
+
+  constructor(ctx: AdapterContext) {
+    this.ctx = ctx;
+    this.pool = new pg.Pool({ connectionString: ctx.connectionString, max: 2 });
+  }
+
+  settings(opts: WorkerOptions): Record<string, string> {
+    return {
+      version: `${repoVersion()} — this repository (src/, run from its TypeScript sources)`,
+      supervisor: `startSupervisor in-process: threads ${opts.threads} (os.availableParallelism() = ${os.availableParallelism()}), concurrency ${concurrencyFor(opts)} per thread (${GRAPEVINE_CPU_CONCURRENCY} for the cpu workload, ${GRAPEVINE_CONCURRENCY} otherwise), other options default`,
+      enqueue: 'bulk: client.addJobs (one statement per 5,000 jobs); single: client.addJob',
+      handlers: 'task modules in bench/tasks/ run inside the supervisor\'s worker threads',
+      finished: "state = 'succeeded'",
+    };
+  }
+
+  async setup(): Promise<void> {
+    this.client = createClient({ connectionString: this.ctx.connectionString, schema: this.ctx.schema });
+    await this.client.migrate();
+  }
+
+  async enqueueBulk(task: TaskName, payloads: BenchPayload[]): Promise<void> {
+    const ids = await this.client!.addJobs(payloads.map((payload) => ({ task, payload })));
+    for (const id of ids) if (this.firstId === null || BigInt(id) < this.firstId) this.firstId = BigInt(id);
+  }
+
+  async enqueueOne(task: TaskName, payload: BenchPayload): Promise<void> {
+    await this.client!.addJob(task, payload);
+  }
+
+  async fillNotDue(count: number): Promise<void> {
+    const s = `"${this.ctx.schema}"`;
+    await this.pool.query(
+      `INSERT INTO ${s}.jobs (task, payload, run_at)
+       SELECT 'noop', '{}'::jsonb, now() + interval '6 hours' FROM generate_series(1, $1::int)`,
+      [count],
+    );
+    await this.pool.query(`VACUUM (ANALYZE) ${s}.jobs`);
+  }
+
+  /** Boots the supervisor (threads, task modules, LISTEN) paused: no claims until resume(). */
+  async bootWorkers(probe: Probe, opts: WorkerOptions): Promise<void> {
+    this.channel = new BroadcastChannel(CHANNEL_NAME);
+    this.channel.onmessage = (event) => {
+      const msg = (event as unknown as { data: unknown }).data as { kind: string; count?: number; payload?: BenchPayload; atMs?: number };
+      if (msg.kind === 'handled') probe.handled(msg.count ?? 0);
+      else if (msg.kind === 'latency') probe.latencyStart(msg.payload ?? {}, msg.atMs ?? Number.NaN);
+    };
+    this.supervisor = await startSupervisor({
+      connectionString: this.ctx.connectionString,
+      schema: this.ctx.schema,
+      tasks: TASKS_DIR,
+      threads: opts.threads,
+      concurrency: concurrencyFor(opts),
+      logger: pino({ level: process.env.GRAPEVINE_LOG_LEVEL ?? 'warn' }),
+    });
+    this.supervisor.pause();
+  }
+
+  /** resume() marks a backlog, so the paused supervisor claims what is already queued. */
+  async startProcessing(): Promise<void> {
+    this.supervisor!.resume();
+  }
+
+  async unfinished(): Promise<number> {
+    const r = await this.pool.query(
+      `SELECT count(*)::int AS n FROM "${this.ctx.schema}".jobs WHERE id >= $1 AND state <> 'succeeded'`,
+      [String(this.firstId ?? 0n)],
+    );
+    return r.rows[0].n;
+  }
+
+  /** Hook for wasted claim attempts: grapevine's own dispatcher counters. */
+  async extraStats(): Promise<Record<string, number>> {
+    const counters = this.supervisor?.status().counters;
+    if (!counters) return {};
+    return { claimed: counters.claimed, wastedClaims: counters.wastedClaims, threadCrashes: counters.threadCrashes };
+  }
+
+  async stopWorkers(): Promise<void> {
+    await this.supervisor?.stop({ graceMs: 5000 });
+    this.supervisor = null;
+    this.channel?.close();
+    this.channel = null;
+  }
+
+  async close(): Promise<void> {
+    await this.client?.close();
+    await this.pool.end();
+  }
+}

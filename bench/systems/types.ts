@@ -1,0 +1,64 @@
+// The one small interface every system adapter implements, so a workload is written
+// once and runs unchanged against grapevine, graphile-worker, pg-boss and BullMQ.
+
+export type SystemName = 'grapevine' | 'graphile' | 'pgboss' | 'bullmq';
+export const ALL_SYSTEMS: readonly SystemName[] = ['grapevine', 'graphile', 'pgboss', 'bullmq'];
+
+/** Task names: the same three exist in every system (grapevine: bench/tasks/<name>.mjs). */
+export type TaskName = 'noop' | 'latency' | 'cpu';
+
+/** Payloads. latency carries the monotonic ms at which the enqueue was sent; cpu the
+ * calibrated iteration count of lib/burn.mjs. */
+export interface BenchPayload {
+  sentAt?: number;
+  iterations?: number;
+  seq?: number;
+}
+
+/** What handlers report back to the workload. */
+export interface Probe {
+  /** A latency job's handler started, at monotonic time `atMs`. */
+  latencyStart(payload: BenchPayload, atMs: number): void;
+  /** `count` handlers returned (the DB may not say "finished" yet). */
+  handled(count: number): void;
+}
+
+export interface WorkerOptions {
+  /** Worker threads (grapevine) — the others run handlers on their main thread. */
+  threads: number;
+  /** The handlers are synchronous CPU work (the cpu workload). */
+  cpuBound?: boolean;
+}
+
+export interface SystemAdapter {
+  readonly name: SystemName;
+  /** Exact settings used, for BENCHMARKS.md. */
+  settings(opts: WorkerOptions): Record<string, string>;
+  /** Create/migrate this system's schema and queue. No workers yet. */
+  setup(): Promise<void>;
+  /** Many jobs, the way the system documents bulk enqueue. */
+  enqueueBulk(task: TaskName, payloads: BenchPayload[]): Promise<void>;
+  /** One job, the way the system documents a single enqueue. */
+  enqueueOne(task: TaskName, payload: BenchPayload): Promise<void>;
+  /** `count` noop jobs due in hours, written with INSERT ... SELECT generate_series
+   * straight into the system's own table (the library API would take minutes). */
+  fillNotDue(count: number): Promise<void>;
+  /** Boot workers as far as the system allows without taking jobs yet (connections,
+   * threads). Throughput numbers start counting at startProcessing(), because a
+   * long-lived worker boots once, not once per backlog. */
+  bootWorkers(probe: Probe, opts: WorkerOptions): Promise<void>;
+  /** Begin taking jobs. */
+  startProcessing(): Promise<void>;
+  /** Due jobs not yet recorded as finished in the database. */
+  unfinished(): Promise<number>;
+  stopWorkers(): Promise<void>;
+  /** Close producer connections. */
+  close(): Promise<void>;
+  /** Extra numbers the system can report (e.g. wasted claim attempts). */
+  extraStats?(): Promise<Record<string, number>>;
+}
+
+export interface AdapterContext {
+  connectionString: string;
+  schema: string;
+}

@@ -1,0 +1,102 @@
+// Recovery (grapevine).
+//  thread crash: a handler records its time and calls process.exit(1), which ends its
+//    worker thread; measured until the re-run of that job starts (in-process supervisor).
+//  supervisor SIGKILL: two supervisor processes; the one running a long job is killed
+//    with SIGKILL; measured from the kill until the job starts on the other one. Bounded
+//    by the lease (grapevine's heartbeat timeout) plus one reaper tick.
+// All stamps come from the machine-wide monotonic clock, written by the handlers to an
+// events table, so times from threads and other processes compare directly.
+import pg from 'pg';
+import pino from 'pino';
+import { createClient, DEFAULTS, startSupervisor } from '../../src/index.ts';
+import { exited, killAllChildren, spawnSupervisorProcess } from '../lib/procs.ts';
+import { median, nowMs, sleep } from '../lib/stats.ts';
+import { GRAPEVINE_CONCURRENCY, TASKS_DIR } from '../systems/grapevine.ts';
+import type { TrialSpec } from '../trial.ts';
+
+interface Event { kind: string; at_ms: number; pid: number }
+
+async function waitEvent(pool: pg.Pool, table: string, jobId: string, kind: string, timeoutMs: number): Promise<Event> {
+  const deadline = nowMs() + timeoutMs;
+  while (nowMs() < deadline) {
+    const r = await pool.query(`SELECT kind, at_ms, pid FROM ${table} WHERE job_id = $1 AND kind = $2`, [jobId, kind]);
+    if (r.rows[0]) return r.rows[0] as Event;
+    await sleep(5);
+  }
+  throw new Error(`job ${jobId}: no "${kind}" event within ${timeoutMs} ms`);
+}
+
+async function waitRegistered(pool: pg.Pool, schema: string, pids: number[], timeoutMs: number): Promise<void> {
+  const deadline = nowMs() + timeoutMs;
+  while (nowMs() < deadline) {
+    const r = await pool.query(`SELECT pid FROM "${schema}".supervisors WHERE status NOT IN ('EXITED', 'LOST')`);
+    const up = new Set(r.rows.map((row) => row.pid as number));
+    if (pids.every((p) => up.has(p))) return;
+    await sleep(50);
+  }
+  throw new Error(`supervisors ${pids.join(', ')} did not register within ${timeoutMs} ms`);
+}
+
+export async function run(spec: TrialSpec): Promise<Record<string, unknown>> {
+  const { connectionString, schema } = spec;
+  const client = createClient({ connectionString, schema });
+  const pool = new pg.Pool({ connectionString, max: 2 });
+  const events = `"${schema}".bench_events`;
+  try {
+    await client.migrate();
+    await pool.query(`CREATE TABLE ${events} (job_id text, kind text, at_ms double precision, pid integer, PRIMARY KEY (job_id, kind))`);
+
+    // Thread crash, in this process.
+    const sup = await startSupervisor({
+      connectionString, schema, tasks: TASKS_DIR, threads: spec.threads, concurrency: GRAPEVINE_CONCURRENCY,
+      logger: pino({ level: process.env.GRAPEVINE_LOG_LEVEL ?? 'error' }),
+    });
+    const threadMs: number[] = [];
+    try {
+      for (let i = 0; i < spec.recoveryTrials; i++) {
+        const id = await client.addJob('crash', { events });
+        const first = await waitEvent(pool, events, id, 'first', 10_000);
+        const rerun = await waitEvent(pool, events, id, 'rerun', 30_000);
+        threadMs.push(rerun.at_ms - first.at_ms);
+        // Each trial starts with a full pool: wait until the crashed thread is replaced.
+        const until = nowMs() + 5000;
+        while (sup.status().threads.length < spec.threads && nowMs() < until) await sleep(10);
+      }
+    } finally {
+      await sup.stop({ graceMs: 2000 });
+    }
+
+    const killMs: number[] = [];
+    let via = '';
+    for (let i = 0; i < spec.killTrials; i++) {
+      const procSpec = { connectionString, schema, tasks: TASKS_DIR, threads: 1, concurrency: GRAPEVINE_CONCURRENCY, paused: false };
+      const a = spawnSupervisorProcess(procSpec);
+      const b = spawnSupervisorProcess(procSpec);
+      via = a.via;
+      await waitRegistered(pool, schema, [a.child.pid!, b.child.pid!], 30_000);
+      const id = await client.addJob('hang', { events, hangMs: 120_000 });
+      const first = await waitEvent(pool, events, id, 'first', 10_000);
+      const victim = [a, b].find((p) => p.child.pid === first.pid);
+      if (!victim) throw new Error(`hang job ran in pid ${first.pid}, not in a supervisor this bench started`);
+      const survivor = victim === a ? b : a;
+      const killedAt = nowMs();
+      victim.child.kill('SIGKILL');
+      const rerun = await waitEvent(pool, events, id, 'rerun', DEFAULTS.leaseMs + 30_000);
+      killMs.push(rerun.at_ms - killedAt);
+      survivor.child.kill('SIGTERM');
+      await Promise.all([exited(victim.child), exited(survivor.child)]);
+    }
+    return {
+      threadCrashMs: threadMs,
+      threadCrashMedianMs: median(threadMs),
+      supervisorKillMs: killMs,
+      supervisorKillMedianMs: median(killMs),
+      heartbeatTimeoutMs: DEFAULTS.leaseMs,
+      killedProcess: via,
+    };
+  } finally {
+    killAllChildren();
+    await client.close();
+    await pool.end();
+  }
+}

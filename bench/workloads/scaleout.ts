@@ -1,0 +1,86 @@
+// Scale-out (grapevine): the throughput workload drained by N supervisor processes on
+// one database. The backlog is queued first and every supervisor boots paused, then all
+// are resumed together: the clock runs from the resume to the last job recorded as
+// finished, exactly like the single-process throughput workload.
+import os from 'node:os';
+import pg from 'pg';
+import { createClient } from '../../src/index.ts';
+import { forkSupervisor, killAllChildren, type ControlledSupervisor } from '../lib/procs.ts';
+import { nowMs, sleep } from '../lib/stats.ts';
+import { GRAPEVINE_CONCURRENCY, TASKS_DIR } from '../systems/grapevine.ts';
+import type { TrialSpec } from '../trial.ts';
+
+export async function run(spec: TrialSpec): Promise<Record<string, unknown>> {
+  const { connectionString, schema } = spec;
+  const client = createClient({ connectionString, schema });
+  const pool = new pg.Pool({ connectionString, max: 1 });
+  const sups: ControlledSupervisor[] = [];
+  try {
+    await client.migrate();
+    const ids = await client.addJobs(Array.from({ length: spec.jobs }, () => ({ task: 'noop', payload: {} })));
+    const firstId = ids.reduce((a, b) => (BigInt(b) < BigInt(a) ? b : a));
+    const childSpec = { connectionString, schema, tasks: TASKS_DIR, threads: spec.threads, concurrency: GRAPEVINE_CONCURRENCY, paused: true };
+    // Boot one at a time: N node processes starting at once on 2 cores would only
+    // slow each other's boot, which is not what is being measured.
+    for (let i = 0; i < spec.supervisors; i++) sups.push(await forkSupervisor(childSpec));
+
+    const unfinished = async () =>
+      (await pool.query(`SELECT count(*)::int AS n FROM "${schema}".jobs WHERE id >= $1 AND state <> 'succeeded'`, [firstId])).rows[0].n as number;
+    const t0 = nowMs();
+    for (const s of sups) s.send({ kind: 'resume' });
+    const deadline = t0 + spec.timeoutMs;
+    // Completion counts arrive over IPC; the DB is only asked once they add up (or
+    // every second, in case a job ran twice).
+    let lastSafety = t0;
+    let t1 = Number.NaN;
+    while (nowMs() < deadline) {
+      const handled = sups.reduce((n, s) => n + s.handled, 0);
+      const safety = nowMs() - lastSafety > 1000;
+      if (handled >= spec.jobs || safety) {
+        lastSafety = nowMs();
+        const asOf = nowMs();
+        if ((await unfinished()) === 0) {
+          t1 = asOf;
+          break;
+        }
+      }
+      await sleep(handled >= spec.jobs ? 2 : 5);
+    }
+    if (Number.isNaN(t1)) throw new Error(`scale-out x${spec.supervisors}: not drained within ${spec.timeoutMs} ms`);
+
+    const stats = [];
+    for (const s of sups) {
+      s.send({ kind: 'stats' });
+      stats.push(await s.next('stats'));
+    }
+    const claimed = stats.reduce((n, s) => n + (s.counters.claimed ?? 0), 0);
+    const wasted = stats.reduce((n, s) => n + (s.counters.wastedClaims ?? 0), 0);
+    // From the table: jobs that needed more than one claim to finish.
+    const reclaimed = (await pool.query(`SELECT count(*)::int AS n FROM "${schema}".jobs WHERE id >= $1 AND attempts > 1`, [firstId])).rows[0].n;
+    const drainMs = t1 - t0;
+    return {
+      jobsPerSec: spec.jobs / (drainMs / 1000),
+      drainMs,
+      supervisors: spec.supervisors,
+      claimed,
+      wastedClaims: wasted,
+      wastedClaimsPerJob: wasted / spec.jobs,
+      jobsWithAttemptsOver1: reclaimed,
+      // Peak RSS of each supervisor process (the trial process is only the conductor).
+      rssMb: Math.max(...stats.map((s) => s.rssMb)),
+      rssMbEach: stats.map((s) => Math.round(s.rssMb)),
+      cores: os.availableParallelism(),
+    };
+  } finally {
+    await Promise.all(
+      sups.map(async (s) => {
+        if (s.child.exitCode !== null) return;
+        s.send({ kind: 'stop' });
+        await s.next('stopped', 10_000).catch(() => undefined);
+      }),
+    );
+    killAllChildren();
+    await client.close();
+    await pool.end();
+  }
+}
