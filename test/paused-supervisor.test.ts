@@ -1,25 +1,17 @@
-import path from 'node:path';
-import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type pg from 'pg';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../src/log.ts';
-import { createTestQueue, type TestQueue, type TestSupervisorOptions } from '../src/testing.ts';
-import { databaseUrl, eventually } from './helpers/db.ts';
+import type { TestQueue, TestSupervisorOptions } from '../src/testing.ts';
+import { eventually } from './helpers/db.ts';
+import { RECORDED_TASKS, useTestQueue } from './helpers/queue.ts';
 
-// Handlers that write every execution into the test queue's ledger.
-const TASKS = path.resolve(import.meta.dirname, 'fixtures/recorded-tasks');
-
+const TASKS = RECORDED_TASKS;
+const fixture = useTestQueue();
 let queue: TestQueue;
 let pool: pg.Pool;
 let s: string;
-beforeAll(async () => {
-  queue = await createTestQueue({ connectionString: databaseUrl() });
-  s = `"${queue.schema}"`;
-  pool = new pg.Pool({ connectionString: queue.connectionString, max: 3 });
-  pool.on('error', () => {});
-});
-afterAll(async () => {
-  await queue?.close();
-  await pool?.end();
+beforeAll(() => {
+  ({ queue, pool, s } = fixture);
 });
 
 // A lease a SIGSTOP can outlast quickly, and a heartbeat well inside it.
