@@ -19,7 +19,11 @@ export async function run(spec: TrialSpec): Promise<Record<string, unknown>> {
     await client.migrate();
     const ids = await client.addJobs(Array.from({ length: spec.jobs }, () => ({ task: 'noop', payload: {} })));
     const firstId = ids.reduce((a, b) => (BigInt(b) < BigInt(a) ? b : a));
-    const childSpec = { connectionString, schema, tasks: TASKS_DIR, threads: spec.threads, concurrency: GRAPEVINE_CONCURRENCY, paused: true };
+    // Each supervisor stands in for one host: the machine's cores are shared out
+    // between them (at least one thread each), so N supervisors do not run N times
+    // the threads on the same two cores.
+    const threads = Math.max(1, Math.floor(spec.threads / spec.supervisors));
+    const childSpec = { connectionString, schema, tasks: TASKS_DIR, threads, concurrency: GRAPEVINE_CONCURRENCY, paused: true };
     // Boot one at a time: N node processes starting at once on 2 cores would only
     // slow each other's boot, which is not what is being measured.
     for (let i = 0; i < spec.supervisors; i++) sups.push(await forkSupervisor(childSpec));
