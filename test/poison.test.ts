@@ -103,12 +103,17 @@ async function lockJobRow(id: string) {
   const { rows } = await locker.query('SELECT pg_backend_pid() AS pid');
   const lockerPid: number = rows[0].pid;
   return {
-    /** The backend of a grapevine thread whose statement waits for this lock: only an outcome write touches a running job's row from a thread. */
+    /**
+     * The backend of a grapevine thread whose outcome write waits for this
+     * lock. (Other statements of the threads can show up in
+     * pg_blocking_pids for a moment too, so the write is picked by its text.)
+     */
     blockedOutcomeWrite: () =>
       eventually(async () => {
         const { rows } = await pool.query(
           `SELECT pid, query FROM pg_stat_activity
-            WHERE $1 = ANY(pg_blocking_pids(pid)) AND application_name LIKE 'grapevine-thread-%'`,
+            WHERE $1 = ANY(pg_blocking_pids(pid)) AND application_name LIKE 'grapevine-thread-%'
+              AND query LIKE '%jsonb_to_recordset%'`,
           [lockerPid],
         );
         return rows[0] as { pid: number; query: string } | undefined;
