@@ -73,7 +73,7 @@ describe('two supervisors in one process', () => {
     started.length = 0;
   });
 
-  it('race for 2,000 jobs: each runs exactly once, both do work, and lost claims are counted as wasted', async () => {
+  it('race for 2,000 jobs: each runs exactly once, both do work, and each one\'s claimed count matches the table', async () => {
     const table = await createLedger('in_process');
     for (let i = 0; i < 2; i++) {
       started.push(
@@ -100,8 +100,10 @@ describe('two supervisors in one process', () => {
     for (const n of ranBy.values()) expect(n).toBeGreaterThan(0);
 
     const counters = [a.status().counters, b.status().counters];
-    // Both heard every notification and went for the same ids; SKIP LOCKED let one win each.
-    expect(counters[0].wastedClaims + counters[1].wastedClaims).toBeGreaterThan(0);
+    // How many ids both went for depends on timing (an id that arrives while a
+    // supervisor is full is left to its pulls, which skip taken rows), so the
+    // number of lost races is not asserted here; test/notifications.test.ts
+    // proves that an id another owner took is counted as a wasted claim.
     // Every job was claimed once in total, by the supervisor the table names.
     expect(counters[0].claimed).toBe(ranBy.get(a.id));
     expect(counters[1].claimed).toBe(ranBy.get(b.id));
@@ -160,7 +162,7 @@ describe('two supervisor processes', () => {
     return rows;
   }
 
-  it('race for 2,400 jobs from two OS processes: each runs exactly once, both do work, lost claims are counted as wasted', async () => {
+  it('race for 2,400 jobs from two OS processes: each runs exactly once, both do work, claimed counts match the table', async () => {
     const table = await createLedger('processes');
     const processes = [runSupervisorProcess(), runSupervisorProcess()];
     const pids = processes.map((p) => p.child.pid!);
@@ -198,7 +200,7 @@ describe('two supervisor processes', () => {
       'both supervisors to report their final counters',
     );
     for (const row of reported) expect(row.info.counters!.claimed).toBe(ranBy.get(row.id));
-    expect(reported.reduce((sum, r) => sum + r.info.counters!.wastedClaims, 0)).toBeGreaterThan(0);
+    // Lost races (wastedClaims) depend on timing; see the in-process test above.
     expect(reported.reduce((sum, r) => sum + r.info.counters!.fenced, 0)).toBe(0);
 
     for (const p of processes) p.child.kill('SIGTERM');
