@@ -87,8 +87,13 @@ export interface TestQueue {
   recordFault(kind: string, supervisorId?: string | null, threadId?: number | null): Promise<void>;
   /** Makes every pending job due now (delayed jobs, retries waiting out their backoff). */
   runDueNow(): Promise<number>;
-  /** Resolves when no job is running and none is due. */
+  /** Resolves when no job is running and none is due (jobs scheduled for later may remain). */
   waitUntilIdle(options?: { timeoutMs?: number }): Promise<void>;
+  /**
+   * Resolves when every job is finished (succeeded, failed or cancelled),
+   * making delayed jobs and retries due at once instead of waiting them out.
+   */
+  waitUntilDone(options?: { timeoutMs?: number }): Promise<void>;
   ledger(): Promise<LedgerEntry[]>;
   /** Number of jobs per state. */
   states(): Promise<Record<string, number>>;
@@ -226,6 +231,17 @@ export async function createTestQueue(options: { connectionString?: string; sche
         if (rows[0].busy === 0) return;
         if (Date.now() > deadline) throw new Error(`test queue not idle after ${timeoutMs} ms: ${rows[0].busy} jobs running or due`);
         await new Promise((r) => setTimeout(r, 100));
+      }
+    },
+
+    async waitUntilDone({ timeoutMs = 120_000 } = {}) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        await queue.runDueNow();
+        await queue.waitUntilIdle({ timeoutMs: Math.max(1, deadline - Date.now()) });
+        const { rows } = await pool.query(`SELECT count(*)::int AS open FROM ${s}.jobs WHERE state IN ('pending', 'running')`);
+        if (rows[0].open === 0) return;
+        if (Date.now() > deadline) throw new Error(`test queue not done after ${timeoutMs} ms: ${rows[0].open} jobs pending or running`);
       }
     },
 

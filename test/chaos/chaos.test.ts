@@ -61,7 +61,7 @@ describe('chaos', () => {
       }
     }
 
-    await queue.waitUntilIdle({ timeoutMs: 120_000 });
+    await queue.waitUntilDone({ timeoutMs: 120_000 });
     const result = await queue.check();
     const faults = await queue.faults();
     console.log(

@@ -63,7 +63,7 @@ describe('PostgreSQL restarts and crashes', () => {
     await bringBack();
     // Jobs committed while the supervisors were still reconnecting must be found too.
     await queue.client.addJobs(Array.from({ length: 200 }, () => ({ task: 'chaos-work', payload: { ms: 0 }, maxAttempts: 25 })));
-    await queue.waitUntilIdle();
+    await queue.waitUntilDone();
     const result = await queue.check();
     expect(result).toMatchObject({ jobs: 1_200, unfinished: [], finishedTwice: [], unexplainedDuplicates: [] });
     expect(await queue.states()).toEqual({ succeeded: 1_200 });
@@ -79,7 +79,7 @@ describe('PostgreSQL restarts and crashes', () => {
     process.kill(pid, 'SIGQUIT'); // immediate shutdown: like a crash, recovery on start
     await gone(pid);
     await bringBack();
-    await queue.waitUntilIdle();
+    await queue.waitUntilDone();
     const result = await queue.check();
     expect(result).toMatchObject({ unfinished: [], finishedTwice: [], unexplainedDuplicates: [] });
     expect((await queue.states()).succeeded).toBe(1_700);
