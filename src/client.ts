@@ -3,10 +3,10 @@ import { DEFAULTS, resolveConnectionString, validateName, validatePositiveInt, v
 import { createPool, explainConnectionErrors, withTransaction, type Queryable } from './db.ts';
 import { GrapevineError } from './errors.ts';
 import { isTerminal, jobFromRow, type Job } from './job.ts';
-import { Listener } from './listener.ts';
 import { silentLogger, type Logger } from './log.ts';
 import { parseJobNotification, rangesContain } from './notification.ts';
 import { channelsFor } from './schema/channels.ts';
+import { Waiters } from './waiters.ts';
 import { migrate, type MigrateResult } from './schema/migrate.ts';
 import { jobStatements } from './sql/jobs.ts';
 import { withValues } from './sql/statement.ts';
@@ -79,8 +79,14 @@ export function createClient(options: ClientOptions = {}): Client {
   const sql = jobStatements(schema);
   const channels = channelsFor(schema);
   let migrated: Promise<MigrateResult> | null = null;
-  let doneListener: Promise<Listener> | null = null;
-  const waiters = new Map<string, Set<() => void>>();
+  // waitForJob(): woken by job ids on the done channel.
+  const finished = new Waiters(
+    { connectionString, channels: [channels.done], applicationName: 'grapevine-waiter', logger },
+    (payload, keys) => {
+      const parsed = parseJobNotification(payload);
+      return parsed.kind === 'ids' ? [...keys].filter((id) => rangesContain(parsed.ranges, Number(id))) : [];
+    },
+  );
 
   const ensureMigrated = (): Promise<unknown> => {
     if (options.migrate === false) return Promise.resolve();
@@ -169,37 +175,16 @@ export function createClient(options: ClientOptions = {}): Client {
     async waitForJob(id, { timeoutMs = 60_000 } = {}) {
       const jobId = toJobId(id);
       await ensureMigrated();
-      const listener = await (doneListener ??= startDoneListener());
-      return new Promise<Job>((resolve, reject) => {
-        let settled = false;
-        const check = () => {
-          watchAndRead(jobId).then((job) => {
-            if (settled) return;
-            if (!job) finish(new GrapevineError('GRAPEVINE_JOB_NOT_FOUND', `job ${jobId} does not exist in schema "${schema}"`));
-            else if (isTerminal(job.state)) finish(null, job);
-          }, (err) => finish(err));
-        };
-        const timer = setTimeout(
-          () => finish(new GrapevineError('GRAPEVINE_WAIT_TIMEOUT', `job ${jobId} did not finish within ${timeoutMs} ms`)),
-          timeoutMs,
-        );
-        const finish = (err: unknown, job?: Job) => {
-          if (settled) return;
-          settled = true;
-          clearTimeout(timer);
-          const set = waiters.get(jobId);
-          set?.delete(check);
-          if (set?.size === 0) waiters.delete(jobId);
-          if (err) reject(err);
-          else resolve(job!);
-        };
-        let set = waiters.get(jobId);
-        if (!set) waiters.set(jobId, (set = new Set()));
-        set.add(check);
-        // Read after subscribing, so a job that finishes in between is not missed.
-        check();
-        void listener;
-      });
+      return finished.wait(
+        jobId,
+        async () => {
+          const job = await watchAndRead(jobId);
+          if (!job) throw new GrapevineError('GRAPEVINE_JOB_NOT_FOUND', `job ${jobId} does not exist in schema "${schema}"`);
+          return isTerminal(job.state) ? job : undefined;
+        },
+        timeoutMs,
+        () => new GrapevineError('GRAPEVINE_WAIT_TIMEOUT', `job ${jobId} did not finish within ${timeoutMs} ms`),
+      );
     },
 
     async cancelJob(id) {
@@ -233,9 +218,7 @@ export function createClient(options: ClientOptions = {}): Client {
     },
 
     async close() {
-      const listener = doneListener;
-      doneListener = null;
-      if (listener) await (await listener.catch(() => null))?.stop();
+      await finished.stop();
       if (!options.pool) await pool.end();
     },
   };
@@ -257,28 +240,6 @@ export function createClient(options: ClientOptions = {}): Client {
   async function currentState(jobId: string): Promise<string | null> {
     const { rows } = await pool.query(withValues(sql.getById, [jobId]));
     return (rows[0]?.state as string | undefined) ?? null;
-  }
-
-  async function startDoneListener(): Promise<Listener> {
-    const listener = new Listener({ connectionString, channels: [channels.done], applicationName: 'grapevine-waiter', logger });
-    listener.on('notification', (_channel: string, payload: string) => {
-      const parsed = parseJobNotification(payload);
-      if (parsed.kind !== 'ids') return;
-      for (const [id, checks] of waiters) {
-        if (rangesContain(parsed.ranges, Number(id))) for (const check of [...checks]) check();
-      }
-    });
-    // Anything that finished while the connection was down is only in the table.
-    listener.on('connected', () => {
-      for (const checks of waiters.values()) for (const check of [...checks]) check();
-    });
-    try {
-      await listener.start();
-    } catch (err) {
-      doneListener = null;
-      throw err;
-    }
-    return listener;
   }
 
   return client;

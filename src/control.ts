@@ -3,6 +3,7 @@ import { DEFAULTS, resolveConnectionString, validateSchemaName } from './config.
 import { createPool, explainConnectionErrors } from './db.ts';
 import { GrapevineError } from './errors.ts';
 import { Listener } from './listener.ts';
+import { Waiters } from './waiters.ts';
 import { silentLogger, type Logger } from './log.ts';
 import { channelsFor } from './schema/channels.ts';
 import { migrate, type MigrateResult } from './schema/migrate.ts';
@@ -135,8 +136,11 @@ export function createControl(options: ControlClientOptions = {}): Control {
   const sql = controlStatements(schema);
   const channels = channelsFor(schema);
   let migrated: Promise<MigrateResult> | null = null;
-  let responseListener: Promise<Listener> | null = null;
-  const waiters = new Map<string, Set<() => void>>();
+  // Waiting for responses: the responses channel names the message id.
+  const answered = new Waiters(
+    { connectionString, channels: [channels.responses], applicationName: 'grapevine-control', logger },
+    (payload) => [payload],
+  );
   const followers = new Set<Listener>();
 
   const run = async <T>(fn: () => Promise<T>): Promise<T> => {
@@ -184,52 +188,17 @@ export function createControl(options: ControlClientOptions = {}): Control {
 
   /** Resolves once every one of `workers` has answered (taking the responses), or after `timeoutMs` with what there is. */
   const waitForResponses = async (messageId: string, workers: string[], timeoutMs: number, remove: boolean): Promise<Map<string, ResponseRow>> => {
-    await (responseListener ??= startResponseListener());
-    return new Promise((resolve, reject) => {
-      let settled = false;
-      let latest = new Map<string, ResponseRow>();
-      const check = () => {
-        takeResponses(messageId, workers, remove).then((found) => {
-          latest = found;
-          if (found.size === workers.length) finish(null);
-        }, (err) => finish(err));
-      };
-      const timer = setTimeout(() => finish(null), timeoutMs);
-      const finish = (err: unknown) => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        const set = waiters.get(messageId);
-        set?.delete(check);
-        if (set?.size === 0) waiters.delete(messageId);
-        if (err) reject(err);
-        else resolve(latest);
-      };
-      let set = waiters.get(messageId);
-      if (!set) waiters.set(messageId, (set = new Set()));
-      set.add(check);
-      // Read after subscribing, so a response that lands in between is not missed.
-      check();
-    });
+    let latest = new Map<string, ResponseRow>();
+    return answered.wait(
+      messageId,
+      async () => {
+        latest = await takeResponses(messageId, workers, remove);
+        return latest.size === workers.length ? latest : undefined;
+      },
+      timeoutMs,
+      () => latest,
+    );
   };
-
-  async function startResponseListener(): Promise<Listener> {
-    const listener = new Listener({ connectionString, channels: [channels.responses], applicationName: 'grapevine-control', logger });
-    listener.on('notification', (_channel: string, payload: string) => {
-      for (const check of [...(waiters.get(payload) ?? [])]) check();
-    });
-    // Responses that arrived while the connection was down are only in the table.
-    listener.on('connected', () => {
-      for (const checks of waiters.values()) for (const check of [...checks]) check();
-    });
-    try {
-      await listener.start();
-    } catch (err) {
-      responseListener = null;
-      throw err;
-    }
-    return listener;
-  }
 
   const missingError = async (messageId: string, command: string, missing: string[], timeoutMs: number): Promise<GrapevineError> => {
     const { rows } = await pool.query(withValues(sql.workerStates, [lostAfterMs, missing]));
@@ -381,9 +350,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
     },
 
     async close() {
-      const listener = responseListener;
-      responseListener = null;
-      if (listener) await (await listener.catch(() => null))?.stop();
+      await answered.stop();
       for (const follower of followers) await follower.stop();
       followers.clear();
       if (!options.pool) await pool.end();

@@ -1,0 +1,92 @@
+import { Listener, type ListenerOptions } from './listener.ts';
+
+/**
+ * Callers waiting for something the database will announce (a job that
+ * finishes, a supervisor's response), behind one lazily started LISTEN
+ * connection. A notification wakes the waits whose key it names; a reconnect
+ * wakes them all, because what was announced meanwhile is only in the table.
+ */
+export class Waiters {
+  private readonly byKey = new Map<string, Set<() => void>>();
+  private readonly options: ListenerOptions;
+  /** Which keys a notification payload names (keys nobody waits for are ignored). */
+  private readonly named: (payload: string, keys: Iterable<string>) => Iterable<string>;
+  private listening: Promise<Listener> | null = null;
+
+  constructor(options: ListenerOptions, named: (payload: string, keys: Iterable<string>) => Iterable<string>) {
+    this.options = options;
+    this.named = named;
+  }
+
+  /**
+   * Resolves with what `poll` returns once it returns something other than
+   * undefined. `poll` runs right after the wait is registered (so a change
+   * that lands in between is not missed) and again on every wake-up; what it
+   * throws rejects the wait. After `timeoutMs`, `onTimeout` decides: a value
+   * resolves, an Error rejects.
+   */
+  async wait<T>(key: string, poll: () => Promise<T | undefined>, timeoutMs: number, onTimeout: () => T | Error): Promise<T> {
+    await this.listen();
+    return new Promise<T>((resolve, reject) => {
+      let settled = false;
+      const finish = (err: unknown, value?: T) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        const set = this.byKey.get(key);
+        set?.delete(check);
+        if (set?.size === 0) this.byKey.delete(key);
+        if (err) reject(err);
+        else resolve(value as T);
+      };
+      const check = () => {
+        poll().then(
+          (value) => {
+            if (value !== undefined) finish(null, value);
+          },
+          (err) => finish(err),
+        );
+      };
+      const timer = setTimeout(() => {
+        const outcome = onTimeout();
+        if (outcome instanceof Error) finish(outcome);
+        else finish(null, outcome);
+      }, timeoutMs);
+      let set = this.byKey.get(key);
+      if (!set) this.byKey.set(key, (set = new Set()));
+      set.add(check);
+      check();
+    });
+  }
+
+  async stop(): Promise<void> {
+    const listening = this.listening;
+    this.listening = null;
+    if (listening) await (await listening.catch(() => null))?.stop();
+  }
+
+  /** Starts the LISTEN connection on first use; a start that failed is tried again by the next wait. */
+  private listen(): Promise<Listener> {
+    this.listening ??= this.start().catch((err) => {
+      this.listening = null;
+      throw err;
+    });
+    return this.listening;
+  }
+
+  private async start(): Promise<Listener> {
+    const listener = new Listener(this.options);
+    listener.on('notification', (_channel: string, payload: string) => {
+      for (const key of this.named(payload, this.byKey.keys())) this.wake(key);
+    });
+    listener.on('connected', () => {
+      for (const key of this.byKey.keys()) this.wake(key);
+    });
+    await listener.start();
+    return listener;
+  }
+
+  private wake(key: string): void {
+    for (const check of [...(this.byKey.get(key) ?? [])]) check();
+  }
+}
