@@ -62,6 +62,8 @@ export interface RunningJob {
   batch: Batch;
   slot: Slot | null;
   timer: NodeJS.Timeout | null;
+  /** Why the handler was asked to stop, if it was. */
+  abortedFor: AbortKind | null;
 }
 
 export interface DispatchCounters {
@@ -195,7 +197,9 @@ export class Dispatcher {
   /** Asks a running job's handler to stop; terminates its thread if it does not within the grace. */
   abort(jobId: string, kind: AbortKind, message: string): boolean {
     const job = this.running.get(jobId);
-    if (!job) return false;
+    // Once is enough: a cancellation can be heard by notification and again at a heartbeat.
+    if (!job || (job.abortedFor !== null && kind !== 'shutdown')) return false;
+    job.abortedFor = kind;
     job.batch.port.postMessage({ type: 'abort', jobId, reason: kind, message });
     if (kind === 'shutdown') return true;
     const timer = setTimeout(() => {
@@ -327,7 +331,7 @@ export class Dispatcher {
             slot.id = id;
             this.holding.add(id);
           }
-          this.running.set(id, { id, threadId: event.threadId, task, attempt, startedAt: now, batch, slot, timer: null });
+          this.running.set(id, { id, threadId: event.threadId, task, attempt, startedAt: now, batch, slot, timer: null, abortedFor: null });
           this.options.onJobEvent?.({ type: 'started', jobId: id, task, attempt, threadId: event.threadId });
         }
         for (let i = nextPull; i < unclaimedPulls.length; i++) unclaimedPulls[i].free();

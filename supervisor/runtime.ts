@@ -381,7 +381,16 @@ export class SupervisorRuntime implements Supervisor {
         logger.warn('this supervisor was declared LOST (paused or cut off too long); its earlier jobs were reaped and their late outcomes are fenced');
       }
       const ids = [...this.dispatcher.runningJobs.keys()];
-      if (ids.length > 0) await pool.query(withValues(jobStatements(schema).renewLeases, [this.id, ids, timing.leaseMs]));
+      if (ids.length > 0) {
+        const renewed = await pool.query(withValues(jobStatements(schema).renewLeases, [this.id, ids, timing.leaseMs]));
+        // A cancel notification sent while the LISTEN connection was down is
+        // gone; the flag on the row is not.
+        for (const row of renewed.rows) {
+          if (row.cancel_requested && this.dispatcher.abort(row.id, 'cancelled', 'job was cancelled')) {
+            logger.info({ jobId: row.id }, 'cancelling running job (seen at heartbeat)');
+          }
+        }
+      }
     } catch (err) {
       this.warnDb((suppressed) => logger.warn({ err: (err as Error).message, suppressed }, 'heartbeat failed'));
     }

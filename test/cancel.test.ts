@@ -47,6 +47,16 @@ describe('cancelJob', () => {
     await eventually(() => sup.status().restarts >= 1 && sup.status().threads.length === 2, 'a replacement thread');
   });
 
+  it('applies a cancellation whose notification the supervisor never heard, at its next heartbeat', async () => {
+    const id = await client.addJob('hang', { cooperative: true });
+    await running(id);
+    // The flag alone, as if the cancel notification had been lost with the LISTEN connection.
+    await db.pool.query(`UPDATE "${db.schema}".jobs SET cancel_requested_at = now() WHERE id = $1`, [id]);
+    const job = await client.waitForJob(id);
+    expect(job.state).toBe('cancelled');
+    expect(job.lastError).toMatch(/job was cancelled/);
+  });
+
   it('leaves a finished job as it was', async () => {
     const id = await client.addJob('square', { n: 4 });
     await client.waitForJob(id);

@@ -171,8 +171,11 @@ function build(schema: string): JobStatements {
     // lets its lease run out, and the reaper returns it.
     renewLeases: st(
       'renew_leases',
+      // Also returns the jobs whose cancellation was requested: the owner
+      // aborts them even if it missed the cancel notification.
       `UPDATE ${s}.jobs SET lease_until = now() + $3 * interval '1 millisecond'
-        WHERE state = 'running' AND locked_by = $1 AND id = ANY($2::bigint[])`,
+        WHERE state = 'running' AND locked_by = $1 AND id = ANY($2::bigint[])
+       RETURNING id::text AS id, cancel_requested_at IS NOT NULL AS cancel_requested`,
     ),
     // $1 tasks, $2 queues (NULL = all), $3 cap
     countDue: st(
