@@ -42,13 +42,19 @@ export interface JobEvent {
 /** One unit of capacity: a specific job id, or "whatever is due next". */
 interface Slot {
   id: string | null;
+  /** Set when the slot is sent to a thread: it counts towards that thread's load until freed. */
+  batch: Batch | null;
+  freed: boolean;
   free: () => void;
 }
 
 interface Batch {
   slots: Slot[];
   port: MessagePort;
+  /** The thread the batch was sent to, then the one that claimed it (they differ only if the first died). */
   threadId: number | null;
+  /** The thread that reported claiming jobs of this batch, once it has. */
+  claimedOn: number | null;
   claimed: string[];
 }
 
@@ -97,6 +103,12 @@ export class Dispatcher {
   private readonly running = new Map<string, RunningJob>();
   /** Threads this supervisor is terminating on purpose, and for which job. */
   private readonly killing = new Map<number, { jobId: string; kind: AbortKind; message: string }>();
+  /**
+   * Slots held per thread (sent, not yet freed). New batches go to the
+   * threads with the most room, so a CPU-bound thread is not handed more
+   * work while another one sits idle.
+   */
+  private readonly load = new Map<number, number>();
   private unsent: Slot[] = [];
   private flushScheduled = false;
   private backlog = false;
@@ -228,9 +240,15 @@ export class Dispatcher {
         new Promise<void>((resolve) => {
           const slot: Slot = {
             id,
+            batch: null,
+            freed: false,
             // Idempotent: a slot may be freed by its job's end and again by its batch's end.
             free: () => {
+              if (slot.freed) return;
+              slot.freed = true;
               if (slot.id !== null) this.holding.delete(slot.id);
+              const thread = slot.batch?.threadId;
+              if (thread != null) this.addLoad(thread, -1);
               resolve();
             },
           };
@@ -285,15 +303,49 @@ export class Dispatcher {
     }
     const byId = slots.filter((s) => s.id !== null);
     const pulls = slots.filter((s) => s.id === null);
-    // Batches no bigger than one thread's concurrency, so work spreads over threads.
     const size = Math.max(1, this.options.concurrency);
-    for (let i = 0; i < byId.length; i += size) this.send(byId.slice(i, i + size), 'claim-ids');
-    for (let i = 0; i < pulls.length; i += size) this.send(pulls.slice(i, i + size), 'claim-next');
+    // Fill the threads with the most room first, each up to its concurrency.
+    const rooms = this.options.pool
+      .currentThreadIds()
+      .map((thread) => ({ thread, room: size - (this.load.get(thread) ?? 0) }))
+      .sort((a, b) => b.room - a.room);
+    let i = 0;
+    let j = 0;
+    for (const { thread, room } of rooms) {
+      if (room <= 0) break;
+      const ids = byId.slice(i, i + room);
+      i += ids.length;
+      const next = pulls.slice(j, j + room - ids.length);
+      j += next.length;
+      if (ids.length > 0) this.send(ids, 'claim-ids', thread);
+      if (next.length > 0) this.send(next, 'claim-next', thread);
+    }
+    // More slots than room: the thread count is changing (SCALE, a thread
+    // being replaced); piscina places these.
+    for (; i < byId.length; i += size) this.send(byId.slice(i, i + size), 'claim-ids');
+    for (; j < pulls.length; j += size) this.send(pulls.slice(j, j + size), 'claim-next');
   }
 
-  private send(slots: Slot[], type: 'claim-ids' | 'claim-next'): void {
+  private addLoad(thread: number, delta: number): void {
+    const n = (this.load.get(thread) ?? 0) + delta;
+    if (n <= 0) this.load.delete(thread);
+    else this.load.set(thread, n);
+  }
+
+  /** Moves a batch's unfreed slots to the thread that actually claimed it. */
+  private placeBatch(batch: Batch, thread: number): void {
+    if (batch.threadId === thread) return;
+    const held = batch.slots.reduce((n, s) => n + (s.freed ? 0 : 1), 0);
+    if (batch.threadId !== null) this.addLoad(batch.threadId, -held);
+    batch.threadId = thread;
+    this.addLoad(thread, held);
+  }
+
+  private send(slots: Slot[], type: 'claim-ids' | 'claim-next', thread?: number): void {
     const { port1, port2 } = new MessageChannel();
-    const batch: Batch = { slots, port: port1, threadId: null, claimed: [] };
+    const batch: Batch = { slots, port: port1, threadId: null, claimedOn: null, claimed: [] };
+    for (const slot of slots) slot.batch = batch;
+    if (thread !== undefined) this.placeBatch(batch, thread);
     const tasks = this.options.pool.tasks;
     const request: ThreadRequest =
       type === 'claim-ids'
@@ -301,7 +353,7 @@ export class Dispatcher {
         : { type, count: slots.length, tasks, port: port2 };
     port1.on('message', (event: BatchEvent) => this.onEvent(batch, event));
     this.counters.batches++;
-    this.options.pool.run(request, [port2]).then(
+    this.options.pool.run(request, [port2], thread).then(
       (response) => this.onDone(batch, type, response),
       (err: Error) => void this.onFailed(batch, err),
     );
@@ -310,7 +362,8 @@ export class Dispatcher {
   private onEvent(batch: Batch, event: BatchEvent): void {
     switch (event.type) {
       case 'claimed': {
-        batch.threadId = event.threadId;
+        this.placeBatch(batch, event.threadId);
+        batch.claimedOn = event.threadId;
         batch.claimed = event.jobs.map((j) => j.id);
         const claimed = new Set(batch.claimed);
         // Give each claimed job a slot; free the slots whose ids were not claimed.
@@ -401,7 +454,7 @@ export class Dispatcher {
       this.onEvent(batch, m.message as BatchEvent);
     }
     batch.port.close();
-    const threadId = batch.threadId;
+    const threadId = batch.claimedOn;
     const killed = threadId === null ? undefined : this.killing.get(threadId);
     const releases: Release[] = [];
     for (const id of batch.claimed) {

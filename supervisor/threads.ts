@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ResourceLimits, Worker } from 'node:worker_threads';
-import { Piscina } from 'piscina';
+import { Piscina, queueOptionsSymbol } from 'piscina';
 import type { Logger } from 'pino';
 import { GrapevineError } from '../src/errors.ts';
 import type { ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
@@ -76,15 +76,30 @@ export class ThreadPool extends EventEmitter {
     if (old) this.retire(old);
   }
 
-  run(request: ThreadRequest, transferList: Transferable[]): Promise<ThreadResponse> {
+  /**
+   * Runs one request; with `thread`, on that thread of the current generation
+   * if it is still alive (the dispatcher balances jobs, which piscina cannot
+   * see: it counts batches, and learns a batch is done only after the
+   * batch's jobs have already been reported finished).
+   */
+  run(request: ThreadRequest, transferList: Transferable[], thread?: number): Promise<ThreadResponse> {
     const pool = this.current;
     if (!pool || this.destroyed) return Promise.reject(new GrapevineError('GRAPEVINE_SHUTDOWN', 'thread pool is stopped'));
     const gen = this.generations.get(pool)!;
     gen.running++;
-    return pool.run(request, { transferList: transferList as never }).finally(() => {
+    // Symbol keys are not structured-cloned: the routing hint stays on this side.
+    const task = thread === undefined ? request : Object.assign(request, { [queueOptionsSymbol]: { thread } });
+    return pool.run(task, { transferList: transferList as never }).finally(() => {
       gen.running--;
       if (gen.retiring && gen.running === 0) void this.destroyGeneration(pool);
     });
+  }
+
+  /** Thread ids of the generation new work goes to. */
+  currentThreadIds(): number[] {
+    const ids: number[] = [];
+    for (const entry of this.live.values()) if (entry.pool === this.current && !this.terminating.has(entry.threadId)) ids.push(entry.threadId);
+    return ids;
   }
 
   liveThreads(): ThreadInfo[] {
@@ -121,6 +136,7 @@ export class ThreadPool extends EventEmitter {
       workerData: this.options.config,
       resourceLimits: this.options.resourceLimits,
       recordTiming: false,
+      loadBalancer: preferredThreadBalancer(Math.max(1, this.options.concurrency)),
     });
     this.generations.set(pool, { id, size: threads, created: 0, running: 0, retiring: false });
     pool.on('workerCreate', (w: { id: number }) => this.track(pool, id, w.id));
@@ -209,4 +225,24 @@ export class ThreadPool extends EventEmitter {
     // other threads; by now this generation has no batches left anyway.
     await pool.destroy().catch(() => {});
   }
+}
+
+type Balancer = NonNullable<ConstructorParameters<typeof Piscina>[0]>['loadBalancer'] & {};
+
+/**
+ * The thread the dispatcher chose, if piscina still has it; otherwise what
+ * piscina's own balancer would pick: an idle thread, else the least busy
+ * one with room.
+ */
+function preferredThreadBalancer(maximumUsage: number): Balancer {
+  return (task, workers) => {
+    const wanted = (task[queueOptionsSymbol] as { thread?: number } | null)?.thread;
+    let best: (typeof workers)[number] | null = null;
+    for (const worker of workers) {
+      if (worker.terminating || worker.destroyed) continue;
+      if (worker.id === wanted) return worker;
+      if (worker.currentUsage < maximumUsage && (best === null || worker.currentUsage < best.currentUsage)) best = worker;
+    }
+    return best;
+  };
 }

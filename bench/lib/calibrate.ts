@@ -4,7 +4,7 @@ import { burn } from './burn.mjs';
 import { nowMs } from './stats.ts';
 
 export function calibrateBurn(targetMs: number): number {
-  let iterations = 100_000;
+  let iterations = 1_000;
   // Warm the JIT, then grow until one call is long enough to time reliably.
   for (let i = 0; i < 5; i++) burn(iterations);
   for (;;) {

@@ -74,7 +74,7 @@ export function renderReport(f: RunFacts, s: Summary, ts: Target[]): string {
     `  ${p.latencySamples} samples per round after 5 warm-up jobs.`,
     `- **floor**: the same cadence with plain \`pg\` and two connections: INSERT + pg_notify in one statement on one, LISTEN and one`,
     '  `UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED LIMIT 1)` claim on the other; measured until the claim returns.',
-    `- **cpu**: ${p.cpuJobs} jobs of ${p.cpuTargetMs} ms synchronous CPU each — a fixed xorshift loop calibrated once per run to ${f.cpuIterations.toLocaleString('en-US')} iterations`,
+    `- **cpu**: ${p.cpuJobs} jobs of ${p.cpuTargetMs} ms synchronous CPU each — PBKDF2-SHA256 (synchronous, on the handler's thread) calibrated once per run to ${f.cpuIterations.toLocaleString('en-US')} iterations`,
     `  (about ${p.cpuTargetMs} ms on one core here), so every system does identical work. grapevine: ${p.threads} threads (available parallelism);`,
     '  the others run handlers on their main thread at their documented concurrency (below), which for synchronous work is one core.',
     `- **scale-out**: the throughput workload drained by 1, 2 and 4 grapevine supervisor processes (bench/supervisor-child.ts, each`,
