@@ -1,5 +1,6 @@
 import * as jobs from './0001_jobs.ts';
 import * as control from './0002_control.ts';
+import * as claimPlans from './0003_claim_plans.ts';
 
 export interface Migration {
   version: number;
@@ -8,6 +9,6 @@ export interface Migration {
 }
 
 /** Append-only: a released migration is never edited, only followed by a new one. */
-export const MIGRATIONS: readonly Migration[] = [jobs, control];
+export const MIGRATIONS: readonly Migration[] = [jobs, control, claimPlans];
 
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;
