@@ -51,7 +51,8 @@ export type ThreadResponse =
  * together are reported finished together.
  */
 export type BatchEvent =
-  | { type: 'claimed'; jobs: Array<{ id: string; task: string; attempt: number }>; threadId: number }
+  // Parallel arrays rather than an object per job: cheaper to clone.
+  | { type: 'claimed'; ids: string[]; tasks: string[]; attempts: number[]; threadId: number }
   | { type: 'started'; jobId: string; timeoutMs: number; threadId: number }
   | { type: 'finished'; ids: string[]; threadId: number };
 

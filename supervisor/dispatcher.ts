@@ -364,8 +364,8 @@ export class Dispatcher {
       case 'claimed': {
         this.placeBatch(batch, event.threadId);
         batch.claimedOn = event.threadId;
-        batch.claimed = event.jobs.map((j) => j.id);
-        const claimed = new Set(batch.claimed);
+        batch.claimed = event.ids;
+        const claimed = new Set(event.ids);
         // Give each claimed job a slot; free the slots whose ids were not claimed.
         const byId = new Map<string, Slot>();
         const unclaimedPulls: Slot[] = [];
@@ -377,7 +377,10 @@ export class Dispatcher {
         const now = Date.now();
         this.lastJobAt = now;
         let nextPull = 0;
-        for (const { id, task, attempt } of event.jobs) {
+        for (let k = 0; k < event.ids.length; k++) {
+          const id = event.ids[k];
+          const task = event.tasks[k];
+          const attempt = event.attempts[k];
           let slot = byId.get(id) ?? null;
           if (!slot && nextPull < unclaimedPulls.length) {
             slot = unclaimedPulls[nextPull++];

@@ -19,15 +19,20 @@ async function claim(id: string, owner: string): Promise<string> {
   return rows[0].claim_token;
 }
 
+/** Outcome writes answer with the ids the fence rejected; the tests read what was accepted. */
+function accepted(submitted: string[], rejected: string[]): string[] {
+  return [...new Set(submitted)].filter((id) => !rejected.includes(id));
+}
+
 /** Ids whose outcome was accepted. */
 async function complete(outcomes: Array<{ id: string; token: string; result: unknown }>): Promise<string[]> {
   const { rows } = await db.pool.query(withValues(sql.complete, [JSON.stringify(outcomes)]));
-  return rows[0].ids;
+  return accepted(outcomes.map((o) => o.id), rows[0].rejected);
 }
 
 async function fail(id: string, token: string, error: string, retryable = true): Promise<string[]> {
   const { rows } = await db.pool.query(withValues(sql.fail, [JSON.stringify([{ id, token, error, retryable }]), 10, 1_000]));
-  return rows[0].ids;
+  return accepted([id], rows[0].rejected);
 }
 
 async function release(owner: string, id: string, reason: string, count: boolean): Promise<string[]> {

@@ -17,7 +17,7 @@ import { serializeError } from '../src/errors.ts';
 import type { AbortKind, BatchEvent, SupervisorSignal, ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
 import { jobStatements } from '../src/sql/jobs.ts';
 import { withValues } from '../src/sql/statement.ts';
-import { executeJob, type ClaimedJob } from './execute.ts';
+import { executeJob, JobAbortSwitch, type ClaimedJob, type ExecuteContext } from './execute.ts';
 import { OutcomeWriter } from './outcomes.ts';
 import { loadTasks, type LoadedTasks } from './registry.ts';
 
@@ -71,6 +71,14 @@ function handlerAddJob(...args: Parameters<Client['addJob']>) {
   return handlerClient.addJob(...args);
 }
 
+const executeContext: ExecuteContext = {
+  logger,
+  worker: { supervisorId: config.supervisorId, threadId, schema: config.schema },
+  query: handlerQuery as never,
+  addJob: handlerAddJob,
+  connectionString: config.connectionString,
+};
+
 export default async function run(request: ThreadRequest): Promise<ThreadResponse> {
   switch (request.type) {
     case 'describe': {
@@ -105,30 +113,26 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   }
   const requested = request.type === 'claim-ids' ? request.ids.length : request.count;
   const claimed = jobs.map((j) => j.id);
-  if (jobs.length > 0) post(port, { type: 'claimed', jobs: jobs.map((j) => ({ id: j.id, task: j.task, attempt: j.attempts })), threadId });
+  if (jobs.length > 0) {
+    post(port, { type: 'claimed', ids: claimed, tasks: jobs.map((j) => j.task), attempts: jobs.map((j) => j.attempts), threadId });
+  }
   const finished = finishedReporter(port);
 
-  const controllers = new Map<string, AbortController>();
+  const switches = new Map<string, JobAbortSwitch>();
   port.on('message', (signal: SupervisorSignal) => {
-    if (signal.type === 'abort') controllers.get(signal.jobId)?.abort(new JobAbort(signal.reason, signal.message));
+    if (signal.type === 'abort') switches.get(signal.jobId)?.abort(new JobAbort(signal.reason, signal.message));
   });
 
   let fenced = 0;
   await Promise.all(
     jobs.map(async (job) => {
-      const controller = new AbortController();
-      controllers.set(job.id, controller);
-      if (job.cancel_requested) controller.abort(new JobAbort('cancelled', 'job was cancelled'));
+      const abort = new JobAbortSwitch();
+      switches.set(job.id, abort);
+      if (job.cancel_requested) abort.abort(new JobAbort('cancelled', 'job was cancelled'));
       const timeoutMs = job.timeout_ms ?? loaded.timeouts.get(job.task) ?? null;
       if (timeoutMs !== null) post(port, { type: 'started', jobId: job.id, timeoutMs, threadId });
-      const outcome = await executeJob(job, loaded.handlers.get(job.task)!, controller.signal, {
-        logger,
-        worker: { supervisorId: config.supervisorId, threadId, schema: config.schema },
-        query: handlerQuery as never,
-        addJob: handlerAddJob,
-        connectionString: config.connectionString,
-      });
-      controllers.delete(job.id);
+      const outcome = await executeJob(job, loaded.handlers.get(job.task)!, abort, executeContext);
+      switches.delete(job.id);
       const accepted = await writer.record(outcome);
       if (!accepted) {
         fenced++;

@@ -1,6 +1,7 @@
 import { threadId } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import { formatStoredError, serializeError } from '../src/errors.ts';
+import type { AbortKind } from '../src/protocol.ts';
 import { redactSecret } from '../src/redact.ts';
 import type { TaskHandler, TaskHelpers } from '../src/task.ts';
 import type { Outcome } from './outcomes.ts';
@@ -31,35 +32,61 @@ export interface ExecuteContext {
  * Nothing a handler does (throw null, return a function, a circular result)
  * escapes as an exception: the job always gets a readable record.
  */
-export async function executeJob(
-  job: ClaimedJob,
-  handler: TaskHandler,
-  signal: AbortSignal,
-  context: ExecuteContext,
-): Promise<Outcome> {
-  const outcome = await runHandler(job, handler, signal, context);
+export async function executeJob(job: ClaimedJob, handler: TaskHandler, abort: JobAbortSwitch, context: ExecuteContext): Promise<Outcome> {
+  const outcome = await runHandler(job, handler, abort, context);
   if (outcome.kind === 'failure') outcome.error = redactSecret(outcome.error, context.connectionString);
   return outcome;
 }
 
-async function runHandler(job: ClaimedJob, handler: TaskHandler, signal: AbortSignal, context: ExecuteContext): Promise<Outcome> {
-  const logger = context.logger.child({ jobId: job.id, task: job.task, attempt: job.attempts, threadId });
+/**
+ * A job's AbortSignal, made only if the handler asks for it. Most handlers
+ * never look, and an AbortController (an EventTarget) per job was a visible
+ * share of a short job's cost. An abort that comes first is remembered and
+ * applied when the signal is made.
+ */
+export class JobAbortSwitch {
+  private controller: AbortController | null = null;
+  reason: { kind: AbortKind; message: string } | null = null;
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.reason) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+
+  abort(reason: Error & { kind: AbortKind }): void {
+    if (this.reason) return;
+    this.reason = reason;
+    this.controller?.abort(reason);
+  }
+}
+
+async function runHandler(job: ClaimedJob, handler: TaskHandler, abort: JobAbortSwitch, context: ExecuteContext): Promise<Outcome> {
+  let logger: TaskHelpers['logger'] | null = null;
   const helpers: TaskHelpers = {
     job: { id: job.id, task: job.task, queue: job.queue, attempt: job.attempts, maxAttempts: job.max_attempts },
     worker: context.worker,
-    logger,
-    signal,
+    // Made on first use: a pino child per job costs more than a short job.
+    get logger() {
+      logger ??= context.logger.child({ jobId: job.id, task: job.task, attempt: job.attempts, threadId });
+      return logger;
+    },
+    get signal() {
+      return abort.signal;
+    },
     query: context.query,
     addJob: context.addJob,
   };
   try {
     const value = await handler(job.payload, helpers);
-    if (signal.aborted) return aborted(job, signal);
+    if (abort.reason) return aborted(job, abort.reason);
     const result = toJson(value);
     if (result instanceof Error) return failure(job, `${result.message}`, false);
     return { kind: 'success', id: job.id, token: job.claim_token, result };
   } catch (err) {
-    if (signal.aborted) return aborted(job, signal);
+    if (abort.reason) return aborted(job, abort.reason);
     return failure(job, formatStoredError(serializeError(err)), isRetryable(err));
   }
 }
@@ -78,9 +105,8 @@ function failure(job: ClaimedJob, error: string, retryable: boolean): Outcome {
 }
 
 /** A timed-out attempt is retried like any failure; a cancelled job is not. */
-function aborted(job: ClaimedJob, signal: AbortSignal): Outcome {
-  const reason = signal.reason as { kind?: string; message?: string } | undefined;
-  return failure(job, `AbortError: ${reason?.message ?? 'aborted'}`, reason?.kind === 'timeout');
+function aborted(job: ClaimedJob, reason: { kind: AbortKind; message: string }): Outcome {
+  return failure(job, `AbortError: ${reason.message}`, reason.kind === 'timeout');
 }
 
 /** The handler's return value as JSON text, or an error naming why it cannot be stored. */

@@ -65,11 +65,13 @@ export class OutcomeWriter {
     const successes = batch.filter((p) => p.outcome.kind === 'success');
     const failures = batch.filter((p) => p.outcome.kind === 'failure');
     try {
-      const accepted = new Set<string>();
+      const rejected = new Set<string>();
       const writes: Promise<void>[] = [];
       if (successes.length > 0) {
-        const rows = successes.map(({ outcome: o }) => ({ id: o.id, token: o.token, result: JSON.parse((o as { result: string }).result) }));
-        writes.push(this.pool.query(withValues(sql.complete, [JSON.stringify(rows)])).then((r) => this.collect(r, accepted)));
+        // Ids and tokens are decimal bigints and results are JSON already, so
+        // the parameter is assembled as text rather than parsed and re-encoded.
+        const rows = successes.map(({ outcome: o }) => `{"id":${o.id},"token":${o.token},"result":${(o as { result: string }).result}}`);
+        writes.push(this.pool.query(withValues(sql.complete, [`[${rows.join(',')}]`])).then((r) => this.collect(r, rejected)));
       }
       if (failures.length > 0) {
         const rows = failures.map(({ outcome: o }) => {
@@ -79,12 +81,12 @@ export class OutcomeWriter {
         writes.push(
           this.pool
             .query(withValues(sql.fail, [JSON.stringify(rows), this.retry.baseMs, this.retry.maxMs]))
-            .then((r) => this.collect(r, accepted)),
+            .then((r) => this.collect(r, rejected)),
         );
       }
       await Promise.all(writes);
       this.failures = 0;
-      for (const p of batch) p.resolve(accepted.has(p.outcome.id));
+      for (const p of batch) p.resolve(!rejected.has(p.outcome.id));
     } catch (err) {
       // Both statements are idempotent under the fence, so the whole batch can be retried.
       this.failures++;
@@ -101,7 +103,7 @@ export class OutcomeWriter {
     if (this.queue.length > 0) this.schedule(0);
   }
 
-  private collect(result: pg.QueryResult, accepted: Set<string>): void {
-    for (const id of (result.rows[0]?.ids as string[] | undefined) ?? []) accepted.add(id);
+  private collect(result: pg.QueryResult, rejected: Set<string>): void {
+    for (const id of (result.rows[0]?.rejected as string[] | undefined) ?? []) rejected.add(id);
   }
 }

@@ -59,6 +59,11 @@ function build(schema: string): JobStatements {
              WHERE later.run_at IS NOT NULL) AS hinted,
            ARRAY(SELECT id::text FROM ${cte}) AS ids`;
 
+  // An outcome write answers with the ids the fence turned away (usually
+  // none) rather than with every id it recorded: a thread reads back nothing
+  // per job.
+  const rejected = `ARRAY(SELECT r.id::text FROM r WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.id = r.id)) AS rejected`;
+
   return {
     insertOne: st(
       'insert_one',
@@ -97,7 +102,7 @@ function build(schema: string): JobStatements {
          FROM ${s}.claim_next($1, $2::text[], $6::text[], $3, $4, $5)`,
     ),
 
-    // $1 [{id, token, result}]
+    // $1 [{id, token, result}]. Returns `rejected`: ids the fence turned away.
     complete: st(
       'complete',
       `WITH r AS (
@@ -108,10 +113,10 @@ function build(schema: string): JobStatements {
                 result = r.result, finished_at = now(), lease_until = NULL
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
-         RETURNING j.id, j.state, j.run_at, j.watched)
-       ${announce('done')}`,
+         RETURNING j.id, j.watched)
+       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched)), ${rejected}`,
     ),
-    // $1 [{id, token, error, retryable}], $2 retry base ms, $3 retry max ms
+    // $1 [{id, token, error, retryable}], $2 retry base ms, $3 retry max ms. Returns `rejected` too.
     fail: st(
       'fail',
       `WITH r AS (
@@ -137,7 +142,7 @@ function build(schema: string): JobStatements {
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
          RETURNING j.id, j.state, j.run_at, j.watched)
-       ${announce('done')}`,
+       ${announce('done')}, ${rejected}`,
     ),
 
     // Safety net after a thread exits: jobs it claimed but never reported
