@@ -16,11 +16,13 @@ async function tableReads(body: (c: import('pg').PoolClient) => Promise<void>): 
   const c = await db.pool.connect();
   try {
     await c.query('BEGIN');
+    // Counters not yet flushed from this connection's earlier statements show here too: compare.
+    const read = async () =>
+      (await c.query(`SELECT seq_scan::int, idx_scan::int FROM pg_stat_xact_user_tables WHERE relid = '${s}.jobs'::regclass`)).rows[0];
+    const before = await read();
     await body(c);
-    const { rows } = await c.query(
-      `SELECT seq_scan::int, idx_scan::int FROM pg_stat_xact_user_tables WHERE relid = '${s}.jobs'::regclass`,
-    );
-    return rows[0];
+    const after = await read();
+    return { seq_scan: after.seq_scan - before.seq_scan, idx_scan: after.idx_scan - before.idx_scan };
   } finally {
     await c.query('ROLLBACK');
     c.release();

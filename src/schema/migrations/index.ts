@@ -1,6 +1,7 @@
 import * as jobs from './0001_jobs.ts';
 import * as control from './0002_control.ts';
 import * as claimPlans from './0003_claim_plans.ts';
+import * as pruneIndex from './0004_prune_index.ts';
 
 export interface Migration {
   version: number;
@@ -9,6 +10,6 @@ export interface Migration {
 }
 
 /** Append-only: a released migration is never edited, only followed by a new one. */
-export const MIGRATIONS: readonly Migration[] = [jobs, control, claimPlans];
+export const MIGRATIONS: readonly Migration[] = [jobs, control, claimPlans, pruneIndex];
 
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;
