@@ -11,7 +11,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { calibrateBurn } from './lib/calibrate.ts';
-import { describeConnection, dropBenchDatabase, dropSchema, recreateBenchDatabase, serverFacts } from './lib/db.ts';
+import { describeConnection, dropBenchDatabase, dropSchema, recreateBenchDatabase, serverFacts, settleDatabase } from './lib/db.ts';
 import { parsePlan, rotate, type Plan, type Workload } from './lib/plan.ts';
 import { killAllChildren } from './lib/procs.ts';
 import { mainTable, recoveryTable, scaleTable, targetTable } from './lib/render.ts';
@@ -92,6 +92,7 @@ async function main(): Promise<number> {
 
   const records: TrialRecord[] = [];
   const keep = new Set<string>();
+  const settleNotes = new Set<string>();
   const base = {
     connectionString: url, keepSchema: false, threads: plan.threads, jobs: plan.jobs, cpuJobs: plan.cpuJobs, cpuIterations,
     deepFiller: 0, latencySamples: plan.latencySamples, latencyIntervalMs: plan.latencyIntervalMs, supervisors: 1,
@@ -99,6 +100,10 @@ async function main(): Promise<number> {
   };
   const trial = async (round: number, workload: Workload, system: Subject, extra: Partial<TrialSpec> = {}) => {
     const spec: TrialSpec = { ...base, system, workload, schema: `b${round}_${workload}_${system}${extra.supervisors ? `_${extra.supervisors}` : ''}`, ...extra };
+    if (!plan.inProcess) {
+      const skipped = await settleDatabase(url);
+      for (const note of skipped) if (!settleNotes.has(note)) settleNotes.add(note) && console.log(`  settle: ${note}`);
+    }
     const w0 = nowMs();
     const result = await runTrialProcess(spec, plan.inProcess);
     const wallMs = nowMs() - w0;

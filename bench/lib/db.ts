@@ -71,3 +71,28 @@ export async function serverFacts(connectionString: string): Promise<{ version: 
     return { version, settings };
   });
 }
+
+/**
+ * Brings the database to the same quiet state before every trial: earlier
+ * trials' dead rows vacuumed (above all the deep queue's million-row fillers,
+ * which autovacuum would otherwise process during a later trial — of any
+ * system), dirty pages flushed by a checkpoint, and no autovacuum worker busy
+ * in this database. Not part of any trial's time. Returns what it skipped.
+ */
+export async function settleDatabase(connectionString: string): Promise<string[]> {
+  const skipped: string[] = [];
+  await withClient(connectionString, async (c) => {
+    await c.query('VACUUM (ANALYZE)').catch((err: Error) => skipped.push(`VACUUM: ${err.message}`));
+    // PostgreSQL 15+: superusers and pg_checkpoint members only.
+    await c.query('CHECKPOINT').catch((err: Error) => skipped.push(`CHECKPOINT: ${err.message}`));
+    for (let waited = 0; waited < 30_000; waited += 100) {
+      const { rows } = await c.query(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' AND datname = current_database()`,
+      );
+      if (rows[0].n === 0) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    skipped.push('autovacuum still running after 30 s');
+  });
+  return skipped;
+}

@@ -47,7 +47,7 @@ export function renderReport(f: RunFacts, s: Summary, ts: Target[]): string {
     `- ${machineLine()}`,
     `- ${f.loadAtStart} at the start, ${f.loadAtEnd} at the end (anything well above 0 means other work shared the machine)`,
     `- PostgreSQL ${f.pgVersion} at ${f.database} (${f.databaseNote}); ${Object.entries(f.pgSettings).map(([k, v]) => `${k}=${v}`).join(', ')}`,
-    `- Mode ${p.mode}: ${f.roundsRun} round(s)${f.roundsNote ? ` (${f.roundsNote})` : ''}; systems run one at a time, alternating within each round, the order rotated every round.`,
+    `- Mode ${p.mode}: ${f.roundsRun} round(s)${f.roundsNote ? ` (${f.roundsNote})` : ''}; systems run one at a time, alternating within each round, the order rotated every round${p.inProcess ? '' : '; each trial in a fresh process, after `VACUUM (ANALYZE)` of the bench database, a `CHECKPOINT` and a wait for autovacuum to be idle (so no trial pays for an earlier one\'s dead rows)'}.`,
     '',
     '## Results',
     '',
