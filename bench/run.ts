@@ -100,16 +100,18 @@ async function main(): Promise<number> {
   };
   const trial = async (round: number, workload: Workload, system: Subject, extra: Partial<TrialSpec> = {}) => {
     const spec: TrialSpec = { ...base, system, workload, schema: `b${round}_${workload}_${system}${extra.supervisors ? `_${extra.supervisors}` : ''}`, ...extra };
+    const s0 = nowMs();
     if (!plan.inProcess) {
       const skipped = await settleDatabase(url);
       for (const note of skipped) if (!settleNotes.has(note)) settleNotes.add(note) && console.log(`  settle: ${note}`);
     }
+    const settleMs = nowMs() - s0;
     const w0 = nowMs();
     const result = await runTrialProcess(spec, plan.inProcess);
     const wallMs = nowMs() - w0;
     records.push({ round, workload, system, supervisors: extra.supervisors, wallMs, result });
     const who = `${system}${extra.supervisors ? ` x${extra.supervisors}` : ''}`;
-    console.log(`  [round ${round}/${plan.rounds}] ${workload.padEnd(10)} ${who.padEnd(12)} ${describe(result)}  (${(wallMs / 1000).toFixed(1)} s)`);
+    console.log(`  [round ${round}/${plan.rounds}] ${workload.padEnd(10)} ${who.padEnd(12)} ${describe(result)}  (${(wallMs / 1000).toFixed(1)} s, settle ${(settleMs / 1000).toFixed(1)} s)`);
   };
 
   const has = (w: Workload) => plan.workloads.includes(w);
