@@ -15,6 +15,7 @@ export interface ChildSpec {
   threads: number;
   concurrency: number;
   paused: boolean;
+  deleteSucceeded?: boolean;
 }
 
 export type ParentMessage = { kind: 'resume' } | { kind: 'stats' } | { kind: 'stop' };
@@ -39,6 +40,7 @@ const supervisor = await startSupervisor({
   tasks: spec.tasks,
   threads: spec.threads,
   concurrency: spec.concurrency,
+  deleteSucceeded: spec.deleteSucceeded === true,
   logger: pino({ level: process.env.GRAPEVINE_LOG_LEVEL ?? 'warn' }),
 });
 if (spec.paused) supervisor.pause();

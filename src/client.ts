@@ -179,7 +179,13 @@ export function createClient(options: ClientOptions = {}): Client {
         jobId,
         async () => {
           const job = await watchAndRead(jobId);
-          if (!job) throw new GrapevineError('GRAPEVINE_JOB_NOT_FOUND', `job ${jobId} does not exist in schema "${schema}"`);
+          if (!job) {
+            throw new GrapevineError(
+              'GRAPEVINE_JOB_NOT_FOUND',
+              `job ${jobId} does not exist in schema "${schema}": the id is wrong, or the job was deleted ` +
+                '(finished jobs are pruned after retentionMs; supervisors started with deleteSucceeded delete a job as soon as it succeeds unless someone already waits for it)',
+            );
+          }
           return isTerminal(job.state) ? job : undefined;
         },
         timeoutMs,

@@ -29,6 +29,8 @@ export const DEFAULTS = {
   threadSystemConnections: 2,
   /** pg connections per thread for handlers' helpers.query(). */
   threadHandlerConnections: 4,
+  /** Delete succeeded jobs at once instead of keeping them for the retention period. */
+  deleteSucceeded: false,
   /** Jobs inserted per statement by addJobs(). */
   insertChunkSize: 5_000,
 } as const;

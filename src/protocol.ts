@@ -21,6 +21,8 @@ export interface ThreadConfig {
   systemConnections: number;
   handlerConnections: number;
   logLevel: string;
+  /** Succeeded jobs nobody waits for are deleted instead of recorded. */
+  deleteSucceeded: boolean;
 }
 
 /** What the supervisor asks of a thread (one piscina task). */

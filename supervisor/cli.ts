@@ -59,6 +59,8 @@ Options for every command:
   --queue Q           take jobs from this queue only (repeatable; default: all)
   --grace-ms N        on SIGTERM, how long running jobs may finish (default: ${DEFAULTS.shutdownGraceMs})
   --log-level LEVEL   pino level (default: info)
+  --delete-succeeded  delete jobs as soon as they succeed instead of keeping them and
+                      their results (faster; failed jobs and waited-for jobs are kept)
   --allow-eval        let the EVAL control message run JavaScript on this supervisor
 
 SIGTERM/SIGINT stop gracefully; a second signal stops at once. Exit code 0.`,
@@ -130,6 +132,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
       'grace-ms': { type: 'string' },
       'log-level': { type: 'string' },
       'allow-eval': { type: 'boolean' },
+      'delete-succeeded': { type: 'boolean' },
     });
     if (!values.tasks) throw new UsageError('--tasks is required: a directory of task modules (see grapevine run --help)');
     const db = await resolveDatabase(values['database-url'] as string | undefined, say);
@@ -144,6 +147,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         queues: (values.queue as string[] | undefined) ?? null,
         shutdownGraceMs: int(values, 'grace-ms'),
         allowEval: values['allow-eval'] === true,
+        deleteSucceeded: values['delete-succeeded'] === true,
         logger,
       });
       const unhook = stopOnSignals(supervisor, logger);

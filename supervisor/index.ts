@@ -46,6 +46,14 @@ export interface SupervisorOptions {
   retryMaxMs?: number;
   /** Finished jobs older than this are deleted (default 7 days). */
   retentionMs?: number;
+  /**
+   * Delete a job's row the moment it succeeds, instead of keeping it and its
+   * result for `retentionMs` (default false). For high-volume queues whose
+   * results nobody reads: a delete costs the database far less than the
+   * update that records a success. Failed and cancelled jobs are kept as
+   * usual, and so are jobs someone is waiting for with waitForJob().
+   */
+  deleteSucceeded?: boolean;
   /** Connections per thread for handlers' helpers.query() and addJob() (default 4). */
   handlerConnections?: number;
   /** Per-thread limits, e.g. { maxOldGenerationSizeMb: 256 }: a handler over it kills only its thread. */
@@ -142,6 +150,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     systemConnections: DEFAULTS.threadSystemConnections,
     handlerConnections: validatePositiveInt('handlerConnections', options.handlerConnections ?? DEFAULTS.threadHandlerConnections, { max: 100 }),
     logLevel: logger.level,
+    deleteSucceeded: options.deleteSucceeded ?? DEFAULTS.deleteSucceeded,
   };
   const threadPool = new ThreadPool({ threads, concurrency, config: threadConfig, resourceLimits: options.resourceLimits, logger });
   try {

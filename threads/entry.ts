@@ -33,7 +33,7 @@ const systemPool = createPool(config.connectionString, {
   onIdleError,
 });
 void Promise.all(Array.from({ length: config.systemConnections }, () => systemPool.query('SELECT 1'))).catch(() => {});
-const writer = new OutcomeWriter(systemPool, config.schema, { baseMs: config.retryBaseMs, maxMs: config.retryMaxMs }, logger);
+const writer = new OutcomeWriter(systemPool, config.schema, { baseMs: config.retryBaseMs, maxMs: config.retryMaxMs, deleteSucceeded: config.deleteSucceeded }, logger);
 const sql = jobStatements(config.schema);
 const tasks: Promise<LoadedTasks> = loadTasks(config.tasksPath).catch((err: Error) => ({ handlers: new Map(), timeouts: new Map(), error: err }));
 

@@ -10,6 +10,8 @@ export type Outcome =
 interface Pending {
   outcome: Outcome;
   resolve: (accepted: boolean) => void;
+  /** Resolved already (deleted as succeeded): not part of a retry. */
+  settled?: boolean;
 }
 
 /**
@@ -27,13 +29,13 @@ export class OutcomeWriter {
 
   private readonly pool: pg.Pool;
   private readonly schema: string;
-  private readonly retry: { baseMs: number; maxMs: number };
+  private readonly options: { baseMs: number; maxMs: number; deleteSucceeded: boolean };
   private readonly logger: Logger;
 
-  constructor(pool: pg.Pool, schema: string, retry: { baseMs: number; maxMs: number }, logger: Logger) {
+  constructor(pool: pg.Pool, schema: string, options: { baseMs: number; maxMs: number; deleteSucceeded: boolean }, logger: Logger) {
     this.pool = pool;
     this.schema = schema;
-    this.retry = retry;
+    this.options = options;
     this.logger = logger;
   }
 
@@ -67,12 +69,7 @@ export class OutcomeWriter {
     try {
       const rejected = new Set<string>();
       const writes: Promise<void>[] = [];
-      if (successes.length > 0) {
-        // Ids and tokens are decimal bigints and results are JSON already, so
-        // the parameter is assembled as text rather than parsed and re-encoded.
-        const rows = successes.map(({ outcome: o }) => `{"id":${o.id},"token":${o.token},"result":${(o as { result: string }).result}}`);
-        writes.push(this.pool.query(withValues(sql.complete, [`[${rows.join(',')}]`])).then((r) => this.collect(r, rejected)));
-      }
+      if (successes.length > 0) writes.push(this.writeSuccesses(successes, rejected));
       if (failures.length > 0) {
         const rows = failures.map(({ outcome: o }) => {
           const f = o as Extract<Outcome, { kind: 'failure' }>;
@@ -80,17 +77,17 @@ export class OutcomeWriter {
         });
         writes.push(
           this.pool
-            .query(withValues(sql.fail, [JSON.stringify(rows), this.retry.baseMs, this.retry.maxMs]))
-            .then((r) => this.collect(r, rejected)),
+            .query(withValues(sql.fail, [JSON.stringify(rows), this.options.baseMs, this.options.maxMs]))
+            .then((r) => this.collect(r.rows[0]?.rejected, rejected)),
         );
       }
       await Promise.all(writes);
       this.failures = 0;
-      for (const p of batch) p.resolve(!rejected.has(p.outcome.id));
+      for (const p of batch) if (!p.settled) p.resolve(!rejected.has(p.outcome.id));
     } catch (err) {
-      // Both statements are idempotent under the fence, so the whole batch can be retried.
+      // The statements are idempotent under the fence, so what is not settled can be retried.
       this.failures++;
-      this.queue = batch.concat(this.queue);
+      this.queue = batch.filter((p) => !p.settled).concat(this.queue);
       const delay = Math.min(2_000, 50 * 2 ** Math.min(this.failures, 6));
       if (this.failures === 1 || this.failures % 20 === 0) {
         this.logger.warn({ err: (err as Error).message, jobs: batch.length }, 'could not record job outcomes; retrying');
@@ -103,7 +100,45 @@ export class OutcomeWriter {
     if (this.queue.length > 0) this.schedule(0);
   }
 
-  private collect(result: pg.QueryResult, rejected: Set<string>): void {
-    for (const id of (result.rows[0]?.rejected as string[] | undefined) ?? []) rejected.add(id);
+  /**
+   * Records successes; with deleteSucceeded, deletes them first and records
+   * only those the delete left (someone waits for them, a cancel was asked,
+   * or the fence turned them away — `complete` then sorts those out).
+   */
+  private async writeSuccesses(successes: Pending[], rejected: Set<string>): Promise<void> {
+    const sql = jobStatements(this.schema);
+    let record = successes;
+    if (this.options.deleteSucceeded) {
+      // The delete pairs ids with tokens by position, so each id goes in once;
+      // a second outcome for the same job (a stale claim) is left to `complete`.
+      const once = new Map<string, Pending>();
+      record = [];
+      for (const p of successes) {
+        if (once.has(p.outcome.id)) record.push(p);
+        else once.set(p.outcome.id, p);
+      }
+      const tokens = [...once.values()].map((p) => p.outcome.token);
+      const { rows } = await this.pool.query(withValues(sql.deleteSucceeded, [[...once.keys()], tokens]));
+      const kept = new Set<string>((rows[0]?.kept as string[] | undefined) ?? []);
+      for (const [id, p] of once) {
+        if (kept.has(id)) {
+          record.push(p);
+        } else {
+          // Deleted: settled now, so a failure of what follows cannot report it as rejected.
+          p.settled = true;
+          p.resolve(true);
+        }
+      }
+      if (record.length === 0) return;
+    }
+    // Ids and tokens are decimal bigints and results are JSON already, so
+    // the parameter is assembled as text rather than parsed and re-encoded.
+    const rows = record.map(({ outcome: o }) => `{"id":${o.id},"token":${o.token},"result":${(o as { result: string }).result}}`);
+    const result = await this.pool.query(withValues(sql.complete, [`[${rows.join(',')}]`]));
+    this.collect(result.rows[0]?.rejected, rejected);
+  }
+
+  private collect(ids: string[] | undefined, rejected: Set<string>): void {
+    for (const id of ids ?? []) rejected.add(id);
   }
 }

@@ -7,7 +7,7 @@ import pg from 'pg';
 import { createClient } from '../../src/index.ts';
 import { forkSupervisor, killAllChildren, type ControlledSupervisor } from '../lib/procs.ts';
 import { nowMs, sleep } from '../lib/stats.ts';
-import { GRAPEVINE_CONCURRENCY, TASKS_DIR } from '../systems/grapevine.ts';
+import { GRAPEVINE_CONCURRENCY, GRAPEVINE_DELETE_SUCCEEDED, TASKS_DIR } from '../systems/grapevine.ts';
 import type { TrialSpec } from '../trial.ts';
 
 export async function run(spec: TrialSpec): Promise<Record<string, unknown>> {
@@ -23,7 +23,7 @@ export async function run(spec: TrialSpec): Promise<Record<string, unknown>> {
     // between them (at least one thread each), so N supervisors do not run N times
     // the threads on the same two cores.
     const threads = Math.max(1, Math.floor(spec.threads / spec.supervisors));
-    const childSpec = { connectionString, schema, tasks: TASKS_DIR, threads, concurrency: GRAPEVINE_CONCURRENCY, paused: true };
+    const childSpec = { connectionString, schema, tasks: TASKS_DIR, threads, concurrency: GRAPEVINE_CONCURRENCY, paused: true, deleteSucceeded: GRAPEVINE_DELETE_SUCCEEDED };
     // Boot one at a time: N node processes starting at once on 2 cores would only
     // slow each other's boot, which is not what is being measured.
     for (let i = 0; i < spec.supervisors; i++) sups.push(await forkSupervisor(childSpec));

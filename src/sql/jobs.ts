@@ -14,6 +14,7 @@ export interface JobStatements {
   claimByIds: Statement;
   claimNext: Statement;
   complete: Statement;
+  deleteSucceeded: Statement;
   fail: Statement;
   releaseThread: Statement;
   releaseIds: Statement;
@@ -115,6 +116,23 @@ function build(schema: string): JobStatements {
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
          RETURNING j.id, j.watched)
        SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched)), ${rejected}`,
+    ),
+    // deleteSucceeded mode. $1 ids, $2 their claim tokens in the same order
+    // (ids unique). Deletes the succeeded jobs that nobody waits for and no
+    // one asked to cancel, fenced like `complete`; returns `kept`, the ids it
+    // did not delete, which then go through `complete` (recorded, or rejected
+    // by the fence there). Ids go in as an array so every row is found by
+    // primary key: joined to a record set, the planner walked the whole
+    // running index, deleted rows included, on every write.
+    deleteSucceeded: st(
+      'delete_succeeded',
+      `WITH gone AS (
+         DELETE FROM ${s}.jobs j
+          WHERE j.id = ANY($1::bigint[])
+            AND j.claim_token = ($2::bigint[])[array_position($1::bigint[], j.id)]
+            AND j.state = 'running' AND NOT j.watched AND j.cancel_requested_at IS NULL
+         RETURNING j.id)
+       SELECT ARRAY(SELECT x::text FROM unnest($1::bigint[]) x WHERE NOT EXISTS (SELECT 1 FROM gone WHERE gone.id = x)) AS kept`,
     ),
     // $1 [{id, token, error, retryable}], $2 retry base ms, $3 retry max ms. Returns `rejected` too.
     fail: st(

@@ -1,0 +1,77 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createClient, startSupervisor, type Supervisor } from '../src/index.ts';
+import { createLogger } from '../src/log.ts';
+import { jobStatements } from '../src/sql/jobs.ts';
+import { withValues } from '../src/sql/statement.ts';
+import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
+
+const db = useTestSchema('delete_ok');
+const client = createClient({ connectionString: db.url, schema: db.schema });
+const s = `"${db.schema}"`;
+const sql = jobStatements(db.schema);
+beforeAll(() => client.migrate());
+afterAll(() => client.close());
+
+function start(): Promise<Supervisor> {
+  return startSupervisor({
+    connectionString: db.url,
+    schema: db.schema,
+    tasks: FIXTURE_TASKS,
+    threads: 2,
+    concurrency: 8,
+    deleteSucceeded: true,
+    shutdownGraceMs: 0,
+    logger: createLogger({ level: process.env.GRAPEVINE_TEST_LOG ?? 'silent' }),
+  });
+}
+
+async function rowsOf(ids: string[]) {
+  const { rows } = await db.pool.query(`SELECT id::text, state, result FROM ${s}.jobs WHERE id = ANY($1::bigint[]) ORDER BY id`, [ids]);
+  return rows;
+}
+
+describe('a supervisor with deleteSucceeded', () => {
+  it('deletes jobs that succeed, keeps jobs that fail, and keeps the result of a job someone waits for', async () => {
+    const gate = `${s}.gate`;
+    await db.pool.query(`CREATE TABLE ${gate} (open boolean NOT NULL)`);
+    await db.pool.query(`INSERT INTO ${gate} VALUES (false)`);
+    const supervisor = await start();
+    try {
+      const waited = await client.addJob('block', { gate });
+      const waiting = client.waitForJob(waited, { timeoutMs: 30_000 });
+      const succeeded = await client.addJobs(Array.from({ length: 40 }, (_, n) => ({ task: 'square', payload: { n } })));
+      const failed = await client.addJob('permanent', {});
+
+      // Succeeded jobs disappear; the failed one stays, parked as failed.
+      await eventually(async () => (await rowsOf(succeeded)).length === 0, 'succeeded jobs to be deleted');
+      await eventually(async () => (await client.getJob(failed))?.state === 'failed', 'the failing job to be parked');
+
+      // The waiter marked its job before it finished: that job is recorded, not deleted.
+      await eventually(async () => (await db.pool.query(`SELECT watched FROM ${s}.jobs WHERE id = $1`, [waited])).rows[0]?.watched, 'the wait to be registered');
+      await db.pool.query(`UPDATE ${gate} SET open = true`);
+      const job = await waiting;
+      expect(job).toMatchObject({ state: 'succeeded', result: { released: true } });
+      expect(await rowsOf([waited])).toEqual([{ id: waited, state: 'succeeded', result: { released: true } }]);
+      expect(supervisor.status().counters.fenced).toBe(0);
+    } finally {
+      await supervisor.stop({ graceMs: 0 });
+    }
+  });
+
+  it('is fenced like a recorded success: a stale claim deletes nothing', async () => {
+    const id = await client.addJob('square', { n: 9 });
+    const claim = async (owner: string) =>
+      (await db.pool.query(withValues(sql.claimByIds, [[id], ['square'], owner, 1, 60_000, null]))).rows[0].claim_token as string;
+    const stale = await claim('sup-a');
+    await db.pool.query(withValues(sql.releaseIds, ['sup-a', JSON.stringify([{ id, reason: 'given back', count: false }])]));
+    const current = await claim('sup-b');
+
+    const staleDelete = await db.pool.query(withValues(sql.deleteSucceeded, [[id], [stale]]));
+    expect(staleDelete.rows[0].kept).toEqual([id]);
+    expect(await rowsOf([id])).toEqual([{ id, state: 'running', result: null }]);
+
+    const currentDelete = await db.pool.query(withValues(sql.deleteSucceeded, [[id], [current]]));
+    expect(currentDelete.rows[0].kept).toEqual([]);
+    expect(await rowsOf([id])).toEqual([]);
+  });
+});
