@@ -33,9 +33,31 @@ export interface ExecuteContext {
  * escapes as an exception: the job always gets a readable record.
  */
 export async function executeJob(job: ClaimedJob, handler: TaskHandler, abort: JobAbortSwitch, context: ExecuteContext): Promise<Outcome> {
-  const outcome = await runHandler(job, handler, abort, context);
-  if (outcome.kind === 'failure') outcome.error = redactSecret(outcome.error, context.connectionString);
-  return outcome;
+  let logger: TaskHelpers['logger'] | null = null;
+  const helpers: TaskHelpers = {
+    job: { id: job.id, task: job.task, queue: job.queue, attempt: job.attempts, maxAttempts: job.max_attempts },
+    worker: context.worker,
+    // Made on first use: a pino child per job costs more than a short job.
+    get logger() {
+      logger ??= context.logger.child({ jobId: job.id, task: job.task, attempt: job.attempts, threadId });
+      return logger;
+    },
+    get signal() {
+      return abort.signal;
+    },
+    query: context.query,
+    addJob: context.addJob,
+  };
+  try {
+    const value = await handler(job.payload, helpers);
+    if (abort.reason) return aborted(job, abort.reason, context);
+    const result = toJson(value);
+    if (result instanceof Error) return failure(job, `${result.message}`, false, context);
+    return { kind: 'success', id: job.id, token: job.claim_token, result };
+  } catch (err) {
+    if (abort.reason) return aborted(job, abort.reason, context);
+    return failure(job, formatStoredError(serializeError(err)), isRetryable(err), context);
+  }
 }
 
 /**
@@ -63,34 +85,6 @@ export class JobAbortSwitch {
   }
 }
 
-async function runHandler(job: ClaimedJob, handler: TaskHandler, abort: JobAbortSwitch, context: ExecuteContext): Promise<Outcome> {
-  let logger: TaskHelpers['logger'] | null = null;
-  const helpers: TaskHelpers = {
-    job: { id: job.id, task: job.task, queue: job.queue, attempt: job.attempts, maxAttempts: job.max_attempts },
-    worker: context.worker,
-    // Made on first use: a pino child per job costs more than a short job.
-    get logger() {
-      logger ??= context.logger.child({ jobId: job.id, task: job.task, attempt: job.attempts, threadId });
-      return logger;
-    },
-    get signal() {
-      return abort.signal;
-    },
-    query: context.query,
-    addJob: context.addJob,
-  };
-  try {
-    const value = await handler(job.payload, helpers);
-    if (abort.reason) return aborted(job, abort.reason);
-    const result = toJson(value);
-    if (result instanceof Error) return failure(job, `${result.message}`, false);
-    return { kind: 'success', id: job.id, token: job.claim_token, result };
-  } catch (err) {
-    if (abort.reason) return aborted(job, abort.reason);
-    return failure(job, formatStoredError(serializeError(err)), isRetryable(err));
-  }
-}
-
 /** PermanentError (or any `retryable = false`) is not retried; reading the flag must not throw either. */
 function isRetryable(err: unknown): boolean {
   try {
@@ -100,13 +94,14 @@ function isRetryable(err: unknown): boolean {
   }
 }
 
-function failure(job: ClaimedJob, error: string, retryable: boolean): Outcome {
-  return { kind: 'failure', id: job.id, token: job.claim_token, error, retryable };
+/** Handlers' errors may echo the connection string: its password is cut before the error is stored. */
+function failure(job: ClaimedJob, error: string, retryable: boolean, context: ExecuteContext): Outcome {
+  return { kind: 'failure', id: job.id, token: job.claim_token, error: redactSecret(error, context.connectionString), retryable };
 }
 
 /** A timed-out attempt is retried like any failure; a cancelled job is not. */
-function aborted(job: ClaimedJob, reason: { kind: AbortKind; message: string }): Outcome {
-  return failure(job, `AbortError: ${reason.message}`, reason.kind === 'timeout');
+function aborted(job: ClaimedJob, reason: { kind: AbortKind; message: string }, context: ExecuteContext): Outcome {
+  return failure(job, `AbortError: ${reason.message}`, reason.kind === 'timeout', context);
 }
 
 /** The handler's return value as JSON text, or an error naming why it cannot be stored. */

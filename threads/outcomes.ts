@@ -117,8 +117,11 @@ export class OutcomeWriter {
         if (once.has(p.outcome.id)) record.push(p);
         else once.set(p.outcome.id, p);
       }
-      const tokens = [...once.values()].map((p) => p.outcome.token);
-      const { rows } = await this.pool.query(withValues(sql.deleteSucceeded, [[...once.keys()], tokens]));
+      // Array literals written directly: ids and tokens are decimal digits, and
+      // pg's general array encoder escapes every element.
+      const ids = `{${[...once.keys()].join(',')}}`;
+      const tokens = `{${[...once.values()].map((p) => p.outcome.token).join(',')}}`;
+      const { rows } = await this.pool.query(withValues(sql.deleteSucceeded, [ids, tokens]));
       const kept = new Set<string>((rows[0]?.kept as string[] | undefined) ?? []);
       for (const [id, p] of once) {
         if (kept.has(id)) {
