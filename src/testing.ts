@@ -139,7 +139,16 @@ export async function createTestQueue(options: { connectionString?: string; sche
     DROP TRIGGER IF EXISTS record_transition ON ${s}.jobs;
     CREATE TRIGGER record_transition AFTER UPDATE OF state ON ${s}.jobs
       FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state AND NEW.state IN ('succeeded', 'failed', 'cancelled'))
-      EXECUTE FUNCTION ${s}.record_transition();`);
+      EXECUTE FUNCTION ${s}.record_transition();
+    -- deleteSucceeded: a running job's row deleted is its success.
+    CREATE OR REPLACE FUNCTION ${s}.record_deleted_success() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      INSERT INTO ${s}.transitions (job_id, state) VALUES (OLD.id, 'succeeded');
+      RETURN NULL;
+    END $$;
+    DROP TRIGGER IF EXISTS record_deleted_success ON ${s}.jobs;
+    CREATE TRIGGER record_deleted_success AFTER DELETE ON ${s}.jobs
+      FOR EACH ROW WHEN (OLD.state = 'running') EXECUTE FUNCTION ${s}.record_deleted_success();`);
 
   const inProcess: Supervisor[] = [];
   const children: SupervisorProcess[] = [];

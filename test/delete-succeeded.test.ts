@@ -3,7 +3,9 @@ import { createClient, startSupervisor, type Supervisor } from '../src/index.ts'
 import { createLogger } from '../src/log.ts';
 import { jobStatements } from '../src/sql/jobs.ts';
 import { withValues } from '../src/sql/statement.ts';
+import { createTestQueue } from '../src/testing.ts';
 import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
+import { RECORDED_TASKS } from './helpers/queue.ts';
 
 const db = useTestSchema('delete_ok');
 const client = createClient({ connectionString: db.url, schema: db.schema });
@@ -73,5 +75,20 @@ describe('a supervisor with deleteSucceeded', () => {
     const currentDelete = await db.pool.query(withValues(sql.deleteSucceeded, [[id], [current]]));
     expect(currentDelete.rows[0].kept).toEqual([]);
     expect(await rowsOf([id])).toEqual([]);
+  });
+
+  it("counts a deleted success as the job's one finish in grapevine/testing's check()", async () => {
+    const queue = await createTestQueue({ connectionString: db.url });
+    try {
+      await queue.startSupervisor({ tasks: RECORDED_TASKS, threads: 2, deleteSucceeded: true });
+      await queue.client.addJobs(Array.from({ length: 50 }, (_, n) => ({ task: 'recorded', payload: { n } })));
+      await queue.waitUntilDone({ timeoutMs: 30_000 });
+      const result = await queue.check();
+      expect(result).toMatchObject({ jobs: 0, unfinished: [], finishedTwice: [], executions: 50, ok: true });
+      const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM "${queue.schema}".transitions WHERE state = 'succeeded'`);
+      expect(rows[0].n).toBe(50);
+    } finally {
+      await queue.close();
+    }
   });
 });
