@@ -28,15 +28,15 @@ export class OutcomeWriter {
   private failures = 0;
 
   private readonly pool: pg.Pool;
-  private readonly schema: string;
   private readonly options: { baseMs: number; maxMs: number; deleteSucceeded: boolean };
   private readonly logger: Logger;
+  private readonly sql: ReturnType<typeof jobStatements>;
 
   constructor(pool: pg.Pool, schema: string, options: { baseMs: number; maxMs: number; deleteSucceeded: boolean }, logger: Logger) {
     this.pool = pool;
-    this.schema = schema;
     this.options = options;
     this.logger = logger;
+    this.sql = jobStatements(schema);
   }
 
   /** Resolves true if the outcome was recorded, false if the fence rejected it. */
@@ -63,7 +63,6 @@ export class OutcomeWriter {
     this.flushing = true;
     const batch = this.queue;
     this.queue = [];
-    const sql = jobStatements(this.schema);
     const successes = batch.filter((p) => p.outcome.kind === 'success');
     const failures = batch.filter((p) => p.outcome.kind === 'failure');
     try {
@@ -77,7 +76,7 @@ export class OutcomeWriter {
         });
         writes.push(
           this.pool
-            .query(withValues(sql.fail, [JSON.stringify(rows), this.options.baseMs, this.options.maxMs]))
+            .query(withValues(this.sql.fail, [JSON.stringify(rows), this.options.baseMs, this.options.maxMs]))
             .then((r) => this.collect(r.rows[0]?.rejected, rejected)),
         );
       }
@@ -106,7 +105,6 @@ export class OutcomeWriter {
    * or the fence turned them away — `complete` then sorts those out).
    */
   private async writeSuccesses(successes: Pending[], rejected: Set<string>): Promise<void> {
-    const sql = jobStatements(this.schema);
     let record = successes;
     if (this.options.deleteSucceeded) {
       // The delete pairs ids with tokens by position, so each id goes in once;
@@ -121,7 +119,7 @@ export class OutcomeWriter {
       // pg's general array encoder escapes every element.
       const ids = `{${[...once.keys()].join(',')}}`;
       const tokens = `{${[...once.values()].map((p) => p.outcome.token).join(',')}}`;
-      const { rows } = await this.pool.query(withValues(sql.deleteSucceeded, [ids, tokens]));
+      const { rows } = await this.pool.query(withValues(this.sql.deleteSucceeded, [ids, tokens]));
       const kept = new Set<string>((rows[0]?.kept as string[] | undefined) ?? []);
       for (const [id, p] of once) {
         if (kept.has(id)) {
@@ -137,7 +135,7 @@ export class OutcomeWriter {
     // Ids and tokens are decimal bigints and results are JSON already, so
     // the parameter is assembled as text rather than parsed and re-encoded.
     const rows = record.map(({ outcome: o }) => `{"id":${o.id},"token":${o.token},"result":${(o as { result: string }).result}}`);
-    const result = await this.pool.query(withValues(sql.complete, [`[${rows.join(',')}]`]));
+    const result = await this.pool.query(withValues(this.sql.complete, [`[${rows.join(',')}]`]));
     this.collect(result.rows[0]?.rejected, rejected);
   }
 
