@@ -55,6 +55,8 @@ interface Batch {
   /** The thread that reported claiming jobs of this batch, once it has. */
   claimedOn: number | null;
   claimed: string[];
+  /** The backlog's mark when the batch was sent: see Dispatcher.backlogMark. */
+  backlogMark: number;
 }
 
 /** A claimed job, as the supervisor sees it. */
@@ -119,6 +121,13 @@ export class Dispatcher {
   private flushScheduled = false;
   private fillScheduled = false;
   private backlog = false;
+  /**
+   * Counts the times the backlog was (re)raised. A pull that comes back short
+   * proves the table was drained only as of its claim: if the backlog was
+   * raised after the pull was sent (an id that did not fit, a sweep), that
+   * job may have committed after the claim ran, so the flag must stay up.
+   */
+  private backlogMark = 0;
   /** After failed claims, no pulls before this time (epoch ms); grows with consecutive failures. */
   private claimBackoffUntil = 0;
   private claimFailures = 0;
@@ -170,7 +179,7 @@ export class Dispatcher {
       }
       if (this.paused || this.stopping || this.free() <= 0) {
         this.counters.overflowIds++;
-        this.backlog = true;
+        this.raiseBacklog();
         continue;
       }
       this.take(id);
@@ -179,8 +188,13 @@ export class Dispatcher {
 
   /** Somewhere in the table there may be due jobs nobody told us about. */
   markBacklog(): void {
-    this.backlog = true;
+    this.raiseBacklog();
     this.fill();
+  }
+
+  private raiseBacklog(): void {
+    this.backlog = true;
+    this.backlogMark++;
   }
 
   hasBacklog(): boolean {
@@ -349,7 +363,7 @@ export class Dispatcher {
 
   private send(slots: Slot[], type: 'claim-ids' | 'claim-next', thread?: number): void {
     const { port1, port2 } = new MessageChannel();
-    const batch: Batch = { slots, port: port1, threadId: null, claimedOn: null, claimed: [] };
+    const batch: Batch = { slots, port: port1, threadId: null, claimedOn: null, claimed: [], backlogMark: this.backlogMark };
     for (const slot of slots) slot.batch = batch;
     if (thread !== undefined) this.placeBatch(batch, thread);
     const tasks = this.options.pool.tasks;
@@ -444,12 +458,13 @@ export class Dispatcher {
         this.options.logger.warn({ err: response.claimError!.message, suppressed }, 'claim failed; will retry from the table'),
       );
       // Nothing was claimed; the jobs are still pending: pull them once claims work again.
-      this.backlog = true;
+      this.raiseBacklog();
     } else {
       this.claimFailures = 0;
     }
-    if (!response.claimError && type === 'claim-next' && response.claimed.length < batch.slots.length) {
-      // The table had fewer due jobs than we asked for: the backlog is drained.
+    if (!response.claimError && type === 'claim-next' && response.claimed.length < batch.slots.length && batch.backlogMark === this.backlogMark) {
+      // The table had fewer due jobs than we asked for, and nobody has
+      // announced one since the pull was sent: the backlog is drained.
       this.backlog = false;
     }
     for (const id of response.claimed) this.finish(id, response.threadId);
@@ -481,6 +496,10 @@ export class Dispatcher {
       }
     }
     if (!killed && !this.stopping && threadId !== null) this.counters.threadCrashes++;
+    // A batch whose thread died before it claimed (or before it said so)
+    // took its notified ids with it; they may still be pending. Jobs it
+    // claimed without saying so are released by the runtime's thread sweep.
+    if (threadId === null && !this.stopping) this.raiseBacklog();
     // Forget the jobs and free their slots before releasing them: the release
     // notifies their ids, and an id still held here would be dropped as a
     // duplicate, leaving the job to the next sweep instead of running now.

@@ -1,0 +1,109 @@
+import { randomInt } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createClient, startSupervisor } from '../src/index.ts';
+import { createLogger } from '../src/log.ts';
+import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
+
+const db = useTestSchema('backlog');
+const client = createClient({ connectionString: db.url, schema: db.schema });
+const holdKey = randomInt(1, 2 ** 31 - 1);
+
+beforeAll(async () => {
+  await client.migrate();
+  // While a test holds the lock, every claim waits at its end, after it has
+  // read the table: a claim can be stopped between seeing the table and
+  // reporting what it found.
+  const s = `"${db.schema}"`;
+  await db.pool.query(`
+    CREATE FUNCTION ${s}.hold_claims() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF current_query() ~ 'claim_(next|ids)\\(' THEN PERFORM pg_advisory_xact_lock_shared(${holdKey}); END IF;
+      RETURN NULL;
+    END $$;
+    CREATE TRIGGER hold_claims AFTER UPDATE ON ${s}.jobs FOR EACH STATEMENT EXECUTE FUNCTION ${s}.hold_claims();`);
+});
+afterAll(() => client.close());
+
+async function holdClaims(): Promise<{ waiting(): Promise<number>; release(): Promise<void> }> {
+  const holder = new pg.Client({ connectionString: db.url });
+  await holder.connect();
+  await holder.query('SELECT pg_advisory_lock($1)', [holdKey]);
+  let released = false;
+  return {
+    waiting: async () => {
+      const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1`, [holdKey]);
+      return rows[0].n;
+    },
+    release: async () => {
+      if (released) return;
+      released = true;
+      await holder.end();
+    },
+  };
+}
+
+function start(threads: number, concurrency: number) {
+  // Sweeps ten minutes apart: only the dispatcher's own bookkeeping can bring
+  // the jobs below in.
+  return startSupervisor({
+    connectionString: db.url,
+    schema: db.schema,
+    tasks: FIXTURE_TASKS,
+    threads,
+    concurrency,
+    sweepIntervalMs: 600_000,
+    shutdownGraceMs: 0,
+    logger: createLogger({ level: process.env.GRAPEVINE_TEST_LOG ?? 'silent' }),
+  });
+}
+
+describe('ids the dispatcher could not place right away', () => {
+  it('run when a pull sent before they were committed comes back empty afterwards', async () => {
+    const hold = await holdClaims();
+    // One thread with two slots: the start-up pull takes both.
+    const supervisor = await start(1, 2);
+    try {
+      await eventually(async () => (await hold.waiting()) === 1, 'the start-up pull to have read the empty table');
+      expect(supervisor.status().inFlight).toBe(2);
+      const late = await client.addJob('noop', {});
+      // Its id does not fit: it is left to the table and the backlog flag.
+      await eventually(() => supervisor.status().counters.overflowIds > 0, 'the late id to overflow');
+      // The pull now reports an empty table, which was true only before the late job.
+      await hold.release();
+      expect(await client.waitForJob(late, { timeoutMs: 30_000 })).toMatchObject({ state: 'succeeded' });
+    } finally {
+      await hold.release();
+      await supervisor.stop({ graceMs: 0 });
+    }
+  });
+
+  it('run when the thread they were sent to dies before claiming them', async () => {
+    // One thread with four slots and two connections for claims.
+    const supervisor = await start(1, 4);
+    await eventually(() => supervisor.status().inFlight === 0, 'the start-up pull to come back');
+    const hold = await holdClaims();
+    try {
+      // Two claims take both of the thread's claim connections and wait...
+      const first = await client.addJob('noop', {});
+      await eventually(async () => (await hold.waiting()) === 1, 'the first claim to wait');
+      const second = await client.addJob('noop', {});
+      await eventually(async () => (await hold.waiting()) === 2, 'the second claim to wait');
+      // ...so this job's batch reaches the thread but cannot claim yet.
+      const third = await client.addJob('noop', {});
+      await eventually(() => supervisor.status().inFlight === 3, 'the third job to be sent to the thread');
+      const threadId = supervisor.status().threads[0].threadId;
+      expect(supervisor.killThread(threadId)).toBe(threadId);
+      await eventually(() => supervisor.status().threads.some((t) => t.threadId !== threadId), 'a replacement thread');
+      await hold.release();
+      // The two waiting claims commit for a dead thread and are released by
+      // the sweep after a thread's death; the third was never claimed.
+      for (const id of [first, second, third]) {
+        expect(await client.waitForJob(id, { timeoutMs: 30_000 })).toMatchObject({ state: 'succeeded' });
+      }
+    } finally {
+      await hold.release();
+      await supervisor.stop({ graceMs: 0 });
+    }
+  });
+});
