@@ -98,7 +98,7 @@ export interface DispatchCounters {
  * main thread per job, a sixth of all the CPU a short job takes.)
  *
  * All state is owned by the main thread; batch events arrive on per-batch
- * MessagePorts before the batch's result.
+ * MessagePorts, not necessarily before the batch's result.
  */
 export class Dispatcher {
   private readonly options: DispatcherOptions;
@@ -444,8 +444,22 @@ export class Dispatcher {
     if (job.slot) this.freeSlot(job.slot);
   }
 
-  private onDone(batch: Batch, type: ThreadRequest['type'], response: ThreadResponse): void {
+  /**
+   * Handles the batch's events still waiting on its port, then closes it.
+   * Messages on two channels are not ordered with each other: the batch's
+   * result (or piscina's rejection when its thread dies) can come first, and
+   * closing the port then would drop the 'claimed' event, and with it the
+   * worker log's record of the jobs or, for a dead thread, their release.
+   */
+  private closeBatchPort(batch: Batch): void {
+    for (let m = receiveMessageOnPort(batch.port); m; m = receiveMessageOnPort(batch.port)) {
+      this.onEvent(batch, m.message as BatchEvent);
+    }
     batch.port.close();
+  }
+
+  private onDone(batch: Batch, type: ThreadRequest['type'], response: ThreadResponse): void {
+    this.closeBatchPort(batch);
     if (response.type !== 'batch-done') return;
     this.counters.claimed += response.claimed.length;
     this.counters.fenced += response.fenced;
@@ -473,13 +487,7 @@ export class Dispatcher {
 
   /** The batch's thread died (or the pool was destroyed): give its jobs back at once. */
   private async onFailed(batch: Batch, err: Error): Promise<void> {
-    // A thread that dies right after claiming (an unhandled rejection in its
-    // first tick) can fail the batch before its 'claimed' event is handled:
-    // read what it sent first, or its jobs would wait for their lease.
-    for (let m = receiveMessageOnPort(batch.port); m; m = receiveMessageOnPort(batch.port)) {
-      this.onEvent(batch, m.message as BatchEvent);
-    }
-    batch.port.close();
+    this.closeBatchPort(batch);
     const threadId = batch.claimedOn;
     const killed = threadId === null ? undefined : this.killing.get(threadId);
     const releases: Release[] = [];
