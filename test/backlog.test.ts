@@ -1,20 +1,16 @@
 import { randomInt } from 'node:crypto';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, startSupervisor } from '../src/index.ts';
-import { createLogger } from '../src/log.ts';
-import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 
-const db = useTestSchema('backlog');
-const client = createClient({ connectionString: db.url, schema: db.schema });
+const db = useMigratedSchema('backlog');
+const { client, s } = db;
 const holdKey = randomInt(1, 2 ** 31 - 1);
 
 beforeAll(async () => {
-  await client.migrate();
   // While a test holds the lock, every claim waits at its end, after it has
   // read the table: a claim can be stopped between seeing the table and
   // reporting what it found.
-  const s = `"${db.schema}"`;
   await db.pool.query(`
     CREATE FUNCTION ${s}.hold_claims() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
@@ -23,7 +19,6 @@ beforeAll(async () => {
     END $$;
     CREATE TRIGGER hold_claims AFTER UPDATE ON ${s}.jobs FOR EACH STATEMENT EXECUTE FUNCTION ${s}.hold_claims();`);
 });
-afterAll(() => client.close());
 
 async function holdClaims(): Promise<{ waiting(): Promise<number>; release(): Promise<void> }> {
   const holder = new pg.Client({ connectionString: db.url });
@@ -46,15 +41,11 @@ async function holdClaims(): Promise<{ waiting(): Promise<number>; release(): Pr
 function start(threads: number, concurrency: number) {
   // Sweeps ten minutes apart: only the dispatcher's own bookkeeping can bring
   // the jobs below in.
-  return startSupervisor({
-    connectionString: db.url,
-    schema: db.schema,
-    tasks: FIXTURE_TASKS,
+  return startTestSupervisor(db, {
     threads,
     concurrency,
     sweepIntervalMs: 600_000,
     shutdownGraceMs: 0,
-    logger: createLogger({ level: process.env.GRAPEVINE_TEST_LOG ?? 'silent' }),
   });
 }
 

@@ -1,14 +1,12 @@
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, GrapevineError, startSupervisor, type Supervisor } from '../src/index.ts';
+import { GrapevineError, startSupervisor, type Supervisor } from '../src/index.ts';
 import { createLogger } from '../src/log.ts';
-import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
+import { eventually, FIXTURE_TASKS, useMigratedSchema } from './helpers/db.ts';
 import { assertBuilt, CLI, run } from './helpers/process.ts';
 
-const db = useTestSchema('bad_results');
-const client = createClient({ connectionString: db.url, schema: db.schema });
-beforeAll(() => client.migrate());
-afterAll(() => client.close());
+const db = useMigratedSchema('bad_results');
+const { client } = db;
 
 const BROKEN = path.resolve(import.meta.dirname, 'fixtures/broken-tasks');
 const logger = () => createLogger({ level: process.env.GRAPEVINE_TEST_LOG ?? 'silent' });

@@ -1,15 +1,10 @@
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, startSupervisor } from '../src/index.ts';
-import { createLogger } from '../src/log.ts';
-import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
+import { describe, expect, it } from 'vitest';
+import { eventually, FIXTURE_TASKS, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 import { ROOT, start } from './helpers/process.ts';
 
-const db = useTestSchema('clock_skew');
-const client = createClient({ connectionString: db.url, schema: db.schema });
-const s = `"${db.schema}"`;
-beforeAll(() => client.migrate());
-afterAll(() => client.close());
+const db = useMigratedSchema('clock_skew');
+const { client, s } = db;
 
 /** Preloaded with --import: the process and its threads see a shifted wall clock. */
 const SHIFT_CLOCK = path.resolve(import.meta.dirname, 'fixtures/shift-clock.mjs');
@@ -75,16 +70,12 @@ describe.each([
     const skewed = await startSkewedSupervisor(shiftMs, skewedQueue);
     // The correct clock's supervisor holds a live job and never reaps, so every
     // reaper tick in this schema is the skewed supervisor's.
-    const normal = await startSupervisor({
-      connectionString: db.url,
-      schema: db.schema,
-      tasks: FIXTURE_TASKS,
+    const normal = await startTestSupervisor(db, {
       threads: 1,
       concurrency: 2,
       queues: [normalQueue],
       ...TIMING,
       reaperIntervalMs: 600_000,
-      logger: createLogger({ level: process.env.GRAPEVINE_TEST_LOG ?? 'silent' }),
     });
     try {
       const clock = await client.waitForJob(await client.addJob('report-clock', {}, { queue: skewedQueue }), { timeoutMs: 30_000 });

@@ -1,11 +1,9 @@
-import { afterAll, describe, expect, it } from 'vitest';
-import { createClient, startSupervisor, type Supervisor, type SupervisorOptions } from '../src/index.ts';
-import { createLogger } from '../src/log.ts';
-import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
+import { describe, expect, it } from 'vitest';
+import type { Supervisor, SupervisorOptions } from '../src/index.ts';
+import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 
-const db = useTestSchema('crash');
-const client = createClient({ connectionString: db.url, schema: db.schema });
-afterAll(() => client.close());
+const db = useMigratedSchema('crash');
+const { client } = db;
 
 const THREADS = 2;
 // Far longer than any wait below: a job that comes back at all came back
@@ -13,10 +11,7 @@ const THREADS = 2;
 const LEASE_MS = 60_000;
 
 function start(options: Partial<SupervisorOptions> = {}): Promise<Supervisor> {
-  return startSupervisor({
-    connectionString: db.url,
-    schema: db.schema,
-    tasks: FIXTURE_TASKS,
+  return startTestSupervisor(db, {
     threads: THREADS,
     concurrency: 4,
     leaseMs: LEASE_MS,
@@ -24,7 +19,6 @@ function start(options: Partial<SupervisorOptions> = {}): Promise<Supervisor> {
     reaperIntervalMs: 200,
     sweepIntervalMs: 200,
     shutdownGraceMs: 0,
-    logger: createLogger({ level: process.env.GRAPEVINE_TEST_LOG ?? 'silent' }),
     ...options,
   });
 }

@@ -1,29 +1,21 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, startSupervisor, type Supervisor } from '../src/index.ts';
-import { createLogger } from '../src/log.ts';
+import { describe, expect, it } from 'vitest';
+import { startSupervisor, type Supervisor } from '../src/index.ts';
 import { jobStatements } from '../src/sql/jobs.ts';
 import { withValues } from '../src/sql/statement.ts';
 import { createTestQueue } from '../src/testing.ts';
-import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
+import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 import { RECORDED_TASKS } from './helpers/queue.ts';
 
-const db = useTestSchema('delete_ok');
-const client = createClient({ connectionString: db.url, schema: db.schema });
-const s = `"${db.schema}"`;
+const db = useMigratedSchema('delete_ok');
+const { client, s } = db;
 const sql = jobStatements(db.schema);
-beforeAll(() => client.migrate());
-afterAll(() => client.close());
 
 function start(): Promise<Supervisor> {
-  return startSupervisor({
-    connectionString: db.url,
-    schema: db.schema,
-    tasks: FIXTURE_TASKS,
+  return startTestSupervisor(db, {
     threads: 2,
     concurrency: 8,
     deleteSucceeded: true,
     shutdownGraceMs: 0,
-    logger: createLogger({ level: process.env.GRAPEVINE_TEST_LOG ?? 'silent' }),
   });
 }
 

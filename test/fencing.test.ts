@@ -1,16 +1,12 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, startSupervisor, type Supervisor, type SupervisorOptions } from '../src/index.ts';
-import { createLogger } from '../src/log.ts';
+import { describe, expect, it } from 'vitest';
+import type { Supervisor, SupervisorOptions } from '../src/index.ts';
 import { jobStatements } from '../src/sql/jobs.ts';
 import { withValues } from '../src/sql/statement.ts';
-import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
+import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 
-const db = useTestSchema('fencing');
-const client = createClient({ connectionString: db.url, schema: db.schema });
-const s = `"${db.schema}"`;
+const db = useMigratedSchema('fencing');
+const { client, s } = db;
 const sql = jobStatements(db.schema);
-beforeAll(() => client.migrate());
-afterAll(() => client.close());
 
 // The outcome paths exactly as threads and supervisors run them.
 async function claim(id: string, owner: string): Promise<string> {
@@ -131,15 +127,11 @@ describe('outcome writes are fenced on the claim token', () => {
 
 describe('a handler that finishes after its job was reaped and run elsewhere', () => {
   function start(options: Partial<SupervisorOptions>): Promise<Supervisor> {
-    return startSupervisor({
-      connectionString: db.url,
-      schema: db.schema,
-      tasks: FIXTURE_TASKS,
+    return startTestSupervisor(db, {
       threads: 1,
       concurrency: 2,
       sweepIntervalMs: 200,
       shutdownGraceMs: 0,
-      logger: createLogger({ level: process.env.GRAPEVINE_TEST_LOG ?? 'silent' }),
       ...options,
     });
   }

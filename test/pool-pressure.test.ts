@@ -1,14 +1,10 @@
 import { randomInt } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, startSupervisor } from '../src/index.ts';
+import { describe, expect, it } from 'vitest';
 import { DEFAULTS } from '../src/config.ts';
-import { createLogger } from '../src/log.ts';
-import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
+import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 
-const db = useTestSchema('pool_pressure');
-const client = createClient({ connectionString: db.url, schema: db.schema });
-beforeAll(() => client.migrate());
-afterAll(() => client.close());
+const db = useMigratedSchema('pool_pressure');
+const { client } = db;
 
 const HANDLER_CONNECTIONS = DEFAULTS.threadHandlerConnections;
 
@@ -17,10 +13,7 @@ describe('handlers that hold every handler connection of their thread', () => {
     const concurrency = 8;
     const holders = HANDLER_CONNECTIONS + 2;
     expect(holders).toBeLessThan(concurrency);
-    const supervisor = await startSupervisor({
-      connectionString: db.url,
-      schema: db.schema,
-      tasks: FIXTURE_TASKS,
+    const supervisor = await startTestSupervisor(db, {
       threads: 1,
       concurrency,
       leaseMs: 60_000,
@@ -28,7 +21,6 @@ describe('handlers that hold every handler connection of their thread', () => {
       reaperIntervalMs: 500,
       sweepIntervalMs: 200,
       shutdownGraceMs: 0,
-      logger: createLogger({ level: process.env.GRAPEVINE_TEST_LOG ?? 'silent' }),
     });
     const lock = randomInt(1, 2 ** 47);
     const locker = await db.pool.connect();

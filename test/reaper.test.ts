@@ -1,16 +1,12 @@
 import path from 'node:path';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, startSupervisor, type Supervisor, type SupervisorOptions } from '../src/index.ts';
-import { createLogger } from '../src/log.ts';
-import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
+import { describe, expect, it } from 'vitest';
+import type { Supervisor, SupervisorOptions } from '../src/index.ts';
+import { eventually, FIXTURE_TASKS, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 import { start as startProcess } from './helpers/process.ts';
 
-const db = useTestSchema('reaper');
-const client = createClient({ connectionString: db.url, schema: db.schema });
-const s = `"${db.schema}"`;
-beforeAll(() => client.migrate());
-afterAll(() => client.close());
+const db = useMigratedSchema('reaper');
+const { client, s } = db;
 
 const SUPERVISOR_PROCESS = path.resolve(import.meta.dirname, 'fixtures/supervisor-process.ts');
 
@@ -19,16 +15,12 @@ const SUPERVISOR_PROCESS = path.resolve(import.meta.dirname, 'fixtures/superviso
 const TIMING = { leaseMs: 1_500, heartbeatIntervalMs: 200, sweepIntervalMs: 200 };
 
 function start(options: Partial<SupervisorOptions> = {}): Promise<Supervisor> {
-  return startSupervisor({
-    connectionString: db.url,
-    schema: db.schema,
-    tasks: FIXTURE_TASKS,
+  return startTestSupervisor(db, {
     threads: 1,
     concurrency: 4,
     ...TIMING,
     reaperIntervalMs: 200,
     shutdownGraceMs: 0,
-    logger: createLogger({ level: process.env.GRAPEVINE_TEST_LOG ?? 'silent' }),
     ...options,
   });
 }

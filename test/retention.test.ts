@@ -1,15 +1,11 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient } from '../src/index.ts';
+import { describe, expect, it } from 'vitest';
 import { jobStatements } from '../src/sql/jobs.ts';
 import { withValues } from '../src/sql/statement.ts';
-import { useTestSchema } from './helpers/db.ts';
+import { useMigratedSchema } from './helpers/db.ts';
 
-const db = useTestSchema('retention');
-const client = createClient({ connectionString: db.url, schema: db.schema });
-const s = `"${db.schema}"`;
+const db = useMigratedSchema('retention');
+const { client, s } = db;
 const sql = jobStatements(db.schema);
-beforeAll(() => client.migrate());
-afterAll(() => client.close());
 
 const WEEK_MS = 7 * 24 * 3_600_000;
 

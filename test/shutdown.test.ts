@@ -1,24 +1,17 @@
 import path from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, startSupervisor, type Supervisor, type SupervisorOptions } from '../src/index.ts';
-import { createLogger } from '../src/log.ts';
-import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import type { Supervisor, SupervisorOptions } from '../src/index.ts';
+import { eventually, FIXTURE_TASKS, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 import { ROOT, start as startProcess, type Running } from './helpers/process.ts';
 
-const db = useTestSchema('shutdown');
-const client = createClient({ connectionString: db.url, schema: db.schema });
-const s = `"${db.schema}"`;
-beforeAll(() => client.migrate());
-afterAll(() => client.close());
+const db = useMigratedSchema('shutdown');
+const { client, s } = db;
 
 // The CLI from source, so the test exercises the code in this tree.
 const CLI_SOURCE = path.join(ROOT, 'supervisor/cli.ts');
 
 function start(options: Partial<SupervisorOptions> = {}): Promise<Supervisor> {
-  return startSupervisor({
-    connectionString: db.url,
-    schema: db.schema,
-    tasks: FIXTURE_TASKS,
+  return startTestSupervisor(db, {
     threads: 1,
     concurrency: 2,
     // Long enough that nothing in this file comes back through the reaper.
@@ -26,7 +19,6 @@ function start(options: Partial<SupervisorOptions> = {}): Promise<Supervisor> {
     heartbeatIntervalMs: 200,
     reaperIntervalMs: 200,
     sweepIntervalMs: 200,
-    logger: createLogger({ level: process.env.GRAPEVINE_TEST_LOG ?? 'silent' }),
     ...options,
   });
 }

@@ -1,30 +1,20 @@
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, PermanentError, startSupervisor, VERSION, type Supervisor, type SupervisorOptions } from '../src/index.ts';
-import { silentLogger } from '../src/log.ts';
-import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
+import { afterEach, describe, expect, it } from 'vitest';
+import { PermanentError, VERSION, type Supervisor, type SupervisorOptions } from '../src/index.ts';
+import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 import { useOwnRole } from './helpers/role.ts';
 
-const db = useTestSchema('supervisor');
+const db = useMigratedSchema('supervisor');
 const role = useOwnRole(db, 'supervisor');
-const client = createClient({ connectionString: db.url, schema: db.schema });
-const S = `"${db.schema}"`;
-
-beforeAll(async () => {
-  await client.migrate();
-});
-afterAll(() => client.close());
+const { client, s: S } = db;
 
 const started = new Set<Supervisor>();
 
 /** A supervisor on this file's schema with short timers, stopped after the test. */
 async function start(options: Partial<SupervisorOptions> = {}): Promise<Supervisor> {
-  const supervisor = await startSupervisor({
-    connectionString: db.url,
-    schema: db.schema,
-    tasks: FIXTURE_TASKS,
+  const supervisor = await startTestSupervisor(db, {
     threads: 2,
     concurrency: 4,
     leaseMs: 2_000,
@@ -32,7 +22,6 @@ async function start(options: Partial<SupervisorOptions> = {}): Promise<Supervis
     reaperIntervalMs: 200,
     sweepIntervalMs: 200,
     killGraceMs: 200,
-    logger: silentLogger(),
     ...options,
   });
   started.add(supervisor);

@@ -1,33 +1,22 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, GrapevineError, startSupervisor, type Job, type Supervisor } from '../src/index.ts';
-import { silentLogger } from '../src/log.ts';
-import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createClient, GrapevineError, type Job, type Supervisor } from '../src/index.ts';
+import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 import { useOwnRole } from './helpers/role.ts';
 
-const db = useTestSchema('wait');
+const db = useMigratedSchema('wait');
 const role = useOwnRole(db, 'wait');
-const client = createClient({ connectionString: db.url, schema: db.schema });
-const S = `"${db.schema}"`;
-
-beforeAll(async () => {
-  await client.migrate();
-});
-afterAll(() => client.close());
+const { client, s: S } = db;
 
 const started = new Set<Supervisor>();
 
 async function start(): Promise<Supervisor> {
-  const supervisor = await startSupervisor({
-    connectionString: db.url,
-    schema: db.schema,
-    tasks: FIXTURE_TASKS,
+  const supervisor = await startTestSupervisor(db, {
     threads: 2,
     concurrency: 8,
     leaseMs: 2_000,
     heartbeatIntervalMs: 200,
     reaperIntervalMs: 200,
     sweepIntervalMs: 200,
-    logger: silentLogger(),
   });
   started.add(supervisor);
   return supervisor;

@@ -1,7 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import pg from 'pg';
-import { afterAll, inject } from 'vitest';
+import { afterAll, beforeAll, inject } from 'vitest';
+import { createClient, startSupervisor, type Client, type Supervisor, type SupervisorOptions } from '../../src/index.ts';
+import { createLogger } from '../../src/log.ts';
 
 export function databaseUrl(): string {
   return inject('databaseUrl');
@@ -28,6 +30,38 @@ export function useTestSchema(prefix: string): TestDatabase {
     await pool.end();
   });
   return { url, schema, pool };
+}
+
+export interface MigratedTestDatabase extends TestDatabase {
+  /** A grapevine client on the schema, migrated before the file's tests and closed after them. */
+  client: Client;
+  /** The schema name quoted for SQL. */
+  s: string;
+}
+
+/** useTestSchema with grapevine's tables in it and a client to add jobs. */
+export function useMigratedSchema(prefix: string): MigratedTestDatabase {
+  const db = useTestSchema(prefix);
+  const client = createClient({ connectionString: db.url, schema: db.schema });
+  beforeAll(() => client.migrate());
+  afterAll(() => client.close());
+  return { ...db, client, s: `"${db.schema}"` };
+}
+
+/** Silent unless GRAPEVINE_TEST_LOG names a level. */
+export function testLogger() {
+  return createLogger({ level: process.env.GRAPEVINE_TEST_LOG ?? 'silent' });
+}
+
+/** A supervisor on the test file's schema running the fixture tasks; `options` holds what the test is about. */
+export function startTestSupervisor(db: TestDatabase, options: Partial<SupervisorOptions> = {}): Promise<Supervisor> {
+  return startSupervisor({
+    connectionString: db.url,
+    schema: db.schema,
+    tasks: FIXTURE_TASKS,
+    logger: testLogger(),
+    ...options,
+  });
 }
 
 /** A fresh schema name (for tests that create several). */
