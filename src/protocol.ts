@@ -44,6 +44,13 @@ export type ThreadResponse =
       fenced: number;
       /** A claim that could not run at all (database down): nothing was claimed. */
       claimError: SerializedError | null;
+      /**
+       * For a pull that came back short: whether due jobs it may run were still
+       * pending just after it. SKIP LOCKED passes over rows another statement
+       * holds for a moment (a waitForJob() mark, another supervisor's claim),
+       * so a short pull alone does not prove the backlog drained.
+       */
+      dueLeft: boolean;
     };
 
 /**

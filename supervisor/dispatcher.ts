@@ -128,9 +128,11 @@ export class Dispatcher {
    * job may have committed after the claim ran, so the flag must stay up.
    */
   private backlogMark = 0;
-  /** After failed claims, no pulls before this time (epoch ms); grows with consecutive failures. */
+  /** After failed claims or pulls that found due jobs held, no pulls before this time (epoch ms). */
   private claimBackoffUntil = 0;
   private claimFailures = 0;
+  /** Consecutive short pulls that left due jobs behind, held by other statements. */
+  private lockedPulls = 0;
   private retryTimer: NodeJS.Timeout | null = null;
   private fillTimer: NodeJS.Timeout | null = null;
   private paused = false;
@@ -476,10 +478,20 @@ export class Dispatcher {
     } else {
       this.claimFailures = 0;
     }
-    if (!response.claimError && type === 'claim-next' && response.claimed.length < batch.slots.length && batch.backlogMark === this.backlogMark) {
-      // The table had fewer due jobs than we asked for, and nobody has
-      // announced one since the pull was sent: the backlog is drained.
-      this.backlog = false;
+    if (!response.claimError && type === 'claim-next' && response.claimed.length < batch.slots.length) {
+      if (response.dueLeft) {
+        // It passed over jobs another statement held for a moment: pull
+        // again shortly, backing off while they stay held.
+        this.lockedPulls++;
+        this.claimBackoffUntil = Math.max(this.claimBackoffUntil, Date.now() + Math.min(500, 2 ** Math.min(this.lockedPulls, 9)));
+      } else if (batch.backlogMark === this.backlogMark) {
+        // The table had fewer due jobs than we asked for, and nobody has
+        // announced one since the pull was sent: the backlog is drained.
+        this.backlog = false;
+        this.lockedPulls = 0;
+      }
+    } else if (type === 'claim-next' && !response.claimError) {
+      this.lockedPulls = 0;
     }
     for (const id of response.claimed) this.finish(id, response.threadId);
     for (const slot of batch.slots) this.freeSlot(slot);

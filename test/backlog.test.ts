@@ -97,4 +97,28 @@ describe('ids the dispatcher could not place right away', () => {
       await supervisor.stop({ graceMs: 0 });
     }
   });
+
+  it('run when a pull passed over them because another statement held them for a moment', async () => {
+    const supervisor = await start(1, 2);
+    const locker = new pg.Client({ connectionString: db.url });
+    await locker.connect();
+    try {
+      await eventually(() => supervisor.status().inFlight === 0, 'the start-up pull to come back');
+      supervisor.pause();
+      const id = await client.addJob('noop', {});
+      // Held the way a waitForJob() mark or another supervisor's claim holds
+      // a row: SKIP LOCKED passes over it.
+      await locker.query('BEGIN');
+      await locker.query(`SELECT 1 FROM ${s}.jobs WHERE id = $1 FOR UPDATE`, [id]);
+      const batches = supervisor.status().counters.batches;
+      supervisor.resume();
+      // The first pull finds nothing it can take, yet the job is due: it pulls again.
+      await eventually(() => supervisor.status().counters.batches >= batches + 2, 'a second pull after one that came back short');
+      await locker.query('ROLLBACK');
+      expect(await client.waitForJob(id, { timeoutMs: 30_000 })).toMatchObject({ state: 'succeeded' });
+    } finally {
+      await locker.end();
+      await supervisor.stop({ graceMs: 0 });
+    }
+  });
 });

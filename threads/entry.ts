@@ -109,10 +109,18 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     jobs = (await systemPool.query<ClaimedJob>(claim)).rows;
   } catch (err) {
     port.close();
-    return { type: 'batch-done', threadId, claimed: [], skipped: 0, fenced: 0, claimError: serializeError(err) };
+    return { type: 'batch-done', threadId, claimed: [], skipped: 0, fenced: 0, claimError: serializeError(err), dueLeft: false };
   }
   const requested = request.type === 'claim-ids' ? request.ids.length : request.count;
   const claimed = jobs.map((j) => j.id);
+  // Looked up while the handlers run; if the lookup fails, assume jobs are left (the dispatcher pulls again, a little later).
+  const dueLeft =
+    request.type === 'claim-next' && jobs.length < requested
+      ? systemPool.query(withValues(sql.countDue, [known, config.queues, 1])).then(
+          (r) => (r.rows[0]?.due as number) > 0,
+          () => true,
+        )
+      : false;
   if (jobs.length > 0) {
     post(port, { type: 'claimed', ids: claimed, tasks: jobs.map((j) => j.task), attempts: jobs.map((j) => j.attempts), threadId });
   }
@@ -142,7 +150,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     }),
   );
   port.close();
-  return { type: 'batch-done', threadId, claimed, skipped: requested - jobs.length, fenced, claimError: null };
+  return { type: 'batch-done', threadId, claimed, skipped: requested - jobs.length, fenced, claimError: null, dueLeft: await dueLeft };
 }
 
 /** Reports finished jobs in one message per microtask turn: outcomes written together finish together. */
