@@ -35,6 +35,9 @@ export const DEFAULTS = {
   insertChunkSize: 5_000,
 } as const;
 
+/** The longest idle timeout accepted (option, flag or TIMEOUT_SET): ten years. */
+export const MAX_IDLE_TIMEOUT_MS = 10 * 365 * 24 * 3_600_000;
+
 export function defaultThreadCount(): number {
   return os.availableParallelism();
 }

@@ -58,6 +58,8 @@ Options for every command:
   --concurrency N     jobs one thread runs at once (default: ${DEFAULTS.concurrency})
   --queue Q           take jobs from this queue only (repeatable; default: all)
   --grace-ms N        on SIGTERM, how long running jobs may finish (default: ${DEFAULTS.shutdownGraceMs})
+  --idle-timeout S    stop gracefully once no job has run for S seconds (default: never;
+                      the TIMEOUT_SET control message changes it later)
   --log-level LEVEL   pino level (default: info)
   --delete-succeeded  delete jobs as soon as they succeed instead of keeping them and
                       their results (faster; failed jobs and waited-for jobs are kept)
@@ -101,6 +103,15 @@ function int(values: Values, name: string): number | undefined {
   return n;
 }
 
+/** A duration given in seconds (fractions allowed), in milliseconds. */
+function seconds(values: Values, name: string): number | undefined {
+  const raw = values[name];
+  if (raw === undefined) return undefined;
+  const n = typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : Number.NaN;
+  if (!Number.isFinite(n) || n < 0) throw new UsageError(`--${name} must be a number of seconds (0 or more), got ${JSON.stringify(raw)}`);
+  return Math.round(n * 1000);
+}
+
 const say = (line: string) => process.stderr.write(`grapevine: ${line}\n`);
 
 async function main(argv: string[]): Promise<number> {
@@ -130,6 +141,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
       concurrency: { type: 'string' },
       queue: { type: 'string', multiple: true },
       'grace-ms': { type: 'string' },
+      'idle-timeout': { type: 'string' },
       'log-level': { type: 'string' },
       'allow-eval': { type: 'boolean' },
       'delete-succeeded': { type: 'boolean' },
@@ -146,6 +158,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         concurrency: int(values, 'concurrency'),
         queues: (values.queue as string[] | undefined) ?? null,
         shutdownGraceMs: int(values, 'grace-ms'),
+        idleTimeoutMs: seconds(values, 'idle-timeout'),
         allowEval: values['allow-eval'] === true,
         deleteSucceeded: values['delete-succeeded'] === true,
         logger,

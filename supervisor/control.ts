@@ -2,6 +2,7 @@ import os from 'node:os';
 import vm from 'node:vm';
 import type pg from 'pg';
 import type { Logger } from 'pino';
+import { MAX_IDLE_TIMEOUT_MS } from '../src/config.ts';
 import { throttled } from '../src/log.ts';
 import { describeConnection } from '../src/redact.ts';
 import { controlStatements } from '../src/sql/control.ts';
@@ -24,6 +25,8 @@ export interface ControlHost {
   queues: string[] | null;
   concurrency: number;
   allowEval: boolean;
+  /** The idle timeout the supervisor starts with (null = none). */
+  idleTimeoutMs: number | null;
   status(): SupervisorStatus;
   isPaused(): boolean;
   /** Jobs queued for or running on the threads. */
@@ -74,7 +77,7 @@ const BUSY_RECHECK_MS = 200;
 // A supervisor that missed a wake-up (it should not happen while the LISTEN
 // connection is healthy) still answers within this long.
 const SAFETY_DRAIN_MS = 10_000;
-const MAX_TIMEOUT_S = 10 * 365 * 24 * 3600;
+const MAX_TIMEOUT_S = MAX_IDLE_TIMEOUT_MS / 1000;
 
 /**
  * Messages to this supervisor, handled on the main thread: the threads may
@@ -108,6 +111,7 @@ export class ControlPlane {
       ...options,
     };
     this.log = new WorkerLog({ pool: host.pool, schema: host.schema, worker: host.id, logger: host.logger });
+    this.idleTimeoutMs = host.idleTimeoutMs;
   }
 
   start(): void {
@@ -129,6 +133,7 @@ export class ControlPlane {
     every(SAFETY_DRAIN_MS, () => this.wake());
     every(this.options.pruneIntervalMs, () => this.prune());
     this.wake();
+    this.scheduleIdleCheck();
   }
 
   /** A `{type: 'message'}` notification on the control channel. */

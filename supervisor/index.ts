@@ -4,6 +4,7 @@ import type { ResourceLimits } from 'node:worker_threads';
 import {
   DEFAULTS,
   defaultThreadCount,
+  MAX_IDLE_TIMEOUT_MS,
   resolveConnectionString,
   validateName,
   validatePositiveInt,
@@ -60,6 +61,11 @@ export interface SupervisorOptions {
   resourceLimits?: ResourceLimits;
   /** Lets the EVAL control message run arbitrary code on this supervisor (default false). */
   allowEval?: boolean;
+  /**
+   * Stop gracefully once no job has started or finished for this long
+   * (default: never). The TIMEOUT_SET control message changes it later.
+   */
+  idleTimeoutMs?: number | null;
 }
 
 export type SupervisorState = 'IDLE' | 'BUSY' | 'PAUSED' | 'STOPPING' | 'EXITED';
@@ -173,6 +179,8 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     timing,
     retentionMs: options.retentionMs ?? 7 * 24 * 3_600_000,
     allowEval: options.allowEval === true,
+    idleTimeoutMs:
+      options.idleTimeoutMs == null ? null : validatePositiveInt('idleTimeoutMs', options.idleTimeoutMs, { min: 0, max: MAX_IDLE_TIMEOUT_MS }),
   });
   try {
     await runtime.start();

@@ -42,6 +42,7 @@ export interface RuntimeOptions {
   };
   retentionMs: number;
   allowEval: boolean;
+  idleTimeoutMs: number | null;
 }
 
 export class SupervisorRuntime implements Supervisor {
@@ -105,6 +106,7 @@ export class SupervisorRuntime implements Supervisor {
       queues: options.queues,
       concurrency: options.concurrency,
       allowEval: options.allowEval,
+      idleTimeoutMs: options.idleTimeoutMs,
       status: () => this.status(),
       isPaused: () => this.dispatcher.isPaused,
       inFlight: () => this.dispatcher.inFlight,

@@ -27,6 +27,7 @@ describe('grapevine CLI', () => {
       [['fly'], /unknown command "fly"/],
       [['run'], /--tasks is required/],
       [['add', 'square', '--priority', 'high'], /--priority must be an integer/],
+      [['run', '--tasks', FIXTURE_TASKS, '--idle-timeout', 'soon'], /--idle-timeout must be a number of seconds/],
     ];
     for (const [args, message] of cases) {
       const result = await run([CLI, ...args], env);
@@ -51,6 +52,14 @@ describe('grapevine CLI', () => {
     const result = await run([CLI, 'migrate', '--schema', 'x"; DROP TABLE jobs;--'], env);
     expect(result.code).toBe(1);
     expect(result.stderr).toMatch(/invalid schema name/);
+  });
+
+  it('run --idle-timeout exits 0 by itself once no job has run for that long', async () => {
+    const supervisor = start([CLI, 'run', '--tasks', FIXTURE_TASKS, '--threads', '1', '--idle-timeout', '0.3', '--schema', db.schema, '--log-level', 'info'], env);
+    const exit = await supervisor.exited;
+    expect(exit.code).toBe(0);
+    expect(exit.stdout).toMatch(/TIMEOUT no job for/);
+    expect(exit.stdout).toMatch(/stopped/);
   });
 
   it('migrates, adds a job, shows it, and runs it with --wait against a running supervisor', async () => {

@@ -301,6 +301,30 @@ describe('registration', () => {
   });
 });
 
+describe('idle timeout given at start', () => {
+  it('stops the supervisor once no job has run for that long, and only then', async () => {
+    // Due before the start, so the supervisor has work from its first moment:
+    // the clock only runs once that job has ended.
+    const id = await client.addJob('square', { n: 4 });
+    const supervisor = await start({ threads: 1, idleTimeoutMs: 300 });
+    expect(await client.waitForJob(id)).toMatchObject({ state: 'succeeded' });
+    await supervisor.stopped;
+    const { rows } = await db.pool.query(`SELECT status FROM ${S}.supervisors WHERE id = $1`, [supervisor.id]);
+    expect(rows[0].status).toBe('EXITED');
+    const { rows: log } = await db.pool.query(`SELECT event, detail FROM ${S}.worker_log WHERE worker = $1 ORDER BY id`, [supervisor.id]);
+    expect(log.map((e) => e.event)).toEqual(expect.arrayContaining(['TASK_START', 'TASK_COMPLETE', 'TIMEOUT', 'STOP']));
+    expect(log.findIndex((e) => e.event === 'TIMEOUT')).toBeGreaterThan(log.findIndex((e) => e.event === 'TASK_COMPLETE'));
+    expect(log.find((e) => e.event === 'STOP').detail).toMatch(/idle timeout/);
+  });
+
+  it('refuses a negative or fractional idleTimeoutMs, naming the option', async () => {
+    for (const idleTimeoutMs of [-1, 1.5]) {
+      const err = await start({ idleTimeoutMs }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'GRAPEVINE_CONFIG_INVALID', message: expect.stringMatching(/idleTimeoutMs must be an integer from 0/) });
+    }
+  });
+});
+
 describe('missed notifications', () => {
   it('finds a job inserted without any notification on its sweep', async () => {
     await start();
