@@ -1,7 +1,7 @@
 // `npm run bench`: grapevine against graphile-worker, pg-boss and BullMQ's PostgreSQL
 // backend on one PostgreSQL, alternating over rounds; prints medians, ratios and the
 // targets, and writes BENCHMARKS.md.
-//   node bench/run.ts                full run (~7-9 min on 2 cores), writes BENCHMARKS.md
+//   node bench/run.ts                full run (up to 5 rounds in a 9-minute budget), writes BENCHMARKS.md
 //   node bench/run.ts --smoke        a few seconds: tiny sizes, one round, grapevine + graphile-worker
 //   --only=throughput,latency,cpu,scaleout,deep,recovery   --systems=grapevine,graphile,pgboss,bullmq
 //   --rounds=N   --write (also in smoke)   --no-write   --out=FILE   --isolate (smoke: a process per trial)
