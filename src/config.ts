@@ -38,6 +38,16 @@ export const DEFAULTS = {
 /** The longest idle timeout accepted (option, flag or TIMEOUT_SET): ten years. */
 export const MAX_IDLE_TIMEOUT_MS = 10 * 365 * 24 * 3_600_000;
 
+/**
+ * An idle timeout given in seconds (a number, or its text; fractions allowed)
+ * as milliseconds, or undefined if it is not one: callers word the error.
+ */
+export function idleTimeoutSecondsToMs(value: unknown): number | undefined {
+  const n = typeof value === 'string' && value.trim() !== '' ? Number(value) : value;
+  if (typeof n !== 'number' || !Number.isFinite(n) || n < 0 || n * 1000 > MAX_IDLE_TIMEOUT_MS) return undefined;
+  return Math.round(n * 1000);
+}
+
 export function defaultThreadCount(): number {
   return os.availableParallelism();
 }

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { createClient } from '../src/client.ts';
-import { DEFAULTS } from '../src/config.ts';
+import { DEFAULTS, idleTimeoutSecondsToMs, MAX_IDLE_TIMEOUT_MS } from '../src/config.ts';
 import { GrapevineError } from '../src/errors.ts';
 import { createLogger } from '../src/log.ts';
 import { redactSecret } from '../src/redact.ts';
@@ -103,13 +103,14 @@ function int(values: Values, name: string): number | undefined {
   return n;
 }
 
-/** A duration given in seconds (fractions allowed), in milliseconds. */
-function seconds(values: Values, name: string): number | undefined {
-  const raw = values[name];
+function idleTimeout(values: Values): number | undefined {
+  const raw = values['idle-timeout'];
   if (raw === undefined) return undefined;
-  const n = typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : Number.NaN;
-  if (!Number.isFinite(n) || n < 0) throw new UsageError(`--${name} must be a number of seconds (0 or more), got ${JSON.stringify(raw)}`);
-  return Math.round(n * 1000);
+  const ms = idleTimeoutSecondsToMs(raw);
+  if (ms === undefined) {
+    throw new UsageError(`--idle-timeout must be a number of seconds (0 to ${MAX_IDLE_TIMEOUT_MS / 1000}), got ${JSON.stringify(raw)}`);
+  }
+  return ms;
 }
 
 const say = (line: string) => process.stderr.write(`grapevine: ${line}\n`);
@@ -158,7 +159,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         concurrency: int(values, 'concurrency'),
         queues: (values.queue as string[] | undefined) ?? null,
         shutdownGraceMs: int(values, 'grace-ms'),
-        idleTimeoutMs: seconds(values, 'idle-timeout'),
+        idleTimeoutMs: idleTimeout(values),
         allowEval: values['allow-eval'] === true,
         deleteSucceeded: values['delete-succeeded'] === true,
         logger,

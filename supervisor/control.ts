@@ -2,7 +2,7 @@ import os from 'node:os';
 import vm from 'node:vm';
 import type pg from 'pg';
 import type { Logger } from 'pino';
-import { MAX_IDLE_TIMEOUT_MS } from '../src/config.ts';
+import { idleTimeoutSecondsToMs, MAX_IDLE_TIMEOUT_MS } from '../src/config.ts';
 import { throttled } from '../src/log.ts';
 import { describeConnection } from '../src/redact.ts';
 import { controlStatements } from '../src/sql/control.ts';
@@ -432,14 +432,14 @@ function intArg(command: string, args: unknown, min: number, max: number, what: 
 /** Seconds (0 = stop as soon as idle), or "none" for no timeout. */
 function timeoutArg(args: unknown): number | null {
   if (typeof args === 'string' && /^(none|off|inf|infinity)$/i.test(args.trim())) return null;
-  const n = typeof args === 'string' && args.trim() !== '' ? Number(args) : args;
-  if (typeof n !== 'number' || !Number.isFinite(n) || n < 0 || n > MAX_TIMEOUT_S) {
+  const ms = idleTimeoutSecondsToMs(args);
+  if (ms === undefined) {
     throw new CommandError(
       'GRAPEVINE_COMMAND_INVALID',
       `TIMEOUT_SET needs the idle timeout in seconds (0 to ${MAX_TIMEOUT_S}) or "none", got ${JSON.stringify(args ?? null)}`,
     );
   }
-  return Math.round(n * 1000);
+  return ms;
 }
 
 function toJson(value: unknown): unknown {

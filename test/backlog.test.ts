@@ -20,16 +20,18 @@ beforeAll(async () => {
     CREATE TRIGGER hold_claims AFTER UPDATE ON ${s}.jobs FOR EACH STATEMENT EXECUTE FUNCTION ${s}.hold_claims();`);
 });
 
-async function holdClaims(): Promise<{ waiting(): Promise<number>; release(): Promise<void> }> {
+async function holdClaims(): Promise<{ untilWaiting(claims: number, what: string): Promise<unknown>; release(): Promise<void> }> {
   const holder = new pg.Client({ connectionString: db.url });
   await holder.connect();
   await holder.query('SELECT pg_advisory_lock($1)', [holdKey]);
   let released = false;
   return {
-    waiting: async () => {
-      const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1`, [holdKey]);
-      return rows[0].n;
-    },
+    /** Until exactly `claims` claims have read the table and wait. */
+    untilWaiting: (claims, what) =>
+      eventually(async () => {
+        const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1`, [holdKey]);
+        return rows[0].n === claims;
+      }, what),
     release: async () => {
       if (released) return;
       released = true;
@@ -55,7 +57,7 @@ describe('ids the dispatcher could not place right away', () => {
     // One thread with two slots: the start-up pull takes both.
     const supervisor = await start(1, 2);
     try {
-      await eventually(async () => (await hold.waiting()) === 1, 'the start-up pull to have read the empty table');
+      await hold.untilWaiting(1, 'the start-up pull to have read the empty table');
       expect(supervisor.status().inFlight).toBe(2);
       const late = await client.addJob('noop', {});
       // Its id does not fit: it is left to the table and the backlog flag.
@@ -77,9 +79,9 @@ describe('ids the dispatcher could not place right away', () => {
     try {
       // Two claims take both of the thread's claim connections and wait...
       const first = await client.addJob('noop', {});
-      await eventually(async () => (await hold.waiting()) === 1, 'the first claim to wait');
+      await hold.untilWaiting(1, 'the first claim to wait');
       const second = await client.addJob('noop', {});
-      await eventually(async () => (await hold.waiting()) === 2, 'the second claim to wait');
+      await hold.untilWaiting(2, 'the second claim to wait');
       // ...so this job's batch reaches the thread but cannot claim yet.
       const third = await client.addJob('noop', {});
       await eventually(() => supervisor.status().inFlight === 3, 'the third job to be sent to the thread');
