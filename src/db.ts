@@ -11,6 +11,8 @@ export interface PoolOptions {
   applicationName: string;
   /** Called for errors on idle connections (a restarted server, a killed backend). */
   onIdleError?: (err: Error) => void;
+  /** Send a client's queued statements without waiting for each answer (pg's pipeline mode). */
+  pipeline?: boolean;
 }
 
 export function createPool(connectionString: string, options: PoolOptions): pg.Pool {
@@ -23,6 +25,7 @@ export function createPool(connectionString: string, options: PoolOptions): pg.P
     connectionTimeoutMillis: 10_000,
     keepAlive: true,
     keepAliveInitialDelayMillis: 10_000,
+    ...(options.pipeline ? { pipeline: true } : {}),
   });
   // Without a listener, an idle connection's error (server restart,
   // pg_terminate_backend) would crash the process.

@@ -517,9 +517,11 @@ export class Dispatcher {
     }
     if (!killed && !this.stopping && threadId !== null) this.counters.threadCrashes++;
     // A batch whose thread died before it claimed (or before it said so)
-    // took its notified ids with it; they may still be pending. Jobs it
-    // claimed without saying so are released by the runtime's thread sweep.
-    if (threadId === null && !this.stopping) this.raiseBacklog();
+    // took its notified ids with it, and a claim whose connection dropped
+    // before its COMMIT was sent rolled back: those jobs are pending, and
+    // nobody will announce them again. Jobs it claimed without saying so are
+    // released by the runtime's thread sweep.
+    if (!this.stopping) this.raiseBacklog();
     // Forget the jobs and free their slots before releasing them: the release
     // notifies their ids, and an id still held here would be dropped as a
     // duplicate, leaving the job to the next sweep instead of running now.

@@ -5,7 +5,7 @@
  */
 import os from 'node:os';
 import type pg from 'pg';
-import { explainConnectionErrors } from '../src/db.ts';
+import { explainConnectionErrors, withTransaction } from '../src/db.ts';
 import { Listener } from '../src/listener.ts';
 import { throttled, type Logger } from '../src/log.ts';
 import { parseJobNotification, takeIds } from '../src/notification.ts';
@@ -425,12 +425,16 @@ export class SupervisorRuntime implements Supervisor {
   private async release(released: Release[]): Promise<void> {
     // A crash reason is the handler's own error text, which may echo the connection string.
     const jobs = released.map((j) => ({ ...j, reason: redactSecret(j.reason, this.o.connectionString) }));
-    const st = jobStatements(this.o.schema).releaseIds;
+    const sql = jobStatements(this.o.schema);
+    const ids = `{${jobs.map((j) => j.id).join(',')}}`;
     for (let attempt = 0; attempt < 10; attempt++) {
       try {
-        const { rows } = await this.o.pool.query(withValues(st, [this.id, JSON.stringify(jobs)]));
-        const ids = new Set((rows[0]?.ids as string[] | undefined) ?? []);
-        const done = jobs.filter((j) => ids.has(j.id));
+        const { rows } = await withTransaction(this.o.pool, async (client) => {
+          await client.query(withValues(sql.lockIds, [ids]));
+          return client.query(withValues(sql.releaseIds, [this.id, JSON.stringify(jobs)]));
+        });
+        const released = new Set((rows[0]?.ids as string[] | undefined) ?? []);
+        const done = jobs.filter((j) => released.has(j.id));
         if (done.length > 0) this.o.logger.warn({ jobs: done.map((j) => ({ id: j.id, reason: j.reason })) }, 'released jobs back to the queue');
         return;
       } catch (err) {

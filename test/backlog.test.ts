@@ -1,44 +1,18 @@
 import { randomInt } from 'node:crypto';
 import pg from 'pg';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
+import { addWaitTrigger, eventually, holdAdvisoryLock, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 
 const db = useMigratedSchema('backlog');
 const { client, s } = db;
 const holdKey = randomInt(1, 2 ** 31 - 1);
 
-beforeAll(async () => {
-  // While a test holds the lock, every claim waits at its end, after it has
-  // read the table: a claim can be stopped between seeing the table and
-  // reporting what it found.
-  await db.pool.query(`
-    CREATE FUNCTION ${s}.hold_claims() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-      IF current_query() ~ 'claim_(next|ids)\\(' THEN PERFORM pg_advisory_xact_lock_shared(${holdKey}); END IF;
-      RETURN NULL;
-    END $$;
-    CREATE TRIGGER hold_claims AFTER UPDATE ON ${s}.jobs FOR EACH STATEMENT EXECUTE FUNCTION ${s}.hold_claims();`);
-});
+// While a test holds the lock, every claim waits at its end, after it has
+// read the table: a claim can be stopped between seeing the table and
+// reporting what it found.
+beforeAll(() => addWaitTrigger(db, 'hold_claims', holdKey, 'statement', `current_query() ~ 'claim_(next|ids)\\('`));
 
-async function holdClaims(): Promise<{ untilWaiting(claims: number, what: string): Promise<unknown>; release(): Promise<void> }> {
-  const holder = new pg.Client({ connectionString: db.url });
-  await holder.connect();
-  await holder.query('SELECT pg_advisory_lock($1)', [holdKey]);
-  let released = false;
-  return {
-    /** Until exactly `claims` claims have read the table and wait. */
-    untilWaiting: (claims, what) =>
-      eventually(async () => {
-        const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1`, [holdKey]);
-        return rows[0].n === claims;
-      }, what),
-    release: async () => {
-      if (released) return;
-      released = true;
-      await holder.end();
-    },
-  };
-}
+const holdClaims = () => holdAdvisoryLock(db, holdKey);
 
 function start(threads: number, concurrency: number) {
   // Sweeps ten minutes apart: only the dispatcher's own bookkeeping can bring

@@ -18,6 +18,7 @@ import type { AbortKind, BatchEvent, SupervisorSignal, ThreadConfig, ThreadReque
 import { jobStatements } from '../src/sql/jobs.ts';
 import { withValues } from '../src/sql/statement.ts';
 import { executeJob, JobAbortSwitch, type ClaimedJob, type ExecuteContext } from './execute.ts';
+import { claimBatch } from './claim.ts';
 import { OutcomeWriter } from './outcomes.ts';
 import { loadTasks, type LoadedTasks } from './registry.ts';
 
@@ -31,6 +32,8 @@ const systemPool = createPool(config.connectionString, {
   min: config.systemConnections,
   applicationName: `grapevine-thread-${threadId}`,
   onIdleError,
+  // A claim sends BEGIN, itself and COMMIT in one write (claimBatch).
+  pipeline: true,
 });
 void Promise.all(Array.from({ length: config.systemConnections }, () => systemPool.query('SELECT 1'))).catch(() => {});
 const writer = new OutcomeWriter(systemPool, config.schema, { baseMs: config.retryBaseMs, maxMs: config.retryMaxMs, deleteSucceeded: config.deleteSucceeded }, logger);
@@ -101,12 +104,13 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   const loaded = await tasks;
   const known = request.tasks.filter((t) => loaded.handlers.has(t));
   let jobs: ClaimedJob[];
+  let committed: Promise<Error | null>;
   try {
     const claim =
       request.type === 'claim-ids'
         ? withValues(sql.claimByIds, [request.ids, known, config.supervisorId, threadId, config.leaseMs, config.queues])
         : withValues(sql.claimNext, [request.count, known, config.supervisorId, threadId, config.leaseMs, config.queues]);
-    jobs = (await systemPool.query<ClaimedJob>(claim)).rows;
+    ({ jobs, committed } = await claimBatch(systemPool, claim));
   } catch (err) {
     port.close();
     return { type: 'batch-done', threadId, claimed: [], skipped: 0, fenced: 0, claimError: serializeError(err), dueLeft: false };
@@ -126,6 +130,12 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   }
   const finished = finishedReporter(port);
 
+  // The handlers' statements wait for the claim's commit (see claimBatch).
+  const context: ExecuteContext = {
+    ...executeContext,
+    query: ((text: string, params?: unknown[]) => committed.then(() => handlerQuery(text, params))) as never,
+    addJob: (...args) => committed.then(() => handlerAddJob(...args)),
+  };
   const switches = new Map<string, JobAbortSwitch>();
   port.on('message', (signal: SupervisorSignal) => {
     if (signal.type === 'abort') switches.get(signal.jobId)?.abort(new JobAbort(signal.reason, signal.message));
@@ -139,8 +149,9 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       if (job.cancel_requested) abort.abort(new JobAbort('cancelled', 'job was cancelled'));
       const timeoutMs = job.timeout_ms ?? loaded.timeouts.get(job.task) ?? null;
       if (timeoutMs !== null) post(port, { type: 'started', jobId: job.id, timeoutMs, threadId });
-      const outcome = await executeJob(job, loaded.handlers.get(job.task)!, abort, executeContext);
+      const outcome = await executeJob(job, loaded.handlers.get(job.task)!, abort, context);
       switches.delete(job.id);
+      await committed;
       const accepted = await writer.record(outcome);
       if (!accepted) {
         fenced++;
@@ -150,7 +161,17 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     }),
   );
   port.close();
-  return { type: 'batch-done', threadId, claimed, skipped: requested - jobs.length, fenced, claimError: null, dueLeft: await dueLeft };
+  // A commit that failed may or may not have happened; the fence sorted out the outcomes either way.
+  const commitError = await committed;
+  return {
+    type: 'batch-done',
+    threadId,
+    claimed,
+    skipped: requested - jobs.length,
+    fenced,
+    claimError: commitError ? serializeError(commitError) : null,
+    dueLeft: await dueLeft,
+  };
 }
 
 /** Reports finished jobs in one message per microtask turn: outcomes written together finish together. */

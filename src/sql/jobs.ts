@@ -17,6 +17,7 @@ export interface JobStatements {
   deleteSucceeded: Statement;
   fail: Statement;
   releaseThread: Statement;
+  lockIds: Statement;
   releaseIds: Statement;
   renewLeases: Statement;
   countDue: Statement;
@@ -174,6 +175,14 @@ function build(schema: string): JobStatements {
           WHERE j.state = 'running' AND j.locked_by = $1 AND j.locked_thread = $2
          RETURNING j.id, j.state, j.run_at, j.watched)
        ${announce('done')}`,
+    ),
+    // $1 ids. Run before releaseIds in the same transaction: a thread's claim
+    // is answered before it commits (threads/claim.ts), so a thread that died
+    // at once may leave a claim still committing. Waiting for its row locks
+    // lets releaseIds, with a fresh snapshot, see that claim.
+    lockIds: st(
+      'lock_ids',
+      `SELECT 1 FROM ${s}.jobs WHERE id = ANY($1::bigint[]) AND state IN ('pending', 'running') ORDER BY id FOR UPDATE`,
     ),
     // Release chosen jobs of this supervisor ($1) with per-job reasons:
     // $2 [{id, reason, count}] (count = whether the attempt counts).

@@ -96,3 +96,54 @@ export async function jobStates(db: TestDatabase): Promise<Record<string, number
   const { rows } = await db.pool.query(`SELECT state, count(*)::int AS n FROM "${db.schema}".jobs GROUP BY state`);
   return Object.fromEntries(rows.map((r) => [r.state, r.n]));
 }
+
+export interface HeldLock {
+  /** Until exactly `waiters` sessions wait for the lock. */
+  untilWaiting(waiters: number, what: string): Promise<unknown>;
+  release(): Promise<void>;
+}
+
+/**
+ * Holds an advisory lock on a connection of its own until release(). Tests
+ * put a trigger in their schema that waits on the lock, to stop a statement
+ * at a chosen point (after a claim read the table, before it commits).
+ */
+export async function holdAdvisoryLock(db: TestDatabase, key: number): Promise<HeldLock> {
+  const holder = new pg.Client({ connectionString: db.url });
+  await holder.connect();
+  await holder.query('SELECT pg_advisory_lock($1)', [key]);
+  let released = false;
+  return {
+    untilWaiting: (waiters, what) =>
+      eventually(async () => {
+        const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1`, [key]);
+        return rows[0].n === waiters;
+      }, what),
+    release: async () => {
+      if (released) return;
+      released = true;
+      await holder.end();
+    },
+  };
+}
+
+/**
+ * A trigger on the schema's jobs table that makes a statement wait for the
+ * advisory lock `key` (see holdAdvisoryLock) when `condition` holds:
+ * 'statement' waits at the end of each UPDATE statement (the condition may
+ * not use NEW), 'commit' waits when the updating transaction commits.
+ */
+export async function addWaitTrigger(db: TestDatabase, name: string, key: number, when: 'statement' | 'commit', condition: string): Promise<void> {
+  const s = `"${db.schema}"`;
+  const trigger =
+    when === 'statement'
+      ? `CREATE TRIGGER ${name} AFTER UPDATE ON ${s}.jobs FOR EACH STATEMENT EXECUTE FUNCTION ${s}.${name}()`
+      : `CREATE CONSTRAINT TRIGGER ${name} AFTER UPDATE ON ${s}.jobs DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ${s}.${name}()`;
+  await db.pool.query(`
+    CREATE FUNCTION ${s}.${name}() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF ${condition} THEN PERFORM pg_advisory_xact_lock_shared(${key}); END IF;
+      RETURN NULL;
+    END $$;
+    ${trigger};`);
+}

@@ -1,0 +1,66 @@
+import type pg from 'pg';
+import type { ClaimedJob } from './execute.ts';
+
+/** A claimed batch whose commit may still be on its way to disk. */
+export interface PendingClaim {
+  jobs: ClaimedJob[];
+  /**
+   * Settles once PostgreSQL has acknowledged the claim's commit: with null,
+   * or with the error if the commit failed (the connection broke, the server
+   * went away). Never rejects.
+   */
+  committed: Promise<Error | null>;
+}
+
+/**
+ * Claims a batch on a pipelined connection so that its handlers can start
+ * before the claim has reached the disk.
+ *
+ * BEGIN, the claim and COMMIT are written together. PostgreSQL answers the
+ * claim as soon as the rows are locked and marked running, and only then
+ * flushes the commit, so the rows arrive one WAL flush earlier than with a
+ * claim in its own transaction (0.3-0.5 ms of a ~1 ms claim on the bench
+ * host). COMMIT is already on the wire when the handlers start: a thread
+ * that dies in its first instant still commits its claim, and the
+ * supervisor's release waits for the row locks (see releaseIds).
+ *
+ * Whatever a job does in the database must wait for `committed`: the
+ * handler's helpers and the outcome write. Otherwise a handler could take
+ * PostgreSQL down before its attempt was counted, and run again forever;
+ * and an outcome written before the commit would not see the claim.
+ */
+export async function claimBatch(pool: pg.Pool, claim: pg.QueryConfig): Promise<PendingClaim> {
+  const client = await pool.connect();
+  // A connection that dies while checked out emits 'error'; unheard, that would end the thread.
+  let broken: Error | null = null;
+  const onError = (err: Error) => {
+    broken ??= err;
+  };
+  client.on('error', onError);
+  const release = (err: Error | null) => {
+    client.off('error', onError);
+    client.release(err ?? broken ?? undefined);
+  };
+  // One write: nothing waits for BEGIN's answer, and a failed claim turns COMMIT into a rollback.
+  const begun = client.query('BEGIN');
+  const claimed = client.query<ClaimedJob>(claim);
+  const commit = client.query('COMMIT');
+  const committed = Promise.all([begun, commit]).then(
+    () => {
+      release(null);
+      return null;
+    },
+    (err: Error) => {
+      release(err);
+      return err;
+    },
+  );
+  let jobs: ClaimedJob[];
+  try {
+    jobs = (await claimed).rows;
+  } catch (err) {
+    await committed;
+    throw err;
+  }
+  return { jobs, committed };
+}
