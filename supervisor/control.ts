@@ -9,7 +9,7 @@ import { controlStatements } from '../src/sql/control.ts';
 import { jobStatements } from '../src/sql/jobs.ts';
 import { withValues } from '../src/sql/statement.ts';
 import { VERSION } from '../src/version.ts';
-import type { JobEvent } from './dispatcher.ts';
+import type { JobRef } from './dispatcher.ts';
 import type { SupervisorStatus } from './index.ts';
 import type { ThreadPool } from './threads.ts';
 import { WorkerLog, type WorkerEvent } from './worker-log.ts';
@@ -147,9 +147,8 @@ export class ControlPlane {
     void this.drain();
   }
 
-  onJobEvent(event: JobEvent): void {
-    if (event.type === 'started') this.log.append('TASK_START', `${event.jobId} ${event.task}`, event.threadId);
-    else this.log.jobDone(event.jobId, event.task, event.attempt, event.threadId);
+  onJobs(type: 'started' | 'finished', jobs: readonly JobRef[]): void {
+    this.log.jobs(type === 'started' ? 'TASK_START' : 'TASK_END', jobs);
   }
 
   /** Events the supervisor's own API causes (pause() and resume() called directly). */

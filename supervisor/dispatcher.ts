@@ -25,15 +25,18 @@ export interface DispatcherOptions {
   release: (jobs: Release[]) => Promise<void>;
   /** Called when a job starts and ends, for the supervisor's status and idle timer. */
   onActivity?: () => void;
-  /** Called per job when it is claimed and when it is done, for the worker log. */
-  onJobEvent?: (event: JobEvent) => void;
+  /**
+   * Called with the jobs of one claim when they start, and with jobs that
+   * finished together, for the worker log: once per batch, not per job.
+   */
+  onJobs?: (type: 'started' | 'finished', jobs: readonly JobRef[]) => void;
   /** How long a cancelled or timed-out handler may take to stop before its thread is terminated. */
   killGraceMs: number;
 }
 
-export interface JobEvent {
-  type: 'started' | 'finished';
-  jobId: string;
+/** Which execution of which job: what the worker log records. */
+export interface JobRef {
+  id: string;
   task: string;
   attempt: number;
   threadId: number;
@@ -60,11 +63,7 @@ interface Batch {
 }
 
 /** A claimed job, as the supervisor sees it. */
-export interface RunningJob {
-  id: string;
-  threadId: number;
-  task: string;
-  attempt: number;
+export interface RunningJob extends JobRef {
   startedAt: number;
   batch: Batch;
   slot: Slot | null;
@@ -400,6 +399,7 @@ export class Dispatcher {
         }
         const now = Date.now();
         this.lastJobAt = now;
+        const started: RunningJob[] = [];
         let nextPull = 0;
         for (let k = 0; k < event.ids.length; k++) {
           const id = event.ids[k];
@@ -411,9 +411,11 @@ export class Dispatcher {
             slot.id = id;
             this.holding.add(id);
           }
-          this.running.set(id, { id, threadId: event.threadId, task, attempt, startedAt: now, batch, slot, timer: null, abortedFor: null });
-          this.options.onJobEvent?.({ type: 'started', jobId: id, task, attempt, threadId: event.threadId });
+          const job: RunningJob = { id, threadId: event.threadId, task, attempt, startedAt: now, batch, slot, timer: null, abortedFor: null };
+          this.running.set(id, job);
+          started.push(job);
         }
+        this.options.onJobs?.('started', started);
         for (let i = nextPull; i < unclaimedPulls.length; i++) this.freeSlot(unclaimedPulls[i]);
         this.options.onActivity?.();
         break;
@@ -429,21 +431,27 @@ export class Dispatcher {
         break;
       }
       case 'finished':
-        for (const id of event.ids) this.finish(id, event.threadId);
+        this.finish(event.ids, event.threadId);
         break;
     }
   }
 
-  private finish(jobId: string, threadId: number): void {
-    const job = this.running.get(jobId);
-    if (!job) return;
-    if (job.timer) clearTimeout(job.timer);
-    this.running.delete(jobId);
-    this.options.onJobEvent?.({ type: 'finished', jobId, task: job.task, attempt: job.attempt, threadId });
-    this.jobsRunByThread.set(threadId, (this.jobsRunByThread.get(threadId) ?? 0) + 1);
+  /** Jobs a thread reports done (ids it no longer runs are skipped: a batch's result repeats them). */
+  private finish(ids: readonly string[], threadId: number): void {
+    const finished: RunningJob[] = [];
+    for (const id of ids) {
+      const job = this.running.get(id);
+      if (!job) continue;
+      if (job.timer) clearTimeout(job.timer);
+      this.running.delete(id);
+      finished.push(job);
+      if (job.slot) this.freeSlot(job.slot);
+    }
+    if (finished.length === 0) return;
+    this.options.onJobs?.('finished', finished);
+    this.jobsRunByThread.set(threadId, (this.jobsRunByThread.get(threadId) ?? 0) + finished.length);
     this.lastJobAt = Date.now();
     this.options.onActivity?.();
-    if (job.slot) this.freeSlot(job.slot);
   }
 
   /**
@@ -493,7 +501,7 @@ export class Dispatcher {
     } else if (type === 'claim-next' && !response.claimError) {
       this.lockedPulls = 0;
     }
-    for (const id of response.claimed) this.finish(id, response.threadId);
+    this.finish(response.claimed, response.threadId);
     for (const slot of batch.slots) this.freeSlot(slot);
   }
 
@@ -525,12 +533,15 @@ export class Dispatcher {
     // Forget the jobs and free their slots before releasing them: the release
     // notifies their ids, and an id still held here would be dropped as a
     // duplicate, leaving the job to the next sweep instead of running now.
+    const gone: RunningJob[] = [];
     for (const id of batch.claimed) {
       const job = this.running.get(id);
-      if (job?.timer) clearTimeout(job.timer);
+      if (!job) continue;
+      if (job.timer) clearTimeout(job.timer);
       this.running.delete(id);
-      if (job) this.options.onJobEvent?.({ type: 'finished', jobId: id, task: job.task, attempt: job.attempt, threadId: job.threadId });
+      gone.push(job);
     }
+    if (gone.length > 0) this.options.onJobs?.('finished', gone);
     for (const slot of batch.slots) this.freeSlot(slot);
     if (releases.length > 0) await this.options.release(releases);
   }

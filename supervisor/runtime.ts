@@ -78,7 +78,7 @@ export class SupervisorRuntime implements Supervisor {
       logger: options.logger,
       killGraceMs: options.timing.killGraceMs,
       release: (jobs) => this.release(jobs),
-      onJobEvent: (event) => this.control.onJobEvent(event),
+      onJobs: (type, jobs) => this.control.onJobs(type, jobs),
     });
     this.listener = new Listener({
       connectionString: options.connectionString,

@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { throttled } from '../src/log.ts';
 import { controlStatements } from '../src/sql/control.ts';
 import { withValues } from '../src/sql/statement.ts';
+import type { JobRef } from './dispatcher.ts';
 
 export type WorkerEvent =
   | 'ALIVE'
@@ -73,31 +74,36 @@ export class WorkerLog {
   }
 
   append(event: WorkerEvent, detail?: string | null, thread?: number | null): void {
-    if (this.onlyCount(event)) return;
     this.push({ at: new Date().toISOString(), event, thread: thread ?? null, detail: detail ?? null });
   }
 
   /**
-   * A job's outcome is written by its thread, which reports only "done" (or
-   * dies); the entry is resolved to TASK_COMPLETE or TASK_ERROR from the jobs
-   * table when the log is flushed: succeeded with no later attempt started.
+   * Jobs that started together (one claim) or ended together. An ended
+   * job's outcome is written by its thread, which reports only "done" (or
+   * dies): TASK_END is resolved to TASK_COMPLETE or TASK_ERROR from the jobs
+   * table when the log is flushed (succeeded with no later attempt started).
+   * Past the per-flush allowance jobs are only counted, decided once per
+   * call: on a busy supervisor this runs for every batch.
    */
-  jobDone(jobId: string, task: string, attempt: number, thread: number): void {
-    if (this.onlyCount('TASK_END')) return;
-    this.push({ at: new Date().toISOString(), event: 'TASK_END', thread, detail: `${jobId} ${task}`, job: jobId, attempt });
-  }
-
-  /**
-   * Past the per-flush allowance a job event is only counted — checked before
-   * any entry is built, because on a busy supervisor this runs twice per job.
-   */
-  private onlyCount(event: Entry['event']): boolean {
-    if (!QUIET_EVENTS.has(event) || this.closed || this.itemised < ITEMISED_PER_FLUSH) return false;
-    if (this.o.logger.isLevelEnabled('debug')) return false; // pino gets every event; push() counts it
-    if (event === 'TASK_START') this.uncounted.started++;
-    else this.uncounted.finished++;
-    this.schedule();
-    return true;
+  jobs(event: 'TASK_START' | 'TASK_END', jobs: readonly JobRef[]): void {
+    let itemise = jobs.length;
+    // With debug on, pino gets every event and push() does the counting.
+    if (!this.closed && !this.o.logger.isLevelEnabled('debug')) {
+      itemise = Math.max(0, Math.min(jobs.length, ITEMISED_PER_FLUSH - this.itemised));
+      const counted = jobs.length - itemise;
+      if (counted > 0) {
+        if (event === 'TASK_START') this.uncounted.started += counted;
+        else this.uncounted.finished += counted;
+        this.schedule();
+      }
+    }
+    if (itemise === 0) return;
+    const at = new Date().toISOString();
+    for (let i = 0; i < itemise; i++) {
+      const job = jobs[i];
+      const detail = `${job.id} ${job.task}`;
+      this.push(event === 'TASK_START' ? { at, event, thread: job.threadId, detail } : { at, event, thread: job.threadId, detail, job: job.id, attempt: job.attempt });
+    }
   }
 
   private push(entry: Entry): void {
