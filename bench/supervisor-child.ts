@@ -3,10 +3,9 @@
 // dispatcher counters and peak RSS. Same startSupervisor() as `grapevine run`, plus the
 // pause/resume the scale-out workload needs to start N supervisors on one backlog.
 // Usage (spawned with an IPC channel): node bench/supervisor-child.ts '<ChildSpec JSON>'
-import { BroadcastChannel } from 'node:worker_threads';
 import pino from 'pino';
 import { startSupervisor } from '../src/index.ts';
-import { CHANNEL_NAME } from './lib/channel.mjs';
+import { listenToThreads } from './lib/channel.mjs';
 
 export interface ChildSpec {
   connectionString: string;
@@ -18,7 +17,7 @@ export interface ChildSpec {
   deleteSucceeded?: boolean;
 }
 
-export type ParentMessage = { kind: 'resume' } | { kind: 'stats' } | { kind: 'stop' };
+export type ParentMessage = { kind: 'resume' } | { kind: 'pause' } | { kind: 'stats' } | { kind: 'stop' };
 export type ChildMessage =
   | { kind: 'ready'; pid: number }
   | { kind: 'handled'; count: number }
@@ -28,11 +27,9 @@ export type ChildMessage =
 const spec = JSON.parse(process.argv[2]) as ChildSpec;
 const send = (m: ChildMessage) => process.send?.(m);
 
-const channel = new BroadcastChannel(CHANNEL_NAME);
-channel.onmessage = (event) => {
-  const msg = (event as unknown as { data: { kind: string; count?: number } }).data;
-  if (msg.kind === 'handled') send({ kind: 'handled', count: msg.count ?? 0 });
-};
+const channel = listenToThreads((report) => {
+  if (report.kind === 'handled') send({ kind: 'handled', count: report.count ?? 0 });
+});
 
 const supervisor = await startSupervisor({
   connectionString: spec.connectionString,
@@ -47,6 +44,7 @@ if (spec.paused) supervisor.pause();
 
 process.on('message', (m: ParentMessage) => {
   if (m.kind === 'resume') supervisor.resume();
+  else if (m.kind === 'pause') supervisor.pause();
   else if (m.kind === 'stats') {
     const { counters } = supervisor.status();
     send({ kind: 'stats', counters: { ...counters }, rssMb: process.resourceUsage().maxRSS / 1024 });

@@ -3,13 +3,12 @@
 // back over a BroadcastChannel (lib/channel.mjs).
 import os from 'node:os';
 import path from 'node:path';
-import { BroadcastChannel } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { repoVersion } from '../lib/db.ts';
 import pino from 'pino';
 import { createClient, startSupervisor, type Client, type Supervisor } from '../../src/index.ts';
-import { CHANNEL_NAME } from '../lib/channel.mjs';
+import { listenToThreads } from '../lib/channel.mjs';
 import type { AdapterContext, BenchPayload, Probe, SystemAdapter, TaskName, WorkerOptions } from './types.ts';
 
 export const TASKS_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'tasks');
@@ -37,7 +36,7 @@ export class GrapevineAdapter implements SystemAdapter {
   private readonly ctx: AdapterContext;
   private client: Client | null = null;
   private supervisor: Supervisor | null = null;
-  private channel: BroadcastChannel | null = null;
+  private channel: { close(): void } | null = null;
   private readonly pool: pg.Pool;
   /** Lowest bulk-enqueued id: unfinished() walks the primary key from there instead of
    * counting through the million not-due rows of the deep-queue workload. */
@@ -84,12 +83,10 @@ export class GrapevineAdapter implements SystemAdapter {
 
   /** Boots the supervisor (threads, task modules, LISTEN) paused: no claims until resume(). */
   async bootWorkers(probe: Probe, opts: WorkerOptions): Promise<void> {
-    this.channel = new BroadcastChannel(CHANNEL_NAME);
-    this.channel.onmessage = (event) => {
-      const msg = (event as unknown as { data: unknown }).data as { kind: string; count?: number; payload?: BenchPayload; atMs?: number };
-      if (msg.kind === 'handled') probe.handled(msg.count ?? 0);
-      else if (msg.kind === 'latency') probe.latencyStart(msg.payload ?? {}, msg.atMs ?? Number.NaN);
-    };
+    this.channel = listenToThreads((report) => {
+      if (report.kind === 'handled') probe.handled(report.count ?? 0);
+      else if (report.kind === 'latency') probe.latencyStart((report.payload ?? {}) as BenchPayload, report.atMs ?? Number.NaN);
+    });
     this.supervisor = await startSupervisor({
       connectionString: this.ctx.connectionString,
       schema: this.ctx.schema,
