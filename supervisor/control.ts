@@ -379,9 +379,9 @@ export class ControlPlane {
       // Idle, but maybe only because nobody told us about due work: take it first.
       try {
         const { rows } = await this.host.pool.query(
-          withValues(jobStatements(this.host.schema).countDue, [this.host.threadPool.tasks, this.host.queues, 1]),
+          withValues(jobStatements(this.host.schema).hasDue, [this.host.threadPool.tasks, this.host.queues]),
         );
-        if (rows[0].due > 0) {
+        if (rows[0].due === true) {
           this.host.markBacklog();
           return this.scheduleIdleCheck(BUSY_RECHECK_MS);
         }

@@ -359,9 +359,9 @@ export class SupervisorRuntime implements Supervisor {
     if (this.dispatcher.hasBacklog()) return this.dispatcher.markBacklog();
     try {
       const { rows } = await this.o.pool.query(
-        withValues(jobStatements(this.o.schema).countDue, [this.o.threadPool.tasks, this.o.queues, 1]),
+        withValues(jobStatements(this.o.schema).hasDue, [this.o.threadPool.tasks, this.o.queues]),
       );
-      if (rows[0].due > 0) this.dispatcher.markBacklog();
+      if (rows[0].due === true) this.dispatcher.markBacklog();
     } catch (err) {
       this.warnDb((suppressed) => this.o.logger.warn({ err: (err as Error).message, suppressed }, 'sweep failed'));
     }

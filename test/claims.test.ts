@@ -48,6 +48,62 @@ describe('claims', () => {
     expect(reads.idx_scan).toBeGreaterThan(0);
   });
 
+  it('and the look for due jobs never read the jobs scheduled for later', async () => {
+    // Its own schema: the jobs above are due, and this test needs a table where nothing is.
+    const later = createClient({ connectionString: db.url, schema: `${db.schema}_later` });
+    const l = `"${db.schema}_later"`;
+    const later_sql = jobStatements(`${db.schema}_later`);
+    try {
+      await later.migrate();
+      await db.pool.query(
+        `INSERT INTO ${l}.jobs (task, payload, priority, run_at)
+         SELECT 'noop', '{}', n % 3, now() + interval '1 hour' FROM generate_series(1, 60000) n`,
+      );
+      await db.pool.query(`ANALYZE ${l}.jobs`);
+      /** Pages of the pending index `body` touched, on one connection whose statistics are flushed after it. */
+      const indexReads = async (body: (c: import('pg').PoolClient) => Promise<void>) => {
+        const read = async () =>
+          (await db.pool.query(`SELECT (idx_blks_hit + idx_blks_read)::int AS n FROM pg_statio_user_indexes WHERE indexrelid = '${l}.jobs_pending_idx'::regclass`))
+            .rows[0].n as number;
+        const c = await db.pool.connect();
+        try {
+          await c.query('SELECT pg_stat_force_next_flush()');
+          await c.query('SELECT 1');
+          const before = await read();
+          await body(c);
+          await c.query('SELECT pg_stat_force_next_flush()');
+          await c.query('SELECT 1');
+          return (await read()) - before;
+        } finally {
+          c.release();
+        }
+      };
+
+      const reads = await indexReads(async (c) => {
+        const pulled = await c.query(withValues(later_sql.claimNext, [256, ['noop'], 'sup-a', 1, 60_000, null]));
+        expect(pulled.rows).toHaveLength(0);
+        const due = await c.query(withValues(later_sql.hasDue, [['noop'], null]));
+        expect(due.rows[0].due).toBe(false);
+      });
+      const indexPages = Number((await db.pool.query(`SELECT pg_relation_size('${l}.jobs_pending_idx') / 8192 AS n`)).rows[0].n);
+      // Three priorities: a few descents each (about 30 pages), where a walk of the index reads all of it.
+      expect(reads).toBeLessThan(indexPages / 5);
+
+      // Due jobs at two priorities: the higher one is taken first.
+      const [low] = await later.addJobs([{ task: 'noop', payload: {}, priority: 0 }]);
+      const [high] = await later.addJobs([{ task: 'noop', payload: {}, priority: 2 }]);
+      expect((await db.pool.query(withValues(later_sql.hasDue, [['noop'], null]))).rows[0].due).toBe(true);
+      expect((await db.pool.query(withValues(later_sql.hasDue, [['other'], null]))).rows[0].due).toBe(false);
+      const first = await db.pool.query(withValues(later_sql.claimNext, [1, ['noop'], 'sup-a', 1, 60_000, null]));
+      expect(first.rows.map((r) => r.id)).toEqual([high]);
+      const second = await db.pool.query(withValues(later_sql.claimNext, [5, ['noop'], 'sup-a', 1, 60_000, null]));
+      expect(second.rows.map((r) => r.id)).toEqual([low]);
+    } finally {
+      await later.close();
+      await db.pool.query(`DROP SCHEMA IF EXISTS ${l} CASCADE`);
+    }
+  });
+
   it('draw one fencing token per claim, so every job of a batch carries the same one', async () => {
     const first = await db.pool.query(withValues(sql.claimNext, [10, ['noop'], 'sup-a', 1, 60_000, null]));
     const second = await db.pool.query(withValues(sql.claimNext, [10, ['noop'], 'sup-a', 1, 60_000, null]));

@@ -120,8 +120,8 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   // Looked up while the handlers run; if the lookup fails, assume jobs are left (the dispatcher pulls again, a little later).
   const dueLeft =
     request.type === 'claim-next' && jobs.length < requested
-      ? systemPool.query(withValues(sql.countDue, [known, config.queues, 1])).then(
-          (r) => (r.rows[0]?.due as number) > 0,
+      ? systemPool.query(withValues(sql.hasDue, [known, config.queues])).then(
+          (r) => r.rows[0]?.due === true,
           () => true,
         )
       : false;

@@ -20,7 +20,7 @@ export interface JobStatements {
   lockIds: Statement;
   releaseIds: Statement;
   renewLeases: Statement;
-  countDue: Statement;
+  hasDue: Statement;
   reapExpired: Statement;
   pruneFinished: Statement;
   cancel: Statement;
@@ -209,15 +209,9 @@ function build(schema: string): JobStatements {
         WHERE state = 'running' AND locked_by = $1 AND id = ANY($2::bigint[])
        RETURNING id::text AS id, cancel_requested_at IS NOT NULL AS cancel_requested`,
     ),
-    // $1 tasks, $2 queues (NULL = all), $3 cap
-    countDue: st(
-      'count_due',
-      `SELECT count(*)::integer AS due FROM (
-         SELECT 1 FROM ${s}.jobs
-          WHERE state = 'pending' AND run_at <= now()
-            AND task = ANY($1::text[]) AND ($2::text[] IS NULL OR queue = ANY($2::text[]))
-          LIMIT $3) d`,
-    ),
+    // $1 tasks, $2 queues (NULL = all). Whether any pending job is due, held
+    // by another statement or not. See has_due() in migration 0005.
+    hasDue: st('has_due', `SELECT ${s}.has_due($1::text[], $2::text[]) AS due`),
     // Run only by the elected reaper, inside its transaction.
     reapExpired: st(
       'reap_expired',
@@ -229,15 +223,9 @@ function build(schema: string): JobStatements {
          RETURNING j.id, j.state, j.run_at, j.watched)
        ${announce('done')}`,
     ),
-    // $1 retention ms, $2 batch size
-    pruneFinished: st(
-      'prune_finished',
-      `DELETE FROM ${s}.jobs WHERE id IN (
-         SELECT id FROM ${s}.jobs
-          WHERE finished_at < now() - $1 * interval '1 millisecond'
-            AND state IN ('succeeded', 'failed', 'cancelled')
-          LIMIT $2)`,
-    ),
+    // $1 retention ms, $2 batch size. Returns `pruned`, how many. See
+    // prune_finished() in migration 0005.
+    pruneFinished: st('prune_finished', `SELECT ${s}.prune_finished($1, $2)::integer AS pruned`),
     // $1 id. A pending job is cancelled on the spot; a running one is
     // flagged, and the caller tells its owner over the control channel.
     cancel: st(

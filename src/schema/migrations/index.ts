@@ -2,6 +2,7 @@ import * as jobs from './0001_jobs.ts';
 import * as control from './0002_control.ts';
 import * as claimPlans from './0003_claim_plans.ts';
 import * as pruneIndex from './0004_prune_index.ts';
+import * as boundedReads from './0005_bounded_reads.ts';
 
 export interface Migration {
   version: number;
@@ -10,6 +11,6 @@ export interface Migration {
 }
 
 /** Append-only: a released migration is never edited, only followed by a new one. */
-export const MIGRATIONS: readonly Migration[] = [jobs, control, claimPlans, pruneIndex];
+export const MIGRATIONS: readonly Migration[] = [jobs, control, claimPlans, pruneIndex, boundedReads];
 
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;
