@@ -6,34 +6,29 @@ import { BroadcastChannel } from 'node:worker_threads';
 
 export const CHANNEL_NAME = 'grapevine-bench';
 
-// A BroadcastChannel builds every event it receives with undici's MessageEvent, even
-// with no listener (each thread's channel receives the other threads' reports), and
-// Node loads undici on the first one: 50-130 ms of that thread's CPU, which would
-// otherwise land inside the first timed drain, once per thread and per supervisor
-// process. This module is imported while threads boot (by the task modules) and
-// before the supervisor starts (by the bench), so undici loads then. (grapevine's
-// own MessagePorts use port.on('message'), which needs no MessageEvent.)
-void globalThis.MessageEvent;
 const FLUSH_MS = 5;
 
-let channel = null;
 let pending = 0;
 let timer = null;
 
-function open() {
-  if (!channel) {
-    channel = new BroadcastChannel(CHANNEL_NAME);
-    // Don't keep a thread (or the process) alive just for this channel.
-    channel.unref?.();
-  }
-  return channel;
+// A BroadcastChannel builds every event it receives with undici's MessageEvent, even
+// with no listener, and Node loads undici (~70 ms of CPU) on the first one. A channel
+// kept open in each thread would receive the other threads' reports: undici would
+// load in every thread, inside the first timed drain, and every report would cost
+// every thread an event. So a thread opens a channel only to post, and closes it at
+// once. (grapevine's own MessagePorts use port.on('message'), which needs no
+// MessageEvent.)
+function post(message) {
+  const channel = new BroadcastChannel(CHANNEL_NAME);
+  channel.postMessage(message);
+  channel.close();
 }
 
 function flush() {
   timer = null;
   const n = pending;
   pending = 0;
-  if (n > 0) open().postMessage({ kind: 'handled', count: n });
+  if (n > 0) post({ kind: 'handled', count: n });
 }
 
 /**
@@ -41,6 +36,8 @@ function flush() {
  * thread): `onReport` gets each message's data. Returns the channel, to close.
  */
 export function listenToThreads(onReport) {
+  // The listener is the one place that receives: undici loads now, before the clock starts.
+  void globalThis.MessageEvent;
   const listener = new BroadcastChannel(CHANNEL_NAME);
   listener.onmessage = (event) => onReport(event.data);
   return listener;
@@ -54,7 +51,7 @@ export function reportHandled() {
 
 /** A latency job's handler started at monotonic ms `atMs`. Posted at once. */
 export function reportLatencyStart(payload, atMs) {
-  open().postMessage({ kind: 'latency', payload, atMs });
+  post({ kind: 'latency', payload, atMs });
 }
 
 /** Machine-wide monotonic clock in ms (CLOCK_MONOTONIC: same in every thread and process). */
