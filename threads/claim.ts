@@ -20,9 +20,9 @@ export interface PendingClaim {
  * claim as soon as the rows are locked and marked running, and only then
  * flushes the commit, so the rows arrive one WAL flush earlier than with a
  * claim in its own transaction (0.3-0.5 ms of a ~1 ms claim on the bench
- * host). COMMIT is already on the wire when the handlers start: a thread
+ * host, measured in place and alone). COMMIT is already on the wire when the handlers start: a thread
  * that dies in its first instant still commits its claim, and the
- * supervisor's release waits for the row locks (see releaseIds).
+ * supervisor's release waits for the row locks (lockIds in src/sql/jobs.ts).
  *
  * Whatever a job does in the database must wait for `committed`: the
  * handler's helpers and the outcome write. Otherwise a handler could take

@@ -17,8 +17,8 @@ import { serializeError } from '../src/errors.ts';
 import type { AbortKind, BatchEvent, SupervisorSignal, ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
 import { jobStatements } from '../src/sql/jobs.ts';
 import { withValues } from '../src/sql/statement.ts';
-import { executeJob, JobAbortSwitch, type ClaimedJob, type ExecuteContext } from './execute.ts';
 import { claimBatch } from './claim.ts';
+import { executeJob, JobAbortSwitch, type ClaimedJob, type ExecuteContext } from './execute.ts';
 import { OutcomeWriter } from './outcomes.ts';
 import { loadTasks, type LoadedTasks } from './registry.ts';
 
