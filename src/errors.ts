@@ -18,7 +18,8 @@ export type ErrorCode =
   | 'GRAPEVINE_COMMAND_INVALID'
   | 'GRAPEVINE_COMMAND_REFUSED'
   | 'GRAPEVINE_COMMAND_FAILED'
-  | 'GRAPEVINE_WORKER_NOT_FOUND';
+  | 'GRAPEVINE_WORKER_NOT_FOUND'
+  | 'GRAPEVINE_CLAIM_NOT_COMMITTED';
 
 export class GrapevineError extends Error {
   readonly code: ErrorCode;

@@ -64,6 +64,38 @@ describe('a handler started before its claim committed', () => {
     }
   });
 
+  it('whose commit fails cannot reach the database, and the job runs again', async () => {
+    await db.pool.query(`CREATE TABLE IF NOT EXISTS ${s}.runs (job_id bigint, attempt integer)`);
+    const channelName = `claim-commit-${randomBytes(4).toString('hex')}`;
+    const channel = new BroadcastChannel(channelName);
+    let starts = 0;
+    const started = new Promise<void>((resolve) => {
+      channel.onmessage = () => {
+        if (++starts === 1) resolve();
+      };
+    });
+    const hold = await holdCommits();
+    const supervisor = await startTestSupervisor(db, { threads: 1 });
+    try {
+      const id = await client.addJob('read-own-job', { holdCommit: true, channel: channelName, table: `${s}.jobs`, ledger: `${s}.runs` });
+      await started;
+      await hold.untilWaiting(1, 'the claim to wait at its commit');
+      // The claim's connection dies while it commits: the claim rolls back.
+      await db.pool.query(`SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1`, [holdKey]);
+      await hold.release();
+      const job = await client.waitForJob(id, { timeoutMs: 30_000 });
+      expect(job).toMatchObject({ state: 'succeeded', attempts: 1, result: { state: 'running', attempts: 1 } });
+      expect(starts).toBe(2);
+      // Only the run whose claim committed wrote anything.
+      expect((await db.pool.query(`SELECT job_id::text, attempt FROM ${s}.runs`)).rows).toEqual([{ job_id: id, attempt: 1 }]);
+      expect(supervisor.status().counters.claimErrors).toBeGreaterThan(0);
+    } finally {
+      await hold.release();
+      channel.close();
+      await supervisor.stop({ graceMs: 0 });
+    }
+  });
+
   it('that ends before the commit has its outcome recorded once the commit is done', async () => {
     const hold = await holdCommits();
     const supervisor = await startTestSupervisor(db, { threads: 1 });

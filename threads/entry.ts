@@ -13,7 +13,7 @@ import type { MessagePort } from 'node:worker_threads';
 import pino from 'pino';
 import { createClient, type Client } from '../src/client.ts';
 import { createPool } from '../src/db.ts';
-import { serializeError } from '../src/errors.ts';
+import { GrapevineError, serializeError } from '../src/errors.ts';
 import type { AbortKind, BatchEvent, SupervisorSignal, ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
 import { jobStatements } from '../src/sql/jobs.ts';
 import { withValues } from '../src/sql/statement.ts';
@@ -131,10 +131,21 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   const finished = finishedReporter(port);
 
   // The handlers' statements wait for the claim's commit (see claimBatch).
+  // If it failed, the claim may have rolled back and the job may run again
+  // under the same attempt: this run must not reach the database.
+  const afterCommit = async () => {
+    const err = await committed;
+    if (err) {
+      throw new GrapevineError(
+        'GRAPEVINE_CLAIM_NOT_COMMITTED',
+        `the claim of this job could not be committed (${err.message}); it may run again, so this run's statements are refused`,
+      );
+    }
+  };
   const context: ExecuteContext = {
     ...executeContext,
-    query: ((text: string, params?: unknown[]) => committed.then(() => handlerQuery(text, params))) as never,
-    addJob: (...args) => committed.then(() => handlerAddJob(...args)),
+    query: ((text: string, params?: unknown[]) => afterCommit().then(() => handlerQuery(text, params))) as never,
+    addJob: (...args) => afterCommit().then(() => handlerAddJob(...args)),
   };
   const switches = new Map<string, JobAbortSwitch>();
   port.on('message', (signal: SupervisorSignal) => {
