@@ -45,6 +45,12 @@ export type ThreadResponse =
       /** A claim that could not run at all (database down): nothing was claimed. */
       claimError: SerializedError | null;
       /**
+       * The claim answered but its commit failed: the `claimed` jobs ran, and
+       * may or may not be claimed in the table (the fence sorted out their
+       * outcomes); those that rolled back are pending again.
+       */
+      commitError: SerializedError | null;
+      /**
        * For a pull that came back short: whether due jobs it may run were still
        * pending just after it. SKIP LOCKED passes over rows another statement
        * holds for a moment (a waitForJob() mark, another supervisor's claim),

@@ -11,6 +11,8 @@ const GATHER_SLOTS_MS = 2;
 /** A job this supervisor should give back to the queue, and why. */
 export interface Release {
   id: string;
+  /** The thread that ran it: a job claimed meanwhile by another thread of this supervisor is not touched. */
+  thread: number;
   reason: string;
   /** Whether the attempt counts towards max_attempts. */
   count: boolean;
@@ -83,6 +85,8 @@ export interface DispatchCounters {
   fenced: number;
   threadCrashes: number;
   claimErrors: number;
+  /** Claims that answered but whose commit failed: their jobs ran unconfirmed. */
+  commitErrors: number;
 }
 
 /**
@@ -147,6 +151,7 @@ export class Dispatcher {
     fenced: 0,
     threadCrashes: 0,
     claimErrors: 0,
+    commitErrors: 0,
   };
   /** Jobs finished per thread, for status. */
   readonly jobsRunByThread = new Map<number, number>();
@@ -474,19 +479,25 @@ export class Dispatcher {
     this.counters.claimed += response.claimed.length;
     this.counters.fenced += response.fenced;
     if (type === 'claim-ids') this.counters.wastedClaims += response.skipped;
-    if (response.claimError) {
-      this.counters.claimErrors++;
+    const failure = response.claimError ?? response.commitError;
+    if (failure) {
+      if (response.claimError) this.counters.claimErrors++;
+      else this.counters.commitErrors++;
       this.claimFailures++;
       this.claimBackoffUntil = Date.now() + Math.min(2_000, 50 * 2 ** Math.min(this.claimFailures, 6));
       this.warnClaim((suppressed) =>
-        this.options.logger.warn({ err: response.claimError!.message, suppressed }, 'claim failed; will retry from the table'),
+        this.options.logger.warn(
+          { err: failure.message, suppressed },
+          response.claimError ? 'claim failed; will retry from the table' : "a claim's commit failed; its jobs may run again from the table",
+        ),
       );
-      // Nothing was claimed; the jobs are still pending: pull them once claims work again.
+      // The jobs are still pending (nothing was claimed, or the claim rolled
+      // back): pull them once claims work again.
       this.raiseBacklog();
     } else {
       this.claimFailures = 0;
     }
-    if (!response.claimError && type === 'claim-next' && response.claimed.length < batch.slots.length) {
+    if (!failure && type === 'claim-next' && response.claimed.length < batch.slots.length) {
       if (response.dueLeft) {
         // It passed over jobs another statement held for a moment: pull
         // again shortly, backing off while they stay held.
@@ -498,7 +509,7 @@ export class Dispatcher {
         this.backlog = false;
         this.lockedPulls = 0;
       }
-    } else if (type === 'claim-next' && !response.claimError) {
+    } else if (type === 'claim-next' && !failure) {
       this.lockedPulls = 0;
     }
     this.finish(response.claimed, response.threadId);
@@ -512,22 +523,23 @@ export class Dispatcher {
     const killed = threadId === null ? undefined : this.killing.get(threadId);
     const releases: Release[] = [];
     for (const id of batch.claimed) {
-      if (!this.running.has(id)) continue;
+      const thread = this.running.get(id)?.threadId;
+      if (thread === undefined) continue;
       if (killed && killed.jobId === id) {
-        releases.push({ id, reason: `${killed.message}; its thread was terminated because the handler did not stop`, count: true });
+        releases.push({ id, thread, reason: `${killed.message}; its thread was terminated because the handler did not stop`, count: true });
       } else if (killed) {
-        releases.push({ id, reason: `thread ${threadId} was terminated to stop job ${killed.jobId} (${killed.kind})`, count: false });
+        releases.push({ id, thread, reason: `thread ${threadId} was terminated to stop job ${killed.jobId} (${killed.kind})`, count: false });
       } else if (this.stopping) {
-        releases.push({ id, reason: 'supervisor shut down before the job finished', count: false });
+        releases.push({ id, thread, reason: 'supervisor shut down before the job finished', count: false });
       } else {
-        releases.push({ id, reason: `thread crashed: ${describeCrash(err)}`, count: true });
+        releases.push({ id, thread, reason: `thread crashed: ${describeCrash(err)}`, count: true });
       }
     }
     if (!killed && !this.stopping && threadId !== null) this.counters.threadCrashes++;
     // A batch whose thread died before it claimed (or before it said so)
-    // took its notified ids with it, and a claim whose connection dropped
-    // before its COMMIT was sent rolled back: those jobs are pending, and
-    // nobody will announce them again. Jobs it claimed without saying so are
+    // took its notified ids with it, and a claim whose commit did not
+    // complete (its backend ended with the thread, or the server went away)
+    // rolled back: those jobs are pending, and nobody will announce them again. Jobs it claimed without saying so are
     // released by the runtime's thread sweep.
     if (!this.stopping) this.raiseBacklog();
     // Forget the jobs and free their slots before releasing them: the release

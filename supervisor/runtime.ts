@@ -274,7 +274,7 @@ export class SupervisorRuntime implements Supervisor {
     if (left.length > 0) {
       // Release first: the fence then rejects any outcome a handler writes later.
       logger.warn({ jobs: left.map((j) => j.id) }, 'grace period over; releasing jobs that are still running');
-      await this.release(left.map((j) => ({ id: j.id, reason: 'supervisor shut down before the job finished', count: false })));
+      await this.release(left.map((j) => ({ id: j.id, thread: j.threadId, reason: 'supervisor shut down before the job finished', count: false })));
       for (const job of left) this.dispatcher.abort(job.id, 'shutdown', 'supervisor is shutting down');
     }
     await threadPool.destroy();

@@ -57,7 +57,7 @@ describe('a supervisor with deleteSucceeded', () => {
     const claim = async (owner: string) =>
       (await db.pool.query(withValues(sql.claimByIds, [[id], ['square'], owner, 1, 60_000, null]))).rows[0].claim_token as string;
     const stale = await claim('sup-a');
-    await db.pool.query(withValues(sql.releaseIds, ['sup-a', JSON.stringify([{ id, reason: 'given back', count: false }])]));
+    await db.pool.query(withValues(sql.releaseIds, ['sup-a', JSON.stringify([{ id, thread: 1, reason: 'given back', count: false }])]));
     const current = await claim('sup-b');
 
     const staleDelete = await db.pool.query(withValues(sql.deleteSucceeded, [[id], [stale]]));

@@ -31,8 +31,8 @@ async function fail(id: string, token: string, error: string, retryable = true):
   return accepted([id], rows[0].rejected);
 }
 
-async function release(owner: string, id: string, reason: string, count: boolean): Promise<string[]> {
-  const { rows } = await db.pool.query(withValues(sql.releaseIds, [owner, JSON.stringify([{ id, reason, count }])]));
+async function release(owner: string, id: string, reason: string, count: boolean, thread = 1): Promise<string[]> {
+  const { rows } = await db.pool.query(withValues(sql.releaseIds, [owner, JSON.stringify([{ id, thread, reason, count }])]));
   return rows[0].ids;
 }
 
@@ -58,6 +58,16 @@ describe('outcome writes are fenced on the claim token', () => {
     expect(await fail(id, token, 'late failure')).toEqual([]);
     expect(await row(id)).toEqual(released);
     expect(released).toMatchObject({ state: 'pending', result: null, claim_token: null, last_error: 'given back on purpose' });
+  });
+
+  it('does not let a dead thread release a job another thread of the same supervisor claimed since', async () => {
+    // Thread 1's claim rolled back (its connection died while committing); thread 2 pulled the job.
+    const id = await client.addJob('square', { n: 3 });
+    const { rows } = await db.pool.query(withValues(sql.claimByIds, [[id], ['square'], 'sup-a', 2, 60_000, null]));
+    const claimedBy2 = await row(id);
+    expect(await release('sup-a', id, 'thread crashed', true, 1)).toEqual([]);
+    expect(await row(id)).toEqual(claimedBy2);
+    expect(await complete([{ id, token: rows[0].claim_token, result: { by: 2 } }])).toEqual([id]);
   });
 
   it('rejects the old owner of a reaped job that another supervisor claimed again, and accepts the new owner', async () => {

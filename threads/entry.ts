@@ -32,7 +32,7 @@ const systemPool = createPool(config.connectionString, {
   min: config.systemConnections,
   applicationName: `grapevine-thread-${threadId}`,
   onIdleError,
-  // A claim sends BEGIN, itself and COMMIT in one write (claimBatch).
+  // A claim sends BEGIN, itself and COMMIT without waiting between them (claimBatch).
   pipeline: true,
 });
 void Promise.all(Array.from({ length: config.systemConnections }, () => systemPool.query('SELECT 1'))).catch(() => {});
@@ -113,14 +113,15 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     ({ jobs, committed } = await claimBatch(systemPool, claim));
   } catch (err) {
     port.close();
-    return { type: 'batch-done', threadId, claimed: [], skipped: 0, fenced: 0, claimError: serializeError(err), dueLeft: false };
+    return { type: 'batch-done', threadId, claimed: [], skipped: 0, fenced: 0, claimError: serializeError(err), commitError: null, dueLeft: false };
   }
   const requested = request.type === 'claim-ids' ? request.ids.length : request.count;
   const claimed = jobs.map((j) => j.id);
   // Looked up while the handlers run; if the lookup fails, assume jobs are left (the dispatcher pulls again, a little later).
   const dueLeft =
     request.type === 'claim-next' && jobs.length < requested
-      ? systemPool.query(withValues(sql.hasDue, [known, config.queues])).then(
+      ? // After the commit: before it, this batch's own rows still look pending.
+        committed.then(() => systemPool.query(withValues(sql.hasDue, [known, config.queues]))).then(
           (r) => r.rows[0]?.due === true,
           () => true,
         )
@@ -162,11 +163,12 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       if (timeoutMs !== null) post(port, { type: 'started', jobId: job.id, timeoutMs, threadId });
       const outcome = await executeJob(job, loaded.handlers.get(job.task)!, abort, context);
       switches.delete(job.id);
-      await committed;
+      const commitFailed = (await committed) !== null;
       const accepted = await writer.record(outcome);
       if (!accepted) {
         fenced++;
-        logger.warn({ jobId: job.id }, 'outcome rejected: the job was reassigned, cancelled or released while it ran');
+        // A failed commit is reported once for the batch, below.
+        if (!commitFailed) logger.warn({ jobId: job.id }, 'outcome rejected: the job was reassigned, cancelled or released while it ran');
       }
       finished(job.id);
     }),
@@ -174,13 +176,15 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   port.close();
   // A commit that failed may or may not have happened; the fence sorted out the outcomes either way.
   const commitError = await committed;
+  if (commitError) logger.warn({ err: commitError.message, jobs: claimed }, "a claim's commit failed: its jobs ran unconfirmed and may run again");
   return {
     type: 'batch-done',
     threadId,
     claimed,
     skipped: requested - jobs.length,
     fenced,
-    claimError: commitError ? serializeError(commitError) : null,
+    claimError: null,
+    commitError: commitError ? serializeError(commitError) : null,
     dueLeft: await dueLeft,
   };
 }

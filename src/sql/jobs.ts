@@ -185,15 +185,17 @@ function build(schema: string): JobStatements {
       `SELECT 1 FROM ${s}.jobs WHERE id = ANY($1::bigint[]) AND state IN ('pending', 'running') ORDER BY id FOR UPDATE`,
     ),
     // Release chosen jobs of this supervisor ($1) with per-job reasons:
-    // $2 [{id, reason, count}] (count = whether the attempt counts).
+    // $2 [{id, thread, reason, count}] (count = whether the attempt counts).
+    // The thread is checked too: once a dead thread's job is pending again
+    // (its claim rolled back), another thread of ours may have claimed it.
     releaseIds: st(
       'release_ids',
       `WITH r AS (
-         SELECT * FROM jsonb_to_recordset($2::jsonb) AS r(id bigint, reason text, count boolean)),
+         SELECT * FROM jsonb_to_recordset($2::jsonb) AS r(id bigint, thread integer, reason text, count boolean)),
        done AS (
          UPDATE ${s}.jobs j SET ${releaseSet('r.count', 'r.reason')}
            FROM r
-          WHERE j.id = r.id AND j.state = 'running' AND j.locked_by = $1
+          WHERE j.id = r.id AND j.state = 'running' AND j.locked_by = $1 AND j.locked_thread = r.thread
          RETURNING j.id, j.state, j.run_at, j.watched)
        ${announce('done')}`,
     ),
