@@ -30,6 +30,8 @@ export interface PendingClaim {
  * and an outcome written before the commit would not see the claim.
  */
 export async function claimBatch(pool: pg.Pool, claim: pg.QueryConfig): Promise<PendingClaim> {
+  // Not withClient() (src/db.ts), whose guard this repeats: the rows are
+  // handed back while the client is still out, waiting for the commit.
   const client = await pool.connect();
   // A connection that dies while checked out emits 'error'; unheard, that would end the thread.
   let broken: Error | null = null;
