@@ -69,6 +69,10 @@ export type BatchEvent =
   // Parallel arrays rather than an object per job: cheaper to clone.
   | { type: 'claimed'; ids: string[]; tasks: string[]; attempts: number[]; threadId: number }
   | { type: 'started'; jobId: string; timeoutMs: number; threadId: number }
+  // Handlers returned; their outcomes are being written. Frees their slots,
+  // so the next claim overlaps the outcome write instead of following it.
+  | { type: 'handled'; ids: string[]; threadId: number }
+  // Outcomes written (or refused by the fence): the jobs are done here.
   | { type: 'finished'; ids: string[]; threadId: number };
 
 /** Posted by the supervisor on a batch's MessagePort. */

@@ -70,6 +70,8 @@ export interface RunningJob extends JobRef {
   batch: Batch;
   slot: Slot | null;
   timer: NodeJS.Timeout | null;
+  /** The handler has returned; the outcome is being written. */
+  handled: boolean;
   /** Why the handler was asked to stop, if it was. */
   abortedFor: AbortKind | null;
 }
@@ -160,7 +162,7 @@ export class Dispatcher {
   constructor(options: DispatcherOptions) {
     this.options = options;
     this.capacity = options.threads * options.concurrency;
-    this.queue = new PQueue({ concurrency: this.capacity });
+    this.queue = new PQueue({ concurrency: batchLimit(this.capacity) });
   }
 
   get inFlight(): number {
@@ -219,7 +221,7 @@ export class Dispatcher {
   /** Follows a change of the thread count (SCALE): threads x concurrency slots. */
   resize(threads: number): void {
     this.capacity = threads * this.options.concurrency;
-    this.queue.concurrency = this.capacity;
+    this.queue.concurrency = batchLimit(this.capacity);
     this.fill();
   }
 
@@ -237,7 +239,7 @@ export class Dispatcher {
   abort(jobId: string, kind: AbortKind, message: string): boolean {
     const job = this.running.get(jobId);
     // Once is enough: a cancellation can be heard by notification and again at a heartbeat.
-    if (!job || (job.abortedFor !== null && kind !== 'shutdown')) return false;
+    if (!job || job.handled || (job.abortedFor !== null && kind !== 'shutdown')) return false;
     job.abortedFor = kind;
     job.batch.port.postMessage({ type: 'abort', jobId, reason: kind, message });
     if (kind === 'shutdown') return true;
@@ -416,7 +418,7 @@ export class Dispatcher {
             slot.id = id;
             this.holding.add(id);
           }
-          const job: RunningJob = { id, threadId: event.threadId, task, attempt, startedAt: now, batch, slot, timer: null, abortedFor: null };
+          const job: RunningJob = { id, threadId: event.threadId, task, attempt, startedAt: now, batch, slot, timer: null, handled: false, abortedFor: null };
           this.running.set(id, job);
           started.push(job);
         }
@@ -435,9 +437,31 @@ export class Dispatcher {
         job.timer.unref();
         break;
       }
+      case 'handled':
+        this.handled(event.ids);
+        break;
       case 'finished':
         this.finish(event.ids, event.threadId);
         break;
+    }
+  }
+
+  /**
+   * Handlers that returned free their slots before their outcomes are
+   * written, so the thread's next claim overlaps the write: for CPU-bound
+   * jobs the write and the claim were the idle part of every batch. The jobs
+   * stay running (a thread that dies now still has them released) until
+   * 'finished'; an id re-notified meanwhile costs one skipped claim.
+   */
+  private handled(ids: readonly string[]): void {
+    for (const id of ids) {
+      const job = this.running.get(id);
+      if (!job) continue;
+      job.handled = true;
+      // Nothing is left to time out or to abort.
+      if (job.timer) clearTimeout(job.timer);
+      job.timer = null;
+      if (job.slot) this.freeSlot(job.slot);
     }
   }
 
@@ -567,6 +591,14 @@ export class Dispatcher {
     if (!this.killing.has(threadId)) return;
     setTimeout(() => this.killing.delete(threadId), 10_000).unref();
   }
+}
+
+/**
+ * Batches in flight: every slot in a batch of its own, and as many again
+ * whose handlers are done and whose outcomes are still being written.
+ */
+function batchLimit(capacity: number): number {
+  return 2 * capacity;
 }
 
 function describeCrash(err: Error): string {

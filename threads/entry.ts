@@ -129,7 +129,8 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   if (jobs.length > 0) {
     post(port, { type: 'claimed', ids: claimed, tasks: jobs.map((j) => j.task), attempts: jobs.map((j) => j.attempts), threadId });
   }
-  const finished = finishedReporter(port);
+  const handled = idsReporter(port, 'handled');
+  const finished = idsReporter(port, 'finished');
 
   // The handlers' statements wait for the claim's commit (see claimBatch).
   // If it failed, the claim may have rolled back and the job may run again
@@ -163,6 +164,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       if (timeoutMs !== null) post(port, { type: 'started', jobId: job.id, timeoutMs, threadId });
       const outcome = await executeJob(job, loaded.handlers.get(job.task)!, abort, context);
       switches.delete(job.id);
+      handled(job.id);
       const commitFailed = (await committed) !== null;
       const accepted = await writer.record(outcome);
       if (!accepted) {
@@ -189,14 +191,14 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   };
 }
 
-/** Reports finished jobs in one message per microtask turn: outcomes written together finish together. */
-function finishedReporter(port: MessagePort): (id: string) => void {
+/** Reports jobs in one message per microtask turn: handlers that return together, or outcomes written together, go in one message. */
+function idsReporter(port: MessagePort, type: 'handled' | 'finished'): (id: string) => void {
   let ids: string[] = [];
   return (id) => {
     ids.push(id);
     if (ids.length > 1) return;
     queueMicrotask(() => {
-      post(port, { type: 'finished', ids, threadId });
+      post(port, { type, ids, threadId });
       ids = [];
     });
   };
