@@ -211,6 +211,12 @@ export class Dispatcher {
 
   pause(): void {
     this.paused = true;
+    // Slots taken in this turn go out on the next one: they would still claim.
+    // Their ids are pending in the table, where the backlog finds them on resume.
+    const unsent = this.unsent;
+    this.unsent = [];
+    for (const slot of unsent) this.freeSlot(slot);
+    if (unsent.length > 0) this.raiseBacklog();
   }
 
   resume(): void {

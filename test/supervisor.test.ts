@@ -202,6 +202,19 @@ describe('running jobs', () => {
     expect(job).toMatchObject({ state: 'pending', attempts: 0, lockedBy: null, startedAt: null, task: 'nobody_knows_this_task' });
   });
 
+  it('claims nothing once paused, even when paused the moment it has started with jobs waiting', async () => {
+    const ids = await Promise.all([1, 2, 3].map(() => client.addJob('noop', {})));
+    const supervisor = await start();
+    supervisor.pause();
+    // The start-up pull was taken but not yet sent: pausing gives it back.
+    expect(supervisor.status().inFlight).toBe(0);
+    await new Promise((r) => setTimeout(r, 300));
+    const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM ${S}.jobs WHERE state = 'pending'`);
+    expect(rows[0].n).toBe(3);
+    supervisor.resume();
+    for (const id of ids) expect(await client.waitForJob(id, { timeoutMs: 30_000 })).toMatchObject({ state: 'succeeded', attempts: 1 });
+  });
+
   it('takes jobs only from the queues it was given', async () => {
     const supervisor = await start({ queues: ['fast', 'urgent'] });
     const ids = await client.addJobs([
