@@ -98,7 +98,7 @@ export interface DispatchCounters {
  * table, and the backlog flag makes the next free slots pull them from there.
  *
  * Capacity is counted in slots, one per job, and a slot is refilled as soon
- * as its job ends. The p-queue in front of piscina holds batches, not jobs:
+ * as its handler returns. The p-queue in front of piscina holds batches, not jobs:
  * it is what shutdown waits on. (A p-queue task per slot cost ~4 µs of the
  * main thread per job, a sixth of all the CPU a short job takes.)
  *

@@ -91,7 +91,9 @@ export interface Supervisor {
   /** Task names this supervisor runs. */
   readonly tasks: string[];
   status(): SupervisorStatus;
+  /** Claims nothing more until resume(), from the moment it is called; running jobs go on. */
   pause(): void;
+  /** Claims again, starting with whatever is due in the table. */
   resume(): void;
   /** Graceful stop: no new claims, running jobs get `graceMs`, the rest are released. Idempotent. */
   stop(options?: { graceMs?: number; reason?: string }): Promise<void>;
