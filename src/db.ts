@@ -48,6 +48,23 @@ export async function withTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClie
 }
 
 /**
+ * Runs statements in one transaction on a pipelined pool (PoolOptions.pipeline),
+ * sending BEGIN, the statements and COMMIT together: one round trip instead
+ * of one per statement. Each statement still starts after the one before it
+ * has finished, with a snapshot of its own. If one fails, those after it fail
+ * too and COMMIT rolls back; the first error is thrown.
+ */
+export async function withPipelinedTransaction(pool: pg.Pool, statements: pg.QueryConfig[]): Promise<pg.QueryResult[]> {
+  return withClient(pool, async (client) => {
+    const sent = [client.query('BEGIN'), ...statements.map((s) => client.query(s)), client.query('COMMIT')];
+    const settled = await Promise.allSettled(sent);
+    const failed = settled.find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    return settled.slice(1, -1).map((r) => (r as PromiseFulfilledResult<pg.QueryResult>).value);
+  });
+}
+
+/**
  * Checks a client out for several statements. A checked-out client whose
  * connection dies between two statements emits 'error' with nobody
  * listening, which would crash the process (seen when PostgreSQL restarts):

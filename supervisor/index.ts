@@ -137,6 +137,8 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
   const pool = createPool(connectionString, {
     max: 3,
     applicationName: `grapevine-supervisor`,
+    // The release of a dead thread's jobs sends its transaction in one go (runtime.ts).
+    pipeline: true,
     onIdleError: (err) => logger.debug({ err: err.message }, 'idle supervisor connection closed'),
   });
   try {

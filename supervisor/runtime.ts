@@ -5,7 +5,7 @@
  */
 import os from 'node:os';
 import type pg from 'pg';
-import { explainConnectionErrors, withTransaction } from '../src/db.ts';
+import { explainConnectionErrors, withPipelinedTransaction } from '../src/db.ts';
 import { Listener } from '../src/listener.ts';
 import { throttled, type Logger } from '../src/log.ts';
 import { parseJobNotification, takeIds } from '../src/notification.ts';
@@ -429,10 +429,13 @@ export class SupervisorRuntime implements Supervisor {
     const ids = `{${jobs.map((j) => j.id).join(',')}}`;
     for (let attempt = 0; attempt < 10; attempt++) {
       try {
-        const { rows } = await withTransaction(this.o.pool, async (client) => {
-          await client.query(withValues(sql.lockIds, [ids]));
-          return client.query(withValues(sql.releaseIds, [this.id, JSON.stringify(jobs)]));
-        });
+        // lockIds waits for a claim the dead thread was still committing;
+        // releaseIds, a statement of its own, then sees that claim. Sent
+        // together: a release is what a crashed job's re-run waits for.
+        const [, { rows }] = await withPipelinedTransaction(this.o.pool, [
+          withValues(sql.lockIds, [ids]),
+          withValues(sql.releaseIds, [this.id, JSON.stringify(jobs)]),
+        ]);
         const released = new Set((rows[0]?.ids as string[] | undefined) ?? []);
         const done = jobs.filter((j) => released.has(j.id));
         if (done.length > 0) this.o.logger.warn({ jobs: done.map((j) => ({ id: j.id, reason: j.reason })) }, 'released jobs back to the queue');
