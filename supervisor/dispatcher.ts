@@ -179,17 +179,19 @@ export class Dispatcher {
 
   /** Job ids that were notified. Those that do not fit now are left to the table. */
   offer(ids: Iterable<number | string>): void {
+    let room = this.paused || this.stopping ? 0 : this.free();
     for (const raw of ids) {
       const id = String(raw);
       if (this.holding.has(id)) {
         this.counters.duplicateIds++;
         continue;
       }
-      if (this.paused || this.stopping || this.free() <= 0) {
+      if (room <= 0) {
         this.counters.overflowIds++;
         this.raiseBacklog();
         continue;
       }
+      room--;
       this.take(id);
     }
   }
@@ -231,9 +233,27 @@ export class Dispatcher {
     this.fill();
   }
 
-  /** Capacity for more work, in jobs. */
+  /** Capacity for more work, in jobs: free slots that a thread which is up has room for. */
   free(): number {
-    return this.capacity - this.inFlight;
+    return Math.min(this.capacity - this.inFlight, this.liveRoom());
+  }
+
+  /**
+   * Room on the threads that are up. A thread being replaced has none: work
+   * sent its way would wait in piscina's queue until the new thread has
+   * booted (hundreds of ms), holding slots that a job announced meanwhile
+   * needs, such as the crashed thread's own job, released and re-notified.
+   */
+  private liveRoom(): number {
+    const size = Math.max(1, this.options.concurrency);
+    let room = -this.unsent.length;
+    for (const thread of this.options.pool.currentThreadIds()) room += Math.max(0, size - (this.load.get(thread) ?? 0));
+    return room;
+  }
+
+  /** A thread has started (a replacement, a new generation): it has room now. */
+  threadStarted(): void {
+    this.fill();
   }
 
   /** Resolves once no batch is running (after stop(), nothing new starts). */

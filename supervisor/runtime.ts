@@ -151,6 +151,7 @@ export class SupervisorRuntime implements Supervisor {
       this.dispatcher.markBacklog();
       this.control.wake();
     });
+    threadPool.on('start', () => this.dispatcher.threadStarted());
     threadPool.on('exit', (threadId: number, code: number, expected: boolean) => {
       if (!expected) logger.warn({ threadId, code }, 'thread exited unexpectedly; piscina is replacing it');
       this.dispatcher.forgetThread(threadId);
