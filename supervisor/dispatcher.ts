@@ -586,12 +586,6 @@ export class Dispatcher {
       }
     }
     if (!killed && !this.stopping && threadId !== null) this.counters.threadCrashes++;
-    // A batch whose thread died before it claimed (or before it said so)
-    // took its notified ids with it, and a claim whose commit did not
-    // complete (its backend ended with the thread, or the server went away)
-    // rolled back: those jobs are pending, and nobody will announce them again. Jobs it claimed without saying so are
-    // released by the runtime's thread sweep.
-    if (!this.stopping) this.raiseBacklog();
     // Forget the jobs and free their slots before releasing them: the release
     // notifies their ids, and an id still held here would be dropped as a
     // duplicate, leaving the job to the next sweep instead of running now.
@@ -606,6 +600,16 @@ export class Dispatcher {
     if (gone.length > 0) this.options.onJobs?.('finished', gone);
     for (const slot of batch.slots) this.freeSlot(slot);
     if (releases.length > 0) await this.options.release(releases);
+    // A batch whose thread died before it claimed (or before it said so)
+    // took its notified ids with it, and a claim whose commit did not
+    // complete (its backend ended with the thread, or the server went away)
+    // rolled back: those jobs are pending, and nobody will announce them
+    // again, so pull from the table. Only now: a pull sent before the release
+    // would hold the surviving threads' slots while the released jobs, not
+    // yet pending, could not be in it, and their notification would find no
+    // room. Jobs it claimed without saying so are released by the runtime's
+    // thread sweep.
+    if (!this.stopping) this.markBacklog();
   }
 
   /**
