@@ -54,6 +54,11 @@ export function reportLatencyStart(payload, atMs) {
   post({ kind: 'latency', payload, atMs });
 }
 
+/** A handler is about to end its thread, at monotonic ms `atMs` (the recovery workload). Posted at once. */
+export function reportKilled(jobId, atMs) {
+  post({ kind: 'killed', jobId, atMs });
+}
+
 /** Machine-wide monotonic clock in ms (CLOCK_MONOTONIC: same in every thread and process). */
 export function nowMs() {
   return Number(process.hrtime.bigint()) / 1e6;

@@ -1,6 +1,7 @@
 // Recovery (grapevine).
-//  thread crash: a handler records its time and calls process.exit(1), which ends its
-//    worker thread; measured until the re-run of that job starts (in-process supervisor).
+//  thread crash: a handler records its first run, then reports the time and calls
+//    process.exit(1), which ends its worker thread; measured from that call until the
+//    re-run of that job starts (in-process supervisor).
 //  supervisor SIGKILL: two supervisor processes; the one running a long job is killed
 //    with SIGKILL; measured from the kill until the job starts on the other one. Bounded
 //    by the lease (grapevine's heartbeat timeout) plus one reaper tick.
@@ -9,6 +10,7 @@
 import pg from 'pg';
 import pino from 'pino';
 import { createClient, DEFAULTS, startSupervisor } from '../../src/index.ts';
+import { listenToThreads } from '../lib/channel.mjs';
 import { exited, killAllChildren, spawnSupervisorProcess } from '../lib/procs.ts';
 import { median, nowMs, sleep } from '../lib/stats.ts';
 import { GRAPEVINE_CONCURRENCY, TASKS_DIR } from '../systems/grapevine.ts';
@@ -52,18 +54,25 @@ export async function run(spec: TrialSpec): Promise<Record<string, unknown>> {
       logger: pino({ level: process.env.GRAPEVINE_LOG_LEVEL ?? 'error' }),
     });
     const threadMs: number[] = [];
+    const killedAt = new Map<string, number>();
+    const channel = listenToThreads((report) => {
+      if (report.kind === 'killed' && report.jobId !== undefined) killedAt.set(report.jobId, report.atMs ?? Number.NaN);
+    });
     try {
       for (let i = 0; i < spec.recoveryTrials; i++) {
         const id = await client.addJob('crash', { events });
-        const first = await waitEvent(pool, events, id, 'first', 10_000);
+        await waitEvent(pool, events, id, 'first', 10_000);
         const rerun = await waitEvent(pool, events, id, 'rerun', 30_000);
-        threadMs.push(rerun.at_ms - first.at_ms);
+        const killed = killedAt.get(id);
+        if (killed === undefined) throw new Error(`job ${id}: its thread never reported being killed`);
+        threadMs.push(rerun.at_ms - killed);
         // Each trial starts with a full pool: wait until the crashed thread is replaced.
         const until = nowMs() + 5000;
         while (sup.status().threads.length < spec.threads && nowMs() < until) await sleep(10);
       }
     } finally {
       await sup.stop({ graceMs: 2000 });
+      channel.close();
     }
 
     const killMs: number[] = [];
