@@ -93,9 +93,11 @@ export interface DispatchCounters {
 
 /**
  * Turns job ids (from notifications) and "there is a backlog" (from sweeps)
- * into batches for the threads, never holding more than threads x
- * concurrency jobs. Ids beyond that are not kept: they stay pending in the
- * table, and the backlog flag makes the next free slots pull them from there.
+ * into batches for the threads, never running more than threads x
+ * concurrency handlers. Ids beyond that are not kept: they stay pending in
+ * the table, and the backlog flag makes the next free slots pull them from
+ * there. Jobs whose handlers have returned wait for their outcome writes
+ * outside that count, in batches bounded by batchLimit().
  *
  * Capacity is counted in slots, one per job, and a slot is refilled as soon
  * as its handler returns. The p-queue in front of piscina holds batches, not jobs:
@@ -270,7 +272,8 @@ export class Dispatcher {
     job.batch.port.postMessage({ type: 'abort', jobId, reason: kind, message });
     if (kind === 'shutdown') return true;
     const timer = setTimeout(() => {
-      if (this.running.get(jobId) !== job) return;
+      // A handler that stopped in time is done, however long its outcome write takes.
+      if (this.running.get(jobId) !== job || job.handled) return;
       this.options.logger.warn({ jobId, threadId: job.threadId, kind }, 'handler ignored its abort signal; terminating its thread');
       this.killing.set(job.threadId, { jobId, kind, message });
       this.options.pool.terminate(job.threadId);
@@ -407,12 +410,22 @@ export class Dispatcher {
         : { type, count: slots.length, tasks, port: port2 };
     port1.on('message', (event: BatchEvent) => this.onEvent(batch, event));
     this.counters.batches++;
-    void this.queue.add(() =>
-      this.options.pool.run(request, [port2], thread).then(
+    void this.queue.add(() => {
+      // A batch that waited here (every thread busy writing outcomes) must
+      // not claim after a pause or a stop: its jobs are still in the table.
+      if (this.paused || this.stopping) return this.dropUnsentBatch(batch, port2);
+      return this.options.pool.run(request, [port2], thread).then(
         (response) => this.onDone(batch, type, response),
         (err: Error) => this.onFailed(batch, err),
-      ),
-    );
+      );
+    });
+  }
+
+  private dropUnsentBatch(batch: Batch, port2: MessagePort): void {
+    batch.port.close();
+    port2.close();
+    for (const slot of batch.slots) this.freeSlot(slot);
+    if (!this.stopping) this.raiseBacklog();
   }
 
   private onEvent(batch: Batch, event: BatchEvent): void {
@@ -464,10 +477,10 @@ export class Dispatcher {
         break;
       }
       case 'handled':
-        this.handled(event.ids);
+        this.handled(batch, event.ids);
         break;
       case 'finished':
-        this.finish(event.ids, event.threadId);
+        this.finish(batch, event.ids, event.threadId);
         break;
     }
   }
@@ -479,10 +492,11 @@ export class Dispatcher {
    * stay running (a thread that dies now still has them released) until
    * 'finished'; an id re-notified meanwhile costs one skipped claim.
    */
-  private handled(ids: readonly string[]): void {
+  private handled(batch: Batch, ids: readonly string[]): void {
     for (const id of ids) {
       const job = this.running.get(id);
-      if (!job) continue;
+      // Not this batch's run: the job was released and claimed again meanwhile.
+      if (!job || job.batch !== batch) continue;
       job.handled = true;
       // Nothing is left to time out or to abort.
       if (job.timer) clearTimeout(job.timer);
@@ -492,11 +506,11 @@ export class Dispatcher {
   }
 
   /** Jobs a thread reports done (ids it no longer runs are skipped: a batch's result repeats them). */
-  private finish(ids: readonly string[], threadId: number): void {
+  private finish(batch: Batch, ids: readonly string[], threadId: number): void {
     const finished: RunningJob[] = [];
     for (const id of ids) {
       const job = this.running.get(id);
-      if (!job) continue;
+      if (!job || job.batch !== batch) continue;
       if (job.timer) clearTimeout(job.timer);
       this.running.delete(id);
       finished.push(job);
@@ -562,7 +576,7 @@ export class Dispatcher {
     } else if (type === 'claim-next' && !failure) {
       this.lockedPulls = 0;
     }
-    this.finish(response.claimed, response.threadId);
+    this.finish(batch, response.claimed, response.threadId);
     for (const slot of batch.slots) this.freeSlot(slot);
   }
 
@@ -572,8 +586,13 @@ export class Dispatcher {
     const threadId = batch.claimedOn;
     const killed = threadId === null ? undefined : this.killing.get(threadId);
     const releases: Release[] = [];
+    // Only this batch's runs: a job released by the thread sweep may already run again elsewhere here.
+    const ours = (id: string) => {
+      const job = this.running.get(id);
+      return job?.batch === batch ? job : undefined;
+    };
     for (const id of batch.claimed) {
-      const thread = this.running.get(id)?.threadId;
+      const thread = ours(id)?.threadId;
       if (thread === undefined) continue;
       if (killed && killed.jobId === id) {
         releases.push({ id, thread, reason: `${killed.message}; its thread was terminated because the handler did not stop`, count: true });
@@ -591,7 +610,7 @@ export class Dispatcher {
     // duplicate, leaving the job to the next sweep instead of running now.
     const gone: RunningJob[] = [];
     for (const id of batch.claimed) {
-      const job = this.running.get(id);
+      const job = ours(id);
       if (!job) continue;
       if (job.timer) clearTimeout(job.timer);
       this.running.delete(id);

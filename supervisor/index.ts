@@ -91,7 +91,7 @@ export interface Supervisor {
   /** Task names this supervisor runs. */
   readonly tasks: string[];
   status(): SupervisorStatus;
-  /** Claims nothing more until resume(), from the moment it is called; running jobs go on. */
+  /** Starts no more claims until resume() (a claim a thread has already been handed still runs); running jobs go on. */
   pause(): void;
   /** Claims again, starting with whatever is due in the table. */
   resume(): void;

@@ -152,6 +152,7 @@ export class SupervisorRuntime implements Supervisor {
       this.control.wake();
     });
     threadPool.on('start', () => this.dispatcher.threadStarted());
+    threadPool.on('replaced', () => this.dispatcher.threadStarted());
     threadPool.on('exit', (threadId: number, code: number, expected: boolean) => {
       if (!expected) logger.warn({ threadId, code }, 'thread exited unexpectedly; piscina is replacing it');
       this.dispatcher.forgetThread(threadId);

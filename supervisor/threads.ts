@@ -36,7 +36,7 @@ export interface ThreadInfo {
  * the same way: start a new generation, check it can load the tasks, send new
  * work to it, and destroy the old one once its batches are done.
  * Events: 'exit' (threadId, exitCode, expected: boolean), 'start' (threadId,
- * generation, restart: boolean).
+ * generation, restart: boolean), 'replaced' (a new generation now takes the work).
  */
 export class ThreadPool extends EventEmitter {
   // All fields are owned by the main thread.
@@ -74,6 +74,8 @@ export class ThreadPool extends EventEmitter {
     this.current = next;
     this.threads = threads;
     if (old) this.retire(old);
+    // Its threads' 'start' events came while the old generation was current.
+    this.emit('replaced');
   }
 
   /**

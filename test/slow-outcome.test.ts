@@ -14,15 +14,18 @@ afterEach(async () => {
   await sup?.stop({ graceMs: 0 });
   sup = null;
   await db.pool.query(`DROP TRIGGER IF EXISTS hold_outcome ON "${db.schema}".jobs; DROP FUNCTION IF EXISTS "${db.schema}".hold_outcome()`);
+  // The triggers look at the whole table: each test starts from an empty one.
+  await db.pool.query(`DELETE FROM "${db.schema}".jobs`).catch(() => {});
 });
 afterAll(() => client.close());
 
-/** The outcome write of a succeeding job waits for the lock: an AFTER trigger sees its own statement's rows. */
-async function holdSuccessWrites() {
+/** Outcome writes that leave a row matching `where` wait for the lock: an AFTER trigger sees its own statement's rows. */
+async function holdWrites(where: string) {
   await client.migrate();
-  await addWaitTrigger(db, 'hold_outcome', HOLD_KEY, 'statement', `EXISTS (SELECT 1 FROM "${db.schema}".jobs WHERE state = 'succeeded')`);
+  await addWaitTrigger(db, 'hold_outcome', HOLD_KEY, 'statement', `EXISTS (SELECT 1 FROM "${db.schema}".jobs WHERE ${where})`);
   return holdAdvisoryLock(db, HOLD_KEY);
 }
+const holdSuccessWrites = () => holdWrites(`state = 'succeeded'`);
 
 async function state(id: string): Promise<string> {
   const { rows } = await db.pool.query(`SELECT state FROM "${db.schema}".jobs WHERE id = $1`, [id]);
@@ -48,6 +51,34 @@ describe('a job whose outcome write is held up', () => {
     }
   });
 
+  it('keeps a batch that queued behind outcome writes from claiming once the supervisor is paused', async () => {
+    const lock = await holdSuccessWrites();
+    try {
+      // No sweeps: each job below is taken by its notification, into a batch of its own.
+      sup = await startSupervisor({ connectionString: db.url, schema: db.schema, tasks: FIXTURE_TASKS, threads: 1, concurrency: 1, sweepIntervalMs: 600_000, logger: testLogger() });
+      await eventually(() => sup!.status().inFlight === 0, 'the start-up pull to come back');
+      const first = await client.addJob('noop', {});
+      await lock.untilWaiting(1, "the first job's outcome write to wait");
+      // The second one's write queues behind the first's in the thread.
+      const second = await client.addJob('noop', {});
+      await eventually(async () => (await state(second)) === 'running', 'the second job to run');
+      // Two batches are writing outcomes, the most one slot allows: the third job's batch has to wait.
+      const batches = sup.status().counters.batches;
+      const third = await client.addJob('noop', {});
+      await eventually(() => sup!.status().counters.batches > batches, "the third job's batch to queue");
+      sup.pause();
+      await lock.release();
+      expect(await client.waitForJob(first)).toMatchObject({ state: 'succeeded' });
+      expect(await client.waitForJob(second)).toMatchObject({ state: 'succeeded' });
+      await eventually(() => sup!.status().inFlight === 0, 'the queued batch to be given up');
+      expect(await state(third)).toBe('pending');
+      sup.resume();
+      expect(await client.waitForJob(third)).toMatchObject({ state: 'succeeded', attempts: 1 });
+    } finally {
+      await lock.release();
+    }
+  });
+
   it('is not timed out, and its thread is not terminated, however long the write takes', async () => {
     const lock = await holdSuccessWrites();
     try {
@@ -62,6 +93,27 @@ describe('a job whose outcome write is held up', () => {
       await lock.release();
       const job = await client.waitForJob(id);
       expect(job).toMatchObject({ state: 'succeeded', attempts: 1, lastError: null });
+      expect(sup.status().threads.map((t) => t.threadId)).toContain(job.lockedThread);
+      expect(sup.status().restarts).toBe(0);
+    } finally {
+      await lock.release();
+    }
+  });
+
+  it('does not get its thread terminated when its handler stopped at the timeout and only the write is slow', async () => {
+    const lock = await holdWrites(`last_error LIKE 'AbortError%'`);
+    try {
+      const killGraceMs = 100;
+      sup = await startSupervisor({ connectionString: db.url, schema: db.schema, tasks: FIXTURE_TASKS, threads: 1, killGraceMs, retryBaseMs: 20, logger: testLogger() });
+      const timeoutMs = 100;
+      // Honours its AbortSignal on the first attempt, succeeds on the second.
+      const id = await client.addJob('hang', { cooperative: true, succeedFrom: 2 }, { timeoutMs });
+      await lock.untilWaiting(1, "the aborted attempt's outcome write to wait");
+      await new Promise((r) => setTimeout(r, 5 * (timeoutMs + killGraceMs)));
+      await lock.release();
+      const job = await client.waitForJob(id);
+      expect(job).toMatchObject({ state: 'succeeded', attempts: 2 });
+      expect(job.lastError).toMatch(/AbortError: job timed out after 100 ms$/);
       expect(sup.status().threads.map((t) => t.threadId)).toContain(job.lockedThread);
       expect(sup.status().restarts).toBe(0);
     } finally {

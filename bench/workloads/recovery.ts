@@ -71,8 +71,8 @@ export async function run(spec: TrialSpec): Promise<Record<string, unknown>> {
         while (sup.status().threads.length < spec.threads && nowMs() < until) await sleep(10);
       }
     } finally {
-      await sup.stop({ graceMs: 2000 });
       channel.close();
+      await sup.stop({ graceMs: 2000 });
     }
 
     const killMs: number[] = [];
