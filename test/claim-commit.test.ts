@@ -88,6 +88,8 @@ describe('a handler started before its claim committed', () => {
       expect(starts).toBe(2);
       // Only the run whose claim committed wrote anything.
       expect((await db.pool.query(`SELECT job_id::text, attempt FROM ${s}.runs`)).rows).toEqual([{ job_id: id, attempt: 1 }]);
+      // Counted when the failed batch ends, which since slots refill on 'handled' can come after the re-run.
+      await eventually(() => supervisor.status().counters.commitErrors > 0, 'the failed batch to be reported');
       expect(supervisor.status().counters.commitErrors).toBe(1);
     } finally {
       await hold.release();
