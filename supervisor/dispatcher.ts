@@ -247,10 +247,14 @@ export class Dispatcher {
    * needs, such as the crashed thread's own job, released and re-notified.
    */
   private liveRoom(): number {
-    const size = Math.max(1, this.options.concurrency);
     let room = -this.unsent.length;
-    for (const thread of this.options.pool.currentThreadIds()) room += Math.max(0, size - (this.load.get(thread) ?? 0));
+    for (const thread of this.options.pool.currentThreadIds()) room += Math.max(0, this.roomOn(thread));
     return room;
+  }
+
+  /** Slots a thread can still take: its concurrency less the slots sent to it and not yet freed. */
+  private roomOn(thread: number): number {
+    return Math.max(1, this.options.concurrency) - (this.load.get(thread) ?? 0);
   }
 
   /** A thread has started (a replacement, a new generation): it has room now. */
@@ -364,7 +368,7 @@ export class Dispatcher {
     // Fill the threads with the most room first, each up to its concurrency.
     const rooms = this.options.pool
       .currentThreadIds()
-      .map((thread) => ({ thread, room: size - (this.load.get(thread) ?? 0) }))
+      .map((thread) => ({ thread, room: this.roomOn(thread) }))
       .sort((a, b) => b.room - a.room);
     let i = 0;
     let j = 0;
