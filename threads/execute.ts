@@ -33,21 +33,7 @@ export interface ExecuteContext {
  * escapes as an exception: the job always gets a readable record.
  */
 export async function executeJob(job: ClaimedJob, handler: TaskHandler, abort: JobAbortSwitch, context: ExecuteContext): Promise<Outcome> {
-  let logger: TaskHelpers['logger'] | null = null;
-  const helpers: TaskHelpers = {
-    job: { id: job.id, task: job.task, queue: job.queue, attempt: job.attempts, maxAttempts: job.max_attempts },
-    worker: context.worker,
-    // Made on first use: a pino child per job costs more than a short job.
-    get logger() {
-      logger ??= context.logger.child({ jobId: job.id, task: job.task, attempt: job.attempts, threadId });
-      return logger;
-    },
-    get signal() {
-      return abort.signal;
-    },
-    query: context.query,
-    addJob: context.addJob,
-  };
+  const helpers = new JobHelpers(job, abort, context);
   try {
     const value = await handler(job.payload, helpers);
     if (abort.reason) return aborted(job, abort.reason, context);
@@ -57,6 +43,42 @@ export async function executeJob(job: ClaimedJob, handler: TaskHandler, abort: J
   } catch (err) {
     if (abort.reason) return aborted(job, abort.reason, context);
     return failure(job, formatStoredError(serializeError(err)), isRetryable(err), context);
+  }
+}
+
+/**
+ * What a handler gets besides its payload. A class rather than an object
+ * literal: the literal's two getters were two closures, a scope and two
+ * accessor pairs made for every job, though most handlers read neither. The
+ * logger and the signal are made on first use.
+ */
+class JobHelpers implements TaskHelpers {
+  readonly job: TaskHelpers['job'];
+  readonly worker: TaskHelpers['worker'];
+  readonly query: TaskHelpers['query'];
+  readonly addJob: TaskHelpers['addJob'];
+  #logger: TaskHelpers['logger'] | null = null;
+  readonly #abort: JobAbortSwitch;
+  readonly #context: ExecuteContext;
+
+  constructor(job: ClaimedJob, abort: JobAbortSwitch, context: ExecuteContext) {
+    this.job = { id: job.id, task: job.task, queue: job.queue, attempt: job.attempts, maxAttempts: job.max_attempts };
+    this.worker = context.worker;
+    this.query = context.query;
+    this.addJob = context.addJob;
+    this.#abort = abort;
+    this.#context = context;
+  }
+
+  /** A pino child per job costs more than a short job, so it is made only when used. */
+  get logger(): TaskHelpers['logger'] {
+    const { job } = this;
+    this.#logger ??= this.#context.logger.child({ jobId: job.id, task: job.task, attempt: job.attempt, threadId });
+    return this.#logger;
+  }
+
+  get signal(): AbortSignal {
+    return this.#abort.signal;
   }
 }
 
