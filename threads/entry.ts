@@ -19,7 +19,7 @@ import { jobStatements } from '../src/sql/jobs.ts';
 import { withValues } from '../src/sql/statement.ts';
 import { claimBatch } from './claim.ts';
 import { executeJob, JobAbortSwitch, type ClaimedJob, type ExecuteContext } from './execute.ts';
-import { OutcomeWriter } from './outcomes.ts';
+import { OutcomeWriter, type Outcome, type OutcomeSink } from './outcomes.ts';
 import { loadTasks, type LoadedTasks } from './registry.ts';
 
 const config = workerData as ThreadConfig;
@@ -167,32 +167,65 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     query: ((text: string, params?: unknown[]) => afterCommit().then(() => handlerQuery(text, params))) as never,
     addJob: (...args) => afterCommit().then(() => handlerAddJob(...args)),
   };
-  const switches = new Map<string, JobAbortSwitch>();
+  // Indexed like `jobs`: a map per batch cost a rehash every time it grew,
+  // and an abort is rare enough to find its job by scanning.
+  const switches: (JobAbortSwitch | null)[] = new Array(jobs.length).fill(null);
   port.on('message', (signal: SupervisorSignal) => {
-    if (signal.type === 'abort') switches.get(signal.jobId)?.abort(new JobAbort(signal.reason, signal.message));
+    if (signal.type !== 'abort') return;
+    const i = jobs.findIndex((j) => j.id === signal.jobId);
+    if (i >= 0) switches[i]?.abort(new JobAbort(signal.reason, signal.message));
   });
 
+  // Outcomes are written after the claim's commit (see claimBatch): those
+  // ready before it wait here, the rest go straight to the writer.
+  let beforeCommit: Outcome[] | null = [];
+  let commitFailed = false;
   let fenced = 0;
-  await Promise.all(
-    jobs.map(async (job) => {
+  let left = jobs.length;
+  let allRecorded!: () => void;
+  let failed!: (err: unknown) => void;
+  const recorded = new Promise<void>((resolve, reject) => {
+    allRecorded = resolve;
+    failed = reject;
+  });
+  const sink: OutcomeSink = {
+    recorded(outcome, accepted) {
+      if (!accepted) {
+        fenced++;
+        // A failed commit is reported once for the batch, below.
+        if (!commitFailed) logger.warn({ jobId: outcome.id }, 'outcome rejected: the job was reassigned, cancelled or released while it ran');
+      }
+      finished(outcome.id);
+      if (--left === 0) allRecorded();
+    },
+  };
+  void committed.then((err) => {
+    commitFailed = err !== null;
+    const ready = beforeCommit ?? [];
+    beforeCommit = null;
+    for (let i = 0; i < ready.length; i++) writer.record(ready[i], sink);
+  });
+  // executeJob never throws, so `failed` only hears a defect here; it fails
+  // the batch as Promise.all did, without a promise per job to say so.
+  const runJob = async (job: ClaimedJob, i: number) => {
+    try {
       const abort = new JobAbortSwitch();
-      switches.set(job.id, abort);
+      switches[i] = abort;
       if (job.cancel_requested) abort.abort(new JobAbort('cancelled', 'job was cancelled'));
       const timeoutMs = job.timeout_ms ?? loaded.timeouts.get(job.task) ?? null;
       if (timeoutMs !== null) post(port, { type: 'started', jobId: job.id, timeoutMs, threadId });
       const outcome = await executeJob(job, loaded.handlers.get(job.task)!, abort, context);
-      switches.delete(job.id);
+      switches[i] = null;
       handled(job.id);
-      const commitFailed = (await committed) !== null;
-      const accepted = await writer.record(outcome);
-      if (!accepted) {
-        fenced++;
-        // A failed commit is reported once for the batch, below.
-        if (!commitFailed) logger.warn({ jobId: job.id }, 'outcome rejected: the job was reassigned, cancelled or released while it ran');
-      }
-      finished(job.id);
-    }),
-  );
+      if (beforeCommit) beforeCommit.push(outcome);
+      else writer.record(outcome, sink);
+    } catch (err) {
+      failed(err);
+    }
+  };
+  if (left === 0) allRecorded();
+  for (let i = 0; i < jobs.length; i++) void runJob(jobs[i], i);
+  await recorded;
   port.close();
   // A commit that failed may or may not have happened; the fence sorted out the outcomes either way.
   const commitError = await committed;
