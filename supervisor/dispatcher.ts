@@ -126,6 +126,7 @@ export class Dispatcher {
   /** Slots taken and not yet freed: unsent, or sent to a thread. */
   private held = 0;
   private flushScheduled = false;
+  private flushSoon = false;
   private fillScheduled = false;
   private backlog = false;
   /**
@@ -195,6 +196,18 @@ export class Dispatcher {
       }
       room--;
       this.take(id);
+    }
+    // Notified ids go out as soon as the callback that delivered them ends,
+    // not at the end of the event loop's turn: that wait was 0.14 ms at the
+    // median and 0.38 ms at p90 of the latency path. Ids delivered together
+    // (one notification, or several read from one socket chunk) still share
+    // a batch.
+    if (this.unsent.length > 0 && !this.flushSoon) {
+      this.flushSoon = true;
+      queueMicrotask(() => {
+        this.flushSoon = false;
+        this.flush();
+      });
     }
   }
 
@@ -348,7 +361,7 @@ export class Dispatcher {
   private scheduleFlush(): void {
     if (this.flushScheduled) return;
     this.flushScheduled = true;
-    // Everything offered in this turn of the event loop goes out together.
+    // Slots taken in this turn of the event loop (pulls, mostly) go out together.
     setImmediate(() => {
       this.flushScheduled = false;
       this.flush();
@@ -357,6 +370,7 @@ export class Dispatcher {
 
   private flush(): void {
     const slots = this.unsent;
+    if (slots.length === 0) return;
     this.unsent = [];
     if (this.stopping) {
       for (const slot of slots) this.freeSlot(slot);
