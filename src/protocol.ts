@@ -73,7 +73,13 @@ export type BatchEvent =
   // so the next claim overlaps the outcome write instead of following it.
   | { type: 'handled'; ids: string[]; threadId: number }
   // Outcomes written (or refused by the fence): the jobs are done here.
-  | { type: 'finished'; ids: string[]; threadId: number };
+  | { type: 'finished'; ids: string[]; threadId: number }
+  // The thread is exiting (its process 'exit' event), with the error that
+  // ended it if JavaScript saw one; the last message on the port. It reaches
+  // the supervisor well before the Worker's 'exit' event, which waits for the
+  // thread to be torn down (0.4 ms after process.exit() against 10-35 ms,
+  // measured on an idle 2-core host).
+  | { type: 'exiting'; code: number; error: SerializedError | null };
 
 /** Posted by the supervisor on a batch's MessagePort. */
 export type SupervisorSignal = { type: 'abort'; jobId: string; reason: AbortKind; message: string };

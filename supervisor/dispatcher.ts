@@ -64,6 +64,10 @@ interface Batch {
   claimed: string[];
   /** The backlog's mark when the batch was sent: see Dispatcher.backlogMark. */
   backlogMark: number;
+  /** Its jobs were given back because its thread died: once, whoever noticed first. */
+  failed: boolean;
+  /** The thread said it is exiting: that was the last message it will send on the port. */
+  drained: boolean;
 }
 
 /** A claimed job, as the supervisor sees it. */
@@ -430,7 +434,17 @@ export class Dispatcher {
 
   private send(slots: Slot[], type: 'claim-ids' | 'claim-next', thread?: number): void {
     const { port1, port2 } = new MessageChannel();
-    const batch: Batch = { slots, byIds: type === 'claim-ids', port: port1, threadId: null, claimedOn: null, claimed: [], backlogMark: this.backlogMark };
+    const batch: Batch = {
+      slots,
+      byIds: type === 'claim-ids',
+      port: port1,
+      threadId: null,
+      claimedOn: null,
+      claimed: [],
+      backlogMark: this.backlogMark,
+      failed: false,
+      drained: false,
+    };
     for (let i = 0; i < slots.length; i++) slots[i].batch = batch;
     if (thread !== undefined) this.placeBatch(batch, thread);
     const tasks = this.options.pool.tasks;
@@ -513,7 +527,29 @@ export class Dispatcher {
       case 'finished':
         this.finish(batch, event.ids, event.threadId);
         break;
+      case 'exiting':
+        this.onThreadExiting(batch, event);
+        break;
     }
+  }
+
+  /**
+   * The batch's thread is exiting (a handler called process.exit(), an
+   * uncaught error): its jobs go back now, not when piscina reports the
+   * death, which waits for the Worker's 'exit' event (10-45 ms later under
+   * load, most of a crashed job's way back to the queue). The thread runs
+   * no more of its event loop, so it starts nothing new; what it already
+   * sent (a claim's commit, an outcome write) the release waits for and the
+   * fence sorts out, as after any death. Deaths that run no JavaScript (out
+   * of memory, terminate()) are still heard from piscina.
+   */
+  private onThreadExiting(batch: Batch, event: Extract<BatchEvent, { type: 'exiting' }>): void {
+    batch.drained = true;
+    const thread = batch.claimedOn ?? batch.threadId;
+    if (thread !== null) this.options.pool.markExiting(thread);
+    const { code, error } = event;
+    const err = error ? Object.assign(new Error(error.message), { name: error.name, code: error.code }) : new Error(`worker exited with code: ${code}`);
+    void this.onFailed(batch, err);
   }
 
   /**
@@ -562,7 +598,7 @@ export class Dispatcher {
    * worker log's record of the jobs or, for a dead thread, their release.
    */
   private closeBatchPort(batch: Batch): void {
-    for (let m = receiveMessageOnPort(batch.port); m; m = receiveMessageOnPort(batch.port)) {
+    for (let m = batch.drained ? undefined : receiveMessageOnPort(batch.port); m; m = receiveMessageOnPort(batch.port)) {
       this.onEvent(batch, m.message as BatchEvent);
     }
     batch.port.close();
@@ -613,6 +649,8 @@ export class Dispatcher {
 
   /** The batch's thread died (or the pool was destroyed): give its jobs back at once. */
   private async onFailed(batch: Batch, err: Error): Promise<void> {
+    if (batch.failed) return;
+    batch.failed = true;
     this.closeBatchPort(batch);
     const threadId = batch.claimedOn;
     const killed = threadId === null ? undefined : this.killing.get(threadId);

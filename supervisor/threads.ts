@@ -45,6 +45,8 @@ export class ThreadPool extends EventEmitter {
   private readonly generations = new Map<Piscina, { id: number; size: number; created: number; running: number; retiring: boolean }>();
   private readonly live = new Map<number, ThreadInfo & { worker: Worker; pool: Piscina }>();
   private readonly terminating = new Set<number>();
+  /** Threads that said they are exiting, until their 'exit' event: no new work goes to them. */
+  private readonly exiting = new Set<number>();
   private destroyed = false;
   private repairTimer: NodeJS.Timeout | null = null;
   private repairBackoffMs = 500;
@@ -100,8 +102,18 @@ export class ThreadPool extends EventEmitter {
   /** Thread ids of the generation new work goes to. */
   currentThreadIds(): number[] {
     const ids: number[] = [];
-    for (const entry of this.live.values()) if (entry.pool === this.current && !this.terminating.has(entry.threadId)) ids.push(entry.threadId);
+    for (const entry of this.live.values()) {
+      if (entry.pool === this.current && !this.terminating.has(entry.threadId) && !this.exiting.has(entry.threadId)) ids.push(entry.threadId);
+    }
     return ids;
+  }
+
+  /**
+   * A thread announced that it is exiting (the dispatcher heard it on a
+   * batch's port). Until piscina sees it go, it gets no new work.
+   */
+  markExiting(threadId: number): void {
+    if (this.live.has(threadId)) this.exiting.add(threadId);
   }
 
   liveThreads(): ThreadInfo[] {
@@ -138,7 +150,7 @@ export class ThreadPool extends EventEmitter {
       workerData: this.options.config,
       resourceLimits: this.options.resourceLimits,
       recordTiming: false,
-      loadBalancer: preferredThreadBalancer(Math.max(1, this.options.concurrency)),
+      loadBalancer: preferredThreadBalancer(Math.max(1, this.options.concurrency), (threadId) => this.exiting.has(threadId)),
     });
     this.generations.set(pool, { id, size: threads, created: 0, running: 0, retiring: false });
     pool.on('workerCreate', (w: { id: number }) => this.track(pool, id, w.id));
@@ -174,6 +186,7 @@ export class ThreadPool extends EventEmitter {
     this.emit('start', threadId, generation, restart);
     worker.once('exit', (code: number) => {
       this.live.delete(threadId);
+      this.exiting.delete(threadId);
       const gen = this.generations.get(pool);
       const expected = this.destroyed || !gen || gen.retiring || this.terminating.delete(threadId);
       this.emit('exit', threadId, code, expected);
@@ -234,14 +247,15 @@ type Balancer = NonNullable<ConstructorParameters<typeof Piscina>[0]>['loadBalan
 /**
  * The thread the dispatcher chose, if piscina still has it; otherwise what
  * piscina's own balancer would pick: an idle thread, else the least busy
- * one with room.
+ * one with room. Threads that announced their exit are skipped: piscina
+ * counts them as live until their 'exit' event.
  */
-function preferredThreadBalancer(maximumUsage: number): Balancer {
+function preferredThreadBalancer(maximumUsage: number, exiting: (threadId: number) => boolean): Balancer {
   return (task, workers) => {
     const wanted = (task[queueOptionsSymbol] as { thread?: number } | null)?.thread;
     let best: (typeof workers)[number] | null = null;
     for (const worker of workers) {
-      if (worker.terminating || worker.destroyed) continue;
+      if (worker.terminating || worker.destroyed || exiting(worker.id)) continue;
       if (worker.id === wanted) return worker;
       if (worker.currentUsage < maximumUsage && (best === null || worker.currentUsage < best.currentUsage)) best = worker;
     }

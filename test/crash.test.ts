@@ -1,3 +1,6 @@
+import { rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { Supervisor, SupervisorOptions } from '../src/index.ts';
 import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
@@ -100,6 +103,37 @@ describe('a thread that dies mid-job', () => {
       expect(job).toMatchObject({ state: 'failed', attempts: 1 });
       expect(job.lastError).toMatch(/^thread crashed: .*exited with code: 1/);
     });
+  });
+
+  it('gives the job back as soon as its thread starts exiting, without waiting for the thread to be torn down', async () => {
+    const releaseFile = path.join(os.tmpdir(), `grapevine-exit-held-${process.pid}-${Date.now()}`);
+    try {
+      await withSupervisor({ sweepIntervalMs: 600_000 }, async (supervisor) => {
+        // Idle first: a pull sent to the thread just before it dies would be
+        // stuck there until it is gone, as it would have been before.
+        await eventually(() => supervisor.status().inFlight === 0, 'the start-up pulls to end');
+        const threadsBefore = supervisor.status().threads.map((t) => t.threadId);
+        const id = await client.addJob('exit-held', { releaseFile }, { maxAttempts: 3 });
+        // The dead thread stays in its exit listener until releaseFile exists,
+        // so piscina cannot report its death before then: the job comes back
+        // only because the thread said it was exiting.
+        const job = await client.waitForJob(id, { timeoutMs: 30_000 });
+        expect(job).toMatchObject({ state: 'succeeded', attempts: 2, result: { survived: 2 } });
+        expect(job.lastError).toMatch(/^thread crashed: .*exited with code: 1/);
+        // Nothing was sent to the exiting thread after it said so: a batch
+        // sent there would hold its slots until the thread is gone, which is
+        // never before releaseFile exists. (No sweeps in this test: a pull a
+        // sweep sent just before the death would be stuck there.)
+        await eventually(() => supervisor.status().inFlight === 0, 'every slot to be free', 10_000);
+        const live = supervisor.status().threads.map((t) => t.threadId);
+        expect(threadsBefore.every((t) => live.includes(t))).toBe(true);
+        await writeFile(releaseFile, '');
+        await poolRestored(supervisor);
+      });
+    } finally {
+      await writeFile(releaseFile, '');
+      await rm(releaseFile, { force: true });
+    }
   });
 
   it('also releases the other jobs that were running on the dying thread', async () => {

@@ -40,6 +40,21 @@ void warmConnections();
 const writer = new OutcomeWriter(systemPool, config.schema, { baseMs: config.retryBaseMs, maxMs: config.retryMaxMs, deleteSucceeded: config.deleteSucceeded }, logger);
 const tasks: Promise<LoadedTasks> = loadTasks(config.tasksPath).catch((err: Error) => ({ handlers: new Map(), timeouts: new Map(), error: err }));
 
+// Batches whose ports are open. If the thread exits (a handler's
+// process.exit(), an uncaught error), each is told why at once: the
+// supervisor gives their jobs back then, instead of after the Worker's
+// 'exit' event, which waits for the thread to be torn down.
+const openPorts = new Set<MessagePort>();
+let fatal: unknown;
+// A monitor only watches: the error still ends the thread, as it would without it.
+process.on('uncaughtExceptionMonitor', (err) => {
+  fatal ??= err;
+});
+process.on('exit', (code) => {
+  const error = fatal === undefined ? null : serializeError(fatal);
+  for (const port of openPorts) post(port, { type: 'exiting', code, error });
+});
+
 // Handlers get their own pool, so a handler that holds every connection
 // cannot starve claims and outcome writes.
 let handlerPool: ReturnType<typeof createPool> | null = null;
@@ -119,6 +134,7 @@ export default async function run(request: ThreadRequest): Promise<ThreadRespons
 
 async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'claim-next' }>): Promise<ThreadResponse> {
   const port = request.port;
+  openPorts.add(port);
   const loaded = await tasks;
   const known = request.tasks.filter((t) => loaded.handlers.has(t));
   let jobs: ClaimedJob[];
@@ -130,7 +146,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
         : withValues(sql.claimNext, [request.count, known, config.supervisorId, threadId, config.leaseMs, config.queues]);
     ({ jobs, committed } = await claimBatch(systemPool, claim));
   } catch (err) {
-    port.close();
+    endBatch(port);
     return { type: 'batch-done', threadId, claimed: [], skipped: 0, fenced: 0, claimError: serializeError(err), commitError: null, dueLeft: false };
   }
   const requested = request.type === 'claim-ids' ? request.ids.length : request.count;
@@ -226,7 +242,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   if (left === 0) allRecorded();
   for (let i = 0; i < jobs.length; i++) void runJob(jobs[i], i);
   await recorded;
-  port.close();
+  endBatch(port);
   // A commit that failed may or may not have happened; the fence sorted out the outcomes either way.
   const commitError = await committed;
   if (commitError) logger.warn({ err: commitError.message, jobs: claimed }, "a claim's commit failed: its jobs ran unconfirmed and may run again");
@@ -253,6 +269,11 @@ function idsReporter(port: MessagePort, type: 'handled' | 'finished'): (id: stri
       ids = [];
     });
   };
+}
+
+function endBatch(port: MessagePort): void {
+  openPorts.delete(port);
+  port.close();
 }
 
 function post(port: MessagePort, event: BatchEvent): void {
