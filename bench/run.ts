@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { calibrateBurn } from './lib/calibrate.ts';
 import { describeConnection, dropBenchDatabase, dropSchema, recreateBenchDatabase, serverFacts, settleDatabase } from './lib/db.ts';
 import { parsePlan, rotate, type Plan, type Workload } from './lib/plan.ts';
-import { killAllChildren } from './lib/procs.ts';
+import { killAllChildren, specEnv } from './lib/procs.ts';
 import { mainTable, recoveryTable, scaleTable, targetTable } from './lib/render.ts';
 import { loadLine, machineLine, renderReport, writeReport } from './lib/report.ts';
 import { nowMs } from './lib/stats.ts';
@@ -38,8 +38,8 @@ async function openDatabase(): Promise<{ url: string; note: string; stop: () => 
 function runTrialProcess(spec: TrialSpec, inProcess: boolean): Promise<TrialResult> {
   if (inProcess) return runTrial(spec, true);
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [path.join(BENCH_DIR, 'trial.ts'), JSON.stringify(spec)], {
-      env: { ...process.env, GRAPEVINE_LOG_LEVEL: process.env.GRAPEVINE_LOG_LEVEL ?? 'warn' },
+    const child = spawn(process.execPath, [path.join(BENCH_DIR, 'trial.ts')], {
+      env: { ...specEnv(spec), GRAPEVINE_LOG_LEVEL: process.env.GRAPEVINE_LOG_LEVEL ?? 'warn' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';

@@ -2,10 +2,11 @@
 // paused, resumes on request, relays its threads' completion counts, and reports its
 // dispatcher counters and peak RSS. Same startSupervisor() as `grapevine run`, plus the
 // pause/resume the scale-out workload needs to start N supervisors on one backlog.
-// Usage (spawned with an IPC channel): node bench/supervisor-child.ts '<ChildSpec JSON>'
+// Usage: forked by bench/lib/procs.ts with an IPC channel and its ChildSpec in the environment (specEnv).
 import pino from 'pino';
 import { startSupervisor } from '../src/index.ts';
 import { listenToThreads } from './lib/channel.mjs';
+import { readSpec } from './lib/procs.ts';
 
 export interface ChildSpec {
   connectionString: string;
@@ -24,7 +25,7 @@ export type ChildMessage =
   | { kind: 'stats'; counters: Record<string, number>; rssMb: number }
   | { kind: 'stopped' };
 
-const spec = JSON.parse(process.argv[2]) as ChildSpec;
+const spec = readSpec<ChildSpec>();
 const send = (m: ChildMessage) => process.send?.(m);
 
 const channel = listenToThreads((report) => {

@@ -1,9 +1,11 @@
 // One (system, workload) trial. Normally run in a fresh process — nothing leaks between
 // systems (JIT state, pools, timers) and the process's peak RSS is that system's alone:
-//   node bench/trial.ts '<TrialSpec JSON>'   → prints one line "RESULT <json>"
+//   bench/run.ts starts `node bench/trial.ts` with the TrialSpec in its environment
+//   (specEnv in lib/procs.ts) → it prints one line "RESULT <json>"
 // The smoke mode calls runTrial() in-process instead, to stay within a few seconds.
 import { measureFloor } from './floor.ts';
 import { dropSchema } from './lib/db.ts';
+import { readSpec } from './lib/procs.ts';
 import { createAdapter } from './systems/index.ts';
 import type { SystemName } from './systems/types.ts';
 import { runDrain } from './workloads/drain.ts';
@@ -85,7 +87,7 @@ export async function runTrial(spec: TrialSpec, inProcess = false): Promise<Tria
 }
 
 if (import.meta.main) {
-  const result = await runTrial(JSON.parse(process.argv[2]) as TrialSpec);
+  const result = await runTrial(readSpec<TrialSpec>());
   process.stdout.write(`RESULT ${JSON.stringify(result)}\n`);
   // Libraries may leave timers behind after close(); the result is out, so leave.
   process.exit(result.ok ? 0 : 1);

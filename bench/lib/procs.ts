@@ -12,6 +12,26 @@ export const CLI_PATH = path.join(REPO_DIR, 'dist', 'supervisor', 'cli.js');
 
 const live = new Set<ChildProcess>();
 
+/**
+ * A child's spec travels in its environment, not its arguments: it holds the
+ * connection string, and with it the embedded server's password, and any
+ * user of the machine can read a process's arguments (`ps`), not its
+ * environment.
+ */
+const SPEC_ENV = 'GRAPEVINE_BENCH_SPEC';
+
+export function specEnv(spec: unknown): NodeJS.ProcessEnv {
+  return { ...process.env, [SPEC_ENV]: JSON.stringify(spec) };
+}
+
+/** The spec this process was started with (see specEnv); it is not passed on to its own children. */
+export function readSpec<T>(): T {
+  const text = process.env[SPEC_ENV];
+  if (!text) throw new Error(`${SPEC_ENV} is not set: this script is started by the bench (bench/run.ts)`);
+  delete process.env[SPEC_ENV];
+  return JSON.parse(text) as T;
+}
+
 /** Ends every child still running (by pid, the ones this process started). */
 export function killAllChildren(): void {
   for (const child of live) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
@@ -42,7 +62,7 @@ export interface ControlledSupervisor {
 /** bench/supervisor-child.ts: a supervisor process the bench can pause, resume and query. */
 export async function forkSupervisor(spec: ChildSpec, timeoutMs = 30_000): Promise<ControlledSupervisor> {
   const child = track(
-    fork(path.join(BENCH_DIR, 'supervisor-child.ts'), [JSON.stringify(spec)], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] }),
+    fork(path.join(BENCH_DIR, 'supervisor-child.ts'), [], { env: specEnv(spec), stdio: ['ignore', 'pipe', 'pipe', 'ipc'] }),
     'supervisor-child',
   );
   const waiters = new Map<string, (m: ChildMessage) => void>();
@@ -76,7 +96,8 @@ export function spawnSupervisorProcess(spec: ChildSpec): { child: ChildProcess; 
     });
     return { child: track(child, 'grapevine run'), via: 'node dist/supervisor/cli.js run' };
   }
-  const child = fork(path.join(BENCH_DIR, 'supervisor-child.ts'), [JSON.stringify({ ...spec, paused: false })], {
+  const child = fork(path.join(BENCH_DIR, 'supervisor-child.ts'), [], {
+    env: specEnv({ ...spec, paused: false }),
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
   });
   return { child: track(child, 'supervisor-child'), via: 'bench/supervisor-child.ts (dist/supervisor/cli.js not built)' };
