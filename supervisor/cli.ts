@@ -46,7 +46,8 @@ Commands:
 
 Options for every command:
   --database-url URL   PostgreSQL to use (default: DATABASE_URL, else an embedded
-                       server kept in ./.grapevine/db)
+                       server kept in ./.grapevine/db); other users of the machine
+                       can read arguments (ps), so put a password in DATABASE_URL
   --schema NAME        schema of grapevine's tables (default: ${DEFAULTS.schema})
   -h, --help           help for a command: grapevine <command> --help
   --version            print the version`,
