@@ -46,9 +46,11 @@ const tasks: Promise<LoadedTasks> = loadTasks(config.tasksPath).catch((err: Erro
 // 'exit' event, which waits for the thread to be torn down.
 const openPorts = new Set<MessagePort>();
 let fatal: unknown;
-// A monitor only watches: the error still ends the thread, as it would without it.
+// A monitor only watches: the error still ends the thread, as it would
+// without it, unless a task module listens for uncaught exceptions itself
+// (then the error is its to handle, and not why the thread may exit later).
 process.on('uncaughtExceptionMonitor', (err) => {
-  fatal ??= err;
+  if (process.listenerCount('uncaughtException') === 0) fatal ??= err;
 });
 process.on('exit', (code) => {
   const error = fatal === undefined ? null : serializeError(fatal);
