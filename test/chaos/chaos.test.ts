@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startEmbeddedDatabase, type EmbeddedDatabase } from '../../src/embedded.ts';
+import { stopAndExplain } from '../helpers/process.ts';
 import { createTestQueue, type SupervisorProcess, type TestQueue } from '../../src/testing.ts';
 
 const TASKS = new URL('./tasks', import.meta.url).pathname;
@@ -73,6 +74,6 @@ describe('chaos', () => {
     expect(result.unexplainedDuplicates).toEqual([]);
     expect(result.jobs).toBe(JOBS);
     expect(await queue.states()).toEqual({ succeeded: JOBS });
-    for (const s of supervisors) expect(await s.stop()).toBe(0);
+    for (const s of supervisors) expect(await stopAndExplain(s)).toBe('');
   });
 });

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startEmbeddedDatabase, type EmbeddedDatabase } from '../../src/embedded.ts';
 import { createTestQueue, type TestQueue } from '../../src/testing.ts';
+import { stopAndExplain } from '../helpers/process.ts';
 
 // PostgreSQL going away under running supervisors: they must recover without
 // being restarted, and no committed job may be lost. This file owns its
@@ -68,8 +69,8 @@ describe('PostgreSQL restarts and crashes', () => {
     expect(result).toMatchObject({ jobs: 1_200, unfinished: [], finishedTwice: [], unexplainedDuplicates: [] });
     expect(await queue.states()).toEqual({ succeeded: 1_200 });
     // The same processes did the work after the restart.
-    expect(await a.stop()).toBe(0);
-    expect(await b.stop()).toBe(0);
+    expect(await stopAndExplain(a)).toBe('');
+    expect(await stopAndExplain(b)).toBe('');
   });
 
   it('recovers from a crash (immediate shutdown, notifications lost) and finds every committed job by re-reading the table', async () => {
@@ -83,6 +84,6 @@ describe('PostgreSQL restarts and crashes', () => {
     const result = await queue.check();
     expect(result).toMatchObject({ unfinished: [], finishedTwice: [], unexplainedDuplicates: [] });
     expect((await queue.states()).succeeded).toBe(1_700);
-    expect(await a.stop()).toBe(0);
+    expect(await stopAndExplain(a)).toBe('');
   });
 });

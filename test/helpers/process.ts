@@ -68,3 +68,13 @@ export function start(args: string[], env: Record<string, string | undefined> = 
 export function run(args: string[], env: Record<string, string | undefined> = {}): Promise<Finished> {
   return start(args, env).exited;
 }
+
+/**
+ * SIGTERMs a grapevine/testing supervisor process and returns '' when it
+ * exits 0, else its exit code and the tail of what it printed, so a failed
+ * run can be diagnosed from CI's log alone.
+ */
+export async function stopAndExplain(proc: { stop(): Promise<number | null>; output(): string }): Promise<string> {
+  const code = await proc.stop();
+  return code === 0 ? '' : `exit code ${code}; it printed:\n${proc.output().slice(-4000)}`;
+}
