@@ -64,28 +64,62 @@ export async function withPipelinedTransaction(pool: pg.Pool, statements: pg.Que
   });
 }
 
+/** A client checked out of a pool, guarded against connection errors until it is released. */
+export interface CheckedOut {
+  client: pg.PoolClient;
+  /** Returns the client to the pool; a client whose connection failed (or `err`) is discarded instead. */
+  release(err?: Error): void;
+}
+
 /**
- * Checks a client out for several statements. A checked-out client whose
- * connection dies between two statements emits 'error' with nobody
- * listening, which would crash the process (seen when PostgreSQL restarts):
- * the failure is reported by the next statement instead, and the broken
- * client is discarded rather than returned to the pool.
+ * Checks a client out with an 'error' listener on it from the moment the
+ * pool hands it over, until it is released. A checked-out client whose
+ * connection dies emits 'error', and with nobody listening that ends the
+ * process (or the thread). pool.connect()'s promise would leave a gap: it
+ * settles a microtask after the pool hands the client over, and a server
+ * that starts a fast shutdown just as a new connection becomes ready sends
+ * the FATAL in the same packet as the ReadyForQuery, so the driver emits
+ * 'error' inside that gap (a supervisor died of it during a PostgreSQL
+ * restart in the chaos suite). The callback form has no gap. The failure is
+ * reported by the client's next statement instead.
+ */
+export function checkOut(pool: pg.Pool): Promise<CheckedOut> {
+  return new Promise((resolve, reject) => {
+    pool.connect((err, client) => {
+      if (err || !client) {
+        reject(err ?? new Error('the pool returned no client'));
+        return;
+      }
+      let broken: Error | undefined;
+      const onError = (e: Error) => {
+        broken ??= e;
+      };
+      client.on('error', onError);
+      resolve({
+        client,
+        release(releaseErr) {
+          client.off('error', onError);
+          client.release(releaseErr ?? broken);
+        },
+      });
+    });
+  });
+}
+
+/**
+ * Checks a client out for several statements (see checkOut). A statement
+ * that failed because the connection did is enough to discard the client.
  */
 export async function withClient<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-  const client = await pool.connect();
+  const { client, release } = await checkOut(pool);
   let broken: Error | undefined;
-  const onError = (err: Error) => {
-    broken = err;
-  };
-  client.on('error', onError);
   try {
     return await fn(client);
   } catch (err) {
-    broken ??= isConnectionError(err) ? (err as Error) : undefined;
+    broken = isConnectionError(err) ? (err as Error) : undefined;
     throw err;
   } finally {
-    client.off('error', onError);
-    client.release(broken);
+    release(broken);
   }
 }
 

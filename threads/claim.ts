@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { checkOut } from '../src/db.ts';
 import type { ClaimedJob } from './execute.ts';
 
 /** A claimed batch whose commit may still be on its way to disk. */
@@ -30,26 +31,16 @@ export interface PendingClaim {
  * and an outcome written before the commit would not see the claim.
  */
 export async function claimBatch(pool: pg.Pool, claim: pg.QueryConfig): Promise<PendingClaim> {
-  // Not withClient() (src/db.ts), whose guard this repeats: the rows are
-  // handed back while the client is still out, waiting for the commit.
-  const client = await pool.connect();
-  // A connection that dies while checked out emits 'error'; unheard, that would end the thread.
-  let broken: Error | null = null;
-  const onError = (err: Error) => {
-    broken ??= err;
-  };
-  client.on('error', onError);
-  const release = (err: Error | null) => {
-    client.off('error', onError);
-    client.release(err ?? broken ?? undefined);
-  };
+  // Not withClient() (src/db.ts): the rows are handed back while the client
+  // is still out, waiting for the commit.
+  const { client, release } = await checkOut(pool);
   // Sent in one go: nothing waits for BEGIN's answer, and a failed claim turns COMMIT into a rollback.
   const begun = client.query('BEGIN');
   const claimed = client.query<ClaimedJob>(claim);
   const commit = client.query('COMMIT');
   const committed = Promise.all([begun, commit]).then(
     () => {
-      release(null);
+      release();
       return null;
     },
     (err: Error) => {

@@ -2,29 +2,94 @@ import net from 'node:net';
 
 /**
  * A TCP proxy in front of PostgreSQL that can make the LISTEN connection
- * half-open: its socket stays connected but nothing passes any more, as when
- * a NAT or firewall silently drops a long-idle flow.
+ * half-open (its socket stays connected but nothing passes any more, as when
+ * a NAT or firewall silently drops a long-idle flow), or end new connections
+ * the way a server that is shutting down does.
  */
 export interface Proxy {
   url: string;
   /** Stops forwarding on every connection that has issued LISTEN. Returns how many. */
   blackholeListeners(): number;
+  /**
+   * The next `count` connections to finish their start-up are ended with the
+   * FATAL a fast shutdown sends (57P01), in the same packet as the
+   * ReadyForQuery that makes them usable: a server that starts shutting down
+   * just as a connection is made does this.
+   */
+  endAsReady(count: number): void;
   close(): Promise<void>;
+}
+
+/** The ErrorResponse PostgreSQL sends to every session when it is stopped with a fast shutdown. */
+function adminShutdownMessage(): Buffer {
+  const fields = Buffer.concat(
+    [
+      ['S', 'FATAL'],
+      ['V', 'FATAL'],
+      ['C', '57P01'],
+      ['M', 'terminating connection due to administrator command'],
+    ].map(([code, value]) => Buffer.from(`${code}${value}\0`)),
+  );
+  const body = Buffer.concat([fields, Buffer.from([0])]);
+  const head = Buffer.alloc(5);
+  head.write('E', 0);
+  head.writeInt32BE(body.length + 4, 1);
+  return Buffer.concat([head, body]);
+}
+
+/**
+ * Splits server bytes of a connection still starting up: the complete
+ * messages up to and including the first ReadyForQuery ('Z'), whether that
+ * was among them, and what is left.
+ */
+function splitAtReady(data: Buffer): { complete: Buffer; ready: boolean; rest: Buffer } {
+  let at = 0;
+  while (at + 5 <= data.length) {
+    const end = at + 1 + data.readInt32BE(at + 1);
+    if (end > data.length) break;
+    const ready = data[at] === 0x5a;
+    at = end;
+    if (ready) return { complete: data.subarray(0, at), ready, rest: data.subarray(at) };
+  }
+  return { complete: data.subarray(0, at), ready: false, rest: data.subarray(at) };
 }
 
 export async function startProxy(target: string): Promise<Proxy> {
   const upstream = new URL(target);
   const pairs: Array<{ client: net.Socket; server: net.Socket; listens: boolean; dead: boolean }> = [];
+  let toEndAsReady = 0;
   const proxy = net.createServer((client) => {
     const server = net.connect(Number(upstream.port || 5432), upstream.hostname);
     const pair = { client, server, listens: false, dead: false };
     pairs.push(pair);
+    // Server bytes of a connection still starting up that do not yet form a whole message.
+    let partial: Buffer | null = Buffer.alloc(0);
     client.on('data', (chunk) => {
       if (!pair.listens && chunk.includes('LISTEN "')) pair.listens = true;
       if (!pair.dead) server.write(chunk);
     });
     server.on('data', (chunk) => {
-      if (!pair.dead) client.write(chunk);
+      if (pair.dead) return;
+      if (partial === null) {
+        client.write(chunk);
+        return;
+      }
+      const { complete, ready, rest } = splitAtReady(Buffer.concat([partial, chunk]));
+      if (!ready) {
+        // Authentication comes before ReadyForQuery, and the client must answer it.
+        partial = rest;
+        if (complete.length > 0) client.write(complete);
+        return;
+      }
+      partial = null;
+      if (toEndAsReady > 0) {
+        toEndAsReady--;
+        pair.dead = true;
+        client.end(Buffer.concat([complete, adminShutdownMessage()]));
+        server.destroy();
+        return;
+      }
+      client.write(Buffer.concat([complete, rest]));
     });
     const end = () => {
       client.destroy();
@@ -44,6 +109,9 @@ export async function startProxy(target: string): Promise<Proxy> {
       const listeners = pairs.filter((p) => p.listens && !p.dead);
       for (const p of listeners) p.dead = true;
       return listeners.length;
+    },
+    endAsReady(count) {
+      toEndAsReady += count;
     },
     async close() {
       for (const p of pairs) {
