@@ -601,7 +601,10 @@ export class Dispatcher {
    * worker log's record of the jobs or, for a dead thread, their release.
    */
   private closeBatchPort(batch: Batch): void {
-    for (let m = batch.drained ? undefined : receiveMessageOnPort(batch.port); m; m = receiveMessageOnPort(batch.port)) {
+    // Checked before every read: an 'exiting' event handled here ends the reading too.
+    for (;;) {
+      const m = batch.drained ? undefined : receiveMessageOnPort(batch.port);
+      if (!m) break;
       this.onEvent(batch, m.message as BatchEvent);
     }
     batch.port.close();
