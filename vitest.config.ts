@@ -6,7 +6,7 @@ export default defineConfig({
     include: ['test/**/*.test.ts'],
     globalSetup: ['test/setup/build.ts', 'test/setup/database.ts'],
     // Threads run the build, not the TypeScript sources: see THREAD_ENTRY in supervisor/threads.ts.
-    env: { GRAPEVINE_THREAD_ENTRY: BUILT_THREAD_ENTRY },
+    env: { GRAPEVINE_TEST_THREAD_ENTRY: BUILT_THREAD_ENTRY },
     // Database-heavy files with their own thread pools: two at a time on a 2-core machine.
     maxWorkers: 2,
     testTimeout: 60_000,

@@ -11,11 +11,11 @@ import { redactSecret } from '../src/redact.ts';
 // The thread entry sits beside this file's sibling folder with the same
 // extension: .ts when run from source, .js from the built package. The test
 // suites run the supervisor from source but point its threads at the build
-// (GRAPEVINE_THREAD_ENTRY, see vitest.config.ts): a thread that loads .ts
+// (GRAPEVINE_TEST_THREAD_ENTRY, see vitest.config.ts): a thread that loads .ts
 // compiles Node's type stripper, which is WebAssembly, and V8 has aborted
 // ("Check failed: jit_page.has_value()") under the suites' churn of threads.
 const here = fileURLToPath(import.meta.url);
-const THREAD_ENTRY = process.env.GRAPEVINE_THREAD_ENTRY || path.join(path.dirname(here), '..', 'threads', `entry${path.extname(here)}`);
+const THREAD_ENTRY = process.env.GRAPEVINE_TEST_THREAD_ENTRY || path.join(path.dirname(here), '..', 'threads', `entry${path.extname(here)}`);
 
 export interface ThreadPoolOptions {
   threads: number;

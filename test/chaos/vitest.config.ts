@@ -8,7 +8,7 @@ export default defineConfig({
     include: ['test/chaos/**/*.test.ts'],
     globalSetup: ['test/setup/build.ts'],
     // Threads run the build, not the TypeScript sources: see THREAD_ENTRY in supervisor/threads.ts.
-    env: { GRAPEVINE_THREAD_ENTRY: BUILT_THREAD_ENTRY },
+    env: { GRAPEVINE_TEST_THREAD_ENTRY: BUILT_THREAD_ENTRY },
     maxWorkers: 1,
     testTimeout: 240_000,
     hookTimeout: 60_000,
