@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createClient } from '../src/index.ts';
 import { databaseUrl, schemaName } from './helpers/db.ts';
 import { assertBuilt, CLI, ROOT, run, start } from './helpers/process.ts';
+import { startProxy } from './helpers/proxy.ts';
 import pg from 'pg';
 
 const url = databaseUrl();
@@ -44,5 +45,33 @@ describe('examples', () => {
       server.child.kill('SIGTERM');
     }
     expect((await server.exited).code).toBe(0);
+  });
+
+  it('examples/embed keeps serving when PostgreSQL ends its connections, idle ones and new ones alike', async () => {
+    const proxy = await startProxy(url);
+    const server = start([`${ROOT}/examples/embed/server.mjs`], { DATABASE_URL: proxy.url, PORT: '0' });
+    try {
+      const line = await server.waitFor(/listening on http:\/\/127\.0\.0\.1:\d+/);
+      const base = line.replace('listening on ', '');
+      const order = () => fetch(`${base}/orders`, { method: 'POST', body: JSON.stringify({ item: 'tea' }) }).then((r) => r.status);
+      expect(await order()).toBe(201);
+      // What a restart does: every backend ends, idle connections included, and
+      // the first new ones end again as soon as they are ready.
+      proxy.endAsReady(3);
+      // Two statements: in one, nothing would stop PostgreSQL from calling pg_terminate_backend() before the port filter.
+      const behind = await pool.query('SELECT pid FROM pg_stat_activity WHERE client_port = ANY($1)', [proxy.upstreamPorts()]);
+      expect(behind.rows.length).toBeGreaterThan(0);
+      await pool.query('SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid', [behind.rows.map((r) => r.pid)]);
+      // Orders may fail while connections are ending; the service must not.
+      let status = 0;
+      for (let i = 0; i < 10 && status !== 201; i++) status = await order();
+      expect(status).toBe(201);
+    } finally {
+      server.child.kill('SIGTERM');
+    }
+    const exited = await server.exited;
+    expect(exited.stderr).not.toMatch(/Unhandled 'error' event/);
+    expect(exited.code).toBe(0);
+    await proxy.close();
   });
 });

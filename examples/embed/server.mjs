@@ -21,6 +21,12 @@ const logger = pino({ level: process.env.LOG_LEVEL ?? 'warn' });
 
 // The service's own pool; grapevine's client shares it.
 const pool = new pg.Pool({ connectionString, max: 5 });
+// A connection the server ends (a restart, a failover) emits 'error', and an
+// 'error' nobody hears ends the process: idle connections emit it on the pool,
+// checked-out ones on their client. The statement that needed the connection
+// still fails, and the request gets a 500.
+pool.on('error', (err) => logger.warn({ err: err.message }, 'idle database connection closed'));
+pool.on('connect', (client) => client.on('error', (err) => logger.warn({ err: err.message }, 'database connection lost')));
 const jobs = createClient({ pool, connectionString, schema });
 await jobs.migrate();
 await pool.query(`CREATE TABLE IF NOT EXISTS ${schema}.orders (
@@ -44,9 +50,11 @@ async function createOrder(item) {
     await client.query('COMMIT');
     return { orderId: rows[0].id, jobId };
   } catch (err) {
-    await client.query('ROLLBACK');
+    // If the connection is gone, so is the transaction: keep the first error.
+    await client.query('ROLLBACK').catch(() => {});
     throw err;
   } finally {
+    // pg's pool closes a client whose connection failed instead of reusing it.
     client.release();
   }
 }

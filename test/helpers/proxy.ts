@@ -17,6 +17,8 @@ export interface Proxy {
    * just as a connection is made does this.
    */
   endAsReady(count: number): void;
+  /** Local ports of the proxy's open connections to PostgreSQL: pg_stat_activity.client_port of the backends behind it. */
+  upstreamPorts(): number[];
   close(): Promise<void>;
 }
 
@@ -112,6 +114,9 @@ export async function startProxy(target: string): Promise<Proxy> {
     },
     endAsReady(count) {
       toEndAsReady += count;
+    },
+    upstreamPorts() {
+      return pairs.filter((p) => !p.dead && !p.server.destroyed && p.server.localPort !== undefined).map((p) => p.server.localPort!);
     },
     async close() {
       for (const p of pairs) {
