@@ -15,7 +15,7 @@ import pg from 'pg';
 import { createClient, type Client } from './client.ts';
 import { resolveConnectionString, validateSchemaName } from './config.ts';
 import { silentLogger } from './log.ts';
-import { channelsFor, quoteIdent } from './schema/channels.ts';
+import { quoteIdent } from './schema/channels.ts';
 import type { TaskHelpers } from './task.ts';
 import { startSupervisor, type Supervisor, type SupervisorOptions } from '../supervisor/index.ts';
 
@@ -215,13 +215,14 @@ export async function createTestQueue(options: { connectionString?: string; sche
     },
 
     async killListeners() {
-      const channel = channelsFor(schema).jobs;
+      // Each supervisor's heartbeat names its LISTEN backend: other schemas' supervisors on the
+      // same server (parallel test files) keep theirs.
       const { rows } = await pool.query(
         `SELECT pg_terminate_backend(a.pid) AS killed FROM pg_stat_activity a
           WHERE a.application_name = 'grapevine-listener' AND a.pid <> pg_backend_pid()
-            AND EXISTS (SELECT 1 FROM ${s}.supervisors s WHERE s.status NOT IN ('EXITED', 'LOST'))`,
+            AND a.pid IN (SELECT (s.info->>'listenerPid')::int FROM ${s}.supervisors s
+                           WHERE s.status NOT IN ('EXITED', 'LOST') AND s.info ? 'listenerPid')`,
       );
-      void channel;
       const n = rows.filter((r) => r.killed).length;
       if (n > 0) await recordFault('listener-killed');
       return n;

@@ -60,6 +60,8 @@ export class SupervisorRuntime implements Supervisor {
   private dueAt = Infinity;
   private stopping: Promise<void> | null = null;
   private forceStop: (() => void) | null = null;
+  /** Set once start() has recorded the first LISTEN backend; reconnects record theirs. */
+  private listening = false;
   private resolveStopped!: () => void;
   private state: SupervisorState = 'IDLE';
   private malformed = 0;
@@ -148,8 +150,12 @@ export class SupervisorRuntime implements Supervisor {
     this.listener.on('notification', (channel: string, payload: string) => this.onNotification(channel, payload));
     // Notifications sent while we were not listening are gone: re-read the table.
     this.listener.on('connected', () => {
+      // The first connection is start()'s to follow up, below.
+      if (!this.listening) return;
       this.dispatcher.markBacklog();
       this.control.wake();
+      // The row names the new LISTEN backend now, not at the next beat.
+      void this.heartbeat();
     });
     threadPool.on('start', () => this.dispatcher.threadStarted());
     threadPool.on('replaced', () => this.dispatcher.threadStarted());
@@ -159,6 +165,10 @@ export class SupervisorRuntime implements Supervisor {
       this.sweepDeadThread(threadId, code);
     });
     await this.listener.start();
+    // Before any claim: the row names the LISTEN backend (grapevine/testing's killListeners()
+    // cuts only its own schema's), and a pause() right after start still comes first.
+    await this.heartbeat();
+    this.listening = true;
     this.dispatcher.markBacklog();
     // A tick that is still running when the next is due is not started
     // twice: a stalled heartbeat must not pile up and take every connection.
@@ -378,7 +388,8 @@ export class SupervisorRuntime implements Supervisor {
           this.id,
           status.state === 'STOPPING' ? 'BUSY' : status.state,
           status.threads.length,
-          JSON.stringify({ threads: status.threads, restarts: status.restarts, counters: status.counters }),
+          // listenerPid: grapevine/testing's killListeners() cuts this schema's LISTEN connections only.
+          JSON.stringify({ threads: status.threads, restarts: status.restarts, counters: status.counters, listenerPid: this.listener.backendPid }),
         ]),
       );
       if (rows[0]?.previous_status === 'LOST') {
