@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GrapevineError, startSupervisor, type Supervisor } from '../src/index.ts';
 import { createLogger } from '../src/log.ts';
 import { eventually, FIXTURE_TASKS, useMigratedSchema } from './helpers/db.ts';
-import { assertBuilt, CLI, run } from './helpers/process.ts';
+import { CLI, run } from './helpers/process.ts';
 
 const db = useMigratedSchema('bad_results');
 const { client } = db;
@@ -104,7 +104,6 @@ describe('a task module that cannot be imported', () => {
     });
 
     it(`makes \`grapevine run\` exit non-zero with one line naming the module's path when it ${what}`, async () => {
-      assertBuilt();
       const result = await run([CLI, 'run', '--tasks', dir, '--schema', db.schema, '--threads', '1'], {
         DATABASE_URL: db.url,
         GRAPEVINE_LOG_LEVEL: 'silent',

@@ -1,13 +1,11 @@
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createClient } from '../src/index.ts';
 import { FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
-import { assertBuilt, CLI, run, start } from './helpers/process.ts';
+import { CLI, run, start } from './helpers/process.ts';
 
 const db = useTestSchema('cli');
 const env = { DATABASE_URL: db.url, GRAPEVINE_LOG_LEVEL: 'warn' };
 const cli = (...args: string[]) => run([CLI, ...args, '--schema', db.schema], env);
-
-beforeAll(() => assertBuilt());
 
 describe('grapevine CLI', () => {
   it('prints help for the command and for each subcommand', async () => {

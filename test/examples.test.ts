@@ -1,7 +1,7 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { createClient } from '../src/index.ts';
 import { databaseUrl, schemaName } from './helpers/db.ts';
-import { assertBuilt, CLI, ROOT, run, start } from './helpers/process.ts';
+import { CLI, ROOT, run, start } from './helpers/process.ts';
 import { startProxy } from './helpers/proxy.ts';
 import pg from 'pg';
 
@@ -9,7 +9,6 @@ const url = databaseUrl();
 const pool = new pg.Pool({ connectionString: url, max: 2 });
 const demoSchema = schemaName('demo');
 
-beforeAll(() => assertBuilt());
 afterAll(async () => {
   for (const s of [demoSchema, 'embed_example']) await pool.query(`DROP SCHEMA IF EXISTS "${s}" CASCADE`);
   await pool.end();

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createClient, GrapevineError, startSupervisor } from '../src/index.ts';
 import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
 import { capturingLogger } from './helpers/logs.ts';
-import { assertBuilt, CLI, ROOT, run, start } from './helpers/process.ts';
+import { CLI, ROOT, run, start } from './helpers/process.ts';
 import { useOwnRole } from './helpers/role.ts';
 
 const db = useTestSchema('secrets');
@@ -174,7 +174,6 @@ describe('secrets', () => {
     expect((err as Error).message).toMatch(/connect-on-import\.mjs failed to load: cannot open a pool for t_secrets_\w+@/);
     expectNoSecret((err as Error).message, 'the error');
 
-    assertBuilt();
     const cli = await run([CLI, 'run', '--tasks', tasks, '--schema', db.schema, '--threads', '1'], {
       DATABASE_URL: role.url,
       GRAPEVINE_LOG_LEVEL: 'debug',

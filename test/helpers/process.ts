@@ -1,14 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import path from 'node:path';
 
 export const ROOT = path.resolve(import.meta.dirname, '../..');
-/** The built CLI, as users run it (npm test builds first). */
+/** The built CLI, as users run it (test/setup/build.ts refuses to run the suite without a fresh build). */
 export const CLI = path.join(ROOT, 'dist/supervisor/cli.js');
-
-export function assertBuilt(): void {
-  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` (npm test does it for you)`);
-}
 
 export interface Finished {
   code: number | null;

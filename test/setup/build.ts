@@ -1,7 +1,7 @@
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { ROOT } from '../helpers/process.ts';
 
-const ROOT = path.resolve(import.meta.dirname, '../..');
 /** The suites run threads from the build (see THREAD_ENTRY in supervisor/threads.ts). */
 export const BUILT_THREAD_ENTRY = path.join(ROOT, 'dist/threads/entry.js');
 
