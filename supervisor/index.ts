@@ -103,7 +103,10 @@ export interface Supervisor {
   killThread(threadId?: number): number | null;
   /** The LISTEN connection's backend pid (tests use it to cut the connection). */
   listenerPid(): number | null;
-  /** Runs the reaper once now (normally it runs on a timer). */
+  /**
+   * Runs the reaper once now, however recently it ran. (On its timer it runs
+   * at most about once per reaperIntervalMs across every supervisor of the schema.)
+   */
   reapNow(): Promise<{ leader: boolean; reapedJobs: string[] }>;
 }
 

@@ -10,11 +10,14 @@ export interface ReaperOptions {
   pool: pg.Pool;
   schema: string;
   leaseMs: number;
+  /** This supervisor's tick interval; the fleet reaps at most twice per interval (see tick()). */
+  intervalMs: number;
   retentionMs: number;
   logger: Logger;
 }
 
 export interface ReapResult {
+  /** Whether this tick reaped: it took the lock, and no supervisor had reaped in the last half interval. */
   leader: boolean;
   lostSupervisors: string[];
   reapedJobs: string[];
@@ -25,9 +28,10 @@ const PRUNE_EVERY_MS = 60_000;
 /**
  * Returns jobs to the queue whose owner stopped renewing their lease
  * (supervisor killed, paused, partitioned) and prunes old rows. Every
- * supervisor calls tick() on a timer; the advisory lock inside the
- * transaction lets exactly one of them act per tick, so there is always a
- * reaper while any supervisor lives, and never two at once.
+ * supervisor calls tick() on a timer, so there is always a reaper while any
+ * supervisor lives. The advisory lock inside the transaction keeps two from
+ * running at once, and the maintenance table keeps the fleet's reaping to
+ * about one run per interval however many supervisors tick.
  */
 export class Reaper {
   private readonly options: ReaperOptions;
@@ -38,8 +42,14 @@ export class Reaper {
     this.options = options;
   }
 
-  async tick(): Promise<ReapResult> {
-    const { pool, schema, leaseMs, retentionMs, logger } = this.options;
+  /**
+   * `force` reaps now (reapNow()) whenever the last run was. A timed tick
+   * skips if any supervisor reaped less than half an interval ago: half,
+   * because one supervisor's timer can fire a little early against the
+   * server's clock, and a lone supervisor must not skip every other tick.
+   */
+  async tick(options: { force?: boolean } = {}): Promise<ReapResult> {
+    const { pool, schema, leaseMs, intervalMs, retentionMs, logger } = this.options;
     const jobs = jobStatements(schema);
     const sups = supervisorStatements(schema);
     try {
@@ -49,16 +59,23 @@ export class Reaper {
         await client.query(`SET LOCAL idle_in_transaction_session_timeout = ${Math.max(1_000, Math.floor(leaseMs / 2))}`);
         const { rows } = await client.query(withValues(sups.tryLeadReaper, []));
         if (!rows[0].leader) return { leader: false, lostSupervisors: [], reapedJobs: [] };
+        const pace = options.force ? null : Math.floor(intervalMs / 2);
+        const due = await client.query(withValues(sups.claimChore, ['reap', pace]));
+        if (due.rowCount === 0) return { leader: false, lostSupervisors: [], reapedJobs: [] };
         const lost = await client.query(withValues(sups.markLost, [leaseMs]));
         const reaped = await client.query(withValues(jobs.reapExpired, []));
         const lostSupervisors = lost.rows.map((r) => r.id as string);
         const reapedJobs = (reaped.rows[0]?.ids as string[] | undefined) ?? [];
         if (lostSupervisors.length > 0) logger.warn({ supervisors: lostSupervisors }, 'supervisors stopped heartbeating; marked LOST');
         if (reapedJobs.length > 0) logger.warn({ jobs: reapedJobs.length, ids: reapedJobs.slice(0, 20) }, 'returned jobs with expired leases to the queue');
+        // The local clock only saves asking; the table decides, once for the fleet.
         if (Date.now() - this.lastPrune > PRUNE_EVERY_MS) {
           this.lastPrune = Date.now();
-          await client.query(withValues(jobs.pruneFinished, [retentionMs, 10_000]));
-          await client.query(withValues(sups.pruneExited, []));
+          const prune = await client.query(withValues(sups.claimChore, ['prune', PRUNE_EVERY_MS]));
+          if (prune.rowCount === 1) {
+            await client.query(withValues(jobs.pruneFinished, [retentionMs, 10_000]));
+            await client.query(withValues(sups.pruneExited, []));
+          }
         }
         return { leader: true, lostSupervisors, reapedJobs };
       });

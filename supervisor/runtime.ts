@@ -94,6 +94,7 @@ export class SupervisorRuntime implements Supervisor {
       pool: options.pool,
       schema: options.schema,
       leaseMs: options.timing.leaseMs,
+      intervalMs: options.timing.reaperIntervalMs,
       retentionMs: options.retentionMs,
       logger: options.logger,
     });
@@ -244,7 +245,7 @@ export class SupervisorRuntime implements Supervisor {
   }
 
   reapNow() {
-    return this.reaper.tick();
+    return this.reaper.tick({ force: true });
   }
 
   stop(options: { graceMs?: number; reason?: string } = {}): Promise<void> {

@@ -2,7 +2,8 @@ import path from 'node:path';
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import type { Supervisor, SupervisorOptions } from '../src/index.ts';
-import { eventually, FIXTURE_TASKS, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
+import { Reaper } from '../supervisor/maintenance.ts';
+import { eventually, FIXTURE_TASKS, startTestSupervisor, testLogger, useMigratedSchema } from './helpers/db.ts';
 import { start as startProcess } from './helpers/process.ts';
 
 const db = useMigratedSchema('reaper');
@@ -163,6 +164,38 @@ describe('the reaper', () => {
       holder.release();
       await Promise.all([a.stop({ graceMs: 0 }), b.stop({ graceMs: 0 })]);
     }
+  });
+
+  it('reaps once per interval across supervisors: a timed tick right after another supervisor reaped skips, a forced one reaps', async () => {
+    // Two supervisors' reapers on one schema, ticked by hand: an hour's
+    // interval means nothing elapses between the ticks that would make the
+    // second one due.
+    const reaper = () => new Reaper({ pool: db.pool, schema: db.schema, leaseMs: 1_500, intervalMs: 3_600_000, retentionMs: 86_400_000, logger: testLogger() });
+    const [a, b] = [reaper(), reaper()];
+    // Earlier tests' supervisors reaped on their own timers.
+    await db.pool.query(`UPDATE ${s}.maintenance SET ran_at = '-infinity' WHERE chore = 'reap'`);
+    await insertDeadSupervisor('dead-pace');
+    const first = await insertRunningJob('dead-pace', `now() - interval '1 second'`);
+    expect(await a.tick()).toMatchObject({ leader: true, reapedJobs: [first] });
+
+    const second = await insertRunningJob('dead-pace', `now() - interval '1 second'`);
+    expect(await b.tick()).toMatchObject({ leader: false, reapedJobs: [] });
+    expect(await a.tick()).toMatchObject({ leader: false, reapedJobs: [] });
+    expect((await jobRows([second]))[0].state).toBe('running');
+
+    expect(await b.tick({ force: true })).toMatchObject({ leader: true, reapedJobs: [second] });
+    await db.pool.query(`DELETE FROM ${s}.jobs WHERE id = ANY($1::bigint[])`, [[first, second]]);
+  });
+
+  it('reaps on a timed tick when the last run is dated in the future (the server clock went back)', async () => {
+    const reaper = new Reaper({ pool: db.pool, schema: db.schema, leaseMs: 1_500, intervalMs: 3_600_000, retentionMs: 86_400_000, logger: testLogger() });
+    await db.pool.query(`UPDATE ${s}.maintenance SET ran_at = now() + interval '1 day' WHERE chore = 'reap'`);
+    await insertDeadSupervisor('dead-clock');
+    const id = await insertRunningJob('dead-clock', `now() - interval '1 second'`);
+    expect(await reaper.tick()).toMatchObject({ leader: true, reapedJobs: [id] });
+    const { rows } = await db.pool.query(`SELECT ran_at <= now() AS sane FROM ${s}.maintenance WHERE chore = 'reap'`);
+    expect(rows[0].sane).toBe(true);
+    await db.pool.query(`DELETE FROM ${s}.jobs WHERE id = $1`, [id]);
   });
 
   it('hands the jobs of a SIGKILLed supervisor process to another supervisor once their lease runs out, and marks it LOST', async () => {

@@ -9,6 +9,7 @@ export interface SupervisorStatements {
   heartbeat: Statement;
   deregister: Statement;
   tryLeadReaper: Statement;
+  claimChore: Statement;
   markLost: Statement;
   pruneExited: Statement;
   list: Statement;
@@ -45,6 +46,17 @@ function build(schema: string): SupervisorStatements {
     tryLeadReaper: st(
       'reaper_lead',
       `SELECT pg_try_advisory_xact_lock(${REAPER_LOCK}, hashtext('${schema}')) AS leader`,
+    ),
+    // Run by the reaper's leader, inside its transaction. $1 chore ('reap',
+    // 'prune'), $2 ms that must have passed since any supervisor last ran it
+    // (NULL: run now). Returns a row only if the chore is this tick's to run.
+    // A ran_at in the future means the server's clock went back: run, rather
+    // than leave the chore undone until the clock catches up.
+    claimChore: st(
+      'maintenance_claim_chore',
+      `UPDATE ${s}.maintenance SET ran_at = now()
+        WHERE chore = $1 AND ($2::integer IS NULL OR ran_at <= now() - $2 * interval '1 millisecond' OR ran_at > now())
+       RETURNING true AS due`,
     ),
     // $1 heartbeat timeout ms
     markLost: st(
