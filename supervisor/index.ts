@@ -186,6 +186,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     timing,
     retentionMs: options.retentionMs ?? 7 * 24 * 3_600_000,
     allowEval: options.allowEval === true,
+    deleteSucceeded: threadConfig.deleteSucceeded,
     idleTimeoutMs:
       options.idleTimeoutMs == null ? null : validatePositiveInt('idleTimeoutMs', options.idleTimeoutMs, { min: 0, max: MAX_IDLE_TIMEOUT_MS }),
   });

@@ -43,6 +43,7 @@ export interface RuntimeOptions {
   retentionMs: number;
   allowEval: boolean;
   idleTimeoutMs: number | null;
+  deleteSucceeded: boolean;
 }
 
 export class SupervisorRuntime implements Supervisor {
@@ -110,6 +111,7 @@ export class SupervisorRuntime implements Supervisor {
       concurrency: options.concurrency,
       allowEval: options.allowEval,
       idleTimeoutMs: options.idleTimeoutMs,
+      deleteSucceeded: options.deleteSucceeded,
       status: () => this.status(),
       isPaused: () => this.dispatcher.isPaused,
       inFlight: () => this.dispatcher.inFlight,

@@ -30,6 +30,8 @@ export interface WorkerLogOptions {
   flushMs?: number;
   /** Entries kept in memory while the database is away; the oldest are dropped beyond this. */
   maxBuffered?: number;
+  /** The supervisor deletes succeeded jobs: a job gone by the time its end is written succeeded. */
+  deleteSucceeded?: boolean;
 }
 
 interface Entry {
@@ -40,6 +42,8 @@ interface Entry {
   detail: string | null;
   job?: string;
   attempt?: number;
+  /** TASK_END only: the row's absence means success (see logInsert in src/sql/control.ts). */
+  deletedOnSuccess?: boolean;
 }
 
 // Per-job events would flood an info-level log on a busy supervisor.
@@ -70,7 +74,7 @@ export class WorkerLog {
   private readonly warn = throttled(5_000);
 
   constructor(options: WorkerLogOptions) {
-    this.o = { flushMs: 100, maxBuffered: 10_000, ...options };
+    this.o = { flushMs: 100, maxBuffered: 10_000, deleteSucceeded: false, ...options };
   }
 
   append(event: WorkerEvent, detail?: string | null, thread?: number | null): void {
@@ -102,7 +106,11 @@ export class WorkerLog {
     for (let i = 0; i < itemise; i++) {
       const job = jobs[i];
       const detail = `${job.id} ${job.task}`;
-      this.push(event === 'TASK_START' ? { at, event, thread: job.threadId, detail } : { at, event, thread: job.threadId, detail, job: job.id, attempt: job.attempt });
+      this.push(
+        event === 'TASK_START'
+          ? { at, event, thread: job.threadId, detail }
+          : { at, event, thread: job.threadId, detail, job: job.id, attempt: job.attempt, ...(this.o.deleteSucceeded ? { deletedOnSuccess: true } : {}) },
+      );
     }
   }
 

@@ -69,6 +69,33 @@ describe('a supervisor with deleteSucceeded', () => {
     expect(await rowsOf([id])).toEqual([]);
   });
 
+  it('logs a deleted success as TASK_COMPLETE in the worker log, and a failure as TASK_ERROR', async () => {
+    const supervisor = await start();
+    let stopped = false;
+    try {
+      const ok = await client.addJob('square', { n: 3 });
+      const failed = await client.addJob('permanent', {});
+      await eventually(async () => (await rowsOf([ok])).length === 0, 'the succeeded job to be deleted');
+      await eventually(async () => (await client.getJob(failed))?.state === 'failed', 'the failing job to be parked');
+      // stop() writes what the log still holds.
+      await supervisor.stop({ graceMs: 0 });
+      stopped = true;
+      const { rows } = await db.pool.query(
+        `SELECT event, detail FROM ${s}.worker_log WHERE worker = $1 AND event IN ('TASK_COMPLETE', 'TASK_ERROR') ORDER BY id`,
+        [supervisor.id],
+      );
+      expect(rows).toEqual(
+        expect.arrayContaining([
+          { event: 'TASK_COMPLETE', detail: `${ok} square` },
+          { event: 'TASK_ERROR', detail: `${failed} permanent (failed)` },
+        ]),
+      );
+      expect(rows).toHaveLength(2);
+    } finally {
+      if (!stopped) await supervisor.stop({ graceMs: 0 });
+    }
+  });
+
   it("counts a deleted success as the job's one finish in grapevine/testing's check()", async () => {
     const queue = await createTestQueue({ connectionString: db.url });
     try {

@@ -181,13 +181,16 @@ function build(schema: string): ControlStatements {
  * means this one did not succeed.
  */
 function logInsert(s: string, worker: string, entries: string): string {
+  // A TASK_END completed if its attempt is the job's last and succeeded, or
+  // if the row is gone and the supervisor deletes its successes (the entry
+  // says so: nothing else deletes a job that recently).
   return `
          INSERT INTO ${s}.worker_log (worker, at, event, thread, detail)
          SELECT ${worker}, (e.entry->>'at')::timestamptz,
                 CASE WHEN e.entry->>'event' <> 'TASK_END' THEN e.entry->>'event'
-                     WHEN j.state = 'succeeded' AND same.attempt THEN 'TASK_COMPLETE' ELSE 'TASK_ERROR' END,
+                     WHEN ended.ok THEN 'TASK_COMPLETE' ELSE 'TASK_ERROR' END,
                 (e.entry->>'thread')::integer,
-                CASE WHEN e.entry->>'event' <> 'TASK_END' OR (j.state = 'succeeded' AND same.attempt) THEN e.entry->>'detail'
+                CASE WHEN e.entry->>'event' <> 'TASK_END' OR ended.ok THEN e.entry->>'detail'
                      ELSE (e.entry->>'detail') || ' (' || CASE
                        WHEN j.id IS NULL THEN 'deleted'
                        WHEN same.attempt THEN j.state
@@ -195,5 +198,8 @@ function logInsert(s: string, worker: string, entries: string): string {
            FROM jsonb_array_elements(${entries}::jsonb) WITH ORDINALITY AS e(entry, n)
            LEFT JOIN ${s}.jobs j ON e.entry->>'event' = 'TASK_END' AND j.id = (e.entry->>'job')::bigint
            CROSS JOIN LATERAL (SELECT j.attempts = (e.entry->>'attempt')::integer AS attempt) same
+           CROSS JOIN LATERAL (
+             SELECT coalesce(j.state = 'succeeded' AND same.attempt, false)
+                    OR (j.id IS NULL AND coalesce((e.entry->>'deletedOnSuccess')::boolean, false)) AS ok) ended
           ORDER BY e.n`;
 }
