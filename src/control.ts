@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { DEFAULTS, resolveConnectionString, validateSchemaName } from './config.ts';
 import { createPool, explainConnectionErrors } from './db.ts';
@@ -108,6 +109,9 @@ export interface Control {
 }
 
 const COMMAND = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
+/** A follower's registration lapses this long after its last renewal (a follower that died stops costing NOTIFYs). */
+const FOLLOWER_TTL_MS = 30_000;
+const FOLLOWER_RENEW_MS = 10_000;
 const MAX_ARGS_BYTES = 64 * 1024;
 
 interface ResponseRow {
@@ -141,7 +145,8 @@ export function createControl(options: ControlClientOptions = {}): Control {
     { connectionString, channels: [channels.responses], applicationName: 'grapevine-control', logger },
     (payload) => [payload],
   );
-  const followers = new Set<Listener>();
+  /** Stops of the followLog() calls still running. */
+  const followers = new Set<() => Promise<void>>();
 
   const run = async <T>(fn: () => Promise<T>): Promise<T> => {
     if (options.migrate !== false) {
@@ -305,7 +310,10 @@ export function createControl(options: ControlClientOptions = {}): Control {
     },
 
     async followLog({ worker, afterId = '0' }, onEntry) {
-      await run(async () => {});
+      // Supervisors notify the log channel only while a follower is
+      // registered (see migration 0007), so register before listening.
+      const follower = randomUUID();
+      await run(() => pool.query(withValues(sql.followLog, [follower, FOLLOWER_TTL_MS])));
       let last = afterId;
       let reading: Promise<void> | null = null;
       let again = false;
@@ -339,20 +347,35 @@ export function createControl(options: ControlClientOptions = {}): Control {
         if (worker === undefined || payload === worker) read();
       });
       listener.on('connected', read);
-      await explainConnectionErrors(connectionString, () => listener.start());
-      followers.add(listener);
-      return async () => {
+      // Renewing also reads: an append whose statement began before this
+      // follower registered sent no notification.
+      const renewal = setInterval(() => {
+        pool.query(withValues(sql.followLog, [follower, FOLLOWER_TTL_MS])).then(read, (err: Error) =>
+          logger.warn({ err: err.message }, 'could not renew the log follower'),
+        );
+      }, FOLLOWER_RENEW_MS);
+      renewal.unref();
+      const end = async () => {
         stopped = true;
-        followers.delete(listener);
+        clearInterval(renewal);
+        followers.delete(end);
         await listener.stop();
         await reading;
+        await pool.query(withValues(sql.unfollowLog, [follower])).catch(() => {});
       };
+      try {
+        await explainConnectionErrors(connectionString, () => listener.start());
+      } catch (err) {
+        await end();
+        throw err;
+      }
+      followers.add(end);
+      return end;
     },
 
     async close() {
       await answered.stop();
-      for (const follower of followers) await follower.stop();
-      followers.clear();
+      for (const end of [...followers]) await end();
       if (!options.pool) await pool.end();
     },
   };

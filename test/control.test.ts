@@ -1,6 +1,7 @@
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createClient, createControl, describeConnection, GrapevineError, VERSION, type Control } from '../src/index.ts';
 import { silentLogger } from '../src/log.ts';
@@ -312,6 +313,46 @@ describe('the grapevine CLI', () => {
       follow.child.kill('SIGTERM');
     }
     expect((await follow.exited).code).toBe(0);
+  });
+});
+
+describe('log notifications', () => {
+  it('wake followers only while one follows: with nobody following, log writes send no NOTIFY', async () => {
+    // A NOTIFY holds a cluster-wide lock through its commit's flush, so the
+    // log must not send one that nobody listens for.
+    const raw = new pg.Client({ connectionString: db.url });
+    await raw.connect();
+    const heard: string[] = [];
+    raw.on('notification', (m) => heard.push(m.payload ?? ''));
+    await raw.query(`LISTEN "${db.schema}_log"`);
+    // A round trip on the listening connection delivers every notification already committed.
+    const heardNow = async () => {
+      await raw.query('SELECT 1');
+      return heard.splice(0);
+    };
+    try {
+      expect((await db.pool.query(`SELECT count(*)::int AS n FROM ${S}.log_followers`)).rows[0].n).toBe(0);
+      await control.sendAndWait('ECHO', 'unfollowed', { workers: [A.id] });
+      await eventsOnce(A.id, /MESSAGE ECHO unfollowed/);
+      expect(await heardNow()).toEqual([]);
+
+      const seen: string[] = [];
+      const stop = await control.followLog({ worker: A.id }, (e) => seen.push(`${e.event} ${e.detail}`));
+      try {
+        await control.sendAndWait('ECHO', 'followed', { workers: [A.id] });
+        await eventually(() => seen.some((e) => e.startsWith('MESSAGE ECHO followed')), 'the follower to see the entry');
+        expect(await heardNow()).toContain(A.id);
+      } finally {
+        await stop();
+      }
+
+      expect((await db.pool.query(`SELECT count(*)::int AS n FROM ${S}.log_followers`)).rows[0].n).toBe(0);
+      await control.sendAndWait('ECHO', 'unfollowed again', { workers: [A.id] });
+      await eventsOnce(A.id, /MESSAGE ECHO unfollowed again/);
+      expect(await heardNow()).toEqual([]);
+    } finally {
+      await raw.end();
+    }
   });
 });
 

@@ -11,6 +11,8 @@ export interface ControlStatements {
   responseIds: Statement;
   logTail: Statement;
   logAfter: Statement;
+  followLog: Statement;
+  unfollowLog: Statement;
   // Supervisor side.
   pending: Statement;
   respond: Statement;
@@ -31,6 +33,9 @@ function build(schema: string): ControlStatements {
   const s = quoteIdent(schema);
   const ch = channelsFor(schema);
   const st = (name: string, text: string) => statement(schema, name, text);
+  // Log writes wake followers only while one is live (migration 0007: a
+  // NOTIFY serialises commits cluster-wide until they reach the disk).
+  const followed = `EXISTS (SELECT 1 FROM ${s}.log_followers WHERE until > now())`;
   // A supervisor whose heartbeat is older than $1 ms counts as LOST even
   // before the reaper has marked it so.
   const effectiveStatus = `CASE WHEN status NOT IN ('EXITED', 'LOST') AND heartbeat_at < now() - $1 * interval '1 millisecond'
@@ -110,6 +115,17 @@ function build(schema: string): ControlStatements {
         ORDER BY id LIMIT 1000`,
     ),
 
+    // $1 follower id, $2 ms it stays live unless renewed. Registers or renews
+    // a follower, and clears the rows of followers that stopped renewing.
+    followLog: st(
+      'control_follow_log',
+      `WITH gone AS (DELETE FROM ${s}.log_followers WHERE until < now() AND id <> $1)
+       INSERT INTO ${s}.log_followers (id, until) VALUES ($1, now() + $2 * interval '1 millisecond')
+       ON CONFLICT (id) DO UPDATE SET until = excluded.until`,
+    ),
+    // $1 follower id
+    unfollowLog: st('control_unfollow_log', `DELETE FROM ${s}.log_followers WHERE id = $1`),
+
     // $1 worker, $2 how many
     pending: st(
       'control_pending',
@@ -132,7 +148,7 @@ function build(schema: string): ControlStatements {
          UPDATE ${s}.messages SET processed_at = now() WHERE id = $1 AND worker = $2),
        log AS (${logInsert(s, '$2', '$7')})
        SELECT pg_notify('${ch.responses}', $1::text),
-              CASE WHEN jsonb_array_length($7::jsonb) > 0 THEN pg_notify('${ch.log}', $2::text) END`,
+              CASE WHEN jsonb_array_length($7::jsonb) > 0 AND ${followed} THEN pg_notify('${ch.log}', $2::text) END`,
     ),
     // $1 worker, $2 status: makes PAUSE/RESUME visible before the next heartbeat.
     setStatus: st(
@@ -143,7 +159,7 @@ function build(schema: string): ControlStatements {
     appendLog: st(
       'control_append_log',
       `WITH ins AS (${logInsert(s, '$1', '$2')})
-       SELECT pg_notify('${ch.log}', $1::text)`,
+       SELECT CASE WHEN ${followed} THEN pg_notify('${ch.log}', $1::text) END`,
     ),
     // $1 worker, $2 entries to keep
     pruneOwnLog: st(
