@@ -73,7 +73,9 @@ export type BatchEvent =
   // so the next claim overlaps the outcome write instead of following it.
   | { type: 'handled'; ids: string[]; threadId: number }
   // Outcomes written (or refused by the fence): the jobs are done here.
-  | { type: 'finished'; ids: string[]; threadId: number }
+  // `unsuccessful`: those of `ids` whose outcome was not a recorded success
+  // (failures, and outcomes the fence refused); usually empty.
+  | { type: 'finished'; ids: string[]; unsuccessful: string[]; threadId: number }
   // The thread is exiting (its process 'exit' event), with the error that
   // ended it if JavaScript saw one; the last message on the port. It reaches
   // the supervisor well before the Worker's 'exit' event, which waits for the

@@ -27,8 +27,6 @@ export interface ControlHost {
   allowEval: boolean;
   /** The idle timeout the supervisor starts with (null = none). */
   idleTimeoutMs: number | null;
-  /** Succeeded jobs are deleted (the worker log then reads a vanished job as a success). */
-  deleteSucceeded: boolean;
   status(): SupervisorStatus;
   isPaused(): boolean;
   /** Jobs queued for or running on the threads. */
@@ -112,7 +110,7 @@ export class ControlPlane {
       pruneIntervalMs: 60_000,
       ...options,
     };
-    this.log = new WorkerLog({ pool: host.pool, schema: host.schema, worker: host.id, logger: host.logger, deleteSucceeded: host.deleteSucceeded });
+    this.log = new WorkerLog({ pool: host.pool, schema: host.schema, worker: host.id, logger: host.logger });
     this.idleTimeoutMs = host.idleTimeoutMs;
   }
 

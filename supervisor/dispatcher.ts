@@ -42,6 +42,8 @@ export interface JobRef {
   task: string;
   attempt: number;
   threadId: number;
+  /** Set when the job ends: its thread saw its success recorded. Unset if it failed, or nobody knows (a crash). */
+  succeeded?: boolean;
 }
 
 /** One unit of capacity: a specific job id, or "whatever is due next". */
@@ -528,7 +530,7 @@ export class Dispatcher {
         this.handled(batch, event.ids);
         break;
       case 'finished':
-        this.finish(batch, event.ids, event.threadId);
+        this.finish(batch, event.ids, event.threadId, event.unsuccessful);
         break;
       case 'exiting':
         this.onThreadExiting(batch, event);
@@ -575,12 +577,18 @@ export class Dispatcher {
     }
   }
 
-  /** Jobs a thread reports done (ids it no longer runs are skipped: a batch's result repeats them). */
-  private finish(batch: Batch, ids: readonly string[], threadId: number): void {
+  /**
+   * Jobs a thread reports done (ids it no longer runs are skipped: a batch's
+   * result repeats them). `unsuccessful` comes with the thread's own report
+   * only; from the batch's result, success is left unknown.
+   */
+  private finish(batch: Batch, ids: readonly string[], threadId: number, unsuccessful?: readonly string[]): void {
     const finished: RunningJob[] = [];
+    const notOk = unsuccessful && unsuccessful.length > 0 ? new Set(unsuccessful) : null;
     for (const id of ids) {
       const job = this.running.get(id);
       if (!job || job.batch !== batch) continue;
+      if (unsuccessful) job.succeeded = !notOk?.has(id);
       if (job.timer) clearTimeout(job.timer);
       this.running.delete(id);
       finished.push(job);

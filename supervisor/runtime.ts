@@ -43,7 +43,6 @@ export interface RuntimeOptions {
   retentionMs: number;
   allowEval: boolean;
   idleTimeoutMs: number | null;
-  deleteSucceeded: boolean;
 }
 
 export class SupervisorRuntime implements Supervisor {
@@ -111,7 +110,6 @@ export class SupervisorRuntime implements Supervisor {
       concurrency: options.concurrency,
       allowEval: options.allowEval,
       idleTimeoutMs: options.idleTimeoutMs,
-      deleteSucceeded: options.deleteSucceeded,
       status: () => this.status(),
       isPaused: () => this.dispatcher.isPaused,
       inFlight: () => this.dispatcher.inFlight,

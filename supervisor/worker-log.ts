@@ -30,8 +30,6 @@ export interface WorkerLogOptions {
   flushMs?: number;
   /** Entries kept in memory while the database is away; the oldest are dropped beyond this. */
   maxBuffered?: number;
-  /** The supervisor deletes succeeded jobs: a job gone by the time its end is written succeeded. */
-  deleteSucceeded?: boolean;
 }
 
 interface Entry {
@@ -42,8 +40,8 @@ interface Entry {
   detail: string | null;
   job?: string;
   attempt?: number;
-  /** TASK_END only: the row's absence means success (see logInsert in src/sql/control.ts). */
-  deletedOnSuccess?: boolean;
+  /** TASK_END only: the thread reported this attempt's success as recorded (the row may be gone since: deleteSucceeded). */
+  succeeded?: boolean;
 }
 
 // Per-job events would flood an info-level log on a busy supervisor.
@@ -74,7 +72,7 @@ export class WorkerLog {
   private readonly warn = throttled(5_000);
 
   constructor(options: WorkerLogOptions) {
-    this.o = { flushMs: 100, maxBuffered: 10_000, deleteSucceeded: false, ...options };
+    this.o = { flushMs: 100, maxBuffered: 10_000, ...options };
   }
 
   append(event: WorkerEvent, detail?: string | null, thread?: number | null): void {
@@ -109,7 +107,7 @@ export class WorkerLog {
       this.push(
         event === 'TASK_START'
           ? { at, event, thread: job.threadId, detail }
-          : { at, event, thread: job.threadId, detail, job: job.id, attempt: job.attempt, ...(this.o.deleteSucceeded ? { deletedOnSuccess: true } : {}) },
+          : { at, event, thread: job.threadId, detail, job: job.id, attempt: job.attempt, ...(job.succeeded ? { succeeded: true } : {}) },
       );
     }
   }

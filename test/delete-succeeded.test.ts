@@ -69,13 +69,15 @@ describe('a supervisor with deleteSucceeded', () => {
     expect(await rowsOf([id])).toEqual([]);
   });
 
-  it('logs a deleted success as TASK_COMPLETE in the worker log, and a failure as TASK_ERROR', async () => {
+  it('logs a deleted success as TASK_COMPLETE in the worker log, a failure and a crashed attempt as TASK_ERROR', async () => {
     const supervisor = await start();
     let stopped = false;
     try {
       const ok = await client.addJob('square', { n: 3 });
       const failed = await client.addJob('permanent', {});
-      await eventually(async () => (await rowsOf([ok])).length === 0, 'the succeeded job to be deleted');
+      // Its first attempt kills its thread, its second succeeds and is deleted.
+      const crashed = await client.addJob('exit', { crashes: 1 });
+      await eventually(async () => (await rowsOf([ok, crashed])).length === 0, 'the succeeded jobs to be deleted');
       await eventually(async () => (await client.getJob(failed))?.state === 'failed', 'the failing job to be parked');
       // stop() writes what the log still holds.
       await supervisor.stop({ graceMs: 0 });
@@ -88,9 +90,13 @@ describe('a supervisor with deleteSucceeded', () => {
         expect.arrayContaining([
           { event: 'TASK_COMPLETE', detail: `${ok} square` },
           { event: 'TASK_ERROR', detail: `${failed} permanent (failed)` },
+          { event: 'TASK_COMPLETE', detail: `${crashed} exit` },
         ]),
       );
-      expect(rows).toHaveLength(2);
+      // The crashed attempt: what its detail says depends on how far the retry got when the log was written.
+      const crashes = rows.filter((r) => r.detail.startsWith(`${crashed} exit (`));
+      expect(crashes.map((r) => r.event)).toEqual(['TASK_ERROR']);
+      expect(rows).toHaveLength(4);
     } finally {
       if (!stopped) await supervisor.stop({ graceMs: 0 });
     }

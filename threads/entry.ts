@@ -213,7 +213,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
         // A failed commit is reported once for the batch, below.
         if (!commitFailed) logger.warn({ jobId: outcome.id }, 'outcome rejected: the job was reassigned, cancelled or released while it ran');
       }
-      finished(outcome.id);
+      finished(outcome.id, !accepted || outcome.kind !== 'success');
       if (--left === 0) allRecorded();
     },
   };
@@ -260,15 +260,22 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   };
 }
 
-/** Reports jobs in one message per microtask turn: handlers that return together, or outcomes written together, go in one message. */
-function idsReporter(port: MessagePort, type: 'handled' | 'finished'): (id: string) => void {
+/**
+ * Reports jobs in one message per microtask turn: handlers that return
+ * together, or outcomes written together, go in one message. A finished job
+ * is `unsuccessful` unless its success was recorded (the worker log says so).
+ */
+function idsReporter(port: MessagePort, type: 'handled' | 'finished'): (id: string, unsuccessful?: boolean) => void {
   let ids: string[] = [];
-  return (id) => {
+  let unsuccessful: string[] = [];
+  return (id, failed = false) => {
     ids.push(id);
+    if (failed) unsuccessful.push(id);
     if (ids.length > 1) return;
     queueMicrotask(() => {
-      post(port, { type, ids, threadId });
+      post(port, type === 'finished' ? { type, ids, unsuccessful, threadId } : { type, ids, threadId });
       ids = [];
+      unsuccessful = [];
     });
   };
 }

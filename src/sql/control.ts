@@ -197,9 +197,9 @@ function build(schema: string): ControlStatements {
  * means this one did not succeed.
  */
 function logInsert(s: string, worker: string, entries: string): string {
-  // A TASK_END completed if its attempt is the job's last and succeeded, or
-  // if the row is gone and the supervisor deletes its successes (the entry
-  // says so: nothing else deletes a job that recently).
+  // A TASK_END completed if its thread saw the success recorded (the row may
+  // be deleted by now: deleteSucceeded), or if the row says this attempt
+  // succeeded. Otherwise the row says what became of the job.
   return `
          INSERT INTO ${s}.worker_log (worker, at, event, thread, detail)
          SELECT ${worker}, (e.entry->>'at')::timestamptz,
@@ -216,6 +216,6 @@ function logInsert(s: string, worker: string, entries: string): string {
            CROSS JOIN LATERAL (SELECT j.attempts = (e.entry->>'attempt')::integer AS attempt) same
            CROSS JOIN LATERAL (
              SELECT coalesce(j.state = 'succeeded' AND same.attempt, false)
-                    OR (j.id IS NULL AND coalesce((e.entry->>'deletedOnSuccess')::boolean, false)) AS ok) ended
+                    OR coalesce((e.entry->>'succeeded')::boolean, false) AS ok) ended
           ORDER BY e.n`;
 }
