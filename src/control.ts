@@ -112,6 +112,8 @@ const COMMAND = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
 /** A follower's registration lapses this long after its last renewal (a follower that died stops costing NOTIFYs). */
 const FOLLOWER_TTL_MS = 30_000;
 const FOLLOWER_RENEW_MS = 10_000;
+/** PostgreSQL's undefined_table. */
+const UNDEFINED_TABLE = '42P01';
 const MAX_ARGS_BYTES = 64 * 1024;
 
 interface ResponseRow {
@@ -313,12 +315,25 @@ export function createControl(options: ControlClientOptions = {}): Control {
       // Supervisors notify the log channel only while a follower is
       // registered (see migration 0007), so register before listening.
       const follower = randomUUID();
-      await run(() => pool.query(withValues(sql.followLog, [follower, FOLLOWER_TTL_MS])));
+      const register = () => pool.query(withValues(sql.followLog, [follower, FOLLOWER_TTL_MS]));
+      // With migrate: false the schema may predate log_followers; its
+      // supervisors notify on every log write, so there is nothing to join.
+      const registered = await run(() =>
+        register().then(
+          () => true,
+          (err: { code?: string }) => {
+            if (err.code === UNDEFINED_TABLE) return false;
+            throw err;
+          },
+        ),
+      );
       let last = afterId;
       let reading: Promise<void> | null = null;
+      let renewing: Promise<void> | null = null;
       let again = false;
       let stopped = false;
       const read = (): void => {
+        if (stopped) return;
         if (reading) {
           again = true;
           return;
@@ -350,9 +365,12 @@ export function createControl(options: ControlClientOptions = {}): Control {
       // Renewing also reads: an append whose statement began before this
       // follower registered sent no notification.
       const renewal = setInterval(() => {
-        pool.query(withValues(sql.followLog, [follower, FOLLOWER_TTL_MS])).then(read, (err: Error) =>
-          logger.warn({ err: err.message }, 'could not renew the log follower'),
-        );
+        if (renewing || !registered) return;
+        renewing = register()
+          .then(read, (err: Error) => logger.warn({ err: err.message }, 'could not renew the log follower'))
+          .finally(() => {
+            renewing = null;
+          });
       }, FOLLOWER_RENEW_MS);
       renewal.unref();
       const end = async () => {
@@ -361,15 +379,18 @@ export function createControl(options: ControlClientOptions = {}): Control {
         followers.delete(end);
         await listener.stop();
         await reading;
+        // A renewal still on its way would register the follower again after the delete.
+        await renewing;
         await pool.query(withValues(sql.unfollowLog, [follower])).catch(() => {});
       };
+      // Before start(): a close() while the listener connects ends this follower too.
+      followers.add(end);
       try {
         await explainConnectionErrors(connectionString, () => listener.start());
       } catch (err) {
         await end();
         throw err;
       }
-      followers.add(end);
       return end;
     },
 

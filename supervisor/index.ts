@@ -104,8 +104,8 @@ export interface Supervisor {
   /** The LISTEN connection's backend pid (tests use it to cut the connection). */
   listenerPid(): number | null;
   /**
-   * Runs the reaper once now, however recently it ran. (On its timer it runs
-   * at most about once per reaperIntervalMs across every supervisor of the schema.)
+   * Runs the reaper once now, however recently it ran. (On its timers the
+   * schema's supervisors together reap one or two times per reaperIntervalMs.)
    */
   reapNow(): Promise<{ leader: boolean; reapedJobs: string[] }>;
 }
@@ -186,7 +186,6 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     timing,
     retentionMs: options.retentionMs ?? 7 * 24 * 3_600_000,
     allowEval: options.allowEval === true,
-    deleteSucceeded: threadConfig.deleteSucceeded,
     idleTimeoutMs:
       options.idleTimeoutMs == null ? null : validatePositiveInt('idleTimeoutMs', options.idleTimeoutMs, { min: 0, max: MAX_IDLE_TIMEOUT_MS }),
   });

@@ -19,6 +19,8 @@ export interface ReaperOptions {
 export interface ReapResult {
   /** Whether this tick reaped: it took the lock, and no supervisor had reaped in the last half interval. */
   leader: boolean;
+  /** It took the lock but left the reaping to the next tick: another supervisor reaped in the last half interval. */
+  paced: boolean;
   lostSupervisors: string[];
   reapedJobs: string[];
 }
@@ -31,7 +33,7 @@ const PRUNE_EVERY_MS = 60_000;
  * supervisor calls tick() on a timer, so there is always a reaper while any
  * supervisor lives. The advisory lock inside the transaction keeps two from
  * running at once, and the maintenance table keeps the fleet's reaping to
- * about one run per interval however many supervisors tick.
+ * one or two runs per interval however many supervisors tick.
  */
 export class Reaper {
   private readonly options: ReaperOptions;
@@ -58,30 +60,32 @@ export class Reaper {
         // the leader lock and stop everyone's reaping; the server ends it instead.
         await client.query(`SET LOCAL idle_in_transaction_session_timeout = ${Math.max(1_000, Math.floor(leaseMs / 2))}`);
         const { rows } = await client.query(withValues(sups.tryLeadReaper, []));
-        if (!rows[0].leader) return { leader: false, lostSupervisors: [], reapedJobs: [] };
+        if (!rows[0].leader) return { leader: false, paced: false, lostSupervisors: [], reapedJobs: [] };
         const pace = options.force ? null : Math.floor(intervalMs / 2);
         const due = await client.query(withValues(sups.claimChore, ['reap', pace]));
-        if (due.rowCount === 0) return { leader: false, lostSupervisors: [], reapedJobs: [] };
+        if (due.rowCount === 0) return { leader: false, paced: true, lostSupervisors: [], reapedJobs: [] };
         const lost = await client.query(withValues(sups.markLost, [leaseMs]));
         const reaped = await client.query(withValues(jobs.reapExpired, []));
         const lostSupervisors = lost.rows.map((r) => r.id as string);
         const reapedJobs = (reaped.rows[0]?.ids as string[] | undefined) ?? [];
         if (lostSupervisors.length > 0) logger.warn({ supervisors: lostSupervisors }, 'supervisors stopped heartbeating; marked LOST');
         if (reapedJobs.length > 0) logger.warn({ jobs: reapedJobs.length, ids: reapedJobs.slice(0, 20) }, 'returned jobs with expired leases to the queue');
-        // The local clock only saves asking; the table decides, once for the fleet.
+        // The local clock only saves asking; the table decides for the fleet.
+        // Half the period there, as for reaping: a lone supervisor whose
+        // minute ran a little short against the server's clock still prunes.
         if (Date.now() - this.lastPrune > PRUNE_EVERY_MS) {
           this.lastPrune = Date.now();
-          const prune = await client.query(withValues(sups.claimChore, ['prune', PRUNE_EVERY_MS]));
+          const prune = await client.query(withValues(sups.claimChore, ['prune', PRUNE_EVERY_MS / 2]));
           if (prune.rowCount === 1) {
             await client.query(withValues(jobs.pruneFinished, [retentionMs, 10_000]));
             await client.query(withValues(sups.pruneExited, []));
           }
         }
-        return { leader: true, lostSupervisors, reapedJobs };
+        return { leader: true, paced: false, lostSupervisors, reapedJobs };
       });
     } catch (err) {
       this.warn((suppressed) => logger.warn({ err: (err as Error).message, suppressed }, 'reaper tick failed'));
-      return { leader: false, lostSupervisors: [], reapedJobs: [] };
+      return { leader: false, paced: false, lostSupervisors: [], reapedJobs: [] };
     }
   }
 }

@@ -179,12 +179,24 @@ describe('the reaper', () => {
     expect(await a.tick()).toMatchObject({ leader: true, reapedJobs: [first] });
 
     const second = await insertRunningJob('dead-pace', `now() - interval '1 second'`);
-    expect(await b.tick()).toMatchObject({ leader: false, reapedJobs: [] });
-    expect(await a.tick()).toMatchObject({ leader: false, reapedJobs: [] });
+    // Both took the lock (nobody else held it) and left the reaping to later.
+    expect(await b.tick()).toMatchObject({ leader: false, paced: true, reapedJobs: [] });
+    expect(await a.tick()).toMatchObject({ leader: false, paced: true, reapedJobs: [] });
     expect((await jobRows([second]))[0].state).toBe('running');
 
     expect(await b.tick({ force: true })).toMatchObject({ leader: true, reapedJobs: [second] });
     await db.pool.query(`DELETE FROM ${s}.jobs WHERE id = ANY($1::bigint[])`, [[first, second]]);
+  });
+
+  it('reaps on a timed tick when its row is missing, and records the run again', async () => {
+    const reaper = new Reaper({ pool: db.pool, schema: db.schema, leaseMs: 1_500, intervalMs: 3_600_000, retentionMs: 86_400_000, logger: testLogger() });
+    await db.pool.query(`DELETE FROM ${s}.maintenance WHERE chore = 'reap'`);
+    await insertDeadSupervisor('dead-row');
+    const id = await insertRunningJob('dead-row', `now() - interval '1 second'`);
+    expect(await reaper.tick()).toMatchObject({ leader: true, reapedJobs: [id] });
+    expect((await db.pool.query(`SELECT count(*)::int AS n FROM ${s}.maintenance WHERE chore = 'reap'`)).rows[0].n).toBe(1);
+    expect(await reaper.tick()).toMatchObject({ leader: false, paced: true });
+    await db.pool.query(`DELETE FROM ${s}.jobs WHERE id = $1`, [id]);
   });
 
   it('reaps on a timed tick when the last run is dated in the future (the server clock went back)', async () => {

@@ -50,12 +50,17 @@ function build(schema: string): SupervisorStatements {
     // Run by the reaper's leader, inside its transaction. $1 chore ('reap',
     // 'prune'), $2 ms that must have passed since any supervisor last ran it
     // (NULL: run now). Returns a row only if the chore is this tick's to run.
-    // A ran_at in the future means the server's clock went back: run, rather
-    // than leave the chore undone until the clock catches up.
+    // Statement time, not now(): this transaction may have begun before the
+    // last run's committed. A ran_at still in the future means the server's
+    // clock went back: run, rather than leave the chore undone until the
+    // clock catches up. A missing row (restored without it) is recreated.
     claimChore: st(
       'maintenance_claim_chore',
-      `UPDATE ${s}.maintenance SET ran_at = now()
-        WHERE chore = $1 AND ($2::integer IS NULL OR ran_at <= now() - $2 * interval '1 millisecond' OR ran_at > now())
+      `INSERT INTO ${s}.maintenance AS m (chore, ran_at) VALUES ($1, statement_timestamp())
+       ON CONFLICT (chore) DO UPDATE SET ran_at = excluded.ran_at
+        WHERE $2::integer IS NULL
+           OR m.ran_at <= statement_timestamp() - $2 * interval '1 millisecond'
+           OR m.ran_at > statement_timestamp()
        RETURNING true AS due`,
     ),
     // $1 heartbeat timeout ms
