@@ -507,7 +507,7 @@ export class Dispatcher {
             slot.id = id;
             this.holding.add(id);
           }
-          const job: RunningJob = { id, threadId: event.threadId, task, attempt, startedAt: now, batch, slot, timer: null, handled: false, abortedFor: null };
+          const job: RunningJob = { id, threadId: event.threadId, task, attempt, succeeded: undefined, startedAt: now, batch, slot, timer: null, handled: false, abortedFor: null };
           this.running.set(id, job);
           started.push(job);
         }
