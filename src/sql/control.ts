@@ -191,15 +191,14 @@ function build(schema: string): ControlStatements {
 
 /**
  * Inserts worker log entries given as a JSON array of {at, event, thread,
- * detail, job?, attempt?}, in order. A TASK_END entry becomes TASK_COMPLETE
- * when that attempt succeeded, else TASK_ERROR with what became of the job
- * (pending = will retry). Attempts only ever count up, so a later attempt
+ * detail, job?, attempt?, succeeded?}, in order. A TASK_END entry becomes
+ * TASK_COMPLETE when that attempt succeeded: its thread saw the success
+ * recorded (`succeeded`: the row may be deleted since, with deleteSucceeded),
+ * or the row says so. Otherwise it becomes TASK_ERROR with what became of the
+ * job (pending = will retry). Attempts only ever count up, so a later attempt
  * means this one did not succeed.
  */
 function logInsert(s: string, worker: string, entries: string): string {
-  // A TASK_END completed if its thread saw the success recorded (the row may
-  // be deleted by now: deleteSucceeded), or if the row says this attempt
-  // succeeded. Otherwise the row says what became of the job.
   return `
          INSERT INTO ${s}.worker_log (worker, at, event, thread, detail)
          SELECT ${worker}, (e.entry->>'at')::timestamptz,
