@@ -13,7 +13,9 @@ import { redactSecret } from '../src/redact.ts';
 // suites run the supervisor from source but point its threads at the build
 // (GRAPEVINE_TEST_THREAD_ENTRY, see vitest.config.ts): a thread that loads .ts
 // compiles Node's type stripper, which is WebAssembly, and V8 has aborted
-// ("Check failed: jit_page.has_value()") under the suites' churn of threads.
+// ("Check failed: jit_page.has_value()", "jit_page_->allocations_.erase(addr)
+// == 1") under the suites' churn of threads. Task modules the suites load in
+// threads import grapevine from its build for the same reason.
 const here = fileURLToPath(import.meta.url);
 const THREAD_ENTRY = process.env.GRAPEVINE_TEST_THREAD_ENTRY || path.join(path.dirname(here), '..', 'threads', `entry${path.extname(here)}`);
 
