@@ -364,15 +364,16 @@ export function createControl(options: ControlClientOptions = {}): Control {
       listener.on('connected', read);
       // Renewing also reads: an append whose statement began before this
       // follower registered sent no notification.
-      const renewal = setInterval(() => {
-        if (renewing || !registered) return;
-        renewing = register()
-          .then(read, (err: Error) => logger.warn({ err: err.message }, 'could not renew the log follower'))
-          .finally(() => {
-            renewing = null;
-          });
-      }, FOLLOWER_RENEW_MS);
-      renewal.unref();
+      const renewal = registered
+        ? setInterval(() => {
+            if (renewing) return;
+            renewing = register()
+              .then(read, (err: Error) => logger.warn({ err: err.message }, 'could not renew the log follower'))
+              .finally(() => {
+                renewing = null;
+              });
+          }, FOLLOWER_RENEW_MS).unref()
+        : undefined;
       const end = async () => {
         stopped = true;
         clearInterval(renewal);

@@ -60,10 +60,10 @@ export class Reaper {
         // the leader lock and stop everyone's reaping; the server ends it instead.
         await client.query(`SET LOCAL idle_in_transaction_session_timeout = ${Math.max(1_000, Math.floor(leaseMs / 2))}`);
         const { rows } = await client.query(withValues(sups.tryLeadReaper, []));
-        if (!rows[0].leader) return { leader: false, paced: false, lostSupervisors: [], reapedJobs: [] };
+        if (!rows[0].leader) return idle(false);
         const pace = options.force ? null : Math.floor(intervalMs / 2);
         const due = await client.query(withValues(sups.claimChore, ['reap', pace]));
-        if (due.rowCount === 0) return { leader: false, paced: true, lostSupervisors: [], reapedJobs: [] };
+        if (due.rowCount === 0) return idle(true);
         const lost = await client.query(withValues(sups.markLost, [leaseMs]));
         const reaped = await client.query(withValues(jobs.reapExpired, []));
         const lostSupervisors = lost.rows.map((r) => r.id as string);
@@ -85,7 +85,12 @@ export class Reaper {
       });
     } catch (err) {
       this.warn((suppressed) => logger.warn({ err: (err as Error).message, suppressed }, 'reaper tick failed'));
-      return { leader: false, paced: false, lostSupervisors: [], reapedJobs: [] };
+      return idle(false);
     }
   }
+}
+
+/** A tick that reaped nothing: it lost the lock (or failed), or left the reaping to the next one (`paced`). */
+function idle(paced: boolean): ReapResult {
+  return { leader: false, paced, lostSupervisors: [], reapedJobs: [] };
 }

@@ -107,7 +107,7 @@ export class WorkerLog {
       this.push(
         event === 'TASK_START'
           ? { at, event, thread: job.threadId, detail }
-          : { at, event, thread: job.threadId, detail, job: job.id, attempt: job.attempt, ...(job.succeeded ? { succeeded: true } : {}) },
+          : { at, event, thread: job.threadId, detail, job: job.id, attempt: job.attempt, succeeded: job.succeeded },
       );
     }
   }

@@ -51,7 +51,7 @@ function build(schema: string): SupervisorStatements {
     // 'prune'), $2 ms that must have passed since any supervisor last ran it
     // (NULL: run now). Returns a row only if the chore is this tick's to run.
     // Statement time, not now(): this transaction may have begun before the
-    // last run's committed. A ran_at still in the future means the server's
+    // last run committed. A ran_at still in the future means the server's
     // clock went back: run, rather than leave the chore undone until the
     // clock catches up. A missing row (restored without it) is recreated.
     claimChore: st(
