@@ -43,3 +43,18 @@ export function throttled(intervalMs: number): (emit: (suppressed: number) => vo
     }
   };
 }
+
+/**
+ * A warning throttled per message, as throttled() does for one: when
+ * several things fail at once, a burst of one must not hide the first
+ * report of another (a sweep failing every tick would otherwise swallow
+ * "heartbeat failed").
+ */
+export function throttledWarnings(intervalMs: number): (logger: Logger, fields: Record<string, unknown>, message: string) => void {
+  const byMessage = new Map<string, (emit: (suppressed: number) => void) => void>();
+  return (logger, fields, message) => {
+    let throttle = byMessage.get(message);
+    if (!throttle) byMessage.set(message, (throttle = throttled(intervalMs)));
+    throttle((suppressed) => logger.warn({ ...fields, suppressed }, message));
+  };
+}

@@ -3,7 +3,7 @@ import vm from 'node:vm';
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { idleTimeoutSecondsToMs, MAX_IDLE_TIMEOUT_MS } from '../src/config.ts';
-import { throttled } from '../src/log.ts';
+import { throttledWarnings } from '../src/log.ts';
 import { describeConnection } from '../src/redact.ts';
 import { controlStatements } from '../src/sql/control.ts';
 import { jobStatements } from '../src/sql/jobs.ts';
@@ -99,7 +99,7 @@ export class ControlPlane {
   private idleTimeoutMs: number | null = null;
   private idleTimer: NodeJS.Timeout | null = null;
   private readonly timers: NodeJS.Timeout[] = [];
-  private readonly warnDb = throttled(5_000);
+  private readonly warnDb = throttledWarnings(5_000);
 
   constructor(host: ControlHost, options: ControlOptions = {}) {
     this.host = host;
@@ -207,7 +207,7 @@ export class ControlPlane {
     this.draining = run()
       .catch((err: Error) =>
         // The messages stay unprocessed in the table; the next wake-up (or the safety timer) retries.
-        this.warnDb((suppressed) => this.host.logger.warn({ err: err.message, suppressed }, 'could not read or answer control messages')),
+        this.warnDb(this.host.logger, { err: err.message }, 'could not read or answer control messages'),
       )
       .finally(() => {
         this.draining = null;
@@ -386,7 +386,7 @@ export class ControlPlane {
           return this.scheduleIdleCheck(BUSY_RECHECK_MS);
         }
       } catch (err) {
-        this.warnDb((suppressed) => this.host.logger.warn({ err: (err as Error).message, suppressed }, 'idle check failed'));
+        this.warnDb(this.host.logger, { err: (err as Error).message }, 'idle check failed');
         return this.scheduleIdleCheck(1_000);
       }
     }
@@ -404,7 +404,7 @@ export class ControlPlane {
       await pool.query(withValues(sql.pruneMessages, [this.options.messageMaxAgeMs, 10_000]));
       await pool.query(withValues(sql.pruneResponses, [this.options.messageMaxAgeMs, 10_000]));
     } catch (err) {
-      this.warnDb((suppressed) => this.host.logger.warn({ err: (err as Error).message, suppressed }, 'could not prune the worker log'));
+      this.warnDb(this.host.logger, { err: (err as Error).message }, 'could not prune the worker log');
     }
   }
 }

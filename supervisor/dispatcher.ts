@@ -1,7 +1,7 @@
 import { MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
-import { throttled } from '../src/log.ts';
+import { throttledWarnings } from '../src/log.ts';
 import type { AbortKind, BatchEvent, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
 import type { ThreadPool } from './threads.ts';
 
@@ -153,7 +153,7 @@ export class Dispatcher {
   private fillTimer: NodeJS.Timeout | null = null;
   private paused = false;
   private stopping = false;
-  private readonly warnClaim = throttled(1_000);
+  private readonly warn = throttledWarnings(1_000);
   readonly counters: DispatchCounters = {
     notifiedIds: 0,
     duplicateIds: 0,
@@ -630,11 +630,10 @@ export class Dispatcher {
       else this.counters.commitErrors++;
       this.claimFailures++;
       this.claimBackoffUntil = Date.now() + Math.min(2_000, 50 * 2 ** Math.min(this.claimFailures, 6));
-      this.warnClaim((suppressed) =>
-        this.options.logger.warn(
-          { err: failure.message, suppressed },
-          response.claimError ? 'claim failed; will retry from the table' : "a claim's commit failed; its jobs may run again from the table",
-        ),
+      this.warn(
+        this.options.logger,
+        { err: failure.message },
+        response.claimError ? 'claim failed; will retry from the table' : "a claim's commit failed; its jobs may run again from the table",
       );
       // The jobs are still pending (nothing was claimed, or the claim rolled
       // back): pull them once claims work again.

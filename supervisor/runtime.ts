@@ -7,7 +7,7 @@ import os from 'node:os';
 import type pg from 'pg';
 import { explainConnectionErrors, withPipelinedTransaction } from '../src/db.ts';
 import { Listener } from '../src/listener.ts';
-import { throttled, type Logger } from '../src/log.ts';
+import { throttled, throttledWarnings, type Logger } from '../src/log.ts';
 import { parseJobNotification, takeIds } from '../src/notification.ts';
 import { describeConnection, redactSecret } from '../src/redact.ts';
 import { channelsFor } from '../src/schema/channels.ts';
@@ -66,7 +66,7 @@ export class SupervisorRuntime implements Supervisor {
   private state: SupervisorState = 'IDLE';
   private malformed = 0;
   private readonly warnMalformed = throttled(1_000);
-  private readonly warnDb = throttled(1_000);
+  private readonly warnDb = throttledWarnings(1_000);
 
   constructor(options: RuntimeOptions) {
     this.o = options;
@@ -376,7 +376,7 @@ export class SupervisorRuntime implements Supervisor {
       );
       if (rows[0].due === true) this.dispatcher.markBacklog();
     } catch (err) {
-      this.warnDb((suppressed) => this.o.logger.warn({ err: (err as Error).message, suppressed }, 'sweep failed'));
+      this.warnDb(this.o.logger, { err: (err as Error).message }, 'sweep failed');
     }
   }
 
@@ -408,7 +408,7 @@ export class SupervisorRuntime implements Supervisor {
         }
       }
     } catch (err) {
-      this.warnDb((suppressed) => logger.warn({ err: (err as Error).message, suppressed }, 'heartbeat failed'));
+      this.warnDb(logger, { err: (err as Error).message }, 'heartbeat failed');
     }
   }
 
@@ -455,7 +455,7 @@ export class SupervisorRuntime implements Supervisor {
         if (done.length > 0) this.o.logger.warn({ jobs: done.map((j) => ({ id: j.id, reason: j.reason })) }, 'released jobs back to the queue');
         return;
       } catch (err) {
-        this.warnDb((suppressed) => this.o.logger.warn({ err: (err as Error).message, suppressed }, 'release failed; retrying'));
+        this.warnDb(this.o.logger, { err: (err as Error).message }, 'release failed; retrying');
         await new Promise((r) => setTimeout(r, Math.min(2_000, 100 * 2 ** attempt)));
       }
     }
