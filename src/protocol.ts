@@ -51,6 +51,12 @@ export type ThreadResponse =
        */
       commitError: SerializedError | null;
       /**
+       * This thread could not import the task modules, so it claimed nothing.
+       * piscina started it after the supervisor's start-up check (a
+       * replacement for a dead thread), and it must be replaced in turn.
+       */
+      tasksError: SerializedError | null;
+      /**
        * For a pull that came back short: whether due jobs it may run were still
        * pending just after it. SKIP LOCKED passes over rows another statement
        * holds for a moment (a waitForJob() mark, another supervisor's claim),

@@ -97,6 +97,8 @@ export interface DispatchCounters {
   claimErrors: number;
   /** Claims that answered but whose commit failed: their jobs ran unconfirmed. */
   commitErrors: number;
+  /** Threads replaced because they could not import the task modules (they claimed nothing). */
+  brokenThreads: number;
 }
 
 /**
@@ -165,6 +167,7 @@ export class Dispatcher {
     threadCrashes: 0,
     claimErrors: 0,
     commitErrors: 0,
+    brokenThreads: 0,
   };
   /** Jobs finished per thread, for status. */
   readonly jobsRunByThread = new Map<number, number>();
@@ -621,6 +624,14 @@ export class Dispatcher {
   private onDone(batch: Batch, type: ThreadRequest['type'], response: ThreadResponse): void {
     this.closeBatchPort(batch);
     if (response.type !== 'batch-done') return;
+    if (response.tasksError) {
+      // Nothing was claimed: the other threads, or its replacement, pull these jobs.
+      this.counters.brokenThreads++;
+      this.options.pool.replaceBroken(response.threadId, response.tasksError.message);
+      this.freeSlots(batch.slots);
+      this.raiseBacklog();
+      return;
+    }
     this.counters.claimed += response.claimed.length;
     this.counters.fenced += response.fenced;
     if (type === 'claim-ids') this.counters.wastedClaims += response.skipped;

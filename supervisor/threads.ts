@@ -56,6 +56,10 @@ export class ThreadPool extends EventEmitter {
   private destroyed = false;
   private repairTimer: NodeJS.Timeout | null = null;
   private repairBackoffMs = 500;
+  /** Pauses before broken threads are replaced: they grow while replacements keep failing to load. */
+  private brokenBackoffMs = 0;
+  private lastBrokenAt = 0;
+  private readonly brokenTimers = new Set<NodeJS.Timeout>();
   threads: number;
   /** Threads started to replace ones that died. */
   restarts = 0;
@@ -122,6 +126,33 @@ export class ThreadPool extends EventEmitter {
     if (this.live.has(threadId)) this.exiting.add(threadId);
   }
 
+  /**
+   * A thread could not import the task modules (piscina started it to
+   * replace one that died, and the import failed this time). It claims
+   * nothing, so to the dispatcher it would look like the idlest thread with
+   * an empty queue and get every batch. It gets no more work from now on and
+   * is replaced after a pause: 250 ms, doubling up to 30 s while
+   * replacements keep failing, so a module that can no longer load does not
+   * keep the CPU busy starting threads.
+   */
+  replaceBroken(threadId: number, reason: string): void {
+    if (!this.live.has(threadId) || this.terminating.has(threadId) || this.destroyed) return;
+    this.exiting.add(threadId);
+    const now = Date.now();
+    this.brokenBackoffMs = now - this.lastBrokenAt < 60_000 ? Math.min(30_000, Math.max(250, this.brokenBackoffMs * 2)) : 250;
+    this.lastBrokenAt = now;
+    this.options.logger.warn(
+      { threadId, err: redactSecret(reason, this.options.config.connectionString), replaceInMs: this.brokenBackoffMs },
+      'a thread could not load the task modules; replacing it',
+    );
+    const timer = setTimeout(() => {
+      this.brokenTimers.delete(timer);
+      this.terminate(threadId);
+    }, this.brokenBackoffMs);
+    timer.unref();
+    this.brokenTimers.add(timer);
+  }
+
   liveThreads(): ThreadInfo[] {
     return [...this.live.values()].map(({ threadId, generation, startedAt }) => ({ threadId, generation, startedAt }));
   }
@@ -138,6 +169,8 @@ export class ThreadPool extends EventEmitter {
   async destroy(): Promise<void> {
     this.destroyed = true;
     if (this.repairTimer) clearTimeout(this.repairTimer);
+    for (const timer of this.brokenTimers) clearTimeout(timer);
+    this.brokenTimers.clear();
     await Promise.all([...this.generations.keys()].map((p) => this.destroyGeneration(p)));
     this.current = null;
   }

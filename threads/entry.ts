@@ -134,10 +134,27 @@ export default async function run(request: ThreadRequest): Promise<ThreadRespons
   }
 }
 
+const NOTHING_CLAIMED = {
+  type: 'batch-done',
+  claimed: [],
+  skipped: 0,
+  fenced: 0,
+  claimError: null,
+  commitError: null,
+  tasksError: null,
+  dueLeft: false,
+} as const satisfies Omit<Extract<ThreadResponse, { type: 'batch-done' }>, 'threadId'>;
+
 async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'claim-next' }>): Promise<ThreadResponse> {
   const port = request.port;
   openPorts.add(port);
   const loaded = await tasks;
+  if (loaded.error) {
+    // Claiming with the handlers that did load would pass over the other
+    // tasks' jobs and report none due, as if the queue were empty.
+    endBatch(port);
+    return { ...NOTHING_CLAIMED, threadId, tasksError: serializeError(loaded.error) };
+  }
   const known = request.tasks.filter((t) => loaded.handlers.has(t));
   let jobs: ClaimedJob[];
   let committed: Promise<Error | null>;
@@ -149,7 +166,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     ({ jobs, committed } = await claimBatch(systemPool, claim));
   } catch (err) {
     endBatch(port);
-    return { type: 'batch-done', threadId, claimed: [], skipped: 0, fenced: 0, claimError: serializeError(err), commitError: null, dueLeft: false };
+    return { ...NOTHING_CLAIMED, threadId, claimError: serializeError(err) };
   }
   const requested = request.type === 'claim-ids' ? request.ids.length : request.count;
   const claimed = jobs.map((j) => j.id);
@@ -256,6 +273,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     fenced,
     claimError: null,
     commitError: commitError ? serializeError(commitError) : null,
+    tasksError: null,
     dueLeft: await dueLeft,
   };
 }
