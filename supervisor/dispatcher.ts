@@ -625,13 +625,14 @@ export class Dispatcher {
     this.closeBatchPort(batch);
     if (response.type !== 'batch-done') return;
     if (response.tasksError) {
-      // Nothing was claimed: the other threads, or its replacement, pull these jobs.
-      this.counters.brokenThreads++;
-      this.options.pool.replaceBroken(response.threadId, response.tasksError.message);
+      // Nothing was claimed: pulls from the table find these jobs again, on
+      // the other threads or on the broken thread's replacement.
+      if (this.options.pool.replaceBroken(response.threadId, response.tasksError.message)) this.counters.brokenThreads++;
       this.freeSlots(batch.slots);
       this.raiseBacklog();
       return;
     }
+    this.options.pool.tasksLoaded(response.threadId);
     this.counters.claimed += response.claimed.length;
     this.counters.fenced += response.fenced;
     if (type === 'claim-ids') this.counters.wastedClaims += response.skipped;

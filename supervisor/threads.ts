@@ -58,7 +58,7 @@ export class ThreadPool extends EventEmitter {
   private repairBackoffMs = 500;
   /** Pauses before broken threads are replaced: they grow while replacements keep failing to load. */
   private brokenBackoffMs = 0;
-  private lastBrokenAt = 0;
+  private lastBrokenThread = 0;
   private readonly brokenTimers = new Set<NodeJS.Timeout>();
   threads: number;
   /** Threads started to replace ones that died. */
@@ -131,26 +131,38 @@ export class ThreadPool extends EventEmitter {
    * replace one that died, and the import failed this time). It claims
    * nothing, so to the dispatcher it would look like the idlest thread with
    * an empty queue and get every batch. It gets no more work from now on and
-   * is replaced after a pause: 250 ms, doubling up to 30 s while
-   * replacements keep failing, so a module that can no longer load does not
-   * keep the CPU busy starting threads.
+   * is replaced after a pause: 250 ms, doubling up to 30 s for each broken
+   * thread until a thread started after the last one answers a batch
+   * (thread ids only grow), so a module that can no longer load does not
+   * keep the CPU busy starting threads. A thread of a generation on its way
+   * out is only kept from work: retiring it ends it.
+   * Returns false if the thread was already reported (it may answer several
+   * batches sent before its first answer) or is gone.
    */
-  replaceBroken(threadId: number, reason: string): void {
-    if (!this.live.has(threadId) || this.terminating.has(threadId) || this.destroyed) return;
+  replaceBroken(threadId: number, reason: string): boolean {
+    const entry = this.live.get(threadId);
+    if (!entry || this.exiting.has(threadId) || this.terminating.has(threadId) || this.destroyed) return false;
     this.exiting.add(threadId);
-    const now = Date.now();
-    this.brokenBackoffMs = now - this.lastBrokenAt < 60_000 ? Math.min(30_000, Math.max(250, this.brokenBackoffMs * 2)) : 250;
-    this.lastBrokenAt = now;
-    this.options.logger.warn(
-      { threadId, err: redactSecret(reason, this.options.config.connectionString), replaceInMs: this.brokenBackoffMs },
-      'a thread could not load the task modules; replacing it',
-    );
+    const err = redactSecret(reason, this.options.config.connectionString);
+    if (entry.pool !== this.current) {
+      this.options.logger.warn({ threadId, err }, 'a thread could not load the task modules; its generation is retiring');
+      return true;
+    }
+    this.brokenBackoffMs = Math.min(30_000, Math.max(250, this.brokenBackoffMs * 2));
+    this.lastBrokenThread = Math.max(this.lastBrokenThread, threadId);
+    this.options.logger.warn({ threadId, err, replaceInMs: this.brokenBackoffMs }, 'a thread could not load the task modules; replacing it');
     const timer = setTimeout(() => {
       this.brokenTimers.delete(timer);
       this.terminate(threadId);
     }, this.brokenBackoffMs);
     timer.unref();
     this.brokenTimers.add(timer);
+    return true;
+  }
+
+  /** A thread answered a batch with its tasks loaded: if it started after the last broken one, broken threads are replaced quickly again. */
+  tasksLoaded(threadId: number): void {
+    if (threadId > this.lastBrokenThread) this.brokenBackoffMs = 0;
   }
 
   liveThreads(): ThreadInfo[] {
