@@ -25,8 +25,20 @@ export interface TaskHelpers {
   logger: Logger;
   /** Aborted when the job is cancelled, times out, or the supervisor shuts down. */
   signal: AbortSignal;
-  /** Runs a statement on the thread's own pool. */
+  /**
+   * Runs a statement on the thread's own pool. Each call may run on another
+   * connection, so a call that leaves a transaction open (a BEGIN without
+   * its COMMIT) is rolled back and fails with GRAPEVINE_TRANSACTION_LEFT_OPEN:
+   * use `transaction` for statements that belong together.
+   */
   query<R extends Record<string, any> = Record<string, any>>(sql: string, params?: unknown[]): Promise<{ rows: R[]; rowCount: number | null }>;
+  /**
+   * Runs `fn` in one transaction on one connection of the thread's pool:
+   * committed when `fn` resolves, rolled back when it throws. A transaction
+   * that failed inside (an error `fn` caught) is rolled back and fails with
+   * GRAPEVINE_TRANSACTION_ROLLED_BACK rather than seeming committed.
+   */
+  transaction<T>(fn: (query: TaskHelpers['query']) => Promise<T>): Promise<T>;
   /** Enqueues a follow-up job. */
   addJob(task: string, payload?: unknown, options?: Omit<AddJobOptions, 'db'>): Promise<string>;
 }

@@ -10,11 +10,13 @@
  */
 import { threadId, workerData } from 'node:worker_threads';
 import type { MessagePort } from 'node:worker_threads';
+import type pg from 'pg';
 import pino from 'pino';
 import { createClient, type Client } from '../src/client.ts';
 import { createPool, withClient } from '../src/db.ts';
 import { GrapevineError, serializeError } from '../src/errors.ts';
 import type { AbortKind, BatchEvent, SupervisorSignal, ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
+import type { TaskHelpers } from '../src/task.ts';
 import { jobStatements } from '../src/sql/jobs.ts';
 import { withValues } from '../src/sql/statement.ts';
 import { claimBatch } from './claim.ts';
@@ -69,10 +71,11 @@ function handlerConnections(): ReturnType<typeof createPool> {
   });
   return handlerPool;
 }
-async function handlerQuery(text: string, params?: unknown[]) {
+/** Runs fn on one client of the handlers' pool. */
+async function withHandlerClient<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const pool = handlerConnections();
   try {
-    return await pool.query(text, params as unknown[]);
+    return await withClient(pool, fn);
   } catch (err) {
     // pg says only "timeout exceeded when trying to connect", which reads like
     // the database is down; here it means the handlers hold every connection.
@@ -86,6 +89,65 @@ async function handlerQuery(text: string, params?: unknown[]) {
     throw err;
   }
 }
+
+/** Rolls back a transaction a statement left open on a pooled connection; true if there was one. */
+async function rollBackLeftOpen(client: pg.PoolClient): Promise<boolean> {
+  if (client.getTransactionStatus() === 'I') return false;
+  await client.query('ROLLBACK');
+  return true;
+}
+
+// A transaction left open on a pooled connection would hold its locks and
+// take in the statements of whichever job gets that connection next, none
+// of them ever committed.
+function handlerQuery(text: string, params?: unknown[]) {
+  return withHandlerClient(async (client) => {
+    const result = await client.query(text, params as unknown[]).catch(async (err: unknown) => {
+      // A failed statement can leave a failed transaction behind ("BEGIN; ...; bad"): the error to report is its own.
+      await rollBackLeftOpen(client).catch(() => {});
+      throw err;
+    });
+    if (await rollBackLeftOpen(client)) {
+      throw new GrapevineError(
+        'GRAPEVINE_TRANSACTION_LEFT_OPEN',
+        'query() ended inside a transaction (a BEGIN without its COMMIT in the same call), so it was rolled back: ' +
+          'each query() call may run on another connection. Run statements that belong together in ' +
+          'helpers.transaction(async (query) => { ... }).',
+      );
+    }
+    return result;
+  });
+}
+
+function handlerTransaction<T>(fn: (query: TaskHelpers['query']) => Promise<T>): Promise<T> {
+  return withHandlerClient(async (client) => {
+    let open = true;
+    const query = ((text: string, params?: unknown[]) => {
+      if (!open) return Promise.reject(new GrapevineError('GRAPEVINE_TRANSACTION_ROLLED_BACK', 'this transaction has ended; its query() cannot be used after it'));
+      return client.query(text, params as unknown[]);
+    }) as TaskHelpers['query'];
+    await client.query('BEGIN');
+    let value: T;
+    try {
+      value = await fn(query);
+    } catch (err) {
+      open = false;
+      await client.query('ROLLBACK').catch(() => {});
+      throw err;
+    }
+    open = false;
+    // COMMIT of a transaction in which a statement failed answers ROLLBACK, without an error.
+    if ((await client.query('COMMIT')).command === 'ROLLBACK') {
+      throw new GrapevineError(
+        'GRAPEVINE_TRANSACTION_ROLLED_BACK',
+        'the transaction was rolled back, not committed: a statement in it failed and the error was caught inside it. ' +
+          'Let the error escape the transaction function, or catch it around a SAVEPOINT.',
+      );
+    }
+    return value;
+  });
+}
+
 function handlerAddJob(...args: Parameters<Client['addJob']>) {
   handlerClient ??= createClient({ pool: handlerConnections(), schema: config.schema, migrate: false });
   return handlerClient.addJob(...args);
@@ -95,6 +157,7 @@ const executeContext: ExecuteContext = {
   logger,
   worker: { supervisorId: config.supervisorId, threadId, schema: config.schema },
   query: handlerQuery as never,
+  transaction: handlerTransaction,
   addJob: handlerAddJob,
   connectionString: config.connectionString,
 };
@@ -200,6 +263,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   const context: ExecuteContext = {
     ...executeContext,
     query: ((text: string, params?: unknown[]) => afterCommit().then(() => handlerQuery(text, params))) as never,
+    transaction: (fn) => afterCommit().then(() => handlerTransaction(fn)),
     addJob: (...args) => afterCommit().then(() => handlerAddJob(...args)),
   };
   // Indexed like `jobs`: a map per batch cost a rehash every time it grew,

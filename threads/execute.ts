@@ -22,6 +22,7 @@ export interface ExecuteContext {
   logger: Logger;
   worker: TaskHelpers['worker'];
   query: TaskHelpers['query'];
+  transaction: TaskHelpers['transaction'];
   addJob: TaskHelpers['addJob'];
   /** The thread's connection string: handlers' errors may echo it (apps often share DATABASE_URL), so its password is cut from stored errors. */
   connectionString: string;
@@ -56,6 +57,7 @@ class JobHelpers implements TaskHelpers {
   readonly job: TaskHelpers['job'];
   readonly worker: TaskHelpers['worker'];
   readonly query: TaskHelpers['query'];
+  readonly transaction: TaskHelpers['transaction'];
   readonly addJob: TaskHelpers['addJob'];
   #logger: TaskHelpers['logger'] | null = null;
   readonly #abort: JobAbortSwitch;
@@ -65,6 +67,7 @@ class JobHelpers implements TaskHelpers {
     this.job = { id: job.id, task: job.task, queue: job.queue, attempt: job.attempts, maxAttempts: job.max_attempts };
     this.worker = context.worker;
     this.query = context.query;
+    this.transaction = context.transaction;
     this.addJob = context.addJob;
     this.#abort = abort;
     this.#context = context;
