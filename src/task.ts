@@ -34,9 +34,14 @@ export interface TaskHelpers {
   query<R extends Record<string, any> = Record<string, any>>(sql: string, params?: unknown[]): Promise<{ rows: R[]; rowCount: number | null }>;
   /**
    * Runs `fn` in one transaction on one connection of the thread's pool:
-   * committed when `fn` resolves, rolled back when it throws. A transaction
-   * that failed inside (an error `fn` caught) is rolled back and fails with
-   * GRAPEVINE_TRANSACTION_ROLLED_BACK rather than seeming committed.
+   * committed when `fn` resolves, rolled back when it throws. Inside, use
+   * only the `query` given to `fn`: the helpers' own `query` and `addJob`
+   * run on other connections, outside the transaction (and would wait for
+   * ever on a row it locked). A transaction that failed inside (an error
+   * `fn` caught) is rolled back and fails with
+   * GRAPEVINE_TRANSACTION_ROLLED_BACK rather than seeming committed; a
+   * COMMIT or ROLLBACK sent through `query` fails with
+   * GRAPEVINE_TRANSACTION_ENDED.
    */
   transaction<T>(fn: (query: TaskHelpers['query']) => Promise<T>): Promise<T>;
   /** Enqueues a follow-up job. */

@@ -13,7 +13,7 @@ import type { MessagePort } from 'node:worker_threads';
 import type pg from 'pg';
 import pino from 'pino';
 import { createClient, type Client } from '../src/client.ts';
-import { createPool, withClient } from '../src/db.ts';
+import { checkOut, createPool, withClient, type CheckedOut } from '../src/db.ts';
 import { GrapevineError, serializeError } from '../src/errors.ts';
 import type { AbortKind, BatchEvent, SupervisorSignal, ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
 import type { TaskHelpers } from '../src/task.ts';
@@ -71,11 +71,11 @@ function handlerConnections(): ReturnType<typeof createPool> {
   });
   return handlerPool;
 }
-/** Runs fn on one client of the handlers' pool. */
-async function withHandlerClient<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+/** A client of the handlers' pool; a wait for one that times out is named for what it is. */
+async function checkOutHandlerClient(): Promise<CheckedOut> {
   const pool = handlerConnections();
   try {
-    return await withClient(pool, fn);
+    return await checkOut(pool);
   } catch (err) {
     // pg says only "timeout exceeded when trying to connect", which reads like
     // the database is down; here it means the handlers hold every connection.
@@ -90,42 +90,51 @@ async function withHandlerClient<T>(fn: (client: pg.PoolClient) => Promise<T>): 
   }
 }
 
-/** Rolls back a transaction a statement left open on a pooled connection; true if there was one. */
-async function rollBackLeftOpen(client: pg.PoolClient): Promise<boolean> {
-  if (client.getTransactionStatus() === 'I') return false;
-  await client.query('ROLLBACK');
-  return true;
-}
-
 // A transaction left open on a pooled connection would hold its locks and
 // take in the statements of whichever job gets that connection next, none
 // of them ever committed.
-function handlerQuery(text: string, params?: unknown[]) {
-  return withHandlerClient(async (client) => {
-    const result = await client.query(text, params as unknown[]).catch(async (err: unknown) => {
-      // A failed statement can leave a failed transaction behind ("BEGIN; ...; bad"): the error to report is its own.
-      await rollBackLeftOpen(client).catch(() => {});
-      throw err;
-    });
-    if (await rollBackLeftOpen(client)) {
-      throw new GrapevineError(
-        'GRAPEVINE_TRANSACTION_LEFT_OPEN',
-        'query() ended inside a transaction (a BEGIN without its COMMIT in the same call), so it was rolled back: ' +
-          'each query() call may run on another connection. Run statements that belong together in ' +
-          'helpers.transaction(async (query) => { ... }).',
-      );
-    }
+async function handlerQuery(text: string, params?: unknown[]) {
+  const { client, release } = await checkOutHandlerClient();
+  let result: pg.QueryResult;
+  try {
+    result = await client.query(text, params as unknown[]);
+  } catch (err) {
+    // Discarded, as pool.query() does: the error arrives before the server
+    // says whether it left an aborted transaction ("BEGIN; ...; bad").
+    release(err as Error);
+    throw err;
+  }
+  // Known here: a statement's promise resolves when the server says it is ready for the next.
+  if (client.getTransactionStatus() === 'I') {
+    release();
     return result;
-  });
+  }
+  await client.query('ROLLBACK').then(
+    () => release(),
+    (err: Error) => release(err),
+  );
+  throw new GrapevineError(
+    'GRAPEVINE_TRANSACTION_LEFT_OPEN',
+    'query() ended inside a transaction (a BEGIN without its COMMIT in the same call), so it was rolled back: ' +
+      'each query() call may run on another connection. Run statements that belong together in ' +
+      'helpers.transaction(async (query) => { ... }).',
+  );
 }
 
-function handlerTransaction<T>(fn: (query: TaskHelpers['query']) => Promise<T>): Promise<T> {
-  return withHandlerClient(async (client) => {
-    let open = true;
-    const query = ((text: string, params?: unknown[]) => {
-      if (!open) return Promise.reject(new GrapevineError('GRAPEVINE_TRANSACTION_ROLLED_BACK', 'this transaction has ended; its query() cannot be used after it'));
-      return client.query(text, params as unknown[]);
-    }) as TaskHelpers['query'];
+async function handlerTransaction<T>(fn: (query: TaskHelpers['query']) => Promise<T>): Promise<T> {
+  const { client, release } = await checkOutHandlerClient();
+  let open = true;
+  const ended = (why: string) => new GrapevineError('GRAPEVINE_TRANSACTION_ENDED', why);
+  const query = (async (text: string, params?: unknown[]) => {
+    if (!open) throw ended('this transaction has ended: its query() cannot be used after it');
+    const result = await client.query(text, params as unknown[]);
+    if (client.getTransactionStatus() === 'I') {
+      open = false;
+      throw ended(`"${text.slice(0, 40)}" ended the transaction inside transaction(): return from the function to commit, throw to roll back`);
+    }
+    return result;
+  }) as TaskHelpers['query'];
+  try {
     await client.query('BEGIN');
     let value: T;
     try {
@@ -144,8 +153,13 @@ function handlerTransaction<T>(fn: (query: TaskHelpers['query']) => Promise<T>):
           'Let the error escape the transaction function, or catch it around a SAVEPOINT.',
       );
     }
+    release();
     return value;
-  });
+  } catch (err) {
+    // Whatever went wrong, the connection goes: it may still be inside the transaction.
+    release(err instanceof Error ? err : new Error('the transaction failed'));
+    throw err;
+  }
 }
 
 function handlerAddJob(...args: Parameters<Client['addJob']>) {
