@@ -13,7 +13,20 @@ export interface PoolOptions {
   onIdleError?: (err: Error) => void;
   /** Send a client's queued statements without waiting for each answer (pg's pipeline mode). */
   pipeline?: boolean;
+  /**
+   * PostgreSQL cancels a statement that runs longer (statement_timeout), and
+   * a statement with no answer at all a second after that fails here and
+   * its connection is discarded.
+   */
+  statementTimeoutMs?: number;
 }
+
+/**
+ * Past a statement timeout, only a connection the network lost stays
+ * silent: a partition, or a NAT or firewall that dropped the flow, where
+ * TCP would keep retransmitting for about a quarter of an hour.
+ */
+const UNANSWERED_MARGIN_MS = 1_000;
 
 export function createPool(connectionString: string, options: PoolOptions): pg.Pool {
   const pool = new pg.Pool({
@@ -26,6 +39,9 @@ export function createPool(connectionString: string, options: PoolOptions): pg.P
     keepAlive: true,
     keepAliveInitialDelayMillis: 10_000,
     ...(options.pipeline ? { pipeline: true } : {}),
+    ...(options.statementTimeoutMs
+      ? { statement_timeout: options.statementTimeoutMs, query_timeout: options.statementTimeoutMs + UNANSWERED_MARGIN_MS }
+      : {}),
   });
   // Without a listener, an idle connection's error (server restart,
   // pg_terminate_backend) would crash the process.
@@ -132,7 +148,8 @@ export function isConnectionError(err: unknown): boolean {
     return true;
   }
   const message = err instanceof Error ? err.message : '';
-  return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(message);
+  // "Query read timeout": no answer in time (statementTimeoutMs); the connection may still deliver it late.
+  return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error|Query read timeout/i.test(message);
 }
 
 /**

@@ -55,6 +55,14 @@ export interface SupervisorOptions {
    * usual, and so are jobs someone is waiting for with waitForJob().
    */
   deleteSucceeded?: boolean;
+  /**
+   * How long one of grapevine's own statements (claims, outcome writes,
+   * heartbeats, the reaper; not handlers' statements, not migrations) may
+   * run before PostgreSQL cancels it (default 30 s). One that gets no answer
+   * at all a second after that fails and its connection is replaced: the
+   * network lost it, which TCP alone would take about 15 minutes to report.
+   */
+  statementTimeoutMs?: number;
   /** Connections per thread for handlers' helpers.query() and addJob() (default 4). */
   handlerConnections?: number;
   /** Per-thread limits, e.g. { maxOldGenerationSizeMb: 256 }: a handler over it kills only its thread. */
@@ -137,19 +145,24 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     );
   }
 
+  const statementTimeoutMs = validatePositiveInt('statementTimeoutMs', options.statementTimeoutMs ?? DEFAULTS.statementTimeoutMs, { min: 100, max: 3_600_000 });
+
+  // Migrations get a connection of their own, without the statement timeout:
+  // one may rewrite a large jobs table.
+  const migrations = createPool(connectionString, { max: 1, applicationName: 'grapevine-migrate' });
+  try {
+    await explainConnectionErrors(connectionString, () => migrate(migrations, schema));
+  } finally {
+    await migrations.end().catch(() => {});
+  }
   const pool = createPool(connectionString, {
     max: 3,
     applicationName: `grapevine-supervisor`,
     // The release of a dead thread's jobs sends its transaction in one go (runtime.ts).
     pipeline: true,
+    statementTimeoutMs,
     onIdleError: (err) => logger.debug({ err: err.message }, 'idle supervisor connection closed'),
   });
-  try {
-    await explainConnectionErrors(connectionString, () => migrate(pool, schema));
-  } catch (err) {
-    await pool.end().catch(() => {});
-    throw err;
-  }
 
   const threadConfig: ThreadConfig = {
     connectionString,
@@ -161,6 +174,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     retryBaseMs: options.retryBaseMs ?? DEFAULTS.retryBaseMs,
     retryMaxMs: options.retryMaxMs ?? DEFAULTS.retryMaxMs,
     systemConnections: DEFAULTS.threadSystemConnections,
+    statementTimeoutMs,
     handlerConnections: validatePositiveInt('handlerConnections', options.handlerConnections ?? DEFAULTS.threadHandlerConnections, { max: 100 }),
     logLevel: logger.level,
     deleteSucceeded: options.deleteSucceeded ?? DEFAULTS.deleteSucceeded,

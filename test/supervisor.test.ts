@@ -156,7 +156,7 @@ describe('running jobs', () => {
     const others = rows.filter((r) => r.application_name !== 'grapevine-listener');
     expect(others.length).toBeGreaterThan(0);
     for (const other of others) {
-      expect(other.application_name).toMatch(/^grapevine-(supervisor|thread-\d+|handler-\d+)$/);
+      expect(other.application_name).toMatch(/^grapevine-(supervisor|migrate|thread-\d+|handler-\d+)$/);
       expect(other.query).not.toMatch(/^LISTEN/i);
     }
     // Both supervisors took part, each through its own listener.

@@ -1,15 +1,17 @@
 import net from 'node:net';
 
 /**
- * A TCP proxy in front of PostgreSQL that can make the LISTEN connection
- * half-open (its socket stays connected but nothing passes any more, as when
- * a NAT or firewall silently drops a long-idle flow), or end new connections
- * the way a server that is shutting down does.
+ * A TCP proxy in front of PostgreSQL that can make connections half-open
+ * (the socket stays connected but nothing passes any more, as when a NAT or
+ * firewall silently drops a flow), or end new connections the way a server
+ * that is shutting down does.
  */
 export interface Proxy {
   url: string;
   /** Stops forwarding on every connection that has issued LISTEN. Returns how many. */
   blackholeListeners(): number;
+  /** Stops forwarding on every open connection whose application_name starts with `prefix`. Returns how many. */
+  blackholeApplications(prefix: string): number;
   /**
    * The next `count` connections to finish their start-up are ended with the
    * FATAL a fast shutdown sends (57P01), in the same packet as the
@@ -58,15 +60,17 @@ function splitAtReady(data: Buffer): { complete: Buffer; ready: boolean; rest: B
 
 export async function startProxy(target: string): Promise<Proxy> {
   const upstream = new URL(target);
-  const pairs: Array<{ client: net.Socket; server: net.Socket; listens: boolean; dead: boolean }> = [];
+  const pairs: Array<{ client: net.Socket; server: net.Socket; listens: boolean; dead: boolean; application: string | null }> = [];
   let toEndAsReady = 0;
   const proxy = net.createServer((client) => {
     const server = net.connect(Number(upstream.port || 5432), upstream.hostname);
-    const pair = { client, server, listens: false, dead: false };
+    const pair = { client, server, listens: false, dead: false, application: null as string | null };
     pairs.push(pair);
     // Server bytes of a connection still starting up that do not yet form a whole message.
     let partial: Buffer | null = Buffer.alloc(0);
     client.on('data', (chunk) => {
+      // The start-up message names it: "application_name\0<name>\0".
+      if (pair.application === null) pair.application = /application_name\0([^\0]*)\0/.exec(chunk.toString('latin1'))?.[1] ?? '';
       if (!pair.listens && chunk.includes('LISTEN "')) pair.listens = true;
       if (!pair.dead) server.write(chunk);
     });
@@ -111,6 +115,11 @@ export async function startProxy(target: string): Promise<Proxy> {
       const listeners = pairs.filter((p) => p.listens && !p.dead);
       for (const p of listeners) p.dead = true;
       return listeners.length;
+    },
+    blackholeApplications(prefix) {
+      const matching = pairs.filter((p) => !p.dead && p.application?.startsWith(prefix));
+      for (const p of matching) p.dead = true;
+      return matching.length;
     },
     endAsReady(count) {
       toEndAsReady += count;
