@@ -34,6 +34,8 @@ export interface DispatcherOptions {
   onJobs?: (type: 'started' | 'finished', jobs: readonly JobRef[]) => void;
   /** How long a cancelled or timed-out handler may take to stop before its thread is terminated. */
   killGraceMs: number;
+  /** Cuts secrets from text for the log: a crashed thread's error may echo the connection string. */
+  redact: (text: string) => string;
 }
 
 /** Which execution of which job: what the worker log records. */
@@ -156,6 +158,8 @@ export class Dispatcher {
   private paused = false;
   private stopping = false;
   private readonly warn = throttledWarnings(1_000);
+  /** Threads whose crash has been logged (their other batches fail with the same error). */
+  private readonly crashLogged = new Set<number>();
   readonly counters: DispatchCounters = {
     notifiedIds: 0,
     duplicateIds: 0,
@@ -699,6 +703,14 @@ export class Dispatcher {
       }
     }
     if (!killed && !this.stopping && threadId !== null) this.counters.threadCrashes++;
+    // Once per thread, though every batch on it fails: piscina reports an
+    // error on its pool ('thread failed outside a job') only when the thread
+    // had no batch at all, and released jobs carry it only if it had claimed some.
+    const crashed = batch.claimedOn ?? batch.threadId;
+    if (!this.stopping && crashed !== null && !this.killing.has(crashed) && !this.crashLogged.has(crashed)) {
+      this.crashLogged.add(crashed);
+      this.options.logger.warn({ threadId: crashed, err: this.options.redact(describeCrash(err)) }, 'a thread crashed');
+    }
     // Forget the jobs and free their slots before releasing them: the release
     // notifies their ids, and an id still held here would be dropped as a
     // duplicate, leaving the job to the next sweep instead of running now.
@@ -731,8 +743,10 @@ export class Dispatcher {
    * why we killed it is kept a little longer (thread ids are never reused).
    */
   forgetThread(threadId: number): void {
-    if (!this.killing.has(threadId)) return;
-    setTimeout(() => this.killing.delete(threadId), 10_000).unref();
+    setTimeout(() => {
+      this.killing.delete(threadId);
+      this.crashLogged.delete(threadId);
+    }, 10_000).unref();
   }
 }
 

@@ -79,6 +79,7 @@ export class SupervisorRuntime implements Supervisor {
       concurrency: options.concurrency,
       logger: options.logger,
       killGraceMs: options.timing.killGraceMs,
+      redact: (text) => redactSecret(text, options.connectionString),
       release: (jobs) => this.release(jobs),
       onJobs: (type, jobs) => this.control.onJobs(type, jobs),
     });

@@ -131,7 +131,7 @@ describe('secrets', () => {
     // The errors really were logged, at the levels one would grep.
     expect(logs).toMatch(/LISTEN connection lost; reconnecting/);
     expect(logs).toMatch(/claim failed; will retry from the table/);
-    expect(logs).toMatch(/thread failed outside a job/);
+    expect(logs).toMatch(/thread failed outside a job|a thread crashed/);
     expectNoSecret(logs, 'the supervisor log');
     expectNoSecret(await storedText(), 'the database');
     await expectRedactedLastErrors(leaks);
@@ -158,7 +158,7 @@ describe('secrets', () => {
     expect(output).toMatch(/"threadId":\d+/);
     expect(output).toMatch(/LISTEN connection lost; reconnecting/);
     expect(output).toMatch(/claim failed; will retry from the table/);
-    expect(output).toMatch(/thread failed outside a job/);
+    expect(output).toMatch(/thread failed outside a job|a thread crashed/);
     expectNoSecret(output, 'the supervisor process output');
     expectNoSecret(await storedText(), 'the database');
     await expectRedactedLastErrors(leaks);
