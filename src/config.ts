@@ -30,9 +30,9 @@ export const DEFAULTS = {
   /** pg connections per thread for handlers' helpers.query(). */
   threadHandlerConnections: 4,
   /**
-   * How long a statement of grapevine's own (claims, outcome writes,
-   * heartbeats, the reaper) may run before PostgreSQL cancels it; a second
-   * later with no answer at all, the connection is given up.
+   * How long a statement on the supervisor's own connections may run before
+   * PostgreSQL cancels it; a second later with no answer at all, the
+   * connection is given up.
    */
   statementTimeoutMs: 30_000,
   /** Delete succeeded jobs at once instead of keeping them for the retention period. */

@@ -39,14 +39,27 @@ export function createPool(connectionString: string, options: PoolOptions): pg.P
     keepAlive: true,
     keepAliveInitialDelayMillis: 10_000,
     ...(options.pipeline ? { pipeline: true } : {}),
-    ...(options.statementTimeoutMs
-      ? { statement_timeout: options.statementTimeoutMs, query_timeout: options.statementTimeoutMs + UNANSWERED_MARGIN_MS }
-      : {}),
+    ...(options.statementTimeoutMs ? { query_timeout: options.statementTimeoutMs + UNANSWERED_MARGIN_MS } : {}),
   });
+  if (options.statementTimeoutMs) {
+    // A SET rather than a start-up parameter, which PgBouncer refuses unless
+    // told to ignore it. Queued ahead of whatever the new client runs first.
+    const set = `SET statement_timeout = ${Math.floor(options.statementTimeoutMs)}`;
+    pool.on('connect', (client) => void client.query(set).catch(() => {}));
+  }
   // Without a listener, an idle connection's error (server restart,
   // pg_terminate_backend) would crash the process.
   pool.on('error', (err) => options.onIdleError?.(err));
   return pool;
+}
+
+/**
+ * A statement with its own client-side deadline for an answer (pg's
+ * per-query query_timeout, which its types leave out): past it the
+ * statement fails with "Query read timeout", a connection error.
+ */
+export function withAnswerDeadline<T extends pg.QueryConfig>(statement: T, ms: number): T {
+  return Object.assign({}, statement, { query_timeout: ms });
 }
 
 export async function withTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {

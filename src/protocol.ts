@@ -20,8 +20,6 @@ export interface ThreadConfig {
   retryMaxMs: number;
   systemConnections: number;
   handlerConnections: number;
-  /** For the thread's claim and outcome connections; see SupervisorOptions.statementTimeoutMs. */
-  statementTimeoutMs: number;
   logLevel: string;
   /** Succeeded jobs nobody waits for are deleted instead of recorded. */
   deleteSucceeded: boolean;

@@ -637,6 +637,8 @@ export class Dispatcher {
       return;
     }
     this.options.pool.tasksLoaded(response.threadId);
+    // The thread is alive after all (a batch it rejected did not end it): log its next crash too.
+    this.crashLogged.delete(response.threadId);
     this.counters.claimed += response.claimed.length;
     this.counters.fenced += response.fenced;
     if (type === 'claim-ids') this.counters.wastedClaims += response.skipped;

@@ -56,11 +56,13 @@ export interface SupervisorOptions {
    */
   deleteSucceeded?: boolean;
   /**
-   * How long one of grapevine's own statements (claims, outcome writes,
-   * heartbeats, the reaper; not handlers' statements, not migrations) may
+   * How long a statement on the supervisor's own connections (the
+   * heartbeat, the reaper, releases, the control plane, the worker log; not
+   * migrations, not threads' claims and outcome writes, not handlers) may
    * run before PostgreSQL cancels it (default 30 s). One that gets no answer
    * at all a second after that fails and its connection is replaced: the
    * network lost it, which TCP alone would take about 15 minutes to report.
+   * The heartbeat gives up sooner, after a quarter of leaseMs.
    */
   statementTimeoutMs?: number;
   /** Connections per thread for handlers' helpers.query() and addJob() (default 4). */
@@ -174,7 +176,6 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     retryBaseMs: options.retryBaseMs ?? DEFAULTS.retryBaseMs,
     retryMaxMs: options.retryMaxMs ?? DEFAULTS.retryMaxMs,
     systemConnections: DEFAULTS.threadSystemConnections,
-    statementTimeoutMs,
     handlerConnections: validatePositiveInt('handlerConnections', options.handlerConnections ?? DEFAULTS.threadHandlerConnections, { max: 100 }),
     logLevel: logger.level,
     deleteSucceeded: options.deleteSucceeded ?? DEFAULTS.deleteSucceeded,

@@ -5,7 +5,7 @@
  */
 import os from 'node:os';
 import type pg from 'pg';
-import { explainConnectionErrors, withPipelinedTransaction } from '../src/db.ts';
+import { explainConnectionErrors, withAnswerDeadline, withPipelinedTransaction } from '../src/db.ts';
 import { Listener } from '../src/listener.ts';
 import { throttled, throttledWarnings, type Logger } from '../src/log.ts';
 import { parseJobNotification, takeIds } from '../src/notification.ts';
@@ -384,22 +384,28 @@ export class SupervisorRuntime implements Supervisor {
   private async heartbeat(): Promise<void> {
     const { pool, schema, timing, logger } = this.o;
     const status = this.status();
+    // Sooner than the pool's own deadline: a heartbeat stuck on a silent
+    // connection holds up the next one, and the leases run out meanwhile.
+    const answerWithinMs = Math.max(500, Math.floor(timing.leaseMs / 4));
     try {
       const { rows } = await pool.query(
-        withValues(supervisorStatements(schema).heartbeat, [
-          this.id,
-          status.state === 'STOPPING' ? 'BUSY' : status.state,
-          status.threads.length,
-          // listenerPid: grapevine/testing's killListeners() cuts this schema's LISTEN connections only.
-          JSON.stringify({ threads: status.threads, restarts: status.restarts, counters: status.counters, listenerPid: this.listener.backendPid }),
-        ]),
+        withAnswerDeadline(
+          withValues(supervisorStatements(schema).heartbeat, [
+            this.id,
+            status.state === 'STOPPING' ? 'BUSY' : status.state,
+            status.threads.length,
+            // listenerPid: grapevine/testing's killListeners() cuts this schema's LISTEN connections only.
+            JSON.stringify({ threads: status.threads, restarts: status.restarts, counters: status.counters, listenerPid: this.listener.backendPid }),
+          ]),
+          answerWithinMs,
+        ),
       );
       if (rows[0]?.previous_status === 'LOST') {
         logger.warn('this supervisor was declared LOST (paused or cut off too long); its earlier jobs were reaped and their late outcomes are fenced');
       }
       const ids = [...this.dispatcher.runningJobs.keys()];
       if (ids.length > 0) {
-        const renewed = await pool.query(withValues(jobStatements(schema).renewLeases, [this.id, ids, timing.leaseMs]));
+        const renewed = await pool.query(withAnswerDeadline(withValues(jobStatements(schema).renewLeases, [this.id, ids, timing.leaseMs]), answerWithinMs));
         // A cancel notification sent while the LISTEN connection was down is
         // gone; the flag on the row is not.
         for (const row of renewed.rows) {

@@ -36,7 +36,6 @@ const systemPool = createPool(config.connectionString, {
   onIdleError,
   // A claim sends BEGIN, itself and COMMIT without waiting between them (claimBatch).
   pipeline: true,
-  statementTimeoutMs: config.statementTimeoutMs,
 });
 const sql = jobStatements(config.schema);
 void warmConnections();

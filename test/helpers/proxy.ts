@@ -13,6 +13,13 @@ export interface Proxy {
   /** Stops forwarding on every open connection whose application_name starts with `prefix`. Returns how many. */
   blackholeApplications(prefix: string): number;
   /**
+   * Silent connections with `prefix` that had a statement on them (sent
+   * after they went silent, or whose answer came back after) and that the
+   * client has since closed: it gave them up. An idle connection its pool
+   * closed does not count.
+   */
+  givenUp(prefix: string): number;
+  /**
    * The next `count` connections to finish their start-up are ended with the
    * FATAL a fast shutdown sends (57P01), in the same packet as the
    * ReadyForQuery that makes them usable: a server that starts shutting down
@@ -60,11 +67,11 @@ function splitAtReady(data: Buffer): { complete: Buffer; ready: boolean; rest: B
 
 export async function startProxy(target: string): Promise<Proxy> {
   const upstream = new URL(target);
-  const pairs: Array<{ client: net.Socket; server: net.Socket; listens: boolean; dead: boolean; application: string | null }> = [];
+  const pairs: Array<{ client: net.Socket; server: net.Socket; listens: boolean; dead: boolean; application: string | null; unanswered: boolean; clientClosed: boolean }> = [];
   let toEndAsReady = 0;
   const proxy = net.createServer((client) => {
     const server = net.connect(Number(upstream.port || 5432), upstream.hostname);
-    const pair = { client, server, listens: false, dead: false, application: null as string | null };
+    const pair = { client, server, listens: false, dead: false, application: null as string | null, unanswered: false, clientClosed: false };
     pairs.push(pair);
     // Server bytes of a connection still starting up that do not yet form a whole message.
     let partial: Buffer | null = Buffer.alloc(0);
@@ -73,9 +80,14 @@ export async function startProxy(target: string): Promise<Proxy> {
       if (pair.application === null) pair.application = /application_name\0([^\0]*)\0/.exec(chunk.toString('latin1'))?.[1] ?? '';
       if (!pair.listens && chunk.includes('LISTEN "')) pair.listens = true;
       if (!pair.dead) server.write(chunk);
+      else pair.unanswered = true;
     });
     server.on('data', (chunk) => {
-      if (pair.dead) return;
+      if (pair.dead) {
+        // An answer to a statement sent before the connection went silent.
+        pair.unanswered = true;
+        return;
+      }
       if (partial === null) {
         client.write(chunk);
         return;
@@ -101,7 +113,11 @@ export async function startProxy(target: string): Promise<Proxy> {
       client.destroy();
       server.destroy();
     };
-    client.on('error', end).on('close', end);
+    client.on('error', end).on('close', () => {
+      // Before end() below closes this side itself.
+      if (!server.destroyed) pair.clientClosed = true;
+      end();
+    });
     server.on('error', end).on('close', end);
   });
   await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
@@ -120,6 +136,9 @@ export async function startProxy(target: string): Promise<Proxy> {
       const matching = pairs.filter((p) => !p.dead && p.application?.startsWith(prefix));
       for (const p of matching) p.dead = true;
       return matching.length;
+    },
+    givenUp(prefix) {
+      return pairs.filter((p) => p.dead && p.unanswered && p.clientClosed && p.application?.startsWith(prefix)).length;
     },
     endAsReady(count) {
       toEndAsReady += count;
