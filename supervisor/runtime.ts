@@ -292,6 +292,16 @@ export class SupervisorRuntime implements Supervisor {
       for (const job of left) this.dispatcher.abort(job.id, 'shutdown', 'supervisor is shutting down');
     }
     await threadPool.destroy();
+    // A claim a thread had committed but not yet reported when it was ended
+    // (a forced stop does not wait for it) still names this supervisor, and
+    // would wait for its lease.
+    await pool.query(withValues(jobStatements(schema).releaseOwner, [this.id, 'supervisor shut down before the job finished'])).then(
+      (r) => {
+        const ids = (r.rows[0]?.ids as string[] | undefined) ?? [];
+        if (ids.length > 0) logger.warn({ jobs: ids }, 'released jobs a thread claimed but had not reported when the supervisor stopped');
+      },
+      (err: Error) => logger.warn({ err: err.message }, 'could not release unreported claims; their leases will return them'),
+    );
     await this.listener.stop();
     await pool.query(withValues(supervisorStatements(schema).deregister, [this.id])).catch((err: Error) =>
       logger.warn({ err: err.message }, 'could not deregister'),

@@ -124,6 +124,24 @@ describe('stop()', () => {
     expectReleasedByShutdown(row, 3);
     expect(await supervisorRow('id', supervisor.id)).toMatchObject({ status: 'EXITED' });
   });
+
+  it('releases at once a job a thread had claimed but not yet reported when the stop came', async () => {
+    const supervisor = await start();
+    // What a claim leaves when its thread is ended between the commit and
+    // the 'claimed' report: a running row that names the supervisor, and a
+    // job the supervisor does not know it runs. (A task no thread has, so
+    // nothing here claims it for real.)
+    const id = await client.addJob('nobody-runs-this', {}, { maxAttempts: 3 });
+    await db.pool.query(
+      `UPDATE ${s}.jobs SET state = 'running', attempts = attempts + 1, locked_by = $2, locked_thread = 1,
+              claim_token = nextval('${s}.claim_tokens'), lease_until = now() + interval '1 minute', started_at = now()
+        WHERE id = $1`,
+      [id, supervisor.id],
+    );
+    await supervisor.stop({ graceMs: 0 });
+    // The lease is a minute: pending right now means released by the stop.
+    expectReleasedByShutdown((await jobRows([id]))[0], 3);
+  });
 });
 
 describe('SIGTERM to a `grapevine run` process', () => {

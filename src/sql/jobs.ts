@@ -17,6 +17,7 @@ export interface JobStatements {
   deleteSucceeded: Statement;
   fail: Statement;
   releaseThread: Statement;
+  releaseOwner: Statement;
   lockIds: Statement;
   releaseIds: Statement;
   renewLeases: Statement;
@@ -173,6 +174,16 @@ function build(schema: string): JobStatements {
       `WITH done AS (
          UPDATE ${s}.jobs j SET ${releaseSet('true', '$3')}
           WHERE j.state = 'running' AND j.locked_by = $1 AND j.locked_thread = $2
+         RETURNING j.id, j.state, j.run_at, j.watched)
+       ${announce('done')}`,
+    ),
+    // $1 supervisor, $2 reason: at the end of a stop, what its threads
+    // claimed without reporting it (they are all gone by then). Not counted.
+    releaseOwner: st(
+      'release_owner',
+      `WITH done AS (
+         UPDATE ${s}.jobs j SET ${releaseSet('false', '$2')}
+          WHERE j.state = 'running' AND j.locked_by = $1
          RETURNING j.id, j.state, j.run_at, j.watched)
        ${announce('done')}`,
     ),
