@@ -22,9 +22,11 @@ export interface PoolOptions {
 }
 
 /**
- * Past a statement timeout, only a connection the network lost stays
- * silent: a partition, or a NAT or firewall that dropped the flow, where
- * TCP would keep retransmitting for about a quarter of an hour.
+ * Past a statement timeout PostgreSQL has answered, unless the network lost
+ * the connection: a partition, or a NAT or firewall that dropped the flow,
+ * where TCP would keep retransmitting for about a quarter of an hour. (An
+ * event loop blocked that long reads the answer late too, so this is only
+ * for pools on a thread that runs no handlers.)
  */
 const UNANSWERED_MARGIN_MS = 1_000;
 
