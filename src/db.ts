@@ -65,17 +65,31 @@ export function withAnswerDeadline<T extends pg.QueryConfig>(statement: T, ms: n
 }
 
 export async function withTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-  return withClient(pool, async (client) => {
-    await client.query('BEGIN');
-    try {
-      const result = await fn(client);
-      await client.query('COMMIT');
-      return result;
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => {});
-      throw err;
-    }
-  });
+  return withClient(pool, (client) => inTransaction(client, () => fn(client)));
+}
+
+/**
+ * BEGIN, fn, COMMIT on one client; ROLLBACK if fn throws. A COMMIT that
+ * answers ROLLBACK (a statement failed and fn caught its error; PostgreSQL
+ * says so without an error) throws instead of passing for a commit.
+ */
+export async function inTransaction<T>(client: pg.ClientBase, fn: () => Promise<T>): Promise<T> {
+  await client.query('BEGIN');
+  let value: T;
+  try {
+    value = await fn();
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => {});
+    throw err;
+  }
+  if ((await client.query('COMMIT')).command === 'ROLLBACK') {
+    throw new GrapevineError(
+      'GRAPEVINE_TRANSACTION_ROLLED_BACK',
+      'the transaction was rolled back, not committed: a statement in it failed and the error was caught inside it. ' +
+        'Let the error escape the transaction function, or catch it around a SAVEPOINT.',
+    );
+  }
+  return value;
 }
 
 /**

@@ -295,7 +295,7 @@ export class SupervisorRuntime implements Supervisor {
     // A claim a thread had committed but not yet reported when it was ended
     // (a forced stop does not wait for it) still names this supervisor, and
     // would wait for its lease.
-    await pool.query(withValues(jobStatements(schema).releaseOwner, [this.id, 'supervisor shut down before the job finished'])).then(
+    await pool.query(withValues(jobStatements(schema).releaseUnreported, [this.id, null, 'supervisor shut down before the job finished', false])).then(
       (r) => {
         const ids = (r.rows[0]?.ids as string[] | undefined) ?? [];
         if (ids.length > 0) logger.warn({ jobs: ids }, 'released jobs a thread claimed but had not reported when the supervisor stopped');
@@ -436,12 +436,12 @@ export class SupervisorRuntime implements Supervisor {
    * reasons) instead of leaving them to the lease.
    */
   private sweepDeadThread(threadId: number, code: number): void {
-    const st = jobStatements(this.o.schema).releaseThread;
+    const st = jobStatements(this.o.schema).releaseUnreported;
     const reason = `thread ${threadId} exited (code ${code}) after claiming this job`;
     // Late enough that the dispatcher's own release (with the real reason) has normally run.
     for (const delay of [1_000, 3_000]) {
       setTimeout(() => {
-        this.o.pool.query(withValues(st, [this.id, threadId, reason])).then(
+        this.o.pool.query(withValues(st, [this.id, threadId, reason, true])).then(
           (r) => {
             const ids = (r.rows[0]?.ids as string[] | undefined) ?? [];
             if (ids.length > 0) this.o.logger.warn({ threadId, jobs: ids }, 'released jobs a dead thread claimed but never reported');

@@ -13,7 +13,7 @@ import type { MessagePort } from 'node:worker_threads';
 import type pg from 'pg';
 import pino from 'pino';
 import { createClient, type Client } from '../src/client.ts';
-import { checkOut, createPool, withClient, type CheckedOut } from '../src/db.ts';
+import { checkOut, createPool, inTransaction, withClient, type CheckedOut } from '../src/db.ts';
 import { GrapevineError, serializeError } from '../src/errors.ts';
 import type { AbortKind, BatchEvent, SupervisorSignal, ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
 import type { TaskHelpers } from '../src/task.ts';
@@ -71,6 +71,7 @@ function handlerConnections(): ReturnType<typeof createPool> {
   });
   return handlerPool;
 }
+
 /** A client of the handlers' pool; a wait for one that times out is named for what it is. */
 async function checkOutHandlerClient(): Promise<CheckedOut> {
   const pool = handlerConnections();
@@ -135,24 +136,13 @@ async function handlerTransaction<T>(fn: (query: TaskHelpers['query']) => Promis
     return result;
   }) as TaskHelpers['query'];
   try {
-    await client.query('BEGIN');
-    let value: T;
-    try {
-      value = await fn(query);
-    } catch (err) {
-      open = false;
-      await client.query('ROLLBACK').catch(() => {});
-      throw err;
-    }
-    open = false;
-    // COMMIT of a transaction in which a statement failed answers ROLLBACK, without an error.
-    if ((await client.query('COMMIT')).command === 'ROLLBACK') {
-      throw new GrapevineError(
-        'GRAPEVINE_TRANSACTION_ROLLED_BACK',
-        'the transaction was rolled back, not committed: a statement in it failed and the error was caught inside it. ' +
-          'Let the error escape the transaction function, or catch it around a SAVEPOINT.',
-      );
-    }
+    const value = await inTransaction(client, async () => {
+      try {
+        return await fn(query);
+      } finally {
+        open = false;
+      }
+    });
     release();
     return value;
   } catch (err) {

@@ -16,8 +16,7 @@ export interface JobStatements {
   complete: Statement;
   deleteSucceeded: Statement;
   fail: Statement;
-  releaseThread: Statement;
-  releaseOwner: Statement;
+  releaseUnreported: Statement;
   lockIds: Statement;
   releaseIds: Statement;
   renewLeases: Statement;
@@ -165,25 +164,15 @@ function build(schema: string): JobStatements {
        ${announce('done')}, ${rejected}`,
     ),
 
-    // Safety net after a thread exits: jobs it claimed but never reported
-    // (it died between the claim's commit and its 'claimed' message). Thread
-    // ids are never reused within a process, so nothing live matches.
-    // $1 supervisor, $2 thread id, $3 reason.
-    releaseThread: st(
-      'release_thread',
+    // Claims nobody reported: a thread died between a claim's commit and its
+    // 'claimed' message (thread ids are never reused within a process, so
+    // nothing live matches), or a stop ended the threads (all gone by then).
+    // $1 supervisor, $2 thread id (NULL: every thread), $3 reason, $4 count the attempt.
+    releaseUnreported: st(
+      'release_unreported',
       `WITH done AS (
-         UPDATE ${s}.jobs j SET ${releaseSet('true', '$3')}
-          WHERE j.state = 'running' AND j.locked_by = $1 AND j.locked_thread = $2
-         RETURNING j.id, j.state, j.run_at, j.watched)
-       ${announce('done')}`,
-    ),
-    // $1 supervisor, $2 reason: at the end of a stop, what its threads
-    // claimed without reporting it (they are all gone by then). Not counted.
-    releaseOwner: st(
-      'release_owner',
-      `WITH done AS (
-         UPDATE ${s}.jobs j SET ${releaseSet('false', '$2')}
-          WHERE j.state = 'running' AND j.locked_by = $1
+         UPDATE ${s}.jobs j SET ${releaseSet('$4::boolean', '$3')}
+          WHERE j.state = 'running' AND j.locked_by = $1 AND ($2::integer IS NULL OR j.locked_thread = $2)
          RETURNING j.id, j.state, j.run_at, j.watched)
        ${announce('done')}`,
     ),
