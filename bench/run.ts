@@ -7,6 +7,8 @@
 //   --rounds=N   --write (also in smoke)   --no-write   --out=FILE   --isolate (smoke: a process per trial)
 //   --jobs=N --cpu-jobs=N --deep-filler=N --latency-samples=N --kill-trials=N   (trying things out)
 // Database: DATABASE_URL, else the embedded server in ./.grapevine/bench-db.
+// grapevine runs from its build (dist/), as installed from npm: `npm run bench` builds first.
+import './lib/build.ts';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +18,7 @@ import { parsePlan, rotate, type Plan, type Workload } from './lib/plan.ts';
 import { killAllChildren, specEnv } from './lib/procs.ts';
 import { mainTable, recoveryTable, scaleTable, targetTable } from './lib/render.ts';
 import { loadLine, machineLine, renderReport, writeReport } from './lib/report.ts';
-import { nowMs } from './lib/stats.ts';
+import { median, nowMs } from './lib/stats.ts';
 import { summarize, targets, type Subject, type TrialRecord } from './lib/summary.ts';
 import { describeSettings } from './systems/index.ts';
 import type { SystemName } from './systems/types.ts';
@@ -66,7 +68,9 @@ function describe(r: TrialResult): string {
   if (lat) return `p50 ${lat.p50.toFixed(2)} ms, p99 ${lat.p99.toFixed(2)} ms${rss}`;
   if (typeof x.threadCrashMedianMs === 'number') {
     const kill = (x.supervisorKillMs as number[]).length ? `SIGKILL median ${Number(x.supervisorKillMedianMs).toFixed(0)} ms` : 'SIGKILL not run';
-    return `thread crash median ${x.threadCrashMedianMs.toFixed(1)} ms, ${kill}`;
+    const booting = x.threadCrashBootingMs as number[] | undefined;
+    const whileBooting = booting?.length ? ` (${median(booting).toFixed(1)} ms while a replacement boots)` : '';
+    return `thread crash median ${x.threadCrashMedianMs.toFixed(1)} ms${whileBooting}, ${kill}`;
   }
   return 'ok';
 }
@@ -117,7 +121,7 @@ async function main(): Promise<number> {
   const has = (w: Workload) => plan.workloads.includes(w);
   const gv = plan.systems.includes('grapevine');
   // Time kept back for the recovery workload that follows the rounds.
-  const reserveMs = has('recovery') && gv ? plan.killTrials * KILL_TRIAL_ESTIMATE_MS + 10_000 : 0;
+  const reserveMs = has('recovery') && gv ? plan.killTrials * KILL_TRIAL_ESTIMATE_MS + 20_000 : 0;
   let roundsRun = 0;
   let lastRoundMs = 0;
   let roundsNote = '';

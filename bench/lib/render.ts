@@ -68,6 +68,9 @@ export function recoveryTable(s: Summary): string {
   const r = s.recovery;
   if (!r) return '';
   const rows = [['thread killed mid-job (process.exit in the handler) → job running again', ms(r.threadMedian), r.threadCrashMs.map(ms).join(', ')]];
+  if (r.bootingMs.length) {
+    rows.push(['the same, while the last crash\'s replacement thread is still booting (not a target)', ms(r.bootingMedian), r.bootingMs.map(ms).join(', ')]);
+  }
   if (r.killMs.length) {
     rows.push([`supervisor SIGKILLed → its job running on another (heartbeat timeout ${r.heartbeatTimeoutMs} ms)`, ms(r.killMedian), r.killMs.map(ms).join(', ')]);
   }

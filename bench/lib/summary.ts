@@ -17,7 +17,7 @@ export interface TrialRecord {
 
 export interface RateStat { median: number; rounds: number[]; rssMb: number; bootMs: number; enqueueMs: number; drainMs: number; fillMs: number }
 export interface ScaleStat { supervisors: number; median: number; rounds: number[]; wastedPerJob: number; reclaimed: number; rssMb: number }
-export interface RecoveryStat { threadCrashMs: number[]; threadMedian: number; killMs: number[]; killMedian: number; heartbeatTimeoutMs: number; killedProcess: string }
+export interface RecoveryStat { threadCrashMs: number[]; threadMedian: number; bootingMs: number[]; bootingMedian: number; killMs: number[]; killMedian: number; heartbeatTimeoutMs: number; killedProcess: string }
 
 export interface Summary {
   throughput: Map<SystemName, RateStat>;
@@ -87,6 +87,8 @@ export function summarize(records: TrialRecord[]): Summary {
           threadCrashMs: rr.threadCrashMs as number[],
           // From the arrays: NaN does not survive JSON (it comes back as null, i.e. 0).
           threadMedian: median(rr.threadCrashMs as number[]),
+          bootingMs: (rr.threadCrashBootingMs as number[] | undefined) ?? [],
+          bootingMedian: median((rr.threadCrashBootingMs as number[] | undefined) ?? []),
           killMs: rr.supervisorKillMs as number[],
           killMedian: median(rr.supervisorKillMs as number[]),
           heartbeatTimeoutMs: Number(rr.heartbeatTimeoutMs),

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { repoVersion } from '../lib/db.ts';
 import pino from 'pino';
-import { createClient, startSupervisor, type Client, type Supervisor } from '../../src/index.ts';
+import { createClient, startSupervisor, type Client, type Supervisor } from 'grapevine';
 import { listenToThreads } from '../lib/channel.mjs';
 import type { AdapterContext, BenchPayload, Probe, SystemAdapter, TaskName, WorkerOptions } from './types.ts';
 
@@ -49,7 +49,7 @@ export class GrapevineAdapter implements SystemAdapter {
 
   settings(opts: WorkerOptions): Record<string, string> {
     return {
-      version: `${repoVersion()} — this repository (src/, run from its TypeScript sources)`,
+      version: `${repoVersion()} — this repository, run from its build (dist/, what the npm package runs; npm run bench builds first)`,
       supervisor: `startSupervisor in-process: threads ${opts.threads} (os.availableParallelism() = ${os.availableParallelism()}), concurrency ${concurrencyFor(opts)} per thread (${GRAPEVINE_CPU_CONCURRENCY} for the cpu workload, ${GRAPEVINE_CONCURRENCY} otherwise), deleteSucceeded ${GRAPEVINE_DELETE_SUCCEEDED} (succeeded jobs are deleted, as graphile-worker does; the default keeps them with their results), other options default`,
       enqueue: 'bulk: client.addJobs (one statement per 5,000 jobs); single: client.addJob',
       handlers: 'task modules in bench/tasks/ run inside the supervisor\'s worker threads',

@@ -1,0 +1,10 @@
+// Imported first by run.ts: the bench runs grapevine from its build (dist/, what the
+// npm package runs), so a build older than the sources would measure old code
+// without a word. Top-level await: run.ts's other modules are evaluated after this check.
+import { staleBuild } from '../../test/setup/build.ts';
+
+const problem = await staleBuild('the bench runs grapevine from the build: run `npm run build` (`npm run bench` does it for you)');
+if (problem) {
+  console.error(`bench: ${problem}`);
+  process.exit(2);
+}
