@@ -100,7 +100,7 @@ async function main(): Promise<number> {
   const base = {
     connectionString: url, keepSchema: false, threads: plan.threads, jobs: plan.jobs, cpuJobs: plan.cpuJobs, cpuIterations,
     deepFiller: 0, latencySamples: plan.latencySamples, latencyIntervalMs: plan.latencyIntervalMs, supervisors: 1,
-    recoveryTrials: plan.recoveryTrials, killTrials: plan.killTrials, timeoutMs: plan.timeoutMs,
+    recoveryTrials: plan.recoveryTrials, replacementBootMs: plan.replacementBootMs, killTrials: plan.killTrials, timeoutMs: plan.timeoutMs,
   };
   const trial = async (round: number, workload: Workload, system: Subject, extra: Partial<TrialSpec> = {}) => {
     const spec: TrialSpec = { ...base, system, workload, schema: `b${round}_${workload}_${system}${extra.supervisors ? `_${extra.supervisors}` : ''}`, ...extra };

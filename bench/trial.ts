@@ -29,6 +29,7 @@ export interface TrialSpec {
   latencyIntervalMs: number;
   supervisors: number;
   recoveryTrials: number;
+  replacementBootMs: number;
   killTrials: number;
   timeoutMs: number;
 }

@@ -23,6 +23,8 @@ export interface Plan {
   latencyIntervalMs: number;
   supervisorCounts: number[];
   recoveryTrials: number;
+  /** How long the recovery workload lets a replacement thread boot before a settled-pool trial. */
+  replacementBootMs: number;
   killTrials: number;
   timeoutMs: number;
   /** Wall-clock budget for the whole run: later rounds are skipped (and the report says
@@ -58,9 +60,9 @@ export function parsePlan(argv: string[], repoDir: string): Plan {
   };
   const plan: Plan = smoke
     ? { ...base, mode: 'smoke', rounds: 1, inProcess: !flags.has('isolate'), jobs: 500, cpuJobs: 6, deepFiller: 5_000,
-        latencySamples: 10, supervisorCounts: [2], recoveryTrials: 1, killTrials: 0, timeoutMs: 30_000, budgetMs: 60_000 }
+        latencySamples: 10, supervisorCounts: [2], recoveryTrials: 1, replacementBootMs: 200, killTrials: 0, timeoutMs: 30_000, budgetMs: 60_000 }
     : { ...base, mode: 'full', rounds: 5, inProcess: false, jobs: 20_000, cpuJobs: 200, deepFiller: 1_000_000,
-        latencySamples: 150, supervisorCounts: [1, 2, 4], recoveryTrials: 7, killTrials: 3, timeoutMs: 180_000,
+        latencySamples: 150, supervisorCounts: [1, 2, 4], recoveryTrials: 7, replacementBootMs: 1000, killTrials: 3, timeoutMs: 180_000,
         // npm run bench must end within 10 minutes, build included.
         budgetMs: 9 * 60_000 };
   if (flags.has('rounds')) plan.rounds = Math.max(1, Number(flags.get('rounds')));

@@ -41,9 +41,6 @@ async function waitRegistered(pool: pg.Pool, schema: string, pids: number[], tim
   throw new Error(`supervisors ${pids.join(', ')} did not register within ${timeoutMs} ms`);
 }
 
-/** Time given a replacement thread to boot before a settled-pool trial: several times what it takes here. */
-const REPLACEMENT_BOOT_MS = 1000;
-
 /** Until the pool has its full count of threads again (a crashed one's replacement exists, booted or not). */
 async function poolRefilled(sup: Supervisor, threads: number): Promise<void> {
   const until = nowMs() + 5000;
@@ -83,8 +80,9 @@ export async function run(spec: TrialSpec): Promise<Record<string, unknown>> {
         await poolRefilled(sup, spec.threads);
         // piscina counts a replacement from the moment it creates it; booting it
         // (importing its modules, opening and warming its connections) takes
-        // ~0.2-0.3 s more here, on the same two cores the recovery needs.
-        await sleep(REPLACEMENT_BOOT_MS);
+        // ~0.2-0.3 s more here, on the same two cores the recovery needs. The
+        // full run waits 1 s, the smoke run (whose numbers mean nothing) less.
+        await sleep(spec.replacementBootMs);
         threadMs.push(await crashOnce());
         await poolRefilled(sup, spec.threads);
         bootingMs.push(await crashOnce());
