@@ -200,10 +200,7 @@ export function createClient(options: ClientOptions = {}): Client {
           const { rows } = await c.query(withValues(sql.cancel, [jobId]));
           const found = (rows[0]?.state as string | null) ?? null;
           if (found === 'running') {
-            await c.query('SELECT pg_notify($1, $2)', [
-              channels.control,
-              JSON.stringify({ type: 'cancel', job: jobId, to: rows[0].locked_by }),
-            ]);
+            await c.query(withValues(sql.announceCancel, [jobId, rows[0].locked_by]));
           }
           return found;
         });

@@ -39,6 +39,8 @@ export interface EmbeddedDatabaseOptions {
   port?: number;
   database?: string;
   onLog?: (line: string) => void;
+  /** Server settings (`-c name=value`), for a server this call starts; one it attaches to keeps its own. */
+  settings?: Record<string, string | number>;
 }
 
 interface ServerState { pid: number; postmasterPid: number; port: number }
@@ -203,7 +205,10 @@ export async function startEmbeddedDatabase(opts: EmbeddedDatabaseOptions): Prom
       const server = new EmbeddedPostgres({
         databaseDir: pgdata, port, user: USER, password, authMethod: 'scram-sha-256', persistent: true,
         createPostgresUser: isRoot, onLog, onError: (e) => onLog(String(e)),
-        postgresFlags: ['-c', `listen_addresses=${HOST}`, '-c', 'unix_socket_directories='],
+        postgresFlags: [
+          '-c', `listen_addresses=${HOST}`, '-c', 'unix_socket_directories=',
+          ...Object.entries(opts.settings ?? {}).flatMap(([k, v]) => ['-c', `${k}=${v}`]),
+        ],
       });
       if (!initialised && attempt === 1) {
         await writeFile(pwFile, password, { mode: 0o600 });

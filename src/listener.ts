@@ -157,11 +157,16 @@ export class Listener extends EventEmitter {
       const timeout = new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new Error('LISTEN connection did not answer a health check')), this.options.healthTimeoutMs);
       });
-      const result = await Promise.race([client.query<{ channel: string }>('SELECT pg_listening_channels() AS channel'), timeout]);
+      const result = await Promise.race([
+        client.query<{ channel: string; usage: number }>('SELECT pg_listening_channels() AS channel, pg_notification_queue_usage() AS usage'),
+        timeout,
+      ]);
       const listening = new Set(result.rows.map((r) => r.channel));
       const missing = this.options.channels.filter((c) => !listening.has(c));
       if (missing.length > 0) throw new Error(`subscription lost for ${missing.join(', ')}`);
       if (client === this.client) this.scheduleHealthCheck();
+      // How full the server's NOTIFY queue is: from half full on, grapevine sends no notifications (migration 0008).
+      this.emit('queueUsage', Number(result.rows[0]?.usage ?? 0));
       return true;
     } catch (err) {
       this.lost(client, err as Error);

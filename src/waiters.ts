@@ -1,13 +1,19 @@
 import { Listener, type ListenerOptions } from './listener.ts';
+import { NOTIFY_DROP_USAGE } from './schema/migrations/0008_best_effort_notify.ts';
 
 /**
  * Callers waiting for something the database will announce (a job that
  * finishes, a supervisor's response), behind one lazily started LISTEN
  * connection. A notification wakes the waits whose key it names; a reconnect
  * wakes them all, because what was announced meanwhile is only in the table.
+ * So does every health check of the connection that finds PostgreSQL's NOTIFY
+ * queue half full or more (no notification is sent then, migration 0008), and
+ * the first one that finds it below that again.
  */
 export class Waiters {
   private readonly byKey = new Map<string, Set<() => void>>();
+  /** Whether the last health check found notifications being dropped. */
+  private dropping = false;
   private readonly options: ListenerOptions;
   /** Which keys a notification payload names (keys nobody waits for are ignored). */
   private readonly named: (payload: string, keys: Iterable<string>) => Iterable<string>;
@@ -79,11 +85,18 @@ export class Waiters {
     listener.on('notification', (_channel: string, payload: string) => {
       for (const key of this.named(payload, this.byKey.keys())) this.wake(key);
     });
-    listener.on('connected', () => {
-      for (const key of this.byKey.keys()) this.wake(key);
+    listener.on('connected', () => this.wakeAll());
+    listener.on('queueUsage', (usage: number) => {
+      const dropping = usage >= NOTIFY_DROP_USAGE;
+      if (dropping || this.dropping) this.wakeAll();
+      this.dropping = dropping;
     });
     await listener.start();
     return listener;
+  }
+
+  private wakeAll(): void {
+    for (const key of this.byKey.keys()) this.wake(key);
   }
 
   private wake(key: string): void {

@@ -7,6 +7,7 @@ import os from 'node:os';
 import type pg from 'pg';
 import { explainConnectionErrors, withAnswerDeadline, withPipelinedTransaction } from '../src/db.ts';
 import { Listener } from '../src/listener.ts';
+import { NOTIFY_DROP_USAGE } from '../src/schema/migrations/0008_best_effort_notify.ts';
 import { throttled, throttledWarnings, type Logger } from '../src/log.ts';
 import { parseJobNotification, takeIds } from '../src/notification.ts';
 import { describeConnection, redactSecret } from '../src/redact.ts';
@@ -67,6 +68,7 @@ export class SupervisorRuntime implements Supervisor {
   private malformed = 0;
   private readonly warnMalformed = throttled(1_000);
   private readonly warnDb = throttledWarnings(1_000);
+  private readonly warnNotifyQueue = throttled(60_000);
 
   constructor(options: RuntimeOptions) {
     this.o = options;
@@ -412,6 +414,16 @@ export class SupervisorRuntime implements Supervisor {
       );
       if (rows[0]?.previous_status === 'LOST') {
         logger.warn('this supervisor was declared LOST (paused or cut off too long); its earlier jobs were reaped and their late outcomes are fenced');
+      }
+      const usage = Number(rows[0]?.notify_queue_usage ?? 0);
+      if (usage >= NOTIFY_DROP_USAGE) {
+        this.warnNotifyQueue((suppressed) =>
+          logger.warn(
+            { notifyQueueUsage: Math.round(usage * 100) / 100, sweepIntervalMs: timing.sweepIntervalMs, suppressed },
+            "PostgreSQL's NOTIFY queue is half full or more, so grapevine sends no notifications: supervisors find new jobs by their sweep instead of at once. " +
+              "A session that ran LISTEN and stays in one transaction holds the queue; find it with SELECT pid, application_name, xact_start FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' ORDER BY xact_start, and end it",
+          ),
+        );
       }
       const ids = [...this.dispatcher.runningJobs.keys()];
       if (ids.length > 0) {

@@ -62,7 +62,7 @@ function build(schema: string): ControlStatements {
          INSERT INTO ${s}.messages (id, worker, command, args)
          SELECT m.id, r.worker, $2, $3::jsonb FROM m, w, unnest(w.workers) AS r(worker))
        SELECT m.id::text AS id, w.workers,
-              pg_notify('${ch.control}', json_build_object(
+              ${s}.notify('${ch.control}', json_build_object(
                 'type', 'message', 'id', m.id::text,
                 'to', CASE WHEN cardinality(w.workers) <= ${MAX_ADDRESSED_RECIPIENTS} THEN to_json(w.workers) END)::text)
          FROM m, w`,
@@ -147,8 +147,8 @@ function build(schema: string): ControlStatements {
        m AS (
          UPDATE ${s}.messages SET processed_at = now() WHERE id = $1 AND worker = $2),
        log AS (${logInsert(s, '$2', '$7')})
-       SELECT pg_notify('${ch.responses}', $1::text),
-              CASE WHEN jsonb_array_length($7::jsonb) > 0 AND ${followed} THEN pg_notify('${ch.log}', $2::text) END`,
+       SELECT ${s}.notify('${ch.responses}', $1::text),
+              CASE WHEN jsonb_array_length($7::jsonb) > 0 AND ${followed} THEN ${s}.notify('${ch.log}', $2::text) END`,
     ),
     // $1 worker, $2 status: makes PAUSE/RESUME visible before the next heartbeat.
     setStatus: st(
@@ -159,7 +159,7 @@ function build(schema: string): ControlStatements {
     appendLog: st(
       'control_append_log',
       `WITH ins AS (${logInsert(s, '$1', '$2')})
-       SELECT CASE WHEN ${followed} THEN pg_notify('${ch.log}', $1::text) END`,
+       SELECT CASE WHEN ${followed} THEN ${s}.notify('${ch.log}', $1::text) END`,
     ),
     // $1 worker, $2 entries to keep
     pruneOwnLog: st(

@@ -24,6 +24,7 @@ export interface JobStatements {
   reapExpired: Statement;
   pruneFinished: Statement;
   cancel: Statement;
+  announceCancel: Statement;
   makeDue: Statement;
 }
 
@@ -56,7 +57,7 @@ function build(schema: string): JobStatements {
   const announce = (cte: string) => `
     SELECT ${s}.notify_ids('${ch.jobs}', ARRAY(SELECT id FROM ${cte} WHERE state = 'pending' AND run_at <= now())),
            ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM ${cte} WHERE watched AND state IN ('succeeded', 'failed', 'cancelled'))),
-           (SELECT count(pg_notify('${ch.jobs}', 'at:' || floor(extract(epoch FROM run_at) * 1000)::bigint))
+           (SELECT count(${s}.notify('${ch.jobs}', 'at:' || floor(extract(epoch FROM run_at) * 1000)::bigint))
               FROM (SELECT min(run_at) AS run_at FROM ${cte} WHERE state = 'pending' AND run_at > now()) later
              WHERE later.run_at IS NOT NULL) AS hinted,
            ARRAY(SELECT id::text FROM ${cte}) AS ids`;
@@ -241,6 +242,13 @@ function build(schema: string): JobStatements {
          RETURNING j.id, j.state, j.locked_by, j.watched)
        SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched AND state = 'cancelled')),
               (SELECT state FROM done) AS state, (SELECT locked_by FROM done) AS locked_by`,
+    ),
+    // $1 job id, $2 its owner: tells the owner over the control channel
+    // (best effort, like every notification: the owner's heartbeat also
+    // reads the cancel request from the row).
+    announceCancel: st(
+      'announce_cancel',
+      `SELECT ${s}.notify('${ch.control}', json_build_object('type', 'cancel', 'job', $1::text, 'to', $2::text)::text)`,
     ),
     // Testing and operations: make pending jobs due now. $1 ids (NULL = all)
     makeDue: st(
