@@ -23,7 +23,18 @@ export interface ReapResult {
   paced: boolean;
   lostSupervisors: string[];
   reapedJobs: string[];
+  /** Due jobs (among the oldest of each priority) whose task or queue no live supervisor handles; looked for once a minute. */
+  unhandled: UnhandledTasks[];
 }
+
+export interface UnhandledTasks {
+  task: string;
+  queue: string;
+  jobs: number;
+}
+
+/** How many of each priority's oldest due jobs the unhandled-task check looks at. */
+const UNHANDLED_SAMPLE = 1_000;
 
 const PRUNE_EVERY_MS = 60_000;
 
@@ -73,15 +84,23 @@ export class Reaper {
         // The local clock only saves asking; the table decides for the fleet.
         // Half the period there, as for reaping: a lone supervisor whose
         // minute ran a little short against the server's clock still prunes.
+        let unhandled: UnhandledTasks[] = [];
         if (Date.now() - this.lastPrune > PRUNE_EVERY_MS) {
           this.lastPrune = Date.now();
           const prune = await client.query(withValues(sups.claimChore, ['prune', PRUNE_EVERY_MS / 2]));
           if (prune.rowCount === 1) {
             await client.query(withValues(jobs.pruneFinished, [retentionMs, 10_000]));
             await client.query(withValues(sups.pruneExited, []));
+            unhandled = (await client.query(withValues(jobs.unhandledTasks, [leaseMs, UNHANDLED_SAMPLE]))).rows as UnhandledTasks[];
+            if (unhandled.length > 0) {
+              logger.warn(
+                { unhandled },
+                'due jobs wait for tasks (or queues) that no running supervisor handles, so nothing will run them: check the task names, or start a supervisor whose tasks directory and queues include them',
+              );
+            }
           }
         }
-        return { leader: true, paced: false, lostSupervisors, reapedJobs };
+        return { leader: true, paced: false, lostSupervisors, reapedJobs, unhandled };
       });
     } catch (err) {
       this.warn((suppressed) => logger.warn({ err: (err as Error).message, suppressed }, 'reaper tick failed'));
@@ -92,5 +111,5 @@ export class Reaper {
 
 /** A tick that reaped nothing: it lost the lock (or failed), or left the reaping to the next one (`paced`). */
 function idle(paced: boolean): ReapResult {
-  return { leader: false, paced, lostSupervisors: [], reapedJobs: [] };
+  return { leader: false, paced, lostSupervisors: [], reapedJobs: [], unhandled: [] };
 }

@@ -23,6 +23,7 @@ export interface JobStatements {
   hasDue: Statement;
   reapExpired: Statement;
   pruneFinished: Statement;
+  unhandledTasks: Statement;
   cancel: Statement;
   announceCancel: Statement;
   makeDue: Statement;
@@ -229,6 +230,9 @@ function build(schema: string): JobStatements {
     // $1 retention ms, $2 batch size. Returns `pruned`, how many. See
     // prune_finished() in migration 0005.
     pruneFinished: st('prune_finished', `SELECT ${s}.prune_finished($1, $2)::integer AS pruned`),
+    // $1 ms within which a supervisor must have heartbeated to count as live,
+    // $2 oldest due jobs looked at per priority. See unhandled_tasks() in migration 0009.
+    unhandledTasks: st('unhandled_tasks', `SELECT task, queue, jobs::integer AS jobs FROM ${s}.unhandled_tasks($1, $2)`),
     // $1 id. A pending job is cancelled on the spot; a running one is
     // flagged, and the caller tells its owner over the control channel.
     cancel: st(

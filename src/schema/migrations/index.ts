@@ -6,6 +6,7 @@ import * as boundedReads from './0005_bounded_reads.ts';
 import * as maintenancePace from './0006_maintenance_pace.ts';
 import * as logFollowers from './0007_log_followers.ts';
 import * as bestEffortNotify from './0008_best_effort_notify.ts';
+import * as unhandledTasks from './0009_unhandled_tasks.ts';
 
 export interface Migration {
   version: number;
@@ -14,6 +15,6 @@ export interface Migration {
 }
 
 /** Append-only: a released migration is never edited, only followed by a new one. */
-export const MIGRATIONS: readonly Migration[] = [jobs, control, claimPlans, pruneIndex, boundedReads, maintenancePace, logFollowers, bestEffortNotify];
+export const MIGRATIONS: readonly Migration[] = [jobs, control, claimPlans, pruneIndex, boundedReads, maintenancePace, logFollowers, bestEffortNotify, unhandledTasks];
 
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;
