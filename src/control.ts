@@ -129,8 +129,9 @@ interface ResponseRow {
 /**
  * The operator's side of the control plane: messages to supervisors and
  * their responses, the worker registry, the worker log. Waiting for a
- * response wakes on a notification on the responses channel, never by
- * polling.
+ * response wakes on a notification on the responses channel; only while
+ * PostgreSQL's NOTIFY queue is half full or more (no notification is sent
+ * then) does it also look at each health check of that connection.
  */
 export function createControl(options: ControlClientOptions = {}): Control {
   const schema = validateSchemaName(options.schema ?? DEFAULTS.schema);

@@ -23,7 +23,8 @@ export interface ListenerOptions {
  * jitter after any loss, re-LISTENs, and emits 'connected' each time, because
  * notifications sent while it was away are gone for good and the owner must
  * re-read the table. Events: 'notification' (channel, payload),
- * 'connected', 'disconnected' (error).
+ * 'connected', 'disconnected' (error), 'queueUsage' (how full PostgreSQL's
+ * NOTIFY queue is, 0-1, after each health check).
  */
 export class Listener extends EventEmitter {
   private readonly options: Required<ListenerOptions>;
@@ -153,6 +154,7 @@ export class Listener extends EventEmitter {
     const client = this.client;
     if (!client) return false;
     let timer: NodeJS.Timeout | undefined;
+    let usage: number;
     try {
       const timeout = new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new Error('LISTEN connection did not answer a health check')), this.options.healthTimeoutMs);
@@ -165,14 +167,16 @@ export class Listener extends EventEmitter {
       const missing = this.options.channels.filter((c) => !listening.has(c));
       if (missing.length > 0) throw new Error(`subscription lost for ${missing.join(', ')}`);
       if (client === this.client) this.scheduleHealthCheck();
-      // How full the server's NOTIFY queue is: from half full on, grapevine sends no notifications (migration 0008).
-      this.emit('queueUsage', Number(result.rows[0]?.usage ?? 0));
-      return true;
+      usage = Number(result.rows[0]?.usage ?? 0);
     } catch (err) {
       this.lost(client, err as Error);
       return false;
     } finally {
       clearTimeout(timer);
     }
+    // How full the server's NOTIFY queue is: from half full on, grapevine sends no notifications (migration 0008).
+    // Outside the try: a listener's mistake is not a lost connection.
+    this.emit('queueUsage', usage);
+    return true;
   }
 }

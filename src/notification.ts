@@ -55,3 +55,10 @@ export function takeIds(ranges: IdRange[], limit: number): number[] {
   }
   return out;
 }
+
+/**
+ * How full PostgreSQL's NOTIFY queue (pg_notification_queue_usage(), 0-1) is
+ * when grapevine stops sending notifications: notify() in migration 0008
+ * holds the same number, frozen there.
+ */
+export const NOTIFY_DROP_USAGE = 0.5;

@@ -1,5 +1,5 @@
 import { Listener, type ListenerOptions } from './listener.ts';
-import { NOTIFY_DROP_USAGE } from './schema/migrations/0008_best_effort_notify.ts';
+import { NOTIFY_DROP_USAGE } from './notification.ts';
 
 /**
  * Callers waiting for something the database will announce (a job that

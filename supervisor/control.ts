@@ -75,7 +75,8 @@ interface MessageRow {
 
 const BUSY_RECHECK_MS = 200;
 // A supervisor that missed a wake-up (it should not happen while the LISTEN
-// connection is healthy) still answers within this long.
+// connection is healthy; while notifications are dropped, the heartbeat wakes
+// it instead) still answers within this long.
 const SAFETY_DRAIN_MS = 10_000;
 const MAX_TIMEOUT_S = MAX_IDLE_TIMEOUT_MS / 1000;
 

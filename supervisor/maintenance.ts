@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { withTransaction } from '../src/db.ts';
-import { throttled } from '../src/log.ts';
+import { throttledWarnings } from '../src/log.ts';
 import { jobStatements } from '../src/sql/jobs.ts';
 import { withValues } from '../src/sql/statement.ts';
 import { supervisorStatements } from '../src/sql/supervisors.ts';
@@ -23,7 +23,9 @@ export interface ReapResult {
   paced: boolean;
   lostSupervisors: string[];
   reapedJobs: string[];
-  /** Due jobs (among the oldest of each priority) whose task or queue no live supervisor handles; looked for once a minute. */
+  /** Whether this tick ran the once-a-minute chores (prune, and the look for unhandled tasks). */
+  choresRan: boolean;
+  /** Due jobs (among the oldest of each priority) whose task or queue no live supervisor handles; looked for with the chores. */
   unhandled: UnhandledTasks[];
 }
 
@@ -49,7 +51,7 @@ const PRUNE_EVERY_MS = 60_000;
 export class Reaper {
   private readonly options: ReaperOptions;
   private lastPrune = 0;
-  private readonly warn = throttled(1_000);
+  private readonly warn = throttledWarnings(1_000);
 
   constructor(options: ReaperOptions) {
     this.options = options;
@@ -65,8 +67,9 @@ export class Reaper {
     const { pool, schema, leaseMs, intervalMs, retentionMs, logger } = this.options;
     const jobs = jobStatements(schema);
     const sups = supervisorStatements(schema);
+    let result: ReapResult;
     try {
-      return await withTransaction(pool, async (client) => {
+      result = await withTransaction(pool, async (client) => {
         // A reaper frozen mid-transaction (SIGSTOP, a long GC pause) would keep
         // the leader lock and stop everyone's reaping; the server ends it instead.
         await client.query(`SET LOCAL idle_in_transaction_session_timeout = ${Math.max(1_000, Math.floor(leaseMs / 2))}`);
@@ -84,32 +87,46 @@ export class Reaper {
         // The local clock only saves asking; the table decides for the fleet.
         // Half the period there, as for reaping: a lone supervisor whose
         // minute ran a little short against the server's clock still prunes.
-        let unhandled: UnhandledTasks[] = [];
+        let choresRan = false;
         if (Date.now() - this.lastPrune > PRUNE_EVERY_MS) {
           this.lastPrune = Date.now();
           const prune = await client.query(withValues(sups.claimChore, ['prune', PRUNE_EVERY_MS / 2]));
           if (prune.rowCount === 1) {
+            choresRan = true;
             await client.query(withValues(jobs.pruneFinished, [retentionMs, 10_000]));
             await client.query(withValues(sups.pruneExited, []));
-            unhandled = (await client.query(withValues(jobs.unhandledTasks, [leaseMs, UNHANDLED_SAMPLE]))).rows as UnhandledTasks[];
-            if (unhandled.length > 0) {
-              logger.warn(
-                { unhandled },
-                'due jobs wait for tasks (or queues) that no running supervisor handles, so nothing will run them: check the task names, or start a supervisor whose tasks directory and queues include them',
-              );
-            }
           }
         }
-        return { leader: true, paced: false, lostSupervisors, reapedJobs, unhandled };
+        return { leader: true, paced: false, choresRan, lostSupervisors, reapedJobs, unhandled: [] };
       });
     } catch (err) {
-      this.warn((suppressed) => logger.warn({ err: (err as Error).message, suppressed }, 'reaper tick failed'));
+      this.warn(logger, { err: (err as Error).message }, 'reaper tick failed');
       return idle(false);
+    }
+    // After the commit: a diagnostic that fails must not undo the reaping.
+    if (result.choresRan) result.unhandled = await this.findUnhandled();
+    return result;
+  }
+
+  private async findUnhandled(): Promise<UnhandledTasks[]> {
+    const { pool, schema, leaseMs, logger } = this.options;
+    try {
+      const { rows } = await pool.query(withValues(jobStatements(schema).unhandledTasks, [leaseMs, UNHANDLED_SAMPLE]));
+      if (rows.length > 0) {
+        logger.warn(
+          { unhandled: rows },
+          'due jobs wait for tasks (or queues) that no running supervisor handles, so nothing will run them: check the task names, or start a supervisor whose tasks directory and queues include them',
+        );
+      }
+      return rows as UnhandledTasks[];
+    } catch (err) {
+      this.warn(logger, { err: (err as Error).message }, 'the look for unhandled tasks failed');
+      return [];
     }
   }
 }
 
 /** A tick that reaped nothing: it lost the lock (or failed), or left the reaping to the next one (`paced`). */
 function idle(paced: boolean): ReapResult {
-  return { leader: false, paced, lostSupervisors: [], reapedJobs: [], unhandled: [] };
+  return { leader: false, paced, choresRan: false, lostSupervisors: [], reapedJobs: [], unhandled: [] };
 }

@@ -7,9 +7,8 @@ import os from 'node:os';
 import type pg from 'pg';
 import { explainConnectionErrors, withAnswerDeadline, withPipelinedTransaction } from '../src/db.ts';
 import { Listener } from '../src/listener.ts';
-import { NOTIFY_DROP_USAGE } from '../src/schema/migrations/0008_best_effort_notify.ts';
 import { throttled, throttledWarnings, type Logger } from '../src/log.ts';
-import { parseJobNotification, takeIds } from '../src/notification.ts';
+import { NOTIFY_DROP_USAGE, parseJobNotification, takeIds } from '../src/notification.ts';
 import { describeConnection, redactSecret } from '../src/redact.ts';
 import { channelsFor } from '../src/schema/channels.ts';
 import { jobStatements } from '../src/sql/jobs.ts';
@@ -408,6 +407,7 @@ export class SupervisorRuntime implements Supervisor {
             status.threads.length,
             // listenerPid: grapevine/testing's killListeners() cuts this schema's LISTEN connections only.
             JSON.stringify({ threads: status.threads, restarts: status.restarts, counters: status.counters, listenerPid: this.listener.backendPid }),
+            this.o.threadPool.tasks,
           ]),
           answerWithinMs,
         ),
@@ -417,11 +417,14 @@ export class SupervisorRuntime implements Supervisor {
       }
       const usage = Number(rows[0]?.notify_queue_usage ?? 0);
       if (usage >= NOTIFY_DROP_USAGE) {
+        // Control messages are not announced either: look for them now rather than at the 10 s safety drain.
+        this.control.wake();
         this.warnNotifyQueue((suppressed) =>
           logger.warn(
             { notifyQueueUsage: Math.round(usage * 100) / 100, sweepIntervalMs: timing.sweepIntervalMs, suppressed },
             "PostgreSQL's NOTIFY queue is half full or more, so grapevine sends no notifications: supervisors find new jobs by their sweep instead of at once. " +
-              "A session that ran LISTEN and stays in one transaction holds the queue; find it with SELECT pid, application_name, xact_start FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' ORDER BY xact_start, and end it",
+              'A session that ran LISTEN and stays in one transaction holds the queue: find it among the oldest transactions ' +
+              '(SELECT pid, application_name, state, xact_start FROM pg_stat_activity WHERE xact_start IS NOT NULL ORDER BY xact_start LIMIT 5) and end it',
           ),
         );
       }

@@ -424,6 +424,8 @@ describe('REFRESH and SCALE', () => {
     await eventually(async () => (await jobRows(blocked)).every((r) => r.state === 'running'), 'the blocked jobs to run');
 
     await writeVersionTask(2);
+    // A task that did not exist when the supervisors started.
+    await writeFile(path.join(tasksDir, 'added_later.mjs'), 'export default async function addedLater() { return { added: true }; }\n');
     const refreshed = await control.sendAndWait('REFRESH', undefined, { workers: [A.id, B.id], timeoutMs: 30_000 });
     expect(Object.values(refreshed).map((r) => r.value)).toEqual(['OK', 'OK']);
     await db.pool.query(`UPDATE ${S}.gate SET open = true`);
@@ -432,6 +434,12 @@ describe('REFRESH and SCALE', () => {
 
     const after = await client.addJob('version');
     expect((await client.waitForJob(after)).result).toEqual({ version: 2 });
+    // The registry lists it too (the fleet's look for unhandled tasks reads it), from the next heartbeat on.
+    await eventually(async () => {
+      const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM ${S}.supervisors WHERE id = ANY($1) AND 'added_later' = ANY(tasks)`, [[A.id, B.id]]);
+      return rows[0].n === 2;
+    }, 'both supervisors to list the added task');
+    expect((await client.waitForJob(await client.addJob('added_later'))).result).toEqual({ added: true });
     expect(await events(A.id)).toEqual(expect.arrayContaining([expect.stringMatching(/^THREADS 2 x 2 \(refreshed/)]));
   });
 

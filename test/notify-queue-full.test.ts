@@ -10,7 +10,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, startSupervisor, type Client, type Supervisor } from '../src/index.ts';
+import { createClient, createControl, startSupervisor, type Client, type Supervisor } from '../src/index.ts';
+import { channelsFor } from '../src/schema/channels.ts';
 import { startEmbeddedDatabase, type EmbeddedDatabase } from '../src/embedded.ts';
 import { eventually, FIXTURE_TASKS, schemaName } from './helpers/db.ts';
 import { capturingLogger } from './helpers/logs.ts';
@@ -75,17 +76,26 @@ describe('a full NOTIFY queue', { timeout: 120_000 }, () => {
       sweepIntervalMs: 200,
       heartbeatIntervalMs: 200,
     });
-    // Added after the supervisor listens, due a second later: the wait below
-    // reads it while it is still pending, and no notification will say that it
-    // ran; the sweep finds it, and the wait re-reads it at a health check.
-    const late = await client.addJob('noop', {}, { runAt: new Date(Date.now() + 1_000) });
-    const lateRan = client.waitForJob(late, { timeoutMs: 30_000 });
-    expect((await client.getJob(late))?.state).toBe('pending');
     for (const id of [early, ...bulk]) {
       const job = await client.waitForJob(id, { timeoutMs: 30_000 });
       expect(job.state).toBe('succeeded');
     }
+    // Due in a few seconds: the wait reads it while it is still pending, and no
+    // notification will say that it ran; the sweep finds it, and the wait
+    // re-reads it at a health check of its LISTEN connection.
+    const late = await client.addJob('noop', {}, { runAt: new Date(Date.now() + 3_000) });
+    const lateRan = client.waitForJob(late, { timeoutMs: 30_000 });
+    expect((await client.getJob(late))?.state).toBe('pending');
     expect((await lateRan).state).toBe('succeeded');
+
+    // The control plane: the message and its response go unannounced, and are found all the same.
+    const control = createControl({ connectionString: server.connectionString, schema });
+    try {
+      const answers = await control.sendAndWait('PING', undefined, { timeoutMs: 30_000 });
+      expect(Object.values(answers).map((a) => a.value)).toEqual(['PONG']);
+    } finally {
+      await control.close();
+    }
     // Cancelling a running job notifies its owner too; that must not fail either.
     const held = await client.addJob('hang', {});
     await eventually(async () => (await client.getJob(held))?.state === 'running', 'the hang job to run');
@@ -102,5 +112,10 @@ describe('a full NOTIFY queue', { timeout: 120_000 }, () => {
     await stuck.query('ROLLBACK');
     const { rows } = await filler.query('SELECT pg_notification_queue_usage() AS usage');
     expect(Number(rows[0].usage)).toBeLessThan(0.5);
+    const heard: string[] = [];
+    filler.on('notification', (n) => heard.push(n.payload ?? ''));
+    await filler.query(`LISTEN "${channelsFor(schema).jobs}"`);
+    const announced = await client.addJob('noop', {});
+    await eventually(() => heard.includes(announced), 'the new job to be announced');
   });
 });

@@ -5,7 +5,7 @@
 // minute, and warns.
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Supervisor } from '../src/index.ts';
-import { Reaper } from '../supervisor/maintenance.ts';
+import { Reaper, type ReapResult } from '../supervisor/maintenance.ts';
 import { eventually, startTestSupervisor, testLogger, useMigratedSchema } from './helpers/db.ts';
 import { capturingLogger } from './helpers/logs.ts';
 
@@ -17,19 +17,25 @@ afterEach(async () => {
   for (const sup of started.splice(0)) await sup.stop({ graceMs: 0 });
 });
 
-/** A reaper of the test's own: its first leading tick runs the once-a-minute chores. */
-function reaper(logger = testLogger()): Reaper {
-  return new Reaper({ pool: db.pool, schema: db.schema, leaseMs: 10_000, intervalMs: 1_000, retentionMs: 60_000, logger });
+/**
+ * Runs the once-a-minute chores now, with a reaper of the test's own: the
+ * fleet runs them at most once per 30 s, so the record of the last run is
+ * removed first. The supervisors' own reapers do not tick during the tests
+ * (reaperIntervalMs below), so this one leads.
+ */
+async function lookNow(logger = testLogger()): Promise<ReapResult> {
+  await db.pool.query(`DELETE FROM ${s}.maintenance`);
+  const reaper = new Reaper({ pool: db.pool, schema: db.schema, leaseMs: 10_000, intervalMs: 1_000, retentionMs: 60_000, logger });
+  const result = await reaper.tick();
+  expect(result).toMatchObject({ leader: true, choresRan: true });
+  return result;
 }
 
-/** Lets the next reaper's first tick run the once-a-minute chores (the fleet runs them once per 30 s). */
-async function forgetChores(): Promise<void> {
-  await db.pool.query(`DELETE FROM ${s}.maintenance`);
-}
+const NO_OWN_REAPING = { reaperIntervalMs: 3_600_000 };
 
 describe('jobs that no running supervisor handles', { timeout: 60_000 }, () => {
   it('are named by the reaper, with their queue and how many wait; handled ones are not', async () => {
-    const sup = await startTestSupervisor(db, { threads: 1, queues: ['default', 'mail'] });
+    const sup = await startTestSupervisor(db, { threads: 1, queues: ['default', 'mail'], ...NO_OWN_REAPING });
     started.push(sup);
     const typo = await db.pool.query(`SELECT ${s}.add_job('nooop') AS id`);
     await db.pool.query(`SELECT ${s}.add_job('nooop')`);
@@ -42,8 +48,7 @@ describe('jobs that no running supervisor handles', { timeout: 60_000 }, () => {
     expect((await client.waitForJob(handled)).state).toBe('succeeded');
 
     const log = capturingLogger('warn');
-    await forgetChores();
-    const result = await reaper(log.logger).tick();
+    const result = await lookNow(log.logger);
     expect(result.unhandled).toEqual([
       { task: 'nooop', queue: 'default', jobs: 2 },
       { task: 'noop', queue: 'reports', jobs: 1 },
@@ -55,25 +60,22 @@ describe('jobs that no running supervisor handles', { timeout: 60_000 }, () => {
 
   it('counts a supervisor only while it is live, and says nothing once every due job has one', async () => {
     // The jobs of the test above are still there; a supervisor of every queue now takes the 'reports' job.
-    const sup = await startTestSupervisor(db, { threads: 1 });
+    const sup = await startTestSupervisor(db, { threads: 1, ...NO_OWN_REAPING });
     started.push(sup);
     await eventually(async () => {
       const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM ${s}.jobs WHERE queue = 'reports' AND state = 'succeeded'`);
       return rows[0].n === 1;
     }, 'the reports job to run');
-    await forgetChores();
-    expect((await reaper().tick()).unhandled).toEqual([{ task: 'nooop', queue: 'default', jobs: 2 }]);
+    expect((await lookNow()).unhandled).toEqual([{ task: 'nooop', queue: 'default', jobs: 2 }]);
 
     await db.pool.query(`DELETE FROM ${s}.jobs WHERE task = 'nooop'`);
-    await forgetChores();
     const log = capturingLogger('warn');
-    expect((await reaper(log.logger).tick()).unhandled).toEqual([]);
+    expect((await lookNow(log.logger)).unhandled).toEqual([]);
     expect(log.text()).not.toContain('no running supervisor handles');
 
     // Once the only supervisor has stopped, nothing handles 'noop' either.
     for (const s2 of started.splice(0)) await s2.stop({ graceMs: 0 });
     await client.addJob('noop', {});
-    await forgetChores();
-    expect((await reaper().tick()).unhandled).toEqual([{ task: 'noop', queue: 'default', jobs: 1 }]);
+    expect((await lookNow()).unhandled).toEqual([{ task: 'noop', queue: 'default', jobs: 1 }]);
   });
 });

@@ -44,7 +44,10 @@ async function waitRegistered(pool: pg.Pool, schema: string, pids: number[], tim
 /** Until the pool has its full count of threads again (a crashed one's replacement exists, booted or not). */
 async function poolRefilled(sup: Supervisor, threads: number): Promise<void> {
   const until = nowMs() + 5000;
-  while (sup.status().threads.length < threads && nowMs() < until) await sleep(10);
+  while (sup.status().threads.length < threads) {
+    if (nowMs() > until) throw new Error(`the thread pool did not get back to ${threads} threads within 5 s of a crash`);
+    await sleep(10);
+  }
 }
 
 export async function run(spec: TrialSpec): Promise<Record<string, unknown>> {

@@ -27,14 +27,15 @@ function build(schema: string): SupervisorStatements {
       `INSERT INTO ${s}.supervisors (id, host, pid, version, threads, concurrency, queues, tasks, info)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
     ),
-    // $1 id, $2 status, $3 threads, $4 info. Returns the status the row had,
+    // $1 id, $2 status, $3 threads, $4 info, $5 tasks (a REFRESH or a repaired
+    // pool loads the task modules again). Returns the status the row had,
     // so a supervisor that was paused long enough to be declared LOST learns it,
     // and how full the server's NOTIFY queue is (see migration 0008).
     heartbeat: st(
       'supervisor_heartbeat',
       `WITH prev AS (SELECT status FROM ${s}.supervisors WHERE id = $1 FOR UPDATE)
        UPDATE ${s}.supervisors
-          SET heartbeat_at = now(), status = $2, threads = $3, info = $4, stopped_at = NULL
+          SET heartbeat_at = now(), status = $2, threads = $3, info = $4, tasks = $5, stopped_at = NULL
         WHERE id = $1
        RETURNING (SELECT status FROM prev) AS previous_status, pg_notification_queue_usage() AS notify_queue_usage`,
     ),

@@ -3,9 +3,6 @@ import { channelsFor, quoteIdent } from '../channels.ts';
 export const version = 8;
 export const name = 'best_effort_notify';
 
-/** How full PostgreSQL's NOTIFY queue may be (0-1) before notify() sends nothing. */
-export const NOTIFY_DROP_USAGE = 0.5;
-
 /**
  * Notifications no longer make an enqueue fail.
  *
@@ -17,7 +14,8 @@ export const NOTIFY_DROP_USAGE = 0.5;
  * trigger notifies), every release of a crashed thread's job, every outcome
  * someone waits for. The table is the truth and supervisors sweep it, so a
  * notification is only a shortcut; notify() drops it once the queue is half
- * full, and the supervisors' heartbeat warns (supervisor/runtime.ts).
+ * full (NOTIFY_DROP_USAGE in src/notification.ts says the same to the code
+ * that reacts), and the supervisors' heartbeat warns (supervisor/runtime.ts).
  *
  * notify_ids() checks the same, once per call (a call sends a few payloads of
  * ids); the insert trigger is redefined to use notify(), and the statements in
@@ -30,20 +28,25 @@ export function sql(schema: string): string {
 CREATE FUNCTION ${s}.notify(channel text, payload text) RETURNS void
 LANGUAGE plpgsql AS $fn$
 BEGIN
-  IF pg_notification_queue_usage() < ${NOTIFY_DROP_USAGE} THEN
+  IF pg_notification_queue_usage() < 0.5 THEN
     PERFORM pg_notify(channel, payload);
   END IF;
 END
 $fn$;
 
 -- notify_ids() keeps its body, under another name, behind the same check.
+-- Most calls (every outcome write) pass no ids, and those must not ask:
+-- pg_notification_queue_usage() first moves the queue's tail forward, under
+-- two server-wide exclusive locks.
 ALTER FUNCTION ${s}.notify_ids(text, bigint[]) RENAME TO notify_ids_always;
 
 CREATE FUNCTION ${s}.notify_ids(channel text, ids bigint[]) RETURNS void
 LANGUAGE plpgsql AS $fn$
 BEGIN
-  IF pg_notification_queue_usage() < ${NOTIFY_DROP_USAGE} THEN
-    PERFORM ${s}.notify_ids_always(channel, ids);
+  IF cardinality(ids) > 0 THEN
+    IF pg_notification_queue_usage() < 0.5 THEN
+      PERFORM ${s}.notify_ids_always(channel, ids);
+    END IF;
   END IF;
 END
 $fn$;

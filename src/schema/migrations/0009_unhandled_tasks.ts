@@ -22,7 +22,7 @@ export function sql(schema: string): string {
 CREATE FUNCTION ${s}.unhandled_tasks(live_within_ms integer, per_priority integer)
 RETURNS TABLE (task text, queue text, jobs bigint)
 LANGUAGE plpgsql STABLE
-SET enable_seqscan = off SET enable_bitmapscan = off
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = off
 AS $fn$
 DECLARE
   p integer;
