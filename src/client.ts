@@ -7,7 +7,7 @@ import { silentLogger, type Logger } from './log.ts';
 import { parseJobNotification, rangesContain } from './notification.ts';
 import { channelsFor } from './schema/channels.ts';
 import { Waiters } from './waiters.ts';
-import { migrate, type MigrateResult } from './schema/migrate.ts';
+import { explainOutdatedSchema, migrate, type MigrateResult } from './schema/migrate.ts';
 import { jobStatements } from './sql/jobs.ts';
 import { withValues } from './sql/statement.ts';
 
@@ -18,7 +18,10 @@ export interface ClientOptions {
   schema?: string;
   /** Bring your own pool; the client will not end it on close(). */
   pool?: pg.Pool;
-  /** Apply migrations before first use (default true). Turn off where the runtime role has no DDL rights. */
+  /**
+   * Apply migrations before first use (default true). Turn off where the runtime role has no DDL rights;
+   * then run `grapevine migrate` before upgrading such clients (an older schema fails with GRAPEVINE_SCHEMA_TOO_OLD).
+   */
   migrate?: boolean;
   /** Largest accepted payload, in bytes of JSON (default 1 MiB). */
   maxPayloadBytes?: number;
@@ -99,7 +102,12 @@ export function createClient(options: ClientOptions = {}): Client {
 
   const run = async <T>(fn: () => Promise<T>): Promise<T> => {
     await ensureMigrated();
-    return explainConnectionErrors(connectionString, fn);
+    if (options.migrate !== false) return explainConnectionErrors(connectionString, fn);
+    return explainConnectionErrors(connectionString, () =>
+      fn().catch((err: unknown) => {
+        throw explainOutdatedSchema(err, schema);
+      }),
+    );
   };
 
   const toRow = (spec: JobSpec): Row => {

@@ -7,7 +7,7 @@ import { Listener } from './listener.ts';
 import { Waiters } from './waiters.ts';
 import { silentLogger, type Logger } from './log.ts';
 import { channelsFor } from './schema/channels.ts';
-import { migrate, type MigrateResult } from './schema/migrate.ts';
+import { explainOutdatedSchema, migrate, type MigrateResult } from './schema/migrate.ts';
 import { controlStatements } from './sql/control.ts';
 import { withValues } from './sql/statement.ts';
 import { supervisorStatements } from './sql/supervisors.ts';
@@ -19,7 +19,7 @@ export interface ControlClientOptions {
   schema?: string;
   /** Bring your own pool; close() will not end it. */
   pool?: pg.Pool;
-  /** Apply migrations before first use (default true). */
+  /** Apply migrations before first use (default true); with false, an older schema fails with GRAPEVINE_SCHEMA_TOO_OLD. */
   migrate?: boolean;
   /** A supervisor whose heartbeat is older than this counts as LOST (default: DEFAULTS.leaseMs). */
   lostAfterMs?: number;
@@ -158,8 +158,13 @@ export function createControl(options: ControlClientOptions = {}): Control {
         throw err;
       });
       await migrated;
+      return explainConnectionErrors(connectionString, fn);
     }
-    return explainConnectionErrors(connectionString, fn);
+    return explainConnectionErrors(connectionString, () =>
+      fn().catch((err: unknown) => {
+        throw explainOutdatedSchema(err, schema);
+      }),
+    );
   };
 
   /** Checks named recipients; undefined (every live supervisor) is resolved by the send statement itself. */

@@ -140,6 +140,29 @@ describe('migrate', () => {
     }
   });
 
+  it('a client that does not migrate names a schema older than it needs (GRAPEVINE_SCHEMA_TOO_OLD) and the command that fixes it', async () => {
+    const schema = freshSchema('tooold');
+    const owner = createClient({ connectionString: db.url, schema });
+    await owner.migrate();
+    await owner.close();
+    // What a schema of version 7 lacks, as this client sees it: notify() came with migration 8.
+    await db.pool.query(`DROP FUNCTION "${schema}".notify(text, text)`);
+    const { rows } = await db.pool.query(
+      `INSERT INTO "${schema}".jobs (task, state, attempts, locked_by, locked_thread, claim_token, lease_until, started_at)
+       VALUES ('noop', 'running', 1, 'some-supervisor', 1, 1, now() + interval '1 hour', now()) RETURNING id::text AS id`,
+    );
+    const client = createClient({ connectionString: db.url, schema, migrate: false });
+    try {
+      const err = await client.cancelJob(rows[0].id).then(() => null, (e: unknown) => e);
+      expect(err).toBeInstanceOf(GrapevineError);
+      expect((err as GrapevineError).code).toBe('GRAPEVINE_SCHEMA_TOO_OLD');
+      expect((err as Error).message).toContain(`grapevine migrate --schema ${schema}`);
+      expect((err as Error).message).toMatch(new RegExp(`version ${LATEST_VERSION}\\b`));
+    } finally {
+      await client.close();
+    }
+  });
+
   it('refuses a schema newer than this release with GRAPEVINE_SCHEMA_TOO_NEW naming both versions, changing nothing', async () => {
     const schema = freshSchema('toonew');
     const newer = LATEST_VERSION + 1;

@@ -53,3 +53,21 @@ export async function migrate(pool: pg.Pool, schema: string): Promise<MigrateRes
     return { applied, version: LATEST_VERSION };
   });
 }
+
+/**
+ * A client created with `migrate: false` runs against whatever schema it
+ * finds. When a statement names a function or a table that is not there, the
+ * schema predates this grapevine: say so, and how to bring it up to date,
+ * rather than pass on PostgreSQL's "function ... does not exist".
+ */
+export function explainOutdatedSchema(err: unknown, schema: string): unknown {
+  const code = (err as { code?: string }).code;
+  if (code !== '42883' && code !== '42P01') return err;
+  return new GrapevineError(
+    'GRAPEVINE_SCHEMA_TOO_OLD',
+    `${(err as Error).message}: schema "${schema}" is older than this grapevine (it needs version ${LATEST_VERSION}). ` +
+      `Run \`grapevine migrate --schema ${schema}\` with a role that may change it (this client was created with migrate: false, so it does not migrate)`,
+    { cause: err },
+  );
+}
+
