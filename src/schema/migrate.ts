@@ -70,4 +70,3 @@ export function explainOutdatedSchema(err: unknown, schema: string): unknown {
     { cause: err },
   );
 }
-
