@@ -94,9 +94,11 @@ function safeString(read: () => string, fallback: string): string {
 /** The text kept in jobs.last_error: message first, then the stack. */
 export function formatStoredError(err: SerializedError): string {
   const head = err.code ? `${err.name} [${err.code}]: ${err.message}` : `${err.name}: ${err.message}`;
-  if (!err.stack) return head;
-  // V8 stacks start with "Name: message"; avoid printing it twice.
-  const firstNewline = err.stack.indexOf('\n');
-  const frames = firstNewline === -1 ? '' : err.stack.slice(firstNewline);
-  return head + frames;
+  return head + stackFrames(err.stack);
+}
+
+/** A stack's frames, from the newline before the first one; '' for none. V8 stacks start with "Name: message", which the caller has already printed. */
+export function stackFrames(stack: string | undefined): string {
+  const firstNewline = stack?.indexOf('\n') ?? -1;
+  return firstNewline === -1 ? '' : stack!.slice(firstNewline);
 }

@@ -1,6 +1,7 @@
 import { MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
+import { stackFrames } from '../src/errors.ts';
 import { throttledWarnings } from '../src/log.ts';
 import type { AbortKind, BatchEvent, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
 import type { ThreadPool } from './threads.ts';
@@ -560,7 +561,10 @@ export class Dispatcher {
     const thread = batch.claimedOn ?? batch.threadId;
     if (thread !== null) this.options.pool.markExiting(thread);
     const { code, error } = event;
-    const err = error ? Object.assign(new Error(error.message), { name: error.name, code: error.code }) : new Error(`worker exited with code: ${code}`);
+    // threadStack: where in the thread it was thrown, for the jobs' last_error (T2 of the reliability bar).
+    const err = error
+      ? Object.assign(new Error(error.message), { name: error.name, code: error.code, threadStack: error.stack })
+      : new Error(`worker exited with code: ${code}`);
     void this.onFailed(batch, err);
   }
 
@@ -681,8 +685,12 @@ export class Dispatcher {
   /** The batch's thread died (or the pool was destroyed): give its jobs back at once. */
   private async onFailed(batch: Batch, err: Error): Promise<void> {
     if (batch.failed) return;
-    batch.failed = true;
+    // The thread's own 'exiting' report may still be waiting on the port when
+    // piscina's rejection comes first; it carries the error as the thread saw
+    // it, stack included, so reading the port hands the failure to it.
     this.closeBatchPort(batch);
+    if (batch.failed) return;
+    batch.failed = true;
     const threadId = batch.claimedOn;
     const killed = threadId === null ? undefined : this.killing.get(threadId);
     const releases: Release[] = [];
@@ -701,7 +709,7 @@ export class Dispatcher {
       } else if (this.stopping) {
         releases.push({ id, thread, reason: 'supervisor shut down before the job finished', count: false });
       } else {
-        releases.push({ id, thread, reason: `thread crashed: ${describeCrash(err)}`, count: true });
+        releases.push({ id, thread, reason: `thread crashed: ${describeCrash(err)}${stackFrames((err as { threadStack?: string }).threadStack)}`, count: true });
       }
     }
     if (!killed && !this.stopping && threadId !== null) this.counters.threadCrashes++;

@@ -63,14 +63,15 @@ describe('a thread that dies mid-job', () => {
       how: 'throws from a timer (uncaught exception)',
       task: 'throw-later',
       payload: { message: 'boom from a timer' },
-      reason: /^thread crashed: boom from a timer/,
+      // With the frames of the thread's stack (the fixture's file among them).
+      reason: /^thread crashed: boom from a timer\n\s+at .*throw-later\.mjs/,
       resourceLimits: undefined,
     },
     {
       how: 'leaves a promise rejection unhandled',
       task: 'reject-unhandled',
       payload: { message: 'nobody caught this' },
-      reason: /^thread crashed: nobody caught this/,
+      reason: /^thread crashed: nobody caught this\n\s+at .*reject-unhandled\.mjs/,
       resourceLimits: undefined,
     },
     {
