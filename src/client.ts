@@ -104,8 +104,8 @@ export function createClient(options: ClientOptions = {}): Client {
     await ensureMigrated();
     if (options.migrate !== false) return explainConnectionErrors(connectionString, fn);
     return explainConnectionErrors(connectionString, () =>
-      fn().catch((err: unknown) => {
-        throw explainOutdatedSchema(err, schema);
+      fn().catch(async (err: unknown) => {
+        throw await explainOutdatedSchema(err, pool, schema);
       }),
     );
   };

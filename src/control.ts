@@ -161,8 +161,8 @@ export function createControl(options: ControlClientOptions = {}): Control {
       return explainConnectionErrors(connectionString, fn);
     }
     return explainConnectionErrors(connectionString, () =>
-      fn().catch((err: unknown) => {
-        throw explainOutdatedSchema(err, schema);
+      fn().catch(async (err: unknown) => {
+        throw await explainOutdatedSchema(err, pool, schema);
       }),
     );
   };

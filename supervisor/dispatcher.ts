@@ -69,8 +69,13 @@ interface Batch {
   claimed: string[];
   /** The backlog's mark when the batch was sent: see Dispatcher.backlogMark. */
   backlogMark: number;
-  /** Its jobs were given back because its thread died: once, whoever noticed first. */
-  failed: boolean;
+  /**
+   * Its jobs being given back because its thread died: once, whoever noticed
+   * first. Every report of the death returns this promise, so p-queue (and
+   * with it onIdle() and shutdown) waits for the release, whichever report
+   * carried it out.
+   */
+  failing: Promise<void> | null;
   /** The thread said it is exiting: that was the last message it will send on the port. */
   drained: boolean;
 }
@@ -455,7 +460,7 @@ export class Dispatcher {
       claimedOn: null,
       claimed: [],
       backlogMark: this.backlogMark,
-      failed: false,
+      failing: null,
       drained: false,
     };
     for (let i = 0; i < slots.length; i++) slots[i].batch = batch;
@@ -683,14 +688,17 @@ export class Dispatcher {
   }
 
   /** The batch's thread died (or the pool was destroyed): give its jobs back at once. */
-  private async onFailed(batch: Batch, err: Error): Promise<void> {
-    if (batch.failed) return;
+  private onFailed(batch: Batch, err: Error): Promise<void> {
+    if (batch.failing) return batch.failing;
     // The thread's own 'exiting' report may still be waiting on the port when
     // piscina's rejection comes first; it carries the error as the thread saw
     // it, stack included, so reading the port hands the failure to it.
     this.closeBatchPort(batch);
-    if (batch.failed) return;
-    batch.failed = true;
+    batch.failing ??= this.giveBack(batch, err);
+    return batch.failing;
+  }
+
+  private async giveBack(batch: Batch, err: Error): Promise<void> {
     const threadId = batch.claimedOn;
     const killed = threadId === null ? undefined : this.killing.get(threadId);
     const releases: Release[] = [];

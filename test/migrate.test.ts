@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createClient, GrapevineError, startSupervisor } from '../src/index.ts';
+import { createClient, createControl, GrapevineError, startSupervisor } from '../src/index.ts';
 import { silentLogger } from '../src/log.ts';
 import { LATEST_VERSION, MIGRATIONS } from '../src/schema/migrations/index.ts';
 import { FIXTURE_TASKS, schemaName, useTestSchema } from './helpers/db.ts';
@@ -145,21 +145,42 @@ describe('migrate', () => {
     const owner = createClient({ connectionString: db.url, schema });
     await owner.migrate();
     await owner.close();
-    // What a schema of version 7 lacks, as this client sees it: notify() came with migration 8.
+    // A schema of version 7, as far as this client can tell: notify() came with migration 8.
     await db.pool.query(`DROP FUNCTION "${schema}".notify(text, text)`);
+    await db.pool.query(`DELETE FROM "${schema}".migrations WHERE version > 7`);
     const { rows } = await db.pool.query(
       `INSERT INTO "${schema}".jobs (task, state, attempts, locked_by, locked_thread, claim_token, lease_until, started_at)
        VALUES ('noop', 'running', 1, 'some-supervisor', 1, 1, now() + interval '1 hour', now()) RETURNING id::text AS id`,
     );
-    const client = createClient({ connectionString: db.url, schema, migrate: false });
-    try {
-      const err = await client.cancelJob(rows[0].id).then(() => null, (e: unknown) => e);
+    const expectTooOld = (err: unknown, found: RegExp) => {
       expect(err).toBeInstanceOf(GrapevineError);
       expect((err as GrapevineError).code).toBe('GRAPEVINE_SCHEMA_TOO_OLD');
       expect((err as Error).message).toContain(`grapevine migrate --schema ${schema}`);
-      expect((err as Error).message).toMatch(new RegExp(`version ${LATEST_VERSION}\\b`));
+      expect((err as Error).message).toMatch(found);
+    };
+    const atSeven = new RegExp(`at version 7 and this grapevine needs version ${LATEST_VERSION}\\b`);
+    const client = createClient({ connectionString: db.url, schema, migrate: false });
+    const control = createControl({ connectionString: db.url, schema, migrate: false });
+    try {
+      expectTooOld(await client.cancelJob(rows[0].id).then(() => null, (e: unknown) => e), atSeven);
+      expectTooOld(await control.send('PING').then(() => null, (e: unknown) => e), atSeven);
+      // An up-to-date schema passes PostgreSQL's error on as it was.
+      await db.pool.query(`INSERT INTO "${schema}".migrations (version, name) SELECT v, 'restored' FROM generate_series(8, $1::int) v`, [LATEST_VERSION]);
+      const err = await client.cancelJob(rows[0].id).then(() => null, (e: unknown) => e);
+      expect(err).not.toBeInstanceOf(GrapevineError);
+      expect((err as { code?: string }).code).toBe('42883');
     } finally {
       await client.close();
+      await control.close();
+    }
+    // A schema grapevine was never installed in (a mistyped name, say).
+    const typo = createClient({ connectionString: db.url, schema: freshSchema('typo'), migrate: false });
+    try {
+      const err = await typo.addJob('noop').then(() => null, (e: unknown) => e);
+      expect((err as GrapevineError).code).toBe('GRAPEVINE_SCHEMA_TOO_OLD');
+      expect((err as Error).message).toMatch(/grapevine is not installed in schema/);
+    } finally {
+      await typo.close();
     }
   });
 

@@ -56,17 +56,36 @@ export async function migrate(pool: pg.Pool, schema: string): Promise<MigrateRes
 
 /**
  * A client created with `migrate: false` runs against whatever schema it
- * finds. When a statement names a function or a table that is not there, the
- * schema predates this grapevine: say so, and how to bring it up to date,
- * rather than pass on PostgreSQL's "function ... does not exist".
+ * finds. When a statement names a function, table or column that is not
+ * there, and the schema's migrations table says it is older than this
+ * grapevine, say so and how to bring it up to date, rather than pass on
+ * PostgreSQL's "function ... does not exist". Any other error, or a schema
+ * that is up to date, passes through as it was.
  */
-export function explainOutdatedSchema(err: unknown, schema: string): unknown {
+export async function explainOutdatedSchema(err: unknown, pool: pg.Pool, schema: string): Promise<unknown> {
   const code = (err as { code?: string }).code;
-  if (code !== '42883' && code !== '42P01') return err;
+  if (code !== '42883' && code !== '42P01' && code !== '42703') return err;
+  let found: number | null;
+  try {
+    // Two statements: a statement that names a missing table fails as it is parsed.
+    const table = `${quoteIdent(schema)}.migrations`;
+    const exists = await pool.query<{ found: boolean }>('SELECT to_regclass($1) IS NOT NULL AS found', [table]);
+    found = exists.rows[0]?.found
+      ? ((await pool.query<{ version: number | null }>(`SELECT max(version) AS version FROM ${table}`)).rows[0]?.version ?? null)
+      : null;
+  } catch {
+    return err;
+  }
+  const fix =
+    `run \`grapevine migrate --schema ${schema}\` against this database (DATABASE_URL) with a role that may change it ` +
+    '(this client was created with migrate: false, so it does not migrate)';
+  if (found === null) {
+    return new GrapevineError('GRAPEVINE_SCHEMA_TOO_OLD', `${(err as Error).message}: grapevine is not installed in schema "${schema}"; ${fix}`, { cause: err });
+  }
+  if (found >= LATEST_VERSION) return err;
   return new GrapevineError(
     'GRAPEVINE_SCHEMA_TOO_OLD',
-    `${(err as Error).message}: schema "${schema}" is older than this grapevine (it needs version ${LATEST_VERSION}). ` +
-      `Run \`grapevine migrate --schema ${schema}\` with a role that may change it (this client was created with migrate: false, so it does not migrate)`,
+    `${(err as Error).message}: schema "${schema}" is at version ${found} and this grapevine needs version ${LATEST_VERSION}; ${fix}`,
     { cause: err },
   );
 }
