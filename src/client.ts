@@ -7,7 +7,7 @@ import { silentLogger, type Logger } from './log.ts';
 import { parseJobNotification, rangesContain } from './notification.ts';
 import { channelsFor } from './schema/channels.ts';
 import { Waiters } from './waiters.ts';
-import { explainOutdatedSchema, migrate, type MigrateResult } from './schema/migrate.ts';
+import { explainingOutdatedSchema, migrate, type MigrateResult } from './schema/migrate.ts';
 import { jobStatements } from './sql/jobs.ts';
 import { withValues } from './sql/statement.ts';
 
@@ -103,11 +103,7 @@ export function createClient(options: ClientOptions = {}): Client {
   const run = async <T>(fn: () => Promise<T>): Promise<T> => {
     await ensureMigrated();
     if (options.migrate !== false) return explainConnectionErrors(connectionString, fn);
-    return explainConnectionErrors(connectionString, () =>
-      fn().catch(async (err: unknown) => {
-        throw await explainOutdatedSchema(err, pool, schema);
-      }),
-    );
+    return explainConnectionErrors(connectionString, () => explainingOutdatedSchema(fn, pool, schema));
   };
 
   const toRow = (spec: JobSpec): Row => {

@@ -7,7 +7,7 @@ import { Listener } from './listener.ts';
 import { Waiters } from './waiters.ts';
 import { silentLogger, type Logger } from './log.ts';
 import { channelsFor } from './schema/channels.ts';
-import { explainOutdatedSchema, migrate, type MigrateResult } from './schema/migrate.ts';
+import { explainingOutdatedSchema, migrate, type MigrateResult } from './schema/migrate.ts';
 import { controlStatements } from './sql/control.ts';
 import { withValues } from './sql/statement.ts';
 import { supervisorStatements } from './sql/supervisors.ts';
@@ -160,11 +160,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
       await migrated;
       return explainConnectionErrors(connectionString, fn);
     }
-    return explainConnectionErrors(connectionString, () =>
-      fn().catch(async (err: unknown) => {
-        throw await explainOutdatedSchema(err, pool, schema);
-      }),
-    );
+    return explainConnectionErrors(connectionString, () => explainingOutdatedSchema(fn, pool, schema));
   };
 
   /** Checks named recipients; undefined (every live supervisor) is resolved by the send statement itself. */

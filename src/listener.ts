@@ -24,7 +24,8 @@ export interface ListenerOptions {
  * notifications sent while it was away are gone for good and the owner must
  * re-read the table. Events: 'notification' (channel, payload),
  * 'connected', 'disconnected' (error), 'queueUsage' (how full PostgreSQL's
- * NOTIFY queue is, 0-1, after each health check).
+ * NOTIFY queue is, 0-1, after each health check; asked only while someone
+ * listens for it).
  */
 export class Listener extends EventEmitter {
   private readonly options: Required<ListenerOptions>;
@@ -155,14 +156,17 @@ export class Listener extends EventEmitter {
     if (!client) return false;
     let timer: NodeJS.Timeout | undefined;
     let usage: number;
+    const watchUsage = this.listenerCount('queueUsage') > 0;
     try {
       const timeout = new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new Error('LISTEN connection did not answer a health check')), this.options.healthTimeoutMs);
       });
-      const result = await Promise.race([
-        client.query<{ channel: string; usage: number }>('SELECT pg_listening_channels() AS channel, pg_notification_queue_usage() AS usage'),
-        timeout,
-      ]);
+      // Only for an owner that reacts to it: the usage function moves the
+      // queue's tail under two server-wide exclusive locks.
+      const sql = watchUsage
+        ? 'SELECT pg_listening_channels() AS channel, pg_notification_queue_usage() AS usage'
+        : 'SELECT pg_listening_channels() AS channel';
+      const result = await Promise.race([client.query<{ channel: string; usage?: number }>(sql), timeout]);
       const listening = new Set(result.rows.map((r) => r.channel));
       const missing = this.options.channels.filter((c) => !listening.has(c));
       if (missing.length > 0) throw new Error(`subscription lost for ${missing.join(', ')}`);
@@ -176,7 +180,7 @@ export class Listener extends EventEmitter {
     }
     // How full the server's NOTIFY queue is: from half full on, grapevine sends no notifications (migration 0008).
     // Outside the try: a listener's mistake is not a lost connection.
-    this.emit('queueUsage', usage);
+    if (watchUsage) this.emit('queueUsage', usage);
     return true;
   }
 }

@@ -35,8 +35,6 @@ export interface DispatcherOptions {
   onJobs?: (type: 'started' | 'finished', jobs: readonly JobRef[]) => void;
   /** How long a cancelled or timed-out handler may take to stop before its thread is terminated. */
   killGraceMs: number;
-  /** Cuts secrets from text for the log: a crashed thread's error may echo the connection string. */
-  redact: (text: string) => string;
 }
 
 /** Which execution of which job: what the worker log records. */
@@ -727,7 +725,7 @@ export class Dispatcher {
     const crashed = batch.claimedOn ?? batch.threadId;
     if (!this.stopping && crashed !== null && !this.killing.has(crashed) && !this.crashLogged.has(crashed)) {
       this.crashLogged.add(crashed);
-      this.options.logger.warn({ threadId: crashed, err: this.options.redact(describeCrash(err)) }, 'a thread crashed');
+      this.options.logger.warn({ threadId: crashed, err: this.options.pool.redact(describeCrash(err)) }, 'a thread crashed');
     }
     // Forget the jobs and free their slots before releasing them: the release
     // notifies their ids, and an id still held here would be dropped as a

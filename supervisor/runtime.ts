@@ -80,7 +80,6 @@ export class SupervisorRuntime implements Supervisor {
       concurrency: options.concurrency,
       logger: options.logger,
       killGraceMs: options.timing.killGraceMs,
-      redact: (text) => redactSecret(text, options.connectionString),
       release: (jobs) => this.release(jobs),
       onJobs: (type, jobs) => this.control.onJobs(type, jobs),
     });
@@ -296,9 +295,8 @@ export class SupervisorRuntime implements Supervisor {
     // A claim a thread had committed but not yet reported when it was ended
     // (a forced stop does not wait for it) still names this supervisor, and
     // would wait for its lease.
-    await pool.query(withValues(jobStatements(schema).releaseUnreported, [this.id, null, 'supervisor shut down before the job finished', false])).then(
-      (r) => {
-        const ids = (r.rows[0]?.ids as string[] | undefined) ?? [];
+    await this.releaseUnreported(null, 'supervisor shut down before the job finished', false).then(
+      (ids) => {
         if (ids.length > 0) logger.warn({ jobs: ids }, 'released jobs a thread claimed but had not reported when the supervisor stopped');
       },
       (err: Error) => logger.warn({ err: err.message }, 'could not release unreported claims; their leases will return them'),
@@ -451,20 +449,24 @@ export class SupervisorRuntime implements Supervisor {
    * reasons) instead of leaving them to the lease.
    */
   private sweepDeadThread(threadId: number, code: number): void {
-    const st = jobStatements(this.o.schema).releaseUnreported;
     const reason = `thread ${threadId} exited (code ${code}) after claiming this job`;
     // Late enough that the dispatcher's own release (with the real reason) has normally run.
     for (const delay of [1_000, 3_000]) {
       setTimeout(() => {
-        this.o.pool.query(withValues(st, [this.id, threadId, reason, true])).then(
-          (r) => {
-            const ids = (r.rows[0]?.ids as string[] | undefined) ?? [];
+        this.releaseUnreported(threadId, reason, true).then(
+          (ids) => {
             if (ids.length > 0) this.o.logger.warn({ threadId, jobs: ids }, 'released jobs a dead thread claimed but never reported');
           },
           () => {}, // the lease still covers them
         );
       }, delay).unref();
     }
+  }
+
+  /** Returns to the queue what this supervisor (one thread of it, or all with null) claimed and never reported; the ids released. */
+  private async releaseUnreported(threadId: number | null, reason: string, count: boolean): Promise<string[]> {
+    const { rows } = await this.o.pool.query(withValues(jobStatements(this.o.schema).releaseUnreported, [this.id, threadId, reason, count]));
+    return (rows[0]?.ids as string[] | undefined) ?? [];
   }
 
   /** Gives jobs back to the queue, retrying while the database is away; the lease is the last resort. */

@@ -142,8 +142,8 @@ export class ThreadPool extends EventEmitter {
   replaceBroken(threadId: number, reason: string): boolean {
     const entry = this.live.get(threadId);
     if (!entry || this.exiting.has(threadId) || this.terminating.has(threadId) || this.destroyed) return false;
-    this.exiting.add(threadId);
-    const err = redactSecret(reason, this.options.config.connectionString);
+    this.markExiting(threadId);
+    const err = this.redact(reason);
     if (entry.pool !== this.current) {
       this.options.logger.warn({ threadId, err }, 'a thread could not load the task modules; its generation is retiring');
       return true;
@@ -158,6 +158,11 @@ export class ThreadPool extends EventEmitter {
     timer.unref();
     this.brokenTimers.add(timer);
     return true;
+  }
+
+  /** Text from threads (task modules' and handlers' errors) may echo the connection string. */
+  redact(text: string): string {
+    return redactSecret(text, this.options.config.connectionString);
   }
 
   /** A thread answered a batch with its tasks loaded: if it started after the last broken one, broken threads are replaced quickly again. */
@@ -206,13 +211,11 @@ export class ThreadPool extends EventEmitter {
     this.generations.set(pool, { id, size: threads, created: 0, running: 0, retiring: false });
     pool.on('workerCreate', (w: { id: number }) => this.track(pool, id, w.id));
     // Without an 'error' listener, a thread that dies while idle would take the process down.
-    // Handlers' and task modules' error texts may echo the connection string.
-    const redact = (text: string) => redactSecret(text, this.options.config.connectionString);
-    pool.on('error', (err: Error) => this.options.logger.warn({ err: redact(err.message) }, 'thread failed outside a job'));
+    pool.on('error', (err: Error) => this.options.logger.warn({ err: this.redact(err.message) }, 'thread failed outside a job'));
     try {
       const described = (await pool.run({ type: 'describe' } satisfies ThreadRequest)) as Extract<ThreadResponse, { type: 'described' }>;
       if (described.error) {
-        throw new GrapevineError('GRAPEVINE_TASKS_INVALID', `cannot load tasks from ${this.options.config.tasksPath}: ${redact(described.error.message)}`);
+        throw new GrapevineError('GRAPEVINE_TASKS_INVALID', `cannot load tasks from ${this.options.config.tasksPath}: ${this.redact(described.error.message)}`);
       }
       this.tasks = described.tasks;
       return pool;
@@ -221,7 +224,7 @@ export class ThreadPool extends EventEmitter {
       if (err instanceof GrapevineError) throw err;
       throw new GrapevineError(
         'GRAPEVINE_TASKS_INVALID',
-        `threads could not start with tasks from ${this.options.config.tasksPath}: ${redact((err as Error).message)}`,
+        `threads could not start with tasks from ${this.options.config.tasksPath}: ${this.redact((err as Error).message)}`,
         { cause: err },
       );
     }

@@ -76,6 +76,7 @@ export function summarize(records: TrialRecord[]): Summary {
   });
   const rec = records.find((r) => r.workload === 'recovery' && ok(r));
   const rr = rec?.result as Record<string, unknown> | undefined;
+  const booting = (rr?.threadCrashBootingMs as number[] | undefined) ?? [];
   return {
     throughput: rates(records, 'throughput'),
     cpu: rates(records, 'cpu'),
@@ -87,8 +88,8 @@ export function summarize(records: TrialRecord[]): Summary {
           threadCrashMs: rr.threadCrashMs as number[],
           // From the arrays: NaN does not survive JSON (it comes back as null, i.e. 0).
           threadMedian: median(rr.threadCrashMs as number[]),
-          bootingMs: (rr.threadCrashBootingMs as number[] | undefined) ?? [],
-          bootingMedian: median((rr.threadCrashBootingMs as number[] | undefined) ?? []),
+          bootingMs: booting,
+          bootingMedian: median(booting),
           killMs: rr.supervisorKillMs as number[],
           killMedian: median(rr.supervisorKillMs as number[]),
           heartbeatTimeoutMs: Number(rr.heartbeatTimeoutMs),

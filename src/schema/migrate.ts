@@ -89,3 +89,10 @@ export async function explainOutdatedSchema(err: unknown, pool: pg.Pool, schema:
     { cause: err },
   );
 }
+
+/** Runs fn, explaining its failure with explainOutdatedSchema(). */
+export function explainingOutdatedSchema<T>(fn: () => Promise<T>, pool: pg.Pool, schema: string): Promise<T> {
+  return fn().catch(async (err: unknown) => {
+    throw await explainOutdatedSchema(err, pool, schema);
+  });
+}
