@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createClient, createControl, GrapevineError, startSupervisor } from '../src/index.ts';
 import { silentLogger } from '../src/log.ts';
-import { latestVersion, migrations } from '../src/schema/files.ts';
+import { latestVersion, migrations, schemaFunctions } from '../src/schema/files.ts';
 import { FIXTURE_TASKS, schemaName, useTestSchema } from './helpers/db.ts';
 
 const LATEST_VERSION = latestVersion();
@@ -233,5 +233,70 @@ describe('migrate', () => {
     expect(tables.map((t) => t.table_name)).toEqual(['migrations']);
     const { rows: versions } = await db.pool.query(`SELECT version FROM "${schema}".migrations`);
     expect(versions).toEqual([{ version: newer }]);
+  });
+
+  it('refuses a pre-release schema it does not recognise with GRAPEVINE_SCHEMA_UNKNOWN naming what it found, changing nothing', async () => {
+    const schema = freshSchema('partial');
+    await db.pool.query(`CREATE SCHEMA "${schema}"`);
+    await db.pool.query(
+      `CREATE TABLE "${schema}".migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`,
+    );
+    // Seven of the nine pre-release migrations: a schema no release ever upgrades.
+    await db.pool.query(`INSERT INTO "${schema}".migrations (version, name) VALUES (1, 'jobs'), (2, 'control'), (7, 'log_followers')`);
+    const client = createClient({ connectionString: db.url, schema });
+    try {
+      const err = await client.migrate().then(() => null, (e: unknown) => e);
+      expect(err).toBeInstanceOf(GrapevineError);
+      expect((err as GrapevineError).code).toBe('GRAPEVINE_SCHEMA_UNKNOWN');
+      expect((err as Error).message).toContain(`schema "${schema}" records migrations 1 (jobs), 2 (control), 7 (log_followers)`);
+      expect((err as Error).message).toMatch(/drop the schema, or pick another schema/);
+    } finally {
+      await client.close();
+    }
+    const { rows: tables } = await db.pool.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = $1`, [schema]);
+    expect(tables.map((t) => t.table_name)).toEqual(['migrations']);
+  });
+});
+
+describe('schema functions', () => {
+  it('are applied again only when their file differs from what the schema last applied', async () => {
+    const schema = freshSchema('functions');
+    const client = createClient({ connectionString: db.url, schema });
+    const definition = async (name: string) =>
+      (await db.pool.query(`SELECT pg_get_functiondef(p.oid) AS def FROM pg_proc p WHERE p.pronamespace = $1::regnamespace AND p.proname = $2`, [`"${schema}"`, name]))
+        .rows[0].def as string;
+    const appliedAt = async () =>
+      Object.fromEntries((await db.pool.query(`SELECT name, applied_at FROM "${schema}".schema_functions`)).rows.map((r) => [r.name, r.applied_at.toISOString()]));
+    try {
+      await client.migrate();
+      const hasDue = await definition('has_due');
+      const first = await appliedAt();
+      expect(Object.keys(first).sort()).toEqual(schemaFunctions().map((f) => f.name).sort());
+
+      // A function someone replaced by hand stays as it is while its file has not changed ...
+      await db.pool.query(`CREATE OR REPLACE FUNCTION "${schema}".has_due(task_names text[], queue_names text[]) RETURNS boolean LANGUAGE sql AS 'SELECT true'`);
+      expect(await client.migrate()).toEqual({ applied: [], version: LATEST_VERSION });
+      expect(await definition('has_due')).not.toBe(hasDue);
+      expect(await appliedAt()).toEqual(first);
+
+      // ... and is replaced from its file once the file differs from what was applied (a new release).
+      await db.pool.query(`UPDATE "${schema}".schema_functions SET checksum = 'from an older release' WHERE name = 'has_due'`);
+      expect(await client.migrate()).toEqual({ applied: [], version: LATEST_VERSION });
+      expect(await definition('has_due')).toBe(hasDue);
+      const second = await appliedAt();
+      expect(Object.keys(second).filter((name) => second[name] !== first[name])).toEqual(['has_due']);
+    } finally {
+      await client.close();
+    }
+  });
+
+  it('each live in a file of their own that redefines them in place, and the migrations define none', () => {
+    for (const fn of schemaFunctions()) {
+      const creates = [...fn.sql.matchAll(/CREATE (OR REPLACE )?(FUNCTION|PROCEDURE) :SCHEMA\.(\w+)/g)];
+      expect(creates.map((m) => [m[1], m[3]])).toEqual([['OR REPLACE ', fn.name]]);
+    }
+    for (const migration of migrations()) expect(migration.sql).not.toMatch(/\b(FUNCTION|PROCEDURE)\b/);
+    // :SCHEMA is the only placeholder.
+    for (const { sql } of [...migrations(), ...schemaFunctions()]) expect(sql.replace(/:SCHEMA\b/g, '')).not.toMatch(/(?<!:):[A-Z_]{2,}/);
   });
 });
