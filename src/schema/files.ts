@@ -51,11 +51,16 @@ let functionsRead: readonly SchemaFunction[] | undefined;
 
 /** The migrations, oldest first. Append-only: a released file is never edited, only followed by a new one. */
 export function migrations(): readonly Migration[] {
-  migrationsRead ??= sqlFiles('migrations').map((file) => {
-    const match = MIGRATION_FILE.exec(file);
-    if (!match) throw new Error(`src/schema/migrations/${file} is not named like 0011_what_it_does.sql`);
-    return { version: Number(match[1]), name: match[2], sql: readSql('migrations', file) };
-  });
+  if (!migrationsRead) {
+    const read = sqlFiles('migrations').map((file) => {
+      const match = MIGRATION_FILE.exec(file);
+      if (!match) throw new Error(`src/schema/migrations/${file} is not named like 0011_what_it_does.sql`);
+      return { version: Number(match[1]), name: match[2], sql: readSql('migrations', file) };
+    });
+    const repeated = read.find((m, i) => i > 0 && m.version === read[i - 1].version);
+    if (repeated) throw new Error(`two files in src/schema/migrations are numbered ${repeated.version}`);
+    migrationsRead = read;
+  }
   return migrationsRead;
 }
 
@@ -83,9 +88,15 @@ export function inSchema(sql: string, schema: string): string {
 }
 
 function sqlFiles(folder: string): string[] {
-  return readdirSync(path.join(SCHEMA_DIR, folder))
-    .filter((file) => file.endsWith('.sql'))
-    .sort();
+  const dir = path.join(SCHEMA_DIR, folder);
+  let files: string[];
+  try {
+    files = readdirSync(dir);
+  } catch (err) {
+    // A package built without them, or a PACKAGE_ROOT that is not this package.
+    throw new Error(`grapevine's schema files are not in ${dir}: the package must ship src/schema/**/*.sql beside package.json`, { cause: err });
+  }
+  return files.filter((file) => file.endsWith('.sql')).sort();
 }
 
 function readSql(folder: string, file: string): string {

@@ -1,10 +1,6 @@
 -- notify_ids_always() behind notify()'s check. Most calls (every outcome
 -- write) pass no ids, and those must not ask: pg_notification_queue_usage()
 -- first moves the queue's tail forward, under two server-wide exclusive locks.
--- notify_ids() keeps its body, under another name, behind the same check.
--- Most calls (every outcome write) pass no ids, and those must not ask:
--- pg_notification_queue_usage() first moves the queue's tail forward, under
--- two server-wide exclusive locks.
 CREATE OR REPLACE FUNCTION :SCHEMA.notify_ids(channel text, ids bigint[]) RETURNS void
 LANGUAGE plpgsql AS $fn$
 BEGIN
