@@ -256,6 +256,23 @@ describe('migrate', () => {
     const { rows: tables } = await db.pool.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = $1`, [schema]);
     expect(tables.map((t) => t.table_name)).toEqual(['migrations']);
   });
+
+  it('refuses a schema holding tables of the same names that its migrations table does not account for, leaving it as it was', async () => {
+    const schema = freshSchema('theirs');
+    await db.pool.query(`CREATE SCHEMA "${schema}"`);
+    await db.pool.query(`CREATE TABLE "${schema}".supervisors (name text)`);
+    const client = createClient({ connectionString: db.url, schema });
+    try {
+      const err = await client.migrate().then(() => null, (e: unknown) => e);
+      expect((err as GrapevineError).code).toBe('GRAPEVINE_SCHEMA_UNKNOWN');
+      expect((err as Error).message).toContain(`migration ${migrations()[0].version} (baseline) cannot be applied to schema "${schema}": relation "supervisors" already exists`);
+      expect((err as Error).message).toMatch(/give grapevine a schema of its own/);
+    } finally {
+      await client.close();
+    }
+    const { rows: tables } = await db.pool.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = $1`, [schema]);
+    expect(tables.map((t) => t.table_name)).toEqual(['supervisors']);
+  });
 });
 
 describe('schema functions', () => {

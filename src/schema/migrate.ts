@@ -2,7 +2,7 @@ import type pg from 'pg';
 import { GrapevineError } from '../errors.ts';
 import { withTransaction } from '../db.ts';
 import { quoteIdent } from './channels.ts';
-import { inSchema, latestVersion, migrations, schemaFunctions } from './files.ts';
+import { inSchema, latestVersion, migrations, schemaFunctions, type Migration } from './files.ts';
 
 // Arbitrary constant namespacing grapevine's advisory locks; the second key is
 // the schema, so installs in different schemas do not wait for each other.
@@ -84,13 +84,31 @@ export async function migrate(pool: pg.Pool, schema: string): Promise<MigrateRes
     const done = new Set([...rows.map((r) => r.version), ...applied]);
     for (const migration of all) {
       if (done.has(migration.version)) continue;
-      await client.query(inSchema(migration.sql, schema));
+      await client.query(inSchema(migration.sql, schema)).catch((err: unknown) => {
+        throw notOurs(err, schema, migration);
+      });
       await client.query(`INSERT INTO ${s}.migrations (version, name) VALUES ($1, $2)`, [migration.version, migration.name]);
       applied.push(migration.version);
     }
     await applyFunctions(client, schema);
     return { applied, version: latest };
   });
+}
+
+/**
+ * A migration that finds one of its tables (or indexes, sequences) already
+ * there: the schema holds objects its migrations table does not account for,
+ * such as an application's own tables in a schema grapevine was pointed at.
+ */
+function notOurs(err: unknown, schema: string, migration: Migration): unknown {
+  const code = (err as { code?: string }).code;
+  if (code !== '42P07' && code !== '42710') return err;
+  return new GrapevineError(
+    'GRAPEVINE_SCHEMA_UNKNOWN',
+    `migration ${migration.version} (${migration.name}) cannot be applied to schema "${schema}": ${(err as Error).message}, ` +
+      'and the schema\'s migrations table does not account for it; give grapevine a schema of its own (the schema option, or --schema)',
+    { cause: err },
+  );
 }
 
 function isPreRelease(rows: { version: number; name: string }[]): boolean {
