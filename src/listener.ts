@@ -178,7 +178,7 @@ export class Listener extends EventEmitter {
     } finally {
       clearTimeout(timer);
     }
-    // How full the server's NOTIFY queue is: from half full on, grapevine sends no notifications (migration 0008).
+    // How full the server's NOTIFY queue is: from half full on, grapevine sends no notifications (notify() in src/schema/functions/notify.sql).
     // Outside the try: a listener's mistake is not a lost connection.
     if (watchUsage) this.emit('queueUsage', usage);
     return true;

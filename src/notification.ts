@@ -58,7 +58,7 @@ export function takeIds(ranges: IdRange[], limit: number): number[] {
 
 /**
  * How full PostgreSQL's NOTIFY queue (pg_notification_queue_usage(), 0-1) is
- * when grapevine stops sending notifications: notify() in migration 0008
- * holds the same number, frozen there.
+ * when grapevine stops sending notifications: notify() and notify_ids() in
+ * src/schema/functions/ hold the same number.
  */
 export const NOTIFY_DROP_USAGE = 0.5;

@@ -7,7 +7,7 @@ import { NOTIFY_DROP_USAGE } from './notification.ts';
  * connection. A notification wakes the waits whose key it names; a reconnect
  * wakes them all, because what was announced meanwhile is only in the table.
  * So does every health check of the connection that finds PostgreSQL's NOTIFY
- * queue half full or more (no notification is sent then, migration 0008), and
+ * queue half full or more (no notification is sent then: notify() in src/schema/functions/notify.sql), and
  * the first one that finds it below that again.
  */
 export class Waiters {

@@ -2,8 +2,10 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createClient, createControl, GrapevineError, startSupervisor } from '../src/index.ts';
 import { silentLogger } from '../src/log.ts';
-import { LATEST_VERSION, MIGRATIONS } from '../src/schema/migrations/index.ts';
+import { latestVersion, migrations, schemaFunctions } from '../src/schema/files.ts';
 import { FIXTURE_TASKS, schemaName, useTestSchema } from './helpers/db.ts';
+
+const LATEST_VERSION = latestVersion();
 
 const db = useTestSchema('migrate');
 const created: string[] = [];
@@ -112,7 +114,7 @@ describe('migrate', () => {
       const applied = results.map((r) => (r as PromiseFulfilledResult<{ applied: number[]; version: number }>).value);
       for (const r of applied) expect(r.version).toBe(LATEST_VERSION);
       // One of them did the work; the others found it done.
-      const allVersions = MIGRATIONS.map((m) => m.version);
+      const allVersions = migrations().map((m) => m.version);
       expect(applied.filter((r) => r.applied.length > 0).map((r) => r.applied)).toEqual([allVersions]);
       expect(applied.filter((r) => r.applied.length === 0)).toHaveLength(3);
 
@@ -134,7 +136,7 @@ describe('migrate', () => {
       await client.migrate();
       expect(await client.migrate()).toEqual({ applied: [], version: LATEST_VERSION });
       const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM "${db.schema}".migrations`);
-      expect(rows[0].n).toBe(MIGRATIONS.length);
+      expect(rows[0].n).toBe(migrations().length);
     } finally {
       await client.close();
     }
@@ -145,9 +147,11 @@ describe('migrate', () => {
     const owner = createClient({ connectionString: db.url, schema });
     await owner.migrate();
     await owner.close();
-    // A schema of version 7, as far as this client can tell: notify() came with migration 8.
+    // An older schema, as far as this client can tell: its migrations table
+    // says version 7 (pre-release), and it lacks a function this grapevine calls.
     await db.pool.query(`DROP FUNCTION "${schema}".notify(text, text)`);
-    await db.pool.query(`DELETE FROM "${schema}".migrations WHERE version > 7`);
+    await db.pool.query(`DELETE FROM "${schema}".migrations`);
+    await db.pool.query(`INSERT INTO "${schema}".migrations (version, name) SELECT v, 'pre-release' FROM generate_series(1, 7) v`);
     const { rows } = await db.pool.query(
       `INSERT INTO "${schema}".jobs (task, state, attempts, locked_by, locked_thread, claim_token, lease_until, started_at)
        VALUES ('noop', 'running', 1, 'some-supervisor', 1, 1, now() + interval '1 hour', now()) RETURNING id::text AS id`,
@@ -165,7 +169,7 @@ describe('migrate', () => {
       expectTooOld(await client.cancelJob(rows[0].id).then(() => null, (e: unknown) => e), atSeven);
       expectTooOld(await control.send('PING').then(() => null, (e: unknown) => e), atSeven);
       // An up-to-date schema passes PostgreSQL's error on as it was.
-      await db.pool.query(`INSERT INTO "${schema}".migrations (version, name) SELECT v, 'restored' FROM generate_series(8, $1::int) v`, [LATEST_VERSION]);
+      await db.pool.query(`INSERT INTO "${schema}".migrations (version, name) VALUES ($1, 'restored')`, [LATEST_VERSION]);
       const err = await client.cancelJob(rows[0].id).then(() => null, (e: unknown) => e);
       expect(err).not.toBeInstanceOf(GrapevineError);
       expect((err as { code?: string }).code).toBe('42883');
@@ -229,5 +233,87 @@ describe('migrate', () => {
     expect(tables.map((t) => t.table_name)).toEqual(['migrations']);
     const { rows: versions } = await db.pool.query(`SELECT version FROM "${schema}".migrations`);
     expect(versions).toEqual([{ version: newer }]);
+  });
+
+  it('refuses a pre-release schema it does not recognise with GRAPEVINE_SCHEMA_UNKNOWN naming what it found, changing nothing', async () => {
+    const schema = freshSchema('partial');
+    await db.pool.query(`CREATE SCHEMA "${schema}"`);
+    await db.pool.query(
+      `CREATE TABLE "${schema}".migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`,
+    );
+    // Seven of the nine pre-release migrations: a schema no release ever upgrades.
+    await db.pool.query(`INSERT INTO "${schema}".migrations (version, name) VALUES (1, 'jobs'), (2, 'control'), (7, 'log_followers')`);
+    const client = createClient({ connectionString: db.url, schema });
+    try {
+      const err = await client.migrate().then(() => null, (e: unknown) => e);
+      expect(err).toBeInstanceOf(GrapevineError);
+      expect((err as GrapevineError).code).toBe('GRAPEVINE_SCHEMA_UNKNOWN');
+      expect((err as Error).message).toContain(`schema "${schema}" records migrations 1 (jobs), 2 (control), 7 (log_followers)`);
+      expect((err as Error).message).toMatch(/drop the schema, or pick another schema/);
+    } finally {
+      await client.close();
+    }
+    const { rows: tables } = await db.pool.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = $1`, [schema]);
+    expect(tables.map((t) => t.table_name)).toEqual(['migrations']);
+  });
+
+  it('refuses a schema holding tables of the same names that its migrations table does not account for, leaving it as it was', async () => {
+    const schema = freshSchema('theirs');
+    await db.pool.query(`CREATE SCHEMA "${schema}"`);
+    await db.pool.query(`CREATE TABLE "${schema}".supervisors (name text)`);
+    const client = createClient({ connectionString: db.url, schema });
+    try {
+      const err = await client.migrate().then(() => null, (e: unknown) => e);
+      expect((err as GrapevineError).code).toBe('GRAPEVINE_SCHEMA_UNKNOWN');
+      expect((err as Error).message).toContain(`migration ${migrations()[0].version} (baseline) cannot be applied to schema "${schema}": relation "supervisors" already exists`);
+      expect((err as Error).message).toMatch(/give grapevine a schema of its own/);
+    } finally {
+      await client.close();
+    }
+    const { rows: tables } = await db.pool.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = $1`, [schema]);
+    expect(tables.map((t) => t.table_name)).toEqual(['supervisors']);
+  });
+});
+
+describe('schema functions', () => {
+  it('are applied again only when their file differs from what the schema last applied', async () => {
+    const schema = freshSchema('functions');
+    const client = createClient({ connectionString: db.url, schema });
+    const definition = async (name: string) =>
+      (await db.pool.query(`SELECT pg_get_functiondef(p.oid) AS def FROM pg_proc p WHERE p.pronamespace = $1::regnamespace AND p.proname = $2`, [`"${schema}"`, name]))
+        .rows[0].def as string;
+    const appliedAt = async () =>
+      Object.fromEntries((await db.pool.query(`SELECT name, applied_at FROM "${schema}".schema_functions`)).rows.map((r) => [r.name, r.applied_at.toISOString()]));
+    try {
+      await client.migrate();
+      const hasDue = await definition('has_due');
+      const first = await appliedAt();
+      expect(Object.keys(first).sort()).toEqual(schemaFunctions().map((f) => f.name).sort());
+
+      // A function someone replaced by hand stays as it is while its file has not changed ...
+      await db.pool.query(`CREATE OR REPLACE FUNCTION "${schema}".has_due(task_names text[], queue_names text[]) RETURNS boolean LANGUAGE sql AS 'SELECT true'`);
+      expect(await client.migrate()).toEqual({ applied: [], version: LATEST_VERSION });
+      expect(await definition('has_due')).not.toBe(hasDue);
+      expect(await appliedAt()).toEqual(first);
+
+      // ... and is replaced from its file once the file differs from what was applied (a new release).
+      await db.pool.query(`UPDATE "${schema}".schema_functions SET checksum = 'from an older release' WHERE name = 'has_due'`);
+      expect(await client.migrate()).toEqual({ applied: [], version: LATEST_VERSION });
+      expect(await definition('has_due')).toBe(hasDue);
+      const second = await appliedAt();
+      expect(Object.keys(second).filter((name) => second[name] !== first[name])).toEqual(['has_due']);
+    } finally {
+      await client.close();
+    }
+  });
+
+  it('each live in a file of their own that redefines them in place, and the migrations define none', () => {
+    for (const fn of schemaFunctions()) {
+      const creates = [...fn.sql.matchAll(/CREATE (OR REPLACE )?(FUNCTION|PROCEDURE) :SCHEMA\.(\w+)/g)];
+      expect(creates.map((m) => [m[1], m[3]])).toEqual([['OR REPLACE ', fn.name]]);
+    }
+    for (const migration of migrations()) expect(migration.sql).not.toMatch(/\b(FUNCTION|PROCEDURE)\b/);
+    // :SCHEMA is the only placeholder.
+    for (const { sql } of [...migrations(), ...schemaFunctions()]) expect(sql.replace(/:SCHEMA\b/g, '')).not.toMatch(/(?<!:):[A-Z_]{2,}/);
   });
 });

@@ -61,7 +61,7 @@ describe('a full NOTIFY queue', { timeout: 120_000 }, () => {
     }
     expect(refused?.message).toMatch(/too many notifications in the NOTIFY queue/);
 
-    // Before migration 0008, each of these failed at COMMIT with the error above.
+    // Before notify() dropped notifications from a half-full queue, each of these failed at COMMIT with the error above.
     const early = await client.addJob('noop', {});
     const bulk = await client.addJobs([{ task: 'noop', payload: {} }, { task: 'noop', payload: {} }]);
     await client.addJob('noop', {}, { runAt: new Date(Date.now() + 60 * 60_000) });

@@ -2,24 +2,51 @@ import type pg from 'pg';
 import { GrapevineError } from '../errors.ts';
 import { withTransaction } from '../db.ts';
 import { quoteIdent } from './channels.ts';
-import { LATEST_VERSION, MIGRATIONS } from './migrations/index.ts';
+import { inSchema, latestVersion, migrations, schemaFunctions, type Migration } from './files.ts';
 
 // Arbitrary constant namespacing grapevine's advisory locks; the second key is
 // the schema, so installs in different schemas do not wait for each other.
 const MIGRATION_LOCK = 0x67726170;
 
+/**
+ * Versions 1 to 9 were pre-release migrations, squashed into
+ * migrations/0010_baseline.sql. A schema whose migrations table holds exactly
+ * these has the baseline's tables already (test/schema-baseline.test.ts
+ * compares the two), so it is brought to version 10 by its bookkeeping alone
+ * and then gets its functions from functions/ like any other.
+ */
+const PRE_RELEASE_MIGRATIONS = [
+  'jobs',
+  'control',
+  'claim_plans',
+  'prune_index',
+  'bounded_reads',
+  'maintenance_pace',
+  'log_followers',
+  'best_effort_notify',
+  'unhandled_tasks',
+];
+
 export interface MigrateResult {
+  /** The versions this call brought the schema through, oldest first. */
   applied: number[];
   version: number;
 }
 
 /**
- * Brings the schema up to date. Every supervisor calls this on start; the
- * transaction-scoped advisory lock makes concurrent starters take turns, so
- * each migration runs exactly once and later starters see it applied.
+ * Brings the schema up to date: the numbered migrations it has not had, then
+ * each function whose file changed since it was last applied. Every
+ * supervisor calls this on start; the transaction-scoped advisory lock makes
+ * concurrent starters take turns, so each migration runs exactly once and
+ * later starters see it applied.
+ *
+ * A release that changes a function's file should also add a migration (even
+ * one that changes nothing else), so that an older release still running
+ * refuses the schema as too new instead of putting its own text back.
  */
 export async function migrate(pool: pg.Pool, schema: string): Promise<MigrateResult> {
   const s = quoteIdent(schema);
+  const latest = latestVersion();
   return withTransaction(pool, async (client) => {
     await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [MIGRATION_LOCK, schema]);
     await client.query(`CREATE SCHEMA IF NOT EXISTS ${s}`);
@@ -30,28 +57,88 @@ export async function migrate(pool: pg.Pool, schema: string): Promise<MigrateRes
          applied_at timestamptz NOT NULL DEFAULT now()
        )`,
     );
-    const { rows } = await client.query<{ version: number }>(`SELECT version FROM ${s}.migrations`);
-    const done = new Set(rows.map((r) => r.version));
-    const newest = Math.max(0, ...done);
-    if (newest > LATEST_VERSION) {
+    const { rows } = await client.query<{ version: number; name: string }>(`SELECT version, name FROM ${s}.migrations ORDER BY version`);
+    const newest = Math.max(0, ...rows.map((r) => r.version));
+    if (newest > latest) {
       throw new GrapevineError(
         'GRAPEVINE_SCHEMA_TOO_NEW',
-        `schema "${schema}" is at version ${newest} but this grapevine knows only up to ${LATEST_VERSION}: ` +
+        `schema "${schema}" is at version ${newest} but this grapevine knows only up to ${latest}: ` +
           'upgrade grapevine on this host (an older release must not run against a newer schema)',
       );
     }
+    const all = migrations();
     const applied: number[] = [];
-    for (const migration of MIGRATIONS) {
+    if (rows.length > 0 && newest < all[0].version) {
+      if (!isPreRelease(rows)) {
+        throw new GrapevineError(
+          'GRAPEVINE_SCHEMA_UNKNOWN',
+          `schema "${schema}" records migrations ${rows.map((r) => `${r.version} (${r.name})`).join(', ')}, which this grapevine ` +
+            'does not recognise: it upgrades only a schema with all nine pre-release migrations (1-9); ' +
+            'move the jobs you need elsewhere and drop the schema, or pick another schema',
+        );
+      }
+      await client.query(`DELETE FROM ${s}.migrations`);
+      await client.query(`INSERT INTO ${s}.migrations (version, name) VALUES ($1, $2)`, [all[0].version, all[0].name]);
+      applied.push(all[0].version);
+    }
+    const done = new Set([...rows.map((r) => r.version), ...applied]);
+    for (const migration of all) {
       if (done.has(migration.version)) continue;
-      await client.query(migration.sql(schema));
-      await client.query(`INSERT INTO ${s}.migrations (version, name) VALUES ($1, $2)`, [
-        migration.version,
-        migration.name,
-      ]);
+      await client.query(inSchema(migration.sql, schema)).catch((err: unknown) => {
+        throw notOurs(err, schema, migration);
+      });
+      await client.query(`INSERT INTO ${s}.migrations (version, name) VALUES ($1, $2)`, [migration.version, migration.name]);
       applied.push(migration.version);
     }
-    return { applied, version: LATEST_VERSION };
+    await applyFunctions(client, schema);
+    return { applied, version: latest };
   });
+}
+
+/**
+ * A migration that finds one of its tables (or indexes, sequences) already
+ * there: the schema holds objects its migrations table does not account for,
+ * such as an application's own tables in a schema grapevine was pointed at.
+ */
+function notOurs(err: unknown, schema: string, migration: Migration): unknown {
+  const code = (err as { code?: string }).code;
+  if (code !== '42P07' && code !== '42710') return err;
+  return new GrapevineError(
+    'GRAPEVINE_SCHEMA_UNKNOWN',
+    `migration ${migration.version} (${migration.name}) cannot be applied to schema "${schema}": ${(err as Error).message}, ` +
+      'and the schema\'s migrations table does not account for it; give grapevine a schema of its own (the schema option, or --schema)',
+    { cause: err },
+  );
+}
+
+function isPreRelease(rows: { version: number; name: string }[]): boolean {
+  return rows.length === PRE_RELEASE_MIGRATIONS.length && rows.every((r, i) => r.version === i + 1 && r.name === PRE_RELEASE_MIGRATIONS[i]);
+}
+
+/** Applies, in order, each function whose file's checksum differs from the one last applied in this schema. */
+async function applyFunctions(client: pg.PoolClient, schema: string): Promise<void> {
+  const s = quoteIdent(schema);
+  // Created here rather than by a migration: it is the migrator's own
+  // bookkeeping, like the migrations table, and a schema too new to migrate
+  // must be left as it was. Its shape never changes.
+  await client.query(
+    `CREATE TABLE IF NOT EXISTS ${s}.schema_functions (
+       name text PRIMARY KEY,
+       checksum text NOT NULL,
+       applied_at timestamptz NOT NULL DEFAULT now()
+     )`,
+  );
+  const { rows } = await client.query<{ name: string; checksum: string }>(`SELECT name, checksum FROM ${s}.schema_functions`);
+  const applied = new Map(rows.map((r) => [r.name, r.checksum]));
+  for (const fn of schemaFunctions()) {
+    if (applied.get(fn.name) === fn.checksum) continue;
+    await client.query(inSchema(fn.sql, schema));
+    await client.query(
+      `INSERT INTO ${s}.schema_functions (name, checksum) VALUES ($1, $2)
+       ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()`,
+      [fn.name, fn.checksum],
+    );
+  }
 }
 
 /**
@@ -82,10 +169,11 @@ export async function explainOutdatedSchema(err: unknown, pool: pg.Pool, schema:
   if (found === null) {
     return new GrapevineError('GRAPEVINE_SCHEMA_TOO_OLD', `${(err as Error).message}: grapevine is not installed in schema "${schema}"; ${fix}`, { cause: err });
   }
-  if (found >= LATEST_VERSION) return err;
+  const needed = latestVersion();
+  if (found >= needed) return err;
   return new GrapevineError(
     'GRAPEVINE_SCHEMA_TOO_OLD',
-    `${(err as Error).message}: schema "${schema}" is at version ${found} and this grapevine needs version ${LATEST_VERSION}; ${fix}`,
+    `${(err as Error).message}: schema "${schema}" is at version ${found} and this grapevine needs version ${needed}; ${fix}`,
     { cause: err },
   );
 }

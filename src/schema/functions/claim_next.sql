@@ -1,0 +1,60 @@
+-- The pull: claims up to n due jobs, marking them running for one owner with
+-- one fresh claim token for the whole claim (outcomes are fenced on id and
+-- token) and a lease, and returns what the thread needs to run them.
+--
+-- It visits the priorities that have pending jobs, highest first (one index
+-- descent each), and reads each priority's due range only, so jobs scheduled
+-- for later are never read: the pending index is ordered (priority DESC,
+-- run_at, id), so "due" is one range per priority, not one range of it. Past
+-- 16 priorities it falls back to one ordered walk over the rest.
+--
+-- The picked ids go into an array first, so the update is a primary-key
+-- lookup per row: joining them back let the planner hash-join against a scan
+-- of the whole table. Bitmap scans, sorts and sequential scans are off:
+-- right after a bulk insert the statistics say "few pending rows" and the
+-- planner would read every pending row per claim, or update a small table's
+-- claim with a scan of all of it. PL/pgSQL, not SQL: before PostgreSQL 18 a SQL
+-- function with SET options is planned again on every call, while PL/pgSQL
+-- keeps its plans for the session. Columns are qualified throughout, because
+-- the output columns are variables inside the function.
+CREATE OR REPLACE FUNCTION :SCHEMA.claim_next(n integer, task_names text[], queue_names text[], owner text, thread integer, lease_ms integer)
+RETURNS TABLE (id bigint, task text, queue text, payload jsonb, attempts integer, max_attempts integer,
+               timeout_ms integer, claim_token bigint, cancel_requested boolean)
+LANGUAGE plpgsql
+SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off
+AS $fn$
+DECLARE
+  picked bigint[] := '{}';
+  p integer;
+  visited integer := 0;
+BEGIN
+  SELECT x.priority INTO p FROM :SCHEMA.jobs x WHERE x.state = 'pending' ORDER BY x.priority DESC LIMIT 1;
+  WHILE p IS NOT NULL AND cardinality(picked) < n LOOP
+    IF visited = 16 THEN
+      picked := picked || ARRAY(
+        SELECT x.id FROM :SCHEMA.jobs x
+         WHERE x.state = 'pending' AND x.priority <= p AND x.run_at <= now() AND x.task = ANY(task_names) AND (queue_names IS NULL OR x.queue = ANY(queue_names))
+         ORDER BY x.priority DESC, x.run_at, x.id
+         LIMIT n - cardinality(picked)
+         FOR UPDATE SKIP LOCKED);
+      EXIT;
+    END IF;
+    picked := picked || ARRAY(
+      SELECT x.id FROM :SCHEMA.jobs x
+       WHERE x.state = 'pending' AND x.priority = p AND x.run_at <= now() AND x.task = ANY(task_names) AND (queue_names IS NULL OR x.queue = ANY(queue_names))
+       ORDER BY x.run_at, x.id
+       LIMIT n - cardinality(picked)
+       FOR UPDATE SKIP LOCKED);
+    visited := visited + 1;
+    SELECT x.priority INTO p FROM :SCHEMA.jobs x WHERE x.state = 'pending' AND x.priority < p ORDER BY x.priority DESC LIMIT 1;
+  END LOOP;
+  RETURN QUERY
+  UPDATE :SCHEMA.jobs j
+     SET state = 'running', attempts = j.attempts + 1, locked_by = owner, locked_thread = thread,
+         claim_token = (SELECT nextval(':SCHEMA.claim_tokens')), lease_until = now() + lease_ms * interval '1 millisecond',
+         started_at = now(), finished_at = NULL
+   WHERE j.id = ANY(picked)
+  RETURNING j.id, j.task, j.queue, j.payload, j.attempts, j.max_attempts, j.timeout_ms, j.claim_token,
+            j.cancel_requested_at IS NOT NULL;
+END
+$fn$;

@@ -1,0 +1,20 @@
+-- Deletes up to `batch` finished jobs older than the retention. It walks the
+-- BRIN index on finished_at; sequential scans are off because with no
+-- finished job old enough in a large table of pending ones the planner costs
+-- the BRIN bitmap scan and a sequential scan alike and takes the scan.
+CREATE OR REPLACE FUNCTION :SCHEMA.prune_finished(retention_ms bigint, batch integer) RETURNS bigint
+LANGUAGE plpgsql
+SET enable_seqscan = off
+AS $fn$
+DECLARE
+  pruned bigint;
+BEGIN
+  DELETE FROM :SCHEMA.jobs WHERE id IN (
+    SELECT x.id FROM :SCHEMA.jobs x
+     WHERE x.finished_at < now() - retention_ms * interval '1 millisecond'
+       AND x.state IN ('succeeded', 'failed', 'cancelled')
+     LIMIT batch);
+  GET DIAGNOSTICS pruned = ROW_COUNT;
+  RETURN pruned;
+END
+$fn$;
