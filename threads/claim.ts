@@ -1,10 +1,11 @@
 import type pg from 'pg';
-import { checkOut } from '../src/db.ts';
-import type { ClaimedJob } from './execute.ts';
+import { checkOut, type TypedQuery } from '../src/db.ts';
+import { rowsOf } from '../src/sql/statement.ts';
+import type { ClaimedJobRow } from '../src/sql/jobs.ts';
 
 /** A claimed batch whose commit may still be on its way to disk. */
 export interface PendingClaim {
-  jobs: ClaimedJob[];
+  jobs: ClaimedJobRow[];
   /**
    * Settles once PostgreSQL has acknowledged the claim's commit: with null,
    * or with the error if the commit failed (the connection broke, the server
@@ -30,13 +31,13 @@ export interface PendingClaim {
  * PostgreSQL down before its attempt was counted, and run again forever;
  * and an outcome written before the commit would not see the claim.
  */
-export async function claimBatch(pool: pg.Pool, claim: pg.QueryConfig): Promise<PendingClaim> {
+export async function claimBatch(pool: pg.Pool, claim: TypedQuery<ClaimedJobRow>): Promise<PendingClaim> {
   // Not withClient() (src/db.ts): the rows are handed back while the client
   // is still out, waiting for the commit.
   const { client, release } = await checkOut(pool);
   // Sent in one go: nothing waits for BEGIN's answer, and a failed claim turns COMMIT into a rollback.
   const begun = client.query('BEGIN');
-  const claimed = client.query<ClaimedJob>(claim);
+  const claimed = rowsOf(client, claim);
   const commit = client.query('COMMIT');
   const committed = Promise.all([begun, commit]).then(
     () => {
@@ -48,9 +49,9 @@ export async function claimBatch(pool: pg.Pool, claim: pg.QueryConfig): Promise<
       return err;
     },
   );
-  let jobs: ClaimedJob[];
+  let jobs: ClaimedJobRow[];
   try {
-    jobs = (await claimed).rows;
+    jobs = await claimed;
   } catch (err) {
     await committed;
     throw err;
