@@ -53,14 +53,8 @@ export interface ControlResponse {
   respondedAt: Date;
 }
 
-export interface LogEntry {
-  id: string;
-  worker: string;
-  at: Date;
-  event: string;
-  thread: number | null;
-  detail: string | null;
-}
+/** One entry of the worker log: the row as it is stored. */
+export type LogEntry = LogRow;
 
 export interface SendOptions {
   /** Recipients (supervisor ids); default: every live supervisor. */
@@ -279,7 +273,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
         throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `n must be an integer from 1 to 100000, got ${JSON.stringify(n)}`);
       }
       return run(async () => {
-        return (await logTail(pool, schema, { worker: worker ?? null, limit: n })).map(toLogEntry);
+        return logTail(pool, schema, { worker: worker ?? null, limit: n });
       });
     },
 
@@ -318,7 +312,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
               for (const row of rows) {
                 if (stopped) return;
                 last = row.id;
-                onEntry(toLogEntry(row));
+                onEntry(row);
               }
               if (rows.length < 1000) break;
             }
@@ -434,16 +428,5 @@ function toResponse(row: ResponseRow): ControlResponse {
     value: row.value,
     error: row.error,
     respondedAt: row.responded_at,
-  };
-}
-
-function toLogEntry(row: LogRow): LogEntry {
-  return {
-    id: row.id,
-    worker: row.worker,
-    at: row.at,
-    event: row.event,
-    thread: row.thread ?? null,
-    detail: row.detail ?? null,
   };
 }

@@ -30,15 +30,8 @@ export interface Job {
 }
 
 /** A row of the jobs table as `SELECT *` reads it: bigint columns come back as text. */
-export interface JobRow {
-  id: string;
-  task: string;
-  queue: string;
-  payload: unknown;
-  state: JobState;
-  priority: number;
+export interface JobRow extends Pick<Job, 'id' | 'task' | 'queue' | 'payload' | 'state' | 'priority' | 'attempts' | 'result'> {
   run_at: Date;
-  attempts: number;
   max_attempts: number;
   timeout_ms: number | null;
   locked_by: string | null;
@@ -48,7 +41,6 @@ export interface JobRow {
   cancel_requested_at: Date | null;
   watched: boolean;
   last_error: string | null;
-  result: unknown;
   created_at: Date;
   started_at: Date | null;
   finished_at: Date | null;

@@ -24,16 +24,8 @@ export interface WorkerDetails {
 }
 
 /** A row of the supervisors table, its status as seen now (see listSupervisors). */
-export interface SupervisorRow {
-  id: string;
-  host: string;
-  pid: number;
-  version: string;
-  status: WorkerStatus;
-  threads: number;
-  concurrency: number;
-  queues: string[] | null;
-  tasks: string[];
+export interface SupervisorRow
+  extends Pick<WorkerInfo, 'id' | 'host' | 'pid' | 'version' | 'status' | 'threads' | 'concurrency' | 'queues' | 'tasks'> {
   info: Partial<WorkerDetails>;
   started_at: Date;
   heartbeat_at: Date;

@@ -466,8 +466,8 @@ export class SupervisorRuntime implements Supervisor {
     const ids = jobs.map((j) => j.id);
     for (let attempt = 0; attempt < 10; attempt++) {
       try {
-        // lockIds waits for a claim the dead thread was still committing;
-        // releaseIds, a statement of its own, then sees that claim. Sent
+        // The lock waits for a claim the dead thread was still committing;
+        // the release, a statement of its own, then sees that claim. Sent
         // together: a release is what a crashed job's re-run waits for.
         const [, rows] = await withPipelinedTransaction(pool, [lockJobsQuery(schema, { ids }), releaseJobsQuery(schema, { owner: this.id, jobs })]);
         const released = new Set(rows[0]?.ids ?? []);

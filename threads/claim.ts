@@ -24,7 +24,7 @@ export interface PendingClaim {
  * claim in its own transaction (0.3-0.5 ms of a ~1 ms claim on the bench
  * host, measured in place and alone). COMMIT is already on the wire when the handlers start: a thread
  * that dies in its first instant still commits its claim, and the
- * supervisor's release waits for the row locks (lockIds in src/sql/jobs.ts).
+ * supervisor's release waits for the row locks (lockJobsQuery in src/sql/jobs.ts).
  *
  * Whatever a job does in the database must wait for `committed`: the
  * handler's helpers and the outcome write. Otherwise a handler could take
