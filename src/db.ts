@@ -13,6 +13,10 @@ export interface TypedQuery<R> extends pg.QueryConfig {
   readonly row?: R;
 }
 
+export async function rowsOf<R>(db: Queryable, query: TypedQuery<R>): Promise<R[]> {
+  return (await db.query<R & pg.QueryResultRow>(query)).rows;
+}
+
 /** The rows of each statement of a pipelined transaction, in order. */
 export type RowsOf<Q extends readonly TypedQuery<unknown>[]> = { -readonly [K in keyof Q]: Q[K] extends TypedQuery<infer R> ? R[] : never };
 

@@ -5,14 +5,13 @@
  */
 import os from 'node:os';
 import type pg from 'pg';
-import { explainConnectionErrors, withAnswerDeadline, withPipelinedTransaction } from '../src/db.ts';
+import { explainConnectionErrors, rowsOf, withAnswerDeadline, withPipelinedTransaction } from '../src/db.ts';
 import { Listener } from '../src/listener.ts';
 import { throttled, throttledWarnings, type Logger } from '../src/log.ts';
 import { NOTIFY_DROP_USAGE, parseJobNotification, takeIds } from '../src/notification.ts';
 import { describeConnection, redactSecret } from '../src/redact.ts';
 import { channelsFor } from '../src/schema/channels.ts';
 import { hasDue, lockJobsQuery, releaseJobsQuery, releaseUnreported, renewLeasesQuery } from '../src/sql/jobs.ts';
-import { rowsOf } from '../src/sql/statement.ts';
 import { deregisterSupervisor, heartbeatQuery, registerSupervisor } from '../src/sql/supervisors.ts';
 import { VERSION } from '../src/version.ts';
 import { ControlPlane } from './control.ts';

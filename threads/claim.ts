@@ -1,6 +1,5 @@
 import type pg from 'pg';
-import { checkOut, type TypedQuery } from '../src/db.ts';
-import { rowsOf } from '../src/sql/statement.ts';
+import { checkOut, rowsOf, type TypedQuery } from '../src/db.ts';
 import type { ClaimedJobRow } from '../src/sql/jobs.ts';
 
 /** A claimed batch whose commit may still be on its way to disk. */

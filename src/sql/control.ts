@@ -1,6 +1,6 @@
-import type { Queryable } from '../db.ts';
+import { rowsOf, type Queryable } from '../db.ts';
 import { channelsFor, quoteIdent } from '../schema/channels.ts';
-import { bind, changed, perSchema, rowsOf, statement, type Statement } from './statement.ts';
+import { bind, changed, perSchema, statement, type Statement } from './statement.ts';
 
 /**
  * Every statement on the control plane's tables (messages, responses, the

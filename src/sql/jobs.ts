@@ -1,7 +1,7 @@
-import type { Queryable, TypedQuery } from '../db.ts';
+import { rowsOf, type Queryable, type TypedQuery } from '../db.ts';
 import type { JobRow, JobState } from '../job.ts';
 import { channelsFor, quoteIdent } from '../schema/channels.ts';
-import { bigintArray, bind, oneRow, perSchema, rowsOf, statement, type Statement } from './statement.ts';
+import { bigintArray, bind, oneRow, perSchema, statement, type Statement } from './statement.ts';
 
 /**
  * Every statement that reads or changes jobs, one typed function each (at

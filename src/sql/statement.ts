@@ -1,5 +1,4 @@
-import type pg from 'pg';
-import type { Queryable, TypedQuery } from '../db.ts';
+import { rowsOf, type Queryable, type TypedQuery } from '../db.ts';
 
 /**
  * A named statement: pg prepares it once per connection and reuses the plan.
@@ -41,11 +40,7 @@ export function bind<R>(st: Statement, values: unknown[]): TypedQuery<R> {
   return { name: st.name, text: st.text, values };
 }
 
-export async function rowsOf<R>(db: Queryable, query: TypedQuery<R>): Promise<R[]> {
-  return (await db.query<R & pg.QueryResultRow>(query)).rows;
-}
-
-/** For statements that answer with exactly one row (a SELECT without FROM, or of an aggregate). */
+/** For statements that always answer with exactly one row: a SELECT without FROM, an INSERT of one row with RETURNING. */
 export async function oneRow<R>(db: Queryable, query: TypedQuery<R>): Promise<R> {
   return (await rowsOf(db, query))[0];
 }

@@ -1,7 +1,7 @@
-import type { Queryable, TypedQuery } from '../db.ts';
+import { rowsOf, type Queryable, type TypedQuery } from '../db.ts';
 import { quoteIdent } from '../schema/channels.ts';
 import type { SupervisorRow, WorkerDetails, WorkerStatus } from '../worker-info.ts';
-import { bind, changed, oneRow, perSchema, rowsOf, statement, type Statement } from './statement.ts';
+import { bind, changed, oneRow, perSchema, statement, type Statement } from './statement.ts';
 
 // Namespaces grapevine's advisory locks (see also schema/migrate.ts).
 export const REAPER_LOCK = 0x67726171;
