@@ -8,8 +8,7 @@ import { parseJobNotification, rangesContain } from './notification.ts';
 import { channelsFor } from './schema/channels.ts';
 import { Waiters } from './waiters.ts';
 import { explainingOutdatedSchema, migrate, type MigrateResult } from './schema/migrate.ts';
-import { jobStatements } from './sql/jobs.ts';
-import { withValues } from './sql/statement.ts';
+import { announceCancel, findJob, insertJob, insertJobs, makeDue, requestCancel, watchJob, type NewJob } from './sql/jobs.ts';
 
 export interface ClientOptions {
   /** Defaults to DATABASE_URL. */
@@ -61,16 +60,6 @@ export interface Client {
   close(): Promise<void>;
 }
 
-interface Row {
-  task: string;
-  payload: unknown;
-  queue: string;
-  run_at: string | null;
-  priority: number;
-  max_attempts: number;
-  timeout_ms: number | null;
-}
-
 export function createClient(options: ClientOptions = {}): Client {
   const schema = validateSchemaName(options.schema ?? DEFAULTS.schema);
   // With a caller's pool, its connection string still serves waitForJob's LISTEN connection.
@@ -79,7 +68,6 @@ export function createClient(options: ClientOptions = {}): Client {
   const maxPayloadBytes = options.maxPayloadBytes ?? 1024 * 1024;
   const logger = options.logger ?? silentLogger();
   const pool = options.pool ?? createPool(connectionString, { max: 4, applicationName: 'grapevine-client' });
-  const sql = jobStatements(schema);
   const channels = channelsFor(schema);
   let migrated: Promise<MigrateResult> | null = null;
   // waitForJob(): woken by job ids on the done channel.
@@ -106,7 +94,7 @@ export function createClient(options: ClientOptions = {}): Client {
     return explainConnectionErrors(connectionString, () => explainingOutdatedSchema(fn, pool, schema));
   };
 
-  const toRow = (spec: JobSpec): Row => {
+  const toRow = (spec: JobSpec): NewJob => {
     const task = validateName('task', spec.task);
     const queue = validateName('queue', spec.queue ?? DEFAULTS.queue);
     let payloadJson: string | undefined;
@@ -145,12 +133,7 @@ export function createClient(options: ClientOptions = {}): Client {
     async addJob(task, payload, opts = {}) {
       const row = toRow({ ...opts, task, payload });
       const db = opts.db ?? pool;
-      return run(async () => {
-        const { rows } = await db.query(
-          withValues(sql.insertOne, [row.task, JSON.stringify(row.payload), row.queue, row.run_at, row.priority, row.max_attempts, row.timeout_ms]),
-        );
-        return rows[0].id as string;
-      });
+      return run(() => insertJob(db, schema, row));
     },
 
     async addJobs(specs, opts = {}) {
@@ -161,8 +144,7 @@ export function createClient(options: ClientOptions = {}): Client {
         const ids: string[] = [];
         for (let i = 0; i < rows.length; i += DEFAULTS.insertChunkSize) {
           const chunk = rows.slice(i, i + DEFAULTS.insertChunkSize);
-          const result = await db.query(withValues(sql.insertMany, [JSON.stringify(chunk)]));
-          for (const r of result.rows) ids.push(r.id as string);
+          ids.push(...(await insertJobs(db, schema, chunk)));
         }
         return ids;
       });
@@ -171,8 +153,8 @@ export function createClient(options: ClientOptions = {}): Client {
     async getJob(id) {
       const jobId = toJobId(id);
       return run(async () => {
-        const { rows } = await pool.query(withValues(sql.getById, [jobId]));
-        return rows[0] ? jobFromRow(rows[0]) : null;
+        const row = await findJob(pool, schema, { id: jobId });
+        return row ? jobFromRow(row) : null;
       });
     },
 
@@ -201,12 +183,11 @@ export function createClient(options: ClientOptions = {}): Client {
       const jobId = toJobId(id);
       return run(async () => {
         const state = await withTransaction(pool, async (c) => {
-          const { rows } = await c.query(withValues(sql.cancel, [jobId]));
-          const found = (rows[0]?.state as string | null) ?? null;
-          if (found === 'running') {
-            await c.query(withValues(sql.announceCancel, [jobId, rows[0].locked_by]));
+          const found = await requestCancel(c, schema, { id: jobId });
+          if (found.state === 'running' && found.locked_by !== null) {
+            await announceCancel(c, schema, { id: jobId, owner: found.locked_by });
           }
-          return found;
+          return found.state;
         });
         return { state: state === 'running' ? 'cancelling' : state === null ? await currentState(jobId) : state };
       });
@@ -214,8 +195,7 @@ export function createClient(options: ClientOptions = {}): Client {
 
     async runDueNow(ids) {
       return run(async () => {
-        const { rows } = await pool.query(withValues(sql.makeDue, [ids ? ids.map(toJobId) : null]));
-        return (rows[0]?.ids as string[] | undefined)?.length ?? 0;
+        return (await makeDue(pool, schema, { ids: ids ? ids.map(toJobId) : null })).length;
       });
     },
 
@@ -238,15 +218,14 @@ export function createClient(options: ClientOptions = {}): Client {
    */
   async function watchAndRead(jobId: string): Promise<Job | null> {
     return run(async () => {
-      await pool.query(withValues(sql.watch, [jobId]));
-      const { rows } = await pool.query(withValues(sql.getById, [jobId]));
-      return rows[0] ? jobFromRow(rows[0]) : null;
+      await watchJob(pool, schema, { id: jobId });
+      const row = await findJob(pool, schema, { id: jobId });
+      return row ? jobFromRow(row) : null;
     });
   }
 
   async function currentState(jobId: string): Promise<string | null> {
-    const { rows } = await pool.query(withValues(sql.getById, [jobId]));
-    return (rows[0]?.state as string | undefined) ?? null;
+    return (await findJob(pool, schema, { id: jobId }))?.state ?? null;
   }
 
   return client;

@@ -8,9 +8,23 @@ import { Waiters } from './waiters.ts';
 import { silentLogger, type Logger } from './log.ts';
 import { channelsFor } from './schema/channels.ts';
 import { explainingOutdatedSchema, migrate, type MigrateResult } from './schema/migrate.ts';
-import { controlStatements } from './sql/control.ts';
-import { withValues } from './sql/statement.ts';
-import { supervisorStatements } from './sql/supervisors.ts';
+import {
+  followLog,
+  logAfter,
+  logTail,
+  messageRecipients,
+  readResponses as selectResponses,
+  responseIds,
+  sendMessage,
+  takeResponses as takeResponseRows,
+  unfollowLog,
+  type LogRow,
+  type ResponseRow,
+} from './sql/control.ts';
+import { listSupervisors, supervisorStates } from './sql/supervisors.ts';
+import { workerFromRow, type WorkerInfo } from './worker-info.ts';
+
+export type { WorkerInfo, WorkerStatus, WorkerThread } from './worker-info.ts';
 
 export interface ControlClientOptions {
   /** Defaults to DATABASE_URL. */
@@ -39,44 +53,8 @@ export interface ControlResponse {
   respondedAt: Date;
 }
 
-export type WorkerStatus = 'IDLE' | 'BUSY' | 'PAUSED' | 'EXITED' | 'LOST';
-
-export interface WorkerThread {
-  threadId: number;
-  generation: number;
-  currentJobs: string[];
-  jobsRun: number;
-}
-
-/** A supervisor as the registry (the supervisors table) sees it. */
-export interface WorkerInfo {
-  id: string;
-  host: string;
-  pid: number;
-  version: string;
-  status: WorkerStatus;
-  threads: number;
-  concurrency: number;
-  /** NULL: every queue. */
-  queues: string[] | null;
-  tasks: string[];
-  /** Per-thread state as of the last heartbeat. */
-  threadStates: WorkerThread[];
-  /** Threads started to replace ones that died. */
-  restarts: number;
-  startedAt: Date;
-  heartbeatAt: Date;
-  stoppedAt: Date | null;
-}
-
-export interface LogEntry {
-  id: string;
-  worker: string;
-  at: Date;
-  event: string;
-  thread: number | null;
-  detail: string | null;
-}
+/** One entry of the worker log: the row as it is stored. */
+export type LogEntry = LogRow;
 
 export interface SendOptions {
   /** Recipients (supervisor ids); default: every live supervisor. */
@@ -116,16 +94,6 @@ const FOLLOWER_RENEW_MS = 10_000;
 const UNDEFINED_TABLE = '42P01';
 const MAX_ARGS_BYTES = 64 * 1024;
 
-interface ResponseRow {
-  message_id: string;
-  worker: string;
-  command: string;
-  ok: boolean;
-  value: unknown;
-  error: { code: string; message: string } | null;
-  responded_at: Date;
-}
-
 /**
  * The operator's side of the control plane: messages to supervisors and
  * their responses, the worker registry, the worker log. Waiting for a
@@ -140,7 +108,6 @@ export function createControl(options: ControlClientOptions = {}): Control {
   const lostAfterMs = options.lostAfterMs ?? DEFAULTS.leaseMs;
   const logger = options.logger ?? silentLogger();
   const pool = options.pool ?? createPool(connectionString, { max: 2, applicationName: 'grapevine-control' });
-  const sql = controlStatements(schema);
   const channels = channelsFor(schema);
   let migrated: Promise<MigrateResult> | null = null;
   // Waiting for responses: the responses channel names the message id.
@@ -170,8 +137,8 @@ export function createControl(options: ControlClientOptions = {}): Control {
       throw new GrapevineError('GRAPEVINE_WORKER_NOT_FOUND', `workers must be a non-empty array of supervisor ids, got ${JSON.stringify(workers)}`);
     }
     const unique = [...new Set(workers)];
-    const { rows } = await pool.query(withValues(sql.workerStates, [lostAfterMs, unique]));
-    const status = new Map(rows.map((r) => [r.id as string, r.status as string]));
+    const rows = await supervisorStates(pool, schema, { lostAfterMs, ids: unique });
+    const status = new Map(rows.map((r) => [r.id, r.status]));
     for (const worker of unique) {
       const state = status.get(worker);
       if (state === undefined) {
@@ -185,13 +152,13 @@ export function createControl(options: ControlClientOptions = {}): Control {
   };
 
   const readResponses = async (messageId: string, workers: string[]): Promise<Map<string, ResponseRow>> => {
-    const { rows } = await pool.query<ResponseRow>(withValues(sql.responses, [messageId, workers]));
+    const rows = await selectResponses(pool, schema, { messageId, workers });
     return new Map(rows.map((r) => [r.worker, r]));
   };
 
   /** The responses there are; deleted (if `remove`) only once all of `workers` have answered. */
   const takeResponses = async (messageId: string, workers: string[], remove: boolean): Promise<Map<string, ResponseRow>> => {
-    const { rows } = await pool.query<ResponseRow>(withValues(sql.takeResponses, [messageId, workers, remove]));
+    const rows = await takeResponseRows(pool, schema, { messageId, workers, remove });
     return new Map(rows.map((r) => [r.worker, r]));
   };
 
@@ -210,8 +177,8 @@ export function createControl(options: ControlClientOptions = {}): Control {
   };
 
   const missingError = async (messageId: string, command: string, missing: string[], timeoutMs: number): Promise<GrapevineError> => {
-    const { rows } = await pool.query(withValues(sql.workerStates, [lostAfterMs, missing]));
-    const status = new Map(rows.map((r) => [r.id as string, r.status as string]));
+    const rows = await supervisorStates(pool, schema, { lostAfterMs, ids: missing });
+    const status = new Map(rows.map((r) => [r.id, r.status]));
     const who = missing
       .map((w) => {
         const state = status.get(w);
@@ -230,14 +197,14 @@ export function createControl(options: ControlClientOptions = {}): Control {
     const argsJson = encodeArgs(name, args);
     return run(async () => {
       const named = await checkRecipients(workers, name);
-      const { rows } = await pool.query(withValues(sql.send, [named, name, argsJson, lostAfterMs]));
-      if (rows.length === 0) {
+      const sent = await sendMessage(pool, schema, { recipients: named, command: name, argsJson, lostAfterMs });
+      if (sent === undefined) {
         throw new GrapevineError(
           'GRAPEVINE_WORKER_NOT_FOUND',
           `no live supervisor in schema "${schema}" to send ${name} to: start one (grapevine run --tasks DIR) or check grapevine workers`,
         );
       }
-      return { id: rows[0].id as string, command: name, recipients: rows[0].workers as string[] };
+      return { id: sent.id, command: name, recipients: sent.workers };
     });
   };
 
@@ -276,8 +243,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
         throw new GrapevineError('GRAPEVINE_WORKER_NOT_FOUND', `responseIds() needs a worker id, got ${JSON.stringify(workerId)}`);
       }
       return run(async () => {
-        const { rows } = await pool.query(withValues(sql.responseIds, [workerId]));
-        return rows.map((r) => r.id as string);
+        return responseIds(pool, schema, { worker: workerId });
       });
     },
 
@@ -298,8 +264,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
 
     async workers() {
       return run(async () => {
-        const { rows } = await pool.query(withValues(supervisorStatements(schema).list, [lostAfterMs]));
-        return rows.map(toWorkerInfo);
+        return (await listSupervisors(pool, schema, { lostAfterMs })).map(workerFromRow);
       });
     },
 
@@ -308,8 +273,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
         throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `n must be an integer from 1 to 100000, got ${JSON.stringify(n)}`);
       }
       return run(async () => {
-        const { rows } = await pool.query(withValues(sql.logTail, [worker ?? null, n]));
-        return rows.map(toLogEntry);
+        return logTail(pool, schema, { worker: worker ?? null, limit: n });
       });
     },
 
@@ -317,7 +281,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
       // Supervisors notify the log channel only while a follower is
       // registered (see migration 0007), so register before listening.
       const follower = randomUUID();
-      const register = () => pool.query(withValues(sql.followLog, [follower, FOLLOWER_TTL_MS]));
+      const register = () => followLog(pool, schema, { follower, ttlMs: FOLLOWER_TTL_MS });
       // With migrate: false the schema may predate log_followers; its
       // supervisors notify on every log write, so there is nothing to join.
       const registered = await run(() =>
@@ -344,11 +308,11 @@ export function createControl(options: ControlClientOptions = {}): Control {
           do {
             again = false;
             for (;;) {
-              const { rows } = await pool.query(withValues(sql.logAfter, [last, worker ?? null]));
+              const rows = await logAfter(pool, schema, { afterId: last, worker: worker ?? null });
               for (const row of rows) {
                 if (stopped) return;
-                last = row.id as string;
-                onEntry(toLogEntry(row));
+                last = row.id;
+                onEntry(row);
               }
               if (rows.length < 1000) break;
             }
@@ -384,7 +348,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
         await reading;
         // A renewal still on its way would register the follower again after the delete.
         await renewing;
-        await pool.query(withValues(sql.unfollowLog, [follower])).catch(() => {});
+        await unfollowLog(pool, schema, { follower }).catch(() => {});
       };
       // Before start(): a close() while the listener connects ends this follower too.
       followers.add(end);
@@ -405,11 +369,11 @@ export function createControl(options: ControlClientOptions = {}): Control {
   };
 
   async function recipientsOf(id: string): Promise<{ workers: string[]; command: string }> {
-    const { rows } = await pool.query(withValues(sql.recipients, [id]));
+    const rows = await messageRecipients(pool, schema, { messageId: id });
     if (rows.length === 0) {
       throw new GrapevineError('GRAPEVINE_RESPONSE_MISSING', `message ${id} does not exist in schema "${schema}" (never sent, or pruned)`);
     }
-    return { workers: rows.map((r) => r.worker as string), command: rows[0].command as string };
+    return { workers: rows.map((r) => r.worker), command: rows[0].command };
   }
 
   return control;
@@ -464,36 +428,5 @@ function toResponse(row: ResponseRow): ControlResponse {
     value: row.value,
     error: row.error,
     respondedAt: row.responded_at,
-  };
-}
-
-function toWorkerInfo(row: Record<string, unknown>): WorkerInfo {
-  const info = (row.info ?? {}) as { threads?: WorkerThread[]; restarts?: number };
-  return {
-    id: row.id as string,
-    host: row.host as string,
-    pid: row.pid as number,
-    version: row.version as string,
-    status: row.status as WorkerStatus,
-    threads: row.threads as number,
-    concurrency: row.concurrency as number,
-    queues: (row.queues as string[] | null) ?? null,
-    tasks: (row.tasks as string[]) ?? [],
-    threadStates: Array.isArray(info.threads) ? info.threads : [],
-    restarts: info.restarts ?? 0,
-    startedAt: row.started_at as Date,
-    heartbeatAt: row.heartbeat_at as Date,
-    stoppedAt: (row.stopped_at as Date | null) ?? null,
-  };
-}
-
-function toLogEntry(row: Record<string, unknown>): LogEntry {
-  return {
-    id: row.id as string,
-    worker: row.worker as string,
-    at: row.at as Date,
-    event: row.event as string,
-    thread: (row.thread as number | null) ?? null,
-    detail: (row.detail as string | null) ?? null,
   };
 }

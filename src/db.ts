@@ -4,6 +4,22 @@ import { describeConnection, redactSecret } from './redact.ts';
 
 export type Queryable = Pick<pg.ClientBase, 'query'>;
 
+/**
+ * A statement ready to run, carrying the type of the rows it answers with
+ * (the typed functions of src/sql/ build these). `row` is never set: it only
+ * lets the type travel with the statement, e.g. through a pipelined transaction.
+ */
+export interface TypedQuery<R> extends pg.QueryConfig {
+  readonly row?: R;
+}
+
+export async function rowsOf<R>(db: Queryable, query: TypedQuery<R>): Promise<R[]> {
+  return (await db.query<R & pg.QueryResultRow>(query)).rows;
+}
+
+/** The rows of each statement of a pipelined transaction, in order. */
+export type RowsOf<Q extends readonly TypedQuery<unknown>[]> = { -readonly [K in keyof Q]: Q[K] extends TypedQuery<infer R> ? R[] : never };
+
 export interface PoolOptions {
   max: number;
   /** Connections kept open while idle (the rest close after 10 s idle). */
@@ -99,13 +115,14 @@ export async function inTransaction<T>(client: pg.ClientBase, fn: () => Promise<
  * has finished, with a snapshot of its own. If one fails, those after it fail
  * too and COMMIT rolls back; the first error is thrown.
  */
-export async function withPipelinedTransaction(pool: pg.Pool, statements: pg.QueryConfig[]): Promise<pg.QueryResult[]> {
+export async function withPipelinedTransaction<const Q extends readonly TypedQuery<unknown>[]>(pool: pg.Pool, statements: Q): Promise<RowsOf<Q>> {
   return withClient(pool, async (client) => {
     const sent = [client.query('BEGIN'), ...statements.map((s) => client.query(s)), client.query('COMMIT')];
     const settled = await Promise.allSettled(sent);
     const failed = settled.find((r) => r.status === 'rejected');
     if (failed) throw failed.reason;
-    return settled.slice(1, -1).map((r) => (r as PromiseFulfilledResult<pg.QueryResult>).value);
+    // Each statement's rows are what its TypedQuery says they are (src/sql/ builds both).
+    return settled.slice(1, -1).map((r) => (r as PromiseFulfilledResult<pg.QueryResult>).value.rows) as RowsOf<Q>;
   });
 }
 

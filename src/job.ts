@@ -29,7 +29,24 @@ export interface Job {
   finishedAt: Date | null;
 }
 
-export function jobFromRow(row: Record<string, any>): Job {
+/** A row of the jobs table as `SELECT *` reads it: bigint columns come back as text. */
+export interface JobRow extends Pick<Job, 'id' | 'task' | 'queue' | 'payload' | 'state' | 'priority' | 'attempts' | 'result'> {
+  run_at: Date;
+  max_attempts: number;
+  timeout_ms: number | null;
+  locked_by: string | null;
+  locked_thread: number | null;
+  claim_token: string | null;
+  lease_until: Date | null;
+  cancel_requested_at: Date | null;
+  watched: boolean;
+  last_error: string | null;
+  created_at: Date;
+  started_at: Date | null;
+  finished_at: Date | null;
+}
+
+export function jobFromRow(row: JobRow): Job {
   return {
     id: String(row.id),
     task: row.task,

@@ -271,11 +271,11 @@ export async function createTestQueue(options: { connectionString?: string; sche
     },
 
     async check() {
-      const jobs = await pool.query(`SELECT id::text, state FROM ${s}.jobs`);
-      const transitions = await pool.query(`SELECT job_id::text, state FROM ${s}.transitions`);
+      const jobs = await pool.query<{ id: string; state: string }>(`SELECT id::text, state FROM ${s}.jobs`);
+      const transitions = await pool.query<{ job_id: string; state: string }>(`SELECT job_id::text, state FROM ${s}.transitions`);
       const ledger = await queue.ledger();
       const faults = await queue.faults();
-      const unfinished = jobs.rows.filter((r) => !['succeeded', 'failed', 'cancelled'].includes(r.state)).map((r) => r.id as string);
+      const unfinished = jobs.rows.filter((r) => !['succeeded', 'failed', 'cancelled'].includes(r.state)).map((r) => r.id);
       const terminalCount = new Map<string, number>();
       for (const t of transitions.rows) terminalCount.set(t.job_id, (terminalCount.get(t.job_id) ?? 0) + 1);
       const finishedTwice = [...terminalCount].filter(([, n]) => n > 1).map(([id]) => id);

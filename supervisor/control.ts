@@ -5,9 +5,9 @@ import type { Logger } from 'pino';
 import { idleTimeoutSecondsToMs, MAX_IDLE_TIMEOUT_MS } from '../src/config.ts';
 import { throttledWarnings } from '../src/log.ts';
 import { describeConnection } from '../src/redact.ts';
-import { controlStatements } from '../src/sql/control.ts';
-import { jobStatements } from '../src/sql/jobs.ts';
-import { withValues } from '../src/sql/statement.ts';
+import { pendingMessages, pruneMessages, pruneResponses, respond, type MessageRow } from '../src/sql/control.ts';
+import { hasDue } from '../src/sql/jobs.ts';
+import { setSupervisorStatus } from '../src/sql/supervisors.ts';
 import { VERSION } from '../src/version.ts';
 import type { JobRef } from './dispatcher.ts';
 import type { SupervisorStatus } from './index.ts';
@@ -65,12 +65,6 @@ class CommandError extends Error {
     super(message);
     this.code = code;
   }
-}
-
-interface MessageRow {
-  id: string;
-  command: string;
-  args: unknown;
 }
 
 const BUSY_RECHECK_MS = 200;
@@ -172,7 +166,7 @@ export class ControlPlane {
     if (this.idleTimer) clearTimeout(this.idleTimer);
     await this.draining?.catch(() => {});
     try {
-      const { rows } = await this.host.pool.query<MessageRow>(withValues(controlStatements(this.host.schema).pending, [this.host.id, 1_000]));
+      const rows = await pendingMessages(this.host.pool, this.host.schema, { worker: this.host.id, limit: 1_000 });
       for (const row of rows) {
         await this.respond(row, false, null, {
           code: 'GRAPEVINE_SHUTDOWN',
@@ -191,12 +185,11 @@ export class ControlPlane {
       this.again = true;
       return this.draining;
     }
-    const sql = controlStatements(this.host.schema);
     const run = async () => {
       do {
         this.again = false;
         for (;;) {
-          const { rows } = await this.host.pool.query<MessageRow>(withValues(sql.pending, [this.host.id, 50]));
+          const rows = await pendingMessages(this.host.pool, this.host.schema, { worker: this.host.id, limit: 50 });
           if (rows.length === 0 || this.closed) break;
           for (const row of rows) {
             if (this.closed) return;
@@ -235,19 +228,8 @@ export class ControlPlane {
 
   /** Stores the response together with the log so far: what the command did is in the log before anyone sees the answer. */
   private async respond(row: MessageRow, ok: boolean, value: unknown, error: { code: string; message: string } | null): Promise<void> {
-    await this.log.writeWith((entries) =>
-      this.host.pool.query(
-        withValues(controlStatements(this.host.schema).respond, [
-          row.id,
-          this.host.id,
-          row.command,
-          ok,
-          JSON.stringify(value ?? null),
-          error ? JSON.stringify(error) : null,
-          entries,
-        ]),
-      ),
-    );
+    const { pool, schema, id } = this.host;
+    await this.log.writeWith((logEntries) => respond(pool, schema, { messageId: row.id, worker: id, command: row.command, ok, value, error, logEntries }));
   }
 
   private async handle(row: MessageRow): Promise<Outcome> {
@@ -350,7 +332,7 @@ export class ControlPlane {
 
   private async publishStatus(): Promise<void> {
     const state = this.host.status().state;
-    await this.host.pool.query(withValues(controlStatements(this.host.schema).setStatus, [this.host.id, state === 'STOPPING' ? 'BUSY' : state]));
+    await setSupervisorStatus(this.host.pool, this.host.schema, { id: this.host.id, status: state === 'STOPPING' ? 'BUSY' : state });
   }
 
   /** Only jobs count as activity: a busy supervisor is never idle, messages do not reset the clock. */
@@ -379,10 +361,7 @@ export class ControlPlane {
     if (!this.host.isPaused()) {
       // Idle, but maybe only because nobody told us about due work: take it first.
       try {
-        const { rows } = await this.host.pool.query(
-          withValues(jobStatements(this.host.schema).hasDue, [this.host.threadPool.tasks, this.host.queues]),
-        );
-        if (rows[0].due === true) {
+        if (await hasDue(this.host.pool, this.host.schema, { tasks: this.host.threadPool.tasks, queues: this.host.queues })) {
           this.host.markBacklog();
           return this.scheduleIdleCheck(BUSY_RECHECK_MS);
         }
@@ -399,11 +378,10 @@ export class ControlPlane {
 
   private async prune(): Promise<void> {
     const { pool, schema } = this.host;
-    const sql = controlStatements(schema);
     try {
       await this.log.prune({ keep: this.options.logKeep, maxAgeMs: this.options.logMaxAgeMs });
-      await pool.query(withValues(sql.pruneMessages, [this.options.messageMaxAgeMs, 10_000]));
-      await pool.query(withValues(sql.pruneResponses, [this.options.messageMaxAgeMs, 10_000]));
+      await pruneMessages(pool, schema, { maxAgeMs: this.options.messageMaxAgeMs, batchSize: 10_000 });
+      await pruneResponses(pool, schema, { maxAgeMs: this.options.messageMaxAgeMs, batchSize: 10_000 });
     } catch (err) {
       this.warnDb(this.host.logger, { err: (err as Error).message }, 'could not prune the worker log');
     }

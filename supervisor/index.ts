@@ -15,6 +15,7 @@ import { GrapevineError } from '../src/errors.ts';
 import { createLogger, type Logger } from '../src/log.ts';
 import type { ThreadConfig } from '../src/protocol.ts';
 import { migrate } from '../src/schema/migrate.ts';
+import type { WorkerThread } from '../src/worker-info.ts';
 import type { DispatchCounters } from './dispatcher.ts';
 import { ThreadPool } from './threads.ts';
 import { SupervisorRuntime } from './runtime.ts';
@@ -80,12 +81,8 @@ export interface SupervisorOptions {
 
 export type SupervisorState = 'IDLE' | 'BUSY' | 'PAUSED' | 'STOPPING' | 'EXITED';
 
-export interface ThreadStatus {
-  threadId: number;
-  generation: number;
-  currentJobs: string[];
-  jobsRun: number;
-}
+/** One thread as status() reports it, and as the heartbeat stores it for Control.workers(). */
+export type ThreadStatus = WorkerThread;
 
 export interface SupervisorStatus {
   id: string;

@@ -2,9 +2,8 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { withTransaction } from '../src/db.ts';
 import { throttledWarnings } from '../src/log.ts';
-import { jobStatements } from '../src/sql/jobs.ts';
-import { withValues } from '../src/sql/statement.ts';
-import { supervisorStatements } from '../src/sql/supervisors.ts';
+import { pruneFinished, reapExpired, unhandledTasks, type UnhandledTasksRow } from '../src/sql/jobs.ts';
+import { claimChore, markLostSupervisors, pruneExitedSupervisors, tryLeadReaper } from '../src/sql/supervisors.ts';
 
 export interface ReaperOptions {
   pool: pg.Pool;
@@ -29,11 +28,7 @@ export interface ReapResult {
   unhandled: UnhandledTasks[];
 }
 
-export interface UnhandledTasks {
-  task: string;
-  queue: string;
-  jobs: number;
-}
+export type UnhandledTasks = UnhandledTasksRow;
 
 /** How many of each priority's oldest due jobs the unhandled-task check looks at. */
 const UNHANDLED_SAMPLE = 1_000;
@@ -65,23 +60,17 @@ export class Reaper {
    */
   async tick(options: { force?: boolean } = {}): Promise<ReapResult> {
     const { pool, schema, leaseMs, intervalMs, retentionMs, logger } = this.options;
-    const jobs = jobStatements(schema);
-    const sups = supervisorStatements(schema);
     let result: ReapResult;
     try {
       result = await withTransaction(pool, async (client) => {
         // A reaper frozen mid-transaction (SIGSTOP, a long GC pause) would keep
         // the leader lock and stop everyone's reaping; the server ends it instead.
         await client.query(`SET LOCAL idle_in_transaction_session_timeout = ${Math.max(1_000, Math.floor(leaseMs / 2))}`);
-        const { rows } = await client.query(withValues(sups.tryLeadReaper, []));
-        if (!rows[0].leader) return idle(false);
-        const pace = options.force ? null : Math.floor(intervalMs / 2);
-        const due = await client.query(withValues(sups.claimChore, ['reap', pace]));
-        if (due.rowCount === 0) return idle(true);
-        const lost = await client.query(withValues(sups.markLost, [leaseMs]));
-        const reaped = await client.query(withValues(jobs.reapExpired, []));
-        const lostSupervisors = lost.rows.map((r) => r.id as string);
-        const reapedJobs = (reaped.rows[0]?.ids as string[] | undefined) ?? [];
+        if (!(await tryLeadReaper(client, schema))) return idle(false);
+        const paceMs = options.force ? null : Math.floor(intervalMs / 2);
+        if (!(await claimChore(client, schema, { chore: 'reap', paceMs }))) return idle(true);
+        const lostSupervisors = await markLostSupervisors(client, schema, { lostAfterMs: leaseMs });
+        const reapedJobs = await reapExpired(client, schema);
         if (lostSupervisors.length > 0) logger.warn({ supervisors: lostSupervisors }, 'supervisors stopped heartbeating; marked LOST');
         if (reapedJobs.length > 0) logger.warn({ jobs: reapedJobs.length, ids: reapedJobs.slice(0, 20) }, 'returned jobs with expired leases to the queue');
         // The local clock only saves asking; the table decides for the fleet.
@@ -90,11 +79,10 @@ export class Reaper {
         let choresRan = false;
         if (Date.now() - this.lastPrune > PRUNE_EVERY_MS) {
           this.lastPrune = Date.now();
-          const prune = await client.query(withValues(sups.claimChore, ['prune', PRUNE_EVERY_MS / 2]));
-          if (prune.rowCount === 1) {
+          if (await claimChore(client, schema, { chore: 'prune', paceMs: PRUNE_EVERY_MS / 2 })) {
             choresRan = true;
-            await client.query(withValues(jobs.pruneFinished, [retentionMs, 10_000]));
-            await client.query(withValues(sups.pruneExited, []));
+            await pruneFinished(client, schema, { retentionMs, batchSize: 10_000 });
+            await pruneExitedSupervisors(client, schema);
           }
         }
         return { leader: true, paced: false, choresRan, lostSupervisors, reapedJobs, unhandled: [] };
@@ -111,14 +99,14 @@ export class Reaper {
   private async findUnhandled(): Promise<UnhandledTasks[]> {
     const { pool, schema, leaseMs, logger } = this.options;
     try {
-      const { rows } = await pool.query(withValues(jobStatements(schema).unhandledTasks, [leaseMs, UNHANDLED_SAMPLE]));
+      const rows = await unhandledTasks(pool, schema, { liveWithinMs: leaseMs, sample: UNHANDLED_SAMPLE });
       if (rows.length > 0) {
         logger.warn(
           { unhandled: rows },
           'due jobs wait for tasks (or queues) that no running supervisor handles, so nothing will run them: check the task names, or start a supervisor whose tasks directory and queues include them',
         );
       }
-      return rows as UnhandledTasks[];
+      return rows;
     } catch (err) {
       this.warn(logger, { err: (err as Error).message }, 'the look for unhandled tasks failed');
       return [];

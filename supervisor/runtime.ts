@@ -5,15 +5,14 @@
  */
 import os from 'node:os';
 import type pg from 'pg';
-import { explainConnectionErrors, withAnswerDeadline, withPipelinedTransaction } from '../src/db.ts';
+import { explainConnectionErrors, rowsOf, withAnswerDeadline, withPipelinedTransaction } from '../src/db.ts';
 import { Listener } from '../src/listener.ts';
 import { throttled, throttledWarnings, type Logger } from '../src/log.ts';
 import { NOTIFY_DROP_USAGE, parseJobNotification, takeIds } from '../src/notification.ts';
 import { describeConnection, redactSecret } from '../src/redact.ts';
 import { channelsFor } from '../src/schema/channels.ts';
-import { jobStatements } from '../src/sql/jobs.ts';
-import { withValues } from '../src/sql/statement.ts';
-import { supervisorStatements } from '../src/sql/supervisors.ts';
+import { hasDue, lockJobsQuery, releaseJobsQuery, releaseUnreported, renewLeasesQuery } from '../src/sql/jobs.ts';
+import { deregisterSupervisor, heartbeatQuery, registerSupervisor } from '../src/sql/supervisors.ts';
 import { VERSION } from '../src/version.ts';
 import { ControlPlane } from './control.ts';
 import { Dispatcher, type Release } from './dispatcher.ts';
@@ -133,21 +132,17 @@ export class SupervisorRuntime implements Supervisor {
 
   async start(): Promise<void> {
     const { pool, schema, logger, threadPool } = this.o;
-    const sups = supervisorStatements(schema);
     await explainConnectionErrors(this.o.connectionString, () =>
-      pool.query(
-        withValues(sups.register, [
-          this.id,
-          os.hostname(),
-          process.pid,
-          VERSION,
-          this.o.threads,
-          this.o.concurrency,
-          this.o.queues,
-          threadPool.tasks,
-          JSON.stringify({}),
-        ]),
-      ),
+      registerSupervisor(pool, schema, {
+        id: this.id,
+        host: os.hostname(),
+        pid: process.pid,
+        version: VERSION,
+        threads: this.o.threads,
+        concurrency: this.o.concurrency,
+        queues: this.o.queues,
+        tasks: threadPool.tasks,
+      }),
     );
     this.listener.on('notification', (channel: string, payload: string) => this.onNotification(channel, payload));
     // Notifications sent while we were not listening are gone: re-read the table.
@@ -302,7 +297,7 @@ export class SupervisorRuntime implements Supervisor {
       (err: Error) => logger.warn({ err: err.message }, 'could not release unreported claims; their leases will return them'),
     );
     await this.listener.stop();
-    await pool.query(withValues(supervisorStatements(schema).deregister, [this.id])).catch((err: Error) =>
+    await deregisterSupervisor(pool, schema, { id: this.id }).catch((err: Error) =>
       logger.warn({ err: err.message }, 'could not deregister'),
     );
     await this.control.close();
@@ -381,10 +376,7 @@ export class SupervisorRuntime implements Supervisor {
     if (this.dispatcher.isPaused || this.state === 'STOPPING' || this.dispatcher.free() <= 0) return;
     if (this.dispatcher.hasBacklog()) return this.dispatcher.markBacklog();
     try {
-      const { rows } = await this.o.pool.query(
-        withValues(jobStatements(this.o.schema).hasDue, [this.o.threadPool.tasks, this.o.queues]),
-      );
-      if (rows[0].due === true) this.dispatcher.markBacklog();
+      if (await hasDue(this.o.pool, this.o.schema, { tasks: this.o.threadPool.tasks, queues: this.o.queues })) this.dispatcher.markBacklog();
     } catch (err) {
       this.warnDb(this.o.logger, { err: (err as Error).message }, 'sweep failed');
     }
@@ -397,19 +389,15 @@ export class SupervisorRuntime implements Supervisor {
     // connection holds up the next one, and the leases run out meanwhile.
     const answerWithinMs = Math.max(500, Math.floor(timing.leaseMs / 4));
     try {
-      const { rows } = await pool.query(
-        withAnswerDeadline(
-          withValues(supervisorStatements(schema).heartbeat, [
-            this.id,
-            status.state === 'STOPPING' ? 'BUSY' : status.state,
-            status.threads.length,
-            // listenerPid: grapevine/testing's killListeners() cuts this schema's LISTEN connections only.
-            JSON.stringify({ threads: status.threads, restarts: status.restarts, counters: status.counters, listenerPid: this.listener.backendPid }),
-            this.o.threadPool.tasks,
-          ]),
-          answerWithinMs,
-        ),
-      );
+      const beat = heartbeatQuery(schema, {
+        id: this.id,
+        status: status.state === 'STOPPING' ? 'BUSY' : status.state,
+        threads: status.threads.length,
+        // listenerPid: grapevine/testing's killListeners() cuts this schema's LISTEN connections only.
+        info: { threads: status.threads, restarts: status.restarts, counters: status.counters, listenerPid: this.listener.backendPid },
+        tasks: this.o.threadPool.tasks,
+      });
+      const rows = await rowsOf(pool, withAnswerDeadline(beat, answerWithinMs));
       if (rows[0]?.previous_status === 'LOST') {
         logger.warn('this supervisor was declared LOST (paused or cut off too long); its earlier jobs were reaped and their late outcomes are fenced');
       }
@@ -428,10 +416,11 @@ export class SupervisorRuntime implements Supervisor {
       }
       const ids = [...this.dispatcher.runningJobs.keys()];
       if (ids.length > 0) {
-        const renewed = await pool.query(withAnswerDeadline(withValues(jobStatements(schema).renewLeases, [this.id, ids, timing.leaseMs]), answerWithinMs));
+        const renew = renewLeasesQuery(schema, { owner: this.id, ids, leaseMs: timing.leaseMs });
+        const renewed = await rowsOf(pool, withAnswerDeadline(renew, answerWithinMs));
         // A cancel notification sent while the LISTEN connection was down is
         // gone; the flag on the row is not.
-        for (const row of renewed.rows) {
+        for (const row of renewed) {
           if (row.cancel_requested && this.dispatcher.abort(row.id, 'cancelled', 'job was cancelled')) {
             logger.info({ jobId: row.id }, 'cancelling running job (seen at heartbeat)');
           }
@@ -465,26 +454,22 @@ export class SupervisorRuntime implements Supervisor {
 
   /** Returns to the queue what this supervisor (one thread of it, or all with null) claimed and never reported; the ids released. */
   private async releaseUnreported(threadId: number | null, reason: string, count: boolean): Promise<string[]> {
-    const { rows } = await this.o.pool.query(withValues(jobStatements(this.o.schema).releaseUnreported, [this.id, threadId, reason, count]));
-    return (rows[0]?.ids as string[] | undefined) ?? [];
+    return releaseUnreported(this.o.pool, this.o.schema, { owner: this.id, thread: threadId, reason, count });
   }
 
   /** Gives jobs back to the queue, retrying while the database is away; the lease is the last resort. */
   private async release(released: Release[]): Promise<void> {
     // A crash reason is the handler's own error text, which may echo the connection string.
     const jobs = released.map((j) => ({ ...j, reason: redactSecret(j.reason, this.o.connectionString) }));
-    const sql = jobStatements(this.o.schema);
-    const ids = `{${jobs.map((j) => j.id).join(',')}}`;
+    const { pool, schema } = this.o;
+    const ids = jobs.map((j) => j.id);
     for (let attempt = 0; attempt < 10; attempt++) {
       try {
-        // lockIds waits for a claim the dead thread was still committing;
-        // releaseIds, a statement of its own, then sees that claim. Sent
+        // The lock waits for a claim the dead thread was still committing;
+        // the release, a statement of its own, then sees that claim. Sent
         // together: a release is what a crashed job's re-run waits for.
-        const [, { rows }] = await withPipelinedTransaction(this.o.pool, [
-          withValues(sql.lockIds, [ids]),
-          withValues(sql.releaseIds, [this.id, JSON.stringify(jobs)]),
-        ]);
-        const released = new Set((rows[0]?.ids as string[] | undefined) ?? []);
+        const [, rows] = await withPipelinedTransaction(pool, [lockJobsQuery(schema, { ids }), releaseJobsQuery(schema, { owner: this.id, jobs })]);
+        const released = new Set(rows[0]?.ids ?? []);
         const done = jobs.filter((j) => released.has(j.id));
         if (done.length > 0) this.o.logger.warn({ jobs: done.map((j) => ({ id: j.id, reason: j.reason })) }, 'released jobs back to the queue');
         return;

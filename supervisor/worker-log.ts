@@ -1,8 +1,7 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { throttled } from '../src/log.ts';
-import { controlStatements } from '../src/sql/control.ts';
-import { withValues } from '../src/sql/statement.ts';
+import { appendLog, pruneOldLog, pruneOwnLog } from '../src/sql/control.ts';
 import type { JobRef } from './dispatcher.ts';
 
 export type WorkerEvent =
@@ -140,7 +139,7 @@ export class WorkerLog {
   async flush(): Promise<void> {
     while (this.flushing) await this.flushing.catch(() => {});
     if (this.buffer.length === 0 && this.uncounted.started + this.uncounted.finished === 0) return;
-    await this.writeWith((entries) => this.o.pool.query(withValues(controlStatements(this.o.schema).appendLog, [this.o.worker, entries])));
+    await this.writeWith((entries) => appendLog(this.o.pool, this.o.schema, { worker: this.o.worker, entries }));
   }
 
   /**
@@ -174,10 +173,9 @@ export class WorkerLog {
 
   /** Keeps this worker's newest `keep` entries and drops everyone's entries older than `maxAgeMs`. */
   async prune({ keep, maxAgeMs }: { keep: number; maxAgeMs: number }): Promise<number> {
-    const sql = controlStatements(this.o.schema);
-    const own = await this.o.pool.query(withValues(sql.pruneOwnLog, [this.o.worker, keep]));
-    const old = await this.o.pool.query(withValues(sql.pruneOldLog, [maxAgeMs, 10_000]));
-    return (own.rowCount ?? 0) + (old.rowCount ?? 0);
+    const own = await pruneOwnLog(this.o.pool, this.o.schema, { worker: this.o.worker, keep });
+    const old = await pruneOldLog(this.o.pool, this.o.schema, { maxAgeMs, batchSize: 10_000 });
+    return own + old;
   }
 
   /** Final flush; later appends only reach pino. */

@@ -1,7 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPool, withClient } from '../src/db.ts';
-import { jobStatements } from '../src/sql/jobs.ts';
-import { withValues } from '../src/sql/statement.ts';
+import { claimByIdsQuery } from '../src/sql/jobs.ts';
 import { claimBatch } from '../threads/claim.ts';
 import { useMigratedSchema } from './helpers/db.ts';
 import { startProxy, type Proxy } from './helpers/proxy.ts';
@@ -39,7 +38,7 @@ describe('a connection the server ends as it is handed out', () => {
   it("fails a thread's claim and leaves the job pending, with no attempt counted", async () => {
     const [id] = await db.client.addJobs([{ task: 'noop', payload: {} }]);
     const pool = proxiedPool(true);
-    const claim = withValues(jobStatements(db.schema).claimByIds, [[id], ['noop'], 'checkout-test', 1, 60_000, null]);
+    const claim = claimByIdsQuery(db.schema, { ids: [id], tasks: ['noop'], queues: null, owner: 'checkout-test', thread: 1, leaseMs: 60_000 });
     try {
       proxy.endAsReady(1);
       await expect(claimBatch(pool, claim)).rejects.toThrow(/connection|terminat/i);

@@ -2,8 +2,7 @@ import { randomBytes, randomInt } from 'node:crypto';
 import { BroadcastChannel } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPool } from '../src/db.ts';
-import { jobStatements } from '../src/sql/jobs.ts';
-import { withValues } from '../src/sql/statement.ts';
+import { claimByIdsQuery } from '../src/sql/jobs.ts';
 import { claimBatch } from '../threads/claim.ts';
 import { addWaitTrigger, eventually, holdAdvisoryLock, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 
@@ -26,8 +25,10 @@ describe('a claim', () => {
     const id = await client.addJob('noop', { holdCommit: true });
     const hold = await holdCommits();
     try {
-      const sql = jobStatements(db.schema);
-      const claim = await claimBatch(pool, withValues(sql.claimByIds, [[id], ['noop'], 'sup-test', 1, 60_000, null]));
+      const claim = await claimBatch(
+        pool,
+        claimByIdsQuery(db.schema, { ids: [id], tasks: ['noop'], queues: null, owner: 'sup-test', thread: 1, leaseMs: 60_000 }),
+      );
       expect(claim.jobs.map((j) => j.id)).toEqual([id]);
       await hold.untilWaiting(1, 'the claim to wait at its commit');
       // Not committed: everyone else still sees the job pending.

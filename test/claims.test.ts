@@ -1,12 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createClient } from '../src/index.ts';
-import { jobStatements } from '../src/sql/jobs.ts';
-import { withValues } from '../src/sql/statement.ts';
+import { claimByIds, claimNext, hasDue, type ClaimParams } from '../src/sql/jobs.ts';
 import { useTestSchema } from './helpers/db.ts';
 
 const db = useTestSchema('claims');
 const client = createClient({ connectionString: db.url, schema: db.schema });
-const sql = jobStatements(db.schema);
+/** A claim by thread 1 of 'sup-a', for noop jobs of any queue. */
+const by: ClaimParams = { tasks: ['noop'], queues: null, owner: 'sup-a', thread: 1, leaseMs: 60_000 };
 const s = `"${db.schema}"`;
 beforeAll(() => client.migrate());
 afterAll(() => client.close());
@@ -39,10 +39,8 @@ describe('claims', () => {
     const ids = rows.map((r) => String(r.id));
 
     const reads = await tableReads(async (c) => {
-      const pulled = await c.query(withValues(sql.claimNext, [256, ['noop'], 'sup-a', 1, 60_000, null]));
-      expect(pulled.rows).toHaveLength(256);
-      const byId = await c.query(withValues(sql.claimByIds, [ids, ['noop'], 'sup-a', 1, 60_000, null]));
-      expect(byId.rows).toHaveLength(200);
+      expect(await claimNext(c, db.schema, { ...by, limit: 256 })).toHaveLength(256);
+      expect(await claimByIds(c, db.schema, { ...by, ids })).toHaveLength(200);
     });
     expect(reads.seq_scan).toBe(0);
     expect(reads.idx_scan).toBeGreaterThan(0);
@@ -52,7 +50,7 @@ describe('claims', () => {
     // Its own schema: the jobs above are due, and this test needs a table where nothing is.
     const later = createClient({ connectionString: db.url, schema: `${db.schema}_later` });
     const l = `"${db.schema}_later"`;
-    const later_sql = jobStatements(`${db.schema}_later`);
+    const laterSchema = `${db.schema}_later`;
     try {
       await later.migrate();
       await db.pool.query(
@@ -80,10 +78,8 @@ describe('claims', () => {
       };
 
       const reads = await indexReads(async (c) => {
-        const pulled = await c.query(withValues(later_sql.claimNext, [256, ['noop'], 'sup-a', 1, 60_000, null]));
-        expect(pulled.rows).toHaveLength(0);
-        const due = await c.query(withValues(later_sql.hasDue, [['noop'], null]));
-        expect(due.rows[0].due).toBe(false);
+        expect(await claimNext(c, laterSchema, { ...by, limit: 256 })).toHaveLength(0);
+        expect(await hasDue(c, laterSchema, { tasks: ['noop'], queues: null })).toBe(false);
       });
       const indexPages = Number((await db.pool.query(`SELECT pg_relation_size('${l}.jobs_pending_idx') / 8192 AS n`)).rows[0].n);
       // Three priorities: a few descents each (about 30 pages), where a walk of the index reads all of it.
@@ -92,12 +88,12 @@ describe('claims', () => {
       // Due jobs at two priorities: the higher one is taken first.
       const [low] = await later.addJobs([{ task: 'noop', payload: {}, priority: 0 }]);
       const [high] = await later.addJobs([{ task: 'noop', payload: {}, priority: 2 }]);
-      expect((await db.pool.query(withValues(later_sql.hasDue, [['noop'], null]))).rows[0].due).toBe(true);
-      expect((await db.pool.query(withValues(later_sql.hasDue, [['other'], null]))).rows[0].due).toBe(false);
-      const first = await db.pool.query(withValues(later_sql.claimNext, [1, ['noop'], 'sup-a', 1, 60_000, null]));
-      expect(first.rows.map((r) => r.id)).toEqual([high]);
-      const second = await db.pool.query(withValues(later_sql.claimNext, [5, ['noop'], 'sup-a', 1, 60_000, null]));
-      expect(second.rows.map((r) => r.id)).toEqual([low]);
+      expect(await hasDue(db.pool, laterSchema, { tasks: ['noop'], queues: null })).toBe(true);
+      expect(await hasDue(db.pool, laterSchema, { tasks: ['other'], queues: null })).toBe(false);
+      const first = await claimNext(db.pool, laterSchema, { ...by, limit: 1 });
+      expect(first.map((r) => r.id)).toEqual([high]);
+      const second = await claimNext(db.pool, laterSchema, { ...by, limit: 5 });
+      expect(second.map((r) => r.id)).toEqual([low]);
     } finally {
       await later.close();
       await db.pool.query(`DROP SCHEMA IF EXISTS ${l} CASCADE`);
@@ -105,9 +101,9 @@ describe('claims', () => {
   });
 
   it('draw one fencing token per claim, so every job of a batch carries the same one', async () => {
-    const first = await db.pool.query(withValues(sql.claimNext, [10, ['noop'], 'sup-a', 1, 60_000, null]));
-    const second = await db.pool.query(withValues(sql.claimNext, [10, ['noop'], 'sup-a', 1, 60_000, null]));
-    const tokens = (r: typeof first) => new Set(r.rows.map((row) => row.claim_token as string));
+    const first = await claimNext(db.pool, db.schema, { ...by, limit: 10 });
+    const second = await claimNext(db.pool, db.schema, { ...by, limit: 10 });
+    const tokens = (rows: typeof first) => new Set(rows.map((row) => row.claim_token));
     expect(tokens(first).size).toBe(1);
     expect(tokens(second).size).toBe(1);
     expect([...tokens(first)][0]).not.toBe([...tokens(second)][0]);

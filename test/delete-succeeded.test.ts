@@ -1,14 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { startSupervisor, type Supervisor } from '../src/index.ts';
-import { jobStatements } from '../src/sql/jobs.ts';
-import { withValues } from '../src/sql/statement.ts';
+import { claimByIds, deleteSucceeded, releaseJobs } from '../src/sql/jobs.ts';
 import { createTestQueue } from '../src/testing.ts';
 import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 import { RECORDED_TASKS } from './helpers/queue.ts';
 
 const db = useMigratedSchema('delete_ok');
 const { client, s } = db;
-const sql = jobStatements(db.schema);
 
 function start(): Promise<Supervisor> {
   return startTestSupervisor(db, {
@@ -55,17 +53,15 @@ describe('a supervisor with deleteSucceeded', () => {
   it('is fenced like a recorded success: a stale claim deletes nothing', async () => {
     const id = await client.addJob('square', { n: 9 });
     const claim = async (owner: string) =>
-      (await db.pool.query(withValues(sql.claimByIds, [[id], ['square'], owner, 1, 60_000, null]))).rows[0].claim_token as string;
+      (await claimByIds(db.pool, db.schema, { ids: [id], tasks: ['square'], queues: null, owner, thread: 1, leaseMs: 60_000 }))[0].claim_token;
     const stale = await claim('sup-a');
-    await db.pool.query(withValues(sql.releaseIds, ['sup-a', JSON.stringify([{ id, thread: 1, reason: 'given back', count: false }])]));
+    await releaseJobs(db.pool, db.schema, { owner: 'sup-a', jobs: [{ id, thread: 1, reason: 'given back', count: false }] });
     const current = await claim('sup-b');
 
-    const staleDelete = await db.pool.query(withValues(sql.deleteSucceeded, [[id], [stale]]));
-    expect(staleDelete.rows[0].kept).toEqual([id]);
+    expect(await deleteSucceeded(db.pool, db.schema, { ids: [id], tokens: [stale] })).toEqual([id]);
     expect(await rowsOf([id])).toEqual([{ id, state: 'running', result: null }]);
 
-    const currentDelete = await db.pool.query(withValues(sql.deleteSucceeded, [[id], [current]]));
-    expect(currentDelete.rows[0].kept).toEqual([]);
+    expect(await deleteSucceeded(db.pool, db.schema, { ids: [id], tokens: [current] })).toEqual([]);
     expect(await rowsOf([id])).toEqual([]);
   });
 

@@ -1,16 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import type { Supervisor, SupervisorOptions } from '../src/index.ts';
-import { jobStatements } from '../src/sql/jobs.ts';
-import { withValues } from '../src/sql/statement.ts';
+import { claimByIds, completeJobs, failJobs, reapExpired, releaseJobs, renewLeases } from '../src/sql/jobs.ts';
 import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 
 const db = useMigratedSchema('fencing');
 const { client, s } = db;
-const sql = jobStatements(db.schema);
 
 // The outcome paths exactly as threads and supervisors run them.
 async function claim(id: string, owner: string): Promise<string> {
-  const { rows } = await db.pool.query(withValues(sql.claimByIds, [[id], ['square'], owner, 1, 60_000, null]));
+  const rows = await claimByIds(db.pool, db.schema, { ids: [id], tasks: ['square'], queues: null, owner, thread: 1, leaseMs: 60_000 });
   expect(rows, `${owner} claims job ${id}`).toHaveLength(1);
   return rows[0].claim_token;
 }
@@ -22,24 +20,22 @@ function accepted(submitted: string[], rejected: string[]): string[] {
 
 /** Ids whose outcome was accepted. */
 async function complete(outcomes: Array<{ id: string; token: string; result: unknown }>): Promise<string[]> {
-  const { rows } = await db.pool.query(withValues(sql.complete, [JSON.stringify(outcomes)]));
-  return accepted(outcomes.map((o) => o.id), rows[0].rejected);
+  const jobs = outcomes.map((o) => ({ id: o.id, token: o.token, result: JSON.stringify(o.result) }));
+  return accepted(outcomes.map((o) => o.id), await completeJobs(db.pool, db.schema, { jobs }));
 }
 
 async function fail(id: string, token: string, error: string, retryable = true): Promise<string[]> {
-  const { rows } = await db.pool.query(withValues(sql.fail, [JSON.stringify([{ id, token, error, retryable }]), 10, 1_000]));
-  return accepted([id], rows[0].rejected);
+  const rejected = await failJobs(db.pool, db.schema, { jobs: [{ id, token, error, retryable }], retryBaseMs: 10, retryMaxMs: 1_000 });
+  return accepted([id], rejected);
 }
 
 async function release(owner: string, id: string, reason: string, count: boolean, thread = 1): Promise<string[]> {
-  const { rows } = await db.pool.query(withValues(sql.releaseIds, [owner, JSON.stringify([{ id, thread, reason, count }])]));
-  return rows[0].ids;
+  return releaseJobs(db.pool, db.schema, { owner, jobs: [{ id, thread, reason, count }] });
 }
 
 async function expireAndReap(id: string): Promise<string[]> {
   await db.pool.query(`UPDATE ${s}.jobs SET lease_until = now() - interval '1 second' WHERE id = $1`, [id]);
-  const { rows } = await db.pool.query(withValues(sql.reapExpired, []));
-  return rows[0].ids;
+  return reapExpired(db.pool, db.schema);
 }
 
 async function row(id: string) {
@@ -63,7 +59,7 @@ describe('outcome writes are fenced on the claim token', () => {
   it('does not let a dead thread release a job another thread of the same supervisor claimed since', async () => {
     // Thread 1's claim rolled back (its connection died while committing); thread 2 pulled the job.
     const id = await client.addJob('square', { n: 3 });
-    const { rows } = await db.pool.query(withValues(sql.claimByIds, [[id], ['square'], 'sup-a', 2, 60_000, null]));
+    const rows = await claimByIds(db.pool, db.schema, { ids: [id], tasks: ['square'], queues: null, owner: 'sup-a', thread: 2, leaseMs: 60_000 });
     const claimedBy2 = await row(id);
     expect(await release('sup-a', id, 'thread crashed', true, 1)).toEqual([]);
     expect(await row(id)).toEqual(claimedBy2);
@@ -127,7 +123,7 @@ describe('outcome writes are fenced on the claim token', () => {
     const before = await row(id);
 
     expect(await release('sup-b', id, 'not mine to give', true)).toEqual([]);
-    await db.pool.query(withValues(sql.renewLeases, ['sup-b', [id], 3_600_000]));
+    await renewLeases(db.pool, db.schema, { owner: 'sup-b', ids: [id], leaseMs: 3_600_000 });
     expect(await row(id)).toEqual(before);
     expect(before).toMatchObject({ state: 'running', locked_by: 'sup-a' });
 

@@ -1,11 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { jobStatements } from '../src/sql/jobs.ts';
-import { withValues } from '../src/sql/statement.ts';
+import { pruneFinished } from '../src/sql/jobs.ts';
 import { useMigratedSchema } from './helpers/db.ts';
 
 const db = useMigratedSchema('retention');
 const { client, s } = db;
-const sql = jobStatements(db.schema);
 
 const WEEK_MS = 7 * 24 * 3_600_000;
 
@@ -18,10 +16,10 @@ async function prune(): Promise<{ pruned: number; seqScans: number }> {
     const seqScans = async () =>
       (await c.query(`SELECT seq_scan::int AS n FROM pg_stat_xact_user_tables WHERE relid = '${s}.jobs'::regclass`)).rows[0].n as number;
     const before = await seqScans();
-    const { rows } = await c.query(withValues(sql.pruneFinished, [WEEK_MS, 10_000]));
+    const pruned = await pruneFinished(c, db.schema, { retentionMs: WEEK_MS, batchSize: 10_000 });
     const after = await seqScans();
     await c.query('COMMIT');
-    return { pruned: rows[0].pruned as number, seqScans: after - before };
+    return { pruned, seqScans: after - before };
   } finally {
     c.release();
   }

@@ -1,10 +1,10 @@
 import type pg from 'pg';
-import { checkOut } from '../src/db.ts';
-import type { ClaimedJob } from './execute.ts';
+import { checkOut, rowsOf, type TypedQuery } from '../src/db.ts';
+import type { ClaimedJobRow } from '../src/sql/jobs.ts';
 
 /** A claimed batch whose commit may still be on its way to disk. */
 export interface PendingClaim {
-  jobs: ClaimedJob[];
+  jobs: ClaimedJobRow[];
   /**
    * Settles once PostgreSQL has acknowledged the claim's commit: with null,
    * or with the error if the commit failed (the connection broke, the server
@@ -23,20 +23,20 @@ export interface PendingClaim {
  * claim in its own transaction (0.3-0.5 ms of a ~1 ms claim on the bench
  * host, measured in place and alone). COMMIT is already on the wire when the handlers start: a thread
  * that dies in its first instant still commits its claim, and the
- * supervisor's release waits for the row locks (lockIds in src/sql/jobs.ts).
+ * supervisor's release waits for the row locks (lockJobsQuery in src/sql/jobs.ts).
  *
  * Whatever a job does in the database must wait for `committed`: the
  * handler's helpers and the outcome write. Otherwise a handler could take
  * PostgreSQL down before its attempt was counted, and run again forever;
  * and an outcome written before the commit would not see the claim.
  */
-export async function claimBatch(pool: pg.Pool, claim: pg.QueryConfig): Promise<PendingClaim> {
+export async function claimBatch(pool: pg.Pool, claim: TypedQuery<ClaimedJobRow>): Promise<PendingClaim> {
   // Not withClient() (src/db.ts): the rows are handed back while the client
   // is still out, waiting for the commit.
   const { client, release } = await checkOut(pool);
   // Sent in one go: nothing waits for BEGIN's answer, and a failed claim turns COMMIT into a rollback.
   const begun = client.query('BEGIN');
-  const claimed = client.query<ClaimedJob>(claim);
+  const claimed = rowsOf(client, claim);
   const commit = client.query('COMMIT');
   const committed = Promise.all([begun, commit]).then(
     () => {
@@ -48,9 +48,9 @@ export async function claimBatch(pool: pg.Pool, claim: pg.QueryConfig): Promise<
       return err;
     },
   );
-  let jobs: ClaimedJob[];
+  let jobs: ClaimedJobRow[];
   try {
-    jobs = (await claimed).rows;
+    jobs = await claimed;
   } catch (err) {
     await committed;
     throw err;

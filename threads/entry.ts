@@ -17,10 +17,9 @@ import { checkOut, createPool, inTransaction, withClient, type CheckedOut } from
 import { GrapevineError, serializeError } from '../src/errors.ts';
 import type { AbortKind, BatchEvent, SupervisorSignal, ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
 import type { TaskHelpers } from '../src/task.ts';
-import { jobStatements } from '../src/sql/jobs.ts';
-import { withValues } from '../src/sql/statement.ts';
+import { claimByIdsQuery, claimNextQuery, hasDue, type ClaimedJobRow, type ClaimParams } from '../src/sql/jobs.ts';
 import { claimBatch } from './claim.ts';
-import { executeJob, JobAbortSwitch, type ClaimedJob, type ExecuteContext } from './execute.ts';
+import { executeJob, JobAbortSwitch, type ExecuteContext } from './execute.ts';
 import { OutcomeWriter, type Outcome, type OutcomeSink } from './outcomes.ts';
 import { loadTasks, type LoadedTasks } from './registry.ts';
 
@@ -37,7 +36,6 @@ const systemPool = createPool(config.connectionString, {
   // A claim sends BEGIN, itself and COMMIT without waiting between them (claimBatch).
   pipeline: true,
 });
-const sql = jobStatements(config.schema);
 void warmConnections();
 const writer = new OutcomeWriter(systemPool, config.schema, { baseMs: config.retryBaseMs, maxMs: config.retryMaxMs, deleteSucceeded: config.deleteSucceeded }, logger);
 const tasks: Promise<LoadedTasks> = loadTasks(config.tasksPath).catch((err: Error) => ({ handlers: new Map(), timeouts: new Map(), error: err }));
@@ -179,7 +177,7 @@ const executeContext: ExecuteContext = {
 async function warmConnections(): Promise<void> {
   // Concurrent checkouts, so that each connection of the pool is warmed.
   const results = await Promise.allSettled(
-    Array.from({ length: config.systemConnections }, () => withClient(systemPool, (client) => client.query(withValues(sql.hasDue, [[], config.queues])))),
+    Array.from({ length: config.systemConnections }, () => withClient(systemPool, (client) => hasDue(client, config.schema, { tasks: [], queues: config.queues }))),
   );
   for (const r of results) if (r.status === 'rejected') logger.debug({ err: (r.reason as Error).message }, 'could not warm a claim connection');
 }
@@ -223,13 +221,14 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     return { ...NOTHING_CLAIMED, threadId, tasksError: serializeError(loaded.error) };
   }
   const known = request.tasks.filter((t) => loaded.handlers.has(t));
-  let jobs: ClaimedJob[];
+  let jobs: ClaimedJobRow[];
   let committed: Promise<Error | null>;
   try {
+    const who: ClaimParams = { tasks: known, queues: config.queues, owner: config.supervisorId, thread: threadId, leaseMs: config.leaseMs };
     const claim =
       request.type === 'claim-ids'
-        ? withValues(sql.claimByIds, [request.ids, known, config.supervisorId, threadId, config.leaseMs, config.queues])
-        : withValues(sql.claimNext, [request.count, known, config.supervisorId, threadId, config.leaseMs, config.queues]);
+        ? claimByIdsQuery(config.schema, { ...who, ids: request.ids })
+        : claimNextQuery(config.schema, { ...who, limit: request.count });
     ({ jobs, committed } = await claimBatch(systemPool, claim));
   } catch (err) {
     endBatch(port);
@@ -241,8 +240,8 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   const dueLeft =
     request.type === 'claim-next' && jobs.length < requested
       ? // After the commit: before it, this batch's own rows still look pending.
-        committed.then(() => systemPool.query(withValues(sql.hasDue, [known, config.queues]))).then(
-          (r) => r.rows[0]?.due === true,
+        committed.then(() => hasDue(systemPool, config.schema, { tasks: known, queues: config.queues })).then(
+          (due) => due,
           () => true,
         )
       : false;
@@ -310,7 +309,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   });
   // executeJob never throws, so `failed` only hears a defect here; it fails
   // the batch as Promise.all did, without a promise per job to say so.
-  const runJob = async (job: ClaimedJob, i: number) => {
+  const runJob = async (job: ClaimedJobRow, i: number) => {
     try {
       const abort = new JobAbortSwitch();
       switches[i] = abort;

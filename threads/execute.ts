@@ -4,19 +4,8 @@ import { formatStoredError, serializeError } from '../src/errors.ts';
 import type { AbortKind } from '../src/protocol.ts';
 import { redactSecret } from '../src/redact.ts';
 import type { TaskHandler, TaskHelpers } from '../src/task.ts';
+import type { ClaimedJobRow } from '../src/sql/jobs.ts';
 import type { Outcome } from './outcomes.ts';
-
-export interface ClaimedJob {
-  id: string;
-  task: string;
-  queue: string;
-  payload: unknown;
-  attempts: number;
-  max_attempts: number;
-  timeout_ms: number | null;
-  claim_token: string;
-  cancel_requested: boolean;
-}
 
 export interface ExecuteContext {
   logger: Logger;
@@ -33,7 +22,7 @@ export interface ExecuteContext {
  * Nothing a handler does (throw null, return a function, a circular result)
  * escapes as an exception: the job always gets a readable record.
  */
-export async function executeJob(job: ClaimedJob, handler: TaskHandler, abort: JobAbortSwitch, context: ExecuteContext): Promise<Outcome> {
+export async function executeJob(job: ClaimedJobRow, handler: TaskHandler, abort: JobAbortSwitch, context: ExecuteContext): Promise<Outcome> {
   const helpers = new JobHelpers(job, abort, context);
   try {
     const value = await handler(job.payload, helpers);
@@ -63,7 +52,7 @@ class JobHelpers implements TaskHelpers {
   readonly #abort: JobAbortSwitch;
   readonly #context: ExecuteContext;
 
-  constructor(job: ClaimedJob, abort: JobAbortSwitch, context: ExecuteContext) {
+  constructor(job: ClaimedJobRow, abort: JobAbortSwitch, context: ExecuteContext) {
     this.job = { id: job.id, task: job.task, queue: job.queue, attempt: job.attempts, maxAttempts: job.max_attempts };
     this.worker = context.worker;
     this.query = context.query;
@@ -120,12 +109,12 @@ function isRetryable(err: unknown): boolean {
 }
 
 /** Handlers' errors may echo the connection string: its password is cut before the error is stored. */
-function failure(job: ClaimedJob, error: string, retryable: boolean, context: ExecuteContext): Outcome {
+function failure(job: ClaimedJobRow, error: string, retryable: boolean, context: ExecuteContext): Outcome {
   return { kind: 'failure', id: job.id, token: job.claim_token, error: redactSecret(error, context.connectionString), retryable };
 }
 
 /** A timed-out attempt is retried like any failure; a cancelled job is not. */
-function aborted(job: ClaimedJob, reason: { kind: AbortKind; message: string }, context: ExecuteContext): Outcome {
+function aborted(job: ClaimedJobRow, reason: { kind: AbortKind; message: string }, context: ExecuteContext): Outcome {
   return failure(job, `AbortError: ${reason.message}`, reason.kind === 'timeout', context);
 }
 

@@ -1,7 +1,6 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
-import { jobStatements } from '../src/sql/jobs.ts';
-import { withValues } from '../src/sql/statement.ts';
+import { completeJobs, deleteSucceeded, failJobs, type CompletedJob, type FailedJob } from '../src/sql/jobs.ts';
 
 export type Outcome =
   | { kind: 'success'; id: string; token: string; result: string }
@@ -40,13 +39,13 @@ export class OutcomeWriter {
   private readonly pool: pg.Pool;
   private readonly options: { baseMs: number; maxMs: number; deleteSucceeded: boolean };
   private readonly logger: Logger;
-  private readonly sql: ReturnType<typeof jobStatements>;
+  private readonly schema: string;
 
   constructor(pool: pg.Pool, schema: string, options: { baseMs: number; maxMs: number; deleteSucceeded: boolean }, logger: Logger) {
     this.pool = pool;
     this.options = options;
     this.logger = logger;
-    this.sql = jobStatements(schema);
+    this.schema = schema;
   }
 
   /** Queues an outcome; `sink.recorded` hears whether the fence accepted it, once it is written. */
@@ -78,14 +77,12 @@ export class OutcomeWriter {
       const writes: Promise<void>[] = [];
       if (successes.length > 0) writes.push(this.writeSuccesses(successes, rejected));
       if (failures.length > 0) {
-        const rows = failures.map(({ outcome: o }) => {
+        const jobs = failures.map(({ outcome: o }) => {
           const f = o as Extract<Outcome, { kind: 'failure' }>;
-          return { id: f.id, token: f.token, error: f.error, retryable: f.retryable };
+          return { id: f.id, token: f.token, error: f.error, retryable: f.retryable } satisfies FailedJob;
         });
         writes.push(
-          this.pool
-            .query(withValues(this.sql.fail, [JSON.stringify(rows), this.options.baseMs, this.options.maxMs]))
-            .then((r) => this.collect(r.rows[0]?.rejected, rejected)),
+          failJobs(this.pool, this.schema, { jobs, retryBaseMs: this.options.baseMs, retryMaxMs: this.options.maxMs }).then((ids) => this.collect(ids, rejected)),
         );
       }
       await Promise.all(writes);
@@ -133,16 +130,13 @@ export class OutcomeWriter {
           once.push(p);
         }
       }
-      // Array literals written directly: ids and tokens are decimal digits, and
-      // pg's general array encoder escapes every element.
       const ids: string[] = new Array(once.length);
       const tokens: string[] = new Array(once.length);
       for (let i = 0; i < once.length; i++) {
         ids[i] = once[i].outcome.id;
         tokens[i] = once[i].outcome.token;
       }
-      const { rows } = await this.pool.query(withValues(this.sql.deleteSucceeded, [`{${ids.join(',')}}`, `{${tokens.join(',')}}`]));
-      const kept = new Set<string>((rows[0]?.kept as string[] | undefined) ?? []);
+      const kept = new Set(await deleteSucceeded(this.pool, this.schema, { ids, tokens }));
       for (let i = 0; i < once.length; i++) {
         const p = once[i];
         if (kept.has(p.outcome.id)) {
@@ -155,14 +149,12 @@ export class OutcomeWriter {
       }
       if (record.length === 0) return;
     }
-    // Ids and tokens are decimal bigints and results are JSON already, so
-    // the parameter is assembled as text rather than parsed and re-encoded.
-    const rows = record.map(({ outcome: o }) => `{"id":${o.id},"token":${o.token},"result":${(o as { result: string }).result}}`);
-    const result = await this.pool.query(withValues(this.sql.complete, [`[${rows.join(',')}]`]));
-    this.collect(result.rows[0]?.rejected, rejected);
+    // The outcomes themselves: a success is a CompletedJob, and a copy per job would cost an object each.
+    const jobs: CompletedJob[] = record.map((p) => p.outcome as Extract<Outcome, { kind: 'success' }>);
+    this.collect(await completeJobs(this.pool, this.schema, { jobs }), rejected);
   }
 
-  private collect(ids: string[] | undefined, rejected: Set<string>): void {
-    for (const id of ids ?? []) rejected.add(id);
+  private collect(ids: string[], rejected: Set<string>): void {
+    for (const id of ids) rejected.add(id);
   }
 }

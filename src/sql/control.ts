@@ -1,9 +1,14 @@
+import { rowsOf, type Queryable } from '../db.ts';
 import { channelsFor, quoteIdent } from '../schema/channels.ts';
-import { perSchema, statement, type Statement } from './statement.ts';
+import { bind, changed, perSchema, statement, type Statement } from './statement.ts';
 
-export interface ControlStatements {
+/**
+ * Every statement on the control plane's tables (messages, responses, the
+ * worker log and its followers), one typed function each (at the end of
+ * this file).
+ */
+interface ControlStatements {
   // Client side.
-  workerStates: Statement;
   send: Statement;
   recipients: Statement;
   responses: Statement;
@@ -16,7 +21,6 @@ export interface ControlStatements {
   // Supervisor side.
   pending: Statement;
   respond: Statement;
-  setStatus: Statement;
   appendLog: Statement;
   pruneOwnLog: Statement;
   pruneOldLog: Statement;
@@ -27,7 +31,7 @@ export interface ControlStatements {
 /** More recipients than this and the wake-up goes to everyone, so the payload stays far below 8000 bytes. */
 export const MAX_ADDRESSED_RECIPIENTS = 100;
 
-export const controlStatements: (schema: string) => ControlStatements = perSchema(build);
+const controlStatements: (schema: string) => ControlStatements = perSchema(build);
 
 function build(schema: string): ControlStatements {
   const s = quoteIdent(schema);
@@ -36,16 +40,7 @@ function build(schema: string): ControlStatements {
   // Log writes wake followers only while one is live (migration 0007: a
   // NOTIFY serialises commits cluster-wide until they reach the disk).
   const followed = `EXISTS (SELECT 1 FROM ${s}.log_followers WHERE until > now())`;
-  // A supervisor whose heartbeat is older than $1 ms counts as LOST even
-  // before the reaper has marked it so.
-  const effectiveStatus = `CASE WHEN status NOT IN ('EXITED', 'LOST') AND heartbeat_at < now() - $1 * interval '1 millisecond'
-                                THEN 'LOST' ELSE status END`;
   return {
-    // $1 lost-after ms, $2 ids
-    workerStates: st(
-      'control_worker_states',
-      `SELECT id, ${effectiveStatus} AS status FROM ${s}.supervisors WHERE id = ANY($2::text[])`,
-    ),
     // $1 recipients (NULL: every live supervisor), $2 command, $3 args, $4
     // lost-after ms. Returns nothing when there is no recipient. The
     // notification names the recipients (when few) so the others need not
@@ -150,11 +145,6 @@ function build(schema: string): ControlStatements {
        SELECT ${s}.notify('${ch.responses}', $1::text),
               CASE WHEN jsonb_array_length($7::jsonb) > 0 AND ${followed} THEN ${s}.notify('${ch.log}', $2::text) END`,
     ),
-    // $1 worker, $2 status: makes PAUSE/RESUME visible before the next heartbeat.
-    setStatus: st(
-      'control_set_status',
-      `UPDATE ${s}.supervisors SET status = $2 WHERE id = $1 AND status NOT IN ('EXITED', 'LOST')`,
-    ),
     // $1 worker, $2 log entries (see logInsert).
     appendLog: st(
       'control_append_log',
@@ -217,4 +207,138 @@ function logInsert(s: string, worker: string, entries: string): string {
              SELECT coalesce(j.state = 'succeeded' AND same.attempt, false)
                     OR coalesce((e.entry->>'succeeded')::boolean, false) AS ok) ended
           ORDER BY e.n`;
+}
+
+/** A sent message: its id (shared by all recipients) and the recipients. */
+export interface SentMessageRow {
+  id: string;
+  workers: string[];
+}
+
+export interface RecipientRow {
+  worker: string;
+  command: string;
+}
+
+/** One recipient's answer to a message. */
+export interface ResponseRow {
+  message_id: string;
+  worker: string;
+  command: string;
+  ok: boolean;
+  value: unknown;
+  error: { code: string; message: string } | null;
+  responded_at: Date;
+}
+
+export interface LogRow {
+  id: string;
+  worker: string;
+  at: Date;
+  event: string;
+  thread: number | null;
+  detail: string | null;
+}
+
+/** A message a supervisor has yet to process. */
+export interface MessageRow {
+  id: string;
+  command: string;
+  args: unknown;
+}
+
+/**
+ * Stores a message for `recipients` (null: every supervisor that heartbeated
+ * within `lostAfterMs`) and wakes them; undefined when there is no recipient.
+ */
+export async function sendMessage(
+  db: Queryable,
+  schema: string,
+  p: { recipients: string[] | null; command: string; argsJson: string | null; lostAfterMs: number },
+): Promise<SentMessageRow | undefined> {
+  return (await rowsOf<SentMessageRow>(db, bind(controlStatements(schema).send, [p.recipients, p.command, p.argsJson, p.lostAfterMs])))[0];
+}
+
+export function messageRecipients(db: Queryable, schema: string, p: { messageId: string }): Promise<RecipientRow[]> {
+  return rowsOf(db, bind(controlStatements(schema).recipients, [p.messageId]));
+}
+
+export function readResponses(db: Queryable, schema: string, p: { messageId: string; workers: string[] }): Promise<ResponseRow[]> {
+  return rowsOf(db, bind(controlStatements(schema).responses, [p.messageId, p.workers]));
+}
+
+/** The responses there are; deleted (if `remove`) only once every one of `workers` has answered. */
+export function takeResponses(
+  db: Queryable,
+  schema: string,
+  p: { messageId: string; workers: string[]; remove: boolean },
+): Promise<(ResponseRow & { complete: boolean })[]> {
+  return rowsOf(db, bind(controlStatements(schema).takeResponses, [p.messageId, p.workers, p.remove]));
+}
+
+/** Ids of the messages `worker` has answered whose responses are still stored, oldest first. */
+export async function responseIds(db: Queryable, schema: string, p: { worker: string }): Promise<string[]> {
+  return (await rowsOf<{ id: string }>(db, bind(controlStatements(schema).responseIds, [p.worker]))).map((r) => r.id);
+}
+
+/** The newest `limit` entries (of one worker, or all with null), oldest first. */
+export function logTail(db: Queryable, schema: string, p: { worker: string | null; limit: number }): Promise<LogRow[]> {
+  return rowsOf(db, bind(controlStatements(schema).logTail, [p.worker, p.limit]));
+}
+
+/** Up to 1000 entries after `afterId` (of one worker, or all with null), in order. */
+export function logAfter(db: Queryable, schema: string, p: { afterId: string; worker: string | null }): Promise<LogRow[]> {
+  return rowsOf(db, bind(controlStatements(schema).logAfter, [p.afterId, p.worker]));
+}
+
+/** Registers or renews a log follower for `ttlMs`: while one is live, log writes notify. */
+export async function followLog(db: Queryable, schema: string, p: { follower: string; ttlMs: number }): Promise<void> {
+  await db.query(bind(controlStatements(schema).followLog, [p.follower, p.ttlMs]));
+}
+
+export async function unfollowLog(db: Queryable, schema: string, p: { follower: string }): Promise<void> {
+  await db.query(bind(controlStatements(schema).unfollowLog, [p.follower]));
+}
+
+/** The oldest `limit` messages `worker` has not processed, in id order. */
+export function pendingMessages(db: Queryable, schema: string, p: { worker: string; limit: number }): Promise<MessageRow[]> {
+  return rowsOf(db, bind(controlStatements(schema).pending, [p.worker, p.limit]));
+}
+
+/**
+ * Answers a message and marks it processed, with the log entries written so
+ * far (`logEntries`: a JSON array, see logInsert) in the same statement.
+ */
+export async function respond(
+  db: Queryable,
+  schema: string,
+  p: { messageId: string; worker: string; command: string; ok: boolean; value: unknown; error: { code: string; message: string } | null; logEntries: string },
+): Promise<void> {
+  const values = [p.messageId, p.worker, p.command, p.ok, JSON.stringify(p.value ?? null), p.error ? JSON.stringify(p.error) : null, p.logEntries];
+  await db.query(bind(controlStatements(schema).respond, values));
+}
+
+/** Appends log entries (`entries`: a JSON array, see logInsert). */
+export async function appendLog(db: Queryable, schema: string, p: { worker: string; entries: string }): Promise<void> {
+  await db.query(bind(controlStatements(schema).appendLog, [p.worker, p.entries]));
+}
+
+/** Keeps the newest `keep` entries of `worker`; how many it deleted. */
+export function pruneOwnLog(db: Queryable, schema: string, p: { worker: string; keep: number }): Promise<number> {
+  return changed(db, bind(controlStatements(schema).pruneOwnLog, [p.worker, p.keep]));
+}
+
+/** Deletes up to `batchSize` entries older than `maxAgeMs`; how many. */
+export function pruneOldLog(db: Queryable, schema: string, p: { maxAgeMs: number; batchSize: number }): Promise<number> {
+  return changed(db, bind(controlStatements(schema).pruneOldLog, [p.maxAgeMs, p.batchSize]));
+}
+
+/** Deletes up to `batchSize` messages sent more than `maxAgeMs` ago; how many. */
+export function pruneMessages(db: Queryable, schema: string, p: { maxAgeMs: number; batchSize: number }): Promise<number> {
+  return changed(db, bind(controlStatements(schema).pruneMessages, [p.maxAgeMs, p.batchSize]));
+}
+
+/** Deletes up to `batchSize` responses stored more than `maxAgeMs` ago; how many. */
+export function pruneResponses(db: Queryable, schema: string, p: { maxAgeMs: number; batchSize: number }): Promise<number> {
+  return changed(db, bind(controlStatements(schema).pruneResponses, [p.maxAgeMs, p.batchSize]));
 }

@@ -1,12 +1,15 @@
+import { rowsOf, type Queryable, type TypedQuery } from '../db.ts';
+import type { JobRow, JobState } from '../job.ts';
 import { channelsFor, quoteIdent } from '../schema/channels.ts';
-import { perSchema, statement, type Statement } from './statement.ts';
+import { bigintArray, bind, oneRow, perSchema, statement, type Statement } from './statement.ts';
 
 /**
- * Every statement that reads or changes jobs. Each outcome write is fenced on
- * the claim token handed out by the claim, so an owner that lost its claim
- * (reaped, released, cancelled) changes nothing.
+ * Every statement that reads or changes jobs, one typed function each (at
+ * the end of this file). Each outcome write is fenced on the claim token
+ * handed out by the claim, so an owner that lost its claim (reaped,
+ * released, cancelled) changes nothing.
  */
-export interface JobStatements {
+interface JobStatements {
   insertOne: Statement;
   insertMany: Statement;
   getById: Statement;
@@ -29,7 +32,7 @@ export interface JobStatements {
   makeDue: Statement;
 }
 
-export const jobStatements: (schema: string) => JobStatements = perSchema(build);
+const jobStatements: (schema: string) => JobStatements = perSchema(build);
 
 function build(schema: string): JobStatements {
   const s = quoteIdent(schema);
@@ -264,4 +267,225 @@ function build(schema: string): JobStatements {
        ${announce('done')}`,
     ),
   };
+}
+
+// --- One typed function per statement. Ids and claim tokens are bigint in
+// the table and text here, as pg reads them: a JavaScript number cannot hold
+// every bigint.
+
+/** A job to insert, its fields named as the jobs table's columns (insertJobs sends the objects as JSON). */
+export interface NewJob {
+  task: string;
+  payload: unknown;
+  queue: string;
+  /** An ISO 8601 time; null: now. */
+  run_at: string | null;
+  priority: number;
+  max_attempts: number;
+  timeout_ms: number | null;
+}
+
+/** What a claim hands a thread for each job it claimed. */
+export interface ClaimedJobRow {
+  id: string;
+  task: string;
+  queue: string;
+  payload: unknown;
+  attempts: number;
+  max_attempts: number;
+  timeout_ms: number | null;
+  claim_token: string;
+  cancel_requested: boolean;
+}
+
+/** Who claims, for what: the parameters every claim shares. */
+export interface ClaimParams {
+  /** Tasks this thread can run. */
+  tasks: string[];
+  /** null: every queue. */
+  queues: string[] | null;
+  /** The supervisor that owns the claim. */
+  owner: string;
+  thread: number;
+  leaseMs: number;
+}
+
+export interface CompletedJob {
+  id: string;
+  token: string;
+  /** The handler's result, as JSON text. */
+  result: string;
+}
+
+export interface FailedJob {
+  id: string;
+  token: string;
+  error: string;
+  retryable: boolean;
+}
+
+export interface ReleasedJob {
+  id: string;
+  /** The thread that ran it: a job another thread of the same supervisor has claimed since is left alone. */
+  thread: number;
+  reason: string;
+  /** Whether the run costs the job an attempt. */
+  count: boolean;
+}
+
+/** The answer of every statement that announces what it changed (see `announce`). */
+export interface AnnouncedRow {
+  /** Every job the statement changed. */
+  ids: string[];
+}
+
+export interface RenewedLeaseRow {
+  id: string;
+  cancel_requested: boolean;
+}
+
+export interface UnhandledTasksRow {
+  task: string;
+  queue: string;
+  jobs: number;
+}
+
+export interface CancelRow {
+  /** What the job became (running: its owner is to abort it); null if it was not pending or running. */
+  state: JobState | null;
+  /** The supervisor running it, if it was running. */
+  locked_by: string | null;
+}
+
+export async function insertJob(db: Queryable, schema: string, job: NewJob): Promise<string> {
+  const values = [job.task, JSON.stringify(job.payload), job.queue, job.run_at, job.priority, job.max_attempts, job.timeout_ms];
+  return (await oneRow<{ id: string }>(db, bind(jobStatements(schema).insertOne, values))).id;
+}
+
+/** The new jobs' ids, in the order given. */
+export async function insertJobs(db: Queryable, schema: string, jobs: NewJob[]): Promise<string[]> {
+  const rows = await rowsOf<{ id: string }>(db, bind(jobStatements(schema).insertMany, [JSON.stringify(jobs)]));
+  return rows.map((r) => r.id);
+}
+
+export async function findJob(db: Queryable, schema: string, p: { id: string }): Promise<JobRow | undefined> {
+  return (await rowsOf<JobRow>(db, bind(jobStatements(schema).getById, [p.id])))[0];
+}
+
+/** Asks for a notification when the job finishes. */
+export async function watchJob(db: Queryable, schema: string, p: { id: string }): Promise<void> {
+  await db.query(bind(jobStatements(schema).watch, [p.id]));
+}
+
+/** The claim of the jobs a notification named, for claimBatch (threads/claim.ts) to send inside its transaction. */
+export function claimByIdsQuery(schema: string, p: ClaimParams & { ids: string[] }): TypedQuery<ClaimedJobRow> {
+  return bind(jobStatements(schema).claimByIds, [p.ids, p.tasks, p.owner, p.thread, p.leaseMs, p.queues]);
+}
+
+/** The claim of the next `limit` due jobs, for claimBatch (threads/claim.ts) to send inside its transaction. */
+export function claimNextQuery(schema: string, p: ClaimParams & { limit: number }): TypedQuery<ClaimedJobRow> {
+  return bind(jobStatements(schema).claimNext, [p.limit, p.tasks, p.owner, p.thread, p.leaseMs, p.queues]);
+}
+
+export function claimByIds(db: Queryable, schema: string, p: ClaimParams & { ids: string[] }): Promise<ClaimedJobRow[]> {
+  return rowsOf(db, claimByIdsQuery(schema, p));
+}
+
+export function claimNext(db: Queryable, schema: string, p: ClaimParams & { limit: number }): Promise<ClaimedJobRow[]> {
+  return rowsOf(db, claimNextQuery(schema, p));
+}
+
+/** Records successes; returns the ids the fence turned away. */
+export async function completeJobs(db: Queryable, schema: string, p: { jobs: readonly CompletedJob[] }): Promise<string[]> {
+  // Ids and tokens are decimal bigints and results are JSON already, so the
+  // parameter is assembled as text rather than parsed and re-encoded.
+  const outcomes = p.jobs.map((o) => `{"id":${o.id},"token":${o.token},"result":${o.result}}`);
+  const row = await oneRow<{ rejected: string[] }>(db, bind(jobStatements(schema).complete, [`[${outcomes.join(',')}]`]));
+  return row.rejected;
+}
+
+/**
+ * Deletes succeeded jobs (ids unique, tokens in the same order) that nobody
+ * waits for; returns the ids it kept, to be recorded with completeJobs.
+ */
+export async function deleteSucceeded(db: Queryable, schema: string, p: { ids: readonly string[]; tokens: readonly string[] }): Promise<string[]> {
+  const row = await oneRow<{ kept: string[] }>(db, bind(jobStatements(schema).deleteSucceeded, [bigintArray(p.ids), bigintArray(p.tokens)]));
+  return row.kept;
+}
+
+/** Records failures (retried with backoff from `retryBaseMs` up to `retryMaxMs`); returns the ids the fence turned away. */
+export async function failJobs(db: Queryable, schema: string, p: { jobs: readonly FailedJob[]; retryBaseMs: number; retryMaxMs: number }): Promise<string[]> {
+  const row = await oneRow<{ rejected: string[] }>(db, bind(jobStatements(schema).fail, [JSON.stringify(p.jobs), p.retryBaseMs, p.retryMaxMs]));
+  return row.rejected;
+}
+
+/** Releases what `owner` (one thread of it, or every thread with null) claimed and never reported; returns the ids released. */
+export async function releaseUnreported(
+  db: Queryable,
+  schema: string,
+  p: { owner: string; thread: number | null; reason: string; count: boolean },
+): Promise<string[]> {
+  const row = await oneRow<AnnouncedRow>(db, bind(jobStatements(schema).releaseUnreported, [p.owner, p.thread, p.reason, p.count]));
+  return row.ids;
+}
+
+/** Waits for the row locks of a claim still committing; sent before releaseJobsQuery in one transaction. */
+export function lockJobsQuery(schema: string, p: { ids: readonly string[] }): TypedQuery<never> {
+  return bind(jobStatements(schema).lockIds, [bigintArray(p.ids)]);
+}
+
+/** Releases chosen running jobs of `owner`, each with its own reason. */
+export function releaseJobsQuery(schema: string, p: { owner: string; jobs: readonly ReleasedJob[] }): TypedQuery<AnnouncedRow> {
+  return bind(jobStatements(schema).releaseIds, [p.owner, JSON.stringify(p.jobs)]);
+}
+
+export async function releaseJobs(db: Queryable, schema: string, p: { owner: string; jobs: readonly ReleasedJob[] }): Promise<string[]> {
+  return (await oneRow(db, releaseJobsQuery(schema, p))).ids;
+}
+
+/** Renews the leases of the running jobs `owner` knows about; the rows say which of them were asked to cancel. */
+export function renewLeasesQuery(schema: string, p: { owner: string; ids: string[]; leaseMs: number }): TypedQuery<RenewedLeaseRow> {
+  return bind(jobStatements(schema).renewLeases, [p.owner, p.ids, p.leaseMs]);
+}
+
+export function renewLeases(db: Queryable, schema: string, p: { owner: string; ids: string[]; leaseMs: number }): Promise<RenewedLeaseRow[]> {
+  return rowsOf(db, renewLeasesQuery(schema, p));
+}
+
+/** Whether any pending job of these tasks and queues (null: all) is due. */
+export async function hasDue(db: Queryable, schema: string, p: { tasks: string[]; queues: string[] | null }): Promise<boolean> {
+  const row = await oneRow<{ due: boolean }>(db, bind(jobStatements(schema).hasDue, [p.tasks, p.queues]));
+  return row.due === true;
+}
+
+/** Returns to the queue the running jobs whose lease expired or whose owner is LOST or EXITED; the ids. */
+export async function reapExpired(db: Queryable, schema: string): Promise<string[]> {
+  const row = await oneRow<AnnouncedRow>(db, bind(jobStatements(schema).reapExpired, []));
+  return row.ids;
+}
+
+/** Deletes up to `batchSize` jobs that finished more than `retentionMs` ago; how many. */
+export async function pruneFinished(db: Queryable, schema: string, p: { retentionMs: number; batchSize: number }): Promise<number> {
+  return (await oneRow<{ pruned: number }>(db, bind(jobStatements(schema).pruneFinished, [p.retentionMs, p.batchSize]))).pruned;
+}
+
+/** Due jobs whose task or queue no supervisor that heartbeated within `liveWithinMs` handles, among each priority's oldest `sample`. */
+export function unhandledTasks(db: Queryable, schema: string, p: { liveWithinMs: number; sample: number }): Promise<UnhandledTasksRow[]> {
+  return rowsOf(db, bind(jobStatements(schema).unhandledTasks, [p.liveWithinMs, p.sample]));
+}
+
+/** Cancels a pending job, flags a running one (its owner is then told with announceCancel). */
+export function requestCancel(db: Queryable, schema: string, p: { id: string }): Promise<CancelRow> {
+  return oneRow(db, bind(jobStatements(schema).cancel, [p.id]));
+}
+
+/** Tells the job's owner over the control channel to abort it. */
+export async function announceCancel(db: Queryable, schema: string, p: { id: string; owner: string }): Promise<void> {
+  await db.query(bind(jobStatements(schema).announceCancel, [p.id, p.owner]));
+}
+
+/** Makes pending jobs (these ids, or all with null) due now; the ids it changed. */
+export async function makeDue(db: Queryable, schema: string, p: { ids: string[] | null }): Promise<string[]> {
+  const row = await oneRow<AnnouncedRow>(db, bind(jobStatements(schema).makeDue, [p.ids]));
+  return row.ids;
 }

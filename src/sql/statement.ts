@@ -1,3 +1,5 @@
+import { rowsOf, type Queryable, type TypedQuery } from '../db.ts';
+
 /**
  * A named statement: pg prepares it once per connection and reuses the plan.
  * The schema is part of the name because a statement prepared for one schema
@@ -10,10 +12,6 @@ export interface Statement {
 
 export function statement(schema: string, name: string, text: string): Statement {
   return { name: `grapevine:${schema}:${name}`, text };
-}
-
-export function withValues(st: Statement, values: unknown[]): { name: string; text: string; values: unknown[] } {
-  return { name: st.name, text: st.text, values };
 }
 
 /**
@@ -31,4 +29,32 @@ export function perSchema<T>(build: (schema: string) => T): (schema: string) => 
     }
     return found;
   };
+}
+
+/**
+ * The statement with its parameters in the order its text numbers them. Only
+ * the typed functions of src/sql/ call this: they alone know that order and
+ * the rows `R` the statement answers with.
+ */
+export function bind<R>(st: Statement, values: unknown[]): TypedQuery<R> {
+  return { name: st.name, text: st.text, values };
+}
+
+/** For statements that always answer with exactly one row: a SELECT without FROM, an INSERT of one row with RETURNING. */
+export async function oneRow<R>(db: Queryable, query: TypedQuery<R>): Promise<R> {
+  return (await rowsOf(db, query))[0];
+}
+
+/** How many rows a statement changed (an INSERT, UPDATE or DELETE without RETURNING). */
+export async function changed(db: Queryable, query: TypedQuery<never>): Promise<number> {
+  return (await db.query(query)).rowCount ?? 0;
+}
+
+/**
+ * A bigint[] parameter written as an array literal: ids and tokens are
+ * decimal digits, and pg's general array encoder quotes and escapes every
+ * element.
+ */
+export function bigintArray(ids: readonly string[]): string {
+  return `{${ids.join(',')}}`;
 }

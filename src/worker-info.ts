@@ -1,0 +1,73 @@
+/**
+ * A supervisor as the registry (the supervisors table) sees it: the row its
+ * heartbeat writes, and the one shape operators read it in (Control.workers()).
+ */
+
+export type WorkerStatus = 'IDLE' | 'BUSY' | 'PAUSED' | 'EXITED' | 'LOST';
+
+export interface WorkerThread {
+  threadId: number;
+  generation: number;
+  currentJobs: string[];
+  jobsRun: number;
+}
+
+/** What a supervisor's heartbeat stores in its row's `info` column (empty until the first beat). */
+export interface WorkerDetails {
+  threads: WorkerThread[];
+  /** Threads started to replace ones that died. */
+  restarts: number;
+  /** The dispatcher's counters, for operators. */
+  counters: object;
+  /** The LISTEN connection's backend: the testing kit's killListeners() cuts only its own schema's. */
+  listenerPid: number | null;
+}
+
+/** A row of the supervisors table, its status as seen now (see listSupervisors). */
+export interface SupervisorRow
+  extends Pick<WorkerInfo, 'id' | 'host' | 'pid' | 'version' | 'status' | 'threads' | 'concurrency' | 'queues' | 'tasks'> {
+  info: Partial<WorkerDetails>;
+  started_at: Date;
+  heartbeat_at: Date;
+  stopped_at: Date | null;
+}
+
+export interface WorkerInfo {
+  id: string;
+  host: string;
+  pid: number;
+  version: string;
+  status: WorkerStatus;
+  threads: number;
+  concurrency: number;
+  /** NULL: every queue. */
+  queues: string[] | null;
+  tasks: string[];
+  /** Per-thread state as of the last heartbeat. */
+  threadStates: WorkerThread[];
+  /** Threads started to replace ones that died. */
+  restarts: number;
+  startedAt: Date;
+  heartbeatAt: Date;
+  stoppedAt: Date | null;
+}
+
+export function workerFromRow(row: SupervisorRow): WorkerInfo {
+  const info = row.info ?? {};
+  return {
+    id: row.id,
+    host: row.host,
+    pid: row.pid,
+    version: row.version,
+    status: row.status,
+    threads: row.threads,
+    concurrency: row.concurrency,
+    queues: row.queues ?? null,
+    tasks: row.tasks ?? [],
+    threadStates: Array.isArray(info.threads) ? info.threads : [],
+    restarts: info.restarts ?? 0,
+    startedAt: row.started_at,
+    heartbeatAt: row.heartbeat_at,
+    stoppedAt: row.stopped_at ?? null,
+  };
+}
