@@ -1,6 +1,7 @@
 import { MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
+import { backoffMs } from '../src/backoff.ts';
 import { throttledWarnings } from '../src/log.ts';
 import type { AbortKind, BatchEvent, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
 import { decideCrashRelease, describeCrash, type Kill, type Release } from './crash-release.ts';
@@ -646,7 +647,7 @@ export class Dispatcher {
       if (response.claimError) this.counters.claimErrors++;
       else this.counters.commitErrors++;
       this.claimFailures++;
-      this.claimBackoffUntil = Date.now() + Math.min(2_000, 50 * 2 ** Math.min(this.claimFailures, 6));
+      this.claimBackoffUntil = Date.now() + backoffMs({ attempt: this.claimFailures, baseMs: 50, maxMs: 2_000 });
       this.warn(
         this.options.logger,
         { err: failure.message },
@@ -663,7 +664,7 @@ export class Dispatcher {
         // It passed over jobs another statement held for a moment: pull
         // again shortly, backing off while they stay held.
         this.lockedPulls++;
-        this.claimBackoffUntil = Math.max(this.claimBackoffUntil, Date.now() + Math.min(500, 2 ** Math.min(this.lockedPulls, 9)));
+        this.claimBackoffUntil = Math.max(this.claimBackoffUntil, Date.now() + backoffMs({ attempt: this.lockedPulls, baseMs: 1, maxMs: 500 }));
       } else if (batch.backlogMark === this.backlogMark) {
         // The table had fewer due jobs than we asked for, and nobody has
         // announced one since the pull was sent: the backlog is drained.

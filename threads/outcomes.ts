@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
+import { backoffMs } from '../src/backoff.ts';
 import { jobStatements } from '../src/sql/jobs.ts';
 import { withValues } from '../src/sql/statement.ts';
 
@@ -100,7 +101,7 @@ export class OutcomeWriter {
       // The statements are idempotent under the fence, so what is not settled can be retried.
       this.failures++;
       this.queue = batch.filter((p) => !p.settled).concat(this.queue);
-      const delay = Math.min(2_000, 50 * 2 ** Math.min(this.failures, 6));
+      const delay = backoffMs({ attempt: this.failures, baseMs: 50, maxMs: 2_000 });
       if (this.failures === 1 || this.failures % 20 === 0) {
         this.logger.warn({ err: (err as Error).message, jobs: batch.length }, 'could not record job outcomes; retrying');
       }
