@@ -79,20 +79,58 @@ describe('serializeError', () => {
     expect(serializeError(err)).toMatchObject({ name: 'null', message: '404' });
   });
 
-  it('ends for an error whose causes form a cycle, and for deeply nested causes', () => {
+  it('keeps the chain of causes, each serialised like the error itself', () => {
+    const root = Object.assign(new Error('connection refused'), { code: 'ECONNREFUSED' });
+    const wrapped = new Error('could not charge the card', { cause: new TypeError('bad response', { cause: root }) });
+    const s = serializeError(wrapped);
+    expect(s).toMatchObject({ message: 'could not charge the card', cause: { name: 'TypeError', message: 'bad response', cause: { message: 'connection refused', code: 'ECONNREFUSED' } } });
+    expect(s.cause?.cause?.cause).toBeUndefined();
+    expect(s.cause?.stack).toMatch(/^TypeError: bad response\n/);
+  });
+
+  it('keeps a cause that is not an Error, and leaves out an empty one', () => {
+    expect(serializeError(new Error('x', { cause: 'the lock was taken' })).cause).toEqual({ name: 'NonErrorThrown', message: 'the lock was taken' });
+    expect(serializeError(new Error('x', { cause: { retryIn: 5 } })).cause).toEqual({ name: 'NonErrorThrown', message: 'non-Error thrown: {"retryIn":5}' });
+    expect(serializeError(new Error('x', { cause: undefined }))).not.toHaveProperty('cause');
+    expect(serializeError(new Error('x', { cause: null }))).not.toHaveProperty('cause');
+  });
+
+  it('stops where a cycle of causes comes back round', () => {
     const a = new Error('a');
     const b = new Error('b', { cause: a });
     (a as { cause?: unknown }).cause = b;
-    expect(serializeError(a)).toMatchObject({ name: 'Error', message: 'a' });
+    const s = serializeError(a);
+    expect(s.message).toBe('a');
+    expect(s.cause?.message).toBe('b');
+    expect(s.cause?.cause).toBeUndefined();
+    const self = new Error('self');
+    (self as { cause?: unknown }).cause = self;
+    expect(serializeError(self)).not.toHaveProperty('cause');
+  });
+
+  it('keeps at most eight causes of a chain built in a loop, the nearest ones', () => {
     let deep: Error = new Error('root');
     for (let i = 0; i < 10_000; i++) deep = new Error(`level ${i}`, { cause: deep });
-    expect(serializeError(deep)).toMatchObject({ message: 'level 9999' });
+    const s = serializeError(deep);
+    const messages: string[] = [];
+    for (let c: typeof s | undefined = s; c; c = c.cause) messages.push(c.message);
+    expect(messages).toEqual(['level 9999', 'level 9998', 'level 9997', 'level 9996', 'level 9995', 'level 9994', 'level 9993', 'level 9992', 'level 9991']);
+  });
+
+  it('survives a cause getter that throws', () => {
+    const err = new Error('outer');
+    Object.defineProperty(err, 'cause', {
+      get() {
+        throw new Error('no cause for you');
+      },
+    });
+    expect(serializeError(err)).toEqual({ name: 'Error', message: 'outer', stack: err.stack, code: undefined });
   });
 
   it('gives a plain-data result that survives structured cloning between threads', () => {
     const s = serializeError(Object.assign(new Error('m', { cause: new Error('c') }), { code: 'E' }));
     expect(structuredClone(s)).toEqual(s);
-    expect(Object.keys(s).sort()).toEqual(['code', 'message', 'name', 'stack']);
+    expect(Object.keys(s).sort()).toEqual(['cause', 'code', 'message', 'name', 'stack']);
   });
 });
 
@@ -109,6 +147,18 @@ describe('formatStoredError', () => {
   it('is the head alone for a stack without frames or no stack', () => {
     expect(formatStoredError({ name: 'E', message: 'm', stack: 'E: m' })).toBe('E: m');
     expect(formatStoredError({ name: 'NonErrorThrown', message: 'null was thrown' })).toBe('NonErrorThrown: null was thrown');
+  });
+
+  it('puts each cause below the error, on a line of its own starting "Caused by:"', () => {
+    const text = formatStoredError({
+      name: 'Error',
+      message: 'could not charge',
+      stack: 'Error: could not charge\n    at charge (pay.js:1:1)',
+      cause: { name: 'Error', code: 'ECONNREFUSED', message: 'refused', stack: 'Error: refused\n    at connect (net.js:2:2)', cause: { name: 'NonErrorThrown', message: 'the lock was taken' } },
+    });
+    expect(text).toBe(
+      'Error: could not charge\n    at charge (pay.js:1:1)\nCaused by: Error [ECONNREFUSED]: refused\n    at connect (net.js:2:2)\nCaused by: NonErrorThrown: the lock was taken',
+    );
   });
 
   it('keeps a multi-line message whole, taking the frames from the stack', () => {
