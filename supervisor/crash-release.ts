@@ -75,8 +75,8 @@ export function decideCrashRelease(batch: DeadBatch, view: DispatcherView): Cras
     crashReason ??= `thread crashed: ${describeCrash(batch.error)}${stackFrames(threadStack(batch.error))}`;
     return { id, thread, reason: crashReason, count: true };
   });
-  // Counted per batch whose thread had said it claimed jobs: a thread that
-  // died before claiming anything cost no job a run.
+  // The counter counts dead batches that had claimed jobs, not threads: a
+  // thread that died before claiming anything cost no job a run.
   const crashed = !killed && !view.stopping && threadId !== null;
   // Piscina reports an error on its pool ('thread failed outside a job') only
   // when the thread had no batch at all, and released jobs carry the error
