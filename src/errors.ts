@@ -46,13 +46,35 @@ export interface SerializedError {
   message: string;
   stack?: string;
   code?: string;
+  /** The error's `cause`, when it is an Error that has one: a wrapped error's reason is often the useful part. */
+  cause?: SerializedError;
 }
 
+/** Causes kept below an error: enough for errors wrapped a few times, bounded for a chain built in a loop. */
+const MAX_CAUSES = 8;
+
 export function serializeError(err: unknown): SerializedError {
+  const seen = new Set<unknown>();
+  const top = serializeOne(err);
+  let at = top;
+  let current = err;
+  // A cycle of causes (a.cause = b, b.cause = a) ends where it comes back.
+  for (let depth = 0; depth < MAX_CAUSES && isError(current); depth++) {
+    seen.add(current);
+    const error = current;
+    const cause = safeRead(() => (error as { cause?: unknown }).cause, undefined);
+    if (cause === undefined || cause === null || seen.has(cause)) break;
+    at = at.cause = serializeOne(cause);
+    current = cause;
+  }
+  return top;
+}
+
+function serializeOne(err: unknown): SerializedError {
   // Handlers may throw anything (`throw null`, a string, an object whose
   // toString throws, a Proxy that throws on every access); the job must
   // still get a readable failure record, so no read here may throw.
-  if (safeRead(() => err instanceof Error, false)) {
+  if (isError(err)) {
     const error = err as Error;
     const code = safeRead(() => (error as { code?: unknown }).code, undefined);
     return {
@@ -63,6 +85,10 @@ export function serializeError(err: unknown): SerializedError {
     };
   }
   return { name: 'NonErrorThrown', message: safeString(() => describeThrown(err), 'unprintable value thrown') };
+}
+
+function isError(value: unknown): value is Error {
+  return safeRead(() => value instanceof Error, false);
 }
 
 function safeRead<T>(read: () => T, fallback: T): T {
@@ -92,8 +118,14 @@ function safeString(read: () => string, fallback: string): string {
   }
 }
 
-/** The text kept in jobs.last_error: message first, then the stack. */
+/** The text kept in jobs.last_error: message first, then the stack, then each cause the same way. */
 export function formatStoredError(err: SerializedError): string {
+  let text = describeOne(err);
+  for (let cause = err.cause; cause; cause = cause.cause) text += `\nCaused by: ${describeOne(cause)}`;
+  return text;
+}
+
+function describeOne(err: SerializedError): string {
   const head = err.code ? `${err.name} [${err.code}]: ${err.message}` : `${err.name}: ${err.message}`;
   return head + stackFrames(err.stack);
 }

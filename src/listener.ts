@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import pg from 'pg';
+import { backoffMs } from './backoff.ts';
 import { describeConnection, redactSecret } from './redact.ts';
 import { throttled, type Logger } from './log.ts';
 import { quoteIdent } from './schema/channels.ts';
@@ -128,8 +129,7 @@ export class Listener extends EventEmitter {
         'LISTEN connection lost; reconnecting',
       ),
     );
-    const base = Math.min(reconnectMaxMs, reconnectMinMs * 2 ** this.attempt);
-    const delay = base / 2 + Math.random() * (base / 2);
+    const delay = backoffMs({ attempt: this.attempt, baseMs: reconnectMinMs, maxMs: reconnectMaxMs, jitter: true });
     this.attempt++;
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;

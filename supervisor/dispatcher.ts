@@ -1,23 +1,16 @@
 import { MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
-import { stackFrames } from '../src/errors.ts';
+import { backoffMs } from '../src/backoff.ts';
 import { throttledWarnings } from '../src/log.ts';
 import type { AbortKind, BatchEvent, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
+import { decideCrashRelease, describeCrash, type Kill, type Release } from './crash-release.ts';
 import type { ThreadPool } from './threads.ts';
+
+export type { Release } from './crash-release.ts';
 
 /** How long a pull waits for more slots to free up before it claims with what it has. */
 const GATHER_SLOTS_MS = 2;
-
-/** A job this supervisor should give back to the queue, and why. */
-export interface Release {
-  id: string;
-  /** The thread that ran it: a job claimed meanwhile by another thread of this supervisor is not touched. */
-  thread: number;
-  reason: string;
-  /** Whether the attempt counts towards max_attempts. */
-  count: boolean;
-}
 
 export interface DispatcherOptions {
   pool: ThreadPool;
@@ -131,7 +124,7 @@ export class Dispatcher {
   private readonly holding = new Set<string>();
   private readonly running = new Map<string, RunningJob>();
   /** Threads this supervisor is terminating on purpose, and for which job. */
-  private readonly killing = new Map<number, { jobId: string; kind: AbortKind; message: string }>();
+  private readonly killing = new Map<number, Kill>();
   /**
    * Slots held per thread (sent, not yet freed). New batches go to the
    * threads with the most room, so a CPU-bound thread is not handed more
@@ -654,7 +647,7 @@ export class Dispatcher {
       if (response.claimError) this.counters.claimErrors++;
       else this.counters.commitErrors++;
       this.claimFailures++;
-      this.claimBackoffUntil = Date.now() + Math.min(2_000, 50 * 2 ** Math.min(this.claimFailures, 6));
+      this.claimBackoffUntil = Date.now() + backoffMs({ attempt: this.claimFailures, baseMs: 50, maxMs: 2_000 });
       this.warn(
         this.options.logger,
         { err: failure.message },
@@ -671,7 +664,7 @@ export class Dispatcher {
         // It passed over jobs another statement held for a moment: pull
         // again shortly, backing off while they stay held.
         this.lockedPulls++;
-        this.claimBackoffUntil = Math.max(this.claimBackoffUntil, Date.now() + Math.min(500, 2 ** Math.min(this.lockedPulls, 9)));
+        this.claimBackoffUntil = Math.max(this.claimBackoffUntil, Date.now() + backoffMs({ attempt: this.lockedPulls, baseMs: 1, maxMs: 500 }));
       } else if (batch.backlogMark === this.backlogMark) {
         // The table had fewer due jobs than we asked for, and nobody has
         // announced one since the pull was sent: the backlog is drained.
@@ -697,46 +690,27 @@ export class Dispatcher {
   }
 
   private async giveBack(batch: Batch, err: Error): Promise<void> {
-    const threadId = batch.claimedOn;
-    const killed = threadId === null ? undefined : this.killing.get(threadId);
-    const releases: Release[] = [];
     // Only this batch's runs: a job released by the thread sweep may already run again elsewhere here.
-    const ours = (id: string) => {
-      const job = this.running.get(id);
-      return job?.batch === batch ? job : undefined;
-    };
+    const gone: RunningJob[] = [];
     for (const id of batch.claimed) {
-      const thread = ours(id)?.threadId;
-      if (thread === undefined) continue;
-      if (killed && killed.jobId === id) {
-        releases.push({ id, thread, reason: `${killed.message}; its thread was terminated because the handler did not stop`, count: true });
-      } else if (killed) {
-        releases.push({ id, thread, reason: `thread ${threadId} was terminated to stop job ${killed.jobId} (${killed.kind})`, count: false });
-      } else if (this.stopping) {
-        releases.push({ id, thread, reason: 'supervisor shut down before the job finished', count: false });
-      } else {
-        releases.push({ id, thread, reason: `thread crashed: ${describeCrash(err)}${stackFrames((err as { threadStack?: string }).threadStack)}`, count: true });
-      }
+      const job = this.running.get(id);
+      if (job?.batch === batch) gone.push(job);
     }
-    if (!killed && !this.stopping && threadId !== null) this.counters.threadCrashes++;
-    // Once per thread, though every batch on it fails: piscina reports an
-    // error on its pool ('thread failed outside a job') only when the thread
-    // had no batch at all, and released jobs carry it only if it had claimed some.
-    const crashed = batch.claimedOn ?? batch.threadId;
-    if (!this.stopping && crashed !== null && !this.killing.has(crashed) && !this.crashLogged.has(crashed)) {
-      this.crashLogged.add(crashed);
-      this.options.logger.warn({ threadId: crashed, err: this.options.pool.redact(describeCrash(err)) }, 'a thread crashed');
+    const { releases, crashed, logCrashOf } = decideCrashRelease(
+      { claimedOn: batch.claimedOn, sentTo: batch.threadId, jobs: gone, error: err },
+      { stopping: this.stopping, killing: this.killing, crashLogged: this.crashLogged },
+    );
+    if (crashed) this.counters.threadCrashes++;
+    if (logCrashOf !== null) {
+      this.crashLogged.add(logCrashOf);
+      this.options.logger.warn({ threadId: logCrashOf, err: this.options.pool.redact(describeCrash(err)) }, 'a thread crashed');
     }
     // Forget the jobs and free their slots before releasing them: the release
     // notifies their ids, and an id still held here would be dropped as a
     // duplicate, leaving the job to the next sweep instead of running now.
-    const gone: RunningJob[] = [];
-    for (const id of batch.claimed) {
-      const job = ours(id);
-      if (!job) continue;
+    for (const job of gone) {
       if (job.timer) clearTimeout(job.timer);
-      this.running.delete(id);
-      gone.push(job);
+      this.running.delete(job.id);
     }
     if (gone.length > 0) this.options.onJobs?.('finished', gone);
     this.freeSlots(batch.slots);
@@ -772,10 +746,4 @@ export class Dispatcher {
  */
 function batchLimit(capacity: number): number {
   return 2 * capacity;
-}
-
-function describeCrash(err: Error): string {
-  const code = (err as { code?: string }).code;
-  const message = err.message || (err.stack?.split('\n')[0] ?? err.name);
-  return code ? `${message} (${code})` : message;
 }

@@ -5,6 +5,7 @@
  */
 import os from 'node:os';
 import type pg from 'pg';
+import { backoffMs } from '../src/backoff.ts';
 import { explainConnectionErrors, rowsOf, withAnswerDeadline, withPipelinedTransaction } from '../src/db.ts';
 import { Listener } from '../src/listener.ts';
 import { throttled, throttledWarnings, type Logger } from '../src/log.ts';
@@ -475,7 +476,7 @@ export class SupervisorRuntime implements Supervisor {
         return;
       } catch (err) {
         this.warnDb(this.o.logger, { err: (err as Error).message }, 'release failed; retrying');
-        await new Promise((r) => setTimeout(r, Math.min(2_000, 100 * 2 ** attempt)));
+        await new Promise((r) => setTimeout(r, backoffMs({ attempt, baseMs: 100, maxMs: 2_000 })));
       }
     }
     this.o.logger.error({ jobs: jobs.map((j) => j.id) }, 'could not release jobs; their leases will expire and the reaper will return them');

@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import type { ResourceLimits, Worker } from 'node:worker_threads';
 import { Piscina, queueOptionsSymbol } from 'piscina';
 import type { Logger } from 'pino';
+import { backoffMs } from '../src/backoff.ts';
 import { GrapevineError } from '../src/errors.ts';
 import type { ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
 import { redactSecret } from '../src/redact.ts';
@@ -55,9 +56,10 @@ export class ThreadPool extends EventEmitter {
   private readonly exiting = new Set<number>();
   private destroyed = false;
   private repairTimer: NodeJS.Timeout | null = null;
-  private repairBackoffMs = 500;
-  /** Pauses before broken threads are replaced: they grow while replacements keep failing to load. */
-  private brokenBackoffMs = 0;
+  /** Failed repairs in a row: the pause before the next one grows with them. */
+  private repairFailures = 0;
+  /** Broken threads in a row: the pause before one is replaced grows while replacements keep failing to load. */
+  private brokenInARow = 0;
   private lastBrokenThread = 0;
   private readonly brokenTimers = new Set<NodeJS.Timeout>();
   threads: number;
@@ -148,13 +150,13 @@ export class ThreadPool extends EventEmitter {
       this.options.logger.warn({ threadId, err }, 'a thread could not load the task modules; its generation is retiring');
       return true;
     }
-    this.brokenBackoffMs = Math.min(30_000, Math.max(250, this.brokenBackoffMs * 2));
+    const replaceInMs = backoffMs({ attempt: this.brokenInARow++, baseMs: 250, maxMs: 30_000 });
     this.lastBrokenThread = Math.max(this.lastBrokenThread, threadId);
-    this.options.logger.warn({ threadId, err, replaceInMs: this.brokenBackoffMs }, 'a thread could not load the task modules; replacing it');
+    this.options.logger.warn({ threadId, err, replaceInMs }, 'a thread could not load the task modules; replacing it');
     const timer = setTimeout(() => {
       this.brokenTimers.delete(timer);
       this.terminate(threadId);
-    }, this.brokenBackoffMs);
+    }, replaceInMs);
     timer.unref();
     this.brokenTimers.add(timer);
     return true;
@@ -167,7 +169,7 @@ export class ThreadPool extends EventEmitter {
 
   /** A thread answered a batch with its tasks loaded: if it started after the last broken one, broken threads are replaced quickly again. */
   tasksLoaded(threadId: number): void {
-    if (threadId > this.lastBrokenThread) this.brokenBackoffMs = 0;
+    if (threadId > this.lastBrokenThread) this.brokenInARow = 0;
   }
 
   liveThreads(): ThreadInfo[] {
@@ -260,21 +262,21 @@ export class ThreadPool extends EventEmitter {
       const pool = this.current;
       if (!pool || this.destroyed) return;
       if (pool.threads.length >= this.threads) {
-        this.repairBackoffMs = 500;
+        this.repairFailures = 0;
         return;
       }
       this.options.logger.warn({ threads: pool.threads.length, wanted: this.threads }, 'thread pool is short; starting a new generation');
       this.replace().then(
         () => {
-          this.repairBackoffMs = 500;
+          this.repairFailures = 0;
         },
         (err: Error) => {
           this.options.logger.error({ err: err.message }, 'could not restore the thread pool; will retry');
-          this.repairBackoffMs = Math.min(30_000, this.repairBackoffMs * 2);
+          this.repairFailures++;
           this.scheduleRepair();
         },
       );
-    }, this.repairBackoffMs);
+    }, backoffMs({ attempt: this.repairFailures, baseMs: 500, maxMs: 30_000 }));
     this.repairTimer.unref();
   }
 

@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { createClient, startSupervisor, type Supervisor } from '../src/index.ts';
 import { silentLogger } from '../src/log.ts';
 import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
@@ -7,10 +7,13 @@ import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
 const db = useTestSchema('timeout');
 const client = createClient({ connectionString: db.url, schema: db.schema });
 const supervisors: Supervisor[] = [];
-afterAll(async () => {
-  await Promise.all(supervisors.map((s) => s.stop({ graceMs: 0 })));
-  await client.close();
+// Each test's supervisor is the only one running its jobs: what a test reads
+// from its status (restarts, threads) is about those jobs, and no idle
+// supervisor of an earlier test competes for the CPU.
+afterEach(async () => {
+  await Promise.all(supervisors.splice(0).map((s) => s.stop({ graceMs: 0 })));
 });
+afterAll(() => client.close());
 
 async function supervisor(tasks = FIXTURE_TASKS, threads = 2): Promise<Supervisor> {
   const s = await startSupervisor({

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
+import { backoffMs } from '../src/backoff.ts';
 import { completeJobs, deleteSucceeded, failJobs, type CompletedJob, type FailedJob } from '../src/sql/jobs.ts';
 
 export type Outcome =
@@ -96,8 +97,8 @@ export class OutcomeWriter {
     } catch (err) {
       // The statements are idempotent under the fence, so what is not settled can be retried.
       this.failures++;
-      this.queue = batch.filter((p) => !p.settled).concat(this.queue);
-      const delay = Math.min(2_000, 50 * 2 ** Math.min(this.failures, 6));
+      this.queue = retryFirst(batch, this.queue);
+      const delay = backoffMs({ attempt: this.failures, baseMs: 50, maxMs: 2_000 });
       if (this.failures === 1 || this.failures % 20 === 0) {
         this.logger.warn({ err: (err as Error).message, jobs: batch.length }, 'could not record job outcomes; retrying');
       }
@@ -117,19 +118,8 @@ export class OutcomeWriter {
   private async writeSuccesses(successes: Pending[], rejected: Set<string>): Promise<void> {
     let record = successes;
     if (this.options.deleteSucceeded) {
-      // The delete pairs ids with tokens by position, so each id goes in once;
-      // a second outcome for the same job (a stale claim) is left to `complete`.
-      const seen = new Set<string>();
-      const once: Pending[] = [];
-      record = [];
-      for (let i = 0; i < successes.length; i++) {
-        const p = successes[i];
-        if (seen.has(p.outcome.id)) record.push(p);
-        else {
-          seen.add(p.outcome.id);
-          once.push(p);
-        }
-      }
+      const { once, repeats } = oncePerJob(successes);
+      record = repeats;
       const ids: string[] = new Array(once.length);
       const tokens: string[] = new Array(once.length);
       for (let i = 0; i < once.length; i++) {
@@ -157,4 +147,29 @@ export class OutcomeWriter {
   private collect(ids: string[], rejected: Set<string>): void {
     for (const id of ids) rejected.add(id);
   }
+}
+
+/**
+ * The delete pairs ids with tokens by position, so each id goes in once: a
+ * second outcome for the same job (a stale claim) is left to `complete`,
+ * whose fence sorts it out.
+ */
+export function oncePerJob<T extends { outcome: { id: string } }>(items: readonly T[]): { once: T[]; repeats: T[] } {
+  const seen = new Set<string>();
+  const once: T[] = [];
+  const repeats: T[] = [];
+  for (let i = 0; i < items.length; i++) {
+    const p = items[i];
+    if (seen.has(p.outcome.id)) repeats.push(p);
+    else {
+      seen.add(p.outcome.id);
+      once.push(p);
+    }
+  }
+  return { once, repeats };
+}
+
+/** After a failed write: its unsettled outcomes go out again first, before those that queued up meanwhile. */
+export function retryFirst<T extends { settled?: boolean }>(failed: readonly T[], queued: readonly T[]): T[] {
+  return failed.filter((p) => !p.settled).concat(queued);
 }
