@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient } from '../src/index.ts';
+import { createClient } from '../supervisor/public.ts';
 import { jobStatements } from '../src/sql/jobs.ts';
 import { withValues } from '../src/sql/statement.ts';
 import { useTestSchema } from './helpers/db.ts';

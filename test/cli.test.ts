@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { createClient } from '../src/index.ts';
+import { createClient } from '../supervisor/public.ts';
 import { FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
 import { CLI, run, start } from './helpers/process.ts';
 

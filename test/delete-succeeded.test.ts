@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { startSupervisor, type Supervisor } from '../src/index.ts';
+import { startSupervisor, type Supervisor } from '../supervisor/public.ts';
 import { jobStatements } from '../src/sql/jobs.ts';
 import { withValues } from '../src/sql/statement.ts';
-import { createTestQueue } from '../src/testing.ts';
+import { createTestQueue } from '../supervisor/testing.ts';
 import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 import { RECORDED_TASKS } from './helpers/queue.ts';
 
