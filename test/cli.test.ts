@@ -26,6 +26,7 @@ describe('grapevine CLI', () => {
       [['run'], /--tasks is required/],
       [['add', 'square', '--priority', 'high'], /--priority must be an integer/],
       [['run', '--tasks', FIXTURE_TASKS, '--idle-timeout', 'soon'], /--idle-timeout must be a number of seconds/],
+      [['run', '--tasks', FIXTURE_TASKS, '--log-format', 'xml'], /--log-format must be pretty or json/],
     ];
     for (const [args, message] of cases) {
       const result = await run([CLI, ...args], env);
@@ -33,6 +34,31 @@ describe('grapevine CLI', () => {
       expect(result.stderr.trim().split('\n')).toHaveLength(1);
       expect(result.stderr).toMatch(message);
     }
+  });
+
+  it('stops at once when given no database, naming DATABASE_URL, --database-url and --embedded', async () => {
+    const noDatabase = { DATABASE_URL: undefined, GRAPEVINE_TEST_DATABASE_URL: undefined };
+    const commands = [
+      ['run', '--tasks', FIXTURE_TASKS],
+      ['add', 'square'],
+      ['job', '1'],
+      ['cancel', '1'],
+      ['migrate'],
+      ['workers'],
+      ['log'],
+      ['message', 'PING'],
+    ];
+    for (const args of commands) {
+      const result = await run([CLI, ...args], noDatabase);
+      expect(result.code, args.join(' ')).toBe(2);
+      expect(result.stdout).toBe('');
+      expect(result.stderr).toBe(
+        'grapevine: no database given: set DATABASE_URL or pass --database-url URL, or pass --embedded to run a local PostgreSQL kept in ./.grapevine/db\n',
+      );
+    }
+    const both = await run([CLI, 'migrate', '--embedded', '--database-url', db.url], noDatabase);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toMatch(/--embedded and --database-url name two databases/);
   });
 
   it('names the unreachable host and never prints the password', async () => {
