@@ -20,7 +20,17 @@ export function createLogger(options: { level?: string; name?: string; format?: 
     },
   };
   if (options.format !== 'pretty') return pino(settings);
-  return pino(settings, { write: (line: string) => void process.stdout.write(prettyLine(line)) });
+  const logger = pino(settings, { write: (line: string) => void process.stdout.write(prettyLine(line)) });
+  // Child loggers inherit it (pino makes them with the parent as prototype).
+  Object.defineProperty(logger, FORMAT, { value: 'pretty' });
+  return logger;
+}
+
+const FORMAT = Symbol('grapevine.logFormat');
+
+/** How a logger from createLogger writes, so threads can write the same way; json for any other logger. */
+export function logFormatOf(logger: Logger): LogFormat {
+  return (logger as unknown as Record<symbol, LogFormat | undefined>)[FORMAT] ?? 'json';
 }
 
 const LEVEL_NAMES: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
