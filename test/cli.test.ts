@@ -86,6 +86,18 @@ describe('grapevine CLI', () => {
     expect(exit.stdout).toMatch(/stopped/);
   });
 
+  it('run logs pino JSON when stdout is not a terminal, and readable lines with --log-format pretty', async () => {
+    const args = [CLI, 'run', '--tasks', FIXTURE_TASKS, '--threads', '1', '--idle-timeout', '0.3', '--schema', db.schema, '--log-level', 'info'];
+    const json = await run(args, env);
+    expect(json.code).toBe(0);
+    for (const line of json.stdout.trim().split('\n')) expect(JSON.parse(line)).toHaveProperty('msg');
+    const pretty = await run([...args, '--log-format', 'pretty'], env);
+    expect(pretty.code).toBe(0);
+    expect(pretty.stdout).toMatch(/^\d\d:\d\d:\d\d\.\d{3} INFO  supervisor started supervisor=\S+ threads=1 /m);
+    expect(pretty.stdout).toMatch(/^\d\d:\d\d:\d\d\.\d{3} INFO  THREAD_EXIT stopped /m);
+    expect(pretty.stdout).not.toMatch(/"level"/);
+  });
+
   it('migrates, adds a job, shows it, and runs it with --wait against a running supervisor', async () => {
     const migrated = await cli('migrate');
     expect(migrated.code).toBe(0);
