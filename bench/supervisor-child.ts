@@ -4,7 +4,7 @@
 // pause/resume the scale-out workload needs to start N supervisors on one backlog.
 // Usage: forked by bench/lib/procs.ts with an IPC channel and its ChildSpec in the environment (specEnv).
 import pino from 'pino';
-import { startSupervisor } from 'grapevine';
+import { startSupervisor } from 'grapevine-jobs';
 import { listenToThreads } from './lib/channel.mjs';
 import { readSpec } from './lib/procs.ts';
 

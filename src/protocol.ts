@@ -5,6 +5,7 @@
  */
 import type { MessagePort } from 'node:worker_threads';
 import type { SerializedError } from './errors.ts';
+import type { LogFormat } from './log.ts';
 
 /** Given to every thread once, as piscina's workerData. */
 export interface ThreadConfig {
@@ -21,6 +22,7 @@ export interface ThreadConfig {
   systemConnections: number;
   handlerConnections: number;
   logLevel: string;
+  logFormat: LogFormat;
   /** Succeeded jobs nobody waits for are deleted instead of recorded. */
   deleteSucceeded: boolean;
 }

@@ -10,7 +10,7 @@ function findPackage(): { root: string; version: string } {
     const file = path.join(dir, 'package.json');
     if (existsSync(file)) {
       const pkg = JSON.parse(readFileSync(file, 'utf8')) as { name?: string; version?: string };
-      if (pkg.name === 'grapevine') return { root: dir, version: pkg.version ?? '0.0.0' };
+      if (pkg.name === 'grapevine-jobs') return { root: dir, version: pkg.version ?? '0.0.0' };
     }
     dir = path.dirname(dir);
   }

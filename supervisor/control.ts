@@ -114,8 +114,10 @@ export class ControlPlane {
     this.log.append('ALIVE', `${os.hostname()} pid ${process.pid} grapevine ${VERSION} node ${process.version}`);
     this.log.append('QUEUE', host.queues ? host.queues.join(' ') : '(all queues)');
     this.log.append('THREADS', `${host.threadPool.threads} x ${host.concurrency}`);
+    // A thread we stopped (the pool destroyed, a generation retired) exits with code 1
+    // too; only an exit nobody asked for is a crash worth its exit code.
     host.threadPool.on('exit', (threadId: number, code: number, expected: boolean) =>
-      this.log.append('THREAD_EXIT', `exit code ${code}${expected ? '' : ' (unexpected)'}`, threadId),
+      this.log.append('THREAD_EXIT', expected ? 'stopped' : `exit code ${code} (unexpected)`, threadId),
     );
     host.threadPool.on('start', (threadId: number, generation: number, restart: boolean) => {
       if (restart) this.log.append('THREAD_RESTART', `generation ${generation}`, threadId);

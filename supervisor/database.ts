@@ -9,19 +9,35 @@ export interface ResolvedDatabase {
 
 export const EMBEDDED_DIR = '.grapevine/db';
 
+/** What a command says when it was given no database (a usage error: exit code 2). */
+export const NO_DATABASE =
+  `no database given: set DATABASE_URL or pass --database-url URL, or pass --embedded to run a local PostgreSQL kept in ./${EMBEDDED_DIR}`;
+
 /**
- * The database a CLI command talks to: --database-url, then DATABASE_URL,
- * then an embedded PostgreSQL kept under ./.grapevine/db, so a newcomer with
- * only Node can run everything. Commands run in the same directory share it.
+ * Which PostgreSQL a command uses: --embedded, else --database-url, else
+ * DATABASE_URL. A deploy that lost its DATABASE_URL must stop, not run jobs
+ * into a throwaway local database, so the embedded server is used only when
+ * asked for (or, for the demo, when nothing else is given). Returns null
+ * when there is no database to use; the caller reports NO_DATABASE.
  */
-export async function resolveDatabase(flag: string | undefined, say: (line: string) => void): Promise<ResolvedDatabase> {
-  const given = flag ?? process.env.DATABASE_URL;
-  if (given) return { connectionString: given, release: async () => {}, embedded: false };
+export function chooseDatabase(flags: { url?: string; embedded?: boolean }, embeddedByDefault = false): { url?: string } | null {
+  if (flags.embedded) return {};
+  const url = flags.url ?? process.env.DATABASE_URL;
+  if (url) return { url };
+  return embeddedByDefault ? {} : null;
+}
+
+/**
+ * Opens the chosen database: the given URL, or an embedded PostgreSQL kept
+ * under ./.grapevine/db, shared by the commands run in the same directory.
+ */
+export async function resolveDatabase(choice: { url?: string }, say: (line: string) => void): Promise<ResolvedDatabase> {
+  if (choice.url) return { connectionString: choice.url, release: async () => {}, embedded: false };
   const db = await startEmbeddedDatabase({ dir: EMBEDDED_DIR });
   say(
     db.reused
-      ? `no DATABASE_URL: using the embedded PostgreSQL already running in ./${EMBEDDED_DIR} (127.0.0.1:${db.port})`
-      : `no DATABASE_URL: started embedded PostgreSQL in ./${EMBEDDED_DIR} on 127.0.0.1:${db.port}`,
+      ? `using the embedded PostgreSQL already running in ./${EMBEDDED_DIR} (127.0.0.1:${db.port})`
+      : `started embedded PostgreSQL in ./${EMBEDDED_DIR} on 127.0.0.1:${db.port}`,
   );
   return { connectionString: db.connectionString, release: () => db.stop(), embedded: true };
 }

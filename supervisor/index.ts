@@ -12,7 +12,7 @@ import {
 } from '../src/config.ts';
 import { createPool, explainConnectionErrors } from '../src/db.ts';
 import { GrapevineError } from '../src/errors.ts';
-import { createLogger, type Logger } from '../src/log.ts';
+import { createLogger, logFormatOf, type Logger } from '../src/log.ts';
 import type { ThreadConfig } from '../src/protocol.ts';
 import { migrate } from '../src/schema/migrate.ts';
 import type { WorkerThread } from '../src/worker-info.ts';
@@ -175,6 +175,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     systemConnections: DEFAULTS.threadSystemConnections,
     handlerConnections: validatePositiveInt('handlerConnections', options.handlerConnections ?? DEFAULTS.threadHandlerConnections, { max: 100 }),
     logLevel: logger.level,
+    logFormat: logFormatOf(logger),
     deleteSucceeded: options.deleteSucceeded ?? DEFAULTS.deleteSucceeded,
   };
   const threadPool = new ThreadPool({ threads, concurrency, config: threadConfig, resourceLimits: options.resourceLimits, logger });

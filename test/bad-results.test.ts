@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { GrapevineError, startSupervisor, type Supervisor } from '../src/index.ts';
+import { GrapevineError, startSupervisor, type Supervisor } from '../supervisor/public.ts';
 import { createLogger } from '../src/log.ts';
 import { eventually, FIXTURE_TASKS, useMigratedSchema } from './helpers/db.ts';
 import { CLI, run } from './helpers/process.ts';

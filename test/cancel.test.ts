@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { createClient, startSupervisor, type Supervisor } from '../src/index.ts';
+import { createClient, startSupervisor, type Supervisor } from '../supervisor/public.ts';
 import { silentLogger } from '../src/log.ts';
-import { createTestQueue } from '../src/testing.ts';
+import { createTestQueue } from '../supervisor/testing.ts';
 import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
 
 const db = useTestSchema('cancel');

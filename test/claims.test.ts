@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient } from '../src/index.ts';
+import { createClient } from '../supervisor/public.ts';
 import { claimByIds, claimNext, hasDue, type ClaimParams } from '../src/sql/jobs.ts';
 import { useTestSchema } from './helpers/db.ts';
 

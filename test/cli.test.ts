@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { createClient } from '../src/index.ts';
+import { createClient } from '../supervisor/public.ts';
 import { FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
 import { CLI, run, start } from './helpers/process.ts';
 
@@ -26,6 +26,7 @@ describe('grapevine CLI', () => {
       [['run'], /--tasks is required/],
       [['add', 'square', '--priority', 'high'], /--priority must be an integer/],
       [['run', '--tasks', FIXTURE_TASKS, '--idle-timeout', 'soon'], /--idle-timeout must be a number of seconds/],
+      [['run', '--tasks', FIXTURE_TASKS, '--log-format', 'xml'], /--log-format must be pretty or json/],
     ];
     for (const [args, message] of cases) {
       const result = await run([CLI, ...args], env);
@@ -33,6 +34,31 @@ describe('grapevine CLI', () => {
       expect(result.stderr.trim().split('\n')).toHaveLength(1);
       expect(result.stderr).toMatch(message);
     }
+  });
+
+  it('stops at once when given no database, naming DATABASE_URL, --database-url and --embedded', async () => {
+    const noDatabase = { DATABASE_URL: undefined, GRAPEVINE_TEST_DATABASE_URL: undefined };
+    const commands = [
+      ['run', '--tasks', FIXTURE_TASKS],
+      ['add', 'square'],
+      ['job', '1'],
+      ['cancel', '1'],
+      ['migrate'],
+      ['workers'],
+      ['log'],
+      ['message', 'PING'],
+    ];
+    for (const args of commands) {
+      const result = await run([CLI, ...args], noDatabase);
+      expect(result.code, args.join(' ')).toBe(2);
+      expect(result.stdout).toBe('');
+      expect(result.stderr).toBe(
+        'grapevine: no database given: set DATABASE_URL or pass --database-url URL, or pass --embedded to run a local PostgreSQL kept in ./.grapevine/db\n',
+      );
+    }
+    const both = await run([CLI, 'migrate', '--embedded', '--database-url', db.url], noDatabase);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toMatch(/--embedded and --database-url name two databases/);
   });
 
   it('names the unreachable host and never prints the password', async () => {
@@ -58,6 +84,18 @@ describe('grapevine CLI', () => {
     expect(exit.code).toBe(0);
     expect(exit.stdout).toMatch(/TIMEOUT no job for/);
     expect(exit.stdout).toMatch(/stopped/);
+  });
+
+  it('run logs pino JSON when stdout is not a terminal, and readable lines with --log-format pretty', async () => {
+    const args = [CLI, 'run', '--tasks', FIXTURE_TASKS, '--threads', '1', '--idle-timeout', '0.3', '--schema', db.schema, '--log-level', 'info'];
+    const json = await run(args, env);
+    expect(json.code).toBe(0);
+    for (const line of json.stdout.trim().split('\n')) expect(JSON.parse(line)).toHaveProperty('msg');
+    const pretty = await run([...args, '--log-format', 'pretty'], env);
+    expect(pretty.code).toBe(0);
+    expect(pretty.stdout).toMatch(/^\d\d:\d\d:\d\d\.\d{3} INFO  supervisor started supervisor=\S+ threads=1 /m);
+    expect(pretty.stdout).toMatch(/^\d\d:\d\d:\d\d\.\d{3} INFO  THREAD_EXIT stopped /m);
+    expect(pretty.stdout).not.toMatch(/"level"/);
   });
 
   it('migrates, adds a job, shows it, and runs it with --wait against a running supervisor', async () => {

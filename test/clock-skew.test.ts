@@ -6,7 +6,7 @@ import { ROOT, start } from './helpers/process.ts';
 /** Preloaded with --import: the process and its threads see a shifted wall clock. */
 const SHIFT_CLOCK = path.resolve(import.meta.dirname, 'fixtures/shift-clock.mjs');
 /** The grapevine/testing child: a supervisor in its own process, stopped with SIGTERM. */
-const SUPERVISOR_CHILD = path.join(ROOT, 'src/testing-child.ts');
+const SUPERVISOR_CHILD = path.join(ROOT, 'supervisor/testing-child.ts');
 
 const TIMING = { leaseMs: 2_000, heartbeatIntervalMs: 200, reaperIntervalMs: 200, sweepIntervalMs: 200, shutdownGraceMs: 0 };
 

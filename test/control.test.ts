@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, createControl, describeConnection, GrapevineError, VERSION, type Control } from '../src/index.ts';
+import { createClient, createControl, describeConnection, GrapevineError, VERSION, type Control } from '../supervisor/public.ts';
 import { silentLogger } from '../src/log.ts';
 import { WorkerLog } from '../supervisor/worker-log.ts';
 import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';

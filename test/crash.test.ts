@@ -2,7 +2,7 @@ import { rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import type { Supervisor, SupervisorOptions } from '../src/index.ts';
+import type { Supervisor, SupervisorOptions } from '../supervisor/public.ts';
 import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 
 const db = useMigratedSchema('crash');

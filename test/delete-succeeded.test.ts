@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { startSupervisor, type Supervisor } from '../src/index.ts';
+import { startSupervisor, type Supervisor } from '../supervisor/public.ts';
 import { claimByIds, deleteSucceeded, releaseJobs } from '../src/sql/jobs.ts';
-import { createTestQueue } from '../src/testing.ts';
+import { createTestQueue } from '../supervisor/testing.ts';
 import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 import { RECORDED_TASKS } from './helpers/queue.ts';
 

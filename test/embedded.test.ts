@@ -1,12 +1,15 @@
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { startEmbeddedDatabase } from '../src/embedded.ts';
 import type { EmbeddedDatabase } from '../src/embedded.ts';
+import { FIXTURE_TASKS } from './helpers/db.ts';
+import { CLI, start as startProcess } from './helpers/process.ts';
 
 const root = fileURLToPath(new URL('../.grapevine/', import.meta.url));
 const dir = path.join(root, `test-embedded-${randomBytes(4).toString('hex')}`);
@@ -84,5 +87,27 @@ describe('startEmbeddedDatabase', { timeout: 60_000 }, () => {
     expect(fresh.reused).toBe(false);
     expect(await query(fresh.connectionString, 'select count(*)::int as n from kept')).toEqual([{ n: 1 }]);
     await fresh.stop();
+  });
+});
+
+describe('grapevine --embedded', { timeout: 120_000 }, () => {
+  const cwd = path.join(root, `test-cli-embedded-${randomBytes(4).toString('hex')}`);
+  afterAll(() => rm(cwd, { recursive: true, force: true }));
+  // No database in the environment: --embedded alone must be enough.
+  const env = { DATABASE_URL: undefined, GRAPEVINE_TEST_DATABASE_URL: undefined, GRAPEVINE_LOG_LEVEL: 'warn' };
+  const cli = (...args: string[]) => startProcess([CLI, ...args, '--embedded'], env, cwd).exited;
+
+  it('adds and runs a job on a PostgreSQL it starts in ./.grapevine/db', async () => {
+    await mkdir(cwd, { recursive: true });
+    const added = await cli('add', 'square', '{"n": 9}');
+    expect(added.code, added.stderr).toBe(0);
+    expect(added.stderr).toMatch(/started embedded PostgreSQL in \.\/\.grapevine\/db on 127\.0\.0\.1:\d+/);
+    expect(existsSync(path.join(cwd, '.grapevine/db/pgdata/PG_VERSION'))).toBe(true);
+    const id = added.stdout.trim();
+
+    const ran = await cli('run', '--tasks', FIXTURE_TASKS, '--threads', '1', '--idle-timeout', '0.5');
+    expect(ran.code, ran.stderr).toBe(0);
+    const shown = await cli('job', id);
+    expect(JSON.parse(shown.stdout)).toMatchObject({ id, state: 'succeeded', result: { n: 9, root: 3 } });
   });
 });

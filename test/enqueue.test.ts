@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createClient, GrapevineError } from '../src/index.ts';
+import { createClient, GrapevineError } from '../supervisor/public.ts';
 import { useTestSchema } from './helpers/db.ts';
 
 const db = useTestSchema('enqueue');

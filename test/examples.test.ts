@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { createClient } from '../src/index.ts';
+import { createClient } from '../supervisor/public.ts';
 import { databaseUrl, schemaName } from './helpers/db.ts';
 import { CLI, ROOT, run, start } from './helpers/process.ts';
 import { startProxy } from './helpers/proxy.ts';

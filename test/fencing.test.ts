@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { Supervisor, SupervisorOptions } from '../src/index.ts';
+import type { Supervisor, SupervisorOptions } from '../supervisor/public.ts';
 import { claimByIds, completeJobs, failJobs, reapExpired, releaseJobs, renewLeases } from '../src/sql/jobs.ts';
 import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 

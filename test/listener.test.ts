@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { createClient, startSupervisor, type Supervisor } from '../src/index.ts';
+import { createClient, startSupervisor, type Supervisor } from '../supervisor/public.ts';
 import { Listener } from '../src/listener.ts';
 import { silentLogger } from '../src/log.ts';
 import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';

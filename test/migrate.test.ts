@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createClient, createControl, GrapevineError, startSupervisor } from '../src/index.ts';
+import { createClient, createControl, GrapevineError, startSupervisor } from '../supervisor/public.ts';
 import { silentLogger } from '../src/log.ts';
 import { latestVersion, migrations, schemaFunctions } from '../src/schema/files.ts';
 import { FIXTURE_TASKS, schemaName, useTestSchema } from './helpers/db.ts';

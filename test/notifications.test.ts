@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, startSupervisor, type Supervisor } from '../src/index.ts';
+import { createClient, startSupervisor, type Supervisor } from '../supervisor/public.ts';
 import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
 import { capturingLogger } from './helpers/logs.ts';
 import { useOwnRole } from './helpers/role.ts';

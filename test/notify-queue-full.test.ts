@@ -10,7 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, createControl, startSupervisor, type Client, type Supervisor } from '../src/index.ts';
+import { createClient, createControl, startSupervisor, type Client, type Supervisor } from '../supervisor/public.ts';
 import { channelsFor } from '../src/schema/channels.ts';
 import { startEmbeddedDatabase, type EmbeddedDatabase } from '../src/embedded.ts';
 import { eventually, FIXTURE_TASKS, schemaName } from './helpers/db.ts';

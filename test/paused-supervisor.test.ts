@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { TestQueue, TestSupervisorOptions } from '../src/testing.ts';
+import type { TestQueue, TestSupervisorOptions } from '../supervisor/testing.ts';
 import { eventually, testLogger } from './helpers/db.ts';
 import { RECORDED_TASKS, useTestQueue } from './helpers/queue.ts';
 

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../src/log.ts';
-import type { TestQueue, TestSupervisorOptions } from '../src/testing.ts';
+import type { TestQueue, TestSupervisorOptions } from '../supervisor/testing.ts';
 import { eventually } from './helpers/db.ts';
 import { RECORDED_TASKS, useTestQueue } from './helpers/queue.ts';
 

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, startSupervisor, type Supervisor } from '../src/index.ts';
+import { createClient, startSupervisor, type Supervisor } from '../supervisor/public.ts';
 import { silentLogger } from '../src/log.ts';
 import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
 

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
-import type { Supervisor, SupervisorOptions } from '../src/index.ts';
+import type { Supervisor, SupervisorOptions } from '../supervisor/public.ts';
 import { Reaper } from '../supervisor/maintenance.ts';
 import { eventually, FIXTURE_TASKS, startTestSupervisor, testLogger, useMigratedSchema } from './helpers/db.ts';
 import { start as startProcess } from './helpers/process.ts';

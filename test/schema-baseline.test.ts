@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createClient } from '../src/index.ts';
+import { createClient } from '../supervisor/public.ts';
 import { latestVersion, migrations, schemaFunctions } from '../src/schema/files.ts';
 import { eventually, schemaName, startTestSupervisor, useTestSchema } from './helpers/db.ts';
 

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, GrapevineError, startSupervisor } from '../src/index.ts';
+import { createClient, GrapevineError, startSupervisor } from '../supervisor/public.ts';
 import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
 import { capturingLogger } from './helpers/logs.ts';
 import { CLI, ROOT, run, start } from './helpers/process.ts';
@@ -138,7 +138,7 @@ describe('secrets', () => {
   });
 
   it('never prints the password from a supervisor process, threads included, at debug level', async () => {
-    const child = start([path.join(ROOT, 'src/testing-child.ts')], {
+    const child = start([path.join(ROOT, 'supervisor/testing-child.ts')], {
       GRAPEVINE_TEST_CHILD: JSON.stringify({ ...SUPERVISOR_OPTIONS, connectionString: role.url, logLevel: 'debug' }),
     });
     const id = (await child.waitFor(/ready \S+/)).slice('ready '.length);

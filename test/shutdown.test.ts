@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import type { Supervisor, SupervisorOptions } from '../src/index.ts';
+import type { Supervisor, SupervisorOptions } from '../supervisor/public.ts';
 import { eventually, FIXTURE_TASKS, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 import { ROOT, start as startProcess, type Running } from './helpers/process.ts';
 

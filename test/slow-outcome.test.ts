@@ -2,7 +2,7 @@
 // row lock, a slow disk) is no longer running anything: it must not keep its
 // slot, and its timeout must not terminate the thread.
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { createClient, type Supervisor } from '../src/index.ts';
+import { createClient, type Supervisor } from '../supervisor/public.ts';
 import { addWaitTrigger, eventually, holdAdvisoryLock, startTestSupervisor, useTestSchema, type HeldLock } from './helpers/db.ts';
 
 const db = useTestSchema('slow_outcome');

@@ -2,7 +2,7 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PermanentError, VERSION, type Supervisor, type SupervisorOptions } from '../src/index.ts';
+import { PermanentError, VERSION, type Supervisor, type SupervisorOptions } from '../supervisor/public.ts';
 import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 import { useOwnRole } from './helpers/role.ts';
 

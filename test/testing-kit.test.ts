@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createTestQueue, type TestQueue } from '../src/testing.ts';
+import { createTestQueue, type TestQueue } from '../supervisor/testing.ts';
 import { databaseUrl, eventually } from './helpers/db.ts';
 import { RECORDED_TASKS } from './helpers/queue.ts';
 
@@ -15,7 +15,7 @@ async function alive(pid: number): Promise<boolean> {
   return (await pool.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [pid])).rowCount === 1;
 }
 
-describe('grapevine/testing', () => {
+describe('grapevine-jobs/testing', () => {
   // Test files run in parallel against one server, each with a queue of its own.
   it("killListeners() cuts the LISTEN connections of its own queue's supervisors and no one else's", async () => {
     const mine = await createTestQueue({ connectionString: databaseUrl() });

@@ -4,7 +4,7 @@
 // oldest due jobs with the tasks and queues in the supervisors table, once a
 // minute, and warns.
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Supervisor } from '../src/index.ts';
+import type { Supervisor } from '../supervisor/public.ts';
 import { Reaper, type ReapResult } from '../supervisor/maintenance.ts';
 import { eventually, startTestSupervisor, testLogger, useMigratedSchema } from './helpers/db.ts';
 import { capturingLogger } from './helpers/logs.ts';

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { createClient, GrapevineError, type Job, type Supervisor } from '../src/index.ts';
+import { createClient, GrapevineError, type Job, type Supervisor } from '../supervisor/public.ts';
 import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 import { useOwnRole } from './helpers/role.ts';
 

@@ -11,10 +11,10 @@
 import { threadId, workerData } from 'node:worker_threads';
 import type { MessagePort } from 'node:worker_threads';
 import type pg from 'pg';
-import pino from 'pino';
 import { createClient, type Client } from '../src/client.ts';
 import { checkOut, createPool, inTransaction, withClient, type CheckedOut } from '../src/db.ts';
 import { GrapevineError, serializeError } from '../src/errors.ts';
+import { createLogger } from '../src/log.ts';
 import type { AbortKind, BatchEvent, SupervisorSignal, ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
 import type { TaskHelpers } from '../src/task.ts';
 import { claimByIdsQuery, claimNextQuery, hasDue, type ClaimedJobRow, type ClaimParams } from '../src/sql/jobs.ts';
@@ -24,7 +24,7 @@ import { OutcomeWriter, type Outcome, type OutcomeSink } from './outcomes.ts';
 import { loadTasks, type LoadedTasks } from './registry.ts';
 
 const config = workerData as ThreadConfig;
-const logger = pino({ name: 'grapevine', level: config.logLevel }).child({ supervisor: config.supervisorId, threadId });
+const logger = createLogger({ level: config.logLevel, format: config.logFormat }).child({ supervisor: config.supervisorId, threadId });
 const onIdleError = (err: Error) => logger.debug({ err: err.message }, 'idle database connection closed');
 // Claims and outcome writes keep their connections open: a job arriving
 // after a quiet spell must not pay for a new connection (and its auth).

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { repoVersion } from '../lib/db.ts';
 import pino from 'pino';
-import { createClient, startSupervisor, type Client, type Supervisor } from 'grapevine';
+import { createClient, startSupervisor, type Client, type Supervisor } from 'grapevine-jobs';
 import { listenToThreads } from '../lib/channel.mjs';
 import type { AdapterContext, BenchPayload, Probe, SystemAdapter, TaskName, WorkerOptions } from './types.ts';
 

@@ -11,7 +11,7 @@
 // events table, so times from threads and other processes compare directly.
 import pg from 'pg';
 import pino from 'pino';
-import { createClient, DEFAULTS, startSupervisor, type Supervisor } from 'grapevine';
+import { createClient, DEFAULTS, startSupervisor, type Supervisor } from 'grapevine-jobs';
 import { listenToThreads } from '../lib/channel.mjs';
 import { exited, killAllChildren, spawnSupervisorProcess } from '../lib/procs.ts';
 import { median, nowMs, sleep } from '../lib/stats.ts';

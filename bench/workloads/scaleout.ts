@@ -5,7 +5,7 @@
 // single-process throughput workload.
 import os from 'node:os';
 import pg from 'pg';
-import { createClient } from 'grapevine';
+import { createClient } from 'grapevine-jobs';
 import { forkSupervisor, killAllChildren, type ControlledSupervisor } from '../lib/procs.ts';
 import { nowMs, sleep } from '../lib/stats.ts';
 import { GRAPEVINE_CONCURRENCY, GRAPEVINE_DELETE_SUCCEEDED, TASKS_DIR } from '../systems/grapevine.ts';

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import pino from 'pino';
-import { createClient, startSupervisor } from 'grapevine';
+import { createClient, startSupervisor } from 'grapevine-jobs';
 
 const connectionString = process.env.DATABASE_URL;
 if (!connectionString) {

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createClient, startSupervisor } from 'grapevine';
+import { createClient, startSupervisor } from 'grapevine-jobs';
 
 const TASKS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'tasks');
 

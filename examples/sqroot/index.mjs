@@ -1,5 +1,5 @@
 // Run: DATABASE_URL=postgres://... node examples/sqroot/index.mjs
-// (or `npx grapevine demo`, which runs this on an embedded PostgreSQL).
+// (or `npm run demo`, which runs this on an embedded PostgreSQL).
 import os from 'node:os';
 import { runSqrootDemo } from './demo.mjs';
 

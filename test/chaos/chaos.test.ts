@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startEmbeddedDatabase, type EmbeddedDatabase } from '../../src/embedded.ts';
 import { stopAndExplain } from '../helpers/process.ts';
-import { createTestQueue, type SupervisorProcess, type TestQueue } from '../../src/testing.ts';
+import { createTestQueue, type SupervisorProcess, type TestQueue } from '../../supervisor/testing.ts';
 
 const TASKS = new URL('./tasks', import.meta.url).pathname;
 const JOBS = 3_000;

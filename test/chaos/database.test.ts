@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startEmbeddedDatabase, type EmbeddedDatabase } from '../../src/embedded.ts';
-import { createTestQueue, type TestQueue } from '../../src/testing.ts';
+import { createTestQueue, type TestQueue } from '../../supervisor/testing.ts';
 import { stopAndExplain } from '../helpers/process.ts';
 
 // PostgreSQL going away under running supervisors: they must recover without

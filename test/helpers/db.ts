@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, inject } from 'vitest';
-import { createClient, startSupervisor, type Client, type Supervisor, type SupervisorOptions } from '../../src/index.ts';
+import { createClient, startSupervisor, type Client, type Supervisor, type SupervisorOptions } from '../../supervisor/public.ts';
 import { createLogger } from '../../src/log.ts';
 
 export function databaseUrl(): string {

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll } from 'vitest';
-import { createTestQueue, type TestQueue } from '../../src/testing.ts';
+import { createTestQueue, type TestQueue } from '../../supervisor/testing.ts';
 import { databaseUrl } from './db.ts';
 
 /** Handlers that write every execution into the test queue's ledger. */

@@ -1,4 +1,4 @@
-import { recordExecution } from 'grapevine/testing';
+import { recordExecution } from 'grapevine-jobs/testing';
 
 // Records the execution, then burns a little CPU so kills land mid-job.
 export default async function chaosWork(payload, helpers) {

@@ -1,5 +1,5 @@
 /**
- * grapevine/testing: run real supervisors against a throwaway schema, inject
+ * grapevine-jobs/testing: run real supervisors against a throwaway schema, inject
  * faults (kill a thread, SIGKILL a supervisor process, cut the LISTEN
  * connection), and check afterwards that every job ended exactly once.
  *
@@ -7,17 +7,18 @@
  * ledger, whose unique (job, attempt) key makes a double execution of one
  * attempt impossible to miss.
  */
+import '../src/node-version.ts';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { createClient, type Client } from './client.ts';
-import { resolveConnectionString, validateSchemaName } from './config.ts';
-import { silentLogger } from './log.ts';
-import { quoteIdent } from './schema/channels.ts';
-import type { TaskHelpers } from './task.ts';
-import { startSupervisor, type Supervisor, type SupervisorOptions } from '../supervisor/index.ts';
+import { createClient, type Client } from '../src/client.ts';
+import { resolveConnectionString, validateSchemaName } from '../src/config.ts';
+import { silentLogger } from '../src/log.ts';
+import { quoteIdent } from '../src/schema/channels.ts';
+import type { TaskHelpers } from '../src/task.ts';
+import { startSupervisor, type Supervisor, type SupervisorOptions } from './index.ts';
 
 const here = fileURLToPath(import.meta.url);
 const CHILD = path.join(path.dirname(here), `testing-child${path.extname(here)}`);

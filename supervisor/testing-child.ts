@@ -1,13 +1,13 @@
 /**
- * A supervisor in its own process, for grapevine/testing and chaos tests.
+ * A supervisor in its own process, for grapevine-jobs/testing and chaos tests.
  * Prints "ready <supervisor id>" once running. SIGUSR2 kills one busy
  * thread (recording the fault first); SIGTERM stops gracefully.
  * Arguments arrive as JSON in GRAPEVINE_TEST_CHILD.
  */
 import pg from 'pg';
-import { startSupervisor, type SupervisorOptions } from '../supervisor/index.ts';
-import { createLogger } from './log.ts';
-import { quoteIdent } from './schema/channels.ts';
+import { startSupervisor, type SupervisorOptions } from './index.ts';
+import { createLogger } from '../src/log.ts';
+import { quoteIdent } from '../src/schema/channels.ts';
 
 const options = JSON.parse(process.env.GRAPEVINE_TEST_CHILD ?? '{}') as SupervisorOptions & { logLevel?: string };
 const logger = createLogger({ level: options.logLevel ?? 'warn' });

@@ -1,0 +1,20 @@
+/**
+ * grapevine's public API. Everything a user may import is named here;
+ * nothing else in the package is a supported interface.
+ */
+import '../src/node-version.ts';
+
+export { createClient } from '../src/client.ts';
+export type { AddJobOptions, Client, ClientOptions, JobSpec } from '../src/client.ts';
+export { createControl } from '../src/control.ts';
+export type { Control, ControlClientOptions, ControlResponse, LogEntry, SendOptions, WorkerInfo, WorkerStatus, WorkerThread } from '../src/control.ts';
+export { startSupervisor } from './index.ts';
+export type { Supervisor, SupervisorOptions, SupervisorState, SupervisorStatus, ThreadStatus } from './index.ts';
+export { GrapevineError } from '../src/errors.ts';
+export type { ErrorCode } from '../src/errors.ts';
+export type { Job, JobState } from '../src/job.ts';
+export { PermanentError } from '../src/task.ts';
+export type { JobInfo, TaskHandler, TaskHelpers } from '../src/task.ts';
+export { DEFAULTS } from '../src/config.ts';
+export { VERSION } from '../src/version.ts';
+export { describeConnection } from '../src/redact.ts';
