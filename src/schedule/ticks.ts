@@ -73,25 +73,9 @@ export function dueTicks(schedule: Schedule, lastTick: Date | null, now: Date, o
   return latest && now.getTime() - latest.getTime() <= lateTickMs ? [latest] : [];
 }
 
-/**
- * Up to `count` of the most recent ticks at or before `now`, oldest first.
- * The library's backward search only finds where to start: the ticks
- * themselves come from the same forward stepping as nextTicks, so that the
- * two never disagree about a daylight-saving day.
- */
+/** Up to `count` of the most recent ticks at or before `now`, oldest first, without stepping through older ones. */
 function recentTicks(schedule: Schedule, now: Date, count: number): Date[] {
-  const cron = cronOf(schedule);
-  const back = cron.previousRuns(count, new Date(now.getTime() + 1));
-  const oldest = back.at(-1);
-  if (!oldest) return [];
-  const ticks: Date[] = [];
-  for (let at = new Date(oldest.getTime() - 1); ; ) {
-    const tick = cron.nextRun(at);
-    if (!tick || tick.getTime() > now.getTime()) break;
-    ticks.push(tick);
-    at = tick;
-  }
-  return ticks.slice(-count);
+  return cronOf(schedule).previousRuns(count, new Date(now.getTime() + 1)).reverse();
 }
 
 function checkInstant(what: string, value: unknown): void {
