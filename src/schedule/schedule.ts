@@ -82,6 +82,8 @@ export function parseSchedule(spec: unknown): Schedule {
   }
   const given = spec as Record<string, unknown>;
   const name = given.name;
+  // The task first: a crontab line names its schedule after its task, whose own rules are the ones to quote.
+  const task = rewrap(name, () => validateName('task', given.task));
   if (typeof name !== 'string' || !SCHEDULE_NAME.test(name)) {
     throw scheduleError(undefined, `invalid name ${describe(name)}: use 1-128 characters of letters, digits and _ . : - /`);
   }
@@ -94,7 +96,7 @@ export function parseSchedule(spec: unknown): Schedule {
   const schedule: Schedule = Object.freeze({
     name,
     cron,
-    task: rewrap(name, () => validateName('task', given.task)),
+    task,
     payload: jsonPayload(name, given.payload ?? {}),
     tz,
     queue: rewrap(name, () => validateName('queue', given.queue ?? DEFAULTS.queue)),
@@ -239,7 +241,7 @@ function jsonPayload(name: string, payload: unknown): unknown {
 }
 
 /** Runs one of the shared config validators, giving its message the schedule's name and this error's code. */
-function rewrap<T>(name: string, check: () => T): T {
+function rewrap<T>(name: unknown, check: () => T): T {
   try {
     return check();
   } catch (err) {
