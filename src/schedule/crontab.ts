@@ -64,6 +64,7 @@ function parseLine(line: string): ScheduleSpec {
   const cron = readCron(scanner);
   const task = scanner.word();
   if (task === undefined) throw new Error(`no task after the cron expression ${JSON.stringify(cron)}${sixthFieldHint(cron)}`);
+  if (task.startsWith('--')) throw new Error(`the task comes before any option: write ${JSON.stringify(cron)} TASK ${task}`);
   const spec: ScheduleSpec = { name: task, cron, task };
   const given = new Set<string>();
   let payloadSeen = false;

@@ -91,6 +91,7 @@ describe('parseCrontab', () => {
       ['an expression cut short', '30 2 *', 'jobs.cron:3: the cron expression "30 2 *" has 3 of its 5 fields, and no task follows'],
       ['a missing task', '30 2 * * *', 'jobs.cron:3: no task after the cron expression "30 2 * * *"'],
       ['a missing task after a shorthand', '@daily', 'jobs.cron:3: no task after the cron expression "@daily"'],
+      ['an option before the task', '@daily --tz=UTC report', 'jobs.cron:3: the task comes before any option: write "@daily" TASK --tz=UTC'],
       ['an unknown option', '@daily report --zone=UTC', 'jobs.cron:3: unknown option "--zone=UTC": the options are --name, --tz, --queue, --priority, --max-attempts, --missed'],
       ['an option of Object.prototype', '@daily report --constructor=x', 'jobs.cron:3: unknown option "--constructor=x"'],
       ['an option without a value', '@daily report --tz', 'jobs.cron:3: option --tz has no value: write --tz=VALUE, without spaces'],

@@ -236,6 +236,12 @@ describe('dueTicks', () => {
     }
   });
 
+  it('returns nothing when the last tick is after now (a supervisor whose clock is behind the one that fired it)', () => {
+    for (const missed of ['skip', 'once', { backfill: 5 }] as const) {
+      expect(dueTicks(hourly(missed), at('2025-01-01T15:00:00Z'), afterDowntime)).toEqual([]);
+    }
+  });
+
   it('returns nothing before the first tick after the last one', () => {
     expect(dueTicks(hourly({ backfill: 5 }), at('2025-01-01T14:00:00Z'), at('2025-01-01T14:59:59.999Z'))).toEqual([]);
   });
