@@ -40,7 +40,7 @@ export interface Schedule {
   readonly missed: MissedTicks;
 }
 
-export const SHORTHANDS = ['@yearly', '@annually', '@monthly', '@weekly', '@daily', '@midnight', '@hourly'] as const;
+const SHORTHANDS = ['@yearly', '@annually', '@monthly', '@weekly', '@daily', '@midnight', '@hourly'] as const;
 
 /** The most ticks a backfill policy may add at once: bounds the work of a start after long downtime. */
 export const MAX_BACKFILL = 1_000;
@@ -70,7 +70,7 @@ const CRON_OPTIONS = { paused: true, mode: '5-or-6-parts', fixedTimeRule: 'no-wi
 
 const compiled = new WeakMap<Schedule, Cron>();
 
-export function scheduleError(name: unknown, detail: string): GrapevineError {
+function scheduleError(name: unknown, detail: string): GrapevineError {
   const who = typeof name === 'string' && name !== '' ? `schedule ${JSON.stringify(name)}` : 'schedule';
   return new GrapevineError('GRAPEVINE_SCHEDULE_INVALID', `${who}: ${detail}`);
 }
