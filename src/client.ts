@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { DEFAULTS, resolveConnectionString, validateName, validatePositiveInt, validateSchemaName } from './config.ts';
+import { DEFAULTS, resolveConnectionString, validateName, validateInt, validateSchemaName } from './config.ts';
 import { createPool, explainConnectionErrors, withTransaction, type Queryable } from './db.ts';
 import { GrapevineError } from './errors.ts';
 import { isTerminal, jobFromRow, type Job } from './job.ts';
@@ -121,9 +121,9 @@ export function createClient(options: ClientOptions = {}): Client {
       payload: JSON.parse(payloadJson),
       queue,
       run_at: toTimestamp(spec.runAt, task),
-      priority: spec.priority === undefined ? 0 : validatePositiveInt('priority', spec.priority, { min: -32768, max: 32767 }),
-      max_attempts: validatePositiveInt('maxAttempts', spec.maxAttempts ?? DEFAULTS.maxAttempts, { min: 1, max: 1000 }),
-      timeout_ms: spec.timeoutMs === undefined ? null : validatePositiveInt('timeoutMs', spec.timeoutMs, { min: 1, max: 2_147_483_647 }),
+      priority: spec.priority === undefined ? 0 : validateInt('priority', spec.priority, { min: -32768, max: 32767 }),
+      max_attempts: validateInt('maxAttempts', spec.maxAttempts ?? DEFAULTS.maxAttempts, { min: 1, max: 1000 }),
+      timeout_ms: spec.timeoutMs === undefined ? null : validateInt('timeoutMs', spec.timeoutMs, { min: 1, max: 2_147_483_647 }),
     };
   };
 
