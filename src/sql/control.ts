@@ -51,15 +51,15 @@ function build(schema: string): ControlStatements {
          SELECT coalesce($1::text[], ARRAY(
            SELECT id FROM ${s}.supervisors
             WHERE status NOT IN ('EXITED', 'LOST') AND heartbeat_at >= now() - $4 * interval '1 millisecond'
-            ORDER BY started_at, id)) AS workers),
-       m AS (SELECT nextval('${s}.message_ids') AS id FROM w WHERE cardinality(w.workers) > 0),
+            ORDER BY started_at, id)) AS ids),
+       m AS (SELECT nextval('${s}.message_ids') AS id FROM w WHERE cardinality(w.ids) > 0),
        ins AS (
          INSERT INTO ${s}.messages (id, worker, command, args)
-         SELECT m.id, r.worker, $2, $3::jsonb FROM m, w, unnest(w.workers) AS r(worker))
-       SELECT m.id::text AS id, w.workers AS supervisors,
+         SELECT m.id, r.id, $2, $3::jsonb FROM m, w, unnest(w.ids) AS r(id))
+       SELECT m.id::text AS id, w.ids AS supervisors,
               ${s}.notify('${ch.control}', json_build_object(
                 'type', 'message', 'id', m.id::text,
-                'to', CASE WHEN cardinality(w.workers) <= ${MAX_ADDRESSED_RECIPIENTS} THEN to_json(w.workers) END)::text)
+                'to', CASE WHEN cardinality(w.ids) <= ${MAX_ADDRESSED_RECIPIENTS} THEN to_json(w.ids) END)::text)
          FROM m, w`,
     ),
     // $1 message id
