@@ -10,7 +10,7 @@ import type { SupervisorLog } from './supervisor-log.ts';
 
 export interface IdleTimeoutHost {
   logger: Logger;
-  log: SupervisorLog;
+  log: Pick<SupervisorLog, 'append'>;
   /** Jobs queued for or running on the threads. */
   inFlight(): number;
   /** When a job last started or finished (epoch ms; 0 = never). */
