@@ -9,6 +9,12 @@ export const DEFAULTS = {
   queue: 'default',
   /** Attempts before a failing job is parked as `failed`. */
   maxAttempts: 5,
+  /** A job's priority when none is given; higher runs first. */
+  priority: 0,
+  /** The largest payload a client accepts, in bytes of JSON (1 MiB). */
+  maxPayloadBytes: 1_048_576,
+  /** Whether clients apply migrations before their first statement. */
+  migrate: true,
   /** Handler concurrency inside one thread. */
   concurrency: 8,
   /** How often a supervisor writes its heartbeat and renews its jobs' leases. */

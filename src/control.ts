@@ -119,7 +119,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
   const followers = new Set<() => Promise<void>>();
 
   const run = async <T>(fn: () => Promise<T>): Promise<T> => {
-    if (options.migrate !== false) {
+    if ((options.migrate ?? DEFAULTS.migrate) !== false) {
       migrated ??= explainConnectionErrors(connectionString, () => migrate(pool, schema)).catch((err) => {
         migrated = null;
         throw err;
