@@ -65,12 +65,12 @@ async function main(): Promise<void> {
   try {
     let worker: string | undefined;
     while (!worker) {
-      worker = (await control.workers()).find((w) => w.pid === child.pid && w.status !== 'EXITED')?.id;
+      worker = (await control.supervisors()).find((w) => w.pid === child.pid && w.status !== 'EXITED')?.id;
       if (!worker) await new Promise((r) => setTimeout(r, 100));
     }
     const ping = async () => {
       const start = performance.now();
-      const responses = await control.sendAndWait('PING', undefined, { workers: [worker], timeoutMs: 10_000 });
+      const responses = await control.sendAndWait('PING', undefined, { supervisors: [worker], timeoutMs: 10_000 });
       if (responses[worker].value !== 'PONG') throw new Error(`unexpected answer ${JSON.stringify(responses[worker])}`);
       return performance.now() - start;
     };
@@ -83,13 +83,13 @@ async function main(): Promise<void> {
     const until = Date.now() + 120_000;
     await client.addJobs(Array.from({ length: threads }, () => ({ task: 'burn', payload: { until } })));
     for (;;) {
-      const info = (await control.sendAndWait('INFO', undefined, { workers: [worker] }))[worker].value as { threadStates: Array<{ currentJobs: string[] }> };
+      const info = (await control.sendAndWait('INFO', undefined, { supervisors: [worker] }))[worker].value as { threadStates: Array<{ currentJobs: string[] }> };
       if (info.threadStates.length === threads && info.threadStates.every((t) => t.currentJobs.length > 0)) break;
       await new Promise((r) => setTimeout(r, 50));
     }
     const busy: number[] = [];
     for (let i = 0; i < pings; i++) busy.push(await ping());
-    const info = (await control.sendAndWait('INFO', undefined, { workers: [worker] }))[worker].value as { threadStates: Array<{ currentJobs: string[] }> };
+    const info = (await control.sendAndWait('INFO', undefined, { supervisors: [worker] }))[worker].value as { threadStates: Array<{ currentJobs: string[] }> };
     const stillBusy = info.threadStates.filter((t) => t.currentJobs.length > 0).length;
 
     const b = summarize(busy);

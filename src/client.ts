@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { DEFAULTS, resolveConnectionString, validateName, validatePositiveInt, validateSchemaName } from './config.ts';
+import { DEFAULTS, resolveConnectionString, validateName, validateInt, validateSchemaName } from './config.ts';
 import { createPool, explainConnectionErrors, withTransaction, type Queryable } from './db.ts';
 import { GrapevineError } from './errors.ts';
 import { isTerminal, jobFromRow, type Job } from './job.ts';
@@ -65,7 +65,7 @@ export function createClient(options: ClientOptions = {}): Client {
   // With a caller's pool, its connection string still serves waitForJob's LISTEN connection.
   const poolUrl = (options.pool as { options?: { connectionString?: string } } | undefined)?.options?.connectionString;
   const connectionString = options.pool ? (options.connectionString ?? poolUrl ?? process.env.DATABASE_URL ?? '') : resolveConnectionString(options.connectionString);
-  const maxPayloadBytes = options.maxPayloadBytes ?? 1024 * 1024;
+  const maxPayloadBytes = options.maxPayloadBytes ?? DEFAULTS.maxPayloadBytes;
   const logger = options.logger ?? silentLogger();
   const pool = options.pool ?? createPool(connectionString, { max: 4, applicationName: 'grapevine-client' });
   const channels = channelsFor(schema);
@@ -80,7 +80,7 @@ export function createClient(options: ClientOptions = {}): Client {
   );
 
   const ensureMigrated = (): Promise<unknown> => {
-    if (options.migrate === false) return Promise.resolve();
+    if ((options.migrate ?? DEFAULTS.migrate) === false) return Promise.resolve();
     migrated ??= explainConnectionErrors(connectionString, () => migrate(pool, schema)).catch((err) => {
       migrated = null;
       throw err;
@@ -90,7 +90,7 @@ export function createClient(options: ClientOptions = {}): Client {
 
   const run = async <T>(fn: () => Promise<T>): Promise<T> => {
     await ensureMigrated();
-    if (options.migrate !== false) return explainConnectionErrors(connectionString, fn);
+    if ((options.migrate ?? DEFAULTS.migrate) !== false) return explainConnectionErrors(connectionString, fn);
     return explainConnectionErrors(connectionString, () => explainingOutdatedSchema(fn, pool, schema));
   };
 
@@ -121,9 +121,9 @@ export function createClient(options: ClientOptions = {}): Client {
       payload: JSON.parse(payloadJson),
       queue,
       run_at: toTimestamp(spec.runAt, task),
-      priority: spec.priority === undefined ? 0 : validatePositiveInt('priority', spec.priority, { min: -32768, max: 32767 }),
-      max_attempts: validatePositiveInt('maxAttempts', spec.maxAttempts ?? DEFAULTS.maxAttempts, { min: 1, max: 1000 }),
-      timeout_ms: spec.timeoutMs === undefined ? null : validatePositiveInt('timeoutMs', spec.timeoutMs, { min: 1, max: 2_147_483_647 }),
+      priority: spec.priority === undefined ? DEFAULTS.priority : validateInt('priority', spec.priority, { min: -32768, max: 32767 }),
+      max_attempts: validateInt('maxAttempts', spec.maxAttempts ?? DEFAULTS.maxAttempts, { min: 1, max: 1000 }),
+      timeout_ms: spec.timeoutMs === undefined ? null : validateInt('timeoutMs', spec.timeoutMs, { min: 1, max: 2_147_483_647 }),
     };
   };
 

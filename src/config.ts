@@ -9,6 +9,12 @@ export const DEFAULTS = {
   queue: 'default',
   /** Attempts before a failing job is parked as `failed`. */
   maxAttempts: 5,
+  /** A job's priority when none is given; higher runs first. */
+  priority: 0,
+  /** The largest payload a client accepts, in bytes of JSON (1 MiB). */
+  maxPayloadBytes: 1_048_576,
+  /** Whether clients apply migrations before their first statement. */
+  migrate: true,
   /** Handler concurrency inside one thread. */
   concurrency: 8,
   /** How often a supervisor writes its heartbeat and renews its jobs' leases. */
@@ -21,6 +27,10 @@ export const DEFAULTS = {
   sweepIntervalMs: 2_000,
   /** How long running jobs may finish after SIGTERM before they are aborted and released. */
   shutdownGraceMs: 10_000,
+  /** How long a cancelled or timed-out handler may ignore its AbortSignal before its thread is terminated. */
+  killGraceMs: 1_000,
+  /** How often the LISTEN connection proves it is alive and subscribed. */
+  listenerHealthCheckMs: 5_000,
   /** First retry delay; doubled per attempt, with jitter. */
   retryBaseMs: 1_000,
   /** Upper bound of a retry delay. */
@@ -35,8 +45,20 @@ export const DEFAULTS = {
    * connection is given up.
    */
   statementTimeoutMs: 30_000,
+  /** Finished jobs older than this are deleted (7 days). */
+  retentionMs: 7 * 24 * 3_600_000,
   /** Delete succeeded jobs at once instead of keeping them for the retention period. */
   deleteSucceeded: false,
+  /** Whether the EVAL control message may run JavaScript on a supervisor. */
+  allowEval: false,
+  /** How often the elected supervisor prunes old rows and looks for unhandled tasks. */
+  pruneIntervalMs: 60_000,
+  /** Entries of each supervisor's log kept by the pruning. */
+  supervisorLogKeep: 10_000,
+  /** Supervisor log entries older than this are deleted (7 days). */
+  supervisorLogMaxAgeMs: 7 * 24 * 3_600_000,
+  /** Control messages and their responses older than this are deleted (1 day). */
+  messageMaxAgeMs: 24 * 3_600_000,
   /** Jobs inserted per statement by addJobs(). */
   insertChunkSize: 5_000,
 } as const;
@@ -86,7 +108,8 @@ export function validateName(kind: 'task' | 'queue', name: unknown): string {
   return name;
 }
 
-export function validatePositiveInt(field: string, value: unknown, { min = 1, max = 1_000_000 } = {}): number {
+/** An integer option within its range, or a GRAPEVINE_CONFIG_INVALID error naming the option, the value and the range. */
+export function validateInt(field: string, value: unknown, { min = 1, max = 1_000_000 } = {}): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
     throw configError(`${field} must be an integer from ${min} to ${max}, got ${JSON.stringify(value)}`);
   }

@@ -22,9 +22,9 @@ import {
   type ResponseRow,
 } from './sql/control.ts';
 import { listSupervisors, supervisorStates } from './sql/supervisors.ts';
-import { workerFromRow, type WorkerInfo } from './worker-info.ts';
+import { supervisorFromRow, type SupervisorInfo } from './supervisor-info.ts';
 
-export type { WorkerInfo, WorkerStatus, WorkerThread } from './worker-info.ts';
+export type { RegistryStatus, SupervisorInfo, ThreadStatus } from './supervisor-info.ts';
 
 export interface ControlClientOptions {
   /** Defaults to DATABASE_URL. */
@@ -42,7 +42,7 @@ export interface ControlClientOptions {
 
 /** One supervisor's answer to one message. */
 export interface ControlResponse {
-  worker: string;
+  supervisor: string;
   messageId: string;
   command: string;
   ok: boolean;
@@ -53,12 +53,12 @@ export interface ControlResponse {
   respondedAt: Date;
 }
 
-/** One entry of the worker log: the row as it is stored. */
+/** One entry of the supervisor log: the row as it is stored. */
 export type LogEntry = LogRow;
 
 export interface SendOptions {
   /** Recipients (supervisor ids); default: every live supervisor. */
-  workers?: string[];
+  supervisors?: string[];
 }
 
 export interface Control {
@@ -69,20 +69,20 @@ export interface Control {
   sendAndWait(command: string, args?: unknown, options?: SendOptions & { timeoutMs?: number; delete?: boolean }): Promise<Record<string, ControlResponse>>;
   /** Which recipients of the message have answered. */
   hasResponse(messageId: string): Promise<Record<string, boolean>>;
-  /** Ids of the messages a worker has answered (and whose responses are still stored). */
-  responseIds(workerId: string): Promise<string[]>;
+  /** Ids of the messages a supervisor has answered (and whose responses are still stored). */
+  responseIds(supervisorId: string): Promise<string[]>;
   /**
-   * The responses to a message (all recipients, or one worker), waiting up to
+   * The responses to a message (all recipients, or one supervisor), waiting up to
    * `timeoutMs` (default 0) for missing ones; a response still missing then
-   * is an error naming the worker.
+   * is an error naming the supervisor.
    */
-  getResponse(messageId: string, options?: { worker?: string; delete?: boolean; timeoutMs?: number }): Promise<Record<string, ControlResponse>>;
+  getResponse(messageId: string, options?: { supervisor?: string; delete?: boolean; timeoutMs?: number }): Promise<Record<string, ControlResponse>>;
   /** Every registered supervisor, live or not, oldest first. */
-  workers(): Promise<WorkerInfo[]>;
+  supervisors(): Promise<SupervisorInfo[]>;
   /** The newest `n` (default 20) log entries, oldest first. */
-  logTail(options?: { worker?: string; n?: number }): Promise<LogEntry[]>;
+  logTail(options?: { supervisor?: string; n?: number }): Promise<LogEntry[]>;
   /** Calls `onEntry` for every new log entry after `afterId` until the returned stop function is called. */
-  followLog(options: { worker?: string; afterId?: string }, onEntry: (entry: LogEntry) => void): Promise<() => Promise<void>>;
+  followLog(options: { supervisor?: string; afterId?: string }, onEntry: (entry: LogEntry) => void): Promise<() => Promise<void>>;
   close(): Promise<void>;
 }
 
@@ -96,7 +96,7 @@ const MAX_ARGS_BYTES = 64 * 1024;
 
 /**
  * The operator's side of the control plane: messages to supervisors and
- * their responses, the worker registry, the worker log. Waiting for a
+ * their responses, the supervisor registry, the supervisor log. Waiting for a
  * response wakes on a notification on the responses channel; only while
  * PostgreSQL's NOTIFY queue is half full or more (no notification is sent
  * then) does it also look at each health check of that connection.
@@ -119,7 +119,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
   const followers = new Set<() => Promise<void>>();
 
   const run = async <T>(fn: () => Promise<T>): Promise<T> => {
-    if (options.migrate !== false) {
+    if ((options.migrate ?? DEFAULTS.migrate) !== false) {
       migrated ??= explainConnectionErrors(connectionString, () => migrate(pool, schema)).catch((err) => {
         migrated = null;
         throw err;
@@ -131,45 +131,45 @@ export function createControl(options: ControlClientOptions = {}): Control {
   };
 
   /** Checks named recipients; undefined (every live supervisor) is resolved by the send statement itself. */
-  const checkRecipients = async (workers: string[] | undefined, command: string): Promise<string[] | null> => {
-    if (workers === undefined) return null;
-    if (!Array.isArray(workers) || workers.length === 0 || workers.some((w) => typeof w !== 'string' || w.length === 0)) {
-      throw new GrapevineError('GRAPEVINE_WORKER_NOT_FOUND', `workers must be a non-empty array of supervisor ids, got ${JSON.stringify(workers)}`);
+  const checkRecipients = async (supervisors: string[] | undefined, command: string): Promise<string[] | null> => {
+    if (supervisors === undefined) return null;
+    if (!Array.isArray(supervisors) || supervisors.length === 0 || supervisors.some((w) => typeof w !== 'string' || w.length === 0)) {
+      throw new GrapevineError('GRAPEVINE_SUPERVISOR_NOT_FOUND', `supervisors must be a non-empty array of supervisor ids, got ${JSON.stringify(supervisors)}`);
     }
-    const unique = [...new Set(workers)];
+    const unique = [...new Set(supervisors)];
     const rows = await supervisorStates(pool, schema, { lostAfterMs, ids: unique });
     const status = new Map(rows.map((r) => [r.id, r.status]));
-    for (const worker of unique) {
-      const state = status.get(worker);
+    for (const supervisor of unique) {
+      const state = status.get(supervisor);
       if (state === undefined) {
-        throw new GrapevineError('GRAPEVINE_WORKER_NOT_FOUND', `worker '${worker}' is not registered in schema "${schema}": see grapevine workers for the ids`);
+        throw new GrapevineError('GRAPEVINE_SUPERVISOR_NOT_FOUND', `supervisor '${supervisor}' is not registered in schema "${schema}": see grapevine supervisors for the ids`);
       }
       if (state === 'EXITED' || state === 'LOST') {
-        throw new GrapevineError('GRAPEVINE_WORKER_NOT_FOUND', `worker '${worker}' is ${state} and cannot answer ${command}: see grapevine workers for live ones`);
+        throw new GrapevineError('GRAPEVINE_SUPERVISOR_NOT_FOUND', `supervisor '${supervisor}' is ${state} and cannot answer ${command}: see grapevine supervisors for live ones`);
       }
     }
     return unique;
   };
 
-  const readResponses = async (messageId: string, workers: string[]): Promise<Map<string, ResponseRow>> => {
-    const rows = await selectResponses(pool, schema, { messageId, workers });
-    return new Map(rows.map((r) => [r.worker, r]));
+  const readResponses = async (messageId: string, supervisors: string[]): Promise<Map<string, ResponseRow>> => {
+    const rows = await selectResponses(pool, schema, { messageId, supervisors });
+    return new Map(rows.map((r) => [r.supervisor, r]));
   };
 
-  /** The responses there are; deleted (if `remove`) only once all of `workers` have answered. */
-  const takeResponses = async (messageId: string, workers: string[], remove: boolean): Promise<Map<string, ResponseRow>> => {
-    const rows = await takeResponseRows(pool, schema, { messageId, workers, remove });
-    return new Map(rows.map((r) => [r.worker, r]));
+  /** The responses there are; deleted (if `remove`) only once all of `supervisors` have answered. */
+  const takeResponses = async (messageId: string, supervisors: string[], remove: boolean): Promise<Map<string, ResponseRow>> => {
+    const rows = await takeResponseRows(pool, schema, { messageId, supervisors, remove });
+    return new Map(rows.map((r) => [r.supervisor, r]));
   };
 
-  /** Resolves once every one of `workers` has answered (taking the responses), or after `timeoutMs` with what there is. */
-  const waitForResponses = async (messageId: string, workers: string[], timeoutMs: number, remove: boolean): Promise<Map<string, ResponseRow>> => {
+  /** Resolves once every one of `supervisors` has answered (taking the responses), or after `timeoutMs` with what there is. */
+  const waitForResponses = async (messageId: string, supervisors: string[], timeoutMs: number, remove: boolean): Promise<Map<string, ResponseRow>> => {
     let latest = new Map<string, ResponseRow>();
     return answered.wait(
       messageId,
       async () => {
-        latest = await takeResponses(messageId, workers, remove);
-        return latest.size === workers.length ? latest : undefined;
+        latest = await takeResponses(messageId, supervisors, remove);
+        return latest.size === supervisors.length ? latest : undefined;
       },
       timeoutMs,
       () => latest,
@@ -188,23 +188,23 @@ export function createControl(options: ControlClientOptions = {}): Control {
     const waited = timeoutMs > 0 ? ` after waiting ${timeoutMs} ms` : ' (pass timeoutMs to wait for it)';
     return new GrapevineError(
       'GRAPEVINE_RESPONSE_MISSING',
-      `response missing for worker${missing.length > 1 ? 's' : ''}: ${who} to message ${messageId} (${command})${waited}`,
+      `response missing for supervisor${missing.length > 1 ? 's' : ''}: ${who} to message ${messageId} (${command})${waited}`,
     );
   };
 
-  const sendTo = async (command: string, args: unknown, workers: string[] | undefined): Promise<{ id: string; command: string; recipients: string[] }> => {
+  const sendTo = async (command: string, args: unknown, supervisors: string[] | undefined): Promise<{ id: string; command: string; recipients: string[] }> => {
     const name = validateCommand(command);
     const argsJson = encodeArgs(name, args);
     return run(async () => {
-      const named = await checkRecipients(workers, name);
+      const named = await checkRecipients(supervisors, name);
       const sent = await sendMessage(pool, schema, { recipients: named, command: name, argsJson, lostAfterMs });
       if (sent === undefined) {
         throw new GrapevineError(
-          'GRAPEVINE_WORKER_NOT_FOUND',
-          `no live supervisor in schema "${schema}" to send ${name} to: start one (grapevine run --tasks DIR) or check grapevine workers`,
+          'GRAPEVINE_SUPERVISOR_NOT_FOUND',
+          `no live supervisor in schema "${schema}" to send ${name} to: start one (grapevine run --tasks DIR) or check grapevine supervisors`,
         );
       }
-      return { id: sent.id, command: name, recipients: sent.workers };
+      return { id: sent.id, command: name, recipients: sent.supervisors };
     });
   };
 
@@ -220,12 +220,12 @@ export function createControl(options: ControlClientOptions = {}): Control {
     schema,
 
     async send(command, args, opts = {}) {
-      return (await sendTo(command, args, opts.workers)).id;
+      return (await sendTo(command, args, opts.supervisors)).id;
     },
 
     async sendAndWait(command, args, opts = {}) {
       const timeoutMs = validateTimeout(opts.timeoutMs ?? 10_000);
-      const sent = await sendTo(command, args, opts.workers);
+      const sent = await sendTo(command, args, opts.supervisors);
       return run(() => collect(sent.id, sent.command, sent.recipients, timeoutMs, opts.delete ?? true));
     },
 
@@ -233,51 +233,51 @@ export function createControl(options: ControlClientOptions = {}): Control {
       const id = toMessageId(messageId);
       return run(async () => {
         const recipients = await recipientsOf(id);
-        const found = await readResponses(id, recipients.workers);
-        return Object.fromEntries(recipients.workers.map((w) => [w, found.has(w)]));
+        const found = await readResponses(id, recipients.supervisors);
+        return Object.fromEntries(recipients.supervisors.map((w) => [w, found.has(w)]));
       });
     },
 
-    async responseIds(workerId) {
-      if (typeof workerId !== 'string' || workerId.length === 0) {
-        throw new GrapevineError('GRAPEVINE_WORKER_NOT_FOUND', `responseIds() needs a worker id, got ${JSON.stringify(workerId)}`);
+    async responseIds(supervisorId) {
+      if (typeof supervisorId !== 'string' || supervisorId.length === 0) {
+        throw new GrapevineError('GRAPEVINE_SUPERVISOR_NOT_FOUND', `responseIds() needs a supervisor id, got ${JSON.stringify(supervisorId)}`);
       }
       return run(async () => {
-        return responseIds(pool, schema, { worker: workerId });
+        return responseIds(pool, schema, { supervisor: supervisorId });
       });
     },
 
-    async getResponse(messageId, { worker, delete: remove = false, timeoutMs = 0 } = {}) {
+    async getResponse(messageId, { supervisor, delete: remove = false, timeoutMs = 0 } = {}) {
       const id = toMessageId(messageId);
       validateTimeout(timeoutMs);
       return run(async () => {
         const recipients = await recipientsOf(id);
-        if (worker !== undefined && !recipients.workers.includes(worker)) {
+        if (supervisor !== undefined && !recipients.supervisors.includes(supervisor)) {
           throw new GrapevineError(
             'GRAPEVINE_RESPONSE_MISSING',
-            `response missing for worker: '${worker}': message ${id} (${recipients.command}) was not sent to it (recipients: ${recipients.workers.join(', ')})`,
+            `response missing for supervisor: '${supervisor}': message ${id} (${recipients.command}) was not sent to it (recipients: ${recipients.supervisors.join(', ')})`,
           );
         }
-        return collect(id, recipients.command, worker === undefined ? recipients.workers : [worker], timeoutMs, remove);
+        return collect(id, recipients.command, supervisor === undefined ? recipients.supervisors : [supervisor], timeoutMs, remove);
       });
     },
 
-    async workers() {
+    async supervisors() {
       return run(async () => {
-        return (await listSupervisors(pool, schema, { lostAfterMs })).map(workerFromRow);
+        return (await listSupervisors(pool, schema, { lostAfterMs })).map(supervisorFromRow);
       });
     },
 
-    async logTail({ worker, n = 20 } = {}) {
+    async logTail({ supervisor, n = 20 } = {}) {
       if (!Number.isInteger(n) || n < 1 || n > 100_000) {
         throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `n must be an integer from 1 to 100000, got ${JSON.stringify(n)}`);
       }
       return run(async () => {
-        return logTail(pool, schema, { worker: worker ?? null, limit: n });
+        return logTail(pool, schema, { supervisor: supervisor ?? null, limit: n });
       });
     },
 
-    async followLog({ worker, afterId = '0' }, onEntry) {
+    async followLog({ supervisor, afterId = '0' }, onEntry) {
       // Supervisors notify the log channel only while a follower is
       // registered (see migration 0007), so register before listening.
       const follower = randomUUID();
@@ -308,7 +308,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
           do {
             again = false;
             for (;;) {
-              const rows = await logAfter(pool, schema, { afterId: last, worker: worker ?? null });
+              const rows = await logAfter(pool, schema, { afterId: last, supervisor: supervisor ?? null });
               for (const row of rows) {
                 if (stopped) return;
                 last = row.id;
@@ -318,14 +318,14 @@ export function createControl(options: ControlClientOptions = {}): Control {
             }
           } while (again && !stopped);
         })()
-          .catch((err: Error) => logger.warn({ err: err.message }, 'could not read the worker log'))
+          .catch((err: Error) => logger.warn({ err: err.message }, 'could not read the supervisor log'))
           .finally(() => {
             reading = null;
           });
       };
       const listener = new Listener({ connectionString, channels: [channels.log], applicationName: 'grapevine-log', logger });
       listener.on('notification', (_channel: string, payload: string) => {
-        if (worker === undefined || payload === worker) read();
+        if (supervisor === undefined || payload === supervisor) read();
       });
       listener.on('connected', read);
       // Renewing also reads: an append whose statement began before this
@@ -368,12 +368,12 @@ export function createControl(options: ControlClientOptions = {}): Control {
     },
   };
 
-  async function recipientsOf(id: string): Promise<{ workers: string[]; command: string }> {
+  async function recipientsOf(id: string): Promise<{ supervisors: string[]; command: string }> {
     const rows = await messageRecipients(pool, schema, { messageId: id });
     if (rows.length === 0) {
       throw new GrapevineError('GRAPEVINE_RESPONSE_MISSING', `message ${id} does not exist in schema "${schema}" (never sent, or pruned)`);
     }
-    return { workers: rows.map((r) => r.worker), command: rows[0].command };
+    return { supervisors: rows.map((r) => r.supervisor), command: rows[0].command };
   }
 
   return control;
@@ -421,7 +421,7 @@ function toMessageId(id: unknown): string {
 
 function toResponse(row: ResponseRow): ControlResponse {
   return {
-    worker: row.worker,
+    supervisor: row.supervisor,
     messageId: row.message_id,
     command: row.command,
     ok: row.ok,

@@ -1,5 +1,6 @@
 /**
- * Parsing of job-id notification payloads ("12,15-19,40" or "at:<epoch ms>").
+ * Parsing of notification payloads: job ids ("12,15-19,40" or "at:<epoch ms>")
+ * and control messages (JSON).
  * Anyone who can connect may NOTIFY our channels, so payloads are untrusted:
  * anything malformed is reported as such, never thrown, and ranges are kept
  * as ranges so a hostile "1-9007199254740991" costs nothing to hold.
@@ -62,3 +63,36 @@ export function takeIds(ranges: IdRange[], limit: number): number[] {
  * src/schema/functions/ hold the same number.
  */
 export const NOTIFY_DROP_USAGE = 0.5;
+
+/**
+ * A notification on the control channel: a cancel for one supervisor's
+ * running job, or "look for messages" (for the supervisors named in `to`, or
+ * everyone when it names none). As untrusted as the job channel's.
+ */
+export type ControlNotification =
+  | { kind: 'cancel'; job: string; to: string | null }
+  | { kind: 'message'; to: string[] | null }
+  | { kind: 'malformed'; reason: string };
+
+export function parseControlNotification(payload: string): ControlNotification {
+  let message: { type?: unknown; job?: unknown; to?: unknown } | null;
+  try {
+    message = JSON.parse(payload);
+  } catch {
+    return { kind: 'malformed', reason: 'not JSON' };
+  }
+  if (message?.type === 'cancel' && typeof message.job === 'string') {
+    return { kind: 'cancel', job: message.job, to: typeof message.to === 'string' ? message.to : null };
+  }
+  if (message?.type === 'message') {
+    return { kind: 'message', to: Array.isArray(message.to) ? message.to.filter((t): t is string => typeof t === 'string') : null };
+  }
+  return { kind: 'malformed', reason: 'unknown message' };
+}
+
+/** Whether a control notification concerns supervisor `id`: a cancel names its owner, a message its recipients (or none: all). */
+export function isAddressedTo(notification: ControlNotification, id: string): boolean {
+  if (notification.kind === 'cancel') return notification.to === id;
+  if (notification.kind === 'message') return notification.to === null || notification.to.includes(id);
+  return false;
+}

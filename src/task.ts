@@ -11,8 +11,8 @@ export interface JobInfo {
   maxAttempts: number;
 }
 
-/** Where the handler runs. */
-export interface WorkerInfo {
+/** Where the handler runs: which supervisor, which of its threads, which schema. */
+export interface HandlerThread {
   supervisorId: string;
   threadId: number;
   schema: string;
@@ -20,7 +20,7 @@ export interface WorkerInfo {
 
 export interface TaskHelpers {
   job: JobInfo;
-  worker: WorkerInfo;
+  worker: HandlerThread;
   /** A pino child logger bound to the job. */
   logger: Logger;
   /** Aborted when the job is cancelled, times out, or the supervisor shuts down. */

@@ -1,9 +1,9 @@
 /**
- * `grapevine message`, `grapevine workers` and `grapevine log`: the control
+ * `grapevine message`, `grapevine supervisors` and `grapevine log`: the control
  * plane from the command line. Registered in cli.ts.
  */
 import type { ParseArgsConfig } from 'node:util';
-import { createControl, type Control, type ControlResponse, type LogEntry, type WorkerInfo } from '../src/control.ts';
+import { createControl, type Control, type ControlResponse, type LogEntry, type SupervisorInfo } from '../src/control.ts';
 import { GrapevineError } from '../src/errors.ts';
 import type { ResolvedDatabase } from './database.ts';
 
@@ -20,20 +20,20 @@ export interface CliTools {
 }
 
 export const CONTROL_HELP: Record<string, string> = {
-  message: `Usage: grapevine message COMMAND [ARG] [--worker ID ...] [--wait SECONDS]
+  message: `Usage: grapevine message COMMAND [ARG] [--supervisor ID ...] [--wait SECONDS]
 
 Sends a control message to running supervisors (default: every live one) and
 prints each one's response. Exit code 1 if any answered with an error or did
 not answer in time.
 
-  --worker ID        send to this supervisor only (repeatable; ids: grapevine workers)
+  --supervisor ID    send to this supervisor only (repeatable; ids: grapevine supervisors)
   --wait SECONDS     how long to wait for responses (default 10; 0 = print the
                      message id and do not wait)
 
 Commands:
   PING               answers PONG
   ECHO TEXT          logs TEXT, answers OK
-  INFO               worker id, host, pid, versions, schema, queues, threads, ...
+  INFO               supervisor id, host, pid, versions, schema, queues, threads, ...
   PAUSE / RESUME     stop / restart claiming jobs (running jobs finish)
   TIMEOUT_SET SECS   stop gracefully after SECS without a job ("none" = never)
   TIMEOUT_GET        the idle timeout and the time left, in seconds
@@ -41,17 +41,17 @@ Commands:
   SCALE N            run N threads from now on
   STOP [REASON]      graceful stop
   EVAL CODE          run JavaScript on the supervisor (only with run --allow-eval)`,
-  workers: `Usage: grapevine workers [--json]
+  supervisors: `Usage: grapevine supervisors [--json]
 
 Lists the registered supervisors: id, status (IDLE, BUSY, PAUSED, EXITED,
 LOST), host, pid, threads and what each thread is running.`,
-  log: `Usage: grapevine log [--worker ID] [-n N] [--follow]
+  log: `Usage: grapevine log [--supervisor ID] [-n N] [--follow]
 
 Prints the supervisors' event log (ALIVE, TASK_START, MESSAGE, PAUSE, STOP, ...).
 
-  --worker ID   one supervisor only
-  -n N          how many of the newest entries (default 20)
-  --follow      keep printing new entries until interrupted`,
+  --supervisor ID   one supervisor only
+  -n N              how many of the newest entries (default 20)
+  --follow          keep printing new entries until interrupted`,
 };
 
 export function controlCommands(tools: CliTools): Record<string, (command: string, argv: string[]) => Promise<number>> {
@@ -59,7 +59,7 @@ export function controlCommands(tools: CliTools): Record<string, (command: strin
   return {
     async message(command, argv) {
       const { values, positionals } = parse(command, argv, {
-        worker: { type: 'string', multiple: true },
+        supervisor: { type: 'string', multiple: true },
         wait: { type: 'string' },
       });
       const [name, arg, extra] = positionals;
@@ -67,9 +67,9 @@ export function controlCommands(tools: CliTools): Record<string, (command: strin
       if (extra !== undefined) throw usage(`unexpected argument ${JSON.stringify(extra)}: quote ARG if it contains spaces`);
       const wait = values.wait === undefined ? 10 : Number(values.wait);
       if (!Number.isFinite(wait) || wait < 0) throw usage(`--wait must be a number of seconds >= 0, got ${JSON.stringify(values.wait)}`);
-      const workers = values.worker as string[] | undefined;
+      const supervisors = values.supervisor as string[] | undefined;
       return withControl(values, tools, async (control) => {
-        const id = await control.send(name, arg, { workers });
+        const id = await control.send(name, arg, { supervisors });
         if (wait === 0) {
           console.log(id);
           return 0;
@@ -83,46 +83,46 @@ export function controlCommands(tools: CliTools): Record<string, (command: strin
           // Print whoever did answer before reporting who did not.
           missing = err;
           responses = {};
-          for (const [worker, answered] of Object.entries(await control.hasResponse(id))) {
-            if (answered) Object.assign(responses, await control.getResponse(id, { worker }));
+          for (const [supervisor, answered] of Object.entries(await control.hasResponse(id))) {
+            if (answered) Object.assign(responses, await control.getResponse(id, { supervisor }));
           }
         }
         let failed = missing !== null;
-        for (const [worker, response] of Object.entries(responses)) {
+        for (const [supervisor, response] of Object.entries(responses)) {
           if (!response.ok) failed = true;
-          console.log(formatResponse(worker, response));
+          console.log(formatResponse(supervisor, response));
         }
         if (missing) tools.say(missing.message);
         return failed ? 1 : 0;
       });
     },
 
-    async workers(command, argv) {
+    async supervisors(command, argv) {
       const { values, positionals } = parse(command, argv, { json: { type: 'boolean' } });
-      if (positionals.length > 0) throw usage(`unexpected argument ${JSON.stringify(positionals[0])}: grapevine workers takes no arguments`);
+      if (positionals.length > 0) throw usage(`unexpected argument ${JSON.stringify(positionals[0])}: grapevine supervisors takes no arguments`);
       return withControl(values, tools, async (control) => {
-        const workers = await control.workers();
-        if (values.json) console.log(JSON.stringify(workers, null, 2));
-        else console.log(formatWorkers(workers));
+        const supervisors = await control.supervisors();
+        if (values.json) console.log(JSON.stringify(supervisors, null, 2));
+        else console.log(formatSupervisors(supervisors));
         return 0;
       });
     },
 
     async log(command, argv) {
       const { values, positionals } = parse(command, argv, {
-        worker: { type: 'string' },
+        supervisor: { type: 'string' },
         n: { type: 'string', short: 'n' },
         follow: { type: 'boolean', short: 'f' },
       });
-      if (positionals.length > 0) throw usage(`unexpected argument ${JSON.stringify(positionals[0])}: use --worker ID to pick a supervisor`);
+      if (positionals.length > 0) throw usage(`unexpected argument ${JSON.stringify(positionals[0])}: use --supervisor ID to pick a supervisor`);
       const n = int(values, 'n') ?? 20;
       if (n < 1 || n > 100_000) throw usage('-n must be from 1 to 100000');
-      const worker = values.worker as string | undefined;
+      const supervisor = values.supervisor as string | undefined;
       return withControl(values, tools, async (control) => {
-        const entries = await control.logTail({ worker, n });
+        const entries = await control.logTail({ supervisor, n });
         for (const entry of entries) console.log(formatLogEntry(entry));
         if (!values.follow) return 0;
-        const stop = await control.followLog({ worker, afterId: entries.at(-1)?.id ?? '0' }, (entry) => console.log(formatLogEntry(entry)));
+        const stop = await control.followLog({ supervisor, afterId: entries.at(-1)?.id ?? '0' }, (entry) => console.log(formatLogEntry(entry)));
         await new Promise<void>((resolve) => {
           process.once('SIGINT', resolve);
           process.once('SIGTERM', resolve);
@@ -145,22 +145,22 @@ async function withControl(values: Values, tools: CliTools, fn: (control: Contro
   }
 }
 
-export function formatResponse(worker: string, response: ControlResponse): string {
-  if (!response.ok) return `${worker}: ERROR ${response.error?.code}: ${response.error?.message}`;
+export function formatResponse(supervisor: string, response: ControlResponse): string {
+  if (!response.ok) return `${supervisor}: ERROR ${response.error?.code}: ${response.error?.message}`;
   const { value } = response;
-  if (typeof value === 'string') return `${worker}: ${value}`;
+  if (typeof value === 'string') return `${supervisor}: ${value}`;
   const text = JSON.stringify(value, null, 2);
-  return text.includes('\n') ? `${worker}:\n${indent(text)}` : `${worker}: ${text}`;
+  return text.includes('\n') ? `${supervisor}:\n${indent(text)}` : `${supervisor}: ${text}`;
 }
 
-export function formatWorkers(workers: WorkerInfo[]): string {
-  if (workers.length === 0) return '(no supervisors registered)';
-  const rows = workers.map((w) => [w.id, w.status, w.host, String(w.pid), `${w.threads}x${w.concurrency}`, w.heartbeatAt.toISOString()]);
+export function formatSupervisors(supervisors: SupervisorInfo[]): string {
+  if (supervisors.length === 0) return '(no supervisors registered)';
+  const rows = supervisors.map((w) => [w.id, w.status, w.host, String(w.pid), `${w.threads}x${w.concurrency}`, w.heartbeatAt.toISOString()]);
   const header = ['ID', 'STATUS', 'HOST', 'PID', 'THREADS', 'HEARTBEAT'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
   const out = [line(header)];
-  workers.forEach((w, i) => {
+  supervisors.forEach((w, i) => {
     out.push(line(rows[i]));
     if (w.status === 'EXITED' || w.status === 'LOST') return;
     for (const t of w.threadStates) {
@@ -174,7 +174,7 @@ export function formatWorkers(workers: WorkerInfo[]): string {
 
 export function formatLogEntry(entry: LogEntry): string {
   const thread = entry.thread === null ? '' : ` [thread ${entry.thread}]`;
-  return `[${entry.at.toISOString()}] ${entry.worker} ${entry.event}${entry.detail ? ` ${entry.detail}` : ''}${thread}`;
+  return `[${entry.at.toISOString()}] ${entry.supervisor} ${entry.event}${entry.detail ? ` ${entry.detail}` : ''}${thread}`;
 }
 
 function indent(text: string): string {

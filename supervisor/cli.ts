@@ -42,7 +42,7 @@ Commands:
   cancel    cancel a job
   migrate   create or upgrade grapevine's tables
   message   send a control message (PING, INFO, PAUSE, SCALE, STOP, ...) to supervisors
-  workers   list the supervisors and their threads
+  supervisors  list the supervisors and their threads
   log       show the supervisors' event log
   demo      the square-root work queue, on an embedded PostgreSQL
 

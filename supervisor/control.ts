@@ -5,14 +5,13 @@ import type { Logger } from 'pino';
 import { idleTimeoutSecondsToMs, MAX_IDLE_TIMEOUT_MS } from '../src/config.ts';
 import { throttledWarnings } from '../src/log.ts';
 import { describeConnection } from '../src/redact.ts';
-import { pendingMessages, pruneMessages, pruneResponses, respond, type MessageRow } from '../src/sql/control.ts';
-import { hasDue } from '../src/sql/jobs.ts';
+import { pendingMessages, respond, type MessageRow } from '../src/sql/control.ts';
 import { setSupervisorStatus } from '../src/sql/supervisors.ts';
 import { VERSION } from '../src/version.ts';
-import type { JobRef } from './dispatcher.ts';
-import type { SupervisorStatus } from './index.ts';
+import type { IdleTimeout } from './idle-timeout.ts';
+import type { SupervisorLog } from './supervisor-log.ts';
+import type { SupervisorStatus } from './supervisor.ts';
 import type { ThreadPool } from './threads.ts';
-import { WorkerLog, type WorkerEvent } from './worker-log.ts';
 
 /** What the control plane needs from the supervisor it belongs to. */
 export interface ControlHost {
@@ -25,29 +24,16 @@ export interface ControlHost {
   queues: string[] | null;
   concurrency: number;
   allowEval: boolean;
-  /** The idle timeout the supervisor starts with (null = none). */
-  idleTimeoutMs: number | null;
+  /** The supervisor's log: what a command did is in it before the response is visible. */
+  log: SupervisorLog;
+  /** What TIMEOUT_SET and TIMEOUT_GET change and read. */
+  idleTimeout: IdleTimeout;
   status(): SupervisorStatus;
-  isPaused(): boolean;
-  /** Jobs queued for or running on the threads. */
-  inFlight(): number;
-  /** When a job last started or finished (epoch ms; 0 = never). */
-  lastJobAt(): number;
   pause(): void;
   resume(): void;
   /** New threads (same count, or `threads`); the dispatcher's capacity follows. */
   replaceThreads(threads?: number): Promise<void>;
-  markBacklog(): void;
   stop(reason: string): void;
-}
-
-export interface ControlOptions {
-  /** Entries of this supervisor's log kept (default 10,000). */
-  logKeep?: number;
-  /** Log entries, messages and responses older than this are deleted (default 7 days / 1 day). */
-  logMaxAgeMs?: number;
-  messageMaxAgeMs?: number;
-  pruneIntervalMs?: number;
 }
 
 /** The commands a supervisor understands. */
@@ -67,7 +53,6 @@ class CommandError extends Error {
   }
 }
 
-const BUSY_RECHECK_MS = 200;
 // A supervisor that missed a wake-up (it should not happen while the LISTEN
 // connection is healthy; while notifications are dropped, the heartbeat wakes
 // it instead) still answers within this long.
@@ -78,64 +63,30 @@ const MAX_TIMEOUT_S = MAX_IDLE_TIMEOUT_MS / 1000;
  * Messages to this supervisor, handled on the main thread: the threads may
  * all be stuck in CPU-bound handlers and the supervisor still answers.
  * Messages are read from the table in id order, one at a time, so one
- * worker processes its messages in the order they were sent; NOTIFY only
- * says "look". Also owns the worker log and the idle timeout.
+ * supervisor processes its messages in the order they were sent; NOTIFY
+ * only says "look".
  */
 export class ControlPlane {
-  readonly log: WorkerLog;
   private readonly host: ControlHost;
-  private readonly options: Required<ControlOptions>;
+  private readonly log: SupervisorLog;
   private readonly startedAt = Date.now();
   // All fields are owned by the main thread.
   private draining: Promise<void> | null = null;
   private again = false;
   private closed = false;
   private stopping = false;
-  private idleTimeoutMs: number | null = null;
-  private idleTimer: NodeJS.Timeout | null = null;
-  private readonly timers: NodeJS.Timeout[] = [];
+  private safetyTimer: NodeJS.Timeout | null = null;
   private readonly warnDb = throttledWarnings(5_000);
 
-  constructor(host: ControlHost, options: ControlOptions = {}) {
+  constructor(host: ControlHost) {
     this.host = host;
-    this.options = {
-      logKeep: 10_000,
-      logMaxAgeMs: 7 * 24 * 3_600_000,
-      messageMaxAgeMs: 24 * 3_600_000,
-      pruneIntervalMs: 60_000,
-      ...options,
-    };
-    this.log = new WorkerLog({ pool: host.pool, schema: host.schema, worker: host.id, logger: host.logger });
-    this.idleTimeoutMs = host.idleTimeoutMs;
+    this.log = host.log;
   }
 
   start(): void {
-    const { host } = this;
-    this.log.append('ALIVE', `${os.hostname()} pid ${process.pid} grapevine ${VERSION} node ${process.version}`);
-    this.log.append('QUEUE', host.queues ? host.queues.join(' ') : '(all queues)');
-    this.log.append('THREADS', `${host.threadPool.threads} x ${host.concurrency}`);
-    // A thread we stopped (the pool destroyed, a generation retired) exits with code 1
-    // too; only an exit nobody asked for is a crash worth its exit code.
-    host.threadPool.on('exit', (threadId: number, code: number, expected: boolean) =>
-      this.log.append('THREAD_EXIT', expected ? 'stopped' : `exit code ${code} (unexpected)`, threadId),
-    );
-    host.threadPool.on('start', (threadId: number, generation: number, restart: boolean) => {
-      if (restart) this.log.append('THREAD_RESTART', `generation ${generation}`, threadId);
-    });
-    const every = (ms: number, fn: () => unknown) => {
-      const timer = setInterval(() => void fn(), ms);
-      timer.unref();
-      this.timers.push(timer);
-    };
-    every(SAFETY_DRAIN_MS, () => this.wake());
-    every(this.options.pruneIntervalMs, () => this.prune());
-    this.wake();
-    this.scheduleIdleCheck();
-  }
-
-  /** A `{type: 'message'}` notification on the control channel. */
-  onNotify(message: { to?: unknown }): void {
-    if (Array.isArray(message.to) && !message.to.includes(this.host.id)) return;
+    if (this.closed || this.safetyTimer) return;
+    this.safetyTimer = setInterval(() => this.wake(), SAFETY_DRAIN_MS);
+    this.safetyTimer.unref();
     this.wake();
   }
 
@@ -144,41 +95,28 @@ export class ControlPlane {
     void this.drain();
   }
 
-  onJobs(type: 'started' | 'finished', jobs: readonly JobRef[]): void {
-    this.log.jobs(type === 'started' ? 'TASK_START' : 'TASK_END', jobs);
-  }
-
-  /** Events the supervisor's own API causes (pause() and resume() called directly). */
-  note(event: WorkerEvent, detail?: string): void {
-    this.log.append(event, detail);
-  }
-
-  /** The supervisor began to stop: no idle timer, no commands that change it. */
-  onStopping(reason: string | undefined): void {
+  /** The supervisor began to stop: no commands that change it. */
+  onStopping(): void {
     this.stopping = true;
-    if (this.idleTimer) clearTimeout(this.idleTimer);
-    this.idleTimer = null;
-    this.log.append('STOP', reason ?? 'no reason given');
   }
 
-  /** Last step before the pool closes: answers what is left with an error, flushes the log. */
+  /** Last step before the pool closes: answers what is left with an error. */
   async close(): Promise<void> {
     this.closed = true;
-    for (const timer of this.timers) clearInterval(timer);
-    if (this.idleTimer) clearTimeout(this.idleTimer);
+    if (this.safetyTimer) clearInterval(this.safetyTimer);
+    this.safetyTimer = null;
     await this.draining?.catch(() => {});
     try {
-      const rows = await pendingMessages(this.host.pool, this.host.schema, { worker: this.host.id, limit: 1_000 });
+      const rows = await pendingMessages(this.host.pool, this.host.schema, { supervisor: this.host.id, limit: 1_000 });
       for (const row of rows) {
         await this.respond(row, false, null, {
           code: 'GRAPEVINE_SHUTDOWN',
-          message: `worker ${this.host.id} stopped before it processed this ${row.command} message`,
+          message: `supervisor ${this.host.id} stopped before it processed this ${row.command} message`,
         });
       }
     } catch (err) {
       this.host.logger.warn({ err: (err as Error).message }, 'could not answer the messages left at shutdown');
     }
-    await this.log.close();
   }
 
   private drain(): Promise<void> {
@@ -191,7 +129,7 @@ export class ControlPlane {
       do {
         this.again = false;
         for (;;) {
-          const rows = await pendingMessages(this.host.pool, this.host.schema, { worker: this.host.id, limit: 50 });
+          const rows = await pendingMessages(this.host.pool, this.host.schema, { supervisor: this.host.id, limit: 50 });
           if (rows.length === 0 || this.closed) break;
           for (const row of rows) {
             if (this.closed) return;
@@ -221,7 +159,7 @@ export class ControlPlane {
       error =
         err instanceof CommandError
           ? { code: err.code, message: err.message }
-          : { code: 'GRAPEVINE_COMMAND_FAILED', message: `${row.command} failed on worker ${this.host.id}: ${(err as Error)?.message ?? String(err)}` };
+          : { code: 'GRAPEVINE_COMMAND_FAILED', message: `${row.command} failed on supervisor ${this.host.id}: ${(err as Error)?.message ?? String(err)}` };
     }
     await this.respond(row, error === null, outcome ? outcome.value : null, error);
     this.log.append('RESPONSE', `${row.command} ${error ? `ERROR ${error.code}` : summarize(outcome!.value)} (message ${row.id})`);
@@ -231,7 +169,7 @@ export class ControlPlane {
   /** Stores the response together with the log so far: what the command did is in the log before anyone sees the answer. */
   private async respond(row: MessageRow, ok: boolean, value: unknown, error: { code: string; message: string } | null): Promise<void> {
     const { pool, schema, id } = this.host;
-    await this.log.writeWith((logEntries) => respond(pool, schema, { messageId: row.id, worker: id, command: row.command, ok, value, error, logEntries }));
+    await this.log.writeWith((logEntries) => respond(pool, schema, { messageId: row.id, supervisor: id, command: row.command, ok, value, error, logEntries }));
   }
 
   private async handle(row: MessageRow): Promise<Outcome> {
@@ -239,7 +177,7 @@ export class ControlPlane {
     const { command, args } = row;
     const changesState = ['PAUSE', 'RESUME', 'TIMEOUT_SET', 'REFRESH', 'SCALE'].includes(command);
     if (changesState && this.stopping) {
-      throw new CommandError('GRAPEVINE_SHUTDOWN', `worker ${host.id} is stopping; ${command} no longer applies`);
+      throw new CommandError('GRAPEVINE_SHUTDOWN', `supervisor ${host.id} is stopping; ${command} no longer applies`);
     }
     switch (command) {
       case 'PING':
@@ -260,15 +198,15 @@ export class ControlPlane {
         await this.publishStatus();
         return { value: 'OK' };
       case 'TIMEOUT_SET': {
-        this.idleTimeoutMs = timeoutArg(args);
-        this.scheduleIdleCheck();
+        host.idleTimeout.set(timeoutArg(args));
         return { value: 'OK' };
       }
       case 'TIMEOUT_GET': {
-        const remaining = this.idleRemainingMs();
+        const remaining = host.idleTimeout.remainingMs();
+        const timeout = host.idleTimeout.ms;
         return {
           value: {
-            timeout: this.idleTimeoutMs === null ? null : this.idleTimeoutMs / 1000,
+            timeout: timeout === null ? null : timeout / 1000,
             remaining: remaining === null ? null : Math.round(remaining) / 1000,
           },
         };
@@ -293,7 +231,7 @@ export class ControlPlane {
         if (!host.allowEval) {
           throw new CommandError(
             'GRAPEVINE_COMMAND_REFUSED',
-            `EVAL is disabled on worker ${host.id} because it runs arbitrary code: start the supervisor with allowEval: true (grapevine run --allow-eval) to allow it`,
+            `EVAL is disabled on supervisor ${host.id} because it runs arbitrary code: start the supervisor with allowEval: true (grapevine run --allow-eval) to allow it`,
           );
         }
         const code = textArg(command, args, 'JavaScript to evaluate');
@@ -310,7 +248,7 @@ export class ControlPlane {
     const { host } = this;
     const status = host.status();
     return {
-      worker: host.id,
+      supervisor: host.id,
       host: os.hostname(),
       pid: process.pid,
       platform: `${process.platform}-${process.arch}`,
@@ -327,7 +265,7 @@ export class ControlPlane {
       status: status.state,
       threadStates: status.threads,
       restarts: status.restarts,
-      idleTimeout: this.idleTimeoutMs === null ? null : this.idleTimeoutMs / 1000,
+      idleTimeout: host.idleTimeout.ms === null ? null : host.idleTimeout.ms / 1000,
       evalAllowed: host.allowEval,
     };
   }
@@ -335,58 +273,6 @@ export class ControlPlane {
   private async publishStatus(): Promise<void> {
     const state = this.host.status().state;
     await setSupervisorStatus(this.host.pool, this.host.schema, { id: this.host.id, status: state === 'STOPPING' ? 'BUSY' : state });
-  }
-
-  /** Only jobs count as activity: a busy supervisor is never idle, messages do not reset the clock. */
-  private idleRemainingMs(): number | null {
-    if (this.idleTimeoutMs === null) return null;
-    if (this.host.inFlight() > 0) return this.idleTimeoutMs;
-    const since = Math.max(this.host.lastJobAt(), this.startedAt);
-    return Math.max(0, this.idleTimeoutMs - (Date.now() - since));
-  }
-
-  private scheduleIdleCheck(delayMs?: number): void {
-    if (this.idleTimer) clearTimeout(this.idleTimer);
-    this.idleTimer = null;
-    const remaining = this.idleRemainingMs();
-    if (remaining === null || this.stopping || this.closed) return;
-    const delay = delayMs ?? (this.host.inFlight() > 0 ? BUSY_RECHECK_MS : remaining);
-    this.idleTimer = setTimeout(() => void this.checkIdle(), Math.min(delay, 2 ** 31 - 1));
-    this.idleTimer.unref();
-  }
-
-  private async checkIdle(): Promise<void> {
-    this.idleTimer = null;
-    const remaining = this.idleRemainingMs();
-    if (remaining === null || this.stopping || this.closed) return;
-    if (this.host.inFlight() > 0 || remaining > 0) return this.scheduleIdleCheck();
-    if (!this.host.isPaused()) {
-      // Idle, but maybe only because nobody told us about due work: take it first.
-      try {
-        if (await hasDue(this.host.pool, this.host.schema, { tasks: this.host.threadPool.tasks, queues: this.host.queues })) {
-          this.host.markBacklog();
-          return this.scheduleIdleCheck(BUSY_RECHECK_MS);
-        }
-      } catch (err) {
-        this.warnDb(this.host.logger, { err: (err as Error).message }, 'idle check failed');
-        return this.scheduleIdleCheck(1_000);
-      }
-    }
-    if (this.stopping || this.closed || this.idleTimeoutMs === null || this.host.inFlight() > 0) return this.scheduleIdleCheck();
-    const idleFor = (Date.now() - Math.max(this.host.lastJobAt(), this.startedAt)) / 1000;
-    this.log.append('TIMEOUT', `no job for ${idleFor.toFixed(1)} s (idle timeout ${this.idleTimeoutMs / 1000} s)`);
-    this.host.stop('idle timeout');
-  }
-
-  private async prune(): Promise<void> {
-    const { pool, schema } = this.host;
-    try {
-      await this.log.prune({ keep: this.options.logKeep, maxAgeMs: this.options.logMaxAgeMs });
-      await pruneMessages(pool, schema, { maxAgeMs: this.options.messageMaxAgeMs, batchSize: 10_000 });
-      await pruneResponses(pool, schema, { maxAgeMs: this.options.messageMaxAgeMs, batchSize: 10_000 });
-    } catch (err) {
-      this.warnDb(this.host.logger, { err: (err as Error).message }, 'could not prune the worker log');
-    }
   }
 }
 

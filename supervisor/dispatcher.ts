@@ -23,14 +23,14 @@ export interface DispatcherOptions {
   onActivity?: () => void;
   /**
    * Called with the jobs of one claim when they start, and with jobs that
-   * finished together, for the worker log: once per batch, not per job.
+   * finished together, for the supervisor log: once per batch, not per job.
    */
   onJobs?: (type: 'started' | 'finished', jobs: readonly JobRef[]) => void;
   /** How long a cancelled or timed-out handler may take to stop before its thread is terminated. */
   killGraceMs: number;
 }
 
-/** Which execution of which job: what the worker log records. */
+/** Which execution of which job: what the supervisor log records. */
 export interface JobRef {
   id: string;
   task: string;
@@ -613,7 +613,7 @@ export class Dispatcher {
    * Messages on two channels are not ordered with each other: the batch's
    * result (or piscina's rejection when its thread dies) can come first, and
    * closing the port then would drop the 'claimed' event, and with it the
-   * worker log's record of the jobs or, for a dead thread, their release.
+   * supervisor log's record of the jobs or, for a dead thread, their release.
    */
   private closeBatchPort(batch: Batch): void {
     // Checked before every read: an 'exiting' event handled here ends the reading too.

@@ -7,7 +7,7 @@ import {
   MAX_IDLE_TIMEOUT_MS,
   resolveConnectionString,
   validateName,
-  validatePositiveInt,
+  validateInt,
   validateSchemaName,
 } from '../src/config.ts';
 import { createPool, explainConnectionErrors } from '../src/db.ts';
@@ -15,10 +15,9 @@ import { GrapevineError } from '../src/errors.ts';
 import { createLogger, logFormatOf, type Logger } from '../src/log.ts';
 import type { ThreadConfig } from '../src/protocol.ts';
 import { migrate } from '../src/schema/migrate.ts';
-import type { WorkerThread } from '../src/worker-info.ts';
-import type { DispatchCounters } from './dispatcher.ts';
 import { ThreadPool } from './threads.ts';
 import { SupervisorRuntime } from './runtime.ts';
+import type { Supervisor } from './supervisor.ts';
 
 export interface SupervisorOptions {
   /** Defaults to DATABASE_URL. */
@@ -40,7 +39,7 @@ export interface SupervisorOptions {
   reaperIntervalMs?: number;
   sweepIntervalMs?: number;
   shutdownGraceMs?: number;
-  /** How often the LISTEN connection proves it is alive and subscribed (default 5000; a check gets min(3000, this) to answer). */
+  /** How often the LISTEN connection proves it is alive and subscribed (default 5 s; a check gets min(3000, this) to answer). */
   listenerHealthCheckMs?: number;
   /** How long a cancelled or timed-out handler may ignore its AbortSignal before its thread is terminated. */
   killGraceMs?: number;
@@ -58,7 +57,7 @@ export interface SupervisorOptions {
   deleteSucceeded?: boolean;
   /**
    * How long a statement on the supervisor's own connections (the
-   * heartbeat, the reaper, releases, the control plane, the worker log; not
+   * heartbeat, the maintenance, releases, the control plane, the supervisor log; not
    * migrations, not threads' claims and outcome writes, not handlers) may
    * run before PostgreSQL cancels it (default 30 s). One that gets no answer
    * at all a second after that fails and its connection is replaced: the
@@ -79,42 +78,35 @@ export interface SupervisorOptions {
   idleTimeoutMs?: number | null;
 }
 
-export type SupervisorState = 'IDLE' | 'BUSY' | 'PAUSED' | 'STOPPING' | 'EXITED';
+export type { Supervisor, SupervisorState, SupervisorStatus, ThreadStatus } from './supervisor.ts';
 
-/** One thread as status() reports it, and as the heartbeat stores it for Control.workers(). */
-export type ThreadStatus = WorkerThread;
+const HOUR_MS = 3_600_000;
+const INT32_MAX = 2_147_483_647;
 
-export interface SupervisorStatus {
-  id: string;
-  state: SupervisorState;
-  threads: ThreadStatus[];
-  restarts: number;
-  inFlight: number;
-  counters: DispatchCounters & { malformedNotifications: number; listenerReconnects: number };
-}
+/** The allowed range of each numeric option; startSupervisor() refuses a value outside it, naming the option. */
+export const OPTION_RANGES = {
+  threads: { min: 1, max: 256 },
+  concurrency: { min: 1, max: 10_000 },
+  heartbeatIntervalMs: { min: 10, max: HOUR_MS },
+  leaseMs: { min: 20, max: 24 * HOUR_MS },
+  reaperIntervalMs: { min: 10, max: 24 * HOUR_MS },
+  sweepIntervalMs: { min: 10, max: 24 * HOUR_MS },
+  shutdownGraceMs: { min: 0, max: 24 * HOUR_MS },
+  listenerHealthCheckMs: { min: 10, max: HOUR_MS },
+  killGraceMs: { min: 0, max: HOUR_MS },
+  retryBaseMs: { min: 1, max: INT32_MAX },
+  retryMaxMs: { min: 1, max: INT32_MAX },
+  retentionMs: { min: 0, max: 10 * 365 * 24 * HOUR_MS },
+  statementTimeoutMs: { min: 100, max: HOUR_MS },
+  handlerConnections: { min: 1, max: 100 },
+  idleTimeoutMs: { min: 0, max: MAX_IDLE_TIMEOUT_MS },
+} as const;
 
-export interface Supervisor {
-  readonly id: string;
-  /** Task names this supervisor runs. */
-  readonly tasks: string[];
-  status(): SupervisorStatus;
-  /** Starts no more claims until resume() (a claim a thread has already been handed still runs); running jobs go on. */
-  pause(): void;
-  /** Claims again, starting with whatever is due in the table. */
-  resume(): void;
-  /** Graceful stop: no new claims, running jobs get `graceMs`, the rest are released. Idempotent. */
-  stop(options?: { graceMs?: number; reason?: string }): Promise<void>;
-  /** Resolves when the supervisor has stopped, for whatever reason. */
-  readonly stopped: Promise<void>;
-  /** Chaos and operations: terminate one thread (default: a random busy one). Returns its id. */
-  killThread(threadId?: number): number | null;
-  /** The LISTEN connection's backend pid (tests use it to cut the connection). */
-  listenerPid(): number | null;
-  /**
-   * Runs the reaper once now, however recently it ran. (On its timers the
-   * schema's supervisors together reap one or two times per reaperIntervalMs.)
-   */
-  reapNow(): Promise<{ leader: boolean; reapedJobs: string[] }>;
+type NumericOption = keyof typeof OPTION_RANGES;
+
+/** The option, or its default, checked against its range. */
+function numeric(options: SupervisorOptions, name: NumericOption, fallback: number): number {
+  return validateInt(name, options[name] ?? fallback, OPTION_RANGES[name]);
 }
 
 export async function startSupervisor(options: SupervisorOptions): Promise<Supervisor> {
@@ -123,19 +115,19 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
   if (typeof options.tasks !== 'string' || options.tasks.length === 0) {
     throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', 'tasks is required: a directory of task modules or one module with named exports');
   }
-  const threads = validatePositiveInt('threads', options.threads ?? defaultThreadCount(), { max: 256 });
-  const concurrency = validatePositiveInt('concurrency', options.concurrency ?? DEFAULTS.concurrency, { max: 10_000 });
+  const threads = numeric(options, 'threads', defaultThreadCount());
+  const concurrency = numeric(options, 'concurrency', DEFAULTS.concurrency);
   const queues = options.queues ? options.queues.map((q) => validateName('queue', q)) : null;
   const id = options.id ?? supervisorId();
   const logger = (options.logger ?? createLogger()).child({ supervisor: id });
   const timing = {
-    heartbeatIntervalMs: options.heartbeatIntervalMs ?? DEFAULTS.heartbeatIntervalMs,
-    leaseMs: options.leaseMs ?? DEFAULTS.leaseMs,
-    reaperIntervalMs: options.reaperIntervalMs ?? DEFAULTS.reaperIntervalMs,
-    sweepIntervalMs: options.sweepIntervalMs ?? DEFAULTS.sweepIntervalMs,
-    shutdownGraceMs: options.shutdownGraceMs ?? DEFAULTS.shutdownGraceMs,
-    killGraceMs: options.killGraceMs ?? 1_000,
-    listenerHealthCheckMs: options.listenerHealthCheckMs ?? 5_000,
+    heartbeatIntervalMs: numeric(options, 'heartbeatIntervalMs', DEFAULTS.heartbeatIntervalMs),
+    leaseMs: numeric(options, 'leaseMs', DEFAULTS.leaseMs),
+    reaperIntervalMs: numeric(options, 'reaperIntervalMs', DEFAULTS.reaperIntervalMs),
+    sweepIntervalMs: numeric(options, 'sweepIntervalMs', DEFAULTS.sweepIntervalMs),
+    shutdownGraceMs: numeric(options, 'shutdownGraceMs', DEFAULTS.shutdownGraceMs),
+    killGraceMs: numeric(options, 'killGraceMs', DEFAULTS.killGraceMs),
+    listenerHealthCheckMs: numeric(options, 'listenerHealthCheckMs', DEFAULTS.listenerHealthCheckMs),
   };
   if (timing.leaseMs < timing.heartbeatIntervalMs * 2) {
     throw new GrapevineError(
@@ -144,7 +136,12 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     );
   }
 
-  const statementTimeoutMs = validatePositiveInt('statementTimeoutMs', options.statementTimeoutMs ?? DEFAULTS.statementTimeoutMs, { min: 100, max: 3_600_000 });
+  const statementTimeoutMs = numeric(options, 'statementTimeoutMs', DEFAULTS.statementTimeoutMs);
+  const retryBaseMs = numeric(options, 'retryBaseMs', DEFAULTS.retryBaseMs);
+  const retryMaxMs = numeric(options, 'retryMaxMs', DEFAULTS.retryMaxMs);
+  const retentionMs = numeric(options, 'retentionMs', DEFAULTS.retentionMs);
+  const handlerConnections = numeric(options, 'handlerConnections', DEFAULTS.threadHandlerConnections);
+  const idleTimeoutMs = options.idleTimeoutMs == null ? null : numeric(options, 'idleTimeoutMs', 0);
 
   // Migrations get a connection of their own, without the statement timeout:
   // one may rewrite a large jobs table.
@@ -157,7 +154,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
   const pool = createPool(connectionString, {
     max: 3,
     applicationName: `grapevine-supervisor`,
-    // The release of a dead thread's jobs sends its transaction in one go (runtime.ts).
+    // The release of a dead thread's jobs sends its transaction in one go (release.ts).
     pipeline: true,
     statementTimeoutMs,
     onIdleError: (err) => logger.debug({ err: err.message }, 'idle supervisor connection closed'),
@@ -170,10 +167,10 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     tasksPath: options.tasks,
     queues,
     leaseMs: timing.leaseMs,
-    retryBaseMs: options.retryBaseMs ?? DEFAULTS.retryBaseMs,
-    retryMaxMs: options.retryMaxMs ?? DEFAULTS.retryMaxMs,
+    retryBaseMs,
+    retryMaxMs,
     systemConnections: DEFAULTS.threadSystemConnections,
-    handlerConnections: validatePositiveInt('handlerConnections', options.handlerConnections ?? DEFAULTS.threadHandlerConnections, { max: 100 }),
+    handlerConnections,
     logLevel: logger.level,
     logFormat: logFormatOf(logger),
     deleteSucceeded: options.deleteSucceeded ?? DEFAULTS.deleteSucceeded,
@@ -197,10 +194,9 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     queues,
     logger,
     timing,
-    retentionMs: options.retentionMs ?? 7 * 24 * 3_600_000,
-    allowEval: options.allowEval === true,
-    idleTimeoutMs:
-      options.idleTimeoutMs == null ? null : validatePositiveInt('idleTimeoutMs', options.idleTimeoutMs, { min: 0, max: MAX_IDLE_TIMEOUT_MS }),
+    retentionMs,
+    allowEval: (options.allowEval ?? DEFAULTS.allowEval) === true,
+    idleTimeoutMs,
   });
   try {
     await runtime.start();

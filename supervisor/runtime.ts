@@ -1,25 +1,29 @@
 /**
  * The running supervisor: wires the LISTEN connection, the dispatcher, the
- * threads, the control plane and the timers (heartbeat, reaper, sweep)
- * together. Built by startSupervisor() in index.ts.
+ * threads, the control plane, the heartbeat and the maintenance together,
+ * and runs its start and stop. Built by startSupervisor() in index.ts.
  */
 import os from 'node:os';
 import type pg from 'pg';
-import { backoffMs } from '../src/backoff.ts';
-import { explainConnectionErrors, rowsOf, withAnswerDeadline, withPipelinedTransaction } from '../src/db.ts';
+import { explainConnectionErrors } from '../src/db.ts';
 import { Listener } from '../src/listener.ts';
 import { throttled, throttledWarnings, type Logger } from '../src/log.ts';
-import { NOTIFY_DROP_USAGE, parseJobNotification, takeIds } from '../src/notification.ts';
-import { describeConnection, redactSecret } from '../src/redact.ts';
+import { isAddressedTo, parseControlNotification, parseJobNotification, takeIds } from '../src/notification.ts';
+import { describeConnection } from '../src/redact.ts';
 import { channelsFor } from '../src/schema/channels.ts';
-import { hasDue, lockJobsQuery, releaseJobsQuery, releaseUnreported, renewLeasesQuery } from '../src/sql/jobs.ts';
-import { deregisterSupervisor, heartbeatQuery, registerSupervisor } from '../src/sql/supervisors.ts';
+import { hasDue } from '../src/sql/jobs.ts';
+import { deregisterSupervisor, registerSupervisor } from '../src/sql/supervisors.ts';
 import { VERSION } from '../src/version.ts';
 import { ControlPlane } from './control.ts';
-import { Dispatcher, type Release } from './dispatcher.ts';
-import { Reaper } from './maintenance.ts';
-import { ThreadPool } from './threads.ts';
-import type { Supervisor, SupervisorState, SupervisorStatus } from './index.ts';
+import { Dispatcher } from './dispatcher.ts';
+import { Heartbeat } from './heartbeat.ts';
+import { IdleTimeout } from './idle-timeout.ts';
+import { Maintenance } from './maintenance/leader.ts';
+import { Periodic } from './periodic.ts';
+import { JobRelease } from './release.ts';
+import { SupervisorLog } from './supervisor-log.ts';
+import type { Supervisor, SupervisorState, SupervisorStatus } from './supervisor.ts';
+import type { ThreadPool } from './threads.ts';
 
 export interface RuntimeOptions {
   id: string;
@@ -51,11 +55,14 @@ export class SupervisorRuntime implements Supervisor {
   private readonly o: RuntimeOptions;
   private readonly dispatcher: Dispatcher;
   private readonly listener: Listener;
-  private readonly reaper: Reaper;
+  private readonly maintenance: Maintenance;
+  private readonly heartbeat: Heartbeat;
+  private readonly sweeper: Periodic;
+  private readonly releases: JobRelease;
   private readonly channels: ReturnType<typeof channelsFor>;
-  /** Messages, worker log and idle timeout (supervisor/control.ts). */
+  private readonly log: SupervisorLog;
+  private readonly idleTimeout: IdleTimeout;
   private readonly control: ControlPlane;
-  private readonly timers: NodeJS.Timeout[] = [];
   private dueTimer: NodeJS.Timeout | null = null;
   private dueAt = Infinity;
   private stopping: Promise<void> | null = null;
@@ -67,21 +74,23 @@ export class SupervisorRuntime implements Supervisor {
   private malformed = 0;
   private readonly warnMalformed = throttled(1_000);
   private readonly warnDb = throttledWarnings(1_000);
-  private readonly warnNotifyQueue = throttled(60_000);
 
   constructor(options: RuntimeOptions) {
+    const { id, schema, pool, logger, threadPool, timing } = options;
     this.o = options;
-    this.id = options.id;
-    this.channels = channelsFor(options.schema);
+    this.id = id;
+    this.channels = channelsFor(schema);
     this.stopped = new Promise((resolve) => (this.resolveStopped = resolve));
+    this.log = new SupervisorLog({ pool, schema, supervisor: id, logger });
+    this.releases = new JobRelease({ id, schema, connectionString: options.connectionString, pool, logger });
     this.dispatcher = new Dispatcher({
-      pool: options.threadPool,
+      pool: threadPool,
       threads: options.threads,
       concurrency: options.concurrency,
-      logger: options.logger,
-      killGraceMs: options.timing.killGraceMs,
-      release: (jobs) => this.release(jobs),
-      onJobs: (type, jobs) => this.control.onJobs(type, jobs),
+      logger,
+      killGraceMs: timing.killGraceMs,
+      release: (jobs) => this.releases.release(jobs),
+      onJobs: (type, jobs) => this.log.jobs(type === 'started' ? 'TASK_START' : 'TASK_END', jobs),
     });
     this.listener = new Listener({
       connectionString: options.connectionString,
@@ -91,40 +100,64 @@ export class SupervisorRuntime implements Supervisor {
       healthCheckMs: options.timing.listenerHealthCheckMs,
       healthTimeoutMs: Math.min(3_000, options.timing.listenerHealthCheckMs),
     });
-    this.reaper = new Reaper({
-      pool: options.pool,
-      schema: options.schema,
-      leaseMs: options.timing.leaseMs,
-      intervalMs: options.timing.reaperIntervalMs,
+    this.maintenance = new Maintenance({
+      pool,
+      schema,
+      leaseMs: timing.leaseMs,
+      intervalMs: timing.reaperIntervalMs,
       retentionMs: options.retentionMs,
-      logger: options.logger,
+      logger,
     });
-    // --- control plane (supervisor/control.ts) ---
+    this.heartbeat = new Heartbeat({
+      id,
+      schema,
+      pool,
+      logger,
+      intervalMs: timing.heartbeatIntervalMs,
+      leaseMs: timing.leaseMs,
+      sweepIntervalMs: timing.sweepIntervalMs,
+      status: () => this.status(),
+      listenerPid: () => this.listener.backendPid,
+      tasks: () => threadPool.tasks,
+      runningJobIds: () => [...this.dispatcher.runningJobs.keys()],
+      cancel: (jobId) => this.dispatcher.abort(jobId, 'cancelled', 'job was cancelled'),
+      onNotificationsDropped: () => this.control.wake(),
+    });
+    this.sweeper = new Periodic(timing.sweepIntervalMs, () => this.sweep());
+    this.idleTimeout = new IdleTimeout(
+      {
+        logger,
+        log: this.log,
+        inFlight: () => this.dispatcher.inFlight,
+        lastJobAt: () => this.dispatcher.lastJobAt,
+        isPaused: () => this.dispatcher.isPaused,
+        hasDue: () => hasDue(pool, schema, { tasks: threadPool.tasks, queues: options.queues }),
+        markBacklog: () => this.dispatcher.markBacklog(),
+        stop: (reason) => void this.stop({ reason }),
+      },
+      options.idleTimeoutMs,
+    );
     this.control = new ControlPlane({
-      id: options.id,
-      schema: options.schema,
+      id,
+      schema,
       connectionString: options.connectionString,
-      pool: options.pool,
-      logger: options.logger,
-      threadPool: options.threadPool,
+      pool,
+      logger,
+      threadPool,
       queues: options.queues,
       concurrency: options.concurrency,
       allowEval: options.allowEval,
-      idleTimeoutMs: options.idleTimeoutMs,
+      log: this.log,
+      idleTimeout: this.idleTimeout,
       status: () => this.status(),
-      isPaused: () => this.dispatcher.isPaused,
-      inFlight: () => this.dispatcher.inFlight,
-      lastJobAt: () => this.dispatcher.lastJobAt,
       pause: () => this.pause(),
       resume: () => this.resume(),
       replaceThreads: async (threads) => {
-        await options.threadPool.replace(threads);
-        this.dispatcher.resize(options.threadPool.threads);
+        await threadPool.replace(threads);
+        this.dispatcher.resize(threadPool.threads);
       },
-      markBacklog: () => this.dispatcher.markBacklog(),
       stop: (reason) => void this.stop({ reason }),
     });
-    // --- end control plane ---
   }
 
   get tasks(): string[] {
@@ -153,38 +186,35 @@ export class SupervisorRuntime implements Supervisor {
       this.dispatcher.markBacklog();
       this.control.wake();
       // The row names the new LISTEN backend now, not at the next beat.
-      void this.heartbeat();
+      void this.heartbeat.beat();
     });
-    threadPool.on('start', () => this.dispatcher.threadStarted());
+    threadPool.on('start', (threadId: number, generation: number, restart: boolean) => {
+      this.dispatcher.threadStarted();
+      if (restart) this.log.append('THREAD_RESTART', `generation ${generation}`, threadId);
+    });
     threadPool.on('replaced', () => this.dispatcher.threadStarted());
     threadPool.on('exit', (threadId: number, code: number, expected: boolean) => {
       if (!expected) logger.warn({ threadId, code }, 'thread exited unexpectedly; piscina is replacing it');
       this.dispatcher.forgetThread(threadId);
-      this.sweepDeadThread(threadId, code);
+      this.releases.afterThreadDeath(threadId, code);
+      // A thread we stopped (the pool destroyed, a generation retired) exits with code 1
+      // too; only an exit nobody asked for is a crash worth its exit code.
+      this.log.append('THREAD_EXIT', expected ? 'stopped' : `exit code ${code} (unexpected)`, threadId);
     });
     await this.listener.start();
-    // Before any claim: the row names the LISTEN backend (grapevine/testing's killListeners()
+    // Before any claim: the row names the LISTEN backend (the testing kit's killListeners()
     // cuts only its own schema's), and a pause() right after start still comes first.
-    await this.heartbeat();
+    await this.heartbeat.beat();
     this.listening = true;
     this.dispatcher.markBacklog();
-    // A tick that is still running when the next is due is not started
-    // twice: a stalled heartbeat must not pile up and take every connection.
-    const every = (ms: number, fn: () => Promise<unknown>) => {
-      let running = false;
-      const timer = setInterval(() => {
-        if (running) return;
-        running = true;
-        void fn().finally(() => {
-          running = false;
-        });
-      }, ms);
-      this.timers.push(timer);
-    };
-    every(this.o.timing.heartbeatIntervalMs, () => this.heartbeat());
-    every(this.o.timing.reaperIntervalMs, () => this.reaper.tick());
-    every(this.o.timing.sweepIntervalMs, () => this.sweep());
+    this.heartbeat.start();
+    this.maintenance.start();
+    this.sweeper.start();
+    this.log.append('ALIVE', `${os.hostname()} pid ${process.pid} grapevine ${VERSION} node ${process.version}`);
+    this.log.append('QUEUE', this.o.queues ? this.o.queues.join(' ') : '(all queues)');
+    this.log.append('THREADS', `${threadPool.threads} x ${this.o.concurrency}`);
     this.control.start();
+    this.idleTimeout.start();
     logger.info(
       {
         threads: this.o.threads,
@@ -219,13 +249,13 @@ export class SupervisorRuntime implements Supervisor {
   pause(): void {
     this.dispatcher.pause();
     this.o.logger.info('paused: no new jobs will be claimed');
-    this.control.note('PAUSE');
+    this.log.append('PAUSE');
   }
 
   resume(): void {
     this.dispatcher.resume();
     this.o.logger.info('resumed');
-    this.control.note('RESUME');
+    this.log.append('RESUME');
   }
 
   killThread(threadId?: number): number | null {
@@ -242,7 +272,7 @@ export class SupervisorRuntime implements Supervisor {
   }
 
   reapNow() {
-    return this.reaper.tick({ force: true });
+    return this.maintenance.tick({ force: true });
   }
 
   stop(options: { graceMs?: number; reason?: string } = {}): Promise<void> {
@@ -265,9 +295,13 @@ export class SupervisorRuntime implements Supervisor {
     const { logger, pool, schema, threadPool } = this.o;
     this.state = 'STOPPING';
     logger.info({ graceMs, reason }, 'stopping: no new jobs; waiting for running jobs');
-    this.control.onStopping(reason);
+    this.control.onStopping();
+    this.idleTimeout.stop();
+    this.log.append('STOP', reason ?? 'no reason given');
     this.dispatcher.stop();
-    for (const timer of this.timers) clearInterval(timer);
+    this.heartbeat.stop();
+    this.maintenance.stop();
+    this.sweeper.stop();
     if (this.dueTimer) clearTimeout(this.dueTimer);
 
     let graceTimer: NodeJS.Timeout | undefined;
@@ -284,14 +318,14 @@ export class SupervisorRuntime implements Supervisor {
     if (left.length > 0) {
       // Release first: the fence then rejects any outcome a handler writes later.
       logger.warn({ jobs: left.map((j) => j.id) }, 'grace period over; releasing jobs that are still running');
-      await this.release(left.map((j) => ({ id: j.id, thread: j.threadId, reason: 'supervisor shut down before the job finished', count: false })));
+      await this.releases.release(left.map((j) => ({ id: j.id, thread: j.threadId, reason: 'supervisor shut down before the job finished', count: false })));
       for (const job of left) this.dispatcher.abort(job.id, 'shutdown', 'supervisor is shutting down');
     }
     await threadPool.destroy();
     // A claim a thread had committed but not yet reported when it was ended
     // (a forced stop does not wait for it) still names this supervisor, and
     // would wait for its lease.
-    await this.releaseUnreported(null, 'supervisor shut down before the job finished', false).then(
+    await this.releases.unreported(null, 'supervisor shut down before the job finished', false).then(
       (ids) => {
         if (ids.length > 0) logger.warn({ jobs: ids }, 'released jobs a thread claimed but had not reported when the supervisor stopped');
       },
@@ -302,6 +336,8 @@ export class SupervisorRuntime implements Supervisor {
       logger.warn({ err: err.message }, 'could not deregister'),
     );
     await this.control.close();
+    // Last: the answers to what was left, and the STOP, are in the log.
+    await this.log.close();
     await pool.end().catch(() => {});
     this.state = 'EXITED';
     logger.info('stopped');
@@ -331,25 +367,13 @@ export class SupervisorRuntime implements Supervisor {
   }
 
   private onControl(payload: string): void {
-    let message: { type?: unknown; job?: unknown; to?: unknown; id?: unknown };
-    try {
-      message = JSON.parse(payload);
-    } catch {
-      this.onMalformed(this.channels.control, 'not JSON');
-      return;
+    const message = parseControlNotification(payload);
+    if (message.kind === 'malformed') return this.onMalformed(this.channels.control, message.reason);
+    if (!isAddressedTo(message, this.id)) return;
+    if (message.kind === 'message') return this.control.wake();
+    if (this.dispatcher.abort(message.job, 'cancelled', 'job was cancelled')) {
+      this.o.logger.info({ jobId: message.job }, 'cancelling running job');
     }
-    if (message?.type === 'cancel' && typeof message.job === 'string') {
-      if (message.to !== this.id) return;
-      if (this.dispatcher.abort(message.job, 'cancelled', 'job was cancelled')) {
-        this.o.logger.info({ jobId: message.job }, 'cancelling running job');
-      }
-      return;
-    }
-    if (message?.type === 'message') {
-      this.control.onNotify(message);
-      return;
-    }
-    this.onMalformed(this.channels.control, 'unknown message');
   }
 
   private onMalformed(channel: string, reason: string): void {
@@ -381,105 +405,6 @@ export class SupervisorRuntime implements Supervisor {
     } catch (err) {
       this.warnDb(this.o.logger, { err: (err as Error).message }, 'sweep failed');
     }
-  }
-
-  private async heartbeat(): Promise<void> {
-    const { pool, schema, timing, logger } = this.o;
-    const status = this.status();
-    // Sooner than the pool's own deadline: a heartbeat stuck on a silent
-    // connection holds up the next one, and the leases run out meanwhile.
-    const answerWithinMs = Math.max(500, Math.floor(timing.leaseMs / 4));
-    try {
-      const beat = heartbeatQuery(schema, {
-        id: this.id,
-        status: status.state === 'STOPPING' ? 'BUSY' : status.state,
-        threads: status.threads.length,
-        // listenerPid: grapevine/testing's killListeners() cuts this schema's LISTEN connections only.
-        info: { threads: status.threads, restarts: status.restarts, counters: status.counters, listenerPid: this.listener.backendPid },
-        tasks: this.o.threadPool.tasks,
-      });
-      const rows = await rowsOf(pool, withAnswerDeadline(beat, answerWithinMs));
-      if (rows[0]?.previous_status === 'LOST') {
-        logger.warn('this supervisor was declared LOST (paused or cut off too long); its earlier jobs were reaped and their late outcomes are fenced');
-      }
-      const usage = Number(rows[0]?.notify_queue_usage ?? 0);
-      if (usage >= NOTIFY_DROP_USAGE) {
-        // Control messages are not announced either: look for them now rather than at the 10 s safety drain.
-        this.control.wake();
-        this.warnNotifyQueue((suppressed) =>
-          logger.warn(
-            { notifyQueueUsage: Math.round(usage * 100) / 100, sweepIntervalMs: timing.sweepIntervalMs, suppressed },
-            "PostgreSQL's NOTIFY queue is half full or more, so grapevine sends no notifications: supervisors find new jobs by their sweep instead of at once. " +
-              'A session that ran LISTEN and stays in one transaction holds the queue: find it among the oldest transactions ' +
-              '(SELECT pid, application_name, state, xact_start FROM pg_stat_activity WHERE xact_start IS NOT NULL ORDER BY xact_start LIMIT 5) and end it',
-          ),
-        );
-      }
-      const ids = [...this.dispatcher.runningJobs.keys()];
-      if (ids.length > 0) {
-        const renew = renewLeasesQuery(schema, { owner: this.id, ids, leaseMs: timing.leaseMs });
-        const renewed = await rowsOf(pool, withAnswerDeadline(renew, answerWithinMs));
-        // A cancel notification sent while the LISTEN connection was down is
-        // gone; the flag on the row is not.
-        for (const row of renewed) {
-          if (row.cancel_requested && this.dispatcher.abort(row.id, 'cancelled', 'job was cancelled')) {
-            logger.info({ jobId: row.id }, 'cancelling running job (seen at heartbeat)');
-          }
-        }
-      }
-    } catch (err) {
-      this.warnDb(logger, { err: (err as Error).message }, 'heartbeat failed');
-    }
-  }
-
-  /**
-   * The dispatcher releases the jobs a dead thread reported. A claim that
-   * committed just as the thread died was never reported; look for those a
-   * little later (after the dispatcher's own releases, which carry the better
-   * reasons) instead of leaving them to the lease.
-   */
-  private sweepDeadThread(threadId: number, code: number): void {
-    const reason = `thread ${threadId} exited (code ${code}) after claiming this job`;
-    // Late enough that the dispatcher's own release (with the real reason) has normally run.
-    for (const delay of [1_000, 3_000]) {
-      setTimeout(() => {
-        this.releaseUnreported(threadId, reason, true).then(
-          (ids) => {
-            if (ids.length > 0) this.o.logger.warn({ threadId, jobs: ids }, 'released jobs a dead thread claimed but never reported');
-          },
-          () => {}, // the lease still covers them
-        );
-      }, delay).unref();
-    }
-  }
-
-  /** Returns to the queue what this supervisor (one thread of it, or all with null) claimed and never reported; the ids released. */
-  private async releaseUnreported(threadId: number | null, reason: string, count: boolean): Promise<string[]> {
-    return releaseUnreported(this.o.pool, this.o.schema, { owner: this.id, thread: threadId, reason, count });
-  }
-
-  /** Gives jobs back to the queue, retrying while the database is away; the lease is the last resort. */
-  private async release(released: Release[]): Promise<void> {
-    // A crash reason is the handler's own error text, which may echo the connection string.
-    const jobs = released.map((j) => ({ ...j, reason: redactSecret(j.reason, this.o.connectionString) }));
-    const { pool, schema } = this.o;
-    const ids = jobs.map((j) => j.id);
-    for (let attempt = 0; attempt < 10; attempt++) {
-      try {
-        // The lock waits for a claim the dead thread was still committing;
-        // the release, a statement of its own, then sees that claim. Sent
-        // together: a release is what a crashed job's re-run waits for.
-        const [, rows] = await withPipelinedTransaction(pool, [lockJobsQuery(schema, { ids }), releaseJobsQuery(schema, { owner: this.id, jobs })]);
-        const released = new Set(rows[0]?.ids ?? []);
-        const done = jobs.filter((j) => released.has(j.id));
-        if (done.length > 0) this.o.logger.warn({ jobs: done.map((j) => ({ id: j.id, reason: j.reason })) }, 'released jobs back to the queue');
-        return;
-      } catch (err) {
-        this.warnDb(this.o.logger, { err: (err as Error).message }, 'release failed; retrying');
-        await new Promise((r) => setTimeout(r, backoffMs({ attempt, baseMs: 100, maxMs: 2_000 })));
-      }
-    }
-    this.o.logger.error({ jobs: jobs.map((j) => j.id) }, 'could not release jobs; their leases will expire and the reaper will return them');
   }
 }
 

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { Supervisor } from './index.ts';
+import type { Supervisor } from './supervisor.ts';
 
 /**
  * First SIGTERM/SIGINT: graceful stop (running jobs get the grace period).

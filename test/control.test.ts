@@ -5,7 +5,9 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createClient, createControl, describeConnection, GrapevineError, VERSION, type Control } from '../supervisor/public.ts';
 import { silentLogger } from '../src/log.ts';
-import { WorkerLog } from '../supervisor/worker-log.ts';
+import { registerSupervisor } from '../src/sql/supervisors.ts';
+import { pruneControlTables } from '../supervisor/maintenance/prune-control.ts';
+import { SupervisorLog } from '../supervisor/supervisor-log.ts';
 import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
 import { ROOT, run, start, type Running } from './helpers/process.ts';
 
@@ -31,7 +33,7 @@ let C: Worker; // takes only queue "solo": the idle-timeout subject
 async function startWorker(...args: string[]): Promise<Worker> {
   const proc = start([SOURCE_CLI, 'run', '--tasks', tasksDir, '--schema', db.schema, '--log-level', 'info', ...args], env);
   await proc.waitFor(/supervisor started/);
-  const worker = await eventually(async () => (await control.workers()).find((w) => w.pid === proc.child.pid), 'the supervisor to register');
+  const worker = await eventually(async () => (await control.supervisors()).find((w) => w.pid === proc.child.pid), 'the supervisor to register');
   return { id: worker.id, process: proc };
 }
 
@@ -45,7 +47,7 @@ async function jobRows(ids: string[]): Promise<Array<{ id: string; state: string
 }
 
 async function events(worker: string, n = 200): Promise<string[]> {
-  return (await control.logTail({ worker, n })).map((e) => `${e.event}${e.detail ? ` ${e.detail}` : ''}`);
+  return (await control.logTail({ supervisor: worker, n })).map((e) => `${e.event}${e.detail ? ` ${e.detail}` : ''}`);
 }
 
 /** The log once it holds an entry matching `pattern` (entries are written in batches, a moment after the fact). */
@@ -89,12 +91,12 @@ afterAll(async () => {
   if (tasksDir) await rm(tasksDir, { recursive: true, force: true });
 });
 
-describe('worker registry', () => {
+describe('supervisor registry', () => {
   it('registers each supervisor under a readable host-based id with its per-thread state', async () => {
     const prefix = os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').slice(0, 24);
     for (const w of [A, B, C]) expect(w.id).toMatch(new RegExp(`^${prefix}-[0-9a-f]{6}$`));
     const workers = await eventually(async () => {
-      const list = await control.workers();
+      const list = await control.supervisors();
       const a = list.find((w) => w.id === A.id);
       return a && a.threadStates.length === 2 ? list : null;
     }, 'a heartbeat with per-thread state');
@@ -103,7 +105,7 @@ describe('worker registry', () => {
     expect(a.threadStates[0]).toMatchObject({ threadId: expect.any(Number), currentJobs: [], jobsRun: 0 });
     expect(workers.map((w) => w.id)).toEqual(expect.arrayContaining([A.id, B.id, C.id]));
 
-    const listed = await cli('workers');
+    const listed = await cli('supervisors');
     expect(listed.code).toBe(0);
     for (const w of [A, B, C]) expect(listed.stdout).toMatch(new RegExp(`${w.id}\\s+(IDLE|BUSY)`));
   });
@@ -114,7 +116,7 @@ describe('worker registry', () => {
   });
 });
 
-describe('worker log', () => {
+describe('supervisor log', () => {
   it('records task starts, completions and errors, and thread exits and restarts', async () => {
     const ok = await client.addJob('square', { n: 9 });
     const failed = await client.addJob('fail', { message: 'no' }, { maxAttempts: 1 });
@@ -153,7 +155,7 @@ describe('messages and responses', () => {
     const responses = await control.sendAndWait('PING');
     expect(Object.keys(responses).sort()).toEqual([A.id, B.id, C.id].sort());
     for (const [worker, response] of Object.entries(responses)) {
-      expect(response).toMatchObject({ worker, command: 'PING', ok: true, value: 'PONG', error: null });
+      expect(response).toMatchObject({ supervisor: worker, command: 'PING', ok: true, value: 'PONG', error: null });
     }
     // sendAndWait deletes what it read.
     expect(Object.values(await control.hasResponse(responses[A.id].messageId))).toEqual([false, false, false]);
@@ -164,34 +166,34 @@ describe('messages and responses', () => {
     ]);
   });
 
-  it('keeps responses until deleted; hasResponse and responseIds see them; a missing one is an error naming the worker', async () => {
-    const id = await control.send('PING', undefined, { workers: [A.id] });
+  it('keeps responses until deleted; hasResponse and responseIds see them; a missing one is an error naming the supervisor', async () => {
+    const id = await control.send('PING', undefined, { supervisors: [A.id] });
     expect(await control.getResponse(id, { timeoutMs: 10_000 })).toEqual({ [A.id]: expect.objectContaining({ value: 'PONG', messageId: id }) });
     expect(await control.hasResponse(id)).toEqual({ [A.id]: true });
     expect(await control.responseIds(A.id)).toContain(id);
 
-    const got = await control.getResponse(id, { worker: A.id, delete: true });
+    const got = await control.getResponse(id, { supervisor: A.id, delete: true });
     expect(got[A.id].value).toBe('PONG');
-    const missing = await control.getResponse(id, { worker: A.id }).catch((e) => e);
+    const missing = await control.getResponse(id, { supervisor: A.id }).catch((e) => e);
     expect(missing).toBeInstanceOf(GrapevineError);
     expect(missing.code).toBe('GRAPEVINE_RESPONSE_MISSING');
-    expect(missing.message).toContain(`response missing for worker: '${A.id}'`);
+    expect(missing.message).toContain(`response missing for supervisor: '${A.id}'`);
     expect(await control.hasResponse(id)).toEqual({ [A.id]: false });
     expect(await control.responseIds(A.id)).not.toContain(id);
 
-    await expect(control.getResponse(id, { worker: B.id })).rejects.toThrow(/was not sent to it/);
+    await expect(control.getResponse(id, { supervisor: B.id })).rejects.toThrow(/was not sent to it/);
     await expect(control.getResponse('987654321')).rejects.toThrow(/message 987654321 does not exist/);
     await expect(control.getResponse('nope')).rejects.toMatchObject({ code: 'GRAPEVINE_RESPONSE_MISSING' });
   });
 
-  it('processes one worker\'s messages in the order they were sent, and waiting times out with the worker named', async () => {
+  it('processes one supervisor\'s messages in the order they were sent, and waiting times out with the supervisor named', async () => {
     // REFRESH starts new threads, so the PING queued behind it is still unanswered a moment later.
-    const refresh = await control.send('REFRESH', undefined, { workers: [B.id] });
+    const refresh = await control.send('REFRESH', undefined, { supervisors: [B.id] });
     const ids: string[] = [];
-    for (let i = 1; i <= 8; i++) ids.push(await control.send('ECHO', `order ${i}`, { workers: [B.id] }));
-    const ping = await control.send('PING', undefined, { workers: [B.id] });
+    for (let i = 1; i <= 8; i++) ids.push(await control.send('ECHO', `order ${i}`, { supervisors: [B.id] }));
+    const ping = await control.send('PING', undefined, { supervisors: [B.id] });
     await expect(control.getResponse(ping, { timeoutMs: 1 })).rejects.toThrow(
-      new RegExp(`response missing for worker: '${B.id}' to message ${ping} \\(PING\\) after waiting 1 ms`),
+      new RegExp(`response missing for supervisor: '${B.id}' to message ${ping} \\(PING\\) after waiting 1 ms`),
     );
     expect((await control.getResponse(ping, { timeoutMs: 20_000 }))[B.id].value).toBe('PONG');
     expect((await control.getResponse(refresh))[B.id].value).toBe('OK');
@@ -206,15 +208,15 @@ describe('messages and responses', () => {
   });
 
   it('ECHO logs its text and answers OK', async () => {
-    const responses = await control.sendAndWait('ECHO', 'hello from the test', { workers: [A.id] });
+    const responses = await control.sendAndWait('ECHO', 'hello from the test', { supervisors: [A.id] });
     expect(responses[A.id].value).toBe('OK');
     await A.process.waitFor(/"msg":"hello from the test"/);
   });
 
   it('INFO describes the supervisor, with the connection target but never the password', async () => {
-    const info = (await control.sendAndWait('INFO', undefined, { workers: [A.id] }))[A.id].value as Record<string, unknown>;
+    const info = (await control.sendAndWait('INFO', undefined, { supervisors: [A.id] }))[A.id].value as Record<string, unknown>;
     expect(info).toMatchObject({
-      worker: A.id,
+      supervisor: A.id,
       host: os.hostname(),
       pid: A.process.child.pid,
       platform: `${process.platform}-${process.arch}`,
@@ -232,7 +234,7 @@ describe('messages and responses', () => {
     expect(new Date(info.startedAt as string).getTime()).not.toBeNaN();
     const password = decodeURIComponent(new URL(db.url).password);
     if (password) expect(JSON.stringify(info)).not.toContain(password);
-    expect((await control.sendAndWait('INFO', undefined, { workers: [C.id] }))[C.id].value).toMatchObject({ queues: ['solo'], threads: 1 });
+    expect((await control.sendAndWait('INFO', undefined, { supervisors: [C.id] }))[C.id].value).toMatchObject({ queues: ['solo'], threads: 1 });
   });
 
   it('answers unknown commands and bad arguments with an error response and keeps answering', async () => {
@@ -246,12 +248,12 @@ describe('messages and responses', () => {
       ['EVAL', undefined, /EVAL is disabled/],
     ];
     for (const [command, args, message] of bad) {
-      const response = (await control.sendAndWait(command, args, { workers: [A.id] }))[A.id];
+      const response = (await control.sendAndWait(command, args, { supervisors: [A.id] }))[A.id];
       expect(response.ok, command).toBe(false);
       expect(response.error!.message).toMatch(message);
       expect(response.error!.code).toBe(command === 'EVAL' ? 'GRAPEVINE_COMMAND_REFUSED' : 'GRAPEVINE_COMMAND_INVALID');
     }
-    expect((await control.sendAndWait('ping', undefined, { workers: [A.id] }))[A.id].value).toBe('PONG');
+    expect((await control.sendAndWait('ping', undefined, { supervisors: [A.id] }))[A.id].value).toBe('PONG');
     expect(A.process.child.exitCode).toBeNull();
   });
 
@@ -260,10 +262,10 @@ describe('messages and responses', () => {
     await expect(control.send('DROP TABLE')).rejects.toThrow(/invalid command "DROP TABLE"/);
     await expect(control.send('ECHO', 10n)).rejects.toThrow(/not JSON-serializable/);
     await expect(control.send('ECHO', 'x'.repeat(70_000))).rejects.toThrow(/over the 65536-byte limit/);
-    await expect(control.send('PING', undefined, { workers: ['nobody-000000'] })).rejects.toThrow(
-      /worker 'nobody-000000' is not registered/,
+    await expect(control.send('PING', undefined, { supervisors: ['nobody-000000'] })).rejects.toThrow(
+      /supervisor 'nobody-000000' is not registered/,
     );
-    await expect(control.send('PING', undefined, { workers: [] })).rejects.toMatchObject({ code: 'GRAPEVINE_WORKER_NOT_FOUND' });
+    await expect(control.send('PING', undefined, { supervisors: [] })).rejects.toMatchObject({ code: 'GRAPEVINE_SUPERVISOR_NOT_FOUND' });
     const empty = createControl({ connectionString: db.url, schema: `${db.schema}_none` });
     try {
       await expect(empty.send('PING')).rejects.toThrow(/no live supervisor in schema/);
@@ -274,40 +276,40 @@ describe('messages and responses', () => {
   });
 
   it('EVAL runs code only on a supervisor started with --allow-eval', async () => {
-    const refused = await control.sendAndWait('EVAL', '6 * 7', { workers: [A.id] });
+    const refused = await control.sendAndWait('EVAL', '6 * 7', { supervisors: [A.id] });
     expect(refused[A.id]).toMatchObject({ ok: false, error: { code: 'GRAPEVINE_COMMAND_REFUSED' } });
-    const allowed = await control.sendAndWait('EVAL', '6 * 7', { workers: [B.id] });
+    const allowed = await control.sendAndWait('EVAL', '6 * 7', { supervisors: [B.id] });
     expect(allowed[B.id]).toMatchObject({ ok: true, value: 42 });
-    expect((await control.sendAndWait('EVAL', 'Promise.resolve(process.pid)', { workers: [B.id] }))[B.id].value).toBe(B.process.child.pid);
-    const thrown = (await control.sendAndWait('EVAL', 'throw new Error("boom")', { workers: [B.id] }))[B.id];
+    expect((await control.sendAndWait('EVAL', 'Promise.resolve(process.pid)', { supervisors: [B.id] }))[B.id].value).toBe(B.process.child.pid);
+    const thrown = (await control.sendAndWait('EVAL', 'throw new Error("boom")', { supervisors: [B.id] }))[B.id];
     expect(thrown).toMatchObject({ ok: false, error: { code: 'GRAPEVINE_COMMAND_FAILED', message: expect.stringContaining('boom') } });
   });
 });
 
 describe('the grapevine CLI', () => {
-  it('message prints each worker\'s response and exits 1 on an error response', async () => {
-    const ping = await cli('message', 'PING', '--worker', A.id, '--worker', B.id, '--wait', '10');
+  it('message prints each supervisor\'s response and exits 1 on an error response', async () => {
+    const ping = await cli('message', 'PING', '--supervisor', A.id, '--supervisor', B.id, '--wait', '10');
     expect(ping.code).toBe(0);
     expect(ping.stdout.trim().split('\n').sort()).toEqual([`${A.id}: PONG`, `${B.id}: PONG`].sort());
-    const bad = await cli('message', 'FLY', '--worker', A.id);
+    const bad = await cli('message', 'FLY', '--supervisor', A.id);
     expect(bad.code).toBe(1);
     expect(bad.stdout).toContain(`${A.id}: ERROR GRAPEVINE_COMMAND_INVALID: unknown command "FLY"`);
-    const gone = await cli('message', 'PING', '--worker', 'nobody-000000');
+    const gone = await cli('message', 'PING', '--supervisor', 'nobody-000000');
     expect(gone.code).toBe(1);
-    expect(gone.stderr).toMatch(/worker 'nobody-000000' is not registered/);
+    expect(gone.stderr).toMatch(/supervisor 'nobody-000000' is not registered/);
   });
 
   it('log prints the newest entries and --follow prints new ones as they come', async () => {
-    const tail = await cli('log', '--worker', A.id, '-n', '3');
+    const tail = await cli('log', '--supervisor', A.id, '-n', '3');
     expect(tail.code).toBe(0);
     const lines = tail.stdout.trim().split('\n');
     expect(lines).toHaveLength(3);
     for (const line of lines) expect(line).toMatch(new RegExp(`^\\[\\d{4}-.*Z\\] ${A.id} [A-Z_]+`));
 
-    const follow = start([SOURCE_CLI, 'log', '--follow', '--worker', A.id, '-n', '1', '--schema', db.schema], env);
+    const follow = start([SOURCE_CLI, 'log', '--follow', '--supervisor', A.id, '-n', '1', '--schema', db.schema], env);
     try {
       await eventually(() => follow.stdout().includes(A.id), 'the follower to print the tail');
-      await control.sendAndWait('ECHO', 'followed live', { workers: [A.id] });
+      await control.sendAndWait('ECHO', 'followed live', { supervisors: [A.id] });
       await follow.waitFor(/MESSAGE ECHO followed live/);
     } finally {
       follow.child.kill('SIGTERM');
@@ -332,14 +334,14 @@ describe('log notifications', () => {
     };
     try {
       expect((await db.pool.query(`SELECT count(*)::int AS n FROM ${S}.log_followers`)).rows[0].n).toBe(0);
-      await control.sendAndWait('ECHO', 'unfollowed', { workers: [A.id] });
+      await control.sendAndWait('ECHO', 'unfollowed', { supervisors: [A.id] });
       await eventsOnce(A.id, /MESSAGE ECHO unfollowed/);
       expect(await heardNow()).toEqual([]);
 
       const seen: string[] = [];
-      const stop = await control.followLog({ worker: A.id }, (e) => seen.push(`${e.event} ${e.detail}`));
+      const stop = await control.followLog({ supervisor: A.id }, (e) => seen.push(`${e.event} ${e.detail}`));
       try {
-        await control.sendAndWait('ECHO', 'followed', { workers: [A.id] });
+        await control.sendAndWait('ECHO', 'followed', { supervisors: [A.id] });
         await eventually(() => seen.some((e) => e.startsWith('MESSAGE ECHO followed')), 'the follower to see the entry');
         expect(await heardNow()).toContain(A.id);
       } finally {
@@ -347,7 +349,7 @@ describe('log notifications', () => {
       }
 
       expect((await db.pool.query(`SELECT count(*)::int AS n FROM ${S}.log_followers`)).rows[0].n).toBe(0);
-      await control.sendAndWait('ECHO', 'unfollowed again', { workers: [A.id] });
+      await control.sendAndWait('ECHO', 'unfollowed again', { supervisors: [A.id] });
       await eventsOnce(A.id, /MESSAGE ECHO unfollowed again/);
       expect(await heardNow()).toEqual([]);
     } finally {
@@ -358,26 +360,26 @@ describe('log notifications', () => {
 
 describe('PAUSE and RESUME', () => {
   it('a paused supervisor leaves jobs to the others; with everyone paused jobs stay pending until RESUME', async () => {
-    expect((await control.sendAndWait('PAUSE', undefined, { workers: [A.id] }))[A.id].value).toBe('OK');
-    expect((await control.workers()).find((w) => w.id === A.id)!.status).toBe('PAUSED');
+    expect((await control.sendAndWait('PAUSE', undefined, { supervisors: [A.id] }))[A.id].value).toBe('OK');
+    expect((await control.supervisors()).find((w) => w.id === A.id)!.status).toBe('PAUSED');
 
     const forB = await client.addJobs(Array.from({ length: 6 }, (_, i) => ({ task: 'square', payload: { n: i } })));
     for (const id of forB) expect((await client.waitForJob(id, { timeoutMs: 20_000 })).state).toBe('succeeded');
     expect(new Set((await jobRows(forB)).map((r) => r.locked_by))).toEqual(new Set([B.id]));
 
-    await control.sendAndWait('PAUSE', undefined, { workers: [B.id] });
+    await control.sendAndWait('PAUSE', undefined, { supervisors: [B.id] });
     const held = await client.addJobs(Array.from({ length: 4 }, (_, i) => ({ task: 'square', payload: { n: i } })));
     // The jobs' notification reached both before this PING did: both have seen the jobs and left them.
-    await control.sendAndWait('PING', undefined, { workers: [A.id, B.id] });
+    await control.sendAndWait('PING', undefined, { supervisors: [A.id, B.id] });
     await new Promise((r) => setTimeout(r, 300));
     expect((await jobRows(held)).map((r) => r.state)).toEqual(['pending', 'pending', 'pending', 'pending']);
-    const statuses = await control.workers();
+    const statuses = await control.supervisors();
     for (const w of [A, B]) expect(statuses.find((s) => s.id === w.id)!.status).toBe('PAUSED');
 
-    const resumed = await control.sendAndWait('RESUME', undefined, { workers: [A.id, B.id] });
+    const resumed = await control.sendAndWait('RESUME', undefined, { supervisors: [A.id, B.id] });
     expect(Object.values(resumed).map((r) => r.value)).toEqual(['OK', 'OK']);
     for (const id of held) expect((await client.waitForJob(id, { timeoutMs: 20_000 })).state).toBe('succeeded');
-    expect((await control.workers()).find((w) => w.id === A.id)!.status).not.toBe('PAUSED');
+    expect((await control.supervisors()).find((w) => w.id === A.id)!.status).not.toBe('PAUSED');
     const log = await events(A.id);
     expect(log).toContain('PAUSE');
     expect(log).toContain('RESUME');
@@ -386,30 +388,30 @@ describe('PAUSE and RESUME', () => {
 
 describe('idle timeout', () => {
   it('TIMEOUT_GET reports no timeout until TIMEOUT_SET gives one, with the time remaining', async () => {
-    expect((await control.sendAndWait('TIMEOUT_GET', undefined, { workers: [A.id] }))[A.id].value).toEqual({ timeout: null, remaining: null });
-    expect((await control.sendAndWait('TIMEOUT_SET', '600', { workers: [A.id] }))[A.id].value).toBe('OK');
-    const got = (await control.sendAndWait('TIMEOUT_GET', undefined, { workers: [A.id] }))[A.id].value as { timeout: number; remaining: number };
+    expect((await control.sendAndWait('TIMEOUT_GET', undefined, { supervisors: [A.id] }))[A.id].value).toEqual({ timeout: null, remaining: null });
+    expect((await control.sendAndWait('TIMEOUT_SET', '600', { supervisors: [A.id] }))[A.id].value).toBe('OK');
+    const got = (await control.sendAndWait('TIMEOUT_GET', undefined, { supervisors: [A.id] }))[A.id].value as { timeout: number; remaining: number };
     expect(got.timeout).toBe(600);
     expect(got.remaining).toBeGreaterThan(0);
     expect(got.remaining).toBeLessThanOrEqual(600);
-    await control.sendAndWait('TIMEOUT_SET', 'none', { workers: [A.id] });
-    expect((await control.sendAndWait('TIMEOUT_GET', undefined, { workers: [A.id] }))[A.id].value).toEqual({ timeout: null, remaining: null });
+    await control.sendAndWait('TIMEOUT_SET', 'none', { supervisors: [A.id] });
+    expect((await control.sendAndWait('TIMEOUT_GET', undefined, { supervisors: [A.id] }))[A.id].value).toEqual({ timeout: null, remaining: null });
   });
 
   it('TIMEOUT_SET 0 after a batch of work makes the supervisor exit once the work is done', async () => {
     // Only C takes queue "solo", one job at a time: an early exit would leave jobs pending.
     const ids = await client.addJobs(Array.from({ length: 5 }, () => ({ task: 'spin', queue: 'solo', payload: { ms: 150 } })));
-    expect((await control.sendAndWait('TIMEOUT_SET', 0, { workers: [C.id] }))[C.id].value).toBe('OK');
+    expect((await control.sendAndWait('TIMEOUT_SET', 0, { supervisors: [C.id] }))[C.id].value).toBe('OK');
     const exit = await C.process.exited;
     expect(exit.code).toBe(0);
     const rows = await jobRows(ids);
     expect(rows.map((r) => r.state)).toEqual(ids.map(() => 'succeeded'));
     expect(new Set(rows.map((r) => r.locked_by))).toEqual(new Set([C.id]));
-    expect((await control.workers()).find((w) => w.id === C.id)!.status).toBe('EXITED');
+    expect((await control.supervisors()).find((w) => w.id === C.id)!.status).toBe('EXITED');
     const log = await events(C.id);
     expect(log).toEqual(expect.arrayContaining([expect.stringMatching(/^TIMEOUT no job for/), 'STOP idle timeout']));
     expect(log.filter((e) => e.startsWith('TASK_COMPLETE'))).toHaveLength(5);
-    await expect(control.send('PING', undefined, { workers: [C.id] })).rejects.toThrow(new RegExp(`worker '${C.id}' is EXITED`));
+    await expect(control.send('PING', undefined, { supervisors: [C.id] })).rejects.toThrow(new RegExp(`supervisor '${C.id}' is EXITED`));
   });
 });
 
@@ -426,7 +428,7 @@ describe('REFRESH and SCALE', () => {
     await writeVersionTask(2);
     // A task that did not exist when the supervisors started.
     await writeFile(path.join(tasksDir, 'added_later.mjs'), 'export default async function addedLater() { return { added: true }; }\n');
-    const refreshed = await control.sendAndWait('REFRESH', undefined, { workers: [A.id, B.id], timeoutMs: 30_000 });
+    const refreshed = await control.sendAndWait('REFRESH', undefined, { supervisors: [A.id, B.id], timeoutMs: 30_000 });
     expect(Object.values(refreshed).map((r) => r.value)).toEqual(['OK', 'OK']);
     await db.pool.query(`UPDATE ${S}.gate SET open = true`);
     for (const id of blocked) expect((await client.waitForJob(id, { timeoutMs: 20_000 })).state).toBe('succeeded');
@@ -444,21 +446,21 @@ describe('REFRESH and SCALE', () => {
   });
 
   it('SCALE changes the live thread count and the supervisor keeps running jobs', async () => {
-    const threadsOf = async (id: string) => ((await control.sendAndWait('INFO', undefined, { workers: [id] }))[id].value as { threadStates: unknown[] }).threadStates.length;
-    expect((await control.sendAndWait('SCALE', 3, { workers: [A.id] }))[A.id].value).toBe('OK');
+    const threadsOf = async (id: string) => ((await control.sendAndWait('INFO', undefined, { supervisors: [id] }))[id].value as { threadStates: unknown[] }).threadStates.length;
+    expect((await control.sendAndWait('SCALE', 3, { supervisors: [A.id] }))[A.id].value).toBe('OK');
     await eventually(async () => (await threadsOf(A.id)) === 3, 'three live threads');
-    await eventually(async () => (await control.workers()).find((w) => w.id === A.id)!.threadStates.length === 3, 'the registry to show three threads');
-    expect(((await control.sendAndWait('INFO', undefined, { workers: [A.id] }))[A.id].value as { threads: number }).threads).toBe(3);
+    await eventually(async () => (await control.supervisors()).find((w) => w.id === A.id)!.threadStates.length === 3, 'the registry to show three threads');
+    expect(((await control.sendAndWait('INFO', undefined, { supervisors: [A.id] }))[A.id].value as { threads: number }).threads).toBe(3);
 
-    await control.sendAndWait('SCALE', '1', { workers: [A.id] });
+    await control.sendAndWait('SCALE', '1', { supervisors: [A.id] });
     await eventually(async () => (await threadsOf(A.id)) === 1, 'one live thread');
-    await control.sendAndWait('PAUSE', undefined, { workers: [B.id] });
+    await control.sendAndWait('PAUSE', undefined, { supervisors: [B.id] });
     try {
       const ids = await client.addJobs(Array.from({ length: 5 }, (_, i) => ({ task: 'square', payload: { n: i } })));
       for (const id of ids) expect((await client.waitForJob(id, { timeoutMs: 20_000 })).state).toBe('succeeded');
       expect(new Set((await jobRows(ids)).map((r) => r.locked_by))).toEqual(new Set([A.id]));
     } finally {
-      await control.sendAndWait('RESUME', undefined, { workers: [B.id] });
+      await control.sendAndWait('RESUME', undefined, { supervisors: [B.id] });
     }
     expect(await events(A.id)).toEqual(expect.arrayContaining(['THREADS 3 x 2 (scaled)', 'THREADS 1 x 2 (scaled)']));
   });
@@ -470,8 +472,8 @@ describe('stopping', () => {
     await A.process.exited;
     const watcher = createControl({ connectionString: db.url, schema: db.schema, lostAfterMs: 2_500 });
     try {
-      await eventually(async () => (await watcher.workers()).find((w) => w.id === A.id)!.status === 'LOST', 'A to be LOST');
-      await expect(watcher.send('PING', undefined, { workers: [A.id] })).rejects.toThrow(new RegExp(`worker '${A.id}' is LOST`));
+      await eventually(async () => (await watcher.supervisors()).find((w) => w.id === A.id)!.status === 'LOST', 'A to be LOST');
+      await expect(watcher.send('PING', undefined, { supervisors: [A.id] })).rejects.toThrow(new RegExp(`supervisor '${A.id}' is LOST`));
       // "Every live supervisor" no longer includes it.
       expect(Object.keys(await watcher.sendAndWait('PING'))).toEqual([B.id]);
     } finally {
@@ -480,26 +482,39 @@ describe('stopping', () => {
   });
 
   it('STOP stops gracefully with its reason: BYE, EXITED in the registry, exit code 0', async () => {
-    const bye = await control.sendAndWait('STOP', 'maintenance window', { workers: [B.id] });
+    const bye = await control.sendAndWait('STOP', 'maintenance window', { supervisors: [B.id] });
     expect(bye[B.id].value).toBe('BYE');
     const exit = await B.process.exited;
     expect(exit.code).toBe(0);
     expect(exit.stdout).toMatch(/"msg":"STOP maintenance window"/);
-    expect((await control.workers()).find((w) => w.id === B.id)!.status).toBe('EXITED');
+    expect((await control.supervisors()).find((w) => w.id === B.id)!.status).toBe('EXITED');
     expect(await events(B.id)).toContain('STOP maintenance window');
   });
 });
 
-describe('worker log pruning', () => {
-  it('keeps a worker\'s newest entries and drops everyone\'s entries past the age limit', async () => {
-    const log = new WorkerLog({ pool: db.pool, schema: db.schema, worker: 'prune-test', logger: silentLogger() });
+describe('control table pruning (a maintenance chore)', () => {
+  it('keeps each supervisor\'s newest log entries, drops everyone\'s past the age limit, and old messages and responses', async () => {
+    await registerSupervisor(db.pool, db.schema, {
+      id: 'prune-test', host: 'test', pid: 1, version: '0', threads: 1, concurrency: 1, queues: null, tasks: [],
+    });
+    const log = new SupervisorLog({ pool: db.pool, schema: db.schema, supervisor: 'prune-test', logger: silentLogger() });
     for (let i = 0; i < 30; i++) log.append('MESSAGE', `entry ${i}`);
     await log.flush();
     await db.pool.query(`INSERT INTO ${S}.worker_log (worker, at, event) VALUES ('long-gone', now() - interval '8 days', 'ALIVE')`);
-    await log.prune({ keep: 10, maxAgeMs: 7 * 24 * 3_600_000 });
-    const kept = await control.logTail({ worker: 'prune-test', n: 100 });
+    const { rows } = await db.pool.query(
+      `INSERT INTO ${S}.messages (id, worker, command, sent_at) VALUES (nextval('${S}.message_ids'), 'prune-test', 'PING', now() - interval '2 days') RETURNING id::text`,
+    );
+    const sent = rows[0].id as string;
+    await db.pool.query(
+      `INSERT INTO ${S}.responses (message_id, worker, command, ok, responded_at) VALUES ($1, 'prune-test', 'PING', true, now() - interval '2 days')`,
+      [sent],
+    );
+    await pruneControlTables(db.pool, { schema: db.schema, logKeep: 10, logMaxAgeMs: 7 * 24 * 3_600_000, messageMaxAgeMs: 24 * 3_600_000 });
+    const kept = await control.logTail({ supervisor: 'prune-test', n: 100 });
     expect(kept.map((e) => e.detail)).toEqual(Array.from({ length: 10 }, (_, i) => `entry ${20 + i}`));
-    expect(await control.logTail({ worker: 'long-gone' })).toEqual([]);
+    expect(await control.logTail({ supervisor: 'long-gone' })).toEqual([]);
+    expect((await db.pool.query(`SELECT count(*)::int AS n FROM ${S}.messages WHERE id = $1`, [sent])).rows[0].n).toBe(0);
+    expect((await db.pool.query(`SELECT count(*)::int AS n FROM ${S}.responses WHERE message_id = $1`, [sent])).rows[0].n).toBe(0);
     await log.close();
   });
 });

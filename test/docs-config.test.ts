@@ -13,7 +13,6 @@ const PAGE = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'docs
 
 type Default =
   | { kind: 'defaults'; value: unknown } // `8`: the value in DEFAULTS
-  | { kind: 'fixed'; value: unknown } // `1000` †: set in code, not yet in DEFAULTS
   | { kind: 'computed' | 'none' | 'required' };
 
 interface Row {
@@ -44,7 +43,8 @@ function parseDefault(cell: string, line: number): Default {
   } catch {
     throw new Error(`docs/configuration.md:${line}: default ${value[0]} is not a number, 'string', true, false or null`);
   }
-  return { kind: cell.includes('†') ? 'fixed' : 'defaults', value: parsed };
+  if (cell.includes('†')) throw new Error(`docs/configuration.md:${line}: every fixed default lives in DEFAULTS now; put it there and drop the †`);
+  return { kind: 'defaults', value: parsed };
 }
 
 /** The rows of every table on the page whose first column is "option". */
@@ -92,7 +92,7 @@ describe('docs/configuration.md', () => {
   it('gives a plain value only to options DEFAULTS holds', () => {
     for (const row of rows) {
       if (row.default.kind === 'defaults') {
-        expect(Object.hasOwn(defaults, row.key), `docs/configuration.md:${row.line}: ${row.key} is not in DEFAULTS; mark its default († or *computed*)`).toBe(true);
+        expect(Object.hasOwn(defaults, row.key), `docs/configuration.md:${row.line}: ${row.key} is not in DEFAULTS; put its default there (or mark it *computed*)`).toBe(true);
       } else {
         expect(Object.hasOwn(defaults, row.key), `docs/configuration.md:${row.line}: ${row.key} is in DEFAULTS now; drop the mark`).toBe(false);
       }

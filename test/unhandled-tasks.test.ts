@@ -5,7 +5,7 @@
 // minute, and warns.
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Supervisor } from '../supervisor/public.ts';
-import { Reaper, type ReapResult } from '../supervisor/maintenance.ts';
+import { Maintenance, type ReapResult } from '../supervisor/maintenance/leader.ts';
 import { eventually, startTestSupervisor, testLogger, useMigratedSchema } from './helpers/db.ts';
 import { capturingLogger } from './helpers/logs.ts';
 
@@ -25,7 +25,7 @@ afterEach(async () => {
  */
 async function lookNow(logger = testLogger()): Promise<ReapResult> {
   await db.pool.query(`DELETE FROM ${s}.maintenance`);
-  const reaper = new Reaper({ pool: db.pool, schema: db.schema, leaseMs: 10_000, intervalMs: 1_000, retentionMs: 60_000, logger });
+  const reaper = new Maintenance({ pool: db.pool, schema: db.schema, leaseMs: 10_000, intervalMs: 1_000, retentionMs: 60_000, logger });
   const result = await reaper.tick();
   expect(result).toMatchObject({ leader: true, choresRan: true });
   return result;

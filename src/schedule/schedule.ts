@@ -1,5 +1,5 @@
 import { Cron } from 'croner';
-import { DEFAULTS, validateName, validatePositiveInt } from '../config.ts';
+import { DEFAULTS, validateName, validateInt } from '../config.ts';
 import { GrapevineError } from '../errors.ts';
 
 /**
@@ -100,8 +100,8 @@ export function parseSchedule(spec: unknown): Schedule {
     payload: jsonPayload(name, given.payload ?? {}),
     tz,
     queue: rewrap(name, () => validateName('queue', given.queue ?? DEFAULTS.queue)),
-    priority: rewrap(name, () => validatePositiveInt('priority', given.priority ?? 0, { min: -32768, max: 32767 })),
-    maxAttempts: rewrap(name, () => validatePositiveInt('maxAttempts', given.maxAttempts ?? DEFAULTS.maxAttempts, { min: 1, max: 1000 })),
+    priority: rewrap(name, () => validateInt('priority', given.priority ?? 0, { min: -32768, max: 32767 })),
+    maxAttempts: rewrap(name, () => validateInt('maxAttempts', given.maxAttempts ?? DEFAULTS.maxAttempts, { min: 1, max: 1000 })),
     missed: missedPolicy(name, given.missed ?? 'skip'),
   });
   compiled.set(schedule, compileCron(name, cron, tz));

@@ -4,7 +4,7 @@ import { bind, changed, perSchema, statement, type Statement } from './statement
 
 /**
  * Every statement on the control plane's tables (messages, responses, the
- * worker log and its followers), one typed function each (at the end of
+ * supervisor log (table worker_log) and its followers), one typed function each (at the end of
  * this file).
  */
 interface ControlStatements {
@@ -22,7 +22,7 @@ interface ControlStatements {
   pending: Statement;
   respond: Statement;
   appendLog: Statement;
-  pruneOwnLog: Statement;
+  pruneLogPerSupervisor: Statement;
   pruneOldLog: Statement;
   pruneMessages: Statement;
   pruneResponses: Statement;
@@ -51,30 +51,30 @@ function build(schema: string): ControlStatements {
          SELECT coalesce($1::text[], ARRAY(
            SELECT id FROM ${s}.supervisors
             WHERE status NOT IN ('EXITED', 'LOST') AND heartbeat_at >= now() - $4 * interval '1 millisecond'
-            ORDER BY started_at, id)) AS workers),
-       m AS (SELECT nextval('${s}.message_ids') AS id FROM w WHERE cardinality(w.workers) > 0),
+            ORDER BY started_at, id)) AS ids),
+       m AS (SELECT nextval('${s}.message_ids') AS id FROM w WHERE cardinality(w.ids) > 0),
        ins AS (
          INSERT INTO ${s}.messages (id, worker, command, args)
-         SELECT m.id, r.worker, $2, $3::jsonb FROM m, w, unnest(w.workers) AS r(worker))
-       SELECT m.id::text AS id, w.workers,
+         SELECT m.id, r.id, $2, $3::jsonb FROM m, w, unnest(w.ids) AS r(id))
+       SELECT m.id::text AS id, w.ids AS supervisors,
               ${s}.notify('${ch.control}', json_build_object(
                 'type', 'message', 'id', m.id::text,
-                'to', CASE WHEN cardinality(w.workers) <= ${MAX_ADDRESSED_RECIPIENTS} THEN to_json(w.workers) END)::text)
+                'to', CASE WHEN cardinality(w.ids) <= ${MAX_ADDRESSED_RECIPIENTS} THEN to_json(w.ids) END)::text)
          FROM m, w`,
     ),
     // $1 message id
     recipients: st(
       'control_recipients',
-      `SELECT worker, command FROM ${s}.messages WHERE id = $1 ORDER BY worker`,
+      `SELECT worker AS supervisor, command FROM ${s}.messages WHERE id = $1 ORDER BY worker`,
     ),
-    // $1 message id, $2 workers
+    // $1 message id, $2 supervisors
     responses: st(
       'control_responses',
-      `SELECT message_id::text, worker, command, ok, value, error, responded_at
+      `SELECT message_id::text, worker AS supervisor, command, ok, value, error, responded_at
          FROM ${s}.responses WHERE message_id = $1 AND worker = ANY($2::text[])`,
     ),
-    // $1 message id, $2 workers, $3 delete. Returns the responses there are;
-    // deletes them only if every one of the workers has answered (and $3), so
+    // $1 message id, $2 supervisors, $3 delete. Returns the responses there are;
+    // deletes them only if every one of the supervisors has answered (and $3), so
     // a caller that gives up on a missing one loses nothing.
     takeResponses: st(
       'control_take_responses',
@@ -85,27 +85,27 @@ function build(schema: string): ControlStatements {
        gone AS (
          DELETE FROM ${s}.responses
           WHERE message_id = $1 AND worker = ANY($2::text[]) AND $3::boolean AND (SELECT yes FROM complete))
-       SELECT message_id::text, worker, command, ok, value, error, responded_at, (SELECT yes FROM complete) AS complete FROM here`,
+       SELECT message_id::text, worker AS supervisor, command, ok, value, error, responded_at, (SELECT yes FROM complete) AS complete FROM here`,
     ),
-    // $1 worker
+    // $1 supervisor
     responseIds: st(
       'control_response_ids',
       `SELECT message_id AS id FROM ${s}.responses WHERE worker = $1 ORDER BY message_id`,
     ),
-    // $1 worker (NULL = all), $2 how many. Oldest first. (Ids stay bigint in
+    // $1 supervisor (NULL = all), $2 how many. Oldest first. (Ids stay bigint in
     // SQL: ordered as text, "10" would come before "9".)
     logTail: st(
       'control_log_tail',
       `SELECT * FROM (
-         SELECT id, worker, at, event, thread, detail FROM ${s}.worker_log
+         SELECT id, worker AS supervisor, at, event, thread, detail FROM ${s}.worker_log
           WHERE $1::text IS NULL OR worker = $1
           ORDER BY id DESC LIMIT $2) t
         ORDER BY id`,
     ),
-    // $1 after id, $2 worker (NULL = all)
+    // $1 after id, $2 supervisor (NULL = all)
     logAfter: st(
       'control_log_after',
-      `SELECT id, worker, at, event, thread, detail FROM ${s}.worker_log
+      `SELECT id, worker AS supervisor, at, event, thread, detail FROM ${s}.worker_log
         WHERE id > $1 AND ($2::text IS NULL OR worker = $2)
         ORDER BY id LIMIT 1000`,
     ),
@@ -121,14 +121,14 @@ function build(schema: string): ControlStatements {
     // $1 follower id
     unfollowLog: st('control_unfollow_log', `DELETE FROM ${s}.log_followers WHERE id = $1`),
 
-    // $1 worker, $2 how many
+    // $1 supervisor, $2 how many
     pending: st(
       'control_pending',
       `SELECT id, command, args FROM ${s}.messages
         WHERE worker = $1 AND processed_at IS NULL
         ORDER BY id LIMIT $2`,
     ),
-    // $1 message id, $2 worker, $3 command, $4 ok, $5 value, $6 error.
+    // $1 message id, $2 supervisor, $3 command, $4 ok, $5 value, $6 error.
     // Marking the message processed and storing its response is one step, so
     // a message is never answered twice nor marked done without an answer.
     // $7: log entries written in the same step (what the command did is in
@@ -145,18 +145,21 @@ function build(schema: string): ControlStatements {
        SELECT ${s}.notify('${ch.responses}', $1::text),
               CASE WHEN jsonb_array_length($7::jsonb) > 0 AND ${followed} THEN ${s}.notify('${ch.log}', $2::text) END`,
     ),
-    // $1 worker, $2 log entries (see logInsert).
+    // $1 supervisor, $2 log entries (see logInsert).
     appendLog: st(
       'control_append_log',
       `WITH ins AS (${logInsert(s, '$1', '$2')})
        SELECT CASE WHEN ${followed} THEN ${s}.notify('${ch.log}', $1::text) END`,
     ),
-    // $1 worker, $2 entries to keep
-    pruneOwnLog: st(
-      'control_prune_own_log',
-      `DELETE FROM ${s}.worker_log
-        WHERE worker = $1
-            AND id <= (SELECT id FROM ${s}.worker_log WHERE worker = $1 ORDER BY id DESC OFFSET $2 LIMIT 1)`,
+    // $1 entries to keep per supervisor. Each registered supervisor's
+    // cut-off is one walk down the (worker, id) index.
+    pruneLogPerSupervisor: st(
+      'control_prune_log_per_supervisor',
+      `DELETE FROM ${s}.worker_log l
+        USING (SELECT sup.id,
+                      (SELECT id FROM ${s}.worker_log WHERE worker = sup.id ORDER BY id DESC OFFSET $1 LIMIT 1) AS last_dropped
+                 FROM ${s}.supervisors sup) c
+        WHERE l.worker = c.id AND l.id <= c.last_dropped`,
     ),
     // $1 max age ms, $2 batch size
     pruneOldLog: st(
@@ -180,7 +183,7 @@ function build(schema: string): ControlStatements {
 }
 
 /**
- * Inserts worker log entries given as a JSON array of {at, event, thread,
+ * Inserts supervisor log entries given as a JSON array of {at, event, thread,
  * detail, job?, attempt?, succeeded?}, in order. A TASK_END entry becomes
  * TASK_COMPLETE when that attempt succeeded: its thread saw the success
  * recorded (`succeeded`: the row may be deleted since, with deleteSucceeded),
@@ -212,18 +215,18 @@ function logInsert(s: string, worker: string, entries: string): string {
 /** A sent message: its id (shared by all recipients) and the recipients. */
 export interface SentMessageRow {
   id: string;
-  workers: string[];
+  supervisors: string[];
 }
 
 export interface RecipientRow {
-  worker: string;
+  supervisor: string;
   command: string;
 }
 
 /** One recipient's answer to a message. */
 export interface ResponseRow {
   message_id: string;
-  worker: string;
+  supervisor: string;
   command: string;
   ok: boolean;
   value: unknown;
@@ -233,7 +236,7 @@ export interface ResponseRow {
 
 export interface LogRow {
   id: string;
-  worker: string;
+  supervisor: string;
   at: Date;
   event: string;
   thread: number | null;
@@ -263,32 +266,32 @@ export function messageRecipients(db: Queryable, schema: string, p: { messageId:
   return rowsOf(db, bind(controlStatements(schema).recipients, [p.messageId]));
 }
 
-export function readResponses(db: Queryable, schema: string, p: { messageId: string; workers: string[] }): Promise<ResponseRow[]> {
-  return rowsOf(db, bind(controlStatements(schema).responses, [p.messageId, p.workers]));
+export function readResponses(db: Queryable, schema: string, p: { messageId: string; supervisors: string[] }): Promise<ResponseRow[]> {
+  return rowsOf(db, bind(controlStatements(schema).responses, [p.messageId, p.supervisors]));
 }
 
-/** The responses there are; deleted (if `remove`) only once every one of `workers` has answered. */
+/** The responses there are; deleted (if `remove`) only once every one of `supervisors` has answered. */
 export function takeResponses(
   db: Queryable,
   schema: string,
-  p: { messageId: string; workers: string[]; remove: boolean },
+  p: { messageId: string; supervisors: string[]; remove: boolean },
 ): Promise<(ResponseRow & { complete: boolean })[]> {
-  return rowsOf(db, bind(controlStatements(schema).takeResponses, [p.messageId, p.workers, p.remove]));
+  return rowsOf(db, bind(controlStatements(schema).takeResponses, [p.messageId, p.supervisors, p.remove]));
 }
 
-/** Ids of the messages `worker` has answered whose responses are still stored, oldest first. */
-export async function responseIds(db: Queryable, schema: string, p: { worker: string }): Promise<string[]> {
-  return (await rowsOf<{ id: string }>(db, bind(controlStatements(schema).responseIds, [p.worker]))).map((r) => r.id);
+/** Ids of the messages `supervisor` has answered whose responses are still stored, oldest first. */
+export async function responseIds(db: Queryable, schema: string, p: { supervisor: string }): Promise<string[]> {
+  return (await rowsOf<{ id: string }>(db, bind(controlStatements(schema).responseIds, [p.supervisor]))).map((r) => r.id);
 }
 
-/** The newest `limit` entries (of one worker, or all with null), oldest first. */
-export function logTail(db: Queryable, schema: string, p: { worker: string | null; limit: number }): Promise<LogRow[]> {
-  return rowsOf(db, bind(controlStatements(schema).logTail, [p.worker, p.limit]));
+/** The newest `limit` entries (of one supervisor, or all with null), oldest first. */
+export function logTail(db: Queryable, schema: string, p: { supervisor: string | null; limit: number }): Promise<LogRow[]> {
+  return rowsOf(db, bind(controlStatements(schema).logTail, [p.supervisor, p.limit]));
 }
 
-/** Up to 1000 entries after `afterId` (of one worker, or all with null), in order. */
-export function logAfter(db: Queryable, schema: string, p: { afterId: string; worker: string | null }): Promise<LogRow[]> {
-  return rowsOf(db, bind(controlStatements(schema).logAfter, [p.afterId, p.worker]));
+/** Up to 1000 entries after `afterId` (of one supervisor, or all with null), in order. */
+export function logAfter(db: Queryable, schema: string, p: { afterId: string; supervisor: string | null }): Promise<LogRow[]> {
+  return rowsOf(db, bind(controlStatements(schema).logAfter, [p.afterId, p.supervisor]));
 }
 
 /** Registers or renews a log follower for `ttlMs`: while one is live, log writes notify. */
@@ -300,9 +303,9 @@ export async function unfollowLog(db: Queryable, schema: string, p: { follower: 
   await db.query(bind(controlStatements(schema).unfollowLog, [p.follower]));
 }
 
-/** The oldest `limit` messages `worker` has not processed, in id order. */
-export function pendingMessages(db: Queryable, schema: string, p: { worker: string; limit: number }): Promise<MessageRow[]> {
-  return rowsOf(db, bind(controlStatements(schema).pending, [p.worker, p.limit]));
+/** The oldest `limit` messages `supervisor` has not processed, in id order. */
+export function pendingMessages(db: Queryable, schema: string, p: { supervisor: string; limit: number }): Promise<MessageRow[]> {
+  return rowsOf(db, bind(controlStatements(schema).pending, [p.supervisor, p.limit]));
 }
 
 /**
@@ -312,20 +315,20 @@ export function pendingMessages(db: Queryable, schema: string, p: { worker: stri
 export async function respond(
   db: Queryable,
   schema: string,
-  p: { messageId: string; worker: string; command: string; ok: boolean; value: unknown; error: { code: string; message: string } | null; logEntries: string },
+  p: { messageId: string; supervisor: string; command: string; ok: boolean; value: unknown; error: { code: string; message: string } | null; logEntries: string },
 ): Promise<void> {
-  const values = [p.messageId, p.worker, p.command, p.ok, JSON.stringify(p.value ?? null), p.error ? JSON.stringify(p.error) : null, p.logEntries];
+  const values = [p.messageId, p.supervisor, p.command, p.ok, JSON.stringify(p.value ?? null), p.error ? JSON.stringify(p.error) : null, p.logEntries];
   await db.query(bind(controlStatements(schema).respond, values));
 }
 
 /** Appends log entries (`entries`: a JSON array, see logInsert). */
-export async function appendLog(db: Queryable, schema: string, p: { worker: string; entries: string }): Promise<void> {
-  await db.query(bind(controlStatements(schema).appendLog, [p.worker, p.entries]));
+export async function appendLog(db: Queryable, schema: string, p: { supervisor: string; entries: string }): Promise<void> {
+  await db.query(bind(controlStatements(schema).appendLog, [p.supervisor, p.entries]));
 }
 
-/** Keeps the newest `keep` entries of `worker`; how many it deleted. */
-export function pruneOwnLog(db: Queryable, schema: string, p: { worker: string; keep: number }): Promise<number> {
-  return changed(db, bind(controlStatements(schema).pruneOwnLog, [p.worker, p.keep]));
+/** Keeps the newest `keep` entries of each registered supervisor; how many it deleted. */
+export function pruneLogPerSupervisor(db: Queryable, schema: string, p: { keep: number }): Promise<number> {
+  return changed(db, bind(controlStatements(schema).pruneLogPerSupervisor, [p.keep]));
 }
 
 /** Deletes up to `batchSize` entries older than `maxAgeMs`; how many. */

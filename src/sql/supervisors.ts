@@ -1,6 +1,6 @@
 import { rowsOf, type Queryable, type TypedQuery } from '../db.ts';
 import { quoteIdent } from '../schema/channels.ts';
-import type { SupervisorRow, WorkerDetails, WorkerStatus } from '../worker-info.ts';
+import type { RegistryStatus, SupervisorDetails, SupervisorRow } from '../supervisor-info.ts';
 import { bind, changed, oneRow, perSchema, statement, type Statement } from './statement.ts';
 
 // Namespaces grapevine's advisory locks (see also schema/migrate.ts).
@@ -96,7 +96,7 @@ function build(schema: string): SupervisorStatements {
     ),
     // $1 lost-after ms, $2 ids
     states: st(
-      'control_worker_states',
+      'control_supervisor_states',
       `SELECT id, ${effectiveStatus} AS status FROM ${s}.supervisors WHERE id = ANY($2::text[])`,
     ),
     // $1 id, $2 status: makes PAUSE/RESUME visible before the next heartbeat.
@@ -121,13 +121,13 @@ export interface NewSupervisor {
 
 export interface HeartbeatRow {
   /** The status the row had: LOST if the reaper declared this supervisor lost meanwhile (null: no row). */
-  previous_status: WorkerStatus | null;
+  previous_status: RegistryStatus | null;
   /** How full the server's NOTIFY queue is, from 0 to 1. */
   notify_queue_usage: number;
 }
 
 /** A status a supervisor reports for itself (LOST is the reaper's to set). */
-export type ReportedStatus = Exclude<WorkerStatus, 'LOST'>;
+export type ReportedStatus = Exclude<RegistryStatus, 'LOST'>;
 
 export async function registerSupervisor(db: Queryable, schema: string, p: NewSupervisor): Promise<void> {
   const values = [p.id, p.host, p.pid, p.version, p.threads, p.concurrency, p.queues, p.tasks, JSON.stringify({})];
@@ -137,7 +137,7 @@ export async function registerSupervisor(db: Queryable, schema: string, p: NewSu
 /** The heartbeat, for the runtime to send with its own answer deadline. */
 export function heartbeatQuery(
   schema: string,
-  p: { id: string; status: ReportedStatus; threads: number; info: WorkerDetails; tasks: string[] },
+  p: { id: string; status: ReportedStatus; threads: number; info: SupervisorDetails; tasks: string[] },
 ): TypedQuery<HeartbeatRow> {
   return bind(supervisorStatements(schema).heartbeat, [p.id, p.status, p.threads, JSON.stringify(p.info), p.tasks]);
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseJobNotification, rangesContain, takeIds } from '../../src/notification.ts';
+import { isAddressedTo, parseControlNotification, parseJobNotification, rangesContain, takeIds } from '../../src/notification.ts';
 
 describe('parseJobNotification', () => {
   it('reads single ids and ranges, and counts the ids they name', () => {
@@ -132,5 +132,38 @@ describe('takeIds', () => {
     const parsed = parseJobNotification('7,100-102');
     expect(parsed.kind).toBe('ids');
     if (parsed.kind === 'ids') expect(takeIds(parsed.ranges, parsed.count)).toEqual([7, 100, 101, 102]);
+  });
+});
+
+describe('parseControlNotification', () => {
+  it('reads a cancel for one supervisor and tells whom it concerns', () => {
+    const cancel = parseControlNotification('{"type":"cancel","job":"42","to":"host-a1"}');
+    expect(cancel).toEqual({ kind: 'cancel', job: '42', to: 'host-a1' });
+    expect(isAddressedTo(cancel, 'host-a1')).toBe(true);
+    expect(isAddressedTo(cancel, 'host-b2')).toBe(false);
+  });
+
+  it('reads a cancel that names no owner as addressed to nobody', () => {
+    const cancel = parseControlNotification('{"type":"cancel","job":"42","to":7}');
+    expect(cancel).toEqual({ kind: 'cancel', job: '42', to: null });
+    expect(isAddressedTo(cancel, 'host-a1')).toBe(false);
+  });
+
+  it('reads a message wake-up for named recipients, or for everyone when it names none', () => {
+    const named = parseControlNotification('{"type":"message","id":"9","to":["host-a1","host-c3",5]}');
+    expect(named).toEqual({ kind: 'message', to: ['host-a1', 'host-c3'] });
+    expect(isAddressedTo(named, 'host-a1')).toBe(true);
+    expect(isAddressedTo(named, 'host-b2')).toBe(false);
+    const everyone = parseControlNotification('{"type":"message","id":"9","to":null}');
+    expect(everyone).toEqual({ kind: 'message', to: null });
+    expect(isAddressedTo(everyone, 'host-b2')).toBe(true);
+  });
+
+  it('reports what it cannot read instead of throwing', () => {
+    expect(parseControlNotification('not json')).toEqual({ kind: 'malformed', reason: 'not JSON' });
+    expect(parseControlNotification('null')).toEqual({ kind: 'malformed', reason: 'unknown message' });
+    expect(parseControlNotification('{"type":"cancel"}')).toEqual({ kind: 'malformed', reason: 'unknown message' });
+    expect(parseControlNotification('{"type":"launch"}')).toEqual({ kind: 'malformed', reason: 'unknown message' });
+    expect(isAddressedTo(parseControlNotification('[]'), 'host-a1')).toBe(false);
   });
 });

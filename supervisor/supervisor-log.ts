@@ -1,10 +1,10 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { throttled } from '../src/log.ts';
-import { appendLog, pruneOldLog, pruneOwnLog } from '../src/sql/control.ts';
+import { appendLog } from '../src/sql/control.ts';
 import type { JobRef } from './dispatcher.ts';
 
-export type WorkerEvent =
+export type SupervisorEvent =
   | 'ALIVE'
   | 'QUEUE'
   | 'THREADS'
@@ -20,12 +20,12 @@ export type WorkerEvent =
   | 'TIMEOUT'
   | 'STOP';
 
-export interface WorkerLogOptions {
+export interface SupervisorLogOptions {
   pool: pg.Pool;
   schema: string;
-  worker: string;
+  supervisor: string;
   logger: Logger;
-  /** Entries written per worker are batched for this long (default 100 ms). */
+  /** Entries written per supervisor are batched for this long (default 100 ms). */
   flushMs?: number;
   /** Entries kept in memory while the database is away; the oldest are dropped beyond this. */
   maxBuffered?: number;
@@ -34,7 +34,7 @@ export interface WorkerLogOptions {
 interface Entry {
   at: string;
   /** TASK_END becomes TASK_COMPLETE or TASK_ERROR when written, from the job's state. */
-  event: WorkerEvent | 'TASK_END';
+  event: SupervisorEvent | 'TASK_END';
   thread: number | null;
   detail: string | null;
   job?: string;
@@ -57,8 +57,8 @@ const ITEMISED_PER_FLUSH = 50;
  * statement per flush, so logging every job start and finish costs one
  * insert per batch, not per job.
  */
-export class WorkerLog {
-  private readonly o: Required<WorkerLogOptions>;
+export class SupervisorLog {
+  private readonly o: Required<SupervisorLogOptions>;
   // Owned by the main thread.
   private buffer: Entry[] = [];
   private timer: NodeJS.Timeout | null = null;
@@ -70,11 +70,11 @@ export class WorkerLog {
   private closed = false;
   private readonly warn = throttled(5_000);
 
-  constructor(options: WorkerLogOptions) {
+  constructor(options: SupervisorLogOptions) {
     this.o = { flushMs: 100, maxBuffered: 10_000, ...options };
   }
 
-  append(event: WorkerEvent, detail?: string | null, thread?: number | null): void {
+  append(event: SupervisorEvent, detail?: string | null, thread?: number | null): void {
     this.push({ at: new Date().toISOString(), event, thread: thread ?? null, detail: detail ?? null });
   }
 
@@ -139,7 +139,7 @@ export class WorkerLog {
   async flush(): Promise<void> {
     while (this.flushing) await this.flushing.catch(() => {});
     if (this.buffer.length === 0 && this.uncounted.started + this.uncounted.finished === 0) return;
-    await this.writeWith((entries) => appendLog(this.o.pool, this.o.schema, { worker: this.o.worker, entries }));
+    await this.writeWith((entries) => appendLog(this.o.pool, this.o.schema, { supervisor: this.o.supervisor, entries }));
   }
 
   /**
@@ -171,13 +171,6 @@ export class WorkerLog {
     await this.flushing;
   }
 
-  /** Keeps this worker's newest `keep` entries and drops everyone's entries older than `maxAgeMs`. */
-  async prune({ keep, maxAgeMs }: { keep: number; maxAgeMs: number }): Promise<number> {
-    const own = await pruneOwnLog(this.o.pool, this.o.schema, { worker: this.o.worker, keep });
-    const old = await pruneOldLog(this.o.pool, this.o.schema, { maxAgeMs, batchSize: 10_000 });
-    return own + old;
-  }
-
   /** Final flush; later appends only reach pino. */
   async close(): Promise<void> {
     this.closed = true;
@@ -199,7 +192,7 @@ export class WorkerLog {
     try {
       await write(JSON.stringify(entries));
       if (this.dropped > 0) {
-        this.o.logger.warn({ dropped: this.dropped }, 'worker log entries were dropped while the database was away');
+        this.o.logger.warn({ dropped: this.dropped }, 'supervisor log entries were dropped while the database was away');
         this.dropped = 0;
       }
     } catch (err) {
@@ -209,7 +202,7 @@ export class WorkerLog {
         this.dropped += this.buffer.length - this.o.maxBuffered;
         this.buffer.splice(0, this.buffer.length - this.o.maxBuffered);
       }
-      this.warn((suppressed) => this.o.logger.warn({ err: (err as Error).message, suppressed }, 'could not write the worker log; will retry'));
+      this.warn((suppressed) => this.o.logger.warn({ err: (err as Error).message, suppressed }, 'could not write the supervisor log; will retry'));
       if (!this.closed && !this.timer) {
         this.timer = setTimeout(() => {
           this.timer = null;

@@ -1,11 +1,13 @@
 /**
  * A supervisor as the registry (the supervisors table) sees it: the row its
- * heartbeat writes, and the one shape operators read it in (Control.workers()).
+ * heartbeat writes, and the one shape operators read it in (Control.supervisors()).
  */
 
-export type WorkerStatus = 'IDLE' | 'BUSY' | 'PAUSED' | 'EXITED' | 'LOST';
+/** A supervisor's status in the registry: LOST when its heartbeat stopped without a goodbye. */
+export type RegistryStatus = 'IDLE' | 'BUSY' | 'PAUSED' | 'EXITED' | 'LOST';
 
-export interface WorkerThread {
+/** One thread of a supervisor: as status() reports it, and as the heartbeat stores it. */
+export interface ThreadStatus {
   threadId: number;
   generation: number;
   currentJobs: string[];
@@ -13,8 +15,8 @@ export interface WorkerThread {
 }
 
 /** What a supervisor's heartbeat stores in its row's `info` column (empty until the first beat). */
-export interface WorkerDetails {
-  threads: WorkerThread[];
+export interface SupervisorDetails {
+  threads: ThreadStatus[];
   /** Threads started to replace ones that died. */
   restarts: number;
   /** The dispatcher's counters, for operators. */
@@ -25,26 +27,26 @@ export interface WorkerDetails {
 
 /** A row of the supervisors table, its status as seen now (see listSupervisors). */
 export interface SupervisorRow
-  extends Pick<WorkerInfo, 'id' | 'host' | 'pid' | 'version' | 'status' | 'threads' | 'concurrency' | 'queues' | 'tasks'> {
-  info: Partial<WorkerDetails>;
+  extends Pick<SupervisorInfo, 'id' | 'host' | 'pid' | 'version' | 'status' | 'threads' | 'concurrency' | 'queues' | 'tasks'> {
+  info: Partial<SupervisorDetails>;
   started_at: Date;
   heartbeat_at: Date;
   stopped_at: Date | null;
 }
 
-export interface WorkerInfo {
+export interface SupervisorInfo {
   id: string;
   host: string;
   pid: number;
   version: string;
-  status: WorkerStatus;
+  status: RegistryStatus;
   threads: number;
   concurrency: number;
   /** NULL: every queue. */
   queues: string[] | null;
   tasks: string[];
   /** Per-thread state as of the last heartbeat. */
-  threadStates: WorkerThread[];
+  threadStates: ThreadStatus[];
   /** Threads started to replace ones that died. */
   restarts: number;
   startedAt: Date;
@@ -52,7 +54,7 @@ export interface WorkerInfo {
   stoppedAt: Date | null;
 }
 
-export function workerFromRow(row: SupervisorRow): WorkerInfo {
+export function supervisorFromRow(row: SupervisorRow): SupervisorInfo {
   const info = row.info ?? {};
   return {
     id: row.id,

@@ -1,0 +1,45 @@
+/**
+ * The running supervisor's interface and the shapes it reports, in a module
+ * of their own: startSupervisor() (index.ts) returns one, the runtime
+ * implements it, the control plane and the heartbeat read its status, and
+ * none of them needs to import another for that.
+ */
+import type { ThreadStatus } from '../src/supervisor-info.ts';
+import type { DispatchCounters } from './dispatcher.ts';
+
+export type { ThreadStatus };
+
+export type SupervisorState = 'IDLE' | 'BUSY' | 'PAUSED' | 'STOPPING' | 'EXITED';
+
+export interface SupervisorStatus {
+  id: string;
+  state: SupervisorState;
+  threads: ThreadStatus[];
+  restarts: number;
+  inFlight: number;
+  counters: DispatchCounters & { malformedNotifications: number; listenerReconnects: number };
+}
+
+export interface Supervisor {
+  readonly id: string;
+  /** Task names this supervisor runs. */
+  readonly tasks: string[];
+  status(): SupervisorStatus;
+  /** Starts no more claims until resume() (a claim a thread has already been handed still runs); running jobs go on. */
+  pause(): void;
+  /** Claims again, starting with whatever is due in the table. */
+  resume(): void;
+  /** Graceful stop: no new claims, running jobs get `graceMs`, the rest are released. Idempotent. */
+  stop(options?: { graceMs?: number; reason?: string }): Promise<void>;
+  /** Resolves when the supervisor has stopped, for whatever reason. */
+  readonly stopped: Promise<void>;
+  /** Chaos and operations: terminate one thread (default: a random busy one). Returns its id. */
+  killThread(threadId?: number): number | null;
+  /** The LISTEN connection's backend pid (tests use it to cut the connection). */
+  listenerPid(): number | null;
+  /**
+   * Runs the reaper once now, however recently it ran. (On its timers the
+   * schema's supervisors together reap one or two times per reaperIntervalMs.)
+   */
+  reapNow(): Promise<{ leader: boolean; reapedJobs: string[] }>;
+}
