@@ -69,7 +69,7 @@ function describe(r: TrialResult): string {
   }
   const capped = x.capped ? ` — capped: the clock stopped before the last job finished` : '';
   const rss = typeof x.rssMb === 'number' ? `, peak RSS ${Math.round(x.rssMb)} MB` : '';
-  if (typeof x.jobsPerSec === 'number') return `${Math.round(x.jobsPerSec).toLocaleString('en-US')} jobs/s (drain ${(Number(x.drainMs) / 1000).toFixed(2)} s${rss})${capped}`;
+  if (typeof x.jobsPerSec === 'number') return `${x.jobsPerSec < 10 ? x.jobsPerSec.toFixed(1) : Math.round(x.jobsPerSec).toLocaleString('en-US')} jobs/s (drain ${(Number(x.drainMs) / 1000).toFixed(2)} s${rss})${capped}`;
   const lat = x.latency as { p50: number; p99: number } | undefined;
   if (lat) return `p50 ${lat.p50.toFixed(2)} ms, p99 ${lat.p99.toFixed(2)} ms${rss}`;
   if (typeof x.threadCrashMedianMs === 'number') {

@@ -71,7 +71,7 @@ export function parsePlan(argv: string[], repoDir: string): Plan {
         defaultsCapMs: 3_000, budgetMs: 90_000 }
     : { ...base, mode: 'full', rounds: 5, inProcess: false, jobs: 20_000, cpuJobs: 200, deepFiller: 1_000_000,
         latencySamples: 150, supervisorCounts: [1, 2, 4], recoveryTrials: 7, replacementBootMs: 1000, killTrials: 3, timeoutMs: 180_000,
-        defaultsCapMs: 8_000,
+        defaultsCapMs: 5_000,
         // npm run bench must end within 12 minutes, build included.
         budgetMs: 11 * 60_000 };
   if (flags.has('rounds')) plan.rounds = Math.max(1, Number(flags.get('rounds')));

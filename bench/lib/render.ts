@@ -22,7 +22,9 @@ export function table(head: string[], rows: string[][]): string {
 
 /** Marks a rate from a trial that stopped at the cap (see the note under the table). */
 export const CAPPED = '†';
-const rate = (st: RateStat | undefined) => (st?.capped ? (n: number) => `${int(n)}${CAPPED}` : int);
+/** jobs/s: whole numbers, but a tenth below 10 (pg-boss at its defaults takes one job per 2 s poll). */
+const jobsPerSec = (n: number) => (Number.isFinite(n) && n < 10 ? n.toFixed(1) : int(n));
+const rate = (st: RateStat | undefined) => (st?.capped ? (n: number) => `${jobsPerSec(n)}${CAPPED}` : jobsPerSec);
 
 /** "value (k×)" where k > 1 means grapevine is better. */
 function cell(value: number, gv: number | undefined, fmt: (n: number) => string, higherIsBetter: boolean, self: boolean): string {
@@ -126,7 +128,7 @@ export function roundsTable(s: Summary, systems: SystemName[]): string {
   for (const [name, m] of rates) {
     for (const sys of systems) {
       const st = m.get(sys);
-      if (st) rows.push([name, LABEL[sys], st.rounds.map(int).join(', '), int(st.enqueueMs), int(st.bootMs)]);
+      if (st) rows.push([name, LABEL[sys], st.rounds.map(jobsPerSec).join(', '), int(st.enqueueMs), int(st.bootMs)]);
     }
   }
   return table(['workload', 'system', 'jobs/s per round', 'bulk enqueue ms (arriving: counted)', 'worker boot ms (not counted)'], rows);
