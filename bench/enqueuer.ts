@@ -6,12 +6,14 @@
 import { readSpec } from './lib/procs.ts';
 import { nowMs } from './lib/stats.ts';
 import { createAdapter } from './systems/index.ts';
-import type { SystemName, TaskName } from './systems/types.ts';
+import type { Profile, SystemName, TaskName } from './systems/types.ts';
 
 export interface EnqueuerSpec {
   system: SystemName;
   connectionString: string;
   schema: string;
+  /** The workers' profile: a producer configures its connection the way its app does. */
+  profile: Profile;
   task: TaskName;
   jobs: number;
 }
@@ -22,8 +24,7 @@ export type EnqueuerMessage = { kind: 'ready' } | { kind: 'done'; startedAt: num
 
 const spec = readSpec<EnqueuerSpec>();
 const send = (m: EnqueuerMessage) => new Promise<void>((resolve) => process.send!(m, () => resolve()));
-// The enqueue API is the same in every profile.
-const adapter = await createAdapter(spec.system, { connectionString: spec.connectionString, schema: spec.schema, profile: 'tuned' });
+const adapter = await createAdapter(spec.system, { connectionString: spec.connectionString, schema: spec.schema, profile: spec.profile });
 await adapter.setup();
 const payloads = Array.from({ length: spec.jobs }, () => ({}));
 

@@ -63,7 +63,7 @@ async function dispatch(spec: TrialSpec): Promise<Record<string, unknown>> {
         return { ...(await drain('noop', spec.jobs, 0, 0, capMs)) };
       case 'arriving':
         return {
-          ...(await runArriving(adapter, { jobs: spec.jobs, connectionString: spec.connectionString, schema: spec.schema, worker, timeoutMs: spec.timeoutMs, capMs })),
+          ...(await runArriving(adapter, { jobs: spec.jobs, connectionString: spec.connectionString, schema: spec.schema, profile: spec.profile, worker, timeoutMs: spec.timeoutMs, capMs })),
         };
       case 'enqueue':
         return { ...(await runEnqueue(adapter, spec.jobs)) };

@@ -5,7 +5,7 @@
 import { forkControlled } from '../lib/procs.ts';
 import { nowMs, sleep } from '../lib/stats.ts';
 import type { EnqueuerCommand, EnqueuerMessage, EnqueuerSpec } from '../enqueuer.ts';
-import type { SystemAdapter, WorkerOptions } from '../systems/types.ts';
+import type { Profile, SystemAdapter, WorkerOptions } from '../systems/types.ts';
 import { rateSince, type DrainResult } from './drain.ts';
 import { CountingProbe, waitDrained } from './probe.ts';
 
@@ -13,6 +13,7 @@ export interface ArrivingParams {
   jobs: number;
   connectionString: string;
   schema: string;
+  profile: Profile;
   worker: WorkerOptions;
   timeoutMs: number;
   capMs: number;
@@ -24,7 +25,7 @@ const IDLE_MS = 500;
 export async function runArriving(adapter: SystemAdapter, p: ArrivingParams): Promise<DrainResult> {
   await adapter.setup();
   // The producer connects before the workers boot, so its start-up competes with nothing timed.
-  const spec: EnqueuerSpec = { system: adapter.name, connectionString: p.connectionString, schema: p.schema, task: 'noop', jobs: p.jobs };
+  const spec: EnqueuerSpec = { system: adapter.name, connectionString: p.connectionString, schema: p.schema, profile: p.profile, task: 'noop', jobs: p.jobs };
   const producer = await forkControlled<EnqueuerCommand, EnqueuerMessage>('enqueuer.ts', spec, 30_000);
   try {
     const probe = new CountingProbe();
