@@ -146,8 +146,7 @@ async function main(): Promise<number> {
     for (const workload of ['throughput', 'arriving'] as const) {
       if (!has(workload)) continue;
       for (const profile of plan.profiles) {
-        const capMs = profile === 'defaults' ? plan.defaultsCapMs : 0;
-        for (const s of rotate(plan.systems, round)) await trial(round, workload, s, { profile, capMs });
+        for (const s of rotate(plan.systems, round)) await trial(round, workload, s, { profile, capMs: plan.capMs[profile] });
       }
     }
     if (has('enqueue')) for (const s of rotate(plan.systems, round)) await trial(round, 'enqueue', s);
@@ -173,7 +172,7 @@ async function main(): Promise<number> {
   const summary = summarize(records);
   const ts = targets(summary, plan.threads);
   console.log(`\n${roundsRun} round(s). Medians; latency pools all samples. In brackets: how many times better grapevine is (above 1 = grapevine better).`);
-  const note = cappedNote(summary, plan.defaultsCapMs);
+  const note = cappedNote(summary, plan.capMs);
   console.log(`${mainTable(summary, plan.systems)}\n${note ? `${note}\n` : ''}`);
   if (summary.enqueue.length) console.log(`${enqueueTable(summary)}\n`);
   if (summary.scaleout.length) console.log(`${scaleTable(summary)}\n`);

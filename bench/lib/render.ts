@@ -1,5 +1,5 @@
 // Tables for the terminal and BENCHMARKS.md (both markdown: it reads fine in a terminal).
-import type { SystemName } from '../systems/types.ts';
+import type { Profile, SystemName } from '../systems/types.ts';
 import type { RateStat, Subject, Summary, Target } from './summary.ts';
 import { CLIENT_PATH } from '../workloads/enqueue.ts';
 
@@ -67,10 +67,10 @@ export function mainTable(s: Summary, systems: SystemName[]): string {
 }
 
 /** The footnote for CAPPED, or '' when no trial hit the cap. */
-export function cappedNote(s: Summary, capMs: number): string {
+export function cappedNote(s: Summary, capMs: Record<Profile, number>): string {
   const maps = [s.throughput, s.throughputDefaults, s.arriving, s.arrivingDefaults];
   if (!maps.some((m) => [...m.values()].some((st) => st.capped))) return '';
-  return `${CAPPED} The clock stopped at the ${capMs / 1000} s cap of a defaults trial before the last job finished; the rate is jobs handled ÷ ${capMs / 1000} s.`;
+  return `${CAPPED} The clock stopped at the cap (${capMs.tuned / 1000} s tuned, ${capMs.defaults / 1000} s defaults) before the last job finished, in at least one round; such a round's rate is jobs handled ÷ the cap.`;
 }
 
 /** Bulk enqueue: every path of every system against graphile-worker's addJobs. */

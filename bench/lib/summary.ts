@@ -17,7 +17,7 @@ export interface TrialRecord {
   result: TrialResult;
 }
 
-/** capped: some round stopped at the cap (handled jobs / elapsed), see Plan.defaultsCapMs. */
+/** capped: some round stopped at the cap (handled jobs / elapsed), see Plan.capMs. */
 export interface RateStat { median: number; rounds: number[]; rssMb: number; bootMs: number; enqueueMs: number; drainMs: number; fillMs: number; capped: boolean }
 /** One bulk enqueue path of one system: median ms for `jobs` jobs over rounds. */
 export interface EnqueueStat { system: SystemName; path: string; jobs: number; medianMs: number; rounds: number[]; jobsPerSec: number }
