@@ -59,7 +59,7 @@ export class GrapevineAdapter implements SystemAdapter {
     return {
       version: `${repoVersion()} — this repository, run from its build (dist/, what the npm package runs; npm run bench builds first)`,
       supervisor,
-      enqueue: `bulk: client.addJobs (one statement per 5,000 jobs); single: client.addJob; SQL (enqueue workload): ${SQL_PER_ROW}, and ${SQL_BULK} when the schema has one`,
+      enqueue: `bulk: client.addJobs (one statement per 5,000 jobs); single: client.addJob; the enqueue workload also times the rows "${SQL_PER_ROW}" and, when the schema has one, "${SQL_BULK}"`,
       handlers: 'task modules in bench/tasks/ run inside the supervisor\'s worker threads',
       finished: "state = 'succeeded', or the row deleted (deleteSucceeded)",
     };
