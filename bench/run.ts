@@ -1,9 +1,10 @@
 // `npm run bench`: grapevine against graphile-worker, pg-boss and BullMQ's PostgreSQL
 // backend on one PostgreSQL, alternating over rounds; prints medians, ratios and the
 // targets, and writes BENCHMARKS.md.
-//   node bench/run.ts                full run (up to 5 rounds in a 9-minute budget), writes BENCHMARKS.md
+//   node bench/run.ts                full run (up to 5 rounds in an 11-minute budget), writes BENCHMARKS.md
 //   node bench/run.ts --smoke        a few seconds: tiny sizes, one round, grapevine + graphile-worker
-//   --only=throughput,latency,cpu,scaleout,deep,recovery   --systems=grapevine,graphile,pgboss,bullmq
+//   --only=throughput,arriving,enqueue,latency,cpu,scaleout,deep,recovery   --systems=grapevine,graphile,pgboss,bullmq
+//   --profiles=tuned,defaults        which settings the throughput and arriving workloads run each system with
 //   --rounds=N   --write (also in smoke)   --no-write   --out=FILE   --isolate (smoke: a process per trial)
 //   --jobs=N --cpu-jobs=N --deep-filler=N --latency-samples=N --kill-trials=N   (trying things out)
 // Database: DATABASE_URL, else the embedded server in ./.grapevine/bench-db.
@@ -16,12 +17,12 @@ import { calibrateBurn } from './lib/calibrate.ts';
 import { describeConnection, dropBenchDatabase, dropSchema, recreateBenchDatabase, serverFacts, settleDatabase } from './lib/db.ts';
 import { parsePlan, rotate, type Plan, type Workload } from './lib/plan.ts';
 import { killAllChildren, specEnv } from './lib/procs.ts';
-import { mainTable, recoveryTable, scaleTable, targetTable } from './lib/render.ts';
+import { cappedNote, enqueueTable, mainTable, recoveryTable, scaleTable, targetTable } from './lib/render.ts';
 import { loadLine, machineLine, renderReport, writeReport } from './lib/report.ts';
 import { median, nowMs } from './lib/stats.ts';
 import { summarize, targets, type Subject, type TrialRecord } from './lib/summary.ts';
 import { describeSettings } from './systems/index.ts';
-import type { SystemName } from './systems/types.ts';
+import type { Profile, SystemName } from './systems/types.ts';
 import { runTrial, type TrialResult, type TrialSpec } from './trial.ts';
 
 const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
@@ -62,8 +63,13 @@ function runTrialProcess(spec: TrialSpec, inProcess: boolean): Promise<TrialResu
 function describe(r: TrialResult): string {
   if (!r.ok) return `FAILED: ${r.error.split('\n').slice(0, 3).join(' | ')}`;
   const x = r as Record<string, unknown>;
+  const enqueue = x.enqueueMs as Record<string, number> | undefined;
+  if (enqueue && typeof enqueue === 'object') {
+    return Object.entries(enqueue).map(([name, ms]) => `${name} ${(ms / 1000).toFixed(2)} s`).join('; ');
+  }
+  const capped = x.capped ? ` — capped: the clock stopped before the last job finished` : '';
   const rss = typeof x.rssMb === 'number' ? `, peak RSS ${Math.round(x.rssMb)} MB` : '';
-  if (typeof x.jobsPerSec === 'number') return `${Math.round(x.jobsPerSec).toLocaleString('en-US')} jobs/s (drain ${(Number(x.drainMs) / 1000).toFixed(2)} s${rss})`;
+  if (typeof x.jobsPerSec === 'number') return `${x.jobsPerSec < 10 ? x.jobsPerSec.toFixed(1) : Math.round(x.jobsPerSec).toLocaleString('en-US')} jobs/s (drain ${(Number(x.drainMs) / 1000).toFixed(2)} s${rss})${capped}`;
   const lat = x.latency as { p50: number; p99: number } | undefined;
   if (lat) return `p50 ${lat.p50.toFixed(2)} ms, p99 ${lat.p99.toFixed(2)} ms${rss}`;
   if (typeof x.threadCrashMedianMs === 'number') {
@@ -101,9 +107,12 @@ async function main(): Promise<number> {
     connectionString: url, keepSchema: false, threads: plan.threads, jobs: plan.jobs, cpuJobs: plan.cpuJobs, cpuIterations,
     deepFiller: 0, latencySamples: plan.latencySamples, latencyIntervalMs: plan.latencyIntervalMs, supervisors: 1,
     recoveryTrials: plan.recoveryTrials, replacementBootMs: plan.replacementBootMs, killTrials: plan.killTrials, timeoutMs: plan.timeoutMs,
+    profile: 'tuned' as Profile, capMs: 0,
   };
   const trial = async (round: number, workload: Workload, system: Subject, extra: Partial<TrialSpec> = {}) => {
-    const spec: TrialSpec = { ...base, system, workload, schema: `b${round}_${workload}_${system}${extra.supervisors ? `_${extra.supervisors}` : ''}`, ...extra };
+    const profile = extra.profile ?? base.profile;
+    const schema = `b${round}_${workload}_${system}${profile === 'defaults' ? '_d' : ''}${extra.supervisors ? `_${extra.supervisors}` : ''}`;
+    const spec: TrialSpec = { ...base, system, workload, schema, ...extra };
     const s0 = nowMs();
     if (!plan.inProcess) {
       const skipped = await settleDatabase(url);
@@ -113,9 +122,9 @@ async function main(): Promise<number> {
     const w0 = nowMs();
     const result = await runTrialProcess(spec, plan.inProcess);
     const wallMs = nowMs() - w0;
-    records.push({ round, workload, system, supervisors: extra.supervisors, wallMs, result });
-    const who = `${system}${extra.supervisors ? ` x${extra.supervisors}` : ''}`;
-    console.log(`  [round ${round}/${plan.rounds}] ${workload.padEnd(10)} ${who.padEnd(12)} ${describe(result)}  (${(wallMs / 1000).toFixed(1)} s, settle ${(settleMs / 1000).toFixed(1)} s)`);
+    records.push({ round, workload, system, profile, supervisors: extra.supervisors, wallMs, result });
+    const who = `${system}${extra.supervisors ? ` x${extra.supervisors}` : ''}${profile === 'defaults' ? ' defaults' : ''}`;
+    console.log(`  [round ${round}/${plan.rounds}] ${workload.padEnd(10)} ${who.padEnd(18)} ${describe(result)}  (${(wallMs / 1000).toFixed(1)} s, settle ${(settleMs / 1000).toFixed(1)} s)`);
   };
 
   const has = (w: Workload) => plan.workloads.includes(w);
@@ -133,7 +142,14 @@ async function main(): Promise<number> {
       break;
     }
     const r0 = nowMs();
-    if (has('throughput')) for (const s of rotate(plan.systems, round)) await trial(round, 'throughput', s);
+    // Both protocols, each system at its tuned settings and at its defaults.
+    for (const workload of ['throughput', 'arriving'] as const) {
+      if (!has(workload)) continue;
+      for (const profile of plan.profiles) {
+        for (const s of rotate(plan.systems, round)) await trial(round, workload, s, { profile, capMs: plan.capMs[profile] });
+      }
+    }
+    if (has('enqueue')) for (const s of rotate(plan.systems, round)) await trial(round, 'enqueue', s);
     if (has('latency')) for (const s of rotate<Subject>([...plan.systems, 'floor'], round)) await trial(round, 'latency', s);
     if (has('cpu')) for (const s of rotate(plan.systems, round)) await trial(round, 'cpu', s);
     if (has('scaleout') && gv) for (const n of rotate(plan.supervisorCounts, round)) await trial(round, 'scaleout', 'grapevine', { supervisors: n });
@@ -156,14 +172,16 @@ async function main(): Promise<number> {
   const summary = summarize(records);
   const ts = targets(summary, plan.threads);
   console.log(`\n${roundsRun} round(s). Medians; latency pools all samples. In brackets: how many times better grapevine is (above 1 = grapevine better).`);
-  console.log(`${mainTable(summary, plan.systems)}\n`);
+  const note = cappedNote(summary, plan.capMs);
+  console.log(`${mainTable(summary, plan.systems)}\n${note ? `${note}\n` : ''}`);
+  if (summary.enqueue.length) console.log(`${enqueueTable(summary)}\n`);
   if (summary.scaleout.length) console.log(`${scaleTable(summary)}\n`);
   if (summary.recovery) console.log(`${recoveryTable(summary)}\n`);
   console.log(`${targetTable(ts)}\n`);
   for (const f of summary.failures) console.log(`FAILED ${f}`);
 
   if (plan.writeReport) {
-    const settings = new Map<SystemName, Record<string, string>>();
+    const settings = new Map<SystemName, Map<Profile, Record<string, string>>>();
     for (const s of plan.systems) settings.set(s, await describeSettings(s, plan.threads));
     const text = renderReport(
       { plan, roundsRun, roundsNote, database: describeConnection(url), databaseNote: db.note, pgVersion: pg.version, pgSettings: pg.settings, cpuIterations, settings, startedAt: started, wallMs: nowMs() - t0, loadAtStart, loadAtEnd: loadLine() },

@@ -7,14 +7,18 @@ import { measureFloor } from './floor.ts';
 import { dropSchema } from './lib/db.ts';
 import { readSpec } from './lib/procs.ts';
 import { createAdapter } from './systems/index.ts';
-import type { SystemName } from './systems/types.ts';
+import type { Profile, SystemName } from './systems/types.ts';
+import { runArriving } from './workloads/arriving.ts';
 import { runDrain } from './workloads/drain.ts';
+import { runEnqueue } from './workloads/enqueue.ts';
 import { runLatency } from './workloads/latency.ts';
 import type { Workload } from './lib/plan.ts';
 
 export interface TrialSpec {
   system: SystemName | 'floor';
   workload: Workload;
+  /** Settings the system runs with (throughput and arriving; the other workloads use tuned). */
+  profile: Profile;
   connectionString: string;
   schema: string;
   /** Keep the schema afterwards (the deep queue reuses its million rows across rounds). */
@@ -32,6 +36,8 @@ export interface TrialSpec {
   replacementBootMs: number;
   killTrials: number;
   timeoutMs: number;
+  /** Stop a throughput or arriving trial this long after its clock started (0: never; the spec travels as JSON, which has no Infinity). */
+  capMs: number;
 }
 
 export type TrialResult = { ok: true; rssMb?: number; [key: string]: unknown } | { ok: false; error: string };
@@ -47,13 +53,20 @@ async function dispatch(spec: TrialSpec): Promise<Record<string, unknown>> {
     const mod = await import(`./workloads/${spec.workload}.ts`);
     return mod.run(spec);
   }
-  const adapter = await createAdapter(spec.system, { connectionString: spec.connectionString, schema: spec.schema });
-  const drain = (task: 'noop' | 'cpu', jobs: number, iterations: number, filler: number) =>
-    runDrain(adapter, { task, jobs, payload: task === 'cpu' ? { iterations } : {}, filler, worker: { ...worker, cpuBound: task === 'cpu' }, timeoutMs: spec.timeoutMs });
+  const adapter = await createAdapter(spec.system, { connectionString: spec.connectionString, schema: spec.schema, profile: spec.profile });
+  const capMs = spec.capMs || Infinity;
+  const drain = (task: 'noop' | 'cpu', jobs: number, iterations: number, filler: number, capMs = Infinity) =>
+    runDrain(adapter, { task, jobs, payload: task === 'cpu' ? { iterations } : {}, filler, worker: { ...worker, cpuBound: task === 'cpu' }, timeoutMs: spec.timeoutMs, capMs });
   try {
     switch (spec.workload) {
       case 'throughput':
-        return { ...(await drain('noop', spec.jobs, 0, 0)) };
+        return { ...(await drain('noop', spec.jobs, 0, 0, capMs)) };
+      case 'arriving':
+        return {
+          ...(await runArriving(adapter, { jobs: spec.jobs, connectionString: spec.connectionString, schema: spec.schema, profile: spec.profile, worker, timeoutMs: spec.timeoutMs, capMs })),
+        };
+      case 'enqueue':
+        return { ...(await runEnqueue(adapter, spec.jobs)) };
       case 'deep':
         return { ...(await drain('noop', spec.jobs, 0, spec.deepFiller)) };
       case 'cpu':

@@ -1,5 +1,5 @@
-// Spawning supervisor processes for scale-out and the SIGKILL recovery, and waiting
-// for them. Every child is tracked so a failing workload still ends what it started.
+// Spawning child processes (supervisors for scale-out and the SIGKILL recovery, the
+// arriving workload's enqueuer) and waiting for them. Every child is tracked so a failing workload still ends what it started.
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
@@ -51,39 +51,55 @@ function track(child: ChildProcess, label: string): ChildProcess {
   return child;
 }
 
-export interface ControlledSupervisor {
+/** A child process driven over IPC: messages out, and a wait for the next of a kind. */
+export interface ControlledChild<In, Out extends { kind: string }> {
   child: ChildProcess;
   pid: number;
-  handled: number;
-  send(m: ParentMessage): void;
-  next<K extends ChildMessage['kind']>(kind: K, timeoutMs?: number): Promise<Extract<ChildMessage, { kind: K }>>;
+  send(m: In): void;
+  /** Rejects when `kind` does not come within `timeoutMs`, or the child exits first. */
+  next<K extends Out['kind']>(kind: K, timeoutMs?: number): Promise<Extract<Out, { kind: K }>>;
 }
+
+/** Forks `script` (a file in bench/) with `spec` in its environment and waits for its "ready". */
+export async function forkControlled<In, Out extends { kind: string }>(
+  script: string,
+  spec: unknown,
+  timeoutMs: number,
+  onMessage: (m: Out) => void = () => {},
+): Promise<ControlledChild<In, Out>> {
+  const child = track(fork(path.join(BENCH_DIR, script), [], { env: specEnv(spec), stdio: ['ignore', 'pipe', 'pipe', 'ipc'] }), script);
+  const waiters = new Map<string, { resolve: (m: Out) => void; reject: (err: Error) => void }>();
+  const ctl: ControlledChild<In, Out> = {
+    child,
+    pid: child.pid!,
+    send: (m) => child.send(m as object),
+    next: (kind, ms = timeoutMs) =>
+      new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`${script} ${child.pid}: no "${kind}" within ${ms} ms`)), ms);
+        const done = (fn: () => void) => (clearTimeout(timer), waiters.delete(kind), fn());
+        waiters.set(kind, { resolve: (m) => done(() => resolve(m as never)), reject: (err) => done(() => reject(err)) });
+      }),
+  };
+  child.on('message', (m: Out) => {
+    onMessage(m);
+    waiters.get(m.kind)?.resolve(m);
+  });
+  child.on('exit', (code, signal) => {
+    for (const [kind, w] of waiters) w.reject(new Error(`${script} ${child.pid} exited ${signal ?? code} before "${kind}"`));
+  });
+  await ctl.next('ready' as Out['kind'], timeoutMs);
+  return ctl;
+}
+
+export type ControlledSupervisor = ControlledChild<ParentMessage, ChildMessage> & { handled: number };
 
 /** bench/supervisor-child.ts: a supervisor process the bench can pause, resume and query. */
 export async function forkSupervisor(spec: ChildSpec, timeoutMs = 30_000): Promise<ControlledSupervisor> {
-  const child = track(
-    fork(path.join(BENCH_DIR, 'supervisor-child.ts'), [], { env: specEnv(spec), stdio: ['ignore', 'pipe', 'pipe', 'ipc'] }),
-    'supervisor-child',
-  );
-  const waiters = new Map<string, (m: ChildMessage) => void>();
-  const ctl: ControlledSupervisor = {
-    child,
-    pid: child.pid!,
-    handled: 0,
-    send: (m) => child.send(m),
-    next: (kind, ms = timeoutMs) =>
-      new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`supervisor ${child.pid}: no "${kind}" within ${ms} ms`)), ms);
-        waiters.set(kind, (m) => (clearTimeout(timer), resolve(m as never)));
-      }),
-  };
-  child.on('message', (m: ChildMessage) => {
-    if (m.kind === 'handled') ctl.handled += m.count;
-    const waiter = waiters.get(m.kind);
-    if (waiter) (waiters.delete(m.kind), waiter(m));
+  let handled = 0;
+  const ctl = await forkControlled<ParentMessage, ChildMessage>('supervisor-child.ts', spec, timeoutMs, (m) => {
+    if (m.kind === 'handled') handled += m.count;
   });
-  await ctl.next('ready', timeoutMs);
-  return ctl;
+  return Object.defineProperty(ctl, 'handled', { get: () => handled, set: (n: number) => (handled = n), enumerable: true }) as ControlledSupervisor;
 }
 
 /** `grapevine run` from dist/ when it has been built, else the bench's own child. */

@@ -1,6 +1,7 @@
 // Tables for the terminal and BENCHMARKS.md (both markdown: it reads fine in a terminal).
-import type { SystemName } from '../systems/types.ts';
-import type { Subject, Summary, Target } from './summary.ts';
+import type { Profile, SystemName } from '../systems/types.ts';
+import type { RateStat, Subject, Summary, Target } from './summary.ts';
+import { CLIENT_PATH } from '../workloads/enqueue.ts';
 
 export const LABEL: Record<Subject, string> = {
   grapevine: 'grapevine',
@@ -19,6 +20,12 @@ export function table(head: string[], rows: string[][]): string {
   return [line(head), line(head.map(() => '---')), ...rows.map(line)].join('\n');
 }
 
+/** Marks a rate from a trial that stopped at the cap (see the note under the table). */
+export const CAPPED = '†';
+/** jobs/s: whole numbers, but a tenth below 10 (pg-boss at its defaults takes one job per 2 s poll). */
+const jobsPerSec = (n: number) => (Number.isFinite(n) && n < 10 ? n.toFixed(1) : int(n));
+const rate = (st: RateStat | undefined) => (st?.capped ? (n: number) => `${jobsPerSec(n)}${CAPPED}` : jobsPerSec);
+
 /** "value (k×)" where k > 1 means grapevine is better. */
 function cell(value: number, gv: number | undefined, fmt: (n: number) => string, higherIsBetter: boolean, self: boolean): string {
   if (!Number.isFinite(value)) return '—';
@@ -33,7 +40,7 @@ export function mainTable(s: Summary, systems: SystemName[]): string {
   const rateRows = (name: string, m: Summary['throughput'], extra: 'fill' | 'drain' | null) => {
     if (m.size === 0) return;
     const gv = m.get('grapevine');
-    rows.push([name, 'jobs/s (median)', ...cols.map((c) => (c === 'floor' ? '' : cell(m.get(c)?.median ?? NaN, gv?.median, int, true, c === 'grapevine')))]);
+    rows.push([name, 'jobs/s (median)', ...cols.map((c) => (c === 'floor' ? '' : cell(m.get(c)?.median ?? NaN, gv?.median, rate(m.get(c)), true, c === 'grapevine')))]);
     if (extra === 'drain') rows.push([name, 'drain s (median)', ...cols.map((c) => (c === 'floor' ? '' : cell(m.get(c)?.drainMs ?? NaN, gv?.drainMs, sec, false, c === 'grapevine')))]);
     if (extra === 'fill') rows.push([name, 'filler write s', ...cols.map((c) => (c === 'floor' ? '' : sec(m.get(c)?.fillMs ?? NaN)))]);
     // In-process smoke trials have no per-system RSS: leave the row out then.
@@ -41,7 +48,10 @@ export function mainTable(s: Summary, systems: SystemName[]): string {
       rows.push([name, 'peak RSS MB', ...cols.map((c) => (c === 'floor' ? '' : int(m.get(c)?.rssMb ?? NaN)))]);
     }
   };
-  rateRows('throughput', s.throughput, null);
+  rateRows('throughput, backlog (tuned)', s.throughput, null);
+  rateRows('throughput, backlog (defaults)', s.throughputDefaults, null);
+  rateRows('throughput, arriving (tuned)', s.arriving, null);
+  rateRows('throughput, arriving (defaults)', s.arrivingDefaults, null);
   if (s.latency.size) {
     const gv = s.latency.get('grapevine');
     for (const q of ['p50', 'p95', 'p99'] as const) {
@@ -54,6 +64,30 @@ export function mainTable(s: Summary, systems: SystemName[]): string {
   rateRows('cpu', s.cpu, 'drain');
   rateRows('deep queue', s.deep, 'fill');
   return table(['workload', 'metric', ...cols.map((c) => LABEL[c])], rows);
+}
+
+/** The footnote for CAPPED, or '' when no trial hit the cap. */
+export function cappedNote(s: Summary, capMs: Record<Profile, number>): string {
+  const maps = [s.throughput, s.throughputDefaults, s.arriving, s.arrivingDefaults];
+  if (!maps.some((m) => [...m.values()].some((st) => st.capped))) return '';
+  return `${CAPPED} The clock stopped at the cap (${capMs.tuned / 1000} s tuned, ${capMs.defaults / 1000} s defaults) before the last job finished, in at least one round; such a round's rate is jobs handled ÷ the cap.`;
+}
+
+/** Bulk enqueue: every path of every system against graphile-worker's addJobs. */
+export function enqueueTable(s: Summary): string {
+  const base = s.enqueue.find((e) => e.system === 'graphile' && e.path === CLIENT_PATH);
+  const jobs = s.enqueue[0]?.jobs ?? 0;
+  return table(
+    ['system', `enqueue ${int(jobs)} jobs in bulk`, 's (median)', 'jobs/s', '× graphile-worker addJobs', 's per round'],
+    s.enqueue.map((e) => [
+      LABEL[e.system],
+      e.path,
+      sec(e.medianMs),
+      int(e.jobsPerSec),
+      base ? (e.jobsPerSec / base.jobsPerSec).toFixed(2) : '—',
+      e.rounds.map(sec).join(', '),
+    ]),
+  );
 }
 
 export function scaleTable(s: Summary): string {
@@ -83,11 +117,19 @@ export function targetTable(ts: Target[]): string {
 
 export function roundsTable(s: Summary, systems: SystemName[]): string {
   const rows: string[][] = [];
-  for (const [name, m] of [['throughput', s.throughput], ['cpu', s.cpu], ['deep queue', s.deep]] as const) {
+  const rates = [
+    ['throughput, backlog (tuned)', s.throughput],
+    ['throughput, backlog (defaults)', s.throughputDefaults],
+    ['throughput, arriving (tuned)', s.arriving],
+    ['throughput, arriving (defaults)', s.arrivingDefaults],
+    ['cpu', s.cpu],
+    ['deep queue', s.deep],
+  ] as const;
+  for (const [name, m] of rates) {
     for (const sys of systems) {
       const st = m.get(sys);
-      if (st) rows.push([name, LABEL[sys], st.rounds.map(int).join(', '), int(st.enqueueMs), int(st.bootMs)]);
+      if (st) rows.push([name, LABEL[sys], st.rounds.map(jobsPerSec).join(', '), int(st.enqueueMs), int(st.bootMs)]);
     }
   }
-  return table(['workload', 'system', 'jobs/s per round', 'bulk enqueue ms', 'worker boot ms (not counted)'], rows);
+  return table(['workload', 'system', 'jobs/s per round', 'bulk enqueue ms (arriving: counted)', 'worker boot ms (not counted)'], rows);
 }

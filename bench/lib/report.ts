@@ -1,9 +1,9 @@
 // BENCHMARKS.md: the numbers, the machine, PostgreSQL, and every setting used.
 import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
-import type { SystemName } from '../systems/types.ts';
+import type { Profile, SystemName } from '../systems/types.ts';
 import type { Plan } from './plan.ts';
-import { LABEL, mainTable, recoveryTable, roundsTable, scaleTable, targetTable } from './render.ts';
+import { LABEL, cappedNote, enqueueTable, mainTable, recoveryTable, roundsTable, scaleTable, targetTable } from './render.ts';
 import type { Summary, Target } from './summary.ts';
 
 export interface RunFacts {
@@ -15,7 +15,7 @@ export interface RunFacts {
   pgVersion: string;
   pgSettings: Record<string, string>;
   cpuIterations: number;
-  settings: Map<SystemName, Record<string, string>>;
+  settings: Map<SystemName, Map<Profile, Record<string, string>>>;
   startedAt: Date;
   wallMs: number;
   loadAtStart: string;
@@ -57,6 +57,9 @@ export function renderReport(f: RunFacts, s: Summary, ts: Target[]): string {
     mainTable(s, p.systems),
     '',
   );
+  const note = cappedNote(s, p.capMs);
+  if (note) add(note, '');
+  if (s.enqueue.length) add('### Enqueue', '', enqueueTable(s), '');
   if (s.scaleout.length) add('### Scale-out (grapevine)', '', scaleTable(s), '');
   if (s.recovery) add('### Recovery (grapevine)', '', recoveryTable(s), '');
   add('### Targets', '', targetTable(ts), '');
@@ -65,10 +68,22 @@ export function renderReport(f: RunFacts, s: Summary, ts: Target[]): string {
   add(
     '## Workloads',
     '',
-    `- **throughput**: ${p.jobs.toLocaleString('en-US')} no-op jobs queued in bulk (each system's documented bulk API), workers booted, then the clock runs`,
+    '- **tuned / defaults**: the throughput rows run every system twice. Tuned: the best settings its docs recommend for',
+    '  throughput; defaults: no flags or options beyond the connection, the schema and the handlers. Both are listed under',
+    '  Settings. Every other workload runs the tuned settings.',
+    `  A trial stops measuring after ${p.capMs.tuned / 1000} s tuned, ${p.capMs.defaults / 1000} s defaults, finished or not (pg-boss at its defaults takes one job per`,
+    '  2 s poll: hours for the backlog; BullMQ on PostgreSQL drains at a tenth of the others\' pace); a round stopped there reports',
+    '  jobs handled ÷ the cap, and its median is marked †. This keeps the full run within its budget.',
+    `- **throughput, backlog**: ${p.jobs.toLocaleString('en-US')} no-op jobs queued in bulk (each system's documented bulk API), workers booted, then the clock runs`,
     '  from "start processing" until the database records every job as finished. Worker boot is reported but not counted',
     '  (grapevine and BullMQ boot paused and are resumed; pg-boss starts in setup and begins fetching at `work()`;',
     '  graphile-worker has no paused start, so its `run()` — about 15 ms — is inside the measured time).',
+    `- **throughput, arriving**: the workers boot and start, and sit idle for half a second; then a producer process of its own`,
+    `  (bench/enqueuer.ts, connected beforehand) enqueues ${p.jobs.toLocaleString('en-US')} no-op jobs with the system's bulk API while they run.`,
+    '  The clock runs from the first enqueue call until the database records every job as finished, so the enqueue is inside it.',
+    `- **enqueue**: ${p.jobs.toLocaleString('en-US')} no-op jobs in bulk into an empty queue with no workers, after an untimed warm-up batch of 100 through`,
+    '  the same path: each system\'s client bulk API (grapevine `addJobs`, graphile-worker `addJobs`, pg-boss `insert`, BullMQ `addBulk`),',
+    '  and grapevine\'s SQL: one `SELECT add_job(...) FROM generate_series(...)` statement, and its bulk function when the schema has one.',
     `- **latency**: one job every ${p.latencyIntervalMs} ms into an idle worker, with the single-job API; from just before the enqueue call`,
     `  to the first line of the handler, both read from CLOCK_MONOTONIC (process.hrtime), which is shared by threads and processes.`,
     `  ${p.latencySamples} samples per round after 5 warm-up jobs.`,
@@ -101,8 +116,9 @@ export function renderReport(f: RunFacts, s: Summary, ts: Target[]): string {
     '## Settings',
     '',
   );
-  for (const [system, settings] of f.settings) {
-    add(`### ${LABEL[system]}`, '', ...Object.entries(settings).map(([k, v]) => `- ${k}: ${v}`), '');
+  for (const [system, profiles] of f.settings) {
+    add(`### ${LABEL[system]}`, '');
+    for (const [profile, settings] of profiles) add(`#### ${profile}`, '', ...Object.entries(settings).map(([k, v]) => `- ${k}: ${v}`), '');
   }
   return out.join('\n');
 }

@@ -1,6 +1,7 @@
 // BullMQ 6 on its PostgreSQL backend (createPostgresBackend, docs: guide/postgresql).
-// One queue, job name = task; Worker concurrency from the range the BullMQ docs
+// One queue, job name = task. Tuned: Worker concurrency from the range the BullMQ docs
 // benchmark ("concurrency 8–32") with a pool sized to it, as their tuning tips advise.
+// Defaults: Worker and Queue with only the connection (concurrency 1, default pool).
 import { Queue, Worker, createPostgresBackend, runMigrations, type PostgresConnectionOptions, type PostgresQueueBackend } from 'bullmq';
 import pg from 'pg';
 import { installedVersion } from '../lib/db.ts';
@@ -27,6 +28,16 @@ export class BullMqAdapter implements SystemAdapter {
   }
 
   settings(_opts: WorkerOptions): Record<string, string> {
+    if (this.ctx.profile === 'defaults') {
+      return {
+        version: `${installedVersion('bullmq')}, PostgreSQL backend`,
+        connection: '{ connectionString, schema }: pool default (10) for the worker and the producer',
+        worker: 'new Worker(queue, fn, { connection, autorun: false }, createPostgresBackend) then worker.run(), in-process: concurrency default (1), every other option default',
+        enqueue: `bulk: queue.addBulk in chunks of ${BULK_CHUNK}, ${BULK_PARALLEL} at a time; single: queue.add`,
+        migrations: 'runMigrations(client, schema) once in setup, as the guide says',
+        finished: "state = 'completed' (removeOnComplete default: kept)",
+      };
+    }
     return {
       version: `${installedVersion('bullmq')}, PostgreSQL backend`,
       connection: `{ connectionString, schema } — pool max ${WORKER_POOL_MAX} for the worker, default (10) for the producer`,
@@ -90,7 +101,9 @@ export class BullMqAdapter implements SystemAdapter {
     this.worker = new Worker(
       QUEUE,
       async (job) => runBenchTask(job.name, job.data as BenchPayload, probe),
-      { connection: this.connection(WORKER_POOL_MAX), concurrency: CONCURRENCY, autorun: false },
+      this.ctx.profile === 'tuned'
+        ? { connection: this.connection(WORKER_POOL_MAX), concurrency: CONCURRENCY, autorun: false }
+        : { connection: this.connection(), autorun: false },
       createPostgresBackend,
     );
     this.worker.on('error', (err) => console.error('[bullmq] worker error', err));

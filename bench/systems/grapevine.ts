@@ -1,15 +1,16 @@
 // grapevine, in-process: createClient() for enqueueing, startSupervisor() with the
 // bench's task modules (bench/tasks/*.mjs) running in its worker threads. Those report
-// back over a BroadcastChannel (lib/channel.mjs).
+// back over a BroadcastChannel (lib/channel.mjs). Tuned: the README's high-throughput
+// settings; defaults: startSupervisor with only the connection, schema and tasks.
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { repoVersion } from '../lib/db.ts';
 import pino from 'pino';
-import { createClient, startSupervisor, type Client, type Supervisor } from 'grapevine-jobs';
+import { DEFAULTS, createClient, startSupervisor, type Client, type Supervisor } from 'grapevine-jobs';
 import { listenToThreads } from '../lib/channel.mjs';
-import type { AdapterContext, BenchPayload, Probe, SystemAdapter, TaskName, WorkerOptions } from './types.ts';
+import type { AdapterContext, BenchPayload, EnqueuePath, Probe, SystemAdapter, TaskName, WorkerOptions } from './types.ts';
 
 export const TASKS_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'tasks');
 /**
@@ -28,6 +29,9 @@ export const GRAPEVINE_CONCURRENCY = 512;
 export const GRAPEVINE_DELETE_SUCCEEDED = true;
 /** For CPU-bound handlers the README says: keep concurrency low (4 measured best here: 1 and 2 leave threads idle between jobs, 8+ strand jobs on one thread at the end). */
 export const GRAPEVINE_CPU_CONCURRENCY = 4;
+
+const SQL_PER_ROW = 'SQL: SELECT add_job(...) FROM generate_series';
+const SQL_BULK = 'SQL: add_jobs(all jobs in one argument)';
 
 const concurrencyFor = (opts: WorkerOptions) => (opts.cpuBound ? GRAPEVINE_CPU_CONCURRENCY : GRAPEVINE_CONCURRENCY);
 
@@ -48,10 +52,14 @@ export class GrapevineAdapter implements SystemAdapter {
   }
 
   settings(opts: WorkerOptions): Record<string, string> {
+    const supervisor =
+      this.ctx.profile === 'defaults'
+        ? `startSupervisor({ connectionString, schema, tasks }) in-process, nothing else (the bench's quiet logger aside): threads default (os.availableParallelism() = ${os.availableParallelism()}), concurrency default (${DEFAULTS.concurrency} per thread), deleteSucceeded default (${DEFAULTS.deleteSucceeded}); the same as \`grapevine run --tasks DIR\``
+        : `startSupervisor in-process: threads ${opts.threads} (os.availableParallelism() = ${os.availableParallelism()}), concurrency ${GRAPEVINE_CONCURRENCY} per thread (${GRAPEVINE_CPU_CONCURRENCY} for the cpu workload), deleteSucceeded ${GRAPEVINE_DELETE_SUCCEEDED} (succeeded jobs are deleted, as graphile-worker does; the default keeps them with their results), other options default`;
     return {
       version: `${repoVersion()} — this repository, run from its build (dist/, what the npm package runs; npm run bench builds first)`,
-      supervisor: `startSupervisor in-process: threads ${opts.threads} (os.availableParallelism() = ${os.availableParallelism()}), concurrency ${concurrencyFor(opts)} per thread (${GRAPEVINE_CPU_CONCURRENCY} for the cpu workload, ${GRAPEVINE_CONCURRENCY} otherwise), deleteSucceeded ${GRAPEVINE_DELETE_SUCCEEDED} (succeeded jobs are deleted, as graphile-worker does; the default keeps them with their results), other options default`,
-      enqueue: 'bulk: client.addJobs (one statement per 5,000 jobs); single: client.addJob',
+      supervisor,
+      enqueue: `bulk: client.addJobs (one statement per 5,000 jobs); single: client.addJob; the enqueue workload also times the rows "${SQL_PER_ROW}" and, when the schema has one, "${SQL_BULK}"`,
       handlers: 'task modules in bench/tasks/ run inside the supervisor\'s worker threads',
       finished: "state = 'succeeded', or the row deleted (deleteSucceeded)",
     };
@@ -65,6 +73,40 @@ export class GrapevineAdapter implements SystemAdapter {
   async enqueueBulk(task: TaskName, payloads: BenchPayload[]): Promise<void> {
     const ids = await this.client!.addJobs(payloads.map((payload) => ({ task, payload })));
     for (const id of ids) if (this.firstId === null || BigInt(id) < this.firstId) this.firstId = BigInt(id);
+  }
+
+  /** SQL enqueue as another language or a trigger would use it: per-row add_job in one
+   * statement, and a bulk function taking every job in one argument when the schema has one. */
+  async enqueuePaths(): Promise<EnqueuePath[]> {
+    const s = `"${this.ctx.schema}"`;
+    const paths: EnqueuePath[] = [
+      {
+        name: SQL_PER_ROW,
+        run: async (task, count) => {
+          await this.pool.query(`SELECT ${s}.add_job($1, '{}'::jsonb) FROM generate_series(1, $2::int)`, [task, count]);
+        },
+      },
+    ];
+    const bulk = await this.pool.query(
+      `SELECT format_type(p.proargtypes[0], NULL) AS arg FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = $1 AND p.proname = 'add_jobs' AND p.pronargs - p.pronargdefaults = 1
+          AND format_type(p.proargtypes[0], NULL) IN ('jsonb', 'jsonb[]')`,
+      [this.ctx.schema],
+    );
+    const arg = bulk.rows[0]?.arg as string | undefined;
+    if (arg) {
+      const agg = arg === 'jsonb' ? 'jsonb_agg' : 'array_agg';
+      paths.push({
+        name: SQL_BULK,
+        run: async (task, count) => {
+          await this.pool.query(
+            `SELECT ${s}.add_jobs((SELECT ${agg}(jsonb_build_object('task', $1::text, 'payload', '{}'::jsonb)) FROM generate_series(1, $2::int)))`,
+            [task, count],
+          );
+        },
+      });
+    }
+    return paths;
   }
 
   async enqueueOne(task: TaskName, payload: BenchPayload): Promise<void> {
@@ -87,13 +129,12 @@ export class GrapevineAdapter implements SystemAdapter {
       if (report.kind === 'handled') probe.handled(report.count ?? 0);
       else if (report.kind === 'latency') probe.latencyStart((report.payload ?? {}) as BenchPayload, report.atMs ?? Number.NaN);
     });
+    const tuned = { threads: opts.threads, concurrency: concurrencyFor(opts), deleteSucceeded: GRAPEVINE_DELETE_SUCCEEDED };
     this.supervisor = await startSupervisor({
       connectionString: this.ctx.connectionString,
       schema: this.ctx.schema,
       tasks: TASKS_DIR,
-      threads: opts.threads,
-      concurrency: concurrencyFor(opts),
-      deleteSucceeded: GRAPEVINE_DELETE_SUCCEEDED,
+      ...(this.ctx.profile === 'tuned' ? tuned : {}),
       logger: pino({ level: process.env.GRAPEVINE_LOG_LEVEL ?? 'warn' }),
     });
     this.supervisor.pause();

@@ -1,6 +1,7 @@
-// graphile-worker with the settings its performance page uses for its own numbers:
+// graphile-worker. Tuned: the settings its performance page uses for its own numbers:
 // concurrentJobs 24, maxPoolSize 25, localQueue { size: 500 }, completeJobBatchDelay 0,
-// failJobBatchDelay 0. Bulk enqueue: WorkerUtils.addJobs (one add_jobs call).
+// failJobBatchDelay 0. Defaults: only the connection and schema (concurrentJobs 1, no
+// local queue, no batched completions). Bulk enqueue: WorkerUtils.addJobs (one add_jobs call).
 import { Logger, makeWorkerUtils, run, type Runner, type WorkerUtils } from 'graphile-worker';
 import pg from 'pg';
 import { installedVersion } from '../lib/db.ts';
@@ -31,26 +32,36 @@ export class GraphileAdapter implements SystemAdapter {
   }
 
   private preset() {
+    const tuned = {
+      concurrentJobs: CONCURRENT_JOBS,
+      maxPoolSize: MAX_POOL_SIZE,
+      localQueue: { size: LOCAL_QUEUE_SIZE },
+      completeJobBatchDelay: 0,
+      failJobBatchDelay: 0,
+    };
     return {
       worker: {
         connectionString: this.ctx.connectionString,
         schema: this.ctx.schema,
-        concurrentJobs: CONCURRENT_JOBS,
-        maxPoolSize: MAX_POOL_SIZE,
-        localQueue: { size: LOCAL_QUEUE_SIZE },
-        completeJobBatchDelay: 0,
-        failJobBatchDelay: 0,
+        ...(this.ctx.profile === 'tuned' ? tuned : {}),
         logger: silent,
       },
     };
   }
 
   settings(_opts: WorkerOptions): Record<string, string> {
+    const tuned = this.ctx.profile === 'tuned';
     return {
       version: installedVersion('graphile-worker'),
-      worker: `run() in-process, concurrentJobs ${CONCURRENT_JOBS}, maxPoolSize ${MAX_POOL_SIZE}`,
-      batching: `localQueue.size ${LOCAL_QUEUE_SIZE}, completeJobBatchDelay 0, failJobBatchDelay 0 (docs: worker.graphile.org/docs/performance)`,
-      'why these': 'the configuration behind the numbers on graphile-worker\'s performance page. Its option docs (dist/index.d.ts) suggest localQueue.size "concurrentJobs + 1" as a start and "a much higher number" for very high throughput with extremely fast tasks, and completeJobBatchDelay "starting with … 250"; 250 measured slower than 0 here (5 of 5 interleaved 20,000-job runs)',
+      worker: tuned
+        ? `run() in-process, concurrentJobs ${CONCURRENT_JOBS}, maxPoolSize ${MAX_POOL_SIZE}`
+        : 'run() in-process with only connectionString and schema (and a silent logger): concurrentJobs default (1), maxPoolSize default (10)',
+      batching: tuned
+        ? `localQueue.size ${LOCAL_QUEUE_SIZE}, completeJobBatchDelay 0, failJobBatchDelay 0 (docs: worker.graphile.org/docs/performance)`
+        : 'defaults: no local queue (each job fetched on demand), completeJobBatchDelay and failJobBatchDelay unset (no batching)',
+      ...(tuned
+        ? { 'why these': 'the configuration behind the numbers on graphile-worker\'s performance page. Its option docs (dist/index.d.ts) suggest localQueue.size "concurrentJobs + 1" as a start and "a much higher number" for very high throughput with extremely fast tasks, and completeJobBatchDelay "starting with … 250"; 250 measured slower than 0 here (5 of 5 interleaved 20,000-job runs)' }
+        : {}),
       enqueue: `bulk: WorkerUtils.addJobs in chunks of ${BULK_CHUNK}; single: WorkerUtils.addJob`,
       handlers: 'JS functions on the main thread (taskList); CPU work is therefore single-threaded',
       finished: 'row deleted from _private_jobs (graphile deletes completed jobs)',

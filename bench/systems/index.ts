@@ -1,6 +1,6 @@
 // Adapter factory. Each adapter is imported only when used, so a trial process loads
 // one library, and grapevine's adapter (which loads ../src) cannot break the others.
-import type { AdapterContext, SystemAdapter, SystemName } from './types.ts';
+import { ALL_PROFILES, type AdapterContext, type Profile, type SystemAdapter, type SystemName } from './types.ts';
 
 export async function createAdapter(name: SystemName, ctx: AdapterContext): Promise<SystemAdapter> {
   switch (name) {
@@ -15,10 +15,13 @@ export async function createAdapter(name: SystemName, ctx: AdapterContext): Prom
   }
 }
 
-/** Each system's settings, for BENCHMARKS.md, without touching a database. */
-export async function describeSettings(name: SystemName, threads: number): Promise<Record<string, string>> {
-  const adapter = await createAdapter(name, { connectionString: 'postgres://127.0.0.1:1/none', schema: 'none' });
-  const settings = adapter.settings({ threads });
-  await adapter.close().catch(() => undefined);
-  return settings;
+/** Each system's settings in every profile, for BENCHMARKS.md, without touching a database. */
+export async function describeSettings(name: SystemName, threads: number): Promise<Map<Profile, Record<string, string>>> {
+  const out = new Map<Profile, Record<string, string>>();
+  for (const profile of ALL_PROFILES) {
+    const adapter = await createAdapter(name, { connectionString: 'postgres://127.0.0.1:1/none', schema: 'none', profile });
+    out.set(profile, adapter.settings({ threads }));
+    await adapter.close().catch(() => undefined);
+  }
+  return out;
 }

@@ -4,6 +4,14 @@
 export type SystemName = 'grapevine' | 'graphile' | 'pgboss' | 'bullmq';
 export const ALL_SYSTEMS: readonly SystemName[] = ['grapevine', 'graphile', 'pgboss', 'bullmq'];
 
+/**
+ * Which settings a system runs with. "tuned": the best settings its docs recommend for
+ * throughput; "defaults": no flags or options at all beyond where the database is and
+ * what the handlers are (a fresh install as a user first runs it).
+ */
+export type Profile = 'tuned' | 'defaults';
+export const ALL_PROFILES: readonly Profile[] = ['tuned', 'defaults'];
+
 /** Task names: the same three exist in every system (grapevine: bench/tasks/<name>.mjs). */
 export type TaskName = 'noop' | 'latency' | 'cpu';
 
@@ -30,9 +38,17 @@ export interface WorkerOptions {
   cpuBound?: boolean;
 }
 
+/** Another bulk enqueue path a system offers besides its client API (grapevine: SQL). */
+export interface EnqueuePath {
+  /** As the enqueue table names it. */
+  name: string;
+  /** Enqueues `count` jobs of `task` with empty payloads. */
+  run(task: TaskName, count: number): Promise<void>;
+}
+
 export interface SystemAdapter {
   readonly name: SystemName;
-  /** Exact settings used, for BENCHMARKS.md. */
+  /** Exact settings of this adapter's profile, for BENCHMARKS.md. */
   settings(opts: WorkerOptions): Record<string, string>;
   /** Create/migrate this system's schema and queue. No workers yet. */
   setup(): Promise<void>;
@@ -54,6 +70,8 @@ export interface SystemAdapter {
   stopWorkers(): Promise<void>;
   /** Close producer connections. */
   close(): Promise<void>;
+  /** Bulk enqueue paths besides enqueueBulk; a path the installed schema lacks is left out. */
+  enqueuePaths?(): Promise<EnqueuePath[]>;
   /** Extra numbers the system can report (e.g. wasted claim attempts). */
   extraStats?(): Promise<Record<string, number>>;
 }
@@ -61,4 +79,5 @@ export interface SystemAdapter {
 export interface AdapterContext {
   connectionString: string;
   schema: string;
+  profile: Profile;
 }

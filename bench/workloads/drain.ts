@@ -1,9 +1,10 @@
-// throughput, cpu and deep queue share one shape: jobs queued in bulk first, workers
-// booted (as far as each system can without taking jobs), then the clock starts with
-// startProcessing() and stops when the database records the last job as finished.
+// The backlog protocol, shared by throughput, cpu and deep queue: jobs queued in bulk
+// first, workers booted (as far as each system can without taking jobs), then the clock
+// starts with startProcessing() and stops when the database records the last job as
+// finished (or at the cap, for systems whose defaults would take hours).
 import { nowMs } from '../lib/stats.ts';
 import type { SystemAdapter, TaskName, WorkerOptions, BenchPayload } from '../systems/types.ts';
-import { CountingProbe, waitDrained } from './probe.ts';
+import { CountingProbe, waitDrained, type Drained } from './probe.ts';
 
 export interface DrainParams {
   task: TaskName;
@@ -13,6 +14,8 @@ export interface DrainParams {
   filler: number;
   worker: WorkerOptions;
   timeoutMs: number;
+  /** Stop measuring this long after the clock started, finished or not (Infinity: never). */
+  capMs: number;
 }
 
 export interface DrainResult {
@@ -24,7 +27,16 @@ export interface DrainResult {
   startMs: number;
   enqueueMs: number;
   fillMs: number;
+  /** The cap came before the last job finished: jobsPerSec counts handled jobs. */
+  capped: boolean;
   extra: Record<string, number>;
+}
+
+/** jobs / (clock start → last job finished), or handled jobs / (clock start → cap). */
+export function rateSince(t0: number, jobs: number, probe: CountingProbe, drained: Drained): { jobsPerSec: number; drainMs: number; capped: boolean } {
+  const drainMs = drained.at - t0;
+  const done = drained.complete ? jobs : Math.min(jobs, probe.handledCount);
+  return { jobsPerSec: done / (drainMs / 1000), drainMs, capped: !drained.complete };
 }
 
 export async function runDrain(adapter: SystemAdapter, p: DrainParams): Promise<DrainResult> {
@@ -47,9 +59,8 @@ export async function runDrain(adapter: SystemAdapter, p: DrainParams): Promise<
   const t0 = nowMs();
   await adapter.startProcessing();
   const startMs = nowMs() - t0;
-  const t1 = await waitDrained(adapter, probe, p.jobs, p.timeoutMs);
+  const drained = await waitDrained(adapter, probe, p.jobs, p.timeoutMs, t0 + p.capMs);
   const extra = (await adapter.extraStats?.()) ?? {};
   await adapter.stopWorkers();
-  const drainMs = t1 - t0;
-  return { jobsPerSec: p.jobs / (drainMs / 1000), drainMs, bootMs, startMs, enqueueMs, fillMs, extra };
+  return { ...rateSince(t0, p.jobs, probe, drained), bootMs, startMs, enqueueMs, fillMs, extra };
 }
