@@ -37,6 +37,11 @@ export const DEFAULTS = {
   statementTimeoutMs: 30_000,
   /** Delete succeeded jobs at once instead of keeping them for the retention period. */
   deleteSucceeded: false,
+  /**
+   * The largest handler result stored, in bytes of JSON (1 MiB, as for
+   * payloads); a larger one fails its job with GRAPEVINE_RESULT_TOO_LARGE.
+   */
+  maxResultBytes: 1_048_576,
   /** Jobs inserted per statement by addJobs(). */
   insertChunkSize: 5_000,
 } as const;

@@ -23,6 +23,8 @@ export interface ThreadConfig {
   logLevel: string;
   /** Succeeded jobs nobody waits for are deleted instead of recorded. */
   deleteSucceeded: boolean;
+  /** A handler's result whose JSON is larger fails its job instead of being stored. */
+  maxResultBytes: number;
 }
 
 /** What the supervisor asks of a thread (one piscina task). */

@@ -66,6 +66,11 @@ export interface SupervisorOptions {
    * The heartbeat gives up sooner, after a quarter of leaseMs.
    */
   statementTimeoutMs?: number;
+  /**
+   * The largest handler result stored, in bytes of JSON (default 1 MiB, up to
+   * 1 GiB); a larger one fails its job with GRAPEVINE_RESULT_TOO_LARGE.
+   */
+  maxResultBytes?: number;
   /** Connections per thread for handlers' helpers.query() and addJob() (default 4). */
   handlerConnections?: number;
   /** Per-thread limits, e.g. { maxOldGenerationSizeMb: 256 }: a handler over it kills only its thread. */
@@ -176,6 +181,8 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     handlerConnections: validatePositiveInt('handlerConnections', options.handlerConnections ?? DEFAULTS.threadHandlerConnections, { max: 100 }),
     logLevel: logger.level,
     deleteSucceeded: options.deleteSucceeded ?? DEFAULTS.deleteSucceeded,
+    // PostgreSQL stores no value over 1 GiB.
+    maxResultBytes: validatePositiveInt('maxResultBytes', options.maxResultBytes ?? DEFAULTS.maxResultBytes, { max: 1_073_741_824 }),
   };
   const threadPool = new ThreadPool({ threads, concurrency, config: threadConfig, resourceLimits: options.resourceLimits, logger });
   try {

@@ -116,7 +116,13 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   const finished = idsReporter(port, 'finished');
 
   // The handlers' statements wait for the claim's commit (see afterCommit).
-  const context: ExecuteContext = { logger, worker, connectionString: config.connectionString, ...afterCommit(helpers, committed) };
+  const context: ExecuteContext = {
+    logger,
+    worker,
+    connectionString: config.connectionString,
+    maxResultBytes: config.maxResultBytes,
+    ...afterCommit(helpers, committed),
+  };
   // Indexed like `jobs`: a map per batch cost a rehash every time it grew,
   // and an abort is rare enough to find its job by scanning.
   const switches: (JobAbortSwitch | null)[] = new Array(jobs.length).fill(null);

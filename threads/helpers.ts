@@ -17,6 +17,8 @@ export interface ExecuteContext extends DatabaseHelpers {
   worker: TaskHelpers['worker'];
   /** The thread's connection string: handlers' errors may echo it (apps often share DATABASE_URL), so its password is cut from stored errors. */
   connectionString: string;
+  /** A result whose JSON is larger fails its job instead of being stored. */
+  maxResultBytes: number;
 }
 
 /** The database helpers of one thread, on its handlers' pool. */
