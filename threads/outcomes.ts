@@ -235,6 +235,53 @@ export function refusedOutcomeText(kind: Outcome['kind'], refusal: unknown): str
 }
 
 /**
+ * JSON escapes as JSON.stringify writes them. Group 1: \u0000 (jsonb cannot
+ * hold NUL); group 2: a surrogate escape not part of an escaped pair (lone
+ * surrogates are escaped, whole pairs written as they are, except by a
+ * JSON.rawJSON). Matched left to right, so "\\u0000" (a backslash, then
+ * the text u0000) is not taken for one.
+ */
+const JSON_ESCAPE = /\\(?:u(?:(0000)|d[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}|(d[89a-f][0-9a-f]{2})|[0-9a-f]{4})|.)/gi;
+
+/**
+ * Why a result's JSON cannot be stored, as the job's error, or null if it
+ * can: over `maxResultBytes`, or holding what jsonb refuses. Checked here,
+ * before the write, so that the batch it would share is written as usual;
+ * whatever slips through is caught by the write itself (writeKind).
+ */
+export function unstorableResult(json: string, maxResultBytes: number): string | null {
+  // A UTF-16 unit takes one to three bytes: a short result needs no count.
+  if (json.length * 3 > maxResultBytes) {
+    const bytes = Buffer.byteLength(json);
+    if (bytes > maxResultBytes) {
+      return storedErrorText(
+        'GRAPEVINE_RESULT_TOO_LARGE',
+        `the result is ${bytes} bytes of JSON, over maxResultBytes (${maxResultBytes} bytes), so it was not stored: ` +
+          'store large data elsewhere and return a reference to it, or raise maxResultBytes',
+      );
+    }
+  }
+  if (!json.includes('\\u')) return null;
+  for (const m of json.matchAll(JSON_ESCAPE)) {
+    if (m[1] !== undefined) {
+      return storedErrorText(
+        'GRAPEVINE_RESULT_UNSTORABLE',
+        'the result holds a NUL character (\\u0000), which PostgreSQL cannot store in jsonb, so it was not stored: ' +
+          'remove it, or return binary data encoded (base64, hex)',
+      );
+    }
+    if (m[2] !== undefined) {
+      return storedErrorText(
+        'GRAPEVINE_RESULT_UNSTORABLE',
+        `the result holds a lone UTF-16 surrogate (\\u${m[2].toLowerCase()} without its other half, often a string cut inside an emoji), ` +
+          'which PostgreSQL cannot store in jsonb, so it was not stored: cut strings on code-point boundaries',
+      );
+    }
+  }
+  return null;
+}
+
+/**
  * The delete pairs ids with tokens by position, so each id goes in once: a
  * second outcome for the same job (a stale claim) is left to `complete`,
  * whose fence sorts it out.
