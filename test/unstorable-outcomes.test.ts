@@ -99,6 +99,7 @@ describe('a job whose outcome PostgreSQL cannot store', () => {
   });
 
   it('stays failed, its attempts counted and its allowance unchanged, once its supervisor stops', async () => {
+    expect(parked, 'the jobs the tests above failed for their results').toHaveLength(4);
     await supervisor.stop();
     const { rows } = await db.pool.query(`SELECT state, attempts, max_attempts FROM ${db.s}.jobs WHERE id = ANY($1::bigint[])`, [parked]);
     expect(rows).toHaveLength(parked.length);
