@@ -59,6 +59,11 @@ export const DEFAULTS = {
   supervisorLogMaxAgeMs: 7 * 24 * 3_600_000,
   /** Control messages and their responses older than this are deleted (1 day). */
   messageMaxAgeMs: 24 * 3_600_000,
+  /**
+   * The largest handler result stored, in bytes of JSON (1 MiB, as for
+   * payloads); a larger one fails its job with GRAPEVINE_RESULT_TOO_LARGE.
+   */
+  maxResultBytes: 1_048_576,
   /** Jobs inserted per statement by addJobs(). */
   insertChunkSize: 5_000,
 } as const;

@@ -1,3 +1,5 @@
+import { storableText } from './text.ts';
+
 /**
  * Every error grapevine throws on purpose is a GrapevineError with a stable
  * `code`. Callers branch on the code; messages are for people and may change.
@@ -26,7 +28,10 @@ export type ErrorCode =
   | 'GRAPEVINE_CLAIM_NOT_COMMITTED'
   | 'GRAPEVINE_TRANSACTION_LEFT_OPEN'
   | 'GRAPEVINE_TRANSACTION_ROLLED_BACK'
-  | 'GRAPEVINE_TRANSACTION_ENDED';
+  | 'GRAPEVINE_TRANSACTION_ENDED'
+  | 'GRAPEVINE_RESULT_TOO_LARGE'
+  | 'GRAPEVINE_RESULT_UNSTORABLE'
+  | 'GRAPEVINE_ERROR_UNSTORABLE';
 
 export class GrapevineError extends Error {
   readonly code: ErrorCode;
@@ -52,6 +57,15 @@ export interface SerializedError {
   cause?: SerializedError;
 }
 
+/**
+ * Bounds on what is kept of a handler's error: it is stored in last_error
+ * and logged, and a message may be a whole response body or a value in a loop.
+ */
+const MAX_MESSAGE_CHARS = 8_192;
+const MAX_STACK_CHARS = 16_384;
+/** The longest last_error stored: a message and its stack, with a few causes. */
+export const MAX_STORED_ERROR_CHARS = 65_536;
+
 /** Causes kept below an error: enough for errors wrapped a few times, bounded for a chain built in a loop. */
 const MAX_CAUSES = 8;
 
@@ -75,18 +89,20 @@ export function serializeError(err: unknown): SerializedError {
 function serializeOne(err: unknown): SerializedError {
   // Handlers may throw anything (`throw null`, a string, an object whose
   // toString throws, a Proxy that throws on every access); the job must
-  // still get a readable failure record, so no read here may throw.
+  // still get a readable failure record, so no read here may throw. The
+  // texts are made storable here (see storableText): a NUL or a lone
+  // surrogate in them would make PostgreSQL refuse the job's outcome.
   if (isError(err)) {
     const error = err as Error;
     const code = safeRead(() => (error as { code?: unknown }).code, undefined);
     return {
-      name: safeString(() => error.name, 'Error'),
-      message: safeString(() => error.message, '(the error message could not be read)'),
-      stack: safeString(() => error.stack ?? '', '') || undefined,
-      code: typeof code === 'string' ? code : undefined,
+      name: storableText(safeString(() => error.name, 'Error'), MAX_MESSAGE_CHARS),
+      message: storableText(safeString(() => error.message, '(the error message could not be read)'), MAX_MESSAGE_CHARS),
+      stack: storableText(safeString(() => error.stack ?? '', ''), MAX_STACK_CHARS) || undefined,
+      code: typeof code === 'string' ? storableText(code, MAX_MESSAGE_CHARS) : undefined,
     };
   }
-  return { name: 'NonErrorThrown', message: safeString(() => describeThrown(err), 'unprintable value thrown') };
+  return { name: 'NonErrorThrown', message: storableText(safeString(() => describeThrown(err), 'unprintable value thrown'), MAX_MESSAGE_CHARS) };
 }
 
 function isError(value: unknown): value is Error {
@@ -118,6 +134,15 @@ function safeString(read: () => string, fallback: string): string {
   } catch {
     return fallback;
   }
+}
+
+/**
+ * The stored text of an error grapevine itself gives a job, such as a result
+ * it could not store: no stack, since where grapevine noticed tells the
+ * reader nothing.
+ */
+export function storedErrorText(code: ErrorCode, message: string): string {
+  return formatStoredError({ name: 'GrapevineError', code, message });
 }
 
 /** The text kept in jobs.last_error: message first, then the stack, then each cause the same way. */

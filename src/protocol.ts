@@ -25,6 +25,8 @@ export interface ThreadConfig {
   logFormat: LogFormat;
   /** Succeeded jobs nobody waits for are deleted instead of recorded. */
   deleteSucceeded: boolean;
+  /** A handler's result whose JSON is larger fails its job instead of being stored. */
+  maxResultBytes: number;
 }
 
 /** What the supervisor asks of a thread (one piscina task). */

@@ -65,6 +65,11 @@ export interface SupervisorOptions {
    * The heartbeat gives up sooner, after a quarter of leaseMs.
    */
   statementTimeoutMs?: number;
+  /**
+   * The largest handler result stored, in bytes of JSON (default 1 MiB, up to
+   * 1 GiB); a larger one fails its job with GRAPEVINE_RESULT_TOO_LARGE.
+   */
+  maxResultBytes?: number;
   /** Connections per thread for handlers' helpers.query() and addJob() (default 4). */
   handlerConnections?: number;
   /** Per-thread limits, e.g. { maxOldGenerationSizeMb: 256 }: a handler over it kills only its thread. */
@@ -100,6 +105,8 @@ export const OPTION_RANGES = {
   statementTimeoutMs: { min: 100, max: HOUR_MS },
   handlerConnections: { min: 1, max: 100 },
   idleTimeoutMs: { min: 0, max: MAX_IDLE_TIMEOUT_MS },
+  // PostgreSQL stores no value over 1 GiB.
+  maxResultBytes: { min: 1, max: 1_073_741_824 },
 } as const;
 
 type NumericOption = keyof typeof OPTION_RANGES;
@@ -174,6 +181,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     logLevel: logger.level,
     logFormat: logFormatOf(logger),
     deleteSucceeded: options.deleteSucceeded ?? DEFAULTS.deleteSucceeded,
+    maxResultBytes: numeric(options, 'maxResultBytes', DEFAULTS.maxResultBytes),
   };
   const threadPool = new ThreadPool({ threads, concurrency, config: threadConfig, resourceLimits: options.resourceLimits, logger });
   try {

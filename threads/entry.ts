@@ -1,8 +1,8 @@
 /**
- * The piscina task module: one copy runs in every thread. It keeps its own
- * pg pools for the life of the thread, loads the task modules once, and for
- * each request claims a batch with SKIP LOCKED, runs the handlers and records
- * their outcomes.
+ * The piscina task module: one copy runs in every thread. It opens the
+ * thread's pools (pools.ts) and handlers' helpers (helpers.ts) once, loads
+ * the task modules once, and for each request claims a batch with SKIP
+ * LOCKED, runs the handlers and records their outcomes.
  *
  * Nothing here may throw at import time: piscina never settles tasks queued
  * for a thread that fails while booting, so load errors are kept and reported
@@ -10,35 +10,24 @@
  */
 import { threadId, workerData } from 'node:worker_threads';
 import type { MessagePort } from 'node:worker_threads';
-import type pg from 'pg';
-import { createClient, type Client } from '../src/client.ts';
-import { checkOut, createPool, inTransaction, withClient, type CheckedOut } from '../src/db.ts';
-import { GrapevineError, serializeError } from '../src/errors.ts';
+import { serializeError } from '../src/errors.ts';
 import { createLogger } from '../src/log.ts';
 import type { AbortKind, BatchEvent, SupervisorSignal, ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
-import type { TaskHelpers } from '../src/task.ts';
 import { claimByIdsQuery, claimNextQuery, hasDue, type ClaimedJobRow, type ClaimParams } from '../src/sql/jobs.ts';
 import { claimBatch } from './claim.ts';
-import { executeJob, JobAbortSwitch, type ExecuteContext } from './execute.ts';
+import { executeJob, JobAbortSwitch } from './execute.ts';
+import { afterCommit, databaseHelpers, type ExecuteContext } from './helpers.ts';
 import { OutcomeWriter, type Outcome, type OutcomeSink } from './outcomes.ts';
+import { openThreadPools } from './pools.ts';
 import { loadTasks, type LoadedTasks } from './registry.ts';
 
 const config = workerData as ThreadConfig;
 const logger = createLogger({ level: config.logLevel, format: config.logFormat }).child({ supervisor: config.supervisorId, threadId });
-const onIdleError = (err: Error) => logger.debug({ err: err.message }, 'idle database connection closed');
-// Claims and outcome writes keep their connections open: a job arriving
-// after a quiet spell must not pay for a new connection (and its auth).
-const systemPool = createPool(config.connectionString, {
-  max: config.systemConnections,
-  min: config.systemConnections,
-  applicationName: `grapevine-thread-${threadId}`,
-  onIdleError,
-  // A claim sends BEGIN, itself and COMMIT without waiting between them (claimBatch).
-  pipeline: true,
-});
-void warmConnections();
-const writer = new OutcomeWriter(systemPool, config.schema, { baseMs: config.retryBaseMs, maxMs: config.retryMaxMs, deleteSucceeded: config.deleteSucceeded }, logger);
+const pools = openThreadPools(config, logger);
+const writer = new OutcomeWriter(pools.system, config.schema, { baseMs: config.retryBaseMs, maxMs: config.retryMaxMs, deleteSucceeded: config.deleteSucceeded }, logger);
 const tasks: Promise<LoadedTasks> = loadTasks(config.tasksPath).catch((err: Error) => ({ handlers: new Map(), timeouts: new Map(), error: err }));
+const helpers = databaseHelpers(pools, config.schema);
+const worker: ExecuteContext['worker'] = { supervisorId: config.supervisorId, threadId, schema: config.schema };
 
 // Batches whose ports are open. If the thread exits (a handler's
 // process.exit(), an uncaught error), each is told why at once: the
@@ -56,131 +45,6 @@ process.on('exit', (code) => {
   const error = fatal === undefined ? null : serializeError(fatal);
   for (const port of openPorts) post(port, { type: 'exiting', code, error });
 });
-
-// Handlers get their own pool, so a handler that holds every connection
-// cannot starve claims and outcome writes.
-let handlerPool: ReturnType<typeof createPool> | null = null;
-let handlerClient: Client | null = null;
-function handlerConnections(): ReturnType<typeof createPool> {
-  handlerPool ??= createPool(config.connectionString, {
-    max: config.handlerConnections,
-    applicationName: `grapevine-handler-${threadId}`,
-    onIdleError,
-  });
-  return handlerPool;
-}
-
-/** A client of the handlers' pool; a wait for one that times out is named for what it is. */
-async function checkOutHandlerClient(): Promise<CheckedOut> {
-  const pool = handlerConnections();
-  try {
-    return await checkOut(pool);
-  } catch (err) {
-    // pg says only "timeout exceeded when trying to connect", which reads like
-    // the database is down; here it means the handlers hold every connection.
-    if (/timeout exceeded when trying to connect/.test((err as Error).message) && pool.totalCount >= config.handlerConnections) {
-      throw new Error(
-        `handler pool exhausted: all ${config.handlerConnections} connections of thread ${threadId} are in use ` +
-          `(${pool.waitingCount} waiting); release connections sooner or raise handlerConnections`,
-        { cause: err },
-      );
-    }
-    throw err;
-  }
-}
-
-// A transaction left open on a pooled connection would hold its locks and
-// take in the statements of whichever job gets that connection next, none
-// of them ever committed.
-async function handlerQuery(text: string, params?: unknown[]) {
-  const { client, release } = await checkOutHandlerClient();
-  let result: pg.QueryResult;
-  try {
-    result = await client.query(text, params as unknown[]);
-  } catch (err) {
-    // Discarded, as pool.query() does: the error arrives before the server
-    // says whether it left an aborted transaction ("BEGIN; ...; bad").
-    release(err as Error);
-    throw err;
-  }
-  // Known here: a statement's promise resolves when the server says it is ready for the next.
-  if (client.getTransactionStatus() === 'I') {
-    release();
-    return result;
-  }
-  await client.query('ROLLBACK').then(
-    () => release(),
-    (err: Error) => release(err),
-  );
-  throw new GrapevineError(
-    'GRAPEVINE_TRANSACTION_LEFT_OPEN',
-    'query() ended inside a transaction (a BEGIN without its COMMIT in the same call), so it was rolled back: ' +
-      'each query() call may run on another connection. Run statements that belong together in ' +
-      'helpers.transaction(async (query) => { ... }).',
-  );
-}
-
-async function handlerTransaction<T>(fn: (query: TaskHelpers['query']) => Promise<T>): Promise<T> {
-  const { client, release } = await checkOutHandlerClient();
-  let open = true;
-  const ended = (why: string) => new GrapevineError('GRAPEVINE_TRANSACTION_ENDED', why);
-  const query = (async (text: string, params?: unknown[]) => {
-    if (!open) throw ended('this transaction has ended: its query() cannot be used after it');
-    const result = await client.query(text, params as unknown[]);
-    if (client.getTransactionStatus() === 'I') {
-      open = false;
-      throw ended(`"${text.slice(0, 40)}" ended the transaction inside transaction(): return from the function to commit, throw to roll back`);
-    }
-    return result;
-  }) as TaskHelpers['query'];
-  try {
-    const value = await inTransaction(client, async () => {
-      try {
-        return await fn(query);
-      } finally {
-        open = false;
-      }
-    });
-    release();
-    return value;
-  } catch (err) {
-    // Whatever went wrong, the connection goes: it may still be inside the transaction.
-    release(err instanceof Error ? err : new Error('the transaction failed'));
-    throw err;
-  }
-}
-
-function handlerAddJob(...args: Parameters<Client['addJob']>) {
-  handlerClient ??= createClient({ pool: handlerConnections(), schema: config.schema, migrate: false });
-  return handlerClient.addJob(...args);
-}
-
-const executeContext: ExecuteContext = {
-  logger,
-  worker: { supervisorId: config.supervisorId, threadId, schema: config.schema },
-  query: handlerQuery as never,
-  transaction: handlerTransaction,
-  addJob: handlerAddJob,
-  connectionString: config.connectionString,
-};
-
-/**
- * Opens the claim connections now, and has each look at the queue once
- * (`has_due`). A new backend's first statement on the jobs table loads the
- * table's and its indexes' catalog entries: a first claim took 12 ms on an
- * idle bench host against 2.8 ms after this (25-40 ms under load), and it
- * would fall on this thread's first job, typically a crashed thread's job
- * re-run on its replacement. A read, so it takes no row locks and fires no
- * triggers; a claim of nothing would have warmed a little more but runs an
- * UPDATE.
- */
-async function warmConnections(): Promise<void> {
-  // Concurrent checkouts, so that each connection of the pool is warmed.
-  const results = await Promise.allSettled(
-    Array.from({ length: config.systemConnections }, () => withClient(systemPool, (client) => hasDue(client, config.schema, { tasks: [], queues: config.queues }))),
-  );
-  for (const r of results) if (r.status === 'rejected') logger.debug({ err: (r.reason as Error).message }, 'could not warm a claim connection');
-}
 
 export default async function run(request: ThreadRequest): Promise<ThreadResponse> {
   switch (request.type) {
@@ -229,7 +93,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       request.type === 'claim-ids'
         ? claimByIdsQuery(config.schema, { ...who, ids: request.ids })
         : claimNextQuery(config.schema, { ...who, limit: request.count });
-    ({ jobs, committed } = await claimBatch(systemPool, claim));
+    ({ jobs, committed } = await claimBatch(pools.system, claim));
   } catch (err) {
     endBatch(port);
     return { ...NOTHING_CLAIMED, threadId, claimError: serializeError(err) };
@@ -240,7 +104,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   const dueLeft =
     request.type === 'claim-next' && jobs.length < requested
       ? // After the commit: before it, this batch's own rows still look pending.
-        committed.then(() => hasDue(systemPool, config.schema, { tasks: known, queues: config.queues })).then(
+        committed.then(() => hasDue(pools.system, config.schema, { tasks: known, queues: config.queues })).then(
           (due) => due,
           () => true,
         )
@@ -251,23 +115,13 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   const handled = idsReporter(port, 'handled');
   const finished = idsReporter(port, 'finished');
 
-  // The handlers' statements wait for the claim's commit (see claimBatch).
-  // If it failed, the claim may have rolled back and the job may run again
-  // under the same attempt: this run must not reach the database.
-  const afterCommit = async () => {
-    const err = await committed;
-    if (err) {
-      throw new GrapevineError(
-        'GRAPEVINE_CLAIM_NOT_COMMITTED',
-        `the claim of this job could not be committed (${err.message}); it may run again, so this run's statements are refused`,
-      );
-    }
-  };
+  // The handlers' statements wait for the claim's commit (see afterCommit).
   const context: ExecuteContext = {
-    ...executeContext,
-    query: ((text: string, params?: unknown[]) => afterCommit().then(() => handlerQuery(text, params))) as never,
-    transaction: (fn) => afterCommit().then(() => handlerTransaction(fn)),
-    addJob: (...args) => afterCommit().then(() => handlerAddJob(...args)),
+    logger,
+    worker,
+    connectionString: config.connectionString,
+    maxResultBytes: config.maxResultBytes,
+    ...afterCommit(helpers, committed),
   };
   // Indexed like `jobs`: a map per batch cost a rehash every time it grew,
   // and an abort is rare enough to find its job by scanning.

@@ -1,21 +1,11 @@
-import { threadId } from 'node:worker_threads';
-import type { Logger } from 'pino';
-import { formatStoredError, serializeError } from '../src/errors.ts';
+import { formatStoredError, MAX_STORED_ERROR_CHARS, serializeError } from '../src/errors.ts';
 import type { AbortKind } from '../src/protocol.ts';
 import { redactSecret } from '../src/redact.ts';
-import type { TaskHandler, TaskHelpers } from '../src/task.ts';
+import { storableText } from '../src/text.ts';
+import type { TaskHandler } from '../src/task.ts';
 import type { ClaimedJobRow } from '../src/sql/jobs.ts';
-import type { Outcome } from './outcomes.ts';
-
-export interface ExecuteContext {
-  logger: Logger;
-  worker: TaskHelpers['worker'];
-  query: TaskHelpers['query'];
-  transaction: TaskHelpers['transaction'];
-  addJob: TaskHelpers['addJob'];
-  /** The thread's connection string: handlers' errors may echo it (apps often share DATABASE_URL), so its password is cut from stored errors. */
-  connectionString: string;
-}
+import { JobHelpers, type ExecuteContext } from './helpers.ts';
+import { unstorableResult, type Outcome } from './outcomes.ts';
 
 /**
  * Runs one claimed job's handler and turns whatever happens into an outcome.
@@ -29,48 +19,12 @@ export async function executeJob(job: ClaimedJobRow, handler: TaskHandler, abort
     if (abort.reason) return aborted(job, abort.reason, context);
     const result = toJson(value);
     if (result instanceof Error) return failure(job, `${result.message}`, false, context);
+    const refused = unstorableResult(result, context.maxResultBytes);
+    if (refused !== null) return failure(job, refused, false, context);
     return { kind: 'success', id: job.id, token: job.claim_token, result };
   } catch (err) {
     if (abort.reason) return aborted(job, abort.reason, context);
     return failure(job, formatStoredError(serializeError(err)), isRetryable(err), context);
-  }
-}
-
-/**
- * What a handler gets besides its payload. A class rather than an object
- * literal: the literal's two getters were two closures, a scope and two
- * accessor pairs made for every job, though most handlers read neither. The
- * logger and the signal are made on first use.
- */
-class JobHelpers implements TaskHelpers {
-  readonly job: TaskHelpers['job'];
-  readonly worker: TaskHelpers['worker'];
-  readonly query: TaskHelpers['query'];
-  readonly transaction: TaskHelpers['transaction'];
-  readonly addJob: TaskHelpers['addJob'];
-  #logger: TaskHelpers['logger'] | null = null;
-  readonly #abort: JobAbortSwitch;
-  readonly #context: ExecuteContext;
-
-  constructor(job: ClaimedJobRow, abort: JobAbortSwitch, context: ExecuteContext) {
-    this.job = { id: job.id, task: job.task, queue: job.queue, attempt: job.attempts, maxAttempts: job.max_attempts };
-    this.worker = context.worker;
-    this.query = context.query;
-    this.transaction = context.transaction;
-    this.addJob = context.addJob;
-    this.#abort = abort;
-    this.#context = context;
-  }
-
-  /** A pino child per job costs more than a short job, so it is made only when used. */
-  get logger(): TaskHelpers['logger'] {
-    const { job } = this;
-    this.#logger ??= this.#context.logger.child({ jobId: job.id, task: job.task, attempt: job.attempt, threadId });
-    return this.#logger;
-  }
-
-  get signal(): AbortSignal {
-    return this.#abort.signal;
   }
 }
 
@@ -108,9 +62,14 @@ function isRetryable(err: unknown): boolean {
   }
 }
 
-/** Handlers' errors may echo the connection string: its password is cut before the error is stored. */
+/**
+ * Handlers' errors may echo the connection string: its password is cut
+ * before the error is stored. The text is bounded and made storable, so that
+ * PostgreSQL never refuses it.
+ */
 function failure(job: ClaimedJobRow, error: string, retryable: boolean, context: ExecuteContext): Outcome {
-  return { kind: 'failure', id: job.id, token: job.claim_token, error: redactSecret(error, context.connectionString), retryable };
+  const text = storableText(redactSecret(error, context.connectionString), MAX_STORED_ERROR_CHARS);
+  return { kind: 'failure', id: job.id, token: job.claim_token, error: text, retryable };
 }
 
 /** A timed-out attempt is retried like any failure; a cancelled job is not. */

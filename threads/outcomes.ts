@@ -1,7 +1,9 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { backoffMs } from '../src/backoff.ts';
+import { storedErrorText } from '../src/errors.ts';
 import { completeJobs, deleteSucceeded, failJobs, type CompletedJob, type FailedJob } from '../src/sql/jobs.ts';
+import { storableText } from '../src/text.ts';
 
 export type Outcome =
   | { kind: 'success'; id: string; token: string; result: string }
@@ -18,9 +20,10 @@ export interface OutcomeSink {
 }
 
 interface Pending {
+  /** Replaced by a failure when PostgreSQL refuses to store it (see park). */
   outcome: Outcome;
   sink: OutcomeSink;
-  /** Settled already (deleted as succeeded): not part of a retry. */
+  /** Its sink has heard: not part of a retry. */
   settled?: boolean;
 }
 
@@ -29,7 +32,9 @@ interface Pending {
  * one statement per kind. While one write is in flight, new outcomes queue up
  * and go out together in the next, so the batch grows with the load. A write
  * that fails (database down) is retried with backoff: an outcome is never
- * dropped, and if the claim was lost meanwhile the fence rejects it.
+ * dropped, and if the claim was lost meanwhile the fence rejects it. A write
+ * refused for a value it holds is split instead, so that one job's outcome
+ * cannot hold up the others (see writeKind).
  */
 export class OutcomeWriter {
   private queue: Pending[] = [];
@@ -71,51 +76,104 @@ export class OutcomeWriter {
     this.flushing = true;
     const batch = this.queue;
     this.queue = [];
-    const successes = batch.filter((p) => p.outcome.kind === 'success');
-    const failures = batch.filter((p) => p.outcome.kind === 'failure');
-    try {
-      const rejected = new Set<string>();
-      const writes: Promise<void>[] = [];
-      if (successes.length > 0) writes.push(this.writeSuccesses(successes, rejected));
-      if (failures.length > 0) {
-        const jobs = failures.map(({ outcome: o }) => {
-          const f = o as Extract<Outcome, { kind: 'failure' }>;
-          return { id: f.id, token: f.token, error: f.error, retryable: f.retryable } satisfies FailedJob;
-        });
-        writes.push(
-          failJobs(this.pool, this.schema, { jobs, retryBaseMs: this.options.baseMs, retryMaxMs: this.options.maxMs }).then((ids) => this.collect(ids, rejected)),
-        );
-      }
-      await Promise.all(writes);
+    const [successError, failureError] = await Promise.all([
+      this.writeKind(batch.filter((p) => p.outcome.kind === 'success')),
+      this.writeKind(batch.filter((p) => p.outcome.kind === 'failure')),
+    ]);
+    const err = successError ?? failureError;
+    this.flushing = false;
+    if (err === null) {
       this.failures = 0;
-      // Indexed loops here: this runs once per write, too rarely for V8 to
-      // optimise away a for-of's iterator, which then allocates per element.
-      for (let i = 0; i < batch.length; i++) {
-        const p = batch[i];
-        if (!p.settled) p.sink.recorded(p.outcome, !rejected.has(p.outcome.id));
-      }
-    } catch (err) {
-      // The statements are idempotent under the fence, so what is not settled can be retried.
-      this.failures++;
-      this.queue = retryFirst(batch, this.queue);
-      const delay = backoffMs({ attempt: this.failures, baseMs: 50, maxMs: 2_000 });
-      if (this.failures === 1 || this.failures % 20 === 0) {
-        this.logger.warn({ err: (err as Error).message, jobs: batch.length }, 'could not record job outcomes; retrying');
-      }
-      this.flushing = false;
-      this.schedule(delay);
+      if (this.queue.length > 0) this.schedule(0);
       return;
     }
-    this.flushing = false;
-    if (this.queue.length > 0) this.schedule(0);
+    // The statements are idempotent under the fence, so what is not settled can be retried.
+    this.failures++;
+    this.queue = retryFirst(batch, this.queue);
+    const delay = backoffMs({ attempt: this.failures, baseMs: 50, maxMs: 2_000 });
+    if (this.failures === 1 || this.failures % 20 === 0) {
+      this.logger.warn({ err: (err as Error).message, jobs: batch.length }, 'could not record job outcomes; retrying');
+    }
+    this.schedule(delay);
+  }
+
+  /**
+   * Writes outcomes of one kind together, and settles them. A write refused
+   * for a value it holds (isDataError) would be refused again, so it is not
+   * retried as it was: each outcome is written on its own, and one still
+   * refused fails its job instead (park). Returns the error to retry the
+   * unsettled outcomes on, or null.
+   */
+  private async writeKind(items: Pending[]): Promise<unknown> {
+    if (items.length === 0) return null;
+    try {
+      await this.write(items);
+      return null;
+    } catch (err) {
+      if (!isDataError(err)) return err;
+      const left = items.filter((p) => !p.settled);
+      if (left.length === 1) return this.park(left[0], err);
+      for (const p of left) {
+        const refused = await this.write([p]).then(
+          () => null,
+          (alone: unknown) => alone,
+        );
+        const retry = refused === null || !isDataError(refused) ? refused : await this.park(p, refused);
+        // A connection error: the rest wait for the retry with this one.
+        if (retry !== null) return retry;
+      }
+      return null;
+    }
+  }
+
+  /** One statement for outcomes of one kind; their sinks hear whether the fence accepted each. */
+  private async write(items: Pending[]): Promise<void> {
+    let rejected: string[];
+    if (items[0].outcome.kind === 'success') {
+      rejected = await this.writeSuccesses(items);
+    } else {
+      const jobs = items.map(({ outcome: o }) => {
+        const f = o as Extract<Outcome, { kind: 'failure' }>;
+        return { id: f.id, token: f.token, error: f.error, retryable: f.retryable } satisfies FailedJob;
+      });
+      rejected = await failJobs(this.pool, this.schema, { jobs, retryBaseMs: this.options.baseMs, retryMaxMs: this.options.maxMs });
+    }
+    const fenced = rejected.length === 0 ? null : new Set(rejected);
+    // Indexed loops here: this runs once per write, too rarely for V8 to
+    // optimise away a for-of's iterator, which then allocates per element.
+    for (let i = 0; i < items.length; i++) {
+      const p = items[i];
+      if (p.settled) continue;
+      p.settled = true;
+      p.sink.recorded(p.outcome, !fenced?.has(p.outcome.id));
+    }
+  }
+
+  /**
+   * Fails the job whose outcome PostgreSQL refused, fenced on its claim like
+   * any outcome, with a description of the refusal in place of the value.
+   * Not retried: the handler would most likely return the same again.
+   * Returns the error to retry on (the description itself is always
+   * storable), or null.
+   */
+  private async park(p: Pending, refusal: unknown): Promise<unknown> {
+    const { id, token, kind } = p.outcome;
+    const error = refusedOutcomeText(kind, refusal);
+    this.logger.warn({ jobId: id, err: error }, 'a job outcome could not be stored; the job failed instead');
+    p.outcome = { kind: 'failure', id, token, error, retryable: false };
+    return this.write([p]).then(
+      () => null,
+      (err: unknown) => err,
+    );
   }
 
   /**
    * Records successes; with deleteSucceeded, deletes them first and records
    * only those the delete left (someone waits for them, a cancel was asked,
    * or the fence turned them away — `complete` then sorts those out).
+   * Returns the ids the fence turned away.
    */
-  private async writeSuccesses(successes: Pending[], rejected: Set<string>): Promise<void> {
+  private async writeSuccesses(successes: Pending[]): Promise<string[]> {
     let record = successes;
     if (this.options.deleteSucceeded) {
       const { once, repeats } = oncePerJob(successes);
@@ -137,16 +195,90 @@ export class OutcomeWriter {
           p.sink.recorded(p.outcome, true);
         }
       }
-      if (record.length === 0) return;
+      if (record.length === 0) return [];
     }
     // The outcomes themselves: a success is a CompletedJob, and a copy per job would cost an object each.
     const jobs: CompletedJob[] = record.map((p) => p.outcome as Extract<Outcome, { kind: 'success' }>);
-    this.collect(await completeJobs(this.pool, this.schema, { jobs }), rejected);
+    return completeJobs(this.pool, this.schema, { jobs });
   }
+}
 
-  private collect(ids: string[], rejected: Set<string>): void {
-    for (const id of ids) rejected.add(id);
+/**
+ * Whether a failed write was refused for a value it holds rather than for
+ * how it was sent, so that sending it again would fail again: PostgreSQL's
+ * data exceptions (class 22: a NUL or a lone surrogate in JSON, a number out
+ * of range), integrity violations (23) and program limits (54: a value over
+ * jsonb's size limit), or a RangeError from building a statement too large
+ * for one string. Connection errors and timeouts are none of these.
+ */
+export function isDataError(err: unknown): boolean {
+  if (err instanceof RangeError) return true;
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && /^(22|23|54)/.test(code);
+}
+
+/** The longest description of a refusal kept: PostgreSQL's detail may quote part of the value. */
+const MAX_REFUSAL_CHARS = 2_000;
+
+/** What a parked job's last_error says: which field, and why PostgreSQL (or the write) refused it. */
+export function refusedOutcomeText(kind: Outcome['kind'], refusal: unknown): string {
+  const field = kind === 'success' ? 'result' : 'error';
+  const e = (refusal ?? {}) as { code?: unknown; message?: unknown; detail?: unknown; name?: unknown };
+  const why =
+    typeof e.code === 'string'
+      ? `PostgreSQL refused it with ${e.code}: ${String(e.message)}${typeof e.detail === 'string' ? ` (${e.detail})` : ''}`
+      : `${String(e.name)}: ${String(e.message)}`;
+  return storedErrorText(
+    kind === 'success' ? 'GRAPEVINE_RESULT_UNSTORABLE' : 'GRAPEVINE_ERROR_UNSTORABLE',
+    storableText(`the job's ${field} could not be stored, ${why}; this description replaces it, and the job failed without a retry`, MAX_REFUSAL_CHARS),
+  );
+}
+
+/**
+ * JSON escapes as JSON.stringify writes them. Group 1: \u0000 (jsonb cannot
+ * hold NUL); group 2: a surrogate escape not part of an escaped pair (lone
+ * surrogates are escaped, whole pairs written as they are, except by a
+ * JSON.rawJSON). Matched left to right, so "\\u0000" (a backslash, then
+ * the text u0000) is not taken for one.
+ */
+const JSON_ESCAPE = /\\(?:u(?:(0000)|d[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}|(d[89a-f][0-9a-f]{2})|[0-9a-f]{4})|.)/gi;
+
+/**
+ * Why a result's JSON cannot be stored, as the job's error, or null if it
+ * can: over `maxResultBytes`, or holding what jsonb refuses. Checked here,
+ * before the write, so that the batch it would share is written as usual;
+ * whatever slips through is caught by the write itself (writeKind).
+ */
+export function unstorableResult(json: string, maxResultBytes: number): string | null {
+  // A UTF-16 unit takes one to three bytes: a short result needs no count.
+  if (json.length * 3 > maxResultBytes) {
+    const bytes = Buffer.byteLength(json);
+    if (bytes > maxResultBytes) {
+      return storedErrorText(
+        'GRAPEVINE_RESULT_TOO_LARGE',
+        `the result is ${bytes} bytes of JSON, over maxResultBytes (${maxResultBytes} bytes), so it was not stored: ` +
+          'store large data elsewhere and return a reference to it, or raise maxResultBytes',
+      );
+    }
   }
+  if (!json.includes('\\u')) return null;
+  for (const m of json.matchAll(JSON_ESCAPE)) {
+    if (m[1] !== undefined) {
+      return storedErrorText(
+        'GRAPEVINE_RESULT_UNSTORABLE',
+        'the result holds a NUL character (\\u0000), which PostgreSQL cannot store in jsonb, so it was not stored: ' +
+          'remove it, or return binary data encoded (base64, hex)',
+      );
+    }
+    if (m[2] !== undefined) {
+      return storedErrorText(
+        'GRAPEVINE_RESULT_UNSTORABLE',
+        `the result holds a lone UTF-16 surrogate (\\u${m[2].toLowerCase()} without its other half, often a string cut inside an emoji), ` +
+          'which PostgreSQL cannot store in jsonb, so it was not stored: cut strings on code-point boundaries',
+      );
+    }
+  }
+  return null;
 }
 
 /**

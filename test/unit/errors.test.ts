@@ -127,6 +127,18 @@ describe('serializeError', () => {
     expect(serializeError(err)).toEqual({ name: 'Error', message: 'outer', stack: err.stack, code: undefined });
   });
 
+  it('makes message, stack and thrown values storable: NUL and lone surrogates become U+FFFD, and long texts are cut', () => {
+    const err = new Error('bad \u0000 byte and half an emoji \ud83d');
+    const s = serializeError(err);
+    expect(s.message).toBe('bad \ufffd byte and half an emoji \ufffd');
+    expect(s.stack).toMatch(/^Error: bad \ufffd byte and half an emoji \ufffd\n\s+at /);
+    expect(serializeError('thrown \udc00').message).toBe('thrown \ufffd');
+    const long = serializeError(new Error('x'.repeat(100_000)));
+    expect(long.message.length).toBeLessThanOrEqual(8_192);
+    expect(long.message.endsWith('…')).toBe(true);
+    expect(long.stack!.length).toBeLessThanOrEqual(16_384);
+  });
+
   it('gives a plain-data result that survives structured cloning between threads', () => {
     const s = serializeError(Object.assign(new Error('m', { cause: new Error('c') }), { code: 'E' }));
     expect(structuredClone(s)).toEqual(s);
