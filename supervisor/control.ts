@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { idleTimeoutSecondsToMs, MAX_IDLE_TIMEOUT_MS } from '../src/config.ts';
 import { throttledWarnings } from '../src/log.ts';
 import { describeConnection } from '../src/redact.ts';
+import { storableText } from '../src/text.ts';
 import { pendingMessages, respond, type MessageRow } from '../src/sql/control.ts';
 import { setSupervisorStatus } from '../src/sql/supervisors.ts';
 import { VERSION } from '../src/version.ts';
@@ -322,10 +323,10 @@ function toJson(value: unknown): unknown {
 function describeArgs(args: unknown): string {
   if (args === null || args === undefined) return '';
   const text = typeof args === 'string' ? args : JSON.stringify(args);
-  return ` ${text.length > 200 ? `${text.slice(0, 200)}...` : text}`;
+  return ` ${storableText(text, 200)}`;
 }
 
 function summarize(value: unknown): string {
   const text = typeof value === 'string' ? value : JSON.stringify(value);
-  return text.length > 80 ? `${text.slice(0, 80)}...` : text;
+  return storableText(text, 80);
 }

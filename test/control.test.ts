@@ -213,6 +213,17 @@ describe('messages and responses', () => {
     await A.process.waitFor(/"msg":"hello from the test"/);
   });
 
+  it('an ECHO whose logged text would be cut inside an emoji is answered, and so is the PING behind it', async () => {
+    // The log keeps 200 UTF-16 units of a message's text: unit 200 is the first half of this emoji.
+    const text = `${'x'.repeat(199)}😀 and more`;
+    const echo = await control.send('ECHO', text, { supervisors: [A.id] });
+    const ping = await control.sendAndWait('PING', undefined, { supervisors: [A.id] });
+    expect(ping[A.id].value).toBe('PONG');
+    expect((await control.getResponse(echo, { supervisor: A.id }))[A.id].value).toBe('OK');
+    const logged = (await eventsOnce(A.id, /^MESSAGE ECHO x{199}/)).find((e) => e.startsWith('MESSAGE ECHO x'));
+    expect(logged).toBe(`MESSAGE ECHO ${'x'.repeat(199)}… (message ${echo})`);
+  });
+
   it('INFO describes the supervisor, with the connection target but never the password', async () => {
     const info = (await control.sendAndWait('INFO', undefined, { supervisors: [A.id] }))[A.id].value as Record<string, unknown>;
     expect(info).toMatchObject({
