@@ -31,36 +31,37 @@ async function failureOf(text: string, values: unknown[] = []): Promise<{ code?:
 }
 
 describe('the schema payload limit', () => {
-  it('is 1 MiB in a new schema', async () => {
+  it('is 1 MiB in a new schema, and at least 1 KiB', async () => {
     const { rows } = await db.pool.query(`SELECT max_payload_bytes FROM ${db.s}.settings`);
     expect(rows).toEqual([{ max_payload_bytes: 1024 * 1024 }]);
+    expect((await failureOf(`UPDATE ${db.s}.settings SET max_payload_bytes = 1023`))?.code).toBe('23514');
   });
 
   it('is enforced on add_job(), add_jobs() and a plain INSERT, with an error naming the size, the limit and how to change it', async () => {
-    await setLimit(1000);
+    await setLimit(1500);
     const before = await jobCount();
     const expectRefused = (err: { code?: string; message: string } | null, task: string, bytes: number) => {
       expect(err?.code).toBe('54000');
       expect(err?.message).toBe(
-        `payload of task "${task}" is ${bytes} bytes, over the 1000-byte limit of schema ${db.schema}: store large data elsewhere and pass a reference, ` +
+        `payload of task "${task}" is ${bytes} bytes, over the 1500-byte limit of schema ${db.schema}: store large data elsewhere and pass a reference, ` +
           `or raise the limit as the schema's owner (UPDATE ${db.schema}.settings SET max_payload_bytes = ...)`,
       );
     };
-    expectRefused(await failureOf(`SELECT ${db.s}.add_job('square', $1)`, [JSON.stringify(payloadOf(1001))]), 'square', 1001);
+    expectRefused(await failureOf(`SELECT ${db.s}.add_job('square', $1)`, [JSON.stringify(payloadOf(1501))]), 'square', 1501);
     // In bulk, one payload over the limit refuses the whole statement and is the one named.
     const bulk = [
       { task: 'square', payload: payloadOf(20) },
       { task: 'big', payload: payloadOf(5000) },
-      { task: 'square', payload: payloadOf(1000) },
+      { task: 'square', payload: payloadOf(1500) },
     ];
     expectRefused(await failureOf(`SELECT ${db.s}.add_jobs($1)`, [JSON.stringify(bulk)]), 'big', 5000);
     expectRefused(await failureOf(`INSERT INTO ${db.s}.jobs (task, payload) VALUES ('raw', $1)`, [JSON.stringify(payloadOf(2000))]), 'raw', 2000);
     expect(await jobCount()).toBe(before);
 
     // Up to the limit itself is accepted on every path.
-    expect(await failureOf(`SELECT ${db.s}.add_job('square', $1)`, [JSON.stringify(payloadOf(1000))])).toBeNull();
+    expect(await failureOf(`SELECT ${db.s}.add_job('square', $1)`, [JSON.stringify(payloadOf(1500))])).toBeNull();
     expect(await failureOf(`SELECT ${db.s}.add_jobs($1)`, [JSON.stringify(bulk.filter((j) => j.task !== 'big'))])).toBeNull();
-    expect(await failureOf(`INSERT INTO ${db.s}.jobs (task, payload) VALUES ('raw', $1)`, [JSON.stringify(payloadOf(1000))])).toBeNull();
+    expect(await failureOf(`INSERT INTO ${db.s}.jobs (task, payload) VALUES ('raw', $1)`, [JSON.stringify(payloadOf(1500))])).toBeNull();
     expect(await jobCount()).toBe(before + 4);
   });
 
@@ -87,10 +88,10 @@ describe('the schema payload limit', () => {
       }
 
       // Lowered after a client read it: the database refuses what the client let through.
-      await setLimit(1000);
-      const late = await client.addJob('square', payloadOf(1500)).catch((e: unknown) => e);
+      await setLimit(1500);
+      const late = await client.addJob('square', payloadOf(1800)).catch((e: unknown) => e);
       expect((late as { code?: string }).code).toBe('54000');
-      expect((late as Error).message).toMatch(/over the 1000-byte limit/);
+      expect((late as Error).message).toMatch(/over the 1500-byte limit/);
     } finally {
       await client.close();
     }

@@ -7,9 +7,10 @@
 --
 -- It also enforces the schema's payload limit (settings.max_payload_bytes)
 -- on every path into the table. Once per statement, over the rows it already
--- reads, rather than a row trigger or a CHECK: a bulk insert pays one read
--- of the setting and no function call per row. It runs with its owner's
--- rights, so that a role allowed to insert needs no right on the settings.
+-- reads, rather than a row trigger or a CHECK: no function call per row, and
+-- the setting is read only when a payload is over 1 KiB, the least it can
+-- be. It runs with its owner's rights, so that a role allowed to insert
+-- needs no right on the settings.
 --
 -- The trigger is created here rather than in a migration because it needs
 -- its function to exist, and functions are applied after the migrations.
@@ -29,14 +30,16 @@ BEGIN
          max(octet_length(payload::text))
     INTO due, next_due, largest
     FROM inserted;
-  SELECT s.max_payload_bytes INTO limit_bytes FROM :SCHEMA.settings s;
-  IF largest > limit_bytes THEN
-    SELECT i.task INTO offender FROM inserted i WHERE octet_length(i.payload::text) = largest LIMIT 1;
-    RAISE EXCEPTION USING
-      ERRCODE = 'program_limit_exceeded',
-      MESSAGE = format('payload of task %s is %s bytes, over the %s-byte limit of schema %I: store large data elsewhere and pass a reference, '
-                       'or raise the limit as the schema''s owner (UPDATE %I.settings SET max_payload_bytes = ...)',
-                       to_json(offender), largest, limit_bytes, TG_TABLE_SCHEMA, TG_TABLE_SCHEMA);
+  IF largest > 1024 THEN
+    SELECT s.max_payload_bytes INTO limit_bytes FROM :SCHEMA.settings s;
+    IF largest > limit_bytes THEN
+      SELECT i.task INTO offender FROM inserted i WHERE octet_length(i.payload::text) = largest LIMIT 1;
+      RAISE EXCEPTION USING
+        ERRCODE = 'program_limit_exceeded',
+        MESSAGE = format('payload of task %s is %s bytes, over the %s-byte limit of schema %I: store large data elsewhere and pass a reference, '
+                         'or raise the limit as the schema''s owner (UPDATE %I.settings SET max_payload_bytes = ...)',
+                         to_json(offender), largest, limit_bytes, TG_TABLE_SCHEMA, TG_TABLE_SCHEMA);
+    END IF;
   END IF;
   IF cardinality(due) = 1 THEN
     PERFORM :SCHEMA.notify(TG_TABLE_SCHEMA || '_jobs', due[1]::text);
