@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createClient, createControl, GrapevineError, startSupervisor, type Supervisor } from '../src/index.ts';
+import { migrations } from '../src/schema/files.ts';
 import { grantRole, grantSql } from '../src/schema/roles.ts';
 import { controlStatements } from '../src/sql/control.ts';
 import { jobStatements } from '../src/sql/jobs.ts';
@@ -332,6 +333,19 @@ describe('a role that may not migrate', () => {
       expect(await late.addJob('square', { n: 1 })).toMatch(/^\d+$/);
     } finally {
       await late.close();
+    }
+    // An older version, as its migrations table tells.
+    const latest = migrations().at(-1)!;
+    await db.pool.query(`DELETE FROM ${db.s}.migrations WHERE version = $1`, [latest.version]);
+    const older = createClient({ connectionString: worker.url, schema: db.schema });
+    try {
+      const err = await older.getJob(1).catch((e: unknown) => e);
+      expect((err as GrapevineError).code).toBe('GRAPEVINE_SCHEMA_TOO_OLD');
+      expect((err as Error).message).toContain(`schema "${db.schema}" is at version ${migrations().at(-2)!.version} and this grapevine needs version ${latest.version}`);
+      expect((err as Error).message).toContain(`grapevine migrate --schema ${db.schema}`);
+    } finally {
+      await older.close();
+      await db.pool.query(`INSERT INTO ${db.s}.migrations (version, name) VALUES ($1, $2)`, [latest.version, latest.name]);
     }
 
     // A role that was granted nothing cannot even tell, and is told what to ask for.
