@@ -73,12 +73,11 @@ async function readSchemaState(pool: pg.Pool, schema: string): Promise<SchemaSta
   let row: { version: number | null; functions: Record<string, string> | null };
   try {
     // One statement, so both tables are read from one snapshot: a migrator commits them together.
-    ({
-      rows: [row],
-    } = await pool.query(
+    const { rows } = await pool.query(
       `SELECT (SELECT max(version) FROM ${s}.migrations) AS version,
               (SELECT json_object_agg(name, checksum) FROM ${s}.schema_functions) AS functions`,
-    ));
+    );
+    row = rows[0];
   } catch (err) {
     const code = (err as { code?: string }).code;
     // Not installed, or from before the functions were tracked: the migrator will tell.
