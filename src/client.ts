@@ -20,8 +20,9 @@ export interface ClientOptions {
   /** Bring your own pool; the client will not end it on close(). */
   pool?: pg.Pool;
   /**
-   * Apply migrations before first use (default true). Turn off where the runtime role has no DDL rights;
-   * then run `grapevine migrate` before upgrading such clients (an older schema fails with GRAPEVINE_SCHEMA_TOO_OLD).
+   * Apply migrations before first use (default true). A schema that is already current is only read, so a role
+   * without DDL rights (`grapevine grant`) may leave this on; a schema that needs migrating then fails with
+   * GRAPEVINE_SCHEMA_TOO_OLD naming `grapevine migrate`. Off: no check at all before the first statement.
    */
   migrate?: boolean;
   /**
