@@ -70,7 +70,7 @@ describe('grapevine grant', () => {
     expect(enqueue.match(/ON TABLE [^;]*/g)).toEqual([`ON TABLE ${db.s}.migrations, ${db.s}.schema_functions, ${db.s}.settings TO "app"`]);
     expect(grantSql({ schema: db.schema, role: 'w', as: 'worker' })).toContain(`GRANT SELECT, UPDATE, DELETE ON TABLE ${db.s}.jobs TO "w"`);
     expect(grantSql({ schema: db.schema, role: 'o', as: 'operator' })).toContain(`${db.s}.cancel_job(bigint)`);
-    for (const sql of ROLE_SQL()) expect(sql).not.toMatch(/\b(CREATE|ALTER|DROP|TRUNCATE|REFERENCES|TRIGGER)\b/);
+    for (const sql of grantSqlOfEachKind()) expect(sql).not.toMatch(/\b(CREATE|ALTER|DROP|TRUNCATE|REFERENCES|TRIGGER)\b/);
 
     const unknownKind = await grantRole({ connectionString: db.url, schema: db.schema, role: nobody.name, as: 'admin' }).catch((e: unknown) => e);
     expect((unknownKind as GrapevineError).code).toBe('GRAPEVINE_CONFIG_INVALID');
@@ -88,7 +88,7 @@ describe('grapevine grant', () => {
   });
 });
 
-function ROLE_SQL(): string[] {
+function grantSqlOfEachKind(): string[] {
   return (['enqueuer', 'worker', 'operator'] as const).map((as) => grantSql({ schema: db.schema, role: 'r', as }));
 }
 
