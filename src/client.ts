@@ -9,6 +9,7 @@ import { channelsFor } from './schema/channels.ts';
 import { Waiters } from './waiters.ts';
 import { explainingOutdatedSchema, migrate, type MigrateResult } from './schema/migrate.ts';
 import { announceCancel, findJob, insertJob, insertJobs, makeDue, requestCancel, watchJob, type NewJob } from './sql/jobs.ts';
+import { payloadLimit } from './sql/settings.ts';
 
 export interface ClientOptions {
   /** Defaults to DATABASE_URL. */
@@ -18,11 +19,15 @@ export interface ClientOptions {
   /** Bring your own pool; the client will not end it on close(). */
   pool?: pg.Pool;
   /**
-   * Apply migrations before first use (default true). Turn off where the runtime role has no DDL rights;
-   * then run `grapevine migrate` before upgrading such clients (an older schema fails with GRAPEVINE_SCHEMA_TOO_OLD).
+   * Apply migrations before first use (default true). A schema that is already current is only read, so a role
+   * without DDL rights (`grapevine grant`) may leave this on; a schema that needs migrating then fails with
+   * GRAPEVINE_SCHEMA_TOO_OLD naming `grapevine migrate`. Off: no check at all before the first statement.
    */
   migrate?: boolean;
-  /** Largest accepted payload, in bytes of JSON (default 1 MiB). */
+  /**
+   * Largest accepted payload, in bytes of JSON. The schema's own limit (1 MiB unless its owner changed
+   * settings.max_payload_bytes), which the database enforces, is read once and applies too; this can only lower it.
+   */
   maxPayloadBytes?: number;
   logger?: Logger;
 }
@@ -65,11 +70,11 @@ export function createClient(options: ClientOptions = {}): Client {
   // With a caller's pool, its connection string still serves waitForJob's LISTEN connection.
   const poolUrl = (options.pool as { options?: { connectionString?: string } } | undefined)?.options?.connectionString;
   const connectionString = options.pool ? (options.connectionString ?? poolUrl ?? process.env.DATABASE_URL ?? '') : resolveConnectionString(options.connectionString);
-  const maxPayloadBytes = options.maxPayloadBytes ?? DEFAULTS.maxPayloadBytes;
   const logger = options.logger ?? silentLogger();
   const pool = options.pool ?? createPool(connectionString, { max: 4, applicationName: 'grapevine-client' });
   const channels = channelsFor(schema);
   let migrated: Promise<MigrateResult> | null = null;
+  let schemaPayloadLimit: Promise<number | null> | null = null;
   // waitForJob(): woken by job ids on the done channel.
   const finished = new Waiters(
     { connectionString, channels: [channels.done], applicationName: 'grapevine-waiter', logger },
@@ -94,7 +99,8 @@ export function createClient(options: ClientOptions = {}): Client {
     return explainConnectionErrors(connectionString, () => explainingOutdatedSchema(fn, pool, schema));
   };
 
-  const toRow = (spec: JobSpec): NewJob => {
+  /** The row to insert, and its payload's size as JSON (checked against the limit once it is known). */
+  const toRow = (spec: JobSpec): { row: NewJob; bytes: number } => {
     const task = validateName('task', spec.task);
     const queue = validateName('queue', spec.queue ?? DEFAULTS.queue);
     let payloadJson: string | undefined;
@@ -109,14 +115,7 @@ export function createClient(options: ClientOptions = {}): Client {
     if (payloadJson === undefined) {
       throw new GrapevineError('GRAPEVINE_PAYLOAD_INVALID', `payload of task "${task}" is not JSON (got ${typeof spec.payload})`);
     }
-    if (Buffer.byteLength(payloadJson) > maxPayloadBytes) {
-      throw new GrapevineError(
-        'GRAPEVINE_PAYLOAD_INVALID',
-        `payload of task "${task}" is ${Buffer.byteLength(payloadJson)} bytes, over the ${maxPayloadBytes}-byte limit: ` +
-          'store large data elsewhere and pass a reference, or raise maxPayloadBytes',
-      );
-    }
-    return {
+    const row = {
       task,
       payload: JSON.parse(payloadJson),
       queue,
@@ -125,22 +124,29 @@ export function createClient(options: ClientOptions = {}): Client {
       max_attempts: validateInt('maxAttempts', spec.maxAttempts ?? DEFAULTS.maxAttempts, { min: 1, max: 1000 }),
       timeout_ms: spec.timeoutMs === undefined ? null : validateInt('timeoutMs', spec.timeoutMs, { min: 1, max: 2_147_483_647 }),
     };
+    return { row, bytes: Buffer.byteLength(payloadJson) };
   };
 
   const client: Client = {
     schema,
 
     async addJob(task, payload, opts = {}) {
-      const row = toRow({ ...opts, task, payload });
+      const prepared = toRow({ ...opts, task, payload });
+      const { row } = prepared;
       const db = opts.db ?? pool;
-      return run(() => insertJob(db, schema, row));
+      return run(async () => {
+        await checkPayloadSizes([prepared]);
+        return insertJob(db, schema, row);
+      });
     },
 
     async addJobs(specs, opts = {}) {
       if (!Array.isArray(specs)) throw new GrapevineError('GRAPEVINE_PAYLOAD_INVALID', 'addJobs() takes an array of { task, payload?, ... }');
-      const rows = specs.map(toRow);
+      const prepared = specs.map((spec) => toRow(spec));
+      const rows = prepared.map((p) => p.row);
       const db = opts.db ?? pool;
       return run(async () => {
+        await checkPayloadSizes(prepared);
         const ids: string[] = [];
         for (let i = 0; i < rows.length; i += DEFAULTS.insertChunkSize) {
           const chunk = rows.slice(i, i + DEFAULTS.insertChunkSize);
@@ -209,6 +215,31 @@ export function createClient(options: ClientOptions = {}): Client {
       if (!options.pool) await pool.end();
     },
   };
+
+  /**
+   * Refuses payloads over the schema's limit before they travel. The
+   * database refuses them too (and is the judge when the owner lowered the
+   * limit since this client read it); this only spares the round trip.
+   */
+  async function checkPayloadSizes(prepared: Array<{ row: NewJob; bytes: number }>): Promise<void> {
+    schemaPayloadLimit ??= payloadLimit(pool, schema).then(
+      (found) => found,
+      (err: unknown) => {
+        schemaPayloadLimit = null;
+        throw err;
+      },
+    );
+    const limit = Math.min(options.maxPayloadBytes ?? Infinity, (await schemaPayloadLimit) ?? Infinity);
+    const over = prepared.find((p) => p.bytes > limit);
+    if (over) {
+      const own = limit === options.maxPayloadBytes;
+      throw new GrapevineError(
+        'GRAPEVINE_PAYLOAD_INVALID',
+        `payload of task "${over.row.task}" is ${over.bytes} bytes, over the ${limit}-byte limit ${own ? 'set by maxPayloadBytes' : `of schema "${schema}"`}: ` +
+          `store large data elsewhere and pass a reference, or raise ${own ? 'maxPayloadBytes' : `the schema's limit (as its owner: UPDATE ${schema}.settings SET max_payload_bytes = ...)`}`,
+      );
+    }
+  }
 
   /**
    * Marks the job as waited for (so its end is notified), then reads it: a job

@@ -148,6 +148,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
   const retryMaxMs = numeric(options, 'retryMaxMs', DEFAULTS.retryMaxMs);
   const retentionMs = numeric(options, 'retentionMs', DEFAULTS.retentionMs);
   const handlerConnections = numeric(options, 'handlerConnections', DEFAULTS.threadHandlerConnections);
+  const maxResultBytes = numeric(options, 'maxResultBytes', DEFAULTS.maxResultBytes);
   const idleTimeoutMs = options.idleTimeoutMs == null ? null : numeric(options, 'idleTimeoutMs', 0);
 
   // Migrations get a connection of their own, without the statement timeout:
@@ -181,7 +182,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     logLevel: logger.level,
     logFormat: logFormatOf(logger),
     deleteSucceeded: options.deleteSucceeded ?? DEFAULTS.deleteSucceeded,
-    maxResultBytes: numeric(options, 'maxResultBytes', DEFAULTS.maxResultBytes),
+    maxResultBytes,
   };
   const threadPool = new ThreadPool({ threads, concurrency, config: threadConfig, resourceLimits: options.resourceLimits, logger });
   try {

@@ -136,21 +136,38 @@ function withoutBookkeeping(catalog: Catalog): Catalog {
   ) as unknown as Catalog;
 }
 
+/**
+ * What later migrations and function files added or changed, which the
+ * pre-release schema cannot have: migration 0011's settings table; the
+ * security-definer functions behind the client; add_job() made security
+ * definer, and the insert trigger, which also names its channel from the
+ * table's schema and checks the payload limit.
+ */
+const TABLES_SINCE_BASELINE = /^_?settings/;
+const FUNCTIONS_SINCE_BASELINE = ['add_jobs', 'get_job', 'watch_job', 'cancel_job'];
+const CHANGED_SINCE_BASELINE = ['add_job', 'jobs_inserted'];
+
+/** The catalog as the baseline built it: later objects left out, changed functions by their signature alone. */
+function asAtBaseline(catalog: Catalog): Catalog {
+  const kept = Object.fromEntries(
+    Object.entries(catalog).map(([kind, rows]) => [
+      kind,
+      (rows as Row[]).filter((row) => !TABLES_SINCE_BASELINE.test(String(row.rel ?? '')) && !FUNCTIONS_SINCE_BASELINE.includes(String(row.rel))),
+    ]),
+  ) as unknown as Catalog;
+  kept.functions = kept.functions.map((f) => (CHANGED_SINCE_BASELINE.includes(String(f.rel)) ? { rel: f.rel, arguments: f.arguments, result: f.result } : f));
+  kept.functionBodies = kept.functionBodies.filter((f) => !CHANGED_SINCE_BASELINE.includes(String(f.rel)));
+  return kept;
+}
+
 describe('a schema built by the nine pre-release migrations', () => {
-  it('already has the baseline tables, and every function with the same signature and, but for the insert trigger, the same body', async () => {
+  it('already has the baseline tables, and every function with the same signature and, but for those changed since, the same body', async () => {
     const fresh = withoutBookkeeping(await catalogOf(await createBaselineSchema()));
     const legacy = await catalogOf(await createLegacySchema());
     // Sanity: the comparison has something to compare.
     expect(fresh.columns.length).toBeGreaterThan(60);
     expect(fresh.functions.map((f) => f.rel)).toEqual([...schemaFunctions().map((f) => f.name)].sort());
-
-    const { functionBodies: legacyBodies, ...legacyRest } = legacy;
-    const { functionBodies: freshBodies, ...freshRest } = fresh;
-    expect(legacyRest).toEqual(freshRest);
-    // The trigger function now names its channel from the table's schema
-    // instead of having the name written into its text.
-    const apartFromTrigger = (rows: Row[]) => rows.filter((r) => r.rel !== 'jobs_inserted');
-    expect(apartFromTrigger(legacyBodies)).toEqual(apartFromTrigger(freshBodies));
+    expect(asAtBaseline(legacy)).toEqual(asAtBaseline(fresh));
   });
 
   it('is brought to the baseline by migrate(): its jobs stay and run, and it then matches a fresh schema object for object', async () => {
@@ -167,7 +184,8 @@ describe('a schema built by the nine pre-release migrations', () => {
 
     const client = createClient({ connectionString: db.url, schema });
     try {
-      expect(await client.migrate()).toEqual({ applied: [latestVersion()], version: latestVersion() });
+      // Version 10 by its bookkeeping, then every later migration.
+      expect(await client.migrate()).toEqual({ applied: migrations().map((m) => m.version), version: latestVersion() });
       expect(await client.migrate()).toEqual({ applied: [], version: latestVersion() });
     } finally {
       await client.close();

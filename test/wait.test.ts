@@ -82,7 +82,7 @@ describe('waitForJob', () => {
       await eventually(async () => {
         const { rows } = await db.pool.query(
           `SELECT 1 FROM pg_stat_activity
-            WHERE usename = $1 AND application_name = 'grapevine-client' AND state = 'idle' AND query LIKE '%.jobs WHERE id = $1'`,
+            WHERE usename = $1 AND application_name = 'grapevine-client' AND state = 'idle' AND query LIKE '%.get_job($1)'`,
           [role.name],
         );
         return rows.length > 0;

@@ -42,6 +42,10 @@ const FUNCTION_ORDER = [
   'prune_finished',
   'unhandled_tasks',
   'add_job',
+  'add_jobs',
+  'get_job',
+  'watch_job',
+  'cancel_job',
 ];
 
 const MIGRATION_FILE = /^(\d{4})_([a-z0-9_]+)\.sql$/;

@@ -36,15 +36,62 @@ export interface MigrateResult {
 /**
  * Brings the schema up to date: the numbered migrations it has not had, then
  * each function whose file changed since it was last applied. Every
- * supervisor calls this on start; the transaction-scoped advisory lock makes
- * concurrent starters take turns, so each migration runs exactly once and
- * later starters see it applied.
+ * supervisor and client calls this on start. A schema that is already up to
+ * date is only read, so a role without any DDL right (grapevine grant) starts
+ * against it; otherwise the transaction-scoped advisory lock makes concurrent
+ * starters take turns, so each migration runs exactly once and later starters
+ * see it applied. A role that may not migrate a schema that needs it fails
+ * with one line naming `grapevine migrate`.
  *
  * A release that changes a function's file should also add a migration (even
  * one that changes nothing else), so that an older release still running
  * refuses the schema as too new instead of putting its own text back.
  */
 export async function migrate(pool: pg.Pool, schema: string): Promise<MigrateResult> {
+  const found = await readSchemaState(pool, schema);
+  if (found.current) return { applied: [], version: latestVersion() };
+  try {
+    return await migrateLocked(pool, schema);
+  } catch (err) {
+    if ((err as { code?: string }).code !== '42501') throw err;
+    throw await cannotMigrate(err as Error, pool, schema, found);
+  }
+}
+
+interface SchemaState {
+  /** At the latest version, with every function as its file has it. */
+  current: boolean;
+  /** The newest migration recorded; null when there is no migrations table (or it could not be read). */
+  version: number | null;
+  /** The role may not read the migrator's tables. */
+  unreadable: boolean;
+}
+
+/** Where the schema stands, read without a lock and without DDL. */
+async function readSchemaState(pool: pg.Pool, schema: string): Promise<SchemaState> {
+  const s = quoteIdent(schema);
+  let row: { version: number | null; functions: Record<string, string> | null };
+  try {
+    // One statement, so both tables are read from one snapshot: a migrator commits them together.
+    const { rows } = await pool.query(
+      `SELECT (SELECT max(version) FROM ${s}.migrations) AS version,
+              (SELECT json_object_agg(name, checksum) FROM ${s}.schema_functions) AS functions`,
+    );
+    row = rows[0];
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    // Not installed, or from before the functions were tracked: the migrator will tell.
+    if (code === '42P01') return { current: false, version: null, unreadable: false };
+    if (code === '42501') return { current: false, version: null, unreadable: true };
+    throw err;
+  }
+  const latest = latestVersion();
+  if (row.version !== null && row.version > latest) throw tooNew(schema, row.version, latest);
+  const current = row.version === latest && schemaFunctions().every((fn) => row.functions?.[fn.name] === fn.checksum);
+  return { current, version: row.version, unreadable: false };
+}
+
+async function migrateLocked(pool: pg.Pool, schema: string): Promise<MigrateResult> {
   const s = quoteIdent(schema);
   const latest = latestVersion();
   return withTransaction(pool, async (client) => {
@@ -59,13 +106,7 @@ export async function migrate(pool: pg.Pool, schema: string): Promise<MigrateRes
     );
     const { rows } = await client.query<{ version: number; name: string }>(`SELECT version, name FROM ${s}.migrations ORDER BY version`);
     const newest = Math.max(0, ...rows.map((r) => r.version));
-    if (newest > latest) {
-      throw new GrapevineError(
-        'GRAPEVINE_SCHEMA_TOO_NEW',
-        `schema "${schema}" is at version ${newest} but this grapevine knows only up to ${latest}: ` +
-          'upgrade grapevine on this host (an older release must not run against a newer schema)',
-      );
-    }
+    if (newest > latest) throw tooNew(schema, newest, latest);
     const all = migrations();
     const applied: number[] = [];
     if (rows.length > 0 && newest < all[0].version) {
@@ -93,6 +134,50 @@ export async function migrate(pool: pg.Pool, schema: string): Promise<MigrateRes
     await applyFunctions(client, schema);
     return { applied, version: latest };
   });
+}
+
+function tooNew(schema: string, found: number, latest: number): GrapevineError {
+  return new GrapevineError(
+    'GRAPEVINE_SCHEMA_TOO_NEW',
+    `schema "${schema}" is at version ${found} but this grapevine knows only up to ${latest}: ` +
+      'upgrade grapevine on this host (an older release must not run against a newer schema)',
+  );
+}
+
+/**
+ * The schema needs migrating (or could not be read) and this role was refused
+ * on the way: name what is missing and who can fix it, instead of
+ * PostgreSQL's bare "permission denied".
+ */
+async function cannotMigrate(err: Error, pool: pg.Pool, schema: string, found: SchemaState): Promise<GrapevineError> {
+  const who = await pool.query<{ name: string }>('SELECT current_user AS name').then(
+    ({ rows }) => rows[0]?.name,
+    () => undefined,
+  );
+  const role = who === undefined ? 'this role' : `role "${who}"`;
+  const migrateIt = `run \`grapevine migrate --schema ${schema}\` as a role that may change the schema (its owner), then try again`;
+  if (found.unreadable) {
+    return new GrapevineError(
+      'GRAPEVINE_PERMISSION_DENIED',
+      `${role} may not read grapevine's tables in schema "${schema}" (${err.message}), so it cannot tell whether the schema is up to date: ` +
+        `have the schema's owner run \`grapevine grant ${who ?? 'ROLE'} --as worker|enqueuer|operator --schema ${schema}\`, or ${migrateIt}`,
+      { cause: err },
+    );
+  }
+  // A schema from before the functions were tracked has a version all the same.
+  const version =
+    found.version ??
+    (await pool.query<{ version: number | null }>(`SELECT max(version) AS version FROM ${quoteIdent(schema)}.migrations`).then(
+      ({ rows }) => rows[0]?.version ?? null,
+      () => null,
+    ));
+  const where =
+    version === null
+      ? `grapevine is not installed in schema "${schema}"`
+      : version < latestVersion()
+        ? `schema "${schema}" is at version ${version} and this grapevine needs version ${latestVersion()}`
+        : `schema "${schema}" has older functions than this grapevine`;
+  return new GrapevineError('GRAPEVINE_SCHEMA_TOO_OLD', `${where}, and ${role} may not migrate it (${err.message}): ${migrateIt}`, { cause: err });
 }
 
 /**

@@ -72,26 +72,21 @@ function build(schema: string): JobStatements {
   const rejected = `ARRAY(SELECT r.id::text FROM r WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.id = r.id)) AS rejected`;
 
   return {
+    // Enqueues go through add_job() and add_jobs(), which run with their
+    // owner's rights: a role that may only enqueue has no right on the table.
     insertOne: st(
       'insert_one',
-      `INSERT INTO ${s}.jobs (task, payload, queue, run_at, priority, max_attempts, timeout_ms)
-       VALUES ($1, $2, $3, coalesce($4, now()), $5, $6, $7)
-       RETURNING id::text AS id`,
+      `SELECT ${s}.add_job($1, $2, $3, $4, $5, $6, $7)::text AS id`,
     ),
+    // $1 the jobs as a JSON array; ids come back in its order.
     insertMany: st(
       'insert_many',
-      `INSERT INTO ${s}.jobs (task, payload, queue, run_at, priority, max_attempts, timeout_ms)
-       SELECT t.task, t.payload, t.queue, coalesce(t.run_at, now()), t.priority, t.max_attempts, t.timeout_ms
-         FROM ROWS FROM (jsonb_to_recordset($1::jsonb)
-                AS (task text, payload jsonb, queue text, run_at timestamptz, priority integer,
-                    max_attempts integer, timeout_ms integer))
-              WITH ORDINALITY AS t(task, payload, queue, run_at, priority, max_attempts, timeout_ms, ord)
-        ORDER BY t.ord
-       RETURNING id::text AS id`,
+      `SELECT id::text AS id FROM ${s}.add_jobs($1::jsonb) WITH ORDINALITY AS t(id, ord) ORDER BY ord`,
     ),
-    getById: st('get_by_id', `SELECT * FROM ${s}.jobs WHERE id = $1`),
+    // Through functions for the same reason as the enqueues.
+    getById: st('get_by_id', `SELECT * FROM ${s}.get_job($1)`),
     // $1 id. Asks for a notification when the job finishes (see announce).
-    watch: st('watch', `UPDATE ${s}.jobs SET watched = true WHERE id = $1 AND NOT watched AND state IN ('pending', 'running')`),
+    watch: st('watch', `SELECT ${s}.watch_job($1)`),
 
     // $1 ids, $2 tasks this host can run, $3 owner supervisor, $4 thread id,
     // $5 lease ms, $6 queues (NULL = all). See claim_ids() in migration 0001.
@@ -237,19 +232,9 @@ function build(schema: string): JobStatements {
     // $2 oldest due jobs looked at per priority. See unhandled_tasks() in migration 0009.
     unhandledTasks: st('unhandled_tasks', `SELECT task, queue, jobs::integer AS jobs FROM ${s}.unhandled_tasks($1, $2)`),
     // $1 id. A pending job is cancelled on the spot; a running one is
-    // flagged, and the caller tells its owner over the control channel.
-    cancel: st(
-      'cancel',
-      `WITH done AS (
-         UPDATE ${s}.jobs j
-            SET cancel_requested_at = coalesce(j.cancel_requested_at, now()),
-                state = CASE WHEN j.state = 'pending' THEN 'cancelled' ELSE j.state END,
-                finished_at = CASE WHEN j.state = 'pending' THEN now() ELSE j.finished_at END
-          WHERE j.id = $1 AND j.state IN ('pending', 'running')
-         RETURNING j.id, j.state, j.locked_by, j.watched)
-       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched AND state = 'cancelled')),
-              (SELECT state FROM done) AS state, (SELECT locked_by FROM done) AS locked_by`,
-    ),
+    // flagged, and the caller tells its owner over the control channel. A
+    // function (cancel_job), so that an operator role may cancel and no more.
+    cancel: st('cancel', `SELECT state, locked_by FROM ${s}.cancel_job($1)`),
     // $1 job id, $2 its owner: tells the owner over the control channel
     // (best effort, like every notification: the owner's heartbeat also
     // reads the cancel request from the row).

@@ -13,8 +13,10 @@ export interface OwnRole {
  * server and every supervisor names its connections alike, so counting
  * connections by application_name alone would count other files' too;
  * connecting as this role makes pg_stat_activity.usename tell them apart.
+ * A superuser unless `superuser: false` (a role with no rights but its own,
+ * for tests of what grapevine grant gives).
  */
-export function useOwnRole(db: TestDatabase, prefix: string): OwnRole {
+export function useOwnRole(db: TestDatabase, prefix: string, { superuser = true } = {}): OwnRole {
   const name = `t_${prefix.replace(/[^a-z0-9_]/g, '_').slice(0, 20)}_${randomBytes(3).toString('hex')}`;
   const password = randomBytes(12).toString('hex');
   const url = new URL(db.url);
@@ -22,7 +24,7 @@ export function useOwnRole(db: TestDatabase, prefix: string): OwnRole {
   url.password = password;
   beforeAll(async () => {
     // Superuser, so that migrations and LISTEN work in a schema another role created.
-    await db.pool.query(`CREATE ROLE "${name}" LOGIN SUPERUSER PASSWORD '${password}'`);
+    await db.pool.query(`CREATE ROLE "${name}" LOGIN ${superuser ? 'SUPERUSER' : ''} PASSWORD '${password}'`);
   });
   afterAll(async () => {
     await db.pool.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [name]);

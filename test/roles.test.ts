@@ -1,0 +1,380 @@
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createClient, createControl, GrapevineError, startSupervisor, type Supervisor } from '../supervisor/public.ts';
+import { migrations } from '../src/schema/files.ts';
+import { grantRole, grantSql } from '../src/schema/roles.ts';
+import type { Queryable, TypedQuery } from '../src/db.ts';
+import * as control from '../src/sql/control.ts';
+import * as jobs from '../src/sql/jobs.ts';
+import { payloadLimit } from '../src/sql/settings.ts';
+import * as sups from '../src/sql/supervisors.ts';
+import { eventually, FIXTURE_TASKS, testLogger, useMigratedSchema } from './helpers/db.ts';
+import { useOwnRole, type OwnRole } from './helpers/role.ts';
+
+/**
+ * The three kinds of role `grapevine grant` sets up, each used end to end by
+ * a real login role that has nothing else: no superuser, no ownership, no
+ * right the grant did not give.
+ */
+const db = useMigratedSchema('roles');
+const enqueuer = useOwnRole(db, 'enq', { superuser: false });
+const worker = useOwnRole(db, 'wrk', { superuser: false });
+const operator = useOwnRole(db, 'op', { superuser: false });
+const nobody = useOwnRole(db, 'nobody', { superuser: false });
+
+let supervisor: Supervisor | undefined;
+const closers: Array<() => Promise<unknown>> = [];
+
+beforeAll(async () => {
+  for (const [role, as] of [[enqueuer, 'enqueuer'], [worker, 'worker'], [operator, 'operator']] as const) {
+    await grantRole({ connectionString: db.url, schema: db.schema, role: role.name, as });
+  }
+});
+afterAll(async () => {
+  await supervisor?.stop({ graceMs: 1_000 });
+  for (const close of closers) await close().catch(() => {});
+});
+
+function clientAs(role: OwnRole) {
+  const client = createClient({ connectionString: role.url, schema: db.schema });
+  closers.push(() => client.close());
+  return client;
+}
+
+/** Runs one statement as the role and returns the SQLSTATE it failed with (undefined: it did not fail). */
+async function sqlstateAs(role: OwnRole, text: string, values: unknown[] = []): Promise<string | undefined> {
+  const conn = new pg.Client({ connectionString: role.url });
+  await conn.connect();
+  try {
+    await conn.query(text, values);
+    return undefined;
+  } catch (err) {
+    return (err as { code?: string }).code;
+  } finally {
+    await conn.end();
+  }
+}
+
+async function stateOf(id: string): Promise<string | undefined> {
+  const { rows } = await db.pool.query(`SELECT state FROM ${db.s}.jobs WHERE id = $1`, [id]);
+  return rows[0]?.state;
+}
+
+const DENIED = '42501';
+
+describe('grapevine grant', () => {
+  it('prints the SQL of each kind without connecting, and refuses an unknown kind or a role that does not exist', async () => {
+    const enqueue = grantSql({ schema: db.schema, role: 'app', as: 'enqueuer' });
+    expect(enqueue).toContain(`GRANT EXECUTE ON FUNCTION ${db.s}.add_job(text, jsonb, text, timestamptz, integer, integer, integer), ${db.s}.add_jobs(jsonb)`);
+    // No right on any table but the three read-only ones every kind reads.
+    expect(enqueue.match(/ON TABLE [^;]*/g)).toEqual([`ON TABLE ${db.s}.migrations, ${db.s}.schema_functions, ${db.s}.settings TO "app"`]);
+    expect(grantSql({ schema: db.schema, role: 'w', as: 'worker' })).toContain(`GRANT SELECT, UPDATE, DELETE ON TABLE ${db.s}.jobs TO "w"`);
+    expect(grantSql({ schema: db.schema, role: 'o', as: 'operator' })).toContain(`${db.s}.cancel_job(bigint)`);
+    for (const sql of grantSqlOfEachKind()) expect(sql).not.toMatch(/\b(CREATE|ALTER|DROP|TRUNCATE|REFERENCES|TRIGGER)\b/);
+
+    const unknownKind = await grantRole({ connectionString: db.url, schema: db.schema, role: nobody.name, as: 'admin' }).catch((e: unknown) => e);
+    expect((unknownKind as GrapevineError).code).toBe('GRAPEVINE_CONFIG_INVALID');
+    expect((unknownKind as Error).message).toMatch(/unknown kind of role "admin": use --as enqueuer, --as worker, --as operator/);
+    const missing = await grantRole({ connectionString: db.url, schema: db.schema, role: `${nobody.name}_x`, as: 'worker' }).catch((e: unknown) => e);
+    expect((missing as GrapevineError).code).toBe('GRAPEVINE_CONFIG_INVALID');
+    expect((missing as Error).message).toContain(`role "${nobody.name}_x" does not exist: create it first`);
+  });
+
+  it('refuses, with GRAPEVINE_PERMISSION_DENIED, a role that does not own the schema', async () => {
+    const err = await grantRole({ connectionString: enqueuer.url, schema: db.schema, role: nobody.name, as: 'worker' }).catch((e: unknown) => e);
+    expect((err as GrapevineError).code).toBe('GRAPEVINE_PERMISSION_DENIED');
+    expect((err as Error).message).toContain(`role "${enqueuer.name}" may not grant rights on schema "${db.schema}"`);
+    expect(await sqlstateAs(nobody, `SELECT 1 FROM ${db.s}.jobs`)).toBe(DENIED);
+  });
+});
+
+function grantSqlOfEachKind(): string[] {
+  return (['enqueuer', 'worker', 'operator'] as const).map((as) => grantSql({ schema: db.schema, role: 'r', as }));
+}
+
+/** One statement of grapevine's, by the name of its typed function, and a call of it. */
+type Use = [name: string, call: (db: Queryable, schema: string) => Promise<unknown>];
+
+/**
+ * Every statement each side runs, with arguments that make it do its work
+ * (on rows that may not be there): the grants are read from this list, and
+ * it proves each kind has what its side needs.
+ */
+function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
+  const job = { task: 'square', payload: {}, queue: 'default', run_at: null, priority: 0, max_attempts: 5, timeout_ms: null };
+  const claim = { tasks: ['square'], queues: null, owner: 'w', thread: 1, leaseMs: 1000 };
+  const entries = '[{"at": "2026-01-01T00:00:00Z", "event": "E", "thread": null, "detail": "d"}]';
+  const enqueue: Use[] = [
+    ['insertJob', (d, s) => jobs.insertJob(d, s, job)],
+    ['insertJobs', (d, s) => jobs.insertJobs(d, s, [job])],
+    ['findJob', (d, s) => jobs.findJob(d, s, { id: '1' })],
+    ['watchJob', (d, s) => jobs.watchJob(d, s, { id: '1' })],
+    ['payloadLimit', (d, s) => payloadLimit(d, s)],
+  ];
+  if (kind === 'enqueuer') return enqueue;
+  if (kind === 'operator') {
+    return [
+      ['findJob', (d, s) => jobs.findJob(d, s, { id: '1' })],
+      ['watchJob', (d, s) => jobs.watchJob(d, s, { id: '1' })],
+      ['requestCancel', (d, s) => jobs.requestCancel(d, s, { id: '1' })],
+      ['announceCancel', (d, s) => jobs.announceCancel(d, s, { id: '1', owner: 'w' })],
+      ['listSupervisors', (d, s) => sups.listSupervisors(d, s, { lostAfterMs: 1000 })],
+      ['supervisorStates', (d, s) => sups.supervisorStates(d, s, { lostAfterMs: 1000, ids: ['w'] })],
+      ['sendMessage', (d, s) => control.sendMessage(d, s, { recipients: ['w'], command: 'PING', argsJson: null, lostAfterMs: 1000 })],
+      ['messageRecipients', (d, s) => control.messageRecipients(d, s, { messageId: '1' })],
+      ['readResponses', (d, s) => control.readResponses(d, s, { messageId: '1', supervisors: ['w'] })],
+      ['takeResponses', (d, s) => control.takeResponses(d, s, { messageId: '1', supervisors: ['w'], remove: true })],
+      ['responseIds', (d, s) => control.responseIds(d, s, { supervisor: 'w' })],
+      ['logTail', (d, s) => control.logTail(d, s, { supervisor: null, limit: 10 })],
+      ['logAfter', (d, s) => control.logAfter(d, s, { afterId: '0', supervisor: null })],
+      ['followLog', (d, s) => control.followLog(d, s, { follower: 'f', ttlMs: 1000 })],
+      ['unfollowLog', (d, s) => control.unfollowLog(d, s, { follower: 'f' })],
+      ['payloadLimit', (d, s) => payloadLimit(d, s)],
+    ];
+  }
+  return [
+    ...enqueue,
+    ['claimByIds', (d, s) => jobs.claimByIds(d, s, { ...claim, ids: ['1'] })],
+    ['claimNext', (d, s) => jobs.claimNext(d, s, { ...claim, limit: 1 })],
+    ['completeJobs', (d, s) => jobs.completeJobs(d, s, { jobs: [{ id: '1', token: '1', result: '{}' }] })],
+    ['deleteSucceeded', (d, s) => jobs.deleteSucceeded(d, s, { ids: ['1'], tokens: ['1'] })],
+    ['failJobs', (d, s) => jobs.failJobs(d, s, { jobs: [{ id: '1', token: '1', error: 'e', retryable: true }], retryBaseMs: 1000, retryMaxMs: 10_000 })],
+    ['releaseUnreported', (d, s) => jobs.releaseUnreported(d, s, { owner: 'w', thread: null, reason: 'r', count: true })],
+    ['lockJobs', (d, s) => d.query(jobs.lockJobsQuery(s, { ids: ['1'] }))],
+    ['releaseJobs', (d, s) => jobs.releaseJobs(d, s, { owner: 'w', jobs: [{ id: '1', thread: 1, reason: 'r', count: true }] })],
+    ['renewLeases', (d, s) => jobs.renewLeases(d, s, { owner: 'w', ids: ['1'], leaseMs: 1000 })],
+    ['hasDue', (d, s) => jobs.hasDue(d, s, { tasks: ['square'], queues: null })],
+    ['reapExpired', (d, s) => jobs.reapExpired(d, s)],
+    ['pruneFinished', (d, s) => jobs.pruneFinished(d, s, { retentionMs: 1000, batchSize: 10 })],
+    ['unhandledTasks', (d, s) => jobs.unhandledTasks(d, s, { liveWithinMs: 1000, sample: 10 })],
+    ['registerSupervisor', (d, s) => sups.registerSupervisor(d, s, { id: 'w', host: 'host', pid: 1, version: 'v', threads: 1, concurrency: 1, queues: null, tasks: ['square'] })],
+    ['heartbeat', (d, s) => d.query(sups.heartbeatQuery(s, { id: 'w', status: 'IDLE', threads: 1, info: {} as never, tasks: ['square'] }))],
+    ['deregisterSupervisor', (d, s) => sups.deregisterSupervisor(d, s, { id: 'w' })],
+    ['tryLeadReaper', (d, s) => sups.tryLeadReaper(d, s)],
+    ['claimChore', (d, s) => sups.claimChore(d, s, { chore: 'reap', paceMs: null })],
+    ['markLostSupervisors', (d, s) => sups.markLostSupervisors(d, s, { lostAfterMs: 1000 })],
+    ['pruneExitedSupervisors', (d, s) => sups.pruneExitedSupervisors(d, s)],
+    ['setSupervisorStatus', (d, s) => sups.setSupervisorStatus(d, s, { id: 'w', status: 'IDLE' })],
+    ['pendingMessages', (d, s) => control.pendingMessages(d, s, { supervisor: 'w', limit: 10 })],
+    ['respond', (d, s) => control.respond(d, s, { messageId: '1', supervisor: 'w', command: 'PING', ok: true, value: 'PONG', error: null, logEntries: entries })],
+    ['appendLog', (d, s) => control.appendLog(d, s, { supervisor: 'w', entries })],
+    ['pruneLogPerSupervisor', (d, s) => control.pruneLogPerSupervisor(d, s, { keep: 10 })],
+    ['pruneOldLog', (d, s) => control.pruneOldLog(d, s, { maxAgeMs: 1000, batchSize: 10 })],
+    ['pruneMessages', (d, s) => control.pruneMessages(d, s, { maxAgeMs: 1000, batchSize: 10 })],
+    ['pruneResponses', (d, s) => control.pruneResponses(d, s, { maxAgeMs: 1000, batchSize: 10 })],
+  ];
+}
+
+/** The statement a typed function sends, without sending it: what the role is then made to run. */
+async function statementOf([name, call]: Use): Promise<TypedQuery<unknown>> {
+  let sent: TypedQuery<unknown> | undefined;
+  const recorder: Queryable = {
+    query: ((q: TypedQuery<unknown>) => {
+      sent ??= q;
+      return Promise.resolve({ rows: [], rowCount: 0 });
+    }) as unknown as Queryable['query'],
+  };
+  // Reading the answer may fail on the empty result; the statement was recorded before that.
+  await call(recorder, db.schema).catch(() => {});
+  if (!sent) throw new Error(`${name} sent no statement`);
+  return sent;
+}
+
+/** Runs each statement as the role, each in a transaction it rolls back; returns those refused, with why. */
+async function refusedAs(role: OwnRole, uses: Use[]): Promise<string[]> {
+  const conn = new pg.Client({ connectionString: role.url });
+  await conn.connect();
+  const refused: string[] = [];
+  try {
+    for (const use of uses) {
+      const st = await statementOf(use);
+      await conn.query('BEGIN');
+      await conn.query(st.text, st.values).catch((err: Error) => refused.push(`${use[0]}: ${err.message}`));
+      await conn.query('ROLLBACK');
+    }
+  } finally {
+    await conn.end();
+  }
+  return refused;
+}
+
+describe('each kind', () => {
+  it('may run every statement its side of grapevine runs', async () => {
+    for (const [role, kind] of [[enqueuer, 'enqueuer'], [worker, 'worker'], [operator, 'operator']] as const) {
+      expect([kind, await refusedAs(role, statementsOf(kind))]).toEqual([kind, []]);
+    }
+    // And the enqueuer none of the others', but the two that read or write
+    // no table: an advisory lock, and a NOTIFY (any role may send one with
+    // pg_notify, which is why a notification is only ever a hint).
+    const harmless = ['tryLeadReaper', 'announceCancel'];
+    const others = [...statementsOf('worker'), ...statementsOf('operator')].filter(
+      ([name]) => !harmless.includes(name) && !statementsOf('enqueuer').some(([e]) => e === name),
+    );
+    expect((await refusedAs(enqueuer, others)).length).toBe(others.length);
+  });
+});
+
+describe('an enqueuer', () => {
+  it('adds jobs one by one and in bulk, from the client with no options and from SQL, and reads them back', async () => {
+    const client = clientAs(enqueuer);
+    const one = await client.addJob('square', { n: 4 }, { priority: 3 });
+    const many = await client.addJobs([
+      { task: 'square', payload: { n: 9 } },
+      { task: 'square', payload: { n: 16 }, queue: 'other' },
+    ]);
+    expect(many).toHaveLength(2);
+    expect(await client.getJob(one)).toMatchObject({ id: one, task: 'square', state: 'pending', priority: 3, payload: { n: 4 } });
+    expect((await client.getJob(many[1]))!.queue).toBe('other');
+
+    const conn = new pg.Client({ connectionString: enqueuer.url });
+    await conn.connect();
+    try {
+      const { rows: single } = await conn.query(`SELECT ${db.s}.add_job('square', '{"n": 25}') AS id`);
+      const { rows: bulk } = await conn.query(`SELECT id FROM ${db.s}.add_jobs($1) AS id`, [
+        JSON.stringify([{ task: 'square', payload: { n: 36 } }, { task: 'square' }]),
+      ]);
+      expect(bulk).toHaveLength(2);
+      const { rows: read } = await conn.query(`SELECT state, payload FROM ${db.s}.get_job($1)`, [single[0].id]);
+      expect(read).toEqual([{ state: 'pending', payload: { n: 25 } }]);
+      expect(await stateOf(bulk[1].id)).toBe('pending');
+    } finally {
+      await conn.end();
+    }
+  });
+
+  it('cannot read or write the jobs table, forge a finished or leased job, cancel, or change the schema', async () => {
+    const { rows } = await db.pool.query(`SELECT ${db.s}.add_job('square', '{"n": 49}') AS id`);
+    const id = String(rows[0].id);
+    const attempts: Array<[string, unknown[]]> = [
+      [`SELECT * FROM ${db.s}.jobs`, []],
+      [`INSERT INTO ${db.s}.jobs (task, state, result, finished_at) VALUES ('square', 'succeeded', '{"root": 42}', now())`, []],
+      [
+        `INSERT INTO ${db.s}.jobs (task, state, attempts, locked_by, claim_token, lease_until, started_at)
+         VALUES ('square', 'running', 1, 'nobody', 1, 'infinity', now())`,
+        [],
+      ],
+      [`UPDATE ${db.s}.jobs SET state = 'succeeded' WHERE id = $1`, [id]],
+      [`DELETE FROM ${db.s}.jobs WHERE id = $1`, [id]],
+      [`SELECT * FROM ${db.s}.cancel_job($1)`, [id]],
+      [`SELECT * FROM ${db.s}.supervisors`, []],
+      [`INSERT INTO ${db.s}.messages (id, worker, command) VALUES (1, 'any', 'STOP')`, []],
+      [`UPDATE ${db.s}.settings SET max_payload_bytes = 1`, []],
+      [`CREATE TABLE ${db.s}.mine (x int)`, []],
+    ];
+    for (const [text, values] of attempts) expect([text, await sqlstateAs(enqueuer, text, values)]).toEqual([text, DENIED]);
+
+    const client = clientAs(enqueuer);
+    expect((await client.cancelJob(id).catch((e: unknown) => e)) as { code?: string }).toMatchObject({ code: DENIED });
+    expect((await client.runDueNow().catch((e: unknown) => e)) as { code?: string }).toMatchObject({ code: DENIED });
+    expect(await stateOf(id)).toBe('pending');
+    const { rows: forged } = await db.pool.query(`SELECT count(*)::int AS n FROM ${db.s}.jobs WHERE state <> 'pending'`);
+    expect(forged[0].n).toBe(0);
+  });
+});
+
+describe('a worker', () => {
+  it('runs a supervisor that processes jobs (handlers enqueue too) with no DDL right, and the enqueuer reads the results', async () => {
+    supervisor = await startSupervisor({ connectionString: worker.url, schema: db.schema, tasks: FIXTURE_TASKS, threads: 1, logger: testLogger() });
+    const client = clientAs(enqueuer);
+    const id = await client.addJob('square', { n: 64 });
+    const done = await client.waitForJob(id, { timeoutMs: 30_000 });
+    expect(done).toMatchObject({ state: 'succeeded', result: { n: 64, root: 8 } });
+
+    // A handler's addJob() runs in the worker's thread, as the worker role.
+    const parent = await client.addJob('report_helpers', { followUp: { task: 'square', payload: { n: 81 } } });
+    const reported = await client.waitForJob(parent, { timeoutMs: 30_000 });
+    expect(reported.state).toBe('succeeded');
+    const child = (reported.result as { followUp: string }).followUp;
+    expect((await client.waitForJob(child, { timeoutMs: 30_000 })).result).toMatchObject({ root: 9 });
+
+    const { rows } = await db.pool.query(`SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name LIKE 'grapevine-supervisor%' AND usename = $1`, [
+      worker.name,
+    ]);
+    expect(rows).toEqual([{ usename: worker.name }]);
+    expect(await sqlstateAs(worker, `CREATE TABLE ${db.s}.mine (x int)`)).toBe(DENIED);
+    expect(await sqlstateAs(worker, `CREATE OR REPLACE FUNCTION ${db.s}.mine() RETURNS int LANGUAGE sql AS 'SELECT 1'`)).toBe(DENIED);
+    expect(await sqlstateAs(worker, `ALTER TABLE ${db.s}.jobs ADD COLUMN mine int`)).toBe(DENIED);
+  });
+});
+
+describe('an operator', () => {
+  it('pings the supervisors, reads the registry and the log, and cancels pending and running jobs', async () => {
+    const control = createControl({ connectionString: operator.url, schema: db.schema });
+    closers.push(() => control.close());
+    const responses = await control.sendAndWait('PING', undefined, { timeoutMs: 30_000 });
+    expect(Object.values(responses)).toEqual([expect.objectContaining({ supervisor: supervisor!.id, ok: true, value: 'PONG' })]);
+    expect((await control.supervisors()).map((s) => s.id)).toContain(supervisor!.id);
+    expect((await control.logTail({ n: 5 })).length).toBeGreaterThan(0);
+
+    const enqueue = clientAs(enqueuer);
+    const later = await enqueue.addJob('square', { n: 100 }, { runAt: new Date(Date.now() + 3_600_000) });
+    const running = await enqueue.addJob('hang', { cooperative: true });
+    await eventually(async () => (await stateOf(running)) === 'running', 'the hang job to start');
+
+    const client = clientAs(operator);
+    expect(await client.cancelJob(later)).toEqual({ state: 'cancelled' });
+    expect(await client.cancelJob(running)).toEqual({ state: 'cancelling' });
+    expect((await client.getJob(running))!.cancelRequestedAt).toBeInstanceOf(Date);
+    expect((await enqueue.waitForJob(running, { timeoutMs: 30_000 })).state).toBe('cancelled');
+    expect(await stateOf(later)).toBe('cancelled');
+
+    expect(await sqlstateAs(operator, `UPDATE ${db.s}.jobs SET state = 'succeeded'`)).toBe(DENIED);
+    expect(await sqlstateAs(operator, `SELECT ${db.s}.add_job('square')`)).toBe(DENIED);
+    expect(await sqlstateAs(operator, `CREATE TABLE ${db.s}.mine (x int)`)).toBe(DENIED);
+  });
+});
+
+describe('a role that may not migrate', () => {
+  it('starts against a current schema, and against one that needs migrating fails with one line naming grapevine migrate', async () => {
+    // A release whose function file changed: the schema is behind until its owner migrates it.
+    await db.pool.query(`UPDATE ${db.s}.schema_functions SET checksum = 'an older release' WHERE name = 'has_due'`);
+    const expectTooOld = (err: unknown, role: OwnRole) => {
+      expect((err as GrapevineError).code).toBe('GRAPEVINE_SCHEMA_TOO_OLD');
+      const message = (err as Error).message;
+      expect(message).toContain(`schema "${db.schema}" has older functions than this grapevine, and role "${role.name}" may not migrate it`);
+      expect(message).toContain(`run \`grapevine migrate --schema ${db.schema}\` as a role that may change the schema`);
+      expect(message).not.toContain('\n');
+    };
+    const started = await startSupervisor({ connectionString: worker.url, schema: db.schema, tasks: FIXTURE_TASKS, threads: 1, logger: testLogger() }).then(
+      async (s) => {
+        await s.stop({ graceMs: 0 });
+        return null;
+      },
+      (e: unknown) => e,
+    );
+    expectTooOld(started, worker);
+    const late = createClient({ connectionString: enqueuer.url, schema: db.schema });
+    try {
+      expectTooOld(await late.addJob('square', { n: 1 }).catch((e: unknown) => e), enqueuer);
+      // The owner migrates; the same client then gets on with it.
+      expect(await db.client.migrate()).toEqual(expect.objectContaining({ applied: [] }));
+      expect(await late.addJob('square', { n: 1 })).toMatch(/^\d+$/);
+    } finally {
+      await late.close();
+    }
+    // An older version, as its migrations table tells.
+    const latest = migrations().at(-1)!;
+    await db.pool.query(`DELETE FROM ${db.s}.migrations WHERE version = $1`, [latest.version]);
+    const older = createClient({ connectionString: worker.url, schema: db.schema });
+    try {
+      const err = await older.getJob(1).catch((e: unknown) => e);
+      expect((err as GrapevineError).code).toBe('GRAPEVINE_SCHEMA_TOO_OLD');
+      expect((err as Error).message).toContain(`schema "${db.schema}" is at version ${migrations().at(-2)!.version} and this grapevine needs version ${latest.version}`);
+      expect((err as Error).message).toContain(`grapevine migrate --schema ${db.schema}`);
+    } finally {
+      await older.close();
+      await db.pool.query(`INSERT INTO ${db.s}.migrations (version, name) VALUES ($1, $2)`, [latest.version, latest.name]);
+    }
+
+    // A role that was granted nothing cannot even tell, and is told what to ask for.
+    const stranger = createClient({ connectionString: nobody.url, schema: db.schema });
+    try {
+      const err = await stranger.addJob('square', { n: 1 }).catch((e: unknown) => e);
+      expect((err as GrapevineError).code).toBe('GRAPEVINE_PERMISSION_DENIED');
+      expect((err as Error).message).toContain(`role "${nobody.name}" may not read grapevine's tables in schema "${db.schema}"`);
+      expect((err as Error).message).toContain(`grapevine grant ${nobody.name} --as worker|enqueuer|operator --schema ${db.schema}`);
+    } finally {
+      await stranger.close();
+    }
+  });
+});
