@@ -12,7 +12,7 @@ export interface Plan {
   workloads: Workload[];
   /** Settings the throughput and arriving workloads run each system with (the others: tuned). */
   profiles: Profile[];
-  /** Trials run in this process instead of a fresh one each (smoke: saves ~0.3 s per trial). */
+  /** Trials run in this process instead of a fresh one each (smoke: saves a process start per trial). */
   inProcess: boolean;
   writeReport: boolean;
   reportPath: string;
