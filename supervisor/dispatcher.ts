@@ -318,8 +318,7 @@ export class Dispatcher {
   /**
    * Loops over a batch's slots are indexed, here and below: they run once
    * per batch, too rarely for V8 to optimise away a for-of's iterator, which
-   * then allocates an object per slot (a tenth of the main thread's
-   * allocation per job in a drain).
+   * then allocates an object per slot.
    */
   private freeSlots(slots: readonly Slot[]): void {
     for (let i = 0; i < slots.length; i++) this.freeSlot(slots[i]);

@@ -31,7 +31,7 @@ export interface Plan {
   timeoutMs: number;
   /** A throughput or arriving trial stops measuring after this long, finished or not, and
    * reports jobs handled / elapsed: pg-boss at its defaults takes one job per 2 s poll (hours
-   * for the backlog), BullMQ on PostgreSQL drains at a tenth of the others' pace even tuned. */
+   * for the backlog), BullMQ on PostgreSQL drains far slower than the others even tuned. */
   capMs: Record<Profile, number>;
   /** Wall-clock budget for the whole run: later rounds are skipped (and the report says
    * so) when the last round's pace says they would not fit. */
