@@ -1,7 +1,7 @@
 import os from 'node:os';
 import { configError } from './errors.ts';
 
-/** One place for every default, so README and code cannot drift apart. */
+/** One place for every default; test/docs-config.test.ts keeps docs/configuration.md in step with it. */
 export const DEFAULTS = {
   /** Schema that holds grapevine's tables and functions. */
   schema: 'grapevine',

@@ -279,7 +279,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
 
     async followLog({ supervisor, afterId = '0' }, onEntry) {
       // Supervisors notify the log channel only while a follower is
-      // registered (see migration 0007), so register before listening.
+      // registered (log_followers in the baseline migration), so register before listening.
       const follower = randomUUID();
       const register = () => followLog(pool, schema, { follower, ttlMs: FOLLOWER_TTL_MS });
       // With migrate: false the schema may predate log_followers; its

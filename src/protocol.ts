@@ -89,8 +89,7 @@ export type BatchEvent =
   // The thread is exiting (its process 'exit' event), with the error that
   // ended it if JavaScript saw one; the last message on the port. It reaches
   // the supervisor well before the Worker's 'exit' event, which waits for the
-  // thread to be torn down (0.4 ms after process.exit() against 10-35 ms,
-  // measured on an idle 2-core host).
+  // thread to be torn down.
   | { type: 'exiting'; code: number; error: SerializedError | null };
 
 /** Posted by the supervisor on a batch's MessagePort. */

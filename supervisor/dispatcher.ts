@@ -110,8 +110,8 @@ export interface DispatchCounters {
  *
  * Capacity is counted in slots, one per job, and a slot is refilled as soon
  * as its handler returns. The p-queue in front of piscina holds batches, not jobs:
- * it is what shutdown waits on. (A p-queue task per slot cost ~4 µs of the
- * main thread per job, a sixth of all the CPU a short job takes.)
+ * it is what shutdown waits on. (A p-queue task per slot would cost the main
+ * thread a task per job, a large share of what a short job costs.)
  *
  * All state is owned by the main thread; batch events arrive on per-batch
  * MessagePorts, not necessarily before the batch's result.
@@ -318,8 +318,7 @@ export class Dispatcher {
   /**
    * Loops over a batch's slots are indexed, here and below: they run once
    * per batch, too rarely for V8 to optimise away a for-of's iterator, which
-   * then allocates an object per slot (a tenth of the main thread's
-   * allocation per job in a drain).
+   * then allocates an object per slot.
    */
   private freeSlots(slots: readonly Slot[]): void {
     for (let i = 0; i < slots.length; i++) this.freeSlot(slots[i]);
@@ -370,8 +369,8 @@ export class Dispatcher {
 
   /**
    * Notified ids (`soon`) go out as soon as the callback that delivered them
-   * ends: waiting for the end of the event loop's turn cost 0.14 ms at the
-   * median and 0.38 ms at p90 of the latency path. Ids delivered together
+   * ends: waiting for the end of the event loop's turn would add to every
+   * notified job's latency. Ids delivered together
    * (one notification, or several read from one socket chunk) still share a
    * batch. Pulls taken in one turn of the event loop go out together.
    */
@@ -545,8 +544,8 @@ export class Dispatcher {
   /**
    * The batch's thread is exiting (a handler called process.exit(), an
    * uncaught error): its jobs go back now, not when piscina reports the
-   * death, which waits for the Worker's 'exit' event (10-45 ms later under
-   * load, most of a crashed job's way back to the queue). The thread runs
+   * death, which waits for the Worker's 'exit' event (the thread's teardown,
+   * most of a crashed job's way back to the queue). The thread runs
    * no more of its event loop, so it starts nothing new; what it already
    * sent (a claim's commit, an outcome write) the release waits for and the
    * fence sorts out, as after any death. Deaths that run no JavaScript (out
@@ -557,7 +556,7 @@ export class Dispatcher {
     const thread = batch.claimedOn ?? batch.threadId;
     if (thread !== null) this.options.pool.markExiting(thread);
     const { code, error } = event;
-    // threadStack: where in the thread it was thrown, for the jobs' last_error (T2 of the reliability bar).
+    // threadStack: where in the thread it was thrown, so the jobs' last_error points at the handler's code.
     const err = error
       ? Object.assign(new Error(error.message), { name: error.name, code: error.code, threadStack: error.stack })
       : new Error(`worker exited with code: ${code}`);

@@ -201,8 +201,8 @@ export class ThreadPool extends EventEmitter {
       minThreads: threads,
       maxThreads: threads,
       idleTimeout: Infinity,
-      // The default 'sync' freezes idle threads, and with them pg's handling
-      // of dropped connections; see piscina research notes.
+      // The default 'sync' blocks idle threads in Atomics.wait, so their
+      // event loops stop and pg never notices a dropped connection.
       atomics: 'disabled',
       concurrentTasksPerWorker: Math.max(1, this.options.concurrency),
       workerData: this.options.config,

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -9,7 +9,8 @@ import { DEFAULTS } from '../src/config.ts';
  * not drift apart. The legend at the top of that page describes the marks this
  * test understands.
  */
-const PAGE = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'docs', 'configuration.md');
+const ROOT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
+const PAGE = path.join(ROOT, 'docs', 'configuration.md');
 
 type Default =
   | { kind: 'defaults'; value: unknown } // `8`: the value in DEFAULTS
@@ -106,5 +107,32 @@ describe('docs/configuration.md', () => {
       if (first) expect(row.default, `docs/configuration.md:${row.line}: ${row.key} differs from line ${first.line}`).toEqual(first.default);
       else seen.set(row.key, row);
     }
+  });
+});
+
+/** The codes the code raises: declared in src/errors.ts and quoted in some other source file. */
+function raisedCodes(): string[] {
+  const declared = [...readFileSync(path.join(ROOT, 'src', 'errors.ts'), 'utf8').matchAll(/\| '(GRAPEVINE_[A-Z_]+)'/g)].map((m) => m[1]);
+  const sources = ['src', 'supervisor', 'threads']
+    .flatMap((dir) => readdirSync(path.join(ROOT, dir), { recursive: true, encoding: 'utf8' }).map((file) => path.join(ROOT, dir, file)))
+    .filter((file) => file.endsWith('.ts') && !file.endsWith(path.join('src', 'errors.ts')))
+    .map((file) => readFileSync(file, 'utf8'))
+    .join('\n');
+  return declared.filter((code) => sources.includes(`'${code}'`));
+}
+
+describe('docs/errors.md', () => {
+  const page = readFileSync(path.join(ROOT, 'docs', 'errors.md'), 'utf8');
+  const listed = [...page.matchAll(/^\| `(GRAPEVINE_[A-Z_]+)` \|/gm)].map((m) => m[1]);
+
+  it('lists every error code the code raises', () => {
+    const codes = raisedCodes();
+    expect(codes.length).toBeGreaterThan(10);
+    for (const code of codes) expect(listed, `${code} is raised but missing from docs/errors.md`).toContain(code);
+  });
+
+  it('lists only codes src/errors.ts declares', () => {
+    const declared = readFileSync(path.join(ROOT, 'src', 'errors.ts'), 'utf8');
+    for (const code of listed) expect(declared, `docs/errors.md lists ${code}, which src/errors.ts does not declare`).toContain(`'${code}'`);
   });
 });

@@ -20,8 +20,8 @@ export interface PendingClaim {
  * BEGIN, the claim and COMMIT are sent together, before any answer is read. PostgreSQL answers the
  * claim as soon as the rows are locked and marked running, and only then
  * flushes the commit, so the rows arrive one WAL flush earlier than with a
- * claim in its own transaction (0.3-0.5 ms of a ~1 ms claim on the bench
- * host, measured in place and alone). COMMIT is already on the wire when the handlers start: a thread
+ * claim in its own transaction, a large part of a claim's time. COMMIT is
+ * already on the wire when the handlers start: a thread
  * that dies in its first instant still commits its claim, and the
  * supervisor's release waits for the row locks (lockJobsQuery in src/sql/jobs.ts).
  *

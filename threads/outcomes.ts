@@ -11,8 +11,8 @@ export type Outcome =
 
 /**
  * Hears what became of the outcomes it handed in: one object per batch, not
- * a promise per job (a promise, its executor and its resolvers were a tenth
- * of what a short job allocates).
+ * a promise per job (a promise, its executor and its resolvers are a large
+ * part of what a short job allocates).
  */
 export interface OutcomeSink {
   /** Called once per recorded outcome: accepted is false if the fence turned it away. */

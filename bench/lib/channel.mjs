@@ -12,7 +12,7 @@ let pending = 0;
 let timer = null;
 
 // A BroadcastChannel builds every event it receives with undici's MessageEvent, even
-// with no listener, and Node loads undici (~70 ms of CPU) on the first one. A channel
+// with no listener, and Node loads undici, at a noticeable CPU cost, on the first one. A channel
 // kept open in each thread would receive the other threads' reports: undici would
 // load in every thread, inside the first timed drain, and every report would cost
 // every thread an event. So a thread opens a channel only to post, and closes it at

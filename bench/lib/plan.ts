@@ -12,7 +12,7 @@ export interface Plan {
   workloads: Workload[];
   /** Settings the throughput and arriving workloads run each system with (the others: tuned). */
   profiles: Profile[];
-  /** Trials run in this process instead of a fresh one each (smoke: saves ~0.3 s per trial). */
+  /** Trials run in this process instead of a fresh one each (smoke: saves a process start per trial). */
   inProcess: boolean;
   writeReport: boolean;
   reportPath: string;
@@ -31,7 +31,7 @@ export interface Plan {
   timeoutMs: number;
   /** A throughput or arriving trial stops measuring after this long, finished or not, and
    * reports jobs handled / elapsed: pg-boss at its defaults takes one job per 2 s poll (hours
-   * for the backlog), BullMQ on PostgreSQL drains at a tenth of the others' pace even tuned. */
+   * for the backlog), BullMQ on PostgreSQL drains far slower than the others even tuned. */
   capMs: Record<Profile, number>;
   /** Wall-clock budget for the whole run: later rounds are skipped (and the report says
    * so) when the last round's pace says they would not fit. */

@@ -14,20 +14,19 @@ import type { AdapterContext, BenchPayload, EnqueuePath, Probe, SystemAdapter, T
 
 export const TASKS_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'tasks');
 /**
- * Handler concurrency per thread: grapevine's documented high-throughput
- * setting for short jobs (README, "Throughput"). One claim takes up to this
- * many jobs, and threads x concurrency jobs are in flight: 1,024 on 2
- * threads (graphile-worker's local queue holds 500, pg-boss fetches 2 x 250).
- * Measured here: 512 per thread drained 15-18 % faster than 256, 128 slower.
+ * Handler concurrency per thread: grapevine's documented setting for many
+ * short jobs (docs/deployment.md, "Sizing"). One claim takes up to this many
+ * jobs, and threads x concurrency jobs are in flight, about as many as the
+ * other systems hold locally in their tuned settings.
  */
 export const GRAPEVINE_CONCURRENCY = 512;
 /**
  * Succeeded jobs are deleted rather than kept with their results (the
  * documented high-volume setting; graphile-worker deletes completed jobs too).
- * The default keeps them; its numbers are in the issue notes, not this table.
+ * The default keeps them; the defaults workloads run that way.
  */
 export const GRAPEVINE_DELETE_SUCCEEDED = true;
-/** For CPU-bound handlers the README says: keep concurrency low (4 measured best here: 1 and 2 leave threads idle between jobs, 8+ strand jobs on one thread at the end). */
+/** CPU-bound handlers want low concurrency (docs/deployment.md): 1 or 2 leave threads idle between jobs, many strand jobs on one thread at the end. */
 export const GRAPEVINE_CPU_CONCURRENCY = 4;
 
 const SQL_PER_ROW = 'SQL: SELECT add_job(...) FROM generate_series';

@@ -83,8 +83,8 @@ export async function run(spec: TrialSpec): Promise<Record<string, unknown>> {
         await poolRefilled(sup, spec.threads);
         // piscina counts a replacement from the moment it creates it; booting it
         // (importing its modules, opening and warming its connections) takes
-        // ~0.2-0.3 s more here, on the same two cores the recovery needs. The
-        // full run waits 1 s, the smoke run (whose numbers mean nothing) less.
+        // longer, on the same cores the recovery needs. The full run waits
+        // 1 s, the smoke run (whose numbers mean nothing) less.
         await sleep(spec.replacementBootMs);
         threadMs.push(await crashOnce());
         await poolRefilled(sup, spec.threads);

@@ -37,8 +37,8 @@ function build(schema: string): ControlStatements {
   const s = quoteIdent(schema);
   const ch = channelsFor(schema);
   const st = (name: string, text: string) => statement(schema, name, text);
-  // Log writes wake followers only while one is live (migration 0007: a
-  // NOTIFY serialises commits cluster-wide until they reach the disk).
+  // Log writes wake followers only while one is live (log_followers in the
+  // baseline: a NOTIFY serialises commits cluster-wide until they reach the disk).
   const followed = `EXISTS (SELECT 1 FROM ${s}.log_followers WHERE until > now())`;
   return {
     // $1 recipients (NULL: every live supervisor), $2 command, $3 args, $4

@@ -89,14 +89,14 @@ function build(schema: string): JobStatements {
     watch: st('watch', `SELECT ${s}.watch_job($1)`),
 
     // $1 ids, $2 tasks this host can run, $3 owner supervisor, $4 thread id,
-    // $5 lease ms, $6 queues (NULL = all). See claim_ids() in migration 0001.
+    // $5 lease ms, $6 queues (NULL = all). See src/schema/functions/claim_ids.sql.
     claimByIds: st(
       'claim_by_ids',
       `SELECT id::text AS id, task, queue, payload, attempts, max_attempts, timeout_ms,
               claim_token::text AS claim_token, cancel_requested
          FROM ${s}.claim_ids($1::bigint[], $2::text[], $6::text[], $3, $4, $5)`,
     ),
-    // $1 how many, the rest as for claimByIds. See claim_next() in migration 0001.
+    // $1 how many, the rest as for claimByIds. See src/schema/functions/claim_next.sql.
     claimNext: st(
       'claim_next',
       `SELECT id::text AS id, task, queue, payload, attempts, max_attempts, timeout_ms,
@@ -212,7 +212,7 @@ function build(schema: string): JobStatements {
        RETURNING id::text AS id, cancel_requested_at IS NOT NULL AS cancel_requested`,
     ),
     // $1 tasks, $2 queues (NULL = all). Whether any pending job is due, held
-    // by another statement or not. See has_due() in migration 0005.
+    // by another statement or not. See src/schema/functions/has_due.sql.
     hasDue: st('has_due', `SELECT ${s}.has_due($1::text[], $2::text[]) AS due`),
     // Run only by the elected reaper, inside its transaction.
     reapExpired: st(
@@ -226,10 +226,10 @@ function build(schema: string): JobStatements {
        ${announce('done')}`,
     ),
     // $1 retention ms, $2 batch size. Returns `pruned`, how many. See
-    // prune_finished() in migration 0005.
+    // src/schema/functions/prune_finished.sql.
     pruneFinished: st('prune_finished', `SELECT ${s}.prune_finished($1, $2)::integer AS pruned`),
     // $1 ms within which a supervisor must have heartbeated to count as live,
-    // $2 oldest due jobs looked at per priority. See unhandled_tasks() in migration 0009.
+    // $2 oldest due jobs looked at per priority. See src/schema/functions/unhandled_tasks.sql.
     unhandledTasks: st('unhandled_tasks', `SELECT task, queue, jobs::integer AS jobs FROM ${s}.unhandled_tasks($1, $2)`),
     // $1 id. A pending job is cancelled on the spot; a running one is
     // flagged, and the caller tells its owner over the control channel. A

@@ -39,7 +39,7 @@ function build(schema: string): SupervisorStatements {
     // $1 id, $2 status, $3 threads, $4 info, $5 tasks (a REFRESH or a repaired
     // pool loads the task modules again). Returns the status the row had,
     // so a supervisor that was paused long enough to be declared LOST learns it,
-    // and how full the server's NOTIFY queue is (see migration 0008).
+    // and how full the server's NOTIFY queue is (see functions/notify.sql).
     heartbeat: st(
       'supervisor_heartbeat',
       `WITH prev AS (SELECT status FROM ${s}.supervisors WHERE id = $1 FOR UPDATE)
