@@ -14,6 +14,7 @@ import { createClient } from '../src/client.ts';
 import { DEFAULTS, idleTimeoutSecondsToMs, MAX_IDLE_TIMEOUT_MS } from '../src/config.ts';
 import { GrapevineError } from '../src/errors.ts';
 import { createLogger, type LogFormat } from '../src/log.ts';
+import { grantRole, grantSql } from '../src/schema/roles.ts';
 import { redactSecret } from '../src/redact.ts';
 import { PACKAGE_ROOT, VERSION } from '../src/version.ts';
 import { CONTROL_HELP, controlCommands } from './cli-control.ts';
@@ -41,6 +42,7 @@ Commands:
   job       show a job
   cancel    cancel a job
   migrate   create or upgrade grapevine's tables
+  grant     give a PostgreSQL role what an enqueuer, a worker or an operator needs
   message   send a control message (PING, INFO, PAUSE, SCALE, STOP, ...) to supervisors
   supervisors  list the supervisors and their threads
   log       show the supervisors' event log
@@ -83,6 +85,19 @@ SIGTERM/SIGINT stop gracefully; a second signal stops at once. Exit code 0.`,
   job: 'Usage: grapevine job ID\n\nPrints the job as JSON.',
   cancel: 'Usage: grapevine cancel ID\n\nCancels a pending job at once; a running one is signalled wherever it runs.',
   migrate: 'Usage: grapevine migrate\n\nCreates or upgrades the schema. Safe to run from several hosts at once.',
+  grant: `Usage: grapevine grant ROLE --as enqueuer|worker|operator [--print]
+
+Gives an existing PostgreSQL role what one kind of user of the schema needs, and
+nothing else (no right to change the schema):
+  enqueuer   add jobs and read their state and result (add_job, add_jobs, get_job);
+             no access to the tables
+  worker     run supervisors: claim, record outcomes, heartbeat, answer control messages
+  operator   send control messages, read the supervisors and their log, cancel jobs
+Run it as the schema's owner (it migrates the schema first), and again after
+upgrading grapevine.
+
+  --as KIND   enqueuer, worker or operator
+  --print     print the SQL instead of running it (connects to nothing)`,
   ...CONTROL_HELP,
   demo: `Usage: grapevine demo [--count N] [--threads N]
 
@@ -254,6 +269,25 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
       console.log(applied.length > 0 ? `applied migrations ${applied.join(', ')}; schema "${client.schema}" is at version ${version}` : `schema "${client.schema}" is up to date (version ${version})`);
       return 0;
     });
+  },
+
+  async grant(command, argv) {
+    const { values, positionals } = parse(command, argv, { as: { type: 'string' }, print: { type: 'boolean' } });
+    const [role, ...extra] = positionals;
+    if (!role || extra.length > 0 || values.as === undefined) throw new UsageError('usage: grapevine grant ROLE --as enqueuer|worker|operator [--print]');
+    const options = { schema: values.schema as string | undefined, role, as: values.as as string };
+    if (values.print) {
+      console.log(grantSql(options));
+      return 0;
+    }
+    const db = await openDatabase(values);
+    try {
+      await grantRole({ ...options, connectionString: db.connectionString });
+      say(`role "${role}" may now act as ${options.as} on schema "${options.schema ?? DEFAULTS.schema}"`);
+      return 0;
+    } finally {
+      await db.release();
+    }
   },
 
   async demo(command, argv) {

@@ -44,7 +44,7 @@ describe('grapevine CLI', () => {
       ['job', '1'],
       ['cancel', '1'],
       ['migrate'],
-      ['workers'],
+      ['supervisors'],
       ['log'],
       ['message', 'PING'],
     ];

@@ -9,6 +9,7 @@ import * as jobs from '../src/sql/jobs.ts';
 import { payloadLimit } from '../src/sql/settings.ts';
 import * as sups from '../src/sql/supervisors.ts';
 import { eventually, FIXTURE_TASKS, testLogger, useMigratedSchema } from './helpers/db.ts';
+import { CLI, run } from './helpers/process.ts';
 import { useOwnRole, type OwnRole } from './helpers/role.ts';
 
 /**
@@ -21,6 +22,7 @@ const enqueuer = useOwnRole(db, 'enq', { superuser: false });
 const worker = useOwnRole(db, 'wrk', { superuser: false });
 const operator = useOwnRole(db, 'op', { superuser: false });
 const nobody = useOwnRole(db, 'nobody', { superuser: false });
+const fromCli = useOwnRole(db, 'cli', { superuser: false });
 
 let supervisor: Supervisor | undefined;
 const closers: Array<() => Promise<unknown>> = [];
@@ -78,6 +80,21 @@ describe('grapevine grant', () => {
     const missing = await grantRole({ connectionString: db.url, schema: db.schema, role: `${nobody.name}_x`, as: 'worker' }).catch((e: unknown) => e);
     expect((missing as GrapevineError).code).toBe('GRAPEVINE_CONFIG_INVALID');
     expect((missing as Error).message).toContain(`role "${nobody.name}_x" does not exist: create it first`);
+  });
+
+  it('grapevine grant gives a role its kind from the command line, and --print only prints', async () => {
+    const printed = await run([CLI, 'grant', fromCli.name, '--as', 'enqueuer', '--print', '--schema', db.schema], { DATABASE_URL: undefined });
+    expect(printed.code).toBe(0);
+    expect(printed.stdout.trim()).toBe(grantSql({ schema: db.schema, role: fromCli.name, as: 'enqueuer' }).trim());
+    expect(await sqlstateAs(fromCli, `SELECT ${db.s}.add_job('square')`)).toBe(DENIED);
+
+    const granted = await run([CLI, 'grant', fromCli.name, '--as', 'enqueuer', '--schema', db.schema, '--database-url', db.url]);
+    expect(granted.code, granted.stderr).toBe(0);
+    expect(await clientAs(fromCli).addJob('square', { n: 3 })).toMatch(/^\d+$/);
+    expect(await sqlstateAs(fromCli, `SELECT 1 FROM ${db.s}.jobs`)).toBe(DENIED);
+
+    const bad = await run([CLI, 'grant', fromCli.name, '--as', 'admin', '--print']);
+    expect([bad.code, bad.stderr.trim()]).toEqual([1, 'grapevine: unknown kind of role "admin": use --as enqueuer, --as worker, --as operator']);
   });
 
   it('refuses, with GRAPEVINE_PERMISSION_DENIED, a role that does not own the schema', async () => {
