@@ -98,6 +98,8 @@ export interface DispatchCounters {
   commitErrors: number;
   /** Threads replaced because they could not import the task modules (they claimed nothing). */
   brokenThreads: number;
+  /** Cancel notifications for a job this supervisor runs whose row asked for no cancel: forged, or stale. */
+  ignoredCancels: number;
 }
 
 /**
@@ -169,6 +171,7 @@ export class Dispatcher {
     claimErrors: 0,
     commitErrors: 0,
     brokenThreads: 0,
+    ignoredCancels: 0,
   };
   /** Jobs finished per thread, for status. */
   readonly jobsRunByThread = new Map<number, number>();

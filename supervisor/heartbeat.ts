@@ -31,6 +31,8 @@ export interface HeartbeatOptions {
   runningJobIds(): string[];
   /** Aborts a running job whose row asks for its cancellation; whether it was running. */
   cancel(jobId: string): boolean;
+  /** A cancel notification for one of this supervisor's jobs whose row asked for no cancel. */
+  cancelIgnored(jobId: string): void;
   /** PostgreSQL's NOTIFY queue is too full for notifications: control messages are not announced either. */
   onNotificationsDropped(): void;
 }
@@ -96,17 +98,36 @@ export class Heartbeat {
     );
   }
 
-  private async renewLeases(answerWithinMs: number): Promise<void> {
-    const ids = this.o.runningJobIds();
-    if (ids.length === 0) return;
+  /**
+   * A cancel notification names a job, but anyone who can connect may send
+   * one: only a row that asks for the cancel, for a job this supervisor still
+   * runs, is acted on. Renewing that one lease reads exactly that.
+   */
+  async checkCancel(jobId: string): Promise<void> {
+    if (!this.o.runningJobIds().includes(jobId)) return;
+    try {
+      const acted = await this.renewLeases(Math.max(500, Math.floor(this.o.leaseMs / 4)), [jobId], 'cancelling running job');
+      if (acted === 0) this.o.cancelIgnored(jobId);
+    } catch (err) {
+      // The next heartbeat reads the same flag.
+      this.warnDb(this.o.logger, { err: (err as Error).message }, 'reading a cancel request failed');
+    }
+  }
+
+  /** Renews the leases of `ids` and acts on the cancels their rows ask for; how many it cancelled. */
+  private async renewLeases(answerWithinMs: number, ids = this.o.runningJobIds(), why = 'cancelling running job (seen at heartbeat)'): Promise<number> {
+    if (ids.length === 0) return 0;
     const renew = renewLeasesQuery(this.o.schema, { owner: this.o.id, ids, leaseMs: this.o.leaseMs });
     const renewed = await rowsOf(this.o.pool, withAnswerDeadline(renew, answerWithinMs));
     // A cancel notification sent while the LISTEN connection was down is
     // gone; the flag on the row is not.
+    let cancelled = 0;
     for (const row of renewed) {
       if (row.cancel_requested && this.o.cancel(row.id)) {
-        this.o.logger.info({ jobId: row.id }, 'cancelling running job (seen at heartbeat)');
+        this.o.logger.info({ jobId: row.id }, why);
+        cancelled++;
       }
     }
+    return cancelled;
   }
 }

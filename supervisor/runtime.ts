@@ -121,6 +121,10 @@ export class SupervisorRuntime implements Supervisor {
       tasks: () => threadPool.tasks,
       runningJobIds: () => [...this.dispatcher.runningJobs.keys()],
       cancel: (jobId) => this.dispatcher.abort(jobId, 'cancelled', 'job was cancelled'),
+      cancelIgnored: (jobId) => {
+        this.dispatcher.counters.ignoredCancels++;
+        logger.debug({ jobId }, 'ignored a cancel notification: the job\'s row asks for no cancel');
+      },
       onNotificationsDropped: () => this.control.wake(),
     });
     this.sweeper = new Periodic(timing.sweepIntervalMs, () => this.sweep());
@@ -371,9 +375,7 @@ export class SupervisorRuntime implements Supervisor {
     if (message.kind === 'malformed') return this.onMalformed(this.channels.control, message.reason);
     if (!isAddressedTo(message, this.id)) return;
     if (message.kind === 'message') return this.control.wake();
-    if (this.dispatcher.abort(message.job, 'cancelled', 'job was cancelled')) {
-      this.o.logger.info({ jobId: message.job }, 'cancelling running job');
-    }
+    void this.heartbeat.checkCancel(message.job);
   }
 
   private onMalformed(channel: string, reason: string): void {
