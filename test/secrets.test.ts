@@ -69,7 +69,7 @@ async function provokeErrors(
     const now = await counters();
     return now.restarts >= 1 ? now : null;
   }, 'the crashed thread to be replaced');
-  const later = await client.addJob('leak-connection-string', { crashAfterMs: 100 }, { maxAttempts: 1 });
+  const later = await client.addJob('leak-connection-string', { crashOnceRecordedIn: `"${db.schema}".jobs` }, { maxAttempts: 1 });
   expect(await client.waitForJob(later, { timeoutMs: 30_000 })).toMatchObject({ state: 'succeeded' });
   await eventually(async () => (await counters()).restarts > restarts, 'the thread that crashed after its job to be replaced');
 

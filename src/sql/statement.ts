@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { rowsOf, type Queryable, type TypedQuery } from '../db.ts';
 
 /**
@@ -11,7 +12,22 @@ export interface Statement {
 }
 
 export function statement(schema: string, name: string, text: string): Statement {
-  return { name: `grapevine:${schema}:${name}`, text };
+  return { name: statementName(schema, name), text };
+}
+
+/** PostgreSQL cuts a prepared statement's name at 63 bytes, and two names cut alike would share one plan. */
+const MAX_NAME_BYTES = 63;
+
+/**
+ * `grapevine:<schema>:<name>`, or with a long schema a short hash of it in
+ * its place, so that no name is cut and names stay distinct per schema.
+ */
+export function statementName(schema: string, name: string): string {
+  const full = `grapevine:${schema}:${name}`;
+  if (Buffer.byteLength(full) <= MAX_NAME_BYTES) return full;
+  const short = `grapevine:${createHash('sha256').update(schema).digest('hex').slice(0, 12)}:${name}`;
+  if (Buffer.byteLength(short) > MAX_NAME_BYTES) throw new Error(`statement name ${JSON.stringify(name)} is too long: keep it under ${MAX_NAME_BYTES - 23} bytes`);
+  return short;
 }
 
 /**
