@@ -93,13 +93,15 @@ function build(schema: string): OperationStatements {
     ),
     // Finished jobs only (failed or cancelled): a running job belongs to its
     // claim, and its outcome write must find it as it left it. `attempts`
-    // only grows, so a retried job gets its allowance again on top of the
-    // attempts it has used.
+    // only grows, so a retried job gets its allowance (retry_allowance, see
+    // migration 0013) again on top of the attempts it has used.
     retry: st(
       'ops_retry',
       `WITH done AS (
          UPDATE ${s}.jobs j
-            SET state = 'pending', run_at = now(), max_attempts = j.attempts + j.max_attempts,
+            SET state = 'pending', run_at = now(),
+                retry_allowance = coalesce(j.retry_allowance, j.max_attempts),
+                max_attempts = j.attempts + coalesce(j.retry_allowance, j.max_attempts),
                 finished_at = NULL, cancel_requested_at = NULL, claim_token = NULL, lease_until = NULL,
                 locked_by = NULL, locked_thread = NULL, result = NULL
           WHERE ${FILTER} AND j.state IN ('failed', 'cancelled')
@@ -226,8 +228,9 @@ export async function purgeJobs(db: Queryable, schema: string, p: { filter: JobF
 }
 
 /** Cancels the pending jobs matching the filter and asks the owners of the running ones to abort them. */
-export function cancelJobs(db: Queryable, schema: string, p: { filter: JobFilterParams }): Promise<BulkCancelRow> {
-  return oneRow(db, bind(operationStatements(schema).cancel, filterValues(p.filter)));
+export async function cancelJobs(db: Queryable, schema: string, p: { filter: JobFilterParams }): Promise<BulkCancelRow> {
+  const row = await oneRow<BulkCancelRow>(db, bind(operationStatements(schema).cancel, filterValues(p.filter)));
+  return { cancelled: row.cancelled, cancelling: row.cancelling };
 }
 
 /** Measures every queue's pending and running jobs into the queue_stats table (the leader's chore). */

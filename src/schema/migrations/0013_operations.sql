@@ -15,3 +15,10 @@ CREATE TABLE :SCHEMA.queue_stats (
 ALTER TABLE :SCHEMA.maintenance DROP CONSTRAINT maintenance_chore_check;
 ALTER TABLE :SCHEMA.maintenance ADD CONSTRAINT maintenance_chore_check CHECK (chore IN ('reap', 'prune', 'stats'));
 INSERT INTO :SCHEMA.maintenance (chore) VALUES ('stats');
+
+-- The attempts an operator's retry grants (grapevine retry): the job's
+-- max_attempts when it was first retried. `attempts` only ever grows, so a
+-- retry raises max_attempts to attempts + this, and a job retried again gets
+-- the same allowance again rather than one that grows with each retry. NULL
+-- until the first retry; adding it rewrites nothing.
+ALTER TABLE :SCHEMA.jobs ADD COLUMN retry_allowance integer CHECK (retry_allowance >= 1);
