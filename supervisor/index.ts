@@ -161,14 +161,10 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
   const retentionMs = numeric(options, 'retentionMs', DEFAULTS.retentionMs);
   const handlerConnections = numeric(options, 'handlerConnections', DEFAULTS.threadHandlerConnections);
   const idleTimeoutMs = options.idleTimeoutMs == null ? null : numeric(options, 'idleTimeoutMs', 0);
+  const maxResultBytes = numeric(options, 'maxResultBytes', DEFAULTS.maxResultBytes);
+  const queueStatsIntervalMs = numeric(options, 'queueStatsIntervalMs', DEFAULTS.queueStatsIntervalMs);
   const metrics =
-    options.metricsPort == null
-      ? null
-      : {
-          host: metricsHost(options.metricsHost),
-          port: numeric(options, 'metricsPort', 0),
-          queueStatsIntervalMs: numeric(options, 'queueStatsIntervalMs', DEFAULTS.queueStatsIntervalMs),
-        };
+    options.metricsPort == null ? null : { host: metricsHost(options.metricsHost), port: numeric(options, 'metricsPort', 0), queueStatsIntervalMs };
 
   // Migrations get a connection of their own, without the statement timeout:
   // one may rewrite a large jobs table.
@@ -201,7 +197,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     logLevel: logger.level,
     logFormat: logFormatOf(logger),
     deleteSucceeded: options.deleteSucceeded ?? DEFAULTS.deleteSucceeded,
-    maxResultBytes: numeric(options, 'maxResultBytes', DEFAULTS.maxResultBytes),
+    maxResultBytes,
   };
   const threadPool = new ThreadPool({ threads, concurrency, config: threadConfig, resourceLimits: options.resourceLimits, logger });
   try {
