@@ -34,6 +34,11 @@ export class MetricsServer {
   private readonly registry: import('prom-client').Registry;
   private readonly jobs: import('prom-client').Counter<'outcome' | 'task' | 'queue'>;
   private readonly durations: import('prom-client').Histogram<'task' | 'queue'>;
+  /**
+   * Each (task, queue)'s label children, found once: prom-client hashes a
+   * label object on every call, and finished jobs arrive by the thousand.
+   */
+  private readonly children = new Map<string, { outcomes: Map<string, { inc(): void }>; durations: { observe(value: number): void } }>();
 
   private constructor(promClient: typeof import('prom-client'), sources: MetricsSources) {
     const { Counter, Gauge, Histogram, Registry } = promClient;
@@ -121,9 +126,20 @@ export class MetricsServer {
   /** Jobs that finished together (the dispatcher reports them once per batch). */
   finished(jobs: readonly RunningJob[]): void {
     for (const job of jobs) {
-      const labels = { task: job.task, queue: job.queue };
-      this.jobs.inc({ ...labels, outcome: outcomeOf(job) });
-      if (job.handledAt > 0) this.durations.observe(labels, (job.handledAt - job.startedAt) / 1000);
+      const key = `${job.task}\u0000${job.queue}`;
+      let child = this.children.get(key);
+      if (!child) {
+        child = { outcomes: new Map(), durations: this.durations.labels({ task: job.task, queue: job.queue }) };
+        this.children.set(key, child);
+      }
+      const outcome = outcomeOf(job);
+      let counter = child.outcomes.get(outcome);
+      if (!counter) {
+        counter = this.jobs.labels({ outcome, task: job.task, queue: job.queue });
+        child.outcomes.set(outcome, counter);
+      }
+      counter.inc();
+      if (job.handledAt > 0) child.durations.observe((job.handledAt - job.startedAt) / 1000);
     }
   }
 
