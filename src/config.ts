@@ -64,6 +64,10 @@ export const DEFAULTS = {
    * payloads); a larger one fails its job with GRAPEVINE_RESULT_TOO_LARGE.
    */
   maxResultBytes: 1_048_576,
+  /** The address a supervisor's metrics port listens on (with metricsPort): this host only. */
+  metricsHost: '127.0.0.1',
+  /** How often the elected supervisor measures queue depth for /metrics (only when some supervisor serves metrics). */
+  queueStatsIntervalMs: 15_000,
   /** Jobs inserted per statement by addJobs(). */
   insertChunkSize: 5_000,
 } as const;

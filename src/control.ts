@@ -5,6 +5,7 @@ import { createPool, explainConnectionErrors } from './db.ts';
 import { GrapevineError } from './errors.ts';
 import { Listener } from './listener.ts';
 import { Waiters } from './waiters.ts';
+import { jobOperations, type JobOperations } from './operations.ts';
 import { silentLogger, type Logger } from './log.ts';
 import { channelsFor } from './schema/channels.ts';
 import { explainingOutdatedSchema, migrate, type MigrateResult } from './schema/migrate.ts';
@@ -25,6 +26,7 @@ import { listSupervisors, supervisorStates } from './sql/supervisors.ts';
 import { supervisorFromRow, type SupervisorInfo } from './supervisor-info.ts';
 
 export type { RegistryStatus, SupervisorInfo, ThreadStatus } from './supervisor-info.ts';
+export type { JobFilter, JobOperations, JobPage, JobStats } from './operations.ts';
 
 export interface ControlClientOptions {
   /** Defaults to DATABASE_URL. */
@@ -61,7 +63,8 @@ export interface SendOptions {
   supervisors?: string[];
 }
 
-export interface Control {
+/** The operator's object: the control plane, and finding and acting on jobs (JobOperations). */
+export interface Control extends JobOperations {
   readonly schema: string;
   /** Sends a command; returns the message id (shared by all recipients). */
   send(command: string, args?: unknown, options?: SendOptions): Promise<string>;
@@ -218,6 +221,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
 
   const control: Control = {
     schema,
+    ...jobOperations(pool, schema, run),
 
     async send(command, args, opts = {}) {
       return (await sendTo(command, args, opts.supervisors)).id;

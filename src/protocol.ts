@@ -77,7 +77,7 @@ export type ThreadResponse =
  */
 export type BatchEvent =
   // Parallel arrays rather than an object per job: cheaper to clone.
-  | { type: 'claimed'; ids: string[]; tasks: string[]; attempts: number[]; threadId: number }
+  | { type: 'claimed'; ids: string[]; tasks: string[]; queues: string[]; attempts: number[]; threadId: number }
   | { type: 'started'; jobId: string; timeoutMs: number; threadId: number }
   // Handlers returned; their outcomes are being written. Frees their slots,
   // so the next claim overlaps the outcome write instead of following it.

@@ -18,6 +18,7 @@ import { grantRole, grantSql } from '../src/schema/roles.ts';
 import { redactSecret } from '../src/redact.ts';
 import { PACKAGE_ROOT, VERSION } from '../src/version.ts';
 import { CONTROL_HELP, controlCommands } from './cli-control.ts';
+import { JOBS_HELP, jobCommands } from './cli-jobs.ts';
 import { chooseDatabase, EMBEDDED_DIR, NO_DATABASE, resolveDatabase, type ResolvedDatabase } from './database.ts';
 import { startSupervisor } from './index.ts';
 import { stopOnSignals } from './signals.ts';
@@ -40,7 +41,12 @@ Commands:
   run       run a supervisor and its worker threads
   add       enqueue a job
   job       show a job
-  cancel    cancel a job
+  jobs      list jobs by state, task, queue, time or error text
+  stats     job counts per queue and task, oldest due job, last minute's throughput
+  retry     send failed or cancelled jobs back to pending
+  reschedule  make pending jobs due at another time
+  purge     delete finished jobs
+  cancel    cancel jobs (ids or a filter)
   migrate   create or upgrade grapevine's tables
   grant     give a PostgreSQL role what an enqueuer, a worker or an operator needs
   message   send a control message (PING, INFO, PAUSE, SCALE, STOP, ...) to supervisors
@@ -74,6 +80,8 @@ Options for every command:
   --delete-succeeded  delete jobs as soon as they succeed instead of keeping them and
                       their results (faster; failed jobs and waited-for jobs are kept)
   --allow-eval        let the EVAL control message run JavaScript on this supervisor
+  --metrics-port N    serve Prometheus metrics on /metrics, and /healthz and /readyz, on port N
+  --metrics-host H    the address the metrics port listens on (default: ${DEFAULTS.metricsHost})
 
 SIGTERM/SIGINT stop gracefully; a second signal stops at once. Exit code 0.`,
   add: `Usage: grapevine add TASK [JSON] [--run-at ISO] [--priority N] [--queue Q] [--max-attempts N] [--timeout-ms N] [--wait]
@@ -83,7 +91,6 @@ SIGTERM/SIGINT stop gracefully; a second signal stops at once. Exit code 0.`,
   --wait             wait for the job and print its result (exit 1 if it failed)
   --wait-ms N        how long --wait waits (default: 60000)`,
   job: 'Usage: grapevine job ID\n\nPrints the job as JSON.',
-  cancel: 'Usage: grapevine cancel ID\n\nCancels a pending job at once; a running one is signalled wherever it runs.',
   migrate: 'Usage: grapevine migrate\n\nCreates or upgrades the schema. Safe to run from several hosts at once.',
   grant: `Usage: grapevine grant ROLE --as enqueuer|worker|operator [--print]
 
@@ -99,6 +106,7 @@ upgrading grapevine.
   --as KIND   enqueuer, worker or operator
   --print     print the SQL instead of running it (connects to nothing)`,
   ...CONTROL_HELP,
+  ...JOBS_HELP,
   demo: `Usage: grapevine demo [--count N] [--threads N]
 
 Enqueues the numbers 1..N (default 12), computes their square roots on at least
@@ -171,6 +179,8 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
       'log-format': { type: 'string' },
       'allow-eval': { type: 'boolean' },
       'delete-succeeded': { type: 'boolean' },
+      'metrics-port': { type: 'string' },
+      'metrics-host': { type: 'string' },
     });
     if (!values.tasks) throw new UsageError('--tasks is required: a directory of task modules (see grapevine run --help)');
     const format = logFormat(values);
@@ -188,6 +198,8 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         idleTimeoutMs: idleTimeout(values),
         allowEval: values['allow-eval'] === true,
         deleteSucceeded: values['delete-succeeded'] === true,
+        metricsPort: int(values, 'metrics-port'),
+        metricsHost: values['metrics-host'] as string | undefined,
         logger,
       });
       const unhook = stopOnSignals(supervisor, logger);
@@ -250,18 +262,6 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     });
   },
 
-  async cancel(command, argv) {
-    const { values, positionals } = parse(command, argv, {});
-    const id = positionals[0];
-    if (!id) throw new UsageError('missing ID: grapevine cancel ID');
-    return withClient(values, async (client) => {
-      const { state } = await client.cancelJob(id);
-      if (state === null) throw new GrapevineError('GRAPEVINE_JOB_NOT_FOUND', `job ${id} does not exist in schema "${client.schema}"`);
-      console.log(state);
-      return 0;
-    });
-  },
-
   async migrate(command, argv) {
     const { values } = parse(command, argv, {});
     return withClient(values, async (client) => {
@@ -312,8 +312,14 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     }
   },
 
-  ...controlCommands({ parse, int, usage: (message) => new UsageError(message), say, database: (values) => openDatabase(values) }),
+  ...controlCommands(cliTools()),
+  ...jobCommands(cliTools()),
 };
+
+/** What the commands in other files borrow from this one. */
+function cliTools() {
+  return { parse, int, usage: (message: string) => new UsageError(message), say, database: (values: Values) => openDatabase(values) };
+}
 
 /** The database the flags and environment name; only the demo falls back to the embedded one by itself. */
 function openDatabase(values: Values, { embeddedByDefault = false } = {}): Promise<ResolvedDatabase> {

@@ -25,7 +25,7 @@ export interface DispatcherOptions {
    * Called with the jobs of one claim when they start, and with jobs that
    * finished together, for the supervisor log: once per batch, not per job.
    */
-  onJobs?: (type: 'started' | 'finished', jobs: readonly JobRef[]) => void;
+  onJobs?: (type: 'started' | 'finished', jobs: readonly RunningJob[]) => void;
   /** How long a cancelled or timed-out handler may take to stop before its thread is terminated. */
   killGraceMs: number;
 }
@@ -73,7 +73,10 @@ interface Batch {
 
 /** A claimed job, as the supervisor sees it. */
 export interface RunningJob extends JobRef {
+  queue: string;
   startedAt: number;
+  /** When its handler returned (0: not yet, or never), for the metrics' durations. */
+  handledAt: number;
   batch: Batch;
   slot: Slot | null;
   timer: NodeJS.Timeout | null;
@@ -513,7 +516,7 @@ export class Dispatcher {
             slot.id = id;
             this.holding.add(id);
           }
-          const job: RunningJob = { id, threadId: event.threadId, task, attempt, succeeded: undefined, startedAt: now, batch, slot, timer: null, handled: false, abortedFor: null };
+          const job: RunningJob = { id, threadId: event.threadId, task, queue: event.queues[k], attempt, handledAt: 0, succeeded: undefined, startedAt: now, batch, slot, timer: null, handled: false, abortedFor: null };
           this.running.set(id, job);
           started.push(job);
         }
@@ -574,11 +577,13 @@ export class Dispatcher {
    * 'finished'; an id re-notified meanwhile costs one skipped claim.
    */
   private handled(batch: Batch, ids: readonly string[]): void {
+    const now = Date.now();
     for (const id of ids) {
       const job = this.running.get(id);
       // Not this batch's run: the job was released and claimed again meanwhile.
       if (!job || job.batch !== batch) continue;
       job.handled = true;
+      job.handledAt = now;
       // Nothing is left to time out or to abort.
       if (job.timer) clearTimeout(job.timer);
       job.timer = null;

@@ -42,6 +42,8 @@ export class Heartbeat {
   private readonly timer: Periodic;
   private readonly warnDb = throttledWarnings(1_000);
   private readonly warnNotifyQueue = throttled(60_000);
+  /** When a heartbeat last reached the database (epoch ms; 0: never): /readyz's "connected". */
+  lastBeatAt = 0;
 
   constructor(options: HeartbeatOptions) {
     this.o = options;
@@ -77,6 +79,7 @@ export class Heartbeat {
       if (rows[0]?.previous_status === 'LOST') {
         logger.warn('this supervisor was declared LOST (paused or cut off too long); its earlier jobs were reaped and their late outcomes are fenced');
       }
+      this.lastBeatAt = Date.now();
       this.checkNotifyQueue(Number(rows[0]?.notify_queue_usage ?? 0));
       await this.renewLeases(answerWithinMs);
     } catch (err) {

@@ -81,6 +81,16 @@ export interface SupervisorOptions {
    * (default: never). The TIMEOUT_SET control message changes it later.
    */
   idleTimeoutMs?: number | null;
+  /**
+   * Serve Prometheus metrics on /metrics, and /healthz and /readyz probes, on
+   * this port (0: any free one; see metricsAddress()). Default: no port, and
+   * no metrics work at all.
+   */
+  metricsPort?: number | null;
+  /** The address the metrics port listens on (default 127.0.0.1: this host only; 0.0.0.0 for every interface). */
+  metricsHost?: string;
+  /** How often the elected supervisor measures queue depth for /metrics (default 15 s). */
+  queueStatsIntervalMs?: number;
 }
 
 export type { Supervisor, SupervisorState, SupervisorStatus, ThreadStatus } from './supervisor.ts';
@@ -107,6 +117,8 @@ export const OPTION_RANGES = {
   idleTimeoutMs: { min: 0, max: MAX_IDLE_TIMEOUT_MS },
   // PostgreSQL stores no value over 1 GiB.
   maxResultBytes: { min: 1, max: 1_073_741_824 },
+  metricsPort: { min: 0, max: 65_535 },
+  queueStatsIntervalMs: { min: 100, max: 24 * HOUR_MS },
 } as const;
 
 type NumericOption = keyof typeof OPTION_RANGES;
@@ -150,6 +162,9 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
   const handlerConnections = numeric(options, 'handlerConnections', DEFAULTS.threadHandlerConnections);
   const maxResultBytes = numeric(options, 'maxResultBytes', DEFAULTS.maxResultBytes);
   const idleTimeoutMs = options.idleTimeoutMs == null ? null : numeric(options, 'idleTimeoutMs', 0);
+  const queueStatsIntervalMs = numeric(options, 'queueStatsIntervalMs', DEFAULTS.queueStatsIntervalMs);
+  const metrics =
+    options.metricsPort == null ? null : { host: metricsHost(options.metricsHost), port: numeric(options, 'metricsPort', 0), queueStatsIntervalMs };
 
   // Migrations get a connection of their own, without the statement timeout:
   // one may rewrite a large jobs table.
@@ -206,6 +221,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     retentionMs,
     allowEval: (options.allowEval ?? DEFAULTS.allowEval) === true,
     idleTimeoutMs,
+    metrics,
   });
   try {
     await runtime.start();
@@ -214,6 +230,14 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     throw err;
   }
   return runtime;
+}
+
+function metricsHost(host: string | undefined): string {
+  if (host === undefined) return DEFAULTS.metricsHost;
+  if (typeof host !== 'string' || host.length === 0) {
+    throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `metricsHost must be an address such as 127.0.0.1 or 0.0.0.0, got ${JSON.stringify(host)}`);
+  }
+  return host;
 }
 
 function supervisorId(): string {

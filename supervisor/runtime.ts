@@ -20,6 +20,7 @@ import { Heartbeat } from './heartbeat.ts';
 import { IdleTimeout } from './idle-timeout.ts';
 import { Maintenance } from './maintenance/leader.ts';
 import { Periodic } from './periodic.ts';
+import { MetricsServer } from './metrics.ts';
 import { JobRelease } from './release.ts';
 import { SupervisorLog } from './supervisor-log.ts';
 import type { Supervisor, SupervisorState, SupervisorStatus } from './supervisor.ts';
@@ -47,6 +48,8 @@ export interface RuntimeOptions {
   retentionMs: number;
   allowEval: boolean;
   idleTimeoutMs: number | null;
+  /** Serve /metrics, /healthz and /readyz here; null: no port, and no metrics work. */
+  metrics: { host: string; port: number; queueStatsIntervalMs: number } | null;
 }
 
 export class SupervisorRuntime implements Supervisor {
@@ -63,6 +66,7 @@ export class SupervisorRuntime implements Supervisor {
   private readonly log: SupervisorLog;
   private readonly idleTimeout: IdleTimeout;
   private readonly control: ControlPlane;
+  private metrics: MetricsServer | null = null;
   private dueTimer: NodeJS.Timeout | null = null;
   private dueAt = Infinity;
   private stopping: Promise<void> | null = null;
@@ -90,7 +94,10 @@ export class SupervisorRuntime implements Supervisor {
       logger,
       killGraceMs: timing.killGraceMs,
       release: (jobs) => this.releases.release(jobs),
-      onJobs: (type, jobs) => this.log.jobs(type === 'started' ? 'TASK_START' : 'TASK_END', jobs),
+      onJobs: (type, jobs) => {
+        this.log.jobs(type === 'started' ? 'TASK_START' : 'TASK_END', jobs);
+        if (type === 'finished') this.metrics?.finished(jobs);
+      },
     });
     this.listener = new Listener({
       connectionString: options.connectionString,
@@ -106,6 +113,7 @@ export class SupervisorRuntime implements Supervisor {
       leaseMs: timing.leaseMs,
       intervalMs: timing.reaperIntervalMs,
       retentionMs: options.retentionMs,
+      queueStatsIntervalMs: options.metrics?.queueStatsIntervalMs ?? null,
       logger,
     });
     this.heartbeat = new Heartbeat({
@@ -219,6 +227,7 @@ export class SupervisorRuntime implements Supervisor {
     this.log.append('THREADS', `${threadPool.threads} x ${this.o.concurrency}`);
     this.control.start();
     this.idleTimeout.start();
+    if (this.o.metrics) await this.startMetrics(this.o.metrics.host, this.o.metrics.port);
     logger.info(
       {
         threads: this.o.threads,
@@ -269,6 +278,36 @@ export class SupervisorRuntime implements Supervisor {
     if (target === undefined || !this.o.threadPool.terminate(target)) return null;
     // An outside kill is a crash like any other: its jobs count an attempt.
     return target;
+  }
+
+  metricsAddress(): { host: string; port: number } | null {
+    return this.metrics?.address ?? null;
+  }
+
+  private async startMetrics(host: string, port: number): Promise<void> {
+    const { pool, schema, logger, threadPool, timing } = this.o;
+    const busyThreads = () => new Set([...this.dispatcher.runningJobs.values()].map((j) => j.threadId)).size;
+    this.metrics = await MetricsServer.start(
+      {
+        pool,
+        schema,
+        logger,
+        liveThreads: () => threadPool.liveThreads().length,
+        busyThreads,
+        runningJobs: () => this.dispatcher.runningJobs.size,
+        threadRestarts: () => threadPool.restarts,
+        listenerReconnects: () => this.listener.reconnects,
+        readiness: () => ({
+          connected: Date.now() - this.heartbeat.lastBeatAt < timing.leaseMs,
+          listening: this.listener.connected,
+          threadsUp: threadPool.liveThreads().length > 0,
+          running: this.state !== 'STOPPING' && this.state !== 'EXITED',
+        }),
+      },
+      host,
+      port,
+    );
+    logger.info({ metrics: `http://${host}:${this.metrics.address.port}/metrics` }, 'serving metrics and health probes');
   }
 
   listenerPid(): number | null {
@@ -336,6 +375,7 @@ export class SupervisorRuntime implements Supervisor {
       (err: Error) => logger.warn({ err: err.message }, 'could not release unreported claims; their leases will return them'),
     );
     await this.listener.stop();
+    await this.metrics?.close();
     await deregisterSupervisor(pool, schema, { id: this.id }).catch((err: Error) =>
       logger.warn({ err: err.message }, 'could not deregister'),
     );

@@ -37,6 +37,8 @@ export interface Supervisor {
   killThread(threadId?: number): number | null;
   /** The LISTEN connection's backend pid (tests use it to cut the connection). */
   listenerPid(): number | null;
+  /** Where /metrics, /healthz and /readyz are served (the port chosen, for metricsPort 0); null without metricsPort. */
+  metricsAddress(): { host: string; port: number } | null;
   /**
    * Runs the reaper once now, however recently it ran. (On its timers the
    * schema's supervisors together reap one or two times per reaperIntervalMs.)

@@ -46,6 +46,12 @@ describe('grapevine CLI', () => {
       ['migrate'],
       ['supervisors'],
       ['log'],
+      ['jobs', '--state', 'failed'],
+      ['stats'],
+      ['retry', '--state', 'failed'],
+      ['reschedule', '1', '--run-at', '2030-01-01T00:00:00Z'],
+      ['purge', '--state', 'succeeded'],
+      ['cancel', '1', '2'],
       ['message', 'PING'],
     ];
     for (const args of commands) {

@@ -110,7 +110,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
         )
       : false;
   if (jobs.length > 0) {
-    post(port, { type: 'claimed', ids: claimed, tasks: jobs.map((j) => j.task), attempts: jobs.map((j) => j.attempts), threadId });
+    post(port, { type: 'claimed', ids: claimed, tasks: jobs.map((j) => j.task), queues: jobs.map((j) => j.queue), attempts: jobs.map((j) => j.attempts), threadId });
   }
   const handled = idsReporter(port, 'handled');
   const finished = idsReporter(port, 'finished');

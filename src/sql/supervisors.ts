@@ -152,7 +152,7 @@ export async function tryLeadReaper(db: Queryable, schema: string): Promise<bool
 }
 
 /** Whether the chore is this tick's to run: no supervisor ran it in the last `paceMs` (null: run now). */
-export async function claimChore(db: Queryable, schema: string, p: { chore: 'reap' | 'prune'; paceMs: number | null }): Promise<boolean> {
+export async function claimChore(db: Queryable, schema: string, p: { chore: 'reap' | 'prune' | 'stats'; paceMs: number | null }): Promise<boolean> {
   return (await rowsOf<{ due: true }>(db, bind(supervisorStatements(schema).claimChore, [p.chore, p.paceMs]))).length > 0;
 }
 

@@ -18,6 +18,7 @@ import { chorePaceMs, choresDueLocally, leaderIdleTimeoutMs, reapPaceMs } from '
 import { pruneControlTables, type ControlRetention } from './prune-control.ts';
 import { pruneJobs } from './prune-jobs.ts';
 import { reapExpiredLeases } from './reap-expired.ts';
+import { measureQueueDepth } from './queue-stats.ts';
 import { findUnhandledTasks, type UnhandledTasks } from './unhandled-tasks.ts';
 
 export type { UnhandledTasks };
@@ -32,6 +33,8 @@ export interface MaintenanceOptions extends Partial<ControlRetention> {
   logger: Logger;
   /** How often the fleet prunes and looks for unhandled tasks (default DEFAULTS.pruneIntervalMs). */
   pruneIntervalMs?: number;
+  /** How often the fleet measures the queues for /metrics; null (the default): this supervisor serves no metrics and never measures. */
+  queueStatsIntervalMs?: number | null;
 }
 
 export interface ReapResult {
@@ -51,6 +54,7 @@ export class Maintenance {
   private readonly o: Required<MaintenanceOptions>;
   private readonly timer: Periodic;
   private lastChoresAskedAt = 0;
+  private lastStatsAskedAt = 0;
   private readonly warn = throttledWarnings(1_000);
 
   constructor(options: MaintenanceOptions) {
@@ -59,6 +63,7 @@ export class Maintenance {
       logKeep: DEFAULTS.supervisorLogKeep,
       logMaxAgeMs: DEFAULTS.supervisorLogMaxAgeMs,
       messageMaxAgeMs: DEFAULTS.messageMaxAgeMs,
+      queueStatsIntervalMs: null,
       ...options,
     };
     this.timer = new Periodic(options.intervalMs, () => this.tick());
@@ -77,10 +82,13 @@ export class Maintenance {
   async tick(options: { force?: boolean } = {}): Promise<ReapResult> {
     const { pool, schema, leaseMs, intervalMs, retentionMs, logger, pruneIntervalMs } = this.o;
     let result: ReapResult;
+    let measure = false;
     try {
       result = await withTransaction(pool, async (client) => {
         await client.query(`SET LOCAL idle_in_transaction_session_timeout = ${leaderIdleTimeoutMs(leaseMs)}`);
         if (!(await tryLeadReaper(client, schema))) return idle(false);
+        // Before the reap's pacing: the leader of any tick may measure.
+        measure = await this.claimQueueStats(client);
         if (!(await claimChore(client, schema, { chore: 'reap', paceMs: reapPaceMs(intervalMs, options.force === true) }))) return idle(true);
         const reaped = await reapExpiredLeases(client, { schema, leaseMs, logger });
         let choresRan = false;
@@ -98,6 +106,9 @@ export class Maintenance {
       return idle(false);
     }
     // After the commit: a diagnostic or a slow delete that fails must not undo the reaping.
+    if (measure) {
+      await measureQueueDepth(pool, { schema }).catch((err: Error) => this.warn(logger, { err: err.message }, 'could not measure the queues for metrics'));
+    }
     if (result.choresRan) {
       result.unhandled = await findUnhandledTasks(pool, { schema, leaseMs, logger }).catch((err: Error) => {
         this.warn(logger, { err: err.message }, 'the look for unhandled tasks failed');
@@ -108,6 +119,13 @@ export class Maintenance {
       );
     }
     return result;
+  }
+
+  private async claimQueueStats(client: pg.ClientBase): Promise<boolean> {
+    const everyMs = this.o.queueStatsIntervalMs;
+    if (everyMs === null || !choresDueLocally(Date.now(), this.lastStatsAskedAt, everyMs)) return false;
+    this.lastStatsAskedAt = Date.now();
+    return claimChore(client, this.o.schema, { chore: 'stats', paceMs: chorePaceMs(everyMs) });
   }
 }
 
