@@ -1,6 +1,5 @@
-import type pg from 'pg';
-import { DEFAULTS, resolveConnectionString, validateName, validatePositiveInt, validateSchemaName } from './config.ts';
-import { createPool, explainConnectionErrors, withTransaction, type Queryable } from './db.ts';
+import { DEFAULTS, validateName, validatePositiveInt, validateSchemaName } from './config.ts';
+import { clientConnections, explainConnectionErrors, withTransaction, type ConnectionOptions, type Queryable } from './db.ts';
 import { GrapevineError } from './errors.ts';
 import { isTerminal, jobFromRow, type Job } from './job.ts';
 import { silentLogger, type Logger } from './log.ts';
@@ -10,13 +9,9 @@ import { Waiters } from './waiters.ts';
 import { explainingOutdatedSchema, migrate, type MigrateResult } from './schema/migrate.ts';
 import { announceCancel, findJob, insertJob, insertJobs, makeDue, requestCancel, watchJob, type NewJob } from './sql/jobs.ts';
 
-export interface ClientOptions {
-  /** Defaults to DATABASE_URL. */
-  connectionString?: string;
+export interface ClientOptions extends ConnectionOptions {
   /** Defaults to "grapevine". */
   schema?: string;
-  /** Bring your own pool; the client will not end it on close(). */
-  pool?: pg.Pool;
   /**
    * Apply migrations before first use (default true). Turn off where the runtime role has no DDL rights;
    * then run `grapevine migrate` before upgrading such clients (an older schema fails with GRAPEVINE_SCHEMA_TOO_OLD).
@@ -62,17 +57,14 @@ export interface Client {
 
 export function createClient(options: ClientOptions = {}): Client {
   const schema = validateSchemaName(options.schema ?? DEFAULTS.schema);
-  // With a caller's pool, its connection string still serves waitForJob's LISTEN connection.
-  const poolUrl = (options.pool as { options?: { connectionString?: string } } | undefined)?.options?.connectionString;
-  const connectionString = options.pool ? (options.connectionString ?? poolUrl ?? process.env.DATABASE_URL ?? '') : resolveConnectionString(options.connectionString);
+  const { connectionString, listenUrl, pool } = clientConnections(options, { max: 4, applicationName: 'grapevine-client' });
   const maxPayloadBytes = options.maxPayloadBytes ?? 1024 * 1024;
   const logger = options.logger ?? silentLogger();
-  const pool = options.pool ?? createPool(connectionString, { max: 4, applicationName: 'grapevine-client' });
   const channels = channelsFor(schema);
   let migrated: Promise<MigrateResult> | null = null;
   // waitForJob(): woken by job ids on the done channel.
   const finished = new Waiters(
-    { connectionString, channels: [channels.done], applicationName: 'grapevine-waiter', logger },
+    { connectionString: listenUrl, channels: [channels.done], applicationName: 'grapevine-waiter', logger },
     (payload, keys) => {
       const parsed = parseJobNotification(payload);
       return parsed.kind === 'ids' ? [...keys].filter((id) => rangesContain(parsed.ranges, Number(id))) : [];

@@ -25,6 +25,8 @@ export interface ThreadConfig {
   logFormat: LogFormat;
   /** Succeeded jobs nobody waits for are deleted instead of recorded. */
   deleteSucceeded: boolean;
+  /** False: every statement unnamed (a pooler in transaction mode). */
+  preparedStatements: boolean;
 }
 
 /** What the supervisor asks of a thread (one piscina task). */

@@ -25,6 +25,8 @@ export interface RuntimeOptions {
   id: string;
   schema: string;
   connectionString: string;
+  /** Where the LISTEN connection goes: the server itself when connectionString is a pooler. */
+  listenUrl: string;
   pool: pg.Pool;
   threadPool: ThreadPool;
   threads: number;
@@ -84,7 +86,7 @@ export class SupervisorRuntime implements Supervisor {
       onJobs: (type, jobs) => this.control.onJobs(type, jobs),
     });
     this.listener = new Listener({
-      connectionString: options.connectionString,
+      connectionString: options.listenUrl,
       channels: [this.channels.jobs, this.channels.control],
       applicationName: 'grapevine-listener',
       logger: options.logger,

@@ -33,6 +33,7 @@ const systemPool = createPool(config.connectionString, {
   min: config.systemConnections,
   applicationName: `grapevine-thread-${threadId}`,
   onIdleError,
+  preparedStatements: config.preparedStatements,
   // A claim sends BEGIN, itself and COMMIT without waiting between them (claimBatch).
   pipeline: true,
 });
@@ -66,6 +67,7 @@ function handlerConnections(): ReturnType<typeof createPool> {
     max: config.handlerConnections,
     applicationName: `grapevine-handler-${threadId}`,
     onIdleError,
+    preparedStatements: config.preparedStatements,
   });
   return handlerPool;
 }

@@ -5,8 +5,14 @@ import { afterAll, beforeAll, inject } from 'vitest';
 import { createClient, startSupervisor, type Client, type Supervisor, type SupervisorOptions } from '../../supervisor/public.ts';
 import { createLogger } from '../../src/log.ts';
 
+/** Where test files connect; in the pooled pass, a PgBouncer in transaction mode. */
 export function databaseUrl(): string {
   return inject('databaseUrl');
+}
+
+/** The server itself, even in the pooled pass: for session-level locks and connections counted by role. */
+export function directDatabaseUrl(): string {
+  return inject('directDatabaseUrl');
 }
 
 export interface TestDatabase {
@@ -109,7 +115,8 @@ export interface HeldLock {
  * at a chosen point (after a claim read the table, before it commits).
  */
 export async function holdAdvisoryLock(db: TestDatabase, key: number): Promise<HeldLock> {
-  const holder = new pg.Client({ connectionString: db.url });
+  // A session-level lock: through a pooler in transaction mode it would stay on a server connection nobody holds.
+  const holder = new pg.Client({ connectionString: directDatabaseUrl() });
   await holder.connect();
   await holder.query('SELECT pg_advisory_lock($1)', [key]);
   let released = false;
