@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createClient, createControl, describeConnection, GrapevineError, VERSION, type Control } from '../supervisor/public.ts';
 import { silentLogger } from '../src/log.ts';
 import { WorkerLog } from '../supervisor/worker-log.ts';
-import { eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
+import { directDatabaseUrl, eventually, FIXTURE_TASKS, useTestSchema } from './helpers/db.ts';
 import { ROOT, run, start, type Running } from './helpers/process.ts';
 
 const db = useTestSchema('control');
@@ -320,7 +320,7 @@ describe('log notifications', () => {
   it('wake followers only while one follows: with nobody following, log writes send no NOTIFY', async () => {
     // A NOTIFY holds a cluster-wide lock through its commit's flush, so the
     // log must not send one that nobody listens for.
-    const raw = new pg.Client({ connectionString: db.url });
+    const raw = new pg.Client({ connectionString: directDatabaseUrl() });
     await raw.connect();
     const heard: string[] = [];
     raw.on('notification', (m) => heard.push(m.payload ?? ''));
