@@ -345,6 +345,9 @@ describe('log notifications', () => {
       } finally {
         await stop();
       }
+      // Writes that began while the follower was registered (the log is
+      // flushed in batches) still notify; only those after stop() must not.
+      await heardNow();
 
       expect((await db.pool.query(`SELECT count(*)::int AS n FROM ${S}.log_followers`)).rows[0].n).toBe(0);
       await control.sendAndWait('ECHO', 'unfollowed again', { workers: [A.id] });
