@@ -1,0 +1,161 @@
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createPool, withTransaction } from '../src/db.ts';
+import { silentLogger } from '../src/log.ts';
+import { createClient, startSupervisor, type Supervisor } from '../supervisor/public.ts';
+import { directDatabaseUrl, eventually, FIXTURE_TASKS, useMigratedSchema } from './helpers/db.ts';
+import { pgbouncerBinary, startPgBouncer, type RunningPgBouncer } from './helpers/pgbouncer.ts';
+
+/**
+ * Grapevine behind a PgBouncer of this file's own in transaction mode, with
+ * fewer server connections than its clients hold, whichever pass this is.
+ * (The pooled pass, GRAPEVINE_TEST_POOLER=pgbouncer, runs the core files
+ * through a shared one.) Skipped where pgbouncer is not installed; CI
+ * installs it.
+ */
+const db = useMigratedSchema('pooler');
+const S = db.s;
+const POOL_SIZE = 6;
+
+describe.skipIf(!pgbouncerBinary())('through PgBouncer in transaction mode', () => {
+  let bouncer: RunningPgBouncer;
+  /** A bouncer with one server connection: whatever a client leaves on it, the next client meets. */
+  let single: RunningPgBouncer;
+  beforeAll(async () => {
+    bouncer = await startPgBouncer(directDatabaseUrl(), { poolSize: POOL_SIZE });
+    single = await startPgBouncer(directDatabaseUrl(), { poolSize: 1 });
+  });
+  afterAll(async () => {
+    await bouncer?.stop();
+    await single?.stop();
+  });
+
+  /** A statement on a connection of its own through `via`. */
+  async function onAnotherClient<T extends pg.QueryResultRow>(via: RunningPgBouncer, text: string): Promise<T[]> {
+    const other = new pg.Client({ connectionString: via.url });
+    await other.connect();
+    try {
+      return (await other.query<T>(text)).rows;
+    } finally {
+      await other.end();
+    }
+  }
+
+  it('limits the statements of a pool with a statement timeout, and leaves no timeout on the server connection for the next client', async () => {
+    const limited = createPool(single.url, { max: 1, applicationName: 'grapevine-test', statementTimeoutMs: 150, preparedStatements: false });
+    try {
+      await expect(limited.query('SELECT pg_sleep(30)')).rejects.toMatchObject({ code: '57014' });
+      await expect(withTransaction(limited, (c) => c.query('SELECT pg_sleep(30)'))).rejects.toMatchObject({ code: '57014' });
+      expect((await limited.query('SELECT 41 + 1 AS n')).rows).toEqual([{ n: 42 }]);
+      // The one server connection the pool used is the one this client gets.
+      expect(await onAnotherClient(single, 'SHOW statement_timeout')).toEqual([{ statement_timeout: '0' }]);
+    } finally {
+      await limited.end();
+    }
+  });
+
+  it('sends every statement unnamed with preparedStatements: false, so clients sharing a server connection do not collide', async () => {
+    const named = { name: 'grapevine:pooler:probe', text: 'SELECT $1::int AS n', values: [7] };
+    const pools = [0, 1].map(() => createPool(single.url, { max: 1, applicationName: 'grapevine-test', preparedStatements: false }));
+    try {
+      for (let round = 0; round < 3; round++) {
+        for (const pool of pools) expect((await pool.query(named)).rows).toEqual([{ n: 7 }]);
+      }
+      expect(await onAnotherClient(single, 'SELECT count(*)::int AS n FROM pg_prepared_statements')).toEqual([{ n: 0 }]);
+    } finally {
+      await Promise.all(pools.map((p) => p.end()));
+    }
+    // Why the switch exists: named, the second client finds the first one's statement on the server connection.
+    const plain = [0, 1].map(() => new pg.Pool({ connectionString: single.url, max: 1 }));
+    try {
+      await plain[0].query(named);
+      await expect(plain[1].query(named)).rejects.toMatchObject({ code: '42P05' });
+    } finally {
+      await Promise.all(plain.map((p) => p.end()));
+    }
+  });
+
+  describe('eight supervisors', () => {
+    const started: Supervisor[] = [];
+    afterEach(async () => {
+      await Promise.all(started.map((s) => s.stop({ graceMs: 0 })));
+      started.length = 0;
+    });
+
+    it(`drain a backlog through ${POOL_SIZE} server connections: every job succeeds exactly once`, async () => {
+      const table = `${S}.ledger`;
+      await db.pool.query(`CREATE TABLE ${table} (job_id bigint NOT NULL, attempt integer NOT NULL, UNIQUE (job_id, attempt))`);
+      const pooled = { connectionString: bouncer.url, listenUrl: directDatabaseUrl(), preparedStatements: false, schema: db.schema };
+      const producer = createClient(pooled);
+      const ids: string[] = [];
+      try {
+        for (let i = 0; i < 4; i++) ids.push(...(await producer.addJobs(Array.from({ length: 500 }, () => ({ task: 'ledger', payload: { table } })))));
+      } finally {
+        await producer.close();
+      }
+
+      const servers = serverConnectionsOf(bouncer);
+      try {
+        for (let i = 0; i < 8; i++) {
+          started.push(await startSupervisor({ ...pooled, tasks: FIXTURE_TASKS, threads: 1, concurrency: 8, logger: silentLogger() }));
+        }
+        await eventually(
+          async () => (await db.pool.query(`SELECT count(*)::int AS n FROM ${S}.jobs WHERE state = 'succeeded' AND id = ANY($1::bigint[])`, [ids])).rows[0].n === ids.length,
+          'the backlog to drain',
+          180_000,
+        );
+      } finally {
+        await servers.stop();
+      }
+
+      const { rows: states } = await db.pool.query(
+        `SELECT state, attempts, count(*)::int AS n FROM ${S}.jobs WHERE id = ANY($1::bigint[]) GROUP BY 1, 2`,
+        [ids],
+      );
+      expect(states).toEqual([{ state: 'succeeded', attempts: 1, n: ids.length }]);
+      const { rows: ledger } = await db.pool.query(`SELECT count(*)::int AS runs, count(DISTINCT job_id)::int AS jobs FROM ${table}`);
+      expect(ledger).toEqual([{ runs: ids.length, jobs: ids.length }]);
+      const { rows: owners } = await db.pool.query(`SELECT count(DISTINCT locked_by)::int AS n FROM ${S}.jobs WHERE id = ANY($1::bigint[])`, [ids]);
+      expect(owners[0].n).toBeGreaterThan(1);
+      // Seventy-odd client connections shared the pool's server connections.
+      expect(servers.max()).toBeGreaterThan(0);
+      expect(servers.max()).toBeLessThanOrEqual(POOL_SIZE);
+      if (process.env.GRAPEVINE_TEST_LOG) console.log(`[pooler] most server connections at once: ${servers.max()}; most clients: ${servers.maxClients()}`);
+    }, 240_000);
+  });
+});
+
+/**
+ * Samples PgBouncer's own count of server connections (its admin console's
+ * SHOW POOLS) until stop(), keeping the highest.
+ */
+function serverConnectionsOf(bouncer: RunningPgBouncer): { max(): number; maxClients(): number; stop(): Promise<void> } {
+  const admin = new URL(bouncer.url);
+  admin.pathname = '/pgbouncer';
+  const console_ = new pg.Client({ connectionString: admin.toString() });
+  let most = 0;
+  let mostClients = 0;
+  let running = true;
+  const sampling = (async () => {
+    await console_.connect();
+    while (running) {
+      const { rows } = await console_.query('SHOW POOLS');
+      for (const row of rows) {
+        if (row.database === 'pgbouncer') continue;
+        const sum = (...columns: string[]) => columns.reduce((n, c) => n + Number(row[c]), 0);
+        most = Math.max(most, sum('sv_active', 'sv_idle', 'sv_used', 'sv_tested', 'sv_login'));
+        mostClients = Math.max(mostClients, sum('cl_active', 'cl_waiting'));
+      }
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  })();
+  return {
+    max: () => most,
+    maxClients: () => mostClients,
+    async stop() {
+      running = false;
+      await sampling;
+      await console_.end();
+    },
+  };
+}
