@@ -57,14 +57,14 @@ export interface Client {
 
 export function createClient(options: ClientOptions = {}): Client {
   const schema = validateSchemaName(options.schema ?? DEFAULTS.schema);
-  const { connectionString, listenUrl, pool } = clientConnections(options, { max: 4, applicationName: 'grapevine-client' });
+  const { connectionString, listen, pool } = clientConnections(options, { max: 4, applicationName: 'grapevine-client' });
   const maxPayloadBytes = options.maxPayloadBytes ?? 1024 * 1024;
   const logger = options.logger ?? silentLogger();
   const channels = channelsFor(schema);
   let migrated: Promise<MigrateResult> | null = null;
   // waitForJob(): woken by job ids on the done channel.
   const finished = new Waiters(
-    { connectionString: listenUrl, channels: [channels.done], applicationName: 'grapevine-waiter', logger },
+    { ...listen, channels: [channels.done], applicationName: 'grapevine-waiter', logger },
     (payload, keys) => {
       const parsed = parseJobNotification(payload);
       return parsed.kind === 'ids' ? [...keys].filter((id) => rangesContain(parsed.ranges, Number(id))) : [];

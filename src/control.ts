@@ -98,14 +98,14 @@ const MAX_ARGS_BYTES = 64 * 1024;
  */
 export function createControl(options: ControlClientOptions = {}): Control {
   const schema = validateSchemaName(options.schema ?? DEFAULTS.schema);
-  const { connectionString, listenUrl, pool } = clientConnections(options, { max: 2, applicationName: 'grapevine-control' });
+  const { connectionString, listen, pool } = clientConnections(options, { max: 2, applicationName: 'grapevine-control' });
   const lostAfterMs = options.lostAfterMs ?? DEFAULTS.leaseMs;
   const logger = options.logger ?? silentLogger();
   const channels = channelsFor(schema);
   let migrated: Promise<MigrateResult> | null = null;
   // Waiting for responses: the responses channel names the message id.
   const answered = new Waiters(
-    { connectionString: listenUrl, channels: [channels.responses], applicationName: 'grapevine-control', logger },
+    { ...listen, channels: [channels.responses], applicationName: 'grapevine-control', logger },
     (payload) => [payload],
   );
   /** Stops of the followLog() calls still running. */
@@ -316,7 +316,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
             reading = null;
           });
       };
-      const listener = new Listener({ connectionString: listenUrl, channels: [channels.log], applicationName: 'grapevine-log', logger });
+      const listener = new Listener({ ...listen, channels: [channels.log], applicationName: 'grapevine-log', logger });
       listener.on('notification', (_channel: string, payload: string) => {
         if (worker === undefined || payload === worker) read();
       });

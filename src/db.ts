@@ -89,20 +89,29 @@ export interface ConnectionOptions {
   pool?: pg.Pool;
 }
 
+/** Where a Listener connects, and what it checks that against when that is elsewhere (ListenerOptions). */
+export interface ListenTarget {
+  connectionString: string;
+  sameServerAs?: { pool: Queryable; connectionString: string };
+}
+
+/** The LISTEN target for a pool and its connection string, given where LISTEN goes. */
+export function listenTarget(listenUrl: string, pool: Queryable, connectionString: string): ListenTarget {
+  return listenUrl === connectionString ? { connectionString } : { connectionString: listenUrl, sameServerAs: { pool, connectionString } };
+}
+
 /**
- * The pool (the caller's, or a new one) and the connection strings of a
- * client or control client. With a caller's pool, its connection string
- * still serves the LISTEN connection unless listenUrl says otherwise.
+ * The pool (the caller's, or a new one), its connection string and where
+ * LISTEN goes, for a client or control client. With a caller's pool, its
+ * connection string still serves the LISTEN connection unless listenUrl
+ * says otherwise.
  */
-export function clientConnections(options: ConnectionOptions, pool: { max: number; applicationName: string }): { connectionString: string; listenUrl: string; pool: pg.Pool } {
+export function clientConnections(options: ConnectionOptions, pool: { max: number; applicationName: string }): { connectionString: string; listen: ListenTarget; pool: pg.Pool } {
   const poolUrl = (options.pool as { options?: { connectionString?: string } } | undefined)?.options?.connectionString;
   const connectionString = options.pool ? (options.connectionString ?? poolUrl ?? process.env.DATABASE_URL ?? '') : resolveConnectionString(options.connectionString);
   const preparedStatements = resolvePreparedStatements(options.preparedStatements);
-  return {
-    connectionString,
-    listenUrl: resolveListenUrl(options.listenUrl, connectionString),
-    pool: options.pool ?? createPool(connectionString, { ...pool, preparedStatements }),
-  };
+  const created = options.pool ?? createPool(connectionString, { ...pool, preparedStatements });
+  return { connectionString, listen: listenTarget(resolveListenUrl(options.listenUrl, connectionString), created, connectionString), pool: created };
 }
 
 /**

@@ -6,7 +6,7 @@
 import os from 'node:os';
 import type pg from 'pg';
 import { backoffMs } from '../src/backoff.ts';
-import { explainConnectionErrors, rowsOf, withAnswerDeadline, withPipelinedTransaction } from '../src/db.ts';
+import { explainConnectionErrors, listenTarget, rowsOf, withAnswerDeadline, withPipelinedTransaction } from '../src/db.ts';
 import { Listener } from '../src/listener.ts';
 import { throttled, throttledWarnings, type Logger } from '../src/log.ts';
 import { NOTIFY_DROP_USAGE, parseJobNotification, takeIds } from '../src/notification.ts';
@@ -86,7 +86,7 @@ export class SupervisorRuntime implements Supervisor {
       onJobs: (type, jobs) => this.control.onJobs(type, jobs),
     });
     this.listener = new Listener({
-      connectionString: options.listenUrl,
+      ...listenTarget(options.listenUrl, options.pool, options.connectionString),
       channels: [this.channels.jobs, this.channels.control],
       applicationName: 'grapevine-listener',
       logger: options.logger,

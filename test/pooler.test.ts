@@ -17,6 +17,23 @@ const db = useMigratedSchema('pooler');
 const S = db.s;
 const POOL_SIZE = 6;
 
+describe('listenUrl', () => {
+  it('must reach the database the connection string does: a supervisor and a waiting client refuse another one', async () => {
+    const elsewhere = new URL(directDatabaseUrl());
+    elsewhere.pathname = elsewhere.pathname === '/postgres' ? '/template1' : '/postgres';
+    const options = { connectionString: db.url, listenUrl: elsewhere.toString(), schema: db.schema };
+    const refusal = { code: 'GRAPEVINE_CONFIG_INVALID', message: expect.stringMatching(/^listenUrl .* reaches database "(postgres|template1)"/) };
+    await expect(startSupervisor({ ...options, tasks: FIXTURE_TASKS, threads: 1, logger: silentLogger() })).rejects.toMatchObject(refusal);
+    const client = createClient(options);
+    try {
+      const id = await client.addJob('noop', {});
+      await expect(client.waitForJob(id, { timeoutMs: 1_000 })).rejects.toMatchObject(refusal);
+    } finally {
+      await client.close();
+    }
+  });
+});
+
 describe.skipIf(!pgbouncerBinary())('through PgBouncer in transaction mode', () => {
   let bouncer: RunningPgBouncer;
   /** A bouncer with one server connection: whatever a client leaves on it, the next client meets. */
