@@ -33,7 +33,7 @@ export interface PoolOptions {
   /**
    * PostgreSQL cancels a statement that runs longer (statement_timeout), and
    * a statement with no answer at all a second after that fails here and
-   * its connection is discarded.
+   * its connection is discarded. Implies pipeline (see limitStatements).
    */
   statementTimeoutMs?: number;
   /**
@@ -63,7 +63,8 @@ export function createPool(connectionString: string, options: PoolOptions): pg.P
     connectionTimeoutMillis: 10_000,
     keepAlive: true,
     keepAliveInitialDelayMillis: 10_000,
-    ...(options.pipeline ? { pipeline: true } : {}),
+    // A limited statement goes out with its BEGIN, SET LOCAL and COMMIT (limitStatements).
+    ...(options.pipeline || options.statementTimeoutMs ? { pipeline: true } : {}),
     ...(options.statementTimeoutMs ? { query_timeout: options.statementTimeoutMs + UNANSWERED_MARGIN_MS } : {}),
     ...(options.preparedStatements === false ? { Client: UnnamedStatementsClient } : {}),
   });
@@ -120,6 +121,7 @@ export function clientConnections(options: ConnectionOptions, pool: { max: numbe
  * connection for whichever client a pooler hands it to next.
  */
 class UnnamedStatementsClient extends pg.Client {
+  // `never` fits the return type of each of pg's overloads; the value is whatever pg's own query() returns.
   override query(...args: unknown[]): never {
     const config = args[0] as { name?: unknown; submit?: unknown } | null;
     if (config && typeof config === 'object' && typeof config.submit !== 'function' && config.name !== undefined) {
