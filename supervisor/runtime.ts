@@ -194,6 +194,7 @@ export class SupervisorRuntime implements Supervisor {
         tasks: threadPool.tasks,
         queues: this.o.queues ?? 'all',
         database: describeConnection(this.o.connectionString),
+        ...(this.o.listenUrl === this.o.connectionString ? {} : { listen: describeConnection(this.o.listenUrl) }),
         schema,
       },
       'supervisor started',

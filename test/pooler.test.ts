@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createPool, withTransaction } from '../src/db.ts';
+import { Listener } from '../src/listener.ts';
 import { silentLogger } from '../src/log.ts';
 import { createClient, startSupervisor, type Supervisor } from '../supervisor/public.ts';
 import { directDatabaseUrl, eventually, FIXTURE_TASKS, useMigratedSchema } from './helpers/db.ts';
@@ -89,6 +90,20 @@ describe.skipIf(!pgbouncerBinary())('through PgBouncer in transaction mode', () 
       await expect(plain[1].query(named)).rejects.toMatchObject({ code: '42P05' });
     } finally {
       await Promise.all(plain.map((p) => p.end()));
+    }
+  });
+
+  it('LISTEN does not survive its transaction: the health check says so and names listenUrl', async () => {
+    const listener = new Listener({ connectionString: single.url, channels: [`${db.schema}_probe`], applicationName: 'grapevine-test', logger: silentLogger() });
+    const lost = new Promise<Error>((resolve) => listener.once('disconnected', resolve));
+    await listener.start();
+    try {
+      // The next client of the one server connection does what any client may do with a session it is handed.
+      await onAnotherClient(single, 'UNLISTEN *');
+      expect(await listener.checkHealth()).toBe(false);
+      expect((await lost).message).toMatch(/subscription lost .*set listenUrl to reach PostgreSQL directly/);
+    } finally {
+      await listener.stop();
     }
   });
 
