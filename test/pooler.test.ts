@@ -5,6 +5,7 @@ import { Listener } from '../src/listener.ts';
 import { silentLogger } from '../src/log.ts';
 import { createClient, startSupervisor, type Supervisor } from '../supervisor/public.ts';
 import { directDatabaseUrl, eventually, FIXTURE_TASKS, useMigratedSchema } from './helpers/db.ts';
+import { CLI, run, start } from './helpers/process.ts';
 import { pgbouncerBinary, startPgBouncer, type RunningPgBouncer } from './helpers/pgbouncer.ts';
 
 /**
@@ -104,6 +105,22 @@ describe.skipIf(!pgbouncerBinary())('through PgBouncer in transaction mode', () 
       expect((await lost).message).toMatch(/subscription lost .*set listenUrl to reach PostgreSQL directly/);
     } finally {
       await listener.stop();
+    }
+  });
+
+  it('runs from the command line: grapevine run and add --wait with --listen-url and --no-prepared-statements', async () => {
+    // Only the flags say it: none of the variables the pooled pass sets.
+    const env = { DATABASE_URL: undefined, GRAPEVINE_LISTEN_URL: undefined, GRAPEVINE_PREPARED_STATEMENTS: undefined, GRAPEVINE_LOG_LEVEL: 'info' };
+    const flags = ['--database-url', bouncer.url, '--listen-url', directDatabaseUrl(), '--no-prepared-statements', '--schema', db.schema];
+    const supervisor = start([CLI, 'run', '--tasks', FIXTURE_TASKS, '--threads', '1', '--log-format', 'json', ...flags], env);
+    try {
+      expect(await supervisor.waitFor(/"listen":"[^"]+"[^\n]*supervisor started/)).toBeTruthy();
+      const added = await run([CLI, 'add', 'square', '{"n":16}', '--wait', ...flags], env);
+      expect(added).toMatchObject({ code: 0 });
+      expect(added.stdout).toContain('"root": 4');
+    } finally {
+      supervisor.child.kill('SIGTERM');
+      expect((await supervisor.exited).code).toBe(0);
     }
   });
 
