@@ -69,16 +69,10 @@ export class Listener extends EventEmitter {
   /** Connects once; a failure here is reported to the caller, later ones are retried forever. */
   async start(): Promise<void> {
     try {
-      await this.connect();
+      await this.connect({ first: true });
     } catch (err) {
       this.stopped = true;
-      throw unreachableError(err, this.options.connectionString);
-    }
-    if (this.options.sameServerAs && this.client) {
-      await this.checkSameServer(this.client, this.options.sameServerAs).catch(async (err) => {
-        await this.stop();
-        throw err;
-      });
+      throw err instanceof GrapevineError ? err : unreachableError(err, this.options.connectionString);
     }
   }
 
@@ -114,7 +108,8 @@ export class Listener extends EventEmitter {
     return (this.client as unknown as { processID?: number } | null)?.processID ?? null;
   }
 
-  private async connect(): Promise<void> {
+  /** `first`: the connection start() makes, which checks sameServerAs before it counts as connected. */
+  private async connect({ first = false } = {}): Promise<void> {
     const client = new pg.Client({
       connectionString: this.options.connectionString,
       application_name: this.options.applicationName,
@@ -128,6 +123,7 @@ export class Listener extends EventEmitter {
     try {
       await client.connect();
       for (const channel of this.options.channels) await client.query(`LISTEN ${quoteIdent(channel)}`);
+      if (first && this.options.sameServerAs) await this.checkSameServer(client, this.options.sameServerAs);
     } catch (err) {
       client.removeAllListeners('end');
       client.on('error', () => {});
