@@ -1,5 +1,5 @@
 import { DEFAULTS, validateName, validatePositiveInt, validateSchemaName } from './config.ts';
-import { clientConnections, explainConnectionErrors, withTransaction, type ConnectionOptions, type Queryable } from './db.ts';
+import { clientConnections, explainConnectionErrors, withTransaction, withUnnamedStatements, type ConnectionOptions, type Queryable } from './db.ts';
 import { GrapevineError } from './errors.ts';
 import { isTerminal, jobFromRow, type Job } from './job.ts';
 import { silentLogger, type Logger } from './log.ts';
@@ -57,7 +57,7 @@ export interface Client {
 
 export function createClient(options: ClientOptions = {}): Client {
   const schema = validateSchemaName(options.schema ?? DEFAULTS.schema);
-  const { connectionString, listen, pool } = clientConnections(options, { max: 4, applicationName: 'grapevine-client' });
+  const { connectionString, listen, pool, preparedStatements } = clientConnections(options, { max: 4, applicationName: 'grapevine-client' });
   const maxPayloadBytes = options.maxPayloadBytes ?? 1024 * 1024;
   const logger = options.logger ?? silentLogger();
   const channels = channelsFor(schema);
@@ -119,19 +119,22 @@ export function createClient(options: ClientOptions = {}): Client {
     };
   };
 
+  /** The caller's connection for an enqueue in its transaction, else the pool. */
+  const callerOrPool = (db: Queryable | undefined): Queryable => (db === undefined ? pool : preparedStatements ? db : withUnnamedStatements(db));
+
   const client: Client = {
     schema,
 
     async addJob(task, payload, opts = {}) {
       const row = toRow({ ...opts, task, payload });
-      const db = opts.db ?? pool;
+      const db = callerOrPool(opts.db);
       return run(() => insertJob(db, schema, row));
     },
 
     async addJobs(specs, opts = {}) {
       if (!Array.isArray(specs)) throw new GrapevineError('GRAPEVINE_PAYLOAD_INVALID', 'addJobs() takes an array of { task, payload?, ... }');
       const rows = specs.map(toRow);
-      const db = opts.db ?? pool;
+      const db = callerOrPool(opts.db);
       return run(async () => {
         const ids: string[] = [];
         for (let i = 0; i < rows.length; i += DEFAULTS.insertChunkSize) {

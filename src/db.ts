@@ -107,12 +107,16 @@ export function listenTarget(listenUrl: string, pool: Queryable, connectionStrin
  * connection string still serves the LISTEN connection unless listenUrl
  * says otherwise.
  */
-export function clientConnections(options: ConnectionOptions, pool: { max: number; applicationName: string }): { connectionString: string; listen: ListenTarget; pool: pg.Pool } {
+export function clientConnections(
+  options: ConnectionOptions,
+  pool: { max: number; applicationName: string },
+): { connectionString: string; listen: ListenTarget; pool: pg.Pool; preparedStatements: boolean } {
   const poolUrl = (options.pool as { options?: { connectionString?: string } } | undefined)?.options?.connectionString;
   const connectionString = options.pool ? (options.connectionString ?? poolUrl ?? process.env.DATABASE_URL ?? '') : resolveConnectionString(options.connectionString);
   const preparedStatements = resolvePreparedStatements(options.preparedStatements);
   const created = options.pool ?? createPool(connectionString, { ...pool, preparedStatements });
-  return { connectionString, listen: listenTarget(resolveListenUrl(options.listenUrl, connectionString), created, connectionString), pool: created };
+  const listen = listenTarget(resolveListenUrl(options.listenUrl, connectionString), created, connectionString);
+  return { connectionString, listen, pool: created, preparedStatements };
 }
 
 /**
@@ -123,12 +127,23 @@ export function clientConnections(options: ConnectionOptions, pool: { max: numbe
 class UnnamedStatementsClient extends pg.Client {
   // `never` fits the return type of each of pg's overloads; the value is whatever pg's own query() returns.
   override query(...args: unknown[]): never {
-    const config = args[0] as { name?: unknown; submit?: unknown } | null;
-    if (config && typeof config === 'object' && typeof config.submit !== 'function' && config.name !== undefined) {
-      args[0] = { ...config, name: undefined };
-    }
-    return (super.query as (...a: unknown[]) => never)(...args);
+    return (super.query as (...a: unknown[]) => never)(unnamed(args[0]), ...args.slice(1));
   }
+}
+
+/**
+ * The caller's connection (addJob's `db`) with grapevine's statements sent
+ * unnamed, as the pools made with preparedStatements: false send them: a
+ * caller's connection through a pooler is shared the same way.
+ */
+export function withUnnamedStatements(db: Queryable): Queryable {
+  return { query: ((...args: unknown[]) => (db.query as (...a: unknown[]) => unknown)(unnamed(args[0]), ...args.slice(1))) as Queryable['query'] };
+}
+
+/** A statement's config without its name; text and Submittable queries as they are. */
+function unnamed(config: unknown): unknown {
+  const c = config as { name?: unknown; submit?: unknown } | null;
+  return c && typeof c === 'object' && typeof c.submit !== 'function' && c.name !== undefined ? { ...c, name: undefined } : config;
 }
 
 /** SET LOCAL statement_timeout for the pools that limit their statements (see limitStatements). */

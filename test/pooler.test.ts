@@ -94,6 +94,27 @@ describe.skipIf(!pgbouncerBinary())('through PgBouncer in transaction mode', () 
     }
   });
 
+  it('enqueues in the caller\'s transaction on the caller\'s connection with unnamed statements too', async () => {
+    // Migrated already: a migration now would wait for the one server connection the caller's transaction holds.
+    const client = createClient({ connectionString: single.url, preparedStatements: false, schema: db.schema, migrate: false });
+    const caller = new pg.Client({ connectionString: single.url });
+    await caller.connect();
+    try {
+      for (let round = 0; round < 2; round++) {
+        await caller.query('BEGIN');
+        await client.addJob('noop', { round }, { db: caller });
+        await caller.query('COMMIT');
+        // What a pooler's next server connection looks like to this one: none of its statements.
+        await onAnotherClient(single, 'DEALLOCATE ALL');
+      }
+      const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM ${S}.jobs WHERE task = 'noop' AND payload ? 'round'`);
+      expect(rows).toEqual([{ n: 2 }]);
+    } finally {
+      await caller.end();
+      await client.close();
+    }
+  });
+
   it('LISTEN does not survive its transaction: the health check says so and names listenUrl', async () => {
     const listener = new Listener({ connectionString: single.url, channels: [`${db.schema}_probe`], applicationName: 'grapevine-test', logger: silentLogger() });
     const lost = new Promise<Error>((resolve) => listener.once('disconnected', resolve));

@@ -153,7 +153,7 @@ async function handlerTransaction<T>(fn: (query: TaskHelpers['query']) => Promis
 }
 
 function handlerAddJob(...args: Parameters<Client['addJob']>) {
-  handlerClient ??= createClient({ pool: handlerConnections(), schema: config.schema, migrate: false });
+  handlerClient ??= createClient({ pool: handlerConnections(), schema: config.schema, migrate: false, preparedStatements: config.preparedStatements });
   return handlerClient.addJob(...args);
 }
 
