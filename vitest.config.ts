@@ -18,6 +18,7 @@ export default defineConfig({
           // The chaos suite has its own command (npm run test:chaos) and budget.
           exclude: ['test/unit/**', 'test/chaos/**', 'node_modules/**'],
           globalSetup: ['test/setup/build.ts', 'test/setup/database.ts'],
+          setupFiles: ['test/setup/pooler.ts'],
           // Threads run the build, not the TypeScript sources: see THREAD_ENTRY in supervisor/threads.ts.
           env: { GRAPEVINE_TEST_THREAD_ENTRY: BUILT_THREAD_ENTRY },
           testTimeout: 60_000,

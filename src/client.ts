@@ -1,6 +1,5 @@
-import type pg from 'pg';
-import { DEFAULTS, resolveConnectionString, validateName, validateInt, validateSchemaName } from './config.ts';
-import { createPool, explainConnectionErrors, withTransaction, type Queryable } from './db.ts';
+import { DEFAULTS, validateName, validateInt, validateSchemaName } from './config.ts';
+import { clientConnections, explainConnectionErrors, withTransaction, withUnnamedStatements, type ConnectionOptions, type Queryable } from './db.ts';
 import { GrapevineError } from './errors.ts';
 import { isTerminal, jobFromRow, type Job } from './job.ts';
 import { silentLogger, type Logger } from './log.ts';
@@ -11,13 +10,9 @@ import { explainingOutdatedSchema, migrate, type MigrateResult } from './schema/
 import { announceCancel, findJob, insertJob, insertJobs, makeDue, requestCancel, watchJob, type NewJob } from './sql/jobs.ts';
 import { payloadLimit } from './sql/settings.ts';
 
-export interface ClientOptions {
-  /** Defaults to DATABASE_URL. */
-  connectionString?: string;
+export interface ClientOptions extends ConnectionOptions {
   /** Defaults to "grapevine". */
   schema?: string;
-  /** Bring your own pool; the client will not end it on close(). */
-  pool?: pg.Pool;
   /**
    * Apply migrations before first use (default true). A schema that is already current is only read, so a role
    * without DDL rights (`grapevine grant`) may leave this on; a schema that needs migrating then fails with
@@ -67,17 +62,14 @@ export interface Client {
 
 export function createClient(options: ClientOptions = {}): Client {
   const schema = validateSchemaName(options.schema ?? DEFAULTS.schema);
-  // With a caller's pool, its connection string still serves waitForJob's LISTEN connection.
-  const poolUrl = (options.pool as { options?: { connectionString?: string } } | undefined)?.options?.connectionString;
-  const connectionString = options.pool ? (options.connectionString ?? poolUrl ?? process.env.DATABASE_URL ?? '') : resolveConnectionString(options.connectionString);
+  const { connectionString, listen, pool, preparedStatements } = clientConnections(options, { max: 4, applicationName: 'grapevine-client' });
   const logger = options.logger ?? silentLogger();
-  const pool = options.pool ?? createPool(connectionString, { max: 4, applicationName: 'grapevine-client' });
   const channels = channelsFor(schema);
   let migrated: Promise<MigrateResult> | null = null;
   let schemaPayloadLimit: Promise<number | null> | null = null;
   // waitForJob(): woken by job ids on the done channel.
   const finished = new Waiters(
-    { connectionString, channels: [channels.done], applicationName: 'grapevine-waiter', logger },
+    { ...listen, channels: [channels.done], applicationName: 'grapevine-waiter', logger },
     (payload, keys) => {
       const parsed = parseJobNotification(payload);
       return parsed.kind === 'ids' ? [...keys].filter((id) => rangesContain(parsed.ranges, Number(id))) : [];
@@ -127,15 +119,18 @@ export function createClient(options: ClientOptions = {}): Client {
     return { row, bytes: Buffer.byteLength(payloadJson) };
   };
 
+  /** The caller's connection for an enqueue in its transaction, else the pool. */
+  const callerOrPool = (db: Queryable | undefined): Queryable => (db === undefined ? pool : preparedStatements ? db : withUnnamedStatements(db));
+
   const client: Client = {
     schema,
 
     async addJob(task, payload, opts = {}) {
       const prepared = toRow({ ...opts, task, payload });
       const { row } = prepared;
-      const db = opts.db ?? pool;
+      const db = callerOrPool(opts.db);
       return run(async () => {
-        await checkPayloadSizes([prepared]);
+        await checkPayloadSizes([prepared], db);
         return insertJob(db, schema, row);
       });
     },
@@ -144,9 +139,9 @@ export function createClient(options: ClientOptions = {}): Client {
       if (!Array.isArray(specs)) throw new GrapevineError('GRAPEVINE_PAYLOAD_INVALID', 'addJobs() takes an array of { task, payload?, ... }');
       const prepared = specs.map((spec) => toRow(spec));
       const rows = prepared.map((p) => p.row);
-      const db = opts.db ?? pool;
+      const db = callerOrPool(opts.db);
       return run(async () => {
-        await checkPayloadSizes(prepared);
+        await checkPayloadSizes(prepared, db);
         const ids: string[] = [];
         for (let i = 0; i < rows.length; i += DEFAULTS.insertChunkSize) {
           const chunk = rows.slice(i, i + DEFAULTS.insertChunkSize);
@@ -219,10 +214,12 @@ export function createClient(options: ClientOptions = {}): Client {
   /**
    * Refuses payloads over the schema's limit before they travel. The
    * database refuses them too (and is the judge when the owner lowered the
-   * limit since this client read it); this only spares the round trip.
+   * limit since this client read it); this only spares the round trip. The
+   * limit is read on the connection the jobs go through: with a caller's
+   * transaction, that may be the only server connection a pooler gives it.
    */
-  async function checkPayloadSizes(prepared: Array<{ row: NewJob; bytes: number }>): Promise<void> {
-    schemaPayloadLimit ??= payloadLimit(pool, schema).then(
+  async function checkPayloadSizes(prepared: Array<{ row: NewJob; bytes: number }>, db: Queryable): Promise<void> {
+    schemaPayloadLimit ??= payloadLimit(db, schema).then(
       (found) => found,
       (err: unknown) => {
         schemaPayloadLimit = null;

@@ -1,5 +1,6 @@
 import os from 'node:os';
 import { configError } from './errors.ts';
+import { describeConnection } from './redact.ts';
 
 /** One place for every default; test/docs-config.test.ts keeps docs/configuration.md in step with it. */
 export const DEFAULTS = {
@@ -70,6 +71,8 @@ export const DEFAULTS = {
   queueStatsIntervalMs: 15_000,
   /** Jobs inserted per statement by addJobs(). */
   insertChunkSize: 5_000,
+  /** Named prepared statements; off behind a pooler in transaction mode that does not track them. */
+  preparedStatements: true,
 } as const;
 
 /** The longest idle timeout accepted (option, flag or TIMEOUT_SET): ten years. */
@@ -130,6 +133,34 @@ export function resolveConnectionString(explicit: string | undefined): string {
   const value = explicit ?? process.env.DATABASE_URL;
   if (!value) {
     throw configError('no database given: pass connectionString (or --database-url) or set DATABASE_URL');
+  }
+  return value;
+}
+
+/**
+ * The connection string for LISTEN: listenUrl, else GRAPEVINE_LISTEN_URL,
+ * else the main one. A LISTEN through a pooler in transaction mode hears
+ * nothing once its transaction ends, so behind one this must reach the
+ * server directly.
+ */
+export function resolveListenUrl(explicit: string | undefined, connectionString: string): string {
+  const value = explicit ?? (process.env.GRAPEVINE_LISTEN_URL || undefined);
+  if (value === undefined) return connectionString;
+  if (typeof value !== 'string' || !/^postgres(ql)?:\/\/[^/?#]/.test(value) || !URL.canParse(value)) {
+    throw configError(
+      `listenUrl (or GRAPEVINE_LISTEN_URL, --listen-url) must be a connection URL such as postgres://user@db-host:5432/app ` +
+        `that reaches PostgreSQL directly, not through a pooler; got ${typeof value === 'string' ? describeConnection(value) : typeof value}`,
+    );
+  }
+  return value;
+}
+
+/** preparedStatements, else GRAPEVINE_PREPARED_STATEMENTS ("true" or "false"), else the default. */
+export function resolvePreparedStatements(explicit: boolean | undefined): boolean {
+  const env = process.env.GRAPEVINE_PREPARED_STATEMENTS;
+  const value = explicit ?? (env === 'true' ? true : env === 'false' ? false : env ? env : DEFAULTS.preparedStatements);
+  if (typeof value !== 'boolean') {
+    throw configError(`preparedStatements (or GRAPEVINE_PREPARED_STATEMENTS) must be true or false, got ${JSON.stringify(value)}`);
   }
   return value;
 }

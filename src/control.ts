@@ -1,7 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import type pg from 'pg';
-import { DEFAULTS, resolveConnectionString, validateSchemaName } from './config.ts';
-import { createPool, explainConnectionErrors } from './db.ts';
+import { DEFAULTS, validateSchemaName } from './config.ts';
+import { clientConnections, explainConnectionErrors, type ConnectionOptions } from './db.ts';
 import { GrapevineError } from './errors.ts';
 import { Listener } from './listener.ts';
 import { Waiters } from './waiters.ts';
@@ -28,13 +27,9 @@ import { supervisorFromRow, type SupervisorInfo } from './supervisor-info.ts';
 export type { RegistryStatus, SupervisorInfo, ThreadStatus } from './supervisor-info.ts';
 export type { JobFilter, JobOperations, JobPage, JobStats } from './operations.ts';
 
-export interface ControlClientOptions {
-  /** Defaults to DATABASE_URL. */
-  connectionString?: string;
+export interface ControlClientOptions extends ConnectionOptions {
   /** Defaults to "grapevine". */
   schema?: string;
-  /** Bring your own pool; close() will not end it. */
-  pool?: pg.Pool;
   /** Apply migrations before first use (default true); with false, an older schema fails with GRAPEVINE_SCHEMA_TOO_OLD. */
   migrate?: boolean;
   /** A supervisor whose heartbeat is older than this counts as LOST (default: DEFAULTS.leaseMs). */
@@ -106,16 +101,14 @@ const MAX_ARGS_BYTES = 64 * 1024;
  */
 export function createControl(options: ControlClientOptions = {}): Control {
   const schema = validateSchemaName(options.schema ?? DEFAULTS.schema);
-  const poolUrl = (options.pool as { options?: { connectionString?: string } } | undefined)?.options?.connectionString;
-  const connectionString = options.pool ? (options.connectionString ?? poolUrl ?? process.env.DATABASE_URL ?? '') : resolveConnectionString(options.connectionString);
+  const { connectionString, listen, pool } = clientConnections(options, { max: 2, applicationName: 'grapevine-control' });
   const lostAfterMs = options.lostAfterMs ?? DEFAULTS.leaseMs;
   const logger = options.logger ?? silentLogger();
-  const pool = options.pool ?? createPool(connectionString, { max: 2, applicationName: 'grapevine-control' });
   const channels = channelsFor(schema);
   let migrated: Promise<MigrateResult> | null = null;
   // Waiting for responses: the responses channel names the message id.
   const answered = new Waiters(
-    { connectionString, channels: [channels.responses], applicationName: 'grapevine-control', logger },
+    { ...listen, channels: [channels.responses], applicationName: 'grapevine-control', logger },
     (payload) => [payload],
   );
   /** Stops of the followLog() calls still running. */
@@ -327,7 +320,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
             reading = null;
           });
       };
-      const listener = new Listener({ connectionString, channels: [channels.log], applicationName: 'grapevine-log', logger });
+      const listener = new Listener({ ...listen, channels: [channels.log], applicationName: 'grapevine-log', logger });
       listener.on('notification', (_channel: string, payload: string) => {
         if (supervisor === undefined || payload === supervisor) read();
       });

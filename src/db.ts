@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { resolveConnectionString, resolveListenUrl, resolvePreparedStatements } from './config.ts';
 import { GrapevineError } from './errors.ts';
 import { describeConnection, redactSecret } from './redact.ts';
 
@@ -32,9 +33,15 @@ export interface PoolOptions {
   /**
    * PostgreSQL cancels a statement that runs longer (statement_timeout), and
    * a statement with no answer at all a second after that fails here and
-   * its connection is discarded.
+   * its connection is discarded. Implies pipeline (see limitStatements).
    */
   statementTimeoutMs?: number;
+  /**
+   * False sends every statement unnamed, so no prepared statement outlives
+   * its transaction: for poolers in transaction mode that do not track them
+   * (PgBouncer before 1.21, or with max_prepared_statements = 0).
+   */
+  preparedStatements?: boolean;
 }
 
 /**
@@ -56,19 +63,119 @@ export function createPool(connectionString: string, options: PoolOptions): pg.P
     connectionTimeoutMillis: 10_000,
     keepAlive: true,
     keepAliveInitialDelayMillis: 10_000,
-    ...(options.pipeline ? { pipeline: true } : {}),
+    // A limited statement goes out with its BEGIN, SET LOCAL and COMMIT (limitStatements).
+    ...(options.pipeline || options.statementTimeoutMs ? { pipeline: true } : {}),
     ...(options.statementTimeoutMs ? { query_timeout: options.statementTimeoutMs + UNANSWERED_MARGIN_MS } : {}),
+    ...(options.preparedStatements === false ? { Client: UnnamedStatementsClient } : {}),
   });
-  if (options.statementTimeoutMs) {
-    // A SET rather than a start-up parameter, which PgBouncer refuses unless
-    // told to ignore it. Queued ahead of whatever the new client runs first.
-    const set = `SET statement_timeout = ${Math.floor(options.statementTimeoutMs)}`;
-    pool.on('connect', (client) => void client.query(set).catch(() => {}));
-  }
+  if (options.statementTimeoutMs) limitStatements(pool, options.statementTimeoutMs);
   // Without a listener, an idle connection's error (server restart,
   // pg_terminate_backend) would crash the process.
   pool.on('error', (err) => options.onIdleError?.(err));
   return pool;
+}
+
+/** How a client or control client reaches PostgreSQL (their options of the same names). */
+export interface ConnectionOptions {
+  /** Defaults to DATABASE_URL. */
+  connectionString?: string;
+  /**
+   * Where waits LISTEN (default GRAPEVINE_LISTEN_URL, else connectionString).
+   * Behind a pooler in transaction mode, point this at the server itself.
+   */
+  listenUrl?: string;
+  /** Named prepared statements (default true, or GRAPEVINE_PREPARED_STATEMENTS); see SupervisorOptions. */
+  preparedStatements?: boolean;
+  /** Bring your own pool; close() will not end it. */
+  pool?: pg.Pool;
+}
+
+/** Where a Listener connects, and what it checks that against when that is elsewhere (ListenerOptions). */
+export interface ListenTarget {
+  connectionString: string;
+  sameServerAs?: { pool: Queryable; connectionString: string };
+}
+
+/** The LISTEN target for a pool and its connection string, given where LISTEN goes. */
+export function listenTarget(listenUrl: string, pool: Queryable, connectionString: string): ListenTarget {
+  return listenUrl === connectionString ? { connectionString } : { connectionString: listenUrl, sameServerAs: { pool, connectionString } };
+}
+
+/**
+ * The pool (the caller's, or a new one), its connection string and where
+ * LISTEN goes, for a client or control client. With a caller's pool, its
+ * connection string still serves the LISTEN connection unless listenUrl
+ * says otherwise.
+ */
+export function clientConnections(
+  options: ConnectionOptions,
+  pool: { max: number; applicationName: string },
+): { connectionString: string; listen: ListenTarget; pool: pg.Pool; preparedStatements: boolean } {
+  const poolUrl = (options.pool as { options?: { connectionString?: string } } | undefined)?.options?.connectionString;
+  const connectionString = options.pool ? (options.connectionString ?? poolUrl ?? process.env.DATABASE_URL ?? '') : resolveConnectionString(options.connectionString);
+  const preparedStatements = resolvePreparedStatements(options.preparedStatements);
+  const created = options.pool ?? createPool(connectionString, { ...pool, preparedStatements });
+  const listen = listenTarget(resolveListenUrl(options.listenUrl, connectionString), created, connectionString);
+  return { connectionString, listen, pool: created, preparedStatements };
+}
+
+/**
+ * A pg client that drops the name of every statement it sends: PostgreSQL
+ * then parses it afresh each time, and nothing is left on the server
+ * connection for whichever client a pooler hands it to next.
+ */
+class UnnamedStatementsClient extends pg.Client {
+  // `never` fits the return type of each of pg's overloads; the value is whatever pg's own query() returns.
+  override query(...args: unknown[]): never {
+    return (super.query as (...a: unknown[]) => never)(unnamed(args[0]), ...args.slice(1));
+  }
+}
+
+/**
+ * The caller's connection (addJob's `db`) with grapevine's statements sent
+ * unnamed, as the pools made with preparedStatements: false send them: a
+ * caller's connection through a pooler is shared the same way.
+ */
+export function withUnnamedStatements(db: Queryable): Queryable {
+  return { query: ((...args: unknown[]) => (db.query as (...a: unknown[]) => unknown)(unnamed(args[0]), ...args.slice(1))) as Queryable['query'] };
+}
+
+/** A statement's config without its name; text and Submittable queries as they are. */
+function unnamed(config: unknown): unknown {
+  const c = config as { name?: unknown; submit?: unknown } | null;
+  return c && typeof c === 'object' && typeof c.submit !== 'function' && c.name !== undefined ? { ...c, name: undefined } : config;
+}
+
+/** SET LOCAL statement_timeout for the pools that limit their statements (see limitStatements). */
+const statementLimits = new WeakMap<pg.Pool, string>();
+
+/**
+ * Limits every statement run through the pool: pool.query() runs each in a
+ * transaction of its own behind SET LOCAL statement_timeout (sent together
+ * with it), and withTransaction() and withPipelinedTransaction() start with
+ * that SET LOCAL. A session-level SET would outlive the transaction: behind
+ * a pooler in transaction mode it would stay on whichever server connection
+ * ran it and limit other clients' statements, while this pool's next
+ * statement ran on another connection without it.
+ */
+function limitStatements(pool: pg.Pool, ms: number): void {
+  const setLocal = `SET LOCAL statement_timeout = ${Math.floor(ms)}`;
+  statementLimits.set(pool, setLocal);
+  const limited = (config: string | pg.QueryConfig, values?: unknown[]) =>
+    withClient(pool, async (client) => {
+      const statement = typeof config === 'string' ? { text: config, values } : values === undefined ? config : { ...config, values };
+      const [, , result] = await settleInOrder([client.query('BEGIN'), client.query(setLocal), client.query(statement), client.query('COMMIT')]);
+      return result;
+    });
+  pool.query = limited as unknown as pg.Pool['query'];
+}
+
+/** The results of statements sent together, or the first error among them. */
+async function settleInOrder(sent: Promise<pg.QueryResult>[]): Promise<pg.QueryResult[]> {
+  const settled = await Promise.allSettled(sent);
+  const failed = settled.find((r) => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  return settled.map((r) => (r as PromiseFulfilledResult<pg.QueryResult>).value);
 }
 
 /**
@@ -81,7 +188,13 @@ export function withAnswerDeadline<T extends pg.QueryConfig>(statement: T, ms: n
 }
 
 export async function withTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-  return withClient(pool, (client) => inTransaction(client, () => fn(client)));
+  const setLocal = statementLimits.get(pool);
+  return withClient(pool, (client) =>
+    inTransaction(client, async () => {
+      if (setLocal) await client.query(setLocal);
+      return fn(client);
+    }),
+  );
 }
 
 /**
@@ -116,13 +229,12 @@ export async function inTransaction<T>(client: pg.ClientBase, fn: () => Promise<
  * too and COMMIT rolls back; the first error is thrown.
  */
 export async function withPipelinedTransaction<const Q extends readonly TypedQuery<unknown>[]>(pool: pg.Pool, statements: Q): Promise<RowsOf<Q>> {
+  const setLocal = statementLimits.get(pool);
   return withClient(pool, async (client) => {
-    const sent = [client.query('BEGIN'), ...statements.map((s) => client.query(s)), client.query('COMMIT')];
-    const settled = await Promise.allSettled(sent);
-    const failed = settled.find((r) => r.status === 'rejected');
-    if (failed) throw failed.reason;
+    const opening = [client.query('BEGIN'), ...(setLocal ? [client.query(setLocal)] : [])];
+    const results = await settleInOrder([...opening, ...statements.map((s) => client.query(s)), client.query('COMMIT')]);
     // Each statement's rows are what its TypedQuery says they are (src/sql/ builds both).
-    return settled.slice(1, -1).map((r) => (r as PromiseFulfilledResult<pg.QueryResult>).value.rows) as RowsOf<Q>;
+    return results.slice(opening.length, -1).map((r) => r.rows) as RowsOf<Q>;
   });
 }
 

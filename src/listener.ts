@@ -4,7 +4,8 @@ import { backoffMs } from './backoff.ts';
 import { describeConnection, redactSecret } from './redact.ts';
 import { throttled, type Logger } from './log.ts';
 import { quoteIdent } from './schema/channels.ts';
-import { unreachableError } from './db.ts';
+import { unreachableError, type Queryable } from './db.ts';
+import { GrapevineError } from './errors.ts';
 
 export interface ListenerOptions {
   connectionString: string;
@@ -17,7 +18,21 @@ export interface ListenerOptions {
   healthTimeoutMs?: number;
   reconnectMinMs?: number;
   reconnectMaxMs?: number;
+  /**
+   * When the LISTEN connection goes elsewhere than everything else (a
+   * listenUrl beside a pooler): the pool the notifications are sent
+   * through, and its connection string. start() checks that both reach the
+   * same database on the same server.
+   */
+  sameServerAs?: { pool: Queryable; connectionString: string };
 }
+
+interface ServerIdentity {
+  database: string;
+  started: string;
+}
+
+const IDENTITY = 'SELECT current_database() AS database, pg_postmaster_start_time()::text AS started';
 
 /**
  * One dedicated connection that LISTENs. It reconnects with backoff and
@@ -29,7 +44,7 @@ export interface ListenerOptions {
  * listens for it).
  */
 export class Listener extends EventEmitter {
-  private readonly options: Required<ListenerOptions>;
+  private readonly options: Required<Omit<ListenerOptions, 'sameServerAs'>> & Pick<ListenerOptions, 'sameServerAs'>;
   // Owned by this class; replaced on every reconnect.
   private client: pg.Client | null = null;
   private stopped = false;
@@ -54,11 +69,28 @@ export class Listener extends EventEmitter {
   /** Connects once; a failure here is reported to the caller, later ones are retried forever. */
   async start(): Promise<void> {
     try {
-      await this.connect();
+      await this.connect({ first: true });
     } catch (err) {
       this.stopped = true;
-      throw unreachableError(err, this.options.connectionString);
+      throw err instanceof GrapevineError ? err : unreachableError(err, this.options.connectionString);
     }
+  }
+
+  /**
+   * A LISTEN on another database, or another server, would hear none of the
+   * notifications: jobs would wait for the sweep and waits for their
+   * timeout. The database's name and its server's start time tell them apart.
+   */
+  private async checkSameServer(client: pg.Client, other: { pool: Queryable; connectionString: string }): Promise<void> {
+    const [here, there] = await Promise.all([client.query<ServerIdentity>(IDENTITY), other.pool.query<ServerIdentity>(IDENTITY)]);
+    const [a, b] = [here.rows[0], there.rows[0]];
+    if (a.database === b.database && a.started === b.started) return;
+    throw new GrapevineError(
+      'GRAPEVINE_CONFIG_INVALID',
+      `listenUrl (${describeConnection(this.options.connectionString)}) reaches database "${a.database}" of a server started at ${a.started}, ` +
+        `but the connection string (${describeConnection(other.connectionString)}) reaches "${b.database}" of a server started at ${b.started}: ` +
+        'notifications sent through one are never heard on the other. Point listenUrl at the same PostgreSQL and database, directly rather than through the pooler',
+    );
   }
 
   async stop(): Promise<void> {
@@ -76,7 +108,8 @@ export class Listener extends EventEmitter {
     return (this.client as unknown as { processID?: number } | null)?.processID ?? null;
   }
 
-  private async connect(): Promise<void> {
+  /** `first`: the connection start() makes, which checks sameServerAs before it counts as connected. */
+  private async connect({ first = false } = {}): Promise<void> {
     const client = new pg.Client({
       connectionString: this.options.connectionString,
       application_name: this.options.applicationName,
@@ -90,6 +123,7 @@ export class Listener extends EventEmitter {
     try {
       await client.connect();
       for (const channel of this.options.channels) await client.query(`LISTEN ${quoteIdent(channel)}`);
+      if (first && this.options.sameServerAs) await this.checkSameServer(client, this.options.sameServerAs);
     } catch (err) {
       client.removeAllListeners('end');
       client.on('error', () => {});
@@ -169,7 +203,10 @@ export class Listener extends EventEmitter {
       const result = await Promise.race([client.query<{ channel: string; usage?: number }>(sql), timeout]);
       const listening = new Set(result.rows.map((r) => r.channel));
       const missing = this.options.channels.filter((c) => !listening.has(c));
-      if (missing.length > 0) throw new Error(`subscription lost for ${missing.join(', ')}`);
+      if (missing.length > 0) {
+        // Through a pooler in transaction mode the LISTEN stays on a server connection this one no longer has.
+        throw new Error(`subscription lost for ${missing.join(', ')} (if this connection goes through a pooler in transaction mode, set listenUrl to reach PostgreSQL directly)`);
+      }
       if (client === this.client) this.scheduleHealthCheck();
       usage = Number(result.rows[0]?.usage ?? 0);
     } catch (err) {

@@ -27,6 +27,8 @@ export interface ThreadConfig {
   deleteSucceeded: boolean;
   /** A handler's result whose JSON is larger fails its job instead of being stored. */
   maxResultBytes: number;
+  /** False: every statement unnamed (a pooler in transaction mode). */
+  preparedStatements: boolean;
 }
 
 /** What the supervisor asks of a thread (one piscina task). */

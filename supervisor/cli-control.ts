@@ -136,7 +136,12 @@ export function controlCommands(tools: CliTools): Record<string, (command: strin
 
 async function withControl(values: Values, tools: CliTools, fn: (control: Control) => Promise<number>): Promise<number> {
   const db = await tools.database(values);
-  const control = createControl({ connectionString: db.connectionString, schema: values.schema as string | undefined });
+  const control = createControl({
+    connectionString: db.connectionString,
+    listenUrl: db.listenUrl,
+    preparedStatements: db.preparedStatements,
+    schema: values.schema as string | undefined,
+  });
   try {
     return await fn(control);
   } finally {

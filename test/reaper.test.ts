@@ -3,7 +3,7 @@ import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import type { Supervisor, SupervisorOptions } from '../supervisor/public.ts';
 import { Maintenance } from '../supervisor/maintenance/leader.ts';
-import { eventually, FIXTURE_TASKS, startTestSupervisor, testLogger, useMigratedSchema } from './helpers/db.ts';
+import { directDatabaseUrl, eventually, FIXTURE_TASKS, startTestSupervisor, testLogger, useMigratedSchema } from './helpers/db.ts';
 import { start as startProcess } from './helpers/process.ts';
 
 const db = useMigratedSchema('reaper');
@@ -66,7 +66,7 @@ async function createGate(name: string): Promise<{ table: string; open(): Promis
 
 /** Collects the id notifications on the schema's jobs channel. */
 async function listenForJobs(): Promise<{ notified(id: string): Promise<boolean>; close(): Promise<void> }> {
-  const conn = new pg.Client({ connectionString: db.url });
+  const conn = new pg.Client({ connectionString: directDatabaseUrl() });
   await conn.connect();
   const payloads: string[] = [];
   conn.on('notification', (m) => payloads.push(m.payload ?? ''));

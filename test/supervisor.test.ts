@@ -139,8 +139,8 @@ describe('running jobs', () => {
 
   it('holds exactly one LISTEN connection per supervisor, apart from its pools, however much work runs', async () => {
     // Connecting as a role of this file's own tells our connections apart from other files' supervisors.
-    const a = await start({ connectionString: role.url });
-    const b = await start({ connectionString: role.url });
+    const a = await start({ connectionString: role.url, listenUrl: role.url });
+    const b = await start({ connectionString: role.url, listenUrl: role.url });
     const ids = await client.addJobs(Array.from({ length: 60 }, (_, n) => ({ task: 'square', payload: { n } })));
     await eventually(() => allInState(ids, 'succeeded'), 'all jobs to succeed');
 

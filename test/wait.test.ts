@@ -160,7 +160,7 @@ describe('waitForJob', () => {
 describe('many waiters', () => {
   it('serves many concurrent waiters on one client from one listener connection', async () => {
     // Our own role tells this client's connections apart from other test files'.
-    const waiterClient = createClient({ connectionString: role.url, schema: db.schema });
+    const waiterClient = createClient({ connectionString: role.url, listenUrl: role.url, schema: db.schema });
     try {
       const ids = await waiterClient.addJobs(Array.from({ length: 60 }, (_, n) => ({ task: 'square', payload: { n } })));
       // 60 jobs, three waiters on the first one, one on each of the others.

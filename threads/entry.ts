@@ -26,7 +26,7 @@ const logger = createLogger({ level: config.logLevel, format: config.logFormat }
 const pools = openThreadPools(config, logger);
 const writer = new OutcomeWriter(pools.system, config.schema, { baseMs: config.retryBaseMs, maxMs: config.retryMaxMs, deleteSucceeded: config.deleteSucceeded }, logger);
 const tasks: Promise<LoadedTasks> = loadTasks(config.tasksPath).catch((err: Error) => ({ handlers: new Map(), timeouts: new Map(), error: err }));
-const helpers = databaseHelpers(pools, config.schema);
+const helpers = databaseHelpers(pools, config.schema, config.preparedStatements);
 const worker: ExecuteContext['worker'] = { supervisorId: config.supervisorId, threadId, schema: config.schema };
 
 // Batches whose ports are open. If the thread exits (a handler's

@@ -22,13 +22,13 @@ export interface ExecuteContext extends DatabaseHelpers {
 }
 
 /** The database helpers of one thread, on its handlers' pool. */
-export function databaseHelpers(pools: ThreadPools, schema: string): DatabaseHelpers {
+export function databaseHelpers(pools: ThreadPools, schema: string, preparedStatements: boolean): DatabaseHelpers {
   let client: Client | null = null;
   return {
     query: ((text: string, params?: unknown[]) => handlerQuery(pools, text, params)) as TaskHelpers['query'],
     transaction: (fn) => handlerTransaction(pools, fn),
     addJob: (...args) => {
-      client ??= createClient({ pool: pools.handlers(), schema, migrate: false });
+      client ??= createClient({ pool: pools.handlers(), schema, migrate: false, preparedStatements });
       return client.addJob(...args);
     },
   };

@@ -28,6 +28,7 @@ export function openThreadPools(config: ThreadConfig, logger: Logger): ThreadPoo
     min: config.systemConnections,
     applicationName: `grapevine-thread-${threadId}`,
     onIdleError,
+    preparedStatements: config.preparedStatements,
     // A claim sends BEGIN, itself and COMMIT without waiting between them (claimBatch).
     pipeline: true,
   });
@@ -39,6 +40,7 @@ export function openThreadPools(config: ThreadConfig, logger: Logger): ThreadPoo
       max: config.handlerConnections,
       applicationName: `grapevine-handler-${threadId}`,
       onIdleError,
+      preparedStatements: config.preparedStatements,
     });
     return handlerPool;
   };

@@ -4,7 +4,8 @@ import { rowsOf, type Queryable, type TypedQuery } from '../db.ts';
 /**
  * A named statement: pg prepares it once per connection and reuses the plan.
  * The schema is part of the name because a statement prepared for one schema
- * must never be reused for another on a shared connection.
+ * must never be reused for another on a shared connection. Pools made with
+ * preparedStatements: false send it unnamed (createPool in src/db.ts).
  */
 export interface Statement {
   name: string;

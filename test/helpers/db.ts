@@ -3,10 +3,18 @@ import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, inject } from 'vitest';
 import { createClient, startSupervisor, type Client, type Supervisor, type SupervisorOptions } from '../../supervisor/public.ts';
+import { resolvePreparedStatements } from '../../src/config.ts';
+import { createPool } from '../../src/db.ts';
 import { createLogger } from '../../src/log.ts';
 
+/** Where test files connect; in the pooled pass, a PgBouncer in transaction mode. */
 export function databaseUrl(): string {
   return inject('databaseUrl');
+}
+
+/** The server itself, even in the pooled pass: for session-level locks and connections counted by role. */
+export function directDatabaseUrl(): string {
+  return inject('directDatabaseUrl');
 }
 
 export interface TestDatabase {
@@ -23,8 +31,8 @@ export interface TestDatabase {
 export function useTestSchema(prefix: string): TestDatabase {
   const schema = `t_${prefix.replace(/[^a-z0-9_]/g, '_').slice(0, 20)}_${randomBytes(3).toString('hex')}`;
   const url = databaseUrl();
-  const pool = new pg.Pool({ connectionString: url, max: 4 });
-  pool.on('error', () => {});
+  // Tests run the typed SQL on it too: in the pooled pass it must send them unnamed, as grapevine's own pools do.
+  const pool = createPool(url, { max: 4, applicationName: 'grapevine-test', preparedStatements: resolvePreparedStatements(undefined) });
   afterAll(async () => {
     await pool.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
     await pool.end();
@@ -109,7 +117,8 @@ export interface HeldLock {
  * at a chosen point (after a claim read the table, before it commits).
  */
 export async function holdAdvisoryLock(db: TestDatabase, key: number): Promise<HeldLock> {
-  const holder = new pg.Client({ connectionString: db.url });
+  // A session-level lock: through a pooler in transaction mode it would stay on a server connection nobody holds.
+  const holder = new pg.Client({ connectionString: directDatabaseUrl() });
   await holder.connect();
   await holder.query('SELECT pg_advisory_lock($1)', [key]);
   let released = false;

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll } from 'vitest';
-import type { TestDatabase } from './db.ts';
+import { directDatabaseUrl, type TestDatabase } from './db.ts';
 
 export interface OwnRole {
   /** The role's name: pg_stat_activity.usename of every connection made with `url`. */
@@ -19,7 +19,8 @@ export interface OwnRole {
 export function useOwnRole(db: TestDatabase, prefix: string, { superuser = true } = {}): OwnRole {
   const name = `t_${prefix.replace(/[^a-z0-9_]/g, '_').slice(0, 20)}_${randomBytes(3).toString('hex')}`;
   const password = randomBytes(12).toString('hex');
-  const url = new URL(db.url);
+  // Direct even in the pooled pass: PgBouncer knows only the users of its own list, and would log in as its own.
+  const url = new URL(directDatabaseUrl());
   url.username = name;
   url.password = password;
   beforeAll(async () => {
