@@ -18,6 +18,7 @@ import { grantRole, grantSql } from '../src/schema/roles.ts';
 import { redactSecret } from '../src/redact.ts';
 import { PACKAGE_ROOT, VERSION } from '../src/version.ts';
 import { CONTROL_HELP, controlCommands } from './cli-control.ts';
+import { readCrontab, SCHEDULE_HELP, scheduleCommands } from './cli-schedule.ts';
 import { chooseDatabase, EMBEDDED_DIR, NO_DATABASE, resolveDatabase, type ResolvedDatabase } from './database.ts';
 import { startSupervisor } from './index.ts';
 import { stopOnSignals } from './signals.ts';
@@ -45,6 +46,7 @@ Commands:
   grant     give a PostgreSQL role what an enqueuer, a worker or an operator needs
   message   send a control message (PING, INFO, PAUSE, SCALE, STOP, ...) to supervisors
   supervisors  list the supervisors and their threads
+  schedule  add, list, pause, resume or remove recurring schedules
   log       show the supervisors' event log
   demo      the square-root work queue, on an embedded PostgreSQL
 
@@ -74,6 +76,9 @@ Options for every command:
   --delete-succeeded  delete jobs as soon as they succeed instead of keeping them and
                       their results (faster; failed jobs and waited-for jobs are kept)
   --allow-eval        let the EVAL control message run JavaScript on this supervisor
+  --crontab FILE      store the schedules of FILE, one per line:
+                      <cron> <task> [JSON] [--tz=ZONE] [--name=N] [--missed=POLICY]
+                      (docs/schedules.md); a bad line stops the start, naming it
 
 SIGTERM/SIGINT stop gracefully; a second signal stops at once. Exit code 0.`,
   add: `Usage: grapevine add TASK [JSON] [--run-at ISO] [--priority N] [--queue Q] [--max-attempts N] [--timeout-ms N] [--wait]
@@ -99,6 +104,7 @@ upgrading grapevine.
   --as KIND   enqueuer, worker or operator
   --print     print the SQL instead of running it (connects to nothing)`,
   ...CONTROL_HELP,
+  ...SCHEDULE_HELP,
   demo: `Usage: grapevine demo [--count N] [--threads N]
 
 Enqueues the numbers 1..N (default 12), computes their square roots on at least
@@ -158,6 +164,8 @@ async function main(argv: string[]): Promise<number> {
   return handler(command, rest);
 }
 
+const CLI_TOOLS = { parse, int, usage: (message: string) => new UsageError(message), say, database: (values: Values) => openDatabase(values) };
+
 const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<number>> = {
   async run(command, argv) {
     const { values } = parse(command, argv, {
@@ -171,8 +179,11 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
       'log-format': { type: 'string' },
       'allow-eval': { type: 'boolean' },
       'delete-succeeded': { type: 'boolean' },
+      crontab: { type: 'string' },
     });
     if (!values.tasks) throw new UsageError('--tasks is required: a directory of task modules (see grapevine run --help)');
+    // Before connecting: a bad line stops the start whatever the database.
+    const schedules = values.crontab === undefined ? undefined : readCrontab(values.crontab as string);
     const format = logFormat(values);
     const db = await openDatabase(values);
     const logger = createLogger({ level: values['log-level'] as string | undefined, format });
@@ -188,6 +199,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         idleTimeoutMs: idleTimeout(values),
         allowEval: values['allow-eval'] === true,
         deleteSucceeded: values['delete-succeeded'] === true,
+        schedules,
         logger,
       });
       const unhook = stopOnSignals(supervisor, logger);
@@ -312,7 +324,8 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     }
   },
 
-  ...controlCommands({ parse, int, usage: (message) => new UsageError(message), say, database: (values) => openDatabase(values) }),
+  ...controlCommands(CLI_TOOLS),
+  ...scheduleCommands(CLI_TOOLS),
 };
 
 /** The database the flags and environment name; only the demo falls back to the embedded one by itself. */

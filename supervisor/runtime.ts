@@ -18,6 +18,7 @@ import { ControlPlane } from './control.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { Heartbeat } from './heartbeat.ts';
 import { IdleTimeout } from './idle-timeout.ts';
+import { ScheduleFiring } from './maintenance/fire-schedules.ts';
 import { Maintenance } from './maintenance/leader.ts';
 import { Periodic } from './periodic.ts';
 import { JobRelease } from './release.ts';
@@ -56,6 +57,7 @@ export class SupervisorRuntime implements Supervisor {
   private readonly dispatcher: Dispatcher;
   private readonly listener: Listener;
   private readonly maintenance: Maintenance;
+  private readonly schedules: ScheduleFiring;
   private readonly heartbeat: Heartbeat;
   private readonly sweeper: Periodic;
   private readonly releases: JobRelease;
@@ -108,6 +110,7 @@ export class SupervisorRuntime implements Supervisor {
       retentionMs: options.retentionMs,
       logger,
     });
+    this.schedules = new ScheduleFiring({ pool, schema, logger });
     this.heartbeat = new Heartbeat({
       id,
       schema,
@@ -121,7 +124,10 @@ export class SupervisorRuntime implements Supervisor {
       tasks: () => threadPool.tasks,
       runningJobIds: () => [...this.dispatcher.runningJobs.keys()],
       cancel: (jobId) => this.dispatcher.abort(jobId, 'cancelled', 'job was cancelled'),
-      onNotificationsDropped: () => this.control.wake(),
+      onNotificationsDropped: () => {
+        this.control.wake();
+        this.schedules.wake();
+      },
     });
     this.sweeper = new Periodic(timing.sweepIntervalMs, () => this.sweep());
     this.idleTimeout = new IdleTimeout(
@@ -185,6 +191,7 @@ export class SupervisorRuntime implements Supervisor {
       if (!this.listening) return;
       this.dispatcher.markBacklog();
       this.control.wake();
+      this.schedules.wake();
       // The row names the new LISTEN backend now, not at the next beat.
       void this.heartbeat.beat();
     });
@@ -209,6 +216,7 @@ export class SupervisorRuntime implements Supervisor {
     this.dispatcher.markBacklog();
     this.heartbeat.start();
     this.maintenance.start();
+    this.schedules.start();
     this.sweeper.start();
     this.log.append('ALIVE', `${os.hostname()} pid ${process.pid} grapevine ${VERSION} node ${process.version}`);
     this.log.append('QUEUE', this.o.queues ? this.o.queues.join(' ') : '(all queues)');
@@ -301,6 +309,7 @@ export class SupervisorRuntime implements Supervisor {
     this.dispatcher.stop();
     this.heartbeat.stop();
     this.maintenance.stop();
+    this.schedules.stop();
     this.sweeper.stop();
     if (this.dueTimer) clearTimeout(this.dueTimer);
 
@@ -332,6 +341,7 @@ export class SupervisorRuntime implements Supervisor {
       (err: Error) => logger.warn({ err: err.message }, 'could not release unreported claims; their leases will return them'),
     );
     await this.listener.stop();
+    await this.schedules.idle();
     await deregisterSupervisor(pool, schema, { id: this.id }).catch((err: Error) =>
       logger.warn({ err: err.message }, 'could not deregister'),
     );
@@ -358,6 +368,8 @@ export class SupervisorRuntime implements Supervisor {
         }
       } else if (parsed.kind === 'due-at') {
         this.wakeAt(parsed.at);
+      } else if (parsed.kind === 'schedules') {
+        this.schedules.wake();
       } else {
         this.onMalformed(channel, parsed.reason);
       }
