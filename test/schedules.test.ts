@@ -12,6 +12,7 @@ import { Maintenance } from '../supervisor/maintenance/leader.ts';
 import { parseSchedule } from '../src/schedule/schedule.ts';
 import { latestTick, ticksBetween } from '../src/schedule/ticks.ts';
 import { eventually, FIXTURE_TASKS, startTestSupervisor, testLogger, useMigratedSchema } from './helpers/db.ts';
+import { capturingLogger } from './helpers/logs.ts';
 import { CLI, run, start as startProcess, type Running } from './helpers/process.ts';
 
 const db = useMigratedSchema('schedules');
@@ -103,6 +104,23 @@ describe('one job per tick', { timeout: 120_000 }, () => {
     await db.pool.query(insert);
     await expect(db.pool.query(insert)).rejects.toMatchObject({ code: '23505' });
     await db.pool.query(`DELETE FROM ${s}.jobs WHERE schedule = 'by-hand'`);
+  });
+});
+
+describe('a schedule that cannot fire', { timeout: 60_000 }, () => {
+  it('holds up no other: its payload over the schema\'s limit fails its own firing only', async () => {
+    await db.pool.query(`UPDATE ${s}.settings SET max_payload_bytes = 1024`);
+    try {
+      await schedules.add({ name: 'too-big', cron: '* * * * * *', task: 'noop', payload: { text: 'x'.repeat(2_000) } });
+      await schedules.add({ name: 'fine', cron: '* * * * * *', task: 'noop' });
+      const log = capturingLogger('warn');
+      await startSupervisor({ logger: log.logger });
+      await eventually(async () => (await tickJobs('fine')).some((j) => j.state === 'succeeded'), 'the other schedule to fire');
+      await eventually(() => log.lines().find((l) => l.msg === 'could not fire a schedule; trying again' && l.schedule === 'too-big'), 'the warning naming it');
+      expect(await tickJobs('too-big')).toEqual([]);
+    } finally {
+      await db.pool.query(`UPDATE ${s}.settings SET max_payload_bytes = DEFAULT`);
+    }
   });
 });
 

@@ -8,7 +8,8 @@
  *
  * Every supervisor keeps this timer, and at a tick the supervisors elect
  * the one that fires it with the schedule's row lock: the first to lock it
- * adds the tick's job and advances last_tick in one transaction; the others
+ * adds the tick's job and advances last_tick in one transaction (one per
+ * schedule); the others
  * wait for that commit, then read the new last_tick and add nothing. A
  * supervisor killed mid-firing rolls back and frees the lock, so the next
  * one fires the tick with no failover delay. The unique index on (schedule,
@@ -95,49 +96,43 @@ export class ScheduleFiring {
     let active: Active[];
     try {
       active = this.parse(await listSchedules(this.o.pool, this.o.schema));
-      const now = new Date();
-      const due = active.filter((a) => isDue(a, now)).map((a) => a.schedule.name);
-      if (due.length > 0) {
-        const fired = await this.fireDue(due);
-        for (const a of active) if (fired.has(a.schedule.name)) a.lastTick = fired.get(a.schedule.name)!;
-      }
     } catch (err) {
-      this.warn(this.o.logger, { err: (err as Error).message }, 'could not fire the schedules; trying again');
+      this.warn(this.o.logger, { err: (err as Error).message }, 'could not read the schedules; trying again');
       return this.arm(Date.now() + RETRY_MS);
     }
-    this.arm(earliestTick(active));
+    const now = new Date();
+    let failed = false;
+    for (const due of active.filter((a) => isDue(a, now))) {
+      // One transaction per schedule: a schedule that cannot fire (its payload over the
+      // schema's limit, say) holds up no other.
+      await this.fireOne(due.schedule.name).catch((err: Error) => {
+        failed = true;
+        this.warn(this.o.logger, { schedule: due.schedule.name, err: err.message }, 'could not fire a schedule; trying again');
+      });
+    }
+    this.arm(failed ? Math.min(Date.now() + RETRY_MS, earliestTick(active)) : earliestTick(active));
   }
 
-  /**
-   * One transaction: lock the due schedules, add their ticks' jobs, advance
-   * their last_tick. Returns each locked schedule's last tick as stored.
-   */
-  private async fireDue(names: string[]): Promise<Map<string, Date | null>> {
+  /** One transaction: lock the schedule's row, add its due ticks' jobs, advance its last_tick. */
+  private async fireOne(name: string): Promise<void> {
     const { pool, schema, logger } = this.o;
-    const { added, lastTicks } = await withTransaction(pool, async (client) => {
+    const added = await withTransaction(pool, async (client) => {
       await client.query(`SET LOCAL lock_timeout = ${LOCK_TIMEOUT_MS}`);
-      const locked = this.parse(await lockDueSchedules(client, schema, { names }));
+      const [locked] = this.parse(await lockDueSchedules(client, schema, { names: [name] }));
+      // Removed or paused meanwhile.
+      if (!locked) return [];
       // After the lock: another supervisor may have fired these ticks while this one waited.
+      const { schedule, lastTick } = locked;
       const now = new Date();
-      const jobs: TickJob[] = [];
-      const advanced: { name: string; last_tick: string }[] = [];
-      const lastTicks = new Map<string, Date | null>();
-      for (const { schedule, lastTick } of locked) {
-        for (const tick of dueTicks(schedule, lastTick, now)) jobs.push(tickJob(schedule, tick));
-        const latest = latestTick(schedule, now);
-        if (latest && (lastTick === null || latest > lastTick)) {
-          advanced.push({ name: schedule.name, last_tick: latest.toISOString() });
-          lastTicks.set(schedule.name, latest);
-        } else {
-          lastTicks.set(schedule.name, lastTick);
-        }
-      }
+      const jobs = dueTicks(schedule, lastTick, now).map((tick) => tickJob(schedule, tick));
       const ids = jobs.length > 0 ? await insertTickJobs(client, schema, jobs) : [];
-      if (advanced.length > 0) await advanceLastTicks(client, schema, advanced);
-      return { added: ids, lastTicks };
+      const latest = latestTick(schedule, now);
+      if (latest && (lastTick === null || latest > lastTick)) {
+        await advanceLastTicks(client, schema, [{ name: schedule.name, last_tick: latest.toISOString() }]);
+      }
+      return ids;
     });
-    if (added.length > 0) logger.debug({ jobs: added }, 'schedules fired');
-    return lastTicks;
+    if (added.length > 0) logger.debug({ schedule: name, jobs: added }, 'schedule fired');
   }
 
   /** The rows this grapevine can run; a row it cannot (edited by hand) is named once and left alone. */
