@@ -1,6 +1,6 @@
 /**
- * Parsing of notification payloads: job ids ("12,15-19,40" or "at:<epoch ms>")
- * and control messages (JSON).
+ * Parsing of notification payloads: job ids ("12,15-19,40" or "at:<epoch ms>"),
+ * "schedules" (the schedules table changed) and control messages (JSON).
  * Anyone who can connect may NOTIFY our channels, so payloads are untrusted:
  * anything malformed is reported as such, never thrown, and ranges are kept
  * as ranges so a hostile "1-9007199254740991" costs nothing to hold.
@@ -13,14 +13,20 @@ export interface IdRange {
 export type JobNotification =
   | { kind: 'ids'; ranges: IdRange[]; count: number }
   | { kind: 'due-at'; at: number }
+  | { kind: 'schedules' }
   | { kind: 'malformed'; reason: string };
 
 const MAX_PAYLOAD = 8_000;
+
+/** What the jobs channel carries when the schedules table changed: a hint to re-read it, nothing more. */
+export const SCHEDULES_CHANGED = 'schedules';
 const ID = /^[1-9][0-9]{0,15}$/;
 
 export function parseJobNotification(payload: string): JobNotification {
   if (typeof payload !== 'string' || payload.length === 0) return { kind: 'malformed', reason: 'empty payload' };
   if (payload.length > MAX_PAYLOAD) return { kind: 'malformed', reason: 'payload too long' };
+  // Only a hint to re-read the table, so a forged one costs a read.
+  if (payload === SCHEDULES_CHANGED) return { kind: 'schedules' };
   if (payload.startsWith('at:')) {
     const at = Number(payload.slice(3));
     return Number.isSafeInteger(at) && at > 0 ? { kind: 'due-at', at } : { kind: 'malformed', reason: 'bad due time' };

@@ -9,6 +9,8 @@ export interface JobInfo {
   /** 1 on the first run, 2 on the first retry, ... */
   attempt: number;
   maxAttempts: number;
+  /** The tick a schedule added the job for (docs/schedules.md); null for a job no schedule added. */
+  scheduledFor: Date | null;
 }
 
 /** Where the handler runs: which supervisor, which of its threads, which schema. */

@@ -19,6 +19,7 @@ import { redactSecret } from '../src/redact.ts';
 import { PACKAGE_ROOT, VERSION } from '../src/version.ts';
 import { CONTROL_HELP, controlCommands } from './cli-control.ts';
 import { JOBS_HELP, jobCommands } from './cli-jobs.ts';
+import { readCrontab, SCHEDULE_HELP, scheduleCommands } from './cli-schedule.ts';
 import { chooseDatabase, EMBEDDED_DIR, NO_DATABASE, resolveDatabase, type ResolvedDatabase } from './database.ts';
 import { startSupervisor } from './index.ts';
 import { stopOnSignals } from './signals.ts';
@@ -53,6 +54,7 @@ Commands:
   grant     give a PostgreSQL role what an enqueuer, a worker or an operator needs
   message   send a control message (PING, INFO, PAUSE, SCALE, STOP, ...) to supervisors
   supervisors  list the supervisors and their threads
+  schedule  add, list, pause, resume or remove recurring schedules
   log       show the supervisors' event log
   demo      the square-root work queue, on an embedded PostgreSQL
 
@@ -91,6 +93,9 @@ Options for every command:
   --allow-eval        let the EVAL control message run JavaScript on this supervisor
   --metrics-port N    serve Prometheus metrics on /metrics, and /healthz and /readyz, on port N
   --metrics-host H    the address the metrics port listens on (default: ${DEFAULTS.metricsHost})
+  --crontab FILE      store the schedules of FILE, one per line:
+                      <cron> <task> [JSON] [--tz=ZONE] [--name=N] [--missed=POLICY]
+                      (docs/schedules.md); a bad line stops the start, naming it
 
 SIGTERM/SIGINT stop gracefully; a second signal stops at once. Exit code 0.`,
   add: `Usage: grapevine add TASK [JSON] [--run-at ISO] [--priority N] [--queue Q] [--max-attempts N] [--timeout-ms N] [--wait]
@@ -116,6 +121,7 @@ upgrading grapevine.
   --print     print the SQL instead of running it (connects to nothing)`,
   ...CONTROL_HELP,
   ...JOBS_HELP,
+  ...SCHEDULE_HELP,
   demo: `Usage: grapevine demo [--count N] [--threads N]
 
 Enqueues the numbers 1..N (default 12), computes their square roots on at least
@@ -175,6 +181,8 @@ async function main(argv: string[]): Promise<number> {
   return handler(command, rest);
 }
 
+const CLI_TOOLS = { parse, int, usage: (message: string) => new UsageError(message), say, database: (values: Values) => openDatabase(values) };
+
 const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<number>> = {
   async run(command, argv) {
     const { values } = parse(command, argv, {
@@ -190,8 +198,11 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
       'delete-succeeded': { type: 'boolean' },
       'metrics-port': { type: 'string' },
       'metrics-host': { type: 'string' },
+      crontab: { type: 'string' },
     });
     if (!values.tasks) throw new UsageError('--tasks is required: a directory of task modules (see grapevine run --help)');
+    // Before connecting: a bad line stops the start whatever the database.
+    const schedules = values.crontab === undefined ? undefined : readCrontab(values.crontab as string);
     const format = logFormat(values);
     const db = await openDatabase(values);
     const logger = createLogger({ level: values['log-level'] as string | undefined, format });
@@ -211,6 +222,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         deleteSucceeded: values['delete-succeeded'] === true,
         metricsPort: int(values, 'metrics-port'),
         metricsHost: values['metrics-host'] as string | undefined,
+        schedules,
         logger,
       });
       const unhook = stopOnSignals(supervisor, logger);
@@ -323,15 +335,12 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     }
   },
 
-  ...controlCommands(cliTools()),
-  ...jobCommands(cliTools()),
+  ...controlCommands(CLI_TOOLS),
+  ...jobCommands(CLI_TOOLS),
+  ...scheduleCommands(CLI_TOOLS),
 };
 
 /** What the commands in other files borrow from this one. */
-function cliTools() {
-  return { parse, int, usage: (message: string) => new UsageError(message), say, database: (values: Values) => openDatabase(values) };
-}
-
 /** The database the flags and environment name; only the demo falls back to the embedded one by itself. */
 function openDatabase(values: Values, { embeddedByDefault = false } = {}): Promise<ResolvedDatabase> {
   const url = values['database-url'] as string | undefined;

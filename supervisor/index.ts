@@ -16,7 +16,10 @@ import { createPool, explainConnectionErrors } from '../src/db.ts';
 import { GrapevineError } from '../src/errors.ts';
 import { createLogger, logFormatOf, type Logger } from '../src/log.ts';
 import type { ThreadConfig } from '../src/protocol.ts';
+import { parseSchedules, type ScheduleSpec } from '../src/schedule/schedule.ts';
+import { scheduleRow } from '../src/schedule/stored.ts';
 import { migrate } from '../src/schema/migrate.ts';
+import { upsertSchedule } from '../src/sql/schedules.ts';
 import { ThreadPool } from './threads.ts';
 import { SupervisorRuntime } from './runtime.ts';
 import type { Supervisor } from './supervisor.ts';
@@ -105,6 +108,12 @@ export interface SupervisorOptions {
   metricsHost?: string;
   /** How often the elected supervisor measures queue depth for /metrics (default 15 s). */
   queueStatsIntervalMs?: number;
+  /**
+   * Recurring schedules (docs/schedules.md), stored in the database at start:
+   * a new one is added, a changed one updated (keeping its pause and its
+   * last tick). Schedules stored by others are fired all the same.
+   */
+  schedules?: ScheduleSpec[];
 }
 
 export type { Supervisor, SupervisorState, SupervisorStatus, ThreadStatus } from './supervisor.ts';
@@ -181,12 +190,16 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
   const queueStatsIntervalMs = numeric(options, 'queueStatsIntervalMs', DEFAULTS.queueStatsIntervalMs);
   const metrics =
     options.metricsPort == null ? null : { host: metricsHost(options.metricsHost), port: numeric(options, 'metricsPort', 0), queueStatsIntervalMs };
+  const schedules = parseSchedules(options.schedules ?? []);
 
   // Migrations get a connection of their own, without the statement timeout:
   // one may rewrite a large jobs table.
   const migrations = createPool(connectionString, { max: 1, applicationName: 'grapevine-migrate', preparedStatements });
   try {
-    await explainConnectionErrors(connectionString, () => migrate(migrations, schema));
+    await explainConnectionErrors(connectionString, async () => {
+      await migrate(migrations, schema);
+      for (const schedule of schedules) await upsertSchedule(migrations, schema, scheduleRow(schedule));
+    });
   } finally {
     await migrations.end().catch(() => {});
   }

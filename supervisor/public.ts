@@ -18,3 +18,5 @@ export type { HandlerThread, JobInfo, TaskHandler, TaskHelpers } from '../src/ta
 export { DEFAULTS } from '../src/config.ts';
 export { VERSION } from '../src/version.ts';
 export { describeConnection } from '../src/redact.ts';
+export { createSchedules } from '../src/schedules.ts';
+export type { MissedTicks, ScheduleSpec, Schedules, SchedulesOptions, StoredSchedule } from '../src/schedules.ts';

@@ -18,6 +18,7 @@ import { ControlPlane } from './control.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { Heartbeat } from './heartbeat.ts';
 import { IdleTimeout } from './idle-timeout.ts';
+import { ScheduleFiring } from './maintenance/fire-schedules.ts';
 import { Maintenance } from './maintenance/leader.ts';
 import { Periodic } from './periodic.ts';
 import { MetricsServer } from './metrics.ts';
@@ -61,6 +62,7 @@ export class SupervisorRuntime implements Supervisor {
   private readonly dispatcher: Dispatcher;
   private readonly listener: Listener;
   private readonly maintenance: Maintenance;
+  private readonly schedules: ScheduleFiring;
   private readonly heartbeat: Heartbeat;
   private readonly sweeper: Periodic;
   private readonly releases: JobRelease;
@@ -118,6 +120,7 @@ export class SupervisorRuntime implements Supervisor {
       queueStatsIntervalMs: options.metrics?.queueStatsIntervalMs ?? null,
       logger,
     });
+    this.schedules = new ScheduleFiring({ pool, schema, logger });
     this.heartbeat = new Heartbeat({
       id,
       schema,
@@ -135,7 +138,10 @@ export class SupervisorRuntime implements Supervisor {
         this.dispatcher.counters.ignoredCancels++;
         logger.debug({ jobId }, 'ignored a cancel notification: the job\'s row asks for no cancel');
       },
-      onNotificationsDropped: () => this.control.wake(),
+      onNotificationsDropped: () => {
+        this.control.wake();
+        this.schedules.wake();
+      },
     });
     this.sweeper = new Periodic(timing.sweepIntervalMs, () => this.sweep());
     this.idleTimeout = new IdleTimeout(
@@ -199,6 +205,7 @@ export class SupervisorRuntime implements Supervisor {
       if (!this.listening) return;
       this.dispatcher.markBacklog();
       this.control.wake();
+      this.schedules.wake();
       // The row names the new LISTEN backend now, not at the next beat.
       void this.heartbeat.beat();
     });
@@ -223,6 +230,7 @@ export class SupervisorRuntime implements Supervisor {
     this.dispatcher.markBacklog();
     this.heartbeat.start();
     this.maintenance.start();
+    this.schedules.start();
     this.sweeper.start();
     this.log.append('ALIVE', `${os.hostname()} pid ${process.pid} grapevine ${VERSION} node ${process.version}`);
     this.log.append('QUEUE', this.o.queues ? this.o.queues.join(' ') : '(all queues)');
@@ -347,6 +355,7 @@ export class SupervisorRuntime implements Supervisor {
     this.dispatcher.stop();
     this.heartbeat.stop();
     this.maintenance.stop();
+    this.schedules.stop();
     this.sweeper.stop();
     if (this.dueTimer) clearTimeout(this.dueTimer);
 
@@ -379,6 +388,7 @@ export class SupervisorRuntime implements Supervisor {
     );
     await this.listener.stop();
     await this.metrics?.close();
+    await this.schedules.idle();
     await deregisterSupervisor(pool, schema, { id: this.id }).catch((err: Error) =>
       logger.warn({ err: err.message }, 'could not deregister'),
     );
@@ -405,6 +415,8 @@ export class SupervisorRuntime implements Supervisor {
         }
       } else if (parsed.kind === 'due-at') {
         this.wakeAt(parsed.at);
+      } else if (parsed.kind === 'schedules') {
+        this.schedules.wake();
       } else {
         this.onMalformed(channel, parsed.reason);
       }

@@ -310,7 +310,9 @@ describe('schema functions', () => {
   it('each live in a file of their own that redefines them in place, and the migrations define none', () => {
     for (const fn of schemaFunctions()) {
       const creates = [...fn.sql.matchAll(/CREATE (OR REPLACE )?(FUNCTION|PROCEDURE) :SCHEMA\.(\w+)/g)];
-      expect(creates.map((m) => [m[1], m[3]])).toEqual([['OR REPLACE ', fn.name]]);
+      expect(creates.map((m) => m[3])).toEqual([fn.name]);
+      // A plain CREATE only after dropping the same function: how a file changes what it returns, which OR REPLACE cannot.
+      if (creates[0][1] === undefined) expect(fn.sql).toContain(`DROP FUNCTION IF EXISTS :SCHEMA.${fn.name}(`);
     }
     for (const migration of migrations()) expect(migration.sql).not.toMatch(/\b(FUNCTION|PROCEDURE)\b/);
     // :SCHEMA is the only placeholder.

@@ -6,6 +6,7 @@ import { grantRole, grantSql } from '../src/schema/roles.ts';
 import type { Queryable, TypedQuery } from '../src/db.ts';
 import * as control from '../src/sql/control.ts';
 import * as jobs from '../src/sql/jobs.ts';
+import * as schedules from '../src/sql/schedules.ts';
 import { payloadLimit } from '../src/sql/settings.ts';
 import * as sups from '../src/sql/supervisors.ts';
 import { eventually, FIXTURE_TASKS, testLogger, useMigratedSchema } from './helpers/db.ts';
@@ -70,7 +71,7 @@ describe('grapevine grant', () => {
     expect(enqueue).toContain(`GRANT EXECUTE ON FUNCTION ${db.s}.add_job(text, jsonb, text, timestamptz, integer, integer, integer), ${db.s}.add_jobs(jsonb)`);
     // No right on any table but the three read-only ones every kind reads.
     expect(enqueue.match(/ON TABLE [^;]*/g)).toEqual([`ON TABLE ${db.s}.migrations, ${db.s}.schema_functions, ${db.s}.settings TO "app"`]);
-    expect(grantSql({ schema: db.schema, role: 'w', as: 'worker' })).toContain(`GRANT SELECT, UPDATE, DELETE ON TABLE ${db.s}.jobs TO "w"`);
+    expect(grantSql({ schema: db.schema, role: 'w', as: 'worker' })).toContain(`GRANT SELECT, UPDATE, DELETE, INSERT (task, payload, queue, priority, max_attempts, run_at, schedule, scheduled_for) ON TABLE ${db.s}.jobs TO "w"`);
     expect(grantSql({ schema: db.schema, role: 'o', as: 'operator' })).toContain(`${db.s}.cancel_job(bigint)`);
     for (const sql of grantSqlOfEachKind()) expect(sql).not.toMatch(/\b(CREATE|ALTER|DROP|TRUNCATE|REFERENCES|TRIGGER)\b/);
 
@@ -120,6 +121,8 @@ type Use = [name: string, call: (db: Queryable, schema: string) => Promise<unkno
 function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
   const job = { task: 'square', payload: {}, queue: 'default', run_at: null, priority: 0, max_attempts: 5, timeout_ms: null };
   const claim = { tasks: ['square'], queues: null, owner: 'w', thread: 1, leaseMs: 1000 };
+  const tickJob = { task: 'square', payload: {}, queue: 'default', priority: 0, max_attempts: 5 };
+  const schedule = { name: 'nightly', cron: '0 2 * * *', tz: 'UTC', missed: 'skip', ...tickJob };
   const entries = '[{"at": "2026-01-01T00:00:00Z", "event": "E", "thread": null, "detail": "d"}]';
   const enqueue: Use[] = [
     ['insertJob', (d, s) => jobs.insertJob(d, s, job)],
@@ -147,6 +150,10 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
       ['followLog', (d, s) => control.followLog(d, s, { follower: 'f', ttlMs: 1000 })],
       ['unfollowLog', (d, s) => control.unfollowLog(d, s, { follower: 'f' })],
       ['payloadLimit', (d, s) => payloadLimit(d, s)],
+      ['upsertSchedule', (d, s) => schedules.upsertSchedule(d, s, schedule)],
+      ['listSchedules', (d, s) => schedules.listSchedules(d, s)],
+      ['removeSchedule', (d, s) => schedules.removeSchedule(d, s, { name: 'nightly' })],
+      ['setSchedulePaused', (d, s) => schedules.setSchedulePaused(d, s, { name: 'nightly', paused: true })],
     ];
   }
   return [
@@ -164,6 +171,11 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
     ['reapExpired', (d, s) => jobs.reapExpired(d, s)],
     ['pruneFinished', (d, s) => jobs.pruneFinished(d, s, { retentionMs: 1000, batchSize: 10 })],
     ['unhandledTasks', (d, s) => jobs.unhandledTasks(d, s, { liveWithinMs: 1000, sample: 10 })],
+    ['upsertSchedule', (d, s) => schedules.upsertSchedule(d, s, schedule)],
+    ['listSchedules', (d, s) => schedules.listSchedules(d, s)],
+    ['lockDueSchedules', (d, s) => schedules.lockDueSchedules(d, s, { names: ['nightly'] })],
+    ['insertTickJobs', (d, s) => schedules.insertTickJobs(d, s, [{ schedule: 'nightly', scheduled_for: '2026-01-01T00:00:00Z', ...tickJob }])],
+    ['advanceLastTicks', (d, s) => schedules.advanceLastTicks(d, s, [{ name: 'nightly', last_tick: '2026-01-01T00:00:00Z' }])],
     ['registerSupervisor', (d, s) => sups.registerSupervisor(d, s, { id: 'w', host: 'host', pid: 1, version: 'v', threads: 1, concurrency: 1, queues: null, tasks: ['square'] })],
     ['heartbeat', (d, s) => d.query(sups.heartbeatQuery(s, { id: 'w', status: 'IDLE', threads: 1, info: {} as never, tasks: ['square'] }))],
     ['deregisterSupervisor', (d, s) => sups.deregisterSupervisor(d, s, { id: 'w' })],

@@ -141,22 +141,37 @@ function withoutBookkeeping(catalog: Catalog): Catalog {
  * pre-release schema cannot have: migration 0011's settings table; the
  * security-definer functions behind the client; add_job() made security
  * definer, and the insert trigger, which also names its channel from the
- * table's schema and checks the payload limit.
+ * table's schema and checks the payload limit; migration 0014's schedules
+ * table, the jobs' tick columns and their index, and the claims and
+ * unhandled_tasks() returning them (a new result type).
  */
-const TABLES_SINCE_BASELINE = /^_?settings/;
+const TABLES_SINCE_BASELINE = /^_?(settings|schedules)/;
+const COLUMNS_SINCE_BASELINE = ['jobs.schedule', 'jobs.scheduled_for'];
+const INDEXES_SINCE_BASELINE = ['jobs_schedule_tick_idx'];
 const FUNCTIONS_SINCE_BASELINE = ['add_jobs', 'get_job', 'watch_job', 'cancel_job'];
 const CHANGED_SINCE_BASELINE = ['add_job', 'jobs_inserted'];
+const RESULT_CHANGED_SINCE_BASELINE = ['claim_next', 'claim_ids', 'unhandled_tasks'];
 
 /** The catalog as the baseline built it: later objects left out, changed functions by their signature alone. */
 function asAtBaseline(catalog: Catalog): Catalog {
   const kept = Object.fromEntries(
     Object.entries(catalog).map(([kind, rows]) => [
       kind,
-      (rows as Row[]).filter((row) => !TABLES_SINCE_BASELINE.test(String(row.rel ?? '')) && !FUNCTIONS_SINCE_BASELINE.includes(String(row.rel))),
+      (rows as Row[]).filter(
+        (row) =>
+          !TABLES_SINCE_BASELINE.test(String(row.rel ?? '')) &&
+          !FUNCTIONS_SINCE_BASELINE.includes(String(row.rel)) &&
+          !INDEXES_SINCE_BASELINE.includes(String(row.rel)),
+      ),
     ]),
   ) as unknown as Catalog;
-  kept.functions = kept.functions.map((f) => (CHANGED_SINCE_BASELINE.includes(String(f.rel)) ? { rel: f.rel, arguments: f.arguments, result: f.result } : f));
-  kept.functionBodies = kept.functionBodies.filter((f) => !CHANGED_SINCE_BASELINE.includes(String(f.rel)));
+  kept.columns = kept.columns.filter((c) => !COLUMNS_SINCE_BASELINE.includes(`${c.rel}.${c.attname}`));
+  kept.indexes = kept.indexes.filter((i) => !INDEXES_SINCE_BASELINE.includes(String(i.index)));
+  kept.functions = kept.functions.map((f) => {
+    if (RESULT_CHANGED_SINCE_BASELINE.includes(String(f.rel))) return { rel: f.rel, arguments: f.arguments };
+    return CHANGED_SINCE_BASELINE.includes(String(f.rel)) ? { rel: f.rel, arguments: f.arguments, result: f.result } : f;
+  });
+  kept.functionBodies = kept.functionBodies.filter((f) => ![...CHANGED_SINCE_BASELINE, ...RESULT_CHANGED_SINCE_BASELINE].includes(String(f.rel)));
   return kept;
 }
 

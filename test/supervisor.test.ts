@@ -418,7 +418,7 @@ describe('handler helpers', () => {
       queryApplicationName: string;
       followUp: string;
     };
-    expect(report.job).toEqual({ id, task: 'report_helpers', queue: 'reports', attempt: 1, maxAttempts: 4 });
+    expect(report.job).toEqual({ id, task: 'report_helpers', queue: 'reports', attempt: 1, maxAttempts: 4, scheduledFor: null });
     expect(report.loggerBindings).toMatchObject({ supervisor: supervisor.id, jobId: id, task: 'report_helpers', attempt: 1 });
     expect(report.signal).toEqual({ isAbortSignal: true, aborted: false });
     // Handler queries go through the thread's own handler pool, not the claim pool.

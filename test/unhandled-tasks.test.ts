@@ -50,10 +50,10 @@ describe('jobs that no running supervisor handles', { timeout: 60_000 }, () => {
     const log = capturingLogger('warn');
     const result = await lookNow(log.logger);
     expect(result.unhandled).toEqual([
-      { task: 'nooop', queue: 'default', jobs: 2 },
-      { task: 'noop', queue: 'reports', jobs: 1 },
+      { task: 'nooop', queue: 'default', jobs: 2, schedules: [] },
+      { task: 'noop', queue: 'reports', jobs: 1, schedules: [] },
     ]);
-    const warning = log.lines().find((l) => String(l.msg).startsWith('due jobs wait for tasks (or queues) that no running supervisor handles'));
+    const warning = log.lines().find((l) => String(l.msg).startsWith('due jobs (or schedules) wait for tasks (or queues) that no running supervisor handles'));
     expect(warning?.unhandled).toEqual(result.unhandled);
     expect((await client.getJob(typo.rows[0].id))?.state).toBe('pending');
   });
@@ -66,7 +66,7 @@ describe('jobs that no running supervisor handles', { timeout: 60_000 }, () => {
       const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM ${s}.jobs WHERE queue = 'reports' AND state = 'succeeded'`);
       return rows[0].n === 1;
     }, 'the reports job to run');
-    expect((await lookNow()).unhandled).toEqual([{ task: 'nooop', queue: 'default', jobs: 2 }]);
+    expect((await lookNow()).unhandled).toEqual([{ task: 'nooop', queue: 'default', jobs: 2, schedules: [] }]);
 
     await db.pool.query(`DELETE FROM ${s}.jobs WHERE task = 'nooop'`);
     const log = capturingLogger('warn');
@@ -76,6 +76,6 @@ describe('jobs that no running supervisor handles', { timeout: 60_000 }, () => {
     // Once the only supervisor has stopped, nothing handles 'noop' either.
     for (const s2 of started.splice(0)) await s2.stop({ graceMs: 0 });
     await client.addJob('noop', {});
-    expect((await lookNow()).unhandled).toEqual([{ task: 'noop', queue: 'default', jobs: 1 }]);
+    expect((await lookNow()).unhandled).toEqual([{ task: 'noop', queue: 'default', jobs: 1, schedules: [] }]);
   });
 });

@@ -136,7 +136,14 @@ export class JobHelpers implements TaskHelpers {
 
   /** `abort` makes the job's signal when first asked (JobAbortSwitch in execute.ts). */
   constructor(job: ClaimedJobRow, abort: { readonly signal: AbortSignal }, context: ExecuteContext) {
-    this.job = { id: job.id, task: job.task, queue: job.queue, attempt: job.attempts, maxAttempts: job.max_attempts };
+    this.job = {
+      id: job.id,
+      task: job.task,
+      queue: job.queue,
+      attempt: job.attempts,
+      maxAttempts: job.max_attempts,
+      scheduledFor: job.scheduled_for ?? null,
+    };
     this.worker = context.worker;
     this.query = context.query;
     this.transaction = context.transaction;

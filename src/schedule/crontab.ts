@@ -112,7 +112,8 @@ function integerOption(option: string, value: string): number {
   return Number(value);
 }
 
-function missedOption(value: string): MissedTicks {
+/** A missed-tick policy as written after `--missed=`: skip, once or backfill:N. */
+export function missedOption(value: string): MissedTicks {
   if (value === 'skip' || value === 'once') return value;
   const match = /^backfill:(\d+)$/.exec(value);
   if (match) return { backfill: Number(match[1]) };

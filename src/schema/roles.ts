@@ -17,7 +17,8 @@ import { migrate } from './migrate.ts';
  * - worker: runs supervisors: claims, outcome writes, leases, the reaper and
  *   pruning, the registry and heartbeat, control messages and the log.
  * - operator: sends control messages and reads their responses, reads the
- *   registry and the log, follows the log, cancels jobs (cancel_job()).
+ *   registry and the log, follows the log, cancels jobs (cancel_job()),
+ *   manages schedules.
  */
 export const ROLE_KINDS = ['enqueuer', 'worker', 'operator'] as const;
 export type RoleKind = (typeof ROLE_KINDS)[number];
@@ -53,8 +54,12 @@ const TABLES: Record<RoleKind, Record<string, string>> = {
   enqueuer: {},
   worker: {
     // Claims and outcome writes update, deleteSucceeded and pruning delete;
-    // enqueues from handlers go through add_job(), so no INSERT.
-    jobs: 'SELECT, UPDATE, DELETE',
+    // enqueues from handlers go through add_job(). A schedule's tick inserts
+    // its job directly (ON CONFLICT against the tick's unique index), so the
+    // worker may insert a pending job's columns and no others.
+    jobs: 'SELECT, UPDATE, DELETE, INSERT (task, payload, queue, priority, max_attempts, run_at, schedule, scheduled_for)',
+    // Declared at start (upsert), read and advanced at each tick.
+    schedules: 'SELECT, INSERT, UPDATE',
     supervisors: 'SELECT, INSERT, UPDATE, DELETE',
     maintenance: 'SELECT, INSERT, UPDATE',
     messages: 'SELECT, UPDATE, DELETE',
@@ -68,6 +73,8 @@ const TABLES: Record<RoleKind, Record<string, string>> = {
     responses: 'SELECT, DELETE',
     worker_log: 'SELECT',
     log_followers: 'SELECT, INSERT, UPDATE, DELETE',
+    // grapevine schedule add, list, pause, resume, remove.
+    schedules: 'SELECT, INSERT, UPDATE, DELETE',
   },
 };
 

@@ -93,14 +93,14 @@ function build(schema: string): JobStatements {
     claimByIds: st(
       'claim_by_ids',
       `SELECT id::text AS id, task, queue, payload, attempts, max_attempts, timeout_ms,
-              claim_token::text AS claim_token, cancel_requested
+              claim_token::text AS claim_token, cancel_requested, scheduled_for
          FROM ${s}.claim_ids($1::bigint[], $2::text[], $6::text[], $3, $4, $5)`,
     ),
     // $1 how many, the rest as for claimByIds. See src/schema/functions/claim_next.sql.
     claimNext: st(
       'claim_next',
       `SELECT id::text AS id, task, queue, payload, attempts, max_attempts, timeout_ms,
-              claim_token::text AS claim_token, cancel_requested
+              claim_token::text AS claim_token, cancel_requested, scheduled_for
          FROM ${s}.claim_next($1, $2::text[], $6::text[], $3, $4, $5)`,
     ),
 
@@ -230,7 +230,7 @@ function build(schema: string): JobStatements {
     pruneFinished: st('prune_finished', `SELECT ${s}.prune_finished($1, $2)::integer AS pruned`),
     // $1 ms within which a supervisor must have heartbeated to count as live,
     // $2 oldest due jobs looked at per priority. See src/schema/functions/unhandled_tasks.sql.
-    unhandledTasks: st('unhandled_tasks', `SELECT task, queue, jobs::integer AS jobs FROM ${s}.unhandled_tasks($1, $2)`),
+    unhandledTasks: st('unhandled_tasks', `SELECT task, queue, jobs::integer AS jobs, schedules FROM ${s}.unhandled_tasks($1, $2)`),
     // $1 id. A pending job is cancelled on the spot; a running one is
     // flagged, and the caller tells its owner over the control channel. A
     // function (cancel_job), so that an operator role may cancel and no more.
@@ -281,6 +281,8 @@ export interface ClaimedJobRow {
   timeout_ms: number | null;
   claim_token: string;
   cancel_requested: boolean;
+  /** The tick a schedule added the job for; null for a job no schedule added. */
+  scheduled_for: Date | null;
 }
 
 /** Who claims, for what: the parameters every claim shares. */
@@ -332,7 +334,10 @@ export interface RenewedLeaseRow {
 export interface UnhandledTasksRow {
   task: string;
   queue: string;
+  /** Due jobs waiting (among the oldest of each priority). */
   jobs: number;
+  /** Active schedules that add jobs for this task and queue. */
+  schedules: string[];
 }
 
 export interface CancelRow {

@@ -1,6 +1,6 @@
 /**
- * Chore: warn about due jobs whose task (or queue) no live supervisor
- * handles. Each supervisor knows only its own tasks, so only the fleet's
+ * Chore: warn about due jobs, and active schedules, whose task (or queue) no
+ * live supervisor handles. Each supervisor knows only its own tasks, so only the fleet's
  * view in the supervisors table can tell; nobody would ever claim such a job.
  */
 import type { Logger } from 'pino';
@@ -17,7 +17,7 @@ export async function findUnhandledTasks(db: Queryable, p: { schema: string; lea
   if (rows.length > 0) {
     p.logger.warn(
       { unhandled: rows },
-      'due jobs wait for tasks (or queues) that no running supervisor handles, so nothing will run them: check the task names, or start a supervisor whose tasks directory and queues include them',
+      'due jobs (or schedules) wait for tasks (or queues) that no running supervisor handles, so nothing will run them: check the task names, or start a supervisor whose tasks directory and queues include them',
     );
   }
   return rows;

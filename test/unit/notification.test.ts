@@ -18,6 +18,11 @@ describe('parseJobNotification', () => {
     expect(parseJobNotification('at:1765000000000')).toEqual({ kind: 'due-at', at: 1765000000000 });
   });
 
+  it('reads a change of the schedules table, exactly as spelled', () => {
+    expect(parseJobNotification('schedules')).toEqual({ kind: 'schedules' });
+    expect(parseJobNotification('schedules ').kind).toBe('malformed');
+  });
+
   it('keeps a huge range as one range, counted without expanding it', () => {
     const parsed = parseJobNotification('1-9007199254740991');
     expect(parsed).toEqual({ kind: 'ids', ranges: [{ first: 1, last: 9007199254740991 }], count: 9007199254740991 });
