@@ -19,9 +19,3 @@ ALTER TABLE :SCHEMA.jobs
 -- Partial, so that a job without a key adds no index entry. It cannot also
 -- name a state: a throttle's key holds after its job finished.
 CREATE UNIQUE INDEX jobs_key_idx ON :SCHEMA.jobs (key) WHERE key IS NOT NULL;
-
--- add_job() gains the key arguments, and a function's arguments are part of
--- its identity: the old one is dropped so that no call can be ambiguous
--- between the two (functions/add_job.sql creates the new one right after).
--- A new schema has none yet: its functions come after all the migrations.
-DROP FUNCTION IF EXISTS :SCHEMA.add_job(text, jsonb, text, timestamptz, integer, integer, integer);
