@@ -7,8 +7,10 @@ import { parseJobNotification, rangesContain } from './notification.ts';
 import { channelsFor } from './schema/channels.ts';
 import { Waiters } from './waiters.ts';
 import { explainingOutdatedSchema, migrate, type MigrateResult } from './schema/migrate.ts';
-import { announceCancel, findJob, insertJob, insertJobs, makeDue, requestCancel, watchJob, type NewJob } from './sql/jobs.ts';
+import { announceCancel, findJob, insertJob, insertJobs, makeDue, requestCancel, watchJob, type KeyMode, type NewJob } from './sql/jobs.ts';
 import { payloadLimit } from './sql/settings.ts';
+
+export type { KeyMode } from './sql/jobs.ts';
 
 export interface ClientOptions extends ConnectionOptions {
   /** Defaults to "grapevine". */
@@ -36,6 +38,22 @@ export interface AddJobOptions {
   maxAttempts?: number;
   /** Hard limit on one attempt; the thread is terminated when it runs over. */
   timeoutMs?: number;
+  /**
+   * While a job with this key holds it, enqueueing another returns that job's id instead of adding one
+   * (docs/keys.md). Any text of 1 to 512 characters, unique across the schema's tasks: put the task in it.
+   */
+  key?: string;
+  /**
+   * How long the key holds and what a later enqueue with it does (default "replace", as graphile-worker's job_key):
+   * - replace: while the job is pending; the later enqueue replaces its payload, run time and options (debounce).
+   * - preserve_run_at: as replace, but the first run time stays.
+   * - dedupe: while the job is pending; the later enqueue changes nothing.
+   * - dedupe_running: while the job is pending or running; the later enqueue changes nothing.
+   * - throttle: for keyWindowMs after the first enqueue, whatever the job's state; the later enqueue changes nothing.
+   */
+  keyMode?: KeyMode;
+  /** The throttle's window in ms: required with keyMode "throttle", refused with another mode. */
+  keyWindowMs?: number;
   /** Enqueue inside the caller's open transaction: rolled back means no job and no notification. */
   db?: Queryable;
 }
@@ -107,7 +125,7 @@ export function createClient(options: ClientOptions = {}): Client {
     if (payloadJson === undefined) {
       throw new GrapevineError('GRAPEVINE_PAYLOAD_INVALID', `payload of task "${task}" is not JSON (got ${typeof spec.payload})`);
     }
-    const row = {
+    const row: NewJob = {
       task,
       payload: JSON.parse(payloadJson),
       queue,
@@ -116,6 +134,10 @@ export function createClient(options: ClientOptions = {}): Client {
       max_attempts: validateInt('maxAttempts', spec.maxAttempts ?? DEFAULTS.maxAttempts, { min: 1, max: 1000 }),
       timeout_ms: spec.timeoutMs === undefined ? null : validateInt('timeoutMs', spec.timeoutMs, { min: 1, max: 2_147_483_647 }),
     };
+    if (spec.key !== undefined) Object.assign(row, keyFields(spec, task));
+    else if (spec.keyMode !== undefined || spec.keyWindowMs !== undefined) {
+      throw new GrapevineError('GRAPEVINE_PAYLOAD_INVALID', `keyMode and keyWindowMs of task "${task}" need a key: pass key too, or neither`);
+    }
     return { row, bytes: Buffer.byteLength(payloadJson) };
   };
 
@@ -257,6 +279,26 @@ export function createClient(options: ClientOptions = {}): Client {
   }
 
   return client;
+}
+
+const KEY_MODES: readonly KeyMode[] = ['replace', 'preserve_run_at', 'dedupe', 'dedupe_running', 'throttle'];
+
+function keyFields(spec: JobSpec, task: string): Pick<NewJob, 'key' | 'key_mode' | 'key_window'> {
+  const { key, keyMode = 'replace', keyWindowMs } = spec;
+  if (typeof key !== 'string' || key.length < 1 || key.length > 512) {
+    throw new GrapevineError('GRAPEVINE_PAYLOAD_INVALID', `key of task "${task}" must be a string of 1 to 512 characters (got ${JSON.stringify(key)})`);
+  }
+  if (!KEY_MODES.includes(keyMode)) {
+    throw new GrapevineError('GRAPEVINE_PAYLOAD_INVALID', `keyMode of task "${task}" is ${JSON.stringify(keyMode)}: use one of ${KEY_MODES.join(', ')}`);
+  }
+  if ((keyMode === 'throttle') !== (keyWindowMs !== undefined)) {
+    throw new GrapevineError(
+      'GRAPEVINE_PAYLOAD_INVALID',
+      `keyWindowMs of task "${task}" is the throttle's window: pass it with keyMode "throttle" and only then`,
+    );
+  }
+  const window = keyWindowMs === undefined ? undefined : `${validateInt('keyWindowMs', keyWindowMs, { min: 1, max: Number.MAX_SAFE_INTEGER })} milliseconds`;
+  return { key, key_mode: keyMode, key_window: window };
 }
 
 function toJobId(id: string | number): string {

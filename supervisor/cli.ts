@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { createClient } from '../src/client.ts';
+import { createClient, type KeyMode } from '../src/client.ts';
 import { DEFAULTS, idleTimeoutSecondsToMs, MAX_IDLE_TIMEOUT_MS } from '../src/config.ts';
 import { GrapevineError } from '../src/errors.ts';
 import { createLogger, type LogFormat } from '../src/log.ts';
@@ -98,10 +98,14 @@ Options for every command:
                       (docs/schedules.md); a bad line stops the start, naming it
 
 SIGTERM/SIGINT stop gracefully; a second signal stops at once. Exit code 0.`,
-  add: `Usage: grapevine add TASK [JSON] [--run-at ISO] [--priority N] [--queue Q] [--max-attempts N] [--timeout-ms N] [--wait]
+  add: `Usage: grapevine add TASK [JSON] [--run-at ISO] [--priority N] [--queue Q] [--max-attempts N] [--timeout-ms N]
+                     [--key K [--key-mode M] [--key-window-ms N]] [--wait]
 
   JSON               the payload (default: {})
   --run-at ISO       when the job becomes due, e.g. 2026-01-31T12:00:00Z
+  --key K            while a job with key K holds it, print that job's id instead of adding one (docs/keys.md)
+  --key-mode M       replace (default), preserve_run_at, dedupe, dedupe_running or throttle
+  --key-window-ms N  the throttle's window
   --wait             wait for the job and print its result (exit 1 if it failed)
   --wait-ms N        how long --wait waits (default: 60000)`,
   job: 'Usage: grapevine job ID\n\nPrints the job as JSON.',
@@ -241,6 +245,9 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
       queue: { type: 'string' },
       'max-attempts': { type: 'string' },
       'timeout-ms': { type: 'string' },
+      key: { type: 'string' },
+      'key-mode': { type: 'string' },
+      'key-window-ms': { type: 'string' },
       wait: { type: 'boolean' },
       'wait-ms': { type: 'string' },
     });
@@ -262,6 +269,9 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         queue: values.queue as string | undefined,
         maxAttempts: int(values, 'max-attempts'),
         timeoutMs: int(values, 'timeout-ms'),
+        key: values.key as string | undefined,
+        keyMode: values['key-mode'] as KeyMode | undefined,
+        keyWindowMs: int(values, 'key-window-ms'),
       });
       if (!values.wait) {
         console.log(id);

@@ -148,8 +148,10 @@ function withoutBookkeeping(catalog: Catalog): Catalog {
 const TABLES_SINCE_BASELINE = /^_?(settings|schedules)/;
 const COLUMNS_SINCE_BASELINE = ['jobs.schedule', 'jobs.scheduled_for'];
 const INDEXES_SINCE_BASELINE = ['jobs_schedule_tick_idx'];
-const FUNCTIONS_SINCE_BASELINE = ['add_jobs', 'get_job', 'watch_job', 'cancel_job'];
-const CHANGED_SINCE_BASELINE = ['add_job', 'jobs_inserted'];
+/** Job keys (migration 0012): the jobs table's key columns, their checks and index; add_job() took new arguments. */
+const KEYS_SINCE_BASELINE = /^(jobs_)?key/;
+const FUNCTIONS_SINCE_BASELINE = ['add_jobs', 'get_job', 'watch_job', 'cancel_job', 'job_specs', 'add_job'];
+const CHANGED_SINCE_BASELINE = ['jobs_inserted'];
 const RESULT_CHANGED_SINCE_BASELINE = ['claim_next', 'claim_ids', 'unhandled_tasks'];
 
 /** The catalog as the baseline built it: later objects left out, changed functions by their signature alone. */
@@ -161,7 +163,9 @@ function asAtBaseline(catalog: Catalog): Catalog {
         (row) =>
           !TABLES_SINCE_BASELINE.test(String(row.rel ?? '')) &&
           !FUNCTIONS_SINCE_BASELINE.includes(String(row.rel)) &&
-          !INDEXES_SINCE_BASELINE.includes(String(row.rel)),
+          !INDEXES_SINCE_BASELINE.includes(String(row.rel)) &&
+          // The key columns, checks and index of jobs are rows of jobs; the index is also a relation of its own.
+          !KEYS_SINCE_BASELINE.test(String(row.rel === 'jobs' ? (row.attname ?? row.index ?? row.conname ?? '') : row.rel)),
       ),
     ]),
   ) as unknown as Catalog;

@@ -1,6 +1,6 @@
 // Turns the trials of a run into medians, ratios and the PASS/FAIL targets.
 import type { Profile, SystemName } from '../systems/types.ts';
-import { CLIENT_PATH } from '../workloads/enqueue.ts';
+import { CLIENT_PATH, KEYED_PATH } from '../workloads/enqueue.ts';
 import type { TrialResult } from '../trial.ts';
 import type { Workload } from './plan.ts';
 import { median, percentiles, type Percentiles } from './stats.ts';
@@ -149,11 +149,19 @@ function atMost(name: string, mine: number | undefined, limit: number | undefine
   return { name, verdict: pass ? 'PASS' : 'FAIL', detail: `${f(mine)} ${unit} vs limit ${f(limit)} ${unit}${ratio}` };
 }
 
-/** grapevine's enqueue paths against graphile-worker's addJobs; the SQL bulk path is named even when the schema lacks it. */
+/**
+ * grapevine's enqueue paths against graphile-worker's addJobs, the keyed one against its addJobs with job keys;
+ * the SQL bulk path is named even when the schema lacks it.
+ */
 function enqueueTargets(s: Summary): Target[] {
-  const gw = s.enqueue.find((e) => e.system === 'graphile' && e.path === CLIENT_PATH)?.jobsPerSec;
+  const graphile = (path: string) => s.enqueue.find((e) => e.system === 'graphile' && e.path === path)?.jobsPerSec;
+  const gw = graphile(CLIENT_PATH);
   const gv = s.enqueue.filter((e) => e.system === 'grapevine');
-  const list = gv.map((e) => atLeast(`enqueue, ${e.path === CLIENT_PATH ? 'client addJobs' : e.path}: ≥ 1.5× graphile-worker addJobs`, e.jobsPerSec, gw, 1.5, 'jobs/s'));
+  const list = gv.map((e) =>
+    e.path === KEYED_PATH
+      ? atLeast(`enqueue, ${KEYED_PATH}: ≥ 1.25× graphile-worker addJobs with job_key`, e.jobsPerSec, graphile(KEYED_PATH), 1.25, 'jobs/s')
+      : atLeast(`enqueue, ${e.path === CLIENT_PATH ? 'client addJobs' : e.path}: ≥ 1.5× graphile-worker addJobs`, e.jobsPerSec, gw, 1.5, 'jobs/s'),
+  );
   if (gv.length && !gv.some((e) => e.path.includes('add_jobs'))) {
     list.push({ name: 'enqueue, SQL bulk function: ≥ 1.5× graphile-worker addJobs', verdict: 'FAIL', detail: 'the schema has no add_jobs(jsonb) or add_jobs(jsonb[]) function' });
   }

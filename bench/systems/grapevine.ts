@@ -74,6 +74,10 @@ export class GrapevineAdapter implements SystemAdapter {
     for (const id of ids) if (this.firstId === null || BigInt(id) < this.firstId) this.firstId = BigInt(id);
   }
 
+  async enqueueKeyed(task: TaskName, keys: string[]): Promise<void> {
+    await this.client!.addJobs(keys.map((key) => ({ task, key })));
+  }
+
   /** SQL enqueue as another language or a trigger would use it: per-row add_job in one
    * statement, and a bulk function taking every job in one argument when the schema has one. */
   async enqueuePaths(): Promise<EnqueuePath[]> {

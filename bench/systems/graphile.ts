@@ -81,6 +81,12 @@ export class GraphileAdapter implements SystemAdapter {
     }
   }
 
+  async enqueueKeyed(task: TaskName, keys: string[]): Promise<void> {
+    for (let i = 0; i < keys.length; i += BULK_CHUNK) {
+      await this.utils!.addJobs(keys.slice(i, i + BULK_CHUNK).map((jobKey) => ({ identifier: task, payload: {}, jobKey })));
+    }
+  }
+
   async enqueueOne(task: TaskName, payload: BenchPayload): Promise<void> {
     await this.utils!.addJob(task, payload);
   }

@@ -70,6 +70,9 @@ export interface SystemAdapter {
   stopWorkers(): Promise<void>;
   /** Close producer connections. */
   close(): Promise<void>;
+  /** One no-op job per key through the bulk API, with the system's default key mode; a key may
+   * repeat across calls (a job with it is then pending), never within one. */
+  enqueueKeyed?(task: TaskName, keys: string[]): Promise<void>;
   /** Bulk enqueue paths besides enqueueBulk; a path the installed schema lacks is left out. */
   enqueuePaths?(): Promise<EnqueuePath[]>;
   /** Extra numbers the system can report (e.g. wasted claim attempts). */

@@ -6,6 +6,8 @@ import type { EnqueuePath, SystemAdapter } from '../systems/types.ts';
 
 /** The client bulk API's row in the table (each system's own name for it is in its settings). */
 export const CLIENT_PATH = 'client bulk API';
+/** Jobs with keys: the first half new, the second half the same keys again while their jobs are pending. */
+export const KEYED_PATH = 'client bulk API, keyed (half duplicates)';
 const WARMUP_JOBS = 100;
 
 export interface EnqueueResult {
@@ -26,6 +28,17 @@ export async function runEnqueue(adapter: SystemAdapter, jobs: number): Promise<
     const t0 = nowMs();
     await path.run('noop', jobs);
     enqueueMs[path.name] = nowMs() - t0;
+  }
+  if (adapter.enqueueKeyed) {
+    const keyed = async (prefix: string, count: number) => {
+      const keys = Array.from({ length: Math.ceil(count / 2) }, (_, i) => `${prefix}:${i}`);
+      await adapter.enqueueKeyed!('noop', keys);
+      await adapter.enqueueKeyed!('noop', keys.slice(0, count - keys.length));
+    };
+    await keyed('warm-up', WARMUP_JOBS);
+    const t0 = nowMs();
+    await keyed('timed', jobs);
+    enqueueMs[KEYED_PATH] = nowMs() - t0;
   }
   return { jobs, enqueueMs };
 }

@@ -27,7 +27,7 @@ export type RoleKind = (typeof ROLE_KINDS)[number];
 const READ_BY_ALL = ['migrations', 'schema_functions', 'settings'];
 
 const ENQUEUE_FUNCTIONS = [
-  'add_job(text, jsonb, text, timestamptz, integer, integer, integer)',
+  'add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval)',
   'add_jobs(jsonb)',
   'get_job(bigint)',
   'watch_job(bigint)',

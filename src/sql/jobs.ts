@@ -76,7 +76,7 @@ function build(schema: string): JobStatements {
     // owner's rights: a role that may only enqueue has no right on the table.
     insertOne: st(
       'insert_one',
-      `SELECT ${s}.add_job($1, $2, $3, $4, $5, $6, $7)::text AS id`,
+      `SELECT ${s}.add_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::interval)::text AS id`,
     ),
     // $1 the jobs as a JSON array; ids come back in its order.
     insertMany: st(
@@ -268,7 +268,15 @@ export interface NewJob {
   priority: number;
   max_attempts: number;
   timeout_ms: number | null;
+  /** Left out (not null) for a job without a key, so that an unkeyed batch carries no key fields. */
+  key?: string;
+  key_mode?: KeyMode;
+  /** The throttle's window, as a PostgreSQL interval ('60000 milliseconds'). */
+  key_window?: string;
 }
+
+/** How long a job's key holds and what a later enqueue with the key does: docs/keys.md. */
+export type KeyMode = 'replace' | 'preserve_run_at' | 'dedupe' | 'dedupe_running' | 'throttle';
 
 /** What a claim hands a thread for each job it claimed. */
 export interface ClaimedJobRow {
@@ -348,7 +356,10 @@ export interface CancelRow {
 }
 
 export async function insertJob(db: Queryable, schema: string, job: NewJob): Promise<string> {
-  const values = [job.task, JSON.stringify(job.payload), job.queue, job.run_at, job.priority, job.max_attempts, job.timeout_ms];
+  const values = [
+    job.task, JSON.stringify(job.payload), job.queue, job.run_at, job.priority, job.max_attempts, job.timeout_ms,
+    job.key ?? null, job.key_mode ?? null, job.key_window ?? null,
+  ];
   return (await oneRow<{ id: string }>(db, bind(jobStatements(schema).insertOne, values))).id;
 }
 

@@ -1,0 +1,19 @@
+-- The rows of add_jobs()'s `specs` array, with their position (ord, from 1)
+-- and each key's mode and throttle end resolved. One definition for every
+-- statement of add_jobs() that reads the array; plain SQL, so the planner
+-- inlines it. Called only from the security-definer enqueue functions.
+CREATE OR REPLACE FUNCTION :SCHEMA.job_specs(specs jsonb)
+RETURNS TABLE (ord bigint, task text, payload jsonb, queue text, run_at timestamptz, priority integer, max_attempts integer,
+               timeout_ms integer, key text, key_mode text, key_window interval, key_until timestamptz)
+LANGUAGE sql STABLE
+AS $fn$
+  SELECT t.ord, t.task, coalesce(t.payload, '{}'), coalesce(t.queue, 'default'), coalesce(t.run_at, now()), coalesce(t.priority, 0),
+         coalesce(t.max_attempts, 5), t.timeout_ms, t.key, CASE WHEN t.key IS NOT NULL THEN coalesce(t.key_mode, 'replace') END,
+         t.key_window, now() + t.key_window
+    FROM ROWS FROM (jsonb_to_recordset(specs)
+           AS (task text, payload jsonb, queue text, run_at timestamptz, priority integer, max_attempts integer,
+               timeout_ms integer, key text, key_mode text, key_window interval))
+         WITH ORDINALITY AS t(task, payload, queue, run_at, priority, max_attempts, timeout_ms, key, key_mode, key_window, ord)
+$fn$;
+
+REVOKE ALL ON FUNCTION :SCHEMA.job_specs(jsonb) FROM PUBLIC;
