@@ -180,7 +180,12 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     }
   };
   if (left === 0) allRecorded();
+  // Each handler runs up to its first await inside this loop: the time it
+  // takes is how long the handlers block the thread, which the dispatcher
+  // sizes this thread's next claims by.
+  const launchedAt = performance.now();
   for (let i = 0; i < jobs.length; i++) void runJob(jobs[i], i);
+  if (jobs.length > 0) post(port, { type: 'launched', jobs: jobs.length, blockedMs: performance.now() - launchedAt, threadId });
   await recorded;
   endBatch(port);
   // A commit that failed may or may not have happened; the fence sorted out the outcomes either way.
