@@ -16,8 +16,12 @@ export const DEFAULTS = {
   maxPayloadBytes: 1_048_576,
   /** Whether clients apply migrations before their first statement. */
   migrate: true,
-  /** Handler concurrency inside one thread. */
-  concurrency: 8,
+  /**
+   * Handler concurrency inside one thread, at most: handlers that await I/O
+   * run hundreds at a time, and a thread whose handlers block its event loop
+   * is given fewer (supervisor/claim-limit.ts).
+   */
+  concurrency: 256,
   /** How often a supervisor writes its heartbeat and renews its jobs' leases. */
   heartbeatIntervalMs: 1_000,
   /** A running job whose lease is not renewed for this long is returned to the queue. */

@@ -81,6 +81,9 @@ export type BatchEvent =
   // Parallel arrays rather than an object per job: cheaper to clone.
   | { type: 'claimed'; ids: string[]; tasks: string[]; queues: string[]; attempts: number[]; threadId: number }
   | { type: 'started'; jobId: string; timeoutMs: number; threadId: number }
+  // The batch's handlers have been called: `blockedMs` is how long they held
+  // the thread's event loop before their first await, how CPU-bound they are.
+  | { type: 'launched'; jobs: number; blockedMs: number; threadId: number }
   // Handlers returned; their outcomes are being written. Frees their slots,
   // so the next claim overlaps the outcome write instead of following it.
   | { type: 'handled'; ids: string[]; threadId: number }

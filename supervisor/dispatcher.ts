@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { backoffMs } from '../src/backoff.ts';
 import { throttledWarnings } from '../src/log.ts';
 import type { AbortKind, BatchEvent, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
+import { firstClaimLimit, nextClaimLimit } from './claim-limit.ts';
 import { decideCrashRelease, describeCrash, type Kill, type Release } from './crash-release.ts';
 import type { ThreadPool } from './threads.ts';
 
@@ -136,6 +137,8 @@ export class Dispatcher {
    * work while another one sits idle.
    */
   private readonly load = new Map<number, number>();
+  /** Slots each thread may hold, learned from its handlers (claim-limit.ts): at most the concurrency. */
+  private readonly limits = new Map<number, number>();
   private unsent: Slot[] = [];
   /** Slots taken and not yet freed: unsent, or sent to a thread. */
   private held = 0;
@@ -271,9 +274,13 @@ export class Dispatcher {
     return room;
   }
 
-  /** Slots a thread can still take: its concurrency less the slots sent to it and not yet freed. */
+  /** Slots a thread can still take: its limit less the slots sent to it and not yet freed. */
   private roomOn(thread: number): number {
-    return Math.max(1, this.options.concurrency) - (this.load.get(thread) ?? 0);
+    return this.limitOf(thread) - (this.load.get(thread) ?? 0);
+  }
+
+  private limitOf(thread: number): number {
+    return this.limits.get(thread) ?? firstClaimLimit(this.options.concurrency);
   }
 
   /** A thread has started (a replacement, a new generation): it has room now. */
@@ -363,7 +370,7 @@ export class Dispatcher {
     // Pull in batches worth a claim statement: while jobs finish one by one,
     // wait a moment for more slots so claims do not degenerate into one job
     // each; but never leave free slots idle for longer than that moment.
-    if (free < Math.ceil(this.options.concurrency / 2) && this.inFlight > 0 && !force) {
+    if (free < this.gatherThreshold() && this.inFlight > 0 && !force) {
       this.fillTimer ??= setTimeout(() => {
         this.fillTimer = null;
         this.fill(true);
@@ -371,6 +378,14 @@ export class Dispatcher {
       return;
     }
     for (let n = free; n > 0; n--) this.take(null);
+  }
+
+  /** Free slots worth a pull: half a thread's limit, on average over the threads that are up. */
+  private gatherThreshold(): number {
+    const threads = this.options.pool.currentThreadIds();
+    let sum = 0;
+    for (const thread of threads) sum += this.limitOf(thread);
+    return Math.ceil(sum / Math.max(1, threads.length) / 2);
   }
 
   /**
@@ -535,6 +550,12 @@ export class Dispatcher {
         job.timer.unref();
         break;
       }
+      case 'launched':
+        // Learned as soon as the handlers start, not when they end: a thread
+        // whose first jobs wait on I/O for minutes still grows to its concurrency.
+        this.limits.set(event.threadId, nextClaimLimit(this.limitOf(event.threadId), this.options.concurrency, event.jobs, event.blockedMs));
+        this.fill();
+        break;
       case 'handled':
         this.handled(batch, event.ids);
         break;
@@ -743,6 +764,7 @@ export class Dispatcher {
     setTimeout(() => {
       this.killing.delete(threadId);
       this.crashLogged.delete(threadId);
+      this.limits.delete(threadId);
     }, 10_000).unref();
   }
 }

@@ -180,7 +180,12 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     }
   };
   if (left === 0) allRecorded();
+  // Each handler runs up to its first await inside this loop: the time it
+  // takes is how long the handlers block the thread, which the dispatcher
+  // sizes this thread's next claims by.
+  const launchedAt = busyMs();
   for (let i = 0; i < jobs.length; i++) void runJob(jobs[i], i);
+  if (jobs.length > 0) post(port, { type: 'launched', jobs: jobs.length, blockedMs: busyMs() - launchedAt, threadId });
   await recorded;
   endBatch(port);
   // A commit that failed may or may not have happened; the fence sorted out the outcomes either way.
@@ -218,6 +223,19 @@ function idsReporter(port: MessagePort, type: 'handled' | 'finished'): (id: stri
     });
   };
 }
+
+/**
+ * This thread's CPU time, in ms, where Node can tell: on a busy host a
+ * thread waits for a core, and wall time would count that wait as blocking
+ * by the handlers. Wall time otherwise.
+ */
+const busyMs: () => number =
+  typeof process.threadCpuUsage === 'function'
+    ? () => {
+        const { user, system } = process.threadCpuUsage();
+        return (user + system) / 1_000;
+      }
+    : () => performance.now();
 
 function endBatch(port: MessagePort): void {
   openPorts.delete(port);
