@@ -427,9 +427,15 @@ export class SupervisorRuntime implements Supervisor {
 
   private onControl(payload: string): void {
     const message = parseControlNotification(payload);
-    if (message.kind === 'malformed') return this.onMalformed(this.channels.control, message.reason);
+    if (message.kind === 'malformed') {
+      this.onMalformed(this.channels.control, message.reason);
+      return;
+    }
     if (!isAddressedTo(message, this.id)) return;
-    if (message.kind === 'message') return this.control.wake();
+    if (message.kind === 'message') {
+      this.control.wake();
+      return;
+    }
     void this.heartbeat.checkCancel(message.job);
   }
 

@@ -3,7 +3,7 @@ import { createPool, withClient } from '../src/db.ts';
 import { claimByIdsQuery } from '../src/sql/jobs.ts';
 import { claimBatch } from '../threads/claim.ts';
 import { useMigratedSchema } from './helpers/db.ts';
-import { startProxy, type Proxy } from './helpers/proxy.ts';
+import { startProxy, type Proxy as TcpProxy } from './helpers/proxy.ts';
 
 // A server that starts a fast shutdown just as a new connection becomes
 // ready sends the connection's ReadyForQuery and its FATAL in one packet. The
@@ -12,7 +12,7 @@ import { startProxy, type Proxy } from './helpers/proxy.ts';
 // nobody listening, that event ends the process (a supervisor died of it in
 // the chaos suite, during a PostgreSQL restart) or the thread.
 const db = useMigratedSchema('checkout');
-let proxy: Proxy;
+let proxy: TcpProxy;
 beforeAll(async () => {
   proxy = await startProxy(db.url);
 });

@@ -99,8 +99,8 @@ describe('grapevine CLI', () => {
     for (const line of json.stdout.trim().split('\n')) expect(JSON.parse(line)).toHaveProperty('msg');
     const pretty = await run([...args, '--log-format', 'pretty'], env);
     expect(pretty.code).toBe(0);
-    expect(pretty.stdout).toMatch(/^\d\d:\d\d:\d\d\.\d{3} INFO  supervisor started supervisor=\S+ threads=1 /m);
-    expect(pretty.stdout).toMatch(/^\d\d:\d\d:\d\d\.\d{3} INFO  THREAD_EXIT stopped /m);
+    expect(pretty.stdout).toMatch(/^\d\d:\d\d:\d\d\.\d{3} INFO {2}supervisor started supervisor=\S+ threads=1 /m);
+    expect(pretty.stdout).toMatch(/^\d\d:\d\d:\d\d\.\d{3} INFO {2}THREAD_EXIT stopped /m);
     expect(pretty.stdout).not.toMatch(/"level"/);
   });
 

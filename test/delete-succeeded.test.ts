@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { startSupervisor, type Supervisor } from '../supervisor/public.ts';
+import type { Supervisor } from '../supervisor/public.ts';
 import { claimByIds, deleteSucceeded, releaseJobs } from '../src/sql/jobs.ts';
 import { createTestQueue } from '../supervisor/testing.ts';
 import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';

@@ -3,7 +3,7 @@ import { pruneFinished } from '../src/sql/jobs.ts';
 import { useMigratedSchema } from './helpers/db.ts';
 
 const db = useMigratedSchema('retention');
-const { client, s } = db;
+const { s } = db;
 
 const WEEK_MS = 7 * 24 * 3_600_000;
 

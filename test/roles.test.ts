@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, createControl, GrapevineError, startSupervisor, type Supervisor } from '../supervisor/public.ts';
+import { createClient, createControl, type GrapevineError, startSupervisor, type Supervisor } from '../supervisor/public.ts';
 import { migrations } from '../src/schema/files.ts';
 import { grantRole, grantSql } from '../src/schema/roles.ts';
 import type { Queryable, TypedQuery } from '../src/db.ts';

@@ -76,7 +76,11 @@ export async function forkControlled<In, Out extends { kind: string }>(
     next: (kind, ms = timeoutMs) =>
       new Promise((resolve, reject) => {
         const timer = setTimeout(() => reject(new Error(`${script} ${child.pid}: no "${kind}" within ${ms} ms`)), ms);
-        const done = (fn: () => void) => (clearTimeout(timer), waiters.delete(kind), fn());
+        const done = (fn: () => void) => {
+          clearTimeout(timer);
+          waiters.delete(kind);
+          fn();
+        };
         waiters.set(kind, { resolve: (m) => done(() => resolve(m as never)), reject: (err) => done(() => reject(err)) });
       }),
   };

@@ -104,7 +104,7 @@ export function renderReport(f: RunFacts, s: Summary, ts: Target[]): string {
     '  system and reused by later rounds.',
     '- **recovery** (grapevine): a handler records its first run in a table, then calls `process.exit(1)`, ending its worker',
     '  thread; measured from that call until the re-run of that job starts (the first run\'s own insert is not counted). The target',
-    `  row crashes a settled pool: the last crash\'s replacement thread started at least ${p.replacementBootMs / 1000} s earlier (booting one takes ~0.2–0.3 s here);`,
+    `  row crashes a settled pool: the last crash's replacement thread started at least ${p.replacementBootMs / 1000} s earlier (booting one takes ~0.2–0.3 s here);`,
     '  the row below it crashes a thread as soon as the pool has its full count again, while that replacement is still booting',
     '  on the same cores (the job may run on the booting thread or on the other one). Then two supervisor processes (1 thread each) run; the one running a long job is',
     '  killed with SIGKILL and the time until the job starts on the other is measured; the heartbeat timeout is grapevine\'s',

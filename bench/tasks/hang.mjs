@@ -12,7 +12,14 @@ export default async function hang(payload, helpers) {
   if (rowCount === 1) {
     await new Promise((resolve) => {
       const timer = setTimeout(resolve, payload.hangMs ?? 60_000);
-      helpers.signal.addEventListener('abort', () => (clearTimeout(timer), resolve()), { once: true });
+      helpers.signal.addEventListener(
+        'abort',
+        () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        { once: true },
+      );
     });
     return;
   }

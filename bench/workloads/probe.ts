@@ -13,7 +13,11 @@ export class CountingProbe implements Probe {
 
   handled(count: number): void {
     this.handledCount += count;
-    this.waiters = this.waiters.filter((w) => (this.handledCount >= w.target ? (w.resolve(), false) : true));
+    this.waiters = this.waiters.filter((w) => {
+      if (this.handledCount < w.target) return true;
+      w.resolve();
+      return false;
+    });
   }
 
   /** Resolves once `target` handlers have returned (no polling while jobs run). */
