@@ -11,7 +11,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { createClient, type KeyMode } from '../src/client.ts';
-import { DEFAULTS, idleTimeoutSecondsToMs, MAX_IDLE_TIMEOUT_MS } from '../src/config.ts';
+import { DEFAULTS, defaultMaxThreads, idleTimeoutSecondsToMs, MAX_IDLE_TIMEOUT_MS } from '../src/config.ts';
 import { GrapevineError } from '../src/errors.ts';
 import { createLogger, type LogFormat } from '../src/log.ts';
 import { grantRole, grantSql } from '../src/schema/roles.ts';
@@ -80,6 +80,7 @@ Options for every command:
   --tasks PATH        directory of task modules (name.js/.mjs/.ts, default export),
                       or one module whose named exports are the handlers
   --threads N         worker threads (default: available parallelism, ${os.availableParallelism()} here)
+  --max-threads N     the most threads, at start and after SCALE (default: 4 per core, ${defaultMaxThreads()} here)
   --concurrency N     jobs one thread runs at once (default: ${DEFAULTS.concurrency})
   --queue Q           take jobs from this queue only (repeatable; default: all)
   --grace-ms N        on SIGTERM, how long running jobs may finish (default: ${DEFAULTS.shutdownGraceMs})
@@ -192,6 +193,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     const { values } = parse(command, argv, {
       tasks: { type: 'string' },
       threads: { type: 'string' },
+      'max-threads': { type: 'string' },
       concurrency: { type: 'string' },
       queue: { type: 'string', multiple: true },
       'grace-ms': { type: 'string' },
@@ -218,6 +220,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         schema: values.schema as string | undefined,
         tasks: path.resolve(values.tasks as string),
         threads: int(values, 'threads'),
+        maxThreads: int(values, 'max-threads'),
         concurrency: int(values, 'concurrency'),
         queues: (values.queue as string[] | undefined) ?? null,
         shutdownGraceMs: int(values, 'grace-ms'),
