@@ -21,7 +21,7 @@ import { CONTROL_HELP, controlCommands } from './cli-control.ts';
 import { JOBS_HELP, jobCommands } from './cli-jobs.ts';
 import { readCrontab, SCHEDULE_HELP, scheduleCommands } from './cli-schedule.ts';
 import { chooseDatabase, EMBEDDED_DIR, NO_DATABASE, resolveDatabase, type ResolvedDatabase } from './database.ts';
-import { startSupervisor } from './index.ts';
+import { OPTION_RANGES, startSupervisor } from './index.ts';
 import { stopOnSignals } from './signals.ts';
 
 class UsageError extends Error {}
@@ -138,7 +138,8 @@ type Values = Record<string, string | boolean | string[] | undefined>;
 
 function parse(command: string, argv: string[], options: ParseArgsConfig['options']): { values: Values; positionals: string[] } {
   try {
-    const parsed = parseArgs({ args: argv, options: { ...COMMON, ...options }, allowPositionals: true, strict: true });
+    const all: ParseArgsConfig['options'] = { ...COMMON, ...options };
+    const parsed = parseArgs({ args: negativeValuesJoined(argv, all), options: all, allowPositionals: true, strict: true });
     return { values: parsed.values as Values, positionals: parsed.positionals };
   } catch (err) {
     const match = /'(-[^']+)'/.exec((err as Error).message);
@@ -147,11 +148,33 @@ function parse(command: string, argv: string[], options: ParseArgsConfig['option
   }
 }
 
-function int(values: Values, name: string): number | undefined {
+/**
+ * parseArgs takes `-1` after `--threads` for a flag of its own and reports an
+ * unknown option; joined as `--threads=-1`, it is read as the value it is
+ * meant to be, and the range check names what is wrong with it.
+ */
+function negativeValuesJoined(argv: string[], options: ParseArgsConfig['options']): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const flag = /^--([^=]+)$/.exec(argv[i]);
+    if (flag && options?.[flag[1]]?.type === 'string' && i + 1 < argv.length && /^-\d/.test(argv[i + 1])) {
+      out.push(`${argv[i]}=${argv[++i]}`);
+    } else {
+      out.push(argv[i]);
+    }
+  }
+  return out;
+}
+
+/** An integer flag, within `range` when one is given (before anything connects). */
+function int(values: Values, name: string, range?: { min: number; max: number }): number | undefined {
   const raw = values[name];
   if (raw === undefined) return undefined;
   const n = Number(raw);
   if (!Number.isInteger(n)) throw new UsageError(`--${name} must be an integer, got ${JSON.stringify(raw)}`);
+  if (range && (n < range.min || n > range.max)) {
+    throw new UsageError(`--${name} must be an integer from ${range.min} to ${range.max}, got ${n}`);
+  }
   return n;
 }
 
@@ -210,6 +233,13 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     // Before connecting: a bad line stops the start whatever the database.
     const schedules = values.crontab === undefined ? undefined : readCrontab(values.crontab as string);
     const format = logFormat(values);
+    const numbers = {
+      threads: int(values, 'threads', OPTION_RANGES.threads),
+      maxThreads: int(values, 'max-threads', OPTION_RANGES.maxThreads),
+      concurrency: int(values, 'concurrency', OPTION_RANGES.concurrency),
+      shutdownGraceMs: int(values, 'grace-ms', OPTION_RANGES.shutdownGraceMs),
+      metricsPort: int(values, 'metrics-port', OPTION_RANGES.metricsPort),
+    };
     const db = await openDatabase(values);
     const logger = createLogger({ level: values['log-level'] as string | undefined, format });
     try {
@@ -219,15 +249,11 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         preparedStatements: db.preparedStatements,
         schema: values.schema as string | undefined,
         tasks: path.resolve(values.tasks as string),
-        threads: int(values, 'threads'),
-        maxThreads: int(values, 'max-threads'),
-        concurrency: int(values, 'concurrency'),
+        ...numbers,
         queues: (values.queue as string[] | undefined) ?? null,
-        shutdownGraceMs: int(values, 'grace-ms'),
         idleTimeoutMs: idleTimeout(values),
         allowEval: values['allow-eval'] === true,
         deleteSucceeded: values['delete-succeeded'] === true,
-        metricsPort: int(values, 'metrics-port'),
         metricsHost: values['metrics-host'] as string | undefined,
         schedules,
         logger,
