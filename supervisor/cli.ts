@@ -18,7 +18,7 @@ import { grantRole, grantSql } from '../src/schema/roles.ts';
 import { redactSecret } from '../src/redact.ts';
 import { PACKAGE_ROOT, VERSION } from '../src/version.ts';
 import { CONTROL_HELP, controlCommands } from './cli-control.ts';
-import { JOBS_HELP, jobCommands } from './cli-jobs.ts';
+import { JOBS_HELP, jobCommands, printableJson } from './cli-jobs.ts';
 import { readCrontab, SCHEDULE_HELP, scheduleCommands } from './cli-schedule.ts';
 import { chooseDatabase, EMBEDDED_DIR, NO_DATABASE, resolveDatabase, type ResolvedDatabase } from './database.ts';
 import { OPTION_RANGES, startSupervisor } from './index.ts';
@@ -307,7 +307,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         return 0;
       }
       const job = await client.waitForJob(id, { timeoutMs: int(values, 'wait-ms') ?? 60_000 });
-      console.log(JSON.stringify({ id, state: job.state, result: job.result, lastError: job.lastError }, null, 2));
+      console.log(printableJson({ id, state: job.state, result: job.result, lastError: job.lastError }));
       return job.state === 'succeeded' ? 0 : 1;
     });
   },
@@ -319,7 +319,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     return withClient(values, async (client) => {
       const job = await client.getJob(id);
       if (!job) throw new GrapevineError('GRAPEVINE_JOB_NOT_FOUND', `job ${id} does not exist in schema "${client.schema}"`);
-      console.log(JSON.stringify(job, null, 2));
+      console.log(printableJson(job));
       return 0;
     });
   },

@@ -165,4 +165,15 @@ describe('grapevine CLI', () => {
     const { rows } = await db.pool.query(`SELECT state FROM "${db.schema}".jobs WHERE id = $1`, [id]);
     expect(rows[0].state).toBe('cancelled');
   });
+
+  it('job ID prints a stored error with its control characters escaped, as JSON that still reads back the same', async () => {
+    const added = await cli('add', 'square', '{}', '--run-at', new Date(Date.now() + 3_600_000).toISOString());
+    const id = added.stdout.trim();
+    const error = 'boom \u001b[2J\u009b31m\u202etxt.exe';
+    await db.pool.query(`UPDATE "${db.schema}".jobs SET last_error = $2 WHERE id = $1`, [id, error]);
+    const shown = await cli('job', id);
+    expect(shown.code).toBe(0);
+    expect(shown.stdout).not.toMatch(/[\u001b\u009b\u202e]/);
+    expect(JSON.parse(shown.stdout).lastError).toBe(error);
+  });
 });

@@ -327,6 +327,15 @@ describe('the grapevine CLI', () => {
     }
     expect((await follow.exited).code).toBe(0);
   });
+
+  it('log prints message text with its control characters escaped, so an ECHO cannot drive the terminal', async () => {
+    const id = await control.send('ECHO', 'paint \u001b[31mred\u001b[0m \u009b2J\u202eevil', { supervisors: [A.id] });
+    await eventsOnce(A.id, new RegExp(`^RESPONSE ECHO OK \\(message ${id}\\)`));
+    const tail = await cli('log', '--supervisor', A.id, '-n', '20');
+    expect(tail.code).toBe(0);
+    expect(tail.stdout).toContain('MESSAGE ECHO paint \\u001b[31mred\\u001b[0m \\u009b2J\\u202eevil');
+    expect(tail.stdout).not.toMatch(/[\u001b\u009b\u202e]/);
+  });
 });
 
 describe('log notifications', () => {
