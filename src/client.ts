@@ -6,6 +6,7 @@ import { silentLogger, type Logger } from './log.ts';
 import { parseJobNotification, rangesContain } from './notification.ts';
 import { channelsFor } from './schema/channels.ts';
 import { Waiters } from './waiters.ts';
+import { unstorableInJson } from './text.ts';
 import { explainingOutdatedSchema, migrate, type MigrateResult } from './schema/migrate.ts';
 import { announceCancel, findJob, insertJob, insertJobs, makeDue, requestCancel, watchJob, type KeyMode, type NewJob } from './sql/jobs.ts';
 import { payloadLimit } from './sql/settings.ts';
@@ -124,6 +125,14 @@ export function createClient(options: ClientOptions = {}): Client {
     }
     if (payloadJson === undefined) {
       throw new GrapevineError('GRAPEVINE_PAYLOAD_INVALID', `payload of task "${task}" is not JSON (got ${typeof spec.payload})`);
+    }
+    const refused = unstorableInJson(payloadJson);
+    if (refused !== null) {
+      const what =
+        'nul' in refused
+          ? 'a NUL character (\\u0000); encode binary data (base64, hex) instead'
+          : `a lone UTF-16 surrogate (\\u${refused.surrogate} without its other half, often a string cut inside an emoji); cut strings on code-point boundaries`;
+      throw new GrapevineError('GRAPEVINE_PAYLOAD_INVALID', `payload of task "${task}" holds ${what}: PostgreSQL cannot store it in jsonb`);
     }
     const row: NewJob = {
       task,
@@ -316,6 +325,14 @@ function toTimestamp(value: Date | string | undefined, task: string): string | n
     throw new GrapevineError(
       'GRAPEVINE_PAYLOAD_INVALID',
       `runAt of task "${task}" is not a valid time (${JSON.stringify(value)}): pass a Date or an ISO 8601 string such as 2026-01-31T12:00:00Z`,
+    );
+  }
+  // PostgreSQL reads no year outside 1 to 9999 in the ISO form JavaScript writes.
+  const year = date.getUTCFullYear();
+  if (year < 1 || year > 9999) {
+    throw new GrapevineError(
+      'GRAPEVINE_PAYLOAD_INVALID',
+      `runAt of task "${task}" is in the year ${year} (${JSON.stringify(value)}): pass a time from year 1 to 9999, such as 2026-01-31T12:00:00Z`,
     );
   }
   return date.toISOString();

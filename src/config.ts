@@ -96,6 +96,15 @@ export function defaultThreadCount(): number {
   return os.availableParallelism();
 }
 
+/**
+ * The most threads a supervisor may run (at start or after SCALE) unless told
+ * otherwise: each thread opens its own connections, so a stray SCALE must not
+ * exhaust the server's max_connections.
+ */
+export function defaultMaxThreads(): number {
+  return Math.min(256, 4 * os.availableParallelism());
+}
+
 const IDENTIFIER = /^[a-z_][a-z0-9_]{0,39}$/;
 
 /**

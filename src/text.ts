@@ -25,3 +25,26 @@ export function storableText(text: string, maxChars: number): string {
 function isHighSurrogate(code: number): boolean {
   return code >= 0xd800 && code <= 0xdbff;
 }
+
+/**
+ * JSON escapes as JSON.stringify writes them. Group 1: \u0000 (jsonb cannot
+ * hold NUL); group 2: a surrogate escape not part of an escaped pair (lone
+ * surrogates are escaped, whole pairs written as they are, except by a
+ * JSON.rawJSON). Matched left to right, so "\\u0000" (a backslash, then
+ * the text u0000) is not taken for one.
+ */
+const JSON_ESCAPE = /\\(?:u(?:(0000)|d[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}|(d[89a-f][0-9a-f]{2})|[0-9a-f]{4})|.)/gi;
+
+/**
+ * What in JSON text (as JSON.stringify writes it) jsonb would refuse: a NUL
+ * character, or a lone surrogate (its escape, lowercase, without the \u);
+ * null if there is neither.
+ */
+export function unstorableInJson(json: string): { nul: true } | { surrogate: string } | null {
+  if (!json.includes('\\u')) return null;
+  for (const m of json.matchAll(JSON_ESCAPE)) {
+    if (m[1] !== undefined) return { nul: true };
+    if (m[2] !== undefined) return { surrogate: m[2].toLowerCase() };
+  }
+  return null;
+}

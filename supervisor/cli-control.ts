@@ -5,6 +5,7 @@
 import type { ParseArgsConfig } from 'node:util';
 import { createControl, type Control, type ControlResponse, type LogEntry, type SupervisorInfo } from '../src/control.ts';
 import { GrapevineError } from '../src/errors.ts';
+import { printable, printableJson } from './cli-jobs.ts';
 import type { ResolvedDatabase } from './database.ts';
 
 type Values = Record<string, string | boolean | string[] | undefined>;
@@ -151,10 +152,10 @@ async function withControl(values: Values, tools: CliTools, fn: (control: Contro
 }
 
 export function formatResponse(supervisor: string, response: ControlResponse): string {
-  if (!response.ok) return `${supervisor}: ERROR ${response.error?.code}: ${response.error?.message}`;
+  if (!response.ok) return printable(`${supervisor}: ERROR ${response.error?.code}: ${response.error?.message}`);
   const { value } = response;
-  if (typeof value === 'string') return `${supervisor}: ${value}`;
-  const text = JSON.stringify(value, null, 2);
+  if (typeof value === 'string') return printable(`${supervisor}: ${value}`);
+  const text = printableJson(value);
   return text.includes('\n') ? `${supervisor}:\n${indent(text)}` : `${supervisor}: ${text}`;
 }
 
@@ -179,7 +180,8 @@ export function formatSupervisors(supervisors: SupervisorInfo[]): string {
 
 export function formatLogEntry(entry: LogEntry): string {
   const thread = entry.thread === null ? '' : ` [thread ${entry.thread}]`;
-  return `[${entry.at.toISOString()}] ${entry.supervisor} ${entry.event}${entry.detail ? ` ${entry.detail}` : ''}${thread}`;
+  // Details quote message text (an ECHO's, say), which must not drive the terminal.
+  return printable(`[${entry.at.toISOString()}] ${entry.supervisor} ${entry.event}${entry.detail ? ` ${entry.detail}` : ''}${thread}`);
 }
 
 function indent(text: string): string {

@@ -208,8 +208,21 @@ export function printable(text: string): string {
     if (c === '\n') return '\\n';
     if (c === '\t') return '\\t';
     if (c === '\r') return '\\r';
-    return `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
+    return unicodeEscape(c);
   });
+}
+
+/**
+ * A value as indented JSON the terminal shows as it is: JSON.stringify
+ * escapes C0 control characters (ESC among them) but not C1 controls or
+ * bidirectional overrides, so those are escaped too; the text stays valid JSON.
+ */
+export function printableJson(value: unknown): string {
+  return JSON.stringify(value, null, 2).replace(/[\u007f-\u009f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, unicodeEscape);
+}
+
+function unicodeEscape(c: string): string {
+  return `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
 }
 
 function table(header: string[], rows: string[][]): string {

@@ -11,17 +11,17 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { createClient, type KeyMode } from '../src/client.ts';
-import { DEFAULTS, idleTimeoutSecondsToMs, MAX_IDLE_TIMEOUT_MS } from '../src/config.ts';
+import { DEFAULTS, defaultMaxThreads, idleTimeoutSecondsToMs, MAX_IDLE_TIMEOUT_MS } from '../src/config.ts';
 import { GrapevineError } from '../src/errors.ts';
 import { createLogger, type LogFormat } from '../src/log.ts';
 import { grantRole, grantSql } from '../src/schema/roles.ts';
 import { redactSecret } from '../src/redact.ts';
 import { PACKAGE_ROOT, VERSION } from '../src/version.ts';
 import { CONTROL_HELP, controlCommands } from './cli-control.ts';
-import { JOBS_HELP, jobCommands } from './cli-jobs.ts';
+import { JOBS_HELP, jobCommands, printableJson } from './cli-jobs.ts';
 import { readCrontab, SCHEDULE_HELP, scheduleCommands } from './cli-schedule.ts';
 import { chooseDatabase, EMBEDDED_DIR, NO_DATABASE, resolveDatabase, type ResolvedDatabase } from './database.ts';
-import { startSupervisor } from './index.ts';
+import { OPTION_RANGES, startSupervisor } from './index.ts';
 import { stopOnSignals } from './signals.ts';
 
 class UsageError extends Error {}
@@ -80,6 +80,7 @@ Options for every command:
   --tasks PATH        directory of task modules (name.js/.mjs/.ts, default export),
                       or one module whose named exports are the handlers
   --threads N         worker threads (default: available parallelism, ${os.availableParallelism()} here)
+  --max-threads N     the most threads, at start and after SCALE (default: 4 per core, ${defaultMaxThreads()} here)
   --concurrency N     jobs one thread runs at once (default: ${DEFAULTS.concurrency})
   --queue Q           take jobs from this queue only (repeatable; default: all)
   --grace-ms N        on SIGTERM, how long running jobs may finish (default: ${DEFAULTS.shutdownGraceMs})
@@ -137,7 +138,8 @@ type Values = Record<string, string | boolean | string[] | undefined>;
 
 function parse(command: string, argv: string[], options: ParseArgsConfig['options']): { values: Values; positionals: string[] } {
   try {
-    const parsed = parseArgs({ args: argv, options: { ...COMMON, ...options }, allowPositionals: true, strict: true });
+    const all: ParseArgsConfig['options'] = { ...COMMON, ...options };
+    const parsed = parseArgs({ args: negativeValuesJoined(argv, all), options: all, allowPositionals: true, strict: true });
     return { values: parsed.values as Values, positionals: parsed.positionals };
   } catch (err) {
     const match = /'(-[^']+)'/.exec((err as Error).message);
@@ -146,11 +148,33 @@ function parse(command: string, argv: string[], options: ParseArgsConfig['option
   }
 }
 
-function int(values: Values, name: string): number | undefined {
+/**
+ * parseArgs takes `-1` after `--threads` for a flag of its own and reports an
+ * unknown option; joined as `--threads=-1`, it is read as the value it is
+ * meant to be, and the range check names what is wrong with it.
+ */
+function negativeValuesJoined(argv: string[], options: ParseArgsConfig['options']): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const flag = /^--([^=]+)$/.exec(argv[i]);
+    if (flag && options?.[flag[1]]?.type === 'string' && i + 1 < argv.length && /^-\d/.test(argv[i + 1])) {
+      out.push(`${argv[i]}=${argv[++i]}`);
+    } else {
+      out.push(argv[i]);
+    }
+  }
+  return out;
+}
+
+/** An integer flag, within `range` when one is given (before anything connects). */
+function int(values: Values, name: string, range?: { min: number; max: number }): number | undefined {
   const raw = values[name];
   if (raw === undefined) return undefined;
   const n = Number(raw);
   if (!Number.isInteger(n)) throw new UsageError(`--${name} must be an integer, got ${JSON.stringify(raw)}`);
+  if (range && (n < range.min || n > range.max)) {
+    throw new UsageError(`--${name} must be an integer from ${range.min} to ${range.max}, got ${n}`);
+  }
   return n;
 }
 
@@ -192,6 +216,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     const { values } = parse(command, argv, {
       tasks: { type: 'string' },
       threads: { type: 'string' },
+      'max-threads': { type: 'string' },
       concurrency: { type: 'string' },
       queue: { type: 'string', multiple: true },
       'grace-ms': { type: 'string' },
@@ -208,6 +233,13 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     // Before connecting: a bad line stops the start whatever the database.
     const schedules = values.crontab === undefined ? undefined : readCrontab(values.crontab as string);
     const format = logFormat(values);
+    const numbers = {
+      threads: int(values, 'threads', OPTION_RANGES.threads),
+      maxThreads: int(values, 'max-threads', OPTION_RANGES.maxThreads),
+      concurrency: int(values, 'concurrency', OPTION_RANGES.concurrency),
+      shutdownGraceMs: int(values, 'grace-ms', OPTION_RANGES.shutdownGraceMs),
+      metricsPort: int(values, 'metrics-port', OPTION_RANGES.metricsPort),
+    };
     const db = await openDatabase(values);
     const logger = createLogger({ level: values['log-level'] as string | undefined, format });
     try {
@@ -217,14 +249,11 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         preparedStatements: db.preparedStatements,
         schema: values.schema as string | undefined,
         tasks: path.resolve(values.tasks as string),
-        threads: int(values, 'threads'),
-        concurrency: int(values, 'concurrency'),
+        ...numbers,
         queues: (values.queue as string[] | undefined) ?? null,
-        shutdownGraceMs: int(values, 'grace-ms'),
         idleTimeoutMs: idleTimeout(values),
         allowEval: values['allow-eval'] === true,
         deleteSucceeded: values['delete-succeeded'] === true,
-        metricsPort: int(values, 'metrics-port'),
         metricsHost: values['metrics-host'] as string | undefined,
         schedules,
         logger,
@@ -278,7 +307,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         return 0;
       }
       const job = await client.waitForJob(id, { timeoutMs: int(values, 'wait-ms') ?? 60_000 });
-      console.log(JSON.stringify({ id, state: job.state, result: job.result, lastError: job.lastError }, null, 2));
+      console.log(printableJson({ id, state: job.state, result: job.result, lastError: job.lastError }));
       return job.state === 'succeeded' ? 0 : 1;
     });
   },
@@ -290,7 +319,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     return withClient(values, async (client) => {
       const job = await client.getJob(id);
       if (!job) throw new GrapevineError('GRAPEVINE_JOB_NOT_FOUND', `job ${id} does not exist in schema "${client.schema}"`);
-      console.log(JSON.stringify(job, null, 2));
+      console.log(printableJson(job));
       return 0;
     });
   },

@@ -24,6 +24,8 @@ export interface ControlHost {
   threadPool: ThreadPool;
   queues: string[] | null;
   concurrency: number;
+  /** The most threads SCALE may ask for (the supervisor's maxThreads). */
+  maxThreads: number;
   allowEval: boolean;
   /** The supervisor's log: what a command did is in it before the response is visible. */
   log: SupervisorLog;
@@ -220,6 +222,13 @@ export class ControlPlane {
         return { value: 'OK' };
       case 'SCALE': {
         const threads = intArg(command, args, 1, 256, 'the new thread count');
+        if (threads > host.maxThreads) {
+          throw new CommandError(
+            'GRAPEVINE_COMMAND_INVALID',
+            `SCALE ${threads} is over this supervisor's maxThreads (${host.maxThreads}): ask for at most ${host.maxThreads}, ` +
+              `or restart it with a higher maxThreads (grapevine run --max-threads N)`,
+          );
+        }
         await host.replaceThreads(threads);
         this.log.append('THREADS', `${threads} x ${host.concurrency} (scaled)`);
         return { value: 'OK' };

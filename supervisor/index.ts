@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import type { ResourceLimits } from 'node:worker_threads';
 import {
   DEFAULTS,
+  defaultMaxThreads,
   defaultThreadCount,
   MAX_IDLE_TIMEOUT_MS,
   resolveConnectionString,
@@ -44,6 +45,12 @@ export interface SupervisorOptions {
   tasks: string;
   /** Threads in the pool (default: available parallelism). */
   threads?: number;
+  /**
+   * The most threads this supervisor runs, at start and after a SCALE control
+   * message (default four per core, at most 256): each thread opens its own
+   * connections to PostgreSQL.
+   */
+  maxThreads?: number;
   /** Jobs one thread runs at the same time (default 8). */
   concurrency?: number;
   /** Queues to take jobs from (default: all). */
@@ -124,6 +131,7 @@ const INT32_MAX = 2_147_483_647;
 /** The allowed range of each numeric option; startSupervisor() refuses a value outside it, naming the option. */
 export const OPTION_RANGES = {
   threads: { min: 1, max: 256 },
+  maxThreads: { min: 1, max: 256 },
   concurrency: { min: 1, max: 10_000 },
   heartbeatIntervalMs: { min: 10, max: HOUR_MS },
   leaseMs: { min: 20, max: 24 * HOUR_MS },
@@ -159,7 +167,14 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
   if (typeof options.tasks !== 'string' || options.tasks.length === 0) {
     throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', 'tasks is required: a directory of task modules or one module with named exports');
   }
-  const threads = numeric(options, 'threads', defaultThreadCount());
+  const maxThreads = numeric(options, 'maxThreads', defaultMaxThreads());
+  const threads = numeric(options, 'threads', Math.min(defaultThreadCount(), maxThreads));
+  if (threads > maxThreads) {
+    throw new GrapevineError(
+      'GRAPEVINE_CONFIG_INVALID',
+      `threads (${threads}) is over maxThreads (${maxThreads}): lower threads, or raise maxThreads (grapevine run --max-threads N)`,
+    );
+  }
   const concurrency = numeric(options, 'concurrency', DEFAULTS.concurrency);
   const queues = options.queues ? options.queues.map((q) => validateName('queue', q)) : null;
   const id = options.id ?? supervisorId();
@@ -246,6 +261,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     pool,
     threadPool,
     threads,
+    maxThreads,
     concurrency,
     queues,
     logger,

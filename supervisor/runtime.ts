@@ -36,6 +36,8 @@ export interface RuntimeOptions {
   pool: pg.Pool;
   threadPool: ThreadPool;
   threads: number;
+  /** The most threads SCALE may ask for. */
+  maxThreads: number;
   concurrency: number;
   queues: string[] | null;
   logger: Logger;
@@ -166,6 +168,7 @@ export class SupervisorRuntime implements Supervisor {
       threadPool,
       queues: options.queues,
       concurrency: options.concurrency,
+      maxThreads: options.maxThreads,
       allowEval: options.allowEval,
       log: this.log,
       idleTimeout: this.idleTimeout,

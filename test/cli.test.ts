@@ -27,12 +27,33 @@ describe('grapevine CLI', () => {
       [['add', 'square', '--priority', 'high'], /--priority must be an integer/],
       [['run', '--tasks', FIXTURE_TASKS, '--idle-timeout', 'soon'], /--idle-timeout must be a number of seconds/],
       [['run', '--tasks', FIXTURE_TASKS, '--log-format', 'xml'], /--log-format must be pretty or json/],
+      // A negative number after a flag is its value, refused for its range (not an "unknown option -1").
+      [['run', '--tasks', FIXTURE_TASKS, '--threads', '-1'], /^grapevine: --threads must be an integer from 1 to 256, got -1\n/],
+      [['run', '--tasks', FIXTURE_TASKS, '--threads=-1'], /--threads must be an integer from 1 to 256, got -1/],
+      [['run', '--tasks', FIXTURE_TASKS, '--max-threads', '0'], /--max-threads must be an integer from 1 to 256, got 0/],
+      [['run', '--tasks', FIXTURE_TASKS, '--grace-ms', '-5'], /--grace-ms must be an integer from 0 to/],
     ];
     for (const [args, message] of cases) {
       const result = await run([CLI, ...args], env);
       expect(result.code, args.join(' ')).toBe(2);
       expect(result.stderr.trim().split('\n')).toHaveLength(1);
       expect(result.stderr).toMatch(message);
+    }
+  });
+
+  it('answers a value PostgreSQL cannot store with one line naming the field, and inserts nothing', async () => {
+    const cases: Array<[string[], RegExp]> = [
+      [['add', 'square', '--priority', '-40000'], /priority must be an integer from -32768 to 32767, got -40000/],
+      [['add', 'square', '--run-at', 'infinity'], /runAt of task "square" is not a valid time \("infinity"\)/],
+      [['add', 'square', '--run-at', '+275001-01-01T00:00:00Z'], /runAt of task "square" is in the year 275001/],
+      [['add', 'square', '{"s": "a\\u0000b"}'], /payload of task "square" holds a NUL character/],
+    ];
+    for (const [args, message] of cases) {
+      const result = await cli(...args);
+      expect(result.code, args.join(' ')).toBe(1);
+      expect(result.stderr.trim().split('\n')).toHaveLength(1);
+      expect(result.stderr).toMatch(message);
+      expect(result.stderr).not.toMatch(/invalid input syntax|unsupported Unicode|out of range/);
     }
   });
 
@@ -143,5 +164,16 @@ describe('grapevine CLI', () => {
     expect(cancelled.stdout.trim()).toBe('cancelled');
     const { rows } = await db.pool.query(`SELECT state FROM "${db.schema}".jobs WHERE id = $1`, [id]);
     expect(rows[0].state).toBe('cancelled');
+  });
+
+  it('job ID prints a stored error with its control characters escaped, as JSON that still reads back the same', async () => {
+    const added = await cli('add', 'square', '{}', '--run-at', new Date(Date.now() + 3_600_000).toISOString());
+    const id = added.stdout.trim();
+    const error = 'boom \u001b[2J\u009b31m\u202etxt.exe';
+    await db.pool.query(`UPDATE "${db.schema}".jobs SET last_error = $2 WHERE id = $1`, [id, error]);
+    const shown = await cli('job', id);
+    expect(shown.code).toBe(0);
+    expect(shown.stdout).not.toMatch(/[\u001b\u009b\u202e]/);
+    expect(JSON.parse(shown.stdout).lastError).toBe(error);
   });
 });

@@ -27,7 +27,7 @@ interface Worker {
 
 let tasksDir = '';
 let A: Worker; // two threads
-let B: Worker; // one thread, started with --allow-eval
+let B: Worker; // one thread (two at most), started with --allow-eval
 let C: Worker; // takes only queue "solo": the idle-timeout subject
 
 async function startWorker(...args: string[]): Promise<Worker> {
@@ -79,7 +79,7 @@ beforeAll(async () => {
   await client.migrate();
   [A, B, C] = await Promise.all([
     startWorker('--threads', '2', '--concurrency', '2', '--queue', 'default'),
-    startWorker('--threads', '1', '--concurrency', '2', '--queue', 'default', '--allow-eval'),
+    startWorker('--threads', '1', '--max-threads', '2', '--concurrency', '2', '--queue', 'default', '--allow-eval'),
     startWorker('--threads', '1', '--concurrency', '1', '--queue', 'solo'),
   ]);
 });
@@ -327,6 +327,15 @@ describe('the grapevine CLI', () => {
     }
     expect((await follow.exited).code).toBe(0);
   });
+
+  it('log prints message text with its control characters escaped, so an ECHO cannot drive the terminal', async () => {
+    const id = await control.send('ECHO', 'paint \u001b[31mred\u001b[0m \u009b2J\u202eevil', { supervisors: [A.id] });
+    await eventsOnce(A.id, new RegExp(`^RESPONSE ECHO OK \\(message ${id}\\)`));
+    const tail = await cli('log', '--supervisor', A.id, '-n', '20');
+    expect(tail.code).toBe(0);
+    expect(tail.stdout).toContain('MESSAGE ECHO paint \\u001b[31mred\\u001b[0m \\u009b2J\\u202eevil');
+    expect(tail.stdout).not.toMatch(/[\u001b\u009b\u202e]/);
+  });
 });
 
 describe('log notifications', () => {
@@ -477,6 +486,17 @@ describe('REFRESH and SCALE', () => {
       await control.sendAndWait('RESUME', undefined, { supervisors: [B.id] });
     }
     expect(await events(A.id)).toEqual(expect.arrayContaining(['THREADS 3 x 2 (scaled)', 'THREADS 1 x 2 (scaled)']));
+  });
+
+  it('SCALE over maxThreads is refused, naming the cap and the option, and the thread count stays', async () => {
+    const response = (await control.sendAndWait('SCALE', 3, { supervisors: [B.id] }))[B.id];
+    expect(response.ok).toBe(false);
+    expect(response.error).toMatchObject({ code: 'GRAPEVINE_COMMAND_INVALID' });
+    expect(response.error!.message).toMatch(/SCALE 3 is over this supervisor's maxThreads \(2\).*--max-threads/);
+    const info = (await control.sendAndWait('INFO', undefined, { supervisors: [B.id] }))[B.id].value as { threads: number; threadStates: unknown[] };
+    expect(info.threads).toBe(1);
+    expect(info.threadStates).toHaveLength(1);
+    expect(await events(B.id)).not.toEqual(expect.arrayContaining([expect.stringMatching(/^THREADS 3 /)]));
   });
 });
 

@@ -75,6 +75,29 @@ describe('addJob', () => {
     const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM "${db.schema}".jobs WHERE task = 'bad name!'`);
     expect(rows[0].n).toBe(0);
   });
+
+  it('refuses what PostgreSQL cannot store (NUL, a lone surrogate, runAt infinity or past year 9999) with GRAPEVINE_PAYLOAD_INVALID, not a raw error', async () => {
+    const before = (await db.pool.query(`SELECT count(*)::int AS n FROM "${db.schema}".jobs`)).rows[0].n;
+    const cases: Array<[() => Promise<unknown>, RegExp]> = [
+      [() => client.addJob('square', { text: 'a\u0000b' }), /payload of task "square" holds a NUL character .*encode binary data/],
+      [() => client.addJob('square', { ['k\u0000']: 1 }), /holds a NUL character/],
+      [() => client.addJob('square', { text: 'cut \ud83d' }), /payload of task "square" holds a lone UTF-16 surrogate \(\\ud83d .*code-point boundaries/],
+      [() => client.addJobs([{ task: 'square' }, { task: 'fail', payload: ['\udc00'] }]), /payload of task "fail" holds a lone UTF-16 surrogate \(\\udc00/],
+      [() => client.addJob('square', {}, { runAt: 'infinity' }), /runAt of task "square" is not a valid time \("infinity"\)/],
+      [() => client.addJob('square', {}, { runAt: '+275001-01-01T00:00:00Z' }), /runAt of task "square" is in the year 275001 .*from year 1 to 9999/],
+      [() => client.addJobs([{ task: 'square', runAt: new Date(Date.UTC(10_000, 0, 1)) }]), /runAt of task "square" is in the year 10000/],
+    ];
+    for (const [call, message] of cases) {
+      const err = await call().catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(GrapevineError);
+      expect(err).toMatchObject({ code: 'GRAPEVINE_PAYLOAD_INVALID' });
+      expect((err as Error).message).toMatch(message);
+    }
+    // An escaped backslash before "u0000" is plain text, and a whole emoji is fine.
+    const fine = await client.addJob('square', { text: '\\u0000 \ud83d\ude00', at: 'x' }, { runAt: new Date(Date.UTC(9999, 11, 31)) });
+    expect((await client.getJob(fine))!.payload).toEqual({ text: '\\u0000 \ud83d\ude00', at: 'x' });
+    expect((await db.pool.query(`SELECT count(*)::int AS n FROM "${db.schema}".jobs`)).rows[0].n).toBe(before + 1);
+  });
 });
 
 describe('addJobs', () => {

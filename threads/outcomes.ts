@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { backoffMs } from '../src/backoff.ts';
 import { storedErrorText } from '../src/errors.ts';
 import { completeJobs, deleteSucceeded, failJobs, type CompletedJob, type FailedJob } from '../src/sql/jobs.ts';
-import { storableText } from '../src/text.ts';
+import { storableText, unstorableInJson } from '../src/text.ts';
 
 export type Outcome =
   | { kind: 'success'; id: string; token: string; result: string }
@@ -235,15 +235,6 @@ export function refusedOutcomeText(kind: Outcome['kind'], refusal: unknown): str
 }
 
 /**
- * JSON escapes as JSON.stringify writes them. Group 1: \u0000 (jsonb cannot
- * hold NUL); group 2: a surrogate escape not part of an escaped pair (lone
- * surrogates are escaped, whole pairs written as they are, except by a
- * JSON.rawJSON). Matched left to right, so "\\u0000" (a backslash, then
- * the text u0000) is not taken for one.
- */
-const JSON_ESCAPE = /\\(?:u(?:(0000)|d[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}|(d[89a-f][0-9a-f]{2})|[0-9a-f]{4})|.)/gi;
-
-/**
  * Why a result's JSON cannot be stored, as the job's error, or null if it
  * can: over `maxResultBytes`, or holding what jsonb refuses. Checked here,
  * before the write, so that the batch it would share is written as usual;
@@ -261,24 +252,20 @@ export function unstorableResult(json: string, maxResultBytes: number): string |
       );
     }
   }
-  if (!json.includes('\\u')) return null;
-  for (const m of json.matchAll(JSON_ESCAPE)) {
-    if (m[1] !== undefined) {
-      return storedErrorText(
-        'GRAPEVINE_RESULT_UNSTORABLE',
-        'the result holds a NUL character (\\u0000), which PostgreSQL cannot store in jsonb, so it was not stored: ' +
-          'remove it, or return binary data encoded (base64, hex)',
-      );
-    }
-    if (m[2] !== undefined) {
-      return storedErrorText(
-        'GRAPEVINE_RESULT_UNSTORABLE',
-        `the result holds a lone UTF-16 surrogate (\\u${m[2].toLowerCase()} without its other half, often a string cut inside an emoji), ` +
-          'which PostgreSQL cannot store in jsonb, so it was not stored: cut strings on code-point boundaries',
-      );
-    }
+  const refused = unstorableInJson(json);
+  if (refused === null) return null;
+  if ('nul' in refused) {
+    return storedErrorText(
+      'GRAPEVINE_RESULT_UNSTORABLE',
+      'the result holds a NUL character (\\u0000), which PostgreSQL cannot store in jsonb, so it was not stored: ' +
+        'remove it, or return binary data encoded (base64, hex)',
+    );
   }
-  return null;
+  return storedErrorText(
+    'GRAPEVINE_RESULT_UNSTORABLE',
+    `the result holds a lone UTF-16 surrogate (\\u${refused.surrogate} without its other half, often a string cut inside an emoji), ` +
+      'which PostgreSQL cannot store in jsonb, so it was not stored: cut strings on code-point boundaries',
+  );
 }
 
 /**
