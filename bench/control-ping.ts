@@ -58,7 +58,20 @@ async function main(): Promise<void> {
 
   const child = spawn(
     process.execPath,
-    [path.join(ROOT, 'supervisor/cli.ts'), 'run', '--tasks', tasks, '--schema', SCHEMA, '--threads', String(threads), '--concurrency', '1', '--log-level', 'error'],
+    [
+      path.join(ROOT, 'supervisor/cli.ts'),
+      'run',
+      '--tasks',
+      tasks,
+      '--schema',
+      SCHEMA,
+      '--threads',
+      String(threads),
+      '--concurrency',
+      '1',
+      '--log-level',
+      'error',
+    ],
     { env: { ...process.env, DATABASE_URL: url }, stdio: ['ignore', 'inherit', 'inherit'] },
   );
   const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
@@ -83,19 +96,28 @@ async function main(): Promise<void> {
     const until = Date.now() + 120_000;
     await client.addJobs(Array.from({ length: threads }, () => ({ task: 'burn', payload: { until } })));
     for (;;) {
-      const info = (await control.sendAndWait('INFO', undefined, { supervisors: [worker] }))[worker].value as { threadStates: Array<{ currentJobs: string[] }> };
+      const info = (await control.sendAndWait('INFO', undefined, { supervisors: [worker] }))[worker].value as {
+        threadStates: Array<{ currentJobs: string[] }>;
+      };
       if (info.threadStates.length === threads && info.threadStates.every((t) => t.currentJobs.length > 0)) break;
       await new Promise((r) => setTimeout(r, 50));
     }
     const busy: number[] = [];
     for (let i = 0; i < pings; i++) busy.push(await ping());
-    const info = (await control.sendAndWait('INFO', undefined, { supervisors: [worker] }))[worker].value as { threadStates: Array<{ currentJobs: string[] }> };
+    const info = (await control.sendAndWait('INFO', undefined, { supervisors: [worker] }))[worker].value as {
+      threadStates: Array<{ currentJobs: string[] }>;
+    };
     const stillBusy = info.threadStates.filter((t) => t.currentJobs.length > 0).length;
 
     const b = summarize(busy);
     console.log('grapevine control plane: PING round trip (control.sendAndWait, supervisor in its own process)');
-    const load = os.loadavg().map((l) => l.toFixed(1)).join(' ');
-    console.log(`database ${describeConnection(url)}${embedded ? ' (embedded)' : ''}; ${os.availableParallelism()} cores, load average ${load}; node ${process.version}`);
+    const load = os
+      .loadavg()
+      .map((l) => l.toFixed(1))
+      .join(' ');
+    console.log(
+      `database ${describeConnection(url)}${embedded ? ' (embedded)' : ''}; ${os.availableParallelism()} cores, load average ${load}; node ${process.version}`,
+    );
     console.log(`idle threads:                        ${fmt(summarize(idle))}`);
     console.log(`all ${threads} threads in a CPU loop:         ${fmt(b)}  (${stillBusy}/${threads} threads still busy at the end)`);
     console.log(`target: median under ${TARGET_MEDIAN_MS} ms with every thread busy: ${b.median < TARGET_MEDIAN_MS ? 'met' : 'NOT met'}`);

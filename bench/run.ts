@@ -65,15 +65,20 @@ function describe(r: TrialResult): string {
   const x = r as Record<string, unknown>;
   const enqueue = x.enqueueMs as Record<string, number> | undefined;
   if (enqueue && typeof enqueue === 'object') {
-    return Object.entries(enqueue).map(([name, ms]) => `${name} ${(ms / 1000).toFixed(2)} s`).join('; ');
+    return Object.entries(enqueue)
+      .map(([name, ms]) => `${name} ${(ms / 1000).toFixed(2)} s`)
+      .join('; ');
   }
   const capped = x.capped ? ` — capped: the clock stopped before the last job finished` : '';
   const rss = typeof x.rssMb === 'number' ? `, peak RSS ${Math.round(x.rssMb)} MB` : '';
-  if (typeof x.jobsPerSec === 'number') return `${x.jobsPerSec < 10 ? x.jobsPerSec.toFixed(1) : Math.round(x.jobsPerSec).toLocaleString('en-US')} jobs/s (drain ${(Number(x.drainMs) / 1000).toFixed(2)} s${rss})${capped}`;
+  if (typeof x.jobsPerSec === 'number')
+    return `${x.jobsPerSec < 10 ? x.jobsPerSec.toFixed(1) : Math.round(x.jobsPerSec).toLocaleString('en-US')} jobs/s (drain ${(Number(x.drainMs) / 1000).toFixed(2)} s${rss})${capped}`;
   const lat = x.latency as { p50: number; p99: number } | undefined;
   if (lat) return `p50 ${lat.p50.toFixed(2)} ms, p99 ${lat.p99.toFixed(2)} ms${rss}`;
   if (typeof x.threadCrashMedianMs === 'number') {
-    const kill = (x.supervisorKillMs as number[]).length ? `SIGKILL median ${Number(x.supervisorKillMedianMs).toFixed(0)} ms` : 'SIGKILL not run';
+    const kill = (x.supervisorKillMs as number[]).length
+      ? `SIGKILL median ${Number(x.supervisorKillMedianMs).toFixed(0)} ms`
+      : 'SIGKILL not run';
     const booting = x.threadCrashBootingMs as number[] | undefined;
     const whileBooting = booting?.length ? ` (${median(booting).toFixed(1)} ms while a replacement boots)` : '';
     return `thread crash median ${x.threadCrashMedianMs.toFixed(1)} ms${whileBooting}, ${kill}`;
@@ -92,22 +97,38 @@ async function main(): Promise<number> {
     url = await recreateBenchDatabase(db.url);
     createdDb = true;
   } catch (err) {
-    console.warn(`could not create a bench database (${(err as Error).message}); using ${describeConnection(db.url)} with a schema per trial`);
+    console.warn(
+      `could not create a bench database (${(err as Error).message}); using ${describeConnection(db.url)} with a schema per trial`,
+    );
   }
   const pg = await serverFacts(url);
   const loadAtStart = loadLine();
   console.log(`grapevine bench (${plan.mode}): ${machineLine()}; ${loadAtStart}`);
-  console.log(`PostgreSQL ${pg.version} at ${describeConnection(url)} (${db.note}); systems ${plan.systems.join(', ')}; workloads ${plan.workloads.join(', ')}; ${plan.rounds} round(s)`);
+  console.log(
+    `PostgreSQL ${pg.version} at ${describeConnection(url)} (${db.note}); systems ${plan.systems.join(', ')}; workloads ${plan.workloads.join(', ')}; ${plan.rounds} round(s)`,
+  );
   const cpuIterations = calibrateBurn(plan.cpuTargetMs);
 
   const records: TrialRecord[] = [];
   const keep = new Set<string>();
   const settleNotes = new Set<string>();
   const base = {
-    connectionString: url, keepSchema: false, threads: plan.threads, jobs: plan.jobs, cpuJobs: plan.cpuJobs, cpuIterations,
-    deepFiller: 0, latencySamples: plan.latencySamples, latencyIntervalMs: plan.latencyIntervalMs, supervisors: 1,
-    recoveryTrials: plan.recoveryTrials, replacementBootMs: plan.replacementBootMs, killTrials: plan.killTrials, timeoutMs: plan.timeoutMs,
-    profile: 'tuned' as Profile, capMs: 0,
+    connectionString: url,
+    keepSchema: false,
+    threads: plan.threads,
+    jobs: plan.jobs,
+    cpuJobs: plan.cpuJobs,
+    cpuIterations,
+    deepFiller: 0,
+    latencySamples: plan.latencySamples,
+    latencyIntervalMs: plan.latencyIntervalMs,
+    supervisors: 1,
+    recoveryTrials: plan.recoveryTrials,
+    replacementBootMs: plan.replacementBootMs,
+    killTrials: plan.killTrials,
+    timeoutMs: plan.timeoutMs,
+    profile: 'tuned' as Profile,
+    capMs: 0,
   };
   const trial = async (round: number, workload: Workload, system: Subject, extra: Partial<TrialSpec> = {}) => {
     const profile = extra.profile ?? base.profile;
@@ -124,7 +145,9 @@ async function main(): Promise<number> {
     const wallMs = nowMs() - w0;
     records.push({ round, workload, system, profile, supervisors: extra.supervisors, wallMs, result });
     const who = `${system}${extra.supervisors ? ` x${extra.supervisors}` : ''}${profile === 'defaults' ? ' defaults' : ''}`;
-    console.log(`  [round ${round}/${plan.rounds}] ${workload.padEnd(10)} ${who.padEnd(18)} ${describe(result)}  (${(wallMs / 1000).toFixed(1)} s, settle ${(settleMs / 1000).toFixed(1)} s)`);
+    console.log(
+      `  [round ${round}/${plan.rounds}] ${workload.padEnd(10)} ${who.padEnd(18)} ${describe(result)}  (${(wallMs / 1000).toFixed(1)} s, settle ${(settleMs / 1000).toFixed(1)} s)`,
+    );
   };
 
   const has = (w: Workload) => plan.workloads.includes(w);
@@ -152,7 +175,8 @@ async function main(): Promise<number> {
     if (has('enqueue')) for (const s of rotate(plan.systems, round)) await trial(round, 'enqueue', s);
     if (has('latency')) for (const s of rotate<Subject>([...plan.systems, 'floor'], round)) await trial(round, 'latency', s);
     if (has('cpu')) for (const s of rotate(plan.systems, round)) await trial(round, 'cpu', s);
-    if (has('scaleout') && gv) for (const n of rotate(plan.supervisorCounts, round)) await trial(round, 'scaleout', 'grapevine', { supervisors: n });
+    if (has('scaleout') && gv)
+      for (const n of rotate(plan.supervisorCounts, round)) await trial(round, 'scaleout', 'grapevine', { supervisors: n });
     if (has('deep')) {
       for (const s of rotate(plan.systems, round)) {
         // One schema per system for the deep queue: the filler is written in round 1 only.
@@ -162,7 +186,9 @@ async function main(): Promise<number> {
       }
     }
     // The pace of a round, without the one-off filler writes of round 1.
-    const fills = records.filter((r) => r.round === round && r.workload === 'deep' && r.result.ok).reduce((n, r) => n + (Number((r.result as Record<string, unknown>).fillMs) || 0), 0);
+    const fills = records
+      .filter((r) => r.round === round && r.workload === 'deep' && r.result.ok)
+      .reduce((n, r) => n + (Number((r.result as Record<string, unknown>).fillMs) || 0), 0);
     lastRoundMs = nowMs() - r0 - fills;
     roundsRun = round;
   }
@@ -171,7 +197,9 @@ async function main(): Promise<number> {
 
   const summary = summarize(records);
   const ts = targets(summary, plan.threads);
-  console.log(`\n${roundsRun} round(s). Medians; latency pools all samples. In brackets: how many times better grapevine is (above 1 = grapevine better).`);
+  console.log(
+    `\n${roundsRun} round(s). Medians; latency pools all samples. In brackets: how many times better grapevine is (above 1 = grapevine better).`,
+  );
   const note = cappedNote(summary, plan.capMs);
   console.log(`${mainTable(summary, plan.systems)}\n${note ? `${note}\n` : ''}`);
   if (summary.enqueue.length) console.log(`${enqueueTable(summary)}\n`);
@@ -184,7 +212,21 @@ async function main(): Promise<number> {
     const settings = new Map<SystemName, Map<Profile, Record<string, string>>>();
     for (const s of plan.systems) settings.set(s, await describeSettings(s, plan.threads));
     const text = renderReport(
-      { plan, roundsRun, roundsNote, database: describeConnection(url), databaseNote: db.note, pgVersion: pg.version, pgSettings: pg.settings, cpuIterations, settings, startedAt: started, wallMs: nowMs() - t0, loadAtStart, loadAtEnd: loadLine() },
+      {
+        plan,
+        roundsRun,
+        roundsNote,
+        database: describeConnection(url),
+        databaseNote: db.note,
+        pgVersion: pg.version,
+        pgSettings: pg.settings,
+        cpuIterations,
+        settings,
+        startedAt: started,
+        wallMs: nowMs() - t0,
+        loadAtStart,
+        loadAtEnd: loadLine(),
+      },
       summary,
       ts,
     );

@@ -34,13 +34,34 @@ const pool = new pg.Pool({ connectionString: url, max: 2 });
 await pool.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`);
 
 const supervisors = [1, 2].map(() =>
-  spawn(process.execPath, [path.join(ROOT, 'dist/supervisor/cli.js'), 'run', '--tasks', dir, '--threads', '1', '--crontab', crontab, '--schema', SCHEMA, '--log-level', 'warn'], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-  }),
+  spawn(
+    process.execPath,
+    [
+      path.join(ROOT, 'dist/supervisor/cli.js'),
+      'run',
+      '--tasks',
+      dir,
+      '--threads',
+      '1',
+      '--crontab',
+      crontab,
+      '--schema',
+      SCHEMA,
+      '--log-level',
+      'warn',
+    ],
+    {
+      stdio: ['ignore', 'ignore', 'inherit'],
+    },
+  ),
 );
 try {
   const done = async () =>
-    (await pool.query(`SELECT count(*)::int AS n FROM ${SCHEMA}.jobs WHERE schedule = 'every-second' AND state = 'succeeded'`).catch(() => ({ rows: [{ n: 0 }] }))).rows[0].n;
+    (
+      await pool
+        .query(`SELECT count(*)::int AS n FROM ${SCHEMA}.jobs WHERE schedule = 'every-second' AND state = 'succeeded'`)
+        .catch(() => ({ rows: [{ n: 0 }] }))
+    ).rows[0].n;
   while ((await done()) < ticks) await new Promise((r) => setTimeout(r, 500));
 } finally {
   for (const child of supervisors) child.kill('SIGTERM');

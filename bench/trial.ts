@@ -56,14 +56,30 @@ async function dispatch(spec: TrialSpec): Promise<Record<string, unknown>> {
   const adapter = await createAdapter(spec.system, { connectionString: spec.connectionString, schema: spec.schema, profile: spec.profile });
   const capMs = spec.capMs || Infinity;
   const drain = (task: 'noop' | 'cpu', jobs: number, iterations: number, filler: number, capMs = Infinity) =>
-    runDrain(adapter, { task, jobs, payload: task === 'cpu' ? { iterations } : {}, filler, worker: { ...worker, cpuBound: task === 'cpu' }, timeoutMs: spec.timeoutMs, capMs });
+    runDrain(adapter, {
+      task,
+      jobs,
+      payload: task === 'cpu' ? { iterations } : {},
+      filler,
+      worker: { ...worker, cpuBound: task === 'cpu' },
+      timeoutMs: spec.timeoutMs,
+      capMs,
+    });
   try {
     switch (spec.workload) {
       case 'throughput':
         return { ...(await drain('noop', spec.jobs, 0, 0, capMs)) };
       case 'arriving':
         return {
-          ...(await runArriving(adapter, { jobs: spec.jobs, connectionString: spec.connectionString, schema: spec.schema, profile: spec.profile, worker, timeoutMs: spec.timeoutMs, capMs })),
+          ...(await runArriving(adapter, {
+            jobs: spec.jobs,
+            connectionString: spec.connectionString,
+            schema: spec.schema,
+            profile: spec.profile,
+            worker,
+            timeoutMs: spec.timeoutMs,
+            capMs,
+          })),
         };
       case 'enqueue':
         return { ...(await runEnqueue(adapter, spec.jobs)) };

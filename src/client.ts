@@ -1,5 +1,12 @@
 import { DEFAULTS, validateName, validateInt, validateSchemaName } from './config.ts';
-import { clientConnections, explainConnectionErrors, withTransaction, withUnnamedStatements, type ConnectionOptions, type Queryable } from './db.ts';
+import {
+  clientConnections,
+  explainConnectionErrors,
+  withTransaction,
+  withUnnamedStatements,
+  type ConnectionOptions,
+  type Queryable,
+} from './db.ts';
 import { GrapevineError } from './errors.ts';
 import { isTerminal, jobFromRow, type Job } from './job.ts';
 import { silentLogger, type Logger } from './log.ts';
@@ -81,19 +88,19 @@ export interface Client {
 
 export function createClient(options: ClientOptions = {}): Client {
   const schema = validateSchemaName(options.schema ?? DEFAULTS.schema);
-  const { connectionString, listen, pool, preparedStatements } = clientConnections(options, { max: 4, applicationName: 'grapevine-client' });
+  const { connectionString, listen, pool, preparedStatements } = clientConnections(options, {
+    max: 4,
+    applicationName: 'grapevine-client',
+  });
   const logger = options.logger ?? silentLogger();
   const channels = channelsFor(schema);
   let migrated: Promise<MigrateResult> | null = null;
   let schemaPayloadLimit: Promise<number | null> | null = null;
   // waitForJob(): woken by job ids on the done channel.
-  const finished = new Waiters(
-    { ...listen, channels: [channels.done], applicationName: 'grapevine-waiter', logger },
-    (payload, keys) => {
-      const parsed = parseJobNotification(payload);
-      return parsed.kind === 'ids' ? [...keys].filter((id) => rangesContain(parsed.ranges, Number(id))) : [];
-    },
-  );
+  const finished = new Waiters({ ...listen, channels: [channels.done], applicationName: 'grapevine-waiter', logger }, (payload, keys) => {
+    const parsed = parseJobNotification(payload);
+    return parsed.kind === 'ids' ? [...keys].filter((id) => rangesContain(parsed.ranges, Number(id))) : [];
+  });
 
   const ensureMigrated = (): Promise<unknown> => {
     if ((options.migrate ?? DEFAULTS.migrate) === false) return Promise.resolve();
@@ -145,13 +152,17 @@ export function createClient(options: ClientOptions = {}): Client {
     };
     if (spec.key !== undefined) Object.assign(row, keyFields(spec, task));
     else if (spec.keyMode !== undefined || spec.keyWindowMs !== undefined) {
-      throw new GrapevineError('GRAPEVINE_PAYLOAD_INVALID', `keyMode and keyWindowMs of task "${task}" need a key: pass key too, or neither`);
+      throw new GrapevineError(
+        'GRAPEVINE_PAYLOAD_INVALID',
+        `keyMode and keyWindowMs of task "${task}" need a key: pass key too, or neither`,
+      );
     }
     return { row, bytes: Buffer.byteLength(payloadJson) };
   };
 
   /** The caller's connection for an enqueue in its transaction, else the pool. */
-  const callerOrPool = (db: Queryable | undefined): Queryable => (db === undefined ? pool : preparedStatements ? db : withUnnamedStatements(db));
+  const callerOrPool = (db: Queryable | undefined): Queryable =>
+    db === undefined ? pool : preparedStatements ? db : withUnnamedStatements(db);
 
   const client: Client = {
     schema,
@@ -167,7 +178,8 @@ export function createClient(options: ClientOptions = {}): Client {
     },
 
     async addJobs(specs, opts = {}) {
-      if (!Array.isArray(specs)) throw new GrapevineError('GRAPEVINE_PAYLOAD_INVALID', 'addJobs() takes an array of { task, payload?, ... }');
+      if (!Array.isArray(specs))
+        throw new GrapevineError('GRAPEVINE_PAYLOAD_INVALID', 'addJobs() takes an array of { task, payload?, ... }');
       const prepared = specs.map((spec) => toRow(spec));
       const rows = prepared.map((p) => p.row);
       const db = callerOrPool(opts.db);
@@ -295,10 +307,16 @@ const KEY_MODES: readonly KeyMode[] = ['replace', 'preserve_run_at', 'dedupe', '
 function keyFields(spec: JobSpec, task: string): Pick<NewJob, 'key' | 'key_mode' | 'key_window'> {
   const { key, keyMode = 'replace', keyWindowMs } = spec;
   if (typeof key !== 'string' || key.length < 1 || key.length > 512) {
-    throw new GrapevineError('GRAPEVINE_PAYLOAD_INVALID', `key of task "${task}" must be a string of 1 to 512 characters (got ${JSON.stringify(key)})`);
+    throw new GrapevineError(
+      'GRAPEVINE_PAYLOAD_INVALID',
+      `key of task "${task}" must be a string of 1 to 512 characters (got ${JSON.stringify(key)})`,
+    );
   }
   if (!KEY_MODES.includes(keyMode)) {
-    throw new GrapevineError('GRAPEVINE_PAYLOAD_INVALID', `keyMode of task "${task}" is ${JSON.stringify(keyMode)}: use one of ${KEY_MODES.join(', ')}`);
+    throw new GrapevineError(
+      'GRAPEVINE_PAYLOAD_INVALID',
+      `keyMode of task "${task}" is ${JSON.stringify(keyMode)}: use one of ${KEY_MODES.join(', ')}`,
+    );
   }
   if ((keyMode === 'throttle') !== (keyWindowMs !== undefined)) {
     throw new GrapevineError(
@@ -306,7 +324,10 @@ function keyFields(spec: JobSpec, task: string): Pick<NewJob, 'key' | 'key_mode'
       `keyWindowMs of task "${task}" is the throttle's window: pass it with keyMode "throttle" and only then`,
     );
   }
-  const window = keyWindowMs === undefined ? undefined : `${validateInt('keyWindowMs', keyWindowMs, { min: 1, max: Number.MAX_SAFE_INTEGER })} milliseconds`;
+  const window =
+    keyWindowMs === undefined
+      ? undefined
+      : `${validateInt('keyWindowMs', keyWindowMs, { min: 1, max: Number.MAX_SAFE_INTEGER })} milliseconds`;
   return { key, key_mode: keyMode, key_window: window };
 }
 

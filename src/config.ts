@@ -126,9 +126,7 @@ const NAME = /^[A-Za-z0-9_.:\-/]{1,128}$/;
 /** Task and queue names are data, but keeping them plain keeps logs and CLIs readable. */
 export function validateName(kind: 'task' | 'queue', name: unknown): string {
   if (typeof name !== 'string' || !NAME.test(name)) {
-    throw configError(
-      `invalid ${kind} name ${JSON.stringify(name)}: use 1-128 characters of letters, digits and _ . : - /`,
-    );
+    throw configError(`invalid ${kind} name ${JSON.stringify(name)}: use 1-128 characters of letters, digits and _ . : - /`);
   }
   return name;
 }

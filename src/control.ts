@@ -64,7 +64,11 @@ export interface Control extends JobOperations {
   /** Sends a command; returns the message id (shared by all recipients). */
   send(command: string, args?: unknown, options?: SendOptions): Promise<string>;
   /** Sends and waits for every recipient's response (deleted once read unless `delete: false`). */
-  sendAndWait(command: string, args?: unknown, options?: SendOptions & { timeoutMs?: number; delete?: boolean }): Promise<Record<string, ControlResponse>>;
+  sendAndWait(
+    command: string,
+    args?: unknown,
+    options?: SendOptions & { timeoutMs?: number; delete?: boolean },
+  ): Promise<Record<string, ControlResponse>>;
   /** Which recipients of the message have answered. */
   hasResponse(messageId: string): Promise<Record<string, boolean>>;
   /** Ids of the messages a supervisor has answered (and whose responses are still stored). */
@@ -74,7 +78,10 @@ export interface Control extends JobOperations {
    * `timeoutMs` (default 0) for missing ones; a response still missing then
    * is an error naming the supervisor.
    */
-  getResponse(messageId: string, options?: { supervisor?: string; delete?: boolean; timeoutMs?: number }): Promise<Record<string, ControlResponse>>;
+  getResponse(
+    messageId: string,
+    options?: { supervisor?: string; delete?: boolean; timeoutMs?: number },
+  ): Promise<Record<string, ControlResponse>>;
   /** Every registered supervisor, live or not, oldest first. */
   supervisors(): Promise<SupervisorInfo[]>;
   /** The newest `n` (default 20) log entries, oldest first. */
@@ -107,10 +114,9 @@ export function createControl(options: ControlClientOptions = {}): Control {
   const channels = channelsFor(schema);
   let migrated: Promise<MigrateResult> | null = null;
   // Waiting for responses: the responses channel names the message id.
-  const answered = new Waiters(
-    { ...listen, channels: [channels.responses], applicationName: 'grapevine-control', logger },
-    (payload) => [payload],
-  );
+  const answered = new Waiters({ ...listen, channels: [channels.responses], applicationName: 'grapevine-control', logger }, (payload) => [
+    payload,
+  ]);
   /** Stops of the followLog() calls still running. */
   const followers = new Set<() => Promise<void>>();
 
@@ -130,7 +136,10 @@ export function createControl(options: ControlClientOptions = {}): Control {
   const checkRecipients = async (supervisors: string[] | undefined, command: string): Promise<string[] | null> => {
     if (supervisors === undefined) return null;
     if (!Array.isArray(supervisors) || supervisors.length === 0 || supervisors.some((w) => typeof w !== 'string' || w.length === 0)) {
-      throw new GrapevineError('GRAPEVINE_SUPERVISOR_NOT_FOUND', `supervisors must be a non-empty array of supervisor ids, got ${JSON.stringify(supervisors)}`);
+      throw new GrapevineError(
+        'GRAPEVINE_SUPERVISOR_NOT_FOUND',
+        `supervisors must be a non-empty array of supervisor ids, got ${JSON.stringify(supervisors)}`,
+      );
     }
     const unique = [...new Set(supervisors)];
     const rows = await supervisorStates(pool, schema, { lostAfterMs, ids: unique });
@@ -138,10 +147,16 @@ export function createControl(options: ControlClientOptions = {}): Control {
     for (const supervisor of unique) {
       const state = status.get(supervisor);
       if (state === undefined) {
-        throw new GrapevineError('GRAPEVINE_SUPERVISOR_NOT_FOUND', `supervisor '${supervisor}' is not registered in schema "${schema}": see grapevine supervisors for the ids`);
+        throw new GrapevineError(
+          'GRAPEVINE_SUPERVISOR_NOT_FOUND',
+          `supervisor '${supervisor}' is not registered in schema "${schema}": see grapevine supervisors for the ids`,
+        );
       }
       if (state === 'EXITED' || state === 'LOST') {
-        throw new GrapevineError('GRAPEVINE_SUPERVISOR_NOT_FOUND', `supervisor '${supervisor}' is ${state} and cannot answer ${command}: see grapevine supervisors for live ones`);
+        throw new GrapevineError(
+          'GRAPEVINE_SUPERVISOR_NOT_FOUND',
+          `supervisor '${supervisor}' is ${state} and cannot answer ${command}: see grapevine supervisors for live ones`,
+        );
       }
     }
     return unique;
@@ -159,7 +174,12 @@ export function createControl(options: ControlClientOptions = {}): Control {
   };
 
   /** Resolves once every one of `supervisors` has answered (taking the responses), or after `timeoutMs` with what there is. */
-  const waitForResponses = async (messageId: string, supervisors: string[], timeoutMs: number, remove: boolean): Promise<Map<string, ResponseRow>> => {
+  const waitForResponses = async (
+    messageId: string,
+    supervisors: string[],
+    timeoutMs: number,
+    remove: boolean,
+  ): Promise<Map<string, ResponseRow>> => {
     let latest = new Map<string, ResponseRow>();
     return answered.wait(
       messageId,
@@ -188,7 +208,11 @@ export function createControl(options: ControlClientOptions = {}): Control {
     );
   };
 
-  const sendTo = async (command: string, args: unknown, supervisors: string[] | undefined): Promise<{ id: string; command: string; recipients: string[] }> => {
+  const sendTo = async (
+    command: string,
+    args: unknown,
+    supervisors: string[] | undefined,
+  ): Promise<{ id: string; command: string; recipients: string[] }> => {
     const name = validateCommand(command);
     const argsJson = encodeArgs(name, args);
     return run(async () => {
@@ -237,7 +261,10 @@ export function createControl(options: ControlClientOptions = {}): Control {
 
     async responseIds(supervisorId) {
       if (typeof supervisorId !== 'string' || supervisorId.length === 0) {
-        throw new GrapevineError('GRAPEVINE_SUPERVISOR_NOT_FOUND', `responseIds() needs a supervisor id, got ${JSON.stringify(supervisorId)}`);
+        throw new GrapevineError(
+          'GRAPEVINE_SUPERVISOR_NOT_FOUND',
+          `responseIds() needs a supervisor id, got ${JSON.stringify(supervisorId)}`,
+        );
       }
       return run(async () => {
         return responseIds(pool, schema, { supervisor: supervisorId });
@@ -388,7 +415,10 @@ function validateCommand(command: unknown): string {
 
 function validateTimeout(timeoutMs: unknown): number {
   if (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs < 0 || timeoutMs > 2_147_483_647) {
-    throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `timeoutMs must be a number of milliseconds from 0 to 2147483647, got ${JSON.stringify(timeoutMs)}`);
+    throw new GrapevineError(
+      'GRAPEVINE_CONFIG_INVALID',
+      `timeoutMs must be a number of milliseconds from 0 to 2147483647, got ${JSON.stringify(timeoutMs)}`,
+    );
   }
   return timeoutMs;
 }
@@ -401,9 +431,13 @@ function encodeArgs(command: string, args: unknown): string | null {
   } catch (err) {
     throw new GrapevineError('GRAPEVINE_COMMAND_INVALID', `arguments of ${command} are not JSON-serializable: ${(err as Error).message}`);
   }
-  if (text === undefined) throw new GrapevineError('GRAPEVINE_COMMAND_INVALID', `arguments of ${command} are not JSON (got ${typeof args})`);
+  if (text === undefined)
+    throw new GrapevineError('GRAPEVINE_COMMAND_INVALID', `arguments of ${command} are not JSON (got ${typeof args})`);
   if (Buffer.byteLength(text) > MAX_ARGS_BYTES) {
-    throw new GrapevineError('GRAPEVINE_COMMAND_INVALID', `arguments of ${command} are ${Buffer.byteLength(text)} bytes, over the ${MAX_ARGS_BYTES}-byte limit`);
+    throw new GrapevineError(
+      'GRAPEVINE_COMMAND_INVALID',
+      `arguments of ${command} are ${Buffer.byteLength(text)} bytes, over the ${MAX_ARGS_BYTES}-byte limit`,
+    );
   }
   return text;
 }
@@ -411,7 +445,10 @@ function encodeArgs(command: string, args: unknown): string | null {
 function toMessageId(id: unknown): string {
   const text = String(id);
   if (!/^[1-9][0-9]{0,18}$/.test(text)) {
-    throw new GrapevineError('GRAPEVINE_RESPONSE_MISSING', `invalid message id ${JSON.stringify(id)}: message ids are positive integers returned by send()`);
+    throw new GrapevineError(
+      'GRAPEVINE_RESPONSE_MISSING',
+      `invalid message id ${JSON.stringify(id)}: message ids are positive integers returned by send()`,
+    );
   }
   return text;
 }

@@ -112,7 +112,9 @@ export function clientConnections(
   pool: { max: number; applicationName: string },
 ): { connectionString: string; listen: ListenTarget; pool: pg.Pool; preparedStatements: boolean } {
   const poolUrl = (options.pool as { options?: { connectionString?: string } } | undefined)?.options?.connectionString;
-  const connectionString = options.pool ? (options.connectionString ?? poolUrl ?? process.env.DATABASE_URL ?? '') : resolveConnectionString(options.connectionString);
+  const connectionString = options.pool
+    ? (options.connectionString ?? poolUrl ?? process.env.DATABASE_URL ?? '')
+    : resolveConnectionString(options.connectionString);
   const preparedStatements = resolvePreparedStatements(options.preparedStatements);
   const created = options.pool ?? createPool(connectionString, { ...pool, preparedStatements });
   const listen = listenTarget(resolveListenUrl(options.listenUrl, connectionString), created, connectionString);
@@ -137,7 +139,9 @@ class UnnamedStatementsClient extends pg.Client {
  * caller's connection through a pooler is shared the same way.
  */
 export function withUnnamedStatements(db: Queryable): Queryable {
-  return { query: ((...args: unknown[]) => (db.query as (...a: unknown[]) => unknown)(unnamed(args[0]), ...args.slice(1))) as Queryable['query'] };
+  return {
+    query: ((...args: unknown[]) => (db.query as (...a: unknown[]) => unknown)(unnamed(args[0]), ...args.slice(1))) as Queryable['query'],
+  };
 }
 
 /** A statement's config without its name; text and Submittable queries as they are. */
@@ -164,7 +168,12 @@ function limitStatements(pool: pg.Pool, ms: number): void {
   const limited = (config: string | pg.QueryConfig, values?: unknown[]) =>
     withClient(pool, async (client) => {
       const statement = typeof config === 'string' ? { text: config, values } : values === undefined ? config : { ...config, values };
-      const [, , result] = await settleInOrder([client.query('BEGIN'), client.query(setLocal), client.query(statement), client.query('COMMIT')]);
+      const [, , result] = await settleInOrder([
+        client.query('BEGIN'),
+        client.query(setLocal),
+        client.query(statement),
+        client.query('COMMIT'),
+      ]);
       return result;
     });
   pool.query = limited as unknown as pg.Pool['query'];
@@ -228,7 +237,10 @@ export async function inTransaction<T>(client: pg.ClientBase, fn: () => Promise<
  * has finished, with a snapshot of its own. If one fails, those after it fail
  * too and COMMIT rolls back; the first error is thrown.
  */
-export async function withPipelinedTransaction<const Q extends readonly TypedQuery<unknown>[]>(pool: pg.Pool, statements: Q): Promise<RowsOf<Q>> {
+export async function withPipelinedTransaction<const Q extends readonly TypedQuery<unknown>[]>(
+  pool: pg.Pool,
+  statements: Q,
+): Promise<RowsOf<Q>> {
   const setLocal = statementLimits.get(pool);
   return withClient(pool, async (client) => {
     const opening = [client.query('BEGIN'), ...(setLocal ? [client.query(setLocal)] : [])];
@@ -307,7 +319,9 @@ export function isConnectionError(err: unknown): boolean {
   }
   const message = err instanceof Error ? err.message : '';
   // "Query read timeout": no answer in time (statementTimeoutMs); the connection may still deliver it late.
-  return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error|Query read timeout/i.test(message);
+  return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error|Query read timeout/i.test(
+    message,
+  );
 }
 
 /**

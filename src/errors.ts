@@ -98,13 +98,29 @@ function serializeOne(err: unknown): SerializedError {
     const error = err as Error;
     const code = safeRead(() => (error as { code?: unknown }).code, undefined);
     return {
-      name: storableText(safeString(() => error.name, 'Error'), MAX_MESSAGE_CHARS),
-      message: storableText(safeString(() => error.message, '(the error message could not be read)'), MAX_MESSAGE_CHARS),
-      stack: storableText(safeString(() => error.stack ?? '', ''), MAX_STACK_CHARS) || undefined,
+      name: storableText(
+        safeString(() => error.name, 'Error'),
+        MAX_MESSAGE_CHARS,
+      ),
+      message: storableText(
+        safeString(() => error.message, '(the error message could not be read)'),
+        MAX_MESSAGE_CHARS,
+      ),
+      stack:
+        storableText(
+          safeString(() => error.stack ?? '', ''),
+          MAX_STACK_CHARS,
+        ) || undefined,
       code: typeof code === 'string' ? storableText(code, MAX_MESSAGE_CHARS) : undefined,
     };
   }
-  return { name: 'NonErrorThrown', message: storableText(safeString(() => describeThrown(err), 'unprintable value thrown'), MAX_MESSAGE_CHARS) };
+  return {
+    name: 'NonErrorThrown',
+    message: storableText(
+      safeString(() => describeThrown(err), 'unprintable value thrown'),
+      MAX_MESSAGE_CHARS,
+    ),
+  };
 }
 
 function isError(value: unknown): value is Error {

@@ -205,7 +205,9 @@ export class Listener extends EventEmitter {
       const missing = this.options.channels.filter((c) => !listening.has(c));
       if (missing.length > 0) {
         // Through a pooler in transaction mode the LISTEN stays on a server connection this one no longer has.
-        throw new Error(`subscription lost for ${missing.join(', ')} (if this connection goes through a pooler in transaction mode, set listenUrl to reach PostgreSQL directly)`);
+        throw new Error(
+          `subscription lost for ${missing.join(', ')} (if this connection goes through a pooler in transaction mode, set listenUrl to reach PostgreSQL directly)`,
+        );
       }
       if (client === this.client) this.scheduleHealthCheck();
       usage = Number(result.rows[0]?.usage ?? 0);

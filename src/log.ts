@@ -50,7 +50,9 @@ export function prettyLine(json: string): string {
   const { time, level, msg, name: _name, pid: _pid, hostname: _hostname, ...fields } = entry;
   const clock = typeof time === 'number' ? new Date(time).toISOString().slice(11, 23) : '';
   const label = (LEVEL_NAMES[level as number] ?? String(level)).padEnd(5);
-  const pairs = Object.entries(fields).map(([key, value]) => `${key}=${typeof value === 'string' && /^\S+$/.test(value) ? value : JSON.stringify(value)}`);
+  const pairs = Object.entries(fields).map(
+    ([key, value]) => `${key}=${typeof value === 'string' && /^\S+$/.test(value) ? value : JSON.stringify(value)}`,
+  );
   return `${[clock, label, msg ?? '', ...pairs].filter((part) => part !== '').join(' ')}\n`;
 }
 

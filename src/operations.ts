@@ -1,15 +1,7 @@
 import type pg from 'pg';
 import { GrapevineError } from './errors.ts';
 import { jobFromRow, TERMINAL_STATES, type Job, type JobState } from './job.ts';
-import {
-  cancelJobs,
-  jobStats,
-  listJobs,
-  purgeJobs,
-  rescheduleJobs,
-  retryJobs,
-  type JobFilterParams,
-} from './sql/operations.ts';
+import { cancelJobs, jobStats, listJobs, purgeJobs, rescheduleJobs, retryJobs, type JobFilterParams } from './sql/operations.ts';
 
 /** Which jobs an operation applies to. Every field narrows the match; times are Dates or ISO 8601 text. */
 export interface JobFilter {
@@ -74,7 +66,10 @@ export function jobOperations(pool: pg.Pool, schema: string, run: <T>(fn: () => 
   return {
     async listJobs(filter = {}, { limit = 50, after = null } = {}) {
       if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) {
-        throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `limit must be an integer from 1 to ${MAX_PAGE}, got ${JSON.stringify(limit)}`);
+        throw new GrapevineError(
+          'GRAPEVINE_CONFIG_INVALID',
+          `limit must be an integer from 1 to ${MAX_PAGE}, got ${JSON.stringify(limit)}`,
+        );
       }
       const params = toParams(filter, null);
       const cursor = after === null ? null : toId(after, 'cursor');
@@ -103,7 +98,8 @@ export function jobOperations(pool: pg.Pool, schema: string, run: <T>(fn: () => 
     async rescheduleJobs(ids, runAt) {
       const filter = toTarget(ids, 'rescheduleJobs');
       const at = toTime(runAt, 'runAt');
-      if (filter.ids === null || at === null) throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', 'rescheduleJobs() takes job ids and a time');
+      if (filter.ids === null || at === null)
+        throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', 'rescheduleJobs() takes job ids and a time');
       return run(() => rescheduleJobs(pool, schema, { ids: filter.ids!, runAt: at }));
     },
 
@@ -136,7 +132,10 @@ export function jobOperations(pool: pg.Pool, schema: string, run: <T>(fn: () => 
 function toTarget(target: string[] | JobFilter, method: string): JobFilterParams {
   if (Array.isArray(target)) {
     if (target.length === 0) throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `${method}() needs at least one job id`);
-    return toParams({}, target.map((id) => toId(id, 'job id')));
+    return toParams(
+      {},
+      target.map((id) => toId(id, 'job id')),
+    );
   }
   const params = toParams(target, null);
   if (Object.values(params).every((v) => v === null)) {
@@ -150,7 +149,10 @@ function toTarget(target: string[] | JobFilter, method: string): JobFilterParams
 
 function toParams(filter: JobFilter | null | undefined, ids: string[] | null): JobFilterParams {
   if (typeof filter !== 'object' || filter === null) {
-    throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `a job filter is an object such as { state: 'failed' }, got ${JSON.stringify(filter)}`);
+    throw new GrapevineError(
+      'GRAPEVINE_CONFIG_INVALID',
+      `a job filter is an object such as { state: 'failed' }, got ${JSON.stringify(filter)}`,
+    );
   }
   const states = filter.state === undefined ? null : Array.isArray(filter.state) ? filter.state : [filter.state];
   for (const state of states ?? []) {
@@ -175,7 +177,10 @@ function toTime(value: Date | string | undefined, field: string): string | null 
   if (value === undefined) return null;
   const date = value instanceof Date ? value : new Date(value);
   if (Number.isNaN(date.getTime())) {
-    throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `${field} is not a valid time (${JSON.stringify(value)}): pass a Date or ISO 8601 text such as 2026-01-31T12:00:00Z`);
+    throw new GrapevineError(
+      'GRAPEVINE_CONFIG_INVALID',
+      `${field} is not a valid time (${JSON.stringify(value)}): pass a Date or ISO 8601 text such as 2026-01-31T12:00:00Z`,
+    );
   }
   return date.toISOString();
 }
@@ -183,7 +188,10 @@ function toTime(value: Date | string | undefined, field: string): string | null 
 function toId(id: unknown, what: string): string {
   const text = String(id);
   if (!/^[1-9][0-9]{0,18}$/.test(text)) {
-    throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `invalid ${what} ${JSON.stringify(id)}: job ids (and cursors) are positive integers`);
+    throw new GrapevineError(
+      'GRAPEVINE_CONFIG_INVALID',
+      `invalid ${what} ${JSON.stringify(id)}: job ids (and cursors) are positive integers`,
+    );
   }
   return text;
 }

@@ -75,7 +75,10 @@ export function createSchedules(options: SchedulesOptions = {}): Schedules {
   };
   const found = (name: string) => (exists: boolean) => {
     if (!exists) {
-      throw new GrapevineError('GRAPEVINE_SCHEDULE_NOT_FOUND', `no schedule is named ${JSON.stringify(name)} in schema "${schema}": grapevine schedule list shows them`);
+      throw new GrapevineError(
+        'GRAPEVINE_SCHEDULE_NOT_FOUND',
+        `no schedule is named ${JSON.stringify(name)} in schema "${schema}": grapevine schedule list shows them`,
+      );
     }
   };
 

@@ -33,7 +33,10 @@ export interface TaskHelpers {
    * its COMMIT) is rolled back and fails with GRAPEVINE_TRANSACTION_LEFT_OPEN:
    * use `transaction` for statements that belong together.
    */
-  query<R extends Record<string, any> = Record<string, any>>(sql: string, params?: unknown[]): Promise<{ rows: R[]; rowCount: number | null }>;
+  query<R extends Record<string, any> = Record<string, any>>(
+    sql: string,
+    params?: unknown[],
+  ): Promise<{ rows: R[]; rowCount: number | null }>;
   /**
    * Runs `fn` in one transaction on one connection of the thread's pool:
    * committed when `fn` resolves, rolled back when it throws. Inside, use

@@ -100,7 +100,8 @@ export function controlCommands(tools: CliTools): Record<string, (command: strin
 
     async supervisors(command, argv) {
       const { values, positionals } = parse(command, argv, { json: { type: 'boolean' } });
-      if (positionals.length > 0) throw usage(`unexpected argument ${JSON.stringify(positionals[0])}: grapevine supervisors takes no arguments`);
+      if (positionals.length > 0)
+        throw usage(`unexpected argument ${JSON.stringify(positionals[0])}: grapevine supervisors takes no arguments`);
       return withControl(values, tools, async (control) => {
         const supervisors = await control.supervisors();
         if (values.json) console.log(JSON.stringify(supervisors, null, 2));
@@ -115,7 +116,8 @@ export function controlCommands(tools: CliTools): Record<string, (command: strin
         n: { type: 'string', short: 'n' },
         follow: { type: 'boolean', short: 'f' },
       });
-      if (positionals.length > 0) throw usage(`unexpected argument ${JSON.stringify(positionals[0])}: use --supervisor ID to pick a supervisor`);
+      if (positionals.length > 0)
+        throw usage(`unexpected argument ${JSON.stringify(positionals[0])}: use --supervisor ID to pick a supervisor`);
       const n = int(values, 'n') ?? 20;
       if (n < 1 || n > 100_000) throw usage('-n must be from 1 to 100000');
       const supervisor = values.supervisor as string | undefined;
@@ -123,7 +125,9 @@ export function controlCommands(tools: CliTools): Record<string, (command: strin
         const entries = await control.logTail({ supervisor, n });
         for (const entry of entries) console.log(formatLogEntry(entry));
         if (!values.follow) return 0;
-        const stop = await control.followLog({ supervisor, afterId: entries.at(-1)?.id ?? '0' }, (entry) => console.log(formatLogEntry(entry)));
+        const stop = await control.followLog({ supervisor, afterId: entries.at(-1)?.id ?? '0' }, (entry) =>
+          console.log(formatLogEntry(entry)),
+        );
         await new Promise<void>((resolve) => {
           process.once('SIGINT', resolve);
           process.once('SIGTERM', resolve);
@@ -161,10 +165,21 @@ export function formatResponse(supervisor: string, response: ControlResponse): s
 
 export function formatSupervisors(supervisors: SupervisorInfo[]): string {
   if (supervisors.length === 0) return '(no supervisors registered)';
-  const rows = supervisors.map((w) => [w.id, w.status, w.host, String(w.pid), `${w.threads}x${w.concurrency}`, w.heartbeatAt.toISOString()]);
+  const rows = supervisors.map((w) => [
+    w.id,
+    w.status,
+    w.host,
+    String(w.pid),
+    `${w.threads}x${w.concurrency}`,
+    w.heartbeatAt.toISOString(),
+  ]);
   const header = ['ID', 'STATUS', 'HOST', 'PID', 'THREADS', 'HEARTBEAT'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => c.padEnd(widths[i]))
+      .join('  ')
+      .trimEnd();
   const out = [line(header)];
   supervisors.forEach((w, i) => {
     out.push(line(rows[i]));

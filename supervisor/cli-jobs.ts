@@ -77,7 +77,10 @@ export function jobCommands(tools: CliTools): Record<string, (command: string, a
       });
       noPositionals(positionals, command, usage);
       return withControl(values, tools, async (control) => {
-        const page = await control.listJobs(filterOf(values), { limit: int(values, 'limit') ?? 50, after: (values.after as string | undefined) ?? null });
+        const page = await control.listJobs(filterOf(values), {
+          limit: int(values, 'limit') ?? 50,
+          after: (values.after as string | undefined) ?? null,
+        });
         if (values.json) {
           console.log(JSON.stringify(page, null, 2));
           return 0;
@@ -115,7 +118,9 @@ export function jobCommands(tools: CliTools): Record<string, (command: string, a
       return withControl(values, tools, async (control) => {
         const ids = await control.rescheduleJobs(positionals, values['run-at'] as string);
         const skipped = positionals.length - ids.length;
-        console.log(`rescheduled ${ids.length} job${ids.length === 1 ? '' : 's'}${skipped > 0 ? ` (${skipped} not pending, left alone)` : ''}`);
+        console.log(
+          `rescheduled ${ids.length} job${ids.length === 1 ? '' : 's'}${skipped > 0 ? ` (${skipped} not pending, left alone)` : ''}`,
+        );
         return 0;
       });
     },
@@ -137,7 +142,9 @@ export function jobCommands(tools: CliTools): Record<string, (command: string, a
       if (Array.isArray(target) && target.length === 1) return cancelOne(values, tools, target[0]);
       return withControl(values, tools, async (control) => {
         const { cancelled, cancelling } = await control.cancelJobs(target);
-        console.log(`cancelled ${cancelled.length} pending job${cancelled.length === 1 ? '' : 's'}; asked the owners of ${cancelling.length} running job${cancelling.length === 1 ? '' : 's'} to abort them`);
+        console.log(
+          `cancelled ${cancelled.length} pending job${cancelled.length === 1 ? '' : 's'}; asked the owners of ${cancelling.length} running job${cancelling.length === 1 ? '' : 's'} to abort them`,
+        );
         return 0;
       });
     },
@@ -227,7 +234,11 @@ function unicodeEscape(c: string): string {
 
 function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => c.padEnd(widths[i]))
+      .join('  ')
+      .trimEnd();
   return [line(header), ...rows.map(line)].join('\n');
 }
 

@@ -80,7 +80,9 @@ export function scheduleCommands(tools: CliTools): Record<string, (command: stri
           return 0;
         });
       }
-      throw usage(`${action === undefined ? 'missing action' : `unknown action ${JSON.stringify(action)}`}: grapevine schedule add|list|remove|pause|resume (see grapevine schedule --help)`);
+      throw usage(
+        `${action === undefined ? 'missing action' : `unknown action ${JSON.stringify(action)}`}: grapevine schedule add|list|remove|pause|resume (see grapevine schedule --help)`,
+      );
     },
   };
 }
@@ -123,7 +125,11 @@ function formatList(list: Awaited<ReturnType<Schedules['list']>>): string {
     .join('\n');
 }
 
-async function withSchedules(tools: CliTools, values: Record<string, unknown>, fn: (schedules: Schedules) => Promise<number>): Promise<number> {
+async function withSchedules(
+  tools: CliTools,
+  values: Record<string, unknown>,
+  fn: (schedules: Schedules) => Promise<number>,
+): Promise<number> {
   const db = await tools.database(values as Parameters<CliTools['database']>[0]);
   const schedules = createSchedules({ connectionString: db.connectionString, schema: values.schema as string | undefined });
   try {

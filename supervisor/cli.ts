@@ -209,7 +209,13 @@ async function main(argv: string[]): Promise<number> {
   return handler(command, rest);
 }
 
-const CLI_TOOLS = { parse, int, usage: (message: string) => new UsageError(message), say, database: (values: Values) => openDatabase(values) };
+const CLI_TOOLS = {
+  parse,
+  int,
+  usage: (message: string) => new UsageError(message),
+  say,
+  database: (values: Values) => openDatabase(values),
+};
 
 const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<number>> = {
   async run(command, argv) {
@@ -328,7 +334,11 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     const { values } = parse(command, argv, {});
     return withClient(values, async (client) => {
       const { applied, version } = await client.migrate();
-      console.log(applied.length > 0 ? `applied migrations ${applied.join(', ')}; schema "${client.schema}" is at version ${version}` : `schema "${client.schema}" is up to date (version ${version})`);
+      console.log(
+        applied.length > 0
+          ? `applied migrations ${applied.join(', ')}; schema "${client.schema}" is at version ${version}`
+          : `schema "${client.schema}" is up to date (version ${version})`,
+      );
       return 0;
     });
   },
@@ -336,7 +346,8 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
   async grant(command, argv) {
     const { values, positionals } = parse(command, argv, { as: { type: 'string' }, print: { type: 'boolean' } });
     const [role, ...extra] = positionals;
-    if (!role || extra.length > 0 || values.as === undefined) throw new UsageError('usage: grapevine grant ROLE --as enqueuer|worker|operator [--print]');
+    if (!role || extra.length > 0 || values.as === undefined)
+      throw new UsageError('usage: grapevine grant ROLE --as enqueuer|worker|operator [--print]');
     const options = { schema: values.schema as string | undefined, role, as: values.as as string };
     if (values.print) {
       console.log(grantSql(options));
@@ -386,7 +397,10 @@ function openDatabase(values: Values, { embeddedByDefault = false } = {}): Promi
   if (url && values.embedded) throw new UsageError('--embedded and --database-url name two databases: pass one of them');
   const choice = chooseDatabase({ url, embedded: values.embedded === true }, embeddedByDefault);
   if (!choice) throw new UsageError(NO_DATABASE);
-  const pooled = { listenUrl: values['listen-url'] as string | undefined, preparedStatements: values['no-prepared-statements'] ? (false as const) : undefined };
+  const pooled = {
+    listenUrl: values['listen-url'] as string | undefined,
+    preparedStatements: values['no-prepared-statements'] ? (false as const) : undefined,
+  };
   return resolveDatabase(choice, say).then((db) => ({ ...db, ...pooled }));
 }
 

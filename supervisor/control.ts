@@ -40,7 +40,19 @@ export interface ControlHost {
 }
 
 /** The commands a supervisor understands. */
-export const COMMANDS = ['PING', 'ECHO', 'INFO', 'PAUSE', 'RESUME', 'TIMEOUT_SET', 'TIMEOUT_GET', 'REFRESH', 'SCALE', 'STOP', 'EVAL'] as const;
+export const COMMANDS = [
+  'PING',
+  'ECHO',
+  'INFO',
+  'PAUSE',
+  'RESUME',
+  'TIMEOUT_SET',
+  'TIMEOUT_GET',
+  'REFRESH',
+  'SCALE',
+  'STOP',
+  'EVAL',
+] as const;
 
 interface Outcome {
   value: unknown;
@@ -162,7 +174,10 @@ export class ControlPlane {
       error =
         err instanceof CommandError
           ? { code: err.code, message: err.message }
-          : { code: 'GRAPEVINE_COMMAND_FAILED', message: `${row.command} failed on supervisor ${this.host.id}: ${(err as Error)?.message ?? String(err)}` };
+          : {
+              code: 'GRAPEVINE_COMMAND_FAILED',
+              message: `${row.command} failed on supervisor ${this.host.id}: ${(err as Error)?.message ?? String(err)}`,
+            };
     }
     await this.respond(row, error === null, outcome ? outcome.value : null, error);
     this.log.append('RESPONSE', `${row.command} ${error ? `ERROR ${error.code}` : summarize(outcome!.value)} (message ${row.id})`);
@@ -172,7 +187,9 @@ export class ControlPlane {
   /** Stores the response together with the log so far: what the command did is in the log before anyone sees the answer. */
   private async respond(row: MessageRow, ok: boolean, value: unknown, error: { code: string; message: string } | null): Promise<void> {
     const { pool, schema, id } = this.host;
-    await this.log.writeWith((logEntries) => respond(pool, schema, { messageId: row.id, supervisor: id, command: row.command, ok, value, error, logEntries }));
+    await this.log.writeWith((logEntries) =>
+      respond(pool, schema, { messageId: row.id, supervisor: id, command: row.command, ok, value, error, logEntries }),
+    );
   }
 
   private async handle(row: MessageRow): Promise<Outcome> {
@@ -218,7 +235,10 @@ export class ControlPlane {
         // A new generation of threads imports the task modules afresh; the
         // old one finishes the jobs it has, so nothing is dropped.
         await host.replaceThreads();
-        this.log.append('THREADS', `${host.threadPool.threads} x ${host.concurrency} (refreshed; tasks: ${host.threadPool.tasks.join(' ')})`);
+        this.log.append(
+          'THREADS',
+          `${host.threadPool.threads} x ${host.concurrency} (refreshed; tasks: ${host.threadPool.tasks.join(' ')})`,
+        );
         return { value: 'OK' };
       case 'SCALE': {
         const threads = intArg(command, args, 1, 256, 'the new thread count');
@@ -250,7 +270,10 @@ export class ControlPlane {
         return { value: toJson(value) };
       }
       default:
-        throw new CommandError('GRAPEVINE_COMMAND_INVALID', `unknown command ${JSON.stringify(command)}: use one of ${COMMANDS.join(', ')}`);
+        throw new CommandError(
+          'GRAPEVINE_COMMAND_INVALID',
+          `unknown command ${JSON.stringify(command)}: use one of ${COMMANDS.join(', ')}`,
+        );
     }
   }
 

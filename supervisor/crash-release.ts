@@ -70,7 +70,8 @@ export function decideCrashRelease(batch: DeadBatch, view: DispatcherView): Cras
     if (killed && killed.jobId === id) {
       return { id, thread, reason: `${killed.message}; its thread was terminated because the handler did not stop`, count: true };
     }
-    if (killed) return { id, thread, reason: `thread ${threadId} was terminated to stop job ${killed.jobId} (${killed.kind})`, count: false };
+    if (killed)
+      return { id, thread, reason: `thread ${threadId} was terminated to stop job ${killed.jobId} (${killed.kind})`, count: false };
     if (view.stopping) return { id, thread, reason: 'supervisor shut down before the job finished', count: false };
     crashReason ??= `thread crashed: ${describeCrash(batch.error)}${stackFrames(threadStack(batch.error))}`;
     return { id, thread, reason: crashReason, count: true };

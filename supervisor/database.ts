@@ -14,8 +14,7 @@ export interface ResolvedDatabase {
 export const EMBEDDED_DIR = '.grapevine/db';
 
 /** What a command says when it was given no database (a usage error: exit code 2). */
-export const NO_DATABASE =
-  `no database given: set DATABASE_URL or pass --database-url URL, or pass --embedded to run a local PostgreSQL kept in ./${EMBEDDED_DIR}`;
+export const NO_DATABASE = `no database given: set DATABASE_URL or pass --database-url URL, or pass --embedded to run a local PostgreSQL kept in ./${EMBEDDED_DIR}`;
 
 /**
  * Which PostgreSQL a command uses: --embedded, else --database-url, else

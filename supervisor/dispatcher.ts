@@ -478,9 +478,7 @@ export class Dispatcher {
     if (thread !== undefined) this.placeBatch(batch, thread);
     const tasks = this.options.pool.tasks;
     const request: ThreadRequest =
-      type === 'claim-ids'
-        ? { type, ids: slots.map((s) => s.id!), tasks, port: port2 }
-        : { type, count: slots.length, tasks, port: port2 };
+      type === 'claim-ids' ? { type, ids: slots.map((s) => s.id!), tasks, port: port2 } : { type, count: slots.length, tasks, port: port2 };
     port1.on('message', (event: BatchEvent) => this.onEvent(batch, event));
     this.counters.batches++;
     void this.queue.add(() => {
@@ -531,7 +529,21 @@ export class Dispatcher {
             slot.id = id;
             this.holding.add(id);
           }
-          const job: RunningJob = { id, threadId: event.threadId, task, queue: event.queues[k], attempt, handledAt: 0, succeeded: undefined, startedAt: now, batch, slot, timer: null, handled: false, abortedFor: null };
+          const job: RunningJob = {
+            id,
+            threadId: event.threadId,
+            task,
+            queue: event.queues[k],
+            attempt,
+            handledAt: 0,
+            succeeded: undefined,
+            startedAt: now,
+            batch,
+            slot,
+            timer: null,
+            handled: false,
+            abortedFor: null,
+          };
           this.running.set(id, job);
           started.push(job);
         }
@@ -553,7 +565,10 @@ export class Dispatcher {
       case 'launched':
         // Learned as soon as the handlers start, not when they end: a thread
         // whose first jobs wait on I/O for minutes still grows to its concurrency.
-        this.limits.set(event.threadId, nextClaimLimit(this.limitOf(event.threadId), this.options.concurrency, event.jobs, event.blockedMs));
+        this.limits.set(
+          event.threadId,
+          nextClaimLimit(this.limitOf(event.threadId), this.options.concurrency, event.jobs, event.blockedMs),
+        );
         this.fill();
         break;
       case 'handled':
@@ -692,7 +707,10 @@ export class Dispatcher {
         // It passed over jobs another statement held for a moment: pull
         // again shortly, backing off while they stay held.
         this.lockedPulls++;
-        this.claimBackoffUntil = Math.max(this.claimBackoffUntil, Date.now() + backoffMs({ attempt: this.lockedPulls, baseMs: 1, maxMs: 500 }));
+        this.claimBackoffUntil = Math.max(
+          this.claimBackoffUntil,
+          Date.now() + backoffMs({ attempt: this.lockedPulls, baseMs: 1, maxMs: 500 }),
+        );
       } else if (batch.backlogMark === this.backlogMark) {
         // The table had fewer due jobs than we asked for, and nobody has
         // announced one since the pull was sent: the backlog is drained.

@@ -77,7 +77,9 @@ export class Heartbeat {
       });
       const rows = await rowsOf(pool, withAnswerDeadline(beat, answerWithinMs));
       if (rows[0]?.previous_status === 'LOST') {
-        logger.warn('this supervisor was declared LOST (paused or cut off too long); its earlier jobs were reaped and their late outcomes are fenced');
+        logger.warn(
+          'this supervisor was declared LOST (paused or cut off too long); its earlier jobs were reaped and their late outcomes are fenced',
+        );
       }
       this.lastBeatAt = Date.now();
       this.checkNotifyQueue(Number(rows[0]?.notify_queue_usage ?? 0));
@@ -118,7 +120,11 @@ export class Heartbeat {
   }
 
   /** Renews the leases of `ids` and acts on the cancels their rows ask for; how many it cancelled. */
-  private async renewLeases(answerWithinMs: number, ids = this.o.runningJobIds(), why = 'cancelling running job (seen at heartbeat)'): Promise<number> {
+  private async renewLeases(
+    answerWithinMs: number,
+    ids = this.o.runningJobIds(),
+    why = 'cancelling running job (seen at heartbeat)',
+  ): Promise<number> {
     if (ids.length === 0) return 0;
     const renew = renewLeasesQuery(this.o.schema, { owner: this.o.id, ids, leaseMs: this.o.leaseMs });
     const renewed = await rowsOf(this.o.pool, withAnswerDeadline(renew, answerWithinMs));

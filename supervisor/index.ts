@@ -204,7 +204,9 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
   const idleTimeoutMs = options.idleTimeoutMs == null ? null : numeric(options, 'idleTimeoutMs', 0);
   const queueStatsIntervalMs = numeric(options, 'queueStatsIntervalMs', DEFAULTS.queueStatsIntervalMs);
   const metrics =
-    options.metricsPort == null ? null : { host: metricsHost(options.metricsHost), port: numeric(options, 'metricsPort', 0), queueStatsIntervalMs };
+    options.metricsPort == null
+      ? null
+      : { host: metricsHost(options.metricsHost), port: numeric(options, 'metricsPort', 0), queueStatsIntervalMs };
   const schedules = parseSchedules(options.schedules ?? []);
 
   // Migrations get a connection of their own, without the statement timeout:
@@ -283,12 +285,20 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
 function metricsHost(host: string | undefined): string {
   if (host === undefined) return DEFAULTS.metricsHost;
   if (typeof host !== 'string' || host.length === 0) {
-    throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `metricsHost must be an address such as 127.0.0.1 or 0.0.0.0, got ${JSON.stringify(host)}`);
+    throw new GrapevineError(
+      'GRAPEVINE_CONFIG_INVALID',
+      `metricsHost must be an address such as 127.0.0.1 or 0.0.0.0, got ${JSON.stringify(host)}`,
+    );
   }
   return host;
 }
 
 function supervisorId(): string {
-  const host = os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').slice(0, 24) || 'host';
+  const host =
+    os
+      .hostname()
+      .toLowerCase()
+      .replace(/[^a-z0-9-]/g, '-')
+      .slice(0, 24) || 'host';
   return `${host}-${randomBytes(3).toString('hex')}`;
 }

@@ -58,15 +58,32 @@ export class MetricsServer {
       registers,
     });
     const gauge = (name: string, help: string, read: () => number) =>
-      new Gauge({ name, help, registers, collect: function () { this.set(read()); } });
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect: function () {
+          this.set(read());
+        },
+      });
     gauge('grapevine_threads', 'Worker threads up.', () => sources.liveThreads());
     gauge('grapevine_threads_busy', 'Worker threads running at least one job.', () => sources.busyThreads());
     gauge('grapevine_jobs_running', 'Jobs this supervisor is running.', () => sources.runningJobs());
     // Totals the supervisor keeps anyway, exported as counters.
     const total = (name: string, help: string, read: () => number) =>
-      new Counter({ name, help, registers, collect: function () { this.reset(); this.inc(read()); } });
+      new Counter({
+        name,
+        help,
+        registers,
+        collect: function () {
+          this.reset();
+          this.inc(read());
+        },
+      });
     total('grapevine_thread_restarts_total', 'Worker threads replaced after a crash.', () => sources.threadRestarts());
-    total('grapevine_listener_reconnects_total', 'Times the LISTEN connection was lost and connected again.', () => sources.listenerReconnects());
+    total('grapevine_listener_reconnects_total', 'Times the LISTEN connection was lost and connected again.', () =>
+      sources.listenerReconnects(),
+    );
     const queueGauge = (name: string, help: string) => new Gauge({ name, help, labelNames: ['queue'], registers });
     const due = queueGauge('grapevine_queue_depth', 'Pending jobs due now, per queue, as the elected supervisor last measured.');
     const scheduled = queueGauge('grapevine_queue_scheduled', 'Pending jobs due later, per queue.');

@@ -7,7 +7,19 @@ import '../src/node-version.ts';
 export { createClient } from '../src/client.ts';
 export type { AddJobOptions, Client, ClientOptions, JobSpec, KeyMode } from '../src/client.ts';
 export { createControl } from '../src/control.ts';
-export type { Control, ControlClientOptions, ControlResponse, JobFilter, JobPage, JobStats, LogEntry, RegistryStatus, SendOptions, SupervisorInfo, ThreadStatus } from '../src/control.ts';
+export type {
+  Control,
+  ControlClientOptions,
+  ControlResponse,
+  JobFilter,
+  JobPage,
+  JobStats,
+  LogEntry,
+  RegistryStatus,
+  SendOptions,
+  SupervisorInfo,
+  ThreadStatus,
+} from '../src/control.ts';
 export { startSupervisor } from './index.ts';
 export type { Supervisor, SupervisorOptions, SupervisorState, SupervisorStatus } from './index.ts';
 export { GrapevineError } from '../src/errors.ts';

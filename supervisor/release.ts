@@ -43,7 +43,10 @@ export class JobRelease {
         // The lock waits for a claim the dead thread was still committing;
         // the release, a statement of its own, then sees that claim. Sent
         // together: a release is what a crashed job's re-run waits for.
-        const [, rows] = await withPipelinedTransaction(pool, [lockJobsQuery(schema, { ids }), releaseJobsQuery(schema, { owner: id, jobs })]);
+        const [, rows] = await withPipelinedTransaction(pool, [
+          lockJobsQuery(schema, { ids }),
+          releaseJobsQuery(schema, { owner: id, jobs }),
+        ]);
         const done = new Set(rows[0]?.ids ?? []);
         const back = jobs.filter((j) => done.has(j.id));
         if (back.length > 0) logger.warn({ jobs: back.map((j) => ({ id: j.id, reason: j.reason })) }, 'released jobs back to the queue');

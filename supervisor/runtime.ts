@@ -138,7 +138,7 @@ export class SupervisorRuntime implements Supervisor {
       cancel: (jobId) => this.dispatcher.abort(jobId, 'cancelled', 'job was cancelled'),
       cancelIgnored: (jobId) => {
         this.dispatcher.counters.ignoredCancels++;
-        logger.debug({ jobId }, 'ignored a cancel notification: the job\'s row asks for no cancel');
+        logger.debug({ jobId }, "ignored a cancel notification: the job's row asks for no cancel");
       },
       onNotificationsDropped: () => {
         this.control.wake();
@@ -376,7 +376,9 @@ export class SupervisorRuntime implements Supervisor {
     if (left.length > 0) {
       // Release first: the fence then rejects any outcome a handler writes later.
       logger.warn({ jobs: left.map((j) => j.id) }, 'grace period over; releasing jobs that are still running');
-      await this.releases.release(left.map((j) => ({ id: j.id, thread: j.threadId, reason: 'supervisor shut down before the job finished', count: false })));
+      await this.releases.release(
+        left.map((j) => ({ id: j.id, thread: j.threadId, reason: 'supervisor shut down before the job finished', count: false })),
+      );
       for (const job of left) this.dispatcher.abort(job.id, 'shutdown', 'supervisor is shutting down');
     }
     await threadPool.destroy();
@@ -467,7 +469,8 @@ export class SupervisorRuntime implements Supervisor {
     if (this.dispatcher.isPaused || this.state === 'STOPPING' || this.dispatcher.free() <= 0) return;
     if (this.dispatcher.hasBacklog()) return this.dispatcher.markBacklog();
     try {
-      if (await hasDue(this.o.pool, this.o.schema, { tasks: this.o.threadPool.tasks, queues: this.o.queues })) this.dispatcher.markBacklog();
+      if (await hasDue(this.o.pool, this.o.schema, { tasks: this.o.threadPool.tasks, queues: this.o.queues }))
+        this.dispatcher.markBacklog();
     } catch (err) {
       this.warnDb(this.o.logger, { err: (err as Error).message }, 'sweep failed');
     }

@@ -156,10 +156,20 @@ export class SupervisorLog {
     this.itemised = 0;
     const at = new Date().toISOString();
     if (this.uncounted.started > 0) {
-      entries.push({ at, event: 'TASK_START', thread: null, detail: `and ${this.uncounted.started} more jobs (not itemised at this rate)` });
+      entries.push({
+        at,
+        event: 'TASK_START',
+        thread: null,
+        detail: `and ${this.uncounted.started} more jobs (not itemised at this rate)`,
+      });
     }
     if (this.uncounted.finished > 0) {
-      entries.push({ at, event: 'TASK_COMPLETE', thread: null, detail: `and ${this.uncounted.finished} more jobs finished (not itemised at this rate; see the jobs table)` });
+      entries.push({
+        at,
+        event: 'TASK_COMPLETE',
+        thread: null,
+        detail: `and ${this.uncounted.finished} more jobs finished (not itemised at this rate; see the jobs table)`,
+      });
     }
     this.uncounted.started = 0;
     this.uncounted.finished = 0;
@@ -202,7 +212,9 @@ export class SupervisorLog {
         this.dropped += this.buffer.length - this.o.maxBuffered;
         this.buffer.splice(0, this.buffer.length - this.o.maxBuffered);
       }
-      this.warn((suppressed) => this.o.logger.warn({ err: (err as Error).message, suppressed }, 'could not write the supervisor log; will retry'));
+      this.warn((suppressed) =>
+        this.o.logger.warn({ err: (err as Error).message, suppressed }, 'could not write the supervisor log; will retry'),
+      );
       if (!this.closed && !this.timer) {
         this.timer = setTimeout(() => {
           this.timer = null;

@@ -185,7 +185,9 @@ export async function createTestQueue(options: { connectionString?: string; sche
           if (match) resolve(match[1]);
         };
         child.stdout!.on('data', onData);
-        void exited.then(({ code }) => reject(new Error(`supervisor process exited (${code}) before it was ready: ${output.slice(-2000)}`)));
+        void exited.then(({ code }) =>
+          reject(new Error(`supervisor process exited (${code}) before it was ready: ${output.slice(-2000)}`)),
+        );
       });
       const proc: SupervisorProcess = {
         id,
@@ -257,7 +259,9 @@ export async function createTestQueue(options: { connectionString?: string; sche
     },
 
     async ledger() {
-      const { rows } = await pool.query(`SELECT job_id::text, attempt, supervisor_id, thread_id, at FROM ${s}.ledger ORDER BY job_id, attempt`);
+      const { rows } = await pool.query(
+        `SELECT job_id::text, attempt, supervisor_id, thread_id, at FROM ${s}.ledger ORDER BY job_id, attempt`,
+      );
       return rows.map((r) => ({ jobId: r.job_id, attempt: r.attempt, supervisorId: r.supervisor_id, threadId: r.thread_id, at: r.at }));
     },
 

@@ -18,7 +18,8 @@ import { redactSecret } from '../src/redact.ts';
 // == 1") under the suites' churn of threads. Task modules the suites load in
 // threads import grapevine from its build for the same reason.
 const here = fileURLToPath(import.meta.url);
-const THREAD_ENTRY = process.env.GRAPEVINE_TEST_THREAD_ENTRY || path.join(path.dirname(here), '..', 'threads', `entry${path.extname(here)}`);
+const THREAD_ENTRY =
+  process.env.GRAPEVINE_TEST_THREAD_ENTRY || path.join(path.dirname(here), '..', 'threads', `entry${path.extname(here)}`);
 
 export interface ThreadPoolOptions {
   threads: number;
@@ -115,7 +116,8 @@ export class ThreadPool extends EventEmitter {
   currentThreadIds(): number[] {
     const ids: number[] = [];
     for (const entry of this.live.values()) {
-      if (entry.pool === this.current && !this.terminating.has(entry.threadId) && !this.exiting.has(entry.threadId)) ids.push(entry.threadId);
+      if (entry.pool === this.current && !this.terminating.has(entry.threadId) && !this.exiting.has(entry.threadId))
+        ids.push(entry.threadId);
     }
     return ids;
   }
@@ -217,7 +219,10 @@ export class ThreadPool extends EventEmitter {
     try {
       const described = (await pool.run({ type: 'describe' } satisfies ThreadRequest)) as Extract<ThreadResponse, { type: 'described' }>;
       if (described.error) {
-        throw new GrapevineError('GRAPEVINE_TASKS_INVALID', `cannot load tasks from ${this.options.config.tasksPath}: ${this.redact(described.error.message)}`);
+        throw new GrapevineError(
+          'GRAPEVINE_TASKS_INVALID',
+          `cannot load tasks from ${this.options.config.tasksPath}: ${this.redact(described.error.message)}`,
+        );
       }
       this.tasks = described.tasks;
       return pool;
@@ -257,26 +262,29 @@ export class ThreadPool extends EventEmitter {
    */
   private scheduleRepair(): void {
     if (this.repairTimer) return;
-    this.repairTimer = setTimeout(() => {
-      this.repairTimer = null;
-      const pool = this.current;
-      if (!pool || this.destroyed) return;
-      if (pool.threads.length >= this.threads) {
-        this.repairFailures = 0;
-        return;
-      }
-      this.options.logger.warn({ threads: pool.threads.length, wanted: this.threads }, 'thread pool is short; starting a new generation');
-      this.replace().then(
-        () => {
+    this.repairTimer = setTimeout(
+      () => {
+        this.repairTimer = null;
+        const pool = this.current;
+        if (!pool || this.destroyed) return;
+        if (pool.threads.length >= this.threads) {
           this.repairFailures = 0;
-        },
-        (err: Error) => {
-          this.options.logger.error({ err: err.message }, 'could not restore the thread pool; will retry');
-          this.repairFailures++;
-          this.scheduleRepair();
-        },
-      );
-    }, backoffMs({ attempt: this.repairFailures, baseMs: 500, maxMs: 30_000 }));
+          return;
+        }
+        this.options.logger.warn({ threads: pool.threads.length, wanted: this.threads }, 'thread pool is short; starting a new generation');
+        this.replace().then(
+          () => {
+            this.repairFailures = 0;
+          },
+          (err: Error) => {
+            this.options.logger.error({ err: err.message }, 'could not restore the thread pool; will retry');
+            this.repairFailures++;
+            this.scheduleRepair();
+          },
+        );
+      },
+      backoffMs({ attempt: this.repairFailures, baseMs: 500, maxMs: 30_000 }),
+    );
     this.repairTimer.unref();
   }
 

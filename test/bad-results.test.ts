@@ -46,7 +46,10 @@ describe('handlers that return what JSON cannot hold or throw what is not an Err
   ];
 
   it('gives every such job a readable failed record, all at once on the same threads, and no thread dies', async () => {
-    const threadsBefore = supervisor.status().threads.map((t) => t.threadId).sort();
+    const threadsBefore = supervisor
+      .status()
+      .threads.map((t) => t.threadId)
+      .sort();
     // Together, so several of them share a batch and a thread.
     const ids = await client.addJobs(cases.map(({ kind }) => ({ task: 'odd-outcome', payload: { kind }, maxAttempts: 1 })));
     const jobs = await Promise.all(ids.map((id) => client.waitForJob(id, { timeoutMs: 30_000 })));
@@ -65,7 +68,10 @@ describe('handlers that return what JSON cannot hold or throw what is not an Err
 
   it('retries a non-Error throw like any failure until its attempts run out', async () => {
     const id = await client.addJob('odd-outcome', { kind: 'throw-null' }, { maxAttempts: 2 });
-    await eventually(async () => (await client.getJob(id))?.attempts === 1 && (await client.getJob(id))?.state === 'pending', 'the first failure');
+    await eventually(
+      async () => (await client.getJob(id))?.attempts === 1 && (await client.getJob(id))?.state === 'pending',
+      'the first failure',
+    );
     await client.runDueNow();
     const job = await client.waitForJob(id, { timeoutMs: 30_000 });
     expect(job).toMatchObject({ state: 'failed', attempts: 2, lastError: 'NonErrorThrown: null was thrown' });
@@ -75,7 +81,12 @@ describe('handlers that return what JSON cannot hold or throw what is not an Err
 
 describe('a task module that cannot be imported', () => {
   const broken = [
-    { what: 'has a syntax error', dir: path.join(BROKEN, 'syntax-error'), file: 'broken-syntax.mjs', reason: /SyntaxError|Unexpected token|missing \)/ },
+    {
+      what: 'has a syntax error',
+      dir: path.join(BROKEN, 'syntax-error'),
+      file: 'broken-syntax.mjs',
+      reason: /SyntaxError|Unexpected token|missing \)/,
+    },
     {
       what: 'throws while it is imported',
       dir: path.join(BROKEN, 'top-level-throw'),

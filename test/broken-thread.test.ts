@@ -35,7 +35,10 @@ describe('a replacement thread that cannot import the task modules', () => {
       expect(await client.waitForJob(crash, { timeoutMs: 30_000 })).toMatchObject({ state: 'failed' });
 
       const job = await client.addJob('echo', { n: 1 });
-      await eventually(() => (supervisor.status().counters.brokenThreads >= 1 ? true : null), 'the replacement to report that it cannot load the tasks');
+      await eventually(
+        () => (supervisor.status().counters.brokenThreads >= 1 ? true : null),
+        'the replacement to report that it cannot load the tasks',
+      );
       // It claimed nothing: no attempt was spent on a thread that cannot run the job.
       expect(await client.getJob(job)).toMatchObject({ state: 'pending', attempts: 0 });
 

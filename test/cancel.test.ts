@@ -27,7 +27,14 @@ describe('cancelJob', () => {
   });
 
   it('aborts a running handler through its AbortSignal; the thread survives', async () => {
-    sup = await startSupervisor({ connectionString: db.url, schema: db.schema, tasks: FIXTURE_TASKS, threads: 2, killGraceMs: 300, logger: silentLogger() });
+    sup = await startSupervisor({
+      connectionString: db.url,
+      schema: db.schema,
+      tasks: FIXTURE_TASKS,
+      threads: 2,
+      killGraceMs: 300,
+      logger: silentLogger(),
+    });
     const id = await client.addJob('hang', { cooperative: true });
     await running(id);
     expect(await client.cancelJob(id)).toEqual({ state: 'cancelling' });

@@ -38,7 +38,14 @@ describe('a connection the server ends as it is handed out', () => {
   it("fails a thread's claim and leaves the job pending, with no attempt counted", async () => {
     const [id] = await db.client.addJobs([{ task: 'noop', payload: {} }]);
     const pool = proxiedPool(true);
-    const claim = claimByIdsQuery(db.schema, { ids: [id], tasks: ['noop'], queues: null, owner: 'checkout-test', thread: 1, leaseMs: 60_000 });
+    const claim = claimByIdsQuery(db.schema, {
+      ids: [id],
+      tasks: ['noop'],
+      queues: null,
+      owner: 'checkout-test',
+      thread: 1,
+      leaseMs: 60_000,
+    });
     try {
       proxy.endAsReady(1);
       await expect(claimBatch(pool, claim)).rejects.toThrow(/connection|terminat/i);

@@ -82,7 +82,9 @@ describe('a handler started before its claim committed', () => {
       await started;
       await hold.untilWaiting(1, 'the claim to wait at its commit');
       // The claim's connection dies while it commits: the claim rolls back.
-      await db.pool.query(`SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1`, [holdKey]);
+      await db.pool.query(`SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1`, [
+        holdKey,
+      ]);
       await hold.release();
       const job = await client.waitForJob(id, { timeoutMs: 30_000 });
       expect(job).toMatchObject({ state: 'succeeded', attempts: 1, result: { state: 'running', attempts: 1 } });

@@ -61,8 +61,11 @@ describe('claims', () => {
       /** Pages of the pending index `body` touched, on one connection whose statistics are flushed after it. */
       const indexReads = async (body: (c: import('pg').PoolClient) => Promise<void>) => {
         const read = async () =>
-          (await db.pool.query(`SELECT (idx_blks_hit + idx_blks_read)::int AS n FROM pg_statio_user_indexes WHERE indexrelid = '${l}.jobs_pending_idx'::regclass`))
-            .rows[0].n as number;
+          (
+            await db.pool.query(
+              `SELECT (idx_blks_hit + idx_blks_read)::int AS n FROM pg_statio_user_indexes WHERE indexrelid = '${l}.jobs_pending_idx'::regclass`,
+            )
+          ).rows[0].n as number;
         const c = await db.pool.connect();
         try {
           await c.query('SELECT pg_stat_force_next_flush()');

@@ -106,7 +106,10 @@ describe('grapevine CLI', () => {
   });
 
   it('run --idle-timeout exits 0 by itself once no job has run for that long', async () => {
-    const supervisor = start([CLI, 'run', '--tasks', FIXTURE_TASKS, '--threads', '1', '--idle-timeout', '0.3', '--schema', db.schema, '--log-level', 'info'], env);
+    const supervisor = start(
+      [CLI, 'run', '--tasks', FIXTURE_TASKS, '--threads', '1', '--idle-timeout', '0.3', '--schema', db.schema, '--log-level', 'info'],
+      env,
+    );
     const exit = await supervisor.exited;
     expect(exit.code).toBe(0);
     expect(exit.stdout).toMatch(/TIMEOUT no job for/);
@@ -114,7 +117,20 @@ describe('grapevine CLI', () => {
   });
 
   it('run logs pino JSON when stdout is not a terminal, and readable lines with --log-format pretty', async () => {
-    const args = [CLI, 'run', '--tasks', FIXTURE_TASKS, '--threads', '1', '--idle-timeout', '0.3', '--schema', db.schema, '--log-level', 'info'];
+    const args = [
+      CLI,
+      'run',
+      '--tasks',
+      FIXTURE_TASKS,
+      '--threads',
+      '1',
+      '--idle-timeout',
+      '0.3',
+      '--schema',
+      db.schema,
+      '--log-level',
+      'info',
+    ];
     const json = await run(args, env);
     expect(json.code).toBe(0);
     for (const line of json.stdout.trim().split('\n')) expect(JSON.parse(line)).toHaveProperty('msg');
@@ -173,6 +189,7 @@ describe('grapevine CLI', () => {
     await db.pool.query(`UPDATE "${db.schema}".jobs SET last_error = $2 WHERE id = $1`, [id, error]);
     const shown = await cli('job', id);
     expect(shown.code).toBe(0);
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: the escape sequence must not reach the terminal
     expect(shown.stdout).not.toMatch(/[\u001b\u009b\u202e]/);
     expect(JSON.parse(shown.stdout).lastError).toBe(error);
   });

@@ -99,12 +99,19 @@ describe.concurrent('clock skew', () => {
         const future = await client.addJob('square', { n: 49 }, { queue: skewedQueue, runAt });
 
         const due = await client.addJob('square', { n: 81 }, { queue: skewedQueue });
-        expect(await client.waitForJob(due, { timeoutMs: 30_000 })).toMatchObject({ state: 'succeeded', lockedBy: skewed.id, result: { root: 9 } });
+        expect(await client.waitForJob(due, { timeoutMs: 30_000 })).toMatchObject({
+          state: 'succeeded',
+          lockedBy: skewed.id,
+          result: { root: 9 },
+        });
 
         // Let the skewed supervisor heartbeat (and sweep and reap: same interval)
         // well past the other's lease, so a clock mistake would have shown.
         const firstBeat = await heartbeatAt(skewed.id);
-        await eventually(async () => (await heartbeatAt(skewed.id)) - firstBeat > TIMING.leaseMs + 1_000, 'the skewed supervisor to outlive a lease');
+        await eventually(
+          async () => (await heartbeatAt(skewed.id)) - firstBeat > TIMING.leaseMs + 1_000,
+          'the skewed supervisor to outlive a lease',
+        );
         expect(await jobRow(future)).toMatchObject({ state: 'pending', attempts: 0, locked_by: null });
         expect(await jobRow(live)).toMatchObject({ state: 'running', attempts: 1, locked_by: normal.id, last_error: null });
         expect(await supervisorStatus(normal.id)).not.toBe('LOST');
@@ -119,7 +126,11 @@ describe.concurrent('clock skew', () => {
           result: { root: 7 },
         });
         await db.pool.query(`UPDATE ${gate} SET open = true`);
-        expect(await client.waitForJob(live, { timeoutMs: 30_000 })).toMatchObject({ state: 'succeeded', attempts: 1, lockedBy: normal.id });
+        expect(await client.waitForJob(live, { timeoutMs: 30_000 })).toMatchObject({
+          state: 'succeeded',
+          attempts: 1,
+          lockedBy: normal.id,
+        });
       } finally {
         await normal.stop({ graceMs: 0 });
         const code = await skewed.stop();

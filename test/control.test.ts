@@ -33,7 +33,10 @@ let C: Worker; // takes only queue "solo": the idle-timeout subject
 async function startWorker(...args: string[]): Promise<Worker> {
   const proc = start([SOURCE_CLI, 'run', '--tasks', tasksDir, '--schema', db.schema, '--log-level', 'info', ...args], env);
   await proc.waitFor(/supervisor started/);
-  const worker = await eventually(async () => (await control.supervisors()).find((w) => w.pid === proc.child.pid), 'the supervisor to register');
+  const worker = await eventually(
+    async () => (await control.supervisors()).find((w) => w.pid === proc.child.pid),
+    'the supervisor to register',
+  );
   return { id: worker.id, process: proc };
 }
 
@@ -42,7 +45,10 @@ async function writeVersionTask(version: number): Promise<void> {
 }
 
 async function jobRows(ids: string[]): Promise<Array<{ id: string; state: string; attempts: number; locked_by: string | null }>> {
-  const { rows } = await db.pool.query(`SELECT id::text, state, attempts, locked_by FROM ${S}.jobs WHERE id = ANY($1::bigint[]) ORDER BY id`, [ids]);
+  const { rows } = await db.pool.query(
+    `SELECT id::text, state, attempts, locked_by FROM ${S}.jobs WHERE id = ANY($1::bigint[]) ORDER BY id`,
+    [ids],
+  );
   return rows;
 }
 
@@ -93,7 +99,11 @@ afterAll(async () => {
 
 describe('supervisor registry', () => {
   it('registers each supervisor under a readable host-based id with its per-thread state', async () => {
-    const prefix = os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').slice(0, 24);
+    const prefix = os
+      .hostname()
+      .toLowerCase()
+      .replace(/[^a-z0-9-]/g, '-')
+      .slice(0, 24);
     for (const w of [A, B, C]) expect(w.id).toMatch(new RegExp(`^${prefix}-[0-9a-f]{6}$`));
     const workers = await eventually(async () => {
       const list = await control.supervisors();
@@ -168,7 +178,9 @@ describe('messages and responses', () => {
 
   it('keeps responses until deleted; hasResponse and responseIds see them; a missing one is an error naming the supervisor', async () => {
     const id = await control.send('PING', undefined, { supervisors: [A.id] });
-    expect(await control.getResponse(id, { timeoutMs: 10_000 })).toEqual({ [A.id]: expect.objectContaining({ value: 'PONG', messageId: id }) });
+    expect(await control.getResponse(id, { timeoutMs: 10_000 })).toEqual({
+      [A.id]: expect.objectContaining({ value: 'PONG', messageId: id }),
+    });
     expect(await control.hasResponse(id)).toEqual({ [A.id]: true });
     expect(await control.responseIds(A.id)).toContain(id);
 
@@ -186,7 +198,7 @@ describe('messages and responses', () => {
     await expect(control.getResponse('nope')).rejects.toMatchObject({ code: 'GRAPEVINE_RESPONSE_MISSING' });
   });
 
-  it('processes one supervisor\'s messages in the order they were sent, and waiting times out with the supervisor named', async () => {
+  it("processes one supervisor's messages in the order they were sent, and waiting times out with the supervisor named", async () => {
     // REFRESH starts new threads, so the PING queued behind it is still unanswered a moment later.
     const refresh = await control.send('REFRESH', undefined, { supervisors: [B.id] });
     const ids: string[] = [];
@@ -245,7 +257,10 @@ describe('messages and responses', () => {
     expect(new Date(info.startedAt as string).getTime()).not.toBeNaN();
     const password = decodeURIComponent(new URL(db.url).password);
     if (password) expect(JSON.stringify(info)).not.toContain(password);
-    expect((await control.sendAndWait('INFO', undefined, { supervisors: [C.id] }))[C.id].value).toMatchObject({ queues: ['solo'], threads: 1 });
+    expect((await control.sendAndWait('INFO', undefined, { supervisors: [C.id] }))[C.id].value).toMatchObject({
+      queues: ['solo'],
+      threads: 1,
+    });
   });
 
   it('answers unknown commands and bad arguments with an error response and keeps answering', async () => {
@@ -291,14 +306,16 @@ describe('messages and responses', () => {
     expect(refused[A.id]).toMatchObject({ ok: false, error: { code: 'GRAPEVINE_COMMAND_REFUSED' } });
     const allowed = await control.sendAndWait('EVAL', '6 * 7', { supervisors: [B.id] });
     expect(allowed[B.id]).toMatchObject({ ok: true, value: 42 });
-    expect((await control.sendAndWait('EVAL', 'Promise.resolve(process.pid)', { supervisors: [B.id] }))[B.id].value).toBe(B.process.child.pid);
+    expect((await control.sendAndWait('EVAL', 'Promise.resolve(process.pid)', { supervisors: [B.id] }))[B.id].value).toBe(
+      B.process.child.pid,
+    );
     const thrown = (await control.sendAndWait('EVAL', 'throw new Error("boom")', { supervisors: [B.id] }))[B.id];
     expect(thrown).toMatchObject({ ok: false, error: { code: 'GRAPEVINE_COMMAND_FAILED', message: expect.stringContaining('boom') } });
   });
 });
 
 describe('the grapevine CLI', () => {
-  it('message prints each supervisor\'s response and exits 1 on an error response', async () => {
+  it("message prints each supervisor's response and exits 1 on an error response", async () => {
     const ping = await cli('message', 'PING', '--supervisor', A.id, '--supervisor', B.id, '--wait', '10');
     expect(ping.code).toBe(0);
     expect(ping.stdout.trim().split('\n').sort()).toEqual([`${A.id}: PONG`, `${B.id}: PONG`].sort());
@@ -334,6 +351,7 @@ describe('the grapevine CLI', () => {
     const tail = await cli('log', '--supervisor', A.id, '-n', '20');
     expect(tail.code).toBe(0);
     expect(tail.stdout).toContain('MESSAGE ECHO paint \\u001b[31mred\\u001b[0m \\u009b2J\\u202eevil');
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: the escape sequence must not reach the terminal
     expect(tail.stdout).not.toMatch(/[\u001b\u009b\u202e]/);
   });
 });
@@ -411,14 +429,23 @@ describe('PAUSE and RESUME', () => {
 
 describe('idle timeout', () => {
   it('TIMEOUT_GET reports no timeout until TIMEOUT_SET gives one, with the time remaining', async () => {
-    expect((await control.sendAndWait('TIMEOUT_GET', undefined, { supervisors: [A.id] }))[A.id].value).toEqual({ timeout: null, remaining: null });
+    expect((await control.sendAndWait('TIMEOUT_GET', undefined, { supervisors: [A.id] }))[A.id].value).toEqual({
+      timeout: null,
+      remaining: null,
+    });
     expect((await control.sendAndWait('TIMEOUT_SET', '600', { supervisors: [A.id] }))[A.id].value).toBe('OK');
-    const got = (await control.sendAndWait('TIMEOUT_GET', undefined, { supervisors: [A.id] }))[A.id].value as { timeout: number; remaining: number };
+    const got = (await control.sendAndWait('TIMEOUT_GET', undefined, { supervisors: [A.id] }))[A.id].value as {
+      timeout: number;
+      remaining: number;
+    };
     expect(got.timeout).toBe(600);
     expect(got.remaining).toBeGreaterThan(0);
     expect(got.remaining).toBeLessThanOrEqual(600);
     await control.sendAndWait('TIMEOUT_SET', 'none', { supervisors: [A.id] });
-    expect((await control.sendAndWait('TIMEOUT_GET', undefined, { supervisors: [A.id] }))[A.id].value).toEqual({ timeout: null, remaining: null });
+    expect((await control.sendAndWait('TIMEOUT_GET', undefined, { supervisors: [A.id] }))[A.id].value).toEqual({
+      timeout: null,
+      remaining: null,
+    });
   });
 
   it('TIMEOUT_SET 0 after a batch of work makes the supervisor exit once the work is done', async () => {
@@ -461,7 +488,10 @@ describe('REFRESH and SCALE', () => {
     expect((await client.waitForJob(after)).result).toEqual({ version: 2 });
     // The registry lists it too (the fleet's look for unhandled tasks reads it), from the next heartbeat on.
     await eventually(async () => {
-      const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM ${S}.supervisors WHERE id = ANY($1) AND 'added_later' = ANY(tasks)`, [[A.id, B.id]]);
+      const { rows } = await db.pool.query(
+        `SELECT count(*)::int AS n FROM ${S}.supervisors WHERE id = ANY($1) AND 'added_later' = ANY(tasks)`,
+        [[A.id, B.id]],
+      );
       return rows[0].n === 2;
     }, 'both supervisors to list the added task');
     expect((await client.waitForJob(await client.addJob('added_later'))).result).toEqual({ added: true });
@@ -469,10 +499,14 @@ describe('REFRESH and SCALE', () => {
   });
 
   it('SCALE changes the live thread count and the supervisor keeps running jobs', async () => {
-    const threadsOf = async (id: string) => ((await control.sendAndWait('INFO', undefined, { supervisors: [id] }))[id].value as { threadStates: unknown[] }).threadStates.length;
+    const threadsOf = async (id: string) =>
+      ((await control.sendAndWait('INFO', undefined, { supervisors: [id] }))[id].value as { threadStates: unknown[] }).threadStates.length;
     expect((await control.sendAndWait('SCALE', 3, { supervisors: [A.id] }))[A.id].value).toBe('OK');
     await eventually(async () => (await threadsOf(A.id)) === 3, 'three live threads');
-    await eventually(async () => (await control.supervisors()).find((w) => w.id === A.id)!.threadStates.length === 3, 'the registry to show three threads');
+    await eventually(
+      async () => (await control.supervisors()).find((w) => w.id === A.id)!.threadStates.length === 3,
+      'the registry to show three threads',
+    );
     expect(((await control.sendAndWait('INFO', undefined, { supervisors: [A.id] }))[A.id].value as { threads: number }).threads).toBe(3);
 
     await control.sendAndWait('SCALE', '1', { supervisors: [A.id] });
@@ -493,7 +527,10 @@ describe('REFRESH and SCALE', () => {
     expect(response.ok).toBe(false);
     expect(response.error).toMatchObject({ code: 'GRAPEVINE_COMMAND_INVALID' });
     expect(response.error!.message).toMatch(/SCALE 3 is over this supervisor's maxThreads \(2\).*--max-threads/);
-    const info = (await control.sendAndWait('INFO', undefined, { supervisors: [B.id] }))[B.id].value as { threads: number; threadStates: unknown[] };
+    const info = (await control.sendAndWait('INFO', undefined, { supervisors: [B.id] }))[B.id].value as {
+      threads: number;
+      threadStates: unknown[];
+    };
     expect(info.threads).toBe(1);
     expect(info.threadStates).toHaveLength(1);
     expect(await events(B.id)).not.toEqual(expect.arrayContaining([expect.stringMatching(/^THREADS 3 /)]));
@@ -527,9 +564,16 @@ describe('stopping', () => {
 });
 
 describe('control table pruning (a maintenance chore)', () => {
-  it('keeps each supervisor\'s newest log entries, drops everyone\'s past the age limit, and old messages and responses', async () => {
+  it("keeps each supervisor's newest log entries, drops everyone's past the age limit, and old messages and responses", async () => {
     await registerSupervisor(db.pool, db.schema, {
-      id: 'prune-test', host: 'test', pid: 1, version: '0', threads: 1, concurrency: 1, queues: null, tasks: [],
+      id: 'prune-test',
+      host: 'test',
+      pid: 1,
+      version: '0',
+      threads: 1,
+      concurrency: 1,
+      queues: null,
+      tasks: [],
     });
     const log = new SupervisorLog({ pool: db.pool, schema: db.schema, supervisor: 'prune-test', logger: silentLogger() });
     for (let i = 0; i < 30; i++) log.append('MESSAGE', `entry ${i}`);

@@ -58,7 +58,13 @@ function poolRestored(supervisor: Supervisor, threads = THREADS) {
 
 describe('a thread that dies mid-job', () => {
   const crashes = [
-    { how: 'calls process.exit(1)', task: 'exit', payload: {}, reason: /^thread crashed: .*exited with code: 1/, resourceLimits: undefined },
+    {
+      how: 'calls process.exit(1)',
+      task: 'exit',
+      payload: {},
+      reason: /^thread crashed: .*exited with code: 1/,
+      resourceLimits: undefined,
+    },
     {
       how: 'throws from a timer (uncaught exception)',
       task: 'throw-later',
@@ -191,7 +197,10 @@ describe('a thread that dies mid-job', () => {
 describe('a result that cannot be stored as JSON', () => {
   it('fails the job with a message naming the problem and keeps the thread alive', async () => {
     await withSupervisor({}, async (supervisor) => {
-      const threadsBefore = supervisor.status().threads.map((t) => t.threadId).sort();
+      const threadsBefore = supervisor
+        .status()
+        .threads.map((t) => t.threadId)
+        .sort();
       const cases = [
         { kind: 'function', message: /^result is not JSON-serializable: handler returned a function/ },
         { kind: 'bigint', message: /^result is not JSON-serializable: .*BigInt/ },

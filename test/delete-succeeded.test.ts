@@ -39,7 +39,10 @@ describe('a supervisor with deleteSucceeded', () => {
       await eventually(async () => (await client.getJob(failed))?.state === 'failed', 'the failing job to be parked');
 
       // The waiter marked its job before it finished: that job is recorded, not deleted.
-      await eventually(async () => (await db.pool.query(`SELECT watched FROM ${s}.jobs WHERE id = $1`, [waited])).rows[0]?.watched, 'the wait to be registered');
+      await eventually(
+        async () => (await db.pool.query(`SELECT watched FROM ${s}.jobs WHERE id = $1`, [waited])).rows[0]?.watched,
+        'the wait to be registered',
+      );
       await db.pool.query(`UPDATE ${gate} SET open = true`);
       const job = await waiting;
       expect(job).toMatchObject({ state: 'succeeded', result: { released: true } });
@@ -53,7 +56,8 @@ describe('a supervisor with deleteSucceeded', () => {
   it('is fenced like a recorded success: a stale claim deletes nothing', async () => {
     const id = await client.addJob('square', { n: 9 });
     const claim = async (owner: string) =>
-      (await claimByIds(db.pool, db.schema, { ids: [id], tasks: ['square'], queues: null, owner, thread: 1, leaseMs: 60_000 }))[0].claim_token;
+      (await claimByIds(db.pool, db.schema, { ids: [id], tasks: ['square'], queues: null, owner, thread: 1, leaseMs: 60_000 }))[0]
+        .claim_token;
     const stale = await claim('sup-a');
     await releaseJobs(db.pool, db.schema, { owner: 'sup-a', jobs: [{ id, thread: 1, reason: 'given back', count: false }] });
     const current = await claim('sup-b');

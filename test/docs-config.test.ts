@@ -44,7 +44,8 @@ function parseDefault(cell: string, line: number): Default {
   } catch {
     throw new Error(`docs/configuration.md:${line}: default ${value[0]} is not a number, 'string', true, false or null`);
   }
-  if (cell.includes('†')) throw new Error(`docs/configuration.md:${line}: every fixed default lives in DEFAULTS now; put it there and drop the †`);
+  if (cell.includes('†'))
+    throw new Error(`docs/configuration.md:${line}: every fixed default lives in DEFAULTS now; put it there and drop the †`);
   return { kind: 'defaults', value: parsed };
 }
 
@@ -58,9 +59,15 @@ function optionRows(markdown: string): Row[] {
       inOptionTable = false;
       return;
     }
-    const cells = text.split('|').slice(1, -1).map((c) => c.trim());
+    const cells = text
+      .split('|')
+      .slice(1, -1)
+      .map((c) => c.trim());
     if (cells[0] === 'option') {
-      expect(cells.slice(0, 2), `docs/configuration.md:${line}: an option table starts with | option | default |`).toEqual(['option', 'default']);
+      expect(cells.slice(0, 2), `docs/configuration.md:${line}: an option table starts with | option | default |`).toEqual([
+        'option',
+        'default',
+      ]);
       inOptionTable = true;
       return;
     }
@@ -84,7 +91,9 @@ describe('docs/configuration.md', () => {
       expect(mine.length, `DEFAULTS.${key} is missing from the tables in docs/configuration.md`).toBeGreaterThan(0);
       for (const row of mine) {
         const where = `docs/configuration.md:${row.line} (${key})`;
-        expect(row.default.kind, `${where}: DEFAULTS has ${key}; write its default as \`${JSON.stringify(value)}\` without a mark`).toBe('defaults');
+        expect(row.default.kind, `${where}: DEFAULTS has ${key}; write its default as \`${JSON.stringify(value)}\` without a mark`).toBe(
+          'defaults',
+        );
         expect((row.default as { value: unknown }).value, `${where}: the default differs from DEFAULTS.${key}`).toEqual(value);
       }
     }
@@ -93,9 +102,14 @@ describe('docs/configuration.md', () => {
   it('gives a plain value only to options DEFAULTS holds', () => {
     for (const row of rows) {
       if (row.default.kind === 'defaults') {
-        expect(Object.hasOwn(defaults, row.key), `docs/configuration.md:${row.line}: ${row.key} is not in DEFAULTS; put its default there (or mark it *computed*)`).toBe(true);
+        expect(
+          Object.hasOwn(defaults, row.key),
+          `docs/configuration.md:${row.line}: ${row.key} is not in DEFAULTS; put its default there (or mark it *computed*)`,
+        ).toBe(true);
       } else {
-        expect(Object.hasOwn(defaults, row.key), `docs/configuration.md:${row.line}: ${row.key} is in DEFAULTS now; drop the mark`).toBe(false);
+        expect(Object.hasOwn(defaults, row.key), `docs/configuration.md:${row.line}: ${row.key} is in DEFAULTS now; drop the mark`).toBe(
+          false,
+        );
       }
     }
   });
@@ -104,7 +118,8 @@ describe('docs/configuration.md', () => {
     const seen = new Map<string, Row>();
     for (const row of rows) {
       const first = seen.get(row.key);
-      if (first) expect(row.default, `docs/configuration.md:${row.line}: ${row.key} differs from line ${first.line}`).toEqual(first.default);
+      if (first)
+        expect(row.default, `docs/configuration.md:${row.line}: ${row.key} differs from line ${first.line}`).toEqual(first.default);
       else seen.set(row.key, row);
     }
   });
@@ -133,6 +148,7 @@ describe('docs/errors.md', () => {
 
   it('lists only codes src/errors.ts declares', () => {
     const declared = readFileSync(path.join(ROOT, 'src', 'errors.ts'), 'utf8');
-    for (const code of listed) expect(declared, `docs/errors.md lists ${code}, which src/errors.ts does not declare`).toContain(`'${code}'`);
+    for (const code of listed)
+      expect(declared, `docs/errors.md lists ${code}, which src/errors.ts does not declare`).toContain(`'${code}'`);
   });
 });

@@ -30,7 +30,16 @@ describe('addJob', () => {
     const runAt = new Date(Date.now() + 3_600_000);
     const id = await client.addJob('square', { n: 4 }, { priority: 5, queue: 'math', maxAttempts: 3, runAt });
     const job = await client.getJob(id);
-    expect(job).toMatchObject({ id, task: 'square', queue: 'math', state: 'pending', priority: 5, maxAttempts: 3, attempts: 0, payload: { n: 4 } });
+    expect(job).toMatchObject({
+      id,
+      task: 'square',
+      queue: 'math',
+      state: 'pending',
+      priority: 5,
+      maxAttempts: 3,
+      attempts: 0,
+      payload: { n: 4 },
+    });
     expect(job!.runAt.toISOString()).toBe(runAt.toISOString());
   });
 
@@ -80,11 +89,20 @@ describe('addJob', () => {
     const before = (await db.pool.query(`SELECT count(*)::int AS n FROM "${db.schema}".jobs`)).rows[0].n;
     const cases: Array<[() => Promise<unknown>, RegExp]> = [
       [() => client.addJob('square', { text: 'a\u0000b' }), /payload of task "square" holds a NUL character .*encode binary data/],
-      [() => client.addJob('square', { ['k\u0000']: 1 }), /holds a NUL character/],
-      [() => client.addJob('square', { text: 'cut \ud83d' }), /payload of task "square" holds a lone UTF-16 surrogate \(\\ud83d .*code-point boundaries/],
-      [() => client.addJobs([{ task: 'square' }, { task: 'fail', payload: ['\udc00'] }]), /payload of task "fail" holds a lone UTF-16 surrogate \(\\udc00/],
+      [() => client.addJob('square', { 'k\u0000': 1 }), /holds a NUL character/],
+      [
+        () => client.addJob('square', { text: 'cut \ud83d' }),
+        /payload of task "square" holds a lone UTF-16 surrogate \(\\ud83d .*code-point boundaries/,
+      ],
+      [
+        () => client.addJobs([{ task: 'square' }, { task: 'fail', payload: ['\udc00'] }]),
+        /payload of task "fail" holds a lone UTF-16 surrogate \(\\udc00/,
+      ],
       [() => client.addJob('square', {}, { runAt: 'infinity' }), /runAt of task "square" is not a valid time \("infinity"\)/],
-      [() => client.addJob('square', {}, { runAt: '+275001-01-01T00:00:00Z' }), /runAt of task "square" is in the year 275001 .*from year 1 to 9999/],
+      [
+        () => client.addJob('square', {}, { runAt: '+275001-01-01T00:00:00Z' }),
+        /runAt of task "square" is in the year 275001 .*from year 1 to 9999/,
+      ],
       [() => client.addJobs([{ task: 'square', runAt: new Date(Date.UTC(10_000, 0, 1)) }]), /runAt of task "square" is in the year 10000/],
     ];
     for (const [call, message] of cases) {

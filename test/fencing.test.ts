@@ -21,7 +21,10 @@ function accepted(submitted: string[], rejected: string[]): string[] {
 /** Ids whose outcome was accepted. */
 async function complete(outcomes: Array<{ id: string; token: string; result: unknown }>): Promise<string[]> {
   const jobs = outcomes.map((o) => ({ id: o.id, token: o.token, result: JSON.stringify(o.result) }));
-  return accepted(outcomes.map((o) => o.id), await completeJobs(db.pool, db.schema, { jobs }));
+  return accepted(
+    outcomes.map((o) => o.id),
+    await completeJobs(db.pool, db.schema, { jobs }),
+  );
 }
 
 async function fail(id: string, token: string, error: string, retryable = true): Promise<string[]> {
@@ -59,7 +62,14 @@ describe('outcome writes are fenced on the claim token', () => {
   it('does not let a dead thread release a job another thread of the same supervisor claimed since', async () => {
     // Thread 1's claim rolled back (its connection died while committing); thread 2 pulled the job.
     const id = await client.addJob('square', { n: 3 });
-    const rows = await claimByIds(db.pool, db.schema, { ids: [id], tasks: ['square'], queues: null, owner: 'sup-a', thread: 2, leaseMs: 60_000 });
+    const rows = await claimByIds(db.pool, db.schema, {
+      ids: [id],
+      tasks: ['square'],
+      queues: null,
+      owner: 'sup-a',
+      thread: 2,
+      leaseMs: 60_000,
+    });
     const claimedBy2 = await row(id);
     expect(await release('sup-a', id, 'thread crashed', true, 1)).toEqual([]);
     expect(await row(id)).toEqual(claimedBy2);

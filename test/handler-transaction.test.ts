@@ -11,7 +11,8 @@ describe('a handler that writes in a transaction', () => {
     // One thread running one job at a time, with one handler connection:
     // every statement below goes over the same connection.
     const supervisor = await startTestSupervisor(db, { threads: 1, concurrency: 1, handlerConnections: 1, shutdownGraceMs: 0 });
-    const run = async (mode: string) => client.waitForJob(await client.addJob('transaction', { table, mode }, { maxAttempts: 1 }), { timeoutMs: 30_000 });
+    const run = async (mode: string) =>
+      client.waitForJob(await client.addJob('transaction', { table, mode }, { maxAttempts: 1 }), { timeoutMs: 30_000 });
     try {
       expect(await run('commit')).toMatchObject({ state: 'succeeded', result: 'committed' });
       const thrown = await run('throw');

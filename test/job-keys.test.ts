@@ -46,7 +46,7 @@ async function running(id: string): Promise<void> {
 }
 
 describe('job keys, each mode on a timeline', () => {
-  it('replace (the default): a later enqueue replaces the pending job\'s payload and run time; once it runs, a new job is added', async () => {
+  it("replace (the default): a later enqueue replaces the pending job's payload and run time; once it runs, a new job is added", async () => {
     const g = await gate('gate_replace');
     const first = await client.addJob('gate-echo', { ...g, v: 1 }, { key: 'replace-1', runAt: LATER() });
     const later = MUCH_LATER();
@@ -126,19 +126,23 @@ describe('job keys, each mode on a timeline', () => {
       { key: '' },
     ];
     for (const opts of refused) {
-      await expect(client.addJob('noop', {}, opts)).rejects.toSatisfy((e) => e instanceof GrapevineError && e.code === 'GRAPEVINE_PAYLOAD_INVALID');
+      await expect(client.addJob('noop', {}, opts)).rejects.toSatisfy(
+        (e) => e instanceof GrapevineError && e.code === 'GRAPEVINE_PAYLOAD_INVALID',
+      );
     }
   });
 });
 
 describe('job keys under concurrent enqueuers', () => {
   it('transactions: the first holder rolls back, the waiting ones get one job between them', async () => {
-    const conns = await Promise.all([1, 2, 3].map(async () => {
-      const c = new pg.Client({ connectionString: db.url });
-      await c.connect();
-      await c.query('BEGIN');
-      return c;
-    }));
+    const conns = await Promise.all(
+      [1, 2, 3].map(async () => {
+        const c = new pg.Client({ connectionString: db.url });
+        await c.connect();
+        await c.query('BEGIN');
+        return c;
+      }),
+    );
     try {
       const [a, b, c] = conns;
       const rolledBack = await client.addJob('noop', { by: 'a' }, { key: 'tx-1', runAt: LATER(), db: a });
@@ -171,9 +175,7 @@ describe('job keys under concurrent enqueuers', () => {
     const keys = Array.from({ length: 40 }, (_, i) => `proc-${i}`);
     const entry = path.join(ROOT, 'dist/supervisor/public.js');
     const script = path.join(ROOT, 'test/fixtures/keyed-enqueuer.mjs');
-    const outputs = await Promise.all(
-      [1, 2, 3, 4].map(() => run([script, entry, db.url, db.schema, JSON.stringify(keys)])),
-    );
+    const outputs = await Promise.all([1, 2, 3, 4].map(() => run([script, entry, db.url, db.schema, JSON.stringify(keys)])));
     const byProcess = outputs.map((out) => {
       expect(out.stderr).toBe('');
       return JSON.parse(out.stdout) as Record<string, string[]>;
@@ -193,17 +195,25 @@ describe('job keys under concurrent enqueuers', () => {
 describe('job keys from SQL and the CLI', () => {
   it('add_job() takes key, key_mode and key_window by name', async () => {
     const q = (sql: string) => db.pool.query(sql).then((r) => String(r.rows[0].id));
-    const first = await q(`SELECT ${s}.add_job('noop', '{"v": 1}', run_at => now() + interval '1 hour', key => 'sql-1', key_mode => 'dedupe') AS id`);
+    const first = await q(
+      `SELECT ${s}.add_job('noop', '{"v": 1}', run_at => now() + interval '1 hour', key => 'sql-1', key_mode => 'dedupe') AS id`,
+    );
     expect(await q(`SELECT ${s}.add_job('noop', '{"v": 2}', key => 'sql-1', key_mode => 'dedupe') AS id`)).toBe(first);
     expect(await q(`SELECT ${s}.add_job('noop', '{"v": 3}', run_at => now() + interval '1 hour', key => 'sql-1') AS id`)).toBe(first);
     expect((await row(first)).payload).toEqual({ v: 3 });
     const throttled = await q(`SELECT ${s}.add_job('noop', key => 'sql-2', key_mode => 'throttle', key_window => interval '1 hour') AS id`);
-    expect(await q(`SELECT ${s}.add_job('noop', key => 'sql-2', key_mode => 'throttle', key_window => interval '1 hour') AS id`)).toBe(throttled);
-    await expect(db.pool.query(`SELECT ${s}.add_job('noop', key => 'sql-3', key_mode => 'often')`)).rejects.toThrow(/unknown key_mode 'often'/);
-    await expect(db.pool.query(`SELECT ${s}.add_job('noop', key => 'sql-3', key_mode => 'throttle')`)).rejects.toThrow(/key_window is the throttle's window/);
+    expect(await q(`SELECT ${s}.add_job('noop', key => 'sql-2', key_mode => 'throttle', key_window => interval '1 hour') AS id`)).toBe(
+      throttled,
+    );
+    await expect(db.pool.query(`SELECT ${s}.add_job('noop', key => 'sql-3', key_mode => 'often')`)).rejects.toThrow(
+      /unknown key_mode 'often'/,
+    );
+    await expect(db.pool.query(`SELECT ${s}.add_job('noop', key => 'sql-3', key_mode => 'throttle')`)).rejects.toThrow(
+      /key_window is the throttle's window/,
+    );
   });
 
-  it('add_jobs() takes keys in its objects, a key repeated in the array included, and keeps the array\'s order', async () => {
+  it("add_jobs() takes keys in its objects, a key repeated in the array included, and keeps the array's order", async () => {
     const specs = [
       { task: 'noop', payload: { v: 1 }, key: 'bulk-1', run_at: LATER() },
       { task: 'noop', payload: { v: 2 } },
@@ -221,7 +231,7 @@ describe('job keys from SQL and the CLI', () => {
     expect(await jobsWithPayload('v', '2')).toBeGreaterThan(0);
   });
 
-  it('a replacing enqueue is held to the schema\'s payload limit like an insert', async () => {
+  it("a replacing enqueue is held to the schema's payload limit like an insert", async () => {
     const id = await client.addJob('noop', {}, { key: 'limit-1', runAt: LATER() });
     await db.pool.query(`UPDATE ${s}.settings SET max_payload_bytes = 1024`);
     try {
@@ -235,7 +245,22 @@ describe('job keys from SQL and the CLI', () => {
 
   it('grapevine add --key prints the id of the job holding the key', async () => {
     const add = (payload: string) =>
-      run([CLI, 'add', 'noop', payload, '--key', 'cli-1', '--key-mode', 'dedupe', '--run-at', LATER().toISOString(), '--database-url', db.url, '--schema', db.schema]);
+      run([
+        CLI,
+        'add',
+        'noop',
+        payload,
+        '--key',
+        'cli-1',
+        '--key-mode',
+        'dedupe',
+        '--run-at',
+        LATER().toISOString(),
+        '--database-url',
+        db.url,
+        '--schema',
+        db.schema,
+      ]);
     const first = await add('{"v": 1}');
     expect(first.stderr).toBe('');
     const second = await add('{"v": 2}');

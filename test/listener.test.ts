@@ -56,7 +56,13 @@ describe('the LISTEN connection', () => {
 
   it('notices a subscription lost while the socket stays up, and subscribes again', async () => {
     const channel = `${db.schema}_probe`;
-    const listener = new Listener({ connectionString: db.url, channels: [channel], applicationName: 'grapevine-test', logger: silentLogger(), healthCheckMs: 60_000 });
+    const listener = new Listener({
+      connectionString: db.url,
+      channels: [channel],
+      applicationName: 'grapevine-test',
+      logger: silentLogger(),
+      healthCheckMs: 60_000,
+    });
     cleanups.push(() => listener.stop());
     let connected = 0;
     listener.on('connected', () => connected++);

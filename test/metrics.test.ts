@@ -75,7 +75,10 @@ describe('the metrics port', () => {
     await db.pool.query(`UPDATE "${db.schema}".jobs SET run_at = now() - interval '1 minute' WHERE task = 'nobody-runs-this'`);
     const text = await eventually(async () => {
       const t = await scrape();
-      return sample(t, 'grapevine_queue_depth', { queue: 'reports' }) === 2 && sample(t, 'grapevine_queue_scheduled', { queue: 'later' }) === 1 ? t : undefined;
+      return sample(t, 'grapevine_queue_depth', { queue: 'reports' }) === 2 &&
+        sample(t, 'grapevine_queue_scheduled', { queue: 'later' }) === 1
+        ? t
+        : undefined;
     }, 'the queue measurement');
     expect(sample(text, 'grapevine_queue_oldest_pending_age_seconds', { queue: 'reports' })).toBeGreaterThanOrEqual(60);
     expect(sample(text, 'grapevine_queue_depth', { queue: 'later' })).toBe(0);

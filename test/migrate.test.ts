@@ -60,10 +60,7 @@ describe('schema names', () => {
       }
       expectConfigError(err, name);
     }
-    const { rows } = await db.pool.query(
-      'SELECT nspname FROM pg_namespace WHERE nspname = ANY($1::text[])',
-      [INVALID_SCHEMA_NAMES],
-    );
+    const { rows } = await db.pool.query('SELECT nspname FROM pg_namespace WHERE nspname = ANY($1::text[])', [INVALID_SCHEMA_NAMES]);
     expect(rows).toEqual([]);
   });
 
@@ -71,7 +68,13 @@ describe('schema names', () => {
     // Port 1 never has a PostgreSQL: reaching the database at all would turn this into GRAPEVINE_DATABASE_UNREACHABLE.
     const nowhere = 'postgres://postgres@127.0.0.1:1/nowhere';
     for (const name of INVALID_SCHEMA_NAMES) {
-      const err = await startSupervisor({ connectionString: nowhere, schema: name, tasks: FIXTURE_TASKS, threads: 1, logger: silentLogger() }).then(
+      const err = await startSupervisor({
+        connectionString: nowhere,
+        schema: name,
+        tasks: FIXTURE_TASKS,
+        threads: 1,
+        logger: silentLogger(),
+      }).then(
         () => null,
         (e: unknown) => e,
       );
@@ -166,11 +169,26 @@ describe('migrate', () => {
     const client = createClient({ connectionString: db.url, schema, migrate: false });
     const control = createControl({ connectionString: db.url, schema, migrate: false });
     try {
-      expectTooOld(await client.cancelJob(rows[0].id).then(() => null, (e: unknown) => e), atSeven);
-      expectTooOld(await control.send('PING').then(() => null, (e: unknown) => e), atSeven);
+      expectTooOld(
+        await client.cancelJob(rows[0].id).then(
+          () => null,
+          (e: unknown) => e,
+        ),
+        atSeven,
+      );
+      expectTooOld(
+        await control.send('PING').then(
+          () => null,
+          (e: unknown) => e,
+        ),
+        atSeven,
+      );
       // An up-to-date schema passes PostgreSQL's error on as it was.
       await db.pool.query(`INSERT INTO "${schema}".migrations (version, name) VALUES ($1, 'restored')`, [LATEST_VERSION]);
-      const err = await client.cancelJob(rows[0].id).then(() => null, (e: unknown) => e);
+      const err = await client.cancelJob(rows[0].id).then(
+        () => null,
+        (e: unknown) => e,
+      );
       expect(err).not.toBeInstanceOf(GrapevineError);
       expect((err as { code?: string }).code).toBe('42883');
     } finally {
@@ -180,7 +198,10 @@ describe('migrate', () => {
     // A schema grapevine was never installed in (a mistyped name, say).
     const typo = createClient({ connectionString: db.url, schema: freshSchema('typo'), migrate: false });
     try {
-      const err = await typo.addJob('noop').then(() => null, (e: unknown) => e);
+      const err = await typo.addJob('noop').then(
+        () => null,
+        (e: unknown) => e,
+      );
       expect((err as GrapevineError).code).toBe('GRAPEVINE_SCHEMA_TOO_OLD');
       expect((err as Error).message).toMatch(/grapevine is not installed in schema/);
     } finally {
@@ -209,9 +230,19 @@ describe('migrate', () => {
 
     const client = createClient({ connectionString: db.url, schema });
     try {
-      expectTooNew(await client.migrate().then(() => null, (e: unknown) => e));
+      expectTooNew(
+        await client.migrate().then(
+          () => null,
+          (e: unknown) => e,
+        ),
+      );
       // Enqueueing migrates first, so it is refused the same way.
-      expectTooNew(await client.addJob('noop').then(() => null, (e: unknown) => e));
+      expectTooNew(
+        await client.addJob('noop').then(
+          () => null,
+          (e: unknown) => e,
+        ),
+      );
     } finally {
       await client.close();
     }
@@ -245,7 +276,10 @@ describe('migrate', () => {
     await db.pool.query(`INSERT INTO "${schema}".migrations (version, name) VALUES (1, 'jobs'), (2, 'control'), (7, 'log_followers')`);
     const client = createClient({ connectionString: db.url, schema });
     try {
-      const err = await client.migrate().then(() => null, (e: unknown) => e);
+      const err = await client.migrate().then(
+        () => null,
+        (e: unknown) => e,
+      );
       expect(err).toBeInstanceOf(GrapevineError);
       expect((err as GrapevineError).code).toBe('GRAPEVINE_SCHEMA_UNKNOWN');
       expect((err as Error).message).toContain(`schema "${schema}" records migrations 1 (jobs), 2 (control), 7 (log_followers)`);
@@ -263,9 +297,14 @@ describe('migrate', () => {
     await db.pool.query(`CREATE TABLE "${schema}".supervisors (name text)`);
     const client = createClient({ connectionString: db.url, schema });
     try {
-      const err = await client.migrate().then(() => null, (e: unknown) => e);
+      const err = await client.migrate().then(
+        () => null,
+        (e: unknown) => e,
+      );
       expect((err as GrapevineError).code).toBe('GRAPEVINE_SCHEMA_UNKNOWN');
-      expect((err as Error).message).toContain(`migration ${migrations()[0].version} (baseline) cannot be applied to schema "${schema}": relation "supervisors" already exists`);
+      expect((err as Error).message).toContain(
+        `migration ${migrations()[0].version} (baseline) cannot be applied to schema "${schema}": relation "supervisors" already exists`,
+      );
       expect((err as Error).message).toMatch(/give grapevine a schema of its own/);
     } finally {
       await client.close();
@@ -280,18 +319,33 @@ describe('schema functions', () => {
     const schema = freshSchema('functions');
     const client = createClient({ connectionString: db.url, schema });
     const definition = async (name: string) =>
-      (await db.pool.query(`SELECT pg_get_functiondef(p.oid) AS def FROM pg_proc p WHERE p.pronamespace = $1::regnamespace AND p.proname = $2`, [`"${schema}"`, name]))
-        .rows[0].def as string;
+      (
+        await db.pool.query(
+          `SELECT pg_get_functiondef(p.oid) AS def FROM pg_proc p WHERE p.pronamespace = $1::regnamespace AND p.proname = $2`,
+          [`"${schema}"`, name],
+        )
+      ).rows[0].def as string;
     const appliedAt = async () =>
-      Object.fromEntries((await db.pool.query(`SELECT name, applied_at FROM "${schema}".schema_functions`)).rows.map((r) => [r.name, r.applied_at.toISOString()]));
+      Object.fromEntries(
+        (await db.pool.query(`SELECT name, applied_at FROM "${schema}".schema_functions`)).rows.map((r) => [
+          r.name,
+          r.applied_at.toISOString(),
+        ]),
+      );
     try {
       await client.migrate();
       const hasDue = await definition('has_due');
       const first = await appliedAt();
-      expect(Object.keys(first).sort()).toEqual(schemaFunctions().map((f) => f.name).sort());
+      expect(Object.keys(first).sort()).toEqual(
+        schemaFunctions()
+          .map((f) => f.name)
+          .sort(),
+      );
 
       // A function someone replaced by hand stays as it is while its file has not changed ...
-      await db.pool.query(`CREATE OR REPLACE FUNCTION "${schema}".has_due(task_names text[], queue_names text[]) RETURNS boolean LANGUAGE sql AS 'SELECT true'`);
+      await db.pool.query(
+        `CREATE OR REPLACE FUNCTION "${schema}".has_due(task_names text[], queue_names text[]) RETURNS boolean LANGUAGE sql AS 'SELECT true'`,
+      );
       expect(await client.migrate()).toEqual({ applied: [], version: LATEST_VERSION });
       expect(await definition('has_due')).not.toBe(hasDue);
       expect(await appliedAt()).toEqual(first);

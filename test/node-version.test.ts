@@ -27,7 +27,8 @@ function findOldNode(): string | undefined {
 }
 
 const oldNode = findOldNode();
-if (!oldNode) console.warn('[node-version.test] SKIPPED: no Node.js older than 22 on this machine (looked at /usr/bin/node and `which -a node`)');
+if (!oldNode)
+  console.warn('[node-version.test] SKIPPED: no Node.js older than 22 on this machine (looked at /usr/bin/node and `which -a node`)');
 
 describe.skipIf(!oldNode)(`on ${oldNode ?? 'an old Node (none found: skipped)'}`, () => {
   const version = oldNode ? execFileSync(oldNode, ['-p', 'process.version'], { encoding: 'utf8' }).trim() : '';

@@ -17,7 +17,14 @@ let sup: Supervisor;
 beforeAll(async () => {
   await client.migrate();
   await db.pool.query(`CREATE TABLE ${ledger} (job_id bigint, attempt int, PRIMARY KEY (job_id, attempt))`);
-  sup = await startSupervisor({ connectionString: role.url, schema: db.schema, tasks: FIXTURE_TASKS, threads: 2, concurrency: 4, logger: log.logger });
+  sup = await startSupervisor({
+    connectionString: role.url,
+    schema: db.schema,
+    tasks: FIXTURE_TASKS,
+    threads: 2,
+    concurrency: 4,
+    logger: log.logger,
+  });
 });
 afterAll(async () => {
   await sup.stop({ graceMs: 0 });
@@ -43,8 +50,24 @@ describe('untrusted notifications', () => {
 
   it('counts and ignores malformed payloads with rate-limited warnings, and keeps running valid jobs', async () => {
     const junk = [
-      'not json at all', '{"type":"cancel"}', '-5', '0', '1-', '-', '12,,13', '9007199254740993', '5-3', 'at:nope', 'at:-1',
-      'x'.repeat(7_999), '1e3', ' 7', '７', '\u0001', 'null', '[1,2]',
+      'not json at all',
+      '{"type":"cancel"}',
+      '-5',
+      '0',
+      '1-',
+      '-',
+      '12,,13',
+      '9007199254740993',
+      '5-3',
+      'at:nope',
+      'at:-1',
+      'x'.repeat(7_999),
+      '1e3',
+      ' 7',
+      '７',
+      '\u0001',
+      'null',
+      '[1,2]',
     ];
     const before = sup.status().counters.malformedNotifications;
     const rounds = 500;
@@ -65,12 +88,20 @@ describe('untrusted notifications', () => {
     await client.waitForJob(done);
     const cancelled = await client.addJob('square', { n: 2 }, { runAt: new Date(Date.now() + 3_600_000) });
     await client.cancelJob(cancelled);
-    const snapshot = async () => (await db.pool.query(`SELECT id, state, attempts, claim_token FROM "${db.schema}".jobs WHERE id = ANY($1::bigint[]) ORDER BY id`, [[done, cancelled]])).rows;
+    const snapshot = async () =>
+      (
+        await db.pool.query(`SELECT id, state, attempts, claim_token FROM "${db.schema}".jobs WHERE id = ANY($1::bigint[]) ORDER BY id`, [
+          [done, cancelled],
+        ])
+      ).rows;
     const before = await snapshot();
     const claimedBefore = sup.status().counters.claimed;
     const wastedBefore = sup.status().counters.wastedClaims;
     await notify(jobsChannel, [done, cancelled, '999999999', `${done},${cancelled},424242`]);
-    await eventually(() => sup.status().counters.wastedClaims > wastedBefore && sup.status().inFlight === 0, 'the ids to be tried and skipped');
+    await eventually(
+      () => sup.status().counters.wastedClaims > wastedBefore && sup.status().inFlight === 0,
+      'the ids to be tried and skipped',
+    );
     expect(await snapshot()).toEqual(before);
     expect(sup.status().counters.claimed).toBe(claimedBefore);
     // Claims run on the threads' connections, one statement each: between

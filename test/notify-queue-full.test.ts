@@ -63,7 +63,10 @@ describe('a full NOTIFY queue', { timeout: 120_000 }, () => {
 
     // Before notify() dropped notifications from a half-full queue, each of these failed at COMMIT with the error above.
     const early = await client.addJob('noop', {});
-    const bulk = await client.addJobs([{ task: 'noop', payload: {} }, { task: 'noop', payload: {} }]);
+    const bulk = await client.addJobs([
+      { task: 'noop', payload: {} },
+      { task: 'noop', payload: {} },
+    ]);
     await client.addJob('noop', {}, { runAt: new Date(Date.now() + 60 * 60_000) });
 
     const log = capturingLogger('warn');

@@ -26,7 +26,12 @@ async function clearJobs(): Promise<void> {
 }
 
 /** A job as a finished one: made directly, so that no supervisor is needed to fail it. */
-async function finishedJob(task: string, state: 'succeeded' | 'failed' | 'cancelled', error: string | null = null, finishedAt = 'now()'): Promise<string> {
+async function finishedJob(
+  task: string,
+  state: 'succeeded' | 'failed' | 'cancelled',
+  error: string | null = null,
+  finishedAt = 'now()',
+): Promise<string> {
   const { rows } = await db.pool.query(
     `INSERT INTO ${s}.jobs (task, state, attempts, max_attempts, last_error, finished_at) VALUES ($1, $2, 1, 1, $3, ${finishedAt}) RETURNING id::text AS id`,
     [task, state, error],
@@ -69,7 +74,10 @@ describe('listJobs', () => {
   });
 
   it('refuses an unknown state and a bad cursor with a config error', async () => {
-    await expect(control.listJobs({ state: 'done' as never })).rejects.toMatchObject({ code: 'GRAPEVINE_CONFIG_INVALID', message: /unknown job state "done"/ });
+    await expect(control.listJobs({ state: 'done' as never })).rejects.toMatchObject({
+      code: 'GRAPEVINE_CONFIG_INVALID',
+      message: /unknown job state "done"/,
+    });
     await expect(control.listJobs({}, { after: 'x' })).rejects.toMatchObject({ code: 'GRAPEVINE_CONFIG_INVALID' });
   });
 });
@@ -110,7 +118,10 @@ describe('actions on jobs', () => {
   it('refuses an empty filter for actions that would touch every job', async () => {
     await expect(control.retryJobs({})).rejects.toMatchObject({ code: 'GRAPEVINE_CONFIG_INVALID', message: /empty filter/ });
     await expect(control.cancelJobs({})).rejects.toMatchObject({ code: 'GRAPEVINE_CONFIG_INVALID' });
-    await expect(control.purgeJobs({ state: 'running' })).rejects.toMatchObject({ code: 'GRAPEVINE_CONFIG_INVALID', message: /finished jobs only/ });
+    await expect(control.purgeJobs({ state: 'running' })).rejects.toMatchObject({
+      code: 'GRAPEVINE_CONFIG_INVALID',
+      message: /finished jobs only/,
+    });
   });
 
   it('reschedules pending jobs only', async () => {
@@ -162,7 +173,10 @@ describe('with a supervisor running the jobs', () => {
     await client.cancelJob(id);
     expect((await client.waitForJob(id)).state).toBe('cancelled');
     expect(await control.retryJobs([id])).toEqual([id]);
-    await eventually(async () => (await client.getJob(id))?.attempts === 2 && (await stateOf(id)) === 'running', 'the second attempt to run');
+    await eventually(
+      async () => (await client.getJob(id))?.attempts === 2 && (await stateOf(id)) === 'running',
+      'the second attempt to run',
+    );
     const { rows: before } = await db.pool.query(`SELECT claim_token, locked_by, max_attempts FROM ${s}.jobs WHERE id = $1`, [id]);
     const failedAlongside = await finishedJob('block', 'failed', 'boom');
 
@@ -186,9 +200,15 @@ describe('with a supervisor running the jobs', () => {
     // Retry whatever has failed so far while the supervisor is still running the rest, a few rounds over.
     for (let round = 0; round < 5; round++) {
       retried += (await control.retryJobs({ task: 'fail' })).length;
-      await eventually(async () => (await control.listJobs({ task: 'fail', state: 'failed' }, { limit: 1 })).jobs.length > 0, 'a failure to retry');
+      await eventually(
+        async () => (await control.listJobs({ task: 'fail', state: 'failed' }, { limit: 1 })).jobs.length > 0,
+        'a failure to retry',
+      );
     }
-    await eventually(async () => (await control.listJobs({ task: 'fail', state: ['pending', 'running'] }, { limit: 1 })).jobs.length === 0, 'every attempt to end');
+    await eventually(
+      async () => (await control.listJobs({ task: 'fail', state: ['pending', 'running'] }, { limit: 1 })).jobs.length === 0,
+      'every attempt to end',
+    );
     const { rows } = await db.pool.query(`SELECT sum(attempts)::int AS attempts FROM ${s}.jobs WHERE id = ANY($1::bigint[])`, [ids]);
     expect(rows[0].attempts).toBe(ids.length + retried);
     expect(sup!.status().counters.fenced).toBe(fencedBefore);

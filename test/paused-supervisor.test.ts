@@ -67,14 +67,23 @@ describe('a supervisor paused (SIGSTOP) for longer than its lease', () => {
       // what leases are for, but not what this test is about.
       const rescuer = await queue.startSupervisor({ ...TIMING, leaseMs: 4_000, logger: testLogger() });
       await eventually(async () => (await supervisorRow(paused.id)).status === 'LOST', 'the paused supervisor to be marked LOST', 30_000);
-      await eventually(async () => {
-        const rows = await jobRows(ids);
-        return rows.every((r) => r.state === 'running' && r.locked_by === rescuer.id && r.attempts === 2);
-      }, 'the second supervisor to take over all four jobs', 30_000);
+      await eventually(
+        async () => {
+          const rows = await jobRows(ids);
+          return rows.every((r) => r.state === 'running' && r.locked_by === rescuer.id && r.attempts === 2);
+        },
+        'the second supervisor to take over all four jobs',
+        30_000,
+      );
       await pool.query(`UPDATE ${s}.gate SET open = true`);
       const done = await Promise.all(ids.map((id) => queue.client.waitForJob(id, { timeoutMs: 30_000 })));
       for (const job of done) {
-        expect(job).toMatchObject({ state: 'succeeded', attempts: 2, lockedBy: rescuer.id, result: { attempt: 2, supervisorId: rescuer.id } });
+        expect(job).toMatchObject({
+          state: 'succeeded',
+          attempts: 2,
+          lockedBy: rescuer.id,
+          result: { attempt: 2, supervisorId: rescuer.id },
+        });
       }
 
       // Wakes up with four handlers that now see the gate open and return.
@@ -89,7 +98,12 @@ describe('a supervisor paused (SIGSTOP) for longer than its lease', () => {
       // Nothing it wrote late changed the jobs: one success each, from the second supervisor.
       const after = await jobRows(ids);
       for (const row of after) {
-        expect(row).toMatchObject({ state: 'succeeded', attempts: 2, locked_by: rescuer.id, result: { attempt: 2, supervisorId: rescuer.id } });
+        expect(row).toMatchObject({
+          state: 'succeeded',
+          attempts: 2,
+          locked_by: rescuer.id,
+          result: { attempt: 2, supervisorId: rescuer.id },
+        });
       }
       const { rows: transitions } = await pool.query(
         `SELECT job_id::text AS id, array_agg(state) AS states FROM ${s}.transitions WHERE job_id = ANY($1::bigint[]) GROUP BY job_id`,

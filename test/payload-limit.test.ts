@@ -55,7 +55,11 @@ describe('the schema payload limit', () => {
       { task: 'square', payload: payloadOf(1500) },
     ];
     expectRefused(await failureOf(`SELECT ${db.s}.add_jobs($1)`, [JSON.stringify(bulk)]), 'big', 5000);
-    expectRefused(await failureOf(`INSERT INTO ${db.s}.jobs (task, payload) VALUES ('raw', $1)`, [JSON.stringify(payloadOf(2000))]), 'raw', 2000);
+    expectRefused(
+      await failureOf(`INSERT INTO ${db.s}.jobs (task, payload) VALUES ('raw', $1)`, [JSON.stringify(payloadOf(2000))]),
+      'raw',
+      2000,
+    );
     expect(await jobCount()).toBe(before);
 
     // Up to the limit itself is accepted on every path.
@@ -74,7 +78,9 @@ describe('the schema payload limit', () => {
       const err = await client.addJobs([{ task: 'square' }, { task: 'big', payload: payloadOf(3000) }]).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(GrapevineError);
       expect((err as GrapevineError).code).toBe('GRAPEVINE_PAYLOAD_INVALID');
-      expect((err as Error).message).toMatch(new RegExp(`payload of task "big" is \\d+ bytes, over the 2000-byte limit of schema "${db.schema}": `));
+      expect((err as Error).message).toMatch(
+        new RegExp(`payload of task "big" is \\d+ bytes, over the 2000-byte limit of schema "${db.schema}": `),
+      );
       expect((err as Error).message).toContain(`UPDATE ${db.schema}.settings SET max_payload_bytes = ...`);
       expect(await jobCount()).toBe(before);
 
@@ -103,7 +109,9 @@ describe('the schema payload limit', () => {
     try {
       const err = await client.addJob('square', payloadOf(200)).catch((e: unknown) => e);
       expect((err as GrapevineError).code).toBe('GRAPEVINE_PAYLOAD_INVALID');
-      expect((err as Error).message).toMatch(/over the 100-byte limit set by maxPayloadBytes: store large data elsewhere and pass a reference, or raise maxPayloadBytes$/);
+      expect((err as Error).message).toMatch(
+        /over the 100-byte limit set by maxPayloadBytes: store large data elsewhere and pass a reference, or raise maxPayloadBytes$/,
+      );
     } finally {
       await client.close();
     }

@@ -126,7 +126,7 @@ async function lockJobRow(id: string) {
 }
 
 describe('a thread killed after its handler returned, before the outcome committed', () => {
-  it('has its job run again, which succeeds once with the second attempt\'s result', async () => {
+  it("has its job run again, which succeeds once with the second attempt's result", async () => {
     const gate = await createGate('uncommitted');
     const supervisor = await queue.startSupervisor({ ...TIMING, threads: 2, concurrency: 2 });
     try {
@@ -150,7 +150,7 @@ describe('a thread killed after its handler returned, before the outcome committ
         await pool.query('SELECT pg_terminate_backend($1)', [write.pid]);
         await eventually(
           async () => (await pool.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [write.pid])).rowCount === 0,
-          'the dead thread\'s backend to end',
+          "the dead thread's backend to end",
         );
       } finally {
         await lock.release();
@@ -169,7 +169,7 @@ describe('a thread killed after its handler returned, before the outcome committ
     expect(check.finishedTwice).toEqual([]);
   });
 
-  it('lets the dead thread\'s outcome write, if it was already sent, race the release of its job: whichever commits first wins, the job succeeds once', async () => {
+  it("lets the dead thread's outcome write, if it was already sent, race the release of its job: whichever commits first wins, the job succeeds once", async () => {
     const gate = await createGate('in_flight');
     const supervisor = await queue.startSupervisor({ ...TIMING, threads: 2, concurrency: 2 });
     try {

@@ -9,7 +9,7 @@ const { client } = db;
 const HANDLER_CONNECTIONS = DEFAULTS.threadHandlerConnections;
 
 describe('handlers that hold every handler connection of their thread', () => {
-  it('do not stop claims and outcome writes, which use the thread\'s own system pool: other jobs finish meanwhile, then all of them, with no deadlock', async () => {
+  it("do not stop claims and outcome writes, which use the thread's own system pool: other jobs finish meanwhile, then all of them, with no deadlock", async () => {
     const concurrency = 8;
     const holders = HANDLER_CONNECTIONS + 2;
     expect(holders).toBeLessThan(concurrency);
@@ -39,7 +39,10 @@ describe('handlers that hold every handler connection of their thread', () => {
 
       const held = await client.addJobs(Array.from({ length: holders }, () => ({ task: 'hold-handler-connection', payload: { lock } })));
       await eventually(async () => {
-        const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM "${db.schema}".jobs WHERE id = ANY($1::bigint[]) AND state = 'running'`, [held]);
+        const { rows } = await db.pool.query(
+          `SELECT count(*)::int AS n FROM "${db.schema}".jobs WHERE id = ANY($1::bigint[]) AND state = 'running'`,
+          [held],
+        );
         return rows[0].n === holders && (await waitingHandlers()) === HANDLER_CONNECTIONS;
       }, `all ${holders} holders to be claimed, ${HANDLER_CONNECTIONS} of them holding every handler connection`);
 
@@ -61,7 +64,10 @@ describe('handlers that hold every handler connection of their thread', () => {
       const finished = await Promise.all(held.map((id) => client.waitForJob(id, { timeoutMs: 30_000 })));
       expect(finished.map((j) => [j.state, (j.result as { held: number }).held])).toEqual(held.map(() => ['succeeded', lock]));
       // The done notification can arrive before the thread's last batch reports back.
-      const status = await eventually(() => (supervisor.status().inFlight === 0 ? supervisor.status() : null), 'every slot to be free again');
+      const status = await eventually(
+        () => (supervisor.status().inFlight === 0 ? supervisor.status() : null),
+        'every slot to be free again',
+      );
       expect(status).toMatchObject({ restarts: 0, counters: { claimErrors: 0, threadCrashes: 0 } });
     } finally {
       await locker.query('SELECT pg_advisory_unlock_all()').catch(() => {});

@@ -24,7 +24,10 @@ describe('listenUrl', () => {
     const elsewhere = new URL(directDatabaseUrl());
     elsewhere.pathname = elsewhere.pathname === '/postgres' ? '/template1' : '/postgres';
     const options = { connectionString: db.url, listenUrl: elsewhere.toString(), schema: db.schema };
-    const refusal = { code: 'GRAPEVINE_CONFIG_INVALID', message: expect.stringMatching(/^listenUrl .* reaches database "(postgres|template1)"/) };
+    const refusal = {
+      code: 'GRAPEVINE_CONFIG_INVALID',
+      message: expect.stringMatching(/^listenUrl .* reaches database "(postgres|template1)"/),
+    };
     await expect(startSupervisor({ ...options, tasks: FIXTURE_TASKS, threads: 1, logger: silentLogger() })).rejects.toMatchObject(refusal);
     const client = createClient(options);
     try {
@@ -61,7 +64,12 @@ describe.skipIf(!pgbouncerBinary())('through PgBouncer in transaction mode', () 
   }
 
   it('limits the statements of a pool with a statement timeout, and leaves no timeout on the server connection for the next client', async () => {
-    const limited = createPool(single.url, { max: 1, applicationName: 'grapevine-test', statementTimeoutMs: 150, preparedStatements: false });
+    const limited = createPool(single.url, {
+      max: 1,
+      applicationName: 'grapevine-test',
+      statementTimeoutMs: 150,
+      preparedStatements: false,
+    });
     try {
       await expect(limited.query('SELECT pg_sleep(30)')).rejects.toMatchObject({ code: '57014' });
       await expect(withTransaction(limited, (c) => c.query('SELECT pg_sleep(30)'))).rejects.toMatchObject({ code: '57014' });
@@ -94,7 +102,7 @@ describe.skipIf(!pgbouncerBinary())('through PgBouncer in transaction mode', () 
     }
   });
 
-  it('enqueues in the caller\'s transaction on the caller\'s connection with unnamed statements too', async () => {
+  it("enqueues in the caller's transaction on the caller's connection with unnamed statements too", async () => {
     // Migrated already: a migration now would wait for the one server connection the caller's transaction holds.
     const client = createClient({ connectionString: single.url, preparedStatements: false, schema: db.schema, migrate: false });
     const caller = new pg.Client({ connectionString: single.url });
@@ -116,7 +124,12 @@ describe.skipIf(!pgbouncerBinary())('through PgBouncer in transaction mode', () 
   });
 
   it('LISTEN does not survive its transaction: the health check says so and names listenUrl', async () => {
-    const listener = new Listener({ connectionString: single.url, channels: [`${db.schema}_probe`], applicationName: 'grapevine-test', logger: silentLogger() });
+    const listener = new Listener({
+      connectionString: single.url,
+      channels: [`${db.schema}_probe`],
+      applicationName: 'grapevine-test',
+      logger: silentLogger(),
+    });
     const lost = new Promise<Error>((resolve) => listener.once('disconnected', resolve));
     await listener.start();
     try {
@@ -131,7 +144,12 @@ describe.skipIf(!pgbouncerBinary())('through PgBouncer in transaction mode', () 
 
   it('runs from the command line: grapevine run and add --wait with --listen-url and --no-prepared-statements', async () => {
     // Only the flags say it: none of the variables the pooled pass sets.
-    const env = { DATABASE_URL: undefined, GRAPEVINE_LISTEN_URL: undefined, GRAPEVINE_PREPARED_STATEMENTS: undefined, GRAPEVINE_LOG_LEVEL: 'info' };
+    const env = {
+      DATABASE_URL: undefined,
+      GRAPEVINE_LISTEN_URL: undefined,
+      GRAPEVINE_PREPARED_STATEMENTS: undefined,
+      GRAPEVINE_LOG_LEVEL: 'info',
+    };
     const flags = ['--database-url', bouncer.url, '--listen-url', directDatabaseUrl(), '--no-prepared-statements', '--schema', db.schema];
     const supervisor = start([CLI, 'run', '--tasks', FIXTURE_TASKS, '--threads', '1', '--log-format', 'json', ...flags], env);
     try {
@@ -159,7 +177,8 @@ describe.skipIf(!pgbouncerBinary())('through PgBouncer in transaction mode', () 
       const producer = createClient(pooled);
       const ids: string[] = [];
       try {
-        for (let i = 0; i < 4; i++) ids.push(...(await producer.addJobs(Array.from({ length: 500 }, () => ({ task: 'ledger', payload: { table } })))));
+        for (let i = 0; i < 4; i++)
+          ids.push(...(await producer.addJobs(Array.from({ length: 500 }, () => ({ task: 'ledger', payload: { table } })))));
       } finally {
         await producer.close();
       }
@@ -170,7 +189,9 @@ describe.skipIf(!pgbouncerBinary())('through PgBouncer in transaction mode', () 
           started.push(await startSupervisor({ ...pooled, tasks: FIXTURE_TASKS, threads: 1, concurrency: 8, logger: silentLogger() }));
         }
         await eventually(
-          async () => (await db.pool.query(`SELECT count(*)::int AS n FROM ${S}.jobs WHERE state = 'succeeded' AND id = ANY($1::bigint[])`, [ids])).rows[0].n === ids.length,
+          async () =>
+            (await db.pool.query(`SELECT count(*)::int AS n FROM ${S}.jobs WHERE state = 'succeeded' AND id = ANY($1::bigint[])`, [ids]))
+              .rows[0].n === ids.length,
           'the backlog to drain',
           180_000,
         );
@@ -185,12 +206,16 @@ describe.skipIf(!pgbouncerBinary())('through PgBouncer in transaction mode', () 
       expect(states).toEqual([{ state: 'succeeded', attempts: 1, n: ids.length }]);
       const { rows: ledger } = await db.pool.query(`SELECT count(*)::int AS runs, count(DISTINCT job_id)::int AS jobs FROM ${table}`);
       expect(ledger).toEqual([{ runs: ids.length, jobs: ids.length }]);
-      const { rows: owners } = await db.pool.query(`SELECT count(DISTINCT locked_by)::int AS n FROM ${S}.jobs WHERE id = ANY($1::bigint[])`, [ids]);
+      const { rows: owners } = await db.pool.query(
+        `SELECT count(DISTINCT locked_by)::int AS n FROM ${S}.jobs WHERE id = ANY($1::bigint[])`,
+        [ids],
+      );
       expect(owners[0].n).toBeGreaterThan(1);
       // Seventy-odd client connections shared the pool's server connections.
       expect(servers.max()).toBeGreaterThan(0);
       expect(servers.max()).toBeLessThanOrEqual(POOL_SIZE);
-      if (process.env.GRAPEVINE_TEST_LOG) console.log(`[pooler] most server connections at once: ${servers.max()}; most clients: ${servers.maxClients()}`);
+      if (process.env.GRAPEVINE_TEST_LOG)
+        console.log(`[pooler] most server connections at once: ${servers.max()}; most clients: ${servers.maxClients()}`);
     }, 240_000);
   });
 });

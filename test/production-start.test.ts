@@ -99,8 +99,14 @@ async function drainsOnStopSignal(db: MigratedTestDatabase, command: StartComman
 
   expect(exit.stderr).toBe('');
   // stdout is not a terminal here, so the log is pino JSON: one object per line.
-  const lines = exit.stdout.trim().split('\n').map((line) => JSON.parse(line) as { level: number; msg: string });
-  expect(lines.some((l) => /stopped/.test(l.msg)), output).toBe(true);
+  const lines = exit.stdout
+    .trim()
+    .split('\n')
+    .map((line) => JSON.parse(line) as { level: number; msg: string });
+  expect(
+    lines.some((l) => /stopped/.test(l.msg)),
+    output,
+  ).toBe(true);
   for (const line of lines) {
     // A job cut short by the grace period is worth a warning, not an error.
     expect(line.level, line.msg).toBeLessThan(50);
@@ -112,7 +118,7 @@ describe('production start', () => {
   const docker = useMigratedSchema('prod_docker');
   const systemd = useMigratedSchema('prod_systemd');
 
-  it('the Dockerfile runs the bin directly in exec form, stops it with SIGTERM within docker stop\'s wait', async () => {
+  it("the Dockerfile runs the bin directly in exec form, stops it with SIGTERM within docker stop's wait", async () => {
     const command = await dockerCommand();
     expect(command.argv[1]).toBe('node_modules/grapevine-jobs/dist/supervisor/cli.js');
     expect(command.argv).not.toContain('sh');
@@ -130,11 +136,11 @@ describe('production start', () => {
   });
 
   // Concurrent: each waits out its grace period with a job that never finishes.
-  it.concurrent('the Dockerfile\'s command drains on SIGTERM, releases its job and exits 0 with nothing error-like', async () => {
+  it.concurrent("the Dockerfile's command drains on SIGTERM, releases its job and exits 0 with nothing error-like", async () => {
     await drainsOnStopSignal(docker, await dockerCommand());
   });
 
-  it.concurrent('the unit\'s command drains on SIGTERM, releases its job and exits 0 with nothing error-like', async () => {
+  it.concurrent("the unit's command drains on SIGTERM, releases its job and exits 0 with nothing error-like", async () => {
     await drainsOnStopSignal(systemd, await systemdCommand());
   });
 });

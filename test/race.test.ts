@@ -59,10 +59,9 @@ async function expectEachRanExactlyOnce(ids: string[], table: string): Promise<M
 }
 
 async function allSucceeded(ids: string[]): Promise<boolean> {
-  const { rows } = await db.pool.query(
-    `SELECT count(*)::int AS n FROM ${S}.jobs WHERE id = ANY($1::bigint[]) AND state = 'succeeded'`,
-    [ids],
-  );
+  const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM ${S}.jobs WHERE id = ANY($1::bigint[]) AND state = 'succeeded'`, [
+    ids,
+  ]);
   return rows[0].n === ids.length;
 }
 
@@ -73,7 +72,7 @@ describe('two supervisors in one process', () => {
     started.length = 0;
   });
 
-  it('race for 2,000 jobs: each runs exactly once, both do work, and each one\'s claimed count matches the table', async () => {
+  it("race for 2,000 jobs: each runs exactly once, both do work, and each one's claimed count matches the table", async () => {
     const table = await createLedger('in_process');
     for (let i = 0; i < 2; i++) {
       started.push(
@@ -191,14 +190,11 @@ describe('two supervisor processes', () => {
     for (const n of ranBy.values()) expect(n).toBeGreaterThan(0);
 
     // Each process reports its counters with its heartbeat; wait for the one that covers every job.
-    const reported = await eventually(
-      async () => {
-        const rows = await rowsFor(pids);
-        const claimed = rows.reduce((sum, r) => sum + (r.info.counters?.claimed ?? 0), 0);
-        return claimed === ids.length ? rows : null;
-      },
-      'both supervisors to report their final counters',
-    );
+    const reported = await eventually(async () => {
+      const rows = await rowsFor(pids);
+      const claimed = rows.reduce((sum, r) => sum + (r.info.counters?.claimed ?? 0), 0);
+      return claimed === ids.length ? rows : null;
+    }, 'both supervisors to report their final counters');
     for (const row of reported) expect(row.info.counters!.claimed).toBe(ranBy.get(row.id));
     // Lost races (wastedClaims) depend on timing; see the in-process test above.
     expect(reported.reduce((sum, r) => sum + r.info.counters!.fenced, 0)).toBe(0);

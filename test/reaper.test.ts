@@ -170,7 +170,15 @@ describe('the reaper', () => {
     // Two supervisors' reapers on one schema, ticked by hand: an hour's
     // interval means nothing elapses between the ticks that would make the
     // second one due.
-    const reaper = () => new Maintenance({ pool: db.pool, schema: db.schema, leaseMs: 1_500, intervalMs: 3_600_000, retentionMs: 86_400_000, logger: testLogger() });
+    const reaper = () =>
+      new Maintenance({
+        pool: db.pool,
+        schema: db.schema,
+        leaseMs: 1_500,
+        intervalMs: 3_600_000,
+        retentionMs: 86_400_000,
+        logger: testLogger(),
+      });
     const [a, b] = [reaper(), reaper()];
     // Earlier tests' supervisors reaped on their own timers.
     await db.pool.query(`UPDATE ${s}.maintenance SET ran_at = '-infinity' WHERE chore = 'reap'`);
@@ -189,7 +197,14 @@ describe('the reaper', () => {
   });
 
   it('reaps on a timed tick when its row is missing, and records the run again', async () => {
-    const reaper = new Maintenance({ pool: db.pool, schema: db.schema, leaseMs: 1_500, intervalMs: 3_600_000, retentionMs: 86_400_000, logger: testLogger() });
+    const reaper = new Maintenance({
+      pool: db.pool,
+      schema: db.schema,
+      leaseMs: 1_500,
+      intervalMs: 3_600_000,
+      retentionMs: 86_400_000,
+      logger: testLogger(),
+    });
     await db.pool.query(`DELETE FROM ${s}.maintenance WHERE chore = 'reap'`);
     await insertDeadSupervisor('dead-row');
     const id = await insertRunningJob('dead-row', `now() - interval '1 second'`);
@@ -200,7 +215,14 @@ describe('the reaper', () => {
   });
 
   it('reaps on a timed tick when the last run is dated in the future (the server clock went back)', async () => {
-    const reaper = new Maintenance({ pool: db.pool, schema: db.schema, leaseMs: 1_500, intervalMs: 3_600_000, retentionMs: 86_400_000, logger: testLogger() });
+    const reaper = new Maintenance({
+      pool: db.pool,
+      schema: db.schema,
+      leaseMs: 1_500,
+      intervalMs: 3_600_000,
+      retentionMs: 86_400_000,
+      logger: testLogger(),
+    });
     await db.pool.query(`UPDATE ${s}.maintenance SET ran_at = now() + interval '1 day' WHERE chore = 'reap'`);
     await insertDeadSupervisor('dead-clock');
     const id = await insertRunningJob('dead-clock', `now() - interval '1 second'`);

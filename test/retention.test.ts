@@ -29,9 +29,7 @@ describe('pruning finished jobs', () => {
   // First, before anything has finished: statistics that say no row has a
   // finish time made the planner prefer scanning the table to the BRIN index.
   it('does not read the whole table when nothing has finished yet', async () => {
-    await db.pool.query(
-      `INSERT INTO ${s}.jobs (task, run_at) SELECT 'later', now() + interval '6 hours' FROM generate_series(1, 50000)`,
-    );
+    await db.pool.query(`INSERT INTO ${s}.jobs (task, run_at) SELECT 'later', now() + interval '6 hours' FROM generate_series(1, 50000)`);
     await db.pool.query(`VACUUM (ANALYZE) ${s}.jobs`);
     expect(await prune()).toEqual({ pruned: 0, seqScans: 0 });
   });

@@ -29,7 +29,11 @@ let supervisor: Supervisor | undefined;
 const closers: Array<() => Promise<unknown>> = [];
 
 beforeAll(async () => {
-  for (const [role, as] of [[enqueuer, 'enqueuer'], [worker, 'worker'], [operator, 'operator']] as const) {
+  for (const [role, as] of [
+    [enqueuer, 'enqueuer'],
+    [worker, 'worker'],
+    [operator, 'operator'],
+  ] as const) {
     await grantRole({ connectionString: db.url, schema: db.schema, role: role.name, as });
   }
 });
@@ -68,23 +72,33 @@ const DENIED = '42501';
 describe('grapevine grant', () => {
   it('prints the SQL of each kind without connecting, and refuses an unknown kind or a role that does not exist', async () => {
     const enqueue = grantSql({ schema: db.schema, role: 'app', as: 'enqueuer' });
-    expect(enqueue).toContain(`GRANT EXECUTE ON FUNCTION ${db.s}.add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval), ${db.s}.add_jobs(jsonb)`);
+    expect(enqueue).toContain(
+      `GRANT EXECUTE ON FUNCTION ${db.s}.add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval), ${db.s}.add_jobs(jsonb)`,
+    );
     // No right on any table but the three read-only ones every kind reads.
     expect(enqueue.match(/ON TABLE [^;]*/g)).toEqual([`ON TABLE ${db.s}.migrations, ${db.s}.schema_functions, ${db.s}.settings TO "app"`]);
-    expect(grantSql({ schema: db.schema, role: 'w', as: 'worker' })).toContain(`GRANT SELECT, UPDATE, DELETE, INSERT (task, payload, queue, priority, max_attempts, run_at, schedule, scheduled_for) ON TABLE ${db.s}.jobs TO "w"`);
+    expect(grantSql({ schema: db.schema, role: 'w', as: 'worker' })).toContain(
+      `GRANT SELECT, UPDATE, DELETE, INSERT (task, payload, queue, priority, max_attempts, run_at, schedule, scheduled_for) ON TABLE ${db.s}.jobs TO "w"`,
+    );
     expect(grantSql({ schema: db.schema, role: 'o', as: 'operator' })).toContain(`${db.s}.cancel_job(bigint)`);
     for (const sql of grantSqlOfEachKind()) expect(sql).not.toMatch(/\b(CREATE|ALTER|DROP|TRUNCATE|REFERENCES|TRIGGER)\b/);
 
-    const unknownKind = await grantRole({ connectionString: db.url, schema: db.schema, role: nobody.name, as: 'admin' }).catch((e: unknown) => e);
+    const unknownKind = await grantRole({ connectionString: db.url, schema: db.schema, role: nobody.name, as: 'admin' }).catch(
+      (e: unknown) => e,
+    );
     expect((unknownKind as GrapevineError).code).toBe('GRAPEVINE_CONFIG_INVALID');
     expect((unknownKind as Error).message).toMatch(/unknown kind of role "admin": use --as enqueuer, --as worker, --as operator/);
-    const missing = await grantRole({ connectionString: db.url, schema: db.schema, role: `${nobody.name}_x`, as: 'worker' }).catch((e: unknown) => e);
+    const missing = await grantRole({ connectionString: db.url, schema: db.schema, role: `${nobody.name}_x`, as: 'worker' }).catch(
+      (e: unknown) => e,
+    );
     expect((missing as GrapevineError).code).toBe('GRAPEVINE_CONFIG_INVALID');
     expect((missing as Error).message).toContain(`role "${nobody.name}_x" does not exist: create it first`);
   });
 
   it('grapevine grant gives a role its kind from the command line, and --print only prints', async () => {
-    const printed = await run([CLI, 'grant', fromCli.name, '--as', 'enqueuer', '--print', '--schema', db.schema], { DATABASE_URL: undefined });
+    const printed = await run([CLI, 'grant', fromCli.name, '--as', 'enqueuer', '--print', '--schema', db.schema], {
+      DATABASE_URL: undefined,
+    });
     expect(printed.code).toBe(0);
     expect(printed.stdout.trim()).toBe(grantSql({ schema: db.schema, role: fromCli.name, as: 'enqueuer' }).trim());
     expect(await sqlstateAs(fromCli, `SELECT ${db.s}.add_job('square')`)).toBe(DENIED);
@@ -95,11 +109,16 @@ describe('grapevine grant', () => {
     expect(await sqlstateAs(fromCli, `SELECT 1 FROM ${db.s}.jobs`)).toBe(DENIED);
 
     const bad = await run([CLI, 'grant', fromCli.name, '--as', 'admin', '--print']);
-    expect([bad.code, bad.stderr.trim()]).toEqual([1, 'grapevine: unknown kind of role "admin": use --as enqueuer, --as worker, --as operator']);
+    expect([bad.code, bad.stderr.trim()]).toEqual([
+      1,
+      'grapevine: unknown kind of role "admin": use --as enqueuer, --as worker, --as operator',
+    ]);
   });
 
   it('refuses, with GRAPEVINE_PERMISSION_DENIED, a role that does not own the schema', async () => {
-    const err = await grantRole({ connectionString: enqueuer.url, schema: db.schema, role: nobody.name, as: 'worker' }).catch((e: unknown) => e);
+    const err = await grantRole({ connectionString: enqueuer.url, schema: db.schema, role: nobody.name, as: 'worker' }).catch(
+      (e: unknown) => e,
+    );
     expect((err as GrapevineError).code).toBe('GRAPEVINE_PERMISSION_DENIED');
     expect((err as Error).message).toContain(`role "${enqueuer.name}" may not grant rights on schema "${db.schema}"`);
     expect(await sqlstateAs(nobody, `SELECT 1 FROM ${db.s}.jobs`)).toBe(DENIED);
@@ -162,7 +181,11 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
     ['claimNext', (d, s) => jobs.claimNext(d, s, { ...claim, limit: 1 })],
     ['completeJobs', (d, s) => jobs.completeJobs(d, s, { jobs: [{ id: '1', token: '1', result: '{}' }] })],
     ['deleteSucceeded', (d, s) => jobs.deleteSucceeded(d, s, { ids: ['1'], tokens: ['1'] })],
-    ['failJobs', (d, s) => jobs.failJobs(d, s, { jobs: [{ id: '1', token: '1', error: 'e', retryable: true }], retryBaseMs: 1000, retryMaxMs: 10_000 })],
+    [
+      'failJobs',
+      (d, s) =>
+        jobs.failJobs(d, s, { jobs: [{ id: '1', token: '1', error: 'e', retryable: true }], retryBaseMs: 1000, retryMaxMs: 10_000 }),
+    ],
     ['releaseUnreported', (d, s) => jobs.releaseUnreported(d, s, { owner: 'w', thread: null, reason: 'r', count: true })],
     ['lockJobs', (d, s) => d.query(jobs.lockJobsQuery(s, { ids: ['1'] }))],
     ['releaseJobs', (d, s) => jobs.releaseJobs(d, s, { owner: 'w', jobs: [{ id: '1', thread: 1, reason: 'r', count: true }] })],
@@ -174,9 +197,25 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
     ['upsertSchedule', (d, s) => schedules.upsertSchedule(d, s, schedule)],
     ['listSchedules', (d, s) => schedules.listSchedules(d, s)],
     ['lockDueSchedules', (d, s) => schedules.lockDueSchedules(d, s, { names: ['nightly'] })],
-    ['insertTickJobs', (d, s) => schedules.insertTickJobs(d, s, [{ schedule: 'nightly', scheduled_for: '2026-01-01T00:00:00Z', ...tickJob }])],
+    [
+      'insertTickJobs',
+      (d, s) => schedules.insertTickJobs(d, s, [{ schedule: 'nightly', scheduled_for: '2026-01-01T00:00:00Z', ...tickJob }]),
+    ],
     ['advanceLastTicks', (d, s) => schedules.advanceLastTicks(d, s, [{ name: 'nightly', last_tick: '2026-01-01T00:00:00Z' }])],
-    ['registerSupervisor', (d, s) => sups.registerSupervisor(d, s, { id: 'w', host: 'host', pid: 1, version: 'v', threads: 1, concurrency: 1, queues: null, tasks: ['square'] })],
+    [
+      'registerSupervisor',
+      (d, s) =>
+        sups.registerSupervisor(d, s, {
+          id: 'w',
+          host: 'host',
+          pid: 1,
+          version: 'v',
+          threads: 1,
+          concurrency: 1,
+          queues: null,
+          tasks: ['square'],
+        }),
+    ],
     ['heartbeat', (d, s) => d.query(sups.heartbeatQuery(s, { id: 'w', status: 'IDLE', threads: 1, info: {} as never, tasks: ['square'] }))],
     ['deregisterSupervisor', (d, s) => sups.deregisterSupervisor(d, s, { id: 'w' })],
     ['tryLeadReaper', (d, s) => sups.tryLeadReaper(d, s)],
@@ -185,7 +224,19 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
     ['pruneExitedSupervisors', (d, s) => sups.pruneExitedSupervisors(d, s)],
     ['setSupervisorStatus', (d, s) => sups.setSupervisorStatus(d, s, { id: 'w', status: 'IDLE' })],
     ['pendingMessages', (d, s) => control.pendingMessages(d, s, { supervisor: 'w', limit: 10 })],
-    ['respond', (d, s) => control.respond(d, s, { messageId: '1', supervisor: 'w', command: 'PING', ok: true, value: 'PONG', error: null, logEntries: entries })],
+    [
+      'respond',
+      (d, s) =>
+        control.respond(d, s, {
+          messageId: '1',
+          supervisor: 'w',
+          command: 'PING',
+          ok: true,
+          value: 'PONG',
+          error: null,
+          logEntries: entries,
+        }),
+    ],
     ['appendLog', (d, s) => control.appendLog(d, s, { supervisor: 'w', entries })],
     ['pruneLogPerSupervisor', (d, s) => control.pruneLogPerSupervisor(d, s, { keep: 10 })],
     ['pruneOldLog', (d, s) => control.pruneOldLog(d, s, { maxAgeMs: 1000, batchSize: 10 })],
@@ -229,7 +280,11 @@ async function refusedAs(role: OwnRole, uses: Use[]): Promise<string[]> {
 
 describe('each kind', () => {
   it('may run every statement its side of grapevine runs', async () => {
-    for (const [role, kind] of [[enqueuer, 'enqueuer'], [worker, 'worker'], [operator, 'operator']] as const) {
+    for (const [role, kind] of [
+      [enqueuer, 'enqueuer'],
+      [worker, 'worker'],
+      [operator, 'operator'],
+    ] as const) {
       expect([kind, await refusedAs(role, statementsOf(kind))]).toEqual([kind, []]);
     }
     // And the enqueuer none of the others', but the two that read or write
@@ -303,7 +358,13 @@ describe('an enqueuer', () => {
 
 describe('a worker', () => {
   it('runs a supervisor that processes jobs (handlers enqueue too) with no DDL right, and the enqueuer reads the results', async () => {
-    supervisor = await startSupervisor({ connectionString: worker.url, schema: db.schema, tasks: FIXTURE_TASKS, threads: 1, logger: testLogger() });
+    supervisor = await startSupervisor({
+      connectionString: worker.url,
+      schema: db.schema,
+      tasks: FIXTURE_TASKS,
+      threads: 1,
+      logger: testLogger(),
+    });
     const client = clientAs(enqueuer);
     const id = await client.addJob('square', { n: 64 });
     const done = await client.waitForJob(id, { timeoutMs: 30_000 });
@@ -316,9 +377,10 @@ describe('a worker', () => {
     const child = (reported.result as { followUp: string }).followUp;
     expect((await client.waitForJob(child, { timeoutMs: 30_000 })).result).toMatchObject({ root: 9 });
 
-    const { rows } = await db.pool.query(`SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name LIKE 'grapevine-supervisor%' AND usename = $1`, [
-      worker.name,
-    ]);
+    const { rows } = await db.pool.query(
+      `SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name LIKE 'grapevine-supervisor%' AND usename = $1`,
+      [worker.name],
+    );
     expect(rows).toEqual([{ usename: worker.name }]);
     expect(await sqlstateAs(worker, `CREATE TABLE ${db.s}.mine (x int)`)).toBe(DENIED);
     expect(await sqlstateAs(worker, `CREATE OR REPLACE FUNCTION ${db.s}.mine() RETURNS int LANGUAGE sql AS 'SELECT 1'`)).toBe(DENIED);
@@ -360,11 +422,19 @@ describe('a role that may not migrate', () => {
     const expectTooOld = (err: unknown, role: OwnRole) => {
       expect((err as GrapevineError).code).toBe('GRAPEVINE_SCHEMA_TOO_OLD');
       const message = (err as Error).message;
-      expect(message).toContain(`schema "${db.schema}" has older functions than this grapevine, and role "${role.name}" may not migrate it`);
+      expect(message).toContain(
+        `schema "${db.schema}" has older functions than this grapevine, and role "${role.name}" may not migrate it`,
+      );
       expect(message).toContain(`run \`grapevine migrate --schema ${db.schema}\` as a role that may change the schema`);
       expect(message).not.toContain('\n');
     };
-    const started = await startSupervisor({ connectionString: worker.url, schema: db.schema, tasks: FIXTURE_TASKS, threads: 1, logger: testLogger() }).then(
+    const started = await startSupervisor({
+      connectionString: worker.url,
+      schema: db.schema,
+      tasks: FIXTURE_TASKS,
+      threads: 1,
+      logger: testLogger(),
+    }).then(
       async (s) => {
         await s.stop({ graceMs: 0 });
         return null;
@@ -388,7 +458,9 @@ describe('a role that may not migrate', () => {
     try {
       const err = await older.getJob(1).catch((e: unknown) => e);
       expect((err as GrapevineError).code).toBe('GRAPEVINE_SCHEMA_TOO_OLD');
-      expect((err as Error).message).toContain(`schema "${db.schema}" is at version ${migrations().at(-2)!.version} and this grapevine needs version ${latest.version}`);
+      expect((err as Error).message).toContain(
+        `schema "${db.schema}" is at version ${migrations().at(-2)!.version} and this grapevine needs version ${latest.version}`,
+      );
       expect((err as Error).message).toContain(`grapevine migrate --schema ${db.schema}`);
     } finally {
       await older.close();

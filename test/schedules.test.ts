@@ -44,7 +44,14 @@ async function startSupervisor(options: Partial<SupervisorOptions> = {}): Promis
 function startSupervisorProcess(options: Partial<SupervisorOptions>): Running {
   const proc = startProcess([SUPERVISOR_PROCESS], {
     DATABASE_URL: db.url,
-    GRAPEVINE_TEST_SUPERVISOR: JSON.stringify({ schema: db.schema, tasks: FIXTURE_TASKS, threads: 1, concurrency: 4, ...TIMING, ...options }),
+    GRAPEVINE_TEST_SUPERVISOR: JSON.stringify({
+      schema: db.schema,
+      tasks: FIXTURE_TASKS,
+      threads: 1,
+      concurrency: 4,
+      ...TIMING,
+      ...options,
+    }),
   });
   processes.push(proc);
   return proc;
@@ -52,7 +59,9 @@ function startSupervisorProcess(options: Partial<SupervisorOptions>): Running {
 
 async function createLedger(name: string): Promise<string> {
   const table = `${s}.${name}`;
-  await db.pool.query(`CREATE TABLE ${table} (job_id bigint NOT NULL, attempt integer NOT NULL, scheduled_for timestamptz, UNIQUE (job_id, attempt))`);
+  await db.pool.query(
+    `CREATE TABLE ${table} (job_id bigint NOT NULL, attempt integer NOT NULL, scheduled_for timestamptz, UNIQUE (job_id, attempt))`,
+  );
   return table;
 }
 
@@ -71,7 +80,13 @@ describe('one job per tick', { timeout: 120_000 }, () => {
     const ledger = await createLedger('ledger_failover');
     // backfill: a supervisor starved of CPU may fire a per-second tick more
     // than a second late, and this test is about who fires, not about lateness.
-    const declared = { name: 'every-second', cron: '* * * * * *', task: 'tick-ledger', payload: { table: ledger }, missed: { backfill: 30 } } as const;
+    const declared = {
+      name: 'every-second',
+      cron: '* * * * * *',
+      task: 'tick-ledger',
+      payload: { table: ledger },
+      missed: { backfill: 30 },
+    } as const;
     const doomed = startSupervisorProcess({ schedules: [declared] });
     const survivor = startSupervisorProcess({ schedules: [declared] });
     await doomed.waitFor(/ready \S+/);
@@ -108,7 +123,7 @@ describe('one job per tick', { timeout: 120_000 }, () => {
 });
 
 describe('a schedule that cannot fire', { timeout: 60_000 }, () => {
-  it('holds up no other: its payload over the schema\'s limit fails its own firing only', async () => {
+  it("holds up no other: its payload over the schema's limit fails its own firing only", async () => {
     await db.pool.query(`UPDATE ${s}.settings SET max_payload_bytes = 1024`);
     try {
       await schedules.add({ name: 'too-big', cron: '* * * * * *', task: 'noop', payload: { text: 'x'.repeat(2_000) } });
@@ -116,7 +131,10 @@ describe('a schedule that cannot fire', { timeout: 60_000 }, () => {
       const log = capturingLogger('warn');
       await startSupervisor({ logger: log.logger });
       await eventually(async () => (await tickJobs('fine')).some((j) => j.state === 'succeeded'), 'the other schedule to fire');
-      await eventually(() => log.lines().find((l) => l.msg === 'could not fire a schedule; trying again' && l.schedule === 'too-big'), 'the warning naming it');
+      await eventually(
+        () => log.lines().find((l) => l.msg === 'could not fire a schedule; trying again' && l.schedule === 'too-big'),
+        'the warning naming it',
+      );
       expect(await tickJobs('too-big')).toEqual([]);
     } finally {
       await db.pool.query(`UPDATE ${s}.settings SET max_payload_bytes = DEFAULT`);
@@ -152,25 +170,52 @@ describe('after downtime', { timeout: 60_000 }, () => {
 describe('the handler', { timeout: 60_000 }, () => {
   it('knows the tick its job was added for (helpers.job.scheduledFor)', async () => {
     await startSupervisor({ schedules: [{ name: 'report-ticks', cron: '* * * * * *', task: 'report_helpers' }] });
-    const job = await eventually(async () => (await tickJobs('report-ticks')).find((j) => j.state === 'succeeded'), 'a tick job to succeed');
+    const job = await eventually(
+      async () => (await tickJobs('report-ticks')).find((j) => j.state === 'succeeded'),
+      'a tick job to succeed',
+    );
     expect(job.result.job).toMatchObject({ task: 'report_helpers', scheduledFor: job.scheduled_for.toISOString() });
   });
 });
 
 describe('declared by CLI', { timeout: 60_000 }, () => {
   it('add, list with the next three run times, pause, resume, remove', async () => {
-    const added = await cli('schedule', 'add', 'nightly', '30 2 * * *', 'report', '{"full":true}', '--tz', 'Europe/Paris', '--queue', 'reports', '--missed', 'backfill:3');
+    const added = await cli(
+      'schedule',
+      'add',
+      'nightly',
+      '30 2 * * *',
+      'report',
+      '{"full":true}',
+      '--tz',
+      'Europe/Paris',
+      '--queue',
+      'reports',
+      '--missed',
+      'backfill:3',
+    );
     expect([added.code, added.stderr]).toEqual([0, `grapevine: schedule "nightly" stored in schema "${db.schema}"\n`]);
 
     const listed = await cli('schedule', 'list', '--json');
     expect(listed.code).toBe(0);
     const [nightly] = JSON.parse(listed.stdout);
-    expect(nightly).toMatchObject({ name: 'nightly', cron: '30 2 * * *', tz: 'Europe/Paris', task: 'report', payload: { full: true }, queue: 'reports', missed: { backfill: 3 }, paused: false });
+    expect(nightly).toMatchObject({
+      name: 'nightly',
+      cron: '30 2 * * *',
+      tz: 'Europe/Paris',
+      task: 'report',
+      payload: { full: true },
+      queue: 'reports',
+      missed: { backfill: 3 },
+      paused: false,
+    });
     expect(nightly.nextRuns).toHaveLength(3);
     // 02:30 in Paris is 00:30 or 01:30 UTC.
     for (const at of nightly.nextRuns) expect(at).toMatch(/T0[01]:30:00\.000Z$/);
     const text = await cli('schedule', 'list');
-    expect(text.stdout).toContain(`nightly  30 2 * * *  Europe/Paris  report  queue=reports  missed=backfill:3\n  next: ${nightly.nextRuns.join('  ')}`);
+    expect(text.stdout).toContain(
+      `nightly  30 2 * * *  Europe/Paris  report  queue=reports  missed=backfill:3\n  next: ${nightly.nextRuns.join('  ')}`,
+    );
 
     expect((await cli('schedule', 'pause', 'nightly')).code).toBe(0);
     expect((await cli('schedule', 'list')).stdout).toContain('PAUSED\n  next: (paused)');
@@ -180,7 +225,10 @@ describe('declared by CLI', { timeout: 60_000 }, () => {
     expect(await schedules.list()).toEqual([]);
 
     const again = await cli('schedule', 'remove', 'nightly');
-    expect([again.code, again.stderr]).toEqual([1, `grapevine: no schedule is named "nightly" in schema "${db.schema}": grapevine schedule list shows them\n`]);
+    expect([again.code, again.stderr]).toEqual([
+      1,
+      `grapevine: no schedule is named "nightly" in schema "${db.schema}": grapevine schedule list shows them\n`,
+    ]);
     const bad = await cli('schedule', 'add', 'bad', '0 0 32 * *', 'report');
     expect(bad.code).toBe(1);
     expect(bad.stderr).toMatch(/schedule "bad": invalid cron "0 0 32 \* \*": the day-of-month field "32" is invalid/);
@@ -211,7 +259,9 @@ describe('a crontab file', { timeout: 60_000 }, () => {
   it('declares its schedules, which the supervisor stores and fires', async () => {
     const file = path.join(dir, `grapevine-crontab-${process.pid}-good`);
     writeFileSync(file, '* * * * * * noop --name=from-crontab {"from": "crontab"}\n');
-    const proc = startProcess([CLI, 'run', '--tasks', FIXTURE_TASKS, '--threads', '1', '--crontab', file, '--schema', db.schema], { DATABASE_URL: db.url });
+    const proc = startProcess([CLI, 'run', '--tasks', FIXTURE_TASKS, '--threads', '1', '--crontab', file, '--schema', db.schema], {
+      DATABASE_URL: db.url,
+    });
     processes.push(proc);
     await eventually(async () => (await tickJobs('from-crontab')).some((j) => j.state === 'succeeded'), 'the crontab schedule to fire');
     expect((await schedules.list()).map((x) => [x.name, x.payload])).toEqual([['from-crontab', { from: 'crontab' }]]);
@@ -227,7 +277,14 @@ describe('a schedule whose task no supervisor handles', { timeout: 60_000 }, () 
     await schedules.add({ name: 'paused-typo', cron: '0 0 1 1 *', task: 'reprot2' });
     await schedules.pause('paused-typo');
     await db.pool.query(`DELETE FROM ${s}.maintenance`);
-    const reaper = new Maintenance({ pool: db.pool, schema: db.schema, leaseMs: 10_000, intervalMs: 1_000, retentionMs: 60_000, logger: testLogger() });
+    const reaper = new Maintenance({
+      pool: db.pool,
+      schema: db.schema,
+      leaseMs: 10_000,
+      intervalMs: 1_000,
+      retentionMs: 60_000,
+      logger: testLogger(),
+    });
     const result = await reaper.tick();
     expect(result.unhandled).toEqual([{ task: 'reprot', queue: 'default', jobs: 0, schedules: ['typo'] }]);
   });

@@ -175,7 +175,9 @@ function asAtBaseline(catalog: Catalog): Catalog {
     if (RESULT_CHANGED_SINCE_BASELINE.includes(String(f.rel))) return { rel: f.rel, arguments: f.arguments };
     return CHANGED_SINCE_BASELINE.includes(String(f.rel)) ? { rel: f.rel, arguments: f.arguments, result: f.result } : f;
   });
-  kept.functionBodies = kept.functionBodies.filter((f) => ![...CHANGED_SINCE_BASELINE, ...RESULT_CHANGED_SINCE_BASELINE].includes(String(f.rel)));
+  kept.functionBodies = kept.functionBodies.filter(
+    (f) => ![...CHANGED_SINCE_BASELINE, ...RESULT_CHANGED_SINCE_BASELINE].includes(String(f.rel)),
+  );
   return kept;
 }
 
@@ -215,7 +217,11 @@ describe('a schema built by the nine pre-release migrations', () => {
     const { rows: versions } = await db.pool.query(`SELECT version, name FROM ${s}.migrations`);
     expect(versions).toEqual(migrations().map((m) => ({ version: m.version, name: m.name })));
     const { rows: functions } = await db.pool.query(`SELECT name, checksum FROM ${s}.schema_functions ORDER BY name`);
-    expect(functions).toEqual(schemaFunctions().map((f) => ({ name: f.name, checksum: f.checksum })).sort((a, b) => a.name.localeCompare(b.name)));
+    expect(functions).toEqual(
+      schemaFunctions()
+        .map((f) => ({ name: f.name, checksum: f.checksum }))
+        .sort((a, b) => a.name.localeCompare(b.name)),
+    );
 
     // Nothing was lost: the rows, the identity and the claim tokens go on where they were.
     // (Columns later migrations added are left out.)

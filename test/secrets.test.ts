@@ -43,10 +43,9 @@ async function terminate(applicationName: string): Promise<number> {
 }
 
 async function listenerPids(): Promise<number[]> {
-  const { rows } = await db.pool.query(
-    `SELECT pid FROM pg_stat_activity WHERE usename = $1 AND application_name = 'grapevine-listener'`,
-    [role.name],
-  );
+  const { rows } = await db.pool.query(`SELECT pid FROM pg_stat_activity WHERE usename = $1 AND application_name = 'grapevine-listener'`, [
+    role.name,
+  ]);
   return rows.map((r) => r.pid);
 }
 
@@ -94,7 +93,9 @@ async function provokeErrors(
 /** What the database keeps that a person might read: stored errors, supervisor info, the worker log. */
 async function storedText(): Promise<string> {
   const jobs = await db.pool.query(`SELECT coalesce(string_agg(last_error, E'\\n'), '') AS text FROM ${s}.jobs`);
-  const supervisors = await db.pool.query(`SELECT coalesce(string_agg(info::text || ' ' || row_to_json(sv)::text, E'\\n'), '') AS text FROM ${s}.supervisors sv`);
+  const supervisors = await db.pool.query(
+    `SELECT coalesce(string_agg(info::text || ' ' || row_to_json(sv)::text, E'\\n'), '') AS text FROM ${s}.supervisors sv`,
+  );
   const workerLog = await db.pool
     .query(`SELECT coalesce(string_agg(detail, E'\\n'), '') AS text FROM ${s}.worker_log`)
     .catch(() => ({ rows: [{ text: '' }] }));
@@ -123,7 +124,10 @@ describe('secrets', () => {
     const supervisor = await startSupervisor({ ...SUPERVISOR_OPTIONS, connectionString: role.url, logger: captured.logger });
     let leaks: { leaked: string; crashed: string };
     try {
-      leaks = await provokeErrors(async () => ({ claimErrors: supervisor.status().counters.claimErrors, restarts: supervisor.status().restarts }));
+      leaks = await provokeErrors(async () => ({
+        claimErrors: supervisor.status().counters.claimErrors,
+        restarts: supervisor.status().restarts,
+      }));
     } finally {
       await supervisor.stop({ graceMs: 0 });
     }
@@ -166,9 +170,12 @@ describe('secrets', () => {
 
   it('reports a task module whose import error echoes the connection string without the password, from startSupervisor and `grapevine run`', async () => {
     const tasks = path.resolve(import.meta.dirname, 'fixtures/broken-tasks/leaks-on-import');
-    const err = await startSupervisor({ ...SUPERVISOR_OPTIONS, tasks, connectionString: role.url, logger: capturingLogger('debug').logger }).catch(
-      (e: unknown) => e,
-    );
+    const err = await startSupervisor({
+      ...SUPERVISOR_OPTIONS,
+      tasks,
+      connectionString: role.url,
+      logger: capturingLogger('debug').logger,
+    }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(GrapevineError);
     expect((err as GrapevineError).code).toBe('GRAPEVINE_TASKS_INVALID');
     expect((err as Error).message).toMatch(/connect-on-import\.mjs failed to load: cannot open a pool for t_secrets_\w+@/);

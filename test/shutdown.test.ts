@@ -43,10 +43,13 @@ async function jobRows(ids: string[]) {
 }
 
 function allRunning(ids: string[], owner: string) {
-  return eventually(async () => {
-    const rows = await jobRows(ids);
-    return rows.length === ids.length && rows.every((r) => r.state === 'running' && r.locked_by === owner) ? rows : null;
-  }, `jobs ${ids.join(', ')} to be running on ${owner}`);
+  return eventually(
+    async () => {
+      const rows = await jobRows(ids);
+      return rows.length === ids.length && rows.every((r) => r.state === 'running' && r.locked_by === owner) ? rows : null;
+    },
+    `jobs ${ids.join(', ')} to be running on ${owner}`,
+  );
 }
 
 async function supervisorRow(where: string, value: unknown) {
@@ -152,7 +155,22 @@ describe('SIGTERM to a `grapevine run` process', () => {
 
   async function runCli(graceMs: number): Promise<{ cli: Running; supervisorId: string }> {
     const cli = startProcess(
-      [CLI_SOURCE, 'run', '--tasks', FIXTURE_TASKS, '--threads', '1', '--concurrency', '2', '--grace-ms', String(graceMs), '--schema', db.schema, '--log-level', 'info'],
+      [
+        CLI_SOURCE,
+        'run',
+        '--tasks',
+        FIXTURE_TASKS,
+        '--threads',
+        '1',
+        '--concurrency',
+        '2',
+        '--grace-ms',
+        String(graceMs),
+        '--schema',
+        db.schema,
+        '--log-level',
+        'info',
+      ],
       { DATABASE_URL: db.url },
     );
     children.push(cli);

@@ -28,7 +28,10 @@ describe("the supervisor's connections, when the network drops them silently", (
       await eventually(async () => ((await beat())?.heartbeat_at ? true : null), 'a first heartbeat');
       expect(proxy.blackholeApplications('grapevine-supervisor')).toBeGreaterThan(0);
       // A statement sent into a silent connection never gets an answer: without a deadline it would hold the connection for good.
-      await eventually(() => (proxy.givenUp('grapevine-supervisor') > 0 ? true : null), 'a silent connection with a statement on it to be given up');
+      await eventually(
+        () => (proxy.givenUp('grapevine-supervisor') > 0 ? true : null),
+        'a silent connection with a statement on it to be given up',
+      );
       const givenUpAt = (await beat()).now;
       await eventually(async () => ((await beat()).heartbeat_at > givenUpAt ? true : null), 'a heartbeat written after that');
     } finally {

@@ -64,10 +64,9 @@ async function rowOf(id: string): Promise<JobRow> {
 }
 
 async function statesOf(ids: string[]): Promise<Record<string, number>> {
-  const { rows } = await db.pool.query(
-    `SELECT state, count(*)::int AS n FROM ${S}.jobs WHERE id = ANY($1::bigint[]) GROUP BY state`,
-    [ids],
-  );
+  const { rows } = await db.pool.query(`SELECT state, count(*)::int AS n FROM ${S}.jobs WHERE id = ANY($1::bigint[]) GROUP BY state`, [
+    ids,
+  ]);
   return Object.fromEntries(rows.map((r) => [r.state, r.n]));
 }
 
@@ -108,7 +107,15 @@ async function insertWithoutNotification(task: string, payload: unknown = {}, qu
  * Waits until the supervisor has swept the table at least once more: a job
  * nobody was told about is only ever found by a sweep.
  */
-async function afterASweep({ task = 'noop', payload = {}, queue = 'default' }: { task?: string; payload?: unknown; queue?: string } = {}): Promise<void> {
+async function afterASweep({
+  task = 'noop',
+  payload = {},
+  queue = 'default',
+}: {
+  task?: string;
+  payload?: unknown;
+  queue?: string;
+} = {}): Promise<void> {
   const marker = await insertWithoutNotification(task, payload, queue);
   await eventually(async () => (await rowOf(marker)).state === 'succeeded', 'the sweep to find an unannounced job');
 }
@@ -292,8 +299,7 @@ describe('failures', () => {
 describe('registration', () => {
   it('registers itself with id, host, pid, version, threads and start time, and keeps its heartbeat moving', async () => {
     const supervisor = await start({ threads: 2, concurrency: 3 });
-    const read = async () =>
-      (await db.pool.query(`SELECT * FROM ${S}.supervisors WHERE id = $1`, [supervisor.id])).rows[0];
+    const read = async () => (await db.pool.query(`SELECT * FROM ${S}.supervisors WHERE id = $1`, [supervisor.id])).rows[0];
     const first = await read();
     expect(first).toMatchObject({
       id: supervisor.id,
@@ -333,7 +339,10 @@ describe('idle timeout given at start', () => {
   it('refuses a negative or fractional idleTimeoutMs, naming the option', async () => {
     for (const idleTimeoutMs of [-1, 1.5]) {
       const err = await start({ idleTimeoutMs }).catch((e: unknown) => e);
-      expect(err).toMatchObject({ code: 'GRAPEVINE_CONFIG_INVALID', message: expect.stringMatching(/idleTimeoutMs must be an integer from 0/) });
+      expect(err).toMatchObject({
+        code: 'GRAPEVINE_CONFIG_INVALID',
+        message: expect.stringMatching(/idleTimeoutMs must be an integer from 0/),
+      });
     }
   });
 });

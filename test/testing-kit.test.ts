@@ -31,7 +31,10 @@ describe('grapevine-jobs/testing', () => {
     expect(await alive(before[2])).toBe(true);
     expect(other.listenerPid()).toBe(before[2]);
     // Its own supervisors reconnect, and a job still runs through them.
-    await eventually(() => [a, b].every((s, i) => s.listenerPid() !== null && s.listenerPid() !== before[i]), 'both LISTEN connections to come back');
+    await eventually(
+      () => [a, b].every((s, i) => s.listenerPid() !== null && s.listenerPid() !== before[i]),
+      'both LISTEN connections to come back',
+    );
     const [id] = await mine.client.addJobs([{ task: 'recorded', payload: { n: 1 } }]);
     expect(await mine.client.waitForJob(id, { timeoutMs: 30_000 })).toMatchObject({ state: 'succeeded' });
     expect((await mine.faults()).map((f) => f.kind)).toEqual(['listener-killed']);

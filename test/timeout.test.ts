@@ -61,10 +61,10 @@ describe('hard timeouts', () => {
     expect(job.lastError).toMatch(/timed out after 300 ms/);
     const killedThread = job.lockedThread!;
     await eventually(async () => {
-      const { rows } = await db.pool.query(
-        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name IN ($1, $2)`,
-        [`grapevine-thread-${killedThread}`, `grapevine-handler-${killedThread}`],
-      );
+      const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name IN ($1, $2)`, [
+        `grapevine-thread-${killedThread}`,
+        `grapevine-handler-${killedThread}`,
+      ]);
       return rows[0].n === 0;
     }, 'the killed thread’s connections to close');
     expect(sup.status().threads.map((t) => t.threadId)).not.toContain(killedThread);

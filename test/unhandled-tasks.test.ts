@@ -53,7 +53,9 @@ describe('jobs that no running supervisor handles', { timeout: 60_000 }, () => {
       { task: 'nooop', queue: 'default', jobs: 2, schedules: [] },
       { task: 'noop', queue: 'reports', jobs: 1, schedules: [] },
     ]);
-    const warning = log.lines().find((l) => String(l.msg).startsWith('due jobs (or schedules) wait for tasks (or queues) that no running supervisor handles'));
+    const warning = log
+      .lines()
+      .find((l) => String(l.msg).startsWith('due jobs (or schedules) wait for tasks (or queues) that no running supervisor handles'));
     expect(warning?.unhandled).toEqual(result.unhandled);
     expect((await client.getJob(typo.rows[0].id))?.state).toBe('pending');
   });

@@ -30,12 +30,17 @@ function start(options: Partial<SupervisorOptions> = {}): Promise<Supervisor> {
  * ones, all claimed in one batch, and checks that only it fails, that the
  * others keep their results, and that a job enqueued afterwards runs.
  */
-async function runAmongOrdinary(kind: Record<string, unknown>, { maxAttempts = 3, timeoutMs = 30_000 } = {}): Promise<{ lastError: string; id: string }> {
+async function runAmongOrdinary(
+  kind: Record<string, unknown>,
+  { maxAttempts = 3, timeoutMs = 30_000 } = {},
+): Promise<{ lastError: string; id: string }> {
   const ok = (n: number) => ({ task: 'unstorable', payload: { kind: 'ok', n }, maxAttempts: 3 });
   const ids = await client.addJobs([ok(1), { task: 'unstorable', payload: kind, maxAttempts }, ok(2), ok(3)]);
   const jobs = await Promise.all(ids.map((id) => client.waitForJob(id, { timeoutMs })));
 
-  const { rows } = await db.pool.query(`SELECT count(DISTINCT claim_token)::int AS claims FROM ${db.s}.jobs WHERE id = ANY($1::bigint[])`, [ids]);
+  const { rows } = await db.pool.query(`SELECT count(DISTINCT claim_token)::int AS claims FROM ${db.s}.jobs WHERE id = ANY($1::bigint[])`, [
+    ids,
+  ]);
   expect(rows[0].claims, 'the jobs shared one claim').toBe(1);
   expect(jobs[1]).toMatchObject({ state: 'failed', attempts: 1, maxAttempts, result: null });
   for (const [i, n] of [
@@ -62,13 +67,17 @@ describe('a job whose outcome PostgreSQL cannot store', () => {
   it('fails alone, naming the NUL character its result holds', async () => {
     const { lastError, id } = await runAmongOrdinary({ kind: 'result-nul' });
     parked.push(id);
-    expect(lastError).toMatch(/^GrapevineError \[GRAPEVINE_RESULT_UNSTORABLE\]: the result holds a NUL character \(\\u0000\), which PostgreSQL cannot store/);
+    expect(lastError).toMatch(
+      /^GrapevineError \[GRAPEVINE_RESULT_UNSTORABLE\]: the result holds a NUL character \(\\u0000\), which PostgreSQL cannot store/,
+    );
   });
 
   it('fails alone, naming the lone surrogate its result holds', async () => {
     const { lastError, id } = await runAmongOrdinary({ kind: 'result-lone-surrogate' });
     parked.push(id);
-    expect(lastError).toMatch(/^GrapevineError \[GRAPEVINE_RESULT_UNSTORABLE\]: the result holds a lone UTF-16 surrogate \(\\ud83d without its other half/);
+    expect(lastError).toMatch(
+      /^GrapevineError \[GRAPEVINE_RESULT_UNSTORABLE\]: the result holds a lone UTF-16 surrogate \(\\ud83d without its other half/,
+    );
   });
 
   it('fails alone with its error, a NUL in the message replaced by U+FFFD', async () => {
@@ -94,7 +103,9 @@ describe('a job whose outcome PostgreSQL cannot store', () => {
   it('fails alone when only the database refuses its result, and the batch it shared is written job by job', async () => {
     const { lastError, id } = await runAmongOrdinary({ kind: 'result-number-overflow' });
     parked.push(id);
-    expect(lastError).toMatch(/^GrapevineError \[GRAPEVINE_RESULT_UNSTORABLE\]: the job's result could not be stored, PostgreSQL refused it with 22003: value overflows numeric format;/);
+    expect(lastError).toMatch(
+      /^GrapevineError \[GRAPEVINE_RESULT_UNSTORABLE\]: the job's result could not be stored, PostgreSQL refused it with 22003: value overflows numeric format;/,
+    );
     expect(lastError).not.toContain('1e1000000');
   });
 

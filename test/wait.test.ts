@@ -144,7 +144,9 @@ describe('waitForJob', () => {
     );
     expect(missing).toBeInstanceOf(GrapevineError);
     expect((missing as GrapevineError).code).toBe('GRAPEVINE_JOB_NOT_FOUND');
-    expect((missing as Error).message).toMatch(new RegExp(`^job 987654321987 does not exist in schema "${db.schema}": the id is wrong, or the job was deleted`));
+    expect((missing as Error).message).toMatch(
+      new RegExp(`^job 987654321987 does not exist in schema "${db.schema}": the id is wrong, or the job was deleted`),
+    );
 
     for (const bad of ['abc', '0', '-5', '1; DROP TABLE jobs']) {
       const err = await client.waitForJob(bad).then(
@@ -176,7 +178,10 @@ describe('many waiters', () => {
             [role.name],
           )
         ).rows;
-      await eventually(async () => (await connections()).some((r) => r.application_name === 'grapevine-waiter'), 'the waiter listener to connect');
+      await eventually(
+        async () => (await connections()).some((r) => r.application_name === 'grapevine-waiter'),
+        'the waiter listener to connect',
+      );
       const whileWaiting = await connections();
       expect(whileWaiting.find((r) => r.application_name === 'grapevine-waiter')!.n).toBe(1);
       // The rest is the client's small pool (at most 4 connections), not one per waiter.
@@ -193,8 +198,7 @@ describe('many waiters', () => {
       await waiterClient.close();
     }
     await eventually(
-      async () =>
-        (await db.pool.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = $1`, [role.name])).rows[0].n === 0,
+      async () => (await db.pool.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = $1`, [role.name])).rows[0].n === 0,
       'the client to close its connections',
     );
   });

@@ -24,8 +24,17 @@ import { loadTasks, type LoadedTasks } from './registry.ts';
 const config = workerData as ThreadConfig;
 const logger = createLogger({ level: config.logLevel, format: config.logFormat }).child({ supervisor: config.supervisorId, threadId });
 const pools = openThreadPools(config, logger);
-const writer = new OutcomeWriter(pools.system, config.schema, { baseMs: config.retryBaseMs, maxMs: config.retryMaxMs, deleteSucceeded: config.deleteSucceeded }, logger);
-const tasks: Promise<LoadedTasks> = loadTasks(config.tasksPath).catch((err: Error) => ({ handlers: new Map(), timeouts: new Map(), error: err }));
+const writer = new OutcomeWriter(
+  pools.system,
+  config.schema,
+  { baseMs: config.retryBaseMs, maxMs: config.retryMaxMs, deleteSucceeded: config.deleteSucceeded },
+  logger,
+);
+const tasks: Promise<LoadedTasks> = loadTasks(config.tasksPath).catch((err: Error) => ({
+  handlers: new Map(),
+  timeouts: new Map(),
+  error: err,
+}));
 const helpers = databaseHelpers(pools, config.schema, config.preparedStatements);
 const worker: ExecuteContext['worker'] = { supervisorId: config.supervisorId, threadId, schema: config.schema };
 
@@ -104,13 +113,22 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   const dueLeft =
     request.type === 'claim-next' && jobs.length < requested
       ? // After the commit: before it, this batch's own rows still look pending.
-        committed.then(() => hasDue(pools.system, config.schema, { tasks: known, queues: config.queues })).then(
-          (due) => due,
-          () => true,
-        )
+        committed
+          .then(() => hasDue(pools.system, config.schema, { tasks: known, queues: config.queues }))
+          .then(
+            (due) => due,
+            () => true,
+          )
       : false;
   if (jobs.length > 0) {
-    post(port, { type: 'claimed', ids: claimed, tasks: jobs.map((j) => j.task), queues: jobs.map((j) => j.queue), attempts: jobs.map((j) => j.attempts), threadId });
+    post(port, {
+      type: 'claimed',
+      ids: claimed,
+      tasks: jobs.map((j) => j.task),
+      queues: jobs.map((j) => j.queue),
+      attempts: jobs.map((j) => j.attempts),
+      threadId,
+    });
   }
   const handled = idsReporter(port, 'handled');
   const finished = idsReporter(port, 'finished');
@@ -149,7 +167,8 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       if (!accepted) {
         fenced++;
         // A failed commit is reported once for the batch, below.
-        if (!commitFailed) logger.warn({ jobId: outcome.id }, 'outcome rejected: the job was reassigned, cancelled or released while it ran');
+        if (!commitFailed)
+          logger.warn({ jobId: outcome.id }, 'outcome rejected: the job was reassigned, cancelled or released while it ran');
       }
       finished(outcome.id, !accepted || outcome.kind !== 'success');
       if (--left === 0) allRecorded();
@@ -190,7 +209,8 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   endBatch(port);
   // A commit that failed may or may not have happened; the fence sorted out the outcomes either way.
   const commitError = await committed;
-  if (commitError) logger.warn({ err: commitError.message, jobs: claimed }, "a claim's commit failed: its jobs ran unconfirmed and may run again");
+  if (commitError)
+    logger.warn({ err: commitError.message, jobs: claimed }, "a claim's commit failed: its jobs ran unconfirmed and may run again");
   return {
     type: 'batch-done',
     threadId,

@@ -12,7 +12,12 @@ import { unstorableResult, type Outcome } from './outcomes.ts';
  * Nothing a handler does (throw null, return a function, a circular result)
  * escapes as an exception: the job always gets a readable record.
  */
-export async function executeJob(job: ClaimedJobRow, handler: TaskHandler, abort: JobAbortSwitch, context: ExecuteContext): Promise<Outcome> {
+export async function executeJob(
+  job: ClaimedJobRow,
+  handler: TaskHandler,
+  abort: JobAbortSwitch,
+  context: ExecuteContext,
+): Promise<Outcome> {
   const helpers = new JobHelpers(job, abort, context);
   try {
     const value = await handler(job.payload, helpers);

@@ -97,7 +97,9 @@ async function handlerTransaction<T>(pools: ThreadPools, fn: (query: TaskHelpers
     const result = await client.query(text, params as unknown[]);
     if (client.getTransactionStatus() === 'I') {
       open = false;
-      throw ended(`"${text.slice(0, 40)}" ended the transaction inside transaction(): return from the function to commit, throw to roll back`);
+      throw ended(
+        `"${text.slice(0, 40)}" ended the transaction inside transaction(): return from the function to commit, throw to roll back`,
+      );
     }
     return result;
   }) as TaskHelpers['query'];

@@ -230,7 +230,10 @@ export function refusedOutcomeText(kind: Outcome['kind'], refusal: unknown): str
       : `${String(e.name)}: ${String(e.message)}`;
   return storedErrorText(
     kind === 'success' ? 'GRAPEVINE_RESULT_UNSTORABLE' : 'GRAPEVINE_ERROR_UNSTORABLE',
-    storableText(`the job's ${field} could not be stored, ${why}; this description replaces it, and the job failed without a retry`, MAX_REFUSAL_CHARS),
+    storableText(
+      `the job's ${field} could not be stored, ${why}; this description replaces it, and the job failed without a retry`,
+      MAX_REFUSAL_CHARS,
+    ),
   );
 }
 

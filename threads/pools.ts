@@ -77,7 +77,10 @@ export function openThreadPools(config: ThreadConfig, logger: Logger): ThreadPoo
 async function warmConnections(system: pg.Pool, config: ThreadConfig, logger: Logger): Promise<void> {
   // Concurrent checkouts, so that each connection of the pool is warmed.
   const results = await Promise.allSettled(
-    Array.from({ length: config.systemConnections }, () => withClient(system, (client) => hasDue(client, config.schema, { tasks: [], queues: config.queues }))),
+    Array.from({ length: config.systemConnections }, () =>
+      withClient(system, (client) => hasDue(client, config.schema, { tasks: [], queues: config.queues })),
+    ),
   );
-  for (const r of results) if (r.status === 'rejected') logger.debug({ err: (r.reason as Error).message }, 'could not warm a claim connection');
+  for (const r of results)
+    if (r.status === 'rejected') logger.debug({ err: (r.reason as Error).message }, 'could not warm a claim connection');
 }

@@ -40,7 +40,10 @@ export interface Plan {
 
 function list<T extends string>(flag: string | undefined, allowed: readonly T[], fallback: T[]): T[] {
   if (!flag) return fallback;
-  const names = flag.split(',').map((s) => s.trim()).filter(Boolean);
+  const names = flag
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   for (const n of names) if (!allowed.includes(n as T)) throw new Error(`unknown "${n}": choose from ${allowed.join(', ')}`);
   return allowed.filter((a) => names.includes(a));
 }
@@ -67,18 +70,51 @@ export function parsePlan(argv: string[], repoDir: string): Plan {
     latencyIntervalMs: 20,
   };
   const plan: Plan = smoke
-    ? { ...base, mode: 'smoke', rounds: 1, inProcess: !flags.has('isolate'), jobs: 500, cpuJobs: 6, deepFiller: 5_000,
-        latencySamples: 10, supervisorCounts: [2], recoveryTrials: 1, replacementBootMs: 200, killTrials: 0, timeoutMs: 30_000,
-        capMs: { tuned: 10_000, defaults: 3_000 }, budgetMs: 90_000 }
-    : { ...base, mode: 'full', rounds: 5, inProcess: false, jobs: 20_000, cpuJobs: 200, deepFiller: 1_000_000,
-        latencySamples: 150, supervisorCounts: [1, 2, 4], recoveryTrials: 7, replacementBootMs: 1000, killTrials: 3, timeoutMs: 180_000,
+    ? {
+        ...base,
+        mode: 'smoke',
+        rounds: 1,
+        inProcess: !flags.has('isolate'),
+        jobs: 500,
+        cpuJobs: 6,
+        deepFiller: 5_000,
+        latencySamples: 10,
+        supervisorCounts: [2],
+        recoveryTrials: 1,
+        replacementBootMs: 200,
+        killTrials: 0,
+        timeoutMs: 30_000,
+        capMs: { tuned: 10_000, defaults: 3_000 },
+        budgetMs: 90_000,
+      }
+    : {
+        ...base,
+        mode: 'full',
+        rounds: 5,
+        inProcess: false,
+        jobs: 20_000,
+        cpuJobs: 200,
+        deepFiller: 1_000_000,
+        latencySamples: 150,
+        supervisorCounts: [1, 2, 4],
+        recoveryTrials: 7,
+        replacementBootMs: 1000,
+        killTrials: 3,
+        timeoutMs: 180_000,
         capMs: { tuned: 15_000, defaults: 5_000 },
         // npm run bench must end within 12 minutes, build included.
-        budgetMs: 11 * 60_000 };
+        budgetMs: 11 * 60_000,
+      };
   if (flags.has('rounds')) plan.rounds = Math.max(1, Number(flags.get('rounds')));
   if (flags.has('budget-s')) plan.budgetMs = Math.max(1, Number(flags.get('budget-s'))) * 1000;
   // Size overrides, for trying things out; the published numbers use the defaults above.
-  const sizes = { 'kill-trials': 'killTrials', jobs: 'jobs', 'cpu-jobs': 'cpuJobs', 'deep-filler': 'deepFiller', 'latency-samples': 'latencySamples' } as const;
+  const sizes = {
+    'kill-trials': 'killTrials',
+    jobs: 'jobs',
+    'cpu-jobs': 'cpuJobs',
+    'deep-filler': 'deepFiller',
+    'latency-samples': 'latencySamples',
+  } as const;
   for (const [flag, key] of Object.entries(sizes)) {
     if (!flags.has(flag)) continue;
     const n = Number(flags.get(flag));

@@ -103,13 +103,28 @@ export async function forkSupervisor(spec: ChildSpec, timeoutMs = 30_000): Promi
   const ctl = await forkControlled<ParentMessage, ChildMessage>('supervisor-child.ts', spec, timeoutMs, (m) => {
     if (m.kind === 'handled') handled += m.count;
   });
-  return Object.defineProperty(ctl, 'handled', { get: () => handled, set: (n: number) => (handled = n), enumerable: true }) as ControlledSupervisor;
+  return Object.defineProperty(ctl, 'handled', {
+    get: () => handled,
+    set: (n: number) => (handled = n),
+    enumerable: true,
+  }) as ControlledSupervisor;
 }
 
 /** `grapevine run` from dist/ when it has been built, else the bench's own child. */
 export function spawnSupervisorProcess(spec: ChildSpec): { child: ChildProcess; via: string } {
   if (existsSync(CLI_PATH)) {
-    const args = [CLI_PATH, 'run', '--tasks', spec.tasks, '--threads', String(spec.threads), '--concurrency', String(spec.concurrency), '--schema', spec.schema];
+    const args = [
+      CLI_PATH,
+      'run',
+      '--tasks',
+      spec.tasks,
+      '--threads',
+      String(spec.threads),
+      '--concurrency',
+      String(spec.concurrency),
+      '--schema',
+      spec.schema,
+    ];
     const child = spawn(process.execPath, args, {
       env: { ...process.env, DATABASE_URL: spec.connectionString, GRAPEVINE_LOG_LEVEL: process.env.GRAPEVINE_LOG_LEVEL ?? 'warn' },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -40,8 +40,17 @@ export function mainTable(s: Summary, systems: SystemName[]): string {
   const rateRows = (name: string, m: Summary['throughput'], extra: 'fill' | 'drain' | null) => {
     if (m.size === 0) return;
     const gv = m.get('grapevine');
-    rows.push([name, 'jobs/s (median)', ...cols.map((c) => (c === 'floor' ? '' : cell(m.get(c)?.median ?? NaN, gv?.median, rate(m.get(c)), true, c === 'grapevine')))]);
-    if (extra === 'drain') rows.push([name, 'drain s (median)', ...cols.map((c) => (c === 'floor' ? '' : cell(m.get(c)?.drainMs ?? NaN, gv?.drainMs, sec, false, c === 'grapevine')))]);
+    rows.push([
+      name,
+      'jobs/s (median)',
+      ...cols.map((c) => (c === 'floor' ? '' : cell(m.get(c)?.median ?? NaN, gv?.median, rate(m.get(c)), true, c === 'grapevine'))),
+    ]);
+    if (extra === 'drain')
+      rows.push([
+        name,
+        'drain s (median)',
+        ...cols.map((c) => (c === 'floor' ? '' : cell(m.get(c)?.drainMs ?? NaN, gv?.drainMs, sec, false, c === 'grapevine'))),
+      ]);
     if (extra === 'fill') rows.push([name, 'filler write s', ...cols.map((c) => (c === 'floor' ? '' : sec(m.get(c)?.fillMs ?? NaN)))]);
     // In-process smoke trials have no per-system RSS: leave the row out then.
     if ([...m.values()].some((v) => Number.isFinite(v.rssMb))) {
@@ -55,7 +64,11 @@ export function mainTable(s: Summary, systems: SystemName[]): string {
   if (s.latency.size) {
     const gv = s.latency.get('grapevine');
     for (const q of ['p50', 'p95', 'p99'] as const) {
-      rows.push(['latency', `${q} ms`, ...cols.map((c) => cell(s.latency.get(c)?.[q] ?? NaN, gv?.[q], ms, false, c === 'grapevine' || c === 'floor'))]);
+      rows.push([
+        'latency',
+        `${q} ms`,
+        ...cols.map((c) => cell(s.latency.get(c)?.[q] ?? NaN, gv?.[q], ms, false, c === 'grapevine' || c === 'floor')),
+      ]);
     }
     if ([...s.latency.values()].some((v) => Number.isFinite(v.rssMb))) {
       rows.push(['latency', 'peak RSS MB', ...cols.map((c) => int(s.latency.get(c)?.rssMb ?? NaN))]);
@@ -78,7 +91,14 @@ export function enqueueTable(s: Summary): string {
   const base = s.enqueue.find((e) => e.system === 'graphile' && e.path === CLIENT_PATH);
   const jobs = s.enqueue[0]?.jobs ?? 0;
   return table(
-    ['system', `enqueue ${int(jobs)} jobs in bulk`, 's (median)', 'jobs/s', '× graphile-worker addJobs (keyed: its keyed addJobs)', 's per round'],
+    [
+      'system',
+      `enqueue ${int(jobs)} jobs in bulk`,
+      's (median)',
+      'jobs/s',
+      '× graphile-worker addJobs (keyed: its keyed addJobs)',
+      's per round',
+    ],
     s.enqueue.map((e) => {
       const against = e.path === KEYED_PATH ? s.enqueue.find((g) => g.system === 'graphile' && g.path === KEYED_PATH) : base;
       return [
@@ -96,26 +116,53 @@ export function enqueueTable(s: Summary): string {
 export function scaleTable(s: Summary): string {
   if (!s.scaleout.length) return '';
   return table(
-    ['supervisor processes', 'jobs/s (median)', 'rounds', 'wasted claim attempts / job', 'jobs claimed more than once', 'peak RSS MB per supervisor'],
-    s.scaleout.map((x) => [String(x.supervisors), int(x.median), x.rounds.map(int).join(', '), x.wastedPerJob.toFixed(4), int(x.reclaimed), int(x.rssMb)]),
+    [
+      'supervisor processes',
+      'jobs/s (median)',
+      'rounds',
+      'wasted claim attempts / job',
+      'jobs claimed more than once',
+      'peak RSS MB per supervisor',
+    ],
+    s.scaleout.map((x) => [
+      String(x.supervisors),
+      int(x.median),
+      x.rounds.map(int).join(', '),
+      x.wastedPerJob.toFixed(4),
+      int(x.reclaimed),
+      int(x.rssMb),
+    ]),
   );
 }
 
 export function recoveryTable(s: Summary): string {
   const r = s.recovery;
   if (!r) return '';
-  const rows = [['thread killed mid-job (process.exit in the handler) → job running again', ms(r.threadMedian), r.threadCrashMs.map(ms).join(', ')]];
+  const rows = [
+    ['thread killed mid-job (process.exit in the handler) → job running again', ms(r.threadMedian), r.threadCrashMs.map(ms).join(', ')],
+  ];
   if (r.bootingMs.length) {
-    rows.push(['the same, while the last crash\'s replacement thread is still booting (not a target)', ms(r.bootingMedian), r.bootingMs.map(ms).join(', ')]);
+    rows.push([
+      "the same, while the last crash's replacement thread is still booting (not a target)",
+      ms(r.bootingMedian),
+      r.bootingMs.map(ms).join(', '),
+    ]);
   }
   if (r.killMs.length) {
-    rows.push([`supervisor SIGKILLed → its job running on another (heartbeat timeout ${r.heartbeatTimeoutMs} ms)`, ms(r.killMedian), r.killMs.map(ms).join(', ')]);
+    rows.push([
+      `supervisor SIGKILLed → its job running on another (heartbeat timeout ${r.heartbeatTimeoutMs} ms)`,
+      ms(r.killMedian),
+      r.killMs.map(ms).join(', '),
+    ]);
   }
   return table(['grapevine recovery', 'median ms', 'all trials ms'], rows);
 }
 
 export function targetTable(ts: Target[]): string {
-  return table(['target', 'result', 'measured'], ts.map((t) => [t.name, t.verdict, t.detail]));
+  return table(
+    ['target', 'result', 'measured'],
+    ts.map((t) => [t.name, t.verdict, t.detail]),
+  );
 }
 
 export function roundsTable(s: Summary, systems: SystemName[]): string {

@@ -18,11 +18,43 @@ export interface TrialRecord {
 }
 
 /** capped: some round stopped at the cap (handled jobs / elapsed), see Plan.capMs. */
-export interface RateStat { median: number; rounds: number[]; rssMb: number; bootMs: number; enqueueMs: number; drainMs: number; fillMs: number; capped: boolean }
+export interface RateStat {
+  median: number;
+  rounds: number[];
+  rssMb: number;
+  bootMs: number;
+  enqueueMs: number;
+  drainMs: number;
+  fillMs: number;
+  capped: boolean;
+}
 /** One bulk enqueue path of one system: median ms for `jobs` jobs over rounds. */
-export interface EnqueueStat { system: SystemName; path: string; jobs: number; medianMs: number; rounds: number[]; jobsPerSec: number }
-export interface ScaleStat { supervisors: number; median: number; rounds: number[]; wastedPerJob: number; reclaimed: number; rssMb: number }
-export interface RecoveryStat { threadCrashMs: number[]; threadMedian: number; bootingMs: number[]; bootingMedian: number; killMs: number[]; killMedian: number; heartbeatTimeoutMs: number; killedProcess: string }
+export interface EnqueueStat {
+  system: SystemName;
+  path: string;
+  jobs: number;
+  medianMs: number;
+  rounds: number[];
+  jobsPerSec: number;
+}
+export interface ScaleStat {
+  supervisors: number;
+  median: number;
+  rounds: number[];
+  wastedPerJob: number;
+  reclaimed: number;
+  rssMb: number;
+}
+export interface RecoveryStat {
+  threadCrashMs: number[];
+  threadMedian: number;
+  bootingMs: number[];
+  bootingMedian: number;
+  killMs: number[];
+  killMedian: number;
+  heartbeatTimeoutMs: number;
+  killedProcess: string;
+}
 
 export interface Summary {
   /** The backlog protocol at tuned settings (the throughput workload). */
@@ -40,7 +72,11 @@ export interface Summary {
   failures: string[];
 }
 
-export interface Target { name: string; verdict: 'PASS' | 'FAIL' | 'n/a'; detail: string }
+export interface Target {
+  name: string;
+  verdict: 'PASS' | 'FAIL' | 'n/a';
+  detail: string;
+}
 
 const ok = (r: TrialRecord) => r.result.ok;
 const num = (r: TrialRecord, key: string) => Number((r.result as Record<string, unknown>)[key] ?? Number.NaN);
@@ -91,17 +127,19 @@ export function summarize(records: TrialRecord[]): Summary {
     latency.set(subject, { ...percentiles(samples), rssMb: maxOf(rs.map((r) => num(r, 'rssMb'))) });
   }
   const scale = records.filter((r) => r.workload === 'scaleout' && ok(r));
-  const scaleout = [...new Set(scale.map((r) => r.supervisors ?? 1))].sort((a, b) => a - b).map((n) => {
-    const rs = scale.filter((r) => r.supervisors === n);
-    return {
-      supervisors: n,
-      median: median(rs.map((r) => num(r, 'jobsPerSec'))),
-      rounds: rs.map((r) => num(r, 'jobsPerSec')),
-      wastedPerJob: median(rs.map((r) => num(r, 'wastedClaimsPerJob'))),
-      reclaimed: median(rs.map((r) => num(r, 'jobsWithAttemptsOver1'))),
-      rssMb: maxOf(rs.map((r) => num(r, 'rssMb'))),
-    };
-  });
+  const scaleout = [...new Set(scale.map((r) => r.supervisors ?? 1))]
+    .sort((a, b) => a - b)
+    .map((n) => {
+      const rs = scale.filter((r) => r.supervisors === n);
+      return {
+        supervisors: n,
+        median: median(rs.map((r) => num(r, 'jobsPerSec'))),
+        rounds: rs.map((r) => num(r, 'jobsPerSec')),
+        wastedPerJob: median(rs.map((r) => num(r, 'wastedClaimsPerJob'))),
+        reclaimed: median(rs.map((r) => num(r, 'jobsWithAttemptsOver1'))),
+        rssMb: maxOf(rs.map((r) => num(r, 'rssMb'))),
+      };
+    });
   const rec = records.find((r) => r.workload === 'recovery' && ok(r));
   const rr = rec?.result as Record<string, unknown> | undefined;
   const booting = (rr?.threadCrashBootingMs as number[] | undefined) ?? [];
@@ -128,7 +166,12 @@ export function summarize(records: TrialRecord[]): Summary {
           killedProcess: String(rr.killedProcess ?? ''),
         }
       : null,
-    failures: records.filter((r) => !r.result.ok).map((r) => `${r.workload}/${r.system}${r.profile === 'defaults' ? ' (defaults)' : ''}${r.supervisors ? ` x${r.supervisors}` : ''} round ${r.round}: ${(r.result as { error: string }).error.split('\n')[0]}`),
+    failures: records
+      .filter((r) => !r.result.ok)
+      .map(
+        (r) =>
+          `${r.workload}/${r.system}${r.profile === 'defaults' ? ' (defaults)' : ''}${r.supervisors ? ` x${r.supervisors}` : ''} round ${r.round}: ${(r.result as { error: string }).error.split('\n')[0]}`,
+      ),
   };
 }
 
@@ -136,14 +179,20 @@ const f = (n: number, digits = 2) => (Number.isFinite(n) ? n.toFixed(digits) : '
 
 /** at least `factor` times `other` (higher is better). */
 function atLeast(name: string, mine: number | undefined, other: number | undefined, factor: number, unit: string): Target {
-  if (mine === undefined || other === undefined || !Number.isFinite(mine) || !Number.isFinite(other)) return { name, verdict: 'n/a', detail: 'not measured in this run' };
+  if (mine === undefined || other === undefined || !Number.isFinite(mine) || !Number.isFinite(other))
+    return { name, verdict: 'n/a', detail: 'not measured in this run' };
   const need = other * factor;
-  return { name, verdict: mine >= need ? 'PASS' : 'FAIL', detail: `${f(mine, 1)} ${unit} vs required ${f(need, 1)} (ratio ${f(mine / other)}×)` };
+  return {
+    name,
+    verdict: mine >= need ? 'PASS' : 'FAIL',
+    detail: `${f(mine, 1)} ${unit} vs required ${f(need, 1)} (ratio ${f(mine / other)}×)`,
+  };
 }
 
 /** at most `limit` (lower is better); `base`, when given, is what the limit derives from, and the detail gives mine ÷ base. */
 function atMost(name: string, mine: number | undefined, limit: number | undefined, unit: string, strict = false, base?: number): Target {
-  if (mine === undefined || limit === undefined || !Number.isFinite(mine) || !Number.isFinite(limit)) return { name, verdict: 'n/a', detail: 'not measured in this run' };
+  if (mine === undefined || limit === undefined || !Number.isFinite(mine) || !Number.isFinite(limit))
+    return { name, verdict: 'n/a', detail: 'not measured in this run' };
   const pass = strict ? mine < limit : mine <= limit;
   const ratio = base !== undefined && Number.isFinite(base) && base > 0 ? ` (ratio ${f(mine / base)}×)` : '';
   return { name, verdict: pass ? 'PASS' : 'FAIL', detail: `${f(mine)} ${unit} vs limit ${f(limit)} ${unit}${ratio}` };
@@ -160,10 +209,20 @@ function enqueueTargets(s: Summary): Target[] {
   const list = gv.map((e) =>
     e.path === KEYED_PATH
       ? atLeast(`enqueue, ${KEYED_PATH}: ≥ 1.25× graphile-worker addJobs with job_key`, e.jobsPerSec, graphile(KEYED_PATH), 1.25, 'jobs/s')
-      : atLeast(`enqueue, ${e.path === CLIENT_PATH ? 'client addJobs' : e.path}: ≥ 1.5× graphile-worker addJobs`, e.jobsPerSec, gw, 1.5, 'jobs/s'),
+      : atLeast(
+          `enqueue, ${e.path === CLIENT_PATH ? 'client addJobs' : e.path}: ≥ 1.5× graphile-worker addJobs`,
+          e.jobsPerSec,
+          gw,
+          1.5,
+          'jobs/s',
+        ),
   );
   if (gv.length && !gv.some((e) => e.path.includes('add_jobs'))) {
-    list.push({ name: 'enqueue, SQL bulk function: ≥ 1.5× graphile-worker addJobs', verdict: 'FAIL', detail: 'the schema has no add_jobs(jsonb) or add_jobs(jsonb[]) function' });
+    list.push({
+      name: 'enqueue, SQL bulk function: ≥ 1.5× graphile-worker addJobs',
+      verdict: 'FAIL',
+      detail: 'the schema has no add_jobs(jsonb) or add_jobs(jsonb[]) function',
+    });
   }
   if (!gv.length) list.push(atLeast('enqueue: ≥ 1.5× graphile-worker addJobs', undefined, gw, 1.5, 'jobs/s'));
   return list;
@@ -195,10 +254,22 @@ export function targets(s: Summary, threads: number): Target[] {
     atMost('latency p99 ≤ graphile-worker p99', gvL?.p99, gwL?.p99, 'ms', false, gwL?.p99),
     atMost('latency p99 < 10 ms', gvL?.p99, 10, 'ms', true),
     atMost('peak RSS, throughput (backlog, tuned) ≤ graphile-worker', s.throughput.get('grapevine')?.rssMb, gwRss, 'MB', false, gwRss),
-    atLeast(`cpu ≥ 0.85 × ${threads} threads × graphile-worker (concurrentJobs 24, one thread)`, s.cpu.get('grapevine')?.median, s.cpu.get('graphile')?.median, 0.85 * threads, 'jobs/s'),
+    atLeast(
+      `cpu ≥ 0.85 × ${threads} threads × graphile-worker (concurrentJobs 24, one thread)`,
+      s.cpu.get('grapevine')?.median,
+      s.cpu.get('graphile')?.median,
+      0.85 * threads,
+      'jobs/s',
+    ),
     scale,
     atLeast('deep queue ≥ 0.8× shallow throughput', s.deep.get('grapevine')?.median, gv(s.throughput), 0.8, 'jobs/s'),
     atMost('recovery: thread crash median < 100 ms', rec?.threadMedian, 100, 'ms', true),
-    atMost('recovery: supervisor SIGKILL median < heartbeat timeout + 1 s', rec?.killMedian, rec ? rec.heartbeatTimeoutMs + 1000 : undefined, 'ms', true),
+    atMost(
+      'recovery: supervisor SIGKILL median < heartbeat timeout + 1 s',
+      rec?.killMedian,
+      rec ? rec.heartbeatTimeoutMs + 1000 : undefined,
+      'ms',
+      true,
+    ),
   ];
 }

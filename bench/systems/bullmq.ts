@@ -32,7 +32,8 @@ export class BullMqAdapter implements SystemAdapter {
       return {
         version: `${installedVersion('bullmq')}, PostgreSQL backend`,
         connection: '{ connectionString, schema }: pool default (10) for the worker and the producer',
-        worker: 'new Worker(queue, fn, { connection, autorun: false }, createPostgresBackend) then worker.run(), in-process: concurrency default (1), every other option default',
+        worker:
+          'new Worker(queue, fn, { connection, autorun: false }, createPostgresBackend) then worker.run(), in-process: concurrency default (1), every other option default',
         enqueue: `bulk: queue.addBulk in chunks of ${BULK_CHUNK}, ${BULK_PARALLEL} at a time; single: queue.add`,
         migrations: 'runMigrations(client, schema) once in setup, as the guide says',
         finished: "state = 'completed' (removeOnComplete default: kept)",

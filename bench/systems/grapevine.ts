@@ -59,7 +59,7 @@ export class GrapevineAdapter implements SystemAdapter {
       version: `${repoVersion()} — this repository, run from its build (dist/, what the npm package runs; npm run bench builds first)`,
       supervisor,
       enqueue: `bulk: client.addJobs (one statement per 5,000 jobs); single: client.addJob; the enqueue workload also times the rows "${SQL_PER_ROW}" and, when the schema has one, "${SQL_BULK}"`,
-      handlers: 'task modules in bench/tasks/ run inside the supervisor\'s worker threads',
+      handlers: "task modules in bench/tasks/ run inside the supervisor's worker threads",
       finished: "state = 'succeeded', or the row deleted (deleteSucceeded)",
     };
   }
@@ -149,10 +149,9 @@ export class GrapevineAdapter implements SystemAdapter {
   }
 
   async unfinished(): Promise<number> {
-    const r = await this.pool.query(
-      `SELECT count(*)::int AS n FROM "${this.ctx.schema}".jobs WHERE id >= $1 AND state <> 'succeeded'`,
-      [String(this.firstId ?? 0n)],
-    );
+    const r = await this.pool.query(`SELECT count(*)::int AS n FROM "${this.ctx.schema}".jobs WHERE id >= $1 AND state <> 'succeeded'`, [
+      String(this.firstId ?? 0n),
+    ]);
     return r.rows[0].n;
   }
 

@@ -60,7 +60,10 @@ export class GraphileAdapter implements SystemAdapter {
         ? `localQueue.size ${LOCAL_QUEUE_SIZE}, completeJobBatchDelay 0, failJobBatchDelay 0 (docs: worker.graphile.org/docs/performance)`
         : 'defaults: no local queue (each job fetched on demand), completeJobBatchDelay and failJobBatchDelay unset (no batching)',
       ...(tuned
-        ? { 'why these': 'the configuration behind the numbers on graphile-worker\'s performance page. Its option docs (dist/index.d.ts) suggest localQueue.size "concurrentJobs + 1" as a start and "a much higher number" for very high throughput with extremely fast tasks, and completeJobBatchDelay "starting with … 250"; 250 measured slower than 0 here (5 of 5 interleaved 20,000-job runs)' }
+        ? {
+            'why these':
+              'the configuration behind the numbers on graphile-worker\'s performance page. Its option docs (dist/index.d.ts) suggest localQueue.size "concurrentJobs + 1" as a start and "a much higher number" for very high throughput with extremely fast tasks, and completeJobBatchDelay "starting with … 250"; 250 measured slower than 0 here (5 of 5 interleaved 20,000-job runs)',
+          }
         : {}),
       enqueue: `bulk: WorkerUtils.addJobs in chunks of ${BULK_CHUNK}; single: WorkerUtils.addJob`,
       handlers: 'JS functions on the main thread (taskList); CPU work is therefore single-threaded',

@@ -33,7 +33,8 @@ export class PgBossAdapter implements SystemAdapter {
         version: installedVersion('pg-boss'),
         constructor: 'new PgBoss({ connectionString, schema }): useListenNotify default (false), pool max default (10)',
         queues: 'createQueue(name) for noop, latency, cpu: notify default (off)',
-        worker: 'work(name, handler) per queue, in-process, no options: batchSize 1, localConcurrency 1, pollingIntervalSeconds 2 (one job per fetch, and the next fetch after the interval unless the last one ran that long)',
+        worker:
+          'work(name, handler) per queue, in-process, no options: batchSize 1, localConcurrency 1, pollingIntervalSeconds 2 (one job per fetch, and the next fetch after the interval unless the last one ran that long)',
         enqueue: `bulk: insert(name, jobs) in chunks of ${BULK_CHUNK}; single: send(name, data)`,
         finished: "state = 'completed'",
       };
@@ -65,7 +66,10 @@ export class PgBossAdapter implements SystemAdapter {
 
   async enqueueBulk(task: TaskName, payloads: BenchPayload[]): Promise<void> {
     for (let i = 0; i < payloads.length; i += BULK_CHUNK) {
-      await this.boss!.insert(task, payloads.slice(i, i + BULK_CHUNK).map((data) => ({ data: { ...data } })));
+      await this.boss!.insert(
+        task,
+        payloads.slice(i, i + BULK_CHUNK).map((data) => ({ data: { ...data } })),
+      );
     }
   }
 
@@ -93,7 +97,12 @@ export class PgBossAdapter implements SystemAdapter {
 
   async startProcessing(): Promise<void> {
     const probe = this.probe!;
-    const tuned = { batchSize: BATCH_SIZE, localConcurrency: LOCAL_CONCURRENCY, burstWhenBatchFull: true, pollingIntervalSeconds: POLLING_INTERVAL_S };
+    const tuned = {
+      batchSize: BATCH_SIZE,
+      localConcurrency: LOCAL_CONCURRENCY,
+      burstWhenBatchFull: true,
+      pollingIntervalSeconds: POLLING_INTERVAL_S,
+    };
     for (const t of TASKS) {
       await this.boss!.work(t, this.ctx.profile === 'tuned' ? tuned : {}, async (jobs) => {
         for (const job of jobs) runBenchTask(t, job.data as BenchPayload, probe);

@@ -15,8 +15,9 @@ export default async function crash(payload, helpers) {
     reportKilled(helpers.job.id, nowMs());
     process.exit(1);
   }
-  await helpers.query(
-    `INSERT INTO ${payload.events} (job_id, kind, at_ms, pid) VALUES ($1, 'rerun', $2, $3) ON CONFLICT DO NOTHING`,
-    [helpers.job.id, at, process.pid],
-  );
+  await helpers.query(`INSERT INTO ${payload.events} (job_id, kind, at_ms, pid) VALUES ($1, 'rerun', $2, $3) ON CONFLICT DO NOTHING`, [
+    helpers.job.id,
+    at,
+    process.pid,
+  ]);
 }

@@ -25,7 +25,14 @@ const IDLE_MS = 500;
 export async function runArriving(adapter: SystemAdapter, p: ArrivingParams): Promise<DrainResult> {
   await adapter.setup();
   // The producer connects before the workers boot, so its start-up competes with nothing timed.
-  const spec: EnqueuerSpec = { system: adapter.name, connectionString: p.connectionString, schema: p.schema, profile: p.profile, task: 'noop', jobs: p.jobs };
+  const spec: EnqueuerSpec = {
+    system: adapter.name,
+    connectionString: p.connectionString,
+    schema: p.schema,
+    profile: p.profile,
+    task: 'noop',
+    jobs: p.jobs,
+  };
   const producer = await forkControlled<EnqueuerCommand, EnqueuerMessage>('enqueuer.ts', spec, 30_000);
   try {
     const probe = new CountingProbe();
@@ -43,7 +50,14 @@ export async function runArriving(adapter: SystemAdapter, p: ArrivingParams): Pr
     const drained = await waitDrained(adapter, probe, p.jobs, p.timeoutMs, done.startedAt + p.capMs);
     const extra = (await adapter.extraStats?.()) ?? {};
     await adapter.stopWorkers();
-    return { ...rateSince(done.startedAt, p.jobs, probe, drained), bootMs, startMs, enqueueMs: done.endedAt - done.startedAt, fillMs: 0, extra };
+    return {
+      ...rateSince(done.startedAt, p.jobs, probe, drained),
+      bootMs,
+      startMs,
+      enqueueMs: done.endedAt - done.startedAt,
+      fillMs: 0,
+      extra,
+    };
   } finally {
     if (producer.child.exitCode === null) producer.child.kill('SIGKILL');
   }

@@ -33,7 +33,12 @@ export interface DrainResult {
 }
 
 /** jobs / (clock start → last job finished), or handled jobs / (clock start → cap). */
-export function rateSince(t0: number, jobs: number, probe: CountingProbe, drained: Drained): { jobsPerSec: number; drainMs: number; capped: boolean } {
+export function rateSince(
+  t0: number,
+  jobs: number,
+  probe: CountingProbe,
+  drained: Drained,
+): { jobsPerSec: number; drainMs: number; capped: boolean } {
   const drainMs = drained.at - t0;
   const done = drained.complete ? jobs : Math.min(jobs, probe.handledCount);
   return { jobsPerSec: done / (drainMs / 1000), drainMs, capped: !drained.complete };

@@ -20,7 +20,11 @@ export async function runEnqueue(adapter: SystemAdapter, jobs: number): Promise<
   await adapter.setup();
   const client: EnqueuePath = {
     name: CLIENT_PATH,
-    run: (task, count) => adapter.enqueueBulk(task, Array.from({ length: count }, () => ({}))),
+    run: (task, count) =>
+      adapter.enqueueBulk(
+        task,
+        Array.from({ length: count }, () => ({})),
+      ),
   };
   const enqueueMs: Record<string, number> = {};
   for (const path of [client, ...((await adapter.enqueuePaths?.()) ?? [])]) {

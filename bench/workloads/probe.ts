@@ -41,7 +41,13 @@ export interface Drained {
  * compete for); a slow safety poll covers systems whose handlers run more than once
  * per job.
  */
-export async function waitDrained(adapter: SystemAdapter, probe: CountingProbe, jobs: number, timeoutMs: number, capAt = Infinity): Promise<Drained> {
+export async function waitDrained(
+  adapter: SystemAdapter,
+  probe: CountingProbe,
+  jobs: number,
+  timeoutMs: number,
+  capAt = Infinity,
+): Promise<Drained> {
   const deadline = nowMs() + timeoutMs;
   let safety = false;
   const safetyPoll = (async () => {

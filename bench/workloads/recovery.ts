@@ -18,7 +18,11 @@ import { median, nowMs, sleep } from '../lib/stats.ts';
 import { GRAPEVINE_CONCURRENCY, TASKS_DIR } from '../systems/grapevine.ts';
 import type { TrialSpec } from '../trial.ts';
 
-interface Event { kind: string; at_ms: number; pid: number }
+interface Event {
+  kind: string;
+  at_ms: number;
+  pid: number;
+}
 
 async function waitEvent(pool: pg.Pool, table: string, jobId: string, kind: string, timeoutMs: number): Promise<Event> {
   const deadline = nowMs() + timeoutMs;
@@ -61,7 +65,11 @@ export async function run(spec: TrialSpec): Promise<Record<string, unknown>> {
 
     // Thread crash, in this process.
     const sup = await startSupervisor({
-      connectionString, schema, tasks: TASKS_DIR, threads: spec.threads, concurrency: GRAPEVINE_CONCURRENCY,
+      connectionString,
+      schema,
+      tasks: TASKS_DIR,
+      threads: spec.threads,
+      concurrency: GRAPEVINE_CONCURRENCY,
       logger: pino({ level: process.env.GRAPEVINE_LOG_LEVEL ?? 'error' }),
     });
     const threadMs: number[] = [];

@@ -22,7 +22,15 @@ export async function run(spec: TrialSpec): Promise<Record<string, unknown>> {
     // between them (at least one thread each), so N supervisors do not run N times
     // the threads on the same two cores.
     const threads = Math.max(1, Math.floor(spec.threads / spec.supervisors));
-    const childSpec = { connectionString, schema, tasks: TASKS_DIR, threads, concurrency: GRAPEVINE_CONCURRENCY, paused: true, deleteSucceeded: GRAPEVINE_DELETE_SUCCEEDED };
+    const childSpec = {
+      connectionString,
+      schema,
+      tasks: TASKS_DIR,
+      threads,
+      concurrency: GRAPEVINE_CONCURRENCY,
+      paused: true,
+      deleteSucceeded: GRAPEVINE_DELETE_SUCCEEDED,
+    };
     // Boot one at a time: N node processes starting at once on 2 cores would only
     // slow each other's boot, which is not what is being measured.
     for (let i = 0; i < spec.supervisors; i++) sups.push(await forkSupervisor(childSpec));
@@ -49,7 +57,8 @@ export async function run(spec: TrialSpec): Promise<Record<string, unknown>> {
     const firstId = ids.reduce((a, b) => (BigInt(b) < BigInt(a) ? b : a));
 
     const unfinished = async () =>
-      (await pool.query(`SELECT count(*)::int AS n FROM "${schema}".jobs WHERE id >= $1 AND state <> 'succeeded'`, [firstId])).rows[0].n as number;
+      (await pool.query(`SELECT count(*)::int AS n FROM "${schema}".jobs WHERE id >= $1 AND state <> 'succeeded'`, [firstId])).rows[0]
+        .n as number;
     const t0 = nowMs();
     for (const s of sups) s.send({ kind: 'resume' });
     const deadline = t0 + spec.timeoutMs;
@@ -80,7 +89,8 @@ export async function run(spec: TrialSpec): Promise<Record<string, unknown>> {
     const claimed = stats.reduce((n, s) => n + (s.counters.claimed ?? 0), 0);
     const wasted = stats.reduce((n, s) => n + (s.counters.wastedClaims ?? 0), 0);
     // From the table: jobs that needed more than one claim to finish.
-    const reclaimed = (await pool.query(`SELECT count(*)::int AS n FROM "${schema}".jobs WHERE id >= $1 AND attempts > 1`, [firstId])).rows[0].n;
+    const reclaimed = (await pool.query(`SELECT count(*)::int AS n FROM "${schema}".jobs WHERE id >= $1 AND attempts > 1`, [firstId]))
+      .rows[0].n;
     const drainMs = t1 - t0;
     return {
       jobsPerSec: spec.jobs / (drainMs / 1000),

@@ -45,7 +45,9 @@ export function parseCrontab(text: string, fileName: string): Schedule[] {
       const schedule = parseSchedule(parseLine(line));
       const earlier = lineOfName.get(schedule.name);
       if (earlier !== undefined) {
-        throw new Error(`the schedule name ${JSON.stringify(schedule.name)} is already used on line ${earlier}: give one of them --name=OTHER`);
+        throw new Error(
+          `the schedule name ${JSON.stringify(schedule.name)} is already used on line ${earlier}: give one of them --name=OTHER`,
+        );
       }
       lineOfName.set(schedule.name, lineNumber);
       schedules.push(schedule);
@@ -54,7 +56,8 @@ export function parseCrontab(text: string, fileName: string): Schedule[] {
     }
   });
   if (problems.length === 1) throw new GrapevineError('GRAPEVINE_SCHEDULE_INVALID', problems[0]);
-  if (problems.length > 1) throw new GrapevineError('GRAPEVINE_SCHEDULE_INVALID', `${problems.length} bad lines in crontab ${fileName}:\n${problems.join('\n')}`);
+  if (problems.length > 1)
+    throw new GrapevineError('GRAPEVINE_SCHEDULE_INVALID', `${problems.length} bad lines in crontab ${fileName}:\n${problems.join('\n')}`);
   return schedules;
 }
 
@@ -73,13 +76,20 @@ function parseLine(line: string): ScheduleSpec {
       const option = scanner.word()!;
       const [, key, value] = /^--([^=]*)(?:=(.*))?$/.exec(option)!;
       const setter = Object.hasOwn(OPTIONS, key) ? OPTIONS[key] : undefined;
-      if (!setter) throw new Error(`unknown option ${JSON.stringify(option)}: the options are ${Object.keys(OPTIONS).map((o) => `--${o}`).join(', ')}`);
+      if (!setter)
+        throw new Error(
+          `unknown option ${JSON.stringify(option)}: the options are ${Object.keys(OPTIONS)
+            .map((o) => `--${o}`)
+            .join(', ')}`,
+        );
       if (!value) throw new Error(`option --${key} has no value: write --${key}=VALUE, without spaces`);
       if (given.has(key)) throw new Error(`option --${key} is given twice`);
       given.add(key);
       setter(spec, value);
     } else if (payloadSeen) {
-      throw new Error(`unexpected ${JSON.stringify(scanner.word())} after the payload: options are written --OPTION=VALUE, and a line has one JSON payload`);
+      throw new Error(
+        `unexpected ${JSON.stringify(scanner.word())} after the payload: options are written --OPTION=VALUE, and a line has one JSON payload`,
+      );
     } else {
       spec.payload = scanner.json();
       payloadSeen = true;
@@ -94,7 +104,8 @@ function readCron(scanner: LineScanner): string {
   const fields = [first];
   while (fields.length < 5) {
     const field = scanner.word();
-    if (field === undefined) throw new Error(`the cron expression ${JSON.stringify(fields.join(' '))} has ${fields.length} of its 5 fields, and no task follows`);
+    if (field === undefined)
+      throw new Error(`the cron expression ${JSON.stringify(fields.join(' '))} has ${fields.length} of its 5 fields, and no task follows`);
     fields.push(field);
   }
   if (!scanner.done() && isDayOfWeekField(scanner.peek())) fields.push(scanner.word()!);
@@ -117,7 +128,9 @@ export function missedOption(value: string): MissedTicks {
   if (value === 'skip' || value === 'once') return value;
   const match = /^backfill:(\d+)$/.exec(value);
   if (match) return { backfill: Number(match[1]) };
-  throw new Error(`--missed=${value} is not a policy: write --missed=skip, --missed=once or --missed=backfill:N with N from 1 to ${MAX_BACKFILL}`);
+  throw new Error(
+    `--missed=${value} is not a policy: write --missed=skip, --missed=once or --missed=backfill:N with N from 1 to ${MAX_BACKFILL}`,
+  );
 }
 
 /** Reads a line word by word, or one JSON value at a time (which may hold spaces). */
@@ -153,13 +166,17 @@ class LineScanner {
     const text = this.line.slice(start, end);
     this.at = end;
     if (!this.done() && !/\s/.test(this.line[this.at])) {
-      throw new Error(`unexpected ${JSON.stringify(this.peek())} right after the payload ${text}: put a space between the payload and an option`);
+      throw new Error(
+        `unexpected ${JSON.stringify(this.peek())} right after the payload ${text}: put a space between the payload and an option`,
+      );
     }
     this.skipSpaces();
     try {
       return JSON.parse(text);
     } catch (err) {
-      throw new Error(`the payload ${text} is not JSON (${(err as Error).message}): write one JSON value, for example {"full":true}, or an option as --OPTION=VALUE`);
+      throw new Error(
+        `the payload ${text} is not JSON (${(err as Error).message}): write one JSON value, for example {"full":true}, or an option as --OPTION=VALUE`,
+      );
     }
   }
 

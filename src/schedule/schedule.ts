@@ -234,7 +234,10 @@ function jsonPayload(name: string, payload: unknown): unknown {
   try {
     json = JSON.stringify(payload);
   } catch (err) {
-    throw scheduleError(name, `payload is not JSON-serializable (${(err as Error).message}): pass plain objects, arrays, strings, numbers and booleans`);
+    throw scheduleError(
+      name,
+      `payload is not JSON-serializable (${(err as Error).message}): pass plain objects, arrays, strings, numbers and booleans`,
+    );
   }
   if (json === undefined) throw scheduleError(name, `payload is not JSON (got ${typeof payload})`);
   return JSON.parse(json);

@@ -75,7 +75,9 @@ export function dueTicks(schedule: Schedule, lastTick: Date | null, now: Date, o
 
 /** Up to `count` of the most recent ticks at or before `now`, oldest first, without stepping through older ones. */
 function recentTicks(schedule: Schedule, now: Date, count: number): Date[] {
-  return cronOf(schedule).previousRuns(count, new Date(now.getTime() + 1)).reverse();
+  return cronOf(schedule)
+    .previousRuns(count, new Date(now.getTime() + 1))
+    .reverse();
 }
 
 function checkInstant(what: string, value: unknown): void {

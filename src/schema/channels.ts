@@ -18,7 +18,13 @@ export interface Channels {
 }
 
 export function channelsFor(schema: string): Channels {
-  return { jobs: `${schema}_jobs`, done: `${schema}_done`, control: `${schema}_control`, responses: `${schema}_responses`, log: `${schema}_log` };
+  return {
+    jobs: `${schema}_jobs`,
+    done: `${schema}_done`,
+    control: `${schema}_control`,
+    responses: `${schema}_responses`,
+    log: `${schema}_log`,
+  };
 }
 
 export function quoteIdent(name: string): string {

@@ -99,7 +99,9 @@ function sqlFiles(folder: string): string[] {
     files = readdirSync(dir);
   } catch (err) {
     // A package built without them, or a PACKAGE_ROOT that is not this package.
-    throw new Error(`grapevine's schema files are not in ${dir}: the package must ship src/schema/**/*.sql beside package.json`, { cause: err });
+    throw new Error(`grapevine's schema files are not in ${dir}: the package must ship src/schema/**/*.sql beside package.json`, {
+      cause: err,
+    });
   }
   return files.filter((file) => file.endsWith('.sql')).sort();
 }

@@ -177,7 +177,9 @@ async function cannotMigrate(err: Error, pool: pg.Pool, schema: string, found: S
       : version < latestVersion()
         ? `schema "${schema}" is at version ${version} and this grapevine needs version ${latestVersion()}`
         : `schema "${schema}" has older functions than this grapevine`;
-  return new GrapevineError('GRAPEVINE_SCHEMA_TOO_OLD', `${where}, and ${role} may not migrate it (${err.message}): ${migrateIt}`, { cause: err });
+  return new GrapevineError('GRAPEVINE_SCHEMA_TOO_OLD', `${where}, and ${role} may not migrate it (${err.message}): ${migrateIt}`, {
+    cause: err,
+  });
 }
 
 /**
@@ -191,7 +193,7 @@ function notOurs(err: unknown, schema: string, migration: Migration): unknown {
   return new GrapevineError(
     'GRAPEVINE_SCHEMA_UNKNOWN',
     `migration ${migration.version} (${migration.name}) cannot be applied to schema "${schema}": ${(err as Error).message}, ` +
-      'and the schema\'s migrations table does not account for it; give grapevine a schema of its own (the schema option, or --schema)',
+      "and the schema's migrations table does not account for it; give grapevine a schema of its own (the schema option, or --schema)",
     { cause: err },
   );
 }
@@ -252,7 +254,11 @@ export async function explainOutdatedSchema(err: unknown, pool: pg.Pool, schema:
     `run \`grapevine migrate --schema ${schema}\` against this database (DATABASE_URL) with a role that may change it ` +
     '(this client was created with migrate: false, so it does not migrate)';
   if (found === null) {
-    return new GrapevineError('GRAPEVINE_SCHEMA_TOO_OLD', `${(err as Error).message}: grapevine is not installed in schema "${schema}"; ${fix}`, { cause: err });
+    return new GrapevineError(
+      'GRAPEVINE_SCHEMA_TOO_OLD',
+      `${(err as Error).message}: grapevine is not installed in schema "${schema}"; ${fix}`,
+      { cause: err },
+    );
   }
   const needed = latestVersion();
   if (found >= needed) return err;

@@ -119,7 +119,9 @@ export interface GrantOptions {
 /** `grapevine grant ROLE --as KIND --print`: the SQL, one statement per line, without connecting. */
 export function grantSql(options: GrantOptions): string {
   const { schema, role, kind } = validateGrant(options);
-  return grantStatements(schema, role, kind).map((statement) => `${statement};`).join('\n');
+  return grantStatements(schema, role, kind)
+    .map((statement) => `${statement};`)
+    .join('\n');
 }
 
 /**
@@ -136,7 +138,9 @@ export async function grantRole(options: GrantOptions): Promise<void> {
     await explainConnectionErrors(connectionString, async () => {
       const { rows } = await pool.query('SELECT current_user AS me, EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) AS found', [role]);
       if (!rows[0].found) {
-        throw configError(`role "${role}" does not exist: create it first (CREATE ROLE ${quoteIdent(role)} LOGIN PASSWORD '...'), then grant it rights`);
+        throw configError(
+          `role "${role}" does not exist: create it first (CREATE ROLE ${quoteIdent(role)} LOGIN PASSWORD '...'), then grant it rights`,
+        );
       }
       await migrate(pool, schema);
       await applyGrants(pool, grantStatements(schema, role, kind)).catch((err: unknown) => {
@@ -144,7 +148,7 @@ export async function grantRole(options: GrantOptions): Promise<void> {
         throw new GrapevineError(
           'GRAPEVINE_PERMISSION_DENIED',
           `role "${rows[0].me}" may not grant rights on schema "${schema}" (${(err as Error).message}): ` +
-            'run grapevine grant as the schema\'s owner (the role that ran grapevine migrate) or a superuser',
+            "run grapevine grant as the schema's owner (the role that ran grapevine migrate) or a superuser",
           { cause: err },
         );
       });

@@ -63,10 +63,7 @@ function build(schema: string): ControlStatements {
          FROM m, w`,
     ),
     // $1 message id
-    recipients: st(
-      'control_recipients',
-      `SELECT worker AS supervisor, command FROM ${s}.messages WHERE id = $1 ORDER BY worker`,
-    ),
+    recipients: st('control_recipients', `SELECT worker AS supervisor, command FROM ${s}.messages WHERE id = $1 ORDER BY worker`),
     // $1 message id, $2 supervisors
     responses: st(
       'control_responses',
@@ -88,10 +85,7 @@ function build(schema: string): ControlStatements {
        SELECT message_id::text, worker AS supervisor, command, ok, value, error, responded_at, (SELECT yes FROM complete) AS complete FROM here`,
     ),
     // $1 supervisor
-    responseIds: st(
-      'control_response_ids',
-      `SELECT message_id AS id FROM ${s}.responses WHERE worker = $1 ORDER BY message_id`,
-    ),
+    responseIds: st('control_response_ids', `SELECT message_id AS id FROM ${s}.responses WHERE worker = $1 ORDER BY message_id`),
     // $1 supervisor (NULL = all), $2 how many. Oldest first. (Ids stay bigint in
     // SQL: ordered as text, "10" would come before "9".)
     logTail: st(
@@ -315,9 +309,25 @@ export function pendingMessages(db: Queryable, schema: string, p: { supervisor: 
 export async function respond(
   db: Queryable,
   schema: string,
-  p: { messageId: string; supervisor: string; command: string; ok: boolean; value: unknown; error: { code: string; message: string } | null; logEntries: string },
+  p: {
+    messageId: string;
+    supervisor: string;
+    command: string;
+    ok: boolean;
+    value: unknown;
+    error: { code: string; message: string } | null;
+    logEntries: string;
+  },
 ): Promise<void> {
-  const values = [p.messageId, p.supervisor, p.command, p.ok, JSON.stringify(p.value ?? null), p.error ? JSON.stringify(p.error) : null, p.logEntries];
+  const values = [
+    p.messageId,
+    p.supervisor,
+    p.command,
+    p.ok,
+    JSON.stringify(p.value ?? null),
+    p.error ? JSON.stringify(p.error) : null,
+    p.logEntries,
+  ];
   await db.query(bind(controlStatements(schema).respond, values));
 }
 

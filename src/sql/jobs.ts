@@ -74,15 +74,9 @@ function build(schema: string): JobStatements {
   return {
     // Enqueues go through add_job() and add_jobs(), which run with their
     // owner's rights: a role that may only enqueue has no right on the table.
-    insertOne: st(
-      'insert_one',
-      `SELECT ${s}.add_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::interval)::text AS id`,
-    ),
+    insertOne: st('insert_one', `SELECT ${s}.add_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::interval)::text AS id`),
     // $1 the jobs as a JSON array; ids come back in its order.
-    insertMany: st(
-      'insert_many',
-      `SELECT id::text AS id FROM ${s}.add_jobs($1::jsonb) WITH ORDINALITY AS t(id, ord) ORDER BY ord`,
-    ),
+    insertMany: st('insert_many', `SELECT id::text AS id FROM ${s}.add_jobs($1::jsonb) WITH ORDINALITY AS t(id, ord) ORDER BY ord`),
     // Through functions for the same reason as the enqueues.
     getById: st('get_by_id', `SELECT * FROM ${s}.get_job($1)`),
     // $1 id. Asks for a notification when the job finishes (see announce).
@@ -357,8 +351,16 @@ export interface CancelRow {
 
 export async function insertJob(db: Queryable, schema: string, job: NewJob): Promise<string> {
   const values = [
-    job.task, JSON.stringify(job.payload), job.queue, job.run_at, job.priority, job.max_attempts, job.timeout_ms,
-    job.key ?? null, job.key_mode ?? null, job.key_window ?? null,
+    job.task,
+    JSON.stringify(job.payload),
+    job.queue,
+    job.run_at,
+    job.priority,
+    job.max_attempts,
+    job.timeout_ms,
+    job.key ?? null,
+    job.key_mode ?? null,
+    job.key_window ?? null,
   ];
   return (await oneRow<{ id: string }>(db, bind(jobStatements(schema).insertOne, values))).id;
 }
@@ -409,14 +411,28 @@ export async function completeJobs(db: Queryable, schema: string, p: { jobs: rea
  * Deletes succeeded jobs (ids unique, tokens in the same order) that nobody
  * waits for; returns the ids it kept, to be recorded with completeJobs.
  */
-export async function deleteSucceeded(db: Queryable, schema: string, p: { ids: readonly string[]; tokens: readonly string[] }): Promise<string[]> {
-  const row = await oneRow<{ kept: string[] }>(db, bind(jobStatements(schema).deleteSucceeded, [bigintArray(p.ids), bigintArray(p.tokens)]));
+export async function deleteSucceeded(
+  db: Queryable,
+  schema: string,
+  p: { ids: readonly string[]; tokens: readonly string[] },
+): Promise<string[]> {
+  const row = await oneRow<{ kept: string[] }>(
+    db,
+    bind(jobStatements(schema).deleteSucceeded, [bigintArray(p.ids), bigintArray(p.tokens)]),
+  );
   return row.kept;
 }
 
 /** Records failures (retried with backoff from `retryBaseMs` up to `retryMaxMs`); returns the ids the fence turned away. */
-export async function failJobs(db: Queryable, schema: string, p: { jobs: readonly FailedJob[]; retryBaseMs: number; retryMaxMs: number }): Promise<string[]> {
-  const row = await oneRow<{ rejected: string[] }>(db, bind(jobStatements(schema).fail, [JSON.stringify(p.jobs), p.retryBaseMs, p.retryMaxMs]));
+export async function failJobs(
+  db: Queryable,
+  schema: string,
+  p: { jobs: readonly FailedJob[]; retryBaseMs: number; retryMaxMs: number },
+): Promise<string[]> {
+  const row = await oneRow<{ rejected: string[] }>(
+    db,
+    bind(jobStatements(schema).fail, [JSON.stringify(p.jobs), p.retryBaseMs, p.retryMaxMs]),
+  );
   return row.rejected;
 }
 
@@ -449,7 +465,11 @@ export function renewLeasesQuery(schema: string, p: { owner: string; ids: string
   return bind(jobStatements(schema).renewLeases, [p.owner, p.ids, p.leaseMs]);
 }
 
-export function renewLeases(db: Queryable, schema: string, p: { owner: string; ids: string[]; leaseMs: number }): Promise<RenewedLeaseRow[]> {
+export function renewLeases(
+  db: Queryable,
+  schema: string,
+  p: { owner: string; ids: string[]; leaseMs: number },
+): Promise<RenewedLeaseRow[]> {
   return rowsOf(db, renewLeasesQuery(schema, p));
 }
 

@@ -204,7 +204,11 @@ export interface QueueStatsRow {
 }
 
 /** A page of jobs matching the filter, newest first, after the cursor `after` (an id). */
-export function listJobs(db: Queryable, schema: string, p: { filter: JobFilterParams; after: string | null; limit: number }): Promise<JobRow[]> {
+export function listJobs(
+  db: Queryable,
+  schema: string,
+  p: { filter: JobFilterParams; after: string | null; limit: number },
+): Promise<JobRow[]> {
   return rowsOf(db, bind(operationStatements(schema).list, [...filterValues(p.filter), p.after, p.limit]));
 }
 

@@ -66,7 +66,10 @@ function build(schema: string): ScheduleStatements {
     // $1 names. Inside the firing transaction: the row lock makes the
     // supervisors that fire the same tick take turns, and the one that waited
     // reads the last_tick the first one stored, so it finds the tick fired.
-    lockDue: st('schedule_lock_due', `SELECT ${COLUMNS} FROM ${s}.schedules WHERE name = ANY($1::text[]) AND NOT paused ORDER BY name FOR UPDATE`),
+    lockDue: st(
+      'schedule_lock_due',
+      `SELECT ${COLUMNS} FROM ${s}.schedules WHERE name = ANY($1::text[]) AND NOT paused ORDER BY name FOR UPDATE`,
+    ),
     // $1 [{schedule, scheduled_for, task, payload, queue, priority, max_attempts}].
     // The unique index on (schedule, scheduled_for) is what makes it one job
     // per tick: an insert of a tick already added adds nothing, whatever the

@@ -27,7 +27,8 @@ export function statementName(schema: string, name: string): string {
   const full = `grapevine:${schema}:${name}`;
   if (Buffer.byteLength(full) <= MAX_NAME_BYTES) return full;
   const short = `grapevine:${createHash('sha256').update(schema).digest('hex').slice(0, 12)}:${name}`;
-  if (Buffer.byteLength(short) > MAX_NAME_BYTES) throw new Error(`statement name ${JSON.stringify(name)} is too long: keep it under ${MAX_NAME_BYTES - 23} bytes`);
+  if (Buffer.byteLength(short) > MAX_NAME_BYTES)
+    throw new Error(`statement name ${JSON.stringify(name)} is too long: keep it under ${MAX_NAME_BYTES - 23} bytes`);
   return short;
 }
 

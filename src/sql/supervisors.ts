@@ -54,10 +54,7 @@ function build(schema: string): SupervisorStatements {
     ),
     // Only one supervisor reaps per tick: whoever takes this lock inside its
     // transaction. If that one dies, the next tick elects another.
-    tryLeadReaper: st(
-      'reaper_lead',
-      `SELECT pg_try_advisory_xact_lock(${REAPER_LOCK}, hashtext('${schema}')) AS leader`,
-    ),
+    tryLeadReaper: st('reaper_lead', `SELECT pg_try_advisory_xact_lock(${REAPER_LOCK}, hashtext('${schema}')) AS leader`),
     // Run by the reaper's leader, inside its transaction. $1 chore ('reap',
     // 'prune'), $2 ms that must have passed since any supervisor last ran it
     // (NULL: run now). Returns a row only if the chore is this tick's to run.
@@ -95,15 +92,9 @@ function build(schema: string): SupervisorStatements {
          FROM ${s}.supervisors ORDER BY started_at`,
     ),
     // $1 lost-after ms, $2 ids
-    states: st(
-      'control_supervisor_states',
-      `SELECT id, ${effectiveStatus} AS status FROM ${s}.supervisors WHERE id = ANY($2::text[])`,
-    ),
+    states: st('control_supervisor_states', `SELECT id, ${effectiveStatus} AS status FROM ${s}.supervisors WHERE id = ANY($2::text[])`),
     // $1 id, $2 status: makes PAUSE/RESUME visible before the next heartbeat.
-    setStatus: st(
-      'control_set_status',
-      `UPDATE ${s}.supervisors SET status = $2 WHERE id = $1 AND status NOT IN ('EXITED', 'LOST')`,
-    ),
+    setStatus: st('control_set_status', `UPDATE ${s}.supervisors SET status = $2 WHERE id = $1 AND status NOT IN ('EXITED', 'LOST')`),
   };
 }
 
@@ -152,7 +143,11 @@ export async function tryLeadReaper(db: Queryable, schema: string): Promise<bool
 }
 
 /** Whether the chore is this tick's to run: no supervisor ran it in the last `paceMs` (null: run now). */
-export async function claimChore(db: Queryable, schema: string, p: { chore: 'reap' | 'prune' | 'stats'; paceMs: number | null }): Promise<boolean> {
+export async function claimChore(
+  db: Queryable,
+  schema: string,
+  p: { chore: 'reap' | 'prune' | 'stats'; paceMs: number | null },
+): Promise<boolean> {
   return (await rowsOf<{ due: true }>(db, bind(supervisorStatements(schema).claimChore, [p.chore, p.paceMs]))).length > 0;
 }
 

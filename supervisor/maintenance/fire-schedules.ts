@@ -22,7 +22,14 @@ import { throttledWarnings, type Logger } from '../../src/log.ts';
 import type { Schedule } from '../../src/schedule/schedule.ts';
 import { scheduleFromRow } from '../../src/schedule/stored.ts';
 import { dueTicks, latestTick, nextTicks } from '../../src/schedule/ticks.ts';
-import { advanceLastTicks, insertTickJobs, listSchedules, lockDueSchedules, type ScheduleRow, type TickJob } from '../../src/sql/schedules.ts';
+import {
+  advanceLastTicks,
+  insertTickJobs,
+  listSchedules,
+  lockDueSchedules,
+  type ScheduleRow,
+  type TickJob,
+} from '../../src/sql/schedules.ts';
 
 export interface ScheduleFiringOptions {
   pool: pg.Pool;
@@ -147,7 +154,10 @@ export class ScheduleFiring {
         const message = (err as Error).message;
         if (this.invalid.get(row.name) !== message) {
           this.invalid.set(row.name, message);
-          this.o.logger.warn({ schedule: row.name, err: message }, 'a stored schedule is invalid and does not fire: fix it with grapevine schedule add');
+          this.o.logger.warn(
+            { schedule: row.name, err: message },
+            'a stored schedule is invalid and does not fire: fix it with grapevine schedule add',
+          );
         }
       }
     }

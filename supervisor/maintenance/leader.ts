@@ -89,7 +89,8 @@ export class Maintenance {
         if (!(await tryLeadReaper(client, schema))) return idle(false);
         // Before the reap's pacing: the leader of any tick may measure.
         measure = await this.claimQueueStats(client);
-        if (!(await claimChore(client, schema, { chore: 'reap', paceMs: reapPaceMs(intervalMs, options.force === true) }))) return idle(true);
+        if (!(await claimChore(client, schema, { chore: 'reap', paceMs: reapPaceMs(intervalMs, options.force === true) })))
+          return idle(true);
         const reaped = await reapExpiredLeases(client, { schema, leaseMs, logger });
         let choresRan = false;
         if (choresDueLocally(Date.now(), this.lastChoresAskedAt, pruneIntervalMs)) {
@@ -107,16 +108,21 @@ export class Maintenance {
     }
     // After the commit: a diagnostic or a slow delete that fails must not undo the reaping.
     if (measure) {
-      await measureQueueDepth(pool, { schema }).catch((err: Error) => this.warn(logger, { err: err.message }, 'could not measure the queues for metrics'));
+      await measureQueueDepth(pool, { schema }).catch((err: Error) =>
+        this.warn(logger, { err: err.message }, 'could not measure the queues for metrics'),
+      );
     }
     if (result.choresRan) {
       result.unhandled = await findUnhandledTasks(pool, { schema, leaseMs, logger }).catch((err: Error) => {
         this.warn(logger, { err: err.message }, 'the look for unhandled tasks failed');
         return [];
       });
-      await pruneControlTables(pool, { schema, logKeep: this.o.logKeep, logMaxAgeMs: this.o.logMaxAgeMs, messageMaxAgeMs: this.o.messageMaxAgeMs }).catch(
-        (err: Error) => this.warn(logger, { err: err.message }, 'could not prune the control tables'),
-      );
+      await pruneControlTables(pool, {
+        schema,
+        logKeep: this.o.logKeep,
+        logMaxAgeMs: this.o.logMaxAgeMs,
+        messageMaxAgeMs: this.o.messageMaxAgeMs,
+      }).catch((err: Error) => this.warn(logger, { err: err.message }, 'could not prune the control tables'));
     }
     return result;
   }

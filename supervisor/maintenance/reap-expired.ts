@@ -17,6 +17,7 @@ export async function reapExpiredLeases(db: Queryable, p: { schema: string; leas
   const lostSupervisors = await markLostSupervisors(db, p.schema, { lostAfterMs: p.leaseMs });
   const reapedJobs = await reapExpired(db, p.schema);
   if (lostSupervisors.length > 0) p.logger.warn({ supervisors: lostSupervisors }, 'supervisors stopped heartbeating; marked LOST');
-  if (reapedJobs.length > 0) p.logger.warn({ jobs: reapedJobs.length, ids: reapedJobs.slice(0, 20) }, 'returned jobs with expired leases to the queue');
+  if (reapedJobs.length > 0)
+    p.logger.warn({ jobs: reapedJobs.length, ids: reapedJobs.slice(0, 20) }, 'returned jobs with expired leases to the queue');
   return { lostSupervisors, reapedJobs };
 }

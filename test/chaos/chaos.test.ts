@@ -45,9 +45,7 @@ async function restartDatabase(): Promise<void> {
 describe('chaos', () => {
   it('every job ends exactly once through thread kills, a SIGKILLed supervisor, LISTEN cuts and a PostgreSQL restart', async () => {
     const supervisors: SupervisorProcess[] = [await queue.spawnSupervisor(SUPERVISOR), await queue.spawnSupervisor(SUPERVISOR)];
-    await queue.client.addJobs(
-      Array.from({ length: JOBS }, (_, i) => ({ task: 'chaos-work', payload: { ms: i % 5 }, maxAttempts: 25 })),
-    );
+    await queue.client.addJobs(Array.from({ length: JOBS }, (_, i) => ({ task: 'chaos-work', payload: { ms: i % 5 }, maxAttempts: 25 })));
 
     for (let step = 0; step < 40; step++) {
       await new Promise((r) => setTimeout(r, 150));

@@ -125,7 +125,10 @@ export async function holdAdvisoryLock(db: TestDatabase, key: number): Promise<H
   return {
     untilWaiting: (waiters, what) =>
       eventually(async () => {
-        const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1`, [key]);
+        const { rows } = await db.pool.query(
+          `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1`,
+          [key],
+        );
         return rows[0].n === waiters;
       }, what),
     release: async () => {
@@ -142,7 +145,13 @@ export async function holdAdvisoryLock(db: TestDatabase, key: number): Promise<H
  * 'statement' waits at the end of each UPDATE statement (the condition may
  * not use NEW), 'commit' waits when the updating transaction commits.
  */
-export async function addWaitTrigger(db: TestDatabase, name: string, key: number, when: 'statement' | 'commit', condition: string): Promise<void> {
+export async function addWaitTrigger(
+  db: TestDatabase,
+  name: string,
+  key: number,
+  when: 'statement' | 'commit',
+  condition: string,
+): Promise<void> {
   const s = `"${db.schema}"`;
   const trigger =
     when === 'statement'

@@ -67,11 +67,27 @@ function splitAtReady(data: Buffer): { complete: Buffer; ready: boolean; rest: B
 
 export async function startProxy(target: string): Promise<Proxy> {
   const upstream = new URL(target);
-  const pairs: Array<{ client: net.Socket; server: net.Socket; listens: boolean; dead: boolean; application: string | null; unanswered: boolean; clientClosed: boolean }> = [];
+  const pairs: Array<{
+    client: net.Socket;
+    server: net.Socket;
+    listens: boolean;
+    dead: boolean;
+    application: string | null;
+    unanswered: boolean;
+    clientClosed: boolean;
+  }> = [];
   let toEndAsReady = 0;
   const proxy = net.createServer((client) => {
     const server = net.connect(Number(upstream.port || 5432), upstream.hostname);
-    const pair = { client, server, listens: false, dead: false, application: null as string | null, unanswered: false, clientClosed: false };
+    const pair = {
+      client,
+      server,
+      listens: false,
+      dead: false,
+      application: null as string | null,
+      unanswered: false,
+      clientClosed: false,
+    };
     pairs.push(pair);
     // Server bytes of a connection still starting up that do not yet form a whole message.
     let partial: Buffer | null = Buffer.alloc(0);

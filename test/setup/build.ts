@@ -29,6 +29,8 @@ export async function staleBuild(fix: string): Promise<string | null> {
  * test old code without a word: refuse to start instead.
  */
 export default async function checkBuild(): Promise<void> {
-  const problem = await staleBuild('the tests run threads from the build: run `npm run build` (npm test and npm run test:chaos do it for you)');
+  const problem = await staleBuild(
+    'the tests run threads from the build: run `npm run build` (npm test and npm run test:chaos do it for you)',
+  );
   if (problem) throw new Error(problem);
 }

@@ -82,7 +82,12 @@ describe('crash release: a thread this supervisor terminated to stop a job', () 
     // Not a crash: nobody counts it or logs it as one.
     expect(decideCrashRelease(batch(), { ...quiet, killing: killing(3, kill) })).toEqual({
       releases: [
-        { id: '10', thread: 3, reason: 'job timed out after 50 ms; its thread was terminated because the handler did not stop', count: true },
+        {
+          id: '10',
+          thread: 3,
+          reason: 'job timed out after 50 ms; its thread was terminated because the handler did not stop',
+          count: true,
+        },
         { id: '11', thread: 3, reason: 'thread 3 was terminated to stop job 10 (timeout)', count: false },
       ],
       crashed: false,

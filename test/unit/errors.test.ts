@@ -10,7 +10,11 @@ describe('serializeError', () => {
   });
 
   it("keeps a GrapevineError's stable code", () => {
-    expect(serializeError(new GrapevineError('GRAPEVINE_JOB_TIMEOUT', 'too slow'))).toMatchObject({ name: 'GrapevineError', code: 'GRAPEVINE_JOB_TIMEOUT', message: 'too slow' });
+    expect(serializeError(new GrapevineError('GRAPEVINE_JOB_TIMEOUT', 'too slow'))).toMatchObject({
+      name: 'GrapevineError',
+      code: 'GRAPEVINE_JOB_TIMEOUT',
+      message: 'too slow',
+    });
   });
 
   it('drops a code that is not a string (a number, an object), and a missing stack', () => {
@@ -69,7 +73,12 @@ describe('serializeError', () => {
         },
       });
     }
-    expect(serializeError(err)).toEqual({ name: 'Error', message: '(the error message could not be read)', stack: undefined, code: undefined });
+    expect(serializeError(err)).toEqual({
+      name: 'Error',
+      message: '(the error message could not be read)',
+      stack: undefined,
+      code: undefined,
+    });
   });
 
   it('turns a non-string message or name into text', () => {
@@ -83,14 +92,23 @@ describe('serializeError', () => {
     const root = Object.assign(new Error('connection refused'), { code: 'ECONNREFUSED' });
     const wrapped = new Error('could not charge the card', { cause: new TypeError('bad response', { cause: root }) });
     const s = serializeError(wrapped);
-    expect(s).toMatchObject({ message: 'could not charge the card', cause: { name: 'TypeError', message: 'bad response', cause: { message: 'connection refused', code: 'ECONNREFUSED' } } });
+    expect(s).toMatchObject({
+      message: 'could not charge the card',
+      cause: { name: 'TypeError', message: 'bad response', cause: { message: 'connection refused', code: 'ECONNREFUSED' } },
+    });
     expect(s.cause?.cause?.cause).toBeUndefined();
     expect(s.cause?.stack).toMatch(/^TypeError: bad response\n/);
   });
 
   it('keeps a cause that is not an Error, and leaves out an empty one', () => {
-    expect(serializeError(new Error('x', { cause: 'the lock was taken' })).cause).toEqual({ name: 'NonErrorThrown', message: 'the lock was taken' });
-    expect(serializeError(new Error('x', { cause: { retryIn: 5 } })).cause).toEqual({ name: 'NonErrorThrown', message: 'non-Error thrown: {"retryIn":5}' });
+    expect(serializeError(new Error('x', { cause: 'the lock was taken' })).cause).toEqual({
+      name: 'NonErrorThrown',
+      message: 'the lock was taken',
+    });
+    expect(serializeError(new Error('x', { cause: { retryIn: 5 } })).cause).toEqual({
+      name: 'NonErrorThrown',
+      message: 'non-Error thrown: {"retryIn":5}',
+    });
     expect(serializeError(new Error('x', { cause: undefined }))).not.toHaveProperty('cause');
     expect(serializeError(new Error('x', { cause: null }))).not.toHaveProperty('cause');
   });
@@ -114,7 +132,17 @@ describe('serializeError', () => {
     const s = serializeError(deep);
     const messages: string[] = [];
     for (let c: typeof s | undefined = s; c; c = c.cause) messages.push(c.message);
-    expect(messages).toEqual(['level 9999', 'level 9998', 'level 9997', 'level 9996', 'level 9995', 'level 9994', 'level 9993', 'level 9992', 'level 9991']);
+    expect(messages).toEqual([
+      'level 9999',
+      'level 9998',
+      'level 9997',
+      'level 9996',
+      'level 9995',
+      'level 9994',
+      'level 9993',
+      'level 9992',
+      'level 9991',
+    ]);
   });
 
   it('survives a cause getter that throws', () => {
@@ -153,7 +181,9 @@ describe('formatStoredError', () => {
   });
 
   it('puts the code in brackets after the name', () => {
-    expect(formatStoredError({ name: 'GrapevineError', code: 'GRAPEVINE_CANCELLED', message: 'cancelled' })).toBe('GrapevineError [GRAPEVINE_CANCELLED]: cancelled');
+    expect(formatStoredError({ name: 'GrapevineError', code: 'GRAPEVINE_CANCELLED', message: 'cancelled' })).toBe(
+      'GrapevineError [GRAPEVINE_CANCELLED]: cancelled',
+    );
   });
 
   it('is the head alone for a stack without frames or no stack', () => {
@@ -166,7 +196,13 @@ describe('formatStoredError', () => {
       name: 'Error',
       message: 'could not charge',
       stack: 'Error: could not charge\n    at charge (pay.js:1:1)',
-      cause: { name: 'Error', code: 'ECONNREFUSED', message: 'refused', stack: 'Error: refused\n    at connect (net.js:2:2)', cause: { name: 'NonErrorThrown', message: 'the lock was taken' } },
+      cause: {
+        name: 'Error',
+        code: 'ECONNREFUSED',
+        message: 'refused',
+        stack: 'Error: refused\n    at connect (net.js:2:2)',
+        cause: { name: 'NonErrorThrown', message: 'the lock was taken' },
+      },
     });
     expect(text).toBe(
       'Error: could not charge\n    at charge (pay.js:1:1)\nCaused by: Error [ECONNREFUSED]: refused\n    at connect (net.js:2:2)\nCaused by: NonErrorThrown: the lock was taken',

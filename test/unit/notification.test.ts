@@ -98,7 +98,16 @@ describe('rangesContain', () => {
   ];
 
   it('finds ids at both ends and inside a range, and nothing between or beyond', () => {
-    expect([11, 12, 13, 14, 15, 17, 19, 20].map((id) => rangesContain(ranges, id))).toEqual([false, true, false, false, true, true, true, false]);
+    expect([11, 12, 13, 14, 15, 17, 19, 20].map((id) => rangesContain(ranges, id))).toEqual([
+      false,
+      true,
+      false,
+      false,
+      true,
+      true,
+      true,
+      false,
+    ]);
   });
 
   it('holds a huge range without expanding it', () => {

@@ -42,12 +42,14 @@ describe('isDataError', () => {
   const pgError = (code: string) => Object.assign(new Error('refused'), { code });
 
   it('takes data exceptions, integrity violations and program limits for a value refused, which a retry would not change', () => {
-    for (const code of ['22P05', '22021', '22P02', '22023', '22003', '22001', '23514', '54000', '54001']) expect(isDataError(pgError(code)), code).toBe(true);
+    for (const code of ['22P05', '22021', '22P02', '22023', '22003', '22001', '23514', '54000', '54001'])
+      expect(isDataError(pgError(code)), code).toBe(true);
     expect(isDataError(new RangeError('Invalid string length'))).toBe(true);
   });
 
   it('leaves connection errors, timeouts, serialization failures and errors without a code to the retry', () => {
-    for (const code of ['08006', '57P01', '57014', '40001', '53300', 'ECONNRESET', 'XX000']) expect(isDataError(pgError(code)), code).toBe(false);
+    for (const code of ['08006', '57P01', '57014', '40001', '53300', 'ECONNRESET', 'XX000'])
+      expect(isDataError(pgError(code)), code).toBe(false);
     expect(isDataError(new Error('Connection terminated unexpectedly'))).toBe(false);
     expect(isDataError(null)).toBe(false);
     expect(isDataError('22P05')).toBe(false);
@@ -56,17 +58,30 @@ describe('isDataError', () => {
 
 describe('refusedOutcomeText', () => {
   it("names the field, PostgreSQL's code, message and detail, and says the job failed without a retry", () => {
-    const refusal = Object.assign(new Error('unsupported Unicode escape sequence'), { code: '22P05', detail: '\\u0000 cannot be converted to text.' });
+    const refusal = Object.assign(new Error('unsupported Unicode escape sequence'), {
+      code: '22P05',
+      detail: '\\u0000 cannot be converted to text.',
+    });
     expect(refusedOutcomeText('success', refusal)).toBe(
       "GrapevineError [GRAPEVINE_RESULT_UNSTORABLE]: the job's result could not be stored, PostgreSQL refused it with 22P05: " +
         'unsupported Unicode escape sequence (\\u0000 cannot be converted to text.); this description replaces it, and the job failed without a retry',
     );
-    expect(refusedOutcomeText('failure', refusal)).toMatch(/^GrapevineError \[GRAPEVINE_ERROR_UNSTORABLE\]: the job's error could not be stored, PostgreSQL/);
+    expect(refusedOutcomeText('failure', refusal)).toMatch(
+      /^GrapevineError \[GRAPEVINE_ERROR_UNSTORABLE\]: the job's error could not be stored, PostgreSQL/,
+    );
   });
 
   it('names an error raised before anything was sent, and stays short and storable whatever the detail quotes', () => {
-    expect(refusedOutcomeText('success', new RangeError('Invalid string length'))).toContain("the job's result could not be stored, RangeError: Invalid string length;");
-    const text = refusedOutcomeText('success', Object.assign(new Error('invalid input syntax for type json'), { code: '22P02', detail: `Token "${'\u0000'.repeat(5000)}" is invalid.` }));
+    expect(refusedOutcomeText('success', new RangeError('Invalid string length'))).toContain(
+      "the job's result could not be stored, RangeError: Invalid string length;",
+    );
+    const text = refusedOutcomeText(
+      'success',
+      Object.assign(new Error('invalid input syntax for type json'), {
+        code: '22P02',
+        detail: `Token "${'\u0000'.repeat(5000)}" is invalid.`,
+      }),
+    );
     expect(text.length).toBeLessThan(2_100);
     expect(text).not.toContain('\u0000');
   });
@@ -83,7 +98,9 @@ describe('unstorableResult', () => {
   });
 
   it('names a NUL character and a lone surrogate, high or low', () => {
-    expect(unstorableResult(JSON.stringify({ a: 'x\u0000' }), MiB)).toMatch(/^GrapevineError \[GRAPEVINE_RESULT_UNSTORABLE\]: the result holds a NUL character/);
+    expect(unstorableResult(JSON.stringify({ a: 'x\u0000' }), MiB)).toMatch(
+      /^GrapevineError \[GRAPEVINE_RESULT_UNSTORABLE\]: the result holds a NUL character/,
+    );
     expect(unstorableResult(JSON.stringify(['\ud83d']), MiB)).toMatch(/a lone UTF-16 surrogate \(\\ud83d without its other half/);
     expect(unstorableResult(JSON.stringify('\ude00 first'), MiB)).toMatch(/a lone UTF-16 surrogate \(\\ude00/);
     // An escaped backslash before "u0000" is text; the NUL after it is not.
@@ -92,7 +109,9 @@ describe('unstorableResult', () => {
 
   it('counts bytes, not characters, against maxResultBytes', () => {
     expect(unstorableResult(JSON.stringify('x'.repeat(98)), 100)).toBeNull();
-    expect(unstorableResult(JSON.stringify('x'.repeat(99)), 100)).toMatch(/^GrapevineError \[GRAPEVINE_RESULT_TOO_LARGE\]: the result is 101 bytes of JSON, over maxResultBytes \(100 bytes\)/);
+    expect(unstorableResult(JSON.stringify('x'.repeat(99)), 100)).toMatch(
+      /^GrapevineError \[GRAPEVINE_RESULT_TOO_LARGE\]: the result is 101 bytes of JSON, over maxResultBytes \(100 bytes\)/,
+    );
     // 34 characters of JSON, 3 bytes each inside the quotes: 98 bytes.
     expect(unstorableResult(JSON.stringify('\u20ac'.repeat(32)), 100)).toBeNull();
     expect(unstorableResult(JSON.stringify('\u20ac'.repeat(33)), 100)).toMatch(/the result is 101 bytes/);

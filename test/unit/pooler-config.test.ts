@@ -24,7 +24,9 @@ describe('listenUrl', () => {
 
   it('refuses what is not a PostgreSQL URL, naming the option and never the password', () => {
     for (const bad of ['db:5432', 'http://db/app', 'postgres:/db', '']) {
-      expect(() => resolveListenUrl(bad, MAIN)).toThrow(expect.objectContaining({ code: 'GRAPEVINE_CONFIG_INVALID', message: expect.stringMatching(/^listenUrl/) }));
+      expect(() => resolveListenUrl(bad, MAIN)).toThrow(
+        expect.objectContaining({ code: 'GRAPEVINE_CONFIG_INVALID', message: expect.stringMatching(/^listenUrl/) }),
+      );
     }
     try {
       resolveListenUrl('postgres//app:s3cret@db/app', MAIN);

@@ -25,9 +25,39 @@ describe('parseCrontab', () => {
       '\t',
     ].join('\r\n');
     expect(parseCrontab(text, 'jobs.cron')).toEqual([
-      { name: 'nightly-report', cron: '30 2 * * *', task: 'nightly-report', payload: {}, tz: 'UTC', queue: 'default', priority: 0, maxAttempts: 5, missed: 'skip' },
-      { name: 'poll-feeds', cron: '0 */15 * * * *', task: 'poll-feeds', payload: { feeds: ['a', 'b'] }, tz: 'UTC', queue: 'default', priority: 0, maxAttempts: 5, missed: 'skip' },
-      { name: 'cleanup', cron: '@hourly', task: 'cleanup', payload: {}, tz: 'Europe/Paris', queue: 'maintenance', priority: -3, maxAttempts: 2, missed: { backfill: 3 } },
+      {
+        name: 'nightly-report',
+        cron: '30 2 * * *',
+        task: 'nightly-report',
+        payload: {},
+        tz: 'UTC',
+        queue: 'default',
+        priority: 0,
+        maxAttempts: 5,
+        missed: 'skip',
+      },
+      {
+        name: 'poll-feeds',
+        cron: '0 */15 * * * *',
+        task: 'poll-feeds',
+        payload: { feeds: ['a', 'b'] },
+        tz: 'UTC',
+        queue: 'default',
+        priority: 0,
+        maxAttempts: 5,
+        missed: 'skip',
+      },
+      {
+        name: 'cleanup',
+        cron: '@hourly',
+        task: 'cleanup',
+        payload: {},
+        tz: 'Europe/Paris',
+        queue: 'maintenance',
+        priority: -3,
+        maxAttempts: 2,
+        missed: { backfill: 3 },
+      },
     ]);
   });
 
@@ -85,26 +115,62 @@ describe('parseCrontab', () => {
 
   describe('errors name the file, the line and the problem', () => {
     it.each([
-      ['a bad expression', '0 0 32 * * report', 'jobs.cron:3: schedule "report": invalid cron "0 0 32 * *": the day-of-month field "32" is invalid: use 1-31'],
-      ['an unknown zone', '@daily report --tz=Europe/Pariss', 'jobs.cron:3: schedule "report": unknown time zone "Europe/Pariss": use an IANA zone name'],
+      [
+        'a bad expression',
+        '0 0 32 * * report',
+        'jobs.cron:3: schedule "report": invalid cron "0 0 32 * *": the day-of-month field "32" is invalid: use 1-31',
+      ],
+      [
+        'an unknown zone',
+        '@daily report --tz=Europe/Pariss',
+        'jobs.cron:3: schedule "report": unknown time zone "Europe/Pariss": use an IANA zone name',
+      ],
       ['an unknown shorthand', '@often report', 'jobs.cron:3: schedule "report": unknown cron shorthand "@often"'],
       ['an expression cut short', '30 2 *', 'jobs.cron:3: the cron expression "30 2 *" has 3 of its 5 fields, and no task follows'],
       ['a missing task', '30 2 * * *', 'jobs.cron:3: no task after the cron expression "30 2 * * *"'],
       ['a missing task after a shorthand', '@daily', 'jobs.cron:3: no task after the cron expression "@daily"'],
-      ['an option before the task', '@daily --tz=UTC report', 'jobs.cron:3: the task comes before any option: write "@daily" TASK --tz=UTC'],
-      ['an unknown option', '@daily report --zone=UTC', 'jobs.cron:3: unknown option "--zone=UTC": the options are --name, --tz, --queue, --priority, --max-attempts, --missed'],
+      [
+        'an option before the task',
+        '@daily --tz=UTC report',
+        'jobs.cron:3: the task comes before any option: write "@daily" TASK --tz=UTC',
+      ],
+      [
+        'an unknown option',
+        '@daily report --zone=UTC',
+        'jobs.cron:3: unknown option "--zone=UTC": the options are --name, --tz, --queue, --priority, --max-attempts, --missed',
+      ],
       ['an option of Object.prototype', '@daily report --constructor=x', 'jobs.cron:3: unknown option "--constructor=x"'],
       ['an option without a value', '@daily report --tz', 'jobs.cron:3: option --tz has no value: write --tz=VALUE, without spaces'],
       ['an option given twice', '@daily report --tz=UTC --tz=Europe/Paris', 'jobs.cron:3: option --tz is given twice'],
-      ['a bad missed policy', '@daily report --missed=backfill', 'jobs.cron:3: --missed=backfill is not a policy: write --missed=skip, --missed=once or --missed=backfill:N with N from 1 to 1000'],
-      ['a backfill too large', '@daily report --missed=backfill:5000', "jobs.cron:3: schedule \"report\": missed must be 'skip', 'once' or { backfill: N } with N from 1 to 1000"],
+      [
+        'a bad missed policy',
+        '@daily report --missed=backfill',
+        'jobs.cron:3: --missed=backfill is not a policy: write --missed=skip, --missed=once or --missed=backfill:N with N from 1 to 1000',
+      ],
+      [
+        'a backfill too large',
+        '@daily report --missed=backfill:5000',
+        "jobs.cron:3: schedule \"report\": missed must be 'skip', 'once' or { backfill: N } with N from 1 to 1000",
+      ],
       ['a priority that is not a number', '@daily report --priority=high', 'jobs.cron:3: --priority=high is not a whole number'],
-      ['a priority out of range', '@daily report --priority=40000', 'jobs.cron:3: schedule "report": priority must be an integer from -32768 to 32767, got 40000'],
+      [
+        'a priority out of range',
+        '@daily report --priority=40000',
+        'jobs.cron:3: schedule "report": priority must be an integer from -32768 to 32767, got 40000',
+      ],
       ['a payload that is not JSON', "@daily report {'full': true}", "jobs.cron:3: the payload {'full': true} is not JSON ("],
       ['an unclosed payload', '@daily report {"full": true', 'jobs.cron:3: the payload {"full": true is not JSON ('],
       ['a bare word where the payload would be', '@daily report Europe/Paris', 'jobs.cron:3: the payload Europe/Paris is not JSON ('],
-      ['two payloads', '@daily report {"a": 1} {"b": 2}', 'jobs.cron:3: unexpected "{\\"b\\":" after the payload: options are written --OPTION=VALUE, and a line has one JSON payload'],
-      ['text glued to the payload', '@daily report {"a": 1}--tz=UTC', 'jobs.cron:3: unexpected "--tz=UTC" right after the payload {"a": 1}: put a space between the payload and an option'],
+      [
+        'two payloads',
+        '@daily report {"a": 1} {"b": 2}',
+        'jobs.cron:3: unexpected "{\\"b\\":" after the payload: options are written --OPTION=VALUE, and a line has one JSON payload',
+      ],
+      [
+        'text glued to the payload',
+        '@daily report {"a": 1}--tz=UTC',
+        'jobs.cron:3: unexpected "--tz=UTC" right after the payload {"a": 1}: put a space between the payload and an option',
+      ],
       ['a bad task name', '@daily rep@rt', 'jobs.cron:3: schedule "rep@rt": invalid task name "rep@rt": use 1-128 characters'],
       ['a bad schedule name', '@daily report --name=a|b', 'jobs.cron:3: schedule: invalid name "a|b"'],
     ])('%s', (_what, line, message) => {

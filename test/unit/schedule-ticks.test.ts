@@ -125,7 +125,9 @@ describe('daylight-saving days', () => {
     });
 
     it('asked from between the two occurrences, the next tick is the next day', () => {
-      expect(iso(nextTicks(schedule('30 1 * * *', 'America/New_York'), at('2025-11-02T06:00:00Z'), 1))).toEqual(['2025-11-03T06:30:00.000Z']);
+      expect(iso(nextTicks(schedule('30 1 * * *', 'America/New_York'), at('2025-11-02T06:00:00Z'), 1))).toEqual([
+        '2025-11-03T06:30:00.000Z',
+      ]);
     });
 
     it('Europe/Berlin, 2025-10-26: 02:30 fires once, in summer time; six fields and lists too', () => {
@@ -161,7 +163,7 @@ describe('daylight-saving days', () => {
     });
   });
 
-  it('latestTick (the library\'s backward search) agrees with forward stepping at every tick around both transitions', () => {
+  it("latestTick (the library's backward search) agrees with forward stepping at every tick around both transitions", () => {
     for (const [cron, tz, from] of [
       ['30 2 * * *', 'America/New_York', '2025-03-07T00:00:00Z'],
       ['30 1 * * *', 'America/New_York', '2025-10-31T00:00:00Z'],
@@ -211,13 +213,16 @@ describe('dueTicks', () => {
     ]);
   });
 
-  it.each([['skip' as const], ['once' as const], [{ backfill: 3 }]])('%j: runs a tick that is due now, or late by up to LATE_TICK_MS', (missed) => {
-    const previous = at('2025-01-01T13:00:00Z');
-    expect(iso(dueTicks(hourly(missed), previous, at('2025-01-01T14:00:00.000Z')))).toEqual(['2025-01-01T14:00:00.000Z']);
-    expect(iso(dueTicks(hourly(missed), previous, new Date(at('2025-01-01T14:00:00Z').getTime() + LATE_TICK_MS)))).toEqual([
-      '2025-01-01T14:00:00.000Z',
-    ]);
-  });
+  it.each([['skip' as const], ['once' as const], [{ backfill: 3 }]])(
+    '%j: runs a tick that is due now, or late by up to LATE_TICK_MS',
+    (missed) => {
+      const previous = at('2025-01-01T13:00:00Z');
+      expect(iso(dueTicks(hourly(missed), previous, at('2025-01-01T14:00:00.000Z')))).toEqual(['2025-01-01T14:00:00.000Z']);
+      expect(iso(dueTicks(hourly(missed), previous, new Date(at('2025-01-01T14:00:00Z').getTime() + LATE_TICK_MS)))).toEqual([
+        '2025-01-01T14:00:00.000Z',
+      ]);
+    },
+  );
 
   it('skip: a tick later than LATE_TICK_MS was missed, and a lateTickMs option moves that line', () => {
     const previous = at('2025-01-01T13:00:00Z');

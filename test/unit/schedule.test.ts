@@ -58,7 +58,7 @@ describe('parseSchedule', () => {
     expect(Object.isFrozen(s)).toBe(true);
   });
 
-  it('copies the payload, so a later change to the caller\'s object changes nothing', () => {
+  it("copies the payload, so a later change to the caller's object changes nothing", () => {
     const payload = { n: 1 };
     const s = schedule('@daily', { payload });
     payload.n = 2;
@@ -69,14 +69,38 @@ describe('parseSchedule', () => {
     ['the spec is not an object', 'daily', /a schedule is an object/],
     ['the name is missing', { cron: '@daily', task: 'report' }, /invalid name nothing: use 1-128 characters/],
     ['the name has a space', { name: 'my job', cron: '@daily', task: 'report' }, /invalid name "my job"/],
-    ['a field is unknown (timezone for tz)', { name: 'n', cron: '@daily', task: 'report', timezone: 'UTC' }, /schedule "n": unknown field "timezone": the fields are name, cron, task, payload, tz/],
-    ['cron is missing', { name: 'n', task: 'report' }, /schedule "n": cron must be a cron expression such as "30 2 \* \* \*" or "@daily", got nothing/],
+    [
+      'a field is unknown (timezone for tz)',
+      { name: 'n', cron: '@daily', task: 'report', timezone: 'UTC' },
+      /schedule "n": unknown field "timezone": the fields are name, cron, task, payload, tz/,
+    ],
+    [
+      'cron is missing',
+      { name: 'n', task: 'report' },
+      /schedule "n": cron must be a cron expression such as "30 2 \* \* \*" or "@daily", got nothing/,
+    ],
     ['the task is missing', { name: 'n', cron: '@daily' }, /schedule "n": invalid task name undefined/],
     ['the queue has a space', { name: 'n', cron: '@daily', task: 'report', queue: 'a b' }, /schedule "n": invalid queue name "a b"/],
-    ['priority is a fraction', { name: 'n', cron: '@daily', task: 'report', priority: 1.5 }, /schedule "n": priority must be an integer from -32768 to 32767, got 1.5/],
-    ['maxAttempts is 0', { name: 'n', cron: '@daily', task: 'report', maxAttempts: 0 }, /schedule "n": maxAttempts must be an integer from 1 to 1000, got 0/],
-    ['the payload is a BigInt', { name: 'n', cron: '@daily', task: 'report', payload: { n: 1n } }, /schedule "n": payload is not JSON-serializable/],
-    ['the payload is a function', { name: 'n', cron: '@daily', task: 'report', payload: () => 1 }, /schedule "n": payload is not JSON \(got function\)/],
+    [
+      'priority is a fraction',
+      { name: 'n', cron: '@daily', task: 'report', priority: 1.5 },
+      /schedule "n": priority must be an integer from -32768 to 32767, got 1.5/,
+    ],
+    [
+      'maxAttempts is 0',
+      { name: 'n', cron: '@daily', task: 'report', maxAttempts: 0 },
+      /schedule "n": maxAttempts must be an integer from 1 to 1000, got 0/,
+    ],
+    [
+      'the payload is a BigInt',
+      { name: 'n', cron: '@daily', task: 'report', payload: { n: 1n } },
+      /schedule "n": payload is not JSON-serializable/,
+    ],
+    [
+      'the payload is a function',
+      { name: 'n', cron: '@daily', task: 'report', payload: () => 1 },
+      /schedule "n": payload is not JSON \(got function\)/,
+    ],
   ])('refuses a schedule whose %s', (_what, spec, message) => {
     expect(scheduleErrorOf(spec).message).toMatch(message);
   });
@@ -149,7 +173,7 @@ describe('cron expressions', () => {
     expect(schedule('@Daily').cron).toBe('@daily');
   });
 
-  it('reads the expression in the schedule\'s zone: 09:00 in Paris is 08:00 UTC in winter and 07:00 UTC in summer', () => {
+  it("reads the expression in the schedule's zone: 09:00 in Paris is 08:00 UTC in winter and 07:00 UTC in summer", () => {
     const paris = schedule('0 9 * * *', { tz: 'Europe/Paris' });
     expect(iso(nextTicks(paris, new Date('2025-01-10T12:00:00Z'), 1))).toEqual(['2025-01-11T08:00:00.000Z']);
     expect(iso(nextTicks(paris, new Date('2025-07-10T12:00:00Z'), 1))).toEqual(['2025-07-11T07:00:00.000Z']);
@@ -203,19 +227,20 @@ describe('cron expressions', () => {
 });
 
 describe('time zones', () => {
-  it.each([
-    ['Mars/Olympus_Mons'],
-    ['Europe/Pariss'],
-    ['GMT+25'],
-  ])('refuses the unknown zone %s, naming it and saying what a zone looks like', (tz) => {
-    expect(scheduleErrorOf({ name: 'n', cron: '@daily', task: 'report', tz }).message).toBe(
-      `schedule "n": unknown time zone "${tz}": use an IANA zone name such as "Europe/Paris", "America/New_York" or "UTC" ` +
-        `(Intl.supportedValuesOf('timeZone') lists them)`,
-    );
-  });
+  it.each([['Mars/Olympus_Mons'], ['Europe/Pariss'], ['GMT+25']])(
+    'refuses the unknown zone %s, naming it and saying what a zone looks like',
+    (tz) => {
+      expect(scheduleErrorOf({ name: 'n', cron: '@daily', task: 'report', tz }).message).toBe(
+        `schedule "n": unknown time zone "${tz}": use an IANA zone name such as "Europe/Paris", "America/New_York" or "UTC" ` +
+          `(Intl.supportedValuesOf('timeZone') lists them)`,
+      );
+    },
+  );
 
   it.each([[''], [3], [['Europe/Paris']]])('refuses the zone %j, which is not a name', (tz) => {
-    expect(scheduleErrorOf({ name: 'n', cron: '@daily', task: 'report', tz }).message).toMatch(/^schedule "n": tz must be an IANA time zone name/);
+    expect(scheduleErrorOf({ name: 'n', cron: '@daily', task: 'report', tz }).message).toMatch(
+      /^schedule "n": tz must be an IANA time zone name/,
+    );
   });
 
   it('compiles a schedule built by hand when first used, refusing its bad zone then', () => {
