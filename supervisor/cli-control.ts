@@ -1,24 +1,6 @@
-/**
- * `grapevine message`, `grapevine supervisors` and `grapevine log`: the control
- * plane from the command line. Registered in cli.ts.
- */
-import type { ParseArgsConfig } from 'node:util';
-import { createControl, type Control, type ControlResponse, type LogEntry, type SupervisorInfo } from '../src/control.ts';
+import type { ControlResponse, LogEntry, SupervisorInfo } from '../src/control.ts';
 import { GrapevineError } from '../src/errors.ts';
-import { printable, printableJson } from './cli-jobs.ts';
-import type { ResolvedDatabase } from './database.ts';
-
-type Values = Record<string, string | boolean | string[] | undefined>;
-
-/** What cli.ts lends these commands, so usage errors look the same everywhere. */
-export interface CliTools {
-  parse(command: string, argv: string[], options: ParseArgsConfig['options']): { values: Values; positionals: string[] };
-  int(values: Values, name: string): number | undefined;
-  usage(message: string): Error;
-  say(line: string): void;
-  /** The database the command's flags and environment name (a usage error if none). */
-  database(values: Values): Promise<ResolvedDatabase>;
-}
+import { type CliTools, printable, printableJson, table, withControl } from './cli-output.ts';
 
 export const CONTROL_HELP: Record<string, string> = {
   message: `Usage: grapevine message COMMAND [ARG] [--supervisor ID ...] [--wait SECONDS]
@@ -139,22 +121,6 @@ export function controlCommands(tools: CliTools): Record<string, (command: strin
   };
 }
 
-async function withControl(values: Values, tools: CliTools, fn: (control: Control) => Promise<number>): Promise<number> {
-  const db = await tools.database(values);
-  const control = createControl({
-    connectionString: db.connectionString,
-    listenUrl: db.listenUrl,
-    preparedStatements: db.preparedStatements,
-    schema: values.schema as string | undefined,
-  });
-  try {
-    return await fn(control);
-  } finally {
-    await control.close().catch(() => {});
-    await db.release();
-  }
-}
-
 export function formatResponse(supervisor: string, response: ControlResponse): string {
   if (!response.ok) return printable(`${supervisor}: ERROR ${response.error?.code}: ${response.error?.message}`);
   const { value } = response;
@@ -174,15 +140,10 @@ export function formatSupervisors(supervisors: SupervisorInfo[]): string {
     w.heartbeatAt.toISOString(),
   ]);
   const header = ['ID', 'STATUS', 'HOST', 'PID', 'THREADS', 'HEARTBEAT'];
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells: string[]) =>
-    cells
-      .map((c, i) => c.padEnd(widths[i]))
-      .join('  ')
-      .trimEnd();
-  const out = [line(header)];
+  const lines = table(header, rows).split('\n');
+  const out = [lines[0]];
   supervisors.forEach((w, i) => {
-    out.push(line(rows[i]));
+    out.push(lines[i + 1]);
     if (w.status === 'EXITED' || w.status === 'LOST') return;
     for (const t of w.threadStates) {
       const jobs = t.currentJobs.length > 0 ? `running ${t.currentJobs.join(',')}` : 'idle';

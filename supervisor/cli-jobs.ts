@@ -5,12 +5,10 @@
  */
 import type { ParseArgsConfig } from 'node:util';
 import { createClient } from '../src/client.ts';
-import { createControl, type Control, type JobFilter, type JobStats } from '../src/control.ts';
+import type { JobFilter, JobStats } from '../src/control.ts';
 import { GrapevineError } from '../src/errors.ts';
 import type { Job, JobState } from '../src/job.ts';
-import type { CliTools } from './cli-control.ts';
-
-type Values = Record<string, string | boolean | string[] | undefined>;
+import { type CliTools, printable, table, type Values, withControl } from './cli-output.ts';
 
 const FILTER_OPTIONS = {
   state: { type: 'string', multiple: true },
@@ -190,56 +188,6 @@ function targetOf(values: Values, positionals: string[], command: string, usage:
   if (positionals.length > 0) return positionals;
   if (!filtered) throw usage(`missing ID or filter: grapevine ${command} ID... or grapevine ${command} --state failed [--task T]`);
   return filter;
-}
-
-async function withControl(values: Values, tools: CliTools, fn: (control: Control) => Promise<number>): Promise<number> {
-  const db = await tools.database(values);
-  const control = createControl({ connectionString: db.connectionString, schema: values.schema as string | undefined });
-  try {
-    return await fn(control);
-  } finally {
-    await control.close().catch(() => {});
-    await db.release();
-  }
-}
-
-/**
- * Job text (task names are plain, but errors come from handlers) as the
- * terminal should show it: control characters, which could move the cursor
- * or rewrite earlier lines, and bidirectional overrides, which could reorder
- * what is shown, are printed as escapes.
- */
-export function printable(text: string): string {
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
-  return text.replace(/[\u0000-\u001f\u007f-\u009f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, (c) => {
-    if (c === '\n') return '\\n';
-    if (c === '\t') return '\\t';
-    if (c === '\r') return '\\r';
-    return unicodeEscape(c);
-  });
-}
-
-/**
- * A value as indented JSON the terminal shows as it is: JSON.stringify
- * escapes C0 control characters (ESC among them) but not C1 controls or
- * bidirectional overrides, so those are escaped too; the text stays valid JSON.
- */
-export function printableJson(value: unknown): string {
-  return JSON.stringify(value, null, 2).replace(/[\u007f-\u009f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, unicodeEscape);
-}
-
-function unicodeEscape(c: string): string {
-  return `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
-}
-
-function table(header: string[], rows: string[][]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells: string[]) =>
-    cells
-      .map((c, i) => c.padEnd(widths[i]))
-      .join('  ')
-      .trimEnd();
-  return [line(header), ...rows.map(line)].join('\n');
 }
 
 export function formatJobs(jobs: Job[]): string {

@@ -8,7 +8,7 @@ import { missedOption, parseCrontab } from '../src/schedule/crontab.ts';
 import type { Schedule, ScheduleSpec } from '../src/schedule/schedule.ts';
 import { missedText } from '../src/schedule/stored.ts';
 import { createSchedules, type Schedules } from '../src/schedules.ts';
-import type { CliTools } from './cli-control.ts';
+import type { CliTools } from './cli-output.ts';
 
 export const SCHEDULE_HELP: Record<string, string> = {
   schedule: `Usage: grapevine schedule add NAME CRON TASK [JSON] [--tz ZONE] [--queue Q] [--priority N]

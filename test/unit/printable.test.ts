@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { printable } from '../../supervisor/cli-jobs.ts';
+import { printable } from '../../supervisor/cli-output.ts';
 
 describe('printable', () => {
   it('leaves plain text, emoji and accents as they are', () => {
