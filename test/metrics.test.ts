@@ -7,13 +7,15 @@ const db = useTestSchema('metrics');
 // A role that is not a superuser, so that a connection limit stops its LISTEN
 // connection from coming back: the window in which /readyz must fail.
 const role = `t_metrics_${randomBytes(3).toString('hex')}`;
-const url = Object.assign(new URL(db.url), { username: role }).toString();
+// A password too: the embedded server asks for one.
+const password = randomBytes(12).toString('hex');
+const url = Object.assign(new URL(db.url), { username: role, password }).toString();
 const client = createClient({ connectionString: url, schema: db.schema });
 let sup: Supervisor;
 let base: string;
 
 beforeAll(async () => {
-  await db.pool.query(`CREATE ROLE "${role}" LOGIN`);
+  await db.pool.query(`CREATE ROLE "${role}" LOGIN PASSWORD '${password}'`);
   // Migrations say CREATE SCHEMA IF NOT EXISTS, which needs the right even when the schema is there.
   await db.pool.query(`GRANT CREATE ON DATABASE "${new URL(db.url).pathname.slice(1)}" TO "${role}"`);
   sup = await startTestSupervisor({ ...db, url }, { threads: 2, metricsPort: 0, queueStatsIntervalMs: 100 });
