@@ -27,6 +27,8 @@ export interface ThreadConfig {
   deleteSucceeded: boolean;
   /** A handler's result whose JSON is larger fails its job instead of being stored. */
   maxResultBytes: number;
+  /** At most one progress write per thread per this many ms (threads/progress.ts). */
+  progressIntervalMs: number;
   /** False: every statement unnamed (a pooler in transaction mode). */
   preparedStatements: boolean;
 }

@@ -5,7 +5,7 @@
 import '../src/node-version.ts';
 
 export { createClient } from '../src/client.ts';
-export type { AddJobOptions, Client, ClientOptions, JobSpec, KeyMode } from '../src/client.ts';
+export type { AddJobOptions, Client, ClientOptions, JobSpec, KeyMode, WaitOptions } from '../src/client.ts';
 export { createControl } from '../src/control.ts';
 export type {
   Control,

@@ -19,6 +19,7 @@ import { executeJob, JobAbortSwitch } from './execute.ts';
 import { afterCommit, databaseHelpers, type ExecuteContext } from './helpers.ts';
 import { OutcomeWriter, type Outcome, type OutcomeSink } from './outcomes.ts';
 import { openThreadPools } from './pools.ts';
+import { ProgressWriter } from './progress.ts';
 import { loadTasks, type LoadedTasks } from './registry.ts';
 
 const config = workerData as ThreadConfig;
@@ -30,6 +31,7 @@ const writer = new OutcomeWriter(
   { baseMs: config.retryBaseMs, maxMs: config.retryMaxMs, deleteSucceeded: config.deleteSucceeded },
   logger,
 );
+const progress = new ProgressWriter(pools.system, config.schema, config.progressIntervalMs, logger);
 const tasks: Promise<LoadedTasks> = loadTasks(config.tasksPath).catch((err: Error) => ({
   handlers: new Map(),
   timeouts: new Map(),
@@ -139,6 +141,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     worker,
     connectionString: config.connectionString,
     maxResultBytes: config.maxResultBytes,
+    progress: (job, json) => progress.set(job.id, job.claim_token, json, committed),
     ...afterCommit(helpers, committed),
   };
   // Indexed like `jobs`: a map per batch cost a rehash every time it grew,
@@ -192,6 +195,9 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       const outcome = await executeJob(job, loaded.handlers.get(job.task)!, abort, context);
       switches[i] = null;
       handled(job.id);
+      // The last progress value goes before the outcome: a watcher sees it before the job ends.
+      const progressed = progress.finish(job.id);
+      if (progressed) await progressed;
       if (beforeCommit) beforeCommit.push(outcome);
       else writer.record(outcome, sink);
     } catch (err) {
