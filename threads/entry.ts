@@ -12,7 +12,15 @@ import { threadId, workerData } from 'node:worker_threads';
 import type { MessagePort } from 'node:worker_threads';
 import { serializeError } from '../src/errors.ts';
 import { createLogger } from '../src/log.ts';
-import type { AbortKind, BatchEvent, SupervisorSignal, ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
+import type {
+  AbortKind,
+  BatchEvent,
+  FailureDetails,
+  SupervisorSignal,
+  ThreadConfig,
+  ThreadRequest,
+  ThreadResponse,
+} from '../src/protocol.ts';
 import { claimByIdsQuery, claimNextQuery, hasDue, type ClaimedJobRow, type ClaimParams } from '../src/sql/jobs.ts';
 import { claimBatch } from './claim.ts';
 import { executeJob, JobAbortSwitch } from './execute.ts';
@@ -134,6 +142,8 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   }
   const handled = idsReporter(port, 'handled');
   const finished = idsReporter(port, 'finished');
+  // Only while the supervisor has listeners for how jobs end (its events).
+  const byId = request.details ? new Map(jobs.map((j) => [j.id, j])) : null;
 
   // The handlers' statements wait for the claim's commit (see afterCommit).
   const context: ExecuteContext = {
@@ -173,7 +183,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
         if (!commitFailed)
           logger.warn({ jobId: outcome.id }, 'outcome rejected: the job was reassigned, cancelled or released while it ran');
       }
-      finished(outcome.id, !accepted || outcome.kind !== 'success');
+      finished(outcome.id, !accepted || outcome.kind !== 'success', byId ? detailOf(outcome, accepted, byId.get(outcome.id)) : undefined);
       if (--left === 0) allRecorded();
     },
   };
@@ -235,19 +245,43 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
  * together, or outcomes written together, go in one message. A finished job
  * is `unsuccessful` unless its success was recorded (the worker log says so).
  */
-function idsReporter(port: MessagePort, type: 'handled' | 'finished'): (id: string, unsuccessful?: boolean) => void {
+function idsReporter(
+  port: MessagePort,
+  type: 'handled' | 'finished',
+): (id: string, unsuccessful?: boolean, detail?: FailureDetail) => void {
   let ids: string[] = [];
   let unsuccessful: string[] = [];
-  return (id, failed = false) => {
+  let details: FailureDetails | undefined;
+  return (id, failed = false, detail) => {
     ids.push(id);
     if (failed) unsuccessful.push(id);
+    if (detail) {
+      details ??= { ids: [], errors: [], retrying: [], fenced: [] };
+      if (detail === 'fenced') details.fenced.push(id);
+      else {
+        details.ids.push(id);
+        details.errors.push(detail.error);
+        details.retrying.push(detail.retrying);
+      }
+    }
     if (ids.length > 1) return;
     queueMicrotask(() => {
-      post(port, type === 'finished' ? { type, ids, unsuccessful, threadId } : { type, ids, threadId });
+      post(port, type === 'finished' ? { type, ids, unsuccessful, threadId, details } : { type, ids, threadId });
       ids = [];
       unsuccessful = [];
+      details = undefined;
     });
   };
+}
+
+type FailureDetail = 'fenced' | { error: string; retrying: boolean };
+
+/** A failed or fenced outcome as the supervisor's events tell it; undefined for a recorded success. */
+function detailOf(outcome: Outcome, accepted: boolean, job: ClaimedJobRow | undefined): FailureDetail | undefined {
+  if (!accepted) return 'fenced';
+  if (outcome.kind !== 'failure') return undefined;
+  // As the outcome write decides (src/sql/jobs.ts, fail): retried while attempts are left.
+  return { error: outcome.error, retrying: outcome.retryable && job !== undefined && job.attempts < job.max_attempts };
 }
 
 /**
