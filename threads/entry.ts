@@ -28,6 +28,7 @@ import { afterCommit, databaseHelpers, type ExecuteContext } from './helpers.ts'
 import { OutcomeWriter, type Outcome, type OutcomeSink } from './outcomes.ts';
 import { openThreadPools } from './pools.ts';
 import { ProgressWriter } from './progress.ts';
+import { activeTracer, traced, tracingLoaded } from './tracing.ts';
 import { loadTasks, type LoadedTasks } from './registry.ts';
 
 const config = workerData as ThreadConfig;
@@ -40,11 +41,13 @@ const writer = new OutcomeWriter(
   logger,
 );
 const progress = new ProgressWriter(pools.system, config.schema, config.progressIntervalMs, logger);
-const tasks: Promise<LoadedTasks> = loadTasks(config.tasksPath).catch((err: Error) => ({
-  handlers: new Map(),
-  timeouts: new Map(),
-  error: err,
-}));
+const tasks: Promise<LoadedTasks> = Promise.all([loadTasks(config.tasksPath), tracingLoaded])
+  .then(([loaded]) => loaded)
+  .catch((err: Error) => ({
+    handlers: new Map(),
+    timeouts: new Map(),
+    error: err,
+  }));
 const helpers = databaseHelpers(pools, config.schema, config.preparedStatements);
 const worker: ExecuteContext['worker'] = { supervisorId: config.supervisorId, threadId, schema: config.schema };
 
@@ -104,6 +107,8 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     return { ...NOTHING_CLAIMED, threadId, tasksError: serializeError(loaded.error) };
   }
   const known = request.tasks.filter((t) => loaded.handlers.has(t));
+  // Looked up per batch: a task module may register its tracer provider after the thread started.
+  const tracer = activeTracer();
   let jobs: ClaimedJobRow[];
   let committed: Promise<Error | null>;
   try {
@@ -202,7 +207,10 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       if (job.cancel_requested) abort.abort(new JobAbort('cancelled', 'job was cancelled'));
       const timeoutMs = job.timeout_ms ?? loaded.timeouts.get(job.task) ?? null;
       if (timeoutMs !== null) post(port, { type: 'started', jobId: job.id, timeoutMs, threadId });
-      const outcome = await executeJob(job, loaded.handlers.get(job.task)!, abort, context);
+      const handler = loaded.handlers.get(job.task)!;
+      const outcome = tracer
+        ? await traced(tracer, job, abort, () => executeJob(job, handler, abort, context))
+        : await executeJob(job, handler, abort, context);
       switches[i] = null;
       handled(job.id);
       // The last progress value goes before the outcome: a watcher sees it before the job ends.
