@@ -208,6 +208,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
   const retentionMs = numeric(options, 'retentionMs', DEFAULTS.retentionMs);
   const handlerConnections = numeric(options, 'handlerConnections', DEFAULTS.threadHandlerConnections);
   const maxResultBytes = numeric(options, 'maxResultBytes', DEFAULTS.maxResultBytes);
+  const progressIntervalMs = numeric(options, 'progressIntervalMs', DEFAULTS.progressIntervalMs);
   const idleTimeoutMs = options.idleTimeoutMs == null ? null : numeric(options, 'idleTimeoutMs', 0);
   const queueStatsIntervalMs = numeric(options, 'queueStatsIntervalMs', DEFAULTS.queueStatsIntervalMs);
   const metrics =
@@ -252,7 +253,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     logFormat: logFormatOf(logger),
     deleteSucceeded: options.deleteSucceeded ?? DEFAULTS.deleteSucceeded,
     maxResultBytes,
-    progressIntervalMs: numeric(options, 'progressIntervalMs', DEFAULTS.progressIntervalMs),
+    progressIntervalMs,
     preparedStatements,
   };
   const threadPool = new ThreadPool({ threads, concurrency, config: threadConfig, resourceLimits: options.resourceLimits, logger });
