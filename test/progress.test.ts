@@ -89,10 +89,19 @@ describe('helpers.progress()', () => {
     expect(rows[0].watched).toBe(true);
   });
 
-  it('a watch that lapsed is no longer announced', async () => {
+  it('a watcher that went away: once its mark lapses, values are stored but no longer announced', async () => {
     const id = await db.client.addJob('progress', { gate: GATE, steps: 2 });
     await eventually(async () => (await storedProgress(id))?.done === 1, 'the first step stored');
+    // A watcher that gives up: its mark stays for a while (30 s), then lapses.
+    await expect(db.client.waitForJob(id, { timeoutMs: 200, onProgress: () => {} })).rejects.toMatchObject({
+      code: 'GRAPEVINE_WAIT_TIMEOUT',
+    });
+    const marked = await db.pool.query(`SELECT progress_watched_until > now() AS watched FROM ${S}.jobs WHERE id = $1`, [id]);
+    expect(marked.rows[0].watched).toBe(true);
+    // As 30 s later.
     await db.pool.query(`UPDATE ${S}.jobs SET progress_watched_until = now() - interval '1 second' WHERE id = $1`, [id]);
+    await heardSoFar();
+    heard = [];
     await openStep(2);
     const job = await db.client.waitForJob(id);
     expect(job.progress).toEqual({ done: 2, total: 2 });
