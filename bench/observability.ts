@@ -10,7 +10,9 @@
  * supervisor booted paused (threads 2, concurrency 512, deleteSucceeded, as
  * the main bench's tuned profile), then timed from resume() to the last
  * handler's report. Variants alternate within each round, so drift on a
- * shared machine spreads over all of them; the medians are compared.
+ * shared machine spreads over all of them; the medians are compared, both
+ * as jobs/s and as CPU time per job of this process (the supervisor and its
+ * threads), which other load on the host skews less than the wall clock.
  */
 import { parseArgs } from 'node:util';
 import pg from 'pg';
@@ -52,7 +54,8 @@ const VARIANTS: Variant[] = [
 
 const pool = new pg.Pool({ connectionString: url, max: 2 });
 
-async function trial(variant: Variant, n: number): Promise<number> {
+/** Jobs per second (wall clock), and CPU ms per 1,000 jobs (this process: the supervisor and its threads), which a loaded host skews less. */
+async function trial(variant: Variant, n: number): Promise<{ rate: number; cpuMs: number }> {
   const schema = `bench_obs_${process.pid}_${n}`;
   await pool.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
   const client = createClient({ connectionString: url, schema });
@@ -84,13 +87,15 @@ async function trial(variant: Variant, n: number): Promise<number> {
     if (variant.listen) for (const event of EVENTS) supervisor.on(event, () => heard++);
     supervisor.pause();
     const started = performance.now();
+    const cpuBefore = process.cpuUsage();
     supervisor.resume();
     await done;
     const elapsedMs = performance.now() - started;
+    const cpu = process.cpuUsage(cpuBefore);
     await supervisor.stop({ graceMs: 5_000 });
     channel.close();
     if (variant.listen && heard < jobs) throw new Error(`the listener heard ${heard} events for ${jobs} jobs`);
-    return jobs / (elapsedMs / 1000);
+    return { rate: jobs / (elapsedMs / 1000), cpuMs: (cpu.user + cpu.system) / 1000 / (jobs / 1000) };
   } finally {
     await client.close();
     await pool.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
@@ -98,20 +103,27 @@ async function trial(variant: Variant, n: number): Promise<number> {
 }
 
 const results = new Map<string, number[]>(VARIANTS.map((v) => [v.name, []]));
+const cpuResults = new Map<string, number[]>(VARIANTS.map((v) => [v.name, []]));
 let n = 0;
 for (let round = 0; round < rounds; round++) {
   // Rotated each round, so no variant always runs first (on a cold cache) or last.
   const order = VARIANTS.map((_, i) => VARIANTS[(i + round) % VARIANTS.length]);
   for (const variant of order) {
-    const rate = await trial(variant, n++);
+    const { rate, cpuMs } = await trial(variant, n++);
     results.get(variant.name)!.push(rate);
-    console.log(`round ${round + 1} ${variant.name}: ${rate.toFixed(0)} jobs/s`);
+    cpuResults.get(variant.name)!.push(cpuMs);
+    console.log(`round ${round + 1} ${variant.name}: ${rate.toFixed(0)} jobs/s, ${cpuMs.toFixed(1)} CPU ms per 1,000 jobs`);
   }
 }
 await pool.end();
 
 const base = median(results.get('plain')!);
-console.log(`\nobservability overhead, ${jobs} no-op jobs, ${rounds} rounds, medians (jobs/s, ratio to plain):`);
+const cpuBase = median(cpuResults.get('plain')!);
+console.log(`\nobservability overhead, ${jobs} no-op jobs, ${rounds} rounds, medians (ratios to plain):`);
+console.log(`  ${'variant'.padEnd(45)} ${'jobs/s'.padStart(7)}  ratio  ${'CPU ms/1k'.padStart(9)}  ratio`);
 for (const [name, rates] of results) {
-  console.log(`  ${name.padEnd(45)} ${median(rates).toFixed(0).padStart(7)}  ${(median(rates) / base).toFixed(3)}`);
+  const cpu = median(cpuResults.get(name)!);
+  console.log(
+    `  ${name.padEnd(45)} ${median(rates).toFixed(0).padStart(7)}  ${(median(rates) / base).toFixed(3)}  ${cpu.toFixed(1).padStart(9)}  ${(cpu / cpuBase).toFixed(3)}`,
+  );
 }
