@@ -5,6 +5,7 @@ import { GrapevineError } from '../src/errors.ts';
 import { throttledWarnings } from '../src/log.ts';
 import { writeProgress, type ProgressUpdate } from '../src/sql/progress.ts';
 import { unstorableInJson } from '../src/text.ts';
+import { isDataError } from './outcomes.ts';
 
 /** The largest progress value stored, in bytes of JSON: progress is a hint for a watcher, not a place for data. */
 export const MAX_PROGRESS_BYTES = 4_096;
@@ -152,6 +153,14 @@ export class ProgressWriter {
       this.failures = 0;
       if (rejected.length > 0) this.logger.debug({ jobs: rejected }, 'progress not stored: the job is no longer this run’s');
     } catch (err) {
+      if (isDataError(err)) {
+        // Refused for what it holds, it would be refused again (and hold up the jobs' outcomes): dropped.
+        this.logger.warn(
+          { err: (err as Error).message, jobs: confirmed.map((e) => e.id) },
+          'job progress refused by PostgreSQL; not stored',
+        );
+        return;
+      }
       this.failures++;
       // Values set since replace these; the others go out again with the next write.
       for (const e of confirmed) if (!this.pending.has(e.id)) this.pending.set(e.id, e);
