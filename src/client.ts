@@ -16,6 +16,7 @@ import { Waiters } from './waiters.ts';
 import { unstorableInJson } from './text.ts';
 import { explainingOutdatedSchema, migrate, type MigrateResult } from './schema/migrate.ts';
 import { announceCancel, findJob, insertJob, insertJobs, makeDue, requestCancel, watchJob, type KeyMode, type NewJob } from './sql/jobs.ts';
+import { watchProgress } from './sql/progress.ts';
 import { payloadLimit } from './sql/settings.ts';
 
 export type { KeyMode } from './sql/jobs.ts';
@@ -71,13 +72,27 @@ export interface JobSpec extends Omit<AddJobOptions, 'db'> {
   payload?: unknown;
 }
 
+export interface WaitOptions {
+  /** Give up with GRAPEVINE_WAIT_TIMEOUT after this long (default 60 s). */
+  timeoutMs?: number;
+  /**
+   * Called with each new value the handler reports with helpers.progress()
+   * (first with the value the job already has, if any), and with the last one
+   * before the wait resolves. While a wait with onProgress runs, the job's
+   * progress writes are announced to this client; without one they are not
+   * announced at all. Values are read from the table, so a value replaced
+   * within one read is skipped, never reordered. What it throws ends the wait.
+   */
+  onProgress?: (progress: unknown) => void;
+}
+
 export interface Client {
   readonly schema: string;
   addJob(task: string, payload?: unknown, options?: AddJobOptions): Promise<string>;
   addJobs(jobs: JobSpec[], options?: { db?: Queryable }): Promise<string[]>;
   getJob(id: string | number): Promise<Job | null>;
   /** Resolves when the job is terminal; wakes on a notification, never polls. */
-  waitForJob(id: string | number, options?: { timeoutMs?: number }): Promise<Job>;
+  waitForJob(id: string | number, options?: WaitOptions): Promise<Job>;
   /** Cancels a pending job at once; a running one is signalled on whichever host runs it. */
   cancelJob(id: string | number): Promise<{ state: string | null }>;
   /** Makes pending jobs due now (all, or the given ids): for tests and operators. */
@@ -96,11 +111,15 @@ export function createClient(options: ClientOptions = {}): Client {
   const channels = channelsFor(schema);
   let migrated: Promise<MigrateResult> | null = null;
   let schemaPayloadLimit: Promise<number | null> | null = null;
-  // waitForJob(): woken by job ids on the done channel.
-  const finished = new Waiters({ ...listen, channels: [channels.done], applicationName: 'grapevine-waiter', logger }, (payload, keys) => {
-    const parsed = parseJobNotification(payload);
-    return parsed.kind === 'ids' ? [...keys].filter((id) => rangesContain(parsed.ranges, Number(id))) : [];
-  });
+  // waitForJob(): woken by job ids on the done channel, and on the progress
+  // channel for the jobs whose progress it watches.
+  const finished = new Waiters(
+    { ...listen, channels: [channels.done, channels.progress], applicationName: 'grapevine-waiter', logger },
+    (payload, keys) => {
+      const parsed = parseJobNotification(payload);
+      return parsed.kind === 'ids' ? [...keys].filter((id) => rangesContain(parsed.ranges, Number(id))) : [];
+    },
+  );
 
   const ensureMigrated = (): Promise<unknown> => {
     if ((options.migrate ?? DEFAULTS.migrate) === false) return Promise.resolve();
@@ -202,25 +221,56 @@ export function createClient(options: ClientOptions = {}): Client {
       });
     },
 
-    async waitForJob(id, { timeoutMs = 60_000 } = {}) {
+    async waitForJob(id, { timeoutMs = 60_000, onProgress } = {}) {
       const jobId = toJobId(id);
       await ensureMigrated();
-      return finished.wait(
-        jobId,
-        async () => {
-          const job = await watchAndRead(jobId);
-          if (!job) {
-            throw new GrapevineError(
-              'GRAPEVINE_JOB_NOT_FOUND',
-              `job ${jobId} does not exist in schema "${schema}": the id is wrong, or the job was deleted ` +
-                '(finished jobs are pruned after retentionMs; supervisors started with deleteSucceeded delete a job as soon as it succeeds unless someone already waits for it)',
-            );
-          }
-          return isTerminal(job.state) ? job : undefined;
-        },
-        timeoutMs,
-        () => new GrapevineError('GRAPEVINE_WAIT_TIMEOUT', `job ${jobId} did not finish within ${timeoutMs} ms`),
-      );
+      const notFound = () =>
+        new GrapevineError(
+          'GRAPEVINE_JOB_NOT_FOUND',
+          `job ${jobId} does not exist in schema "${schema}": the id is wrong, or the job was deleted ` +
+            '(finished jobs are pruned after retentionMs; supervisors started with deleteSucceeded delete a job as soon as it succeeds unless someone already waits for it)',
+        );
+      const untilDone = async () => {
+        const job = await watchAndRead(jobId);
+        if (!job) throw notFound();
+        return isTerminal(job.state) ? job : undefined;
+      };
+      if (!onProgress) {
+        return finished.wait(jobId, untilDone, timeoutMs, () => waitTimeout(jobId, timeoutMs));
+      }
+      const progress = new ProgressFollower(onProgress);
+      let marked = false;
+      // One read at a time, so that values reach onProgress in the order the table had them.
+      let reads: Promise<unknown> = Promise.resolve();
+      const serial = <T>(fn: () => Promise<T>): Promise<T> => {
+        const next = reads.then(fn, fn);
+        reads = next.catch(() => {});
+        return next;
+      };
+      const poll = () =>
+        serial(async () => {
+          const seen = await run(() => watchProgress(pool, schema, { id: jobId, watchMs: PROGRESS_WATCH_MS }));
+          if (!seen) throw notFound();
+          progress.saw(seen.progress);
+          // The first poll also marks the job as waited for; after that, only its end needs the whole row.
+          if (marked && !isTerminal(seen.state)) return undefined;
+          marked = true;
+          const job = await untilDone();
+          if (job) progress.saw(job.progress);
+          return job;
+        });
+      // The mark lasts PROGRESS_WATCH_MS: renewed while the wait runs, it lapses soon after a watcher that went away.
+      const renew = setInterval(() => {
+        void serial(() => run(() => watchProgress(pool, schema, { id: jobId, watchMs: PROGRESS_WATCH_MS }))).then(
+          (seen) => (seen ? progress.saw(seen.progress) : undefined),
+          (err: Error) => logger.debug({ err: err.message, jobId }, 'could not renew the progress watch'),
+        );
+      }, PROGRESS_WATCH_MS / 3);
+      try {
+        return await finished.wait(jobId, poll, timeoutMs, () => waitTimeout(jobId, timeoutMs));
+      } finally {
+        clearInterval(renew);
+      }
     },
 
     async cancelJob(id) {
@@ -300,6 +350,32 @@ export function createClient(options: ClientOptions = {}): Client {
   }
 
   return client;
+}
+
+/** How long one watch_progress() mark lasts; a watcher renews it every third of this. */
+const PROGRESS_WATCH_MS = 30_000;
+
+function waitTimeout(jobId: string, timeoutMs: number): GrapevineError {
+  return new GrapevineError('GRAPEVINE_WAIT_TIMEOUT', `job ${jobId} did not finish within ${timeoutMs} ms`);
+}
+
+/** Hands each new progress value to onProgress once: a value equal to the last one is not news. */
+class ProgressFollower {
+  private last: string | undefined;
+  private readonly onProgress: (progress: unknown) => void;
+  constructor(onProgress: (progress: unknown) => void) {
+    this.onProgress = onProgress;
+  }
+  saw(progress: unknown): void {
+    const value = progress ?? null;
+    const json = JSON.stringify(value);
+    if (json === this.last) return;
+    const first = this.last === undefined;
+    this.last = json;
+    // A job that has reported nothing yet is not news either.
+    if (first && value === null) return;
+    this.onProgress(value);
+  }
 }
 
 const KEY_MODES: readonly KeyMode[] = ['replace', 'preserve_run_at', 'dedupe', 'dedupe_running', 'throttle'];

@@ -69,6 +69,8 @@ export const DEFAULTS = {
    * payloads); a larger one fails its job with GRAPEVINE_RESULT_TOO_LARGE.
    */
   maxResultBytes: 1_048_576,
+  /** How often a thread stores its jobs' helpers.progress() values: one UPDATE per interval at most (4 a second). */
+  progressIntervalMs: 250,
   /** The address a supervisor's metrics port listens on (with metricsPort): this host only. */
   metricsHost: '127.0.0.1',
   /** How often the elected supervisor measures queue depth for /metrics (only when some supervisor serves metrics). */

@@ -33,7 +33,8 @@ export type ErrorCode =
   | 'GRAPEVINE_TRANSACTION_ENDED'
   | 'GRAPEVINE_RESULT_TOO_LARGE'
   | 'GRAPEVINE_RESULT_UNSTORABLE'
-  | 'GRAPEVINE_ERROR_UNSTORABLE';
+  | 'GRAPEVINE_ERROR_UNSTORABLE'
+  | 'GRAPEVINE_PROGRESS_INVALID';
 
 export class GrapevineError extends Error {
   readonly code: ErrorCode;

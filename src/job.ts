@@ -24,13 +24,15 @@ export interface Job {
   cancelRequestedAt: Date | null;
   lastError: string | null;
   result: unknown;
+  /** What the handler last reported with helpers.progress() (null if it never did). */
+  progress: unknown;
   createdAt: Date;
   startedAt: Date | null;
   finishedAt: Date | null;
 }
 
 /** A row of the jobs table as `SELECT *` reads it: bigint columns come back as text. */
-export interface JobRow extends Pick<Job, 'id' | 'task' | 'queue' | 'payload' | 'state' | 'priority' | 'attempts' | 'result'> {
+export interface JobRow extends Pick<Job, 'id' | 'task' | 'queue' | 'payload' | 'state' | 'priority' | 'attempts' | 'result' | 'progress'> {
   run_at: Date;
   max_attempts: number;
   timeout_ms: number | null;
@@ -64,6 +66,7 @@ export function jobFromRow(row: JobRow): Job {
     cancelRequestedAt: row.cancel_requested_at,
     lastError: row.last_error,
     result: row.result,
+    progress: row.progress ?? null,
     createdAt: row.created_at,
     startedAt: row.started_at,
     finishedAt: row.finished_at,

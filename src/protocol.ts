@@ -27,6 +27,8 @@ export interface ThreadConfig {
   deleteSucceeded: boolean;
   /** A handler's result whose JSON is larger fails its job instead of being stored. */
   maxResultBytes: number;
+  /** At most one progress write per thread per this many ms (threads/progress.ts). */
+  progressIntervalMs: number;
   /** False: every statement unnamed (a pooler in transaction mode). */
   preparedStatements: boolean;
 }
@@ -34,8 +36,22 @@ export interface ThreadConfig {
 /** What the supervisor asks of a thread (one piscina task). */
 export type ThreadRequest =
   | { type: 'describe' }
-  | { type: 'claim-ids'; ids: string[]; tasks: string[]; port: MessagePort }
-  | { type: 'claim-next'; count: number; tasks: string[]; port: MessagePort };
+  // `details`: report the failures' details with 'finished' (someone listens for job events).
+  | { type: 'claim-ids'; ids: string[]; tasks: string[]; port: MessagePort; details?: true }
+  | { type: 'claim-next'; count: number; tasks: string[]; port: MessagePort; details?: true };
+
+/**
+ * What became of the failed and fenced jobs of a 'finished' report, for the
+ * supervisor's events; sent only for batches that asked for `details`.
+ * Parallel arrays: `ids[i]` failed with `errors[i]` and runs again if
+ * `retrying[i]`. `fenced`: outcomes the fence refused (not this run's to report).
+ */
+export interface FailureDetails {
+  ids: string[];
+  errors: string[];
+  retrying: boolean[];
+  fenced: string[];
+}
 
 export type ThreadResponse =
   | { type: 'described'; tasks: string[]; error: SerializedError | null; threadId: number }
@@ -90,7 +106,7 @@ export type BatchEvent =
   // Outcomes written (or refused by the fence): the jobs are done here.
   // `unsuccessful`: those of `ids` whose outcome was not a recorded success
   // (failures, and outcomes the fence refused); usually empty.
-  | { type: 'finished'; ids: string[]; unsuccessful: string[]; threadId: number }
+  | { type: 'finished'; ids: string[]; unsuccessful: string[]; threadId: number; details?: FailureDetails }
   // The thread is exiting (its process 'exit' event), with the error that
   // ended it if JavaScript saw one; the last message on the port. It reaches
   // the supervisor well before the Worker's 'exit' event, which waits for the

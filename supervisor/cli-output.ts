@@ -56,8 +56,8 @@ export function printable(text: string): string {
  * escapes C0 control characters (ESC among them) but not C1 controls or
  * bidirectional overrides, so those are escaped too; the text stays valid JSON.
  */
-export function printableJson(value: unknown): string {
-  return JSON.stringify(value, null, 2).replace(/[\u007f-\u009f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, unicodeEscape);
+export function printableJson(value: unknown, indent = 2): string {
+  return JSON.stringify(value, null, indent).replace(/[\u007f-\u009f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, unicodeEscape);
 }
 
 function unicodeEscape(c: string): string {

@@ -110,7 +110,13 @@ SIGTERM/SIGINT stop gracefully; a second signal stops at once. Exit code 0.`,
   --key-window-ms N  the throttle's window
   --wait             wait for the job and print its result (exit 1 if it failed)
   --wait-ms N        how long --wait waits (default: 60000)`,
-  job: 'Usage: grapevine job ID\n\nPrints the job as JSON.',
+  job: `Usage: grapevine job ID [--follow [--wait-ms N]]
+
+Prints the job as JSON. With --follow, prints each progress value the
+handler reports as a line { id, progress } while the job runs, then the job
+once it ends (exit code 0 if it succeeded, 1 otherwise).
+  --follow           follow the job's progress until it ends
+  --wait-ms N        how long --follow waits (default: no limit)`,
   migrate: 'Usage: grapevine migrate\n\nCreates or upgrades the schema. Safe to run from several hosts at once.',
   grant: `Usage: grapevine grant ROLE --as enqueuer|worker|operator [--print]
 
@@ -320,10 +326,21 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
   },
 
   async job(command, argv) {
-    const { values, positionals } = parse(command, argv, {});
+    const { values, positionals } = parse(command, argv, { follow: { type: 'boolean' }, 'wait-ms': { type: 'string' } });
     const id = positionals[0];
     if (!id) throw new UsageError('missing ID: grapevine job ID');
+    if (values['wait-ms'] !== undefined && !values.follow) throw new UsageError('--wait-ms goes with --follow');
     return withClient(values, async (client) => {
+      if (values.follow) {
+        const job = await client.waitForJob(id, {
+          // setTimeout's longest delay (about 24 days): no limit, in practice.
+          timeoutMs: int(values, 'wait-ms') ?? 2_147_483_647,
+          // One line per value (JSON lines), the job after them as `grapevine job` prints it.
+          onProgress: (progress) => console.log(printableJson({ id, progress }, 0)),
+        });
+        console.log(printableJson(job));
+        return job.state === 'succeeded' ? 0 : 1;
+      }
       const job = await client.getJob(id);
       if (!job) throw new GrapevineError('GRAPEVINE_JOB_NOT_FOUND', `job ${id} does not exist in schema "${client.schema}"`);
       console.log(printableJson(job));

@@ -3,7 +3,7 @@ import PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import { backoffMs } from '../src/backoff.ts';
 import { throttledWarnings } from '../src/log.ts';
-import type { AbortKind, BatchEvent, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
+import type { AbortKind, BatchEvent, FailureDetails, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
 import { firstClaimLimit, nextClaimLimit } from './claim-limit.ts';
 import { decideCrashRelease, describeCrash, type Kill, type Release } from './crash-release.ts';
 import type { ThreadPool } from './threads.ts';
@@ -27,6 +27,8 @@ export interface DispatcherOptions {
    * finished together, for the supervisor log: once per batch, not per job.
    */
   onJobs?: (type: 'started' | 'finished', jobs: readonly RunningJob[]) => void;
+  /** Whether threads should report the details of failed jobs with each batch (someone listens for job events). */
+  wantsDetails?: () => boolean;
   /** How long a cancelled or timed-out handler may take to stop before its thread is terminated. */
   killGraceMs: number;
 }
@@ -72,6 +74,12 @@ interface Batch {
   drained: boolean;
 }
 
+/** How a job's attempt failed, as its thread reported it (only when asked: see wantsDetails). */
+export interface FailureDetail {
+  error: string;
+  willRetry: boolean;
+}
+
 /** A claimed job, as the supervisor sees it. */
 export interface RunningJob extends JobRef {
   queue: string;
@@ -85,6 +93,10 @@ export interface RunningJob extends JobRef {
   handled: boolean;
   /** Why the handler was asked to stop, if it was. */
   abortedFor: AbortKind | null;
+  /** How it failed, when the thread was asked for details (only while someone listens to the supervisor's events). */
+  failure?: FailureDetail;
+  /** The fence refused its outcome: the job was no longer this run's. Known only with details, as `failure`. */
+  fenced?: boolean;
 }
 
 export interface DispatchCounters {
@@ -479,6 +491,7 @@ export class Dispatcher {
     const tasks = this.options.pool.tasks;
     const request: ThreadRequest =
       type === 'claim-ids' ? { type, ids: slots.map((s) => s.id!), tasks, port: port2 } : { type, count: slots.length, tasks, port: port2 };
+    if (this.options.wantsDetails?.()) request.details = true;
     port1.on('message', (event: BatchEvent) => this.onEvent(batch, event));
     this.counters.batches++;
     void this.queue.add(() => {
@@ -575,7 +588,7 @@ export class Dispatcher {
         this.handled(batch, event.ids);
         break;
       case 'finished':
-        this.finish(batch, event.ids, event.threadId, event.unsuccessful);
+        this.finish(batch, event.ids, event.threadId, event.unsuccessful, event.details);
         break;
       case 'exiting':
         this.onThreadExiting(batch, event);
@@ -632,7 +645,8 @@ export class Dispatcher {
    * result repeats them). `unsuccessful` comes with the thread's own report
    * only; from the batch's result, success is left unknown.
    */
-  private finish(batch: Batch, ids: readonly string[], threadId: number, unsuccessful?: readonly string[]): void {
+  private finish(batch: Batch, ids: readonly string[], threadId: number, unsuccessful?: readonly string[], details?: FailureDetails): void {
+    if (details) this.applyDetails(details);
     const finished: RunningJob[] = [];
     const notOk = unsuccessful && unsuccessful.length > 0 ? new Set(unsuccessful) : null;
     for (const id of ids) {
@@ -649,6 +663,18 @@ export class Dispatcher {
     this.jobsRunByThread.set(threadId, (this.jobsRunByThread.get(threadId) ?? 0) + finished.length);
     this.lastJobAt = Date.now();
     this.options.onActivity?.();
+  }
+
+  /** What the thread said about how its jobs failed, onto the jobs, for the events. */
+  private applyDetails(details: FailureDetails): void {
+    for (let i = 0; i < details.ids.length; i++) {
+      const job = this.running.get(details.ids[i]);
+      if (job) job.failure = { error: details.errors[i], willRetry: details.retrying[i] };
+    }
+    for (const id of details.fenced) {
+      const job = this.running.get(id);
+      if (job) job.fenced = true;
+    }
   }
 
   /**

@@ -94,6 +94,12 @@ export interface SupervisorOptions {
    * 1 GiB); a larger one fails its job with GRAPEVINE_RESULT_TOO_LARGE.
    */
   maxResultBytes?: number;
+  /**
+   * How often each thread stores its jobs' helpers.progress() values, in one
+   * UPDATE for all of them (default 250 ms); in between, later values replace
+   * earlier ones. A job's last value is stored before its outcome.
+   */
+  progressIntervalMs?: number;
   /** Connections per thread for handlers' helpers.query() and addJob() (default 4). */
   handlerConnections?: number;
   /** Per-thread limits, e.g. { maxOldGenerationSizeMb: 256 }: a handler over it kills only its thread. */
@@ -148,6 +154,7 @@ export const OPTION_RANGES = {
   idleTimeoutMs: { min: 0, max: MAX_IDLE_TIMEOUT_MS },
   // PostgreSQL stores no value over 1 GiB.
   maxResultBytes: { min: 1, max: 1_073_741_824 },
+  progressIntervalMs: { min: 10, max: HOUR_MS },
   metricsPort: { min: 0, max: 65_535 },
   queueStatsIntervalMs: { min: 100, max: 24 * HOUR_MS },
 } as const;
@@ -201,6 +208,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
   const retentionMs = numeric(options, 'retentionMs', DEFAULTS.retentionMs);
   const handlerConnections = numeric(options, 'handlerConnections', DEFAULTS.threadHandlerConnections);
   const maxResultBytes = numeric(options, 'maxResultBytes', DEFAULTS.maxResultBytes);
+  const progressIntervalMs = numeric(options, 'progressIntervalMs', DEFAULTS.progressIntervalMs);
   const idleTimeoutMs = options.idleTimeoutMs == null ? null : numeric(options, 'idleTimeoutMs', 0);
   const queueStatsIntervalMs = numeric(options, 'queueStatsIntervalMs', DEFAULTS.queueStatsIntervalMs);
   const metrics =
@@ -245,6 +253,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     logFormat: logFormatOf(logger),
     deleteSucceeded: options.deleteSucceeded ?? DEFAULTS.deleteSucceeded,
     maxResultBytes,
+    progressIntervalMs,
     preparedStatements,
   };
   const threadPool = new ThreadPool({ threads, concurrency, config: threadConfig, resourceLimits: options.resourceLimits, logger });

@@ -5,7 +5,7 @@
 import '../src/node-version.ts';
 
 export { createClient } from '../src/client.ts';
-export type { AddJobOptions, Client, ClientOptions, JobSpec, KeyMode } from '../src/client.ts';
+export type { AddJobOptions, Client, ClientOptions, JobSpec, KeyMode, WaitOptions } from '../src/client.ts';
 export { createControl } from '../src/control.ts';
 export type {
   Control,
@@ -22,6 +22,7 @@ export type {
 } from '../src/control.ts';
 export { startSupervisor } from './index.ts';
 export type { Supervisor, SupervisorOptions, SupervisorState, SupervisorStatus } from './index.ts';
+export type { JobEndEvent, JobEvent, SupervisorEventListener, SupervisorEventName, SupervisorEvents } from './events.ts';
 export { GrapevineError } from '../src/errors.ts';
 export type { ErrorCode } from '../src/errors.ts';
 export type { Job, JobState } from '../src/job.ts';

@@ -21,6 +21,7 @@ import { IdleTimeout } from './idle-timeout.ts';
 import { ScheduleFiring } from './maintenance/fire-schedules.ts';
 import { Maintenance } from './maintenance/leader.ts';
 import { Periodic } from './periodic.ts';
+import { SupervisorEventBus, type SupervisorEventListener, type SupervisorEventName } from './events.ts';
 import { MetricsServer } from './metrics.ts';
 import { JobRelease } from './release.ts';
 import { SupervisorLog } from './supervisor-log.ts';
@@ -73,6 +74,7 @@ export class SupervisorRuntime implements Supervisor {
   private readonly idleTimeout: IdleTimeout;
   private readonly control: ControlPlane;
   private metrics: MetricsServer | null = null;
+  private readonly events: SupervisorEventBus;
   private dueTimer: NodeJS.Timeout | null = null;
   private dueAt = Infinity;
   private stopping: Promise<void> | null = null;
@@ -92,6 +94,7 @@ export class SupervisorRuntime implements Supervisor {
     this.channels = channelsFor(schema);
     this.stopped = new Promise((resolve) => (this.resolveStopped = resolve));
     this.log = new SupervisorLog({ pool, schema, supervisor: id, logger });
+    this.events = new SupervisorEventBus(logger);
     this.releases = new JobRelease({ id, schema, connectionString: options.connectionString, pool, logger });
     this.dispatcher = new Dispatcher({
       pool: threadPool,
@@ -102,8 +105,12 @@ export class SupervisorRuntime implements Supervisor {
       release: (jobs) => this.releases.release(jobs),
       onJobs: (type, jobs) => {
         this.log.jobs(type === 'started' ? 'TASK_START' : 'TASK_END', jobs);
-        if (type === 'finished') this.metrics?.finished(jobs);
+        if (type === 'finished') {
+          this.metrics?.finished(jobs);
+          this.events.finished(jobs);
+        } else this.events.started(jobs);
       },
+      wantsDetails: () => this.events.wantsOutcomes(),
     });
     this.listener = new Listener({
       ...listenTarget(options.listenUrl, options.pool, options.connectionString),
@@ -203,9 +210,13 @@ export class SupervisorRuntime implements Supervisor {
     );
     this.listener.on('notification', (channel: string, payload: string) => this.onNotification(channel, payload));
     // Notifications sent while we were not listening are gone: re-read the table.
+    this.listener.on('disconnected', (err: Error) => {
+      if (this.events.listening('listen:lost')) this.events.emit('listen:lost', { error: err.message });
+    });
     this.listener.on('connected', () => {
       // The first connection is start()'s to follow up, below.
       if (!this.listening) return;
+      if (this.events.listening('listen:restored')) this.events.emit('listen:restored', {});
       this.dispatcher.markBacklog();
       this.control.wake();
       this.schedules.wake();
@@ -215,10 +226,14 @@ export class SupervisorRuntime implements Supervisor {
     threadPool.on('start', (threadId: number, generation: number, restart: boolean) => {
       this.dispatcher.threadStarted();
       if (restart) this.log.append('THREAD_RESTART', `generation ${generation}`, threadId);
+      if (restart && this.events.listening('thread:replaced')) this.events.emit('thread:replaced', { threadId, generation });
     });
     threadPool.on('replaced', () => this.dispatcher.threadStarted());
     threadPool.on('exit', (threadId: number, code: number, expected: boolean) => {
-      if (!expected) logger.warn({ threadId, code }, 'thread exited unexpectedly; piscina is replacing it');
+      if (!expected) {
+        logger.warn({ threadId, code }, 'thread exited unexpectedly; piscina is replacing it');
+        if (this.events.listening('thread:crashed')) this.events.emit('thread:crashed', { threadId, exitCode: code });
+      }
       this.dispatcher.forgetThread(threadId);
       this.releases.afterThreadDeath(threadId, code);
       // A thread we stopped (the pool destroyed, a generation retired) exits with code 1
@@ -292,6 +307,16 @@ export class SupervisorRuntime implements Supervisor {
     if (target === undefined || !this.o.threadPool.terminate(target)) return null;
     // An outside kill is a crash like any other: its jobs count an attempt.
     return target;
+  }
+
+  on<E extends SupervisorEventName>(event: E, listener: SupervisorEventListener<E>): this {
+    this.events.on(event, listener);
+    return this;
+  }
+
+  off<E extends SupervisorEventName>(event: E, listener: SupervisorEventListener<E>): this {
+    this.events.off(event, listener);
+    return this;
   }
 
   metricsAddress(): { host: string; port: number } | null {

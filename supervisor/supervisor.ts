@@ -6,6 +6,7 @@
  */
 import type { ThreadStatus } from '../src/supervisor-info.ts';
 import type { DispatchCounters } from './dispatcher.ts';
+import type { SupervisorEventListener, SupervisorEventName } from './events.ts';
 
 export type { ThreadStatus };
 
@@ -35,6 +36,15 @@ export interface Supervisor {
   readonly stopped: Promise<void>;
   /** Chaos and operations: terminate one thread (default: a random busy one). Returns its id. */
   killThread(threadId?: number): number | null;
+  /**
+   * Listens for a lifecycle event (docs/operations.md#events): job:started,
+   * job:succeeded, job:failed, job:retried, job:cancelled, job:timedOut,
+   * thread:crashed, thread:replaced, listen:lost, listen:restored. Listeners
+   * run on the supervisor's thread: keep them short. With none attached the
+   * events cost nothing.
+   */
+  on<E extends SupervisorEventName>(event: E, listener: SupervisorEventListener<E>): this;
+  off<E extends SupervisorEventName>(event: E, listener: SupervisorEventListener<E>): this;
   /** The LISTEN connection's backend pid (tests use it to cut the connection). */
   listenerPid(): number | null;
   /** Where /metrics, /healthz and /readyz are served (the port chosen, for metricsPort 0); null without metricsPort. */

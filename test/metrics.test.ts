@@ -100,6 +100,35 @@ describe('the metrics port', () => {
     expect((await fetch(`${base}/metrics/extra`)).status).toBe(404);
   });
 
+  it('while a job runs: a busy thread, a running job, and the queue measurement counts it; then each way a job can end', async () => {
+    const running = await client.addJob('hang', { cooperative: true }, { queue: 'slow' });
+    const during = await eventually(async () => {
+      const t = await scrape();
+      return sample(t, 'grapevine_jobs_running') === 1 && sample(t, 'grapevine_queue_running', { queue: 'slow' }) === 1 ? t : undefined;
+    }, 'the running job in the metrics');
+    expect(sample(during, 'grapevine_threads_busy')).toBe(1);
+    await client.cancelJob(running);
+    expect((await client.waitForJob(running)).state).toBe('cancelled');
+    const timedOut = await client.addJob('hang', { cooperative: true }, { timeoutMs: 50, maxAttempts: 1 });
+    expect((await client.waitForJob(timedOut)).state).toBe('failed');
+    // A thread that exits mid-job: its execution is lost, the thread replaced, the retry succeeds.
+    const crashed = await client.addJob('exit', { crashes: 1 });
+    expect((await client.waitForJob(crashed)).state).toBe('succeeded');
+    const after = await eventually(async () => {
+      const t = await scrape();
+      return sample(t, 'grapevine_jobs_total', { outcome: 'cancelled', task: 'hang', queue: 'slow' }) === 1 &&
+        sample(t, 'grapevine_jobs_total', { outcome: 'timeout', task: 'hang', queue: 'default' }) === 1 &&
+        sample(t, 'grapevine_jobs_total', { outcome: 'lost', task: 'exit', queue: 'default' }) === 1 &&
+        sample(t, 'grapevine_jobs_total', { outcome: 'succeeded', task: 'exit', queue: 'default' }) === 1 &&
+        sample(t, 'grapevine_thread_restarts_total') === 1 &&
+        sample(t, 'grapevine_threads') === 2
+        ? t
+        : undefined;
+    }, 'every outcome and the restart in the metrics');
+    expect(sample(after, 'grapevine_jobs_running')).toBe(0);
+    expect(sample(after, 'grapevine_threads_busy')).toBe(0);
+  });
+
   it('is not ready while the LISTEN connection is down, and ready again once it is back', async () => {
     await db.pool.query(`ALTER ROLE "${role}" CONNECTION LIMIT 0`);
     try {
@@ -117,8 +146,23 @@ describe('the metrics port', () => {
     expect(sample(await scrape(), 'grapevine_listener_reconnects_total')).toBe(1);
   });
 
-  it('is closed when the supervisor stops', async () => {
-    await sup.stop();
+  it('is not ready while the supervisor stops, still healthy, and closed once it has stopped', async () => {
+    await db.pool.query(`CREATE TABLE "${db.schema}".gate (open boolean NOT NULL)`);
+    await db.pool.query(`INSERT INTO "${db.schema}".gate VALUES (false)`);
+    await db.pool.query(`GRANT SELECT ON "${db.schema}".gate TO "${role}"`);
+    const held = await client.addJob('block', { gate: `"${db.schema}".gate` });
+    await eventually(async () => sample(await scrape(), 'grapevine_jobs_running') === 1, 'the job running');
+    // The stop waits for the running job (its grace), which the gate holds.
+    const stopping = sup.stop({ graceMs: 60_000 });
+    const notReady = await eventually(async () => {
+      const res = await fetch(`${base}/readyz`);
+      return res.status === 503 ? res.json() : undefined;
+    }, '/readyz to fail while stopping');
+    expect(notReady).toMatchObject({ running: false });
+    expect((await fetch(`${base}/healthz`)).status).toBe(200);
+    await db.pool.query(`UPDATE "${db.schema}".gate SET open = true`);
+    await stopping;
+    expect((await client.getJob(held))?.state).toBe('succeeded');
     await expect(fetch(`${base}/healthz`)).rejects.toThrow();
   });
 });

@@ -143,14 +143,15 @@ function withoutBookkeeping(catalog: Catalog): Catalog {
  * definer, and the insert trigger, which also names its channel from the
  * table's schema and checks the payload limit; migration 0014's schedules
  * table, the jobs' tick columns and their index, and the claims and
- * unhandled_tasks() returning them (a new result type).
+ * unhandled_tasks() returning them (a new result type); watch_progress()
+ * (migration 0017's progress columns).
  */
 const TABLES_SINCE_BASELINE = /^_?(settings|schedules)/;
 const COLUMNS_SINCE_BASELINE = ['jobs.schedule', 'jobs.scheduled_for'];
 const INDEXES_SINCE_BASELINE = ['jobs_schedule_tick_idx'];
 /** Job keys (migration 0012): the jobs table's key columns, their checks and index; add_job() took new arguments. */
 const KEYS_SINCE_BASELINE = /^(jobs_)?key/;
-const FUNCTIONS_SINCE_BASELINE = ['add_jobs', 'get_job', 'watch_job', 'cancel_job', 'job_specs', 'add_job'];
+const FUNCTIONS_SINCE_BASELINE = ['add_jobs', 'get_job', 'watch_job', 'watch_progress', 'cancel_job', 'job_specs', 'add_job'];
 const CHANGED_SINCE_BASELINE = ['jobs_inserted'];
 const RESULT_CHANGED_SINCE_BASELINE = ['claim_next', 'claim_ids', 'unhandled_tasks'];
 

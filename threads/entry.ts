@@ -12,13 +12,23 @@ import { threadId, workerData } from 'node:worker_threads';
 import type { MessagePort } from 'node:worker_threads';
 import { serializeError } from '../src/errors.ts';
 import { createLogger } from '../src/log.ts';
-import type { AbortKind, BatchEvent, SupervisorSignal, ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
+import type {
+  AbortKind,
+  BatchEvent,
+  FailureDetails,
+  SupervisorSignal,
+  ThreadConfig,
+  ThreadRequest,
+  ThreadResponse,
+} from '../src/protocol.ts';
 import { claimByIdsQuery, claimNextQuery, hasDue, type ClaimedJobRow, type ClaimParams } from '../src/sql/jobs.ts';
 import { claimBatch } from './claim.ts';
 import { executeJob, JobAbortSwitch } from './execute.ts';
 import { afterCommit, databaseHelpers, type ExecuteContext } from './helpers.ts';
 import { OutcomeWriter, type Outcome, type OutcomeSink } from './outcomes.ts';
 import { openThreadPools } from './pools.ts';
+import { ProgressWriter } from './progress.ts';
+import { activeTracer, traced, tracingLoaded } from './tracing.ts';
 import { loadTasks, type LoadedTasks } from './registry.ts';
 
 const config = workerData as ThreadConfig;
@@ -30,11 +40,14 @@ const writer = new OutcomeWriter(
   { baseMs: config.retryBaseMs, maxMs: config.retryMaxMs, deleteSucceeded: config.deleteSucceeded },
   logger,
 );
-const tasks: Promise<LoadedTasks> = loadTasks(config.tasksPath).catch((err: Error) => ({
-  handlers: new Map(),
-  timeouts: new Map(),
-  error: err,
-}));
+const progress = new ProgressWriter(pools.system, config.schema, config.progressIntervalMs, logger);
+const tasks: Promise<LoadedTasks> = Promise.all([loadTasks(config.tasksPath), tracingLoaded])
+  .then(([loaded]) => loaded)
+  .catch((err: Error) => ({
+    handlers: new Map(),
+    timeouts: new Map(),
+    error: err,
+  }));
 const helpers = databaseHelpers(pools, config.schema, config.preparedStatements);
 const worker: ExecuteContext['worker'] = { supervisorId: config.supervisorId, threadId, schema: config.schema };
 
@@ -94,6 +107,8 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     return { ...NOTHING_CLAIMED, threadId, tasksError: serializeError(loaded.error) };
   }
   const known = request.tasks.filter((t) => loaded.handlers.has(t));
+  // Looked up per batch: a task module may register its tracer provider after the thread started.
+  const tracer = activeTracer();
   let jobs: ClaimedJobRow[];
   let committed: Promise<Error | null>;
   try {
@@ -132,6 +147,8 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   }
   const handled = idsReporter(port, 'handled');
   const finished = idsReporter(port, 'finished');
+  // Only while the supervisor has listeners for how jobs end (its events).
+  const byId = request.details ? new Map(jobs.map((j) => [j.id, j])) : null;
 
   // The handlers' statements wait for the claim's commit (see afterCommit).
   const context: ExecuteContext = {
@@ -139,6 +156,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     worker,
     connectionString: config.connectionString,
     maxResultBytes: config.maxResultBytes,
+    progress: (job, json) => progress.set(job.id, job.claim_token, json, committed),
     ...afterCommit(helpers, committed),
   };
   // Indexed like `jobs`: a map per batch cost a rehash every time it grew,
@@ -170,7 +188,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
         if (!commitFailed)
           logger.warn({ jobId: outcome.id }, 'outcome rejected: the job was reassigned, cancelled or released while it ran');
       }
-      finished(outcome.id, !accepted || outcome.kind !== 'success');
+      finished(outcome.id, !accepted || outcome.kind !== 'success', byId ? detailOf(outcome, accepted, byId.get(outcome.id)) : undefined);
       if (--left === 0) allRecorded();
     },
   };
@@ -189,9 +207,15 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       if (job.cancel_requested) abort.abort(new JobAbort('cancelled', 'job was cancelled'));
       const timeoutMs = job.timeout_ms ?? loaded.timeouts.get(job.task) ?? null;
       if (timeoutMs !== null) post(port, { type: 'started', jobId: job.id, timeoutMs, threadId });
-      const outcome = await executeJob(job, loaded.handlers.get(job.task)!, abort, context);
+      const handler = loaded.handlers.get(job.task)!;
+      const outcome = tracer
+        ? await traced(tracer, job, abort, () => executeJob(job, handler, abort, context))
+        : await executeJob(job, handler, abort, context);
       switches[i] = null;
       handled(job.id);
+      // The last progress value goes before the outcome: a watcher sees it before the job ends.
+      const progressed = progress.finish(job.id);
+      if (progressed) await progressed;
       if (beforeCommit) beforeCommit.push(outcome);
       else writer.record(outcome, sink);
     } catch (err) {
@@ -229,19 +253,43 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
  * together, or outcomes written together, go in one message. A finished job
  * is `unsuccessful` unless its success was recorded (the worker log says so).
  */
-function idsReporter(port: MessagePort, type: 'handled' | 'finished'): (id: string, unsuccessful?: boolean) => void {
+function idsReporter(
+  port: MessagePort,
+  type: 'handled' | 'finished',
+): (id: string, unsuccessful?: boolean, detail?: FailureDetail) => void {
   let ids: string[] = [];
   let unsuccessful: string[] = [];
-  return (id, failed = false) => {
+  let details: FailureDetails | undefined;
+  return (id, failed = false, detail) => {
     ids.push(id);
     if (failed) unsuccessful.push(id);
+    if (detail) {
+      details ??= { ids: [], errors: [], retrying: [], fenced: [] };
+      if (detail === 'fenced') details.fenced.push(id);
+      else {
+        details.ids.push(id);
+        details.errors.push(detail.error);
+        details.retrying.push(detail.retrying);
+      }
+    }
     if (ids.length > 1) return;
     queueMicrotask(() => {
-      post(port, type === 'finished' ? { type, ids, unsuccessful, threadId } : { type, ids, threadId });
+      post(port, type === 'finished' ? { type, ids, unsuccessful, threadId, details } : { type, ids, threadId });
       ids = [];
       unsuccessful = [];
+      details = undefined;
     });
   };
+}
+
+type FailureDetail = 'fenced' | { error: string; retrying: boolean };
+
+/** A failed or fenced outcome as the supervisor's events tell it; undefined for a recorded success. */
+function detailOf(outcome: Outcome, accepted: boolean, job: ClaimedJobRow | undefined): FailureDetail | undefined {
+  if (!accepted) return 'fenced';
+  if (outcome.kind !== 'failure') return undefined;
+  // As the outcome write decides (src/sql/jobs.ts, fail): retried while attempts are left.
+  return { error: outcome.error, retrying: outcome.retryable && job !== undefined && job.attempts < job.max_attempts };
 }
 
 /**

@@ -7,6 +7,7 @@ import { GrapevineError } from '../src/errors.ts';
 import type { TaskHelpers } from '../src/task.ts';
 import type { ClaimedJobRow } from '../src/sql/jobs.ts';
 import type { ThreadPools } from './pools.ts';
+import { progressJson } from './progress.ts';
 
 /** The helpers that reach the database, shared by every job of a thread. */
 export type DatabaseHelpers = Pick<TaskHelpers, 'query' | 'transaction' | 'addJob'>;
@@ -19,6 +20,8 @@ export interface ExecuteContext extends DatabaseHelpers {
   connectionString: string;
   /** A result whose JSON is larger fails its job instead of being stored. */
   maxResultBytes: number;
+  /** Stores a job's progress (JSON text already checked), throttled: the batch's ProgressWriter.set. */
+  progress(job: ClaimedJobRow, json: string): void;
 }
 
 /** The database helpers of one thread, on its handlers' pool. */
@@ -135,6 +138,7 @@ export class JobHelpers implements TaskHelpers {
   #logger: TaskHelpers['logger'] | null = null;
   readonly #abort: { readonly signal: AbortSignal };
   readonly #context: ExecuteContext;
+  readonly #row: ClaimedJobRow;
 
   /** `abort` makes the job's signal when first asked (JobAbortSwitch in execute.ts). */
   constructor(job: ClaimedJobRow, abort: { readonly signal: AbortSignal }, context: ExecuteContext) {
@@ -152,6 +156,7 @@ export class JobHelpers implements TaskHelpers {
     this.addJob = context.addJob;
     this.#abort = abort;
     this.#context = context;
+    this.#row = job;
   }
 
   /** A pino child per job costs more than a short job, so it is made only when used. */
@@ -163,5 +168,10 @@ export class JobHelpers implements TaskHelpers {
 
   get signal(): AbortSignal {
     return this.#abort.signal;
+  }
+
+  // A method, not a closure per job: most handlers never report progress.
+  progress(value: unknown): void {
+    this.#context.progress(this.#row, progressJson(value));
   }
 }

@@ -9,6 +9,8 @@ export interface Channels {
   jobs: string;
   /** Ids of jobs that reached a terminal state; waitForJob() listens here. */
   done: string;
+  /** Ids of jobs whose progress changed while someone watched it (waitForJob's onProgress). */
+  progress: string;
   /** Control messages to supervisors (cancel, PING, PAUSE, ...). */
   control: string;
   /** Message ids that got a response; sendAndWait()/getResponse() listen here. */
@@ -21,6 +23,7 @@ export function channelsFor(schema: string): Channels {
   return {
     jobs: `${schema}_jobs`,
     done: `${schema}_done`,
+    progress: `${schema}_progress`,
     control: `${schema}_control`,
     responses: `${schema}_responses`,
     log: `${schema}_log`,

@@ -46,6 +46,7 @@ const FUNCTION_ORDER = [
   'add_job',
   'get_job',
   'watch_job',
+  'watch_progress',
   'cancel_job',
 ];
 

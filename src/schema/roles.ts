@@ -12,7 +12,8 @@ import { migrate } from './migrate.ts';
  * migrate() then only reads (an owner runs `grapevine migrate`).
  *
  * - enqueuer: adds jobs and follows them through the security-definer
- *   functions add_job(), add_jobs(), get_job() and watch_job(); no right on
+ *   functions add_job(), add_jobs(), get_job(), watch_job() and
+ *   watch_progress(); no right on
  *   any table, so it cannot write a job's state, lease or result.
  * - worker: runs supervisors: claims, outcome writes, leases, the reaper and
  *   pruning, the registry and heartbeat, control messages and the log.
@@ -31,6 +32,7 @@ const ENQUEUE_FUNCTIONS = [
   'add_jobs(jsonb)',
   'get_job(bigint)',
   'watch_job(bigint)',
+  'watch_progress(bigint, integer)',
 ];
 
 /**
@@ -88,7 +90,7 @@ const FUNCTIONS: Record<RoleKind, string[]> = {
   enqueuer: ENQUEUE_FUNCTIONS,
   // Handlers' addJob() runs in the worker's threads.
   worker: [...ENQUEUE_FUNCTIONS, ...WORKER_FUNCTIONS],
-  operator: ['get_job(bigint)', 'watch_job(bigint)', 'cancel_job(bigint)', 'notify(text, text)'],
+  operator: ['get_job(bigint)', 'watch_job(bigint)', 'watch_progress(bigint, integer)', 'cancel_job(bigint)', 'notify(text, text)'],
 };
 
 /** The statements that give `role` what a `kind` needs in `schema`, in order. They only add rights. */
