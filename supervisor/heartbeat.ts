@@ -59,6 +59,11 @@ export class Heartbeat {
     this.timer.stop();
   }
 
+  /** Resolves once a run under way has finished. */
+  idle(): Promise<void> {
+    return this.timer.idle();
+  }
+
   /** One beat now; failures are logged (throttled), never thrown: the next beat retries. */
   async beat(): Promise<void> {
     const { pool, schema, leaseMs, logger } = this.o;

@@ -11,7 +11,7 @@ export class Periodic {
   private readonly intervalMs: number;
   private readonly run: () => Promise<unknown>;
   private timer: NodeJS.Timeout | null = null;
-  private running = false;
+  private current: Promise<unknown> | null = null;
   private stopped = false;
 
   constructor(intervalMs: number, run: () => Promise<unknown>) {
@@ -22,10 +22,9 @@ export class Periodic {
   start(): void {
     if (this.timer || this.stopped) return;
     this.timer = setInterval(() => {
-      if (this.running) return;
-      this.running = true;
-      void this.run().finally(() => {
-        this.running = false;
+      if (this.current) return;
+      this.current = this.run().finally(() => {
+        this.current = null;
       });
     }, this.intervalMs);
   }
@@ -35,5 +34,10 @@ export class Periodic {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+  }
+
+  /** Resolves once no run is under way, so a stop can wait for it before it ends the pool the run uses. */
+  async idle(): Promise<void> {
+    while (this.current) await this.current.catch(() => {});
   }
 }

@@ -425,6 +425,16 @@ export class SupervisorRuntime implements Supervisor {
     await this.control.close();
     // Last: the answers to what was left, and the STOP, are in the log.
     await this.log.close();
+    // A heartbeat or maintenance tick begun before the stop still uses the pool;
+    // one stalled on a dead server is not waited for past a few seconds.
+    let idleTimer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all([this.heartbeat.idle(), this.maintenance.idle(), this.sweeper.idle()]),
+      new Promise((resolve) => {
+        idleTimer = setTimeout(resolve, 5_000);
+      }),
+    ]);
+    clearTimeout(idleTimer);
     await pool.end().catch(() => {});
     this.state = 'EXITED';
     logger.info('stopped');

@@ -78,6 +78,11 @@ export class Maintenance {
     this.timer.stop();
   }
 
+  /** Resolves once a run under way has finished. */
+  idle(): Promise<void> {
+    return this.timer.idle();
+  }
+
   /** `force` reaps now (reapNow()) whenever the last run was; a timed tick is paced (see reapPaceMs). */
   async tick(options: { force?: boolean } = {}): Promise<ReapResult> {
     const { pool, schema, leaseMs, intervalMs, retentionMs, logger, pruneIntervalMs } = this.o;
