@@ -48,7 +48,12 @@ const tasks: Promise<LoadedTasks> = Promise.all([loadTasks(config.tasksPath), tr
     timeouts: new Map(),
     error: err,
   }));
-const helpers = databaseHelpers(pools, config.schema, config.preparedStatements);
+const helpers = databaseHelpers(pools, {
+  schema: config.schema,
+  preparedStatements: config.preparedStatements,
+  deleteSucceeded: config.deleteSucceeded,
+  maxResultBytes: config.maxResultBytes,
+});
 const worker: ExecuteContext['worker'] = { supervisorId: config.supervisorId, threadId, schema: config.schema };
 
 // Batches whose ports are open. If the thread exits (a handler's
@@ -188,7 +193,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
         if (!commitFailed)
           logger.warn({ jobId: outcome.id }, 'outcome rejected: the job was reassigned, cancelled or released while it ran');
       }
-      finished(outcome.id, !accepted || outcome.kind !== 'success', byId ? detailOf(outcome, accepted, byId.get(outcome.id)) : undefined);
+      finished(outcome.id, !accepted || outcome.kind === 'failure', byId ? detailOf(outcome, accepted, byId.get(outcome.id)) : undefined);
       if (--left === 0) allRecorded();
     },
   };

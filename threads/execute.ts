@@ -5,7 +5,7 @@ import { storableText } from '../src/text.ts';
 import type { TaskHandler } from '../src/task.ts';
 import type { ClaimedJobRow } from '../src/sql/jobs.ts';
 import { JobHelpers, type ExecuteContext } from './helpers.ts';
-import { unstorableResult, type Outcome } from './outcomes.ts';
+import { toJson, unstorableResult, type Outcome } from './outcomes.ts';
 
 /**
  * Runs one claimed job's handler and turns whatever happens into an outcome.
@@ -21,6 +21,8 @@ export async function executeJob(
   const helpers = new JobHelpers(job, abort, context);
   try {
     const value = await handler(job.payload, helpers);
+    // Its exactly-once transaction recorded the outcome: whatever came after cannot change it.
+    if (helpers.committedResult !== null) return committed(job, helpers.committedResult);
     if (abort.reason) return aborted(job, abort.reason, context);
     const result = toJson(value);
     if (result instanceof Error) return failure(job, `${result.message}`, false, context);
@@ -28,6 +30,7 @@ export async function executeJob(
     if (refused !== null) return failure(job, refused, false, context);
     return { kind: 'success', id: job.id, token: job.claim_token, result };
   } catch (err) {
+    if (helpers.committedResult !== null) return committed(job, helpers.committedResult);
     if (abort.reason) return aborted(job, abort.reason, context);
     return failure(job, formatStoredError(serializeError(err)), isRetryable(err), context);
   }
@@ -82,15 +85,6 @@ function aborted(job: ClaimedJobRow, reason: { kind: AbortKind; message: string 
   return failure(job, `AbortError: ${reason.message}`, reason.kind === 'timeout', context);
 }
 
-/** The handler's return value as JSON text, or an error naming why it cannot be stored. */
-function toJson(value: unknown): string | Error {
-  if (value === undefined) return 'null';
-  try {
-    const text = JSON.stringify(value);
-    if (text === undefined) return new Error(`result is not JSON-serializable: handler returned a ${typeof value}`);
-    return text;
-  } catch (err) {
-    // A toJSON() may throw anything, null included.
-    return new Error(`result is not JSON-serializable: ${serializeError(err).message}`);
-  }
+function committed(job: ClaimedJobRow, result: string): Outcome {
+  return { kind: 'committed', id: job.id, token: job.claim_token, result };
 }

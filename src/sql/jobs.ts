@@ -30,6 +30,8 @@ interface JobStatements {
   cancel: Statement;
   announceCancel: Statement;
   makeDue: Statement;
+  readClaim: Statement;
+  lockClaim: Statement;
 }
 
 const jobStatements: (schema: string) => JobStatements = perSchema(build);
@@ -236,6 +238,21 @@ function build(schema: string): JobStatements {
       'announce_cancel',
       `SELECT ${s}.notify('${ch.control}', json_build_object('type', 'cancel', 'job', $1::text, 'to', $2::text)::text)`,
     ),
+    // $1 id. What a handler's exactly-once transaction checks its claim
+    // against (threads/helpers.ts): first unlocked, to fail before the
+    // handler's writes, then locked, as the transaction's last step before
+    // its outcome. The lock is taken last so that the heartbeat, the reaper
+    // and cancel never wait behind the handler's own statements.
+    readClaim: st(
+      'read_claim',
+      `SELECT state, claim_token::text AS claim_token, cancel_requested_at IS NOT NULL AS cancel_requested, locked_by, attempts
+         FROM ${s}.jobs WHERE id = $1`,
+    ),
+    lockClaim: st(
+      'lock_claim',
+      `SELECT state, claim_token::text AS claim_token, cancel_requested_at IS NOT NULL AS cancel_requested, locked_by, attempts
+         FROM ${s}.jobs WHERE id = $1 FOR UPDATE`,
+    ),
     // Testing and operations: make pending jobs due now. $1 ids (NULL = all)
     makeDue: st(
       'make_due',
@@ -340,6 +357,15 @@ export interface UnhandledTasksRow {
   jobs: number;
   /** Active schedules that add jobs for this task and queue. */
   schedules: string[];
+}
+
+/** A job's claim as an exactly-once transaction sees it (readClaim, lockClaim). */
+export interface ClaimStateRow {
+  state: JobState;
+  claim_token: string | null;
+  cancel_requested: boolean;
+  locked_by: string | null;
+  attempts: number;
 }
 
 export interface CancelRow {
@@ -509,4 +535,14 @@ export async function announceCancel(db: Queryable, schema: string, p: { id: str
 export async function makeDue(db: Queryable, schema: string, p: { ids: string[] | null }): Promise<string[]> {
   const row = await oneRow<AnnouncedRow>(db, bind(jobStatements(schema).makeDue, [p.ids]));
   return row.ids;
+}
+
+/** The job's claim now, without a lock; undefined if the row is gone. */
+export async function readClaim(db: Queryable, schema: string, p: { id: string }): Promise<ClaimStateRow | undefined> {
+  return (await rowsOf<ClaimStateRow>(db, bind(jobStatements(schema).readClaim, [p.id])))[0];
+}
+
+/** The job's claim, its row locked until the caller's transaction ends; undefined if the row is gone. */
+export async function lockClaim(db: Queryable, schema: string, p: { id: string }): Promise<ClaimStateRow | undefined> {
+  return (await rowsOf<ClaimStateRow>(db, bind(jobStatements(schema).lockClaim, [p.id])))[0];
 }
