@@ -46,6 +46,7 @@ const tasks: Promise<LoadedTasks> = Promise.all([loadTasks(config.tasksPath), tr
   .catch((err: Error) => ({
     handlers: new Map(),
     timeouts: new Map(),
+    retries: new Map(),
     error: err,
   }));
 const helpers = databaseHelpers(pools, {
@@ -213,9 +214,12 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       const timeoutMs = job.timeout_ms ?? loaded.timeouts.get(job.task) ?? null;
       if (timeoutMs !== null) post(port, { type: 'started', jobId: job.id, timeoutMs, threadId });
       const handler = loaded.handlers.get(job.task)!;
+      const retry = loaded.retries.get(job.task) ?? null;
+      // What the handler sees as job.maxAttempts: its task's, unless the job was given its own.
+      if (!job.max_attempts_given && retry?.maxAttempts !== undefined) job.max_attempts = retry.maxAttempts;
       const outcome = tracer
-        ? await traced(tracer, job, abort, () => executeJob(job, handler, abort, context))
-        : await executeJob(job, handler, abort, context);
+        ? await traced(tracer, job, abort, () => executeJob(job, handler, abort, context, retry))
+        : await executeJob(job, handler, abort, context, retry);
       switches[i] = null;
       handled(job.id);
       // The last progress value goes before the outcome: a watcher sees it before the job ends.

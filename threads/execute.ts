@@ -6,6 +6,7 @@ import type { TaskHandler } from '../src/task.ts';
 import type { ClaimedJobRow } from '../src/sql/jobs.ts';
 import { JobHelpers, type ExecuteContext } from './helpers.ts';
 import { toJson, unstorableResult, type Outcome } from './outcomes.ts';
+import { retryDecision, type RetryPolicy } from './retry-policy.ts';
 
 /**
  * Runs one claimed job's handler and turns whatever happens into an outcome.
@@ -17,13 +18,14 @@ export async function executeJob(
   handler: TaskHandler,
   abort: JobAbortSwitch,
   context: ExecuteContext,
+  retry: RetryPolicy | null = null,
 ): Promise<Outcome> {
   const helpers = new JobHelpers(job, abort, context);
   try {
     const value = await handler(job.payload, helpers);
     // Its exactly-once transaction recorded the outcome: whatever came after cannot change it.
     if (helpers.committedResult !== null) return committed(job, helpers.committedResult);
-    if (abort.reason) return aborted(job, abort.reason, context);
+    if (abort.reason) return aborted(job, abort.reason, context, retry);
     const result = toJson(value);
     if (result instanceof Error) return failure(job, `${result.message}`, false, context);
     const refused = unstorableResult(result, context.maxResultBytes);
@@ -31,8 +33,8 @@ export async function executeJob(
     return { kind: 'success', id: job.id, token: job.claim_token, result };
   } catch (err) {
     if (helpers.committedResult !== null) return committed(job, helpers.committedResult);
-    if (abort.reason) return aborted(job, abort.reason, context);
-    return failure(job, formatStoredError(serializeError(err)), isRetryable(err), context);
+    if (abort.reason) return aborted(job, abort.reason, context, retry);
+    return failure(job, formatStoredError(serializeError(err)), isRetryable(err), context, retry, err);
   }
 }
 
@@ -75,14 +77,42 @@ function isRetryable(err: unknown): boolean {
  * before the error is stored. The text is bounded and made storable, so that
  * PostgreSQL never refuses it.
  */
-function failure(job: ClaimedJobRow, error: string, retryable: boolean, context: ExecuteContext): Outcome {
+function failure(
+  job: ClaimedJobRow,
+  error: string,
+  retryable: boolean,
+  context: ExecuteContext,
+  retry: RetryPolicy | null = null,
+  thrown?: unknown,
+): Outcome {
   const text = storableText(redactSecret(error, context.connectionString), MAX_STORED_ERROR_CHARS);
-  return { kind: 'failure', id: job.id, token: job.claim_token, error: text, retryable };
+  if (retry === null) return { kind: 'failure', id: job.id, token: job.claim_token, error: text, retryable };
+  const decided = retryDecision(
+    retry,
+    { attempt: job.attempts, maxAttempts: job.max_attempts, maxAttemptsGiven: job.max_attempts_given },
+    thrown,
+    retryable,
+  );
+  if (decided.problem) context.logger.warn({ jobId: job.id, task: job.task, problem: decided.problem }, "the supervisor's backoff applies");
+  return {
+    kind: 'failure',
+    id: job.id,
+    token: job.claim_token,
+    error: text,
+    retryable: decided.retryable,
+    maxAttempts: decided.maxAttempts,
+    delayMs: decided.delayMs,
+  };
 }
 
-/** A timed-out attempt is retried like any failure; a cancelled job is not. */
-function aborted(job: ClaimedJobRow, reason: { kind: AbortKind; message: string }, context: ExecuteContext): Outcome {
-  return failure(job, `AbortError: ${reason.message}`, reason.kind === 'timeout', context);
+/** A timed-out attempt is retried like any failure (its task's backoff sees the abort reason); a cancelled job is not. */
+function aborted(
+  job: ClaimedJobRow,
+  reason: { kind: AbortKind; message: string },
+  context: ExecuteContext,
+  retry: RetryPolicy | null = null,
+): Outcome {
+  return failure(job, `AbortError: ${reason.message}`, reason.kind === 'timeout', context, retry, reason);
 }
 
 function committed(job: ClaimedJobRow, result: string): Outcome {

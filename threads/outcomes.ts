@@ -7,7 +7,16 @@ import { storableText, unstorableInJson } from '../src/text.ts';
 
 export type Outcome =
   | { kind: 'success'; id: string; token: string; result: string }
-  | { kind: 'failure'; id: string; token: string; error: string; retryable: boolean }
+  | {
+      kind: 'failure';
+      id: string;
+      token: string;
+      error: string;
+      retryable: boolean;
+      /** From the task's retry policy (retry-policy.ts): the job's attempts and the delay before its retry. */
+      maxAttempts?: number;
+      delayMs?: number;
+    }
   /** A success the handler's exactly-once transaction already committed (threads/helpers.ts): nothing left to write. */
   | { kind: 'committed'; id: string; token: string; result: string };
 
@@ -140,7 +149,14 @@ export class OutcomeWriter {
     } else {
       const jobs = items.map(({ outcome: o }) => {
         const f = o as Extract<Outcome, { kind: 'failure' }>;
-        return { id: f.id, token: f.token, error: f.error, retryable: f.retryable } satisfies FailedJob;
+        return {
+          id: f.id,
+          token: f.token,
+          error: f.error,
+          retryable: f.retryable,
+          max_attempts: f.maxAttempts,
+          delay_ms: f.delayMs,
+        } satisfies FailedJob;
       });
       rejected = await failJobs(this.pool, this.schema, { jobs, retryBaseMs: this.options.baseMs, retryMaxMs: this.options.maxMs });
     }

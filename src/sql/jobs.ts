@@ -88,14 +88,14 @@ function build(schema: string): JobStatements {
     // $5 lease ms, $6 queues (NULL = all). See src/schema/functions/claim_ids.sql.
     claimByIds: st(
       'claim_by_ids',
-      `SELECT id::text AS id, task, queue, payload, attempts, max_attempts, timeout_ms,
+      `SELECT id::text AS id, task, queue, payload, attempts, max_attempts, max_attempts_given, timeout_ms,
               claim_token::text AS claim_token, cancel_requested, scheduled_for
          FROM ${s}.claim_ids($1::bigint[], $2::text[], $6::text[], $3, $4, $5)`,
     ),
     // $1 how many, the rest as for claimByIds. See src/schema/functions/claim_next.sql.
     claimNext: st(
       'claim_next',
-      `SELECT id::text AS id, task, queue, payload, attempts, max_attempts, timeout_ms,
+      `SELECT id::text AS id, task, queue, payload, attempts, max_attempts, max_attempts_given, timeout_ms,
               claim_token::text AS claim_token, cancel_requested, scheduled_for
          FROM ${s}.claim_next($1, $2::text[], $6::text[], $3, $4, $5)`,
     ),
@@ -131,28 +131,34 @@ function build(schema: string): JobStatements {
          RETURNING j.id)
        SELECT ARRAY(SELECT x::text FROM unnest($1::bigint[]) x WHERE NOT EXISTS (SELECT 1 FROM gone WHERE gone.id = x)) AS kept`,
     ),
-    // $1 [{id, token, error, retryable}], $2 retry base ms, $3 retry max ms. Returns `rejected` too.
+    // $1 [{id, token, error, retryable, max_attempts?, delay_ms?}], $2 retry
+    // base ms, $3 retry max ms. A task's retry policy (threads/retry-policy.ts)
+    // sends the job's max_attempts, written in, and the delay before the
+    // retry; without them the row's max_attempts and the supervisor's
+    // backoff apply. Returns `rejected` too.
     fail: st(
       'fail',
       `WITH r AS (
-         SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(id bigint, token bigint, error text, retryable boolean)),
+         SELECT * FROM jsonb_to_recordset($1::jsonb)
+           AS r(id bigint, token bigint, error text, retryable boolean, max_attempts integer, delay_ms float8)),
        done AS (
          UPDATE ${s}.jobs j
             SET state = CASE
                   WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
-                  WHEN NOT r.retryable OR j.attempts >= j.max_attempts THEN 'failed'
+                  WHEN NOT r.retryable OR j.attempts >= coalesce(r.max_attempts, j.max_attempts) THEN 'failed'
                   ELSE 'pending' END,
                 run_at = CASE
-                  WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < j.max_attempts
-                  THEN now() + least($2::float8 * power(2, greatest(j.attempts - 1, 0)), $3::float8)
-                               * (0.75 + random() * 0.5) * interval '1 millisecond'
+                  WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < coalesce(r.max_attempts, j.max_attempts)
+                  THEN now() + coalesce(r.delay_ms, least($2::float8 * power(2, greatest(j.attempts - 1, 0)), $3::float8)
+                                                    * (0.75 + random() * 0.5)) * interval '1 millisecond'
                   ELSE j.run_at END,
                 finished_at = CASE
-                  WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < j.max_attempts THEN NULL
+                  WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < coalesce(r.max_attempts, j.max_attempts) THEN NULL
                   ELSE now() END,
+                max_attempts = coalesce(r.max_attempts, j.max_attempts),
                 last_error = r.error, lease_until = NULL,
                 claim_token = CASE
-                  WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < j.max_attempts THEN NULL
+                  WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < coalesce(r.max_attempts, j.max_attempts) THEN NULL
                   ELSE j.claim_token END
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
@@ -277,7 +283,8 @@ export interface NewJob {
   /** An ISO 8601 time; null: now. */
   run_at: string | null;
   priority: number;
-  max_attempts: number;
+  /** null: not given (the task's retry policy, else 5). */
+  max_attempts: number | null;
   timeout_ms: number | null;
   /** Left out (not null) for a job without a key, so that an unkeyed batch carries no key fields. */
   key?: string;
@@ -297,6 +304,8 @@ export interface ClaimedJobRow {
   payload: unknown;
   attempts: number;
   max_attempts: number;
+  /** False when the job was enqueued without maxAttempts: its task's policy may set it (threads/retry-policy.ts). */
+  max_attempts_given: boolean;
   timeout_ms: number | null;
   claim_token: string;
   cancel_requested: boolean;
@@ -328,6 +337,10 @@ export interface FailedJob {
   token: string;
   error: string;
   retryable: boolean;
+  /** The job's attempts as its task's policy sets them (written into the row); absent: the row's. */
+  max_attempts?: number;
+  /** The delay before the retry its task's policy chose; absent: the supervisor's backoff. */
+  delay_ms?: number;
 }
 
 export interface ReleasedJob {
