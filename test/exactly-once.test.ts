@@ -59,6 +59,22 @@ describe('an exactly-once transaction', () => {
     }
   });
 
+  it('keeps the committed success when the thread dies right after the commit, before it reports anything', async () => {
+    const t = await createTables('crash');
+    const supervisor = await startTestSupervisor(db, { threads: 1, concurrency: 1, shutdownGraceMs: 0 });
+    try {
+      const id = await client.addJob('exactly-once', { table: t.payload.table, exitAfter: true }, { maxAttempts: 3 });
+      await eventually(() => supervisor.status().counters.threadCrashes === 1, 'the thread to die after the commit');
+      // The crash's release comes before the next claim: once a later job has run, it has happened.
+      const next = await client.addJob('noop', {});
+      expect(await client.waitForJob(next, { timeoutMs: 30_000 })).toMatchObject({ state: 'succeeded' });
+      expect(await jobRow(id)).toMatchObject({ state: 'succeeded', attempts: 1, result: { attempt: 1, by: 'transaction' } });
+      expect(await t.writes()).toEqual([{ job_id: id, attempt: 1 }]);
+    } finally {
+      await supervisor.stop({ graceMs: 0 });
+    }
+  });
+
   it('deletes the job it finished under deleteSucceeded, with its writes committed', async () => {
     const t = await createTables('deleted');
     const supervisor = await startTestSupervisor(db, { threads: 1, concurrency: 2, shutdownGraceMs: 0, deleteSucceeded: true });
