@@ -54,6 +54,14 @@ describe('an exactly-once transaction', () => {
       // Had the thread written the success again, the fence would have turned it away and counted it.
       expect(supervisor.status().counters.fenced).toBe(0);
       expect(await t.errors()).toEqual([]);
+
+      // A misspelt option would quietly give a plain transaction: it is refused instead.
+      const misspelt = await client.addJob('exactly-once', { table: t.payload.table, options: { exactlyonce: true } }, { maxAttempts: 1 });
+      expect(await client.waitForJob(misspelt, { timeoutMs: 30_000 })).toMatchObject({ state: 'failed' });
+      const [refused] = await t.errors();
+      expect(refused).toMatchObject({ job_id: misspelt, code: 'GRAPEVINE_CONFIG_INVALID' });
+      expect(refused.message).toMatch(/unknown option "exactlyonce"; the only option is \{ exactlyOnce: true \| false \}/);
+      expect(await t.writes()).toEqual([{ job_id: id, attempt: 1 }]);
     } finally {
       await supervisor.stop({ graceMs: 0 });
     }

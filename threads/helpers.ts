@@ -3,7 +3,7 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { createClient, type Client } from '../src/client.ts';
 import { inTransaction } from '../src/db.ts';
-import { GrapevineError } from '../src/errors.ts';
+import { configError, GrapevineError } from '../src/errors.ts';
 import type { TaskHelpers, TransactionFunction, TransactionHelpers } from '../src/task.ts';
 import { completeJobs, deleteSucceeded, lockClaim, readClaim, type ClaimedJobRow, type ClaimStateRow } from '../src/sql/jobs.ts';
 import { resultJson } from './outcomes.ts';
@@ -287,7 +287,9 @@ export class JobHelpers implements TaskHelpers {
   /** Bound to the job (handlers destructure it), and made on first use like the logger. */
   get transaction(): TaskHelpers['transaction'] {
     this.#transaction ??= (fn, options) => {
-      if (!options?.exactlyOnce) return this.#context.transaction(fn);
+      const once = exactlyOnce(options);
+      if (once instanceof Error) return Promise.reject(once);
+      if (!once) return this.#context.transaction(fn);
       const claim: HeldClaim = {
         id: this.job.id,
         token: this.#token,
@@ -300,6 +302,21 @@ export class JobHelpers implements TaskHelpers {
     };
     return this.#transaction;
   }
+}
+
+/**
+ * Whether transaction() was asked for exactly-once. A misspelt option would
+ * quietly give a plain transaction, so anything but the one known is refused.
+ */
+function exactlyOnce(options: unknown): boolean | GrapevineError {
+  if (options === undefined) return false;
+  const wrong = (what: string) => configError(`transaction(fn, options): ${what}; the only option is { exactlyOnce: true | false }`);
+  if (options === null || typeof options !== 'object') return wrong(`options must be an object, not ${String(options)}`);
+  const other = Object.keys(options).find((k) => k !== 'exactlyOnce');
+  if (other !== undefined) return wrong(`unknown option ${JSON.stringify(other)}`);
+  const value = (options as { exactlyOnce?: unknown }).exactlyOnce;
+  if (value !== undefined && typeof value !== 'boolean') return wrong(`exactlyOnce must be true or false, not ${String(value)}`);
+  return value === true;
 }
 
 /** The part of a job's abort switch (execute.ts) the helpers use. */
