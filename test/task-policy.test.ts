@@ -53,7 +53,8 @@ describe("a task module's retry policy and timeout", () => {
       expect(first.delay_ms).toBeGreaterThanOrEqual(60_000);
       expect(first.delay_ms).toBeLessThan(120_000);
     }
-    expect(await jobRow(byTask)).toMatchObject({ max_attempts: 3, max_attempts_given: false });
+    // Its first failure wrote the task's number into the row, which keeps it from then on.
+    expect(await jobRow(byTask)).toMatchObject({ max_attempts: 3, max_attempts_given: true });
     expect(await jobRow(byJob)).toMatchObject({ max_attempts: 2, max_attempts_given: true });
     await retriedAfter(byTask, 2);
     const ends = await Promise.all([byTask, byJob].map((id) => client.waitForJob(id, { timeoutMs: 30_000 })));
@@ -96,6 +97,40 @@ describe("a task module's retry policy and timeout", () => {
     expect(ends[0]).toMatchObject({ state: 'failed' });
     expect(ends[0].lastError).toMatch(/timed out after 300 ms/);
     expect(ends[1]).toMatchObject({ state: 'succeeded', result: 'slept' });
+  });
+});
+
+describe('a job enqueued without maxAttempts', () => {
+  it('is marked so by every way of enqueueing, and stores the default meanwhile', async () => {
+    // A task no supervisor runs: the rows stay as enqueued.
+    const ids = [
+      await client.addJob('nobody-runs', {}),
+      await client.addJob('nobody-runs', {}, { maxAttempts: 2 }),
+      ...(await client.addJobs([{ task: 'nobody-runs' }, { task: 'nobody-runs', maxAttempts: 4 }])),
+      ...(await client.addJobs([
+        { task: 'nobody-runs', key: 'k1' },
+        { task: 'nobody-runs', key: 'k2', maxAttempts: 6 },
+      ])),
+    ];
+    const { rows: sql } = await db.pool.query(
+      `SELECT ${s}.add_job('nobody-runs')::text AS a, ${s}.add_job('nobody-runs', max_attempts => 7)::text AS b`,
+    );
+    ids.push(sql[0].a, sql[0].b);
+    const { rows } = await db.pool.query(
+      `SELECT max_attempts, max_attempts_given FROM ${s}.jobs WHERE id = ANY($1::bigint[]) ORDER BY id`,
+      [ids],
+    );
+    expect(rows.map((r) => [r.max_attempts, r.max_attempts_given])).toEqual([
+      [5, false],
+      [2, true],
+      [5, false],
+      [4, true],
+      [5, false],
+      [6, true],
+      [5, false],
+      [7, true],
+    ]);
+    await db.pool.query(`DELETE FROM ${s}.jobs WHERE id = ANY($1::bigint[])`, [ids]);
   });
 });
 

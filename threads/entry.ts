@@ -30,6 +30,7 @@ import { openThreadPools } from './pools.ts';
 import { ProgressWriter } from './progress.ts';
 import { activeTracer, traced, tracingLoaded } from './tracing.ts';
 import { loadTasks, type LoadedTasks } from './registry.ts';
+import { taskMaxAttempts } from './retry-policy.ts';
 
 const config = workerData as ThreadConfig;
 const logger = createLogger({ level: config.logLevel, format: config.logFormat }).child({ supervisor: config.supervisorId, threadId });
@@ -215,11 +216,12 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       if (timeoutMs !== null) post(port, { type: 'started', jobId: job.id, timeoutMs, threadId });
       const handler = loaded.handlers.get(job.task)!;
       const retry = loaded.retries.get(job.task) ?? null;
-      // What the handler sees as job.maxAttempts: its task's, unless the job was given its own.
-      if (!job.max_attempts_given && retry?.maxAttempts !== undefined) job.max_attempts = retry.maxAttempts;
+      // What the handler sees as job.maxAttempts, and its failure writes in: its task's, unless the job was given its own.
+      const fromTask = taskMaxAttempts(retry, job);
+      if (fromTask !== null) job.max_attempts = fromTask;
       const outcome = tracer
-        ? await traced(tracer, job, abort, () => executeJob(job, handler, abort, context, retry))
-        : await executeJob(job, handler, abort, context, retry);
+        ? await traced(tracer, job, abort, () => executeJob(job, handler, abort, context, retry, fromTask !== null))
+        : await executeJob(job, handler, abort, context, retry, fromTask !== null);
       switches[i] = null;
       handled(job.id);
       // The last progress value goes before the outcome: a watcher sees it before the job ends.

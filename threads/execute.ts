@@ -19,13 +19,15 @@ export async function executeJob(
   abort: JobAbortSwitch,
   context: ExecuteContext,
   retry: RetryPolicy | null = null,
+  /** Whether job.max_attempts is its task's (taskMaxAttempts), to be written into its row on a failure. */
+  attemptsFromTask = false,
 ): Promise<Outcome> {
   const helpers = new JobHelpers(job, abort, context);
   try {
     const value = await handler(job.payload, helpers);
     // Its exactly-once transaction recorded the outcome: whatever came after cannot change it.
     if (helpers.committedResult !== null) return committed(job, helpers.committedResult);
-    if (abort.reason) return aborted(job, abort.reason, context, retry);
+    if (abort.reason) return aborted(job, abort.reason, context, { retry, attemptsFromTask });
     const result = toJson(value);
     if (result instanceof Error) return failure(job, `${result.message}`, false, context);
     const refused = unstorableResult(result, context.maxResultBytes);
@@ -33,8 +35,8 @@ export async function executeJob(
     return { kind: 'success', id: job.id, token: job.claim_token, result };
   } catch (err) {
     if (helpers.committedResult !== null) return committed(job, helpers.committedResult);
-    if (abort.reason) return aborted(job, abort.reason, context, retry);
-    return failure(job, formatStoredError(serializeError(err)), isRetryable(err), context, retry, err);
+    if (abort.reason) return aborted(job, abort.reason, context, { retry, attemptsFromTask });
+    return failure(job, formatStoredError(serializeError(err)), isRetryable(err), context, { retry, attemptsFromTask }, err);
   }
 }
 
@@ -82,14 +84,14 @@ function failure(
   error: string,
   retryable: boolean,
   context: ExecuteContext,
-  retry: RetryPolicy | null = null,
+  policy: TaskRetry = NO_POLICY,
   thrown?: unknown,
 ): Outcome {
   const text = storableText(redactSecret(error, context.connectionString), MAX_STORED_ERROR_CHARS);
-  if (retry === null) return { kind: 'failure', id: job.id, token: job.claim_token, error: text, retryable };
+  if (policy.retry === null) return { kind: 'failure', id: job.id, token: job.claim_token, error: text, retryable };
   const decided = retryDecision(
-    retry,
-    { attempt: job.attempts, maxAttempts: job.max_attempts, maxAttemptsGiven: job.max_attempts_given },
+    policy.retry,
+    { attempt: job.attempts, maxAttempts: job.max_attempts, fromTask: policy.attemptsFromTask },
     thrown,
     retryable,
   );
@@ -106,14 +108,17 @@ function failure(
 }
 
 /** A timed-out attempt is retried like any failure (its task's backoff sees the abort reason); a cancelled job is not. */
-function aborted(
-  job: ClaimedJobRow,
-  reason: { kind: AbortKind; message: string },
-  context: ExecuteContext,
-  retry: RetryPolicy | null = null,
-): Outcome {
-  return failure(job, `AbortError: ${reason.message}`, reason.kind === 'timeout', context, retry, reason);
+function aborted(job: ClaimedJobRow, reason: { kind: AbortKind; message: string }, context: ExecuteContext, policy: TaskRetry): Outcome {
+  return failure(job, `AbortError: ${reason.message}`, reason.kind === 'timeout', context, policy, reason);
 }
+
+/** A job's retry policy as executeJob() was given it. */
+interface TaskRetry {
+  retry: RetryPolicy | null;
+  attemptsFromTask: boolean;
+}
+
+const NO_POLICY: TaskRetry = { retry: null, attemptsFromTask: false };
 
 function committed(job: ClaimedJobRow, result: string): Outcome {
   return { kind: 'committed', id: job.id, token: job.claim_token, result };

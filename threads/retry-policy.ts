@@ -1,4 +1,5 @@
 import { backoffMs } from '../src/backoff.ts';
+import { DEFAULTS } from '../src/config.ts';
 
 /**
  * A task's retry policy, as its module exports it (`export const retry =
@@ -89,22 +90,34 @@ function checkBackoff(backoff: unknown): Backoff | undefined | string {
 }
 
 /**
+ * The attempts of a job under its task's policy, or null when the row's
+ * number stands (the job was given its own, its task sets none, or a failed
+ * run already wrote the task's in). Until then the row holds the schema's
+ * default plus one for each run handed back without costing an attempt
+ * (crash releases, shutdown), which the job keeps.
+ */
+export function taskMaxAttempts(policy: RetryPolicy | null, row: { max_attempts: number; max_attempts_given: boolean }): number | null {
+  if (row.max_attempts_given || policy?.maxAttempts === undefined) return null;
+  return Math.max(1, policy.maxAttempts + row.max_attempts - DEFAULTS.maxAttempts);
+}
+
+/**
  * What a failed run's outcome says about its retry under its task's policy:
- * how many attempts the job has (unless it was given its own), and when to
- * run it again, or not at all if a backoff function says false. `attempt`
- * is the run that failed (1 for the first).
+ * the job's attempts, when they come from the task (`maxAttempts` is then
+ * taskMaxAttempts()), to be written into its row; and when to run it again,
+ * or not at all if a backoff function says false. `attempt` is the run that
+ * failed (1 for the first).
  */
 export function retryDecision(
   policy: RetryPolicy | null,
-  job: { attempt: number; maxAttempts: number; maxAttemptsGiven: boolean },
+  job: { attempt: number; maxAttempts: number; fromTask: boolean },
   error: unknown,
   retryable: boolean,
   random: () => number = Math.random,
 ): RetryDecision {
   if (policy === null) return { retryable };
-  const maxAttempts = !job.maxAttemptsGiven && policy.maxAttempts !== undefined ? policy.maxAttempts : undefined;
-  const decision: RetryDecision = { retryable, maxAttempts };
-  const left = job.attempt < (maxAttempts ?? job.maxAttempts);
+  const decision: RetryDecision = { retryable, maxAttempts: job.fromTask ? job.maxAttempts : undefined };
+  const left = job.attempt < job.maxAttempts;
   const { backoff } = policy;
   if (!retryable || !left || backoff === undefined) return decision;
   if (typeof backoff === 'function') {

@@ -156,6 +156,7 @@ function build(schema: string): JobStatements {
                   WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < coalesce(r.max_attempts, j.max_attempts) THEN NULL
                   ELSE now() END,
                 max_attempts = coalesce(r.max_attempts, j.max_attempts),
+                max_attempts_given = j.max_attempts_given OR r.max_attempts IS NOT NULL,
                 last_error = r.error, lease_until = NULL,
                 claim_token = CASE
                   WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < coalesce(r.max_attempts, j.max_attempts) THEN NULL
@@ -304,7 +305,7 @@ export interface ClaimedJobRow {
   payload: unknown;
   attempts: number;
   max_attempts: number;
-  /** False when the job was enqueued without maxAttempts: its task's policy may set it (threads/retry-policy.ts). */
+  /** False while the job's attempts may still come from its task's policy (threads/retry-policy.ts, taskMaxAttempts). */
   max_attempts_given: boolean;
   timeout_ms: number | null;
   claim_token: string;
@@ -337,7 +338,7 @@ export interface FailedJob {
   token: string;
   error: string;
   retryable: boolean;
-  /** The job's attempts as its task's policy sets them (written into the row); absent: the row's. */
+  /** The job's attempts as its task's policy sets them: written into the row, which then keeps them; absent: the row's. */
   max_attempts?: number;
   /** The delay before the retry its task's policy chose; absent: the supervisor's backoff. */
   delay_ms?: number;

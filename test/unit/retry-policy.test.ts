@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { readTaskPolicy, retryDecision, type RetryPolicy } from '../../threads/retry-policy.ts';
+import { readTaskPolicy, retryDecision, taskMaxAttempts, type RetryPolicy } from '../../threads/retry-policy.ts';
 
 const WHERE = 'task module /app/tasks/x.mjs';
 
@@ -40,16 +40,22 @@ describe('readTaskPolicy', () => {
 });
 
 describe('retryDecision', () => {
-  const job = { attempt: 2, maxAttempts: 5, maxAttemptsGiven: false };
+  const job = { attempt: 2, maxAttempts: 5, fromTask: false };
 
   it('leaves everything to the row and the supervisor without a policy', () => {
     expect(retryDecision(null, job, new Error('x'), true)).toEqual({ retryable: true });
   });
 
-  it("takes the task's maxAttempts only for a job given none", () => {
+  it("takes the task's maxAttempts only for a job given none, keeping the runs it was handed back without cost", () => {
     const p = policy({ maxAttempts: 8 });
-    expect(retryDecision(p, job, null, true).maxAttempts).toBe(8);
-    expect(retryDecision(p, { ...job, maxAttemptsGiven: true }, null, true).maxAttempts).toBeUndefined();
+    expect(taskMaxAttempts(p, { max_attempts: 5, max_attempts_given: false })).toBe(8);
+    expect(taskMaxAttempts(p, { max_attempts: 7, max_attempts_given: false })).toBe(10);
+    expect(taskMaxAttempts(policy({ maxAttempts: 1 }), { max_attempts: 5, max_attempts_given: false })).toBe(1);
+    expect(taskMaxAttempts(p, { max_attempts: 3, max_attempts_given: true })).toBeNull();
+    expect(taskMaxAttempts(policy({}), { max_attempts: 5, max_attempts_given: false })).toBeNull();
+    expect(taskMaxAttempts(null, { max_attempts: 5, max_attempts_given: false })).toBeNull();
+    expect(retryDecision(p, { ...job, maxAttempts: 8, fromTask: true }, null, true).maxAttempts).toBe(8);
+    expect(retryDecision(p, job, null, true).maxAttempts).toBeUndefined();
   });
 
   it('computes fixed and exponential delays, capped, with or without jitter', () => {
@@ -70,11 +76,12 @@ describe('retryDecision', () => {
         return error.message === 'stop' ? false : attempt * 10;
       },
     });
-    expect(retryDecision(fn, job, new Error('stop'), true)).toEqual({ retryable: false, maxAttempts: 3 });
-    expect(retryDecision(fn, job, new Error('again'), true)).toEqual({ retryable: true, maxAttempts: 3, delayMs: 20 });
+    const fnJob = { attempt: 2, maxAttempts: 3, fromTask: true };
+    expect(retryDecision(fn, fnJob, new Error('stop'), true)).toEqual({ retryable: false, maxAttempts: 3 });
+    expect(retryDecision(fn, fnJob, new Error('again'), true)).toEqual({ retryable: true, maxAttempts: 3, delayMs: 20 });
     // No attempt left, or not retryable: not asked.
-    retryDecision(fn, { ...job, attempt: 3 }, new Error('late'), true);
-    retryDecision(fn, job, new Error('permanent'), false);
+    retryDecision(fn, { ...fnJob, attempt: 3 }, new Error('late'), true);
+    retryDecision(fn, fnJob, new Error('permanent'), false);
     expect(seen).toEqual([
       [2, 'stop'],
       [2, 'again'],
