@@ -38,13 +38,16 @@ async function jobRow(id: string) {
 describe('an exactly-once transaction', () => {
   it('commits the handler writes, its follow-up job and the job success together, and the outcome writer writes nothing after it', async () => {
     const t = await createTables('normal');
-    const supervisor = await startTestSupervisor(db, { threads: 1, concurrency: 2, shutdownGraceMs: 0 });
+    // Progress values after the first wait a minute, unless something writes them sooner.
+    const supervisor = await startTestSupervisor(db, { threads: 1, concurrency: 2, shutdownGraceMs: 0, progressIntervalMs: 60_000 });
     try {
-      const id = await client.addJob('exactly-once', { table: t.payload.table, followUp: true }, { maxAttempts: 1 });
+      const payload = { table: t.payload.table, followUp: true, progress: { step: 'last' } };
+      const id = await client.addJob('exactly-once', payload, { maxAttempts: 1 });
       const done = await client.waitForJob(id, { timeoutMs: 30_000 });
       // The transaction's value, not what the handler returned after it.
       expect(done).toMatchObject({ state: 'succeeded', attempts: 1, result: { attempt: 1, by: 'transaction' } });
       expect(await t.writes()).toEqual([{ job_id: id, attempt: 1 }]);
+      expect((await jobRow(id)).progress).toEqual({ step: 'last' });
       const { rows: followUps } = await db.pool.query(
         `SELECT id::text AS id FROM ${s}.jobs WHERE task = 'noop' AND payload->>'after' = $1`,
         [id],

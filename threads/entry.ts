@@ -164,6 +164,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     connectionString: config.connectionString,
     maxResultBytes: config.maxResultBytes,
     progress: (job, json) => progress.set(job.id, job.claim_token, json, committed),
+    finishProgress: (id) => progress.finish(id),
     ...afterCommit(helpers, committed),
   };
   // Indexed like `jobs`: a map per batch cost a rehash every time it grew,

@@ -22,6 +22,8 @@ export interface HeldClaim {
   stopped(): string | null;
   /** Called once the transaction committed the job's success: the outcome writer then leaves the job alone. */
   committed(result: string): void;
+  /** Writes the job's last progress, which the job's success would fence out if it came after it. */
+  finishProgress(): Promise<void> | null;
 }
 
 /** The helpers that reach the database, shared by every job of a thread. */
@@ -47,6 +49,8 @@ export interface ExecuteContext extends DatabaseHelpers {
   maxResultBytes: number;
   /** Stores a job's progress (JSON text already checked), throttled: the batch's ProgressWriter.set. */
   progress(job: ClaimedJobRow, json: string): void;
+  /** Writes the job's unwritten progress now, if it has any: ProgressWriter.finish. */
+  finishProgress(id: string): Promise<void> | null;
 }
 
 /** The database helpers of one thread, on its handlers' pool. */
@@ -194,6 +198,9 @@ async function finishClaimed(client: pg.ClientBase, settings: OutcomeSettings, c
       `this run was stopped (${stopped}), so its exactly-once transaction was rolled back and none of its writes were committed`,
     );
   }
+  // On another connection, so before the lock below: the progress write waits for none of this transaction's locks.
+  const progressed = claim.finishProgress();
+  if (progressed) await progressed;
   refuseLostClaim(claim, await lockClaim(client, settings.schema, { id: claim.id }));
   const { schema } = settings;
   if (settings.deleteSucceeded) {
@@ -297,6 +304,7 @@ export class JobHelpers implements TaskHelpers {
         committed: (result) => {
           this.committedResult = result;
         },
+        finishProgress: () => this.#context.finishProgress(this.job.id),
       };
       return this.#context.transaction(fn, claim);
     };
