@@ -166,7 +166,8 @@ export function createClient(options: ClientOptions = {}): Client {
       queue,
       run_at: toTimestamp(spec.runAt, task),
       priority: spec.priority === undefined ? DEFAULTS.priority : validateInt('priority', spec.priority, { min: -32768, max: 32767 }),
-      max_attempts: validateInt('maxAttempts', spec.maxAttempts ?? DEFAULTS.maxAttempts, { min: 1, max: 1000 }),
+      // Not given: the task's retry policy may set it, else the schema's default (DEFAULTS.maxAttempts).
+      max_attempts: spec.maxAttempts === undefined ? null : validateInt('maxAttempts', spec.maxAttempts, { min: 1, max: 1000 }),
       timeout_ms: spec.timeoutMs === undefined ? null : validateInt('timeoutMs', spec.timeoutMs, { min: 1, max: 2_147_483_647 }),
     };
     if (spec.key !== undefined) Object.assign(row, keyFields(spec, task));

@@ -40,15 +40,20 @@ export interface TaskHelpers {
   /**
    * Runs `fn` in one transaction on one connection of the thread's pool:
    * committed when `fn` resolves, rolled back when it throws. Inside, use
-   * only the `query` given to `fn`: the helpers' own `query` and `addJob`
-   * run on other connections, outside the transaction (and would wait for
-   * ever on a row it locked). A transaction that failed inside (an error
-   * `fn` caught) is rolled back and fails with
+   * only the `query` and `addJob` given to `fn`: the helpers' own `query`
+   * and `addJob` run on other connections, outside the transaction (and
+   * would wait for ever on a row it locked). A transaction that failed
+   * inside (an error `fn` caught) is rolled back and fails with
    * GRAPEVINE_TRANSACTION_ROLLED_BACK rather than seeming committed; a
    * COMMIT or ROLLBACK sent through `query` fails with
    * GRAPEVINE_TRANSACTION_ENDED.
+   *
+   * With `{ exactlyOnce: true }` the job's success, with `fn`'s value as its
+   * result, commits in the same transaction, which commits only if this run
+   * still holds the job's claim; otherwise it rolls back and fails with
+   * GRAPEVINE_CLAIM_LOST (docs/exactly-once.md).
    */
-  transaction<T>(fn: (query: TaskHelpers['query']) => Promise<T>): Promise<T>;
+  transaction<T>(fn: TransactionFunction<T>, options?: TransactionOptions): Promise<T>;
   /**
    * Reports how far the job has got: a number or small JSON (at most 4,096
    * bytes of it), stored in the job's `progress` column at most every
@@ -61,6 +66,24 @@ export interface TaskHelpers {
   progress(value: unknown): void;
   /** Enqueues a follow-up job. */
   addJob(task: string, payload?: unknown, options?: Omit<AddJobOptions, 'db'>): Promise<string>;
+}
+
+/** What `transaction(fn)` gives `fn`: the transaction's own statements and enqueues. */
+export type TransactionFunction<T> = (query: TaskHelpers['query'], tx: TransactionHelpers) => Promise<T>;
+
+export interface TransactionHelpers {
+  /** Enqueues a job inside the transaction: it exists (and is announced) only if the transaction commits. */
+  addJob(task: string, payload?: unknown, options?: Omit<AddJobOptions, 'db'>): Promise<string>;
+}
+
+export interface TransactionOptions {
+  /**
+   * Commit the job's success (`fn`'s value as its result) in this
+   * transaction, and the transaction only while this run holds the job's
+   * claim. Once it commits, the job has succeeded whatever the handler does
+   * next. See docs/exactly-once.md.
+   */
+  exactlyOnce?: boolean;
 }
 
 /** A task module's default export (or a named export of a tasks module). */

@@ -27,7 +27,7 @@ export { GrapevineError } from '../src/errors.ts';
 export type { ErrorCode } from '../src/errors.ts';
 export type { Job, JobState } from '../src/job.ts';
 export { PermanentError } from '../src/task.ts';
-export type { HandlerThread, JobInfo, TaskHandler, TaskHelpers } from '../src/task.ts';
+export type { HandlerThread, JobInfo, TaskHandler, TaskHelpers, TransactionHelpers, TransactionOptions } from '../src/task.ts';
 export { DEFAULTS } from '../src/config.ts';
 export { VERSION } from '../src/version.ts';
 export { describeConnection } from '../src/redact.ts';

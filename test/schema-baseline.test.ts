@@ -144,10 +144,11 @@ function withoutBookkeeping(catalog: Catalog): Catalog {
  * table's schema and checks the payload limit; migration 0014's schedules
  * table, the jobs' tick columns and their index, and the claims and
  * unhandled_tasks() returning them (a new result type); watch_progress()
- * (migration 0017's progress columns).
+ * (migration 0017's progress columns); migration 0020's max_attempts_given,
+ * which the claims return too.
  */
 const TABLES_SINCE_BASELINE = /^_?(settings|schedules)/;
-const COLUMNS_SINCE_BASELINE = ['jobs.schedule', 'jobs.scheduled_for'];
+const COLUMNS_SINCE_BASELINE = ['jobs.schedule', 'jobs.scheduled_for', 'jobs.max_attempts_given'];
 const INDEXES_SINCE_BASELINE = ['jobs_schedule_tick_idx'];
 /** Job keys (migration 0012): the jobs table's key columns, their checks and index; add_job() took new arguments. */
 const KEYS_SINCE_BASELINE = /^(jobs_)?key/;

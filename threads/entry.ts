@@ -30,6 +30,7 @@ import { openThreadPools } from './pools.ts';
 import { ProgressWriter } from './progress.ts';
 import { activeTracer, traced, tracingLoaded } from './tracing.ts';
 import { loadTasks, type LoadedTasks } from './registry.ts';
+import { taskMaxAttempts } from './retry-policy.ts';
 
 const config = workerData as ThreadConfig;
 const logger = createLogger({ level: config.logLevel, format: config.logFormat }).child({ supervisor: config.supervisorId, threadId });
@@ -46,9 +47,15 @@ const tasks: Promise<LoadedTasks> = Promise.all([loadTasks(config.tasksPath), tr
   .catch((err: Error) => ({
     handlers: new Map(),
     timeouts: new Map(),
+    retries: new Map(),
     error: err,
   }));
-const helpers = databaseHelpers(pools, config.schema, config.preparedStatements);
+const helpers = databaseHelpers(pools, {
+  schema: config.schema,
+  preparedStatements: config.preparedStatements,
+  deleteSucceeded: config.deleteSucceeded,
+  maxResultBytes: config.maxResultBytes,
+});
 const worker: ExecuteContext['worker'] = { supervisorId: config.supervisorId, threadId, schema: config.schema };
 
 // Batches whose ports are open. If the thread exits (a handler's
@@ -157,6 +164,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     connectionString: config.connectionString,
     maxResultBytes: config.maxResultBytes,
     progress: (job, json) => progress.set(job.id, job.claim_token, json, committed),
+    finishProgress: (id) => progress.finish(id),
     ...afterCommit(helpers, committed),
   };
   // Indexed like `jobs`: a map per batch cost a rehash every time it grew,
@@ -188,7 +196,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
         if (!commitFailed)
           logger.warn({ jobId: outcome.id }, 'outcome rejected: the job was reassigned, cancelled or released while it ran');
       }
-      finished(outcome.id, !accepted || outcome.kind !== 'success', byId ? detailOf(outcome, accepted, byId.get(outcome.id)) : undefined);
+      finished(outcome.id, !accepted || outcome.kind === 'failure', byId ? detailOf(outcome, accepted, byId.get(outcome.id)) : undefined);
       if (--left === 0) allRecorded();
     },
   };
@@ -208,9 +216,13 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       const timeoutMs = job.timeout_ms ?? loaded.timeouts.get(job.task) ?? null;
       if (timeoutMs !== null) post(port, { type: 'started', jobId: job.id, timeoutMs, threadId });
       const handler = loaded.handlers.get(job.task)!;
+      const retry = loaded.retries.get(job.task) ?? null;
+      // What the handler sees as job.maxAttempts, and its failure writes in: its task's, unless the job was given its own.
+      const fromTask = taskMaxAttempts(retry, job);
+      if (fromTask !== null) job.max_attempts = fromTask;
       const outcome = tracer
-        ? await traced(tracer, job, abort, () => executeJob(job, handler, abort, context))
-        : await executeJob(job, handler, abort, context);
+        ? await traced(tracer, job, abort, () => executeJob(job, handler, abort, context, retry, fromTask !== null))
+        : await executeJob(job, handler, abort, context, retry, fromTask !== null);
       switches[i] = null;
       handled(job.id);
       // The last progress value goes before the outcome: a watcher sees it before the job ends.

@@ -5,7 +5,8 @@ import { storableText } from '../src/text.ts';
 import type { TaskHandler } from '../src/task.ts';
 import type { ClaimedJobRow } from '../src/sql/jobs.ts';
 import { JobHelpers, type ExecuteContext } from './helpers.ts';
-import { unstorableResult, type Outcome } from './outcomes.ts';
+import { toJson, unstorableResult, type Outcome } from './outcomes.ts';
+import { retryDecision, type RetryPolicy } from './retry-policy.ts';
 
 /**
  * Runs one claimed job's handler and turns whatever happens into an outcome.
@@ -17,19 +18,25 @@ export async function executeJob(
   handler: TaskHandler,
   abort: JobAbortSwitch,
   context: ExecuteContext,
+  retry: RetryPolicy | null = null,
+  /** Whether job.max_attempts is its task's (taskMaxAttempts), to be written into its row on a failure. */
+  attemptsFromTask = false,
 ): Promise<Outcome> {
   const helpers = new JobHelpers(job, abort, context);
   try {
     const value = await handler(job.payload, helpers);
-    if (abort.reason) return aborted(job, abort.reason, context);
+    // Its exactly-once transaction recorded the outcome: whatever came after cannot change it.
+    if (helpers.committedResult !== null) return committed(job, helpers.committedResult);
+    if (abort.reason) return aborted(job, abort.reason, context, { retry, attemptsFromTask });
     const result = toJson(value);
     if (result instanceof Error) return failure(job, `${result.message}`, false, context);
     const refused = unstorableResult(result, context.maxResultBytes);
     if (refused !== null) return failure(job, refused, false, context);
     return { kind: 'success', id: job.id, token: job.claim_token, result };
   } catch (err) {
-    if (abort.reason) return aborted(job, abort.reason, context);
-    return failure(job, formatStoredError(serializeError(err)), isRetryable(err), context);
+    if (helpers.committedResult !== null) return committed(job, helpers.committedResult);
+    if (abort.reason) return aborted(job, abort.reason, context, { retry, attemptsFromTask });
+    return failure(job, formatStoredError(serializeError(err)), isRetryable(err), context, { retry, attemptsFromTask }, err);
   }
 }
 
@@ -72,25 +79,47 @@ function isRetryable(err: unknown): boolean {
  * before the error is stored. The text is bounded and made storable, so that
  * PostgreSQL never refuses it.
  */
-function failure(job: ClaimedJobRow, error: string, retryable: boolean, context: ExecuteContext): Outcome {
+function failure(
+  job: ClaimedJobRow,
+  error: string,
+  retryable: boolean,
+  context: ExecuteContext,
+  policy: TaskRetry = NO_POLICY,
+  thrown?: unknown,
+): Outcome {
   const text = storableText(redactSecret(error, context.connectionString), MAX_STORED_ERROR_CHARS);
-  return { kind: 'failure', id: job.id, token: job.claim_token, error: text, retryable };
+  if (policy.retry === null) return { kind: 'failure', id: job.id, token: job.claim_token, error: text, retryable };
+  const decided = retryDecision(
+    policy.retry,
+    { attempt: job.attempts, maxAttempts: job.max_attempts, fromTask: policy.attemptsFromTask },
+    thrown,
+    retryable,
+  );
+  if (decided.problem) context.logger.warn({ jobId: job.id, task: job.task, problem: decided.problem }, "the supervisor's backoff applies");
+  return {
+    kind: 'failure',
+    id: job.id,
+    token: job.claim_token,
+    error: text,
+    retryable: decided.retryable,
+    maxAttempts: decided.maxAttempts,
+    delayMs: decided.delayMs,
+  };
 }
 
-/** A timed-out attempt is retried like any failure; a cancelled job is not. */
-function aborted(job: ClaimedJobRow, reason: { kind: AbortKind; message: string }, context: ExecuteContext): Outcome {
-  return failure(job, `AbortError: ${reason.message}`, reason.kind === 'timeout', context);
+/** A timed-out attempt is retried like any failure (its task's backoff sees the abort reason); a cancelled job is not. */
+function aborted(job: ClaimedJobRow, reason: { kind: AbortKind; message: string }, context: ExecuteContext, policy: TaskRetry): Outcome {
+  return failure(job, `AbortError: ${reason.message}`, reason.kind === 'timeout', context, policy, reason);
 }
 
-/** The handler's return value as JSON text, or an error naming why it cannot be stored. */
-function toJson(value: unknown): string | Error {
-  if (value === undefined) return 'null';
-  try {
-    const text = JSON.stringify(value);
-    if (text === undefined) return new Error(`result is not JSON-serializable: handler returned a ${typeof value}`);
-    return text;
-  } catch (err) {
-    // A toJSON() may throw anything, null included.
-    return new Error(`result is not JSON-serializable: ${serializeError(err).message}`);
-  }
+/** A job's retry policy as executeJob() was given it. */
+interface TaskRetry {
+  retry: RetryPolicy | null;
+  attemptsFromTask: boolean;
+}
+
+const NO_POLICY: TaskRetry = { retry: null, attemptsFromTask: false };
+
+function committed(job: ClaimedJobRow, result: string): Outcome {
+  return { kind: 'committed', id: job.id, token: job.claim_token, result };
 }

@@ -3,14 +3,41 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { createClient, type Client } from '../src/client.ts';
 import { inTransaction } from '../src/db.ts';
-import { GrapevineError } from '../src/errors.ts';
-import type { TaskHelpers } from '../src/task.ts';
-import type { ClaimedJobRow } from '../src/sql/jobs.ts';
+import { configError, GrapevineError } from '../src/errors.ts';
+import type { TaskHelpers, TransactionFunction, TransactionHelpers } from '../src/task.ts';
+import { completeJobs, deleteSucceeded, lockClaim, readClaim, type ClaimedJobRow, type ClaimStateRow } from '../src/sql/jobs.ts';
+import { resultJson } from './outcomes.ts';
 import type { ThreadPools } from './pools.ts';
 import { progressJson } from './progress.ts';
 
+/**
+ * The claim an exactly-once transaction commits under: the job's id and
+ * token, why the thread was told to stop it (a timeout, a cancel, a
+ * shutdown) if it was, and where the committed result goes.
+ */
+export interface HeldClaim {
+  readonly id: string;
+  readonly token: string;
+  /** The abort's message once the job's signal fired, else null. */
+  stopped(): string | null;
+  /** Called once the transaction committed the job's success: the outcome writer then leaves the job alone. */
+  committed(result: string): void;
+  /** Writes the job's last progress, which the job's success would fence out if it came after it. */
+  finishProgress(): Promise<void> | null;
+}
+
 /** The helpers that reach the database, shared by every job of a thread. */
-export type DatabaseHelpers = Pick<TaskHelpers, 'query' | 'transaction' | 'addJob'>;
+export interface DatabaseHelpers extends Pick<TaskHelpers, 'query' | 'addJob'> {
+  /** transaction(fn), or with a claim, transaction(fn, { exactlyOnce: true }) for that claim's job. */
+  transaction<T>(fn: TransactionFunction<T>, claim?: HeldClaim): Promise<T>;
+}
+
+/** What an exactly-once transaction needs to record a success as the outcome writer would. */
+interface OutcomeSettings {
+  schema: string;
+  deleteSucceeded: boolean;
+  maxResultBytes: number;
+}
 
 /** What executeJob() needs besides the job: the thread's logger, its identity and the database helpers. */
 export interface ExecuteContext extends DatabaseHelpers {
@@ -22,18 +49,26 @@ export interface ExecuteContext extends DatabaseHelpers {
   maxResultBytes: number;
   /** Stores a job's progress (JSON text already checked), throttled: the batch's ProgressWriter.set. */
   progress(job: ClaimedJobRow, json: string): void;
+  /** Writes the job's unwritten progress now, if it has any: ProgressWriter.finish. */
+  finishProgress(id: string): Promise<void> | null;
 }
 
 /** The database helpers of one thread, on its handlers' pool. */
-export function databaseHelpers(pools: ThreadPools, schema: string, preparedStatements: boolean): DatabaseHelpers {
+export function databaseHelpers(pools: ThreadPools, settings: OutcomeSettings & { preparedStatements: boolean }): DatabaseHelpers {
   let client: Client | null = null;
+  const enqueuer = () => {
+    client ??= createClient({
+      pool: pools.handlers(),
+      schema: settings.schema,
+      migrate: false,
+      preparedStatements: settings.preparedStatements,
+    });
+    return client;
+  };
   return {
     query: ((text: string, params?: unknown[]) => handlerQuery(pools, text, params)) as TaskHelpers['query'],
-    transaction: (fn) => handlerTransaction(pools, fn),
-    addJob: (...args) => {
-      client ??= createClient({ pool: pools.handlers(), schema, migrate: false, preparedStatements });
-      return client.addJob(...args);
-    },
+    transaction: (fn, claim) => handlerTransaction(pools, enqueuer, settings, fn, claim),
+    addJob: (...args) => enqueuer().addJob(...args),
   };
 }
 
@@ -55,7 +90,7 @@ export function afterCommit(helpers: DatabaseHelpers, committed: Promise<Error |
   };
   return {
     query: ((text: string, params?: unknown[]) => confirmed().then(() => helpers.query(text, params))) as TaskHelpers['query'],
-    transaction: (fn) => confirmed().then(() => helpers.transaction(fn)),
+    transaction: (fn, claim) => confirmed().then(() => helpers.transaction(fn, claim)),
     addJob: (...args) => confirmed().then(() => helpers.addJob(...args)),
   };
 }
@@ -91,7 +126,13 @@ async function handlerQuery(pools: ThreadPools, text: string, params?: unknown[]
   );
 }
 
-async function handlerTransaction<T>(pools: ThreadPools, fn: (query: TaskHelpers['query']) => Promise<T>): Promise<T> {
+async function handlerTransaction<T>(
+  pools: ThreadPools,
+  enqueuer: () => Client,
+  settings: OutcomeSettings,
+  fn: TransactionFunction<T>,
+  claim: HeldClaim | undefined,
+): Promise<T> {
   const { client, release } = await pools.checkOutHandlerClient();
   let open = true;
   const ended = (why: string) => new GrapevineError('GRAPEVINE_TRANSACTION_ENDED', why);
@@ -106,21 +147,93 @@ async function handlerTransaction<T>(pools: ThreadPools, fn: (query: TaskHelpers
     }
     return result;
   }) as TaskHelpers['query'];
+  const tx: TransactionHelpers = {
+    addJob: (task, payload, options) => {
+      if (!open) return Promise.reject(ended('this transaction has ended: its addJob() cannot be used after it'));
+      return enqueuer().addJob(task, payload, { ...options, db: client });
+    },
+  };
+  let result = '';
   try {
     const value = await inTransaction(client, async () => {
+      // Checked first, unlocked, so that a run whose claim is already gone does none of its work.
+      if (claim) refuseLostClaim(claim, await readClaim(client, settings.schema, { id: claim.id }));
+      let returned: T;
       try {
-        return await fn(query);
+        returned = await fn(query, tx);
       } finally {
         open = false;
       }
+      if (claim) result = await finishClaimed(client, settings, claim, returned);
+      return returned;
     });
     release();
+    claim?.committed(result);
     return value;
   } catch (err) {
     // Whatever went wrong, the connection goes: it may still be inside the transaction.
+    // A COMMIT whose answer never came may have committed: the job's row then says
+    // it succeeded, and the failure this run records next is fenced out.
     release(err instanceof Error ? err : new Error('the transaction failed'));
     throw err;
   }
+}
+
+/**
+ * The end of an exactly-once transaction: the job's row is locked and
+ * checked against the claim, then its success is written as the outcome
+ * writer would (deleted under deleteSucceeded unless someone waits for it).
+ * Locked last, so the heartbeat, the reaper and cancel (single statements
+ * that lock only job rows) wait at most for this commit, never for the
+ * handler's statements, and no lock cycle can form through them. Returns
+ * the result as stored.
+ */
+async function finishClaimed(client: pg.ClientBase, settings: OutcomeSettings, claim: HeldClaim, value: unknown): Promise<string> {
+  const result = resultJson(value, settings.maxResultBytes);
+  if (typeof result !== 'string') throw new GrapevineError(result.code, `the exactly-once transaction was rolled back: ${result.message}`);
+  const stopped = claim.stopped();
+  if (stopped !== null) {
+    throw new GrapevineError(
+      'GRAPEVINE_CLAIM_LOST',
+      `this run was stopped (${stopped}), so its exactly-once transaction was rolled back and none of its writes were committed`,
+    );
+  }
+  // On another connection, so before the lock below: the progress write waits for none of this transaction's locks.
+  const progressed = claim.finishProgress();
+  if (progressed) await progressed;
+  refuseLostClaim(claim, await lockClaim(client, settings.schema, { id: claim.id }));
+  const { schema } = settings;
+  if (settings.deleteSucceeded) {
+    const kept = await deleteSucceeded(client, schema, { ids: [claim.id], tokens: [claim.token] });
+    if (kept.length === 0) return result;
+  }
+  // Under the lock taken above the fence cannot turn it away; checked all the same.
+  const rejected = await completeJobs(client, schema, { jobs: [{ id: claim.id, token: claim.token, result }] });
+  if (rejected.length > 0) refuseLostClaim(claim, undefined);
+  return result;
+}
+
+/** Throws GRAPEVINE_CLAIM_LOST, saying why, unless `row` is this run's claim, running and not asked to cancel. */
+function refuseLostClaim(claim: HeldClaim, row: ClaimStateRow | undefined): void {
+  const why = lostClaimReason(claim, row);
+  if (why === null) return;
+  throw new GrapevineError(
+    'GRAPEVINE_CLAIM_LOST',
+    `this run no longer holds job ${claim.id} (${why}), so its exactly-once transaction was rolled back and none of its writes were committed`,
+  );
+}
+
+/** Why a job's row no longer belongs to this claim, or null if it does. */
+export function lostClaimReason(claim: { token: string }, row: ClaimStateRow | undefined): string | null {
+  if (!row) return 'the job was deleted';
+  if (row.claim_token !== claim.token) {
+    if (row.state === 'running') return `it runs again as attempt ${row.attempts} on ${row.locked_by ?? 'another supervisor'}`;
+    if (row.state === 'pending') return 'it was released or its lease expired, and it waits to run again';
+    return `it was reassigned and has ${row.state}`;
+  }
+  if (row.state !== 'running') return `it has already ${row.state}`;
+  if (row.cancel_requested) return 'it was cancelled';
+  return null;
 }
 
 /**
@@ -133,15 +246,18 @@ export class JobHelpers implements TaskHelpers {
   readonly job: TaskHelpers['job'];
   readonly worker: TaskHelpers['worker'];
   readonly query: TaskHelpers['query'];
-  readonly transaction: TaskHelpers['transaction'];
   readonly addJob: TaskHelpers['addJob'];
+  /** The result an exactly-once transaction committed as the job's outcome; null until one does. */
+  committedResult: string | null = null;
   #logger: TaskHelpers['logger'] | null = null;
-  readonly #abort: { readonly signal: AbortSignal };
+  #transaction: TaskHelpers['transaction'] | null = null;
+  readonly #token: string;
+  readonly #abort: JobAbort;
   readonly #context: ExecuteContext;
   readonly #row: ClaimedJobRow;
 
   /** `abort` makes the job's signal when first asked (JobAbortSwitch in execute.ts). */
-  constructor(job: ClaimedJobRow, abort: { readonly signal: AbortSignal }, context: ExecuteContext) {
+  constructor(job: ClaimedJobRow, abort: JobAbort, context: ExecuteContext) {
     this.job = {
       id: job.id,
       task: job.task,
@@ -152,8 +268,8 @@ export class JobHelpers implements TaskHelpers {
     };
     this.worker = context.worker;
     this.query = context.query;
-    this.transaction = context.transaction;
     this.addJob = context.addJob;
+    this.#token = job.claim_token;
     this.#abort = abort;
     this.#context = context;
     this.#row = job;
@@ -174,4 +290,45 @@ export class JobHelpers implements TaskHelpers {
   progress(value: unknown): void {
     this.#context.progress(this.#row, progressJson(value));
   }
+
+  /** Bound to the job (handlers destructure it), and made on first use like the logger. */
+  get transaction(): TaskHelpers['transaction'] {
+    this.#transaction ??= (fn, options) => {
+      const once = exactlyOnce(options);
+      if (once instanceof Error) return Promise.reject(once);
+      if (!once) return this.#context.transaction(fn);
+      const claim: HeldClaim = {
+        id: this.job.id,
+        token: this.#token,
+        stopped: () => this.#abort.reason?.message ?? null,
+        committed: (result) => {
+          this.committedResult = result;
+        },
+        finishProgress: () => this.#context.finishProgress(this.job.id),
+      };
+      return this.#context.transaction(fn, claim);
+    };
+    return this.#transaction;
+  }
+}
+
+/**
+ * Whether transaction() was asked for exactly-once. A misspelt option would
+ * quietly give a plain transaction, so anything but the one known is refused.
+ */
+function exactlyOnce(options: unknown): boolean | GrapevineError {
+  if (options === undefined) return false;
+  const wrong = (what: string) => configError(`transaction(fn, options): ${what}; the only option is { exactlyOnce: true | false }`);
+  if (options === null || typeof options !== 'object') return wrong(`options must be an object, not ${String(options)}`);
+  const other = Object.keys(options).find((k) => k !== 'exactlyOnce');
+  if (other !== undefined) return wrong(`unknown option ${JSON.stringify(other)}`);
+  const value = (options as { exactlyOnce?: unknown }).exactlyOnce;
+  if (value !== undefined && typeof value !== 'boolean') return wrong(`exactlyOnce must be true or false, not ${String(value)}`);
+  return value === true;
+}
+
+/** The part of a job's abort switch (execute.ts) the helpers use. */
+interface JobAbort {
+  readonly signal: AbortSignal;
+  readonly reason: { message: string } | null;
 }

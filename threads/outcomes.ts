@@ -1,13 +1,24 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { backoffMs } from '../src/backoff.ts';
-import { storedErrorText } from '../src/errors.ts';
+import { serializeError, storedErrorText, type ErrorCode } from '../src/errors.ts';
 import { completeJobs, deleteSucceeded, failJobs, type CompletedJob, type FailedJob } from '../src/sql/jobs.ts';
 import { storableText, unstorableInJson } from '../src/text.ts';
 
 export type Outcome =
   | { kind: 'success'; id: string; token: string; result: string }
-  | { kind: 'failure'; id: string; token: string; error: string; retryable: boolean };
+  | {
+      kind: 'failure';
+      id: string;
+      token: string;
+      error: string;
+      retryable: boolean;
+      /** From the task's retry policy (retry-policy.ts): the job's attempts and the delay before its retry. */
+      maxAttempts?: number;
+      delayMs?: number;
+    }
+  /** A success the handler's exactly-once transaction already committed (threads/helpers.ts): nothing left to write. */
+  | { kind: 'committed'; id: string; token: string; result: string };
 
 /**
  * Hears what became of the outcomes it handed in: one object per batch, not
@@ -56,6 +67,10 @@ export class OutcomeWriter {
 
   /** Queues an outcome; `sink.recorded` hears whether the fence accepted it, once it is written. */
   record(outcome: Outcome, sink: OutcomeSink): void {
+    if (outcome.kind === 'committed') {
+      sink.recorded(outcome, true);
+      return;
+    }
     this.queue.push({ outcome, sink });
     this.schedule(0);
   }
@@ -134,7 +149,14 @@ export class OutcomeWriter {
     } else {
       const jobs = items.map(({ outcome: o }) => {
         const f = o as Extract<Outcome, { kind: 'failure' }>;
-        return { id: f.id, token: f.token, error: f.error, retryable: f.retryable } satisfies FailedJob;
+        return {
+          id: f.id,
+          token: f.token,
+          error: f.error,
+          retryable: f.retryable,
+          max_attempts: f.maxAttempts,
+          delay_ms: f.delayMs,
+        } satisfies FailedJob;
       });
       rejected = await failJobs(this.pool, this.schema, { jobs, retryBaseMs: this.options.baseMs, retryMaxMs: this.options.maxMs });
     }
@@ -244,31 +266,59 @@ export function refusedOutcomeText(kind: Outcome['kind'], refusal: unknown): str
  * whatever slips through is caught by the write itself (writeKind).
  */
 export function unstorableResult(json: string, maxResultBytes: number): string | null {
+  const why = unstorableReason(json, maxResultBytes);
+  return why === null ? null : storedErrorText(why.code, why.message);
+}
+
+/** A value a handler returned, as the JSON text to store, or why it cannot be stored. */
+export function resultJson(value: unknown, maxResultBytes: number): string | { code: ErrorCode; message: string } {
+  const json = toJson(value);
+  if (json instanceof Error) return { code: 'GRAPEVINE_RESULT_UNSTORABLE', message: json.message };
+  return unstorableReason(json, maxResultBytes) ?? json;
+}
+
+/** The handler's return value as JSON text, or an error naming why it cannot be stored. */
+export function toJson(value: unknown): string | Error {
+  if (value === undefined) return 'null';
+  try {
+    const text = JSON.stringify(value);
+    if (text === undefined) return new Error(`result is not JSON-serializable: handler returned a ${typeof value}`);
+    return text;
+  } catch (err) {
+    // A toJSON() may throw anything, null included.
+    return new Error(`result is not JSON-serializable: ${serializeError(err).message}`);
+  }
+}
+
+function unstorableReason(json: string, maxResultBytes: number): { code: ErrorCode; message: string } | null {
   // A UTF-16 unit takes one to three bytes: a short result needs no count.
   if (json.length * 3 > maxResultBytes) {
     const bytes = Buffer.byteLength(json);
     if (bytes > maxResultBytes) {
-      return storedErrorText(
-        'GRAPEVINE_RESULT_TOO_LARGE',
-        `the result is ${bytes} bytes of JSON, over maxResultBytes (${maxResultBytes} bytes), so it was not stored: ` +
+      return {
+        code: 'GRAPEVINE_RESULT_TOO_LARGE',
+        message:
+          `the result is ${bytes} bytes of JSON, over maxResultBytes (${maxResultBytes} bytes), so it was not stored: ` +
           'store large data elsewhere and return a reference to it, or raise maxResultBytes',
-      );
+      };
     }
   }
   const refused = unstorableInJson(json);
   if (refused === null) return null;
   if ('nul' in refused) {
-    return storedErrorText(
-      'GRAPEVINE_RESULT_UNSTORABLE',
-      'the result holds a NUL character (\\u0000), which PostgreSQL cannot store in jsonb, so it was not stored: ' +
+    return {
+      code: 'GRAPEVINE_RESULT_UNSTORABLE',
+      message:
+        'the result holds a NUL character (\\u0000), which PostgreSQL cannot store in jsonb, so it was not stored: ' +
         'remove it, or return binary data encoded (base64, hex)',
-    );
+    };
   }
-  return storedErrorText(
-    'GRAPEVINE_RESULT_UNSTORABLE',
-    `the result holds a lone UTF-16 surrogate (\\u${refused.surrogate} without its other half, often a string cut inside an emoji), ` +
+  return {
+    code: 'GRAPEVINE_RESULT_UNSTORABLE',
+    message:
+      `the result holds a lone UTF-16 surrogate (\\u${refused.surrogate} without its other half, often a string cut inside an emoji), ` +
       'which PostgreSQL cannot store in jsonb, so it was not stored: cut strings on code-point boundaries',
-  );
+  };
 }
 
 /**

@@ -2,6 +2,7 @@ import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { TaskHandler } from '../src/task.ts';
+import { readTaskPolicy, type RetryPolicy } from './retry-policy.ts';
 
 const TASK_FILE = /^([A-Za-z0-9_.:-]+)\.(m?js|ts|mts)$/;
 
@@ -9,6 +10,8 @@ export interface LoadedTasks {
   handlers: Map<string, TaskHandler>;
   /** Per-task hard timeouts: `export const timeoutMs = …` in a task module, or `handler.timeoutMs`. */
   timeouts: Map<string, number>;
+  /** Per-task retry policies: `export const retry = …` in a task module, or `handler.retry` (retry-policy.ts). */
+  retries: Map<string, RetryPolicy>;
   /** The first module that failed to load, with its path; no handler from it is registered. */
   error: Error | null;
 }
@@ -21,13 +24,16 @@ export interface LoadedTasks {
 export async function loadTasks(tasksPath: string): Promise<LoadedTasks> {
   const handlers = new Map<string, TaskHandler>();
   const timeouts = new Map<string, number>();
-  const loaded = (error: Error | null): LoadedTasks => {
-    for (const [name, handler] of handlers) {
-      const ms = (handler as { timeoutMs?: unknown }).timeoutMs;
-      if (typeof ms === 'number' && ms > 0 && !timeouts.has(name)) timeouts.set(name, ms);
-    }
-    return { handlers, timeouts, error };
+  const retries = new Map<string, RetryPolicy>();
+  /** Keeps a task's policy, or returns the error naming its module and field. */
+  const policy = (name: string, where: string, retry: unknown, timeoutMs: unknown): Error | null => {
+    const read = readTaskPolicy(where, retry, timeoutMs);
+    if (typeof read === 'string') return new Error(read);
+    if (read.timeoutMs !== null) timeouts.set(name, read.timeoutMs);
+    if (read.retry !== null) retries.set(name, read.retry);
+    return null;
   };
+  const loaded = (error: Error | null): LoadedTasks => ({ handlers, timeouts, retries, error });
   const info = await stat(tasksPath).catch(() => null);
   if (!info) return loaded(new Error(`task path ${tasksPath} does not exist (pass a directory of task modules or one module)`));
 
@@ -35,7 +41,11 @@ export async function loadTasks(tasksPath: string): Promise<LoadedTasks> {
     const mod = await importModule(tasksPath);
     if (mod instanceof Error) return loaded(mod);
     for (const [name, value] of Object.entries(mod)) {
-      if (name !== 'default' && typeof value === 'function') handlers.set(name, value as TaskHandler);
+      if (name === 'default' || typeof value !== 'function') continue;
+      handlers.set(name, value as TaskHandler);
+      const { retry, timeoutMs } = value as { retry?: unknown; timeoutMs?: unknown };
+      const invalid = policy(name, `task module ${tasksPath}, export ${name}`, retry, timeoutMs);
+      if (invalid) return loaded(invalid);
     }
     if (handlers.size === 0) {
       return loaded(new Error(`task module ${tasksPath} has no named function exports (export one handler per task)`));
@@ -55,8 +65,11 @@ export async function loadTasks(tasksPath: string): Promise<LoadedTasks> {
     }
     if (handlers.has(name)) return loaded(new Error(`task "${name}" is defined twice in ${tasksPath}`));
     handlers.set(name, handler as TaskHandler);
-    const ms = (mod as { timeoutMs?: unknown }).timeoutMs;
-    if (typeof ms === 'number' && ms > 0) timeouts.set(name, ms);
+    // The module's exports, else the handler's own properties (as a module of named exports sets them).
+    const own = handler as { retry?: unknown; timeoutMs?: unknown };
+    const exported = mod as { retry?: unknown; timeoutMs?: unknown };
+    const invalid = policy(name, `task module ${full}`, exported.retry ?? own.retry, exported.timeoutMs ?? own.timeoutMs);
+    if (invalid) return loaded(invalid);
   }
   if (handlers.size === 0) return loaded(new Error(`no task modules (*.js, *.mjs, *.ts) found in ${tasksPath}`));
   return loaded(null);

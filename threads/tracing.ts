@@ -67,7 +67,7 @@ export async function traced(tracer: Tracer, job: ClaimedJobRow, abort: JobAbort
 
 /** What became of the execution, as the span's grapevine.job.outcome says it. */
 export function outcomeName(outcome: Outcome, abort: JobAbortSwitch, job: ClaimedJobRow): string {
-  if (outcome.kind === 'success') return 'succeeded';
+  if (outcome.kind !== 'failure') return 'succeeded';
   if (abort.reason?.kind === 'cancelled') return 'cancelled';
   if (abort.reason?.kind === 'timeout') return 'timeout';
   if (abort.reason?.kind === 'shutdown') return 'shutdown';

@@ -30,6 +30,8 @@ interface JobStatements {
   cancel: Statement;
   announceCancel: Statement;
   makeDue: Statement;
+  readClaim: Statement;
+  lockClaim: Statement;
 }
 
 const jobStatements: (schema: string) => JobStatements = perSchema(build);
@@ -86,14 +88,14 @@ function build(schema: string): JobStatements {
     // $5 lease ms, $6 queues (NULL = all). See src/schema/functions/claim_ids.sql.
     claimByIds: st(
       'claim_by_ids',
-      `SELECT id::text AS id, task, queue, payload, attempts, max_attempts, timeout_ms,
+      `SELECT id::text AS id, task, queue, payload, attempts, max_attempts, max_attempts_given, timeout_ms,
               claim_token::text AS claim_token, cancel_requested, scheduled_for
          FROM ${s}.claim_ids($1::bigint[], $2::text[], $6::text[], $3, $4, $5)`,
     ),
     // $1 how many, the rest as for claimByIds. See src/schema/functions/claim_next.sql.
     claimNext: st(
       'claim_next',
-      `SELECT id::text AS id, task, queue, payload, attempts, max_attempts, timeout_ms,
+      `SELECT id::text AS id, task, queue, payload, attempts, max_attempts, max_attempts_given, timeout_ms,
               claim_token::text AS claim_token, cancel_requested, scheduled_for
          FROM ${s}.claim_next($1, $2::text[], $6::text[], $3, $4, $5)`,
     ),
@@ -129,28 +131,35 @@ function build(schema: string): JobStatements {
          RETURNING j.id)
        SELECT ARRAY(SELECT x::text FROM unnest($1::bigint[]) x WHERE NOT EXISTS (SELECT 1 FROM gone WHERE gone.id = x)) AS kept`,
     ),
-    // $1 [{id, token, error, retryable}], $2 retry base ms, $3 retry max ms. Returns `rejected` too.
+    // $1 [{id, token, error, retryable, max_attempts?, delay_ms?}], $2 retry
+    // base ms, $3 retry max ms. A task's retry policy (threads/retry-policy.ts)
+    // sends the job's max_attempts, written in, and the delay before the
+    // retry; without them the row's max_attempts and the supervisor's
+    // backoff apply. Returns `rejected` too.
     fail: st(
       'fail',
       `WITH r AS (
-         SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(id bigint, token bigint, error text, retryable boolean)),
+         SELECT * FROM jsonb_to_recordset($1::jsonb)
+           AS r(id bigint, token bigint, error text, retryable boolean, max_attempts integer, delay_ms float8)),
        done AS (
          UPDATE ${s}.jobs j
             SET state = CASE
                   WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
-                  WHEN NOT r.retryable OR j.attempts >= j.max_attempts THEN 'failed'
+                  WHEN NOT r.retryable OR j.attempts >= coalesce(r.max_attempts, j.max_attempts) THEN 'failed'
                   ELSE 'pending' END,
                 run_at = CASE
-                  WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < j.max_attempts
-                  THEN now() + least($2::float8 * power(2, greatest(j.attempts - 1, 0)), $3::float8)
-                               * (0.75 + random() * 0.5) * interval '1 millisecond'
+                  WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < coalesce(r.max_attempts, j.max_attempts)
+                  THEN now() + coalesce(r.delay_ms, least($2::float8 * power(2, greatest(j.attempts - 1, 0)), $3::float8)
+                                                    * (0.75 + random() * 0.5)) * interval '1 millisecond'
                   ELSE j.run_at END,
                 finished_at = CASE
-                  WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < j.max_attempts THEN NULL
+                  WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < coalesce(r.max_attempts, j.max_attempts) THEN NULL
                   ELSE now() END,
+                max_attempts = coalesce(r.max_attempts, j.max_attempts),
+                max_attempts_given = j.max_attempts_given OR r.max_attempts IS NOT NULL,
                 last_error = r.error, lease_until = NULL,
                 claim_token = CASE
-                  WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < j.max_attempts THEN NULL
+                  WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < coalesce(r.max_attempts, j.max_attempts) THEN NULL
                   ELSE j.claim_token END
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
@@ -236,6 +245,21 @@ function build(schema: string): JobStatements {
       'announce_cancel',
       `SELECT ${s}.notify('${ch.control}', json_build_object('type', 'cancel', 'job', $1::text, 'to', $2::text)::text)`,
     ),
+    // $1 id. What a handler's exactly-once transaction checks its claim
+    // against (threads/helpers.ts): first unlocked, to fail before the
+    // handler's writes, then locked, as the transaction's last step before
+    // its outcome. The lock is taken last so that the heartbeat, the reaper
+    // and cancel never wait behind the handler's own statements.
+    readClaim: st(
+      'read_claim',
+      `SELECT state, claim_token::text AS claim_token, cancel_requested_at IS NOT NULL AS cancel_requested, locked_by, attempts
+         FROM ${s}.jobs WHERE id = $1`,
+    ),
+    lockClaim: st(
+      'lock_claim',
+      `SELECT state, claim_token::text AS claim_token, cancel_requested_at IS NOT NULL AS cancel_requested, locked_by, attempts
+         FROM ${s}.jobs WHERE id = $1 FOR UPDATE`,
+    ),
     // Testing and operations: make pending jobs due now. $1 ids (NULL = all)
     makeDue: st(
       'make_due',
@@ -260,7 +284,8 @@ export interface NewJob {
   /** An ISO 8601 time; null: now. */
   run_at: string | null;
   priority: number;
-  max_attempts: number;
+  /** null: not given (the task's retry policy, else 5). */
+  max_attempts: number | null;
   timeout_ms: number | null;
   /** Left out (not null) for a job without a key, so that an unkeyed batch carries no key fields. */
   key?: string;
@@ -280,6 +305,8 @@ export interface ClaimedJobRow {
   payload: unknown;
   attempts: number;
   max_attempts: number;
+  /** False while the job's attempts may still come from its task's policy (threads/retry-policy.ts, taskMaxAttempts). */
+  max_attempts_given: boolean;
   timeout_ms: number | null;
   claim_token: string;
   cancel_requested: boolean;
@@ -311,6 +338,10 @@ export interface FailedJob {
   token: string;
   error: string;
   retryable: boolean;
+  /** The job's attempts as its task's policy sets them: written into the row, which then keeps them; absent: the row's. */
+  max_attempts?: number;
+  /** The delay before the retry its task's policy chose; absent: the supervisor's backoff. */
+  delay_ms?: number;
 }
 
 export interface ReleasedJob {
@@ -340,6 +371,15 @@ export interface UnhandledTasksRow {
   jobs: number;
   /** Active schedules that add jobs for this task and queue. */
   schedules: string[];
+}
+
+/** A job's claim as an exactly-once transaction sees it (readClaim, lockClaim). */
+export interface ClaimStateRow {
+  state: JobState;
+  claim_token: string | null;
+  cancel_requested: boolean;
+  locked_by: string | null;
+  attempts: number;
 }
 
 export interface CancelRow {
@@ -509,4 +549,14 @@ export async function announceCancel(db: Queryable, schema: string, p: { id: str
 export async function makeDue(db: Queryable, schema: string, p: { ids: string[] | null }): Promise<string[]> {
   const row = await oneRow<AnnouncedRow>(db, bind(jobStatements(schema).makeDue, [p.ids]));
   return row.ids;
+}
+
+/** The job's claim now, without a lock; undefined if the row is gone. */
+export async function readClaim(db: Queryable, schema: string, p: { id: string }): Promise<ClaimStateRow | undefined> {
+  return (await rowsOf<ClaimStateRow>(db, bind(jobStatements(schema).readClaim, [p.id])))[0];
+}
+
+/** The job's claim, its row locked until the caller's transaction ends; undefined if the row is gone. */
+export async function lockClaim(db: Queryable, schema: string, p: { id: string }): Promise<ClaimStateRow | undefined> {
+  return (await rowsOf<ClaimStateRow>(db, bind(jobStatements(schema).lockClaim, [p.id])))[0];
 }

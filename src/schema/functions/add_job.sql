@@ -20,7 +20,7 @@ CREATE OR REPLACE FUNCTION :SCHEMA.add_job(
   queue text DEFAULT 'default',
   run_at timestamptz DEFAULT NULL,
   priority integer DEFAULT 0,
-  max_attempts integer DEFAULT 5,
+  max_attempts integer DEFAULT NULL,
   timeout_ms integer DEFAULT NULL,
   key text DEFAULT NULL,
   key_mode text DEFAULT 'replace',
@@ -33,8 +33,8 @@ AS $fn$
   -- the key's branch is cut off before it runs (a one-time filter) when there
   -- is no key, and the INSERT inserts nothing when there is one.
   WITH plain AS (
-    INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, timeout_ms)
-    SELECT $1, coalesce($2, '{}'), coalesce($3, 'default'), coalesce($4, now()), coalesce($5, 0), coalesce($6, 5), $7
+    INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms)
+    SELECT $1, coalesce($2, '{}'), coalesce($3, 'default'), coalesce($4, now()), coalesce($5, 0), coalesce($6, 5), $6 IS NOT NULL, $7
      WHERE $8 IS NULL
     RETURNING id)
   SELECT id FROM plain

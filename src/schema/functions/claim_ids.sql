@@ -5,10 +5,10 @@
 -- back with the next sweep. lock_timeout bounds the wait should a user's
 -- transaction hold a row.
 -- Dropped first: CREATE OR REPLACE cannot change the columns a function
--- returns (0014 added scheduled_for), and nothing in the schema depends on it.
+-- returns (0014 added scheduled_for, 0020 max_attempts_given), and nothing in the schema depends on it.
 DROP FUNCTION IF EXISTS :SCHEMA.claim_ids(bigint[], text[], text[], text, integer, integer);
 CREATE FUNCTION :SCHEMA.claim_ids(ids bigint[], task_names text[], queue_names text[], owner text, thread integer, lease_ms integer)
-RETURNS TABLE (id bigint, task text, queue text, payload jsonb, attempts integer, max_attempts integer,
+RETURNS TABLE (id bigint, task text, queue text, payload jsonb, attempts integer, max_attempts integer, max_attempts_given boolean,
                timeout_ms integer, claim_token bigint, cancel_requested boolean, scheduled_for timestamptz)
 LANGUAGE plpgsql
 SET lock_timeout = '500ms'
@@ -24,7 +24,7 @@ BEGIN
        AND x.task = ANY(task_names) AND (queue_names IS NULL OR x.queue = ANY(queue_names))
      ORDER BY x.id
      FOR UPDATE))
-  RETURNING j.id, j.task, j.queue, j.payload, j.attempts, j.max_attempts, j.timeout_ms, j.claim_token,
+  RETURNING j.id, j.task, j.queue, j.payload, j.attempts, j.max_attempts, j.max_attempts_given, j.timeout_ms, j.claim_token,
             j.cancel_requested_at IS NOT NULL, j.scheduled_for;
 END
 $fn$;

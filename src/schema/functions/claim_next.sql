@@ -18,10 +18,10 @@
 -- keeps its plans for the session. Columns are qualified throughout, because
 -- the output columns are variables inside the function.
 -- Dropped first: CREATE OR REPLACE cannot change the columns a function
--- returns (0014 added scheduled_for), and nothing in the schema depends on it.
+-- returns (0014 added scheduled_for, 0020 max_attempts_given), and nothing in the schema depends on it.
 DROP FUNCTION IF EXISTS :SCHEMA.claim_next(integer, text[], text[], text, integer, integer);
 CREATE FUNCTION :SCHEMA.claim_next(n integer, task_names text[], queue_names text[], owner text, thread integer, lease_ms integer)
-RETURNS TABLE (id bigint, task text, queue text, payload jsonb, attempts integer, max_attempts integer,
+RETURNS TABLE (id bigint, task text, queue text, payload jsonb, attempts integer, max_attempts integer, max_attempts_given boolean,
                timeout_ms integer, claim_token bigint, cancel_requested boolean, scheduled_for timestamptz)
 LANGUAGE plpgsql
 SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off
@@ -57,7 +57,7 @@ BEGIN
          claim_token = (SELECT nextval(':SCHEMA.claim_tokens')), lease_until = now() + lease_ms * interval '1 millisecond',
          started_at = now(), finished_at = NULL
    WHERE j.id = ANY(picked)
-  RETURNING j.id, j.task, j.queue, j.payload, j.attempts, j.max_attempts, j.timeout_ms, j.claim_token,
+  RETURNING j.id, j.task, j.queue, j.payload, j.attempts, j.max_attempts, j.max_attempts_given, j.timeout_ms, j.claim_token,
             j.cancel_requested_at IS NOT NULL, j.scheduled_for;
 END
 $fn$;
