@@ -251,6 +251,7 @@ export class JobHelpers implements TaskHelpers {
   committedResult: string | null = null;
   #logger: TaskHelpers['logger'] | null = null;
   #transaction: TaskHelpers['transaction'] | null = null;
+  #progress: TaskHelpers['progress'] | null = null;
   readonly #token: string;
   readonly #abort: JobAbort;
   readonly #context: ExecuteContext;
@@ -286,9 +287,10 @@ export class JobHelpers implements TaskHelpers {
     return this.#abort.signal;
   }
 
-  // A method, not a closure per job: most handlers never report progress.
-  progress(value: unknown): void {
-    this.#context.progress(this.#row, progressJson(value));
+  /** Bound to the job (handlers destructure `{ progress }`), and made on first use: most handlers never report progress. */
+  get progress(): TaskHelpers['progress'] {
+    this.#progress ??= (value) => this.#context.progress(this.#row, progressJson(value));
+    return this.#progress;
   }
 
   /** Bound to the job (handlers destructure it), and made on first use like the logger. */
