@@ -44,11 +44,14 @@ await admin.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`);
 const tasks = mkdtempSync(path.join(os.tmpdir(), 'grapevine-shots-'));
 writeFileSync(
   path.join(tasks, 'resize-image.mjs'),
-  'export default async (p, { signal }) => { await new Promise((r) => setTimeout(r, 60_000)); return { width: 320 }; }\n',
+  `export default async (p, helpers) => {
+    for (let i = 0; i <= 600; i++) { helpers.progress({ done: i * (1 + (p.n % 3)), total: 1800 }); await new Promise((r) => setTimeout(r, 100)); }
+    return { width: 320 };
+  }\n`,
 );
 writeFileSync(
   path.join(tasks, 'send-email.mjs'),
-  "export default async (p) => { if (p.to.endsWith('.invalid')) throw new Error(`SMTP 550: mailbox ${p.to} unavailable`); return { sent: true }; }\n",
+  "export default async (p) => { if (p.to.endsWith('.invalid')) throw new Error('SMTP 550: mailbox ' + p.to + ' unavailable'); return { sent: true }; }\n",
 );
 writeFileSync(path.join(tasks, 'nightly-report.mjs'), 'export default async () => ({ rows: 1234 });\n');
 
@@ -70,8 +73,15 @@ await schedules.add({ name: 'nightly-report', cron: '0 3 * * *', tz: 'Europe/Par
 await schedules.add({ name: 'digest', cron: '*/15 * * * *', task: 'send-email', payload: { to: 'team@example.com' }, queue: 'email' });
 await schedules.close();
 
-const supervisor = await startSupervisor({ connectionString: url, schema: SCHEMA, tasks, threads: 2, concurrency: 4, logger: createLogger({ level: 'silent' }) });
-for (let i = 0; i < 6; i++) await client.addJob('resize-image', { image: `photos/${i}.jpg`, width: 320 }, { queue: 'media' });
+const supervisor = await startSupervisor({
+  connectionString: url,
+  schema: SCHEMA,
+  tasks,
+  threads: 2,
+  concurrency: 4,
+  logger: createLogger({ level: 'silent' }),
+});
+for (let i = 0; i < 6; i++) await client.addJob('resize-image', { image: `photos/${i}.jpg`, width: 320, n: i }, { queue: 'media' });
 for (let i = 0; i < 3; i++) await client.addJob('send-email', { to: `old${i}@example.invalid` }, { queue: 'email', maxAttempts: 1 });
 for (let i = 0; i < 5; i++) await client.addJob('send-email', { to: `new${i}@example.com` }, { queue: 'email' });
 await client.addJob('nightly-report', {}, { runAt: new Date(Date.now() + 3_600_000) });
@@ -81,6 +91,7 @@ const handler = createDashboardHandler({ connectionString: url, schema: SCHEMA, 
 const server = createServer((req, res) => handler(req, res));
 await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
 const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+const running = (await admin.query(`SELECT id FROM ${SCHEMA}.jobs WHERE state = 'running' ORDER BY id DESC LIMIT 1`)).rows[0].id;
 const failed = (await admin.query(`SELECT id FROM ${SCHEMA}.jobs WHERE state = 'failed' ORDER BY id DESC LIMIT 1`)).rows[0].id;
 
 const profile = mkdtempSync(path.join(os.tmpdir(), 'grapevine-chromium-'));
@@ -96,6 +107,7 @@ const shots: Array<[string, string, string]> = [
   ['overview', '/#/', '#queues'],
   ['jobs', '/#/jobs?state=failed&task=send-email', '#jobs tr[data-job]'],
   ['job', `/#/job/${failed}`, '#payload'],
+  ['progress', `/#/job/${running}`, '#progress'],
   ['supervisors', '/#/supervisors', '[data-supervisor]'],
   ['schedules', '/#/schedules', '#schedules'],
 ];

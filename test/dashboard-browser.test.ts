@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Page } from 'playwright-core';
-import { createDashboardHandler, type DashboardHandler } from '../supervisor/public.ts';
+import { createDashboardHandler, type DashboardHandler, type Supervisor } from '../supervisor/public.ts';
 import { type Browser, haveChromium, launchChromium, serve } from './helpers/browser.ts';
-import { eventually, useMigratedSchema } from './helpers/db.ts';
+import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 
 // The dashboard in a real browser (Debian's chromium through playwright-core):
 // what the operator sees and clicks, checked against the database.
@@ -14,17 +14,20 @@ let handler: DashboardHandler;
 let site: Awaited<ReturnType<typeof serve>>;
 let browser: Browser;
 let page: Page;
+let sup: Supervisor | undefined;
 const pageErrors: string[] = [];
 
 beforeAll(async () => {
   if (!enabled) return;
-  handler = createDashboardHandler({ connectionString: db.url, schema: db.schema, refreshMs: 500 });
+  // No periodic refresh within a test: what changes on screen was pushed by a notification.
+  handler = createDashboardHandler({ connectionString: db.url, schema: db.schema, refreshMs: 600_000 });
   site = await serve(handler);
   browser = await launchChromium();
   page = await browser.context.newPage();
   page.on('pageerror', (err) => pageErrors.push(err.message));
 });
 afterAll(async () => {
+  await sup?.stop({ graceMs: 0 });
   await browser?.close();
   await site?.close();
   await handler?.close();
@@ -102,5 +105,25 @@ describe.skipIf(!enabled)('the dashboard in chromium', () => {
     expect(await page.locator('#error').textContent()).toContain('onerror="window.__pwned=1"');
     expect(await page.evaluate(() => (window as unknown as { __pwned?: number }).__pwned)).toBeUndefined();
     expect(await page.locator('#view img, #view script').count()).toBe(0);
+  });
+
+  it("moves a running job's progress bar as its handler reports, pushed over the progress channel", async () => {
+    const gate = `${s}.gate`;
+    await db.pool.query(`CREATE TABLE ${gate} (step integer NOT NULL); INSERT INTO ${gate} VALUES (0)`);
+    sup = await startTestSupervisor(db, { threads: 1 });
+    const id = await client.addJob('progress', { gate, steps: 4 });
+    await eventually(async () => (await stateOf(id)) === 'running', 'the job to run');
+    await page.goto(`${site.url}/#/job/${id}`);
+    const bar = () => page.locator('#progress [role="progressbar"]').getAttribute('aria-valuenow');
+    await expect.poll(bar, { timeout: 30_000 }).toBe('25');
+    // The page marked the job watched: its progress writes are now announced.
+    const { rows } = await db.pool.query(`SELECT progress_watched_until > now() AS watched FROM ${s}.jobs WHERE id = $1`, [id]);
+    expect(rows[0].watched).toBe(true);
+    await db.pool.query(`UPDATE ${gate} SET step = 1`);
+    await expect.poll(bar, { timeout: 30_000 }).toBe('50');
+    await db.pool.query(`UPDATE ${gate} SET step = 2`);
+    await expect.poll(bar, { timeout: 30_000 }).toBe('75');
+    await db.pool.query(`UPDATE ${gate} SET step = 4`);
+    await client.waitForJob(id, { timeoutMs: 30_000 });
   });
 });

@@ -64,9 +64,7 @@ describe('pages and API', () => {
     expect((await list('key=user-7')).jobs.map((j: { id: string }) => j.id)).toEqual([keyed]);
     const first = await list('state=failed&task=report&limit=2');
     expect(first.jobs.map((j: { id: string }) => j.id)).toEqual([failed[2], failed[1]]);
-    expect((await list(`state=failed&task=report&limit=2&after=${first.next}`)).jobs.map((j: { id: string }) => j.id)).toEqual([
-      failed[0],
-    ]);
+    expect((await list(`state=failed&task=report&limit=2&after=${first.next}`)).jobs.map((j: { id: string }) => j.id)).toEqual([failed[0]]);
     expect((await get('/api/jobs?state=lost')).status).toBe(400);
     expect((await get('/api/jobs/abc')).status).toBe(400);
     expect((await get('/api/jobs/999999999')).status).toBe(404);

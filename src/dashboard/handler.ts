@@ -13,6 +13,7 @@ import { channelsFor } from '../schema/channels.ts';
 import { createSchedules } from '../schedules.ts';
 import { jobTimeline, queueActivity, stateCounts, stateEstimate } from '../sql/dashboard.ts';
 import { findJob } from '../sql/jobs.ts';
+import { watchProgress } from '../sql/progress.ts';
 import { PACKAGE_ROOT } from '../version.ts';
 import { LiveUpdates } from './live.ts';
 
@@ -41,6 +42,8 @@ const STATIC: Record<string, string> = {
   'app.js': 'text/javascript; charset=utf-8',
   'app.css': 'text/css; charset=utf-8',
 };
+/** A job page marks its job's progress as watched for this long (renewed by each read once half is gone). */
+const PROGRESS_WATCH_MS = 30_000;
 /** Exact state counts below this many rows; above, the planner's estimate (counting millions of rows takes seconds). */
 const EXACT_COUNT_ROWS = 200_000;
 const PREVIEW_CHARS = 160;
@@ -122,6 +125,7 @@ export function createDashboardHandler(options: DashboardOptions = {}): Dashboar
   const live = new LiveUpdates({
     listen,
     channels: [channelsFor(schema).jobs, channelsFor(schema).done],
+    progressChannel: channelsFor(schema).progress,
     logger,
     snapshot: overview,
     intervalMs: options.refreshMs ?? 2_000,
@@ -141,6 +145,13 @@ export function createDashboardHandler(options: DashboardOptions = {}): Dashboar
       await ready();
       const row = await findJob(pool, schema, { id: id! });
       if (!row) throw new GrapevineError('GRAPEVINE_JOB_NOT_FOUND', `job ${id} does not exist in schema "${schema}" (or was purged)`);
+      // Someone looks at a job that may still report progress: its writes are
+      // announced (on the progress channel this process LISTENs to) while
+      // the page keeps reading it.
+      if (row.state === 'pending' || row.state === 'running') {
+        const seen = await watchProgress(pool, schema, { id: id!, watchMs: PROGRESS_WATCH_MS });
+        if (seen) Object.assign(row, seen);
+      }
       const timeline = await jobTimeline(pool, schema, { id: id! });
       return { job: jobFromRow(row), timeline };
     },

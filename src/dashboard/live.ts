@@ -2,11 +2,14 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ListenTarget } from '../db.ts';
 import { Listener } from '../listener.ts';
 import type { Logger } from '../log.ts';
+import { parseJobNotification, takeIds } from '../notification.ts';
 
 export interface LiveOptions {
   listen: ListenTarget;
   /** Channels whose notifications mean "jobs changed". */
   channels: string[];
+  /** The channel that names jobs whose progress changed while watched (the job page watches its job). */
+  progressChannel: string;
   logger: Logger;
   /** What every browser gets as its `overview` event; computed once per tick for all of them. */
   snapshot: () => Promise<unknown>;
@@ -16,6 +19,9 @@ export interface LiveOptions {
 
 /** A notification burst is told to browsers at most this often. */
 const NOTIFY_EVERY_MS = 500;
+/** Progress ids are passed on at most this often, and at most this many per event. */
+const PROGRESS_EVERY_MS = 200;
+const PROGRESS_IDS = 1_000;
 /** After the last browser leaves, the LISTEN connection stays this long (a page reload should not reconnect). */
 const LINGER_MS = 30_000;
 /** A comment this often keeps proxies from closing an idle stream. */
@@ -35,6 +41,8 @@ export class LiveUpdates {
   private keepalive: NodeJS.Timeout | null = null;
   private linger: NodeJS.Timeout | null = null;
   private notifyTimer: NodeJS.Timeout | null = null;
+  private progressTimer: NodeJS.Timeout | null = null;
+  private readonly progressIds = new Set<number>();
   private refreshing: Promise<void> | null = null;
   private again = false;
   private last: string | null = null;
@@ -90,12 +98,14 @@ export class LiveUpdates {
     }
     const listener = new Listener({
       ...this.o.listen,
-      channels: this.o.channels,
+      channels: [...this.o.channels, this.o.progressChannel],
       applicationName: 'grapevine-dashboard-listen',
       logger: this.o.logger,
     });
     this.listener = listener;
-    listener.on('notification', () => this.changed());
+    listener.on('notification', (channel: string, payload: string) =>
+      channel === this.o.progressChannel ? this.progressed(payload) : this.changed(),
+    );
     // Notifications sent while it was away are gone: re-read.
     listener.on('connected', () => this.changed());
     listener.start().catch((err: Error) => {
@@ -110,8 +120,8 @@ export class LiveUpdates {
   }
 
   private async stop(): Promise<void> {
-    for (const timer of [this.ticker, this.keepalive, this.linger, this.notifyTimer]) if (timer) clearTimeout(timer);
-    this.ticker = this.keepalive = this.linger = this.notifyTimer = null;
+    for (const timer of [this.ticker, this.keepalive, this.linger, this.notifyTimer, this.progressTimer]) if (timer) clearTimeout(timer);
+    this.ticker = this.keepalive = this.linger = this.notifyTimer = this.progressTimer = null;
     this.last = null;
     const listener = this.listener;
     this.listener = null;
@@ -127,6 +137,25 @@ export class LiveUpdates {
       this.refresh();
     }, NOTIFY_EVERY_MS);
     this.notifyTimer.unref();
+  }
+
+  /**
+   * Jobs whose progress was written while watched: their ids only (parsed,
+   * so a forged payload passes on nothing but numbers), for the job pages
+   * showing them to re-read the job.
+   */
+  private progressed(payload: string): void {
+    const parsed = parseJobNotification(payload);
+    if (parsed.kind !== 'ids' || this.closed) return;
+    for (const id of takeIds(parsed.ranges, PROGRESS_IDS - this.progressIds.size)) this.progressIds.add(id);
+    if (this.progressTimer) return;
+    this.progressTimer = setTimeout(() => {
+      this.progressTimer = null;
+      const ids = [...this.progressIds].map(String);
+      this.progressIds.clear();
+      if (ids.length > 0) this.broadcast(`event: progress\ndata: ${JSON.stringify({ ids })}\n\n`);
+    }, PROGRESS_EVERY_MS);
+    this.progressTimer.unref();
   }
 
   private refresh(): void {

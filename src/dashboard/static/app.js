@@ -124,6 +124,10 @@ function connect() {
   source.addEventListener('jobs', () => {
     for (const fn of live.listeners) fn('jobs');
   });
+  source.addEventListener('progress', (e) => {
+    const { ids } = JSON.parse(e.data);
+    for (const fn of live.listeners) fn('progress', ids);
+  });
 }
 
 // ---------------------------------------------------------------- views
@@ -281,10 +285,18 @@ async function renderJobs(params) {
   ];
 }
 
+/** A bar for a number (0-100), { percent } or { done, total }; any other value is shown as JSON only. */
 function progressOf(job) {
   const p = job.progress;
   if (p === null || p === undefined) return null;
-  const value = typeof p === 'number' ? p : typeof p === 'object' && typeof p.percent === 'number' ? p.percent : null;
+  const value =
+    typeof p === 'number'
+      ? p
+      : typeof p?.percent === 'number'
+        ? p.percent
+        : typeof p?.done === 'number' && typeof p?.total === 'number' && p.total > 0
+          ? (100 * p.done) / p.total
+          : null;
   const bar =
     value === null
       ? null
@@ -293,7 +305,10 @@ function progressOf(job) {
           { class: 'progress', role: 'progressbar', 'aria-valuemin': 0, 'aria-valuemax': 100, 'aria-valuenow': value },
           h('div', { style: null }),
         );
-  if (bar) bar.firstChild.style.width = `${Math.max(0, Math.min(100, value))}%`;
+  if (bar) {
+    bar.firstChild.style.width = `${Math.max(0, Math.min(100, value))}%`;
+    bar.setAttribute('aria-valuenow', String(Math.round(value)));
+  }
   return h('span', { id: 'progress' }, bar, ' ', typeof p === 'number' ? `${p}%` : h('code', {}, JSON.stringify(p)));
 }
 
@@ -504,12 +519,14 @@ async function render(refresh = false) {
 }
 
 /** What a live event re-renders: the overview and supervisors on every snapshot, the first page of jobs and a live job on changes. */
-live.listeners.add((kind) => {
+live.listeners.add((kind, ids) => {
   const [path, query = ''] = location.hash.replace(/^#/, '').split('?');
-  const name = path.split('/').filter(Boolean)[0] ?? 'overview';
+  const parts = path.split('/').filter(Boolean);
+  const name = parts[0] ?? 'overview';
   const wanted =
     (kind === 'overview' && (name === 'overview' || name === 'supervisors' || name === 'job')) ||
-    (kind === 'jobs' && name === 'jobs' && !new URLSearchParams(query).has('after'));
+    (kind === 'jobs' && name === 'jobs' && !new URLSearchParams(query).has('after')) ||
+    (kind === 'progress' && name === 'job' && ids.includes(decodeURIComponent(parts[1] ?? '')));
   if (!wanted || document.querySelector('dialog[open]')) return;
   clearTimeout(refetchTimer);
   refetchTimer = setTimeout(() => render(true), 100);
