@@ -85,6 +85,19 @@ describe.skipIf(!enabled)('the dashboard in chromium', () => {
     await expect.poll(() => page.locator('h1 .state').textContent()).toBe('pending');
   });
 
+  it('retries every failed job a filter matches, after the confirmation, and no other', async () => {
+    const mine = [await finishedJob('bulk-task', 'failed', 'Error: x'), await finishedJob('bulk-task', 'failed', 'Error: y')];
+    const other = await finishedJob('other-task', 'failed', 'Error: z');
+    await page.goto(`${site.url}/#/jobs?state=failed&task=bulk-task`);
+    await expect.poll(async () => (await rowIds(page)).sort()).toEqual([...mine].sort());
+    await page.click('button[data-action="retry-all-matching"]');
+    await expect.poll(() => page.locator('#confirm-text').textContent()).toContain('task=bulk-task');
+    await page.click('#confirm-yes');
+    await expect.poll(() => page.locator('[role="alert"]').textContent()).toBe('retried 2 jobs');
+    expect(await Promise.all(mine.map(stateOf))).toEqual(['pending', 'pending']);
+    expect(await stateOf(other)).toBe('failed');
+  });
+
   it('shows a job added meanwhile on the open list, pushed over server-sent events', async () => {
     await page.goto(`${site.url}/#/jobs`);
     await expect.poll(() => page.locator('#live').textContent()).toBe('live');

@@ -107,6 +107,10 @@ describe('actions', () => {
     expect((await client.getJob(id))!.state).toBe('pending');
     const cancelled = await post(`/api/jobs/${id}/cancel`, { 'x-grapevine-csrf': token });
     expect(cancelled.body).toEqual({ cancelled: [id], cancelling: [] });
+    // A bulk action with no filter would act on every job: refused, naming the fix.
+    const everything = await post('/api/matching/retry', { 'x-grapevine-csrf': token });
+    expect(everything.status).toBe(400);
+    expect(everything.body.error.message).toContain('empty filter');
   });
 
   it('are refused, and hidden, in read-only mode', async () => {
@@ -139,6 +143,8 @@ describe('live updates', () => {
             [role.name],
           )
         ).rows[0].n;
+      // The LISTEN connection is opened with the first stream, and no other.
+      await eventually(async () => (await listening()) >= 1, 'the LISTEN connection');
       expect(await listening()).toBe(1);
       for (const st of streams) st.text = '';
       await client.addJob('noop', {});

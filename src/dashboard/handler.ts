@@ -159,6 +159,12 @@ export function createDashboardHandler(options: DashboardOptions = {}): Dashboar
     'GET schedules': () => schedules.list(),
     'POST jobs retry': async (_req, _url, id) => ({ retried: await control.retryJobs([id!]) }),
     'POST jobs cancel': async (_req, _url, id) => control.cancelJobs([id!]),
+    // Every job the list's filter matches (an empty filter is refused by the operations themselves).
+    'POST matching retry': async (_req, url) => ({ retried: (await control.retryJobs(filterFrom(url.searchParams))).length }),
+    'POST matching cancel': async (_req, url) => {
+      const { cancelled, cancelling } = await control.cancelJobs(filterFrom(url.searchParams));
+      return { cancelled: cancelled.length, cancelling: cancelling.length };
+    },
     'POST supervisors pause': async (_req, _url, id) => ({ message: await control.send('PAUSE', undefined, { supervisors: [id!] }) }),
     'POST supervisors resume': async (_req, _url, id) => ({ message: await control.send('RESUME', undefined, { supervisors: [id!] }) }),
   };
@@ -178,10 +184,8 @@ export function createDashboardHandler(options: DashboardOptions = {}): Dashboar
     if (file && files.has(file) && req.method === 'GET') return send(res, 200, STATIC[file], files.get(file)!, 'public, max-age=300');
     if (inside === '/api/events' && req.method === 'GET') return live.attach(req, res);
 
-    const route =
-      /^\/api\/(overview|jobs|supervisors|schedules)$/.exec(inside) ?? /^\/api\/(jobs|supervisors)\/([^/]+)(?:\/([a-z]+))?$/.exec(inside);
-    const action = route ? `${req.method} ${route[1]}${route[3] ? ` ${route[3]}` : route[2] ? ' one' : ''}` : '';
-    const fn = api[action];
+    const route = routeOf(inside);
+    const fn = route ? api[`${req.method} ${route.action}`] : undefined;
     if (!route || !fn) return json(res, 404, { error: { code: 'NOT_FOUND', message: `no such page: ${req.method} ${inside}` } });
     if (req.method === 'POST') {
       const refused = readOnly ? 'the dashboard is read-only' : forgedRequest(req, csrf);
@@ -189,8 +193,8 @@ export function createDashboardHandler(options: DashboardOptions = {}): Dashboar
       await readBody(req);
     }
     try {
-      const id = route[2] ? decodeURIComponent(route[2]) : null;
-      if (id !== null && route[1] === 'jobs' && !/^[1-9][0-9]{0,18}$/.test(id)) {
+      const id = route.id === null ? null : decodeURIComponent(route.id);
+      if (id !== null && route.action.startsWith('jobs') && !/^[1-9][0-9]{0,18}$/.test(id)) {
         throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `invalid job id ${JSON.stringify(id)}: job ids are positive integers`);
       }
       json(res, 200, await fn(req, url, id));
@@ -217,6 +221,17 @@ export function createDashboardHandler(options: DashboardOptions = {}): Dashboar
     if (!options.pool) await pool.end();
   };
   return handler;
+}
+
+/** The API route a path names: "jobs", "jobs one" (with its id), "jobs retry", "matching retry", ... */
+function routeOf(inside: string): { action: string; id: string | null } | null {
+  const list = /^\/api\/(overview|jobs|supervisors|schedules)$/.exec(inside);
+  if (list) return { action: list[1], id: null };
+  const bulk = /^\/api\/matching\/(retry|cancel)$/.exec(inside);
+  if (bulk) return { action: `matching ${bulk[1]}`, id: null };
+  const one = /^\/api\/(jobs|supervisors)\/([^/]+)(?:\/([a-z]+))?$/.exec(inside);
+  if (one) return { action: `${one[1]} ${one[3] ?? 'one'}`, id: one[2] };
+  return null;
 }
 
 /**

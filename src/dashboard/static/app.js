@@ -82,24 +82,29 @@ function actionButton(label, question, run, className = 'danger') {
     {
       type: 'button',
       class: className,
-      'data-action': label.toLowerCase(),
+      'data-action': label.toLowerCase().replaceAll(' ', '-'),
+      // `run` may answer with a line to show once the view is re-read.
       onclick: async (event) => {
         if (!(await confirmAction(question))) return;
         event.target.disabled = true;
+        let notice = null;
+        let failed = false;
         try {
-          await run();
+          notice = await run();
         } catch (err) {
-          alertBox(err.message);
+          notice = err.message;
+          failed = true;
         }
-        render();
+        await render();
+        if (typeof notice === 'string') alertBox(notice, failed);
       },
     },
     label,
   );
 }
 
-function alertBox(message) {
-  view.prepend(h('p', { class: 'notice error-text', role: 'alert' }, message));
+function alertBox(message, error = true) {
+  view.prepend(h('p', { class: `notice${error ? ' error-text' : ''}`, role: 'alert' }, message));
 }
 
 // ---------------------------------------------------------------- live updates
@@ -260,11 +265,37 @@ async function renderJobs(params) {
   );
   const first = new URLSearchParams(params);
   first.delete('after');
+  // Bulk actions on every job the filter matches (not just this page), when there is a filter.
+  const filter = new URLSearchParams(first);
+  filter.delete('limit');
+  const described = [...filter].map(([k, v]) => `${k}=${v}`).join(', ');
+  const stateFilter = filter.get('state');
+  const bulk = described
+    ? h(
+        'div',
+        { class: 'actions' },
+        !stateFilter || ['failed', 'cancelled'].includes(stateFilter)
+          ? actionButton(
+              'Retry all matching',
+              `Retry every failed or cancelled job matching ${described}? They go back to pending, due now.`,
+              async () => `retried ${(await api(`matching/retry?${filter}`, { method: 'POST' })).retried} jobs`,
+              'primary',
+            )
+          : null,
+        !stateFilter || ['pending', 'running'].includes(stateFilter)
+          ? actionButton('Cancel all matching', `Cancel every pending or running job matching ${described}?`, async () => {
+              const done = await api(`matching/cancel?${filter}`, { method: 'POST' });
+              return `cancelled ${done.cancelled} pending jobs; asked the owners of ${done.cancelling} running jobs to abort them`;
+            })
+          : null,
+      )
+    : null;
   const next = new URLSearchParams(params);
   if (page.next) next.set('after', page.next);
   return [
     h('h1', {}, 'Jobs'),
     form,
+    bulk,
     h(
       'table',
       { id: 'jobs' },
