@@ -4,6 +4,7 @@
  */
 import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { DEFAULTS } from '../src/config.ts';
 import { createDashboardHandler } from '../src/dashboard/handler.ts';
 import { createLogger } from '../src/log.ts';
 import { describeConnection } from '../src/redact.ts';
@@ -17,8 +18,8 @@ and timeline, supervisors and their threads, schedules, live; and retry,
 cancel and pause behind a confirmation. It has no login: it listens on this
 host only unless --host says otherwise, so put it behind your own.
 
-  --port N        the port (default 4000; 0 picks a free one)
-  --host H        the address to listen on (default 127.0.0.1)
+  --port N        the port (default ${DEFAULTS.dashboardPort}; 0 picks a free one)
+  --host H        the address to listen on (default ${DEFAULTS.dashboardHost})
   --read-only     show everything, allow no action
   --base-path P   serve under this path, e.g. /jobs (default /)`,
 };
@@ -36,9 +37,9 @@ export function dashboardCommands(tools: CliTools): Record<string, (command: str
       });
       if (positionals.length > 0)
         throw tools.usage(`unexpected argument ${JSON.stringify(positionals[0])}: grapevine dashboard takes options only`);
-      const port = tools.int(values, 'port') ?? 4000;
+      const port = tools.int(values, 'port') ?? DEFAULTS.dashboardPort;
       if (port < 0 || port > 65_535) throw tools.usage(`--port must be an integer from 0 to 65535, got ${port}`);
-      const host = (values.host as string | undefined) ?? '127.0.0.1';
+      const host = (values.host as string | undefined) ?? DEFAULTS.dashboardHost;
       const db = await tools.database(values);
       const logger = createLogger({ level: 'warn', format: process.stdout.isTTY ? 'pretty' : 'json' });
       const handler = createDashboardHandler({

@@ -26,7 +26,7 @@ export interface DashboardOptions extends ConnectionOptions {
   readOnly?: boolean;
   /** Apply migrations before first use (default true), as the control client does. */
   migrate?: boolean;
-  /** How often the overview is refreshed for the browsers watching it (default 2000 ms). */
+  /** How often the overview is refreshed for the browsers watching it (default DEFAULTS.dashboardRefreshMs). */
   refreshMs?: number;
   logger?: Logger;
 }
@@ -71,6 +71,13 @@ export function createDashboardHandler(options: DashboardOptions = {}): Dashboar
   const base = normaliseBase(options.basePath ?? '/');
   const readOnly = options.readOnly ?? false;
   const logger = options.logger ?? silentLogger();
+  const refreshMs = options.refreshMs ?? DEFAULTS.dashboardRefreshMs;
+  if (!Number.isInteger(refreshMs) || refreshMs < 100 || refreshMs > 3_600_000) {
+    throw new GrapevineError(
+      'GRAPEVINE_CONFIG_INVALID',
+      `refreshMs must be an integer from 100 to 3600000 (milliseconds), got ${JSON.stringify(options.refreshMs)}`,
+    );
+  }
   const { connectionString, listen, pool } = clientConnections(options, { max: 4, applicationName: 'grapevine-dashboard' });
   const control = createControl({ ...options, pool, schema, logger });
   const schedules = createSchedules({ pool, schema, migrate: options.migrate });
@@ -128,7 +135,7 @@ export function createDashboardHandler(options: DashboardOptions = {}): Dashboar
     progressChannel: channelsFor(schema).progress,
     logger,
     snapshot: overview,
-    intervalMs: options.refreshMs ?? 2_000,
+    intervalMs: refreshMs,
   });
 
   const api: Record<string, (req: IncomingMessage, url: URL, id: string | null) => Promise<unknown>> = {
