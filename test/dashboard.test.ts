@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDashboardHandler, type DashboardHandler, type Supervisor } from '../supervisor/public.ts';
 import { serve } from './helpers/browser.ts';
 import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
+import { CLI, start } from './helpers/process.ts';
 import { useOwnRole } from './helpers/role.ts';
 
 // The dashboard's HTTP side without a browser: its API on real PostgreSQL,
@@ -52,7 +53,7 @@ describe('pages and API', () => {
     const page = await get('/');
     expect(page.status).toBe(200);
     expect(page.headers.get('content-security-policy')).toContain("script-src 'self'");
-    expect(page.body).toContain('src="/ops/jobs/static/app.js"');
+    expect(page.body).toContain('src="/ops/jobs/static/app.js?v=');
     expect((await get('/static/app.js')).status).toBe(200);
     expect((await fetch(`${site.url}/elsewhere`)).status).toBe(404);
   });
@@ -171,3 +172,26 @@ function openStream(url: string): Promise<{ text: string; close(): void }> {
     req.on('error', reject);
   });
 }
+
+describe('grapevine dashboard', () => {
+  it('serves on this host, names the database without its password, refuses other host names, and stops on SIGTERM', async () => {
+    const proc = start([CLI, 'dashboard', '--port', '0', '--schema', db.schema, '--read-only'], { DATABASE_URL: role.url });
+    try {
+      const address = (await proc.waitFor(/http:\/\/127\.0\.0\.1:\d+\//)).trim();
+      expect(proc.stderr()).toContain(`${role.name}@`);
+      const page = await fetch(address);
+      expect(page.status).toBe(200);
+      expect(await page.text()).toContain('name="grapevine-readonly" content="true"');
+      // A DNS-rebinding page reaches 127.0.0.1 under a host name of its own.
+      const rebound = await new Promise<number>((resolve, reject) =>
+        http.get(address, { headers: { host: 'attacker.example' } }, (res) => resolve(res.statusCode!)).on('error', reject),
+      );
+      expect(rebound).toBe(421);
+    } finally {
+      proc.child.kill('SIGTERM');
+    }
+    const exit = await proc.exited;
+    expect(exit.code).toBe(0);
+    expect(exit.stdout + exit.stderr).not.toContain(password);
+  });
+});

@@ -14,7 +14,7 @@ import { createSchedules } from '../schedules.ts';
 import { jobTimeline, queueActivity, stateCounts, stateEstimate } from '../sql/dashboard.ts';
 import { findJob } from '../sql/jobs.ts';
 import { watchProgress } from '../sql/progress.ts';
-import { PACKAGE_ROOT } from '../version.ts';
+import { PACKAGE_ROOT, VERSION } from '../version.ts';
 import { LiveUpdates } from './live.ts';
 
 export interface DashboardOptions extends ConnectionOptions {
@@ -86,7 +86,9 @@ export function createDashboardHandler(options: DashboardOptions = {}): Dashboar
     .replaceAll('{{base}}', escapeHtml(base))
     .replaceAll('{{csrf}}', escapeHtml(csrf))
     .replaceAll('{{readonly}}', readOnly ? 'true' : 'false')
-    .replaceAll('{{schema}}', escapeHtml(schema));
+    .replaceAll('{{schema}}', escapeHtml(schema))
+    // The static files are cached for a few minutes: a new version's page asks for new ones.
+    .replaceAll('{{version}}', encodeURIComponent(VERSION));
   const files = new Map(Object.keys(STATIC).map((name) => [name, readFileSync(path.join(STATIC_DIR, name))]));
 
   /** Per queue, exact; per state, exact on a small table and estimated on a big one. */
