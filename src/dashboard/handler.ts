@@ -45,7 +45,7 @@ const STATIC: Record<string, string> = {
 /** A job page marks its job's progress as watched for this long (renewed by each read once half is gone). */
 const PROGRESS_WATCH_MS = 30_000;
 /** Exact state counts below this many rows; above, the planner's estimate (counting millions of rows takes seconds). */
-const EXACT_COUNT_ROWS = 200_000;
+const EXACT_COUNT_ROWS = 50_000;
 const PREVIEW_CHARS = 160;
 const MAX_BODY_BYTES = 4096;
 const SECURITY_HEADERS = {
