@@ -68,6 +68,14 @@ describe.skipIf(!enabled)('the dashboard in chromium', () => {
     await page.click('#filters button[type="submit"]');
     await expect.poll(() => page.locator('#jobs tr[data-job] td:nth-child(2)').allTextContents()).toEqual(['alpha']);
     expect(page.url()).toContain('task=alpha');
+    await page.goto(`${site.url}/#/jobs`);
+    await page.fill('#filters input[name="error"]', 'BETA BROKE');
+    await page.click('#filters button[type="submit"]');
+    await expect.poll(() => page.locator('#jobs tr[data-job] td:nth-child(2)').allTextContents()).toEqual(['beta']);
+    await page.fill('#filters input[name="since"]', '2099-01-01T00:00');
+    await page.click('#filters button[type="submit"]');
+    await expect.poll(() => page.locator('#jobs td').first().textContent()).toBe('No jobs match.');
+    expect(decodeURIComponent(page.url())).toMatch(/since=2099-01-0\dT/);
   });
 
   it('sends a failed job back to pending with its retry button, only after the confirmation', async () => {
