@@ -144,11 +144,11 @@ export function createDashboardHandler(options: DashboardOptions = {}): Dashboar
     'GET overview': () => overview(),
     'GET jobs': async (_req, url) => {
       const q = url.searchParams;
-      const page = await control.listJobs(filterFrom(q), {
+      const found = await control.listJobs(filterFrom(q), {
         limit: q.has('limit') ? Number(q.get('limit')) : 50,
         after: q.get('after') || null,
       });
-      return { jobs: page.jobs.map(summary), next: page.next };
+      return { jobs: found.jobs.map(summary), next: found.next };
     },
     'GET jobs one': async (_req, _url, id) => {
       await ready();
