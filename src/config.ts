@@ -79,6 +79,11 @@ export const DEFAULTS = {
   insertChunkSize: 5_000,
   /** Named prepared statements; off behind a pooler in transaction mode that does not track them. */
   preparedStatements: true,
+  /** `grapevine dashboard`'s port and address: this host only. */
+  dashboardPort: 4000,
+  dashboardHost: '127.0.0.1',
+  /** How often the dashboard re-reads its overview for the browsers watching it (once for all of them). */
+  dashboardRefreshMs: 2_000,
 } as const;
 
 /** The longest idle timeout accepted (option, flag or TIMEOUT_SET): ten years. */

@@ -8,6 +8,8 @@ export interface JobFilter {
   state?: JobState | JobState[];
   task?: string;
   queue?: string;
+  /** The job's key; a job holds its key only while its mode does (docs/keys.md). */
+  key?: string;
   /** Created at or after this time. */
   createdAfter?: Date | string;
   /** Created before this time. */
@@ -170,6 +172,7 @@ function toParams(filter: JobFilter | null | undefined, ids: string[] | null): J
     finishedBefore: toTime(filter.finishedBefore, 'finishedBefore'),
     errorContains: filter.errorContains === undefined || filter.errorContains === '' ? null : filter.errorContains,
     ids,
+    key: filter.key === undefined || filter.key === '' ? null : filter.key,
   };
 }
 

@@ -14,6 +14,7 @@ const FILTER_OPTIONS = {
   state: { type: 'string', multiple: true },
   task: { type: 'string' },
   queue: { type: 'string' },
+  key: { type: 'string' },
   since: { type: 'string' },
   until: { type: 'string' },
   error: { type: 'string' },
@@ -22,6 +23,7 @@ const FILTER_OPTIONS = {
 const FILTER_HELP = `  --state S       pending, running, succeeded, failed or cancelled (repeatable)
   --task T        jobs of this task
   --queue Q       jobs of this queue
+  --key K         the job holding this key (docs/keys.md)
   --since ISO     created at or after this time, e.g. 2026-01-31T12:00:00Z
   --until ISO     created before this time
   --error TEXT    whose last error contains TEXT (case-insensitive)`;
@@ -174,6 +176,7 @@ function filterOf(values: Values): JobFilter {
     state: states?.flatMap((s) => s.split(',')) as JobState[] | undefined,
     task: values.task as string | undefined,
     queue: values.queue as string | undefined,
+    key: values.key as string | undefined,
     createdAfter: values.since as string | undefined,
     createdBefore: values.until as string | undefined,
     errorContains: values.error as string | undefined,

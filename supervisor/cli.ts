@@ -18,6 +18,7 @@ import { grantRole, grantSql } from '../src/schema/roles.ts';
 import { redactSecret } from '../src/redact.ts';
 import { PACKAGE_ROOT, VERSION } from '../src/version.ts';
 import { CONTROL_HELP, controlCommands } from './cli-control.ts';
+import { DASHBOARD_HELP, dashboardCommands } from './cli-dashboard.ts';
 import { JOBS_HELP, jobCommands } from './cli-jobs.ts';
 import { printableJson } from './cli-output.ts';
 import { readCrontab, SCHEDULE_HELP, scheduleCommands } from './cli-schedule.ts';
@@ -56,6 +57,7 @@ Commands:
   message   send a control message (PING, INFO, PAUSE, SCALE, STOP, ...) to supervisors
   supervisors  list the supervisors and their threads
   schedule  add, list, pause, resume or remove recurring schedules
+  dashboard  serve the web dashboard (queues, jobs, supervisors, schedules; live)
   log       show the supervisors' event log
   demo      the square-root work queue, on an embedded PostgreSQL
 
@@ -134,6 +136,7 @@ upgrading grapevine.
   ...CONTROL_HELP,
   ...JOBS_HELP,
   ...SCHEDULE_HELP,
+  ...DASHBOARD_HELP,
   demo: `Usage: grapevine demo [--count N] [--threads N]
 
 Enqueues the numbers 1..N (default 12), computes their square roots on at least
@@ -406,6 +409,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
   ...controlCommands(CLI_TOOLS),
   ...jobCommands(CLI_TOOLS),
   ...scheduleCommands(CLI_TOOLS),
+  ...dashboardCommands(CLI_TOOLS),
 };
 
 /** What the commands in other files borrow from this one. */

@@ -33,3 +33,5 @@ export { VERSION } from '../src/version.ts';
 export { describeConnection } from '../src/redact.ts';
 export { createSchedules } from '../src/schedules.ts';
 export type { MissedTicks, ScheduleSpec, Schedules, SchedulesOptions, StoredSchedule } from '../src/schedules.ts';
+export { createDashboardHandler } from '../src/dashboard/handler.ts';
+export type { DashboardHandler, DashboardOptions } from '../src/dashboard/handler.ts';

@@ -38,9 +38,11 @@ export interface JobFilterParams {
   /** A substring of last_error, case-insensitive. */
   errorContains: string | null;
   ids: string[] | null;
+  /** The job key (held only while the job holds it: docs/keys.md). */
+  key: string | null;
 }
 
-/** The filter's parameters take $1..$9 of every statement that uses it. */
+/** The filter's parameters take $1..$10 of every statement that uses it. */
 const FILTER = `($1::text[] IS NULL OR j.state = ANY($1::text[]))
    AND ($2::text IS NULL OR j.task = $2)
    AND ($3::text IS NULL OR j.queue = $3)
@@ -49,10 +51,11 @@ const FILTER = `($1::text[] IS NULL OR j.state = ANY($1::text[]))
    AND ($6::timestamptz IS NULL OR j.finished_at >= $6)
    AND ($7::timestamptz IS NULL OR j.finished_at < $7)
    AND ($8::text IS NULL OR strpos(lower(j.last_error), lower($8)) > 0)
-   AND ($9::bigint[] IS NULL OR j.id = ANY($9::bigint[]))`;
+   AND ($9::bigint[] IS NULL OR j.id = ANY($9::bigint[]))
+   AND ($10::text IS NULL OR j.key = $10)`;
 
 function filterValues(f: JobFilterParams): unknown[] {
-  return [f.states, f.task, f.queue, f.createdAfter, f.createdBefore, f.finishedAfter, f.finishedBefore, f.errorContains, f.ids];
+  return [f.states, f.task, f.queue, f.createdAfter, f.createdBefore, f.finishedAfter, f.finishedBefore, f.errorContains, f.ids, f.key];
 }
 
 function build(schema: string): OperationStatements {
@@ -69,13 +72,13 @@ function build(schema: string): OperationStatements {
 
   return {
     // Newest first by id, which follows insertion order: the primary key
-    // walked backwards finds a page by stopping after $11 matches. $10 the
+    // walked backwards finds a page by stopping after $12 matches. $11 the
     // cursor (the last id of the previous page).
     list: st(
       'ops_list',
       `SELECT j.* FROM ${s}.jobs j
-        WHERE ${FILTER} AND ($10::bigint IS NULL OR j.id < $10)
-        ORDER BY j.id DESC LIMIT $11`,
+        WHERE ${FILTER} AND ($11::bigint IS NULL OR j.id < $11)
+        ORDER BY j.id DESC LIMIT $12`,
     ),
     // One pass over the table for the counts (an operator's question, not a
     // hot path); the oldest due job comes from the pending index and the last
@@ -117,14 +120,14 @@ function build(schema: string): OperationStatements {
          RETURNING j.id, j.run_at)
        SELECT ${announcePending('done')}, ARRAY(SELECT id::text FROM done) AS ids`,
     ),
-    // Finished jobs only, $10 at a time so one statement never holds many
+    // Finished jobs only, $11 at a time so one statement never holds many
     // row locks; the caller repeats until a batch comes back short.
     purge: st(
       'ops_purge',
       `DELETE FROM ${s}.jobs WHERE id IN (
          SELECT j.id FROM ${s}.jobs j
           WHERE ${FILTER} AND j.state IN ('succeeded', 'failed', 'cancelled')
-          LIMIT $10)`,
+          LIMIT $11)`,
     ),
     // The single cancel (jobs.ts `cancel` and `announceCancel`) for many
     // jobs: pending ones are cancelled on the spot, running ones flagged and
