@@ -40,10 +40,14 @@ export const DEFAULTS = {
   retryBaseMs: 1_000,
   /** Upper bound of a retry delay. */
   retryMaxMs: 3_600_000,
-  /** pg connections per thread for claims and outcome writes. */
+  /** pg connections per thread for claims and outcome writes, at most. */
   threadSystemConnections: 2,
-  /** pg connections per thread for handlers' helpers.query(). */
-  threadHandlerConnections: 4,
+  /**
+   * The most connections a supervisor opens besides its LISTEN connection:
+   * ten hosts, each with its LISTEN connection, fit PostgreSQL's default
+   * max_connections (100, 3 of them reserved for superusers).
+   */
+  maxConnections: 8,
   /**
    * How long a statement on the supervisor's own connections may run before
    * PostgreSQL cancels it; a second later with no answer at all, the

@@ -84,6 +84,8 @@ Options for every command:
                       or one module whose named exports are the handlers
   --threads N         worker threads (default: available parallelism, ${os.availableParallelism()} here)
   --max-threads N     the most threads, at start and after SCALE (default: 4 per core, ${defaultMaxThreads()} here)
+  --max-connections N the most connections this supervisor opens, LISTEN aside, shared by
+                      its threads (default: ${DEFAULTS.maxConnections}); a connection over it waits
   --concurrency N     jobs one thread runs at once (default: ${DEFAULTS.concurrency})
   --queue Q           take jobs from this queue only (repeatable; default: all)
   --grace-ms N        on SIGTERM, how long running jobs may finish (default: ${DEFAULTS.shutdownGraceMs})
@@ -233,6 +235,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
       tasks: { type: 'string' },
       threads: { type: 'string' },
       'max-threads': { type: 'string' },
+      'max-connections': { type: 'string' },
       concurrency: { type: 'string' },
       queue: { type: 'string', multiple: true },
       'grace-ms': { type: 'string' },
@@ -252,6 +255,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     const numbers = {
       threads: int(values, 'threads', OPTION_RANGES.threads),
       maxThreads: int(values, 'max-threads', OPTION_RANGES.maxThreads),
+      maxConnections: int(values, 'max-connections', OPTION_RANGES.maxConnections),
       concurrency: int(values, 'concurrency', OPTION_RANGES.concurrency),
       shutdownGraceMs: int(values, 'grace-ms', OPTION_RANGES.shutdownGraceMs),
       metricsPort: int(values, 'metrics-port', OPTION_RANGES.metricsPort),

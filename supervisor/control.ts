@@ -26,6 +26,8 @@ export interface ControlHost {
   concurrency: number;
   /** The most threads SCALE may ask for (the supervisor's maxThreads). */
   maxThreads: number;
+  /** The supervisor's connection budget, LISTEN aside. */
+  maxConnections: number;
   allowEval: boolean;
   /** The supervisor's log: what a command did is in it before the response is visible. */
   log: SupervisorLog;
@@ -298,6 +300,7 @@ export class ControlPlane {
       status: status.state,
       threadStates: status.threads,
       restarts: status.restarts,
+      connections: status.connections,
       idleTimeout: host.idleTimeout.ms === null ? null : host.idleTimeout.ms / 1000,
       evalAllowed: host.allowEval,
     };

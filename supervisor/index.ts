@@ -13,6 +13,7 @@ import {
   validateInt,
   validateSchemaName,
 } from '../src/config.ts';
+import { ConnectionBudget, MIN_CONNECTIONS, splitBudget } from '../src/connection-budget.ts';
 import { createPool, explainConnectionErrors } from '../src/db.ts';
 import { GrapevineError } from '../src/errors.ts';
 import { createLogger, logFormatOf, type Logger } from '../src/log.ts';
@@ -100,7 +101,16 @@ export interface SupervisorOptions {
    * earlier ones. A job's last value is stored before its outcome.
    */
   progressIntervalMs?: number;
-  /** Connections per thread for handlers' helpers.query() and addJob() (default 4). */
+  /**
+   * The most connections this supervisor opens, its LISTEN connection aside
+   * (default 8: ten hosts and their LISTEN connections fit PostgreSQL's
+   * default max_connections of 100). Its own statements take 2 (1 under 4),
+   * and its threads share the rest, handlers' queries all but one of them
+   * (docs/deployment.md#connections). A connection that does not fit waits
+   * for one to close; it never fails a job.
+   */
+  maxConnections?: number;
+  /** Connections one thread's handlers may hold for helpers.query(), transaction() and addJob() (default: the budget's handler share). */
   handlerConnections?: number;
   /** Per-thread limits, e.g. { maxOldGenerationSizeMb: 256 }: a handler over it kills only its thread. */
   resourceLimits?: ResourceLimits;
@@ -150,7 +160,8 @@ export const OPTION_RANGES = {
   retryMaxMs: { min: 1, max: INT32_MAX },
   retentionMs: { min: 0, max: 10 * 365 * 24 * HOUR_MS },
   statementTimeoutMs: { min: 100, max: HOUR_MS },
-  handlerConnections: { min: 1, max: 100 },
+  maxConnections: { min: MIN_CONNECTIONS, max: 10_000 },
+  handlerConnections: { min: 1, max: 10_000 },
   idleTimeoutMs: { min: 0, max: MAX_IDLE_TIMEOUT_MS },
   // PostgreSQL stores no value over 1 GiB.
   maxResultBytes: { min: 1, max: 1_073_741_824 },
@@ -206,7 +217,9 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
   const retryBaseMs = numeric(options, 'retryBaseMs', DEFAULTS.retryBaseMs);
   const retryMaxMs = numeric(options, 'retryMaxMs', DEFAULTS.retryMaxMs);
   const retentionMs = numeric(options, 'retentionMs', DEFAULTS.retentionMs);
-  const handlerConnections = numeric(options, 'handlerConnections', DEFAULTS.threadHandlerConnections);
+  const maxConnections = numeric(options, 'maxConnections', DEFAULTS.maxConnections);
+  const split = splitBudget(maxConnections);
+  const handlerConnections = numeric(options, 'handlerConnections', split.handlers);
   const maxResultBytes = numeric(options, 'maxResultBytes', DEFAULTS.maxResultBytes);
   const progressIntervalMs = numeric(options, 'progressIntervalMs', DEFAULTS.progressIntervalMs);
   const idleTimeoutMs = options.idleTimeoutMs == null ? null : numeric(options, 'idleTimeoutMs', 0);
@@ -229,7 +242,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     await migrations.end().catch(() => {});
   }
   const pool = createPool(connectionString, {
-    max: 3,
+    max: split.supervisor,
     applicationName: `grapevine-supervisor`,
     // The release of a dead thread's jobs sends its transaction in one go (release.ts).
     pipeline: true,
@@ -238,6 +251,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     onIdleError: (err) => logger.debug({ err: err.message }, 'idle supervisor connection closed'),
   });
 
+  const budget = ConnectionBudget.create(split.threads, split.handlers, threads);
   const threadConfig: ThreadConfig = {
     connectionString,
     schema,
@@ -249,6 +263,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     retryMaxMs,
     systemConnections: DEFAULTS.threadSystemConnections,
     handlerConnections,
+    budget: budget.buffer,
     logLevel: logger.level,
     logFormat: logFormatOf(logger),
     deleteSucceeded: options.deleteSucceeded ?? DEFAULTS.deleteSucceeded,
@@ -256,7 +271,14 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     progressIntervalMs,
     preparedStatements,
   };
-  const threadPool = new ThreadPool({ threads, concurrency, config: threadConfig, resourceLimits: options.resourceLimits, logger });
+  const threadPool = new ThreadPool({
+    threads,
+    concurrency,
+    config: threadConfig,
+    budget,
+    resourceLimits: options.resourceLimits,
+    logger,
+  });
   try {
     await threadPool.start();
   } catch (err) {
@@ -270,6 +292,8 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     connectionString,
     listenUrl,
     pool,
+    budget,
+    split: { ...split, max: maxConnections },
     threadPool,
     threads,
     maxThreads,

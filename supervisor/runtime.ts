@@ -5,6 +5,7 @@
  */
 import os from 'node:os';
 import type pg from 'pg';
+import type { BudgetSplit, ConnectionBudget } from '../src/connection-budget.ts';
 import { explainConnectionErrors, listenTarget } from '../src/db.ts';
 import { Listener } from '../src/listener.ts';
 import { throttled, throttledWarnings, type Logger } from '../src/log.ts';
@@ -14,6 +15,7 @@ import { channelsFor } from '../src/schema/channels.ts';
 import { hasDue } from '../src/sql/jobs.ts';
 import { deregisterSupervisor, registerSupervisor } from '../src/sql/supervisors.ts';
 import { VERSION } from '../src/version.ts';
+import { ConnectionWatch } from './connections.ts';
 import { ControlPlane } from './control.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { Heartbeat } from './heartbeat.ts';
@@ -35,6 +37,9 @@ export interface RuntimeOptions {
   /** Where the LISTEN connection goes: the server itself when connectionString is a pooler. */
   listenUrl: string;
   pool: pg.Pool;
+  /** The threads' share of maxConnections, and how maxConnections was split. */
+  budget: ConnectionBudget;
+  split: BudgetSplit & { max: number };
   threadPool: ThreadPool;
   threads: number;
   /** The most threads SCALE may ask for. */
@@ -73,6 +78,7 @@ export class SupervisorRuntime implements Supervisor {
   private readonly log: SupervisorLog;
   private readonly idleTimeout: IdleTimeout;
   private readonly control: ControlPlane;
+  private readonly connections: ConnectionWatch;
   private metrics: MetricsServer | null = null;
   private readonly events: SupervisorEventBus;
   private dueTimer: NodeJS.Timeout | null = null;
@@ -119,6 +125,13 @@ export class SupervisorRuntime implements Supervisor {
       logger: options.logger,
       healthCheckMs: options.timing.listenerHealthCheckMs,
       healthTimeoutMs: Math.min(3_000, options.timing.listenerHealthCheckMs),
+    });
+    this.connections = new ConnectionWatch({
+      pool,
+      budget: options.budget,
+      split: options.split,
+      listening: () => this.listener.connected,
+      logger,
     });
     this.maintenance = new Maintenance({
       pool,
@@ -176,6 +189,7 @@ export class SupervisorRuntime implements Supervisor {
       queues: options.queues,
       concurrency: options.concurrency,
       maxThreads: options.maxThreads,
+      maxConnections: options.split.max,
       allowEval: options.allowEval,
       log: this.log,
       idleTimeout: this.idleTimeout,
@@ -250,6 +264,7 @@ export class SupervisorRuntime implements Supervisor {
     this.maintenance.start();
     this.schedules.start();
     this.sweeper.start();
+    this.connections.start();
     this.log.append('ALIVE', `${os.hostname()} pid ${process.pid} grapevine ${VERSION} node ${process.version}`);
     this.log.append('QUEUE', this.o.queues ? this.o.queues.join(' ') : '(all queues)');
     this.log.append('THREADS', `${threadPool.threads} x ${this.o.concurrency}`);
@@ -284,6 +299,7 @@ export class SupervisorRuntime implements Supervisor {
       threads,
       restarts: this.o.threadPool.restarts,
       inFlight: this.dispatcher.inFlight,
+      connections: this.connections.usage(),
       counters: { ...this.dispatcher.counters, malformedNotifications: this.malformed, listenerReconnects: this.listener.reconnects },
     };
   }
@@ -385,6 +401,7 @@ export class SupervisorRuntime implements Supervisor {
     this.maintenance.stop();
     this.schedules.stop();
     this.sweeper.stop();
+    this.connections.stop();
     if (this.dueTimer) clearTimeout(this.dueTimer);
 
     let graceTimer: NodeJS.Timeout | undefined;

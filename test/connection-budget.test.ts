@@ -1,0 +1,116 @@
+import { randomInt } from 'node:crypto';
+import { afterEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../src/log.ts';
+import type { Supervisor } from '../supervisor/public.ts';
+import { createLedger, drained, eventually, startTestSupervisor, untilSucceeded, useMigratedSchema } from './helpers/db.ts';
+import { capturingLogger } from './helpers/logs.ts';
+import { useOwnRole } from './helpers/role.ts';
+
+/**
+ * maxConnections: one budget per supervisor that its threads share. Each
+ * supervisor here connects as a role of this file's own, so the server's
+ * count of its connections (pg_stat_activity by usename) is its own.
+ */
+const db = useMigratedSchema('budget');
+const role = useOwnRole(db, 'budget');
+
+/** Samples the server's connections of this file's role until stop(), keeping the highest count. */
+function sampleServerConnections(): { max(): number; stop(): Promise<void> } {
+  let most = 0;
+  let running = true;
+  const sampling = (async () => {
+    while (running) {
+      const { rows } = await db.pool.query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = $1', [role.name]);
+      most = Math.max(most, rows[0].n);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  })();
+  return {
+    max: () => most,
+    async stop() {
+      running = false;
+      await sampling;
+    },
+  };
+}
+
+const started: Supervisor[] = [];
+afterEach(async () => {
+  await Promise.all(started.map((s) => s.stop({ graceMs: 0 })));
+  started.length = 0;
+});
+
+async function start(options: Parameters<typeof startTestSupervisor>[1]): Promise<Supervisor> {
+  const supervisor = await startTestSupervisor(db, { connectionString: role.url, listenUrl: role.url, ...options });
+  started.push(supervisor);
+  return supervisor;
+}
+
+describe('maxConnections', () => {
+  it('runs every job exactly once with fewer connections than threads, and the server never sees more than the budget and LISTEN', async () => {
+    const table = await createLedger(db, 'budget_ledger');
+    const servers = sampleServerConnections();
+    const ids: string[] = [];
+    try {
+      // 1 connection for the supervisor's own statements, 2 that 4 threads share for claims, outcomes and handlers' queries.
+      const supervisor = await start({ threads: 4, concurrency: 16, maxConnections: 3, logger: silentLogger() });
+      expect(supervisor.status().connections).toMatchObject({ max: 3 });
+      for (let i = 0; i < 3; i++) {
+        ids.push(...(await db.client.addJobs(Array.from({ length: 100 }, () => ({ task: 'ledger', payload: { table } })))));
+        ids.push(...(await db.client.addJobs(Array.from({ length: 50 }, (_, n) => ({ task: 'square', payload: { n } })))));
+      }
+      await untilSucceeded(db, ids);
+      const usage = supervisor.status().connections;
+      expect(usage.inUse).toBeLessThanOrEqual(3);
+      expect(usage.listen).toBe(1);
+    } finally {
+      await servers.stop();
+    }
+    expect(await drained(db, ids, table)).toEqual({ states: [{ state: 'succeeded', attempts: 1, n: ids.length }], runs: 300, jobs: 300 });
+    expect(servers.max()).toBeGreaterThan(1);
+    expect(servers.max()).toBeLessThanOrEqual(3 + 1);
+  }, 180_000);
+
+  it('makes a claim wait, with one warning, while a handler holds the only thread connection; the job then runs and nothing fails', async () => {
+    const logs = capturingLogger('warn');
+    // Budget 2: 1 for the supervisor, 1 its two threads share.
+    const supervisor = await start({ threads: 2, concurrency: 4, maxConnections: 2, logger: logs.logger });
+    const warm = await db.client.addJob('square', { n: 4 });
+    expect(await db.client.waitForJob(warm, { timeoutMs: 30_000 })).toMatchObject({ state: 'succeeded' });
+
+    const lock = randomInt(1, 2 ** 47);
+    const locker = await db.pool.connect();
+    try {
+      await locker.query('SELECT pg_advisory_lock($1::bigint)', [lock]);
+      const holder = await db.client.addJob('hold-handler-connection', { lock });
+      await eventually(async () => {
+        const { rows } = await db.pool.query(
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = $1 AND application_name LIKE 'grapevine-handler-%' AND wait_event_type = 'Lock'`,
+          [role.name],
+        );
+        return rows[0].n === 1;
+      }, 'the handler to hold the connection');
+      const waiting = await db.client.addJob('square', { n: 9 });
+      const warning = await eventually(
+        () => logs.lines().find((l) => /threads are waiting for a database connection/.test(l.msg)),
+        'the warning',
+      );
+      expect(warning).toMatchObject({ maxConnections: 2, threadConnections: 1 });
+      expect(supervisor.status().connections).toMatchObject({ max: 2, waiting: expect.any(Number) });
+      expect((await db.client.getJob(waiting))?.state).toBe('pending');
+
+      await locker.query('SELECT pg_advisory_unlock($1::bigint)', [lock]);
+      expect(await db.client.waitForJob(holder, { timeoutMs: 30_000 })).toMatchObject({ state: 'succeeded', attempts: 1 });
+      expect(await db.client.waitForJob(waiting, { timeoutMs: 30_000 })).toMatchObject({
+        state: 'succeeded',
+        attempts: 1,
+        result: { root: 3 },
+      });
+      expect(logs.lines().filter((l) => /threads are waiting/.test(l.msg))).toHaveLength(1);
+      expect(supervisor.status().counters).toMatchObject({ claimErrors: 0, threadCrashes: 0 });
+    } finally {
+      await locker.query('SELECT pg_advisory_unlock_all()').catch(() => {});
+      locker.release();
+    }
+  }, 120_000);
+});
