@@ -234,3 +234,11 @@ export function splitBudget(maxConnections: number): BudgetSplit {
   const threads = maxConnections - supervisor;
   return { supervisor, threads, handlers: Math.max(1, threads - 1) };
 }
+
+/**
+ * The most connections a supervisor opens with `threads` threads: its own,
+ * and what the threads can hold (each at most `perThread`) within its budget.
+ */
+export function connectionsWith(split: BudgetSplit, threads: number, perThread: number): number {
+  return split.supervisor + Math.min(split.threads, threads * perThread);
+}

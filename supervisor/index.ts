@@ -294,6 +294,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     pool,
     budget,
     split: { ...split, max: maxConnections },
+    connectionsPerThread: DEFAULTS.threadSystemConnections + handlerConnections,
     threadPool,
     threads,
     maxThreads,

@@ -5,7 +5,7 @@
  */
 import os from 'node:os';
 import type pg from 'pg';
-import type { BudgetSplit, ConnectionBudget } from '../src/connection-budget.ts';
+import { connectionsWith, type BudgetSplit, type ConnectionBudget } from '../src/connection-budget.ts';
 import { explainConnectionErrors, listenTarget } from '../src/db.ts';
 import { Listener } from '../src/listener.ts';
 import { throttled, throttledWarnings, type Logger } from '../src/log.ts';
@@ -40,6 +40,8 @@ export interface RuntimeOptions {
   /** The threads' share of maxConnections, and how maxConnections was split. */
   budget: ConnectionBudget;
   split: BudgetSplit & { max: number };
+  /** The most one thread opens: its claim and outcome connections and its handlers'. */
+  connectionsPerThread: number;
   threadPool: ThreadPool;
   threads: number;
   /** The most threads SCALE may ask for. */
@@ -190,6 +192,7 @@ export class SupervisorRuntime implements Supervisor {
       concurrency: options.concurrency,
       maxThreads: options.maxThreads,
       maxConnections: options.split.max,
+      connectionsWith: (threads) => connectionsWith(options.split, threads, options.connectionsPerThread),
       allowEval: options.allowEval,
       log: this.log,
       idleTimeout: this.idleTimeout,

@@ -1,9 +1,10 @@
 import { randomInt } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/log.ts';
-import type { Supervisor } from '../supervisor/public.ts';
+import { createControl, type Supervisor } from '../supervisor/public.ts';
 import { createLedger, drained, eventually, startTestSupervisor, untilSucceeded, useMigratedSchema } from './helpers/db.ts';
 import { capturingLogger } from './helpers/logs.ts';
+import { CLI, run } from './helpers/process.ts';
 import { useOwnRole } from './helpers/role.ts';
 
 /**
@@ -113,4 +114,44 @@ describe('maxConnections', () => {
       locker.release();
     }
   }, 120_000);
+});
+
+describe('SCALE', () => {
+  it("is refused when the connections it would allow do not fit the server's remaining ones; one that fits goes ahead, and INFO shows the connections", async () => {
+    // A budget far over the server's: what the threads can open is then bounded by their number (3 each here).
+    const supervisor = await start({ threads: 1, maxThreads: 256, maxConnections: 5_000, handlerConnections: 1, logger: silentLogger() });
+    const control = createControl({ connectionString: db.url, schema: db.schema });
+    const send = async (command: string, args?: unknown) =>
+      (await control.sendAndWait(command, args, { supervisors: [supervisor.id], timeoutMs: 30_000 }))[supervisor.id];
+    try {
+      const { rows } = await db.pool.query(`SELECT current_setting('max_connections')::int AS max`);
+      const max: number = rows[0].max;
+      const tooMany = Math.ceil(max / 3) + 1;
+      expect(tooMany).toBeLessThanOrEqual(256);
+      const refused = await send('SCALE', tooMany);
+      expect(refused).toMatchObject({ ok: false, error: { code: 'GRAPEVINE_COMMAND_REFUSED' } });
+      expect(refused.error!.message).toMatch(
+        new RegExp(
+          `^SCALE ${tooMany} would let supervisor ${supervisor.id} open up to ${2 + tooMany * 3} connections, \\d+ more than now, ` +
+            `but PostgreSQL has room for \\d+ more \\(max_connections ${max}, \\d+ reserved, \\d+ in use\\).*--max-connections`,
+        ),
+      );
+      expect(((await send('INFO')).value as { threads: number }).threads).toBe(1);
+
+      expect((await send('SCALE', 2)).value).toBe('OK');
+      const info = (await send('INFO')).value as { threads: number; connections: Record<string, number> };
+      expect(info.threads).toBe(2);
+      expect(info.connections).toMatchObject({ max: 5_000, listen: 1, inUse: expect.any(Number) });
+      expect(info.connections.inUse).toBeGreaterThan(0);
+      await eventually(
+        async () => (await control.supervisors()).find((w) => w.id === supervisor.id)?.connections?.max === 5_000,
+        'the registry to show the connections',
+      );
+      const listed = await run([CLI, 'supervisors', '--database-url', db.url, '--schema', db.schema]);
+      expect(listed.stdout).toMatch(/CONNECTIONS/);
+      expect(listed.stdout).toMatch(new RegExp(`${supervisor.id} .* \\d+/5000 \\+listen `));
+    } finally {
+      await control.close();
+    }
+  });
 });
