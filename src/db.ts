@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { resolveConnectionString, resolveListenUrl, resolvePreparedStatements } from './config.ts';
+import { resolveConnectionString, resolveListenUrl, resolvePoll, resolvePollInterval, resolvePreparedStatements } from './config.ts';
 import { GrapevineError } from './errors.ts';
 import { describeConnection, redactSecret } from './redact.ts';
 
@@ -102,6 +102,15 @@ export interface ConnectionOptions {
   listenUrl?: string;
   /** Named prepared statements (default true, or GRAPEVINE_PREPARED_STATEMENTS); see SupervisorOptions. */
   preparedStatements?: boolean;
+  /**
+   * Waits (waitForJob, sendAndWait) poll every pollIntervalMs instead of
+   * LISTENing (default false, or GRAPEVINE_POLL): for a pooler in
+   * transaction mode with no direct address for listenUrl. Without it, a
+   * wait that finds LISTEN unavailable falls back to polling by itself.
+   */
+  poll?: boolean;
+  /** How often a polling wait looks (default 1000 ms, or GRAPEVINE_POLL_INTERVAL_MS). */
+  pollIntervalMs?: number;
   /** Bring your own pool; close() will not end it. */
   pool?: pg.Pool;
 }
@@ -126,15 +135,22 @@ export function listenTarget(listenUrl: string, pool: Queryable, connectionStrin
 export function clientConnections(
   options: ConnectionOptions,
   pool: { max: number; applicationName: string },
-): { connectionString: string; listen: ListenTarget; pool: pg.Pool; preparedStatements: boolean } {
+): {
+  connectionString: string;
+  listen: ListenTarget;
+  pool: pg.Pool;
+  preparedStatements: boolean;
+  poll: { poll: boolean; pollIntervalMs: number };
+} {
   const poolUrl = (options.pool as { options?: { connectionString?: string } } | undefined)?.options?.connectionString;
   const connectionString = options.pool
     ? (options.connectionString ?? poolUrl ?? process.env.DATABASE_URL ?? '')
     : resolveConnectionString(options.connectionString);
   const preparedStatements = resolvePreparedStatements(options.preparedStatements);
+  const poll = { poll: resolvePoll(options.poll), pollIntervalMs: resolvePollInterval(options.pollIntervalMs) };
   const created = options.pool ?? createPool(connectionString, { ...pool, preparedStatements });
   const listen = listenTarget(resolveListenUrl(options.listenUrl, connectionString), created, connectionString);
-  return { connectionString, listen, pool: created, preparedStatements };
+  return { connectionString, listen, pool: created, preparedStatements, poll };
 }
 
 /**

@@ -31,6 +31,8 @@ export interface ControlHost {
   maxConnections: number;
   /** The most connections it would open with this many threads (within maxConnections). */
   connectionsWith(threads: number): number;
+  /** Poll mode's interval, or null while it LISTENs. */
+  pollIntervalMs(): number | null;
   allowEval: boolean;
   /** The supervisor's log: what a command did is in it before the response is visible. */
   log: SupervisorLog;
@@ -329,6 +331,7 @@ export class ControlPlane {
       threadStates: status.threads,
       restarts: status.restarts,
       connections: status.connections,
+      pollIntervalMs: host.pollIntervalMs(),
       idleTimeout: host.idleTimeout.ms === null ? null : host.idleTimeout.ms / 1000,
       evalAllowed: host.allowEval,
     };

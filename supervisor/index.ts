@@ -8,6 +8,8 @@ import {
   MAX_IDLE_TIMEOUT_MS,
   resolveConnectionString,
   resolveListenUrl,
+  resolvePoll,
+  resolvePollInterval,
   resolvePreparedStatements,
   validateName,
   validateInt,
@@ -41,6 +43,17 @@ export interface SupervisorOptions {
    * (PgBouncer before 1.21, or with max_prepared_statements = 0).
    */
   preparedStatements?: boolean;
+  /**
+   * Poll instead of LISTEN (default false, or GRAPEVINE_POLL): every
+   * pollIntervalMs the supervisor looks for due jobs and control messages,
+   * so they are found up to that late; the heartbeat finds cancels. For a
+   * pooler in transaction mode with no direct address for listenUrl. Without
+   * it, a supervisor whose LISTEN turns out not to work there polls anyway,
+   * with one warning.
+   */
+  poll?: boolean;
+  /** How often poll mode looks (default 1000 ms, or GRAPEVINE_POLL_INTERVAL_MS). */
+  pollIntervalMs?: number;
   schema?: string;
   /** A directory of task modules (file name = task name) or one module with named handler exports. */
   tasks: string;
@@ -182,6 +195,8 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
   const connectionString = resolveConnectionString(options.connectionString);
   const listenUrl = resolveListenUrl(options.listenUrl, connectionString);
   const preparedStatements = resolvePreparedStatements(options.preparedStatements);
+  const poll = resolvePoll(options.poll);
+  const pollIntervalMs = resolvePollInterval(options.pollIntervalMs);
   if (typeof options.tasks !== 'string' || options.tasks.length === 0) {
     throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', 'tasks is required: a directory of task modules or one module with named exports');
   }
@@ -291,6 +306,8 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     schema,
     connectionString,
     listenUrl,
+    poll,
+    pollIntervalMs,
     pool,
     budget,
     split: { ...split, max: maxConnections },
