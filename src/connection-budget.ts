@@ -25,8 +25,8 @@ const DEMAND = 6;
 /** The supervisor's current thread count, for the fair share. */
 const THREADS = 7;
 const HEADER = 8;
-/** Each thread slot: its owner's threadId, its connections, of which handlers'. */
-const SLOT_WORDS = 3;
+/** Each thread slot: its owner's threadId, its connections, of which handlers', and its requests waiting. */
+const SLOT_WORDS = 4;
 /** Two generations of the most threads a supervisor may run (256), with room to spare. */
 const SLOTS = 600;
 
@@ -82,7 +82,7 @@ export class ConnectionBudget {
 
   /** Requests for a connection waiting now. */
   waiting(): number {
-    return Atomics.load(this.a, WAITING);
+    return Math.max(0, Atomics.load(this.a, WAITING));
   }
 
   /** After a SCALE: the fair share of each thread follows. */
@@ -112,7 +112,8 @@ export class ConnectionBudget {
    */
   async acquire(kind: ConnectionKind): Promise<() => void> {
     if (!this.tryAcquire(kind)) {
-      Atomics.add(this.a, WAITING, 1);
+      // Counted in the slot too: a thread ended while it waits must not look like a waiter forever.
+      this.countWaiting(1);
       try {
         for (;;) {
           const seen = Atomics.load(this.a, RELEASES);
@@ -122,7 +123,7 @@ export class ConnectionBudget {
           await waitAsync(this.a, RELEASES, seen, RECHECK_MS).value;
         }
       } finally {
-        Atomics.sub(this.a, WAITING, 1);
+        this.countWaiting(-1);
       }
     }
     let given = false;
@@ -163,12 +164,22 @@ export class ConnectionBudget {
       if (Atomics.load(this.a, base) !== threadId) continue;
       const handlers = Atomics.exchange(this.a, base + 2, 0);
       const all = Atomics.exchange(this.a, base + 1, 0);
+      const waiting = Atomics.exchange(this.a, base + 3, 0);
       Atomics.sub(this.a, HANDLER_IN_USE, handlers);
       Atomics.sub(this.a, IN_USE, all);
+      Atomics.sub(this.a, WAITING, waiting);
       Atomics.store(this.a, base, 0);
       this.wakeWaiters();
       return;
     }
+  }
+
+  /** In the order that leaves the total too high, never too low, should the thread end in between. */
+  private countWaiting(n: 1 | -1): void {
+    const slot = this.slot >= 0 ? HEADER + this.slot * SLOT_WORDS + 3 : -1;
+    if (n > 0) Atomics.add(this.a, WAITING, n);
+    if (slot >= 0) Atomics.add(this.a, slot, n);
+    if (n < 0) Atomics.add(this.a, WAITING, n);
   }
 
   private tryAcquire(kind: ConnectionKind): boolean {

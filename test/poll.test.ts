@@ -94,6 +94,8 @@ describe.skipIf(!pgbouncerBinary())('poll-only mode through PgBouncer in transac
     try {
       const supervisor = await startSupervisor({
         connectionString: single.url,
+        // Said outright: the pooled pass of the suite sets GRAPEVINE_LISTEN_URL.
+        listenUrl: single.url,
         preparedStatements: false,
         schema: db.schema,
         tasks: FIXTURE_TASKS,
@@ -140,7 +142,13 @@ describe.skipIf(!pgbouncerBinary())('poll-only mode through PgBouncer in transac
     const logs = capturingLogger('warn');
     started.push(await startSupervisor({ ...pooled, tasks: FIXTURE_TASKS, threads: 1, logger: silentLogger() }));
     // It does not know it must poll, and finds out.
-    const client = createClient({ connectionString: single.url, preparedStatements: false, schema: db.schema, logger: logs.logger });
+    const client = createClient({
+      connectionString: single.url,
+      listenUrl: single.url,
+      preparedStatements: false,
+      schema: db.schema,
+      logger: logs.logger,
+    });
     try {
       const later = await client.addJob('square', { n: 81 }, { runAt: new Date(Date.now() + 3_600_000) });
       const waiting = client.waitForJob(later, { timeoutMs: 60_000 });
