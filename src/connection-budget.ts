@@ -24,7 +24,9 @@ const RELEASES = 5;
 const DEMAND = 6;
 /** The supervisor's current thread count, for the fair share. */
 const THREADS = 7;
-const HEADER = 8;
+/** Bumped by a waiter that has waited long: threads then close idle connections however recently used. */
+const URGENT = 8;
+const HEADER = 9;
 /** Each thread slot: its owner's threadId, its connections, of which handlers', and its requests waiting. */
 const SLOT_WORDS = 4;
 /** Two generations of the most threads a supervisor may run (256), with room to spare. */
@@ -41,7 +43,9 @@ const waitAsync = (
 ).waitAsync;
 
 /** The largest wait between looks at the count, should a wake-up be missed. */
-const RECHECK_MS = 250;
+const RECHECK_MS = 100;
+/** A wait this long asks for idle connections that are in use now and then too (see urgency()). */
+const URGENT_AFTER_MS = 250;
 
 export class ConnectionBudget {
   readonly buffer: SharedArrayBuffer;
@@ -85,6 +89,16 @@ export class ConnectionBudget {
     return Math.max(0, Atomics.load(this.a, WAITING));
   }
 
+  /**
+   * Moves while some request has waited longer than URGENT_AFTER_MS. Until
+   * then a thread keeps the idle connections it used a moment ago: closing
+   * a connection a busy thread is about to reuse only to open another
+   * elsewhere would make every claim pay for a new connection.
+   */
+  urgency(): number {
+    return Atomics.load(this.a, URGENT);
+  }
+
   /** After a SCALE: the fair share of each thread follows. */
   setThreads(threads: number): void {
     Atomics.store(this.a, THREADS, threads);
@@ -114,10 +128,12 @@ export class ConnectionBudget {
     if (!this.tryAcquire(kind)) {
       // Counted in the slot too: a thread ended while it waits must not look like a waiter forever.
       this.countWaiting(1);
+      const since = Date.now();
       try {
         for (;;) {
           const seen = Atomics.load(this.a, RELEASES);
           if (this.tryAcquire(kind)) break;
+          if (Date.now() - since >= URGENT_AFTER_MS) Atomics.add(this.a, URGENT, 1);
           Atomics.add(this.a, DEMAND, 1);
           Atomics.notify(this.a, DEMAND);
           await waitAsync(this.a, RELEASES, seen, RECHECK_MS).value;

@@ -22,6 +22,9 @@ export interface ThreadPools {
   checkOutHandlerClient(): Promise<CheckedOut>;
 }
 
+/** How recently a pool must have been used for its idle connections to be kept from a waiting thread (unless the wait is long). */
+const QUIET_MS = 50;
+
 export function openThreadPools(config: ThreadConfig, logger: Logger): ThreadPools {
   const onIdleError = (err: Error) => logger.debug({ err: err.message }, 'idle database connection closed');
   const budget = ConnectionBudget.attach(config.budget);
@@ -53,7 +56,7 @@ export function openThreadPools(config: ThreadConfig, logger: Logger): ThreadPoo
         preparedStatements: config.preparedStatements,
         gate: () => budget.acquire('handler'),
       });
-      handlerPool.on('release', shedSoon);
+      watch(handlerPool);
     }
     return handlerPool;
   };
@@ -62,25 +65,38 @@ export function openThreadPools(config: ThreadConfig, logger: Logger): ThreadPoo
    * While another thread (or this one) waits for a connection, close the idle
    * ones: every handlers' connection, and the claim connections but one
    * (none when the budget is smaller than the threads), which keeps a warm
-   * connection for the next claim where the budget has room for it.
+   * connection for the next claim where the budget has room for it. A pool
+   * used in the last QUIET_MS is left alone unless a wait has gone on long
+   * (budget.urgency()): under load the threads would otherwise close and
+   * reopen each other's connections for every claim.
    */
+  let seenUrgency = budget.urgency();
   function shed(): void {
-    if (budget.waiting() === 0) return;
-    if (handlerPool) closeIdle(handlerPool, handlerPool.idleCount);
-    const keep = Math.min(1, budget.fairShare());
-    closeIdle(system, system.totalCount - keep);
+    if (budget.waiting() <= 0) return;
+    const urgency = budget.urgency();
+    const urgent = urgency !== seenUrgency;
+    seenUrgency = urgency;
+    const now = Date.now();
+    const quiet = (pool: pg.Pool) => urgent || now - (lastUsed.get(pool) ?? 0) >= QUIET_MS;
+    if (handlerPool && quiet(handlerPool)) closeIdle(handlerPool, handlerPool.idleCount);
+    if (quiet(system)) closeIdle(system, system.totalCount - Math.min(1, budget.fairShare()));
   }
   let shedQueued = false;
   // A connection returned to its pool is idle a moment later.
   function shedSoon(): void {
-    if (shedQueued || budget.waiting() === 0) return;
+    if (shedQueued || budget.waiting() <= 0) return;
     shedQueued = true;
     setImmediate(() => {
       shedQueued = false;
       shed();
     });
   }
-  system.on('release', shedSoon);
+  const lastUsed = new Map<pg.Pool, number>();
+  function watch(pool: pg.Pool): void {
+    pool.on('acquire', () => lastUsed.set(pool, Date.now()));
+    pool.on('release', shedSoon);
+  }
+  watch(system);
   budget.onDemand(shed);
 
   return { system, handlers, checkOutHandlerClient: () => checkOut(handlers()) };
