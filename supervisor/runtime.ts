@@ -365,6 +365,7 @@ export class SupervisorRuntime implements Supervisor {
         schema,
         logger,
         liveThreads: () => threadPool.liveThreads().length,
+        connections: () => this.connections.usage(),
         busyThreads,
         runningJobs: () => this.dispatcher.runningJobs.size,
         threadRestarts: () => threadPool.restarts,
