@@ -7,7 +7,7 @@
  *
  * A thread that finds the count at its limit waits, and says so (`demand`):
  * the others then close their idle connections (all handlers' ones, and
- * claim connections but one per thread), so a waiting thread gets one as soon as
+ * claim connections, keeping one per thread where the budget is ample), so a waiting thread gets one as soon as
  * some connection is idle anywhere. A thread that dies cannot give its
  * connections back: the supervisor takes them back from its slot (reclaim).
  */
@@ -252,8 +252,13 @@ export interface BudgetSplit {
   handlers: number;
 }
 
-/** The smallest budget: one connection for the supervisor, one for its threads. */
-export const MIN_CONNECTIONS = 2;
+/**
+ * The smallest budget: one connection for the supervisor and two for its
+ * threads, so that handlers, which may hold one, never hold the last: an
+ * exactly-once transaction waits on its connection for a progress write on
+ * another.
+ */
+export const MIN_CONNECTIONS = 3;
 
 export function splitBudget(maxConnections: number): BudgetSplit {
   // Two let the heartbeat go on while a long maintenance statement or a release runs.

@@ -72,41 +72,52 @@ describe('maxConnections', () => {
     expect(servers.max()).toBeLessThanOrEqual(3 + 1);
   }, 180_000);
 
-  it('makes a claim wait, with one warning, while a handler holds the only thread connection; the job then runs and nothing fails', async () => {
+  it('makes a handler wait, with one warning, while handlers hold their share; claims and outcome writes go on, and nothing fails', async () => {
     const logs = capturingLogger('warn');
-    // Budget 2: 1 for the supervisor, 1 its two threads share.
-    const supervisor = await start({ threads: 2, concurrency: 4, maxConnections: 2, logger: logs.logger });
+    // The smallest budget, 3: 1 for the supervisor, 2 its threads share, of which handlers may hold 1 (either thread's).
+    const supervisor = await start({ threads: 2, concurrency: 4, maxConnections: 3, handlerConnections: 2, logger: logs.logger });
     const warm = await db.client.addJob('square', { n: 4 });
     expect(await db.client.waitForJob(warm, { timeoutMs: 30_000 })).toMatchObject({ state: 'succeeded' });
+    const blockedHandlers = async () => {
+      const { rows } = await db.pool.query(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = $1 AND application_name LIKE 'grapevine-handler-%' AND wait_event_type = 'Lock'`,
+        [role.name],
+      );
+      return rows[0].n as number;
+    };
 
     const lock = randomInt(1, 2 ** 47);
     const locker = await db.pool.connect();
     try {
       await locker.query('SELECT pg_advisory_lock($1::bigint)', [lock]);
-      const holder = await db.client.addJob('hold-handler-connection', { lock });
-      await eventually(async () => {
-        const { rows } = await db.pool.query(
-          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = $1 AND application_name LIKE 'grapevine-handler-%' AND wait_event_type = 'Lock'`,
-          [role.name],
-        );
-        return rows[0].n === 1;
-      }, 'the handler to hold the connection');
-      const waiting = await db.client.addJob('square', { n: 9 });
+      const holders = [await db.client.addJob('hold-handler-connection', { lock })];
+      await eventually(async () => (await blockedHandlers()) === 1, 'the first handler to hold its connection');
+      holders.push(await db.client.addJob('hold-handler-connection', { lock }));
       const warning = await eventually(
         () => logs.lines().find((l) => /threads are waiting for a database connection/.test(l.msg)),
         'the warning',
       );
-      expect(warning).toMatchObject({ maxConnections: 2, threadConnections: 1 });
-      expect(supervisor.status().connections).toMatchObject({ max: 2, waiting: expect.any(Number) });
-      expect((await db.client.getJob(waiting))?.state).toBe('pending');
+      expect(warning).toMatchObject({ maxConnections: 3, threadConnections: 2, handlerConnections: 1 });
+      expect(supervisor.status().connections).toMatchObject({ max: 3 });
+      expect(supervisor.status().connections.inUse).toBeLessThanOrEqual(3);
+      // The second handler still waits, and jobs that need no handler connection run meanwhile.
+      for (const n of [3, 5]) {
+        const id = await db.client.addJob('square', { n: n * n });
+        expect(await db.client.waitForJob(id, { timeoutMs: 30_000 })).toMatchObject({
+          state: 'succeeded',
+          attempts: 1,
+          result: { root: n },
+        });
+      }
+      expect(await blockedHandlers()).toBe(1);
 
       await locker.query('SELECT pg_advisory_unlock($1::bigint)', [lock]);
-      expect(await db.client.waitForJob(holder, { timeoutMs: 30_000 })).toMatchObject({ state: 'succeeded', attempts: 1 });
-      expect(await db.client.waitForJob(waiting, { timeoutMs: 30_000 })).toMatchObject({
-        state: 'succeeded',
-        attempts: 1,
-        result: { root: 3 },
-      });
+      for (const id of holders)
+        expect(await db.client.waitForJob(id, { timeoutMs: 30_000 })).toMatchObject({
+          state: 'succeeded',
+          attempts: 1,
+          result: { held: lock },
+        });
       expect(logs.lines().filter((l) => /threads are waiting/.test(l.msg))).toHaveLength(1);
       expect(supervisor.status().counters).toMatchObject({ claimErrors: 0, threadCrashes: 0 });
     } finally {

@@ -64,8 +64,9 @@ export function openThreadPools(config: ThreadConfig, logger: Logger): ThreadPoo
   /**
    * While another thread (or this one) waits for a connection, close the idle
    * ones: every handlers' connection, and the claim connections but one
-   * (none when the budget is smaller than the threads), which keeps a warm
-   * connection for the next claim where the budget has room for it. A pool
+   * (none unless the threads' share is at least twice the threads), which
+   * keeps a warm connection for the next claim where the budget has room
+   * for it. A pool
    * used in the last QUIET_MS is left alone unless a wait has gone on long
    * (budget.urgency()): under load the threads would otherwise close and
    * reopen each other's connections for every claim.
@@ -79,7 +80,9 @@ export function openThreadPools(config: ThreadConfig, logger: Logger): ThreadPoo
     const now = Date.now();
     const quiet = (pool: pg.Pool) => urgent || now - (lastUsed.get(pool) ?? 0) >= QUIET_MS;
     if (handlerPool && quiet(handlerPool)) closeIdle(handlerPool, handlerPool.idleCount);
-    if (quiet(system)) closeIdle(system, system.totalCount - Math.min(1, budget.fairShare()));
+    // One kept per thread only while that leaves half the share to the others: with every thread
+    // keeping one, a handler waiting for a connection could wait for good.
+    if (quiet(system)) closeIdle(system, system.totalCount - (budget.fairShare() >= 2 ? 1 : 0));
   }
   let shedQueued = false;
   // A connection returned to its pool is idle a moment later.

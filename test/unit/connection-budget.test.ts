@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ConnectionBudget, connectionsWith, splitBudget } from '../../src/connection-budget.ts';
+import { ConnectionBudget, connectionsWith, MIN_CONNECTIONS, splitBudget } from '../../src/connection-budget.ts';
 
 /** Two views of one budget, as two threads see it, each with its slot. */
 function threadsOf(budget: ConnectionBudget, ...ids: number[]): ConnectionBudget[] {
@@ -14,9 +14,8 @@ describe('splitBudget', () => {
   it('keeps 2 for the supervisor (1 under 4), gives the threads the rest and their handlers all of it but one', () => {
     expect(splitBudget(8)).toEqual({ supervisor: 2, threads: 6, handlers: 5 });
     expect(splitBudget(4)).toEqual({ supervisor: 2, threads: 2, handlers: 1 });
-    expect(splitBudget(3)).toEqual({ supervisor: 1, threads: 2, handlers: 1 });
-    // One thread connection: handlers and claims take turns on it.
-    expect(splitBudget(2)).toEqual({ supervisor: 1, threads: 1, handlers: 1 });
+    // The smallest budget: handlers never hold the threads' last connection.
+    expect(splitBudget(MIN_CONNECTIONS)).toEqual({ supervisor: 1, threads: 2, handlers: 1 });
   });
 
   it('bounds what a SCALE lets the supervisor open by the budget', () => {
