@@ -117,7 +117,7 @@ export interface SupervisorOptions {
   /**
    * The most connections this supervisor opens, its LISTEN connection aside
    * (default 8: ten hosts and their LISTEN connections fit PostgreSQL's
-   * default max_connections of 100). Its own statements take 2 (1 under 4),
+   * default max_connections of 100). Its own statements take 2 (1 of the smallest, 3),
    * and its threads share the rest, handlers' queries all but one of them
    * (docs/deployment.md#connections). A connection that does not fit waits
    * for one to close; it never fails a job.
