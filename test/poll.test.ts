@@ -4,6 +4,7 @@ import { silentLogger } from '../src/log.ts';
 import { createClient, createControl, startSupervisor, type Supervisor } from '../supervisor/public.ts';
 import { createLedger, directDatabaseUrl, drained, eventually, FIXTURE_TASKS, untilSucceeded, useMigratedSchema } from './helpers/db.ts';
 import { capturingLogger } from './helpers/logs.ts';
+import { CLI, run, start } from './helpers/process.ts';
 import { pgbouncerBinary, startPgBouncer, type RunningPgBouncer } from './helpers/pgbouncer.ts';
 
 /**
@@ -170,6 +171,31 @@ describe.skipIf(!pgbouncerBinary())('poll-only mode through PgBouncer in transac
     } finally {
       await client.close();
       await single.stop();
+    }
+  }, 120_000);
+
+  it('runs from the command line: grapevine run --poll and add --wait --poll, through the pooler alone', async () => {
+    const env = {
+      DATABASE_URL: undefined,
+      GRAPEVINE_LISTEN_URL: undefined,
+      GRAPEVINE_PREPARED_STATEMENTS: undefined,
+      GRAPEVINE_POLL: undefined,
+      GRAPEVINE_LOG_LEVEL: 'info',
+    };
+    const flags = ['--database-url', bouncer.url, '--no-prepared-statements', '--poll', '--schema', db.schema];
+    const supervisor = start(
+      [CLI, 'run', '--tasks', FIXTURE_TASKS, '--threads', '1', '--poll-interval-ms', '100', '--log-format', 'json', ...flags],
+      env,
+    );
+    try {
+      expect(await supervisor.waitFor(/"poll":100[^\n]*supervisor started/)).toBeTruthy();
+      const added = await run([CLI, 'add', 'square', '{"n":36}', '--wait', ...flags], env);
+      expect(added).toMatchObject({ code: 0 });
+      expect(added.stdout).toContain('"root": 6');
+      expect(await listens()).toBe(0);
+    } finally {
+      supervisor.child.kill('SIGTERM');
+      expect((await supervisor.exited).code).toBe(0);
     }
   }, 120_000);
 });
