@@ -3,7 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createPool, withTransaction } from '../src/db.ts';
 import { Listener } from '../src/listener.ts';
 import { silentLogger } from '../src/log.ts';
-import { createClient, startSupervisor, type Supervisor } from '../supervisor/public.ts';
+import { createClient, DEFAULTS, startSupervisor, type Supervisor } from '../supervisor/public.ts';
 import { createLedger, directDatabaseUrl, drained, FIXTURE_TASKS, untilSucceeded, useMigratedSchema } from './helpers/db.ts';
 import { CLI, run, start } from './helpers/process.ts';
 import { pgbouncerBinary, startPgBouncer, type RunningPgBouncer } from './helpers/pgbouncer.ts';
@@ -202,9 +202,11 @@ describe.skipIf(!pgbouncerBinary())('through PgBouncer in transaction mode', () 
         [ids],
       );
       expect(owners[0].n).toBeGreaterThan(1);
-      // Seventy-odd client connections shared the pool's server connections.
+      // Up to eight budgets of client connections shared the pool's server connections.
       expect(servers.max()).toBeGreaterThan(0);
       expect(servers.max()).toBeLessThanOrEqual(POOL_SIZE);
+      // And each supervisor kept to its budget on the pooler's side: LISTEN went direct.
+      expect(servers.maxClients()).toBeLessThanOrEqual(8 * DEFAULTS.maxConnections);
       if (process.env.GRAPEVINE_TEST_LOG)
         console.log(`[pooler] most server connections at once: ${servers.max()}; most clients: ${servers.maxClients()}`);
     }, 240_000);
