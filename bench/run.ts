@@ -3,7 +3,7 @@
 // targets, and writes BENCHMARKS.md.
 //   node bench/run.ts                full run (up to 5 rounds in an 11-minute budget), writes BENCHMARKS.md
 //   node bench/run.ts --smoke        a few seconds: tiny sizes, one round, grapevine + graphile-worker
-//   --only=throughput,arriving,enqueue,latency,cpu,scaleout,deep,recovery   --systems=grapevine,graphile,pgboss,bullmq
+//   --only=throughput,arriving,enqueue,latency,cpu,scaleout,hosts,deep,recovery   --systems=grapevine,graphile,pgboss,bullmq
 //   --profiles=tuned,defaults        which settings the throughput and arriving workloads run each system with
 //   --rounds=N   --write (also in smoke)   --no-write   --out=FILE   --isolate (smoke: a process per trial)
 //   --jobs=N --cpu-jobs=N --deep-filler=N --latency-samples=N --kill-trials=N   (trying things out)
@@ -17,7 +17,7 @@ import { calibrateBurn } from './lib/calibrate.ts';
 import { describeConnection, dropBenchDatabase, dropSchema, recreateBenchDatabase, serverFacts, settleDatabase } from './lib/db.ts';
 import { parsePlan, rotate, type Plan, type Workload } from './lib/plan.ts';
 import { killAllChildren, specEnv } from './lib/procs.ts';
-import { cappedNote, enqueueTable, mainTable, recoveryTable, scaleTable, targetTable } from './lib/render.ts';
+import { cappedNote, enqueueTable, hostsTable, mainTable, recoveryTable, scaleTable, targetTable } from './lib/render.ts';
 import { loadLine, machineLine, renderReport, writeReport } from './lib/report.ts';
 import { median, nowMs } from './lib/stats.ts';
 import { summarize, targets, type Subject, type TrialRecord } from './lib/summary.ts';
@@ -132,7 +132,7 @@ async function main(): Promise<number> {
   };
   const trial = async (round: number, workload: Workload, system: Subject, extra: Partial<TrialSpec> = {}) => {
     const profile = extra.profile ?? base.profile;
-    const schema = `b${round}_${workload}_${system}${profile === 'defaults' ? '_d' : ''}${extra.supervisors ? `_${extra.supervisors}` : ''}`;
+    const schema = `b${round}_${workload}_${system}${profile === 'defaults' ? '_d' : ''}${extra.supervisors ? `_${extra.supervisors}` : ''}${extra.via ? `_${extra.via}` : ''}`;
     const spec: TrialSpec = { ...base, system, workload, schema, ...extra };
     const s0 = nowMs();
     if (!plan.inProcess) {
@@ -143,8 +143,8 @@ async function main(): Promise<number> {
     const w0 = nowMs();
     const result = await runTrialProcess(spec, plan.inProcess);
     const wallMs = nowMs() - w0;
-    records.push({ round, workload, system, profile, supervisors: extra.supervisors, wallMs, result });
-    const who = `${system}${extra.supervisors ? ` x${extra.supervisors}` : ''}${profile === 'defaults' ? ' defaults' : ''}`;
+    records.push({ round, workload, system, profile, supervisors: extra.supervisors, via: extra.via, wallMs, result });
+    const who = `${system}${extra.supervisors ? ` x${extra.supervisors}` : ''}${extra.via ? ` ${extra.via}` : ''}${profile === 'defaults' ? ' defaults' : ''}`;
     console.log(
       `  [round ${round}/${plan.rounds}] ${workload.padEnd(10)} ${who.padEnd(18)} ${describe(result)}  (${(wallMs / 1000).toFixed(1)} s, settle ${(settleMs / 1000).toFixed(1)} s)`,
     );
@@ -177,6 +177,9 @@ async function main(): Promise<number> {
     if (has('cpu')) for (const s of rotate(plan.systems, round)) await trial(round, 'cpu', s);
     if (has('scaleout') && gv)
       for (const n of rotate(plan.supervisorCounts, round)) await trial(round, 'scaleout', 'grapevine', { supervisors: n });
+    if (has('hosts') && gv)
+      for (const via of rotate(['direct', 'pgbouncer'] as const, round))
+        for (const n of rotate(plan.hostCounts, round)) await trial(round, 'hosts', 'grapevine', { supervisors: n, via });
     if (has('deep')) {
       for (const s of rotate(plan.systems, round)) {
         // One schema per system for the deep queue: the filler is written in round 1 only.
@@ -204,6 +207,7 @@ async function main(): Promise<number> {
   console.log(`${mainTable(summary, plan.systems)}\n${note ? `${note}\n` : ''}`);
   if (summary.enqueue.length) console.log(`${enqueueTable(summary)}\n`);
   if (summary.scaleout.length) console.log(`${scaleTable(summary)}\n`);
+  if (summary.hosts.length) console.log(`${hostsTable(summary)}\n`);
   if (summary.recovery) console.log(`${recoveryTable(summary)}\n`);
   console.log(`${targetTable(ts)}\n`);
   for (const f of summary.failures) console.log(`FAILED ${f}`);

@@ -16,13 +16,16 @@ export interface ChildSpec {
   concurrency: number;
   paused: boolean;
   deleteSucceeded?: boolean;
+  /** Behind a pooler: where LISTEN goes, and statements unnamed. */
+  listenUrl?: string;
+  preparedStatements?: boolean;
 }
 
 export type ParentMessage = { kind: 'resume' } | { kind: 'pause' } | { kind: 'stats' } | { kind: 'stop' };
 export type ChildMessage =
   | { kind: 'ready'; pid: number }
   | { kind: 'handled'; count: number }
-  | { kind: 'stats'; counters: Record<string, number>; rssMb: number }
+  | { kind: 'stats'; counters: Record<string, number>; rssMb: number; connections: { inUse: number; max: number; listen: number } }
   | { kind: 'stopped' };
 
 const spec = readSpec<ChildSpec>();
@@ -39,6 +42,8 @@ const supervisor = await startSupervisor({
   threads: spec.threads,
   concurrency: spec.concurrency,
   deleteSucceeded: spec.deleteSucceeded === true,
+  listenUrl: spec.listenUrl,
+  preparedStatements: spec.preparedStatements,
   logger: pino({ level: process.env.GRAPEVINE_LOG_LEVEL ?? 'warn' }),
 });
 if (spec.paused) supervisor.pause();
@@ -47,8 +52,8 @@ process.on('message', (m: ParentMessage) => {
   if (m.kind === 'resume') supervisor.resume();
   else if (m.kind === 'pause') supervisor.pause();
   else if (m.kind === 'stats') {
-    const { counters } = supervisor.status();
-    send({ kind: 'stats', counters: { ...counters }, rssMb: process.resourceUsage().maxRSS / 1024 });
+    const { counters, connections } = supervisor.status();
+    send({ kind: 'stats', counters: { ...counters }, rssMb: process.resourceUsage().maxRSS / 1024, connections });
   } else if (m.kind === 'stop') {
     void supervisor.stop({ graceMs: 5000 }).then(() => {
       channel.close();

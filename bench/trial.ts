@@ -32,6 +32,8 @@ export interface TrialSpec {
   latencySamples: number;
   latencyIntervalMs: number;
   supervisors: number;
+  /** The hosts workload: supervisors straight to PostgreSQL, or through a PgBouncer in transaction mode. */
+  via?: 'direct' | 'pgbouncer';
   recoveryTrials: number;
   replacementBootMs: number;
   killTrials: number;
@@ -48,7 +50,7 @@ async function dispatch(spec: TrialSpec): Promise<Record<string, unknown>> {
     const r = await measureFloor(spec.connectionString, spec.schema, spec.latencySamples, spec.latencyIntervalMs);
     return { latency: r.latency, samples: r.samples };
   }
-  if (spec.workload === 'scaleout' || spec.workload === 'recovery') {
+  if (spec.workload === 'scaleout' || spec.workload === 'hosts' || spec.workload === 'recovery') {
     // grapevine-only workloads drive separate supervisor processes.
     const mod = await import(`./workloads/${spec.workload}.ts`);
     return mod.run(spec);

@@ -91,7 +91,7 @@ export interface Client {
   addJob(task: string, payload?: unknown, options?: AddJobOptions): Promise<string>;
   addJobs(jobs: JobSpec[], options?: { db?: Queryable }): Promise<string[]>;
   getJob(id: string | number): Promise<Job | null>;
-  /** Resolves when the job is terminal; wakes on a notification, never polls. */
+  /** Resolves when the job is terminal; wakes on a notification, or in poll mode looks every pollIntervalMs. */
   waitForJob(id: string | number, options?: WaitOptions): Promise<Job>;
   /** Cancels a pending job at once; a running one is signalled on whichever host runs it. */
   cancelJob(id: string | number): Promise<{ state: string | null }>;
@@ -103,7 +103,7 @@ export interface Client {
 
 export function createClient(options: ClientOptions = {}): Client {
   const schema = validateSchemaName(options.schema ?? DEFAULTS.schema);
-  const { connectionString, listen, pool, preparedStatements } = clientConnections(options, {
+  const { connectionString, listen, pool, preparedStatements, poll } = clientConnections(options, {
     max: 4,
     applicationName: 'grapevine-client',
   });
@@ -119,6 +119,7 @@ export function createClient(options: ClientOptions = {}): Client {
       const parsed = parseJobNotification(payload);
       return parsed.kind === 'ids' ? [...keys].filter((id) => rangesContain(parsed.ranges, Number(id))) : [];
     },
+    poll,
   );
 
   const ensureMigrated = (): Promise<unknown> => {

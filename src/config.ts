@@ -40,10 +40,14 @@ export const DEFAULTS = {
   retryBaseMs: 1_000,
   /** Upper bound of a retry delay. */
   retryMaxMs: 3_600_000,
-  /** pg connections per thread for claims and outcome writes. */
+  /** pg connections per thread for claims and outcome writes, at most. */
   threadSystemConnections: 2,
-  /** pg connections per thread for handlers' helpers.query(). */
-  threadHandlerConnections: 4,
+  /**
+   * The most connections a supervisor opens besides its LISTEN connection:
+   * ten hosts, each with its LISTEN connection, fit PostgreSQL's default
+   * max_connections (100, 3 of them reserved for superusers).
+   */
+  maxConnections: 8,
   /**
    * How long a statement on the supervisor's own connections may run before
    * PostgreSQL cancels it; a second later with no answer at all, the
@@ -84,6 +88,14 @@ export const DEFAULTS = {
   dashboardHost: '127.0.0.1',
   /** How often the dashboard re-reads its overview for the browsers watching it (once for all of them). */
   dashboardRefreshMs: 2_000,
+  /**
+   * Find due jobs, control messages and answers by polling rather than
+   * LISTEN, for servers where LISTEN cannot work (a pooler in transaction
+   * mode with no direct address for it).
+   */
+  poll: false,
+  /** How often a supervisor or a wait polls in poll mode: what it finds is up to this late. */
+  pollIntervalMs: 1_000,
 } as const;
 
 /** The longest idle timeout accepted (option, flag or TIMEOUT_SET): ten years. */
@@ -173,12 +185,31 @@ export function resolveListenUrl(explicit: string | undefined, connectionString:
   return value;
 }
 
+/** poll, else GRAPEVINE_POLL ("true" or "false"), else the default. */
+export function resolvePoll(explicit: boolean | undefined): boolean {
+  return resolveBoolean('poll', 'GRAPEVINE_POLL', explicit, DEFAULTS.poll);
+}
+
+/** The longest poll interval accepted: an hour. */
+export const MAX_POLL_INTERVAL_MS = 3_600_000;
+
+/** pollIntervalMs, else GRAPEVINE_POLL_INTERVAL_MS, else the default. */
+export function resolvePollInterval(explicit: number | undefined): number {
+  const env = process.env.GRAPEVINE_POLL_INTERVAL_MS;
+  const value = explicit ?? (env ? Number(env) : DEFAULTS.pollIntervalMs);
+  return validateInt('pollIntervalMs (or GRAPEVINE_POLL_INTERVAL_MS)', value, { min: 10, max: MAX_POLL_INTERVAL_MS });
+}
+
 /** preparedStatements, else GRAPEVINE_PREPARED_STATEMENTS ("true" or "false"), else the default. */
 export function resolvePreparedStatements(explicit: boolean | undefined): boolean {
-  const env = process.env.GRAPEVINE_PREPARED_STATEMENTS;
-  const value = explicit ?? (env === 'true' ? true : env === 'false' ? false : env ? env : DEFAULTS.preparedStatements);
+  return resolveBoolean('preparedStatements', 'GRAPEVINE_PREPARED_STATEMENTS', explicit, DEFAULTS.preparedStatements);
+}
+
+function resolveBoolean(option: string, variable: string, explicit: boolean | undefined, fallback: boolean): boolean {
+  const env = process.env[variable];
+  const value = explicit ?? (env === 'true' ? true : env === 'false' ? false : env ? env : fallback);
   if (typeof value !== 'boolean') {
-    throw configError(`preparedStatements (or GRAPEVINE_PREPARED_STATEMENTS) must be true or false, got ${JSON.stringify(value)}`);
+    throw configError(`${option} (or ${variable}) must be true or false, got ${JSON.stringify(value)}`);
   }
   return value;
 }

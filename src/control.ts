@@ -108,15 +108,17 @@ const MAX_ARGS_BYTES = 64 * 1024;
  */
 export function createControl(options: ControlClientOptions = {}): Control {
   const schema = validateSchemaName(options.schema ?? DEFAULTS.schema);
-  const { connectionString, listen, pool } = clientConnections(options, { max: 2, applicationName: 'grapevine-control' });
+  const { connectionString, listen, pool, poll } = clientConnections(options, { max: 2, applicationName: 'grapevine-control' });
   const lostAfterMs = options.lostAfterMs ?? DEFAULTS.leaseMs;
   const logger = options.logger ?? silentLogger();
   const channels = channelsFor(schema);
   let migrated: Promise<MigrateResult> | null = null;
   // Waiting for responses: the responses channel names the message id.
-  const answered = new Waiters({ ...listen, channels: [channels.responses], applicationName: 'grapevine-control', logger }, (payload) => [
-    payload,
-  ]);
+  const answered = new Waiters(
+    { ...listen, channels: [channels.responses], applicationName: 'grapevine-control', logger },
+    (payload) => [payload],
+    poll,
+  );
   /** Stops of the followLog() calls still running. */
   const followers = new Set<() => Promise<void>>();
 

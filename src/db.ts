@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { resolveConnectionString, resolveListenUrl, resolvePreparedStatements } from './config.ts';
+import { resolveConnectionString, resolveListenUrl, resolvePoll, resolvePollInterval, resolvePreparedStatements } from './config.ts';
 import { GrapevineError } from './errors.ts';
 import { describeConnection, redactSecret } from './redact.ts';
 
@@ -42,6 +42,13 @@ export interface PoolOptions {
    * (PgBouncer before 1.21, or with max_prepared_statements = 0).
    */
   preparedStatements?: boolean;
+  /**
+   * Waits until a new connection may be opened, and resolves with the
+   * function that counts it out again when it ends (a ConnectionBudget).
+   * The wait has no deadline: a connection that does not fit waits for one
+   * to close rather than fail.
+   */
+  gate?: () => Promise<() => void>;
 }
 
 /**
@@ -53,20 +60,29 @@ export interface PoolOptions {
  */
 const UNANSWERED_MARGIN_MS = 1_000;
 
+const CONNECT_TIMEOUT_MS = 10_000;
+
 export function createPool(connectionString: string, options: PoolOptions): pg.Pool {
   const pool = new pg.Pool({
     connectionString,
     max: options.max,
     min: options.min ?? 0,
     application_name: options.applicationName,
-    // A dead server must surface as an error, not as a hang.
-    connectionTimeoutMillis: 10_000,
+    // A dead server must surface as an error, not as a hang. A gated pool
+    // times its clients from when they may connect (gatedClient).
+    connectionTimeoutMillis: options.gate ? 0 : CONNECT_TIMEOUT_MS,
     keepAlive: true,
     keepAliveInitialDelayMillis: 10_000,
     // A limited statement goes out with its BEGIN, SET LOCAL and COMMIT (limitStatements).
     ...(options.pipeline || options.statementTimeoutMs ? { pipeline: true } : {}),
     ...(options.statementTimeoutMs ? { query_timeout: options.statementTimeoutMs + UNANSWERED_MARGIN_MS } : {}),
-    ...(options.preparedStatements === false ? { Client: UnnamedStatementsClient } : {}),
+    ...(options.preparedStatements === false || options.gate
+      ? {
+          Client: options.gate
+            ? gatedClient(options.preparedStatements === false ? UnnamedStatementsClient : pg.Client, options.gate)
+            : UnnamedStatementsClient,
+        }
+      : {}),
   });
   if (options.statementTimeoutMs) limitStatements(pool, options.statementTimeoutMs);
   // Without a listener, an idle connection's error (server restart,
@@ -86,6 +102,15 @@ export interface ConnectionOptions {
   listenUrl?: string;
   /** Named prepared statements (default true, or GRAPEVINE_PREPARED_STATEMENTS); see SupervisorOptions. */
   preparedStatements?: boolean;
+  /**
+   * Waits (waitForJob, sendAndWait) poll every pollIntervalMs instead of
+   * LISTENing (default false, or GRAPEVINE_POLL): for a pooler in
+   * transaction mode with no direct address for listenUrl. Without it, a
+   * wait that finds LISTEN unavailable falls back to polling by itself.
+   */
+  poll?: boolean;
+  /** How often a polling wait looks (default 1000 ms, or GRAPEVINE_POLL_INTERVAL_MS). */
+  pollIntervalMs?: number;
   /** Bring your own pool; close() will not end it. */
   pool?: pg.Pool;
 }
@@ -110,15 +135,22 @@ export function listenTarget(listenUrl: string, pool: Queryable, connectionStrin
 export function clientConnections(
   options: ConnectionOptions,
   pool: { max: number; applicationName: string },
-): { connectionString: string; listen: ListenTarget; pool: pg.Pool; preparedStatements: boolean } {
+): {
+  connectionString: string;
+  listen: ListenTarget;
+  pool: pg.Pool;
+  preparedStatements: boolean;
+  poll: { poll: boolean; pollIntervalMs: number };
+} {
   const poolUrl = (options.pool as { options?: { connectionString?: string } } | undefined)?.options?.connectionString;
   const connectionString = options.pool
     ? (options.connectionString ?? poolUrl ?? process.env.DATABASE_URL ?? '')
     : resolveConnectionString(options.connectionString);
   const preparedStatements = resolvePreparedStatements(options.preparedStatements);
+  const poll = { poll: resolvePoll(options.poll), pollIntervalMs: resolvePollInterval(options.pollIntervalMs) };
   const created = options.pool ?? createPool(connectionString, { ...pool, preparedStatements });
   const listen = listenTarget(resolveListenUrl(options.listenUrl, connectionString), created, connectionString);
-  return { connectionString, listen, pool: created, preparedStatements };
+  return { connectionString, listen, pool: created, preparedStatements, poll };
 }
 
 /**
@@ -131,6 +163,42 @@ class UnnamedStatementsClient extends pg.Client {
   override query(...args: unknown[]): never {
     return (super.query as (...a: unknown[]) => never)(unnamed(args[0]), ...args.slice(1));
   }
+}
+
+/**
+ * A pg client class that connects only once `gate` lets it, and counts
+ * itself out when its connection ends (or fails to open). Its connection
+ * timeout starts when it may connect: the wait for the gate is not the
+ * server's slowness.
+ */
+function gatedClient(Base: typeof pg.Client, gate: () => Promise<() => void>): typeof pg.Client {
+  return class GatedClient extends Base {
+    constructor(config?: string | pg.ClientConfig) {
+      super(config);
+      (this as unknown as { _connectionTimeoutMillis: number })._connectionTimeoutMillis = CONNECT_TIMEOUT_MS;
+    }
+
+    // pg's connect() with or without a callback goes through _connect(), which its types leave out.
+    _connect(callback: (err?: Error) => void): void {
+      const base = Base.prototype as unknown as { _connect(cb: (err?: Error) => void): void };
+      const connect = (cb: (err?: Error) => void) => base._connect.call(this, cb);
+      gate().then(
+        (giveBack) => {
+          this.once('end', giveBack);
+          if ((this as unknown as { _ending?: boolean })._ending) {
+            giveBack();
+            callback(new Error('Connection terminated before it opened'));
+            return;
+          }
+          connect((err) => {
+            if (err) giveBack();
+            callback(err);
+          });
+        },
+        (err: Error) => callback(err),
+      );
+    }
+  };
 }
 
 /**

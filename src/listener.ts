@@ -41,7 +41,11 @@ const IDENTITY = 'SELECT current_database() AS database, pg_postmaster_start_tim
  * re-read the table. Events: 'notification' (channel, payload),
  * 'connected', 'disconnected' (error), 'queueUsage' (how full PostgreSQL's
  * NOTIFY queue is, 0-1, after each health check; asked only while someone
- * listens for it).
+ * listens for it), and 'unavailable' (error): LISTEN cannot work on this
+ * connection string (a pooler in transaction mode hands each statement to
+ * whichever server connection is free). With a listener for 'unavailable'
+ * the Listener then stops for good, and its owner polls instead; without
+ * one it reconnects as for any loss.
  */
 export class Listener extends EventEmitter {
   private readonly options: Required<Omit<ListenerOptions, 'sameServerAs'>> & Pick<ListenerOptions, 'sameServerAs'>;
@@ -52,6 +56,8 @@ export class Listener extends EventEmitter {
   private healthTimer: NodeJS.Timeout | null = null;
   private reconnectTimer: NodeJS.Timeout | null = null;
   private readonly warn = throttled(1_000);
+  /** The server process that ran the LISTENs: a health check answered by another means a pooler in between. */
+  private listeningPid: number | null = null;
   connected = false;
   reconnects = 0;
 
@@ -123,6 +129,7 @@ export class Listener extends EventEmitter {
     try {
       await client.connect();
       for (const channel of this.options.channels) await client.query(`LISTEN ${quoteIdent(channel)}`);
+      this.listeningPid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
       if (first && this.options.sameServerAs) await this.checkSameServer(client, this.options.sameServerAs);
     } catch (err) {
       client.removeAllListeners('end');
@@ -197,21 +204,29 @@ export class Listener extends EventEmitter {
       });
       // Only for an owner that reacts to it: the usage function moves the
       // queue's tail under two server-wide exclusive locks.
-      const sql = watchUsage
-        ? 'SELECT pg_listening_channels() AS channel, pg_notification_queue_usage() AS usage'
-        : 'SELECT pg_listening_channels() AS channel';
-      const result = await Promise.race([client.query<{ channel: string; usage?: number }>(sql), timeout]);
-      const listening = new Set(result.rows.map((r) => r.channel));
+      const sql = `SELECT pg_backend_pid() AS pid, array(SELECT pg_listening_channels()) AS channels${
+        watchUsage ? ', pg_notification_queue_usage() AS usage' : ''
+      }`;
+      const result = await Promise.race([client.query<{ pid: number; channels: string[]; usage?: number }>(sql), timeout]);
+      const row = result.rows[0];
+      const listening = new Set(row.channels);
       const missing = this.options.channels.filter((c) => !listening.has(c));
-      if (missing.length > 0) {
+      if (missing.length > 0 || row.pid !== this.listeningPid) {
         // Through a pooler in transaction mode the LISTEN stays on a server connection this one no longer has.
-        throw new Error(
-          `subscription lost for ${missing.join(', ')} (if this connection goes through a pooler in transaction mode, set listenUrl to reach PostgreSQL directly)`,
+        throw new ListenUnavailable(
+          missing.length > 0
+            ? `subscription lost for ${missing.join(', ')}`
+            : `the LISTEN ran on server process ${this.listeningPid} and this check on ${row.pid}`,
         );
       }
       if (client === this.client) this.scheduleHealthCheck();
-      usage = Number(result.rows[0]?.usage ?? 0);
+      usage = Number(row.usage ?? 0);
     } catch (err) {
+      if (err instanceof ListenUnavailable && this.listenerCount('unavailable') > 0) {
+        await this.stop();
+        this.emit('unavailable', err);
+        return false;
+      }
       this.lost(client, err as Error);
       return false;
     } finally {
@@ -221,5 +236,16 @@ export class Listener extends EventEmitter {
     // Outside the try: a listener's mistake is not a lost connection.
     if (watchUsage) this.emit('queueUsage', usage);
     return true;
+  }
+}
+
+/** The health check's finding that LISTEN cannot work through this connection string. */
+class ListenUnavailable extends Error {
+  constructor(what: string) {
+    super(
+      `${what}: this connection goes through a pooler in transaction mode, which cannot keep a LISTEN. ` +
+        'Set listenUrl (--listen-url, GRAPEVINE_LISTEN_URL) to reach PostgreSQL directly, or poll (--poll)',
+    );
+    this.name = 'ListenUnavailable';
   }
 }

@@ -19,8 +19,11 @@ export interface ThreadConfig {
   leaseMs: number;
   retryBaseMs: number;
   retryMaxMs: number;
+  /** Per thread, at most: claim and outcome-write connections, and handlers' connections. */
   systemConnections: number;
   handlerConnections: number;
+  /** The supervisor's thread connection budget (a ConnectionBudget's buffer), shared by every thread. */
+  budget: SharedArrayBuffer;
   logLevel: string;
   logFormat: LogFormat;
   /** Succeeded jobs nobody waits for are deleted instead of recorded. */

@@ -23,6 +23,16 @@ export interface SupervisorDetails {
   counters: object;
   /** The LISTEN connection's backend: the testing kit's killListeners() cuts only its own schema's. */
   listenerPid: number | null;
+  /** Connections open at the beat against maxConnections; the LISTEN connection apart (0 in poll mode). */
+  connections: SupervisorConnections;
+}
+
+export interface SupervisorConnections {
+  inUse: number;
+  max: number;
+  listen: number;
+  /** Requests for a connection waiting because the budget was full. */
+  waiting: number;
 }
 
 /** A row of the supervisors table, its status as seen now (see listSupervisors). */
@@ -49,6 +59,8 @@ export interface SupervisorInfo {
   threadStates: ThreadStatus[];
   /** Threads started to replace ones that died. */
   restarts: number;
+  /** Connections as of the last heartbeat (null before it, or from a supervisor older than the budget). */
+  connections: SupervisorConnections | null;
   startedAt: Date;
   heartbeatAt: Date;
   stoppedAt: Date | null;
@@ -68,6 +80,7 @@ export function supervisorFromRow(row: SupervisorRow): SupervisorInfo {
     tasks: row.tasks ?? [],
     threadStates: Array.isArray(info.threads) ? info.threads : [],
     restarts: info.restarts ?? 0,
+    connections: info.connections ?? null,
     startedAt: row.started_at,
     heartbeatAt: row.heartbeat_at,
     stoppedAt: row.stopped_at ?? null,

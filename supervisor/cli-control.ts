@@ -137,9 +137,10 @@ export function formatSupervisors(supervisors: SupervisorInfo[]): string {
     w.host,
     String(w.pid),
     `${w.threads}x${w.concurrency}`,
+    connectionsColumn(w),
     w.heartbeatAt.toISOString(),
   ]);
-  const header = ['ID', 'STATUS', 'HOST', 'PID', 'THREADS', 'HEARTBEAT'];
+  const header = ['ID', 'STATUS', 'HOST', 'PID', 'THREADS', 'CONNECTIONS', 'HEARTBEAT'];
   const lines = table(header, rows).split('\n');
   const out = [lines[0]];
   supervisors.forEach((w, i) => {
@@ -152,6 +153,13 @@ export function formatSupervisors(supervisors: SupervisorInfo[]): string {
     if (w.restarts > 0) out.push(`    restarts ${w.restarts}`);
   });
   return out.join('\n');
+}
+
+/** In use of the budget, and the LISTEN connection if it has one (none in poll mode): "3/8 +listen". */
+function connectionsColumn(w: SupervisorInfo): string {
+  const c = w.connections;
+  if (!c || w.status === 'EXITED' || w.status === 'LOST') return '-';
+  return `${c.inUse}/${c.max}${c.listen > 0 ? ' +listen' : ''}${c.waiting > 0 ? ` (${c.waiting} waiting)` : ''}`;
 }
 
 export function formatLogEntry(entry: LogEntry): string {

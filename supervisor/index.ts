@@ -8,11 +8,14 @@ import {
   MAX_IDLE_TIMEOUT_MS,
   resolveConnectionString,
   resolveListenUrl,
+  resolvePoll,
+  resolvePollInterval,
   resolvePreparedStatements,
   validateName,
   validateInt,
   validateSchemaName,
 } from '../src/config.ts';
+import { ConnectionBudget, MIN_CONNECTIONS, splitBudget } from '../src/connection-budget.ts';
 import { createPool, explainConnectionErrors } from '../src/db.ts';
 import { GrapevineError } from '../src/errors.ts';
 import { createLogger, logFormatOf, type Logger } from '../src/log.ts';
@@ -40,6 +43,17 @@ export interface SupervisorOptions {
    * (PgBouncer before 1.21, or with max_prepared_statements = 0).
    */
   preparedStatements?: boolean;
+  /**
+   * Poll instead of LISTEN (default false, or GRAPEVINE_POLL): every
+   * pollIntervalMs the supervisor looks for due jobs and control messages,
+   * so they are found up to that late; the heartbeat finds cancels. For a
+   * pooler in transaction mode with no direct address for listenUrl. Without
+   * it, a supervisor whose LISTEN turns out not to work there polls anyway,
+   * with one warning.
+   */
+  poll?: boolean;
+  /** How often poll mode looks (default 1000 ms, or GRAPEVINE_POLL_INTERVAL_MS). */
+  pollIntervalMs?: number;
   schema?: string;
   /** A directory of task modules (file name = task name) or one module with named handler exports. */
   tasks: string;
@@ -100,7 +114,16 @@ export interface SupervisorOptions {
    * earlier ones. A job's last value is stored before its outcome.
    */
   progressIntervalMs?: number;
-  /** Connections per thread for handlers' helpers.query() and addJob() (default 4). */
+  /**
+   * The most connections this supervisor opens, its LISTEN connection aside
+   * (default 8: ten hosts and their LISTEN connections fit PostgreSQL's
+   * default max_connections of 100). Its own statements take 2 (1 of the smallest, 3),
+   * and its threads share the rest, handlers' queries all but one of them
+   * (docs/deployment.md#connections). A connection that does not fit waits
+   * for one to close; it never fails a job.
+   */
+  maxConnections?: number;
+  /** Connections one thread's handlers may hold for helpers.query(), transaction() and addJob() (default: the budget's handler share). */
   handlerConnections?: number;
   /** Per-thread limits, e.g. { maxOldGenerationSizeMb: 256 }: a handler over it kills only its thread. */
   resourceLimits?: ResourceLimits;
@@ -150,7 +173,8 @@ export const OPTION_RANGES = {
   retryMaxMs: { min: 1, max: INT32_MAX },
   retentionMs: { min: 0, max: 10 * 365 * 24 * HOUR_MS },
   statementTimeoutMs: { min: 100, max: HOUR_MS },
-  handlerConnections: { min: 1, max: 100 },
+  maxConnections: { min: MIN_CONNECTIONS, max: 10_000 },
+  handlerConnections: { min: 1, max: 10_000 },
   idleTimeoutMs: { min: 0, max: MAX_IDLE_TIMEOUT_MS },
   // PostgreSQL stores no value over 1 GiB.
   maxResultBytes: { min: 1, max: 1_073_741_824 },
@@ -171,6 +195,8 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
   const connectionString = resolveConnectionString(options.connectionString);
   const listenUrl = resolveListenUrl(options.listenUrl, connectionString);
   const preparedStatements = resolvePreparedStatements(options.preparedStatements);
+  const poll = resolvePoll(options.poll);
+  const pollIntervalMs = resolvePollInterval(options.pollIntervalMs);
   if (typeof options.tasks !== 'string' || options.tasks.length === 0) {
     throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', 'tasks is required: a directory of task modules or one module with named exports');
   }
@@ -206,7 +232,9 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
   const retryBaseMs = numeric(options, 'retryBaseMs', DEFAULTS.retryBaseMs);
   const retryMaxMs = numeric(options, 'retryMaxMs', DEFAULTS.retryMaxMs);
   const retentionMs = numeric(options, 'retentionMs', DEFAULTS.retentionMs);
-  const handlerConnections = numeric(options, 'handlerConnections', DEFAULTS.threadHandlerConnections);
+  const maxConnections = numeric(options, 'maxConnections', DEFAULTS.maxConnections);
+  const split = splitBudget(maxConnections);
+  const handlerConnections = numeric(options, 'handlerConnections', split.handlers);
   const maxResultBytes = numeric(options, 'maxResultBytes', DEFAULTS.maxResultBytes);
   const progressIntervalMs = numeric(options, 'progressIntervalMs', DEFAULTS.progressIntervalMs);
   const idleTimeoutMs = options.idleTimeoutMs == null ? null : numeric(options, 'idleTimeoutMs', 0);
@@ -229,7 +257,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     await migrations.end().catch(() => {});
   }
   const pool = createPool(connectionString, {
-    max: 3,
+    max: split.supervisor,
     applicationName: `grapevine-supervisor`,
     // The release of a dead thread's jobs sends its transaction in one go (release.ts).
     pipeline: true,
@@ -238,6 +266,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     onIdleError: (err) => logger.debug({ err: err.message }, 'idle supervisor connection closed'),
   });
 
+  const budget = ConnectionBudget.create(split.threads, split.handlers, threads);
   const threadConfig: ThreadConfig = {
     connectionString,
     schema,
@@ -249,6 +278,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     retryMaxMs,
     systemConnections: DEFAULTS.threadSystemConnections,
     handlerConnections,
+    budget: budget.buffer,
     logLevel: logger.level,
     logFormat: logFormatOf(logger),
     deleteSucceeded: options.deleteSucceeded ?? DEFAULTS.deleteSucceeded,
@@ -256,7 +286,14 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     progressIntervalMs,
     preparedStatements,
   };
-  const threadPool = new ThreadPool({ threads, concurrency, config: threadConfig, resourceLimits: options.resourceLimits, logger });
+  const threadPool = new ThreadPool({
+    threads,
+    concurrency,
+    config: threadConfig,
+    budget,
+    resourceLimits: options.resourceLimits,
+    logger,
+  });
   try {
     await threadPool.start();
   } catch (err) {
@@ -269,7 +306,12 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     schema,
     connectionString,
     listenUrl,
+    poll,
+    pollIntervalMs,
     pool,
+    budget,
+    split: { ...split, max: maxConnections },
+    connectionsPerThread: DEFAULTS.threadSystemConnections + handlerConnections,
     threadPool,
     threads,
     maxThreads,

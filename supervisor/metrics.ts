@@ -20,6 +20,8 @@ export interface MetricsSources {
   /** Threads running at least one job. */
   busyThreads(): number;
   runningJobs(): number;
+  /** Connections open against maxConnections, and requests waiting for one. */
+  connections(): { inUse: number; max: number; waiting: number };
   threadRestarts(): number;
   listenerReconnects(): number;
   /** What /readyz checks, each true when fine. */
@@ -69,6 +71,13 @@ export class MetricsServer {
     gauge('grapevine_threads', 'Worker threads up.', () => sources.liveThreads());
     gauge('grapevine_threads_busy', 'Worker threads running at least one job.', () => sources.busyThreads());
     gauge('grapevine_jobs_running', 'Jobs this supervisor is running.', () => sources.runningJobs());
+    gauge('grapevine_connections', 'Connections this supervisor has open, its LISTEN connection aside.', () => sources.connections().inUse);
+    gauge('grapevine_connections_max', 'Its connection budget (maxConnections).', () => sources.connections().max);
+    gauge(
+      'grapevine_connections_waiting',
+      'Requests for a connection waiting because the budget is full.',
+      () => sources.connections().waiting,
+    );
     // Totals the supervisor keeps anyway, exported as counters.
     const total = (name: string, help: string, read: () => number) =>
       new Counter({

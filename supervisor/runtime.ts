@@ -5,6 +5,7 @@
  */
 import os from 'node:os';
 import type pg from 'pg';
+import { connectionsWith, type BudgetSplit, type ConnectionBudget } from '../src/connection-budget.ts';
 import { explainConnectionErrors, listenTarget } from '../src/db.ts';
 import { Listener } from '../src/listener.ts';
 import { throttled, throttledWarnings, type Logger } from '../src/log.ts';
@@ -14,6 +15,7 @@ import { channelsFor } from '../src/schema/channels.ts';
 import { hasDue } from '../src/sql/jobs.ts';
 import { deregisterSupervisor, registerSupervisor } from '../src/sql/supervisors.ts';
 import { VERSION } from '../src/version.ts';
+import { ConnectionWatch } from './connections.ts';
 import { ControlPlane } from './control.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { Heartbeat } from './heartbeat.ts';
@@ -34,7 +36,15 @@ export interface RuntimeOptions {
   connectionString: string;
   /** Where the LISTEN connection goes: the server itself when connectionString is a pooler. */
   listenUrl: string;
+  /** No LISTEN: due jobs and control messages are looked for every pollIntervalMs. */
+  poll: boolean;
+  pollIntervalMs: number;
   pool: pg.Pool;
+  /** The threads' share of maxConnections, and how maxConnections was split. */
+  budget: ConnectionBudget;
+  split: BudgetSplit & { max: number };
+  /** The most one thread opens: its claim and outcome connections and its handlers'. */
+  connectionsPerThread: number;
   threadPool: ThreadPool;
   threads: number;
   /** The most threads SCALE may ask for. */
@@ -67,12 +77,17 @@ export class SupervisorRuntime implements Supervisor {
   private readonly maintenance: Maintenance;
   private readonly schedules: ScheduleFiring;
   private readonly heartbeat: Heartbeat;
-  private readonly sweeper: Periodic;
+  /** The sweep, or in poll mode the poll (replaced when LISTEN turns out unavailable). */
+  private sweeper: Periodic;
+  /** No LISTEN: from the start (poll), or since the listener found it cannot work. */
+  private polling: boolean;
+  private polls = 0;
   private readonly releases: JobRelease;
   private readonly channels: ReturnType<typeof channelsFor>;
   private readonly log: SupervisorLog;
   private readonly idleTimeout: IdleTimeout;
   private readonly control: ControlPlane;
+  private readonly connections: ConnectionWatch;
   private metrics: MetricsServer | null = null;
   private readonly events: SupervisorEventBus;
   private dueTimer: NodeJS.Timeout | null = null;
@@ -120,6 +135,13 @@ export class SupervisorRuntime implements Supervisor {
       healthCheckMs: options.timing.listenerHealthCheckMs,
       healthTimeoutMs: Math.min(3_000, options.timing.listenerHealthCheckMs),
     });
+    this.connections = new ConnectionWatch({
+      pool,
+      budget: options.budget,
+      split: options.split,
+      listening: () => this.listener.connected,
+      logger,
+    });
     this.maintenance = new Maintenance({
       pool,
       schema,
@@ -152,7 +174,8 @@ export class SupervisorRuntime implements Supervisor {
         this.schedules.wake();
       },
     });
-    this.sweeper = new Periodic(timing.sweepIntervalMs, () => this.sweep());
+    this.polling = options.poll;
+    this.sweeper = this.polling ? this.poller() : new Periodic(timing.sweepIntervalMs, () => this.sweep());
     this.idleTimeout = new IdleTimeout(
       {
         logger,
@@ -176,6 +199,9 @@ export class SupervisorRuntime implements Supervisor {
       queues: options.queues,
       concurrency: options.concurrency,
       maxThreads: options.maxThreads,
+      maxConnections: options.split.max,
+      pollIntervalMs: () => (this.polling ? options.pollIntervalMs : null),
+      connectionsWith: (threads) => connectionsWith(options.split, threads, options.connectionsPerThread),
       allowEval: options.allowEval,
       log: this.log,
       idleTimeout: this.idleTimeout,
@@ -240,7 +266,8 @@ export class SupervisorRuntime implements Supervisor {
       // too; only an exit nobody asked for is a crash worth its exit code.
       this.log.append('THREAD_EXIT', expected ? 'stopped' : `exit code ${code} (unexpected)`, threadId);
     });
-    await this.listener.start();
+    this.listener.once('unavailable', (err: Error) => this.fallBackToPolling(err));
+    if (!this.polling) await this.listener.start();
     // Before any claim: the row names the LISTEN backend (the testing kit's killListeners()
     // cuts only its own schema's), and a pause() right after start still comes first.
     await this.heartbeat.beat();
@@ -250,6 +277,7 @@ export class SupervisorRuntime implements Supervisor {
     this.maintenance.start();
     this.schedules.start();
     this.sweeper.start();
+    this.connections.start();
     this.log.append('ALIVE', `${os.hostname()} pid ${process.pid} grapevine ${VERSION} node ${process.version}`);
     this.log.append('QUEUE', this.o.queues ? this.o.queues.join(' ') : '(all queues)');
     this.log.append('THREADS', `${threadPool.threads} x ${this.o.concurrency}`);
@@ -263,7 +291,11 @@ export class SupervisorRuntime implements Supervisor {
         tasks: threadPool.tasks,
         queues: this.o.queues ?? 'all',
         database: describeConnection(this.o.connectionString),
-        ...(this.o.listenUrl === this.o.connectionString ? {} : { listen: describeConnection(this.o.listenUrl) }),
+        ...(this.polling
+          ? { poll: this.o.pollIntervalMs }
+          : this.o.listenUrl === this.o.connectionString
+            ? {}
+            : { listen: describeConnection(this.o.listenUrl) }),
         schema,
       },
       'supervisor started',
@@ -284,6 +316,7 @@ export class SupervisorRuntime implements Supervisor {
       threads,
       restarts: this.o.threadPool.restarts,
       inFlight: this.dispatcher.inFlight,
+      connections: this.connections.usage(),
       counters: { ...this.dispatcher.counters, malformedNotifications: this.malformed, listenerReconnects: this.listener.reconnects },
     };
   }
@@ -332,13 +365,14 @@ export class SupervisorRuntime implements Supervisor {
         schema,
         logger,
         liveThreads: () => threadPool.liveThreads().length,
+        connections: () => this.connections.usage(),
         busyThreads,
         runningJobs: () => this.dispatcher.runningJobs.size,
         threadRestarts: () => threadPool.restarts,
         listenerReconnects: () => this.listener.reconnects,
         readiness: () => ({
           connected: Date.now() - this.heartbeat.lastBeatAt < timing.leaseMs,
-          listening: this.listener.connected,
+          listening: this.polling || this.listener.connected,
           threadsUp: threadPool.liveThreads().length > 0,
           running: this.state !== 'STOPPING' && this.state !== 'EXITED',
         }),
@@ -385,6 +419,7 @@ export class SupervisorRuntime implements Supervisor {
     this.maintenance.stop();
     this.schedules.stop();
     this.sweeper.stop();
+    this.connections.stop();
     if (this.dueTimer) clearTimeout(this.dueTimer);
 
     let graceTimer: NodeJS.Timeout | undefined;
@@ -497,6 +532,39 @@ export class SupervisorRuntime implements Supervisor {
       this.dueAt = Infinity;
       this.dispatcher.markBacklog();
     }, delay);
+  }
+
+  /**
+   * Poll mode's timer: each interval, whatever a notification would have
+   * said. Due jobs by the sweep's has_due; control messages by reading them;
+   * the schedules every tenth time (a change made elsewhere is rarely
+   * urgent). Cancels need nothing more: the heartbeat's lease renewal reads
+   * them every heartbeatIntervalMs.
+   */
+  private poller(): Periodic {
+    return new Periodic(this.o.pollIntervalMs, async () => {
+      this.control.wake();
+      if (this.polls++ % 10 === 9) this.schedules.wake();
+      await this.sweep();
+    });
+  }
+
+  /** The listener found that LISTEN cannot work where it connects (a pooler in transaction mode): poll from now on. */
+  private fallBackToPolling(err: Error): void {
+    if (this.polling || this.state === 'STOPPING' || this.state === 'EXITED') return;
+    this.polling = true;
+    this.o.logger.warn(
+      { err: err.message, listen: describeConnection(this.o.listenUrl), pollIntervalMs: this.o.pollIntervalMs },
+      `LISTEN is not available, so this supervisor polls every ${this.o.pollIntervalMs} ms instead: new jobs and control messages ` +
+        'are found up to that late. Set listenUrl (--listen-url) to reach PostgreSQL directly, or start with poll: true (--poll) to say so',
+    );
+    this.log.append('POLL', `LISTEN unavailable; polling every ${this.o.pollIntervalMs} ms`);
+    this.sweeper.stop();
+    this.sweeper = this.poller();
+    this.sweeper.start();
+    this.dispatcher.markBacklog();
+    this.control.wake();
+    this.schedules.wake();
   }
 
   /** Due jobs nobody was told about (delayed run_at, retries, lost notifications). */

@@ -18,6 +18,7 @@ export type SupervisorEvent =
   | 'PAUSE'
   | 'RESUME'
   | 'TIMEOUT'
+  | 'POLL'
   | 'STOP';
 
 export interface SupervisorLogOptions {

@@ -5,6 +5,7 @@
  * none of them needs to import another for that.
  */
 import type { ThreadStatus } from '../src/supervisor-info.ts';
+import type { ConnectionUsage } from './connections.ts';
 import type { DispatchCounters } from './dispatcher.ts';
 import type { SupervisorEventListener, SupervisorEventName } from './events.ts';
 
@@ -18,6 +19,8 @@ export interface SupervisorStatus {
   threads: ThreadStatus[];
   restarts: number;
   inFlight: number;
+  /** Connections open now against maxConnections, the LISTEN connection counted apart. */
+  connections: ConnectionUsage;
   counters: DispatchCounters & { malformedNotifications: number; listenerReconnects: number };
 }
 

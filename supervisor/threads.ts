@@ -5,6 +5,7 @@ import type { ResourceLimits, Worker } from 'node:worker_threads';
 import { Piscina, queueOptionsSymbol } from 'piscina';
 import type { Logger } from 'pino';
 import { backoffMs } from '../src/backoff.ts';
+import type { ConnectionBudget } from '../src/connection-budget.ts';
 import { GrapevineError } from '../src/errors.ts';
 import type { ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
 import { redactSecret } from '../src/redact.ts';
@@ -25,6 +26,8 @@ export interface ThreadPoolOptions {
   threads: number;
   concurrency: number;
   config: ThreadConfig;
+  /** The threads' connections (config.budget's buffer): a thread that ends cannot count its own out. */
+  budget: ConnectionBudget;
   resourceLimits?: ResourceLimits;
   logger: Logger;
 }
@@ -88,6 +91,7 @@ export class ThreadPool extends EventEmitter {
     const old = this.current;
     this.current = next;
     this.threads = threads;
+    this.options.budget.setThreads(threads);
     if (old) this.retire(old);
     // Its threads' 'start' events came while the old generation was current.
     this.emit('replaced');
@@ -246,6 +250,8 @@ export class ThreadPool extends EventEmitter {
     this.live.set(threadId, { threadId, generation, startedAt: new Date(), worker, pool });
     this.emit('start', threadId, generation, restart);
     worker.once('exit', (code: number) => {
+      // Its sockets closed with it.
+      this.options.budget.reclaim(threadId);
       this.live.delete(threadId);
       this.exiting.delete(threadId);
       const gen = this.generations.get(pool);

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, type Supervisor } from '../supervisor/public.ts';
+import { createClient, DEFAULTS, type Supervisor } from '../supervisor/public.ts';
 import { eventually, startTestSupervisor, useTestSchema } from './helpers/db.ts';
 
 const db = useTestSchema('metrics');
@@ -63,6 +63,10 @@ describe('the metrics port', () => {
     expect(sample(text, 'grapevine_threads')).toBe(2);
     expect(sample(text, 'grapevine_threads_busy')).toBe(0);
     expect(sample(text, 'grapevine_jobs_running')).toBe(0);
+    expect(sample(text, 'grapevine_connections_max')).toBe(DEFAULTS.maxConnections);
+    expect(sample(text, 'grapevine_connections')).toBeGreaterThan(0);
+    expect(sample(text, 'grapevine_connections')).toBeLessThanOrEqual(DEFAULTS.maxConnections);
+    expect(sample(text, 'grapevine_connections_waiting')).toBe(0);
     expect(sample(text, 'grapevine_thread_restarts_total')).toBe(0);
     expect(sample(text, 'grapevine_listener_reconnects_total')).toBe(0);
   });

@@ -1,12 +1,14 @@
 import { randomInt } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { DEFAULTS } from '../src/config.ts';
+import { splitBudget } from '../src/connection-budget.ts';
 import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 
 const db = useMigratedSchema('pool_pressure');
 const { client } = db;
 
-const HANDLER_CONNECTIONS = DEFAULTS.threadHandlerConnections;
+// All of the budget's thread connections but one, which claims and outcome writes keep.
+const HANDLER_CONNECTIONS = splitBudget(DEFAULTS.maxConnections).handlers;
 
 describe('handlers that hold every handler connection of their thread', () => {
   it("do not stop claims and outcome writes, which use the thread's own system pool: other jobs finish meanwhile, then all of them, with no deadlock", async () => {

@@ -157,8 +157,9 @@ describe('running jobs', () => {
     );
     const listeners = rows.filter((r) => r.application_name === 'grapevine-listener');
     expect(listeners.map((r) => r.pid).sort()).toEqual([a.listenerPid(), b.listenerPid()].sort());
-    // The last statement on a listener is its LISTEN, or the health check that confirms the subscription.
-    for (const listener of listeners) expect(listener.query).toMatch(/^LISTEN "|pg_listening_channels\(\)/);
+    // The last statement on a listener is its LISTEN, the look at its server process that follows, or the health check that confirms both.
+    for (const listener of listeners)
+      expect(listener.query).toMatch(/^LISTEN "|pg_listening_channels\(\)|^SELECT pg_backend_pid\(\) AS pid$/);
     // Every other connection belongs to a pool, and none of them listens.
     const others = rows.filter((r) => r.application_name !== 'grapevine-listener');
     expect(others.length).toBeGreaterThan(0);

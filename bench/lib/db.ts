@@ -3,7 +3,15 @@
 import { readFileSync } from 'node:fs';
 import pg from 'pg';
 
-export const BENCH_DB = 'bench_grapevine';
+/** Dropped and created by each run: runs that share a server at once need a name each (GRAPEVINE_BENCH_DB). */
+export const BENCH_DB = benchDatabaseName(process.env.GRAPEVINE_BENCH_DB);
+
+function benchDatabaseName(name: string | undefined): string {
+  if (name === undefined || name === '') return 'bench_grapevine';
+  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(name))
+    throw new Error(`GRAPEVINE_BENCH_DB must be a plain lowercase identifier, got ${JSON.stringify(name)}`);
+  return name;
+}
 
 /** The installed version of a package, read from node_modules (for BENCHMARKS.md). */
 export function installedVersion(pkg: string): string {

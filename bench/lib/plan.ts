@@ -2,7 +2,7 @@
 import os from 'node:os';
 import { ALL_PROFILES, ALL_SYSTEMS, type Profile, type SystemName } from '../systems/types.ts';
 
-export const ALL_WORKLOADS = ['throughput', 'arriving', 'enqueue', 'latency', 'cpu', 'scaleout', 'deep', 'recovery'] as const;
+export const ALL_WORKLOADS = ['throughput', 'arriving', 'enqueue', 'latency', 'cpu', 'scaleout', 'hosts', 'deep', 'recovery'] as const;
 export type Workload = (typeof ALL_WORKLOADS)[number];
 
 export interface Plan {
@@ -24,6 +24,8 @@ export interface Plan {
   latencySamples: number;
   latencyIntervalMs: number;
   supervisorCounts: number[];
+  /** The hosts workload: supervisor processes of one thread each, direct and through PgBouncer. */
+  hostCounts: number[];
   recoveryTrials: number;
   /** How long the recovery workload lets a replacement thread boot before a settled-pool trial. */
   replacementBootMs: number;
@@ -80,6 +82,7 @@ export function parsePlan(argv: string[], repoDir: string): Plan {
         deepFiller: 5_000,
         latencySamples: 10,
         supervisorCounts: [2],
+        hostCounts: [2],
         recoveryTrials: 1,
         replacementBootMs: 200,
         killTrials: 0,
@@ -97,6 +100,7 @@ export function parsePlan(argv: string[], repoDir: string): Plan {
         deepFiller: 1_000_000,
         latencySamples: 150,
         supervisorCounts: [1, 2, 4],
+        hostCounts: [1, 2, 4, 8],
         recoveryTrials: 7,
         replacementBootMs: 1000,
         killTrials: 3,

@@ -135,6 +135,30 @@ export function scaleTable(s: Summary): string {
   );
 }
 
+export function hostsTable(s: Summary): string {
+  if (!s.hosts.length) return '';
+  return table(
+    [
+      'via',
+      'supervisor processes (1 thread each)',
+      'jobs/s (median)',
+      'rounds',
+      'server connections (most)',
+      'budgets’ sum',
+      'empty claims / job',
+    ],
+    s.hosts.map((h) => [
+      h.via,
+      String(h.supervisors),
+      int(h.median),
+      h.rounds.map(int).join(', '),
+      int(h.serverConnections),
+      int(h.budget),
+      h.emptyClaimsPerJob.toFixed(4),
+    ]),
+  );
+}
+
 export function recoveryTable(s: Summary): string {
   const r = s.recovery;
   if (!r) return '';

@@ -13,6 +13,8 @@ export interface TrialRecord {
   system: Subject;
   profile: Profile;
   supervisors?: number;
+  /** The hosts workload: direct or through PgBouncer. */
+  via?: 'direct' | 'pgbouncer';
   wallMs: number;
   result: TrialResult;
 }
@@ -45,6 +47,17 @@ export interface ScaleStat {
   reclaimed: number;
   rssMb: number;
 }
+export interface HostsStat {
+  via: 'direct' | 'pgbouncer';
+  supervisors: number;
+  median: number;
+  rounds: number[];
+  /** The most client connections the server had from the supervisors, over all rounds. */
+  serverConnections: number;
+  /** N × (maxConnections + 1 LISTEN). */
+  budget: number;
+  emptyClaimsPerJob: number;
+}
 export interface RecoveryStat {
   threadCrashMs: number[];
   threadMedian: number;
@@ -68,6 +81,7 @@ export interface Summary {
   deep: Map<SystemName, RateStat>;
   latency: Map<Subject, Percentiles & { rssMb: number }>;
   scaleout: ScaleStat[];
+  hosts: HostsStat[];
   recovery: RecoveryStat | null;
   failures: string[];
 }
@@ -140,6 +154,22 @@ export function summarize(records: TrialRecord[]): Summary {
         rssMb: maxOf(rs.map((r) => num(r, 'rssMb'))),
       };
     });
+  const hostRecords = records.filter((r) => r.workload === 'hosts' && ok(r));
+  const hosts: HostsStat[] = [];
+  for (const via of ['direct', 'pgbouncer'] as const) {
+    for (const n of [...new Set(hostRecords.filter((r) => r.via === via).map((r) => r.supervisors ?? 1))].sort((a, b) => a - b)) {
+      const rs = hostRecords.filter((r) => r.via === via && r.supervisors === n);
+      hosts.push({
+        via,
+        supervisors: n,
+        median: median(rs.map((r) => num(r, 'jobsPerSec'))),
+        rounds: rs.map((r) => num(r, 'jobsPerSec')),
+        serverConnections: maxOf(rs.map((r) => num(r, 'serverConnections'))),
+        budget: num(rs[0], 'budget'),
+        emptyClaimsPerJob: median(rs.map((r) => num(r, 'emptyClaimsPerJob'))),
+      });
+    }
+  }
   const rec = records.find((r) => r.workload === 'recovery' && ok(r));
   const rr = rec?.result as Record<string, unknown> | undefined;
   const booting = (rr?.threadCrashBootingMs as number[] | undefined) ?? [];
@@ -153,6 +183,7 @@ export function summarize(records: TrialRecord[]): Summary {
     deep: rates(records, 'deep'),
     latency,
     scaleout,
+    hosts,
     recovery: rr
       ? {
           threadCrashMs: rr.threadCrashMs as number[],
@@ -262,6 +293,7 @@ export function targets(s: Summary, threads: number): Target[] {
       'jobs/s',
     ),
     scale,
+    ...hostTargets(s),
     atLeast('deep queue ≥ 0.8× shallow throughput', s.deep.get('grapevine')?.median, gv(s.throughput), 0.8, 'jobs/s'),
     atMost('recovery: thread crash median < 100 ms', rec?.threadMedian, 100, 'ms', true),
     atMost(
@@ -272,4 +304,18 @@ export function targets(s: Summary, threads: number): Target[] {
       true,
     ),
   ];
+}
+
+/** Many hosts: the server's connections within the budgets' sum, and fewer than 0.05 empty claims per job, at every size. */
+function hostTargets(s: Summary): Target[] {
+  if (!s.hosts.length) return [atMost('hosts: server connections ≤ the budgets’ sum', undefined, undefined, '')];
+  const worst = (pick: (h: HostsStat) => number) => s.hosts.reduce((a, b) => (pick(b) > pick(a) ? b : a));
+  const conns = worst((h) => h.serverConnections / h.budget);
+  const empty = worst((h) => h.emptyClaimsPerJob);
+  const where = (h: HostsStat) => ` (worst: ${h.supervisors} ${h.via})`;
+  const c = atMost('hosts: server connections ≤ the budgets’ sum', conns.serverConnections, conns.budget, 'connections');
+  const e = atMost('hosts: empty claims < 0.05 per job', empty.emptyClaimsPerJob, 0.05, 'per job', true);
+  c.detail += where(conns);
+  e.detail += where(empty);
+  return [c, e];
 }

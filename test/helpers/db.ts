@@ -165,3 +165,38 @@ export async function addWaitTrigger(
     END $$;
     ${trigger};`);
 }
+
+/** A table the `ledger` fixture task records each run in: (job, attempt) is unique, so a second run of one attempt fails. */
+export async function createLedger(db: TestDatabase, name: string): Promise<string> {
+  const table = `"${db.schema}".${name}`;
+  await db.pool.query(`CREATE TABLE ${table} (job_id bigint NOT NULL, attempt integer NOT NULL, UNIQUE (job_id, attempt))`);
+  return table;
+}
+
+/** Until every one of `ids` has succeeded. */
+export async function untilSucceeded(db: TestDatabase, ids: string[], deadlineMs = 180_000): Promise<void> {
+  await eventually(
+    async () =>
+      (
+        await db.pool.query(`SELECT count(*)::int AS n FROM "${db.schema}".jobs WHERE state = 'succeeded' AND id = ANY($1::bigint[])`, [
+          ids,
+        ])
+      ).rows[0].n === ids.length,
+    `all ${ids.length} jobs to succeed`,
+    deadlineMs,
+  );
+}
+
+/** The jobs' states and attempts, and how many runs the ledger recorded for how many jobs: what "each succeeded exactly once" is checked against. */
+export async function drained(
+  db: TestDatabase,
+  ids: string[],
+  ledger: string,
+): Promise<{ states: Array<{ state: string; attempts: number; n: number }>; runs: number; jobs: number }> {
+  const { rows: states } = await db.pool.query(
+    `SELECT state, attempts, count(*)::int AS n FROM "${db.schema}".jobs WHERE id = ANY($1::bigint[]) GROUP BY 1, 2`,
+    [ids],
+  );
+  const { rows } = await db.pool.query(`SELECT count(*)::int AS runs, count(DISTINCT job_id)::int AS jobs FROM ${ledger}`);
+  return { states, ...rows[0] };
+}

@@ -17,7 +17,7 @@ describe('startSupervisor options', () => {
   });
 
   it('keeps every numeric default inside its own range', () => {
-    const defaults: Record<string, unknown> = { ...DEFAULTS, handlerConnections: DEFAULTS.threadHandlerConnections };
+    const defaults: Record<string, unknown> = { ...DEFAULTS };
     for (const [name, range] of Object.entries(OPTION_RANGES)) {
       const value = defaults[name];
       if (value === undefined) continue; // computed (threads) or off (idleTimeoutMs)
