@@ -145,15 +145,30 @@ function withoutBookkeeping(catalog: Catalog): Catalog {
  * table, the jobs' tick columns and their index, and the claims and
  * unhandled_tasks() returning them (a new result type); watch_progress()
  * (migration 0017's progress columns); migration 0020's max_attempts_given,
- * which the claims return too.
+ * which the claims return too; migration 0015's flow control: the functions
+ * behind limited claims and queue settings, and has_due() asking them.
  */
 const TABLES_SINCE_BASELINE = /^_?(settings|schedules)/;
 const COLUMNS_SINCE_BASELINE = ['jobs.schedule', 'jobs.scheduled_for', 'jobs.max_attempts_given'];
 const INDEXES_SINCE_BASELINE = ['jobs_schedule_tick_idx'];
 /** Job keys (migration 0012): the jobs table's key columns, their checks and index; add_job() took new arguments. */
 const KEYS_SINCE_BASELINE = /^(jobs_)?key/;
-const FUNCTIONS_SINCE_BASELINE = ['add_jobs', 'get_job', 'watch_job', 'watch_progress', 'cancel_job', 'job_specs', 'add_job'];
-const CHANGED_SINCE_BASELINE = ['jobs_inserted'];
+const FUNCTIONS_SINCE_BASELINE = [
+  'add_jobs',
+  'get_job',
+  'watch_job',
+  'watch_progress',
+  'cancel_job',
+  'job_specs',
+  'add_job',
+  'held_queues',
+  'pending_queues',
+  'limited_candidates',
+  'claim_limited',
+  'limited_due',
+  'configure_queue',
+];
+const CHANGED_SINCE_BASELINE = ['jobs_inserted', 'has_due'];
 const RESULT_CHANGED_SINCE_BASELINE = ['claim_next', 'claim_ids', 'unhandled_tasks'];
 
 /** The catalog as the baseline built it: later objects left out, changed functions by their signature alone. */

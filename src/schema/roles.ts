@@ -28,7 +28,7 @@ export type RoleKind = (typeof ROLE_KINDS)[number];
 const READ_BY_ALL = ['migrations', 'schema_functions', 'settings'];
 
 const ENQUEUE_FUNCTIONS = [
-  'add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval)',
+  'add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval, text)',
   'add_jobs(jsonb)',
   'get_job(bigint)',
   'watch_job(bigint)',
@@ -44,6 +44,12 @@ const WORKER_FUNCTIONS = [
   'claim_next(integer, text[], text[], text, integer, integer)',
   'claim_ids(bigint[], text[], text[], text, integer, integer)',
   'has_due(text[], text[])',
+  // Called by the claims and has_due() for queues with limits (docs/limits.md).
+  'held_queues()',
+  'pending_queues()',
+  'limited_candidates(text, integer, integer, integer, text[], integer, timestamptz)',
+  'claim_limited(text, integer, text[], text, integer, integer)',
+  'limited_due(text, text[])',
   'prune_finished(bigint, integer)',
   'unhandled_tasks(integer, integer)',
   'notify(text, text)',
@@ -68,6 +74,9 @@ const TABLES: Record<RoleKind, Record<string, string>> = {
     responses: 'SELECT, INSERT, DELETE',
     worker_log: 'SELECT, INSERT, DELETE',
     log_followers: 'SELECT',
+    // A limited queue's claim locks its row and records its starts.
+    queues: 'SELECT, UPDATE',
+    group_starts: 'SELECT, INSERT, UPDATE, DELETE',
   },
   operator: {
     supervisors: 'SELECT',
@@ -77,6 +86,8 @@ const TABLES: Record<RoleKind, Record<string, string>> = {
     log_followers: 'SELECT, INSERT, UPDATE, DELETE',
     // grapevine schedule add, list, pause, resume, remove.
     schedules: 'SELECT, INSERT, UPDATE, DELETE',
+    // grapevine queue list; changes go through configure_queue().
+    queues: 'SELECT',
   },
 };
 
@@ -90,7 +101,14 @@ const FUNCTIONS: Record<RoleKind, string[]> = {
   enqueuer: ENQUEUE_FUNCTIONS,
   // Handlers' addJob() runs in the worker's threads.
   worker: [...ENQUEUE_FUNCTIONS, ...WORKER_FUNCTIONS],
-  operator: ['get_job(bigint)', 'watch_job(bigint)', 'watch_progress(bigint, integer)', 'cancel_job(bigint)', 'notify(text, text)'],
+  operator: [
+    'get_job(bigint)',
+    'watch_job(bigint)',
+    'watch_progress(bigint, integer)',
+    'cancel_job(bigint)',
+    'notify(text, text)',
+    'configure_queue(text, jsonb)',
+  ],
 };
 
 /** The statements that give `role` what a `kind` needs in `schema`, in order. They only add rights. */

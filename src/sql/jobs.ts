@@ -49,10 +49,12 @@ function build(schema: string): JobStatements {
 
   // `attempts` only ever grows, so (job, attempt) names one execution. A
   // release that should not cost the job an attempt raises its allowance instead.
+  // A job of a limited queue keeps its run time, and so its place: a serial
+  // group's job released by a crash runs again before the group's later jobs.
   const releaseSet = (countAttempt: string, reason: string) => `
       state = ${terminalAfterRelease(countAttempt)},
       max_attempts = CASE WHEN ${countAttempt} THEN j.max_attempts ELSE j.max_attempts + 1 END,
-      run_at = now(), last_error = ${reason}, lease_until = NULL, claim_token = NULL,
+      run_at = CASE WHEN j.limited THEN j.run_at ELSE now() END, last_error = ${reason}, lease_until = NULL, claim_token = NULL,
       finished_at = CASE WHEN ${terminalAfterRelease(countAttempt)} = 'pending' THEN NULL ELSE now() END`;
 
   // Tell listeners about what a statement changed: pending ids to supervisors,
@@ -62,11 +64,20 @@ function build(schema: string): JobStatements {
   // every thread of every supervisor would otherwise queue behind each other.
   const announce = (cte: string) => `
     SELECT ${s}.notify_ids('${ch.jobs}', ARRAY(SELECT id FROM ${cte} WHERE state = 'pending' AND run_at <= now())),
+           ${freedSlots(cte)} AS freed,
            ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM ${cte} WHERE watched AND state IN ('succeeded', 'failed', 'cancelled'))),
            (SELECT count(${s}.notify('${ch.jobs}', 'at:' || floor(extract(epoch FROM run_at) * 1000)::bigint))
               FROM (SELECT min(run_at) AS run_at FROM ${cte} WHERE state = 'pending' AND run_at > now()) later
              WHERE later.run_at IS NOT NULL) AS hinted,
            ARRAY(SELECT id::text FROM ${cte}) AS ids`;
+
+  // A job of a limited queue (docs/limits.md) leaving 'running' frees a slot
+  // that jobs waiting on the limit may take: 'at:' now makes every supervisor
+  // pull (claim_limited() takes the queue's turns). Jobs of unlimited queues
+  // send nothing here.
+  const freedSlots = (cte: string) => `
+    (SELECT count(${s}.notify('${ch.jobs}', 'at:' || floor(extract(epoch FROM now()) * 1000)::bigint))
+       FROM (SELECT 1 FROM ${cte} WHERE limited LIMIT 1) l)`;
 
   // An outcome write answers with the ids the fence turned away (usually
   // none) rather than with every id it recorded: a thread reads back nothing
@@ -76,7 +87,7 @@ function build(schema: string): JobStatements {
   return {
     // Enqueues go through add_job() and add_jobs(), which run with their
     // owner's rights: a role that may only enqueue has no right on the table.
-    insertOne: st('insert_one', `SELECT ${s}.add_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::interval)::text AS id`),
+    insertOne: st('insert_one', `SELECT ${s}.add_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::interval, $11)::text AS id`),
     // $1 the jobs as a JSON array; ids come back in its order.
     insertMany: st('insert_many', `SELECT id::text AS id FROM ${s}.add_jobs($1::jsonb) WITH ORDINALITY AS t(id, ord) ORDER BY ord`),
     // Through functions for the same reason as the enqueues.
@@ -111,8 +122,8 @@ function build(schema: string): JobStatements {
                 result = r.result, finished_at = now(), lease_until = NULL
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
-         RETURNING j.id, j.watched)
-       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched)), ${rejected}`,
+         RETURNING j.id, j.watched, j.limited)
+       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched)), ${freedSlots('done')} AS freed, ${rejected}`,
     ),
     // deleteSucceeded mode. $1 ids, $2 their claim tokens in the same order
     // (ids unique). Deletes the succeeded jobs that nobody waits for and no
@@ -128,8 +139,9 @@ function build(schema: string): JobStatements {
           WHERE j.id = ANY($1::bigint[])
             AND j.claim_token = ($2::bigint[])[array_position($1::bigint[], j.id)]
             AND j.state = 'running' AND NOT j.watched AND j.cancel_requested_at IS NULL
-         RETURNING j.id)
-       SELECT ARRAY(SELECT x::text FROM unnest($1::bigint[]) x WHERE NOT EXISTS (SELECT 1 FROM gone WHERE gone.id = x)) AS kept`,
+         RETURNING j.id, j.limited)
+       SELECT ARRAY(SELECT x::text FROM unnest($1::bigint[]) x WHERE NOT EXISTS (SELECT 1 FROM gone WHERE gone.id = x)) AS kept,
+              ${freedSlots('gone')} AS freed`,
     ),
     // $1 [{id, token, error, retryable, max_attempts?, delay_ms?}], $2 retry
     // base ms, $3 retry max ms. A task's retry policy (threads/retry-policy.ts)
@@ -163,7 +175,7 @@ function build(schema: string): JobStatements {
                   ELSE j.claim_token END
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
-         RETURNING j.id, j.state, j.run_at, j.watched)
+         RETURNING j.id, j.state, j.run_at, j.watched, j.limited)
        ${announce('done')}, ${rejected}`,
     ),
 
@@ -176,7 +188,7 @@ function build(schema: string): JobStatements {
       `WITH done AS (
          UPDATE ${s}.jobs j SET ${releaseSet('$4::boolean', '$3')}
           WHERE j.state = 'running' AND j.locked_by = $1 AND ($2::integer IS NULL OR j.locked_thread = $2)
-         RETURNING j.id, j.state, j.run_at, j.watched)
+         RETURNING j.id, j.state, j.run_at, j.watched, j.limited)
        ${announce('done')}`,
     ),
     // $1 ids. Run before releaseIds in the same transaction: a thread's claim
@@ -199,7 +211,7 @@ function build(schema: string): JobStatements {
          UPDATE ${s}.jobs j SET ${releaseSet('r.count', 'r.reason')}
            FROM r
           WHERE j.id = r.id AND j.state = 'running' AND j.locked_by = $1 AND j.locked_thread = r.thread
-         RETURNING j.id, j.state, j.run_at, j.watched)
+         RETURNING j.id, j.state, j.run_at, j.watched, j.limited)
        ${announce('done')}`,
     ),
 
@@ -225,7 +237,7 @@ function build(schema: string): JobStatements {
           WHERE j.state = 'running'
             AND (j.lease_until < now()
                  OR j.locked_by IN (SELECT id FROM ${s}.supervisors WHERE status IN ('LOST', 'EXITED')))
-         RETURNING j.id, j.state, j.run_at, j.watched)
+         RETURNING j.id, j.state, j.run_at, j.watched, j.limited)
        ${announce('done')}`,
     ),
     // $1 retention ms, $2 batch size. Returns `pruned`, how many. See
@@ -266,7 +278,7 @@ function build(schema: string): JobStatements {
       `WITH done AS (
          UPDATE ${s}.jobs j SET run_at = now()
           WHERE j.state = 'pending' AND j.run_at > now() AND ($1::bigint[] IS NULL OR j.id = ANY($1::bigint[]))
-         RETURNING j.id, j.state, j.run_at, j.watched)
+         RETURNING j.id, j.state, j.run_at, j.watched, j.limited)
        ${announce('done')}`,
     ),
   };
@@ -292,6 +304,8 @@ export interface NewJob {
   key_mode?: KeyMode;
   /** The throttle's window, as a PostgreSQL interval ('60000 milliseconds'). */
   key_window?: string;
+  /** The job's group within its queue (docs/limits.md); left out for none. */
+  group_key?: string;
 }
 
 /** How long a job's key holds and what a later enqueue with the key does: docs/keys.md. */
@@ -401,6 +415,7 @@ export async function insertJob(db: Queryable, schema: string, job: NewJob): Pro
     job.key ?? null,
     job.key_mode ?? null,
     job.key_window ?? null,
+    job.group_key ?? null,
   ];
   return (await oneRow<{ id: string }>(db, bind(jobStatements(schema).insertOne, values))).id;
 }

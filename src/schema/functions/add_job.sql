@@ -13,6 +13,8 @@
 -- function's identity, so the one without them goes: a call could otherwise
 -- match both. (Roles granted it need `grapevine grant` again.)
 DROP FUNCTION IF EXISTS :SCHEMA.add_job(text, jsonb, text, timestamptz, integer, integer, integer);
+-- group_key came with migration 0015 (docs/limits.md): the same again.
+DROP FUNCTION IF EXISTS :SCHEMA.add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval);
 
 CREATE OR REPLACE FUNCTION :SCHEMA.add_job(
   task text,
@@ -24,7 +26,8 @@ CREATE OR REPLACE FUNCTION :SCHEMA.add_job(
   timeout_ms integer DEFAULT NULL,
   key text DEFAULT NULL,
   key_mode text DEFAULT 'replace',
-  key_window interval DEFAULT NULL
+  key_window interval DEFAULT NULL,
+  group_key text DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE sql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -33,16 +36,16 @@ AS $fn$
   -- the key's branch is cut off before it runs (a one-time filter) when there
   -- is no key, and the INSERT inserts nothing when there is one.
   WITH plain AS (
-    INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms)
-    SELECT $1, coalesce($2, '{}'), coalesce($3, 'default'), coalesce($4, now()), coalesce($5, 0), coalesce($6, 5), $6 IS NOT NULL, $7
+    INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, group_key)
+    SELECT $1, coalesce($2, '{}'), coalesce($3, 'default'), coalesce($4, now()), coalesce($5, 0), coalesce($6, 5), $6 IS NOT NULL, $7, $11
      WHERE $8 IS NULL
     RETURNING id)
   SELECT id FROM plain
   UNION ALL
   SELECT keyed.id FROM :SCHEMA.add_jobs(jsonb_build_array(jsonb_build_object(
            'task', $1, 'payload', $2, 'queue', $3, 'run_at', $4, 'priority', $5, 'max_attempts', $6, 'timeout_ms', $7,
-           'key', $8, 'key_mode', $9, 'key_window', $10))) AS keyed(id)
+           'key', $8, 'key_mode', $9, 'key_window', $10, 'group_key', $11))) AS keyed(id)
    WHERE $8 IS NOT NULL
 $fn$;
 
-REVOKE ALL ON FUNCTION :SCHEMA.add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION :SCHEMA.add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval, text) FROM PUBLIC;

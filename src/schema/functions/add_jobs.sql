@@ -1,6 +1,6 @@
 -- Enqueue many jobs in one statement: `specs` is a JSON array of objects with
 -- add_job()'s arguments as fields (task, payload, queue, run_at, priority,
--- max_attempts, timeout_ms, key, key_mode, key_window; missing ones take
+-- max_attempts, timeout_ms, key, key_mode, key_window, group_key; missing ones take
 -- add_job()'s defaults). Returns the ids in the array's order. The client's
 -- addJobs() sends its chunks here, and add_job() its jobs with a key.
 -- Owner's rights, fixed search_path and no PUBLIC, as for add_job().
@@ -27,13 +27,13 @@ DECLARE
 BEGIN
   IF NOT jsonb_path_exists(specs, '$[*].key ? (@ != null)') THEN
     RETURN QUERY
-      INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms)
+      INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, group_key)
       SELECT t.task, coalesce(t.payload, '{}'), coalesce(t.queue, 'default'), coalesce(t.run_at, now()), coalesce(t.priority, 0),
-             coalesce(t.max_attempts, 5), t.max_attempts IS NOT NULL, t.timeout_ms
+             coalesce(t.max_attempts, 5), t.max_attempts IS NOT NULL, t.timeout_ms, t.group_key
         FROM ROWS FROM (jsonb_to_recordset(specs)
                AS (task text, payload jsonb, queue text, run_at timestamptz, priority integer,
-                   max_attempts integer, timeout_ms integer))
-             WITH ORDINALITY AS t(task, payload, queue, run_at, priority, max_attempts, timeout_ms, ord)
+                   max_attempts integer, timeout_ms integer, group_key text))
+             WITH ORDINALITY AS t(task, payload, queue, run_at, priority, max_attempts, timeout_ms, group_key, ord)
        ORDER BY t.ord
       RETURNING id;
     RETURN;
@@ -52,8 +52,9 @@ BEGIN
 
   -- Jobs without a key in one INSERT; RETURNING gives their ids in the order inserted.
   WITH t AS (SELECT * FROM :SCHEMA.job_specs(specs) t WHERE t.key IS NULL),
-       ins AS (INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms)
-               SELECT t.task, t.payload, t.queue, t.run_at, t.priority, t.max_attempts, t.max_attempts_given, t.timeout_ms FROM t ORDER BY t.ord
+       ins AS (INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, group_key)
+               SELECT t.task, t.payload, t.queue, t.run_at, t.priority, t.max_attempts, t.max_attempts_given, t.timeout_ms, t.group_key
+                 FROM t ORDER BY t.ord
                RETURNING id)
   SELECT ARRAY(SELECT t.ord FROM t ORDER BY t.ord), ARRAY(SELECT ins.id FROM ins) INTO found_ords, found_ids;
   ids := array_fill(NULL::bigint, ARRAY[jsonb_array_length(specs)]);
@@ -64,8 +65,10 @@ BEGIN
 
   WHILE cardinality(todo) > 0 LOOP
     WITH firsts AS (SELECT DISTINCT ON (t.key) t.* FROM :SCHEMA.job_specs(specs) t JOIN unnest(todo) u(ord) ON u.ord = t.ord ORDER BY t.key, t.ord),
-         ins AS (INSERT INTO :SCHEMA.jobs AS j (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, key, key_mode, key_until)
-                 SELECT f.task, f.payload, f.queue, f.run_at, f.priority, f.max_attempts, f.max_attempts_given, f.timeout_ms, f.key, f.key_mode, f.key_until
+         ins AS (INSERT INTO :SCHEMA.jobs AS j (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, key, key_mode,
+                                                key_until, group_key)
+                 SELECT f.task, f.payload, f.queue, f.run_at, f.priority, f.max_attempts, f.max_attempts_given, f.timeout_ms, f.key, f.key_mode,
+                        f.key_until, f.group_key
                    FROM firsts f ORDER BY f.ord
                  ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
                  RETURNING j.id, j.key)
@@ -116,7 +119,8 @@ BEGIN
            UPDATE :SCHEMA.jobs j
               SET task = t.task, payload = t.payload, queue = t.queue,
                   run_at = CASE WHEN t.key_mode = 'replace' THEN t.run_at ELSE j.run_at END,
-                  priority = t.priority, max_attempts = t.max_attempts, max_attempts_given = t.max_attempts_given, timeout_ms = t.timeout_ms
+                  priority = t.priority, max_attempts = t.max_attempts, max_attempts_given = t.max_attempts_given, timeout_ms = t.timeout_ms,
+                  group_key = t.group_key
              FROM unnest(found_ords, found_ids, holding) AS h(ord, id, holding)
              JOIN :SCHEMA.job_specs(specs) t ON t.ord = h.ord
             WHERE j.id = h.id AND h.holding AND t.key_mode IN ('replace', 'preserve_run_at')

@@ -1,0 +1,262 @@
+import pg from 'pg';
+import { afterAll, describe, expect, it } from 'vitest';
+import { channelsFor } from '../src/schema/channels.ts';
+import { claimByIds, claimNext, completeJobs, hasDue, releaseJobs, type ClaimParams } from '../src/sql/jobs.ts';
+import { createControl, GrapevineError } from '../supervisor/public.ts';
+import { eventually, useMigratedSchema } from './helpers/db.ts';
+
+/**
+ * Queue limits enforced inside the claim (docs/limits.md), driven statement
+ * by statement on real connections: racing claims never overshoot, groups
+ * are taken head first, serial groups in order, rates per window, pauses
+ * held, and slots freed by outcomes announced. The fleet of supervisor
+ * processes is in limits-fleet.test.ts.
+ */
+const db = useMigratedSchema('limits');
+const control = createControl({ connectionString: db.url, schema: db.schema });
+afterAll(() => control.close());
+
+const TASKS = ['t'];
+const claimer = (thread: number): ClaimParams => ({ tasks: TASKS, queues: null, owner: 'test', thread, leaseMs: 60_000 });
+
+async function add(queue: string, jobs: Array<{ group?: string; priority?: number }>): Promise<string[]> {
+  return db.client.addJobs(jobs.map((j) => ({ task: 't', queue, ...j })));
+}
+
+async function running(queue: string): Promise<Array<{ id: string; group_key: string | null }>> {
+  const { rows } = await db.pool.query(`SELECT id::text, group_key FROM ${db.s}.jobs WHERE queue = $1 AND state = 'running' ORDER BY id`, [
+    queue,
+  ]);
+  return rows;
+}
+
+/** Claims on separate connections, in one transaction each, all sent at once. */
+async function raceClaims(n: number, limit: number): Promise<number> {
+  const clients = await Promise.all(Array.from({ length: n }, () => db.pool.connect()));
+  try {
+    const claimed = await Promise.all(
+      clients.map(async (c, i) => {
+        await c.query('BEGIN');
+        const rows = await claimNext(c, db.schema, { ...claimer(i), limit });
+        await c.query('COMMIT');
+        return rows.length;
+      }),
+    );
+    return claimed.reduce((a, b) => a + b, 0);
+  } finally {
+    for (const c of clients) c.release();
+  }
+}
+
+/** The 'at:' hints on the jobs channel, from now on. */
+async function listenForHints(): Promise<{ listener: pg.Client; hints: string[] }> {
+  const listener = new pg.Client({ connectionString: db.url });
+  await listener.connect();
+  const hints: string[] = [];
+  listener.on('notification', (n) => n.payload?.startsWith('at:') && hints.push(n.payload));
+  await listener.query(`LISTEN "${channelsFor(db.schema).jobs}"`);
+  return { listener, hints };
+}
+
+async function complete(ids: string[]): Promise<void> {
+  const { rows } = await db.pool.query(`SELECT id::text, claim_token::text FROM ${db.s}.jobs WHERE id = ANY($1::bigint[])`, [ids]);
+  await completeJobs(db.pool, db.schema, { jobs: rows.map((r) => ({ id: r.id, token: r.claim_token, result: 'null' })) });
+}
+
+describe('queue concurrency', () => {
+  it('never runs more than the limit however many claims race, and a freed slot is taken by the next claim', async () => {
+    await control.setQueue('race', { concurrency: 3 });
+    await add(
+      'race',
+      Array.from({ length: 40 }, () => ({})),
+    );
+    // Four connections (the pool's size) race with room for 10 each.
+    expect(await raceClaims(4, 10)).toBe(3);
+    expect(await raceClaims(4, 10)).toBe(0);
+    expect(await hasDue(db.pool, db.schema, { tasks: TASKS, queues: null })).toBe(false);
+    const held = await running('race');
+    await complete([held[0].id]);
+    expect(await hasDue(db.pool, db.schema, { tasks: TASKS, queues: null })).toBe(true);
+    expect(await raceClaims(4, 10)).toBe(1);
+    expect(await running('race')).toHaveLength(3);
+  });
+
+  it('counts the jobs already running when a limit is first set, and leaves queues without limits alone', async () => {
+    await add(
+      'late',
+      Array.from({ length: 6 }, () => ({})),
+    );
+    await add(
+      'free',
+      Array.from({ length: 5 }, () => ({})),
+    );
+    const first = await claimNext(db.pool, db.schema, { ...claimer(1), limit: 4, queues: ['late'] });
+    expect(first).toHaveLength(4);
+    await control.setQueue('late', { concurrency: 5 });
+    expect(await claimNext(db.pool, db.schema, { ...claimer(1), limit: 10, queues: ['late'] })).toHaveLength(1);
+    // The unlimited queue drains in one claim.
+    expect(await claimNext(db.pool, db.schema, { ...claimer(1), limit: 10, queues: ['free'] })).toHaveLength(5);
+  });
+});
+
+describe('groups', () => {
+  it("takes the head of every group before any group's second job (oldest first across groups)", async () => {
+    await control.setQueue('fair', { groupConcurrency: 1 });
+    // Enqueued group by group: a walk in job order would reach group g1 only after g0's whole backlog.
+    for (let g = 0; g < 30; g++)
+      await add(
+        'fair',
+        Array.from({ length: 5 }, () => ({ group: `g${g}` })),
+      );
+    const claimed = await claimNext(db.pool, db.schema, { ...claimer(1), limit: 100, queues: ['fair'] });
+    expect(claimed).toHaveLength(30);
+    const groups = (await running('fair')).map((r) => r.group_key);
+    expect(new Set(groups).size).toBe(30);
+  });
+
+  it('runs a serial group in order of priority, run time and id; a job released by a crash keeps its place', async () => {
+    await control.setQueue('serial', { groupConcurrency: 1 });
+    const low = await add('serial', [{ group: 'a' }, { group: 'a' }]);
+    const [high] = await add('serial', [{ group: 'a', priority: 5 }]);
+    const order: string[] = [];
+    let released = false;
+    for (;;) {
+      const claimed = await claimNext(db.pool, db.schema, { ...claimer(1), limit: 10, queues: ['serial'] });
+      if (claimed.length === 0) break;
+      expect(claimed).toHaveLength(1);
+      order.push(claimed[0].id);
+      if (!released && claimed[0].id === low[0]) {
+        released = true;
+        await releaseJobs(db.pool, db.schema, { owner: 'test', jobs: [{ id: low[0], thread: 1, reason: 'crash', count: true }] });
+        continue;
+      }
+      await complete([claimed[0].id]);
+    }
+    expect(order).toEqual([high, low[0], low[0], low[1]]);
+  });
+
+  it('bounds each group at its limit and jobs without a group only by the queue', async () => {
+    await control.setQueue('pairs', { groupConcurrency: 2, concurrency: 7 });
+    await add('pairs', [...Array.from({ length: 4 }, () => ({ group: 'x' })), ...Array.from({ length: 4 }, () => ({ group: 'y' }))]);
+    await add(
+      'pairs',
+      Array.from({ length: 5 }, () => ({})),
+    );
+    expect(await claimNext(db.pool, db.schema, { ...claimer(1), limit: 100, queues: ['pairs'] })).toHaveLength(7);
+    const rows = await running('pairs');
+    expect(rows.filter((r) => r.group_key === 'x').length).toBeLessThanOrEqual(2);
+    expect(rows.filter((r) => r.group_key === 'y').length).toBeLessThanOrEqual(2);
+  });
+
+  it('claims notified ids of a limited queue as the limit allows, oldest of the group first', async () => {
+    await control.setQueue('notified', { groupConcurrency: 1 });
+    const ids = await add('notified', [{ group: 'n' }, { group: 'n' }, { group: 'n' }]);
+    const claimed = await claimByIds(db.pool, db.schema, { ...claimer(1), ids: [ids[2], ids[1]] });
+    expect(claimed.map((r) => r.id)).toEqual([ids[0]]);
+  });
+});
+
+describe('rate limits', () => {
+  it('starts at most N per interval, stamped with the database clock, and announces when the window opens', async () => {
+    await control.setQueue('rated', { rate: '3/2s' });
+    await add(
+      'rated',
+      Array.from({ length: 5 }, () => ({})),
+    );
+    const { listener, hints } = await listenForHints();
+    try {
+      expect(await claimNext(db.pool, db.schema, { ...claimer(1), limit: 10, queues: ['rated'] })).toHaveLength(3);
+      expect(await claimNext(db.pool, db.schema, { ...claimer(1), limit: 10, queues: ['rated'] })).toHaveLength(0);
+      expect(await hasDue(db.pool, db.schema, { tasks: TASKS, queues: ['rated'] })).toBe(false);
+      const { rows } = await db.pool.query(
+        `SELECT (extract(epoch FROM min(started_at)) * 1000)::float8 AS first FROM ${db.s}.jobs WHERE queue = 'rated' AND state = 'running'`,
+      );
+      const wake = await eventually(
+        () => hints.map((h) => Number(h.slice(3))).find((at) => at >= rows[0].first + 2_000),
+        'the window hint',
+      );
+      expect(wake).toBeLessThanOrEqual(Math.ceil(rows[0].first + 2_000));
+      // Once the database's clock passes the hint, the rest may start.
+      await eventually(() => hasDue(db.pool, db.schema, { tasks: TASKS, queues: ['rated'] }), 'the window to open');
+      expect(await claimNext(db.pool, db.schema, { ...claimer(1), limit: 10, queues: ['rated'] })).toHaveLength(2);
+    } finally {
+      await listener.end();
+    }
+  });
+
+  it('bounds each group by the group rate', async () => {
+    await control.setQueue('grated', { groupRate: { limit: 2, intervalMs: 60_000 } });
+    await add('grated', [...Array.from({ length: 4 }, () => ({ group: 'p' })), ...Array.from({ length: 4 }, () => ({ group: 'q' }))]);
+    const first = await claimNext(db.pool, db.schema, { ...claimer(1), limit: 10, queues: ['grated'] });
+    expect(first).toHaveLength(4);
+    await complete(first.map((r) => r.id));
+    expect(await claimNext(db.pool, db.schema, { ...claimer(1), limit: 10, queues: ['grated'] })).toHaveLength(0);
+  });
+});
+
+describe('pause across the fleet', () => {
+  it('holds a paused queue for every claim path, and a resume announces its jobs', async () => {
+    const ids = await add('held', [{}, {}]);
+    const paused = await control.pauseQueue('held');
+    expect(paused.paused).toBe(true);
+    expect(await claimByIds(db.pool, db.schema, { ...claimer(1), ids })).toHaveLength(0);
+    expect(await claimNext(db.pool, db.schema, { ...claimer(1), limit: 10, queues: ['held'] })).toHaveLength(0);
+    expect(await hasDue(db.pool, db.schema, { tasks: TASKS, queues: ['held'] })).toBe(false);
+    await control.resumeQueue('held');
+    expect(await claimNext(db.pool, db.schema, { ...claimer(1), limit: 10, queues: ['held'] })).toHaveLength(2);
+  });
+});
+
+describe('settings', () => {
+  it('refuses bad limits with GRAPEVINE_QUEUE_LIMIT_INVALID naming the problem', async () => {
+    const refused = async (settings: unknown) => {
+      const err = await control.setQueue('bad', settings as never).catch((e) => e);
+      expect(err).toBeInstanceOf(GrapevineError);
+      expect(err.code).toBe('GRAPEVINE_QUEUE_LIMIT_INVALID');
+      return String(err.message);
+    };
+    expect(await refused({ concurrency: 0 })).toMatch(/concurrency must be an integer from 1/);
+    expect(await refused({ groupConcurrency: 1.5 })).toMatch(/groupConcurrency/);
+    expect(await refused({ rate: '10 per second' })).toMatch(/N\/INTERVAL/);
+    expect(await refused({ rate: '10/1y' })).toMatch(/N\/INTERVAL/);
+    expect(await refused({ concurency: 3 })).toMatch(/unknown queue setting "concurency"/);
+    expect(await refused({})).toMatch(/at least one/);
+  });
+
+  it('lists settings, jobs by state and the oldest due job; null removes a limit', async () => {
+    await control.setQueue('listed', { concurrency: 2, rate: '10/m', groupConcurrency: 1 });
+    await add('listed', [{}, {}]);
+    const set = await control.setQueue('listed', { groupConcurrency: null });
+    expect(set).toEqual({
+      queue: 'listed',
+      concurrency: 2,
+      groupConcurrency: null,
+      rate: { limit: 10, intervalMs: 60_000 },
+      groupRate: null,
+      paused: false,
+    });
+    const info = (await control.listQueues()).find((q) => q.queue === 'listed')!;
+    expect(info.jobs.pending).toBe(2);
+    expect(info.oldestPendingSeconds).toBeGreaterThanOrEqual(0);
+  });
+});
+
+describe('freed slots', () => {
+  it('are announced when a limited job finishes, and not for an unlimited one', async () => {
+    await control.setQueue('announced', { concurrency: 1 });
+    await add('announced', [{}]);
+    await add('quiet', [{}]);
+    const { listener, hints } = await listenForHints();
+    try {
+      const [quiet] = await claimNext(db.pool, db.schema, { ...claimer(1), limit: 1, queues: ['quiet'] });
+      await complete([quiet.id]);
+      const [limited] = await claimNext(db.pool, db.schema, { ...claimer(1), limit: 1, queues: ['announced'] });
+      await listener.query('SELECT 1');
+      expect(hints).toEqual([]);
+      await complete([limited.id]);
+      await eventually(() => hints.length > 0, 'the freed slot hint');
+    } finally {
+      await listener.end();
+    }
+  });
+});
