@@ -146,7 +146,8 @@ function withoutBookkeeping(catalog: Catalog): Catalog {
  * unhandled_tasks() returning them (a new result type); watch_progress()
  * (migration 0017's progress columns); migration 0020's max_attempts_given,
  * which the claims return too; migration 0015's flow control: the functions
- * behind limited claims and queue settings, and has_due() asking them.
+ * behind limited claims and queue settings, and has_due() asking them (with
+ * an argument more).
  */
 const TABLES_SINCE_BASELINE = /^_?(settings|schedules)/;
 const COLUMNS_SINCE_BASELINE = ['jobs.schedule', 'jobs.scheduled_for', 'jobs.max_attempts_given'];
@@ -167,8 +168,10 @@ const FUNCTIONS_SINCE_BASELINE = [
   'claim_limited',
   'limited_due',
   'configure_queue',
+  // 0015 gave it a third argument.
+  'has_due',
 ];
-const CHANGED_SINCE_BASELINE = ['jobs_inserted', 'has_due'];
+const CHANGED_SINCE_BASELINE = ['jobs_inserted'];
 const RESULT_CHANGED_SINCE_BASELINE = ['claim_next', 'claim_ids', 'unhandled_tasks'];
 
 /** The catalog as the baseline built it: later objects left out, changed functions by their signature alone. */

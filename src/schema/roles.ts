@@ -43,7 +43,7 @@ const ENQUEUE_FUNCTIONS = [
 const WORKER_FUNCTIONS = [
   'claim_next(integer, text[], text[], text, integer, integer)',
   'claim_ids(bigint[], text[], text[], text, integer, integer)',
-  'has_due(text[], text[])',
+  'has_due(text[], text[], boolean)',
   // Called by the claims and has_due() for queues with limits (docs/limits.md).
   'held_queues()',
   'pending_queues()',

@@ -226,9 +226,9 @@ function build(schema: string): JobStatements {
         WHERE state = 'running' AND locked_by = $1 AND id = ANY($2::bigint[])
        RETURNING id::text AS id, cancel_requested_at IS NOT NULL AS cancel_requested`,
     ),
-    // $1 tasks, $2 queues (NULL = all). Whether any pending job is due, held
-    // by another statement or not. See src/schema/functions/has_due.sql.
-    hasDue: st('has_due', `SELECT ${s}.has_due($1::text[], $2::text[]) AS due`),
+    // $1 tasks, $2 queues (NULL = all), $3 whether queues with limits count.
+    // Whether any pending job is due, held by another statement or not. See src/schema/functions/has_due.sql.
+    hasDue: st('has_due', `SELECT ${s}.has_due($1::text[], $2::text[], $3) AS due`),
     // Run only by the elected reaper, inside its transaction.
     reapExpired: st(
       'reap_expired',
@@ -529,8 +529,16 @@ export function renewLeases(
 }
 
 /** Whether any pending job of these tasks and queues (null: all) is due. */
-export async function hasDue(db: Queryable, schema: string, p: { tasks: string[]; queues: string[] | null }): Promise<boolean> {
-  const row = await oneRow<{ due: boolean }>(db, bind(jobStatements(schema).hasDue, [p.tasks, p.queues]));
+/**
+ * Whether a due job waits for these tasks and queues. `heldToo: false` leaves out queues with
+ * limits or paused, whose jobs are announced when they may start (a thread's look after a short pull).
+ */
+export async function hasDue(
+  db: Queryable,
+  schema: string,
+  p: { tasks: string[]; queues: string[] | null; heldToo?: boolean },
+): Promise<boolean> {
+  const row = await oneRow<{ due: boolean }>(db, bind(jobStatements(schema).hasDue, [p.tasks, p.queues, p.heldToo ?? true]));
   return row.due === true;
 }
 

@@ -3,11 +3,16 @@
 -- so jobs scheduled for later are never read.
 --
 -- Queues with limits or paused (held_queues()) are asked limited_due(),
--- which counts a job only if a claim may start it now.
+-- which counts a job only if a claim may start it now; with `held_too` false they
+-- are left out: a thread's look after a short pull asks so, because a held
+-- queue's jobs are announced when they may start (a freed slot, an opened
+-- rate window, a resume), and a short pull is a held queue's usual answer.
 --
 -- Rows other statements hold count as due here (no SKIP LOCKED): the caller
 -- wants to know whether to pull again, not what it could take right now.
-CREATE OR REPLACE FUNCTION :SCHEMA.has_due(task_names text[], queue_names text[]) RETURNS boolean
+-- Dropped first: 0015 added `held`, and a call could otherwise match both.
+DROP FUNCTION IF EXISTS :SCHEMA.has_due(text[], text[]);
+CREATE OR REPLACE FUNCTION :SCHEMA.has_due(task_names text[], queue_names text[], held_too boolean DEFAULT true) RETURNS boolean
 LANGUAGE plpgsql STABLE
 SET enable_seqscan = off SET enable_bitmapscan = off
 AS $fn$
@@ -19,6 +24,7 @@ DECLARE
 BEGIN
   IF held IS NOT NULL THEN
     FOREACH hq IN ARRAY held LOOP
+      EXIT WHEN NOT held_too;
       CONTINUE WHEN queue_names IS NOT NULL AND NOT hq = ANY(queue_names);
       IF :SCHEMA.limited_due(hq, task_names) THEN
         RETURN true;
