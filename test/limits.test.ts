@@ -4,6 +4,7 @@ import { channelsFor } from '../src/schema/channels.ts';
 import { claimByIds, claimNext, completeJobs, hasDue, releaseJobs, type ClaimParams } from '../src/sql/jobs.ts';
 import { createControl, GrapevineError } from '../supervisor/public.ts';
 import { eventually, useMigratedSchema } from './helpers/db.ts';
+import { CLI, run } from './helpers/process.ts';
 
 /**
  * Queue limits enforced inside the claim (docs/limits.md), driven statement
@@ -258,5 +259,30 @@ describe('freed slots', () => {
     } finally {
       await listener.end();
     }
+  });
+});
+
+describe('grapevine queue and add --group', () => {
+  const cli = (...args: string[]) => run([CLI, ...args, '--schema', db.schema], { DATABASE_URL: db.url });
+
+  it('sets, lists, pauses and resumes a queue, and refuses a bad rate with its code', async () => {
+    const set = await cli('queue', 'set', 'cli', '--concurrency', '4', '--group-concurrency', '1', '--rate', '10/s');
+    expect(set.code).toBe(0);
+    expect(set.stderr).toMatch(/queue "cli": concurrency 4, group concurrency 1, rate 10\/s/);
+    const added = await cli('add', 't', '{}', '--queue', 'cli', '--group', 'customer-7');
+    expect(added.code).toBe(0);
+    const { rows } = await db.pool.query(`SELECT group_key FROM ${db.s}.jobs WHERE id = $1`, [added.stdout.trim()]);
+    expect(rows[0].group_key).toBe('customer-7');
+    expect((await cli('queue', 'pause', 'cli')).stderr).toMatch(/paused on every supervisor/);
+    const listed = await cli('queue', 'list');
+    expect(listed.stdout).toMatch(/^cli\s+yes\s+4\s+1\s+10\/s\s+-\s+1\s+0/m);
+    const json = JSON.parse((await cli('queue', 'list', '--json')).stdout);
+    expect(json.find((q: { queue: string }) => q.queue === 'cli')).toMatchObject({ paused: true, concurrency: 4, jobs: { pending: 1 } });
+    expect((await cli('queue', 'resume', 'cli')).code).toBe(0);
+    expect((await cli('queue', 'set', 'cli', '--concurrency', 'none')).stderr).toMatch(/concurrency -/);
+    const bad = await cli('queue', 'set', 'cli', '--rate', '10/fortnight');
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/rate must be N\/INTERVAL/);
+    expect((await cli('queue', 'set', 'cli')).code).toBe(2);
   });
 });
