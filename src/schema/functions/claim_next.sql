@@ -20,7 +20,9 @@
 -- Queues with limits or paused (held_queues()) are claimed first, each by
 -- claim_limited(); the walk below leaves them out. The shared advisory lock
 -- lets configure_queue() wait for the claims in flight before it counts the
--- running jobs of a queue it starts limiting.
+-- running jobs of a queue it starts limiting. JIT is off: a scan these
+-- settings disable is costed far above jit_above_cost, and a small table
+-- read that way (the queues table) would be compiled on every call.
 -- Dropped first: CREATE OR REPLACE cannot change the columns a function
 -- returns (0014 added scheduled_for, 0020 max_attempts_given), and nothing in the schema depends on it.
 DROP FUNCTION IF EXISTS :SCHEMA.claim_next(integer, text[], text[], text, integer, integer);
@@ -28,7 +30,7 @@ CREATE FUNCTION :SCHEMA.claim_next(n integer, task_names text[], queue_names tex
 RETURNS TABLE (id bigint, task text, queue text, payload jsonb, attempts integer, max_attempts integer, max_attempts_given boolean,
                timeout_ms integer, claim_token bigint, cancel_requested boolean, scheduled_for timestamptz)
 LANGUAGE plpgsql
-SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off
+SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off SET jit = off
 AS $fn$
 DECLARE
   picked bigint[] := '{}';

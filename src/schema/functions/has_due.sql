@@ -8,13 +8,15 @@
 -- queue's jobs are announced when they may start (a freed slot, an opened
 -- rate window, a resume), and a short pull is a held queue's usual answer.
 --
+-- JIT is off for the reason claim_next() gives.
+--
 -- Rows other statements hold count as due here (no SKIP LOCKED): the caller
 -- wants to know whether to pull again, not what it could take right now.
 -- Dropped first: 0015 added `held`, and a call could otherwise match both.
 DROP FUNCTION IF EXISTS :SCHEMA.has_due(text[], text[]);
 CREATE OR REPLACE FUNCTION :SCHEMA.has_due(task_names text[], queue_names text[], held_too boolean DEFAULT true) RETURNS boolean
 LANGUAGE plpgsql STABLE
-SET enable_seqscan = off SET enable_bitmapscan = off
+SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
 AS $fn$
 DECLARE
   p integer;

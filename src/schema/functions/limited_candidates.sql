@@ -14,7 +14,7 @@ CREATE OR REPLACE FUNCTION :SCHEMA.limited_candidates(q text, per_group integer,
                                                      task_names text[], n integer, at timestamptz)
 RETURNS TABLE (job_id bigint, job_group text)
 LANGUAGE plpgsql STABLE
-SET enable_bitmapscan = off SET enable_sort = on SET enable_seqscan = off
+SET enable_bitmapscan = off SET enable_sort = on SET enable_seqscan = off SET jit = off
 AS $fn$
 BEGIN
   RETURN QUERY
