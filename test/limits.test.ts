@@ -3,7 +3,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { channelsFor } from '../src/schema/channels.ts';
 import { claimByIds, claimNext, completeJobs, hasDue, releaseJobs, type ClaimParams } from '../src/sql/jobs.ts';
 import { createControl, GrapevineError } from '../supervisor/public.ts';
-import { eventually, useMigratedSchema } from './helpers/db.ts';
+import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 import { CLI, run } from './helpers/process.ts';
 
 /**
@@ -205,6 +205,28 @@ describe('pause across the fleet', () => {
     expect(await hasDue(db.pool, db.schema, { tasks: TASKS, queues: ['held'] })).toBe(false);
     await control.resumeQueue('held');
     expect(await claimNext(db.pool, db.schema, { ...claimer(1), limit: 10, queues: ['held'] })).toHaveLength(2);
+  });
+});
+
+describe('a running supervisor', () => {
+  it("starts none of a paused queue's jobs, notified or swept, runs another queue's meanwhile, and runs them once resumed", async () => {
+    await control.pauseQueue('sup-held');
+    const held = await db.client.addJobs([1, 2, 3].map(() => ({ task: 'noop', queue: 'sup-held' })));
+    const sup = await startTestSupervisor(db, { queues: ['sup-held', 'sup-free'], threads: 1, sweepIntervalMs: 50 });
+    try {
+      // A job of another queue enqueued after them runs: the held ones were heard and swept past.
+      const [free] = await db.client.addJobs([{ task: 'noop', queue: 'sup-free' }]);
+      await db.client.waitForJob(free, { timeoutMs: 30_000 });
+      const { rows } = await db.pool.query(
+        `SELECT count(*)::int AS n FROM ${db.s}.jobs WHERE id = ANY($1::bigint[]) AND state = 'pending'`,
+        [held],
+      );
+      expect(rows[0].n).toBe(3);
+      await control.resumeQueue('sup-held');
+      for (const id of held) expect((await db.client.waitForJob(id, { timeoutMs: 30_000 })).state).toBe('succeeded');
+    } finally {
+      await sup.stop();
+    }
   });
 });
 
