@@ -7,7 +7,8 @@
  * - groups: G groups x K jobs at group concurrency 1, grapevine (one supervisor process) against
  *   pg-boss's groupConcurrency 1 (one instance, the tuned profile's fetch settings), same run.
  *
- *   npm run build && node bench/limits.ts [--jobs N] [--hold-ms MS] [--groups G] [--per-group K]
+ *   npm run build && node bench/limits.ts [--jobs N] [--hold-ms MS] [--supervisors N] [--groups G] [--per-group K]
+ *                                          [--only capped|groups] [--no-pgboss]
  *
  * Uses DATABASE_URL; works in the schemas bench_limits_*, dropped at the end. The full sizes
  * (2,000 capped jobs, 1,000 x 20 groups) are the defaults; pass smaller ones for a quick look.
@@ -21,10 +22,20 @@ import { nowMs, sleep } from './lib/stats.ts';
 import { TASKS_DIR } from './systems/grapevine.ts';
 
 const { values } = parseArgs({
-  options: { jobs: { type: 'string' }, 'hold-ms': { type: 'string' }, groups: { type: 'string' }, 'per-group': { type: 'string' } },
+  options: {
+    jobs: { type: 'string' },
+    'hold-ms': { type: 'string' },
+    supervisors: { type: 'string' },
+    groups: { type: 'string' },
+    'per-group': { type: 'string' },
+    only: { type: 'string' },
+    'no-pgboss': { type: 'boolean' },
+  },
 });
 const JOBS = Number(values.jobs ?? 2_000);
 const HOLD_MS = Number(values['hold-ms'] ?? 5);
+const SUPERVISORS = Number(values.supervisors ?? 4);
+const ONLY = values.only;
 const GROUPS = Number(values.groups ?? 1_000);
 const PER_GROUP = Number(values['per-group'] ?? 20);
 const TIMEOUT_MS = 300_000;
@@ -86,7 +97,7 @@ async function capped(): Promise<void> {
   const control = createControl({ connectionString: url!, schema });
   await control.setQueue('capped', { concurrency: 10 });
   await control.close();
-  const fleet = await grapevineFleet(schema, 4, 1);
+  const fleet = await grapevineFleet(schema, SUPERVISORS, 1);
   try {
     const ms = await drainGrapevine(
       schema,
@@ -100,7 +111,7 @@ async function capped(): Promise<void> {
     );
     const ideal = (10 * 1000) / Math.max(HOLD_MS, 1);
     console.log(
-      `capped  concurrency 10, 4 supervisors, ${JOBS} jobs holding ${HOLD_MS} ms: ${((JOBS * 1000) / ms).toFixed(0)} jobs/s ` +
+      `capped  concurrency 10, ${SUPERVISORS} supervisors, ${JOBS} jobs holding ${HOLD_MS} ms: ${((JOBS * 1000) / ms).toFixed(0)} jobs/s ` +
         `(a perfect handoff: ${ideal.toFixed(0)}/s), highest concurrency observed ${rows[0].highest}`,
     );
   } finally {
@@ -153,14 +164,17 @@ async function groupsPgBoss(): Promise<number> {
 }
 
 try {
-  await capped();
-  const total = GROUPS * PER_GROUP;
-  const gv = await groupsGrapevine();
-  const boss = await groupsPgBoss();
-  console.log(
-    `groups  ${GROUPS} x ${PER_GROUP} at group concurrency 1: grapevine ${((total * 1000) / gv).toFixed(0)} jobs/s, ` +
-      `pg-boss (groupConcurrency 1) ${((total * 1000) / boss).toFixed(0)} jobs/s, ratio ${(boss / gv).toFixed(2)}x`,
-  );
+  if (ONLY !== 'groups') await capped();
+  if (ONLY !== 'capped') {
+    const total = GROUPS * PER_GROUP;
+    const gv = await groupsGrapevine();
+    const line = `groups  ${GROUPS} x ${PER_GROUP} at group concurrency 1: grapevine ${((total * 1000) / gv).toFixed(0)} jobs/s`;
+    if (values['no-pgboss']) console.log(line);
+    else {
+      const boss = await groupsPgBoss();
+      console.log(`${line}, pg-boss (groupConcurrency 1) ${((total * 1000) / boss).toFixed(0)} jobs/s, ratio ${(boss / gv).toFixed(2)}x`);
+    }
+  }
 } finally {
   killAllChildren();
   await pool.end();
