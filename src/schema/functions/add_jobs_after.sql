@@ -78,8 +78,8 @@ BEGIN
      WHERE NOT w.id = ANY(coalesce(found_ids, '{}'))
      ORDER BY s.ord LIMIT 1;
     RAISE EXCEPTION USING ERRCODE = 'GV001', MESSAGE = format(
-      'job %s of the batch depends on job %s, which does not exist (a wrong id, or a finished job already pruned or deleted)',
-      bad.ord, bad.id);
+      '%s depends on job %s, which does not exist (a wrong id, or a finished job already pruned or deleted)',
+      CASE WHEN jsonb_array_length(specs) = 1 THEN 'the new job' ELSE format('job %s of the batch', bad.ord) END, bad.id);
   END IF;
   UPDATE :SCHEMA.jobs j SET has_dependents = true WHERE j.id = ANY(found_ids) AND NOT j.has_dependents;
 
