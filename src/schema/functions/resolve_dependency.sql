@@ -14,8 +14,10 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-  schema_name text := (parse_ident(':SCHEMA'))[1];
-  hinted record;
+  schema_name text;
+  due bigint[];
+  ended bigint[];
+  later timestamptz;
 BEGIN
   WITH edges AS (
          UPDATE :SCHEMA.job_dependencies e SET resolved = outcome
@@ -34,17 +36,29 @@ BEGIN
                   WHEN l.how = 'fail' THEN CASE WHEN outcome = 'cancelled' THEN 'cancelled' ELSE 'failed' END
                   WHEN l.how = 'run' OR d.waiting_for = 1 THEN 'pending'
                   ELSE 'waiting' END,
-                last_error = CASE WHEN l.how = 'fail' THEN format('dependency %s %s', dependency, CASE WHEN outcome = 'cancelled' THEN 'was cancelled' ELSE 'failed' END) ELSE d.last_error END,
+                last_error = CASE WHEN l.how = 'fail'
+                  THEN format('dependency %s %s', dependency, CASE WHEN outcome = 'cancelled' THEN 'was cancelled' ELSE 'failed' END)
+                  ELSE d.last_error END,
                 finished_at = CASE WHEN l.how = 'fail' THEN now() ELSE d.finished_at END
            FROM locked l
           WHERE d.id = l.id AND d.state = 'waiting'
          RETURNING d.id, d.state, d.run_at, d.watched)
-  SELECT :SCHEMA.notify_ids(schema_name || '_jobs', ARRAY(SELECT id FROM changed WHERE state = 'pending' AND run_at <= now())),
-         :SCHEMA.notify_ids(schema_name || '_done', ARRAY(SELECT id FROM changed WHERE watched AND state IN ('failed', 'cancelled'))),
-         (SELECT count(:SCHEMA.notify(schema_name || '_jobs', 'at:' || floor(extract(epoch FROM later.run_at) * 1000)::bigint))
-            FROM (SELECT min(run_at) AS run_at FROM changed WHERE state = 'pending' AND run_at > now()) later
-           WHERE later.run_at IS NOT NULL) AS at_hints
-    INTO hinted;
+  SELECT array_agg(c.id) FILTER (WHERE c.state = 'pending' AND c.run_at <= now()),
+         array_agg(c.id) FILTER (WHERE c.watched AND c.state IN ('failed', 'cancelled')),
+         min(c.run_at) FILTER (WHERE c.state = 'pending' AND c.run_at > now())
+    INTO due, ended, later
+    FROM changed c;
+
+  -- Most calls (a fan-in counting one more child) wake nobody and call nothing more.
+  IF due IS NULL AND ended IS NULL AND later IS NULL THEN
+    RETURN;
+  END IF;
+  schema_name := (parse_ident(':SCHEMA'))[1];
+  PERFORM :SCHEMA.notify_ids(schema_name || '_jobs', due);
+  PERFORM :SCHEMA.notify_ids(schema_name || '_done', ended);
+  IF later IS NOT NULL THEN
+    PERFORM :SCHEMA.notify(schema_name || '_jobs', 'at:' || floor(extract(epoch FROM later) * 1000)::bigint);
+  END IF;
 END
 $fn$;
 
