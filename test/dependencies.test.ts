@@ -198,6 +198,18 @@ describe('a dependency that fails for good or is cancelled', () => {
     expect((await rows([other.join]))[0].last_error).toMatch(/^dependency \d+ was cancelled$/);
   });
 
+  it('runs a failure down a chain of 1,000 jobs in rounds, without nesting a call per job', async () => {
+    const chain = Array.from({ length: 1000 }, (_, i) => ({ name: `step-${i}`, task: 'square', after: i > 0 ? [`step-${i - 1}`] : [] }));
+    const ids = await client.addFlow(chain);
+    await finish(ids['step-0'], 'failed');
+    const { rows: states } = await db.pool.query(
+      `SELECT state, count(*)::int AS n FROM ${s}.jobs WHERE id = ANY($1::bigint[]) GROUP BY state`,
+      [Object.values(ids)],
+    );
+    expect(states).toEqual([{ state: 'failed', n: 1000 }]);
+    expect((await rows([ids['step-999']]))[0].last_error).toBe(`dependency ${ids['step-998']} failed`);
+  });
+
   it('runs at once a dependent whose policy is run, and counts the failure as done for one whose policy is ignore', async () => {
     const [a, b] = await client.addJobs([{ task: 'square' }, { task: 'square' }]);
     const [run, ignore] = await client.addJobs([

@@ -162,7 +162,7 @@ const FUNCTIONS_SINCE_BASELINE = [
   'job_specs',
   'add_job',
   'add_jobs_after',
-  'resolve_dependency',
+  'resolve_dependencies',
   'jobs_finished',
   'dependencies_of',
   'dependents_of',

@@ -41,7 +41,7 @@ const FUNCTION_ORDER = [
   'has_due',
   'prune_finished',
   'unhandled_tasks',
-  'resolve_dependency',
+  'resolve_dependencies',
   'jobs_finished',
   'job_specs',
   'add_jobs_after',

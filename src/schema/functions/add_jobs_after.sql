@@ -113,9 +113,10 @@ BEGIN
          jsonb_array_elements(coalesce(s.spec->'after', '[]')) a(value);
 
   -- Dependencies already finished count now, as their outcome would have.
-  PERFORM :SCHEMA.resolve_dependency(f.id, f.state)
-     FROM unnest(found_ids, found_states) AS f(id, state)
-    WHERE f.state IN ('succeeded', 'failed', 'cancelled');
+  PERFORM :SCHEMA.resolve_dependencies(ARRAY(SELECT f.id FROM unnest(found_ids, found_states) AS f(id, state)
+                                              WHERE f.state IN ('succeeded', 'failed', 'cancelled') ORDER BY f.id),
+                                        ARRAY(SELECT f.state FROM unnest(found_ids, found_states) AS f(id, state)
+                                              WHERE f.state IN ('succeeded', 'failed', 'cancelled') ORDER BY f.id));
 
   RETURN QUERY SELECT x FROM unnest(ids) x;
 END

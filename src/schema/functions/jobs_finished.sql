@@ -2,7 +2,8 @@
 -- outcome, whichever path records it (an outcome write, a release, the
 -- reaper, a cancel, an operator's UPDATE). A row trigger whose condition
 -- PostgreSQL checks before calling anything: a job nobody depends on
--- (has_dependents false) costs its outcome write no call.
+-- (has_dependents false) costs its outcome write no call. Dependents that
+-- fail in turn are resolved by resolve_dependencies() itself.
 --
 -- Race-free with an enqueue adding a dependent of this job: the enqueue
 -- locks this row before reading its state (add_jobs_after()), so either it
@@ -15,7 +16,7 @@ LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-  PERFORM :SCHEMA.resolve_dependency(NEW.id, NEW.state);
+  PERFORM :SCHEMA.resolve_dependencies(ARRAY[NEW.id], ARRAY[NEW.state]);
   RETURN NULL;
 END
 $fn$;
