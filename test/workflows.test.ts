@@ -79,6 +79,44 @@ describe('flows run by supervisors', () => {
     expect((await times(ids['fan-in'])).started.getTime()).toBeGreaterThanOrEqual(rows[0].last.getTime());
   });
 
+  it('never strands a dependent enqueued while its dependency runs or finishes, with two supervisors and four enqueuers', async () => {
+    await supervise();
+    await supervise();
+    const dependents: string[] = [];
+    await Promise.all(
+      [0, 1, 2, 3].map(async () => {
+        for (let i = 0; i < 100; i++) {
+          const dependency = await client.addJob('square', { n: i });
+          // Enqueued at once: the dependency is pending, being claimed, running or already done.
+          dependents.push(await client.addJob('collect', {}, { dependsOn: [dependency] }));
+        }
+      }),
+    );
+    const ended = await eventually(async () => {
+      const { rows } = await db.pool.query(`SELECT state, count(*)::int AS n FROM ${s}.jobs WHERE id = ANY($1::bigint[]) GROUP BY state`, [
+        dependents,
+      ]);
+      return rows.length === 1 && rows[0].state === 'succeeded' ? rows : null;
+    }, 'every dependent to run');
+    expect(ended).toEqual([{ state: 'succeeded', n: 400 }]);
+  });
+
+  it('cancels the dependents of a running job that is cancelled, and runs none of them', async () => {
+    await db.pool.query(`CREATE TABLE IF NOT EXISTS ${s}.closed_gate (open boolean NOT NULL); INSERT INTO ${s}.closed_gate VALUES (false)`);
+    await supervise();
+    const ids = await client.addFlow([
+      { name: 'root', task: 'block', payload: { gate: `${s}.closed_gate` } },
+      { name: 'next', task: 'square', payload: { n: 4 }, after: ['root'] },
+      { name: 'last', task: 'collect', after: ['next'] },
+    ]);
+    await eventually(async () => (await client.getJob(ids.root))?.state === 'running', 'the root to run');
+    expect(await client.cancelJob(ids.root)).toEqual({ state: 'cancelling' });
+    const last = await client.waitForJob(ids.last, { timeoutMs: 30_000 });
+    expect([last.state, last.lastError]).toEqual(['cancelled', `dependency ${ids.next} was cancelled`]);
+    expect((await client.getJob(ids.root))?.state).toBe('cancelled');
+    expect((await client.getJob(ids.next))?.startedAt).toBeNull();
+  });
+
   it('lets a parent add children and a continuation, and finish: the continuation runs once the children are done', async () => {
     await ensureLedger();
     await supervise();
