@@ -377,6 +377,16 @@ describe('a worker', () => {
     const child = (reported.result as { followUp: string }).followUp;
     expect((await client.waitForJob(child, { timeoutMs: 30_000 })).result).toMatchObject({ root: 9 });
 
+    // A flow, enqueued by the enqueuer: the worker's outcome writes wake the fan-in, whose handler reads its dependencies.
+    const flow = await client.addFlow([
+      { name: 'a', task: 'square', payload: { n: 4 } },
+      { name: 'b', task: 'square', payload: { n: 9 } },
+      { name: 'join', task: 'collect', after: ['a', 'b'] },
+    ]);
+    const joined = await client.waitForJob(flow.join, { timeoutMs: 30_000 });
+    expect(joined.state).toBe('succeeded');
+    expect((joined.result as { deps: Array<{ result: { root: number } }> }).deps.map((d) => d.result.root)).toEqual([2, 3]);
+
     const { rows } = await db.pool.query(
       `SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name LIKE 'grapevine-supervisor%' AND usename = $1`,
       [worker.name],

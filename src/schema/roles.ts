@@ -49,8 +49,9 @@ const WORKER_FUNCTIONS = [
   'notify(text, text)',
   'notify_ids(text, bigint[])',
   'notify_ids_always(text, bigint[])',
-  // helpers.dependencies() in handlers.
+  // helpers.dependencies() in handlers; outcome writes wake dependents.
   'dependencies_of(bigint)',
+  'resolve_dependencies(bigint[], text[])',
 ];
 
 /** Table privileges, read from the statements in src/sql/ each side runs. */

@@ -70,6 +70,15 @@ function build(schema: string): JobStatements {
              WHERE later.run_at IS NOT NULL) AS hinted,
            ARRAY(SELECT id::text FROM ${cte}) AS ids`;
 
+  // The outcome writes resolve the dependents of the jobs they ended in one
+  // call per statement (a fan-in counts a whole batch of children at once);
+  // the jobs_finished trigger then finds nothing left to do for those rows,
+  // and covers every other path. No call at all for a batch of jobs nobody
+  // depends on (migration 0016, docs/workflows.md).
+  const resolveDependents = (cte: string) => `
+    (SELECT ${s}.resolve_dependencies(array_agg(id), array_agg(state)) FROM ${cte}
+      WHERE has_dependents AND state IN ('succeeded', 'failed', 'cancelled') HAVING count(*) > 0) IS NULL AS resolved`;
+
   // An outcome write answers with the ids the fence turned away (usually
   // none) rather than with every id it recorded: a thread reads back nothing
   // per job.
@@ -117,13 +126,13 @@ function build(schema: string): JobStatements {
                 result = r.result, finished_at = now(), lease_until = NULL
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
-         RETURNING j.id, j.watched)
-       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched)), ${rejected}`,
+         RETURNING j.id, j.state, j.watched, j.has_dependents)
+       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched)), ${rejected}, ${resolveDependents('done')}`,
     ),
     // deleteSucceeded mode. $1 ids, $2 their claim tokens in the same order
     // (ids unique). Deletes the succeeded jobs that nobody waits for, no
-    // one asked to cancel and no job depends on (their outcome wakes those
-    // through the jobs_finished trigger), fenced like `complete`; returns `kept`, the ids it
+    // one asked to cancel and no job depends on (their outcome wakes those),
+    // fenced like `complete`; returns `kept`, the ids it
     // did not delete, which then go through `complete` (recorded, or rejected
     // by the fence there). Ids go in as an array so every row is found by
     // primary key: joined to a record set, the planner walked the whole
@@ -170,8 +179,8 @@ function build(schema: string): JobStatements {
                   ELSE j.claim_token END
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
-         RETURNING j.id, j.state, j.run_at, j.watched)
-       ${announce('done')}, ${rejected}`,
+         RETURNING j.id, j.state, j.run_at, j.watched, j.has_dependents)
+       ${announce('done')}, ${rejected}, ${resolveDependents('done')}`,
     ),
 
     // Claims nobody reported: a thread died between a claim's commit and its

@@ -16,7 +16,11 @@ LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-  PERFORM :SCHEMA.resolve_dependencies(ARRAY[NEW.id], ARRAY[NEW.state]);
+  -- The outcome writes resolve their batch themselves before this runs
+  -- (complete and fail in src/sql/jobs.ts); one index probe says so.
+  IF EXISTS (SELECT 1 FROM :SCHEMA.job_dependencies e WHERE e.depends_on = NEW.id AND e.resolved IS NULL) THEN
+    PERFORM :SCHEMA.resolve_dependencies(ARRAY[NEW.id], ARRAY[NEW.state]);
+  END IF;
   RETURN NULL;
 END
 $fn$;

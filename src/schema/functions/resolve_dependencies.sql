@@ -1,9 +1,13 @@
 -- Dependencies reached a terminal state (`outcomes`, in the order of
 -- `dependencies`): their dependents that still wait count them, and each
 -- follows its policy (the on_failure of its row in job_dependencies) for
--- one that did not succeed. Called by the jobs_finished trigger in the
--- transaction that records an outcome, and by add_jobs_after() for
--- dependencies already finished when their dependent is enqueued.
+-- one that did not succeed, in the transaction that records the outcome.
+-- Called by the outcome writes (complete, fail in src/sql/jobs.ts) for
+-- their batch, by the jobs_finished trigger for every other path, and by
+-- add_jobs_after() for dependencies already finished when their dependent
+-- is enqueued. Owner's rights: a worker role runs the outcome writes and has
+-- no right on job_dependencies; `grapevine grant --as worker` gives it this
+-- function, which does no more than the UPDATEs a worker may run anyway.
 --
 -- All the dependents move in one statement per round, and the woken are
 -- announced together at the end: thousands wake at once. Each is locked in
@@ -14,7 +18,7 @@
 -- condition reads): a failure running down a long chain nests no calls.
 CREATE OR REPLACE FUNCTION :SCHEMA.resolve_dependencies(dependencies bigint[], outcomes text[]) RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
   schema_name text;
