@@ -25,7 +25,7 @@ import { listSupervisors, supervisorStates } from './sql/supervisors.ts';
 import { supervisorFromRow, type SupervisorInfo } from './supervisor-info.ts';
 
 export type { RegistryStatus, SupervisorInfo, ThreadStatus } from './supervisor-info.ts';
-export type { JobFilter, JobOperations, JobPage, JobStats } from './operations.ts';
+export type { JobFilter, JobLink, JobLinks, JobOperations, JobPage, JobStats } from './operations.ts';
 
 export interface ControlClientOptions extends ConnectionOptions {
   /** Defaults to "grapevine". */

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
-import type { AddJobOptions } from './client.ts';
+import type { AddJobOptions, FlowJob } from './client.ts';
+import type { JobState } from './job.ts';
 
 /** What a handler learns about the job it runs. */
 export interface JobInfo {
@@ -66,6 +67,25 @@ export interface TaskHelpers {
   progress(value: unknown): void;
   /** Enqueues a follow-up job. */
   addJob(task: string, payload?: unknown, options?: Omit<AddJobOptions, 'db'>): Promise<string>;
+  /** Enqueues a flow of jobs, all or none (the client's addFlow; docs/workflows.md); resolves to each name's id. */
+  addFlow(jobs: FlowJob[]): Promise<Record<string, string>>;
+  /** This job's dependencies in id order, with their states and results (docs/workflows.md); empty for a job without. */
+  dependencies(): Promise<Dependency[]>;
+}
+
+/** A dependency of the running job, as helpers.dependencies() reads it. */
+export interface Dependency {
+  id: string;
+  /** null (and state null) for a job pruned or deleted since it finished. */
+  task: string | null;
+  /** 'succeeded', or for a dependent that runs anyway 'failed' or 'cancelled' (or still running). */
+  state: JobState | null;
+  /** What this job does should the dependency fail: 'fail', 'run' or 'ignore'. */
+  onFailure: 'fail' | 'run' | 'ignore';
+  /** The dependency's result (its handler's return value) once it succeeded, else null. */
+  result: unknown;
+  /** Its last error, if it failed or was retried. */
+  error: string | null;
 }
 
 /** What `transaction(fn)` gives `fn`: the transaction's own statements and enqueues. */

@@ -73,7 +73,7 @@ describe('grapevine grant', () => {
   it('prints the SQL of each kind without connecting, and refuses an unknown kind or a role that does not exist', async () => {
     const enqueue = grantSql({ schema: db.schema, role: 'app', as: 'enqueuer' });
     expect(enqueue).toContain(
-      `GRANT EXECUTE ON FUNCTION ${db.s}.add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval), ${db.s}.add_jobs(jsonb)`,
+      `GRANT EXECUTE ON FUNCTION ${db.s}.add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval, bigint[], text), ${db.s}.add_jobs(jsonb)`,
     );
     // No right on any table but the three read-only ones every kind reads.
     expect(enqueue.match(/ON TABLE [^;]*/g)).toEqual([`ON TABLE ${db.s}.migrations, ${db.s}.schema_functions, ${db.s}.settings TO "app"`]);
@@ -376,6 +376,16 @@ describe('a worker', () => {
     expect(reported.state).toBe('succeeded');
     const child = (reported.result as { followUp: string }).followUp;
     expect((await client.waitForJob(child, { timeoutMs: 30_000 })).result).toMatchObject({ root: 9 });
+
+    // A flow, enqueued by the enqueuer: the worker's outcome writes wake the fan-in, whose handler reads its dependencies.
+    const flow = await client.addFlow([
+      { name: 'a', task: 'square', payload: { n: 4 } },
+      { name: 'b', task: 'square', payload: { n: 9 } },
+      { name: 'join', task: 'collect', after: ['a', 'b'] },
+    ]);
+    const joined = await client.waitForJob(flow.join, { timeoutMs: 30_000 });
+    expect(joined.state).toBe('succeeded');
+    expect((joined.result as { deps: Array<{ result: { root: number } }> }).deps.map((d) => d.result.root)).toEqual([2, 3]);
 
     const { rows } = await db.pool.query(
       `SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name LIKE 'grapevine-supervisor%' AND usename = $1`,

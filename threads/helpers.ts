@@ -4,8 +4,16 @@ import type { Logger } from 'pino';
 import { createClient, type Client } from '../src/client.ts';
 import { inTransaction } from '../src/db.ts';
 import { configError, GrapevineError } from '../src/errors.ts';
-import type { TaskHelpers, TransactionFunction, TransactionHelpers } from '../src/task.ts';
-import { completeJobs, deleteSucceeded, lockClaim, readClaim, type ClaimedJobRow, type ClaimStateRow } from '../src/sql/jobs.ts';
+import type { Dependency, TaskHelpers, TransactionFunction, TransactionHelpers } from '../src/task.ts';
+import {
+  completeJobs,
+  dependenciesOf,
+  deleteSucceeded,
+  lockClaim,
+  readClaim,
+  type ClaimedJobRow,
+  type ClaimStateRow,
+} from '../src/sql/jobs.ts';
 import { resultJson } from './outcomes.ts';
 import type { ThreadPools } from './pools.ts';
 import { progressJson } from './progress.ts';
@@ -27,9 +35,11 @@ export interface HeldClaim {
 }
 
 /** The helpers that reach the database, shared by every job of a thread. */
-export interface DatabaseHelpers extends Pick<TaskHelpers, 'query' | 'addJob'> {
+export interface DatabaseHelpers extends Pick<TaskHelpers, 'query' | 'addJob' | 'addFlow'> {
   /** transaction(fn), or with a claim, transaction(fn, { exactlyOnce: true }) for that claim's job. */
   transaction<T>(fn: TransactionFunction<T>, claim?: HeldClaim): Promise<T>;
+  /** helpers.dependencies() of the job with this id. */
+  dependenciesOf(id: string): Promise<Dependency[]>;
 }
 
 /** What an exactly-once transaction needs to record a success as the outcome writer would. */
@@ -69,6 +79,16 @@ export function databaseHelpers(pools: ThreadPools, settings: OutcomeSettings & 
     query: ((text: string, params?: unknown[]) => handlerQuery(pools, text, params)) as TaskHelpers['query'],
     transaction: (fn, claim) => handlerTransaction(pools, enqueuer, settings, fn, claim),
     addJob: (...args) => enqueuer().addJob(...args),
+    addFlow: (jobs) => enqueuer().addFlow(jobs),
+    dependenciesOf: async (id) =>
+      (await dependenciesOf(pools.handlers(), settings.schema, { id })).map((row) => ({
+        id: row.id,
+        task: row.task,
+        state: row.state,
+        onFailure: row.on_failure,
+        result: row.result ?? null,
+        error: row.last_error,
+      })),
   };
 }
 
@@ -92,6 +112,8 @@ export function afterCommit(helpers: DatabaseHelpers, committed: Promise<Error |
     query: ((text: string, params?: unknown[]) => confirmed().then(() => helpers.query(text, params))) as TaskHelpers['query'],
     transaction: (fn, claim) => confirmed().then(() => helpers.transaction(fn, claim)),
     addJob: (...args) => confirmed().then(() => helpers.addJob(...args)),
+    addFlow: (jobs) => confirmed().then(() => helpers.addFlow(jobs)),
+    dependenciesOf: (id) => confirmed().then(() => helpers.dependenciesOf(id)),
   };
 }
 
@@ -247,6 +269,7 @@ export class JobHelpers implements TaskHelpers {
   readonly worker: TaskHelpers['worker'];
   readonly query: TaskHelpers['query'];
   readonly addJob: TaskHelpers['addJob'];
+  readonly addFlow: TaskHelpers['addFlow'];
   /** The result an exactly-once transaction committed as the job's outcome; null until one does. */
   committedResult: string | null = null;
   #logger: TaskHelpers['logger'] | null = null;
@@ -270,6 +293,7 @@ export class JobHelpers implements TaskHelpers {
     this.worker = context.worker;
     this.query = context.query;
     this.addJob = context.addJob;
+    this.addFlow = context.addFlow;
     this.#token = job.claim_token;
     this.#abort = abort;
     this.#context = context;
@@ -285,6 +309,13 @@ export class JobHelpers implements TaskHelpers {
 
   get signal(): AbortSignal {
     return this.#abort.signal;
+  }
+
+  /** A getter, so that a handler may destructure it, and only a handler that does pays for the closure. */
+  get dependencies(): () => Promise<Dependency[]> {
+    const { id } = this.job;
+    const context = this.#context;
+    return () => context.dependenciesOf(id);
   }
 
   /** Bound to the job (handlers destructure `{ progress }`), and made on first use: most handlers never report progress. */

@@ -28,7 +28,7 @@ export type RoleKind = (typeof ROLE_KINDS)[number];
 const READ_BY_ALL = ['migrations', 'schema_functions', 'settings'];
 
 const ENQUEUE_FUNCTIONS = [
-  'add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval)',
+  'add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval, bigint[], text)',
   'add_jobs(jsonb)',
   'get_job(bigint)',
   'watch_job(bigint)',
@@ -49,6 +49,9 @@ const WORKER_FUNCTIONS = [
   'notify(text, text)',
   'notify_ids(text, bigint[])',
   'notify_ids_always(text, bigint[])',
+  // helpers.dependencies() in handlers; outcome writes wake dependents.
+  'dependencies_of(bigint)',
+  'resolve_dependencies(bigint[], text[])',
 ];
 
 /** Table privileges, read from the statements in src/sql/ each side runs. */
@@ -68,6 +71,8 @@ const TABLES: Record<RoleKind, Record<string, string>> = {
     responses: 'SELECT, INSERT, DELETE',
     worker_log: 'SELECT, INSERT, DELETE',
     log_followers: 'SELECT',
+    // Pruning deletes a pruned dependent's rows.
+    job_dependencies: 'SELECT, DELETE',
   },
   operator: {
     supervisors: 'SELECT',
@@ -90,7 +95,16 @@ const FUNCTIONS: Record<RoleKind, string[]> = {
   enqueuer: ENQUEUE_FUNCTIONS,
   // Handlers' addJob() runs in the worker's threads.
   worker: [...ENQUEUE_FUNCTIONS, ...WORKER_FUNCTIONS],
-  operator: ['get_job(bigint)', 'watch_job(bigint)', 'watch_progress(bigint, integer)', 'cancel_job(bigint)', 'notify(text, text)'],
+  operator: [
+    'get_job(bigint)',
+    'watch_job(bigint)',
+    'watch_progress(bigint, integer)',
+    'cancel_job(bigint)',
+    'notify(text, text)',
+    // grapevine job ID.
+    'dependencies_of(bigint)',
+    'dependents_of(bigint, integer)',
+  ],
 };
 
 /** The statements that give `role` what a `kind` needs in `schema`, in order. They only add rights. */

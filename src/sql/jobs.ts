@@ -14,6 +14,8 @@ interface JobStatements {
   insertMany: Statement;
   getById: Statement;
   watch: Statement;
+  dependencies: Statement;
+  dependents: Statement;
   claimByIds: Statement;
   claimNext: Statement;
   complete: Statement;
@@ -68,6 +70,15 @@ function build(schema: string): JobStatements {
              WHERE later.run_at IS NOT NULL) AS hinted,
            ARRAY(SELECT id::text FROM ${cte}) AS ids`;
 
+  // The outcome writes resolve the dependents of the jobs they ended in one
+  // call per statement (a fan-in counts a whole batch of children at once);
+  // the jobs_finished trigger then finds nothing left to do for those rows,
+  // and covers every other path. No call at all for a batch of jobs nobody
+  // depends on (migration 0016, docs/workflows.md).
+  const resolveDependents = (cte: string) => `
+    (SELECT ${s}.resolve_dependencies(array_agg(id), array_agg(state)) FROM ${cte}
+      WHERE has_dependents AND state IN ('succeeded', 'failed', 'cancelled') HAVING count(*) > 0) IS NULL AS resolved`;
+
   // An outcome write answers with the ids the fence turned away (usually
   // none) rather than with every id it recorded: a thread reads back nothing
   // per job.
@@ -76,13 +87,17 @@ function build(schema: string): JobStatements {
   return {
     // Enqueues go through add_job() and add_jobs(), which run with their
     // owner's rights: a role that may only enqueue has no right on the table.
-    insertOne: st('insert_one', `SELECT ${s}.add_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::interval)::text AS id`),
+    insertOne: st('insert_one', `SELECT ${s}.add_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::interval, $11::bigint[], $12)::text AS id`),
     // $1 the jobs as a JSON array; ids come back in its order.
     insertMany: st('insert_many', `SELECT id::text AS id FROM ${s}.add_jobs($1::jsonb) WITH ORDINALITY AS t(id, ord) ORDER BY ord`),
     // Through functions for the same reason as the enqueues.
     getById: st('get_by_id', `SELECT * FROM ${s}.get_job($1)`),
     // $1 id. Asks for a notification when the job finishes (see announce).
     watch: st('watch', `SELECT ${s}.watch_job($1)`),
+    // $1 id. Its dependencies with their results: helpers.dependencies(), grapevine job.
+    dependencies: st('dependencies', `SELECT id::text AS id, task, state, on_failure, result, last_error FROM ${s}.dependencies_of($1)`),
+    // $1 id, $2 at most this many. The jobs that depend on it: grapevine job.
+    dependents: st('dependents', `SELECT id::text AS id, task, state, on_failure FROM ${s}.dependents_of($1, $2)`),
 
     // $1 ids, $2 tasks this host can run, $3 owner supervisor, $4 thread id,
     // $5 lease ms, $6 queues (NULL = all). See src/schema/functions/claim_ids.sql.
@@ -111,12 +126,13 @@ function build(schema: string): JobStatements {
                 result = r.result, finished_at = now(), lease_until = NULL
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
-         RETURNING j.id, j.watched)
-       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched)), ${rejected}`,
+         RETURNING j.id, j.state, j.watched, j.has_dependents)
+       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched)), ${rejected}, ${resolveDependents('done')}`,
     ),
     // deleteSucceeded mode. $1 ids, $2 their claim tokens in the same order
-    // (ids unique). Deletes the succeeded jobs that nobody waits for and no
-    // one asked to cancel, fenced like `complete`; returns `kept`, the ids it
+    // (ids unique). Deletes the succeeded jobs that nobody waits for, no
+    // one asked to cancel and no job depends on (their outcome wakes those),
+    // fenced like `complete`; returns `kept`, the ids it
     // did not delete, which then go through `complete` (recorded, or rejected
     // by the fence there). Ids go in as an array so every row is found by
     // primary key: joined to a record set, the planner walked the whole
@@ -127,7 +143,7 @@ function build(schema: string): JobStatements {
          DELETE FROM ${s}.jobs j
           WHERE j.id = ANY($1::bigint[])
             AND j.claim_token = ($2::bigint[])[array_position($1::bigint[], j.id)]
-            AND j.state = 'running' AND NOT j.watched AND j.cancel_requested_at IS NULL
+            AND j.state = 'running' AND NOT j.watched AND j.cancel_requested_at IS NULL AND NOT j.has_dependents
          RETURNING j.id)
        SELECT ARRAY(SELECT x::text FROM unnest($1::bigint[]) x WHERE NOT EXISTS (SELECT 1 FROM gone WHERE gone.id = x)) AS kept`,
     ),
@@ -163,8 +179,8 @@ function build(schema: string): JobStatements {
                   ELSE j.claim_token END
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
-         RETURNING j.id, j.state, j.run_at, j.watched)
-       ${announce('done')}, ${rejected}`,
+         RETURNING j.id, j.state, j.run_at, j.watched, j.has_dependents)
+       ${announce('done')}, ${rejected}, ${resolveDependents('done')}`,
     ),
 
     // Claims nobody reported: a thread died between a claim's commit and its
@@ -292,10 +308,29 @@ export interface NewJob {
   key_mode?: KeyMode;
   /** The throttle's window, as a PostgreSQL interval ('60000 milliseconds'). */
   key_window?: string;
+  /** Ids of existing jobs it waits for; left out for a job without (docs/workflows.md). */
+  depends_on?: string[];
+  /** Positions (from 1) of earlier jobs of the same batch it waits for: the flow builder's. */
+  after?: number[];
+  on_dependency_failure?: 'fail' | 'run' | 'ignore';
 }
 
 /** How long a job's key holds and what a later enqueue with the key does: docs/keys.md. */
 export type KeyMode = 'replace' | 'preserve_run_at' | 'dedupe' | 'dedupe_running' | 'throttle';
+
+/** A dependency of a job, or a dependent: task and state are null for a job pruned or deleted since. */
+export interface DependencyRow {
+  id: string;
+  task: string | null;
+  state: JobState | null;
+  /** The dependent's policy should this dependency fail (docs/workflows.md). */
+  on_failure: 'fail' | 'run' | 'ignore';
+}
+
+export interface DependencyResultRow extends DependencyRow {
+  result: unknown;
+  last_error: string | null;
+}
 
 /** What a claim hands a thread for each job it claimed. */
 export interface ClaimedJobRow {
@@ -401,6 +436,8 @@ export async function insertJob(db: Queryable, schema: string, job: NewJob): Pro
     job.key ?? null,
     job.key_mode ?? null,
     job.key_window ?? null,
+    job.depends_on ?? null,
+    job.on_dependency_failure ?? null,
   ];
   return (await oneRow<{ id: string }>(db, bind(jobStatements(schema).insertOne, values))).id;
 }
@@ -413,6 +450,16 @@ export async function insertJobs(db: Queryable, schema: string, jobs: NewJob[]):
 
 export async function findJob(db: Queryable, schema: string, p: { id: string }): Promise<JobRow | undefined> {
   return (await rowsOf<JobRow>(db, bind(jobStatements(schema).getById, [p.id])))[0];
+}
+
+/** A job's dependencies, in id order, with their results and errors. */
+export function dependenciesOf(db: Queryable, schema: string, p: { id: string }): Promise<DependencyResultRow[]> {
+  return rowsOf(db, bind(jobStatements(schema).dependencies, [p.id]));
+}
+
+/** The first `limit` jobs that depend on a job, in id order. */
+export function dependentsOf(db: Queryable, schema: string, p: { id: string; limit: number }): Promise<DependencyRow[]> {
+  return rowsOf(db, bind(jobStatements(schema).dependents, [p.id, p.limit]));
 }
 
 /** Asks for a notification when the job finishes. */

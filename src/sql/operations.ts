@@ -130,7 +130,7 @@ function build(schema: string): OperationStatements {
           LIMIT $11)`,
     ),
     // The single cancel (jobs.ts `cancel` and `announceCancel`) for many
-    // jobs: pending ones are cancelled on the spot, running ones flagged and
+    // jobs: pending and waiting ones are cancelled on the spot, running ones flagged and
     // their owners told over the control channel; each owner's fenced
     // outcome write records the cancellation (its heartbeat also reads the
     // flag, should the notification be lost).
@@ -139,9 +139,9 @@ function build(schema: string): OperationStatements {
       `WITH done AS (
          UPDATE ${s}.jobs j
             SET cancel_requested_at = coalesce(j.cancel_requested_at, now()),
-                state = CASE WHEN j.state = 'pending' THEN 'cancelled' ELSE j.state END,
-                finished_at = CASE WHEN j.state = 'pending' THEN now() ELSE j.finished_at END
-          WHERE ${FILTER} AND j.state IN ('pending', 'running')
+                state = CASE WHEN j.state IN ('pending', 'waiting') THEN 'cancelled' ELSE j.state END,
+                finished_at = CASE WHEN j.state IN ('pending', 'waiting') THEN now() ELSE j.finished_at END
+          WHERE ${FILTER} AND j.state IN ('pending', 'running', 'waiting')
          RETURNING j.id, j.state, j.locked_by, j.watched)
        SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched AND state = 'cancelled')),
               (SELECT count(${s}.notify('${ch.control}', json_build_object('type', 'cancel', 'job', id::text, 'to', locked_by)::text))

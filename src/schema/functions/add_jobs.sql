@@ -1,7 +1,9 @@
 -- Enqueue many jobs in one statement: `specs` is a JSON array of objects with
 -- add_job()'s arguments as fields (task, payload, queue, run_at, priority,
 -- max_attempts, timeout_ms, key, key_mode, key_window; missing ones take
--- add_job()'s defaults). Returns the ids in the array's order. The client's
+-- add_job()'s defaults), and for dependencies depends_on, after and
+-- on_dependency_failure, which add_jobs_after() settles. Returns the ids in
+-- the array's order. The client's
 -- addJobs() sends its chunks here, and add_job() its jobs with a key.
 -- Owner's rights, fixed search_path and no PUBLIC, as for add_job().
 --
@@ -25,7 +27,8 @@ DECLARE
   holding boolean[];
   bad record;
 BEGIN
-  IF NOT jsonb_path_exists(specs, '$[*].key ? (@ != null)') THEN
+  -- One scan of the array decides: most batches have neither keys nor dependencies.
+  IF NOT jsonb_path_exists(specs, '$[*] ? (@.key != null || @.depends_on != null || @.after != null)') THEN
     RETURN QUERY
       INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms)
       SELECT t.task, coalesce(t.payload, '{}'), coalesce(t.queue, 'default'), coalesce(t.run_at, now()), coalesce(t.priority, 0),
@@ -36,6 +39,10 @@ BEGIN
              WITH ORDINALITY AS t(task, payload, queue, run_at, priority, max_attempts, timeout_ms, ord)
        ORDER BY t.ord
       RETURNING id;
+    RETURN;
+  END IF;
+  IF jsonb_path_exists(specs, '$[*] ? (@.depends_on != null || @.after != null)') THEN
+    RETURN QUERY SELECT * FROM :SCHEMA.add_jobs_after(specs);
     RETURN;
   END IF;
 
