@@ -145,14 +145,27 @@ function withoutBookkeeping(catalog: Catalog): Catalog {
  * table, the jobs' tick columns and their index, and the claims and
  * unhandled_tasks() returning them (a new result type); watch_progress()
  * (migration 0017's progress columns); migration 0020's max_attempts_given,
- * which the claims return too.
+ * which the claims return too; the operator's security-definer actions
+ * (cancel_jobs(), retry_jobs(), reschedule_jobs(), purge_jobs()).
  */
 const TABLES_SINCE_BASELINE = /^_?(settings|schedules)/;
 const COLUMNS_SINCE_BASELINE = ['jobs.schedule', 'jobs.scheduled_for', 'jobs.max_attempts_given'];
 const INDEXES_SINCE_BASELINE = ['jobs_schedule_tick_idx'];
 /** Job keys (migration 0012): the jobs table's key columns, their checks and index; add_job() took new arguments. */
 const KEYS_SINCE_BASELINE = /^(jobs_)?key/;
-const FUNCTIONS_SINCE_BASELINE = ['add_jobs', 'get_job', 'watch_job', 'watch_progress', 'cancel_job', 'job_specs', 'add_job'];
+const FUNCTIONS_SINCE_BASELINE = [
+  'add_jobs',
+  'get_job',
+  'watch_job',
+  'watch_progress',
+  'cancel_job',
+  'job_specs',
+  'add_job',
+  'cancel_jobs',
+  'retry_jobs',
+  'reschedule_jobs',
+  'purge_jobs',
+];
 const CHANGED_SINCE_BASELINE = ['jobs_inserted'];
 const RESULT_CHANGED_SINCE_BASELINE = ['claim_next', 'claim_ids', 'unhandled_tasks'];
 
