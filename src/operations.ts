@@ -69,7 +69,7 @@ export function jobOperations(pool: pg.Pool, schema: string, outer: <T>(fn: () =
     try {
       return await outer(fn);
     } catch (err) {
-      throw notAnOperator(err, schema);
+      throw explainPermissionDenied(err, schema);
     }
   };
   return {
@@ -141,7 +141,7 @@ export function jobOperations(pool: pg.Pool, schema: string, outer: <T>(fn: () =
  * PostgreSQL's bare "permission denied" names a table or function; say which
  * kind of role the operations need, and how to give it.
  */
-export function notAnOperator(err: unknown, schema: string): unknown {
+export function explainPermissionDenied(err: unknown, schema: string): unknown {
   if ((err as { code?: string }).code !== '42501') return err;
   return new GrapevineError(
     'GRAPEVINE_PERMISSION_DENIED',

@@ -61,7 +61,11 @@ describe('grapevine grant', () => {
     expect(grantSql({ schema: db.schema, role: 'w', as: 'worker' })).toContain(
       `GRANT SELECT, UPDATE, DELETE, INSERT (task, payload, queue, priority, max_attempts, run_at, schedule, scheduled_for) ON TABLE ${db.s}.jobs TO "w"`,
     );
-    expect(grantSql({ schema: db.schema, role: 'o', as: 'operator' })).toContain(`${db.s}.cancel_job(bigint)`);
+    const operate = grantSql({ schema: db.schema, role: 'o', as: 'operator' });
+    expect(operate).toContain(`${db.s}.cancel_job(bigint)`);
+    // It reads the jobs and acts on them through functions only.
+    expect(operate.match(/GRANT [^;]* ON TABLE [^;]*\.jobs TO [^;]*/g)).toEqual([`GRANT SELECT ON TABLE ${db.s}.jobs TO "o"`]);
+    expect(operate).toContain(`${db.s}.retry_jobs(bigint[]), ${db.s}.reschedule_jobs(bigint[], timestamptz)`);
     for (const sql of grantSqlOfEachKind()) expect(sql).not.toMatch(/\b(CREATE|ALTER|DROP|TRUNCATE|REFERENCES|TRIGGER)\b/);
 
     const unknownKind = await grantRole({ connectionString: db.url, schema: db.schema, role: nobody.name, as: 'admin' }).catch(

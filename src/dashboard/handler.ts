@@ -7,7 +7,7 @@ import { createControl, type JobFilter } from '../control.ts';
 import { clientConnections, type ConnectionOptions } from '../db.ts';
 import { GrapevineError } from '../errors.ts';
 import { jobFromRow, type Job, type JobState } from '../job.ts';
-import { notAnOperator } from '../operations.ts';
+import { explainPermissionDenied } from '../operations.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import { redactSecret } from '../redact.ts';
 import { channelsFor } from '../schema/channels.ts';
@@ -212,7 +212,7 @@ export function createDashboardHandler(options: DashboardOptions = {}): Dashboar
       json(res, 200, await fn(req, url, id));
     } catch (thrown) {
       // Its own reads refused too: the connection's role is not an operator.
-      const err = notAnOperator(thrown, schema);
+      const err = explainPermissionDenied(thrown, schema);
       const e = err as { code?: string; message?: string };
       const known = err instanceof GrapevineError;
       if (!known) logger.warn({ err: redactSecret(String(e.message), connectionString) }, 'dashboard request failed');
