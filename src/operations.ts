@@ -80,8 +80,15 @@ const STATES: readonly JobState[] = ['waiting', 'pending', 'running', ...TERMINA
 const PURGE_BATCH = 10_000;
 const MAX_PAGE = 1_000;
 
-/** The operations on `pool`'s schema; `run` wraps each (migration, connection errors). */
-export function jobOperations(pool: pg.Pool, schema: string, run: <T>(fn: () => Promise<T>) => Promise<T>): JobOperations {
+/** The operations on `pool`'s schema; `outer` wraps each (migration, connection errors). */
+export function jobOperations(pool: pg.Pool, schema: string, outer: <T>(fn: () => Promise<T>) => Promise<T>): JobOperations {
+  const run = async <T>(fn: () => Promise<T>): Promise<T> => {
+    try {
+      return await outer(fn);
+    } catch (err) {
+      throw explainPermissionDenied(err, schema);
+    }
+  };
   return {
     async listJobs(filter = {}, { limit = 50, after = null } = {}) {
       if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) {
@@ -160,6 +167,20 @@ export function jobOperations(pool: pg.Pool, schema: string, run: <T>(fn: () => 
       return run(() => cancelJobs(pool, schema, { filter }));
     },
   };
+}
+
+/**
+ * PostgreSQL's bare "permission denied" names a table or function; say which
+ * kind of role the operations need, and how to give it.
+ */
+export function explainPermissionDenied(err: unknown, schema: string): unknown {
+  if ((err as { code?: string }).code !== '42501') return err;
+  return new GrapevineError(
+    'GRAPEVINE_PERMISSION_DENIED',
+    `this role may not find or act on jobs in schema "${schema}" (${(err as Error).message}): ` +
+      `have the schema's owner run \`grapevine grant ROLE --as operator --schema ${schema}\` for it`,
+    { cause: err },
+  );
 }
 
 /** Ids, or a filter that names at least one thing: an empty one would act on every job. */

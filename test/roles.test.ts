@@ -1,17 +1,21 @@
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { createClient, createControl, type GrapevineError, startSupervisor, type Supervisor } from '../supervisor/public.ts';
 import { migrations } from '../src/schema/files.ts';
 import { grantRole, grantSql } from '../src/schema/roles.ts';
 import type { Queryable, TypedQuery } from '../src/db.ts';
+import type { JobState } from '../src/job.ts';
 import * as control from '../src/sql/control.ts';
+import * as dashboard from '../src/sql/dashboard.ts';
 import * as jobs from '../src/sql/jobs.ts';
+import * as ops from '../src/sql/operations.ts';
+import { watchProgress } from '../src/sql/progress.ts';
 import * as schedules from '../src/sql/schedules.ts';
 import { payloadLimit } from '../src/sql/settings.ts';
 import * as sups from '../src/sql/supervisors.ts';
 import { eventually, FIXTURE_TASKS, testLogger, useMigratedSchema } from './helpers/db.ts';
 import { CLI, run } from './helpers/process.ts';
-import { useOwnRole, type OwnRole } from './helpers/role.ts';
+import { sqlstateAs, useOwnRole, type OwnRole } from './helpers/role.ts';
 
 /**
  * The three kinds of role `grapevine grant` sets up, each used end to end by
@@ -19,24 +23,15 @@ import { useOwnRole, type OwnRole } from './helpers/role.ts';
  * right the grant did not give.
  */
 const db = useMigratedSchema('roles');
-const enqueuer = useOwnRole(db, 'enq', { superuser: false });
-const worker = useOwnRole(db, 'wrk', { superuser: false });
-const operator = useOwnRole(db, 'op', { superuser: false });
+const enqueuer = useOwnRole(db, 'enq', { superuser: false, as: 'enqueuer' });
+const worker = useOwnRole(db, 'wrk', { superuser: false, as: 'worker' });
+const operator = useOwnRole(db, 'op', { superuser: false, as: 'operator' });
 const nobody = useOwnRole(db, 'nobody', { superuser: false });
 const fromCli = useOwnRole(db, 'cli', { superuser: false });
 
 let supervisor: Supervisor | undefined;
 const closers: Array<() => Promise<unknown>> = [];
 
-beforeAll(async () => {
-  for (const [role, as] of [
-    [enqueuer, 'enqueuer'],
-    [worker, 'worker'],
-    [operator, 'operator'],
-  ] as const) {
-    await grantRole({ connectionString: db.url, schema: db.schema, role: role.name, as });
-  }
-});
 afterAll(async () => {
   await supervisor?.stop({ graceMs: 1_000 });
   for (const close of closers) await close().catch(() => {});
@@ -46,20 +41,6 @@ function clientAs(role: OwnRole) {
   const client = createClient({ connectionString: role.url, schema: db.schema });
   closers.push(() => client.close());
   return client;
-}
-
-/** Runs one statement as the role and returns the SQLSTATE it failed with (undefined: it did not fail). */
-async function sqlstateAs(role: OwnRole, text: string, values: unknown[] = []): Promise<string | undefined> {
-  const conn = new pg.Client({ connectionString: role.url });
-  await conn.connect();
-  try {
-    await conn.query(text, values);
-    return undefined;
-  } catch (err) {
-    return (err as { code?: string }).code;
-  } finally {
-    await conn.end();
-  }
 }
 
 async function stateOf(id: string): Promise<string | undefined> {
@@ -80,7 +61,11 @@ describe('grapevine grant', () => {
     expect(grantSql({ schema: db.schema, role: 'w', as: 'worker' })).toContain(
       `GRANT SELECT, UPDATE, DELETE, INSERT (task, payload, queue, priority, max_attempts, run_at, schedule, scheduled_for) ON TABLE ${db.s}.jobs TO "w"`,
     );
-    expect(grantSql({ schema: db.schema, role: 'o', as: 'operator' })).toContain(`${db.s}.cancel_job(bigint)`);
+    const operate = grantSql({ schema: db.schema, role: 'o', as: 'operator' });
+    expect(operate).toContain(`${db.s}.cancel_job(bigint)`);
+    // It reads the jobs and acts on them through functions only.
+    expect(operate.match(/GRANT [^;]* ON TABLE [^;]*\.jobs TO [^;]*/g)).toEqual([`GRANT SELECT ON TABLE ${db.s}.jobs TO "o"`]);
+    expect(operate).toContain(`${db.s}.retry_jobs(bigint[]), ${db.s}.reschedule_jobs(bigint[], timestamptz)`);
     for (const sql of grantSqlOfEachKind()) expect(sql).not.toMatch(/\b(CREATE|ALTER|DROP|TRUNCATE|REFERENCES|TRIGGER)\b/);
 
     const unknownKind = await grantRole({ connectionString: db.url, schema: db.schema, role: nobody.name, as: 'admin' }).catch(
@@ -148,9 +133,22 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
     ['insertJobs', (d, s) => jobs.insertJobs(d, s, [job])],
     ['findJob', (d, s) => jobs.findJob(d, s, { id: '1' })],
     ['watchJob', (d, s) => jobs.watchJob(d, s, { id: '1' })],
+    ['watchProgress', (d, s) => watchProgress(d, s, { id: '1', watchMs: 1000 })],
     ['payloadLimit', (d, s) => payloadLimit(d, s)],
   ];
   if (kind === 'enqueuer') return enqueue;
+  const anyJob = {
+    states: ['failed'] as JobState[],
+    task: 'square',
+    queue: 'default',
+    createdAfter: null,
+    createdBefore: null,
+    finishedAfter: null,
+    finishedBefore: null,
+    errorContains: 'e',
+    ids: null,
+    key: null,
+  };
   if (kind === 'operator') {
     return [
       ['findJob', (d, s) => jobs.findJob(d, s, { id: '1' })],
@@ -173,6 +171,18 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
       ['listSchedules', (d, s) => schedules.listSchedules(d, s)],
       ['removeSchedule', (d, s) => schedules.removeSchedule(d, s, { name: 'nightly' })],
       ['setSchedulePaused', (d, s) => schedules.setSchedulePaused(d, s, { name: 'nightly', paused: true })],
+      // grapevine jobs, stats, retry, reschedule, purge, cancel; the dashboard's reads.
+      ['listJobs', (d, s) => ops.listJobs(d, s, { filter: anyJob, after: null, limit: 10 })],
+      ['jobStats', (d, s) => ops.jobStats(d, s)],
+      ['retryJobs', (d, s) => ops.retryJobs(d, s, { filter: anyJob })],
+      ['rescheduleJobs', (d, s) => ops.rescheduleJobs(d, s, { ids: ['1'], runAt: '2026-01-01T00:00:00Z' })],
+      ['purgeJobs', (d, s) => ops.purgeJobs(d, s, { filter: anyJob, batchSize: 10 })],
+      ['cancelJobs', (d, s) => ops.cancelJobs(d, s, { filter: anyJob })],
+      ['queueActivity', (d, s) => dashboard.queueActivity(d, s)],
+      ['stateEstimate', (d, s) => dashboard.stateEstimate(d, s)],
+      ['stateCounts', (d, s) => dashboard.stateCounts(d, s)],
+      ['jobTimeline', (d, s) => dashboard.jobTimeline(d, s, { id: '1' })],
+      ['watchProgress', (d, s) => watchProgress(d, s, { id: '1', watchMs: 1000 })],
     ];
   }
   return [
@@ -287,14 +297,18 @@ describe('each kind', () => {
     ] as const) {
       expect([kind, await refusedAs(role, statementsOf(kind))]).toEqual([kind, []]);
     }
-    // And the enqueuer none of the others', but the two that read or write
-    // no table: an advisory lock, and a NOTIFY (any role may send one with
-    // pg_notify, which is why a notification is only ever a hint).
-    const harmless = ['tryLeadReaper', 'announceCancel'];
+    // And the enqueuer none of the others', but the three that read or write
+    // no table: an advisory lock, a NOTIFY (any role may send one with
+    // pg_notify, which is why a notification is only ever a hint), and the
+    // planner's row estimate, which pg_class shows every role.
+    const harmless = ['tryLeadReaper', 'announceCancel', 'stateEstimate'];
     const others = [...statementsOf('worker'), ...statementsOf('operator')].filter(
       ([name]) => !harmless.includes(name) && !statementsOf('enqueuer').some(([e]) => e === name),
     );
     expect((await refusedAs(enqueuer, others)).length).toBe(others.length);
+    // The worker reads the jobs it runs, and may not act on them as an operator does.
+    const actions = statementsOf('operator').filter(([name]) => /^(retry|reschedule|purge|cancel)Jobs$/.test(name));
+    expect((await refusedAs(worker, actions)).length).toBe(4);
   });
 });
 

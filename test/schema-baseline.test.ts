@@ -146,7 +146,9 @@ function withoutBookkeeping(catalog: Catalog): Catalog {
  * unhandled_tasks() returning them (a new result type); watch_progress()
  * (migration 0017's progress columns); migration 0020's max_attempts_given,
  * which the claims return too; migration 0016's dependencies: their
- * functions and the trigger that wakes dependents.
+ * functions and the trigger that wakes dependents; the operator's
+ * security-definer actions (cancel_jobs(), retry_jobs(), reschedule_jobs(),
+ * purge_jobs()).
  */
 const TABLES_SINCE_BASELINE = /^_?(settings|schedules)/;
 const COLUMNS_SINCE_BASELINE = ['jobs.schedule', 'jobs.scheduled_for', 'jobs.max_attempts_given'];
@@ -166,6 +168,10 @@ const FUNCTIONS_SINCE_BASELINE = [
   'jobs_finished',
   'dependencies_of',
   'dependents_of',
+  'cancel_jobs',
+  'retry_jobs',
+  'reschedule_jobs',
+  'purge_jobs',
 ];
 const CHANGED_SINCE_BASELINE = ['jobs_inserted', 'prune_finished'];
 /** Created by its function file (jobs_finished.sql), which a schema not yet migrated has not run. */

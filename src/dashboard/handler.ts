@@ -7,6 +7,7 @@ import { createControl, type JobFilter } from '../control.ts';
 import { clientConnections, type ConnectionOptions } from '../db.ts';
 import { GrapevineError } from '../errors.ts';
 import { jobFromRow, type Job, type JobState } from '../job.ts';
+import { explainPermissionDenied } from '../operations.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import { redactSecret } from '../redact.ts';
 import { channelsFor } from '../schema/channels.ts';
@@ -47,6 +48,8 @@ const PROGRESS_WATCH_MS = 30_000;
 /** Exact state counts below this many rows; above, the planner's estimate (counting millions of rows takes seconds). */
 const EXACT_COUNT_ROWS = 50_000;
 const PREVIEW_CHARS = 160;
+/** Known errors answer 400 (bad input) unless listed; *_NOT_FOUND answer 404. */
+const ERROR_STATUS: Record<string, number> = { GRAPEVINE_DATABASE_UNREACHABLE: 503, GRAPEVINE_PERMISSION_DENIED: 403 };
 const MAX_BODY_BYTES = 4096;
 const SECURITY_HEADERS = {
   // Scripts and styles only from the dashboard's own files: user data that
@@ -207,11 +210,13 @@ export function createDashboardHandler(options: DashboardOptions = {}): Dashboar
         throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `invalid job id ${JSON.stringify(id)}: job ids are positive integers`);
       }
       json(res, 200, await fn(req, url, id));
-    } catch (err) {
+    } catch (thrown) {
+      // Its own reads refused too: the connection's role is not an operator.
+      const err = explainPermissionDenied(thrown, schema);
       const e = err as { code?: string; message?: string };
       const known = err instanceof GrapevineError;
       if (!known) logger.warn({ err: redactSecret(String(e.message), connectionString) }, 'dashboard request failed');
-      const status = !known ? 500 : e.code?.endsWith('NOT_FOUND') ? 404 : e.code === 'GRAPEVINE_DATABASE_UNREACHABLE' ? 503 : 400;
+      const status = !known ? 500 : e.code?.endsWith('NOT_FOUND') ? 404 : (ERROR_STATUS[e.code ?? ''] ?? 400);
       json(res, status, { error: { code: e.code ?? 'INTERNAL', message: redactSecret(String(e.message), connectionString) } });
     }
   };

@@ -53,6 +53,10 @@ const FUNCTION_ORDER = [
   'watch_job',
   'watch_progress',
   'cancel_job',
+  'cancel_jobs',
+  'retry_jobs',
+  'reschedule_jobs',
+  'purge_jobs',
 ];
 
 const MIGRATION_FILE = /^(\d{4})_([a-z0-9_]+)\.sql$/;

@@ -19,7 +19,9 @@ import { migrate } from './migrate.ts';
  *   pruning, the registry and heartbeat, control messages and the log.
  * - operator: sends control messages and reads their responses, reads the
  *   registry and the log, follows the log, cancels jobs (cancel_job()),
- *   manages schedules.
+ *   manages schedules; reads the jobs table and acts on jobs (grapevine
+ *   jobs, stats, retry, reschedule, purge, cancel; the dashboard) through
+ *   OPERATE_FUNCTIONS, with no right to write a row directly.
  */
 export const ROLE_KINDS = ['enqueuer', 'worker', 'operator'] as const;
 export type RoleKind = (typeof ROLE_KINDS)[number];
@@ -54,6 +56,14 @@ const WORKER_FUNCTIONS = [
   'resolve_dependencies(bigint[], text[])',
 ];
 
+/** The operations' actions (src/sql/operations.ts): security-definer, so an operator needs no write right on jobs. */
+const OPERATE_FUNCTIONS = [
+  'retry_jobs(bigint[])',
+  'reschedule_jobs(bigint[], timestamptz)',
+  'purge_jobs(bigint[])',
+  'cancel_jobs(bigint[])',
+];
+
 /** Table privileges, read from the statements in src/sql/ each side runs. */
 const TABLES: Record<RoleKind, Record<string, string>> = {
   enqueuer: {},
@@ -82,6 +92,8 @@ const TABLES: Record<RoleKind, Record<string, string>> = {
     log_followers: 'SELECT, INSERT, UPDATE, DELETE',
     // grapevine schedule add, list, pause, resume, remove.
     schedules: 'SELECT, INSERT, UPDATE, DELETE',
+    // grapevine jobs and stats, the dashboard; the actions' filters select their ids.
+    jobs: 'SELECT',
   },
 };
 
@@ -104,6 +116,7 @@ const FUNCTIONS: Record<RoleKind, string[]> = {
     // grapevine job ID.
     'dependencies_of(bigint)',
     'dependents_of(bigint, integer)',
+    ...OPERATE_FUNCTIONS,
   ],
 };
 
