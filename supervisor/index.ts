@@ -255,6 +255,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     maxResultBytes,
     progressIntervalMs,
     preparedStatements,
+    concurrency,
   };
   const threadPool = new ThreadPool({ threads, concurrency, config: threadConfig, resourceLimits: options.resourceLimits, logger });
   try {
