@@ -37,13 +37,15 @@ export const BLOCKING_BUDGET_MS = 100;
  * The thread's next limit after a batch of `jobs` whose handlers blocked its
  * event loop for `blockedMs` in all while starting: double the current one
  * while that is within the budget (so a quick thread reaches its most in a
- * few batches), else as many jobs as fit in the budget; never below 1 or
- * above maxClaimLimit().
+ * few batches), else as many jobs as fit in the budget; never below 1, nor
+ * above the concurrency unless maxClaimLimit() jobs fit in the budget.
  */
 export function nextClaimLimit(current: number, concurrency: number, jobs: number, blockedMs: number): number {
   if (jobs === 0) return current;
   const fit = blockedMs > 0 ? Math.floor((BLOCKING_BUDGET_MS * jobs) / blockedMs) : Infinity;
-  return Math.max(1, Math.min(maxClaimLimit(concurrency), 2 * current, fit));
+  // Beyond the concurrency only if all of it fits in the budget: blocking handlers never prefetch.
+  const most = fit >= maxClaimLimit(concurrency) ? maxClaimLimit(concurrency) : Math.max(1, concurrency);
+  return Math.max(1, Math.min(most, 2 * current, fit));
 }
 
 /** The most a thread may hold: its concurrency, and as many again waiting for a handler. */

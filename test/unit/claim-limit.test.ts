@@ -34,6 +34,10 @@ describe('claim limit', () => {
     expect(nextClaimLimit(4, 256, 1, 5 * BLOCKING_BUDGET_MS)).toBe(1);
     // Blocking handlers never prefetch, however high their concurrency.
     expect(nextClaimLimit(512, 256, 512, 512 * (BLOCKING_BUDGET_MS / 4))).toBe(4);
+    // 0.25 ms each: 400 fit, more than the concurrency of 256 but not twice it.
+    expect(nextClaimLimit(256, 256, 256, 256 * (BLOCKING_BUDGET_MS / 400))).toBe(256);
+    // 20 ms each with a concurrency of 4: five fit, yet the thread holds no more than its 4.
+    expect(nextClaimLimit(4, 4, 4, 4 * 20)).toBe(4);
   });
 
   it('holds no more than the concurrency while handlers are slow or not yet known to be quick', () => {
