@@ -34,6 +34,8 @@ export interface ThreadConfig {
   progressIntervalMs: number;
   /** False: every statement unnamed (a pooler in transaction mode). */
   preparedStatements: boolean;
+  /** Handlers a thread runs at once, at most; the jobs it holds beyond that wait for one to return. */
+  concurrency: number;
 }
 
 /** What the supervisor asks of a thread (one piscina task). */

@@ -285,6 +285,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     maxResultBytes,
     progressIntervalMs,
     preparedStatements,
+    concurrency,
   };
   const threadPool = new ThreadPool({
     threads,

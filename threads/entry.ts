@@ -63,6 +63,29 @@ const worker: ExecuteContext['worker'] = { supervisorId: config.supervisorId, th
 // supervisor gives their jobs back then, instead of after the Worker's
 // 'exit' event, which waits for the thread to be torn down.
 const openPorts = new Set<MessagePort>();
+
+// Handlers running in this thread, over all its batches, and the jobs
+// waiting for one of them to return: the dispatcher may hand a thread of
+// quick handlers more jobs than its concurrency (supervisor/claim-limit.ts),
+// so that it claims in larger batches; the rest wait here, first come first
+// served. An array and a read index rather than shift(), which copies.
+const maxHandlers = Math.max(1, config.concurrency);
+let handlersRunning = 0;
+let waiting: (() => void)[] = [];
+let nextWaiting = 0;
+
+/** A handler returned: start the job that waited longest, if any. */
+function handlerReturned(): void {
+  handlersRunning--;
+  if (nextWaiting >= waiting.length) return;
+  const start = waiting[nextWaiting++];
+  if (nextWaiting === waiting.length) {
+    waiting = [];
+    nextWaiting = 0;
+  }
+  handlersRunning++;
+  start();
+}
 let fatal: unknown;
 // A monitor only watches: the error still ends the thread, as it would
 // without it, unless a task module listens for uncaught exceptions itself
@@ -169,11 +192,13 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   };
   // Indexed like `jobs`: a map per batch cost a rehash every time it grew,
   // and an abort is rare enough to find its job by scanning.
-  const switches: (JobAbortSwitch | null)[] = new Array(jobs.length).fill(null);
+  // Made up front: a job waiting for a handler can be cancelled too.
+  const switches: JobAbortSwitch[] = new Array(jobs.length);
+  for (let i = 0; i < jobs.length; i++) switches[i] = new JobAbortSwitch();
   port.on('message', (signal: SupervisorSignal) => {
     if (signal.type !== 'abort') return;
     const i = jobs.findIndex((j) => j.id === signal.jobId);
-    if (i >= 0) switches[i]?.abort(new JobAbort(signal.reason, signal.message));
+    if (i >= 0) switches[i].abort(new JobAbort(signal.reason, signal.message));
   });
 
   // Outcomes are written after the claim's commit (see claimBatch): those
@@ -209,9 +234,10 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   // executeJob never throws, so `failed` only hears a defect here; it fails
   // the batch as Promise.all did, without a promise per job to say so.
   const runJob = async (job: ClaimedJobRow, i: number) => {
+    // Its handler slot is given back once, when the handler returns (or at a defect before).
+    let slotHeld = true;
     try {
-      const abort = new JobAbortSwitch();
-      switches[i] = abort;
+      const abort = switches[i];
       if (job.cancel_requested) abort.abort(new JobAbort('cancelled', 'job was cancelled'));
       const timeoutMs = job.timeout_ms ?? loaded.timeouts.get(job.task) ?? null;
       if (timeoutMs !== null) post(port, { type: 'started', jobId: job.id, timeoutMs, threadId });
@@ -220,10 +246,15 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       // What the handler sees as job.maxAttempts, and its failure writes in: its task's, unless the job was given its own.
       const fromTask = taskMaxAttempts(retry, job);
       if (fromTask !== null) job.max_attempts = fromTask;
-      const outcome = tracer
-        ? await traced(tracer, job, abort, () => executeJob(job, handler, abort, context, retry, fromTask !== null))
-        : await executeJob(job, handler, abort, context, retry, fromTask !== null);
-      switches[i] = null;
+      let outcome: Outcome;
+      try {
+        outcome = tracer
+          ? await traced(tracer, job, abort, () => executeJob(job, handler, abort, context, retry, fromTask !== null))
+          : await executeJob(job, handler, abort, context, retry, fromTask !== null);
+      } finally {
+        slotHeld = false;
+        handlerReturned();
+      }
       handled(job.id);
       // The last progress value goes before the outcome: a watcher sees it before the job ends.
       const progressed = progress.finish(job.id);
@@ -231,6 +262,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       if (beforeCommit) beforeCommit.push(outcome);
       else writer.record(outcome, sink);
     } catch (err) {
+      if (slotHeld) handlerReturned();
       failed(err);
     }
   };
@@ -239,8 +271,17 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   // takes is how long the handlers block the thread, which the dispatcher
   // sizes this thread's next claims by.
   const launchedAt = busyMs();
-  for (let i = 0; i < jobs.length; i++) void runJob(jobs[i], i);
-  if (jobs.length > 0) post(port, { type: 'launched', jobs: jobs.length, blockedMs: busyMs() - launchedAt, threadId });
+  let launched = 0;
+  for (let i = 0; i < jobs.length; i++) {
+    if (handlersRunning < maxHandlers) {
+      handlersRunning++;
+      launched++;
+      void runJob(jobs[i], i);
+    } else {
+      waiting.push(() => void runJob(jobs[i], i));
+    }
+  }
+  if (launched > 0) post(port, { type: 'launched', jobs: launched, blockedMs: busyMs() - launchedAt, threadId });
   await recorded;
   endBatch(port);
   // A commit that failed may or may not have happened; the fence sorted out the outcomes either way.
