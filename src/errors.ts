@@ -35,7 +35,8 @@ export type ErrorCode =
   | 'GRAPEVINE_RESULT_TOO_LARGE'
   | 'GRAPEVINE_RESULT_UNSTORABLE'
   | 'GRAPEVINE_ERROR_UNSTORABLE'
-  | 'GRAPEVINE_PROGRESS_INVALID';
+  | 'GRAPEVINE_PROGRESS_INVALID'
+  | 'GRAPEVINE_RESPONSE_UNSTORABLE';
 
 export class GrapevineError extends Error {
   readonly code: ErrorCode;

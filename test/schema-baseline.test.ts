@@ -149,10 +149,12 @@ function withoutBookkeeping(catalog: Catalog): Catalog {
  */
 const TABLES_SINCE_BASELINE = /^_?(settings|schedules)/;
 const COLUMNS_SINCE_BASELINE = ['jobs.schedule', 'jobs.scheduled_for', 'jobs.max_attempts_given'];
-const INDEXES_SINCE_BASELINE = ['jobs_schedule_tick_idx'];
+const INDEXES_SINCE_BASELINE = ['jobs_schedule_tick_idx', 'messages_urgent_idx'];
+/** Migration 0018 and functions/messages_updated.sql: urgent control messages' index, and the trigger that keeps messages as sent. */
+const TRIGGERS_SINCE_BASELINE = ['messages_updated'];
 /** Job keys (migration 0012): the jobs table's key columns, their checks and index; add_job() took new arguments. */
 const KEYS_SINCE_BASELINE = /^(jobs_)?key/;
-const FUNCTIONS_SINCE_BASELINE = ['add_jobs', 'get_job', 'watch_job', 'watch_progress', 'cancel_job', 'job_specs', 'add_job'];
+const FUNCTIONS_SINCE_BASELINE = ['add_jobs', 'get_job', 'watch_job', 'watch_progress', 'cancel_job', 'job_specs', 'add_job', 'messages_updated'];
 const CHANGED_SINCE_BASELINE = ['jobs_inserted'];
 const RESULT_CHANGED_SINCE_BASELINE = ['claim_next', 'claim_ids', 'unhandled_tasks'];
 
@@ -173,6 +175,7 @@ function asAtBaseline(catalog: Catalog): Catalog {
   ) as unknown as Catalog;
   kept.columns = kept.columns.filter((c) => !COLUMNS_SINCE_BASELINE.includes(`${c.rel}.${c.attname}`));
   kept.indexes = kept.indexes.filter((i) => !INDEXES_SINCE_BASELINE.includes(String(i.index)));
+  kept.triggers = kept.triggers.filter((t) => !TRIGGERS_SINCE_BASELINE.includes(String(t.tgname)));
   kept.functions = kept.functions.map((f) => {
     if (RESULT_CHANGED_SINCE_BASELINE.includes(String(f.rel))) return { rel: f.rel, arguments: f.arguments };
     return CHANGED_SINCE_BASELINE.includes(String(f.rel)) ? { rel: f.rel, arguments: f.arguments, result: f.result } : f;
