@@ -154,7 +154,16 @@ const INDEXES_SINCE_BASELINE = ['jobs_schedule_tick_idx', 'messages_urgent_idx']
 const TRIGGERS_SINCE_BASELINE = ['messages_updated'];
 /** Job keys (migration 0012): the jobs table's key columns, their checks and index; add_job() took new arguments. */
 const KEYS_SINCE_BASELINE = /^(jobs_)?key/;
-const FUNCTIONS_SINCE_BASELINE = ['add_jobs', 'get_job', 'watch_job', 'watch_progress', 'cancel_job', 'job_specs', 'add_job', 'messages_updated'];
+const FUNCTIONS_SINCE_BASELINE = [
+  'add_jobs',
+  'get_job',
+  'watch_job',
+  'watch_progress',
+  'cancel_job',
+  'job_specs',
+  'add_job',
+  'messages_updated',
+];
 const CHANGED_SINCE_BASELINE = ['jobs_inserted'];
 const RESULT_CHANGED_SINCE_BASELINE = ['claim_next', 'claim_ids', 'unhandled_tasks'];
 
