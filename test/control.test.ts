@@ -209,6 +209,7 @@ describe('messages and responses', () => {
     );
     expect((await control.getResponse(ping, { timeoutMs: 20_000 }))[B.id].value).toBe('PONG');
     expect((await control.getResponse(refresh))[B.id].value).toBe('OK');
+    expect((await control.getResponse(ids.at(-1)!, { timeoutMs: 20_000 }))[B.id].value).toBe('OK');
 
     const { rows } = await db.pool.query(
       `SELECT message_id::text AS id FROM ${S}.responses WHERE worker = $1 AND message_id = ANY($2::bigint[]) ORDER BY responded_at, message_id`,
@@ -228,12 +229,13 @@ describe('messages and responses', () => {
     await A.process.waitFor(/"msg":"hello from the test"/);
   });
 
-  it('an ECHO whose logged text would be cut inside an emoji is answered, and so is the PING behind it', async () => {
+  it('an ECHO whose logged text would be cut inside an emoji is answered, and so is the ECHO behind it', async () => {
     // The log keeps 200 UTF-16 units of a message's text: unit 200 is the first half of this emoji.
     const text = `${'x'.repeat(199)}😀 and more`;
     const echo = await control.send('ECHO', text, { supervisors: [A.id] });
-    const ping = await control.sendAndWait('PING', undefined, { supervisors: [A.id] });
-    expect(ping[A.id].value).toBe('PONG');
+    // Another ECHO, not a PING: urgent commands are read first, so a PING would not be behind it.
+    const next = await control.sendAndWait('ECHO', 'next', { supervisors: [A.id] });
+    expect(next[A.id].value).toBe('OK');
     expect((await control.getResponse(echo, { supervisor: A.id }))[A.id].value).toBe('OK');
     const logged = (await eventsOnce(A.id, /^MESSAGE ECHO x{199}/)).find((e) => e.startsWith('MESSAGE ECHO x'));
     expect(logged).toBe(`MESSAGE ECHO ${'x'.repeat(199)}… (message ${echo})`);
