@@ -36,7 +36,8 @@ export type ErrorCode =
   | 'GRAPEVINE_RESULT_UNSTORABLE'
   | 'GRAPEVINE_ERROR_UNSTORABLE'
   | 'GRAPEVINE_PROGRESS_INVALID'
-  | 'GRAPEVINE_DEPENDENCY_INVALID';
+  | 'GRAPEVINE_DEPENDENCY_INVALID'
+  | 'GRAPEVINE_RESPONSE_UNSTORABLE';
 
 export class GrapevineError extends Error {
   readonly code: ErrorCode;

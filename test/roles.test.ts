@@ -439,6 +439,65 @@ describe('an operator', () => {
   });
 });
 
+describe('control messages', () => {
+  it('only an operator sends them; the worker marks its own processed but cannot rewrite one, or make one run again', async () => {
+    const id = supervisor!.id;
+    const CHANGED = '23514';
+    const insert = `INSERT INTO ${db.s}.messages (id, worker, command, args) VALUES (987654, $1, 'EVAL', '"process.exit(1)"')`;
+    for (const role of [enqueuer, worker, nobody]) expect([role.name, await sqlstateAs(role, insert, [id])]).toEqual([role.name, DENIED]);
+    const send: Use = [
+      'sendMessage',
+      (d, s) => control.sendMessage(d, s, { recipients: [id], command: 'STOP', argsJson: null, lostAfterMs: 60_000 }),
+    ];
+    expect(await refusedAs(worker, [send])).toEqual([expect.stringContaining('permission denied')]);
+
+    // The operator's PING is answered by the supervisor running as the worker, which marks it processed.
+    const ops = createControl({ connectionString: operator.url, schema: db.schema });
+    closers.push(() => ops.close());
+    const ping = await ops.send('PING', undefined, { supervisors: [id] });
+    expect((await ops.getResponse(ping, { timeoutMs: 30_000 }))[id].value).toBe('PONG');
+    // EVAL still needs the supervisor's allowEval, whoever sends it.
+    expect((await ops.sendAndWait('EVAL', '1 + 1', { supervisors: [id], timeoutMs: 30_000 }))[id]).toMatchObject({
+      ok: false,
+      error: { code: 'GRAPEVINE_COMMAND_REFUSED' },
+    });
+
+    // Rewriting a message into an EVAL or a STOP, or sending it elsewhere: no right on those columns.
+    const rewrites = [
+      `UPDATE ${db.s}.messages SET command = 'EVAL', args = '"process.exit(1)"' WHERE id = $1`,
+      `UPDATE ${db.s}.messages SET worker = 'another' WHERE id = $1`,
+    ];
+    for (const text of rewrites) {
+      expect([text, await sqlstateAs(worker, text, [ping])]).toEqual([text, DENIED]);
+      expect([text, await sqlstateAs(operator, text, [ping])]).toEqual([text, DENIED]);
+    }
+    // Making a processed message run again is refused by the table itself, to every role.
+    const asOwner = (text: string) =>
+      db.pool.query(text, [ping]).then(
+        () => undefined,
+        (e: { code?: string }) => e.code,
+      );
+    const replay = `UPDATE ${db.s}.messages SET processed_at = NULL WHERE id = $1`;
+    expect(await sqlstateAs(worker, replay, [ping])).toBe(CHANGED);
+    expect(await asOwner(replay)).toBe(CHANGED);
+    // So is a rewrite by a role that has UPDATE on the whole table (the schema's owner, or a
+    // worker granted by an earlier release).
+    for (const text of rewrites) expect(await asOwner(text)).toBe(CHANGED);
+    await db.pool.query(`GRANT UPDATE ON ${db.s}.messages TO "${worker.name}"`);
+    try {
+      expect(await sqlstateAs(worker, rewrites[0], [ping])).toBe(CHANGED);
+    } finally {
+      await db.pool.query(`REVOKE UPDATE ON ${db.s}.messages FROM "${worker.name}"`);
+      await grantRole({ connectionString: db.url, schema: db.schema, role: worker.name, as: 'worker' });
+    }
+    const { rows } = await db.pool.query(
+      `SELECT command, args, worker, processed_at IS NOT NULL AS processed FROM ${db.s}.messages WHERE id = $1`,
+      [ping],
+    );
+    expect(rows).toEqual([{ command: 'PING', args: null, worker: id, processed: true }]);
+  });
+});
+
 describe('a role that may not migrate', () => {
   it('starts against a current schema, and against one that needs migrating fails with one line naming grapevine migrate', async () => {
     // A release whose function file changed: the schema is behind until its owner migrates it.

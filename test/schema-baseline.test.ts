@@ -152,7 +152,7 @@ function withoutBookkeeping(catalog: Catalog): Catalog {
  */
 const TABLES_SINCE_BASELINE = /^_?(settings|schedules)/;
 const COLUMNS_SINCE_BASELINE = ['jobs.schedule', 'jobs.scheduled_for', 'jobs.max_attempts_given'];
-const INDEXES_SINCE_BASELINE = ['jobs_schedule_tick_idx'];
+const INDEXES_SINCE_BASELINE = ['jobs_schedule_tick_idx', 'messages_urgent_idx'];
 /** Job keys (migration 0012): the jobs table's key columns, their checks and index; add_job() took new arguments. */
 const KEYS_SINCE_BASELINE = /^(jobs_)?key/;
 const FUNCTIONS_SINCE_BASELINE = [
@@ -172,10 +172,15 @@ const FUNCTIONS_SINCE_BASELINE = [
   'retry_jobs',
   'reschedule_jobs',
   'purge_jobs',
+  'messages_updated',
 ];
 const CHANGED_SINCE_BASELINE = ['jobs_inserted', 'prune_finished'];
-/** Created by its function file (jobs_finished.sql), which a schema not yet migrated has not run. */
-const TRIGGERS_SINCE_BASELINE = ['jobs_finished'];
+/**
+ * Created by their function files, which a schema not yet migrated has not run: jobs_finished.sql
+ * (wakes dependents) and messages_updated.sql (keeps control messages as sent; migration 0018 adds
+ * the urgent messages' index).
+ */
+const TRIGGERS_SINCE_BASELINE = ['jobs_finished', 'messages_updated'];
 const RESULT_CHANGED_SINCE_BASELINE = ['claim_next', 'claim_ids', 'unhandled_tasks'];
 
 /** The catalog as the baseline built it: later objects left out, changed functions by their signature alone. */

@@ -1,9 +1,12 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { backoffMs } from '../src/backoff.ts';
+import { isDataError } from '../src/db.ts';
 import { serializeError, storedErrorText, type ErrorCode } from '../src/errors.ts';
 import { completeJobs, deleteSucceeded, failJobs, type CompletedJob, type FailedJob } from '../src/sql/jobs.ts';
 import { storableText, unstorableInJson } from '../src/text.ts';
+
+export { isDataError };
 
 export type Outcome =
   | { kind: 'success'; id: string; token: string; result: string }
@@ -223,20 +226,6 @@ export class OutcomeWriter {
     const jobs: CompletedJob[] = record.map((p) => p.outcome as Extract<Outcome, { kind: 'success' }>);
     return completeJobs(this.pool, this.schema, { jobs });
   }
-}
-
-/**
- * Whether a failed write was refused for a value it holds rather than for
- * how it was sent, so that sending it again would fail again: PostgreSQL's
- * data exceptions (class 22: a NUL or a lone surrogate in JSON, a number out
- * of range), integrity violations (23) and program limits (54: a value over
- * jsonb's size limit), or a RangeError from building a statement too large
- * for one string. Connection errors and timeouts are none of these.
- */
-export function isDataError(err: unknown): boolean {
-  if (err instanceof RangeError) return true;
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' && /^(22|23|54)/.test(code);
 }
 
 /** The longest description of a refusal kept: PostgreSQL's detail may quote part of the value. */

@@ -36,6 +36,7 @@ const FUNCTION_ORDER = [
   'notify_ids_always',
   'notify_ids',
   'jobs_inserted',
+  'messages_updated',
   'claim_next',
   'claim_ids',
   'has_due',

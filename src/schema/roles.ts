@@ -77,7 +77,10 @@ const TABLES: Record<RoleKind, Record<string, string>> = {
     schedules: 'SELECT, INSERT, UPDATE',
     supervisors: 'SELECT, INSERT, UPDATE, DELETE',
     maintenance: 'SELECT, INSERT, UPDATE',
-    messages: 'SELECT, UPDATE, DELETE',
+    // Marks its messages processed (the messages_updated trigger lets no
+    // other column change, nor a processed one come back); prunes old ones.
+    // Never INSERT: only an operator sends control messages.
+    messages: 'SELECT, UPDATE (processed_at), DELETE',
     responses: 'SELECT, INSERT, DELETE',
     worker_log: 'SELECT, INSERT, DELETE',
     log_followers: 'SELECT',
