@@ -62,7 +62,8 @@ export interface TaskHelpers {
    * stored before the outcome) and pushed to watchers (waitForJob's
    * onProgress, `grapevine job ID --follow`) only while someone watches.
    * Returns at once; a value that is not JSON or too large throws
-   * GRAPEVINE_PROGRESS_INVALID. A run that lost its claim stores nothing.
+   * GRAPEVINE_PROGRESS_INVALID. A run that lost its claim stores nothing,
+   * and a value reported after the handler returned (or threw) is dropped.
    */
   progress(value: unknown): void;
   /** Enqueues a follow-up job. */

@@ -121,6 +121,16 @@ describe('helpers.progress()', () => {
     await db.pool.query(`UPDATE ${S}.jobs SET state = 'cancelled', finished_at = now() WHERE id = $1`, [id]);
   });
 
+  it('a value reported after the handler returned does not hold up its outcome, nor replace the last value', async () => {
+    // The handler returns at once, leaving a timer that reports a value every millisecond for 3 s.
+    const id = await db.client.addJob('progress', { last: 'returned', leakMs: 3_000 });
+    const job = await db.client.waitForJob(id);
+    expect(job.state).toBe('succeeded');
+    expect(job.progress).toBe('returned');
+    // Nor after it ended (a leaked value would be turned away by the state, but is not even sent).
+    expect(await storedProgress(id)).toBe('returned');
+  });
+
   it('refuses a value that is not JSON or too large, failing the handler with GRAPEVINE_PROGRESS_INVALID', async () => {
     const big = await db.client.addJob('progress', { invalid: 'big' }, { maxAttempts: 1 });
     const fn = await db.client.addJob('progress', { invalid: 'function' }, { maxAttempts: 1 });

@@ -279,6 +279,7 @@ export class JobHelpers implements TaskHelpers {
   readonly #abort: JobAbort;
   readonly #context: ExecuteContext;
   readonly #row: ClaimedJobRow;
+  #settled = false;
 
   /** `abort` makes the job's signal when first asked (JobAbortSwitch in execute.ts). */
   constructor(job: ClaimedJobRow, abort: JobAbort, context: ExecuteContext) {
@@ -318,9 +319,22 @@ export class JobHelpers implements TaskHelpers {
     return () => context.dependenciesOf(id);
   }
 
+  /**
+   * The handler returned or threw: its run is over. Progress it reports
+   * after that (a timer it left behind) is dropped: its last value is
+   * already on the way, and the outcome must not wait for later ones.
+   */
+  static settle(helpers: JobHelpers): void {
+    helpers.#settled = true;
+  }
+
   /** Bound to the job (handlers destructure `{ progress }`), and made on first use: most handlers never report progress. */
   get progress(): TaskHelpers['progress'] {
-    this.#progress ??= (value) => this.#context.progress(this.#row, progressJson(value));
+    this.#progress ??= (value) => {
+      // Not even checked: a throw from a leftover timer would end the thread.
+      if (this.#settled) return;
+      this.#context.progress(this.#row, progressJson(value));
+    };
     return this.#progress;
   }
 
