@@ -85,13 +85,25 @@ export class SupervisorEventBus {
     return false;
   }
 
-  /** A listener that throws is logged, never let into the supervisor's own work. */
+  /**
+   * A listener that throws, or an async one that rejects, is logged, never
+   * let into the supervisor's own work nor kept from the listeners after it
+   * (EventEmitter.emit stops at the first throw, and a rejection nobody
+   * handles ends the process).
+   */
   emit<E extends SupervisorEventName>(event: E, payload: SupervisorEvents[E]): void {
-    try {
-      this.emitter.emit(event, payload);
-    } catch (err) {
-      this.logger.warn({ event, err: (err as Error)?.message }, 'a supervisor event listener threw; the supervisor goes on');
+    for (const listener of this.emitter.listeners(event) as SupervisorEventListener<E>[]) {
+      try {
+        const returned: unknown = listener(payload);
+        if (returned instanceof Promise) returned.catch((err: unknown) => this.threw(event, err));
+      } catch (err) {
+        this.threw(event, err);
+      }
     }
+  }
+
+  private threw(event: SupervisorEventName, err: unknown): void {
+    this.logger.warn({ event, err: (err as Error)?.message }, 'a supervisor event listener threw; the supervisor goes on');
   }
 
   /** Jobs a claim started (once per batch). */

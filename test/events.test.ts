@@ -96,4 +96,36 @@ describe('thread and LISTEN events', () => {
       sup.off('job:succeeded', throwing);
     }
   });
+
+  it('a listener that throws does not keep the event from the listeners after it, and an async one that rejects is caught', async () => {
+    const rejections: unknown[] = [];
+    const onRejection = (reason: unknown) => rejections.push(reason);
+    process.on('unhandledRejection', onRejection);
+    const throwing = () => {
+      throw new Error('a broken listener');
+    };
+    const rejecting = async () => {
+      throw new Error('a broken async listener');
+    };
+    const after: string[] = [];
+    const later = (event: SupervisorEvents['job:succeeded']) => after.push(event.id);
+    sup.on('job:succeeded', throwing);
+    sup.on('job:succeeded', rejecting);
+    sup.on('job:succeeded', later);
+    try {
+      const id = await db.client.addJob('square', { n: 5 });
+      expect((await db.client.waitForJob(id)).state).toBe('succeeded');
+      await eventually(() => after.includes(id), 'the listener after the broken ones heard it');
+      // A rejection is reported at the end of the turn it happened in: one more job gives it time.
+      const next = await db.client.addJob('square', { n: 6 });
+      await db.client.waitForJob(next);
+      await eventually(() => after.includes(next), 'the next job heard too');
+      expect(rejections).toEqual([]);
+    } finally {
+      sup.off('job:succeeded', throwing);
+      sup.off('job:succeeded', rejecting);
+      sup.off('job:succeeded', later);
+      process.off('unhandledRejection', onRejection);
+    }
+  });
 });
