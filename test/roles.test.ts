@@ -7,6 +7,7 @@ import type { Queryable, TypedQuery } from '../src/db.ts';
 import * as control from '../src/sql/control.ts';
 import * as jobs from '../src/sql/jobs.ts';
 import * as schedules from '../src/sql/schedules.ts';
+import { watchProgress, writeProgress } from '../src/sql/progress.ts';
 import { payloadLimit } from '../src/sql/settings.ts';
 import * as sups from '../src/sql/supervisors.ts';
 import { eventually, FIXTURE_TASKS, testLogger, useMigratedSchema } from './helpers/db.ts';
@@ -148,6 +149,7 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
     ['insertJobs', (d, s) => jobs.insertJobs(d, s, [job])],
     ['findJob', (d, s) => jobs.findJob(d, s, { id: '1' })],
     ['watchJob', (d, s) => jobs.watchJob(d, s, { id: '1' })],
+    ['watchProgress', (d, s) => watchProgress(d, s, { id: '1', watchMs: 1000 })],
     ['payloadLimit', (d, s) => payloadLimit(d, s)],
   ];
   if (kind === 'enqueuer') return enqueue;
@@ -155,6 +157,7 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
     return [
       ['findJob', (d, s) => jobs.findJob(d, s, { id: '1' })],
       ['watchJob', (d, s) => jobs.watchJob(d, s, { id: '1' })],
+      ['watchProgress', (d, s) => watchProgress(d, s, { id: '1', watchMs: 1000 })],
       ['requestCancel', (d, s) => jobs.requestCancel(d, s, { id: '1' })],
       ['announceCancel', (d, s) => jobs.announceCancel(d, s, { id: '1', owner: 'w' })],
       ['listSupervisors', (d, s) => sups.listSupervisors(d, s, { lostAfterMs: 1000 })],
@@ -179,6 +182,7 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
     ...enqueue,
     ['claimByIds', (d, s) => jobs.claimByIds(d, s, { ...claim, ids: ['1'] })],
     ['claimNext', (d, s) => jobs.claimNext(d, s, { ...claim, limit: 1 })],
+    ['writeProgress', (d, s) => writeProgress(d, s, { updates: [{ id: '1', token: '1', progress: '{"done":1}' }] })],
     ['completeJobs', (d, s) => jobs.completeJobs(d, s, { jobs: [{ id: '1', token: '1', result: '{}' }] })],
     ['deleteSucceeded', (d, s) => jobs.deleteSucceeded(d, s, { ids: ['1'], tokens: ['1'] })],
     [
@@ -395,6 +399,15 @@ describe('a worker', () => {
     expect(await sqlstateAs(worker, `CREATE TABLE ${db.s}.mine (x int)`)).toBe(DENIED);
     expect(await sqlstateAs(worker, `CREATE OR REPLACE FUNCTION ${db.s}.mine() RETURNS int LANGUAGE sql AS 'SELECT 1'`)).toBe(DENIED);
     expect(await sqlstateAs(worker, `ALTER TABLE ${db.s}.jobs ADD COLUMN mine int`)).toBe(DENIED);
+  });
+
+  it("stores its handlers' progress, which an enqueuer follows with waitForJob's onProgress", async () => {
+    const client = clientAs(enqueuer);
+    const id = await client.addJob('progress', { burst: 3, last: 'done' });
+    const seen: unknown[] = [];
+    const job = await client.waitForJob(id, { timeoutMs: 30_000, onProgress: (p) => seen.push(p) });
+    expect(job).toMatchObject({ state: 'succeeded', progress: 'done' });
+    expect(seen.at(-1)).toBe('done');
   });
 });
 
