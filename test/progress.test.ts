@@ -131,6 +131,36 @@ describe('helpers.progress()', () => {
     expect(await storedProgress(id)).toBe('returned');
   });
 
+  it('what onProgress throws ends the wait, also for a value the periodic renewal of the mark found', async () => {
+    // The client's LISTEN connection is up (its first connect wakes every wait).
+    await db.client.waitForJob(await db.client.addJob('progress', {}));
+    const id = await db.client.addJob('progress', { gate: GATE, steps: 1 });
+    await eventually(async () => (await storedProgress(id))?.done === 1, 'the first step stored');
+    const seen: unknown[] = [];
+    const wait = db.client.waitForJob(id, {
+      timeoutMs: 60_000,
+      onProgress: (value) => {
+        seen.push(value);
+        if (value === 'boom') throw new Error('onProgress refused boom');
+      },
+    });
+    wait.catch(() => {});
+    await eventually(() => seen.length === 1, 'the value the job had');
+    const rejections: unknown[] = [];
+    const onRejection = (reason: unknown) => rejections.push(reason);
+    process.on('unhandledRejection', onRejection);
+    try {
+      // Written with no notification: only the renewal (every 10 s) reads it.
+      await db.pool.query(`UPDATE ${S}.jobs SET progress = '"boom"' WHERE id = $1`, [id]);
+      await expect(wait).rejects.toThrow('onProgress refused boom');
+      expect(rejections).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onRejection);
+      await openStep(1);
+      await db.client.waitForJob(id);
+    }
+  }, 30_000);
+
   it('refuses a value that is not JSON or too large, failing the handler with GRAPEVINE_PROGRESS_INVALID', async () => {
     const big = await db.client.addJob('progress', { invalid: 'big' }, { maxAttempts: 1 });
     const fn = await db.client.addJob('progress', { invalid: 'function' }, { maxAttempts: 1 });
