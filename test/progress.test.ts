@@ -71,6 +71,40 @@ describe('helpers.progress()', () => {
     expect(await heardSoFar()).toEqual([]);
   });
 
+  it('unwatched, jobs that each report once cost one progress UPDATE per interval at most, however many finish in it', async () => {
+    // Writes of progress alone (the outcome's own write leaves the job running no more).
+    await db.pool.query(`
+      CREATE TABLE ${S}.progress_only (at timestamptz DEFAULT clock_timestamp());
+      CREATE FUNCTION ${S}.count_progress_only() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF OLD.state = 'running' AND NEW.state = 'running' AND NEW.progress IS DISTINCT FROM OLD.progress THEN
+          INSERT INTO ${S}.progress_only DEFAULT VALUES;
+        END IF;
+        RETURN NEW;
+      END $$;
+      CREATE TRIGGER count_progress_only AFTER UPDATE OF progress ON ${S}.jobs FOR EACH ROW EXECUTE FUNCTION ${S}.count_progress_only();`);
+    const started = Date.now();
+    // One after another: each job's value is the thread's only one, and its outcome follows at once.
+    for (let i = 0; i < 20; i++) {
+      const job = await db.client.waitForJob(await db.client.addJob('progress', { last: i }));
+      expect(job.progress).toBe(i);
+    }
+    const elapsedMs = Date.now() - started;
+    const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM ${S}.progress_only`);
+    expect(rows[0].n).toBeLessThanOrEqual(Math.floor(elapsedMs / INTERVAL_MS) + 1);
+    await db.pool.query(`DROP TRIGGER count_progress_only ON ${S}.jobs`);
+  });
+
+  it("a failed job's last value is stored with its failure, and a null is a value too", async () => {
+    const failed = await db.client.addJob('progress', { burst: 3, last: { at: 'the end', quote: '"\\' }, fail: true }, { maxAttempts: 1 });
+    // 10 reported values, then a pause in which the throttle writes the 10th, then null.
+    const nulled = await db.client.addJob('progress', { burst: 10, last: null });
+    const [failedJob, nulledJob] = await Promise.all([db.client.waitForJob(failed), db.client.waitForJob(nulled)]);
+    expect(failedJob).toMatchObject({ state: 'failed', progress: { at: 'the end', quote: '"\\' } });
+    expect(failedJob.lastError).toMatch(/failed after reporting/);
+    expect(nulledJob).toMatchObject({ state: 'succeeded', progress: null });
+  });
+
   it('watched: hands each value to onProgress in order, pushed over LISTEN, the last one before the wait resolves', async () => {
     const id = await db.client.addJob('progress', { gate: GATE, steps: 3, last: 'done' });
     const seen: unknown[] = [];

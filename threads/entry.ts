@@ -164,7 +164,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     connectionString: config.connectionString,
     maxResultBytes: config.maxResultBytes,
     progress: (job, json) => progress.set(job.id, job.claim_token, json, committed),
-    finishProgress: (id) => progress.finish(id),
+    takeProgress: (id) => progress.take(id),
     ...afterCommit(helpers, committed),
   };
   // Indexed like `jobs`: a map per batch cost a rehash every time it grew,
@@ -225,9 +225,10 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
         : await executeJob(job, handler, abort, context, retry, fromTask !== null);
       switches[i] = null;
       handled(job.id);
-      // The last progress value goes before the outcome: a watcher sees it before the job ends.
-      const progressed = progress.finish(job.id);
-      if (progressed) await progressed;
+      // The last progress value goes with the outcome: a watcher reads it when the job ends.
+      // (An exactly-once success wrote its own; what the handler reported after it is dropped.)
+      const last = progress.take(job.id);
+      if (last !== undefined && outcome.kind !== 'committed') outcome.progress = last;
       if (beforeCommit) beforeCommit.push(outcome);
       else writer.record(outcome, sink);
     } catch (err) {

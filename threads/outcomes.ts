@@ -5,8 +5,9 @@ import { serializeError, storedErrorText, type ErrorCode } from '../src/errors.t
 import { completeJobs, deleteSucceeded, failJobs, type CompletedJob, type FailedJob } from '../src/sql/jobs.ts';
 import { storableText, unstorableInJson } from '../src/text.ts';
 
+// `progress`: the job's last helpers.progress() value not yet stored, written with the outcome.
 export type Outcome =
-  | { kind: 'success'; id: string; token: string; result: string }
+  | { kind: 'success'; id: string; token: string; result: string; progress?: string }
   | {
       kind: 'failure';
       id: string;
@@ -16,6 +17,7 @@ export type Outcome =
       /** From the task's retry policy (retry-policy.ts): the job's attempts and the delay before its retry. */
       maxAttempts?: number;
       delayMs?: number;
+      progress?: string;
     }
   /** A success the handler's exactly-once transaction already committed (threads/helpers.ts): nothing left to write. */
   | { kind: 'committed'; id: string; token: string; result: string };
@@ -156,6 +158,7 @@ export class OutcomeWriter {
           retryable: f.retryable,
           max_attempts: f.maxAttempts,
           delay_ms: f.delayMs,
+          progress: f.progress,
         } satisfies FailedJob;
       });
       rejected = await failJobs(this.pool, this.schema, { jobs, retryBaseMs: this.options.baseMs, retryMaxMs: this.options.maxMs });

@@ -115,15 +115,19 @@ function build(schema: string): JobStatements {
          FROM ${s}.claim_next($1, $2::text[], $6::text[], $3, $4, $5)`,
     ),
 
-    // $1 [{id, token, result}]. Returns `rejected`: ids the fence turned away.
+    // $1 [{id, token, result, progressed?, progress?}]. Returns `rejected`:
+    // ids the fence turned away. A job's last helpers.progress() value comes
+    // with its outcome (`progressed`: a JSON null is a value too), so it costs
+    // no UPDATE of its own.
     complete: st(
       'complete',
       `WITH r AS (
-         SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(id bigint, token bigint, result jsonb)),
+         SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(id bigint, token bigint, result jsonb, progressed boolean, progress jsonb)),
        done AS (
          UPDATE ${s}.jobs j
             SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'succeeded' END,
-                result = r.result, finished_at = now(), lease_until = NULL
+                result = r.result, finished_at = now(), lease_until = NULL,
+                progress = CASE WHEN r.progressed THEN r.progress ELSE j.progress END
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
          RETURNING j.id, j.state, j.watched, j.has_dependents)
@@ -147,16 +151,17 @@ function build(schema: string): JobStatements {
          RETURNING j.id)
        SELECT ARRAY(SELECT x::text FROM unnest($1::bigint[]) x WHERE NOT EXISTS (SELECT 1 FROM gone WHERE gone.id = x)) AS kept`,
     ),
-    // $1 [{id, token, error, retryable, max_attempts?, delay_ms?}], $2 retry
-    // base ms, $3 retry max ms. A task's retry policy (threads/retry-policy.ts)
-    // sends the job's max_attempts, written in, and the delay before the
-    // retry; without them the row's max_attempts and the supervisor's
-    // backoff apply. Returns `rejected` too.
+    // $1 [{id, token, error, retryable, max_attempts?, delay_ms?, progressed?,
+    // progress?}], $2 retry base ms, $3 retry max ms. A task's retry policy
+    // (threads/retry-policy.ts) sends the job's max_attempts, written in, and
+    // the delay before the retry; without them the row's max_attempts and the
+    // supervisor's backoff apply. Progress as in `complete`. Returns `rejected` too.
     fail: st(
       'fail',
       `WITH r AS (
          SELECT * FROM jsonb_to_recordset($1::jsonb)
-           AS r(id bigint, token bigint, error text, retryable boolean, max_attempts integer, delay_ms float8)),
+           AS r(id bigint, token bigint, error text, retryable boolean, max_attempts integer, delay_ms float8,
+                progressed boolean, progress jsonb)),
        done AS (
          UPDATE ${s}.jobs j
             SET state = CASE
@@ -174,6 +179,7 @@ function build(schema: string): JobStatements {
                 max_attempts = coalesce(r.max_attempts, j.max_attempts),
                 max_attempts_given = j.max_attempts_given OR r.max_attempts IS NOT NULL,
                 last_error = r.error, lease_until = NULL,
+                progress = CASE WHEN r.progressed THEN r.progress ELSE j.progress END,
                 claim_token = CASE
                   WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < coalesce(r.max_attempts, j.max_attempts) THEN NULL
                   ELSE j.claim_token END
@@ -366,6 +372,8 @@ export interface CompletedJob {
   token: string;
   /** The handler's result, as JSON text. */
   result: string;
+  /** The job's last helpers.progress() value not yet stored, as JSON text. */
+  progress?: string;
 }
 
 export interface FailedJob {
@@ -377,6 +385,13 @@ export interface FailedJob {
   max_attempts?: number;
   /** The delay before the retry its task's policy chose; absent: the supervisor's backoff. */
   delay_ms?: number;
+  /** As for CompletedJob. */
+  progress?: string;
+}
+
+/** `,"progressed":true,"progress":…}` for an outcome that carries its job's last progress value, else `}`. */
+function progressTail(progress: string | undefined): string {
+  return progress === undefined ? '}' : `,"progressed":true,"progress":${progress}}`;
 }
 
 export interface ReleasedJob {
@@ -489,7 +504,7 @@ export function claimNext(db: Queryable, schema: string, p: ClaimParams & { limi
 export async function completeJobs(db: Queryable, schema: string, p: { jobs: readonly CompletedJob[] }): Promise<string[]> {
   // Ids and tokens are decimal bigints and results are JSON already, so the
   // parameter is assembled as text rather than parsed and re-encoded.
-  const outcomes = p.jobs.map((o) => `{"id":${o.id},"token":${o.token},"result":${o.result}}`);
+  const outcomes = p.jobs.map((o) => `{"id":${o.id},"token":${o.token},"result":${o.result}${progressTail(o.progress)}`);
   const row = await oneRow<{ rejected: string[] }>(db, bind(jobStatements(schema).complete, [`[${outcomes.join(',')}]`]));
   return row.rejected;
 }
@@ -518,9 +533,16 @@ export async function failJobs(
 ): Promise<string[]> {
   const row = await oneRow<{ rejected: string[] }>(
     db,
-    bind(jobStatements(schema).fail, [JSON.stringify(p.jobs), p.retryBaseMs, p.retryMaxMs]),
+    bind(jobStatements(schema).fail, [`[${p.jobs.map(failedJson).join(',')}]`, p.retryBaseMs, p.retryMaxMs]),
   );
   return row.rejected;
+}
+
+/** One failure as the fail statement reads it; its progress is JSON text already, spliced in as it is. */
+function failedJson(f: FailedJob): string {
+  const { progress, ...rest } = f;
+  const base = JSON.stringify(rest);
+  return progress === undefined ? base : base.slice(0, -1) + progressTail(progress);
 }
 
 /** Releases what `owner` (one thread of it, or every thread with null) claimed and never reported; returns the ids released. */
