@@ -358,6 +358,18 @@ describe('an enqueuer', () => {
     const { rows: forged } = await db.pool.query(`SELECT count(*)::int AS n FROM ${db.s}.jobs WHERE state <> 'pending'`);
     expect(forged[0].n).toBe(0);
   });
+
+  it("may mark a job's progress watched for a few minutes at most, not for weeks", async () => {
+    const { rows } = await db.pool.query(`SELECT ${db.s}.add_job('square', '{"n": 50}', run_at => now() + interval '1 hour') AS id`);
+    const id = String(rows[0].id);
+    // 2^31 - 1 ms: 24 days of a NOTIFY for every progress write of the job, whoever watches.
+    expect(await sqlstateAs(enqueuer, `SELECT * FROM ${db.s}.watch_progress($1, 2147483647)`, [id])).toBeUndefined();
+    const { rows: marked } = await db.pool.query(
+      `SELECT progress_watched_until <= now() + interval '5 minutes' AS bounded FROM ${db.s}.jobs WHERE id = $1`,
+      [id],
+    );
+    expect(marked[0].bounded).toBe(true);
+  });
 });
 
 describe('a worker', () => {
