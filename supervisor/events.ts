@@ -40,7 +40,11 @@ export interface SupervisorEvents {
   'job:retried': JobEndEvent & { error: string };
   /** The job was cancelled while it ran (cancelJob, grapevine cancel). */
   'job:cancelled': JobEndEvent;
-  /** The attempt ran over its timeout and was aborted; `willRetry` as for job:failed. */
+  /**
+   * The attempt ran over its timeout and was aborted; `willRetry` as for
+   * job:failed, and null too when the handler ignored its signal and its
+   * thread was terminated (the job is then given back without a report).
+   */
   'job:timedOut': JobEndEvent & { willRetry: boolean | null };
   /** A thread ended without being asked to (a handler's process.exit(), an uncaught error, out of memory); its jobs are given back. */
   'thread:crashed': { threadId: number; exitCode: number };
