@@ -59,6 +59,24 @@ describe('job events', () => {
     await eventually(() => namesOf(id).includes('job:cancelled'), 'job:cancelled');
   });
 
+  it('a cancel that lands while the handler returns: the event says what the row says', async () => {
+    await db.pool.query(`UPDATE ${S}.gate SET open = false`);
+    const ok = await db.client.addJob('block', { gate: `${S}.gate` });
+    const failing = await db.client.addJob('block', { gate: `${S}.gate`, fail: true }, { maxAttempts: 3 });
+    await eventually(() => namesOf(ok).includes('job:started') && namesOf(failing).includes('job:started'), 'the jobs started');
+    // The cancel request is written; its notification (cancelJob sends it next) has not reached the supervisor yet.
+    await db.pool.query(`UPDATE ${S}.jobs SET cancel_requested_at = now() WHERE id = ANY($1::bigint[])`, [[ok, failing]]);
+    await db.pool.query(`UPDATE ${S}.gate SET open = true`);
+    expect((await db.client.waitForJob(ok)).state).toBe('cancelled');
+    await eventually(() => namesOf(ok).length === 2, 'its end event');
+    expect(namesOf(ok)).toEqual(['job:started', 'job:cancelled']);
+    // A failure with attempts left is not retried either: the row is cancelled.
+    expect((await db.client.waitForJob(failing)).state).toBe('cancelled');
+    await eventually(() => namesOf(failing).length === 2, 'its end event');
+    expect(namesOf(failing)).toEqual(['job:started', 'job:cancelled']);
+    await db.pool.query(`UPDATE ${S}.gate SET open = false`);
+  });
+
   it('a job over its timeout', async () => {
     const id = await db.client.addJob('hang', { cooperative: true }, { timeoutMs: 50, maxAttempts: 1 });
     expect((await db.client.waitForJob(id)).state).toBe('failed');

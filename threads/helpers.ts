@@ -229,7 +229,7 @@ async function finishClaimed(client: pg.ClientBase, settings: OutcomeSettings, c
   // Under the lock taken above the fence cannot turn it away; checked all the same.
   // The job's last progress goes in the same write: a progress write after it would be fenced out.
   const progress = claim.takeProgress();
-  const rejected = await completeJobs(client, schema, { jobs: [{ id: claim.id, token: claim.token, result, progress }] });
+  const { rejected } = await completeJobs(client, schema, { jobs: [{ id: claim.id, token: claim.token, result, progress }] });
   if (rejected.length > 0) refuseLostClaim(claim, undefined);
   return result;
 }

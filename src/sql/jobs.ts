@@ -83,6 +83,8 @@ function build(schema: string): JobStatements {
   // none) rather than with every id it recorded: a thread reads back nothing
   // per job.
   const rejected = `ARRAY(SELECT r.id::text FROM r WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.id = r.id)) AS rejected`;
+  // Outcomes recorded as a cancel: one was asked for while the handler ran, its owner not yet told.
+  const cancelled = `ARRAY(SELECT id::text FROM done WHERE state = 'cancelled') AS cancelled`;
 
   return {
     // Enqueues go through add_job() and add_jobs(), which run with their
@@ -116,7 +118,7 @@ function build(schema: string): JobStatements {
     ),
 
     // $1 [{id, token, result, progressed?, progress?}]. Returns `rejected`:
-    // ids the fence turned away. A job's last helpers.progress() value comes
+    // ids the fence turned away, and `cancelled`. A job's last helpers.progress() value comes
     // with its outcome (`progressed`: a JSON null is a value too), so it costs
     // no UPDATE of its own.
     complete: st(
@@ -131,7 +133,7 @@ function build(schema: string): JobStatements {
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
          RETURNING j.id, j.state, j.watched, j.has_dependents)
-       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched)), ${rejected}, ${resolveDependents('done')}`,
+       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched)), ${rejected}, ${cancelled}, ${resolveDependents('done')}`,
     ),
     // deleteSucceeded mode. $1 ids, $2 their claim tokens in the same order
     // (ids unique). Deletes the succeeded jobs that nobody waits for, no
@@ -186,7 +188,7 @@ function build(schema: string): JobStatements {
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
          RETURNING j.id, j.state, j.run_at, j.watched, j.has_dependents)
-       ${announce('done')}, ${rejected}, ${resolveDependents('done')}`,
+       ${announce('done')}, ${rejected}, ${cancelled}, ${resolveDependents('done')}`,
     ),
 
     // Claims nobody reported: a thread died between a claim's commit and its
@@ -500,13 +502,19 @@ export function claimNext(db: Queryable, schema: string, p: ClaimParams & { limi
   return rowsOf(db, claimNextQuery(schema, p));
 }
 
-/** Records successes; returns the ids the fence turned away. */
-export async function completeJobs(db: Queryable, schema: string, p: { jobs: readonly CompletedJob[] }): Promise<string[]> {
+/** Records successes (as cancelled where a cancel was asked); returns the ids the fence turned away, and the cancelled ones. */
+/** What an outcome write did besides recording: the ids the fence turned away, and those recorded as cancelled. */
+export interface RecordedOutcomes {
+  rejected: string[];
+  cancelled: string[];
+}
+
+export async function completeJobs(db: Queryable, schema: string, p: { jobs: readonly CompletedJob[] }): Promise<RecordedOutcomes> {
   // Ids and tokens are decimal bigints and results are JSON already, so the
   // parameter is assembled as text rather than parsed and re-encoded.
   const outcomes = p.jobs.map((o) => `{"id":${o.id},"token":${o.token},"result":${o.result}${progressTail(o.progress)}`);
-  const row = await oneRow<{ rejected: string[] }>(db, bind(jobStatements(schema).complete, [`[${outcomes.join(',')}]`]));
-  return row.rejected;
+  const { rejected, cancelled } = await oneRow<RecordedOutcomes>(db, bind(jobStatements(schema).complete, [`[${outcomes.join(',')}]`]));
+  return { rejected, cancelled };
 }
 
 /**
@@ -525,17 +533,17 @@ export async function deleteSucceeded(
   return row.kept;
 }
 
-/** Records failures (retried with backoff from `retryBaseMs` up to `retryMaxMs`); returns the ids the fence turned away. */
+/** Records failures (retried with backoff from `retryBaseMs` up to `retryMaxMs`, cancelled where a cancel was asked); returns what completeJobs does. */
 export async function failJobs(
   db: Queryable,
   schema: string,
   p: { jobs: readonly FailedJob[]; retryBaseMs: number; retryMaxMs: number },
-): Promise<string[]> {
-  const row = await oneRow<{ rejected: string[] }>(
+): Promise<RecordedOutcomes> {
+  const { rejected, cancelled } = await oneRow<RecordedOutcomes>(
     db,
     bind(jobStatements(schema).fail, [`[${p.jobs.map(failedJson).join(',')}]`, p.retryBaseMs, p.retryMaxMs]),
   );
-  return row.rejected;
+  return { rejected, cancelled };
 }
 
 /** One failure as the fail statement reads it; its progress is JSON text already, spliced in as it is. */
