@@ -141,7 +141,7 @@ export class ProgressWriter {
       if (rejected.length > 0) this.logger.debug({ jobs: rejected }, 'progress not stored: the job is no longer this run’s');
     } catch (err) {
       if (isDataError(err)) {
-        // Refused for what it holds, it would be refused again (and hold up the jobs' outcomes): dropped.
+        // Refused for what it holds, it would be refused again: dropped.
         this.logger.warn(
           { err: (err as Error).message, jobs: confirmed.map((e) => e.id) },
           'job progress refused by PostgreSQL; not stored',
