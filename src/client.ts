@@ -310,13 +310,10 @@ export function createClient(options: ClientOptions = {}): Client {
           if (job) progress.saw(job.progress);
           return job;
         });
-      // The mark lasts PROGRESS_WATCH_MS: renewed while the wait runs, it lapses soon after a watcher that went away.
-      const renew = setInterval(() => {
-        void serial(() => run(() => watchProgress(pool, schema, { id: jobId, watchMs: PROGRESS_WATCH_MS }))).then(
-          (seen) => (seen ? progress.saw(seen.progress) : undefined),
-          (err: Error) => logger.debug({ err: err.message, jobId }, 'could not renew the progress watch'),
-        );
-      }, PROGRESS_WATCH_MS / 3);
+      // The mark lasts PROGRESS_WATCH_MS: renewed while the wait runs (each poll
+      // renews it once half is gone), it lapses soon after a watcher that went
+      // away. A renewal is a poll, so what onProgress throws there ends the wait too.
+      const renew = setInterval(() => finished.wake(jobId), PROGRESS_WATCH_MS / 3);
       try {
         return await finished.wait(jobId, poll, timeoutMs, () => waitTimeout(jobId, timeoutMs));
       } finally {

@@ -59,10 +59,11 @@ export interface TaskHelpers {
    * Reports how far the job has got: a number or small JSON (at most 4,096
    * bytes of it), stored in the job's `progress` column at most every
    * `progressIntervalMs` (the latest value wins; the last one is always
-   * stored before the outcome) and pushed to watchers (waitForJob's
+   * stored, with the outcome) and pushed to watchers (waitForJob's
    * onProgress, `grapevine job ID --follow`) only while someone watches.
    * Returns at once; a value that is not JSON or too large throws
-   * GRAPEVINE_PROGRESS_INVALID. A run that lost its claim stores nothing.
+   * GRAPEVINE_PROGRESS_INVALID. A run that lost its claim stores nothing,
+   * and a value reported after the handler returned (or threw) is dropped.
    */
   progress(value: unknown): void;
   /** Enqueues a follow-up job. */

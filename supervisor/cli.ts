@@ -190,6 +190,9 @@ function negativeValuesJoined(argv: string[], options: ParseArgsConfig['options'
 }
 
 /** An integer flag, within `range` when one is given (before anything connects). */
+/** A wait's range: setTimeout fires at once for a delay over 2^31 - 1 ms (about 24 days). */
+const WAIT_MS = { min: 0, max: 2_147_483_647 };
+
 function int(values: Values, name: string, range?: { min: number; max: number }): number | undefined {
   const raw = values[name];
   if (raw === undefined) return undefined;
@@ -339,6 +342,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         throw new UsageError(`payload is not valid JSON (${(err as Error).message}): pass e.g. '{"n": 4}' in single quotes`);
       }
     }
+    const waitMs = int(values, 'wait-ms', WAIT_MS);
     return withClient(values, async (client) => {
       const id = await client.addJob(task, payload, {
         runAt: values['run-at'] as string | undefined,
@@ -356,7 +360,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         console.log(id);
         return 0;
       }
-      const job = await client.waitForJob(id, { timeoutMs: int(values, 'wait-ms') ?? 60_000 });
+      const job = await client.waitForJob(id, { timeoutMs: waitMs ?? 60_000 });
       console.log(printableJson({ id, state: job.state, result: job.result, lastError: job.lastError }));
       return job.state === 'succeeded' ? 0 : 1;
     });
@@ -367,11 +371,12 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     const id = positionals[0];
     if (!id) throw new UsageError('missing ID: grapevine job ID');
     if (values['wait-ms'] !== undefined && !values.follow) throw new UsageError('--wait-ms goes with --follow');
+    const waitMs = int(values, 'wait-ms', WAIT_MS);
     return withClient(values, async (client) => {
       if (values.follow) {
         const job = await client.waitForJob(id, {
-          // setTimeout's longest delay (about 24 days): no limit, in practice.
-          timeoutMs: int(values, 'wait-ms') ?? 2_147_483_647,
+          // The longest wait there is: no limit, in practice.
+          timeoutMs: waitMs ?? WAIT_MS.max,
           // One line per value (JSON lines), the job after them as `grapevine job` prints it.
           onProgress: (progress) => console.log(printableJson({ id, progress }, 0)),
         });

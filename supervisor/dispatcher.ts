@@ -599,7 +599,7 @@ export class Dispatcher {
         this.handled(batch, event.ids);
         break;
       case 'finished':
-        this.finish(batch, event.ids, event.threadId, event.unsuccessful, event.details);
+        this.finish(batch, event.ids, event.threadId, event.unsuccessful, event.details, event.cancelled);
         break;
       case 'exiting':
         this.onThreadExiting(batch, event);
@@ -661,8 +661,22 @@ export class Dispatcher {
    * result repeats them). `unsuccessful` comes with the thread's own report
    * only; from the batch's result, success is left unknown.
    */
-  private finish(batch: Batch, ids: readonly string[], threadId: number, unsuccessful?: readonly string[], details?: FailureDetails): void {
+  private finish(
+    batch: Batch,
+    ids: readonly string[],
+    threadId: number,
+    unsuccessful?: readonly string[],
+    details?: FailureDetails,
+    cancelled?: readonly string[],
+  ): void {
     if (details) this.applyDetails(details);
+    // The row says cancelled, whatever the handler did: the events and metrics say so too.
+    if (cancelled) {
+      for (const id of cancelled) {
+        const job = this.running.get(id);
+        if (job?.batch === batch) job.abortedFor = 'cancelled';
+      }
+    }
     const finished: RunningJob[] = [];
     const notOk = unsuccessful && unsuccessful.length > 0 ? new Set(unsuccessful) : null;
     for (const id of ids) {

@@ -11,6 +11,7 @@ import * as jobs from '../src/sql/jobs.ts';
 import * as ops from '../src/sql/operations.ts';
 import { watchProgress } from '../src/sql/progress.ts';
 import * as schedules from '../src/sql/schedules.ts';
+import { watchProgress, writeProgress } from '../src/sql/progress.ts';
 import { payloadLimit } from '../src/sql/settings.ts';
 import * as sups from '../src/sql/supervisors.ts';
 import { eventually, FIXTURE_TASKS, testLogger, useMigratedSchema } from './helpers/db.ts';
@@ -153,6 +154,7 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
     return [
       ['findJob', (d, s) => jobs.findJob(d, s, { id: '1' })],
       ['watchJob', (d, s) => jobs.watchJob(d, s, { id: '1' })],
+      ['watchProgress', (d, s) => watchProgress(d, s, { id: '1', watchMs: 1000 })],
       ['requestCancel', (d, s) => jobs.requestCancel(d, s, { id: '1' })],
       ['announceCancel', (d, s) => jobs.announceCancel(d, s, { id: '1', owner: 'w' })],
       ['listSupervisors', (d, s) => sups.listSupervisors(d, s, { lostAfterMs: 1000 })],
@@ -189,6 +191,7 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
     ...enqueue,
     ['claimByIds', (d, s) => jobs.claimByIds(d, s, { ...claim, ids: ['1'] })],
     ['claimNext', (d, s) => jobs.claimNext(d, s, { ...claim, limit: 1 })],
+    ['writeProgress', (d, s) => writeProgress(d, s, { updates: [{ id: '1', token: '1', progress: '{"done":1}' }] })],
     ['completeJobs', (d, s) => jobs.completeJobs(d, s, { jobs: [{ id: '1', token: '1', result: '{}' }] })],
     ['deleteSucceeded', (d, s) => jobs.deleteSucceeded(d, s, { ids: ['1'], tokens: ['1'] })],
     [
@@ -368,6 +371,18 @@ describe('an enqueuer', () => {
     const { rows: forged } = await db.pool.query(`SELECT count(*)::int AS n FROM ${db.s}.jobs WHERE state <> 'pending'`);
     expect(forged[0].n).toBe(0);
   });
+
+  it("may mark a job's progress watched for a few minutes at most, not for weeks", async () => {
+    const { rows } = await db.pool.query(`SELECT ${db.s}.add_job('square', '{"n": 50}', run_at => now() + interval '1 hour') AS id`);
+    const id = String(rows[0].id);
+    // 2^31 - 1 ms: 24 days of a NOTIFY for every progress write of the job, whoever watches.
+    expect(await sqlstateAs(enqueuer, `SELECT * FROM ${db.s}.watch_progress($1, 2147483647)`, [id])).toBeUndefined();
+    const { rows: marked } = await db.pool.query(
+      `SELECT progress_watched_until <= now() + interval '5 minutes' AS bounded FROM ${db.s}.jobs WHERE id = $1`,
+      [id],
+    );
+    expect(marked[0].bounded).toBe(true);
+  });
 });
 
 describe('a worker', () => {
@@ -409,6 +424,15 @@ describe('a worker', () => {
     expect(await sqlstateAs(worker, `CREATE TABLE ${db.s}.mine (x int)`)).toBe(DENIED);
     expect(await sqlstateAs(worker, `CREATE OR REPLACE FUNCTION ${db.s}.mine() RETURNS int LANGUAGE sql AS 'SELECT 1'`)).toBe(DENIED);
     expect(await sqlstateAs(worker, `ALTER TABLE ${db.s}.jobs ADD COLUMN mine int`)).toBe(DENIED);
+  });
+
+  it("stores its handlers' progress, which an enqueuer follows with waitForJob's onProgress", async () => {
+    const client = clientAs(enqueuer);
+    const id = await client.addJob('progress', { burst: 3, last: 'done' });
+    const seen: unknown[] = [];
+    const job = await client.waitForJob(id, { timeoutMs: 30_000, onProgress: (p) => seen.push(p) });
+    expect(job).toMatchObject({ state: 'succeeded', progress: 'done' });
+    expect(seen.at(-1)).toBe('done');
   });
 });
 

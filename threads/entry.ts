@@ -187,7 +187,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     connectionString: config.connectionString,
     maxResultBytes: config.maxResultBytes,
     progress: (job, json) => progress.set(job.id, job.claim_token, json, committed),
-    finishProgress: (id) => progress.finish(id),
+    takeProgress: (id) => progress.take(id),
     ...afterCommit(helpers, committed),
   };
   // Indexed like `jobs`: a map per batch cost a rehash every time it grew,
@@ -214,14 +214,19 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     failed = reject;
   });
   const sink: OutcomeSink = {
-    recorded(outcome, accepted) {
+    recorded(outcome, accepted, cancelled = false) {
       if (!accepted) {
         fenced++;
         // A failed commit is reported once for the batch, below.
         if (!commitFailed)
           logger.warn({ jobId: outcome.id }, 'outcome rejected: the job was reassigned, cancelled or released while it ran');
       }
-      finished(outcome.id, !accepted || outcome.kind === 'failure', byId ? detailOf(outcome, accepted, byId.get(outcome.id)) : undefined);
+      finished(
+        outcome.id,
+        !accepted || cancelled || outcome.kind === 'failure',
+        byId ? detailOf(outcome, accepted, cancelled, byId.get(outcome.id)) : undefined,
+        cancelled,
+      );
       if (--left === 0) allRecorded();
     },
   };
@@ -256,9 +261,10 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
         handlerReturned();
       }
       handled(job.id);
-      // The last progress value goes before the outcome: a watcher sees it before the job ends.
-      const progressed = progress.finish(job.id);
-      if (progressed) await progressed;
+      // The last progress value goes with the outcome: a watcher reads it when the job ends.
+      // (An exactly-once success wrote its own; what the handler reported after it is dropped.)
+      const last = progress.take(job.id);
+      if (last !== undefined && outcome.kind !== 'committed') outcome.progress = last;
       if (beforeCommit) beforeCommit.push(outcome);
       else writer.record(outcome, sink);
     } catch (err) {
@@ -309,13 +315,15 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
 function idsReporter(
   port: MessagePort,
   type: 'handled' | 'finished',
-): (id: string, unsuccessful?: boolean, detail?: FailureDetail) => void {
+): (id: string, unsuccessful?: boolean, detail?: FailureDetail, cancelled?: boolean) => void {
   let ids: string[] = [];
   let unsuccessful: string[] = [];
+  let cancelledIds: string[] | undefined;
   let details: FailureDetails | undefined;
-  return (id, failed = false, detail) => {
+  return (id, failed = false, detail, cancelled = false) => {
     ids.push(id);
     if (failed) unsuccessful.push(id);
+    if (cancelled) (cancelledIds ??= []).push(id);
     if (detail) {
       details ??= { ids: [], errors: [], retrying: [], fenced: [] };
       if (detail === 'fenced') details.fenced.push(id);
@@ -327,9 +335,10 @@ function idsReporter(
     }
     if (ids.length > 1) return;
     queueMicrotask(() => {
-      post(port, type === 'finished' ? { type, ids, unsuccessful, threadId, details } : { type, ids, threadId });
+      post(port, type === 'finished' ? { type, ids, unsuccessful, cancelled: cancelledIds, threadId, details } : { type, ids, threadId });
       ids = [];
       unsuccessful = [];
+      cancelledIds = undefined;
       details = undefined;
     });
   };
@@ -337,10 +346,10 @@ function idsReporter(
 
 type FailureDetail = 'fenced' | { error: string; retrying: boolean };
 
-/** A failed or fenced outcome as the supervisor's events tell it; undefined for a recorded success. */
-function detailOf(outcome: Outcome, accepted: boolean, job: ClaimedJobRow | undefined): FailureDetail | undefined {
+/** A failed or fenced outcome as the supervisor's events tell it; undefined for a recorded success (or a cancel: see `cancelled`). */
+function detailOf(outcome: Outcome, accepted: boolean, cancelled: boolean, job: ClaimedJobRow | undefined): FailureDetail | undefined {
   if (!accepted) return 'fenced';
-  if (outcome.kind !== 'failure') return undefined;
+  if (cancelled || outcome.kind !== 'failure') return undefined;
   // As the outcome write decides (src/sql/jobs.ts, fail): retried while attempts are left.
   return { error: outcome.error, retrying: outcome.retryable && job !== undefined && job.attempts < job.max_attempts };
 }

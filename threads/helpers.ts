@@ -30,8 +30,8 @@ export interface HeldClaim {
   stopped(): string | null;
   /** Called once the transaction committed the job's success: the outcome writer then leaves the job alone. */
   committed(result: string): void;
-  /** Writes the job's last progress, which the job's success would fence out if it came after it. */
-  finishProgress(): Promise<void> | null;
+  /** The job's last progress value not yet stored (JSON text), for the success's own write; undefined if none. */
+  takeProgress(): string | undefined;
 }
 
 /** The helpers that reach the database, shared by every job of a thread. */
@@ -59,8 +59,8 @@ export interface ExecuteContext extends DatabaseHelpers {
   maxResultBytes: number;
   /** Stores a job's progress (JSON text already checked), throttled: the batch's ProgressWriter.set. */
   progress(job: ClaimedJobRow, json: string): void;
-  /** Writes the job's unwritten progress now, if it has any: ProgressWriter.finish. */
-  finishProgress(id: string): Promise<void> | null;
+  /** The job's last progress value not yet stored, taken for its outcome's write: ProgressWriter.take. */
+  takeProgress(id: string): string | undefined;
 }
 
 /** The database helpers of one thread, on its handlers' pool. */
@@ -220,9 +220,6 @@ async function finishClaimed(client: pg.ClientBase, settings: OutcomeSettings, c
       `this run was stopped (${stopped}), so its exactly-once transaction was rolled back and none of its writes were committed`,
     );
   }
-  // On another connection, so before the lock below: the progress write waits for none of this transaction's locks.
-  const progressed = claim.finishProgress();
-  if (progressed) await progressed;
   refuseLostClaim(claim, await lockClaim(client, settings.schema, { id: claim.id }));
   const { schema } = settings;
   if (settings.deleteSucceeded) {
@@ -230,7 +227,9 @@ async function finishClaimed(client: pg.ClientBase, settings: OutcomeSettings, c
     if (kept.length === 0) return result;
   }
   // Under the lock taken above the fence cannot turn it away; checked all the same.
-  const rejected = await completeJobs(client, schema, { jobs: [{ id: claim.id, token: claim.token, result }] });
+  // The job's last progress goes in the same write: a progress write after it would be fenced out.
+  const progress = claim.takeProgress();
+  const { rejected } = await completeJobs(client, schema, { jobs: [{ id: claim.id, token: claim.token, result, progress }] });
   if (rejected.length > 0) refuseLostClaim(claim, undefined);
   return result;
 }
@@ -279,6 +278,7 @@ export class JobHelpers implements TaskHelpers {
   readonly #abort: JobAbort;
   readonly #context: ExecuteContext;
   readonly #row: ClaimedJobRow;
+  #settled = false;
 
   /** `abort` makes the job's signal when first asked (JobAbortSwitch in execute.ts). */
   constructor(job: ClaimedJobRow, abort: JobAbort, context: ExecuteContext) {
@@ -318,9 +318,22 @@ export class JobHelpers implements TaskHelpers {
     return () => context.dependenciesOf(id);
   }
 
+  /**
+   * The handler returned or threw: its run is over. Progress it reports
+   * after that (a timer it left behind) is dropped: its last value is
+   * already on the way, and the outcome must not wait for later ones.
+   */
+  static settle(helpers: JobHelpers): void {
+    helpers.#settled = true;
+  }
+
   /** Bound to the job (handlers destructure `{ progress }`), and made on first use: most handlers never report progress. */
   get progress(): TaskHelpers['progress'] {
-    this.#progress ??= (value) => this.#context.progress(this.#row, progressJson(value));
+    this.#progress ??= (value) => {
+      // Not even checked: a throw from a leftover timer would end the thread.
+      if (this.#settled) return;
+      this.#context.progress(this.#row, progressJson(value));
+    };
     return this.#progress;
   }
 
@@ -337,7 +350,7 @@ export class JobHelpers implements TaskHelpers {
         committed: (result) => {
           this.committedResult = result;
         },
-        finishProgress: () => this.#context.finishProgress(this.job.id),
+        takeProgress: () => this.#context.takeProgress(this.job.id),
       };
       return this.#context.transaction(fn, claim);
     };

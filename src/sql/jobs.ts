@@ -83,6 +83,8 @@ function build(schema: string): JobStatements {
   // none) rather than with every id it recorded: a thread reads back nothing
   // per job.
   const rejected = `ARRAY(SELECT r.id::text FROM r WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.id = r.id)) AS rejected`;
+  // Outcomes recorded as a cancel: one was asked for while the handler ran, its owner not yet told.
+  const cancelled = `ARRAY(SELECT id::text FROM done WHERE state = 'cancelled') AS cancelled`;
 
   return {
     // Enqueues go through add_job() and add_jobs(), which run with their
@@ -115,19 +117,23 @@ function build(schema: string): JobStatements {
          FROM ${s}.claim_next($1, $2::text[], $6::text[], $3, $4, $5)`,
     ),
 
-    // $1 [{id, token, result}]. Returns `rejected`: ids the fence turned away.
+    // $1 [{id, token, result, progressed?, progress?}]. Returns `rejected`:
+    // ids the fence turned away, and `cancelled`. A job's last helpers.progress() value comes
+    // with its outcome (`progressed`: a JSON null is a value too), so it costs
+    // no UPDATE of its own.
     complete: st(
       'complete',
       `WITH r AS (
-         SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(id bigint, token bigint, result jsonb)),
+         SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(id bigint, token bigint, result jsonb, progressed boolean, progress jsonb)),
        done AS (
          UPDATE ${s}.jobs j
             SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'succeeded' END,
-                result = r.result, finished_at = now(), lease_until = NULL
+                result = r.result, finished_at = now(), lease_until = NULL,
+                progress = CASE WHEN r.progressed THEN r.progress ELSE j.progress END
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
          RETURNING j.id, j.state, j.watched, j.has_dependents)
-       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched)), ${rejected}, ${resolveDependents('done')}`,
+       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched)), ${rejected}, ${cancelled}, ${resolveDependents('done')}`,
     ),
     // deleteSucceeded mode. $1 ids, $2 their claim tokens in the same order
     // (ids unique). Deletes the succeeded jobs that nobody waits for, no
@@ -147,16 +153,17 @@ function build(schema: string): JobStatements {
          RETURNING j.id)
        SELECT ARRAY(SELECT x::text FROM unnest($1::bigint[]) x WHERE NOT EXISTS (SELECT 1 FROM gone WHERE gone.id = x)) AS kept`,
     ),
-    // $1 [{id, token, error, retryable, max_attempts?, delay_ms?}], $2 retry
-    // base ms, $3 retry max ms. A task's retry policy (threads/retry-policy.ts)
-    // sends the job's max_attempts, written in, and the delay before the
-    // retry; without them the row's max_attempts and the supervisor's
-    // backoff apply. Returns `rejected` too.
+    // $1 [{id, token, error, retryable, max_attempts?, delay_ms?, progressed?,
+    // progress?}], $2 retry base ms, $3 retry max ms. A task's retry policy
+    // (threads/retry-policy.ts) sends the job's max_attempts, written in, and
+    // the delay before the retry; without them the row's max_attempts and the
+    // supervisor's backoff apply. Progress as in `complete`. Returns `rejected` too.
     fail: st(
       'fail',
       `WITH r AS (
          SELECT * FROM jsonb_to_recordset($1::jsonb)
-           AS r(id bigint, token bigint, error text, retryable boolean, max_attempts integer, delay_ms float8)),
+           AS r(id bigint, token bigint, error text, retryable boolean, max_attempts integer, delay_ms float8,
+                progressed boolean, progress jsonb)),
        done AS (
          UPDATE ${s}.jobs j
             SET state = CASE
@@ -174,13 +181,14 @@ function build(schema: string): JobStatements {
                 max_attempts = coalesce(r.max_attempts, j.max_attempts),
                 max_attempts_given = j.max_attempts_given OR r.max_attempts IS NOT NULL,
                 last_error = r.error, lease_until = NULL,
+                progress = CASE WHEN r.progressed THEN r.progress ELSE j.progress END,
                 claim_token = CASE
                   WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < coalesce(r.max_attempts, j.max_attempts) THEN NULL
                   ELSE j.claim_token END
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
          RETURNING j.id, j.state, j.run_at, j.watched, j.has_dependents)
-       ${announce('done')}, ${rejected}, ${resolveDependents('done')}`,
+       ${announce('done')}, ${rejected}, ${cancelled}, ${resolveDependents('done')}`,
     ),
 
     // Claims nobody reported: a thread died between a claim's commit and its
@@ -366,6 +374,8 @@ export interface CompletedJob {
   token: string;
   /** The handler's result, as JSON text. */
   result: string;
+  /** The job's last helpers.progress() value not yet stored, as JSON text. */
+  progress?: string;
 }
 
 export interface FailedJob {
@@ -377,6 +387,13 @@ export interface FailedJob {
   max_attempts?: number;
   /** The delay before the retry its task's policy chose; absent: the supervisor's backoff. */
   delay_ms?: number;
+  /** As for CompletedJob. */
+  progress?: string;
+}
+
+/** `,"progressed":true,"progress":…}` for an outcome that carries its job's last progress value, else `}`. */
+function progressTail(progress: string | undefined): string {
+  return progress === undefined ? '}' : `,"progressed":true,"progress":${progress}}`;
 }
 
 export interface ReleasedJob {
@@ -485,13 +502,19 @@ export function claimNext(db: Queryable, schema: string, p: ClaimParams & { limi
   return rowsOf(db, claimNextQuery(schema, p));
 }
 
-/** Records successes; returns the ids the fence turned away. */
-export async function completeJobs(db: Queryable, schema: string, p: { jobs: readonly CompletedJob[] }): Promise<string[]> {
+/** Records successes (as cancelled where a cancel was asked); returns the ids the fence turned away, and the cancelled ones. */
+/** What an outcome write did besides recording: the ids the fence turned away, and those recorded as cancelled. */
+export interface RecordedOutcomes {
+  rejected: string[];
+  cancelled: string[];
+}
+
+export async function completeJobs(db: Queryable, schema: string, p: { jobs: readonly CompletedJob[] }): Promise<RecordedOutcomes> {
   // Ids and tokens are decimal bigints and results are JSON already, so the
   // parameter is assembled as text rather than parsed and re-encoded.
-  const outcomes = p.jobs.map((o) => `{"id":${o.id},"token":${o.token},"result":${o.result}}`);
-  const row = await oneRow<{ rejected: string[] }>(db, bind(jobStatements(schema).complete, [`[${outcomes.join(',')}]`]));
-  return row.rejected;
+  const outcomes = p.jobs.map((o) => `{"id":${o.id},"token":${o.token},"result":${o.result}${progressTail(o.progress)}`);
+  const { rejected, cancelled } = await oneRow<RecordedOutcomes>(db, bind(jobStatements(schema).complete, [`[${outcomes.join(',')}]`]));
+  return { rejected, cancelled };
 }
 
 /**
@@ -510,17 +533,24 @@ export async function deleteSucceeded(
   return row.kept;
 }
 
-/** Records failures (retried with backoff from `retryBaseMs` up to `retryMaxMs`); returns the ids the fence turned away. */
+/** Records failures (retried with backoff from `retryBaseMs` up to `retryMaxMs`, cancelled where a cancel was asked); returns what completeJobs does. */
 export async function failJobs(
   db: Queryable,
   schema: string,
   p: { jobs: readonly FailedJob[]; retryBaseMs: number; retryMaxMs: number },
-): Promise<string[]> {
-  const row = await oneRow<{ rejected: string[] }>(
+): Promise<RecordedOutcomes> {
+  const { rejected, cancelled } = await oneRow<RecordedOutcomes>(
     db,
-    bind(jobStatements(schema).fail, [JSON.stringify(p.jobs), p.retryBaseMs, p.retryMaxMs]),
+    bind(jobStatements(schema).fail, [`[${p.jobs.map(failedJson).join(',')}]`, p.retryBaseMs, p.retryMaxMs]),
   );
-  return row.rejected;
+  return { rejected, cancelled };
+}
+
+/** One failure as the fail statement reads it; its progress is JSON text already, spliced in as it is. */
+function failedJson(f: FailedJob): string {
+  const { progress, ...rest } = f;
+  const base = JSON.stringify(rest);
+  return progress === undefined ? base : base.slice(0, -1) + progressTail(progress);
 }
 
 /** Releases what `owner` (one thread of it, or every thread with null) claimed and never reported; returns the ids released. */
