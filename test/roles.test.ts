@@ -9,7 +9,6 @@ import * as control from '../src/sql/control.ts';
 import * as dashboard from '../src/sql/dashboard.ts';
 import * as jobs from '../src/sql/jobs.ts';
 import * as ops from '../src/sql/operations.ts';
-import { watchProgress } from '../src/sql/progress.ts';
 import * as schedules from '../src/sql/schedules.ts';
 import { watchProgress, writeProgress } from '../src/sql/progress.ts';
 import { payloadLimit } from '../src/sql/settings.ts';
