@@ -59,7 +59,7 @@ describe('grapevine grant', () => {
     // No right on any table but the three read-only ones every kind reads.
     expect(enqueue.match(/ON TABLE [^;]*/g)).toEqual([`ON TABLE ${db.s}.migrations, ${db.s}.schema_functions, ${db.s}.settings TO "app"`]);
     expect(grantSql({ schema: db.schema, role: 'w', as: 'worker' })).toContain(
-      `GRANT SELECT, UPDATE, DELETE, INSERT (task, payload, queue, priority, max_attempts, run_at, schedule, scheduled_for) ON TABLE ${db.s}.jobs TO "w"`,
+      `GRANT SELECT, UPDATE, DELETE, INSERT (task, payload, queue, priority, max_attempts, max_attempts_given, run_at, schedule, scheduled_for) ON TABLE ${db.s}.jobs TO "w"`,
     );
     const operate = grantSql({ schema: db.schema, role: 'o', as: 'operator' });
     expect(operate).toContain(`${db.s}.cancel_job(bigint)`);

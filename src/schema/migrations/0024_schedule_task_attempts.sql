@@ -3,3 +3,5 @@
 -- their task's retry policy (docs/jobs.md#a-tasks-retry-policy), else 5.
 -- Schedules stored before keep their number until declared again.
 ALTER TABLE :SCHEMA.schedules ALTER COLUMN max_attempts DROP NOT NULL, ALTER COLUMN max_attempts DROP DEFAULT;
+-- A tick's job now sets max_attempts_given too, so a worker role granted
+-- before needs `grapevine grant` again (src/schema/roles.ts).
