@@ -225,22 +225,35 @@ function build(schema: string): JobStatements {
     renewLeases: st(
       'renew_leases',
       // Also returns the jobs whose cancellation was requested: the owner
-      // aborts them even if it missed the cancel notification.
-      `UPDATE ${s}.jobs SET lease_until = now() + $3 * interval '1 millisecond'
-        WHERE state = 'running' AND locked_by = $1 AND id = ANY($2::bigint[])
-       RETURNING id::text AS id, cancel_requested_at IS NOT NULL AS cancel_requested`,
+      // aborts them even if it missed the cancel notification. A row locked
+      // now is skipped, not waited for: an exactly-once transaction locks its
+      // job's row until its COMMIT, and a frozen or busy owner would hold
+      // every other lease of this supervisor behind it (the next beat renews it).
+      `UPDATE ${s}.jobs j SET lease_until = now() + $3 * interval '1 millisecond'
+         FROM (SELECT x.id FROM ${s}.jobs x
+                WHERE x.state = 'running' AND x.locked_by = $1 AND x.id = ANY($2::bigint[])
+                  FOR UPDATE SKIP LOCKED) free
+        WHERE j.id = free.id
+       RETURNING j.id::text AS id, j.cancel_requested_at IS NOT NULL AS cancel_requested`,
     ),
     // $1 tasks, $2 queues (NULL = all). Whether any pending job is due, held
     // by another statement or not. See src/schema/functions/has_due.sql.
     hasDue: st('has_due', `SELECT ${s}.has_due($1::text[], $2::text[]) AS due`),
-    // Run only by the elected reaper, inside its transaction.
+    // Run only by the elected reaper, inside its transaction. A row locked
+    // now is left for the next round rather than waited for: its owner is
+    // finishing it (an outcome write, or an exactly-once transaction between
+    // its claim check and COMMIT, which a frozen owner may hold for as long
+    // as its connection lives), and waiting would stall every reap behind it.
     reapExpired: st(
       'reap_expired',
       `WITH done AS (
          UPDATE ${s}.jobs j SET ${releaseSet('true', `'lease expired: ' || coalesce(j.locked_by, '?') || ' stopped renewing it (supervisor lost or thread stuck)'`)}
-          WHERE j.state = 'running'
-            AND (j.lease_until < now()
-                 OR j.locked_by IN (SELECT id FROM ${s}.supervisors WHERE status IN ('LOST', 'EXITED')))
+          WHERE j.id IN (
+                  SELECT x.id FROM ${s}.jobs x
+                   WHERE x.state = 'running'
+                     AND (x.lease_until < now()
+                          OR x.locked_by IN (SELECT id FROM ${s}.supervisors WHERE status IN ('LOST', 'EXITED')))
+                     FOR UPDATE OF x SKIP LOCKED)
          RETURNING j.id, j.state, j.run_at, j.watched)
        ${announce('done')}`,
     ),
