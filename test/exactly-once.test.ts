@@ -214,7 +214,7 @@ describe("an exactly-once transaction's row lock", () => {
   // window as long as the test likes, as a frozen process, a partition or a
   // thread whose event loop a sibling job keeps busy would: the backend has
   // the row locked and waits, here on an advisory lock the test holds.
-  it('holds up neither the heartbeat of the supervisor other jobs nor the reaper', async () => {
+  it("holds up neither the heartbeat of its supervisor's other jobs nor the reaper", async () => {
     const t = await createTables('held');
     const gate = `${s}.eo_held_block_gate`;
     const key = `hashtext('${s}.eo_held')`;
@@ -233,20 +233,24 @@ describe("an exactly-once transaction's row lock", () => {
       const once = await client.addJob('exactly-once', { table: t.payload.table, holdCommit: true }, { maxAttempts: 3 });
       const { rows: stuck } = await eventually(
         () =>
-          db.pool.query(
-            `SELECT now() AS at FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-              WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = current_database() AND a.application_name LIKE 'grapevine-handler-%'`,
-          ).then((r) => (r.rows.length > 0 ? r : null)),
+          db.pool
+            .query(
+              `SELECT now() AS at FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+              WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = current_database()
+                AND a.application_name LIKE 'grapevine-handler-%' AND position($1 IN a.query) > 0`,
+              [db.schema],
+            )
+            .then((r) => (r.rows.length > 0 ? r : null)),
         'the exactly-once transaction to hold its row, waiting before COMMIT',
       );
       const since = stuck[0].at;
 
       // The heartbeat goes on renewing the sibling's lease well past the lease it had then.
       await eventually(async () => {
-        const { rows } = await db.pool.query(`SELECT lease_until > $2::timestamptz + interval '3 s' AS renewed FROM ${s}.jobs WHERE id = $1`, [
-          sibling,
-          since,
-        ]);
+        const { rows } = await db.pool.query(
+          `SELECT lease_until > $2::timestamptz + interval '3 s' AS renewed FROM ${s}.jobs WHERE id = $1`,
+          [sibling, since],
+        );
         return rows[0].renewed;
       }, "the heartbeat to renew the sibling job's lease");
       // The reaper goes on returning orphans: a job whose owner vanished long ago runs again here.
