@@ -1,7 +1,8 @@
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { SupervisorOptions } from '../supervisor/public.ts';
-import { eventually, FIXTURE_TASKS, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
+import pg from 'pg';
+import { directDatabaseUrl, eventually, FIXTURE_TASKS, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 import { start as startProcess, type Running } from './helpers/process.ts';
 
 const db = useMigratedSchema('exactly_once');
@@ -224,7 +225,9 @@ describe("an exactly-once transaction's row lock", () => {
         BEGIN PERFORM pg_advisory_xact_lock(${key}); RETURN NEW; END $$;
       CREATE TRIGGER eo_hold_commit BEFORE UPDATE ON ${s}.jobs FOR EACH ROW
         WHEN (NEW.state = 'succeeded' AND OLD.payload ? 'holdCommit') EXECUTE FUNCTION ${s}.eo_hold_commit()`);
-    const holder = await db.pool.connect();
+    // A session lock, so on a connection of its own to the server itself (even in the pooled pass).
+    const holder = new pg.Client({ connectionString: directDatabaseUrl() });
+    await holder.connect();
     await holder.query(`SELECT pg_advisory_lock(${key})`);
     let held = true;
     const supervisor = await startTestSupervisor(db, { threads: 1, concurrency: 4, shutdownGraceMs: 0, ...TIMING });
@@ -270,7 +273,7 @@ describe("an exactly-once transaction's row lock", () => {
       expect(await client.waitForJob(sibling, { timeoutMs: 30_000 })).toMatchObject({ state: 'succeeded', attempts: 1 });
     } finally {
       if (held) await holder.query(`SELECT pg_advisory_unlock(${key})`);
-      holder.release();
+      await holder.end();
       await supervisor.stop({ graceMs: 0 });
       await db.pool.query(`DROP TRIGGER eo_hold_commit ON ${s}.jobs; DROP FUNCTION ${s}.eo_hold_commit()`);
     }

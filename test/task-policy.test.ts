@@ -112,8 +112,7 @@ describe("a task module's retry policy and timeout", () => {
         ['fixed-by-task', null],
       ]);
     } finally {
-      await schedules.remove('fixed-by-task');
-      await schedules.remove('fixed-by-schedule');
+      await db.pool.query(`DELETE FROM ${s}.schedules WHERE name IN ('fixed-by-task', 'fixed-by-schedule')`);
       await schedules.close();
       await db.pool.query(`DELETE FROM ${s}.jobs WHERE schedule IS NOT NULL`);
     }
