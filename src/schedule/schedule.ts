@@ -22,7 +22,8 @@ export interface ScheduleSpec {
   tz?: string;
   queue?: string;
   priority?: number;
-  maxAttempts?: number;
+  /** Not given (or null): its jobs take their task's retry policy, else 5. */
+  maxAttempts?: number | null;
   /** Default `skip`. */
   missed?: MissedTicks;
 }
