@@ -200,6 +200,19 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
     ['lockJobs', (d, s) => d.query(jobs.lockJobsQuery(s, { ids: ['1'] }))],
     ['releaseJobs', (d, s) => jobs.releaseJobs(d, s, { owner: 'w', jobs: [{ id: '1', thread: 1, reason: 'r', count: true }] })],
     ['renewLeases', (d, s) => jobs.renewLeases(d, s, { owner: 'w', ids: ['1'], leaseMs: 1000 })],
+    [
+      'adoptTaskAttempts',
+      (d, s) =>
+        d.query(
+          jobs.adoptTaskAttemptsQuery(s, {
+            owner: 'w',
+            thread: 1,
+            leaseMs: 1000,
+            attempts: new Map([['square', 2]]),
+            defaultMaxAttempts: 5,
+          })!,
+        ),
+    ],
     ['hasDue', (d, s) => jobs.hasDue(d, s, { tasks: ['square'], queues: null })],
     ['reapExpired', (d, s) => jobs.reapExpired(d, s)],
     ['pruneFinished', (d, s) => jobs.pruneFinished(d, s, { retentionMs: 1000, batchSize: 10 })],

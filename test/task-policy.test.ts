@@ -118,6 +118,11 @@ describe("a task module's retry policy and timeout", () => {
     }
   });
 
+  it('counts runs that crash their thread against the task maxAttempts, though no failure ever wrote it in', async () => {
+    const id = await client.addJob('crashes', {});
+    expect(await client.waitForJob(id, { timeoutMs: 30_000 })).toMatchObject({ state: 'failed', attempts: 2, maxAttempts: 2 });
+  });
+
   it('takes its timeoutMs, which a job timeoutMs overrides', async () => {
     const byTask = await client.addJob('slow', {}, { maxAttempts: 1 });
     const byJob = await client.addJob('slow', {}, { maxAttempts: 1, timeoutMs: 60_000 });

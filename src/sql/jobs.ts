@@ -11,6 +11,7 @@ import { bigintArray, bind, oneRow, perSchema, statement, type Statement } from 
  */
 interface JobStatements {
   insertOne: Statement;
+  adoptTaskAttempts: Statement;
   insertMany: Statement;
   getById: Statement;
   watch: Statement;
@@ -289,6 +290,21 @@ function build(schema: string): JobStatements {
       `SELECT state, claim_token::text AS claim_token, cancel_requested_at IS NOT NULL AS cancel_requested, locked_by, attempts
          FROM ${s}.jobs WHERE id = $1 FOR UPDATE`,
     ),
+    // Sent after a claim, in its transaction (threads/claim.ts): the jobs it
+    // claimed that were enqueued without maxAttempts take their task's
+    // ($4 tasks, $5 their retry.maxAttempts; threads/retry-policy.ts), so that
+    // a crash release or the reaper counts against that number too. The row
+    // keeps what a release handed back beyond the default ($6). A claim sets
+    // lease_until to now() + $3 ms, the same instant for all its rows, which
+    // the lease index finds without walking the fleet's running jobs.
+    adoptTaskAttempts: st(
+      'adopt_task_attempts',
+      `UPDATE ${s}.jobs j
+          SET max_attempts = greatest(1, t.max_attempts + j.max_attempts - $6), max_attempts_given = true
+         FROM unnest($4::text[], $5::integer[]) AS t(task, max_attempts)
+        WHERE j.state = 'running' AND j.lease_until = now() + $3::integer * interval '1 millisecond'
+          AND j.locked_by = $1 AND j.locked_thread = $2 AND NOT j.max_attempts_given AND j.task = t.task`,
+    ),
     // Testing and operations: make pending jobs due now. $1 ids (NULL = all)
     makeDue: st(
       'make_due',
@@ -483,6 +499,26 @@ export async function watchJob(db: Queryable, schema: string, p: { id: string })
 /** The claim of the jobs a notification named, for claimBatch (threads/claim.ts) to send inside its transaction. */
 export function claimByIdsQuery(schema: string, p: ClaimParams & { ids: string[] }): TypedQuery<ClaimedJobRow> {
   return bind(jobStatements(schema).claimByIds, [p.ids, p.tasks, p.owner, p.thread, p.leaseMs, p.queues]);
+}
+
+/**
+ * What the claim sends after itself, in its transaction, when some of the
+ * thread's tasks set retry.maxAttempts: those tasks' jobs claimed without
+ * their own maxAttempts take the task's. Null when no task sets it.
+ */
+export function adoptTaskAttemptsQuery(
+  schema: string,
+  p: { owner: string; thread: number; leaseMs: number; attempts: ReadonlyMap<string, number>; defaultMaxAttempts: number },
+): TypedQuery<never> | null {
+  if (p.attempts.size === 0) return null;
+  return bind(jobStatements(schema).adoptTaskAttempts, [
+    p.owner,
+    p.thread,
+    p.leaseMs,
+    [...p.attempts.keys()],
+    [...p.attempts.values()],
+    p.defaultMaxAttempts,
+  ]);
 }
 
 /** The claim of the next `limit` due jobs, for claimBatch (threads/claim.ts) to send inside its transaction. */
