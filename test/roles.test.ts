@@ -59,7 +59,7 @@ describe('grapevine grant', () => {
     // No right on any table but the three read-only ones every kind reads.
     expect(enqueue.match(/ON TABLE [^;]*/g)).toEqual([`ON TABLE ${db.s}.migrations, ${db.s}.schema_functions, ${db.s}.settings TO "app"`]);
     expect(grantSql({ schema: db.schema, role: 'w', as: 'worker' })).toContain(
-      `GRANT SELECT, UPDATE, DELETE, INSERT (task, payload, queue, priority, max_attempts, run_at, schedule, scheduled_for) ON TABLE ${db.s}.jobs TO "w"`,
+      `GRANT SELECT, UPDATE, DELETE, INSERT (task, payload, queue, priority, max_attempts, max_attempts_given, run_at, schedule, scheduled_for) ON TABLE ${db.s}.jobs TO "w"`,
     );
     const operate = grantSql({ schema: db.schema, role: 'o', as: 'operator' });
     expect(operate).toContain(`${db.s}.cancel_job(bigint)`);
@@ -202,6 +202,19 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
     ['lockJobs', (d, s) => d.query(jobs.lockJobsQuery(s, { ids: ['1'] }))],
     ['releaseJobs', (d, s) => jobs.releaseJobs(d, s, { owner: 'w', jobs: [{ id: '1', thread: 1, reason: 'r', count: true }] })],
     ['renewLeases', (d, s) => jobs.renewLeases(d, s, { owner: 'w', ids: ['1'], leaseMs: 1000 })],
+    [
+      'adoptTaskAttempts',
+      (d, s) =>
+        d.query(
+          jobs.adoptTaskAttemptsQuery(s, {
+            owner: 'w',
+            thread: 1,
+            leaseMs: 1000,
+            attempts: new Map([['square', 2]]),
+            defaultMaxAttempts: 5,
+          })!,
+        ),
+    ],
     ['hasDue', (d, s) => jobs.hasDue(d, s, { tasks: ['square'], queues: null })],
     ['reapExpired', (d, s) => jobs.reapExpired(d, s)],
     ['pruneFinished', (d, s) => jobs.pruneFinished(d, s, { retentionMs: 1000, batchSize: 10 })],

@@ -21,7 +21,8 @@ import type {
   ThreadRequest,
   ThreadResponse,
 } from '../src/protocol.ts';
-import { claimByIdsQuery, claimNextQuery, hasDue, type ClaimedJobRow, type ClaimParams } from '../src/sql/jobs.ts';
+import { DEFAULTS } from '../src/config.ts';
+import { adoptTaskAttemptsQuery, claimByIdsQuery, claimNextQuery, hasDue, type ClaimedJobRow, type ClaimParams } from '../src/sql/jobs.ts';
 import { claimBatch } from './claim.ts';
 import { executeJob, JobAbortSwitch } from './execute.ts';
 import { afterCommit, databaseHelpers, type ExecuteContext } from './helpers.ts';
@@ -147,7 +148,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       request.type === 'claim-ids'
         ? claimByIdsQuery(config.schema, { ...who, ids: request.ids })
         : claimNextQuery(config.schema, { ...who, limit: request.count });
-    ({ jobs, committed } = await claimBatch(pools.system, claim));
+    ({ jobs, committed } = await claimBatch(pools.system, claim, adoptTaskAttempts(loaded)));
   } catch (err) {
     endBatch(port);
     return { ...NOTHING_CLAIMED, threadId, claimError: serializeError(err) };
@@ -366,6 +367,24 @@ const busyMs: () => number =
         return (user + system) / 1_000;
       }
     : () => performance.now();
+
+/** The tasks whose retry policy sets maxAttempts, and that number: read once, the modules load once per thread. */
+let taskAttempts: Map<string, number> | null = null;
+
+/** What a claim sends after itself so that its jobs take their tasks' maxAttempts (adoptTaskAttemptsQuery), or null. */
+function adoptTaskAttempts(loaded: LoadedTasks) {
+  if (!taskAttempts) {
+    taskAttempts = new Map();
+    for (const [task, policy] of loaded.retries) if (policy.maxAttempts !== undefined) taskAttempts.set(task, policy.maxAttempts);
+  }
+  return adoptTaskAttemptsQuery(config.schema, {
+    owner: config.supervisorId,
+    thread: threadId,
+    leaseMs: config.leaseMs,
+    attempts: taskAttempts,
+    defaultMaxAttempts: DEFAULTS.maxAttempts,
+  });
+}
 
 function endBatch(port: MessagePort): void {
   openPorts.delete(port);

@@ -72,7 +72,7 @@ const TABLES: Record<RoleKind, Record<string, string>> = {
     // enqueues from handlers go through add_job(). A schedule's tick inserts
     // its job directly (ON CONFLICT against the tick's unique index), so the
     // worker may insert a pending job's columns and no others.
-    jobs: 'SELECT, UPDATE, DELETE, INSERT (task, payload, queue, priority, max_attempts, run_at, schedule, scheduled_for)',
+    jobs: 'SELECT, UPDATE, DELETE, INSERT (task, payload, queue, priority, max_attempts, max_attempts_given, run_at, schedule, scheduled_for)',
     // Declared at start (upsert), read and advanced at each tick.
     schedules: 'SELECT, INSERT, UPDATE',
     supervisors: 'SELECT, INSERT, UPDATE, DELETE',

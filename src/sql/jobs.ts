@@ -11,6 +11,7 @@ import { bigintArray, bind, oneRow, perSchema, statement, type Statement } from 
  */
 interface JobStatements {
   insertOne: Statement;
+  adoptTaskAttempts: Statement;
   insertMany: Statement;
   getById: Statement;
   watch: Statement;
@@ -233,22 +234,35 @@ function build(schema: string): JobStatements {
     renewLeases: st(
       'renew_leases',
       // Also returns the jobs whose cancellation was requested: the owner
-      // aborts them even if it missed the cancel notification.
-      `UPDATE ${s}.jobs SET lease_until = now() + $3 * interval '1 millisecond'
-        WHERE state = 'running' AND locked_by = $1 AND id = ANY($2::bigint[])
-       RETURNING id::text AS id, cancel_requested_at IS NOT NULL AS cancel_requested`,
+      // aborts them even if it missed the cancel notification. A row locked
+      // now is skipped, not waited for: an exactly-once transaction locks its
+      // job's row until its COMMIT, and a frozen or busy owner would hold
+      // every other lease of this supervisor behind it (the next beat renews it).
+      `UPDATE ${s}.jobs j SET lease_until = now() + $3 * interval '1 millisecond'
+         FROM (SELECT x.id FROM ${s}.jobs x
+                WHERE x.state = 'running' AND x.locked_by = $1 AND x.id = ANY($2::bigint[])
+                  FOR UPDATE SKIP LOCKED) free
+        WHERE j.id = free.id
+       RETURNING j.id::text AS id, j.cancel_requested_at IS NOT NULL AS cancel_requested`,
     ),
     // $1 tasks, $2 queues (NULL = all). Whether any pending job is due, held
     // by another statement or not. See src/schema/functions/has_due.sql.
     hasDue: st('has_due', `SELECT ${s}.has_due($1::text[], $2::text[]) AS due`),
-    // Run only by the elected reaper, inside its transaction.
+    // Run only by the elected reaper, inside its transaction. A row locked
+    // now is left for the next round rather than waited for: its owner is
+    // finishing it (an outcome write, or an exactly-once transaction between
+    // its claim check and COMMIT, which a frozen owner may hold for as long
+    // as its connection lives), and waiting would stall every reap behind it.
     reapExpired: st(
       'reap_expired',
       `WITH done AS (
          UPDATE ${s}.jobs j SET ${releaseSet('true', `'lease expired: ' || coalesce(j.locked_by, '?') || ' stopped renewing it (supervisor lost or thread stuck)'`)}
-          WHERE j.state = 'running'
-            AND (j.lease_until < now()
-                 OR j.locked_by IN (SELECT id FROM ${s}.supervisors WHERE status IN ('LOST', 'EXITED')))
+          WHERE j.id IN (
+                  SELECT x.id FROM ${s}.jobs x
+                   WHERE x.state = 'running'
+                     AND (x.lease_until < now()
+                          OR x.locked_by IN (SELECT id FROM ${s}.supervisors WHERE status IN ('LOST', 'EXITED')))
+                     FOR UPDATE OF x SKIP LOCKED)
          RETURNING j.id, j.state, j.run_at, j.watched)
        ${announce('done')}`,
     ),
@@ -283,6 +297,21 @@ function build(schema: string): JobStatements {
       'lock_claim',
       `SELECT state, claim_token::text AS claim_token, cancel_requested_at IS NOT NULL AS cancel_requested, locked_by, attempts
          FROM ${s}.jobs WHERE id = $1 FOR UPDATE`,
+    ),
+    // Sent after a claim, in its transaction (threads/claim.ts): the jobs it
+    // claimed that were enqueued without maxAttempts take their task's
+    // ($4 tasks, $5 their retry.maxAttempts; threads/retry-policy.ts), so that
+    // a crash release or the reaper counts against that number too. The row
+    // keeps what a release handed back beyond the default ($6). A claim sets
+    // lease_until to now() + $3 ms, the same instant for all its rows, which
+    // the lease index finds without walking the fleet's running jobs.
+    adoptTaskAttempts: st(
+      'adopt_task_attempts',
+      `UPDATE ${s}.jobs j
+          SET max_attempts = greatest(1, t.max_attempts + j.max_attempts - $6), max_attempts_given = true
+         FROM unnest($4::text[], $5::integer[]) AS t(task, max_attempts)
+        WHERE j.state = 'running' AND j.lease_until = now() + $3::integer * interval '1 millisecond'
+          AND j.locked_by = $1 AND j.locked_thread = $2 AND NOT j.max_attempts_given AND j.task = t.task`,
     ),
     // Testing and operations: make pending jobs due now. $1 ids (NULL = all)
     makeDue: st(
@@ -487,6 +516,26 @@ export async function watchJob(db: Queryable, schema: string, p: { id: string })
 /** The claim of the jobs a notification named, for claimBatch (threads/claim.ts) to send inside its transaction. */
 export function claimByIdsQuery(schema: string, p: ClaimParams & { ids: string[] }): TypedQuery<ClaimedJobRow> {
   return bind(jobStatements(schema).claimByIds, [p.ids, p.tasks, p.owner, p.thread, p.leaseMs, p.queues]);
+}
+
+/**
+ * What the claim sends after itself, in its transaction, when some of the
+ * thread's tasks set retry.maxAttempts: those tasks' jobs claimed without
+ * their own maxAttempts take the task's. Null when no task sets it.
+ */
+export function adoptTaskAttemptsQuery(
+  schema: string,
+  p: { owner: string; thread: number; leaseMs: number; attempts: ReadonlyMap<string, number>; defaultMaxAttempts: number },
+): TypedQuery<never> | null {
+  if (p.attempts.size === 0) return null;
+  return bind(jobStatements(schema).adoptTaskAttempts, [
+    p.owner,
+    p.thread,
+    p.leaseMs,
+    [...p.attempts.keys()],
+    [...p.attempts.values()],
+    p.defaultMaxAttempts,
+  ]);
 }
 
 /** The claim of the next `limit` due jobs, for claimBatch (threads/claim.ts) to send inside its transaction. */
