@@ -18,8 +18,10 @@ import { explainingOutdatedSchema, migrate, type MigrateResult } from './schema/
 import { announceCancel, findJob, insertJob, insertJobs, makeDue, requestCancel, watchJob, type KeyMode, type NewJob } from './sql/jobs.ts';
 import { watchProgress } from './sql/progress.ts';
 import { payloadLimit } from './sql/settings.ts';
+import { dependencyFields, explainDependencyError, orderFlow, type DependencyOptions } from './flow.ts';
 
 export type { KeyMode } from './sql/jobs.ts';
+export type { DependencyFailure } from './flow.ts';
 
 export interface ClientOptions extends ConnectionOptions {
   /** Defaults to "grapevine". */
@@ -38,7 +40,7 @@ export interface ClientOptions extends ConnectionOptions {
   logger?: Logger;
 }
 
-export interface AddJobOptions {
+export interface AddJobOptions extends DependencyOptions {
   /** When the job becomes due (default: now). */
   runAt?: Date | string;
   /** Higher runs first (default 0). */
@@ -91,10 +93,22 @@ export interface WaitOptions {
   onProgress?: (progress: unknown) => void;
 }
 
+/** A job of a flow (addFlow): `name` is local to the flow, `after` names the flow's jobs it waits for. */
+export interface FlowJob extends JobSpec {
+  name: string;
+  after?: string[];
+}
+
 export interface Client {
   readonly schema: string;
   addJob(task: string, payload?: unknown, options?: AddJobOptions): Promise<string>;
   addJobs(jobs: JobSpec[], options?: { db?: Queryable }): Promise<string[]>;
+  /**
+   * Enqueues a flow (a tree, a DAG, a chain) in one statement: all its jobs or none. Jobs refer to each
+   * other by their local `name` in `after`, and to existing jobs by id in `dependsOn`. Resolves to each
+   * name's job id.
+   */
+  addFlow(jobs: FlowJob[], options?: { db?: Queryable }): Promise<Record<string, string>>;
   getJob(id: string | number): Promise<Job | null>;
   /** Resolves when the job is terminal; wakes on a notification, or in poll mode looks every pollIntervalMs. */
   waitForJob(id: string | number, options?: WaitOptions): Promise<Job>;
@@ -177,6 +191,7 @@ export function createClient(options: ClientOptions = {}): Client {
       timeout_ms: spec.timeoutMs === undefined ? null : validateInt('timeoutMs', spec.timeoutMs, { min: 1, max: 2_147_483_647 }),
     };
     if (spec.group !== undefined) row.group_key = groupOf(spec.group, task);
+    if (spec.dependsOn !== undefined || spec.onDependencyFailure !== undefined) Object.assign(row, dependencyFields(spec, task));
     if (spec.key !== undefined) Object.assign(row, keyFields(spec, task));
     else if (spec.keyMode !== undefined || spec.keyWindowMs !== undefined) {
       throw new GrapevineError(
@@ -200,7 +215,9 @@ export function createClient(options: ClientOptions = {}): Client {
       const db = callerOrPool(opts.db);
       return run(async () => {
         await checkPayloadSizes([prepared], db);
-        return insertJob(db, schema, row);
+        return insertJob(db, schema, row).catch((err: unknown) => {
+          throw explainDependencyError(err);
+        });
       });
     },
 
@@ -215,9 +232,41 @@ export function createClient(options: ClientOptions = {}): Client {
         const ids: string[] = [];
         for (let i = 0; i < rows.length; i += DEFAULTS.insertChunkSize) {
           const chunk = rows.slice(i, i + DEFAULTS.insertChunkSize);
-          ids.push(...(await insertJobs(db, schema, chunk)));
+          ids.push(
+            ...(await insertJobs(db, schema, chunk).catch((err: unknown) => {
+              throw explainDependencyError(err);
+            })),
+          );
         }
         return ids;
+      });
+    },
+
+    async addFlow(jobs, opts = {}) {
+      if (!Array.isArray(jobs) || jobs.length === 0) {
+        throw new GrapevineError(
+          'GRAPEVINE_DEPENDENCY_INVALID',
+          'addFlow() takes a non-empty array of { name, task, payload?, after?, ... }',
+        );
+      }
+      const { order, after } = orderFlow(jobs);
+      const prepared = order.map((i, at) => {
+        const p = toRow(jobs[i]);
+        if (after[at].length > 0) p.row.after = after[at];
+        return p;
+      });
+      const db = callerOrPool(opts.db);
+      return run(async () => {
+        await checkPayloadSizes(prepared, db);
+        // One statement, not insertChunkSize at a time: a flow is all or nothing even outside a transaction.
+        const ids = await insertJobs(
+          db,
+          schema,
+          prepared.map((p) => p.row),
+        ).catch((err: unknown) => {
+          throw explainDependencyError(err);
+        });
+        return Object.fromEntries(order.map((i, at) => [jobs[i].name, ids[at]]));
       });
     },
 
@@ -267,13 +316,10 @@ export function createClient(options: ClientOptions = {}): Client {
           if (job) progress.saw(job.progress);
           return job;
         });
-      // The mark lasts PROGRESS_WATCH_MS: renewed while the wait runs, it lapses soon after a watcher that went away.
-      const renew = setInterval(() => {
-        void serial(() => run(() => watchProgress(pool, schema, { id: jobId, watchMs: PROGRESS_WATCH_MS }))).then(
-          (seen) => (seen ? progress.saw(seen.progress) : undefined),
-          (err: Error) => logger.debug({ err: err.message, jobId }, 'could not renew the progress watch'),
-        );
-      }, PROGRESS_WATCH_MS / 3);
+      // The mark lasts PROGRESS_WATCH_MS: renewed while the wait runs (each poll
+      // renews it once half is gone), it lapses soon after a watcher that went
+      // away. A renewal is a poll, so what onProgress throws there ends the wait too.
+      const renew = setInterval(() => finished.wake(jobId), PROGRESS_WATCH_MS / 3);
       try {
         return await finished.wait(jobId, poll, timeoutMs, () => waitTimeout(jobId, timeoutMs));
       } finally {

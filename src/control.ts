@@ -26,7 +26,7 @@ import { listSupervisors, supervisorStates } from './sql/supervisors.ts';
 import { supervisorFromRow, type SupervisorInfo } from './supervisor-info.ts';
 
 export type { RegistryStatus, SupervisorInfo, ThreadStatus } from './supervisor-info.ts';
-export type { JobFilter, JobOperations, JobPage, JobStats } from './operations.ts';
+export type { JobFilter, JobLink, JobLinks, JobOperations, JobPage, JobStats } from './operations.ts';
 export type { QueueConfig, QueueInfo, QueueOperations, QueueSettings, Rate } from './queues.ts';
 
 export interface ControlClientOptions extends ConnectionOptions {

@@ -377,6 +377,20 @@ export async function withClient<T>(pool: pg.Pool, fn: (client: pg.PoolClient) =
   }
 }
 
+/**
+ * Whether a failed write was refused for a value it holds rather than for
+ * how it was sent, so that sending it again would fail again: PostgreSQL's
+ * data exceptions (class 22: a NUL or a lone surrogate in JSON, a number out
+ * of range), integrity violations (23) and program limits (54: a value over
+ * jsonb's size limit), or a RangeError from building a statement too large
+ * for one string. Connection errors and timeouts are none of these.
+ */
+export function isDataError(err: unknown): boolean {
+  if (err instanceof RangeError) return true;
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && /^(22|23|54)/.test(code);
+}
+
 const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'ECONNRESET', 'EHOSTUNREACH']);
 
 /** True for errors that mean "the server is not there", as opposed to a bad statement. */

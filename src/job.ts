@@ -1,4 +1,5 @@
-export type JobState = 'pending' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+/** 'waiting': enqueued with dependencies that have not all finished (docs/workflows.md); no claim reads it. */
+export type JobState = 'waiting' | 'pending' | 'running' | 'succeeded' | 'failed' | 'cancelled';
 
 export const TERMINAL_STATES: readonly JobState[] = ['succeeded', 'failed', 'cancelled'];
 

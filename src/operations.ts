@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import { GrapevineError } from './errors.ts';
 import { jobFromRow, TERMINAL_STATES, type Job, type JobState } from './job.ts';
+import { dependenciesOf, dependentsOf, type DependencyRow } from './sql/jobs.ts';
 import { cancelJobs, jobStats, listJobs, purgeJobs, rescheduleJobs, retryJobs, type JobFilterParams } from './sql/operations.ts';
 
 /** Which jobs an operation applies to. Every field narrows the match; times are Dates or ISO 8601 text. */
@@ -57,14 +58,37 @@ export interface JobOperations {
   purgeJobs(filter: JobFilter): Promise<number>;
   /** Cancels pending jobs at once and asks running ones' owners to abort them (these ids, or a non-empty filter). */
   cancelJobs(target: string[] | JobFilter): Promise<{ cancelled: string[]; cancelling: string[] }>;
+  /** A job's dependencies and the first `limit` (default 100) of its dependents, in id order (docs/workflows.md). */
+  links(id: string, options?: { limit?: number }): Promise<JobLinks>;
 }
 
-const STATES: readonly JobState[] = ['pending', 'running', ...TERMINAL_STATES];
+/** A job linked to another by a dependency; task and state are null for a job pruned since. */
+export interface JobLink {
+  id: string;
+  task: string | null;
+  state: JobState | null;
+  /** The dependent's policy should the dependency fail. */
+  onFailure: 'fail' | 'run' | 'ignore';
+}
+
+export interface JobLinks {
+  dependencies: JobLink[];
+  dependents: JobLink[];
+}
+
+const STATES: readonly JobState[] = ['waiting', 'pending', 'running', ...TERMINAL_STATES];
 const PURGE_BATCH = 10_000;
 const MAX_PAGE = 1_000;
 
-/** The operations on `pool`'s schema; `run` wraps each (migration, connection errors). */
-export function jobOperations(pool: pg.Pool, schema: string, run: <T>(fn: () => Promise<T>) => Promise<T>): JobOperations {
+/** The operations on `pool`'s schema; `outer` wraps each (migration, connection errors). */
+export function jobOperations(pool: pg.Pool, schema: string, outer: <T>(fn: () => Promise<T>) => Promise<T>): JobOperations {
+  const run = async <T>(fn: () => Promise<T>): Promise<T> => {
+    try {
+      return await outer(fn);
+    } catch (err) {
+      throw explainPermissionDenied(err, schema);
+    }
+  };
   return {
     async listJobs(filter = {}, { limit = 50, after = null } = {}) {
       if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) {
@@ -123,11 +147,40 @@ export function jobOperations(pool: pg.Pool, schema: string, run: <T>(fn: () => 
       });
     },
 
+    async links(id, { limit = 100 } = {}) {
+      const jobId = toId(id, 'job id');
+      if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) {
+        throw new GrapevineError(
+          'GRAPEVINE_CONFIG_INVALID',
+          `limit must be an integer from 1 to ${MAX_PAGE}, got ${JSON.stringify(limit)}`,
+        );
+      }
+      const link = (row: DependencyRow): JobLink => ({ id: row.id, task: row.task, state: row.state, onFailure: row.on_failure });
+      return run(async () => ({
+        dependencies: (await dependenciesOf(pool, schema, { id: jobId })).map(link),
+        dependents: (await dependentsOf(pool, schema, { id: jobId, limit })).map(link),
+      }));
+    },
+
     async cancelJobs(target) {
       const filter = toTarget(target, 'cancelJobs');
       return run(() => cancelJobs(pool, schema, { filter }));
     },
   };
+}
+
+/**
+ * PostgreSQL's bare "permission denied" names a table or function; say which
+ * kind of role the operations need, and how to give it.
+ */
+export function explainPermissionDenied(err: unknown, schema: string): unknown {
+  if ((err as { code?: string }).code !== '42501') return err;
+  return new GrapevineError(
+    'GRAPEVINE_PERMISSION_DENIED',
+    `this role may not find or act on jobs in schema "${schema}" (${(err as Error).message}): ` +
+      `have the schema's owner run \`grapevine grant ROLE --as operator --schema ${schema}\` for it`,
+    { cause: err },
+  );
 }
 
 /** Ids, or a filter that names at least one thing: an empty one would act on every job. */

@@ -34,6 +34,8 @@ export interface ThreadConfig {
   progressIntervalMs: number;
   /** False: every statement unnamed (a pooler in transaction mode). */
   preparedStatements: boolean;
+  /** Handlers a thread runs at once, at most; the jobs it holds beyond that wait for one to return. */
+  concurrency: number;
 }
 
 /** What the supervisor asks of a thread (one piscina task). */
@@ -109,7 +111,9 @@ export type BatchEvent =
   // Outcomes written (or refused by the fence): the jobs are done here.
   // `unsuccessful`: those of `ids` whose outcome was not a recorded success
   // (failures, and outcomes the fence refused); usually empty.
-  | { type: 'finished'; ids: string[]; unsuccessful: string[]; threadId: number; details?: FailureDetails }
+  // `cancelled`: those recorded as cancelled, whatever the handler did (a
+  // cancel asked for while it ran, before the supervisor heard of it).
+  | { type: 'finished'; ids: string[]; unsuccessful: string[]; cancelled?: string[]; threadId: number; details?: FailureDetails }
   // The thread is exiting (its process 'exit' event), with the error that
   // ended it if JavaScript saw one; the last message on the port. It reaches
   // the supervisor well before the Worker's 'exit' event, which waits for the

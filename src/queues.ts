@@ -138,6 +138,18 @@ export function rateText(rate: Rate | null): string {
   return `${n}/${ms}ms`;
 }
 
+/** A queue's limits in a line ("concurrency 10, group 1, rate 5/s"), or null for none: the dashboard's. */
+export function limitsText(row: QueueSettingsRow): string | null {
+  const c = toConfig(row);
+  const parts = [
+    c.concurrency === null ? null : `concurrency ${c.concurrency}`,
+    c.groupConcurrency === null ? null : `per group ${c.groupConcurrency}`,
+    c.rate === null ? null : `rate ${rateText(c.rate)}`,
+    c.groupRate === null ? null : `group rate ${rateText(c.groupRate)}`,
+  ].filter((p) => p !== null);
+  return parts.length > 0 ? parts.join(', ') : null;
+}
+
 function toConfig(row: QueueSettingsRow): QueueConfig {
   return {
     queue: row.queue,

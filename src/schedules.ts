@@ -31,7 +31,8 @@ export interface StoredSchedule {
   payload: unknown;
   queue: string;
   priority: number;
-  maxAttempts: number;
+  /** Null: not given, so its jobs take their task's retry policy (else 5). */
+  maxAttempts: number | null;
   missed: MissedTicks;
   paused: boolean;
   /** The last tick fired (or skipped); null before the first. */

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
-import type { AddJobOptions } from './client.ts';
+import type { AddJobOptions, FlowJob } from './client.ts';
+import type { JobState } from './job.ts';
 
 /** What a handler learns about the job it runs. */
 export interface JobInfo {
@@ -58,14 +59,34 @@ export interface TaskHelpers {
    * Reports how far the job has got: a number or small JSON (at most 4,096
    * bytes of it), stored in the job's `progress` column at most every
    * `progressIntervalMs` (the latest value wins; the last one is always
-   * stored before the outcome) and pushed to watchers (waitForJob's
+   * stored, with the outcome) and pushed to watchers (waitForJob's
    * onProgress, `grapevine job ID --follow`) only while someone watches.
    * Returns at once; a value that is not JSON or too large throws
-   * GRAPEVINE_PROGRESS_INVALID. A run that lost its claim stores nothing.
+   * GRAPEVINE_PROGRESS_INVALID. A run that lost its claim stores nothing,
+   * and a value reported after the handler returned (or threw) is dropped.
    */
   progress(value: unknown): void;
   /** Enqueues a follow-up job. */
   addJob(task: string, payload?: unknown, options?: Omit<AddJobOptions, 'db'>): Promise<string>;
+  /** Enqueues a flow of jobs, all or none (the client's addFlow; docs/workflows.md); resolves to each name's id. */
+  addFlow(jobs: FlowJob[]): Promise<Record<string, string>>;
+  /** This job's dependencies in id order, with their states and results (docs/workflows.md); empty for a job without. */
+  dependencies(): Promise<Dependency[]>;
+}
+
+/** A dependency of the running job, as helpers.dependencies() reads it. */
+export interface Dependency {
+  id: string;
+  /** null (and state null) for a job pruned or deleted since it finished. */
+  task: string | null;
+  /** 'succeeded', or for a dependent that runs anyway 'failed' or 'cancelled' (or still running). */
+  state: JobState | null;
+  /** What this job does should the dependency fail: 'fail', 'run' or 'ignore'. */
+  onFailure: 'fail' | 'run' | 'ignore';
+  /** The dependency's result (its handler's return value) once it succeeded, else null. */
+  result: unknown;
+  /** Its last error, if it failed or was retried. */
+  error: string | null;
 }
 
 /** What `transaction(fn)` gives `fn`: the transaction's own statements and enqueues. */

@@ -133,7 +133,8 @@ export class Waiters {
     for (const key of this.byKey.keys()) this.wake(key);
   }
 
-  private wake(key: string): void {
+  /** Runs the polls of the waits on `key` now, as a notification naming it would. */
+  wake(key: string): void {
     for (const check of [...(this.byKey.get(key) ?? [])]) check();
   }
 }

@@ -208,7 +208,7 @@ export function formatJobs(jobs: Job[]): string {
 }
 
 export function formatStats(stats: JobStats): string {
-  const states: JobState[] = ['pending', 'running', 'succeeded', 'failed', 'cancelled'];
+  const states: JobState[] = ['waiting', 'pending', 'running', 'succeeded', 'failed', 'cancelled'];
   const byPair = new Map<string, { queue: string; task: string; n: Record<string, number> }>();
   for (const c of stats.counts) {
     const key = `${c.queue}\u0000${c.task}`;

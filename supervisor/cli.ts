@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { createClient, type KeyMode } from '../src/client.ts';
+import { createClient, type DependencyFailure, type KeyMode } from '../src/client.ts';
 import { DEFAULTS, defaultMaxThreads, idleTimeoutSecondsToMs, MAX_IDLE_TIMEOUT_MS, MAX_POLL_INTERVAL_MS } from '../src/config.ts';
 import { GrapevineError } from '../src/errors.ts';
 import { createLogger, type LogFormat } from '../src/log.ts';
@@ -20,7 +20,7 @@ import { PACKAGE_ROOT, VERSION } from '../src/version.ts';
 import { CONTROL_HELP, controlCommands } from './cli-control.ts';
 import { DASHBOARD_HELP, dashboardCommands } from './cli-dashboard.ts';
 import { JOBS_HELP, jobCommands } from './cli-jobs.ts';
-import { printableJson } from './cli-output.ts';
+import { printableJson, withControl } from './cli-output.ts';
 import { QUEUE_HELP, queueCommands } from './cli-queue.ts';
 import { readCrontab, SCHEDULE_HELP, scheduleCommands } from './cli-schedule.ts';
 import { chooseDatabase, EMBEDDED_DIR, NO_DATABASE, resolveDatabase, type ResolvedDatabase } from './database.ts';
@@ -113,7 +113,8 @@ Options for every command:
 
 SIGTERM/SIGINT stop gracefully; a second signal stops at once. Exit code 0.`,
   add: `Usage: grapevine add TASK [JSON] [--run-at ISO] [--priority N] [--queue Q] [--group G] [--max-attempts N]
-                     [--timeout-ms N] [--key K [--key-mode M] [--key-window-ms N]] [--wait]
+                     [--timeout-ms N] [--key K [--key-mode M] [--key-window-ms N]]
+                     [--depends-on ID,... [--on-dependency-failure P]] [--wait]
 
   JSON               the payload (default: {})
   --run-at ISO       when the job becomes due, e.g. 2026-01-31T12:00:00Z
@@ -121,11 +122,15 @@ SIGTERM/SIGINT stop gracefully; a second signal stops at once. Exit code 0.`,
   --key K            while a job with key K holds it, print that job's id instead of adding one (docs/keys.md)
   --key-mode M       replace (default), preserve_run_at, dedupe, dedupe_running or throttle
   --key-window-ms N  the throttle's window
+  --depends-on IDS   wait for these jobs (comma-separated ids): run once they have all succeeded (docs/workflows.md)
+  --on-dependency-failure P
+                     when one fails or is cancelled: fail (default), run (at once) or ignore (it counts as done)
   --wait             wait for the job and print its result (exit 1 if it failed)
   --wait-ms N        how long --wait waits (default: 60000)`,
   job: `Usage: grapevine job ID [--follow [--wait-ms N]]
 
-Prints the job as JSON. With --follow, prints each progress value the
+Prints the job as JSON, with its dependencies and (the first 100 of) its
+dependents. With --follow, prints each progress value the
 handler reports as a line { id, progress } while the job runs, then the job
 once it ends (exit code 0 if it succeeded, 1 otherwise).
   --follow           follow the job's progress until it ends
@@ -189,6 +194,9 @@ function negativeValuesJoined(argv: string[], options: ParseArgsConfig['options'
 }
 
 /** An integer flag, within `range` when one is given (before anything connects). */
+/** A wait's range: setTimeout fires at once for a delay over 2^31 - 1 ms (about 24 days). */
+const WAIT_MS = { min: 0, max: 2_147_483_647 };
+
 function int(values: Values, name: string, range?: { min: number; max: number }): number | undefined {
   const raw = values[name];
   if (raw === undefined) return undefined;
@@ -198,6 +206,18 @@ function int(values: Values, name: string, range?: { min: number; max: number })
     throw new UsageError(`--${name} must be an integer from ${range.min} to ${range.max}, got ${n}`);
   }
   return n;
+}
+
+/** --depends-on 1,2,3: the ids as given (the client checks each). */
+function dependsOn(values: Values): string[] | undefined {
+  const raw = values['depends-on'];
+  if (raw === undefined) return undefined;
+  const ids = String(raw)
+    .split(',')
+    .map((id) => id.trim());
+  if (ids.some((id) => id === ''))
+    throw new UsageError(`--depends-on takes job ids separated by commas, e.g. 12,15, got ${JSON.stringify(raw)}`);
+  return ids;
 }
 
 function idleTimeout(values: Values): number | undefined {
@@ -311,6 +331,8 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
       key: { type: 'string' },
       'key-mode': { type: 'string' },
       'key-window-ms': { type: 'string' },
+      'depends-on': { type: 'string' },
+      'on-dependency-failure': { type: 'string' },
       wait: { type: 'boolean' },
       'wait-ms': { type: 'string' },
     });
@@ -325,6 +347,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         throw new UsageError(`payload is not valid JSON (${(err as Error).message}): pass e.g. '{"n": 4}' in single quotes`);
       }
     }
+    const waitMs = int(values, 'wait-ms', WAIT_MS);
     return withClient(values, async (client) => {
       const id = await client.addJob(task, payload, {
         runAt: values['run-at'] as string | undefined,
@@ -336,12 +359,14 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         key: values.key as string | undefined,
         keyMode: values['key-mode'] as KeyMode | undefined,
         keyWindowMs: int(values, 'key-window-ms'),
+        dependsOn: dependsOn(values),
+        onDependencyFailure: values['on-dependency-failure'] as DependencyFailure | undefined,
       });
       if (!values.wait) {
         console.log(id);
         return 0;
       }
-      const job = await client.waitForJob(id, { timeoutMs: int(values, 'wait-ms') ?? 60_000 });
+      const job = await client.waitForJob(id, { timeoutMs: waitMs ?? 60_000 });
       console.log(printableJson({ id, state: job.state, result: job.result, lastError: job.lastError }));
       return job.state === 'succeeded' ? 0 : 1;
     });
@@ -352,11 +377,12 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
     const id = positionals[0];
     if (!id) throw new UsageError('missing ID: grapevine job ID');
     if (values['wait-ms'] !== undefined && !values.follow) throw new UsageError('--wait-ms goes with --follow');
+    const waitMs = int(values, 'wait-ms', WAIT_MS);
     return withClient(values, async (client) => {
       if (values.follow) {
         const job = await client.waitForJob(id, {
-          // setTimeout's longest delay (about 24 days): no limit, in practice.
-          timeoutMs: int(values, 'wait-ms') ?? 2_147_483_647,
+          // The longest wait there is: no limit, in practice.
+          timeoutMs: waitMs ?? WAIT_MS.max,
           // One line per value (JSON lines), the job after them as `grapevine job` prints it.
           onProgress: (progress) => console.log(printableJson({ id, progress }, 0)),
         });
@@ -365,8 +391,11 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
       }
       const job = await client.getJob(id);
       if (!job) throw new GrapevineError('GRAPEVINE_JOB_NOT_FOUND', `job ${id} does not exist in schema "${client.schema}"`);
-      console.log(printableJson(job));
-      return 0;
+      // The links are an operator's read (dependencies_of, dependents_of), through the control client.
+      return withControl(values, CLI_TOOLS, async (control) => {
+        console.log(printableJson({ ...job, ...(await control.links(job.id)) }));
+        return 0;
+      });
     });
   },
 

@@ -3,10 +3,11 @@ import vm from 'node:vm';
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { idleTimeoutSecondsToMs, MAX_IDLE_TIMEOUT_MS } from '../src/config.ts';
+import { isDataError } from '../src/db.ts';
 import { throttledWarnings } from '../src/log.ts';
 import { describeConnection } from '../src/redact.ts';
 import { storableText } from '../src/text.ts';
-import { pendingMessages, respond, type MessageRow } from '../src/sql/control.ts';
+import { markProcessed, pendingMessages, respond, type MessageRow } from '../src/sql/control.ts';
 import { serverConnections } from '../src/sql/server.ts';
 import { setSupervisorStatus } from '../src/sql/supervisors.ts';
 import { VERSION } from '../src/version.ts';
@@ -67,6 +68,11 @@ interface Outcome {
   after?: () => void;
 }
 
+interface CommandFailure {
+  code: string;
+  message: string;
+}
+
 class CommandError extends Error {
   readonly code: string;
   constructor(code: string, message: string) {
@@ -80,13 +86,19 @@ class CommandError extends Error {
 // it instead) still answers within this long.
 const SAFETY_DRAIN_MS = 10_000;
 const MAX_TIMEOUT_S = MAX_IDLE_TIMEOUT_MS / 1000;
+// Messages handled per read of the table. Each read takes urgent commands
+// first, so a PING or STOP sent behind a flood waits for at most this many
+// others (an ECHO costs one round trip).
+export const MESSAGES_PER_READ = 20;
 
 /**
  * Messages to this supervisor, handled on the main thread: the threads may
  * all be stuck in CPU-bound handlers and the supervisor still answers.
- * Messages are read from the table in id order, one at a time, so one
- * supervisor processes its messages in the order they were sent; NOTIFY
- * only says "look".
+ * Messages are read from the table a few at a time and handled one at a
+ * time: urgent commands (PING, STOP, PAUSE, RESUME) before the others, and
+ * each kind in the order it was sent. NOTIFY only says "look". A message
+ * that fails is answered with an error and marked done, so the next one
+ * always runs (respondOrExplain).
  */
 export class ControlPlane {
   private readonly host: ControlHost;
@@ -151,7 +163,7 @@ export class ControlPlane {
       do {
         this.again = false;
         for (;;) {
-          const rows = await pendingMessages(this.host.pool, this.host.schema, { supervisor: this.host.id, limit: 50 });
+          const rows = await pendingMessages(this.host.pool, this.host.schema, { supervisor: this.host.id, limit: MESSAGES_PER_READ });
           if (rows.length === 0 || this.closed) break;
           for (const row of rows) {
             if (this.closed) return;
@@ -174,7 +186,7 @@ export class ControlPlane {
   private async process(row: MessageRow): Promise<void> {
     this.log.append('MESSAGE', `${row.command}${describeArgs(row.args)} (message ${row.id})`);
     let outcome: Outcome | null = null;
-    let error: { code: string; message: string } | null = null;
+    let error: CommandFailure | null = null;
     try {
       outcome = await this.handle(row);
     } catch (err) {
@@ -186,17 +198,89 @@ export class ControlPlane {
               message: `${row.command} failed on supervisor ${this.host.id}: ${(err as Error)?.message ?? String(err)}`,
             };
     }
-    await this.respond(row, error === null, outcome ? outcome.value : null, error);
-    this.log.append('RESPONSE', `${row.command} ${error ? `ERROR ${error.code}` : summarize(outcome!.value)} (message ${row.id})`);
-    outcome?.after?.();
+    const stored = await this.respondOrExplain(row, error === null, outcome ? outcome.value : null, error);
+    this.log.append(
+      'RESPONSE',
+      `${row.command} ${stored.error ? `ERROR ${stored.error.code}` : summarize(outcome!.value)} (message ${row.id})`,
+    );
+    try {
+      outcome?.after?.();
+    } catch (err) {
+      this.host.logger.error({ err: (err as Error)?.message ?? String(err), message: row.id }, `${row.command} failed after its response`);
+    }
+  }
+
+  /**
+   * Stores the response; if the database refuses it (not a lost connection:
+   * a value, a constraint, a trigger), an error response saying why; if that
+   * is refused too, a fixed generic one without the log; and if even that
+   * is refused, marks the message processed with no response, so that one
+   * message can never hold up the ones behind it. A lost connection is
+   * thrown: the message stays unprocessed and the next wake-up retries it.
+   * Returns the error that was stored (null: the response itself was).
+   */
+  private async respondOrExplain(
+    row: MessageRow,
+    ok: boolean,
+    value: unknown,
+    error: CommandFailure | null,
+  ): Promise<{ error: CommandFailure | null }> {
+    let refusal: unknown;
+    try {
+      await this.respond(row, ok, value, error);
+      return { error };
+    } catch (err) {
+      if (!refusedByDatabase(err)) throw err;
+      refusal = err;
+    }
+    const reason = storableText((refusal as Error).message, 500);
+    const explained: CommandFailure = {
+      code: 'GRAPEVINE_RESPONSE_UNSTORABLE',
+      message: `supervisor ${this.host.id} processed this ${row.command} message but the database refused its ${error ? 'error ' : ''}response: ${reason}`,
+    };
+    this.host.logger.warn(
+      { message: row.id, command: row.command, err: reason },
+      'the database refused a control response; storing an error instead',
+    );
+    try {
+      await this.respond(row, false, null, explained);
+      return { error: explained };
+    } catch (err) {
+      if (!refusedByDatabase(err)) throw err;
+    }
+    const generic: CommandFailure = {
+      code: 'GRAPEVINE_RESPONSE_UNSTORABLE',
+      message: 'the supervisor processed this message but the database refused its response',
+    };
+    try {
+      // Without the log entries, which may be what was refused; they stay buffered for the next write.
+      await respond(this.host.pool, this.host.schema, {
+        ...this.responseKey(row),
+        ok: false,
+        value: null,
+        error: generic,
+        logEntries: '[]',
+      });
+      return { error: generic };
+    } catch (err) {
+      if (!refusedByDatabase(err)) throw err;
+      this.host.logger.error(
+        { message: row.id, command: row.command, err: (err as Error).message },
+        'the database refused every response to a control message; it is marked processed without one',
+      );
+      await markProcessed(this.host.pool, this.host.schema, this.responseKey(row));
+      return { error: generic };
+    }
+  }
+
+  private responseKey(row: MessageRow): { messageId: string; supervisor: string; command: string } {
+    return { messageId: row.id, supervisor: this.host.id, command: row.command };
   }
 
   /** Stores the response together with the log so far: what the command did is in the log before anyone sees the answer. */
-  private async respond(row: MessageRow, ok: boolean, value: unknown, error: { code: string; message: string } | null): Promise<void> {
-    const { pool, schema, id } = this.host;
-    await this.log.writeWith((logEntries) =>
-      respond(pool, schema, { messageId: row.id, supervisor: id, command: row.command, ok, value, error, logEntries }),
-    );
+  private async respond(row: MessageRow, ok: boolean, value: unknown, error: CommandFailure | null): Promise<void> {
+    const { pool, schema } = this.host;
+    await this.log.writeWith((logEntries) => respond(pool, schema, { ...this.responseKey(row), ok, value, error, logEntries }));
   }
 
   private async handle(row: MessageRow): Promise<Outcome> {
@@ -341,6 +425,16 @@ export class ControlPlane {
     const state = this.host.status().state;
     await setSupervisorStatus(this.host.pool, this.host.schema, { id: this.host.id, status: state === 'STOPPING' ? 'BUSY' : state });
   }
+}
+
+/**
+ * The database refused the response for what it holds (a value, a
+ * constraint, a trigger's exception: class P0), so storing the same again
+ * would fail again; a lost connection or a timeout is none of these.
+ */
+function refusedByDatabase(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return isDataError(err) || (typeof code === 'string' && code.startsWith('P0'));
 }
 
 function textArg(command: string, args: unknown, what: string): string {

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { backoffMs } from '../src/backoff.ts';
 import { throttledWarnings } from '../src/log.ts';
 import type { AbortKind, BatchEvent, FailureDetails, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
-import { firstClaimLimit, nextClaimLimit } from './claim-limit.ts';
+import { effectiveClaimLimit, firstClaimLimit, maxClaimLimit, nextClaimLimit, QUICK_HANDLER_MS } from './claim-limit.ts';
 import { decideCrashRelease, describeCrash, type Kill, type Release } from './crash-release.ts';
 import type { ThreadPool } from './threads.ts';
 
@@ -122,8 +122,10 @@ export interface DispatchCounters {
 
 /**
  * Turns job ids (from notifications) and "there is a backlog" (from sweeps)
- * into batches for the threads, never running more than threads x
- * concurrency handlers. Ids beyond that are not kept: they stay pending in
+ * into batches for the threads, never holding more than each thread's
+ * claim limit (claim-limit.ts: up to twice its concurrency while its
+ * handlers are quick; each thread runs at most `concurrency` handlers at
+ * once and queues the rest). Ids beyond that are not kept: they stay pending in
  * the table, and the backlog flag makes the next free slots pull them from
  * there. Jobs whose handlers have returned wait for their outcome writes
  * outside that count, in batches bounded by batchLimit().
@@ -151,8 +153,10 @@ export class Dispatcher {
    * work while another one sits idle.
    */
   private readonly load = new Map<number, number>();
-  /** Slots each thread may hold, learned from its handlers (claim-limit.ts): at most the concurrency. */
+  /** Slots each thread may hold, learned from its handlers (claim-limit.ts): at most maxClaimLimit(). */
   private readonly limits = new Map<number, number>();
+  /** Threads whose last handlers returned within QUICK_HANDLER_MS of their claim: they may hold more than their concurrency. */
+  private readonly quick = new Map<number, boolean>();
   private unsent: Slot[] = [];
   /** Slots taken and not yet freed: unsent, or sent to a thread. */
   private held = 0;
@@ -200,7 +204,7 @@ export class Dispatcher {
 
   constructor(options: DispatcherOptions) {
     this.options = options;
-    this.capacity = options.threads * options.concurrency;
+    this.capacity = options.threads * maxClaimLimit(options.concurrency);
     this.queue = new PQueue({ concurrency: batchLimit(this.capacity) });
   }
 
@@ -265,9 +269,9 @@ export class Dispatcher {
     this.markBacklog();
   }
 
-  /** Follows a change of the thread count (SCALE): threads x concurrency slots. */
+  /** Follows a change of the thread count (SCALE): maxClaimLimit() slots per thread. */
   resize(threads: number): void {
-    this.capacity = threads * this.options.concurrency;
+    this.capacity = threads * maxClaimLimit(this.options.concurrency);
     this.queue.concurrency = batchLimit(this.capacity);
     this.fill();
   }
@@ -295,6 +299,10 @@ export class Dispatcher {
   }
 
   private limitOf(thread: number): number {
+    return effectiveClaimLimit(this.learnedLimitOf(thread), this.options.concurrency, this.quick.get(thread) === true);
+  }
+
+  private learnedLimitOf(thread: number): number {
     return this.limits.get(thread) ?? firstClaimLimit(this.options.concurrency);
   }
 
@@ -583,7 +591,7 @@ export class Dispatcher {
         // whose first jobs wait on I/O for minutes still grows to its concurrency.
         this.limits.set(
           event.threadId,
-          nextClaimLimit(this.limitOf(event.threadId), this.options.concurrency, event.jobs, event.blockedMs),
+          nextClaimLimit(this.learnedLimitOf(event.threadId), this.options.concurrency, event.jobs, event.blockedMs),
         );
         this.fill();
         break;
@@ -591,7 +599,7 @@ export class Dispatcher {
         this.handled(batch, event.ids);
         break;
       case 'finished':
-        this.finish(batch, event.ids, event.threadId, event.unsuccessful, event.details);
+        this.finish(batch, event.ids, event.threadId, event.unsuccessful, event.details, event.cancelled);
         break;
       case 'exiting':
         this.onThreadExiting(batch, event);
@@ -630,10 +638,12 @@ export class Dispatcher {
    */
   private handled(batch: Batch, ids: readonly string[]): void {
     const now = Date.now();
+    let slowest = -1;
     for (const id of ids) {
       const job = this.running.get(id);
       // Not this batch's run: the job was released and claimed again meanwhile.
       if (!job || job.batch !== batch) continue;
+      slowest = Math.max(slowest, now - job.startedAt);
       job.handled = true;
       job.handledAt = now;
       // Nothing is left to time out or to abort.
@@ -641,6 +651,9 @@ export class Dispatcher {
       job.timer = null;
       if (job.slot) this.freeSlot(job.slot);
     }
+    // From claim (or start, for jobs with a timeout) to return, waiting for a handler included.
+    const thread = batch.claimedOn;
+    if (slowest >= 0 && thread !== null) this.quick.set(thread, slowest <= QUICK_HANDLER_MS);
   }
 
   /**
@@ -648,8 +661,22 @@ export class Dispatcher {
    * result repeats them). `unsuccessful` comes with the thread's own report
    * only; from the batch's result, success is left unknown.
    */
-  private finish(batch: Batch, ids: readonly string[], threadId: number, unsuccessful?: readonly string[], details?: FailureDetails): void {
+  private finish(
+    batch: Batch,
+    ids: readonly string[],
+    threadId: number,
+    unsuccessful?: readonly string[],
+    details?: FailureDetails,
+    cancelled?: readonly string[],
+  ): void {
     if (details) this.applyDetails(details);
+    // The row says cancelled, whatever the handler did: the events and metrics say so too.
+    if (cancelled) {
+      for (const id of cancelled) {
+        const job = this.running.get(id);
+        if (job?.batch === batch) job.abortedFor = 'cancelled';
+      }
+    }
     const finished: RunningJob[] = [];
     const notOk = unsuccessful && unsuccessful.length > 0 ? new Set(unsuccessful) : null;
     for (const id of ids) {
@@ -813,6 +840,7 @@ export class Dispatcher {
       this.killing.delete(threadId);
       this.crashLogged.delete(threadId);
       this.limits.delete(threadId);
+      this.quick.delete(threadId);
     }, 10_000).unref();
   }
 }

@@ -40,7 +40,11 @@ export interface SupervisorEvents {
   'job:retried': JobEndEvent & { error: string };
   /** The job was cancelled while it ran (cancelJob, grapevine cancel). */
   'job:cancelled': JobEndEvent;
-  /** The attempt ran over its timeout and was aborted; `willRetry` as for job:failed. */
+  /**
+   * The attempt ran over its timeout and was aborted; `willRetry` as for
+   * job:failed, and null too when the handler ignored its signal and its
+   * thread was terminated (the job is then given back without a report).
+   */
   'job:timedOut': JobEndEvent & { willRetry: boolean | null };
   /** A thread ended without being asked to (a handler's process.exit(), an uncaught error, out of memory); its jobs are given back. */
   'thread:crashed': { threadId: number; exitCode: number };
@@ -85,13 +89,25 @@ export class SupervisorEventBus {
     return false;
   }
 
-  /** A listener that throws is logged, never let into the supervisor's own work. */
+  /**
+   * A listener that throws, or an async one that rejects, is logged, never
+   * let into the supervisor's own work nor kept from the listeners after it
+   * (EventEmitter.emit stops at the first throw, and a rejection nobody
+   * handles ends the process).
+   */
   emit<E extends SupervisorEventName>(event: E, payload: SupervisorEvents[E]): void {
-    try {
-      this.emitter.emit(event, payload);
-    } catch (err) {
-      this.logger.warn({ event, err: (err as Error)?.message }, 'a supervisor event listener threw; the supervisor goes on');
+    for (const listener of this.emitter.listeners(event) as SupervisorEventListener<E>[]) {
+      try {
+        const returned: unknown = listener(payload);
+        if (returned instanceof Promise) returned.catch((err: unknown) => this.threw(event, err));
+      } catch (err) {
+        this.threw(event, err);
+      }
     }
+  }
+
+  private threw(event: SupervisorEventName, err: unknown): void {
+    this.logger.warn({ event, err: (err as Error)?.message }, 'a supervisor event listener threw; the supervisor goes on');
   }
 
   /** Jobs a claim started (once per batch). */

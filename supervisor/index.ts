@@ -111,7 +111,7 @@ export interface SupervisorOptions {
   /**
    * How often each thread stores its jobs' helpers.progress() values, in one
    * UPDATE for all of them (default 250 ms); in between, later values replace
-   * earlier ones. A job's last value is stored before its outcome.
+   * earlier ones. A job's last value is stored with its outcome.
    */
   progressIntervalMs?: number;
   /**
@@ -285,6 +285,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     maxResultBytes,
     progressIntervalMs,
     preparedStatements,
+    concurrency,
   };
   const threadPool = new ThreadPool({
     threads,

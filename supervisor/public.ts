@@ -5,13 +5,15 @@
 import '../src/node-version.ts';
 
 export { createClient } from '../src/client.ts';
-export type { AddJobOptions, Client, ClientOptions, JobSpec, KeyMode, WaitOptions } from '../src/client.ts';
+export type { AddJobOptions, Client, ClientOptions, DependencyFailure, FlowJob, JobSpec, KeyMode, WaitOptions } from '../src/client.ts';
 export { createControl } from '../src/control.ts';
 export type {
   Control,
   ControlClientOptions,
   ControlResponse,
   JobFilter,
+  JobLink,
+  JobLinks,
   JobPage,
   JobStats,
   LogEntry,
@@ -31,7 +33,7 @@ export { GrapevineError } from '../src/errors.ts';
 export type { ErrorCode } from '../src/errors.ts';
 export type { Job, JobState } from '../src/job.ts';
 export { PermanentError } from '../src/task.ts';
-export type { HandlerThread, JobInfo, TaskHandler, TaskHelpers, TransactionHelpers, TransactionOptions } from '../src/task.ts';
+export type { Dependency, HandlerThread, JobInfo, TaskHandler, TaskHelpers, TransactionHelpers, TransactionOptions } from '../src/task.ts';
 export { DEFAULTS } from '../src/config.ts';
 export { VERSION } from '../src/version.ts';
 export { describeConnection } from '../src/redact.ts';

@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { backoffMs } from '../src/backoff.ts';
 import type { ConnectionBudget } from '../src/connection-budget.ts';
 import { GrapevineError } from '../src/errors.ts';
+import { maxClaimLimit } from './claim-limit.ts';
 import type { ThreadConfig, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
 import { redactSecret } from '../src/redact.ts';
 
@@ -210,11 +211,12 @@ export class ThreadPool extends EventEmitter {
       // The default 'sync' blocks idle threads in Atomics.wait, so their
       // event loops stop and pg never notices a dropped connection.
       atomics: 'disabled',
-      concurrentTasksPerWorker: Math.max(1, this.options.concurrency),
+      // A batch per job at most: a thread holds up to maxClaimLimit() jobs.
+      concurrentTasksPerWorker: maxClaimLimit(this.options.concurrency),
       workerData: this.options.config,
       resourceLimits: this.options.resourceLimits,
       recordTiming: false,
-      loadBalancer: preferredThreadBalancer(Math.max(1, this.options.concurrency), (threadId) => this.exiting.has(threadId)),
+      loadBalancer: preferredThreadBalancer(maxClaimLimit(this.options.concurrency), (threadId) => this.exiting.has(threadId)),
     });
     this.generations.set(pool, { id, size: threads, created: 0, running: 0, retiring: false });
     pool.on('workerCreate', (w: { id: number }) => this.track(pool, id, w.id));

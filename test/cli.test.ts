@@ -32,6 +32,10 @@ describe('grapevine CLI', () => {
       [['run', '--tasks', FIXTURE_TASKS, '--threads=-1'], /--threads must be an integer from 1 to 256, got -1/],
       [['run', '--tasks', FIXTURE_TASKS, '--max-threads', '0'], /--max-threads must be an integer from 1 to 256, got 0/],
       [['run', '--tasks', FIXTURE_TASKS, '--grace-ms', '-5'], /--grace-ms must be an integer from 0 to/],
+      // Over 2^31 - 1 ms, a timer fires at once: the wait would give up before it began.
+      [['job', '1', '--follow', '--wait-ms', '3000000000'], /--wait-ms must be an integer from 0 to 2147483647, got 3000000000/],
+      [['job', '1', '--follow', '--wait-ms', '-5'], /--wait-ms must be an integer from 0 to 2147483647, got -5/],
+      [['add', 'square', '--wait', '--wait-ms', '3000000000'], /--wait-ms must be an integer from 0 to 2147483647/],
     ];
     for (const [args, message] of cases) {
       const result = await run([CLI, ...args], env);

@@ -198,7 +198,7 @@ describe('messages and responses', () => {
     await expect(control.getResponse('nope')).rejects.toMatchObject({ code: 'GRAPEVINE_RESPONSE_MISSING' });
   });
 
-  it("processes one supervisor's messages in the order they were sent, and waiting times out with the supervisor named", async () => {
+  it("processes one supervisor's messages in the order they were sent (urgent ones may overtake), and waiting times out with the supervisor named", async () => {
     // REFRESH starts new threads, so the PING queued behind it is still unanswered a moment later.
     const refresh = await control.send('REFRESH', undefined, { supervisors: [B.id] });
     const ids: string[] = [];
@@ -209,12 +209,16 @@ describe('messages and responses', () => {
     );
     expect((await control.getResponse(ping, { timeoutMs: 20_000 }))[B.id].value).toBe('PONG');
     expect((await control.getResponse(refresh))[B.id].value).toBe('OK');
+    expect((await control.getResponse(ids.at(-1)!, { timeoutMs: 20_000 }))[B.id].value).toBe('OK');
 
     const { rows } = await db.pool.query(
       `SELECT message_id::text AS id FROM ${S}.responses WHERE worker = $1 AND message_id = ANY($2::bigint[]) ORDER BY responded_at, message_id`,
       [B.id, [refresh, ...ids, ping]],
     );
-    expect(rows.map((r) => r.id)).toEqual([refresh, ...ids, ping]);
+    // PING is urgent: it is read before the ECHOs still waiting when it arrives, never before REFRESH, which was under way.
+    const order = rows.map((r) => r.id);
+    expect(order.filter((id) => id !== ping)).toEqual([refresh, ...ids]);
+    expect(order.indexOf(ping)).toBeGreaterThan(0);
     const echoed = (await events(B.id)).filter((e) => e.startsWith('MESSAGE ECHO order'));
     expect(echoed.map((e) => e.split(' (')[0])).toEqual(ids.map((_, i) => `MESSAGE ECHO order ${i + 1}`));
   });
@@ -225,12 +229,13 @@ describe('messages and responses', () => {
     await A.process.waitFor(/"msg":"hello from the test"/);
   });
 
-  it('an ECHO whose logged text would be cut inside an emoji is answered, and so is the PING behind it', async () => {
+  it('an ECHO whose logged text would be cut inside an emoji is answered, and so is the ECHO behind it', async () => {
     // The log keeps 200 UTF-16 units of a message's text: unit 200 is the first half of this emoji.
     const text = `${'x'.repeat(199)}😀 and more`;
     const echo = await control.send('ECHO', text, { supervisors: [A.id] });
-    const ping = await control.sendAndWait('PING', undefined, { supervisors: [A.id] });
-    expect(ping[A.id].value).toBe('PONG');
+    // Another ECHO, not a PING: urgent commands are read first, so a PING would not be behind it.
+    const next = await control.sendAndWait('ECHO', 'next', { supervisors: [A.id] });
+    expect(next[A.id].value).toBe('OK');
     expect((await control.getResponse(echo, { supervisor: A.id }))[A.id].value).toBe('OK');
     const logged = (await eventsOnce(A.id, /^MESSAGE ECHO x{199}/)).find((e) => e.startsWith('MESSAGE ECHO x'));
     expect(logged).toBe(`MESSAGE ECHO ${'x'.repeat(199)}… (message ${echo})`);

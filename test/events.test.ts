@@ -59,6 +59,24 @@ describe('job events', () => {
     await eventually(() => namesOf(id).includes('job:cancelled'), 'job:cancelled');
   });
 
+  it('a cancel that lands while the handler returns: the event says what the row says', async () => {
+    await db.pool.query(`UPDATE ${S}.gate SET open = false`);
+    const ok = await db.client.addJob('block', { gate: `${S}.gate` });
+    const failing = await db.client.addJob('block', { gate: `${S}.gate`, fail: true }, { maxAttempts: 3 });
+    await eventually(() => namesOf(ok).includes('job:started') && namesOf(failing).includes('job:started'), 'the jobs started');
+    // The cancel request is written; its notification (cancelJob sends it next) has not reached the supervisor yet.
+    await db.pool.query(`UPDATE ${S}.jobs SET cancel_requested_at = now() WHERE id = ANY($1::bigint[])`, [[ok, failing]]);
+    await db.pool.query(`UPDATE ${S}.gate SET open = true`);
+    expect((await db.client.waitForJob(ok)).state).toBe('cancelled');
+    await eventually(() => namesOf(ok).length === 2, 'its end event');
+    expect(namesOf(ok)).toEqual(['job:started', 'job:cancelled']);
+    // A failure with attempts left is not retried either: the row is cancelled.
+    expect((await db.client.waitForJob(failing)).state).toBe('cancelled');
+    await eventually(() => namesOf(failing).length === 2, 'its end event');
+    expect(namesOf(failing)).toEqual(['job:started', 'job:cancelled']);
+    await db.pool.query(`UPDATE ${S}.gate SET open = false`);
+  });
+
   it('a job over its timeout', async () => {
     const id = await db.client.addJob('hang', { cooperative: true }, { timeoutMs: 50, maxAttempts: 1 });
     expect((await db.client.waitForJob(id)).state).toBe('failed');
@@ -94,6 +112,38 @@ describe('thread and LISTEN events', () => {
       await eventually(() => namesOf(id).includes('job:succeeded'), 'the other listener still heard it');
     } finally {
       sup.off('job:succeeded', throwing);
+    }
+  });
+
+  it('a listener that throws does not keep the event from the listeners after it, and an async one that rejects is caught', async () => {
+    const rejections: unknown[] = [];
+    const onRejection = (reason: unknown) => rejections.push(reason);
+    process.on('unhandledRejection', onRejection);
+    const throwing = () => {
+      throw new Error('a broken listener');
+    };
+    const rejecting = async () => {
+      throw new Error('a broken async listener');
+    };
+    const after: string[] = [];
+    const later = (event: SupervisorEvents['job:succeeded']) => after.push(event.id);
+    sup.on('job:succeeded', throwing);
+    sup.on('job:succeeded', rejecting);
+    sup.on('job:succeeded', later);
+    try {
+      const id = await db.client.addJob('square', { n: 5 });
+      expect((await db.client.waitForJob(id)).state).toBe('succeeded');
+      await eventually(() => after.includes(id), 'the listener after the broken ones heard it');
+      // A rejection is reported at the end of the turn it happened in: one more job gives it time.
+      const next = await db.client.addJob('square', { n: 6 });
+      await db.client.waitForJob(next);
+      await eventually(() => after.includes(next), 'the next job heard too');
+      expect(rejections).toEqual([]);
+    } finally {
+      sup.off('job:succeeded', throwing);
+      sup.off('job:succeeded', rejecting);
+      sup.off('job:succeeded', later);
+      process.off('unhandledRejection', onRejection);
     }
   });
 });

@@ -1,7 +1,8 @@
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { SupervisorOptions } from '../supervisor/public.ts';
-import { eventually, FIXTURE_TASKS, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
+import pg from 'pg';
+import { directDatabaseUrl, eventually, FIXTURE_TASKS, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 import { start as startProcess, type Running } from './helpers/process.ts';
 
 const db = useMigratedSchema('exactly_once');
@@ -205,6 +206,76 @@ describe('an exactly-once transaction whose run lost its claim', () => {
     } finally {
       await stopProcess(first);
       if (second) await stopProcess(second);
+    }
+  });
+});
+
+describe("an exactly-once transaction's row lock", () => {
+  // The lock is held from the claim check to COMMIT. A trigger makes that
+  // window as long as the test likes, as a frozen process, a partition or a
+  // thread whose event loop a sibling job keeps busy would: the backend has
+  // the row locked and waits, here on an advisory lock the test holds.
+  it("holds up neither the heartbeat of its supervisor's other jobs nor the reaper", async () => {
+    const t = await createTables('held');
+    const gate = `${s}.eo_held_block_gate`;
+    const key = `hashtext('${s}.eo_held')`;
+    await db.pool.query(`
+      CREATE TABLE ${gate} (open boolean NOT NULL);
+      CREATE FUNCTION ${s}.eo_hold_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_advisory_xact_lock(${key}); RETURN NEW; END $$;
+      CREATE TRIGGER eo_hold_commit BEFORE UPDATE ON ${s}.jobs FOR EACH ROW
+        WHEN (NEW.state = 'succeeded' AND OLD.payload ? 'holdCommit') EXECUTE FUNCTION ${s}.eo_hold_commit()`);
+    // A session lock, so on a connection of its own to the server itself (even in the pooled pass).
+    const holder = new pg.Client({ connectionString: directDatabaseUrl() });
+    await holder.connect();
+    await holder.query(`SELECT pg_advisory_lock(${key})`);
+    let held = true;
+    const supervisor = await startTestSupervisor(db, { threads: 1, concurrency: 4, shutdownGraceMs: 0, ...TIMING });
+    try {
+      const sibling = await client.addJob('block', { gate }, { maxAttempts: 3 });
+      const once = await client.addJob('exactly-once', { table: t.payload.table, holdCommit: true }, { maxAttempts: 3 });
+      const { rows: stuck } = await eventually(
+        () =>
+          db.pool
+            .query(
+              `SELECT now() AS at FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+              WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = current_database()
+                AND a.application_name LIKE 'grapevine-handler-%' AND position($1 IN a.query) > 0`,
+              [db.schema],
+            )
+            .then((r) => (r.rows.length > 0 ? r : null)),
+        'the exactly-once transaction to hold its row, waiting before COMMIT',
+      );
+      const since = stuck[0].at;
+
+      // The heartbeat goes on renewing the sibling's lease well past the lease it had then.
+      await eventually(async () => {
+        const { rows } = await db.pool.query(
+          `SELECT lease_until > $2::timestamptz + interval '3 s' AS renewed FROM ${s}.jobs WHERE id = $1`,
+          [sibling, since],
+        );
+        return rows[0].renewed;
+      }, "the heartbeat to renew the sibling job's lease");
+      // The reaper goes on returning orphans: a job whose owner vanished long ago runs again here.
+      const { rows: orphan } = await db.pool.query(
+        `INSERT INTO ${s}.jobs (task, payload, state, locked_by, lease_until, claim_token, attempts, started_at)
+         VALUES ('noop', '{}', 'running', 'vanished', now() - interval '1 minute', nextval('${s}.claim_tokens'), 1, now())
+         RETURNING id::text AS id`,
+      );
+      expect(await client.waitForJob(orphan[0].id, { timeoutMs: 30_000 })).toMatchObject({ state: 'succeeded', attempts: 2 });
+
+      // Let go, the transaction commits: one success, one write; the sibling ran once.
+      await holder.query(`SELECT pg_advisory_unlock(${key})`);
+      held = false;
+      expect(await client.waitForJob(once, { timeoutMs: 30_000 })).toMatchObject({ state: 'succeeded', attempts: 1 });
+      expect(await t.writes()).toEqual([{ job_id: once, attempt: 1 }]);
+      await db.pool.query(`INSERT INTO ${gate} VALUES (true)`);
+      expect(await client.waitForJob(sibling, { timeoutMs: 30_000 })).toMatchObject({ state: 'succeeded', attempts: 1 });
+    } finally {
+      if (held) await holder.query(`SELECT pg_advisory_unlock(${key})`);
+      await holder.end();
+      await supervisor.stop({ graceMs: 0 });
+      await db.pool.query(`DROP TRIGGER eo_hold_commit ON ${s}.jobs; DROP FUNCTION ${s}.eo_hold_commit()`);
     }
   });
 });

@@ -23,12 +23,12 @@ async function complete(outcomes: Array<{ id: string; token: string; result: unk
   const jobs = outcomes.map((o) => ({ id: o.id, token: o.token, result: JSON.stringify(o.result) }));
   return accepted(
     outcomes.map((o) => o.id),
-    await completeJobs(db.pool, db.schema, { jobs }),
+    (await completeJobs(db.pool, db.schema, { jobs })).rejected,
   );
 }
 
 async function fail(id: string, token: string, error: string, retryable = true): Promise<string[]> {
-  const rejected = await failJobs(db.pool, db.schema, { jobs: [{ id, token, error, retryable }], retryBaseMs: 10, retryMaxMs: 1_000 });
+  const { rejected } = await failJobs(db.pool, db.schema, { jobs: [{ id, token, error, retryable }], retryBaseMs: 10, retryMaxMs: 1_000 });
   return accepted([id], rejected);
 }
 

@@ -231,6 +231,37 @@ describe('job keys from SQL and the CLI', () => {
     expect(await jobsWithPayload('v', '2')).toBeGreaterThan(0);
   });
 
+  it('one add_jobs() call settles new keys, held keys and keys whose job no longer holds them, in every mode', async () => {
+    const later = LATER();
+    const [a, b, c, d] = await client.addJobs([
+      { task: 'noop', payload: { v: 1 }, key: 'mix-a', runAt: later },
+      { task: 'noop', payload: { v: 1 }, key: 'mix-b', keyMode: 'dedupe', runAt: later },
+      { task: 'noop', payload: { v: 1 }, key: 'mix-c', runAt: later },
+      { task: 'noop', payload: { v: 1 }, key: 'mix-d', keyMode: 'throttle', keyWindowMs: 3_600_000, runAt: later },
+    ]);
+    // c has run (it no longer holds its key); d has too, but a throttle holds for its window.
+    await db.pool.query(`UPDATE ${s}.jobs SET state = 'succeeded', attempts = 1, finished_at = now() WHERE id = ANY($1::bigint[])`, [
+      [c, d],
+    ]);
+    const muchLater = MUCH_LATER();
+    const ids = await client.addJobs([
+      { task: 'noop', payload: { v: 2 }, key: 'mix-a', runAt: muchLater },
+      { task: 'noop', payload: { v: 2 }, key: 'mix-b', keyMode: 'dedupe' },
+      { task: 'noop', payload: { v: 2 }, key: 'mix-c', runAt: later },
+      { task: 'noop', payload: { v: 2 }, key: 'mix-d', keyMode: 'throttle', keyWindowMs: 3_600_000 },
+      { task: 'noop', payload: { v: 2 }, key: 'mix-e', keyMode: 'dedupe', runAt: later },
+    ]);
+    expect(ids.slice(0, 2)).toEqual([a, b]);
+    expect(ids[3]).toBe(d);
+    expect(new Set([a, b, c, d, ids[2], ids[4]]).size).toBe(6);
+    expect(await row(a)).toMatchObject({ payload: { v: 2 }, run_at: muchLater, key: 'mix-a' });
+    expect(await row(b)).toMatchObject({ payload: { v: 1 }, run_at: later });
+    expect(await row(c)).toMatchObject({ payload: { v: 1 }, key: null, state: 'succeeded' });
+    expect(await row(ids[2])).toMatchObject({ payload: { v: 2 }, key: 'mix-c', state: 'pending' });
+    expect(await row(d)).toMatchObject({ payload: { v: 1 }, key: 'mix-d' });
+    expect(await row(ids[4])).toMatchObject({ payload: { v: 2 }, key: 'mix-e' });
+  });
+
   it("a replacing enqueue is held to the schema's payload limit like an insert", async () => {
     const id = await client.addJob('noop', {}, { key: 'limit-1', runAt: LATER() });
     await db.pool.query(`UPDATE ${s}.settings SET max_payload_bytes = 1024`);

@@ -157,6 +157,44 @@ describe('groups', () => {
   });
 });
 
+describe('groups with dependencies, flows and keys', () => {
+  it('stores the group of a job with dependencies (client, flow, SQL by name) or a key, and runs a serial group in order', async () => {
+    await control.setQueue('deps', { groupConcurrency: 1 });
+    const [parent] = await add('deps', [{ group: 'g' }]);
+    const child = await db.client.addJob('t', {}, { queue: 'deps', group: 'g', dependsOn: [parent] });
+    const flow = await db.client.addFlow([
+      { name: 'a', task: 't', queue: 'deps', group: 'h' },
+      { name: 'b', task: 't', queue: 'deps', group: 'h', after: ['a'] },
+    ]);
+    const keyed = await db.client.addJob('t', {}, { queue: 'deps', group: 'k1', key: 'deps-key' });
+    expect(await db.client.addJob('t', {}, { queue: 'deps', group: 'k2', key: 'deps-key' })).toBe(keyed);
+    const { rows: bySql } = await db.pool.query(
+      `SELECT ${db.s}.add_job(task => 't', queue => 'deps', group_key => 's', depends_on => ARRAY[$1::bigint])::text AS id`,
+      [parent],
+    );
+    const { rows } = await db.pool.query(
+      `SELECT id::text, state, group_key, max_attempts_given FROM ${db.s}.jobs WHERE queue = 'deps' ORDER BY id`,
+    );
+    expect(rows).toEqual([
+      { id: parent, state: 'pending', group_key: 'g', max_attempts_given: false },
+      { id: child, state: 'waiting', group_key: 'g', max_attempts_given: false },
+      { id: flow.a, state: 'pending', group_key: 'h', max_attempts_given: false },
+      { id: flow.b, state: 'waiting', group_key: 'h', max_attempts_given: false },
+      // A replace takes the new group with the new fields.
+      { id: keyed, state: 'pending', group_key: 'k2', max_attempts_given: false },
+      { id: bySql[0].id, state: 'waiting', group_key: 's', max_attempts_given: false },
+    ]);
+    // The claims return what main's threads need, max_attempts_given included.
+    const first = await claimNext(db.pool, db.schema, { ...claimer(1), limit: 10, queues: ['deps'] });
+    expect(first.map((r) => r.id).sort()).toEqual([parent, flow.a, keyed].sort());
+    expect(first.every((r) => r.max_attempts_given === false)).toBe(true);
+    await complete([parent]);
+    // The parent's success wakes both dependents of group g's parent: one serial group (g), one other (s).
+    const next = await claimNext(db.pool, db.schema, { ...claimer(1), limit: 10, queues: ['deps'] });
+    expect(next.map((r) => r.id).sort()).toEqual([child, bySql[0].id].sort());
+  });
+});
+
 describe('rate limits', () => {
   it('starts at most N per interval, stamped with the database clock, and announces when the window opens', async () => {
     await control.setQueue('rated', { rate: '3/2s' });
@@ -226,6 +264,44 @@ describe('a running supervisor', () => {
       for (const id of held) expect((await db.client.waitForJob(id, { timeoutMs: 30_000 })).state).toBe('succeeded');
     } finally {
       await sup.stop();
+    }
+  });
+});
+
+describe('a thread that prefetches', () => {
+  it('holds no more claimed jobs of a limited queue than the limit: claimed counts as running', async () => {
+    await control.setQueue('prefetch', { concurrency: 3 });
+    // Every statement that changes jobs records how many of the queue's jobs are claimed after it.
+    await db.pool.query(`CREATE TABLE ${db.s}.prefetch_seen (running integer NOT NULL)`);
+    await db.pool.query(`
+      CREATE FUNCTION ${db.s}.prefetch_count() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        INSERT INTO ${db.s}.prefetch_seen
+        SELECT count(*) FROM ${db.s}.jobs WHERE queue = 'prefetch' AND state = 'running';
+        RETURN NULL;
+      END $$`);
+    await db.pool.query(
+      `CREATE TRIGGER prefetch_count AFTER UPDATE ON ${db.s}.jobs FOR EACH STATEMENT EXECUTE FUNCTION ${db.s}.prefetch_count()`,
+    );
+    try {
+      const ids = await db.client.addJobs(Array.from({ length: 120 }, () => ({ task: 'noop', queue: 'prefetch' })));
+      // Quick handlers at concurrency 2: the thread may hold up to 4, the queue allows 3.
+      const sup = await startTestSupervisor(db, { queues: ['prefetch'], threads: 1, concurrency: 2 });
+      try {
+        await eventually(async () => {
+          const { rows } = await db.pool.query(
+            `SELECT count(*)::int AS n FROM ${db.s}.jobs WHERE id = ANY($1::bigint[]) AND state = 'succeeded'`,
+            [ids],
+          );
+          return rows[0].n === ids.length;
+        }, 'the prefetch queue drained');
+      } finally {
+        await sup.stop();
+      }
+      const { rows } = await db.pool.query(`SELECT max(running)::int AS most FROM ${db.s}.prefetch_seen`);
+      expect(rows[0].most).toBe(3);
+    } finally {
+      await db.pool.query(`DROP TRIGGER prefetch_count ON ${db.s}.jobs`);
     }
   });
 });

@@ -71,6 +71,40 @@ describe('helpers.progress()', () => {
     expect(await heardSoFar()).toEqual([]);
   });
 
+  it('unwatched, jobs that each report once cost one progress UPDATE per interval at most, however many finish in it', async () => {
+    // Writes of progress alone (the outcome's own write leaves the job running no more).
+    await db.pool.query(`
+      CREATE TABLE ${S}.progress_only (at timestamptz DEFAULT clock_timestamp());
+      CREATE FUNCTION ${S}.count_progress_only() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF OLD.state = 'running' AND NEW.state = 'running' AND NEW.progress IS DISTINCT FROM OLD.progress THEN
+          INSERT INTO ${S}.progress_only DEFAULT VALUES;
+        END IF;
+        RETURN NEW;
+      END $$;
+      CREATE TRIGGER count_progress_only AFTER UPDATE OF progress ON ${S}.jobs FOR EACH ROW EXECUTE FUNCTION ${S}.count_progress_only();`);
+    const started = Date.now();
+    // One after another: each job's value is the thread's only one, and its outcome follows at once.
+    for (let i = 0; i < 20; i++) {
+      const job = await db.client.waitForJob(await db.client.addJob('progress', { last: i }));
+      expect(job.progress).toBe(i);
+    }
+    const elapsedMs = Date.now() - started;
+    const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM ${S}.progress_only`);
+    expect(rows[0].n).toBeLessThanOrEqual(Math.floor(elapsedMs / INTERVAL_MS) + 1);
+    await db.pool.query(`DROP TRIGGER count_progress_only ON ${S}.jobs`);
+  });
+
+  it("a failed job's last value is stored with its failure, and a null is a value too", async () => {
+    const failed = await db.client.addJob('progress', { burst: 3, last: { at: 'the end', quote: '"\\' }, fail: true }, { maxAttempts: 1 });
+    // 10 reported values, then a pause in which the throttle writes the 10th, then null.
+    const nulled = await db.client.addJob('progress', { burst: 10, last: null });
+    const [failedJob, nulledJob] = await Promise.all([db.client.waitForJob(failed), db.client.waitForJob(nulled)]);
+    expect(failedJob).toMatchObject({ state: 'failed', progress: { at: 'the end', quote: '"\\' } });
+    expect(failedJob.lastError).toMatch(/failed after reporting/);
+    expect(nulledJob).toMatchObject({ state: 'succeeded', progress: null });
+  });
+
   it('watched: hands each value to onProgress in order, pushed over LISTEN, the last one before the wait resolves', async () => {
     const id = await db.client.addJob('progress', { gate: GATE, steps: 3, last: 'done' });
     const seen: unknown[] = [];
@@ -120,6 +154,46 @@ describe('helpers.progress()', () => {
     expect(await storedProgress(id)).toEqual({ done: 1, total: 1 });
     await db.pool.query(`UPDATE ${S}.jobs SET state = 'cancelled', finished_at = now() WHERE id = $1`, [id]);
   });
+
+  it('a value reported after the handler returned does not hold up its outcome, nor replace the last value', async () => {
+    // The handler returns at once, leaving a timer that reports a value every millisecond for 3 s.
+    const id = await db.client.addJob('progress', { last: 'returned', leakMs: 3_000 });
+    const job = await db.client.waitForJob(id);
+    expect(job.state).toBe('succeeded');
+    expect(job.progress).toBe('returned');
+    // Nor after it ended (a leaked value would be turned away by the state, but is not even sent).
+    expect(await storedProgress(id)).toBe('returned');
+  });
+
+  it('what onProgress throws ends the wait, also for a value the periodic renewal of the mark found', async () => {
+    // The client's LISTEN connection is up (its first connect wakes every wait).
+    await db.client.waitForJob(await db.client.addJob('progress', {}));
+    const id = await db.client.addJob('progress', { gate: GATE, steps: 1 });
+    await eventually(async () => (await storedProgress(id))?.done === 1, 'the first step stored');
+    const seen: unknown[] = [];
+    const wait = db.client.waitForJob(id, {
+      timeoutMs: 60_000,
+      onProgress: (value) => {
+        seen.push(value);
+        if (value === 'boom') throw new Error('onProgress refused boom');
+      },
+    });
+    wait.catch(() => {});
+    await eventually(() => seen.length === 1, 'the value the job had');
+    const rejections: unknown[] = [];
+    const onRejection = (reason: unknown) => rejections.push(reason);
+    process.on('unhandledRejection', onRejection);
+    try {
+      // Written with no notification: only the renewal (every 10 s) reads it.
+      await db.pool.query(`UPDATE ${S}.jobs SET progress = '"boom"' WHERE id = $1`, [id]);
+      await expect(wait).rejects.toThrow('onProgress refused boom');
+      expect(rejections).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onRejection);
+      await openStep(1);
+      await db.client.waitForJob(id);
+    }
+  }, 30_000);
 
   it('refuses a value that is not JSON or too large, failing the handler with GRAPEVINE_PROGRESS_INVALID', async () => {
     const big = await db.client.addJob('progress', { invalid: 'big' }, { maxAttempts: 1 });

@@ -145,12 +145,14 @@ describe('the reaper', () => {
     await insertDeadSupervisor('dead-2');
     const id = await insertRunningJob('dead-2', `now() - interval '1 second'`);
     const [a, b] = await Promise.all([start({ reaperIntervalMs: 3_600_000 }), start({ reaperIntervalMs: 3_600_000 })]);
-    // Holding the job's row keeps whichever reaper leads inside its
-    // transaction (and its lock) while the other one tries.
+    // Holding the dead supervisor's row keeps whichever reaper leads inside
+    // its transaction (and its lock) while the other one tries: marking it
+    // LOST waits for the row. (A held job row would not: the reaper skips
+    // locked jobs, leaving them for its next round.)
     const holder = await db.pool.connect();
     try {
       await holder.query('BEGIN');
-      await holder.query(`SELECT 1 FROM ${s}.jobs WHERE id = $1 FOR UPDATE`, [id]);
+      await holder.query(`SELECT 1 FROM ${s}.supervisors WHERE id = 'dead-2' FOR UPDATE`);
       const ticks = [a.reapNow(), b.reapNow()];
       const first = await Promise.race(ticks);
       expect(first.leader).toBe(false);

@@ -1,17 +1,21 @@
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { createClient, createControl, type GrapevineError, startSupervisor, type Supervisor } from '../supervisor/public.ts';
 import { migrations } from '../src/schema/files.ts';
 import { grantRole, grantSql } from '../src/schema/roles.ts';
 import type { Queryable, TypedQuery } from '../src/db.ts';
+import type { JobState } from '../src/job.ts';
 import * as control from '../src/sql/control.ts';
+import * as dashboard from '../src/sql/dashboard.ts';
 import * as jobs from '../src/sql/jobs.ts';
+import * as ops from '../src/sql/operations.ts';
 import * as schedules from '../src/sql/schedules.ts';
+import { watchProgress, writeProgress } from '../src/sql/progress.ts';
 import { payloadLimit } from '../src/sql/settings.ts';
 import * as sups from '../src/sql/supervisors.ts';
 import { eventually, FIXTURE_TASKS, testLogger, useMigratedSchema } from './helpers/db.ts';
 import { CLI, run } from './helpers/process.ts';
-import { useOwnRole, type OwnRole } from './helpers/role.ts';
+import { sqlstateAs, useOwnRole, type OwnRole } from './helpers/role.ts';
 
 /**
  * The three kinds of role `grapevine grant` sets up, each used end to end by
@@ -19,24 +23,15 @@ import { useOwnRole, type OwnRole } from './helpers/role.ts';
  * right the grant did not give.
  */
 const db = useMigratedSchema('roles');
-const enqueuer = useOwnRole(db, 'enq', { superuser: false });
-const worker = useOwnRole(db, 'wrk', { superuser: false });
-const operator = useOwnRole(db, 'op', { superuser: false });
+const enqueuer = useOwnRole(db, 'enq', { superuser: false, as: 'enqueuer' });
+const worker = useOwnRole(db, 'wrk', { superuser: false, as: 'worker' });
+const operator = useOwnRole(db, 'op', { superuser: false, as: 'operator' });
 const nobody = useOwnRole(db, 'nobody', { superuser: false });
 const fromCli = useOwnRole(db, 'cli', { superuser: false });
 
 let supervisor: Supervisor | undefined;
 const closers: Array<() => Promise<unknown>> = [];
 
-beforeAll(async () => {
-  for (const [role, as] of [
-    [enqueuer, 'enqueuer'],
-    [worker, 'worker'],
-    [operator, 'operator'],
-  ] as const) {
-    await grantRole({ connectionString: db.url, schema: db.schema, role: role.name, as });
-  }
-});
 afterAll(async () => {
   await supervisor?.stop({ graceMs: 1_000 });
   for (const close of closers) await close().catch(() => {});
@@ -46,20 +41,6 @@ function clientAs(role: OwnRole) {
   const client = createClient({ connectionString: role.url, schema: db.schema });
   closers.push(() => client.close());
   return client;
-}
-
-/** Runs one statement as the role and returns the SQLSTATE it failed with (undefined: it did not fail). */
-async function sqlstateAs(role: OwnRole, text: string, values: unknown[] = []): Promise<string | undefined> {
-  const conn = new pg.Client({ connectionString: role.url });
-  await conn.connect();
-  try {
-    await conn.query(text, values);
-    return undefined;
-  } catch (err) {
-    return (err as { code?: string }).code;
-  } finally {
-    await conn.end();
-  }
 }
 
 async function stateOf(id: string): Promise<string | undefined> {
@@ -73,14 +54,18 @@ describe('grapevine grant', () => {
   it('prints the SQL of each kind without connecting, and refuses an unknown kind or a role that does not exist', async () => {
     const enqueue = grantSql({ schema: db.schema, role: 'app', as: 'enqueuer' });
     expect(enqueue).toContain(
-      `GRANT EXECUTE ON FUNCTION ${db.s}.add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval, text), ${db.s}.add_jobs(jsonb)`,
+      `GRANT EXECUTE ON FUNCTION ${db.s}.add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval, bigint[], text, text), ${db.s}.add_jobs(jsonb)`,
     );
     // No right on any table but the three read-only ones every kind reads.
     expect(enqueue.match(/ON TABLE [^;]*/g)).toEqual([`ON TABLE ${db.s}.migrations, ${db.s}.schema_functions, ${db.s}.settings TO "app"`]);
     expect(grantSql({ schema: db.schema, role: 'w', as: 'worker' })).toContain(
-      `GRANT SELECT, UPDATE, DELETE, INSERT (task, payload, queue, priority, max_attempts, run_at, schedule, scheduled_for) ON TABLE ${db.s}.jobs TO "w"`,
+      `GRANT SELECT, UPDATE, DELETE, INSERT (task, payload, queue, priority, max_attempts, max_attempts_given, run_at, schedule, scheduled_for) ON TABLE ${db.s}.jobs TO "w"`,
     );
-    expect(grantSql({ schema: db.schema, role: 'o', as: 'operator' })).toContain(`${db.s}.cancel_job(bigint)`);
+    const operate = grantSql({ schema: db.schema, role: 'o', as: 'operator' });
+    expect(operate).toContain(`${db.s}.cancel_job(bigint)`);
+    // It reads the jobs and acts on them through functions only.
+    expect(operate.match(/GRANT [^;]* ON TABLE [^;]*\.jobs TO [^;]*/g)).toEqual([`GRANT SELECT ON TABLE ${db.s}.jobs TO "o"`]);
+    expect(operate).toContain(`${db.s}.retry_jobs(bigint[]), ${db.s}.reschedule_jobs(bigint[], timestamptz)`);
     for (const sql of grantSqlOfEachKind()) expect(sql).not.toMatch(/\b(CREATE|ALTER|DROP|TRUNCATE|REFERENCES|TRIGGER)\b/);
 
     const unknownKind = await grantRole({ connectionString: db.url, schema: db.schema, role: nobody.name, as: 'admin' }).catch(
@@ -148,13 +133,27 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
     ['insertJobs', (d, s) => jobs.insertJobs(d, s, [job])],
     ['findJob', (d, s) => jobs.findJob(d, s, { id: '1' })],
     ['watchJob', (d, s) => jobs.watchJob(d, s, { id: '1' })],
+    ['watchProgress', (d, s) => watchProgress(d, s, { id: '1', watchMs: 1000 })],
     ['payloadLimit', (d, s) => payloadLimit(d, s)],
   ];
   if (kind === 'enqueuer') return enqueue;
+  const anyJob = {
+    states: ['failed'] as JobState[],
+    task: 'square',
+    queue: 'default',
+    createdAfter: null,
+    createdBefore: null,
+    finishedAfter: null,
+    finishedBefore: null,
+    errorContains: 'e',
+    ids: null,
+    key: null,
+  };
   if (kind === 'operator') {
     return [
       ['findJob', (d, s) => jobs.findJob(d, s, { id: '1' })],
       ['watchJob', (d, s) => jobs.watchJob(d, s, { id: '1' })],
+      ['watchProgress', (d, s) => watchProgress(d, s, { id: '1', watchMs: 1000 })],
       ['requestCancel', (d, s) => jobs.requestCancel(d, s, { id: '1' })],
       ['announceCancel', (d, s) => jobs.announceCancel(d, s, { id: '1', owner: 'w' })],
       ['listSupervisors', (d, s) => sups.listSupervisors(d, s, { lostAfterMs: 1000 })],
@@ -173,12 +172,25 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
       ['listSchedules', (d, s) => schedules.listSchedules(d, s)],
       ['removeSchedule', (d, s) => schedules.removeSchedule(d, s, { name: 'nightly' })],
       ['setSchedulePaused', (d, s) => schedules.setSchedulePaused(d, s, { name: 'nightly', paused: true })],
+      // grapevine jobs, stats, retry, reschedule, purge, cancel; the dashboard's reads.
+      ['listJobs', (d, s) => ops.listJobs(d, s, { filter: anyJob, after: null, limit: 10 })],
+      ['jobStats', (d, s) => ops.jobStats(d, s)],
+      ['retryJobs', (d, s) => ops.retryJobs(d, s, { filter: anyJob })],
+      ['rescheduleJobs', (d, s) => ops.rescheduleJobs(d, s, { ids: ['1'], runAt: '2026-01-01T00:00:00Z' })],
+      ['purgeJobs', (d, s) => ops.purgeJobs(d, s, { filter: anyJob, batchSize: 10 })],
+      ['cancelJobs', (d, s) => ops.cancelJobs(d, s, { filter: anyJob })],
+      ['queueActivity', (d, s) => dashboard.queueActivity(d, s)],
+      ['stateEstimate', (d, s) => dashboard.stateEstimate(d, s)],
+      ['stateCounts', (d, s) => dashboard.stateCounts(d, s)],
+      ['jobTimeline', (d, s) => dashboard.jobTimeline(d, s, { id: '1' })],
+      ['watchProgress', (d, s) => watchProgress(d, s, { id: '1', watchMs: 1000 })],
     ];
   }
   return [
     ...enqueue,
     ['claimByIds', (d, s) => jobs.claimByIds(d, s, { ...claim, ids: ['1'] })],
     ['claimNext', (d, s) => jobs.claimNext(d, s, { ...claim, limit: 1 })],
+    ['writeProgress', (d, s) => writeProgress(d, s, { updates: [{ id: '1', token: '1', progress: '{"done":1}' }] })],
     ['completeJobs', (d, s) => jobs.completeJobs(d, s, { jobs: [{ id: '1', token: '1', result: '{}' }] })],
     ['deleteSucceeded', (d, s) => jobs.deleteSucceeded(d, s, { ids: ['1'], tokens: ['1'] })],
     [
@@ -190,6 +202,19 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
     ['lockJobs', (d, s) => d.query(jobs.lockJobsQuery(s, { ids: ['1'] }))],
     ['releaseJobs', (d, s) => jobs.releaseJobs(d, s, { owner: 'w', jobs: [{ id: '1', thread: 1, reason: 'r', count: true }] })],
     ['renewLeases', (d, s) => jobs.renewLeases(d, s, { owner: 'w', ids: ['1'], leaseMs: 1000 })],
+    [
+      'adoptTaskAttempts',
+      (d, s) =>
+        d.query(
+          jobs.adoptTaskAttemptsQuery(s, {
+            owner: 'w',
+            thread: 1,
+            leaseMs: 1000,
+            attempts: new Map([['square', 2]]),
+            defaultMaxAttempts: 5,
+          })!,
+        ),
+    ],
     ['hasDue', (d, s) => jobs.hasDue(d, s, { tasks: ['square'], queues: null })],
     ['reapExpired', (d, s) => jobs.reapExpired(d, s)],
     ['pruneFinished', (d, s) => jobs.pruneFinished(d, s, { retentionMs: 1000, batchSize: 10 })],
@@ -287,14 +312,18 @@ describe('each kind', () => {
     ] as const) {
       expect([kind, await refusedAs(role, statementsOf(kind))]).toEqual([kind, []]);
     }
-    // And the enqueuer none of the others', but the two that read or write
-    // no table: an advisory lock, and a NOTIFY (any role may send one with
-    // pg_notify, which is why a notification is only ever a hint).
-    const harmless = ['tryLeadReaper', 'announceCancel'];
+    // And the enqueuer none of the others', but the three that read or write
+    // no table: an advisory lock, a NOTIFY (any role may send one with
+    // pg_notify, which is why a notification is only ever a hint), and the
+    // planner's row estimate, which pg_class shows every role.
+    const harmless = ['tryLeadReaper', 'announceCancel', 'stateEstimate'];
     const others = [...statementsOf('worker'), ...statementsOf('operator')].filter(
       ([name]) => !harmless.includes(name) && !statementsOf('enqueuer').some(([e]) => e === name),
     );
     expect((await refusedAs(enqueuer, others)).length).toBe(others.length);
+    // The worker reads the jobs it runs, and may not act on them as an operator does.
+    const actions = statementsOf('operator').filter(([name]) => /^(retry|reschedule|purge|cancel)Jobs$/.test(name));
+    expect((await refusedAs(worker, actions)).length).toBe(4);
   });
 });
 
@@ -354,6 +383,18 @@ describe('an enqueuer', () => {
     const { rows: forged } = await db.pool.query(`SELECT count(*)::int AS n FROM ${db.s}.jobs WHERE state <> 'pending'`);
     expect(forged[0].n).toBe(0);
   });
+
+  it("may mark a job's progress watched for a few minutes at most, not for weeks", async () => {
+    const { rows } = await db.pool.query(`SELECT ${db.s}.add_job('square', '{"n": 50}', run_at => now() + interval '1 hour') AS id`);
+    const id = String(rows[0].id);
+    // 2^31 - 1 ms: 24 days of a NOTIFY for every progress write of the job, whoever watches.
+    expect(await sqlstateAs(enqueuer, `SELECT * FROM ${db.s}.watch_progress($1, 2147483647)`, [id])).toBeUndefined();
+    const { rows: marked } = await db.pool.query(
+      `SELECT progress_watched_until <= now() + interval '5 minutes' AS bounded FROM ${db.s}.jobs WHERE id = $1`,
+      [id],
+    );
+    expect(marked[0].bounded).toBe(true);
+  });
 });
 
 describe('a worker', () => {
@@ -377,6 +418,16 @@ describe('a worker', () => {
     const child = (reported.result as { followUp: string }).followUp;
     expect((await client.waitForJob(child, { timeoutMs: 30_000 })).result).toMatchObject({ root: 9 });
 
+    // A flow, enqueued by the enqueuer: the worker's outcome writes wake the fan-in, whose handler reads its dependencies.
+    const flow = await client.addFlow([
+      { name: 'a', task: 'square', payload: { n: 4 } },
+      { name: 'b', task: 'square', payload: { n: 9 } },
+      { name: 'join', task: 'collect', after: ['a', 'b'] },
+    ]);
+    const joined = await client.waitForJob(flow.join, { timeoutMs: 30_000 });
+    expect(joined.state).toBe('succeeded');
+    expect((joined.result as { deps: Array<{ result: { root: number } }> }).deps.map((d) => d.result.root)).toEqual([2, 3]);
+
     const { rows } = await db.pool.query(
       `SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name LIKE 'grapevine-supervisor%' AND usename = $1`,
       [worker.name],
@@ -385,6 +436,15 @@ describe('a worker', () => {
     expect(await sqlstateAs(worker, `CREATE TABLE ${db.s}.mine (x int)`)).toBe(DENIED);
     expect(await sqlstateAs(worker, `CREATE OR REPLACE FUNCTION ${db.s}.mine() RETURNS int LANGUAGE sql AS 'SELECT 1'`)).toBe(DENIED);
     expect(await sqlstateAs(worker, `ALTER TABLE ${db.s}.jobs ADD COLUMN mine int`)).toBe(DENIED);
+  });
+
+  it("stores its handlers' progress, which an enqueuer follows with waitForJob's onProgress", async () => {
+    const client = clientAs(enqueuer);
+    const id = await client.addJob('progress', { burst: 3, last: 'done' });
+    const seen: unknown[] = [];
+    const job = await client.waitForJob(id, { timeoutMs: 30_000, onProgress: (p) => seen.push(p) });
+    expect(job).toMatchObject({ state: 'succeeded', progress: 'done' });
+    expect(seen.at(-1)).toBe('done');
   });
 });
 
@@ -412,6 +472,65 @@ describe('an operator', () => {
     expect(await sqlstateAs(operator, `UPDATE ${db.s}.jobs SET state = 'succeeded'`)).toBe(DENIED);
     expect(await sqlstateAs(operator, `SELECT ${db.s}.add_job('square')`)).toBe(DENIED);
     expect(await sqlstateAs(operator, `CREATE TABLE ${db.s}.mine (x int)`)).toBe(DENIED);
+  });
+});
+
+describe('control messages', () => {
+  it('only an operator sends them; the worker marks its own processed but cannot rewrite one, or make one run again', async () => {
+    const id = supervisor!.id;
+    const CHANGED = '23514';
+    const insert = `INSERT INTO ${db.s}.messages (id, worker, command, args) VALUES (987654, $1, 'EVAL', '"process.exit(1)"')`;
+    for (const role of [enqueuer, worker, nobody]) expect([role.name, await sqlstateAs(role, insert, [id])]).toEqual([role.name, DENIED]);
+    const send: Use = [
+      'sendMessage',
+      (d, s) => control.sendMessage(d, s, { recipients: [id], command: 'STOP', argsJson: null, lostAfterMs: 60_000 }),
+    ];
+    expect(await refusedAs(worker, [send])).toEqual([expect.stringContaining('permission denied')]);
+
+    // The operator's PING is answered by the supervisor running as the worker, which marks it processed.
+    const ops = createControl({ connectionString: operator.url, schema: db.schema });
+    closers.push(() => ops.close());
+    const ping = await ops.send('PING', undefined, { supervisors: [id] });
+    expect((await ops.getResponse(ping, { timeoutMs: 30_000 }))[id].value).toBe('PONG');
+    // EVAL still needs the supervisor's allowEval, whoever sends it.
+    expect((await ops.sendAndWait('EVAL', '1 + 1', { supervisors: [id], timeoutMs: 30_000 }))[id]).toMatchObject({
+      ok: false,
+      error: { code: 'GRAPEVINE_COMMAND_REFUSED' },
+    });
+
+    // Rewriting a message into an EVAL or a STOP, or sending it elsewhere: no right on those columns.
+    const rewrites = [
+      `UPDATE ${db.s}.messages SET command = 'EVAL', args = '"process.exit(1)"' WHERE id = $1`,
+      `UPDATE ${db.s}.messages SET worker = 'another' WHERE id = $1`,
+    ];
+    for (const text of rewrites) {
+      expect([text, await sqlstateAs(worker, text, [ping])]).toEqual([text, DENIED]);
+      expect([text, await sqlstateAs(operator, text, [ping])]).toEqual([text, DENIED]);
+    }
+    // Making a processed message run again is refused by the table itself, to every role.
+    const asOwner = (text: string) =>
+      db.pool.query(text, [ping]).then(
+        () => undefined,
+        (e: { code?: string }) => e.code,
+      );
+    const replay = `UPDATE ${db.s}.messages SET processed_at = NULL WHERE id = $1`;
+    expect(await sqlstateAs(worker, replay, [ping])).toBe(CHANGED);
+    expect(await asOwner(replay)).toBe(CHANGED);
+    // So is a rewrite by a role that has UPDATE on the whole table (the schema's owner, or a
+    // worker granted by an earlier release).
+    for (const text of rewrites) expect(await asOwner(text)).toBe(CHANGED);
+    await db.pool.query(`GRANT UPDATE ON ${db.s}.messages TO "${worker.name}"`);
+    try {
+      expect(await sqlstateAs(worker, rewrites[0], [ping])).toBe(CHANGED);
+    } finally {
+      await db.pool.query(`REVOKE UPDATE ON ${db.s}.messages FROM "${worker.name}"`);
+      await grantRole({ connectionString: db.url, schema: db.schema, role: worker.name, as: 'worker' });
+    }
+    const { rows } = await db.pool.query(
+      `SELECT command, args, worker, processed_at IS NOT NULL AS processed FROM ${db.s}.messages WHERE id = $1`,
+      [ping],
+    );
+    expect(rows).toEqual([{ command: 'PING', args: null, worker: id, processed: true }]);
   });
 });
 

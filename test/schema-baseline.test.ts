@@ -147,11 +147,14 @@ function withoutBookkeeping(catalog: Catalog): Catalog {
  * (migration 0017's progress columns); migration 0020's max_attempts_given,
  * which the claims return too; migration 0015's flow control: the functions
  * behind limited claims and queue settings, and has_due() asking them (with
- * an argument more).
+ * an argument more); migration 0016's dependencies: their
+ * functions and the trigger that wakes dependents; the operator's
+ * security-definer actions (cancel_jobs(), retry_jobs(), reschedule_jobs(),
+ * purge_jobs()).
  */
 const TABLES_SINCE_BASELINE = /^_?(settings|schedules)/;
 const COLUMNS_SINCE_BASELINE = ['jobs.schedule', 'jobs.scheduled_for', 'jobs.max_attempts_given'];
-const INDEXES_SINCE_BASELINE = ['jobs_schedule_tick_idx'];
+const INDEXES_SINCE_BASELINE = ['jobs_schedule_tick_idx', 'messages_urgent_idx'];
 /** Job keys (migration 0012): the jobs table's key columns, their checks and index; add_job() took new arguments. */
 const KEYS_SINCE_BASELINE = /^(jobs_)?key/;
 const FUNCTIONS_SINCE_BASELINE = [
@@ -170,8 +173,24 @@ const FUNCTIONS_SINCE_BASELINE = [
   'configure_queue',
   // 0015 gave it a third argument.
   'has_due',
+  'add_jobs_after',
+  'resolve_dependencies',
+  'jobs_finished',
+  'dependencies_of',
+  'dependents_of',
+  'cancel_jobs',
+  'retry_jobs',
+  'reschedule_jobs',
+  'purge_jobs',
+  'messages_updated',
 ];
-const CHANGED_SINCE_BASELINE = ['jobs_inserted'];
+const CHANGED_SINCE_BASELINE = ['jobs_inserted', 'prune_finished'];
+/**
+ * Created by their function files, which a schema not yet migrated has not run: jobs_finished.sql
+ * (wakes dependents) and messages_updated.sql (keeps control messages as sent; migration 0018 adds
+ * the urgent messages' index).
+ */
+const TRIGGERS_SINCE_BASELINE = ['jobs_finished', 'messages_updated'];
 const RESULT_CHANGED_SINCE_BASELINE = ['claim_next', 'claim_ids', 'unhandled_tasks'];
 
 /** The catalog as the baseline built it: later objects left out, changed functions by their signature alone. */
@@ -191,6 +210,7 @@ function asAtBaseline(catalog: Catalog): Catalog {
   ) as unknown as Catalog;
   kept.columns = kept.columns.filter((c) => !COLUMNS_SINCE_BASELINE.includes(`${c.rel}.${c.attname}`));
   kept.indexes = kept.indexes.filter((i) => !INDEXES_SINCE_BASELINE.includes(String(i.index)));
+  kept.triggers = kept.triggers.filter((t) => !TRIGGERS_SINCE_BASELINE.includes(String(t.tgname)));
   kept.functions = kept.functions.map((f) => {
     if (RESULT_CHANGED_SINCE_BASELINE.includes(String(f.rel))) return { rel: f.rel, arguments: f.arguments };
     return CHANGED_SINCE_BASELINE.includes(String(f.rel)) ? { rel: f.rel, arguments: f.arguments, result: f.result } : f;

@@ -58,17 +58,22 @@ describe('a job whose outcome write is held up', () => {
     await eventually(() => sup!.status().inFlight === 0, 'the start-up pull to come back');
     const first = await client.addJob('noop', {});
     await lock.untilWaiting(1, "the first job's outcome write to wait");
-    // The second one's write queues behind the first's in the thread.
-    const second = await client.addJob('noop', {});
-    await eventually(async () => (await state(second)) === 'running', 'the second job to run');
-    // Two batches are writing outcomes, the most one slot allows: the third job's batch has to wait.
+    // The next ones' writes queue behind the first's in the thread. A batch
+    // stays in flight until its outcomes are written, and at most twice the
+    // slots (the thread may hold 2 x concurrency: claim-limit.ts), so 4 here.
+    const writing = [first];
+    for (let i = 0; i < 3; i++) {
+      const id = await client.addJob('noop', {});
+      await eventually(async () => (await state(id)) === 'running', 'the job to run');
+      writing.push(id);
+    }
+    // Four batches are writing outcomes, the most allowed: the next job's batch has to wait.
     const batches = sup.status().counters.batches;
     const third = await client.addJob('noop', {});
-    await eventually(() => sup!.status().counters.batches > batches, "the third job's batch to queue");
+    await eventually(() => sup!.status().counters.batches > batches, "the last job's batch to queue");
     sup.pause();
     await lock.release();
-    expect(await client.waitForJob(first)).toMatchObject({ state: 'succeeded' });
-    expect(await client.waitForJob(second)).toMatchObject({ state: 'succeeded' });
+    for (const id of writing) expect(await client.waitForJob(id)).toMatchObject({ state: 'succeeded' });
     await eventually(() => sup!.status().inFlight === 0, 'the queued batch to be given up');
     expect(await state(third)).toBe('pending');
     sup.resume();

@@ -197,6 +197,26 @@ describe('running jobs', () => {
     }
   });
 
+  it('claims ahead of its handlers while they are quick, yet never runs more than concurrency handlers in a thread at once', async () => {
+    await start({ threads: 1, concurrency: 4 });
+    // Quick handlers let a thread hold up to twice its concurrency (claim-limit.ts):
+    // waves until one claim has taken more jobs than the concurrency.
+    const all: string[] = [];
+    let largestClaim = 0;
+    for (let wave = 0; wave < 20 && largestClaim <= 4; wave++) {
+      const ids = await client.addJobs(Array.from({ length: 200 }, () => ({ task: 'count-running', payload: {} })));
+      all.push(...ids);
+      await eventually(() => allInState(ids, 'succeeded'), 'the wave to succeed');
+      const { rows } = await db.pool.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM ${S}.jobs WHERE id = ANY($1::bigint[]) GROUP BY claim_token ORDER BY n DESC LIMIT 1`,
+        [ids],
+      );
+      largestClaim = rows[0].n;
+    }
+    expect(largestClaim).toBeGreaterThan(4);
+    for (const job of await rowsOf(all)) expect((job.result as { atStart: number }).atStart).toBeLessThanOrEqual(4);
+  });
+
   it('leaves a job whose task no live supervisor knows pending and untouched, while known tasks run', async () => {
     await start();
     const [orphan, ...known] = await client.addJobs([

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { GrapevineError, startSupervisor, type Supervisor } from '../supervisor/public.ts';
+import { createSchedules, GrapevineError, startSupervisor, type Supervisor } from '../supervisor/public.ts';
 import { eventually, startTestSupervisor, testLogger, useMigratedSchema } from './helpers/db.ts';
 
 const db = useMigratedSchema('task_policy');
@@ -88,6 +88,39 @@ describe("a task module's retry policy and timeout", () => {
       ['failed', 3],
     ]);
     expect(ends[0].lastError).toMatch(/please stop/);
+  });
+
+  it("gives a schedule's jobs the task's maxAttempts when the schedule sets none, and the schedule's when it does", async () => {
+    const schedules = createSchedules({ connectionString: db.url, schema: db.schema });
+    try {
+      await schedules.add({ name: 'fixed-by-task', cron: '* * * * * *', task: 'fixed' });
+      await schedules.add({ name: 'fixed-by-schedule', cron: '* * * * * *', task: 'fixed', maxAttempts: 2 });
+      // Its first tick's job, once its first run failed: the failure wrote the job's attempts in.
+      const failedOnce = (name: string) =>
+        eventually(async () => {
+          const { rows } = await db.pool.query(
+            `SELECT max_attempts, max_attempts_given FROM ${s}.jobs WHERE schedule = $1 AND attempts = 1 AND state = 'pending'
+              ORDER BY scheduled_for LIMIT 1`,
+            [name],
+          );
+          return rows[0] ?? null;
+        }, `a job of schedule ${name} to have failed once`);
+      expect(await failedOnce('fixed-by-task')).toEqual({ max_attempts: 3, max_attempts_given: true });
+      expect(await failedOnce('fixed-by-schedule')).toEqual({ max_attempts: 2, max_attempts_given: true });
+      expect((await schedules.list()).map((x) => [x.name, x.maxAttempts])).toEqual([
+        ['fixed-by-schedule', 2],
+        ['fixed-by-task', null],
+      ]);
+    } finally {
+      await db.pool.query(`DELETE FROM ${s}.schedules WHERE name IN ('fixed-by-task', 'fixed-by-schedule')`);
+      await schedules.close();
+      await db.pool.query(`DELETE FROM ${s}.jobs WHERE schedule IS NOT NULL`);
+    }
+  });
+
+  it('counts runs that crash their thread against the task maxAttempts, though no failure ever wrote it in', async () => {
+    const id = await client.addJob('crashes', {});
+    expect(await client.waitForJob(id, { timeoutMs: 30_000 })).toMatchObject({ state: 'failed', attempts: 2, maxAttempts: 2 });
   });
 
   it('takes its timeoutMs, which a job timeoutMs overrides', async () => {

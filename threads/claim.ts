@@ -30,15 +30,22 @@ export interface PendingClaim {
  * PostgreSQL down before its attempt was counted, and run again forever;
  * and an outcome written before the commit would not see the claim.
  */
-export async function claimBatch(pool: pg.Pool, claim: TypedQuery<ClaimedJobRow>): Promise<PendingClaim> {
+export async function claimBatch(
+  pool: pg.Pool,
+  claim: TypedQuery<ClaimedJobRow>,
+  /** Sent after the claim, in its transaction (adoptTaskAttemptsQuery in src/sql/jobs.ts); its failure fails the commit. */
+  after: TypedQuery<never> | null = null,
+): Promise<PendingClaim> {
   // Not withClient() (src/db.ts): the rows are handed back while the client
   // is still out, waiting for the commit.
   const { client, release } = await checkOut(pool);
   // Sent in one go: nothing waits for BEGIN's answer, and a failed claim turns COMMIT into a rollback.
   const begun = client.query('BEGIN');
   const claimed = rowsOf(client, claim);
+  // Awaited with the commit: once a statement failed, COMMIT answers ROLLBACK without an error.
+  const adopted = after ? client.query(after) : null;
   const commit = client.query('COMMIT');
-  const committed = Promise.all([begun, commit]).then(
+  const committed = Promise.all([begun, adopted, commit]).then(
     () => {
       release();
       return null;

@@ -21,7 +21,8 @@ import type {
   ThreadRequest,
   ThreadResponse,
 } from '../src/protocol.ts';
-import { claimByIdsQuery, claimNextQuery, hasDue, type ClaimedJobRow, type ClaimParams } from '../src/sql/jobs.ts';
+import { DEFAULTS } from '../src/config.ts';
+import { adoptTaskAttemptsQuery, claimByIdsQuery, claimNextQuery, hasDue, type ClaimedJobRow, type ClaimParams } from '../src/sql/jobs.ts';
 import { claimBatch } from './claim.ts';
 import { executeJob, JobAbortSwitch } from './execute.ts';
 import { afterCommit, databaseHelpers, type ExecuteContext } from './helpers.ts';
@@ -63,6 +64,29 @@ const worker: ExecuteContext['worker'] = { supervisorId: config.supervisorId, th
 // supervisor gives their jobs back then, instead of after the Worker's
 // 'exit' event, which waits for the thread to be torn down.
 const openPorts = new Set<MessagePort>();
+
+// Handlers running in this thread, over all its batches, and the jobs
+// waiting for one of them to return: the dispatcher may hand a thread of
+// quick handlers more jobs than its concurrency (supervisor/claim-limit.ts),
+// so that it claims in larger batches; the rest wait here, first come first
+// served. An array and a read index rather than shift(), which copies.
+const maxHandlers = Math.max(1, config.concurrency);
+let handlersRunning = 0;
+let waiting: (() => void)[] = [];
+let nextWaiting = 0;
+
+/** A handler returned: start the job that waited longest, if any. */
+function handlerReturned(): void {
+  handlersRunning--;
+  if (nextWaiting >= waiting.length) return;
+  const start = waiting[nextWaiting++];
+  if (nextWaiting === waiting.length) {
+    waiting = [];
+    nextWaiting = 0;
+  }
+  handlersRunning++;
+  start();
+}
 let fatal: unknown;
 // A monitor only watches: the error still ends the thread, as it would
 // without it, unless a task module listens for uncaught exceptions itself
@@ -124,7 +148,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       request.type === 'claim-ids'
         ? claimByIdsQuery(config.schema, { ...who, ids: request.ids })
         : claimNextQuery(config.schema, { ...who, limit: request.count });
-    ({ jobs, committed } = await claimBatch(pools.system, claim));
+    ({ jobs, committed } = await claimBatch(pools.system, claim, adoptTaskAttempts(loaded)));
   } catch (err) {
     endBatch(port);
     return { ...NOTHING_CLAIMED, threadId, claimError: serializeError(err) };
@@ -164,16 +188,18 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     connectionString: config.connectionString,
     maxResultBytes: config.maxResultBytes,
     progress: (job, json) => progress.set(job.id, job.claim_token, json, committed),
-    finishProgress: (id) => progress.finish(id),
+    takeProgress: (id) => progress.take(id),
     ...afterCommit(helpers, committed),
   };
   // Indexed like `jobs`: a map per batch cost a rehash every time it grew,
   // and an abort is rare enough to find its job by scanning.
-  const switches: (JobAbortSwitch | null)[] = new Array(jobs.length).fill(null);
+  // Made up front: a job waiting for a handler can be cancelled too.
+  const switches: JobAbortSwitch[] = new Array(jobs.length);
+  for (let i = 0; i < jobs.length; i++) switches[i] = new JobAbortSwitch();
   port.on('message', (signal: SupervisorSignal) => {
     if (signal.type !== 'abort') return;
     const i = jobs.findIndex((j) => j.id === signal.jobId);
-    if (i >= 0) switches[i]?.abort(new JobAbort(signal.reason, signal.message));
+    if (i >= 0) switches[i].abort(new JobAbort(signal.reason, signal.message));
   });
 
   // Outcomes are written after the claim's commit (see claimBatch): those
@@ -189,14 +215,19 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     failed = reject;
   });
   const sink: OutcomeSink = {
-    recorded(outcome, accepted) {
+    recorded(outcome, accepted, cancelled = false) {
       if (!accepted) {
         fenced++;
         // A failed commit is reported once for the batch, below.
         if (!commitFailed)
           logger.warn({ jobId: outcome.id }, 'outcome rejected: the job was reassigned, cancelled or released while it ran');
       }
-      finished(outcome.id, !accepted || outcome.kind === 'failure', byId ? detailOf(outcome, accepted, byId.get(outcome.id)) : undefined);
+      finished(
+        outcome.id,
+        !accepted || cancelled || outcome.kind === 'failure',
+        byId ? detailOf(outcome, accepted, cancelled, byId.get(outcome.id)) : undefined,
+        cancelled,
+      );
       if (--left === 0) allRecorded();
     },
   };
@@ -209,9 +240,10 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   // executeJob never throws, so `failed` only hears a defect here; it fails
   // the batch as Promise.all did, without a promise per job to say so.
   const runJob = async (job: ClaimedJobRow, i: number) => {
+    // Its handler slot is given back once, when the handler returns (or at a defect before).
+    let slotHeld = true;
     try {
-      const abort = new JobAbortSwitch();
-      switches[i] = abort;
+      const abort = switches[i];
       if (job.cancel_requested) abort.abort(new JobAbort('cancelled', 'job was cancelled'));
       const timeoutMs = job.timeout_ms ?? loaded.timeouts.get(job.task) ?? null;
       if (timeoutMs !== null) post(port, { type: 'started', jobId: job.id, timeoutMs, threadId });
@@ -220,17 +252,24 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
       // What the handler sees as job.maxAttempts, and its failure writes in: its task's, unless the job was given its own.
       const fromTask = taskMaxAttempts(retry, job);
       if (fromTask !== null) job.max_attempts = fromTask;
-      const outcome = tracer
-        ? await traced(tracer, job, abort, () => executeJob(job, handler, abort, context, retry, fromTask !== null))
-        : await executeJob(job, handler, abort, context, retry, fromTask !== null);
-      switches[i] = null;
+      let outcome: Outcome;
+      try {
+        outcome = tracer
+          ? await traced(tracer, job, abort, () => executeJob(job, handler, abort, context, retry, fromTask !== null))
+          : await executeJob(job, handler, abort, context, retry, fromTask !== null);
+      } finally {
+        slotHeld = false;
+        handlerReturned();
+      }
       handled(job.id);
-      // The last progress value goes before the outcome: a watcher sees it before the job ends.
-      const progressed = progress.finish(job.id);
-      if (progressed) await progressed;
+      // The last progress value goes with the outcome: a watcher reads it when the job ends.
+      // (An exactly-once success wrote its own; what the handler reported after it is dropped.)
+      const last = progress.take(job.id);
+      if (last !== undefined && outcome.kind !== 'committed') outcome.progress = last;
       if (beforeCommit) beforeCommit.push(outcome);
       else writer.record(outcome, sink);
     } catch (err) {
+      if (slotHeld) handlerReturned();
       failed(err);
     }
   };
@@ -239,8 +278,17 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
   // takes is how long the handlers block the thread, which the dispatcher
   // sizes this thread's next claims by.
   const launchedAt = busyMs();
-  for (let i = 0; i < jobs.length; i++) void runJob(jobs[i], i);
-  if (jobs.length > 0) post(port, { type: 'launched', jobs: jobs.length, blockedMs: busyMs() - launchedAt, threadId });
+  let launched = 0;
+  for (let i = 0; i < jobs.length; i++) {
+    if (handlersRunning < maxHandlers) {
+      handlersRunning++;
+      launched++;
+      void runJob(jobs[i], i);
+    } else {
+      waiting.push(() => void runJob(jobs[i], i));
+    }
+  }
+  if (launched > 0) post(port, { type: 'launched', jobs: launched, blockedMs: busyMs() - launchedAt, threadId });
   await recorded;
   endBatch(port);
   // A commit that failed may or may not have happened; the fence sorted out the outcomes either way.
@@ -268,13 +316,15 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
 function idsReporter(
   port: MessagePort,
   type: 'handled' | 'finished',
-): (id: string, unsuccessful?: boolean, detail?: FailureDetail) => void {
+): (id: string, unsuccessful?: boolean, detail?: FailureDetail, cancelled?: boolean) => void {
   let ids: string[] = [];
   let unsuccessful: string[] = [];
+  let cancelledIds: string[] | undefined;
   let details: FailureDetails | undefined;
-  return (id, failed = false, detail) => {
+  return (id, failed = false, detail, cancelled = false) => {
     ids.push(id);
     if (failed) unsuccessful.push(id);
+    if (cancelled) (cancelledIds ??= []).push(id);
     if (detail) {
       details ??= { ids: [], errors: [], retrying: [], fenced: [] };
       if (detail === 'fenced') details.fenced.push(id);
@@ -286,9 +336,10 @@ function idsReporter(
     }
     if (ids.length > 1) return;
     queueMicrotask(() => {
-      post(port, type === 'finished' ? { type, ids, unsuccessful, threadId, details } : { type, ids, threadId });
+      post(port, type === 'finished' ? { type, ids, unsuccessful, cancelled: cancelledIds, threadId, details } : { type, ids, threadId });
       ids = [];
       unsuccessful = [];
+      cancelledIds = undefined;
       details = undefined;
     });
   };
@@ -296,10 +347,10 @@ function idsReporter(
 
 type FailureDetail = 'fenced' | { error: string; retrying: boolean };
 
-/** A failed or fenced outcome as the supervisor's events tell it; undefined for a recorded success. */
-function detailOf(outcome: Outcome, accepted: boolean, job: ClaimedJobRow | undefined): FailureDetail | undefined {
+/** A failed or fenced outcome as the supervisor's events tell it; undefined for a recorded success (or a cancel: see `cancelled`). */
+function detailOf(outcome: Outcome, accepted: boolean, cancelled: boolean, job: ClaimedJobRow | undefined): FailureDetail | undefined {
   if (!accepted) return 'fenced';
-  if (outcome.kind !== 'failure') return undefined;
+  if (cancelled || outcome.kind !== 'failure') return undefined;
   // As the outcome write decides (src/sql/jobs.ts, fail): retried while attempts are left.
   return { error: outcome.error, retrying: outcome.retryable && job !== undefined && job.attempts < job.max_attempts };
 }
@@ -316,6 +367,24 @@ const busyMs: () => number =
         return (user + system) / 1_000;
       }
     : () => performance.now();
+
+/** The tasks whose retry policy sets maxAttempts, and that number: read once, the modules load once per thread. */
+let taskAttempts: Map<string, number> | null = null;
+
+/** What a claim sends after itself so that its jobs take their tasks' maxAttempts (adoptTaskAttemptsQuery), or null. */
+function adoptTaskAttempts(loaded: LoadedTasks) {
+  if (!taskAttempts) {
+    taskAttempts = new Map();
+    for (const [task, policy] of loaded.retries) if (policy.maxAttempts !== undefined) taskAttempts.set(task, policy.maxAttempts);
+  }
+  return adoptTaskAttemptsQuery(config.schema, {
+    owner: config.supervisorId,
+    thread: threadId,
+    leaseMs: config.leaseMs,
+    attempts: taskAttempts,
+    defaultMaxAttempts: DEFAULTS.maxAttempts,
+  });
+}
 
 function endBatch(port: MessagePort): void {
   openPorts.delete(port);

@@ -37,6 +37,8 @@ export async function executeJob(
     if (helpers.committedResult !== null) return committed(job, helpers.committedResult);
     if (abort.reason) return aborted(job, abort.reason, context, { retry, attemptsFromTask });
     return failure(job, formatStoredError(serializeError(err)), isRetryable(err), context, { retry, attemptsFromTask }, err);
+  } finally {
+    JobHelpers.settle(helpers);
   }
 }
 

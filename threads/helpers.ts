@@ -4,8 +4,16 @@ import type { Logger } from 'pino';
 import { createClient, type Client } from '../src/client.ts';
 import { inTransaction } from '../src/db.ts';
 import { configError, GrapevineError } from '../src/errors.ts';
-import type { TaskHelpers, TransactionFunction, TransactionHelpers } from '../src/task.ts';
-import { completeJobs, deleteSucceeded, lockClaim, readClaim, type ClaimedJobRow, type ClaimStateRow } from '../src/sql/jobs.ts';
+import type { Dependency, TaskHelpers, TransactionFunction, TransactionHelpers } from '../src/task.ts';
+import {
+  completeJobs,
+  dependenciesOf,
+  deleteSucceeded,
+  lockClaim,
+  readClaim,
+  type ClaimedJobRow,
+  type ClaimStateRow,
+} from '../src/sql/jobs.ts';
 import { resultJson } from './outcomes.ts';
 import type { ThreadPools } from './pools.ts';
 import { progressJson } from './progress.ts';
@@ -22,14 +30,16 @@ export interface HeldClaim {
   stopped(): string | null;
   /** Called once the transaction committed the job's success: the outcome writer then leaves the job alone. */
   committed(result: string): void;
-  /** Writes the job's last progress, which the job's success would fence out if it came after it. */
-  finishProgress(): Promise<void> | null;
+  /** The job's last progress value not yet stored (JSON text), for the success's own write; undefined if none. */
+  takeProgress(): string | undefined;
 }
 
 /** The helpers that reach the database, shared by every job of a thread. */
-export interface DatabaseHelpers extends Pick<TaskHelpers, 'query' | 'addJob'> {
+export interface DatabaseHelpers extends Pick<TaskHelpers, 'query' | 'addJob' | 'addFlow'> {
   /** transaction(fn), or with a claim, transaction(fn, { exactlyOnce: true }) for that claim's job. */
   transaction<T>(fn: TransactionFunction<T>, claim?: HeldClaim): Promise<T>;
+  /** helpers.dependencies() of the job with this id. */
+  dependenciesOf(id: string): Promise<Dependency[]>;
 }
 
 /** What an exactly-once transaction needs to record a success as the outcome writer would. */
@@ -49,8 +59,8 @@ export interface ExecuteContext extends DatabaseHelpers {
   maxResultBytes: number;
   /** Stores a job's progress (JSON text already checked), throttled: the batch's ProgressWriter.set. */
   progress(job: ClaimedJobRow, json: string): void;
-  /** Writes the job's unwritten progress now, if it has any: ProgressWriter.finish. */
-  finishProgress(id: string): Promise<void> | null;
+  /** The job's last progress value not yet stored, taken for its outcome's write: ProgressWriter.take. */
+  takeProgress(id: string): string | undefined;
 }
 
 /** The database helpers of one thread, on its handlers' pool. */
@@ -69,6 +79,16 @@ export function databaseHelpers(pools: ThreadPools, settings: OutcomeSettings & 
     query: ((text: string, params?: unknown[]) => handlerQuery(pools, text, params)) as TaskHelpers['query'],
     transaction: (fn, claim) => handlerTransaction(pools, enqueuer, settings, fn, claim),
     addJob: (...args) => enqueuer().addJob(...args),
+    addFlow: (jobs) => enqueuer().addFlow(jobs),
+    dependenciesOf: async (id) =>
+      (await dependenciesOf(pools.handlers(), settings.schema, { id })).map((row) => ({
+        id: row.id,
+        task: row.task,
+        state: row.state,
+        onFailure: row.on_failure,
+        result: row.result ?? null,
+        error: row.last_error,
+      })),
   };
 }
 
@@ -92,6 +112,8 @@ export function afterCommit(helpers: DatabaseHelpers, committed: Promise<Error |
     query: ((text: string, params?: unknown[]) => confirmed().then(() => helpers.query(text, params))) as TaskHelpers['query'],
     transaction: (fn, claim) => confirmed().then(() => helpers.transaction(fn, claim)),
     addJob: (...args) => confirmed().then(() => helpers.addJob(...args)),
+    addFlow: (jobs) => confirmed().then(() => helpers.addFlow(jobs)),
+    dependenciesOf: (id) => confirmed().then(() => helpers.dependenciesOf(id)),
   };
 }
 
@@ -198,9 +220,6 @@ async function finishClaimed(client: pg.ClientBase, settings: OutcomeSettings, c
       `this run was stopped (${stopped}), so its exactly-once transaction was rolled back and none of its writes were committed`,
     );
   }
-  // On another connection, so before the lock below: the progress write waits for none of this transaction's locks.
-  const progressed = claim.finishProgress();
-  if (progressed) await progressed;
   refuseLostClaim(claim, await lockClaim(client, settings.schema, { id: claim.id }));
   const { schema } = settings;
   if (settings.deleteSucceeded) {
@@ -208,7 +227,9 @@ async function finishClaimed(client: pg.ClientBase, settings: OutcomeSettings, c
     if (kept.length === 0) return result;
   }
   // Under the lock taken above the fence cannot turn it away; checked all the same.
-  const rejected = await completeJobs(client, schema, { jobs: [{ id: claim.id, token: claim.token, result }] });
+  // The job's last progress goes in the same write: a progress write after it would be fenced out.
+  const progress = claim.takeProgress();
+  const { rejected } = await completeJobs(client, schema, { jobs: [{ id: claim.id, token: claim.token, result, progress }] });
   if (rejected.length > 0) refuseLostClaim(claim, undefined);
   return result;
 }
@@ -247,6 +268,7 @@ export class JobHelpers implements TaskHelpers {
   readonly worker: TaskHelpers['worker'];
   readonly query: TaskHelpers['query'];
   readonly addJob: TaskHelpers['addJob'];
+  readonly addFlow: TaskHelpers['addFlow'];
   /** The result an exactly-once transaction committed as the job's outcome; null until one does. */
   committedResult: string | null = null;
   #logger: TaskHelpers['logger'] | null = null;
@@ -256,6 +278,7 @@ export class JobHelpers implements TaskHelpers {
   readonly #abort: JobAbort;
   readonly #context: ExecuteContext;
   readonly #row: ClaimedJobRow;
+  #settled = false;
 
   /** `abort` makes the job's signal when first asked (JobAbortSwitch in execute.ts). */
   constructor(job: ClaimedJobRow, abort: JobAbort, context: ExecuteContext) {
@@ -270,6 +293,7 @@ export class JobHelpers implements TaskHelpers {
     this.worker = context.worker;
     this.query = context.query;
     this.addJob = context.addJob;
+    this.addFlow = context.addFlow;
     this.#token = job.claim_token;
     this.#abort = abort;
     this.#context = context;
@@ -287,9 +311,29 @@ export class JobHelpers implements TaskHelpers {
     return this.#abort.signal;
   }
 
+  /** A getter, so that a handler may destructure it, and only a handler that does pays for the closure. */
+  get dependencies(): () => Promise<Dependency[]> {
+    const { id } = this.job;
+    const context = this.#context;
+    return () => context.dependenciesOf(id);
+  }
+
+  /**
+   * The handler returned or threw: its run is over. Progress it reports
+   * after that (a timer it left behind) is dropped: its last value is
+   * already on the way, and the outcome must not wait for later ones.
+   */
+  static settle(helpers: JobHelpers): void {
+    helpers.#settled = true;
+  }
+
   /** Bound to the job (handlers destructure `{ progress }`), and made on first use: most handlers never report progress. */
   get progress(): TaskHelpers['progress'] {
-    this.#progress ??= (value) => this.#context.progress(this.#row, progressJson(value));
+    this.#progress ??= (value) => {
+      // Not even checked: a throw from a leftover timer would end the thread.
+      if (this.#settled) return;
+      this.#context.progress(this.#row, progressJson(value));
+    };
     return this.#progress;
   }
 
@@ -306,7 +350,7 @@ export class JobHelpers implements TaskHelpers {
         committed: (result) => {
           this.committedResult = result;
         },
-        finishProgress: () => this.#context.finishProgress(this.job.id),
+        takeProgress: () => this.#context.takeProgress(this.job.id),
       };
       return this.#context.transaction(fn, claim);
     };

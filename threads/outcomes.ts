@@ -1,12 +1,16 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { backoffMs } from '../src/backoff.ts';
+import { isDataError } from '../src/db.ts';
 import { serializeError, storedErrorText, type ErrorCode } from '../src/errors.ts';
-import { completeJobs, deleteSucceeded, failJobs, type CompletedJob, type FailedJob } from '../src/sql/jobs.ts';
+import { completeJobs, deleteSucceeded, failJobs, type CompletedJob, type FailedJob, type RecordedOutcomes } from '../src/sql/jobs.ts';
 import { storableText, unstorableInJson } from '../src/text.ts';
 
+export { isDataError };
+
+// `progress`: the job's last helpers.progress() value not yet stored, written with the outcome.
 export type Outcome =
-  | { kind: 'success'; id: string; token: string; result: string }
+  | { kind: 'success'; id: string; token: string; result: string; progress?: string }
   | {
       kind: 'failure';
       id: string;
@@ -16,6 +20,7 @@ export type Outcome =
       /** From the task's retry policy (retry-policy.ts): the job's attempts and the delay before its retry. */
       maxAttempts?: number;
       delayMs?: number;
+      progress?: string;
     }
   /** A success the handler's exactly-once transaction already committed (threads/helpers.ts): nothing left to write. */
   | { kind: 'committed'; id: string; token: string; result: string };
@@ -26,8 +31,12 @@ export type Outcome =
  * part of what a short job allocates).
  */
 export interface OutcomeSink {
-  /** Called once per recorded outcome: accepted is false if the fence turned it away. */
-  recorded(outcome: Outcome, accepted: boolean): void;
+  /**
+   * Called once per recorded outcome: accepted is false if the fence turned
+   * it away; cancelled, if it was recorded as a cancel (one was asked for
+   * while the handler ran, before its owner heard of it).
+   */
+  recorded(outcome: Outcome, accepted: boolean, cancelled?: boolean): void;
 }
 
 interface Pending {
@@ -143,9 +152,9 @@ export class OutcomeWriter {
 
   /** One statement for outcomes of one kind; their sinks hear whether the fence accepted each. */
   private async write(items: Pending[]): Promise<void> {
-    let rejected: string[];
+    let written: RecordedOutcomes;
     if (items[0].outcome.kind === 'success') {
-      rejected = await this.writeSuccesses(items);
+      written = await this.writeSuccesses(items);
     } else {
       const jobs = items.map(({ outcome: o }) => {
         const f = o as Extract<Outcome, { kind: 'failure' }>;
@@ -156,18 +165,20 @@ export class OutcomeWriter {
           retryable: f.retryable,
           max_attempts: f.maxAttempts,
           delay_ms: f.delayMs,
+          progress: f.progress,
         } satisfies FailedJob;
       });
-      rejected = await failJobs(this.pool, this.schema, { jobs, retryBaseMs: this.options.baseMs, retryMaxMs: this.options.maxMs });
+      written = await failJobs(this.pool, this.schema, { jobs, retryBaseMs: this.options.baseMs, retryMaxMs: this.options.maxMs });
     }
-    const fenced = rejected.length === 0 ? null : new Set(rejected);
+    const fenced = written.rejected.length === 0 ? null : new Set(written.rejected);
+    const cancelled = written.cancelled.length === 0 ? null : new Set(written.cancelled);
     // Indexed loops here: this runs once per write, too rarely for V8 to
     // optimise away a for-of's iterator, which then allocates per element.
     for (let i = 0; i < items.length; i++) {
       const p = items[i];
       if (p.settled) continue;
       p.settled = true;
-      p.sink.recorded(p.outcome, !fenced?.has(p.outcome.id));
+      p.sink.recorded(p.outcome, !fenced?.has(p.outcome.id), cancelled?.has(p.outcome.id) === true);
     }
   }
 
@@ -193,9 +204,9 @@ export class OutcomeWriter {
    * Records successes; with deleteSucceeded, deletes them first and records
    * only those the delete left (someone waits for them, a cancel was asked,
    * or the fence turned them away — `complete` then sorts those out).
-   * Returns the ids the fence turned away.
+   * Returns what completeJobs does.
    */
-  private async writeSuccesses(successes: Pending[]): Promise<string[]> {
+  private async writeSuccesses(successes: Pending[]): Promise<RecordedOutcomes> {
     let record = successes;
     if (this.options.deleteSucceeded) {
       const { once, repeats } = oncePerJob(successes);
@@ -217,7 +228,7 @@ export class OutcomeWriter {
           p.sink.recorded(p.outcome, true);
         }
       }
-      if (record.length === 0) return [];
+      if (record.length === 0) return NOTHING_RECORDED;
     }
     // The outcomes themselves: a success is a CompletedJob, and a copy per job would cost an object each.
     const jobs: CompletedJob[] = record.map((p) => p.outcome as Extract<Outcome, { kind: 'success' }>);
@@ -225,19 +236,7 @@ export class OutcomeWriter {
   }
 }
 
-/**
- * Whether a failed write was refused for a value it holds rather than for
- * how it was sent, so that sending it again would fail again: PostgreSQL's
- * data exceptions (class 22: a NUL or a lone surrogate in JSON, a number out
- * of range), integrity violations (23) and program limits (54: a value over
- * jsonb's size limit), or a RangeError from building a statement too large
- * for one string. Connection errors and timeouts are none of these.
- */
-export function isDataError(err: unknown): boolean {
-  if (err instanceof RangeError) return true;
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' && /^(22|23|54)/.test(code);
-}
+const NOTHING_RECORDED: RecordedOutcomes = { rejected: [], cancelled: [] };
 
 /** The longest description of a refusal kept: PostgreSQL's detail may quote part of the value. */
 const MAX_REFUSAL_CHARS = 2_000;

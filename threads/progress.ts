@@ -1,6 +1,5 @@
 import type pg from 'pg';
 import type { Logger } from 'pino';
-import { backoffMs } from '../src/backoff.ts';
 import { GrapevineError } from '../src/errors.ts';
 import { throttledWarnings } from '../src/log.ts';
 import { writeProgress, type ProgressUpdate } from '../src/sql/progress.ts';
@@ -59,18 +58,18 @@ interface Entry extends ProgressUpdate {
 /**
  * Writes the thread's jobs' progress, throttled: at most one statement per
  * `intervalMs` for all of the thread's jobs together, each with its latest
- * value (values set in between replace each other). A job's last value is
- * written before its outcome (finish), so it is never lost to the throttle.
- * Writes run one at a time, so a later value never lands before an earlier one.
+ * value (values set in between replace each other). A job's last value goes
+ * with its outcome (take), so it is never lost to the throttle and costs no
+ * statement of its own. Writes run one at a time, so a later value never
+ * lands before an earlier one.
  */
 export class ProgressWriter {
   private pending = new Map<string, Entry>();
   private timer: NodeJS.Timeout | null = null;
   private lastFlushAt = Number.NEGATIVE_INFINITY;
   private flushing: Promise<void> | null = null;
-  /** The ids of the write in flight. */
-  private inflight: ReadonlySet<string> = new Set();
-  private failures = 0;
+  /** The entries of the write in flight, by job id. */
+  private inflight: ReadonlyMap<string, Entry> = new Map();
   private readonly warn = throttledWarnings(5_000);
   private readonly pool: pg.Pool;
   private readonly schema: string;
@@ -91,29 +90,18 @@ export class ProgressWriter {
   }
 
   /**
-   * Before the job's outcome is written: its unwritten value, if any, is
-   * written now (retried while the database is away, as outcomes are).
-   * Null, with no promise made, when there is nothing to write.
+   * When the job's handler has returned: its last value (JSON text) for its
+   * outcome's write to store, or undefined if it reported none. A value
+   * still in a progress write in flight is handed over too: that write,
+   * should it land after the outcome, finds the job no longer running.
    */
-  finish(id: string): Promise<void> | null {
-    if (this.pending.has(id) || (this.flushing && this.inflight.has(id))) return this.finishAsync(id);
-    return null;
-  }
-
-  private async finishAsync(id: string): Promise<void> {
-    while (this.pending.has(id)) {
-      if (this.flushing) {
-        await this.flushing;
-        continue;
-      }
-      const failuresBefore = this.failures;
-      await this.flush();
-      if (this.failures > failuresBefore && this.pending.has(id)) {
-        await new Promise((resolve) => setTimeout(resolve, backoffMs({ attempt: this.failures, baseMs: 50, maxMs: 2_000 })));
-      }
+  take(id: string): string | undefined {
+    const entry = this.pending.get(id);
+    if (entry) {
+      this.pending.delete(id);
+      return entry.progress;
     }
-    // This job's value may still be in a write another caller started.
-    if (this.flushing && this.inflight.has(id)) await this.flushing;
+    return this.inflight.get(id)?.progress;
   }
 
   private schedule(): void {
@@ -131,13 +119,13 @@ export class ProgressWriter {
       this.timer = null;
     }
     if (this.pending.size === 0) return Promise.resolve();
+    this.inflight = this.pending;
     const batch = [...this.pending.values()];
-    this.pending.clear();
-    this.inflight = new Set(batch.map((e) => e.id));
+    this.pending = new Map();
     this.lastFlushAt = performance.now();
     const flushing = this.write(batch).finally(() => {
       this.flushing = null;
-      this.inflight = new Set();
+      this.inflight = new Map();
       if (this.pending.size > 0) this.schedule();
     });
     this.flushing = flushing;
@@ -150,19 +138,18 @@ export class ProgressWriter {
     if (confirmed.length === 0) return;
     try {
       const rejected = await writeProgress(this.pool, this.schema, { updates: confirmed });
-      this.failures = 0;
       if (rejected.length > 0) this.logger.debug({ jobs: rejected }, 'progress not stored: the job is no longer this run’s');
     } catch (err) {
       if (isDataError(err)) {
-        // Refused for what it holds, it would be refused again (and hold up the jobs' outcomes): dropped.
+        // Refused for what it holds, it would be refused again: dropped.
         this.logger.warn(
           { err: (err as Error).message, jobs: confirmed.map((e) => e.id) },
           'job progress refused by PostgreSQL; not stored',
         );
         return;
       }
-      this.failures++;
-      // Values set since replace these; the others go out again with the next write.
+      // Values set since replace these; the others go out again with the next
+      // write (unless their jobs' outcomes took them meanwhile: then fenced).
       for (const e of confirmed) if (!this.pending.has(e.id)) this.pending.set(e.id, e);
       this.warn(this.logger, { err: (err as Error).message, jobs: confirmed.length }, 'could not store job progress; retrying');
     }

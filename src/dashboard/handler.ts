@@ -7,10 +7,12 @@ import { createControl, type JobFilter } from '../control.ts';
 import { clientConnections, type ConnectionOptions } from '../db.ts';
 import { GrapevineError } from '../errors.ts';
 import { jobFromRow, type Job, type JobState } from '../job.ts';
+import { explainPermissionDenied } from '../operations.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import { redactSecret } from '../redact.ts';
 import { channelsFor } from '../schema/channels.ts';
 import { createSchedules } from '../schedules.ts';
+import { limitsText } from '../queues.ts';
 import { jobTimeline, queueActivity, stateCounts, stateEstimate } from '../sql/dashboard.ts';
 import { findJob } from '../sql/jobs.ts';
 import { watchProgress } from '../sql/progress.ts';
@@ -47,6 +49,8 @@ const PROGRESS_WATCH_MS = 30_000;
 /** Exact state counts below this many rows; above, the planner's estimate (counting millions of rows takes seconds). */
 const EXACT_COUNT_ROWS = 50_000;
 const PREVIEW_CHARS = 160;
+/** Known errors answer 400 (bad input) unless listed; *_NOT_FOUND answer 404. */
+const ERROR_STATUS: Record<string, number> = { GRAPEVINE_DATABASE_UNREACHABLE: 503, GRAPEVINE_PERMISSION_DENIED: 403 };
 const MAX_BODY_BYTES = 4096;
 const SECURITY_HEADERS = {
   // Scripts and styles only from the dashboard's own files: user data that
@@ -126,7 +130,7 @@ export function createDashboardHandler(options: DashboardOptions = {}): Dashboar
       at: new Date(),
       states: { pending: 0, running: 0, succeeded: 0, failed: 0, cancelled: 0, ...states },
       estimated,
-      queues,
+      queues: queues.map((q) => ({ ...q, limits: limitsText(q) })),
       supervisors,
     };
   };
@@ -207,11 +211,13 @@ export function createDashboardHandler(options: DashboardOptions = {}): Dashboar
         throw new GrapevineError('GRAPEVINE_CONFIG_INVALID', `invalid job id ${JSON.stringify(id)}: job ids are positive integers`);
       }
       json(res, 200, await fn(req, url, id));
-    } catch (err) {
+    } catch (thrown) {
+      // Its own reads refused too: the connection's role is not an operator.
+      const err = explainPermissionDenied(thrown, schema);
       const e = err as { code?: string; message?: string };
       const known = err instanceof GrapevineError;
       if (!known) logger.warn({ err: redactSecret(String(e.message), connectionString) }, 'dashboard request failed');
-      const status = !known ? 500 : e.code?.endsWith('NOT_FOUND') ? 404 : e.code === 'GRAPEVINE_DATABASE_UNREACHABLE' ? 503 : 400;
+      const status = !known ? 500 : e.code?.endsWith('NOT_FOUND') ? 404 : (ERROR_STATUS[e.code ?? ''] ?? 400);
       json(res, status, { error: { code: e.code ?? 'INTERNAL', message: redactSecret(String(e.message), connectionString) } });
     }
   };

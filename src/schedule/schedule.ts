@@ -22,7 +22,8 @@ export interface ScheduleSpec {
   tz?: string;
   queue?: string;
   priority?: number;
-  maxAttempts?: number;
+  /** Not given (or null): its jobs take their task's retry policy, else 5. */
+  maxAttempts?: number | null;
   /** Default `skip`. */
   missed?: MissedTicks;
 }
@@ -36,7 +37,8 @@ export interface Schedule {
   readonly tz: string;
   readonly queue: string;
   readonly priority: number;
-  readonly maxAttempts: number;
+  /** Null: not given, so the jobs take their task's retry policy (else 5). */
+  readonly maxAttempts: number | null;
   readonly missed: MissedTicks;
 }
 
@@ -101,7 +103,10 @@ export function parseSchedule(spec: unknown): Schedule {
     tz,
     queue: rewrap(name, () => validateName('queue', given.queue ?? DEFAULTS.queue)),
     priority: rewrap(name, () => validateInt('priority', given.priority ?? 0, { min: -32768, max: 32767 })),
-    maxAttempts: rewrap(name, () => validateInt('maxAttempts', given.maxAttempts ?? DEFAULTS.maxAttempts, { min: 1, max: 1000 })),
+    maxAttempts:
+      given.maxAttempts === undefined || given.maxAttempts === null
+        ? null
+        : rewrap(name, () => validateInt('maxAttempts', given.maxAttempts, { min: 1, max: 1000 })),
     missed: missedPolicy(name, given.missed ?? 'skip'),
   });
   compiled.set(schedule, compileCron(name, cron, tz));

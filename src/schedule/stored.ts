@@ -27,7 +27,7 @@ export function scheduleFromRow(row: ScheduleRow): Schedule {
     tz: row.tz,
     queue: row.queue,
     priority: row.priority,
-    maxAttempts: row.max_attempts,
+    maxAttempts: row.max_attempts ?? undefined,
     missed: missedOption(row.missed),
   });
 }

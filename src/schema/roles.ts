@@ -19,7 +19,9 @@ import { migrate } from './migrate.ts';
  *   pruning, the registry and heartbeat, control messages and the log.
  * - operator: sends control messages and reads their responses, reads the
  *   registry and the log, follows the log, cancels jobs (cancel_job()),
- *   manages schedules.
+ *   manages schedules; reads the jobs table and acts on jobs (grapevine
+ *   jobs, stats, retry, reschedule, purge, cancel; the dashboard) through
+ *   OPERATE_FUNCTIONS, with no right to write a row directly.
  */
 export const ROLE_KINDS = ['enqueuer', 'worker', 'operator'] as const;
 export type RoleKind = (typeof ROLE_KINDS)[number];
@@ -28,7 +30,7 @@ export type RoleKind = (typeof ROLE_KINDS)[number];
 const READ_BY_ALL = ['migrations', 'schema_functions', 'settings'];
 
 const ENQUEUE_FUNCTIONS = [
-  'add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval, text)',
+  'add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval, bigint[], text, text)',
   'add_jobs(jsonb)',
   'get_job(bigint)',
   'watch_job(bigint)',
@@ -55,6 +57,17 @@ const WORKER_FUNCTIONS = [
   'notify(text, text)',
   'notify_ids(text, bigint[])',
   'notify_ids_always(text, bigint[])',
+  // helpers.dependencies() in handlers; outcome writes wake dependents.
+  'dependencies_of(bigint)',
+  'resolve_dependencies(bigint[], text[])',
+];
+
+/** The operations' actions (src/sql/operations.ts): security-definer, so an operator needs no write right on jobs. */
+const OPERATE_FUNCTIONS = [
+  'retry_jobs(bigint[])',
+  'reschedule_jobs(bigint[], timestamptz)',
+  'purge_jobs(bigint[])',
+  'cancel_jobs(bigint[])',
 ];
 
 /** Table privileges, read from the statements in src/sql/ each side runs. */
@@ -65,18 +78,23 @@ const TABLES: Record<RoleKind, Record<string, string>> = {
     // enqueues from handlers go through add_job(). A schedule's tick inserts
     // its job directly (ON CONFLICT against the tick's unique index), so the
     // worker may insert a pending job's columns and no others.
-    jobs: 'SELECT, UPDATE, DELETE, INSERT (task, payload, queue, priority, max_attempts, run_at, schedule, scheduled_for)',
+    jobs: 'SELECT, UPDATE, DELETE, INSERT (task, payload, queue, priority, max_attempts, max_attempts_given, run_at, schedule, scheduled_for)',
     // Declared at start (upsert), read and advanced at each tick.
     schedules: 'SELECT, INSERT, UPDATE',
     supervisors: 'SELECT, INSERT, UPDATE, DELETE',
     maintenance: 'SELECT, INSERT, UPDATE',
-    messages: 'SELECT, UPDATE, DELETE',
+    // Marks its messages processed (the messages_updated trigger lets no
+    // other column change, nor a processed one come back); prunes old ones.
+    // Never INSERT: only an operator sends control messages.
+    messages: 'SELECT, UPDATE (processed_at), DELETE',
     responses: 'SELECT, INSERT, DELETE',
     worker_log: 'SELECT, INSERT, DELETE',
     log_followers: 'SELECT',
     // A limited queue's claim locks its row and records its starts.
     queues: 'SELECT, UPDATE',
     group_starts: 'SELECT, INSERT, UPDATE, DELETE',
+    // Pruning deletes a pruned dependent's rows.
+    job_dependencies: 'SELECT, DELETE',
   },
   operator: {
     supervisors: 'SELECT',
@@ -88,6 +106,8 @@ const TABLES: Record<RoleKind, Record<string, string>> = {
     schedules: 'SELECT, INSERT, UPDATE, DELETE',
     // grapevine queue list; changes go through configure_queue().
     queues: 'SELECT',
+    // grapevine jobs and stats, the dashboard; the actions' filters select their ids.
+    jobs: 'SELECT',
   },
 };
 
@@ -108,6 +128,10 @@ const FUNCTIONS: Record<RoleKind, string[]> = {
     'cancel_job(bigint)',
     'notify(text, text)',
     'configure_queue(text, jsonb)',
+    // grapevine job ID.
+    'dependencies_of(bigint)',
+    'dependents_of(bigint, integer)',
+    ...OPERATE_FUNCTIONS,
   ],
 };
 

@@ -21,12 +21,22 @@ interface ControlStatements {
   // Supervisor side.
   pending: Statement;
   respond: Statement;
+  markProcessed: Statement;
   appendLog: Statement;
   pruneLogPerSupervisor: Statement;
   pruneOldLog: Statement;
   pruneMessages: Statement;
   pruneResponses: Statement;
 }
+
+/**
+ * Commands a supervisor reads before any other waiting message: the ones an
+ * operator sends to look at or rein in a supervisor that may be busy with a
+ * flood of others.
+ */
+export const URGENT_COMMANDS = ['PING', 'STOP', 'PAUSE', 'RESUME'] as const;
+/** The predicate of migration 0018's messages_urgent_idx, word for word, so the planner can use that index. */
+const URGENT = `command IN (${URGENT_COMMANDS.map((c) => `'${c}'`).join(', ')})`;
 
 /** More recipients than this and the wake-up goes to everyone, so the payload stays far below 8000 bytes. */
 export const MAX_ADDRESSED_RECIPIENTS = 100;
@@ -115,12 +125,21 @@ function build(schema: string): ControlStatements {
     // $1 follower id
     unfollowLog: st('control_unfollow_log', `DELETE FROM ${s}.log_followers WHERE id = $1`),
 
-    // $1 supervisor, $2 how many
+    // $1 supervisor, $2 how many. Urgent commands first, each kind in id
+    // order: a flood of other messages never holds up a PING or a STOP. The
+    // urgent half walks the partial index messages_urgent_idx (migration
+    // 0018), whose predicate this text repeats.
     pending: st(
       'control_pending',
-      `SELECT id, command, args FROM ${s}.messages
-        WHERE worker = $1 AND processed_at IS NULL
-        ORDER BY id LIMIT $2`,
+      `SELECT id, command, args FROM (
+         (SELECT id, command, args, 0 AS lane FROM ${s}.messages
+           WHERE worker = $1 AND processed_at IS NULL AND ${URGENT}
+           ORDER BY id LIMIT $2)
+         UNION ALL
+         (SELECT id, command, args, 1 AS lane FROM ${s}.messages
+           WHERE worker = $1 AND processed_at IS NULL AND NOT ${URGENT}
+           ORDER BY id LIMIT $2)) m
+        ORDER BY lane, id LIMIT $2`,
     ),
     // $1 message id, $2 supervisor, $3 command, $4 ok, $5 value, $6 error.
     // Marking the message processed and storing its response is one step, so
@@ -138,6 +157,12 @@ function build(schema: string): ControlStatements {
        log AS (${logInsert(s, '$2', '$7')})
        SELECT ${s}.notify('${ch.responses}', $1::text),
               CASE WHEN jsonb_array_length($7::jsonb) > 0 AND ${followed} THEN ${s}.notify('${ch.log}', $2::text) END`,
+    ),
+    // $1 message id, $2 supervisor. The last resort when every response to a
+    // message was refused: it counts as processed, with no answer.
+    markProcessed: st(
+      'control_mark_processed',
+      `UPDATE ${s}.messages SET processed_at = now() WHERE id = $1 AND worker = $2 AND processed_at IS NULL`,
     ),
     // $1 supervisor, $2 log entries (see logInsert).
     appendLog: st(
@@ -297,7 +322,7 @@ export async function unfollowLog(db: Queryable, schema: string, p: { follower: 
   await db.query(bind(controlStatements(schema).unfollowLog, [p.follower]));
 }
 
-/** The oldest `limit` messages `supervisor` has not processed, in id order. */
+/** Up to `limit` messages `supervisor` has not processed: urgent ones (URGENT_COMMANDS) first, each kind in id order. */
 export function pendingMessages(db: Queryable, schema: string, p: { supervisor: string; limit: number }): Promise<MessageRow[]> {
   return rowsOf(db, bind(controlStatements(schema).pending, [p.supervisor, p.limit]));
 }
@@ -329,6 +354,11 @@ export async function respond(
     p.logEntries,
   ];
   await db.query(bind(controlStatements(schema).respond, values));
+}
+
+/** Marks a message processed without answering it (every response to it was refused). */
+export async function markProcessed(db: Queryable, schema: string, p: { messageId: string; supervisor: string }): Promise<void> {
+  await db.query(bind(controlStatements(schema).markProcessed, [p.messageId, p.supervisor]));
 }
 
 /** Appends log entries (`entries`: a JSON array, see logInsert). */

@@ -11,9 +11,12 @@ import { bigintArray, bind, oneRow, perSchema, statement, type Statement } from 
  */
 interface JobStatements {
   insertOne: Statement;
+  adoptTaskAttempts: Statement;
   insertMany: Statement;
   getById: Statement;
   watch: Statement;
+  dependencies: Statement;
+  dependents: Statement;
   claimByIds: Statement;
   claimNext: Statement;
   complete: Statement;
@@ -79,21 +82,39 @@ function build(schema: string): JobStatements {
     (SELECT count(${s}.notify('${ch.jobs}', 'at:' || floor(extract(epoch FROM now()) * 1000)::bigint))
        FROM (SELECT 1 FROM ${cte} WHERE limited LIMIT 1) l)`;
 
+  // The outcome writes resolve the dependents of the jobs they ended in one
+  // call per statement (a fan-in counts a whole batch of children at once);
+  // the jobs_finished trigger then finds nothing left to do for those rows,
+  // and covers every other path. No call at all for a batch of jobs nobody
+  // depends on (migration 0016, docs/workflows.md).
+  const resolveDependents = (cte: string) => `
+    (SELECT ${s}.resolve_dependencies(array_agg(id), array_agg(state)) FROM ${cte}
+      WHERE has_dependents AND state IN ('succeeded', 'failed', 'cancelled') HAVING count(*) > 0) IS NULL AS resolved`;
+
   // An outcome write answers with the ids the fence turned away (usually
   // none) rather than with every id it recorded: a thread reads back nothing
   // per job.
   const rejected = `ARRAY(SELECT r.id::text FROM r WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.id = r.id)) AS rejected`;
+  // Outcomes recorded as a cancel: one was asked for while the handler ran, its owner not yet told.
+  const cancelled = `ARRAY(SELECT id::text FROM done WHERE state = 'cancelled') AS cancelled`;
 
   return {
     // Enqueues go through add_job() and add_jobs(), which run with their
     // owner's rights: a role that may only enqueue has no right on the table.
-    insertOne: st('insert_one', `SELECT ${s}.add_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::interval, $11)::text AS id`),
+    insertOne: st(
+      'insert_one',
+      `SELECT ${s}.add_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::interval, $11::bigint[], $12, $13)::text AS id`,
+    ),
     // $1 the jobs as a JSON array; ids come back in its order.
     insertMany: st('insert_many', `SELECT id::text AS id FROM ${s}.add_jobs($1::jsonb) WITH ORDINALITY AS t(id, ord) ORDER BY ord`),
     // Through functions for the same reason as the enqueues.
     getById: st('get_by_id', `SELECT * FROM ${s}.get_job($1)`),
     // $1 id. Asks for a notification when the job finishes (see announce).
     watch: st('watch', `SELECT ${s}.watch_job($1)`),
+    // $1 id. Its dependencies with their results: helpers.dependencies(), grapevine job.
+    dependencies: st('dependencies', `SELECT id::text AS id, task, state, on_failure, result, last_error FROM ${s}.dependencies_of($1)`),
+    // $1 id, $2 at most this many. The jobs that depend on it: grapevine job.
+    dependents: st('dependents', `SELECT id::text AS id, task, state, on_failure FROM ${s}.dependents_of($1, $2)`),
 
     // $1 ids, $2 tasks this host can run, $3 owner supervisor, $4 thread id,
     // $5 lease ms, $6 queues (NULL = all). See src/schema/functions/claim_ids.sql.
@@ -111,23 +132,29 @@ function build(schema: string): JobStatements {
          FROM ${s}.claim_next($1, $2::text[], $6::text[], $3, $4, $5)`,
     ),
 
-    // $1 [{id, token, result}]. Returns `rejected`: ids the fence turned away.
+    // $1 [{id, token, result, progressed?, progress?}]. Returns `rejected`:
+    // ids the fence turned away, and `cancelled`. A job's last helpers.progress() value comes
+    // with its outcome (`progressed`: a JSON null is a value too), so it costs
+    // no UPDATE of its own.
     complete: st(
       'complete',
       `WITH r AS (
-         SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(id bigint, token bigint, result jsonb)),
+         SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(id bigint, token bigint, result jsonb, progressed boolean, progress jsonb)),
        done AS (
          UPDATE ${s}.jobs j
             SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'succeeded' END,
-                result = r.result, finished_at = now(), lease_until = NULL
+                result = r.result, finished_at = now(), lease_until = NULL,
+                progress = CASE WHEN r.progressed THEN r.progress ELSE j.progress END
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
-         RETURNING j.id, j.watched, j.limited)
-       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched)), ${freedSlots('done')} AS freed, ${rejected}`,
+         RETURNING j.id, j.state, j.watched, j.has_dependents, j.limited)
+       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched)), ${freedSlots('done')} AS freed, ${rejected}, ${cancelled},
+              ${resolveDependents('done')}`,
     ),
     // deleteSucceeded mode. $1 ids, $2 their claim tokens in the same order
-    // (ids unique). Deletes the succeeded jobs that nobody waits for and no
-    // one asked to cancel, fenced like `complete`; returns `kept`, the ids it
+    // (ids unique). Deletes the succeeded jobs that nobody waits for, no
+    // one asked to cancel and no job depends on (their outcome wakes those),
+    // fenced like `complete`; returns `kept`, the ids it
     // did not delete, which then go through `complete` (recorded, or rejected
     // by the fence there). Ids go in as an array so every row is found by
     // primary key: joined to a record set, the planner walked the whole
@@ -138,21 +165,22 @@ function build(schema: string): JobStatements {
          DELETE FROM ${s}.jobs j
           WHERE j.id = ANY($1::bigint[])
             AND j.claim_token = ($2::bigint[])[array_position($1::bigint[], j.id)]
-            AND j.state = 'running' AND NOT j.watched AND j.cancel_requested_at IS NULL
+            AND j.state = 'running' AND NOT j.watched AND j.cancel_requested_at IS NULL AND NOT j.has_dependents
          RETURNING j.id, j.limited)
        SELECT ARRAY(SELECT x::text FROM unnest($1::bigint[]) x WHERE NOT EXISTS (SELECT 1 FROM gone WHERE gone.id = x)) AS kept,
               ${freedSlots('gone')} AS freed`,
     ),
-    // $1 [{id, token, error, retryable, max_attempts?, delay_ms?}], $2 retry
-    // base ms, $3 retry max ms. A task's retry policy (threads/retry-policy.ts)
-    // sends the job's max_attempts, written in, and the delay before the
-    // retry; without them the row's max_attempts and the supervisor's
-    // backoff apply. Returns `rejected` too.
+    // $1 [{id, token, error, retryable, max_attempts?, delay_ms?, progressed?,
+    // progress?}], $2 retry base ms, $3 retry max ms. A task's retry policy
+    // (threads/retry-policy.ts) sends the job's max_attempts, written in, and
+    // the delay before the retry; without them the row's max_attempts and the
+    // supervisor's backoff apply. Progress as in `complete`. Returns `rejected` too.
     fail: st(
       'fail',
       `WITH r AS (
          SELECT * FROM jsonb_to_recordset($1::jsonb)
-           AS r(id bigint, token bigint, error text, retryable boolean, max_attempts integer, delay_ms float8)),
+           AS r(id bigint, token bigint, error text, retryable boolean, max_attempts integer, delay_ms float8,
+                progressed boolean, progress jsonb)),
        done AS (
          UPDATE ${s}.jobs j
             SET state = CASE
@@ -170,13 +198,14 @@ function build(schema: string): JobStatements {
                 max_attempts = coalesce(r.max_attempts, j.max_attempts),
                 max_attempts_given = j.max_attempts_given OR r.max_attempts IS NOT NULL,
                 last_error = r.error, lease_until = NULL,
+                progress = CASE WHEN r.progressed THEN r.progress ELSE j.progress END,
                 claim_token = CASE
                   WHEN j.cancel_requested_at IS NULL AND r.retryable AND j.attempts < coalesce(r.max_attempts, j.max_attempts) THEN NULL
                   ELSE j.claim_token END
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
-         RETURNING j.id, j.state, j.run_at, j.watched, j.limited)
-       ${announce('done')}, ${rejected}`,
+         RETURNING j.id, j.state, j.run_at, j.watched, j.has_dependents, j.limited)
+       ${announce('done')}, ${rejected}, ${cancelled}, ${resolveDependents('done')}`,
     ),
 
     // Claims nobody reported: a thread died between a claim's commit and its
@@ -221,22 +250,35 @@ function build(schema: string): JobStatements {
     renewLeases: st(
       'renew_leases',
       // Also returns the jobs whose cancellation was requested: the owner
-      // aborts them even if it missed the cancel notification.
-      `UPDATE ${s}.jobs SET lease_until = now() + $3 * interval '1 millisecond'
-        WHERE state = 'running' AND locked_by = $1 AND id = ANY($2::bigint[])
-       RETURNING id::text AS id, cancel_requested_at IS NOT NULL AS cancel_requested`,
+      // aborts them even if it missed the cancel notification. A row locked
+      // now is skipped, not waited for: an exactly-once transaction locks its
+      // job's row until its COMMIT, and a frozen or busy owner would hold
+      // every other lease of this supervisor behind it (the next beat renews it).
+      `UPDATE ${s}.jobs j SET lease_until = now() + $3 * interval '1 millisecond'
+         FROM (SELECT x.id FROM ${s}.jobs x
+                WHERE x.state = 'running' AND x.locked_by = $1 AND x.id = ANY($2::bigint[])
+                  FOR UPDATE SKIP LOCKED) free
+        WHERE j.id = free.id
+       RETURNING j.id::text AS id, j.cancel_requested_at IS NOT NULL AS cancel_requested`,
     ),
     // $1 tasks, $2 queues (NULL = all), $3 whether queues with limits count.
     // Whether any pending job is due, held by another statement or not. See src/schema/functions/has_due.sql.
     hasDue: st('has_due', `SELECT ${s}.has_due($1::text[], $2::text[], $3) AS due`),
-    // Run only by the elected reaper, inside its transaction.
+    // Run only by the elected reaper, inside its transaction. A row locked
+    // now is left for the next round rather than waited for: its owner is
+    // finishing it (an outcome write, or an exactly-once transaction between
+    // its claim check and COMMIT, which a frozen owner may hold for as long
+    // as its connection lives), and waiting would stall every reap behind it.
     reapExpired: st(
       'reap_expired',
       `WITH done AS (
          UPDATE ${s}.jobs j SET ${releaseSet('true', `'lease expired: ' || coalesce(j.locked_by, '?') || ' stopped renewing it (supervisor lost or thread stuck)'`)}
-          WHERE j.state = 'running'
-            AND (j.lease_until < now()
-                 OR j.locked_by IN (SELECT id FROM ${s}.supervisors WHERE status IN ('LOST', 'EXITED')))
+          WHERE j.id IN (
+                  SELECT x.id FROM ${s}.jobs x
+                   WHERE x.state = 'running'
+                     AND (x.lease_until < now()
+                          OR x.locked_by IN (SELECT id FROM ${s}.supervisors WHERE status IN ('LOST', 'EXITED')))
+                     FOR UPDATE OF x SKIP LOCKED)
          RETURNING j.id, j.state, j.run_at, j.watched, j.limited)
        ${announce('done')}`,
     ),
@@ -272,6 +314,21 @@ function build(schema: string): JobStatements {
       `SELECT state, claim_token::text AS claim_token, cancel_requested_at IS NOT NULL AS cancel_requested, locked_by, attempts
          FROM ${s}.jobs WHERE id = $1 FOR UPDATE`,
     ),
+    // Sent after a claim, in its transaction (threads/claim.ts): the jobs it
+    // claimed that were enqueued without maxAttempts take their task's
+    // ($4 tasks, $5 their retry.maxAttempts; threads/retry-policy.ts), so that
+    // a crash release or the reaper counts against that number too. The row
+    // keeps what a release handed back beyond the default ($6). A claim sets
+    // lease_until to now() + $3 ms, the same instant for all its rows, which
+    // the lease index finds without walking the fleet's running jobs.
+    adoptTaskAttempts: st(
+      'adopt_task_attempts',
+      `UPDATE ${s}.jobs j
+          SET max_attempts = greatest(1, t.max_attempts + j.max_attempts - $6), max_attempts_given = true
+         FROM unnest($4::text[], $5::integer[]) AS t(task, max_attempts)
+        WHERE j.state = 'running' AND j.lease_until = now() + $3::integer * interval '1 millisecond'
+          AND j.locked_by = $1 AND j.locked_thread = $2 AND NOT j.max_attempts_given AND j.task = t.task`,
+    ),
     // Testing and operations: make pending jobs due now. $1 ids (NULL = all)
     makeDue: st(
       'make_due',
@@ -306,10 +363,29 @@ export interface NewJob {
   key_window?: string;
   /** The job's group within its queue (docs/limits.md); left out for none. */
   group_key?: string;
+  /** Ids of existing jobs it waits for; left out for a job without (docs/workflows.md). */
+  depends_on?: string[];
+  /** Positions (from 1) of earlier jobs of the same batch it waits for: the flow builder's. */
+  after?: number[];
+  on_dependency_failure?: 'fail' | 'run' | 'ignore';
 }
 
 /** How long a job's key holds and what a later enqueue with the key does: docs/keys.md. */
 export type KeyMode = 'replace' | 'preserve_run_at' | 'dedupe' | 'dedupe_running' | 'throttle';
+
+/** A dependency of a job, or a dependent: task and state are null for a job pruned or deleted since. */
+export interface DependencyRow {
+  id: string;
+  task: string | null;
+  state: JobState | null;
+  /** The dependent's policy should this dependency fail (docs/workflows.md). */
+  on_failure: 'fail' | 'run' | 'ignore';
+}
+
+export interface DependencyResultRow extends DependencyRow {
+  result: unknown;
+  last_error: string | null;
+}
 
 /** What a claim hands a thread for each job it claimed. */
 export interface ClaimedJobRow {
@@ -345,6 +421,8 @@ export interface CompletedJob {
   token: string;
   /** The handler's result, as JSON text. */
   result: string;
+  /** The job's last helpers.progress() value not yet stored, as JSON text. */
+  progress?: string;
 }
 
 export interface FailedJob {
@@ -356,6 +434,13 @@ export interface FailedJob {
   max_attempts?: number;
   /** The delay before the retry its task's policy chose; absent: the supervisor's backoff. */
   delay_ms?: number;
+  /** As for CompletedJob. */
+  progress?: string;
+}
+
+/** `,"progressed":true,"progress":…}` for an outcome that carries its job's last progress value, else `}`. */
+function progressTail(progress: string | undefined): string {
+  return progress === undefined ? '}' : `,"progressed":true,"progress":${progress}}`;
 }
 
 export interface ReleasedJob {
@@ -415,6 +500,8 @@ export async function insertJob(db: Queryable, schema: string, job: NewJob): Pro
     job.key ?? null,
     job.key_mode ?? null,
     job.key_window ?? null,
+    job.depends_on ?? null,
+    job.on_dependency_failure ?? null,
     job.group_key ?? null,
   ];
   return (await oneRow<{ id: string }>(db, bind(jobStatements(schema).insertOne, values))).id;
@@ -430,6 +517,16 @@ export async function findJob(db: Queryable, schema: string, p: { id: string }):
   return (await rowsOf<JobRow>(db, bind(jobStatements(schema).getById, [p.id])))[0];
 }
 
+/** A job's dependencies, in id order, with their results and errors. */
+export function dependenciesOf(db: Queryable, schema: string, p: { id: string }): Promise<DependencyResultRow[]> {
+  return rowsOf(db, bind(jobStatements(schema).dependencies, [p.id]));
+}
+
+/** The first `limit` jobs that depend on a job, in id order. */
+export function dependentsOf(db: Queryable, schema: string, p: { id: string; limit: number }): Promise<DependencyRow[]> {
+  return rowsOf(db, bind(jobStatements(schema).dependents, [p.id, p.limit]));
+}
+
 /** Asks for a notification when the job finishes. */
 export async function watchJob(db: Queryable, schema: string, p: { id: string }): Promise<void> {
   await db.query(bind(jobStatements(schema).watch, [p.id]));
@@ -438,6 +535,26 @@ export async function watchJob(db: Queryable, schema: string, p: { id: string })
 /** The claim of the jobs a notification named, for claimBatch (threads/claim.ts) to send inside its transaction. */
 export function claimByIdsQuery(schema: string, p: ClaimParams & { ids: string[] }): TypedQuery<ClaimedJobRow> {
   return bind(jobStatements(schema).claimByIds, [p.ids, p.tasks, p.owner, p.thread, p.leaseMs, p.queues]);
+}
+
+/**
+ * What the claim sends after itself, in its transaction, when some of the
+ * thread's tasks set retry.maxAttempts: those tasks' jobs claimed without
+ * their own maxAttempts take the task's. Null when no task sets it.
+ */
+export function adoptTaskAttemptsQuery(
+  schema: string,
+  p: { owner: string; thread: number; leaseMs: number; attempts: ReadonlyMap<string, number>; defaultMaxAttempts: number },
+): TypedQuery<never> | null {
+  if (p.attempts.size === 0) return null;
+  return bind(jobStatements(schema).adoptTaskAttempts, [
+    p.owner,
+    p.thread,
+    p.leaseMs,
+    [...p.attempts.keys()],
+    [...p.attempts.values()],
+    p.defaultMaxAttempts,
+  ]);
 }
 
 /** The claim of the next `limit` due jobs, for claimBatch (threads/claim.ts) to send inside its transaction. */
@@ -453,13 +570,19 @@ export function claimNext(db: Queryable, schema: string, p: ClaimParams & { limi
   return rowsOf(db, claimNextQuery(schema, p));
 }
 
-/** Records successes; returns the ids the fence turned away. */
-export async function completeJobs(db: Queryable, schema: string, p: { jobs: readonly CompletedJob[] }): Promise<string[]> {
+/** Records successes (as cancelled where a cancel was asked); returns the ids the fence turned away, and the cancelled ones. */
+/** What an outcome write did besides recording: the ids the fence turned away, and those recorded as cancelled. */
+export interface RecordedOutcomes {
+  rejected: string[];
+  cancelled: string[];
+}
+
+export async function completeJobs(db: Queryable, schema: string, p: { jobs: readonly CompletedJob[] }): Promise<RecordedOutcomes> {
   // Ids and tokens are decimal bigints and results are JSON already, so the
   // parameter is assembled as text rather than parsed and re-encoded.
-  const outcomes = p.jobs.map((o) => `{"id":${o.id},"token":${o.token},"result":${o.result}}`);
-  const row = await oneRow<{ rejected: string[] }>(db, bind(jobStatements(schema).complete, [`[${outcomes.join(',')}]`]));
-  return row.rejected;
+  const outcomes = p.jobs.map((o) => `{"id":${o.id},"token":${o.token},"result":${o.result}${progressTail(o.progress)}`);
+  const { rejected, cancelled } = await oneRow<RecordedOutcomes>(db, bind(jobStatements(schema).complete, [`[${outcomes.join(',')}]`]));
+  return { rejected, cancelled };
 }
 
 /**
@@ -478,17 +601,24 @@ export async function deleteSucceeded(
   return row.kept;
 }
 
-/** Records failures (retried with backoff from `retryBaseMs` up to `retryMaxMs`); returns the ids the fence turned away. */
+/** Records failures (retried with backoff from `retryBaseMs` up to `retryMaxMs`, cancelled where a cancel was asked); returns what completeJobs does. */
 export async function failJobs(
   db: Queryable,
   schema: string,
   p: { jobs: readonly FailedJob[]; retryBaseMs: number; retryMaxMs: number },
-): Promise<string[]> {
-  const row = await oneRow<{ rejected: string[] }>(
+): Promise<RecordedOutcomes> {
+  const { rejected, cancelled } = await oneRow<RecordedOutcomes>(
     db,
-    bind(jobStatements(schema).fail, [JSON.stringify(p.jobs), p.retryBaseMs, p.retryMaxMs]),
+    bind(jobStatements(schema).fail, [`[${p.jobs.map(failedJson).join(',')}]`, p.retryBaseMs, p.retryMaxMs]),
   );
-  return row.rejected;
+  return { rejected, cancelled };
+}
+
+/** One failure as the fail statement reads it; its progress is JSON text already, spliced in as it is. */
+function failedJson(f: FailedJob): string {
+  const { progress, ...rest } = f;
+  const base = JSON.stringify(rest);
+  return progress === undefined ? base : base.slice(0, -1) + progressTail(progress);
 }
 
 /** Releases what `owner` (one thread of it, or every thread with null) claimed and never reported; returns the ids released. */

@@ -1,7 +1,7 @@
 import { rowsOf, type Queryable } from '../db.ts';
 import type { JobRow, JobState } from '../job.ts';
-import { channelsFor, quoteIdent } from '../schema/channels.ts';
-import { bind, changed, oneRow, perSchema, statement, type Statement } from './statement.ts';
+import { quoteIdent } from '../schema/channels.ts';
+import { bind, oneRow, perSchema, statement, type Statement } from './statement.ts';
 
 /**
  * The operator's statements on jobs (find, count, retry, reschedule, purge,
@@ -9,6 +9,8 @@ import { bind, changed, oneRow, perSchema, statement, type Statement } from './s
  * them writes a running job's outcome: retry and purge touch finished jobs
  * only, reschedule pending ones, and cancel only flags a running job for its
  * owner, whose fenced outcome write then records it (as a single cancel does).
+ * The reads need SELECT on the jobs table; the actions go through
+ * security-definer functions, which an operator role is granted.
  */
 interface OperationStatements {
   list: Statement;
@@ -60,15 +62,7 @@ function filterValues(f: JobFilterParams): unknown[] {
 
 function build(schema: string): OperationStatements {
   const s = quoteIdent(schema);
-  const ch = channelsFor(schema);
   const st = (name: string, text: string) => statement(schema, name, text);
-  // Pending jobs a statement made due are announced to supervisors; one made
-  // due later gets the earliest time as a hint, like every other write.
-  const announcePending = (cte: string) => `
-    ${s}.notify_ids('${ch.jobs}', ARRAY(SELECT id FROM ${cte} WHERE run_at <= now())),
-    (SELECT count(${s}.notify('${ch.jobs}', 'at:' || floor(extract(epoch FROM run_at) * 1000)::bigint))
-       FROM (SELECT min(run_at) AS run_at FROM ${cte} WHERE run_at > now()) later
-      WHERE later.run_at IS NOT NULL) AS hinted`;
 
   return {
     // Newest first by id, which follows insertion order: the primary key
@@ -94,60 +88,34 @@ function build(schema: string): OperationStatements {
                    WHERE finished_at >= now() - interval '1 minute' AND state IN ('succeeded', 'failed', 'cancelled')
                    GROUP BY state) f) AS last_minute`,
     ),
-    // Finished jobs only (failed or cancelled): a running job belongs to its
-    // claim, and its outcome write must find it as it left it. `attempts`
-    // only grows, so a retried job gets its allowance (retry_allowance, see
-    // migration 0013) again on top of the attempts it has used.
+    // The actions select the matching ids with the caller's own read right
+    // and hand them to a security-definer function (src/schema/functions/),
+    // which checks each job's state again as it changes it: an operator
+    // (grapevine grant --as operator) may act on jobs through these and
+    // cannot otherwise write a row. Retry: failed and cancelled jobs only, a
+    // running job belongs to its claim (retry_jobs.sql says how).
     retry: st(
       'ops_retry',
-      `WITH done AS (
-         UPDATE ${s}.jobs j
-            SET state = 'pending', run_at = now(),
-                retry_allowance = coalesce(j.retry_allowance, j.max_attempts),
-                max_attempts = j.attempts + coalesce(j.retry_allowance, j.max_attempts),
-                finished_at = NULL, cancel_requested_at = NULL, claim_token = NULL, lease_until = NULL,
-                locked_by = NULL, locked_thread = NULL, result = NULL
-          WHERE ${FILTER} AND j.state IN ('failed', 'cancelled')
-         RETURNING j.id, j.run_at)
-       SELECT ${announcePending('done')}, ARRAY(SELECT id::text FROM done) AS ids`,
+      `SELECT ${s}.retry_jobs(ARRAY(SELECT j.id FROM ${s}.jobs j WHERE ${FILTER} AND j.state IN ('failed', 'cancelled')))::text[] AS ids`,
     ),
     // $1 ids, $2 the new run_at. Pending jobs only.
-    reschedule: st(
-      'ops_reschedule',
-      `WITH done AS (
-         UPDATE ${s}.jobs j SET run_at = $2
-          WHERE j.id = ANY($1::bigint[]) AND j.state = 'pending'
-         RETURNING j.id, j.run_at)
-       SELECT ${announcePending('done')}, ARRAY(SELECT id::text FROM done) AS ids`,
-    ),
+    reschedule: st('ops_reschedule', `SELECT ${s}.reschedule_jobs($1::bigint[], $2::timestamptz)::text[] AS ids`),
     // Finished jobs only, $11 at a time so one statement never holds many
     // row locks; the caller repeats until a batch comes back short.
     purge: st(
       'ops_purge',
-      `DELETE FROM ${s}.jobs WHERE id IN (
+      `SELECT ${s}.purge_jobs(ARRAY(
          SELECT j.id FROM ${s}.jobs j
           WHERE ${FILTER} AND j.state IN ('succeeded', 'failed', 'cancelled')
-          LIMIT $11)`,
+          LIMIT $11)) AS purged`,
     ),
     // The single cancel (jobs.ts `cancel` and `announceCancel`) for many
-    // jobs: pending ones are cancelled on the spot, running ones flagged and
-    // their owners told over the control channel; each owner's fenced
-    // outcome write records the cancellation (its heartbeat also reads the
-    // flag, should the notification be lost).
+    // jobs: pending and waiting ones are cancelled on the spot, running ones
+    // flagged and their owners told over the control channel (cancel_jobs.sql).
     cancel: st(
       'ops_cancel',
-      `WITH done AS (
-         UPDATE ${s}.jobs j
-            SET cancel_requested_at = coalesce(j.cancel_requested_at, now()),
-                state = CASE WHEN j.state = 'pending' THEN 'cancelled' ELSE j.state END,
-                finished_at = CASE WHEN j.state = 'pending' THEN now() ELSE j.finished_at END
-          WHERE ${FILTER} AND j.state IN ('pending', 'running')
-         RETURNING j.id, j.state, j.locked_by, j.watched)
-       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched AND state = 'cancelled')),
-              (SELECT count(${s}.notify('${ch.control}', json_build_object('type', 'cancel', 'job', id::text, 'to', locked_by)::text))
-                 FROM done WHERE state = 'running' AND locked_by IS NOT NULL) AS told,
-              ARRAY(SELECT id::text FROM done WHERE state = 'cancelled') AS cancelled,
-              ARRAY(SELECT id::text FROM done WHERE state = 'running') AS cancelling`,
+      `SELECT cancelled::text[] AS cancelled, cancelling::text[] AS cancelling
+         FROM ${s}.cancel_jobs(ARRAY(SELECT j.id FROM ${s}.jobs j WHERE ${FILTER} AND j.state IN ('pending', 'running', 'waiting')))`,
     ),
     // Run by the elected leader once per metrics interval (see migration
     // 0013): the queues' depth, for every supervisor's /metrics to serve.
@@ -231,7 +199,7 @@ export async function rescheduleJobs(db: Queryable, schema: string, p: { ids: st
 
 /** Deletes up to `batchSize` finished jobs matching the filter; how many. */
 export async function purgeJobs(db: Queryable, schema: string, p: { filter: JobFilterParams; batchSize: number }): Promise<number> {
-  return changed(db, bind(operationStatements(schema).purge, [...filterValues(p.filter), p.batchSize]));
+  return (await oneRow<{ purged: number }>(db, bind(operationStatements(schema).purge, [...filterValues(p.filter), p.batchSize]))).purged;
 }
 
 /** Cancels the pending jobs matching the filter and asks the owners of the running ones to abort them. */

@@ -70,15 +70,18 @@ function build(schema: string): ScheduleStatements {
       'schedule_lock_due',
       `SELECT ${COLUMNS} FROM ${s}.schedules WHERE name = ANY($1::text[]) AND NOT paused ORDER BY name FOR UPDATE`,
     ),
-    // $1 [{schedule, scheduled_for, task, payload, queue, priority, max_attempts}].
+    // $1 [{schedule, scheduled_for, task, payload, queue, priority, max_attempts}]; a
+    // null max_attempts (the schedule sets none) is enqueued as addJob's is:
+    // the task's retry policy, else 5.
     // The unique index on (schedule, scheduled_for) is what makes it one job
     // per tick: an insert of a tick already added adds nothing, whatever the
     // timing of whoever fired it. Runs when the tick was meant to, so backfilled
     // ticks run oldest first. Returns the ids added.
     insertTickJobs: st(
       'schedule_insert_tick_jobs',
-      `INSERT INTO ${s}.jobs (task, payload, queue, priority, max_attempts, run_at, schedule, scheduled_for)
-       SELECT t.task, t.payload, t.queue, t.priority, t.max_attempts, t.scheduled_for, t.schedule, t.scheduled_for
+      `INSERT INTO ${s}.jobs (task, payload, queue, priority, max_attempts, max_attempts_given, run_at, schedule, scheduled_for)
+       SELECT t.task, t.payload, t.queue, t.priority, coalesce(t.max_attempts, 5), t.max_attempts IS NOT NULL,
+              t.scheduled_for, t.schedule, t.scheduled_for
          FROM jsonb_to_recordset($1::jsonb) AS t(schedule text, scheduled_for timestamptz, task text, payload jsonb,
                                                  queue text, priority integer, max_attempts integer)
        ON CONFLICT (schedule, scheduled_for) WHERE schedule IS NOT NULL DO NOTHING
@@ -103,7 +106,8 @@ export interface ScheduleRow {
   payload: unknown;
   queue: string;
   priority: number;
-  max_attempts: number;
+  /** Null: not given (the task's retry policy, else 5). */
+  max_attempts: number | null;
   /** 'skip', 'once' or 'backfill:N'. */
   missed: string;
   paused: boolean;
@@ -124,7 +128,8 @@ export interface TickJob {
   payload: unknown;
   queue: string;
   priority: number;
-  max_attempts: number;
+  /** Null: not given (the task's retry policy, else 5). */
+  max_attempts: number | null;
 }
 
 /** Adds or redeclares a schedule; whether anything changed (and every supervisor was told). */

@@ -1,7 +1,9 @@
 -- Enqueue many jobs in one statement: `specs` is a JSON array of objects with
 -- add_job()'s arguments as fields (task, payload, queue, run_at, priority,
 -- max_attempts, timeout_ms, key, key_mode, key_window, group_key; missing ones take
--- add_job()'s defaults). Returns the ids in the array's order. The client's
+-- add_job()'s defaults), and for dependencies depends_on, after and
+-- on_dependency_failure, which add_jobs_after() settles. Returns the ids in
+-- the array's order. The client's
 -- addJobs() sends its chunks here, and add_job() its jobs with a key.
 -- Owner's rights, fixed search_path and no PUBLIC, as for add_job().
 --
@@ -9,9 +11,11 @@
 -- job is settled: the first unsettled job of each key is inserted unless
 -- the unique index on key finds a job with it (the INSERT waits for an
 -- uncommitted one's transaction, and inserts if that rolls back). A found
--- job that still holds its key answers for the new one, taking its fields
--- in the replace modes; one whose hold has ended loses the key, and the
--- next round inserts. A key repeated in the array is settled one
+-- job that still holds its key answers for the new one: in the replace
+-- modes the INSERT's ON CONFLICT DO UPDATE gives it the new fields, so a
+-- duplicate costs that one statement; in the others an INSERT ... DO
+-- NOTHING and one read find it. One whose hold has ended loses the key,
+-- and the next round inserts. A key repeated in the array is settled one
 -- occurrence per round, as separate calls in the array's order would be.
 CREATE OR REPLACE FUNCTION :SCHEMA.add_jobs(specs jsonb) RETURNS SETOF bigint
 LANGUAGE plpgsql
@@ -22,10 +26,22 @@ DECLARE
   todo bigint[];
   found_ords bigint[];
   found_ids bigint[];
-  holding boolean[];
+  replacing bigint[];
+  keeping bigint[];
+  settled bigint[];
+  unsettled bigint[];
+  lost bigint[];
+  due bigint[];
+  next_due timestamptz;
+  channel text;
+  unkeyed boolean;
+  bad_ord bigint;
+  largest integer;
+  limit_bytes integer;
   bad record;
 BEGIN
-  IF NOT jsonb_path_exists(specs, '$[*].key ? (@ != null)') THEN
+  -- One scan of the array decides: most batches have neither keys nor dependencies.
+  IF NOT jsonb_path_exists(specs, '$[*] ? (@.key != null || @.depends_on != null || @.after != null)') THEN
     RETURN QUERY
       INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, group_key)
       SELECT t.task, coalesce(t.payload, '{}'), coalesce(t.queue, 'default'), coalesce(t.run_at, now()), coalesce(t.priority, 0),
@@ -38,107 +54,165 @@ BEGIN
       RETURNING id;
     RETURN;
   END IF;
+  IF jsonb_path_exists(specs, '$[*] ? (@.depends_on != null || @.after != null)') THEN
+    RETURN QUERY SELECT * FROM :SCHEMA.add_jobs_after(specs);
+    RETURN;
+  END IF;
 
-  SELECT t.key_mode, t.key_window INTO bad FROM :SCHEMA.job_specs(specs) t
-   WHERE t.key_mode NOT IN ('replace', 'preserve_run_at', 'dedupe', 'dedupe_running', 'throttle')
-      OR (t.key_mode = 'throttle') <> (t.key_window > interval '0' IS TRUE)
-   LIMIT 1;
-  IF FOUND THEN
+  -- One pass over the array: the keyed jobs, whether any has no key, the
+  -- first bad key mode, and the largest payload a replace could write (the
+  -- insert trigger checks only inserted rows, so replacements are checked
+  -- here, up front).
+  SELECT array_agg(t.ord ORDER BY t.ord) FILTER (WHERE t.key IS NOT NULL),
+         bool_or(t.key IS NULL),
+         (array_agg(t.ord ORDER BY t.ord) FILTER (
+            WHERE t.key_mode NOT IN ('replace', 'preserve_run_at', 'dedupe', 'dedupe_running', 'throttle')
+               OR (t.key_mode = 'throttle') <> (t.key_window > interval '0' IS TRUE)))[1],
+         max(octet_length(t.payload::text)) FILTER (WHERE t.key_mode IN ('replace', 'preserve_run_at'))
+    INTO todo, unkeyed, bad_ord, largest
+    FROM :SCHEMA.job_specs(specs) t;
+  IF bad_ord IS NOT NULL THEN
+    SELECT t.key_mode, t.key_window INTO bad FROM :SCHEMA.job_specs(specs) t WHERE t.ord = bad_ord;
     RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = CASE
       WHEN bad.key_mode NOT IN ('replace', 'preserve_run_at', 'dedupe', 'dedupe_running', 'throttle')
       THEN format('unknown key_mode %L: use replace, preserve_run_at, dedupe, dedupe_running or throttle', bad.key_mode)
       ELSE 'key_window is the throttle''s window: give a positive one with key_mode => ''throttle'', and none with another mode' END;
   END IF;
+  IF largest > 1024 THEN
+    SELECT s.max_payload_bytes INTO limit_bytes FROM :SCHEMA.settings s;
+    IF largest > limit_bytes THEN
+      SELECT t.task INTO bad FROM :SCHEMA.job_specs(specs) t
+       WHERE t.key_mode IN ('replace', 'preserve_run_at') AND octet_length(t.payload::text) = largest LIMIT 1;
+      RAISE EXCEPTION USING ERRCODE = 'program_limit_exceeded',
+        MESSAGE = format('payload of task %s is %s bytes, over the %s-byte limit of this schema: store large data elsewhere and pass a reference',
+                         to_json(bad.task), largest, limit_bytes);
+    END IF;
+  END IF;
 
-  -- Jobs without a key in one INSERT; RETURNING gives their ids in the order inserted.
-  WITH t AS (SELECT * FROM :SCHEMA.job_specs(specs) t WHERE t.key IS NULL),
-       ins AS (INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, group_key)
-               SELECT t.task, t.payload, t.queue, t.run_at, t.priority, t.max_attempts, t.max_attempts_given, t.timeout_ms, t.group_key
-                 FROM t ORDER BY t.ord
-               RETURNING id)
-  SELECT ARRAY(SELECT t.ord FROM t ORDER BY t.ord), ARRAY(SELECT ins.id FROM ins) INTO found_ords, found_ids;
   ids := array_fill(NULL::bigint, ARRAY[jsonb_array_length(specs)]);
-  FOR i IN 1 .. coalesce(cardinality(found_ords), 0) LOOP
-    ids[found_ords[i]] := found_ids[i];
-  END LOOP;
-  todo := ARRAY(SELECT t.ord FROM :SCHEMA.job_specs(specs) t WHERE t.key IS NOT NULL);
-
-  WHILE cardinality(todo) > 0 LOOP
-    WITH firsts AS (SELECT DISTINCT ON (t.key) t.* FROM :SCHEMA.job_specs(specs) t JOIN unnest(todo) u(ord) ON u.ord = t.ord ORDER BY t.key, t.ord),
-         ins AS (INSERT INTO :SCHEMA.jobs AS j (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, key, key_mode,
-                                                key_until, group_key)
-                 SELECT f.task, f.payload, f.queue, f.run_at, f.priority, f.max_attempts, f.max_attempts_given, f.timeout_ms, f.key, f.key_mode,
-                        f.key_until, f.group_key
-                   FROM firsts f ORDER BY f.ord
-                 ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
-                 RETURNING j.id, j.key)
-    SELECT array_agg(f.ord), array_agg(ins.id) INTO found_ords, found_ids FROM ins JOIN firsts f ON f.key = ins.key;
+  IF unkeyed THEN
+    -- Jobs without a key in one INSERT; RETURNING gives their ids in the order inserted.
+    WITH t AS (SELECT * FROM :SCHEMA.job_specs(specs) t WHERE t.key IS NULL),
+         ins AS (INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, group_key)
+                 SELECT t.task, t.payload, t.queue, t.run_at, t.priority, t.max_attempts, t.max_attempts_given, t.timeout_ms, t.group_key
+                   FROM t ORDER BY t.ord
+                 RETURNING id)
+    SELECT ARRAY(SELECT t.ord FROM t ORDER BY t.ord), ARRAY(SELECT ins.id FROM ins) INTO found_ords, found_ids;
     FOR i IN 1 .. coalesce(cardinality(found_ords), 0) LOOP
       ids[found_ords[i]] := found_ids[i];
     END LOOP;
-    todo := ARRAY(SELECT unnest(todo) EXCEPT SELECT unnest(found_ords));
-    EXIT WHEN cardinality(todo) = 0;
+  END IF;
 
-    -- The jobs holding the other keys, locked (in id order, as any other
-    -- batch locks them) so that no claim starts one before it is replaced:
-    -- a job that started running keeps the payload it has.
-    WITH firsts AS (SELECT DISTINCT ON (t.key) t.* FROM :SCHEMA.job_specs(specs) t JOIN unnest(todo) u(ord) ON u.ord = t.ord ORDER BY t.key, t.ord),
-         held AS (
-           SELECT f.ord, j.id,
-                  CASE j.key_mode
-                    WHEN 'dedupe_running' THEN j.state IN ('pending', 'running')
-                    WHEN 'throttle' THEN j.key_until > now()
-                    -- The pending modes: a job stops holding when it first starts; attempts only grows.
-                    ELSE j.state = 'pending' AND j.attempts = 0
-                  END AS holding
-             FROM firsts f JOIN :SCHEMA.jobs j ON j.key = f.key
-            ORDER BY j.id
-              FOR UPDATE OF j)
-    SELECT array_agg(h.ord), array_agg(h.id), array_agg(h.holding) INTO found_ords, found_ids, holding FROM held h;
-    -- A key whose job was found neither by the INSERT nor here was let go meanwhile: the next round inserts.
-    CONTINUE WHEN found_ords IS NULL;
+  -- Each round settles the first unsettled occurrence of each key. A job
+  -- holds its key while its own mode says so (the holding expression,
+  -- repeated below):
+  --   dedupe_running: pending or running; throttle: until key_until;
+  --   the pending modes: pending and never started (attempts only grows).
+  WHILE cardinality(todo) > 0 LOOP
+    settled := '{}';
 
-    UPDATE :SCHEMA.jobs j SET key = NULL
-      FROM unnest(found_ids, holding) AS h(id, holding)
-     WHERE j.id = h.id AND NOT h.holding;
-
-    -- The insert trigger sees only inserted rows: a replace checks the
-    -- payload limit and announces the new run times itself.
-    WITH r AS (SELECT t.*, h.id FROM unnest(found_ords, found_ids, holding) AS h(ord, id, holding)
-                 JOIN :SCHEMA.job_specs(specs) t ON t.ord = h.ord
-                WHERE h.holding AND t.key_mode IN ('replace', 'preserve_run_at')),
-         big AS (SELECT r.task, octet_length(r.payload::text) AS bytes FROM r WHERE octet_length(r.payload::text) > 1024
-                  ORDER BY 2 DESC LIMIT 1)
-    SELECT big.task, big.bytes, s.max_payload_bytes INTO bad FROM big, :SCHEMA.settings s WHERE big.bytes > s.max_payload_bytes;
-    IF FOUND THEN
-      RAISE EXCEPTION USING ERRCODE = 'program_limit_exceeded',
-        MESSAGE = format('payload of task %s is %s bytes, over the %s-byte limit of this schema: store large data elsewhere and pass a reference',
-                         to_json(bad.task), bad.bytes, bad.max_payload_bytes);
-    END IF;
-    WITH replaced AS (
-           UPDATE :SCHEMA.jobs j
-              SET task = t.task, payload = t.payload, queue = t.queue,
-                  run_at = CASE WHEN t.key_mode = 'replace' THEN t.run_at ELSE j.run_at END,
-                  priority = t.priority, max_attempts = t.max_attempts, max_attempts_given = t.max_attempts_given, timeout_ms = t.timeout_ms,
-                  group_key = t.group_key
-             FROM unnest(found_ords, found_ids, holding) AS h(ord, id, holding)
-             JOIN :SCHEMA.job_specs(specs) t ON t.ord = h.ord
-            WHERE j.id = h.id AND h.holding AND t.key_mode IN ('replace', 'preserve_run_at')
-           RETURNING j.id, j.run_at),
-         channel AS (SELECT n.nspname || '_jobs' AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                      WHERE c.oid = ':SCHEMA.jobs'::regclass)
-    SELECT :SCHEMA.notify_ids(channel.name, ARRAY(SELECT r.id FROM replaced r WHERE r.run_at <= now())),
-           (SELECT :SCHEMA.notify(channel.name, 'at:' || floor(extract(epoch FROM min(r.run_at)) * 1000)::bigint)
-              FROM replaced r WHERE r.run_at > now() HAVING count(*) > 0)
-      INTO bad
-      FROM channel;
-
-    FOR i IN 1 .. cardinality(found_ords) LOOP
-      IF holding[i] THEN
-        ids[found_ords[i]] := found_ids[i];
-      END IF;
+    -- Replace modes: one statement per duplicate. The INSERT adds the keys no
+    -- job has; a conflict locks the job with the key (so no claim starts it
+    -- halfway) and replaces its fields if it holds the key; one that does not
+    -- hold is locked and left as it is, and not returned. xmax tells a
+    -- replaced row (its new version carries the conflict's lock) from an
+    -- inserted one, which the insert trigger announces itself. The round's
+    -- first occurrences are read (and split by mode) in the same statement.
+    WITH f AS (SELECT DISTINCT ON (t.key) t.* FROM :SCHEMA.job_specs(specs) t JOIN unnest(todo) u(ord) ON u.ord = t.ord
+                ORDER BY t.key, t.ord),
+         up AS (
+             INSERT INTO :SCHEMA.jobs AS j (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, key, key_mode, key_until,
+                                            group_key)
+             SELECT f.task, f.payload, f.queue, f.run_at, f.priority, f.max_attempts, f.max_attempts_given, f.timeout_ms, f.key, f.key_mode, f.key_until,
+                    f.group_key
+               FROM f WHERE f.key_mode IN ('replace', 'preserve_run_at') ORDER BY f.ord
+             ON CONFLICT (key) WHERE key IS NOT NULL DO UPDATE
+               SET task = excluded.task, payload = excluded.payload, queue = excluded.queue,
+                   run_at = CASE WHEN excluded.key_mode = 'replace' THEN excluded.run_at ELSE j.run_at END,
+                   priority = excluded.priority, max_attempts = excluded.max_attempts, max_attempts_given = excluded.max_attempts_given,
+                   timeout_ms = excluded.timeout_ms, group_key = excluded.group_key
+             WHERE CASE j.key_mode
+                     WHEN 'dedupe_running' THEN j.state IN ('pending', 'running')
+                     WHEN 'throttle' THEN j.key_until > now()
+                     ELSE j.state = 'pending' AND j.attempts = 0
+                   END
+             RETURNING j.id, j.key, j.run_at, j.xmax <> 0 AS replaced),
+         done AS (
+           SELECT array_agg(f.ord) AS ords, array_agg(up.id) AS ids,
+                  array_agg(up.id) FILTER (WHERE up.replaced AND up.run_at <= now()) AS due,
+                  min(up.run_at) FILTER (WHERE up.replaced AND up.run_at > now()) AS next_due
+             FROM up JOIN f ON f.key = up.key)
+    SELECT ARRAY(SELECT f.ord FROM f WHERE f.key_mode IN ('replace', 'preserve_run_at')),
+           ARRAY(SELECT f.ord FROM f WHERE f.key_mode NOT IN ('replace', 'preserve_run_at')),
+           done.ords, done.ids, done.due, done.next_due
+      INTO replacing, keeping, found_ords, found_ids, due, next_due
+      FROM done;
+    FOR i IN 1 .. coalesce(cardinality(found_ords), 0) LOOP
+      ids[found_ords[i]] := found_ids[i];
     END LOOP;
-    todo := ARRAY(SELECT unnest(todo) EXCEPT SELECT h.ord FROM unnest(found_ords, holding) AS h(ord, held) WHERE h.held);
+    settled := coalesce(found_ords, '{}');
+    IF due IS NOT NULL OR next_due IS NOT NULL THEN
+      SELECT n.nspname || '_jobs' INTO channel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+       WHERE c.oid = ':SCHEMA.jobs'::regclass;
+      PERFORM :SCHEMA.notify_ids(channel, due);
+      IF next_due IS NOT NULL THEN
+        PERFORM :SCHEMA.notify(channel, 'at:' || floor(extract(epoch FROM next_due) * 1000)::bigint);
+      END IF;
+    END IF;
+
+    -- The other modes change nothing they find: the INSERT adds the keys no
+    -- job has, and the read below answers for the rest.
+    IF cardinality(keeping) > 0 THEN
+      WITH f AS (SELECT t.* FROM :SCHEMA.job_specs(specs) t JOIN unnest(keeping) u(ord) ON u.ord = t.ord),
+           ins AS (
+             INSERT INTO :SCHEMA.jobs AS j (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, key, key_mode, key_until,
+                                            group_key)
+             SELECT f.task, f.payload, f.queue, f.run_at, f.priority, f.max_attempts, f.max_attempts_given, f.timeout_ms, f.key, f.key_mode, f.key_until,
+                    f.group_key
+               FROM f ORDER BY f.ord
+             ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
+             RETURNING j.id, j.key)
+      SELECT array_agg(f.ord), array_agg(ins.id) INTO found_ords, found_ids FROM ins JOIN f ON f.key = ins.key;
+      FOR i IN 1 .. coalesce(cardinality(found_ords), 0) LOOP
+        ids[found_ords[i]] := found_ids[i];
+      END LOOP;
+      settled := settled || coalesce(found_ords, '{}');
+    END IF;
+
+    -- This round's jobs still unsettled met a job with their key: one that
+    -- holds it answers for a keeping enqueue; one that does not (a replacing
+    -- enqueue found only such, locked) loses the key, re-checked as it is
+    -- cleared, and the next round inserts. A key whose job is gone
+    -- meanwhile is also inserted by the next round.
+    unsettled := ARRAY(SELECT unnest(replacing || keeping) EXCEPT SELECT unnest(settled));
+    IF cardinality(unsettled) > 0 THEN
+      SELECT array_agg(t.ord) FILTER (WHERE h.holding), array_agg(h.id) FILTER (WHERE h.holding),
+             array_agg(h.id) FILTER (WHERE NOT h.holding)
+        INTO found_ords, found_ids, lost
+        FROM :SCHEMA.job_specs(specs) t
+        JOIN unnest(unsettled) u(ord) ON u.ord = t.ord
+        JOIN LATERAL (
+          SELECT j.id, CASE j.key_mode
+                         WHEN 'dedupe_running' THEN j.state IN ('pending', 'running')
+                         WHEN 'throttle' THEN j.key_until > now()
+                         ELSE j.state = 'pending' AND j.attempts = 0
+                       END AS holding
+            FROM :SCHEMA.jobs j WHERE j.key = t.key) h ON true;
+      FOR i IN 1 .. coalesce(cardinality(found_ords), 0) LOOP
+        ids[found_ords[i]] := found_ids[i];
+      END LOOP;
+      settled := settled || coalesce(found_ords, '{}');
+      IF lost IS NOT NULL THEN
+        UPDATE :SCHEMA.jobs j SET key = NULL
+         WHERE j.id = ANY(lost)
+           AND NOT CASE j.key_mode
+                     WHEN 'dedupe_running' THEN j.state IN ('pending', 'running')
+                     WHEN 'throttle' THEN j.key_until > now()
+                     ELSE j.state = 'pending' AND j.attempts = 0
+                   END;
+      END IF;
+    END IF;
+    todo := ARRAY(SELECT unnest(todo) EXCEPT SELECT unnest(settled));
   END LOOP;
 
   RETURN QUERY SELECT x FROM unnest(ids) x;

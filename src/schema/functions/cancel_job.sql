@@ -1,4 +1,5 @@
--- Cancels a pending job on the spot; a running one is flagged, and the caller
+-- Cancels a pending or waiting job on the spot (its dependents follow their
+-- policy: the jobs_finished trigger); a running one is flagged, and the caller
 -- tells its owner (locked_by) over the control channel. Returns the state the
 -- job was found in (NULL: no such job, or already finished). A function, so
 -- that an operator (grapevine grant --as operator) can cancel without any
@@ -15,9 +16,9 @@ DECLARE
 BEGIN
   UPDATE :SCHEMA.jobs j
      SET cancel_requested_at = coalesce(j.cancel_requested_at, now()),
-         state = CASE WHEN j.state = 'pending' THEN 'cancelled' ELSE j.state END,
-         finished_at = CASE WHEN j.state = 'pending' THEN now() ELSE j.finished_at END
-   WHERE j.id = job_id AND j.state IN ('pending', 'running')
+         state = CASE WHEN j.state IN ('pending', 'waiting') THEN 'cancelled' ELSE j.state END,
+         finished_at = CASE WHEN j.state IN ('pending', 'waiting') THEN now() ELSE j.finished_at END
+   WHERE j.id = job_id AND j.state IN ('pending', 'running', 'waiting')
   RETURNING j.state, j.locked_by, j.watched INTO was, owner, waited;
   IF waited AND was = 'cancelled' THEN
     PERFORM :SCHEMA.notify_ids((parse_ident(':SCHEMA'))[1] || '_done', ARRAY[job_id]);

@@ -7,14 +7,19 @@ LANGUAGE plpgsql
 SET enable_seqscan = off
 AS $fn$
 DECLARE
-  pruned bigint;
+  pruned bigint[];
 BEGIN
-  DELETE FROM :SCHEMA.jobs WHERE id IN (
-    SELECT x.id FROM :SCHEMA.jobs x
-     WHERE x.finished_at < now() - retention_ms * interval '1 millisecond'
-       AND x.state IN ('succeeded', 'failed', 'cancelled')
-     LIMIT batch);
-  GET DIAGNOSTICS pruned = ROW_COUNT;
-  RETURN pruned;
+  WITH gone AS (
+    DELETE FROM :SCHEMA.jobs WHERE id IN (
+      SELECT x.id FROM :SCHEMA.jobs x
+       WHERE x.finished_at < now() - retention_ms * interval '1 millisecond'
+         AND x.state IN ('succeeded', 'failed', 'cancelled')
+       LIMIT batch)
+    RETURNING id)
+  SELECT ARRAY(SELECT id FROM gone) INTO pruned;
+  -- A pruned dependent's dependencies go with it (no foreign key does it:
+  -- see migration 0016). Its dependencies' own rows were resolved when they finished.
+  DELETE FROM :SCHEMA.job_dependencies e WHERE e.job_id = ANY(pruned);
+  RETURN cardinality(pruned);
 END
 $fn$;
