@@ -33,7 +33,7 @@ describe('parseCrontab', () => {
         tz: 'UTC',
         queue: 'default',
         priority: 0,
-        maxAttempts: 5,
+        maxAttempts: null,
         missed: 'skip',
       },
       {
@@ -44,7 +44,7 @@ describe('parseCrontab', () => {
         tz: 'UTC',
         queue: 'default',
         priority: 0,
-        maxAttempts: 5,
+        maxAttempts: null,
         missed: 'skip',
       },
       {
