@@ -65,6 +65,11 @@ export interface AddJobOptions extends DependencyOptions {
   keyMode?: KeyMode;
   /** The throttle's window in ms: required with keyMode "throttle", refused with another mode. */
   keyWindowMs?: number;
+  /**
+   * The job's group within its queue (1 to 128 characters, e.g. a customer id): the queue's group
+   * limits (docs/limits.md) apply per group; at group concurrency 1 a group's jobs run one at a time, in order.
+   */
+  group?: string;
   /** Enqueue inside the caller's open transaction: rolled back means no job and no notification. */
   db?: Queryable;
 }
@@ -185,6 +190,7 @@ export function createClient(options: ClientOptions = {}): Client {
       max_attempts: spec.maxAttempts === undefined ? null : validateInt('maxAttempts', spec.maxAttempts, { min: 1, max: 1000 }),
       timeout_ms: spec.timeoutMs === undefined ? null : validateInt('timeoutMs', spec.timeoutMs, { min: 1, max: 2_147_483_647 }),
     };
+    if (spec.group !== undefined) row.group_key = groupOf(spec.group, task);
     if (spec.dependsOn !== undefined || spec.onDependencyFailure !== undefined) Object.assign(row, dependencyFields(spec, task));
     if (spec.key !== undefined) Object.assign(row, keyFields(spec, task));
     else if (spec.keyMode !== undefined || spec.keyWindowMs !== undefined) {
@@ -453,6 +459,16 @@ function keyFields(spec: JobSpec, task: string): Pick<NewJob, 'key' | 'key_mode'
       ? undefined
       : `${validateInt('keyWindowMs', keyWindowMs, { min: 1, max: Number.MAX_SAFE_INTEGER })} milliseconds`;
   return { key, key_mode: keyMode, key_window: window };
+}
+
+function groupOf(group: unknown, task: string): string {
+  if (typeof group !== 'string' || group.length < 1 || group.length > 128 || group.includes('\u0000')) {
+    throw new GrapevineError(
+      'GRAPEVINE_PAYLOAD_INVALID',
+      `group of task "${task}" must be a string of 1 to 128 characters without NUL (got ${JSON.stringify(group)})`,
+    );
+  }
+  return group;
 }
 
 function toJobId(id: string | number): string {

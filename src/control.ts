@@ -5,6 +5,7 @@ import { GrapevineError } from './errors.ts';
 import { Listener } from './listener.ts';
 import { Waiters } from './waiters.ts';
 import { jobOperations, type JobOperations } from './operations.ts';
+import { queueOperations, type QueueOperations } from './queues.ts';
 import { silentLogger, type Logger } from './log.ts';
 import { channelsFor } from './schema/channels.ts';
 import { explainingOutdatedSchema, migrate, type MigrateResult } from './schema/migrate.ts';
@@ -26,6 +27,7 @@ import { supervisorFromRow, type SupervisorInfo } from './supervisor-info.ts';
 
 export type { RegistryStatus, SupervisorInfo, ThreadStatus } from './supervisor-info.ts';
 export type { JobFilter, JobLink, JobLinks, JobOperations, JobPage, JobStats } from './operations.ts';
+export type { QueueConfig, QueueInfo, QueueOperations, QueueSettings, Rate } from './queues.ts';
 
 export interface ControlClientOptions extends ConnectionOptions {
   /** Defaults to "grapevine". */
@@ -58,8 +60,8 @@ export interface SendOptions {
   supervisors?: string[];
 }
 
-/** The operator's object: the control plane, and finding and acting on jobs (JobOperations). */
-export interface Control extends JobOperations {
+/** The operator's object: the control plane, finding and acting on jobs (JobOperations), and queue settings (QueueOperations). */
+export interface Control extends JobOperations, QueueOperations {
   readonly schema: string;
   /** Sends a command; returns the message id (shared by all recipients). */
   send(command: string, args?: unknown, options?: SendOptions): Promise<string>;
@@ -241,6 +243,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
   const control: Control = {
     schema,
     ...jobOperations(pool, schema, run),
+    ...queueOperations(pool, schema, run),
 
     async send(command, args, opts = {}) {
       return (await sendTo(command, args, opts.supervisors)).id;

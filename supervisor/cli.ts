@@ -21,6 +21,7 @@ import { CONTROL_HELP, controlCommands } from './cli-control.ts';
 import { DASHBOARD_HELP, dashboardCommands } from './cli-dashboard.ts';
 import { JOBS_HELP, jobCommands } from './cli-jobs.ts';
 import { printableJson, withControl } from './cli-output.ts';
+import { QUEUE_HELP, queueCommands } from './cli-queue.ts';
 import { readCrontab, SCHEDULE_HELP, scheduleCommands } from './cli-schedule.ts';
 import { chooseDatabase, EMBEDDED_DIR, NO_DATABASE, resolveDatabase, type ResolvedDatabase } from './database.ts';
 import { OPTION_RANGES, startSupervisor } from './index.ts';
@@ -59,6 +60,7 @@ Commands:
   supervisors  list the supervisors and their threads
   schedule  add, list, pause, resume or remove recurring schedules
   dashboard  serve the web dashboard (queues, jobs, supervisors, schedules; live)
+  queue     set queue limits (concurrency, per group, rate), pause, resume, list
   log       show the supervisors' event log
   demo      the square-root work queue, on an embedded PostgreSQL
 
@@ -110,12 +112,13 @@ Options for every command:
                       (docs/schedules.md); a bad line stops the start, naming it
 
 SIGTERM/SIGINT stop gracefully; a second signal stops at once. Exit code 0.`,
-  add: `Usage: grapevine add TASK [JSON] [--run-at ISO] [--priority N] [--queue Q] [--max-attempts N] [--timeout-ms N]
-                     [--key K [--key-mode M] [--key-window-ms N]] [--depends-on ID,... [--on-dependency-failure P]]
-                     [--wait]
+  add: `Usage: grapevine add TASK [JSON] [--run-at ISO] [--priority N] [--queue Q] [--group G] [--max-attempts N]
+                     [--timeout-ms N] [--key K [--key-mode M] [--key-window-ms N]]
+                     [--depends-on ID,... [--on-dependency-failure P]] [--wait]
 
   JSON               the payload (default: {})
   --run-at ISO       when the job becomes due, e.g. 2026-01-31T12:00:00Z
+  --group G          the job's group within its queue, for the queue's group limits (docs/limits.md)
   --key K            while a job with key K holds it, print that job's id instead of adding one (docs/keys.md)
   --key-mode M       replace (default), preserve_run_at, dedupe, dedupe_running or throttle
   --key-window-ms N  the throttle's window
@@ -150,6 +153,7 @@ upgrading grapevine.
   ...JOBS_HELP,
   ...SCHEDULE_HELP,
   ...DASHBOARD_HELP,
+  ...QUEUE_HELP,
   demo: `Usage: grapevine demo [--count N] [--threads N]
 
 Enqueues the numbers 1..N (default 12), computes their square roots on at least
@@ -321,6 +325,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
       'run-at': { type: 'string' },
       priority: { type: 'string' },
       queue: { type: 'string' },
+      group: { type: 'string' },
       'max-attempts': { type: 'string' },
       'timeout-ms': { type: 'string' },
       key: { type: 'string' },
@@ -348,6 +353,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
         runAt: values['run-at'] as string | undefined,
         priority: int(values, 'priority'),
         queue: values.queue as string | undefined,
+        group: values.group as string | undefined,
         maxAttempts: int(values, 'max-attempts'),
         timeoutMs: int(values, 'timeout-ms'),
         key: values.key as string | undefined,
@@ -452,6 +458,7 @@ const COMMANDS: Record<string, (command: string, argv: string[]) => Promise<numb
   ...jobCommands(CLI_TOOLS),
   ...scheduleCommands(CLI_TOOLS),
   ...dashboardCommands(CLI_TOOLS),
+  ...queueCommands(CLI_TOOLS),
 };
 
 /** What the commands in other files borrow from this one. */

@@ -1,6 +1,6 @@
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createDashboardHandler, type DashboardHandler, type Supervisor } from '../supervisor/public.ts';
+import { createControl, createDashboardHandler, type DashboardHandler, type Supervisor } from '../supervisor/public.ts';
 import { serve } from './helpers/browser.ts';
 import { eventually, startTestSupervisor, useMigratedSchema } from './helpers/db.ts';
 import { CLI, start } from './helpers/process.ts';
@@ -86,6 +86,21 @@ describe('pages and API', () => {
     expect(overview.states.failed).toBeGreaterThanOrEqual(1);
     await sup.stop({ graceMs: 0 });
     sup = undefined;
+  });
+
+  it("shows each queue's limits and whether it is paused across the fleet, even with no jobs", async () => {
+    const control = createControl({ connectionString: db.url, schema: db.schema });
+    try {
+      await control.setQueue('dash-limited', { concurrency: 4, groupConcurrency: 1, rate: '10/s' });
+      await control.pauseQueue('dash-paused');
+    } finally {
+      await control.close();
+    }
+    await client.addJob('mail', {}, { queue: 'dash-limited', group: 'g' });
+    const overview = JSON.parse((await get('/api/overview')).body);
+    const byName = Object.fromEntries(overview.queues.map((q: { queue: string }) => [q.queue, q]));
+    expect(byName['dash-limited']).toMatchObject({ due: 1, paused: false, limits: 'concurrency 4, per group 1, rate 10/s' });
+    expect(byName['dash-paused']).toMatchObject({ due: 0, running: 0, paused: true, limits: null });
   });
 
   it('never shows the connection password', async () => {

@@ -54,7 +54,7 @@ describe('grapevine grant', () => {
   it('prints the SQL of each kind without connecting, and refuses an unknown kind or a role that does not exist', async () => {
     const enqueue = grantSql({ schema: db.schema, role: 'app', as: 'enqueuer' });
     expect(enqueue).toContain(
-      `GRANT EXECUTE ON FUNCTION ${db.s}.add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval, bigint[], text), ${db.s}.add_jobs(jsonb)`,
+      `GRANT EXECUTE ON FUNCTION ${db.s}.add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval, bigint[], text, text), ${db.s}.add_jobs(jsonb)`,
     );
     // No right on any table but the three read-only ones every kind reads.
     expect(enqueue.match(/ON TABLE [^;]*/g)).toEqual([`ON TABLE ${db.s}.migrations, ${db.s}.schema_functions, ${db.s}.settings TO "app"`]);

@@ -145,7 +145,9 @@ function withoutBookkeeping(catalog: Catalog): Catalog {
  * table, the jobs' tick columns and their index, and the claims and
  * unhandled_tasks() returning them (a new result type); watch_progress()
  * (migration 0017's progress columns); migration 0020's max_attempts_given,
- * which the claims return too; migration 0016's dependencies: their
+ * which the claims return too; migration 0015's flow control: the functions
+ * behind limited claims and queue settings, and has_due() asking them (with
+ * an argument more); migration 0016's dependencies: their
  * functions and the trigger that wakes dependents; the operator's
  * security-definer actions (cancel_jobs(), retry_jobs(), reschedule_jobs(),
  * purge_jobs()).
@@ -163,6 +165,14 @@ const FUNCTIONS_SINCE_BASELINE = [
   'cancel_job',
   'job_specs',
   'add_job',
+  'held_queues',
+  'pending_queues',
+  'limited_candidates',
+  'claim_limited',
+  'limited_due',
+  'configure_queue',
+  // 0015 gave it a third argument.
+  'has_due',
   'add_jobs_after',
   'resolve_dependencies',
   'jobs_finished',

@@ -160,7 +160,7 @@ async function runBatch(request: Extract<ThreadRequest, { type: 'claim-ids' | 'c
     request.type === 'claim-next' && jobs.length < requested
       ? // After the commit: before it, this batch's own rows still look pending.
         committed
-          .then(() => hasDue(pools.system, config.schema, { tasks: known, queues: config.queues }))
+          .then(() => hasDue(pools.system, config.schema, { tasks: known, queues: config.queues, heldToo: false }))
           .then(
             (due) => due,
             () => true,

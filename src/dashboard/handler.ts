@@ -12,6 +12,7 @@ import { silentLogger, type Logger } from '../log.ts';
 import { redactSecret } from '../redact.ts';
 import { channelsFor } from '../schema/channels.ts';
 import { createSchedules } from '../schedules.ts';
+import { limitsText } from '../queues.ts';
 import { jobTimeline, queueActivity, stateCounts, stateEstimate } from '../sql/dashboard.ts';
 import { findJob } from '../sql/jobs.ts';
 import { watchProgress } from '../sql/progress.ts';
@@ -129,7 +130,7 @@ export function createDashboardHandler(options: DashboardOptions = {}): Dashboar
       at: new Date(),
       states: { pending: 0, running: 0, succeeded: 0, failed: 0, cancelled: 0, ...states },
       estimated,
-      queues,
+      queues: queues.map((q) => ({ ...q, limits: limitsText(q) })),
       supervisors,
     };
   };

@@ -30,7 +30,7 @@ export type RoleKind = (typeof ROLE_KINDS)[number];
 const READ_BY_ALL = ['migrations', 'schema_functions', 'settings'];
 
 const ENQUEUE_FUNCTIONS = [
-  'add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval, bigint[], text)',
+  'add_job(text, jsonb, text, timestamptz, integer, integer, integer, text, text, interval, bigint[], text, text)',
   'add_jobs(jsonb)',
   'get_job(bigint)',
   'watch_job(bigint)',
@@ -45,7 +45,13 @@ const ENQUEUE_FUNCTIONS = [
 const WORKER_FUNCTIONS = [
   'claim_next(integer, text[], text[], text, integer, integer)',
   'claim_ids(bigint[], text[], text[], text, integer, integer)',
-  'has_due(text[], text[])',
+  'has_due(text[], text[], boolean)',
+  // Called by the claims and has_due() for queues with limits (docs/limits.md).
+  'held_queues()',
+  'pending_queues()',
+  'limited_candidates(text, integer, integer, integer, text[], integer, timestamptz)',
+  'claim_limited(text, integer, text[], text, integer, integer)',
+  'limited_due(text, text[])',
   'prune_finished(bigint, integer)',
   'unhandled_tasks(integer, integer)',
   'notify(text, text)',
@@ -84,6 +90,9 @@ const TABLES: Record<RoleKind, Record<string, string>> = {
     responses: 'SELECT, INSERT, DELETE',
     worker_log: 'SELECT, INSERT, DELETE',
     log_followers: 'SELECT',
+    // A limited queue's claim locks its row and records its starts.
+    queues: 'SELECT, UPDATE',
+    group_starts: 'SELECT, INSERT, UPDATE, DELETE',
     // Pruning deletes a pruned dependent's rows.
     job_dependencies: 'SELECT, DELETE',
   },
@@ -95,6 +104,8 @@ const TABLES: Record<RoleKind, Record<string, string>> = {
     log_followers: 'SELECT, INSERT, UPDATE, DELETE',
     // grapevine schedule add, list, pause, resume, remove.
     schedules: 'SELECT, INSERT, UPDATE, DELETE',
+    // grapevine queue list; changes go through configure_queue().
+    queues: 'SELECT',
     // grapevine jobs and stats, the dashboard; the actions' filters select their ids.
     jobs: 'SELECT',
   },
@@ -116,6 +127,7 @@ const FUNCTIONS: Record<RoleKind, string[]> = {
     'watch_progress(bigint, integer)',
     'cancel_job(bigint)',
     'notify(text, text)',
+    'configure_queue(text, jsonb)',
     // grapevine job ID.
     'dependencies_of(bigint)',
     'dependents_of(bigint, integer)',

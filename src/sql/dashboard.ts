@@ -1,5 +1,6 @@
 import { rowsOf, type Queryable } from '../db.ts';
 import { quoteIdent } from '../schema/channels.ts';
+import type { QueueSettingsRow } from './queues.ts';
 import { bind, oneRow, perSchema, statement, type Statement } from './statement.ts';
 
 /**
@@ -25,10 +26,18 @@ function build(schema: string): DashboardStatements {
     // Per queue: pending (due now, due later) and running rows, each through
     // its partial index, and the jobs finished in the last five minutes
     // through the BRIN index on finished_at (rows are finished in heap
-    // order, so those pages are the table's last few).
+    // order, so those pages are the table's last few). Joined to the queue
+    // settings (docs/limits.md), so a limited or paused queue shows even idle.
     queues: st(
       'dash_queues',
-      `SELECT queue,
+      `SELECT coalesce(a.queue, q.queue) AS queue,
+              coalesce(a.due, 0) AS due, coalesce(a.scheduled, 0) AS scheduled, coalesce(a.running, 0) AS running,
+              coalesce(a.succeeded_1m, 0) AS succeeded_1m, coalesce(a.failed_1m, 0) AS failed_1m,
+              coalesce(a.succeeded_5m, 0) AS succeeded_5m, coalesce(a.failed_5m, 0) AS failed_5m,
+              coalesce(a.oldest_due_seconds, 0) AS oldest_due_seconds,
+              q.concurrency, q.group_concurrency, q.rate_limit, q.rate_interval_ms, q.group_rate_limit, q.group_rate_interval_ms,
+              coalesce(q.paused, false) AS paused
+         FROM (SELECT queue,
               count(*) FILTER (WHERE k = 'due')::integer AS due,
               count(*) FILTER (WHERE k = 'scheduled')::integer AS scheduled,
               count(*) FILTER (WHERE k = 'running')::integer AS running,
@@ -45,7 +54,9 @@ function build(schema: string): DashboardStatements {
                SELECT queue, state, NULL, finished_at >= now() - interval '1 minute'
                  FROM ${s}.jobs
                 WHERE finished_at >= now() - interval '5 minutes' AND state IN ('succeeded', 'failed', 'cancelled')) j
-        GROUP BY queue ORDER BY queue`,
+               GROUP BY queue) a
+         FULL JOIN ${s}.queues q ON q.queue = a.queue
+        ORDER BY 1`,
     ),
     // The planner's own figures for the whole table: its row count and the
     // share of each state, as ANALYZE last sampled them. Free to read.
@@ -71,8 +82,8 @@ function build(schema: string): DashboardStatements {
   };
 }
 
-export interface QueueRow {
-  queue: string;
+/** A queue's activity, and its limits and pause (null: no such limit). */
+export interface QueueRow extends QueueSettingsRow {
   due: number;
   scheduled: number;
   running: number;
@@ -98,7 +109,7 @@ export interface TimelineRow {
   detail: string | null;
 }
 
-/** Queues with pending or running jobs or jobs finished in the last five minutes. */
+/** Queues with pending or running jobs, jobs finished in the last five minutes, or settings. */
 export function queueActivity(db: Queryable, schema: string): Promise<QueueRow[]> {
   return rowsOf(db, bind(dashboardStatements(schema).queues, []));
 }

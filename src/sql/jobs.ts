@@ -52,10 +52,12 @@ function build(schema: string): JobStatements {
 
   // `attempts` only ever grows, so (job, attempt) names one execution. A
   // release that should not cost the job an attempt raises its allowance instead.
+  // A job of a limited queue keeps its run time, and so its place: a serial
+  // group's job released by a crash runs again before the group's later jobs.
   const releaseSet = (countAttempt: string, reason: string) => `
       state = ${terminalAfterRelease(countAttempt)},
       max_attempts = CASE WHEN ${countAttempt} THEN j.max_attempts ELSE j.max_attempts + 1 END,
-      run_at = now(), last_error = ${reason}, lease_until = NULL, claim_token = NULL,
+      run_at = CASE WHEN j.limited THEN j.run_at ELSE now() END, last_error = ${reason}, lease_until = NULL, claim_token = NULL,
       finished_at = CASE WHEN ${terminalAfterRelease(countAttempt)} = 'pending' THEN NULL ELSE now() END`;
 
   // Tell listeners about what a statement changed: pending ids to supervisors,
@@ -65,11 +67,20 @@ function build(schema: string): JobStatements {
   // every thread of every supervisor would otherwise queue behind each other.
   const announce = (cte: string) => `
     SELECT ${s}.notify_ids('${ch.jobs}', ARRAY(SELECT id FROM ${cte} WHERE state = 'pending' AND run_at <= now())),
+           ${freedSlots(cte)} AS freed,
            ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM ${cte} WHERE watched AND state IN ('succeeded', 'failed', 'cancelled'))),
            (SELECT count(${s}.notify('${ch.jobs}', 'at:' || floor(extract(epoch FROM run_at) * 1000)::bigint))
               FROM (SELECT min(run_at) AS run_at FROM ${cte} WHERE state = 'pending' AND run_at > now()) later
              WHERE later.run_at IS NOT NULL) AS hinted,
            ARRAY(SELECT id::text FROM ${cte}) AS ids`;
+
+  // A job of a limited queue (docs/limits.md) leaving 'running' frees a slot
+  // that jobs waiting on the limit may take: 'at:' now makes every supervisor
+  // pull (claim_limited() takes the queue's turns). Jobs of unlimited queues
+  // send nothing here.
+  const freedSlots = (cte: string) => `
+    (SELECT count(${s}.notify('${ch.jobs}', 'at:' || floor(extract(epoch FROM now()) * 1000)::bigint))
+       FROM (SELECT 1 FROM ${cte} WHERE limited LIMIT 1) l)`;
 
   // The outcome writes resolve the dependents of the jobs they ended in one
   // call per statement (a fan-in counts a whole batch of children at once);
@@ -90,7 +101,10 @@ function build(schema: string): JobStatements {
   return {
     // Enqueues go through add_job() and add_jobs(), which run with their
     // owner's rights: a role that may only enqueue has no right on the table.
-    insertOne: st('insert_one', `SELECT ${s}.add_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::interval, $11::bigint[], $12)::text AS id`),
+    insertOne: st(
+      'insert_one',
+      `SELECT ${s}.add_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::interval, $11::bigint[], $12, $13)::text AS id`,
+    ),
     // $1 the jobs as a JSON array; ids come back in its order.
     insertMany: st('insert_many', `SELECT id::text AS id FROM ${s}.add_jobs($1::jsonb) WITH ORDINALITY AS t(id, ord) ORDER BY ord`),
     // Through functions for the same reason as the enqueues.
@@ -133,8 +147,9 @@ function build(schema: string): JobStatements {
                 progress = CASE WHEN r.progressed THEN r.progress ELSE j.progress END
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
-         RETURNING j.id, j.state, j.watched, j.has_dependents)
-       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched)), ${rejected}, ${cancelled}, ${resolveDependents('done')}`,
+         RETURNING j.id, j.state, j.watched, j.has_dependents, j.limited)
+       SELECT ${s}.notify_ids('${ch.done}', ARRAY(SELECT id FROM done WHERE watched)), ${freedSlots('done')} AS freed, ${rejected}, ${cancelled},
+              ${resolveDependents('done')}`,
     ),
     // deleteSucceeded mode. $1 ids, $2 their claim tokens in the same order
     // (ids unique). Deletes the succeeded jobs that nobody waits for, no
@@ -151,8 +166,9 @@ function build(schema: string): JobStatements {
           WHERE j.id = ANY($1::bigint[])
             AND j.claim_token = ($2::bigint[])[array_position($1::bigint[], j.id)]
             AND j.state = 'running' AND NOT j.watched AND j.cancel_requested_at IS NULL AND NOT j.has_dependents
-         RETURNING j.id)
-       SELECT ARRAY(SELECT x::text FROM unnest($1::bigint[]) x WHERE NOT EXISTS (SELECT 1 FROM gone WHERE gone.id = x)) AS kept`,
+         RETURNING j.id, j.limited)
+       SELECT ARRAY(SELECT x::text FROM unnest($1::bigint[]) x WHERE NOT EXISTS (SELECT 1 FROM gone WHERE gone.id = x)) AS kept,
+              ${freedSlots('gone')} AS freed`,
     ),
     // $1 [{id, token, error, retryable, max_attempts?, delay_ms?, progressed?,
     // progress?}], $2 retry base ms, $3 retry max ms. A task's retry policy
@@ -188,7 +204,7 @@ function build(schema: string): JobStatements {
                   ELSE j.claim_token END
            FROM r
           WHERE j.id = r.id AND j.claim_token = r.token AND j.state = 'running'
-         RETURNING j.id, j.state, j.run_at, j.watched, j.has_dependents)
+         RETURNING j.id, j.state, j.run_at, j.watched, j.has_dependents, j.limited)
        ${announce('done')}, ${rejected}, ${cancelled}, ${resolveDependents('done')}`,
     ),
 
@@ -201,7 +217,7 @@ function build(schema: string): JobStatements {
       `WITH done AS (
          UPDATE ${s}.jobs j SET ${releaseSet('$4::boolean', '$3')}
           WHERE j.state = 'running' AND j.locked_by = $1 AND ($2::integer IS NULL OR j.locked_thread = $2)
-         RETURNING j.id, j.state, j.run_at, j.watched)
+         RETURNING j.id, j.state, j.run_at, j.watched, j.limited)
        ${announce('done')}`,
     ),
     // $1 ids. Run before releaseIds in the same transaction: a thread's claim
@@ -224,7 +240,7 @@ function build(schema: string): JobStatements {
          UPDATE ${s}.jobs j SET ${releaseSet('r.count', 'r.reason')}
            FROM r
           WHERE j.id = r.id AND j.state = 'running' AND j.locked_by = $1 AND j.locked_thread = r.thread
-         RETURNING j.id, j.state, j.run_at, j.watched)
+         RETURNING j.id, j.state, j.run_at, j.watched, j.limited)
        ${announce('done')}`,
     ),
 
@@ -245,9 +261,9 @@ function build(schema: string): JobStatements {
         WHERE j.id = free.id
        RETURNING j.id::text AS id, j.cancel_requested_at IS NOT NULL AS cancel_requested`,
     ),
-    // $1 tasks, $2 queues (NULL = all). Whether any pending job is due, held
-    // by another statement or not. See src/schema/functions/has_due.sql.
-    hasDue: st('has_due', `SELECT ${s}.has_due($1::text[], $2::text[]) AS due`),
+    // $1 tasks, $2 queues (NULL = all), $3 whether queues with limits count.
+    // Whether any pending job is due, held by another statement or not. See src/schema/functions/has_due.sql.
+    hasDue: st('has_due', `SELECT ${s}.has_due($1::text[], $2::text[], $3) AS due`),
     // Run only by the elected reaper, inside its transaction. A row locked
     // now is left for the next round rather than waited for: its owner is
     // finishing it (an outcome write, or an exactly-once transaction between
@@ -263,7 +279,7 @@ function build(schema: string): JobStatements {
                      AND (x.lease_until < now()
                           OR x.locked_by IN (SELECT id FROM ${s}.supervisors WHERE status IN ('LOST', 'EXITED')))
                      FOR UPDATE OF x SKIP LOCKED)
-         RETURNING j.id, j.state, j.run_at, j.watched)
+         RETURNING j.id, j.state, j.run_at, j.watched, j.limited)
        ${announce('done')}`,
     ),
     // $1 retention ms, $2 batch size. Returns `pruned`, how many. See
@@ -319,7 +335,7 @@ function build(schema: string): JobStatements {
       `WITH done AS (
          UPDATE ${s}.jobs j SET run_at = now()
           WHERE j.state = 'pending' AND j.run_at > now() AND ($1::bigint[] IS NULL OR j.id = ANY($1::bigint[]))
-         RETURNING j.id, j.state, j.run_at, j.watched)
+         RETURNING j.id, j.state, j.run_at, j.watched, j.limited)
        ${announce('done')}`,
     ),
   };
@@ -345,6 +361,8 @@ export interface NewJob {
   key_mode?: KeyMode;
   /** The throttle's window, as a PostgreSQL interval ('60000 milliseconds'). */
   key_window?: string;
+  /** The job's group within its queue (docs/limits.md); left out for none. */
+  group_key?: string;
   /** Ids of existing jobs it waits for; left out for a job without (docs/workflows.md). */
   depends_on?: string[];
   /** Positions (from 1) of earlier jobs of the same batch it waits for: the flow builder's. */
@@ -484,6 +502,7 @@ export async function insertJob(db: Queryable, schema: string, job: NewJob): Pro
     job.key_window ?? null,
     job.depends_on ?? null,
     job.on_dependency_failure ?? null,
+    job.group_key ?? null,
   ];
   return (await oneRow<{ id: string }>(db, bind(jobStatements(schema).insertOne, values))).id;
 }
@@ -640,8 +659,16 @@ export function renewLeases(
 }
 
 /** Whether any pending job of these tasks and queues (null: all) is due. */
-export async function hasDue(db: Queryable, schema: string, p: { tasks: string[]; queues: string[] | null }): Promise<boolean> {
-  const row = await oneRow<{ due: boolean }>(db, bind(jobStatements(schema).hasDue, [p.tasks, p.queues]));
+/**
+ * Whether a due job waits for these tasks and queues. `heldToo: false` leaves out queues with
+ * limits or paused, whose jobs are announced when they may start (a thread's look after a short pull).
+ */
+export async function hasDue(
+  db: Queryable,
+  schema: string,
+  p: { tasks: string[]; queues: string[] | null; heldToo?: boolean },
+): Promise<boolean> {
+  const row = await oneRow<{ due: boolean }>(db, bind(jobStatements(schema).hasDue, [p.tasks, p.queues, p.heldToo ?? true]));
   return row.due === true;
 }
 

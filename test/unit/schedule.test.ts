@@ -21,7 +21,7 @@ function scheduleErrorOf(spec: unknown): GrapevineError {
 }
 
 describe('parseSchedule', () => {
-  it('fills every default: UTC, the default queue, priority 0, the task's attempts (null), an empty payload, missed ticks skipped', () => {
+  it("fills every default: UTC, the default queue, priority 0, the task's attempts (null), an empty payload, missed ticks skipped", () => {
     expect(schedule('0 3 * * *')).toEqual({
       name: 'nightly',
       cron: '0 3 * * *',

@@ -161,6 +161,7 @@ function overviewView(o) {
           ['due', 'scheduled', 'running', 'succeeded / min', 'failed / min', 'failed (5 min)', 'oldest due waits'].map((t) =>
             h('th', { class: 'num' }, t),
           ),
+          h('th', {}, 'limits'),
         ),
         o.queues.map((q) =>
           h(
@@ -174,10 +175,17 @@ function overviewView(o) {
             num(q.failed_1m),
             num(q.failed_5m),
             num(q.due ? `${q.oldest_due_seconds.toFixed(1)} s` : '—'),
+            h(
+              'td',
+              { 'data-limits': '' },
+              q.paused ? h('strong', {}, 'paused') : null,
+              q.paused && q.limits ? ' · ' : null,
+              q.limits ?? (q.paused ? null : '—'),
+            ),
           ),
         ),
       )
-    : h('p', { class: 'muted' }, 'No queue has pending or running jobs, or jobs that finished in the last five minutes.');
+    : h('p', { class: 'muted' }, 'No queue has pending or running jobs, jobs that finished in the last five minutes, or limits.');
   const sups = o.supervisors.filter((s) => s.status !== 'EXITED' && s.status !== 'LOST');
   return [
     h('h1', {}, 'Overview'),

@@ -1,6 +1,6 @@
 -- Enqueue many jobs in one statement: `specs` is a JSON array of objects with
 -- add_job()'s arguments as fields (task, payload, queue, run_at, priority,
--- max_attempts, timeout_ms, key, key_mode, key_window; missing ones take
+-- max_attempts, timeout_ms, key, key_mode, key_window, group_key; missing ones take
 -- add_job()'s defaults), and for dependencies depends_on, after and
 -- on_dependency_failure, which add_jobs_after() settles. Returns the ids in
 -- the array's order. The client's
@@ -43,13 +43,13 @@ BEGIN
   -- One scan of the array decides: most batches have neither keys nor dependencies.
   IF NOT jsonb_path_exists(specs, '$[*] ? (@.key != null || @.depends_on != null || @.after != null)') THEN
     RETURN QUERY
-      INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms)
+      INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, group_key)
       SELECT t.task, coalesce(t.payload, '{}'), coalesce(t.queue, 'default'), coalesce(t.run_at, now()), coalesce(t.priority, 0),
-             coalesce(t.max_attempts, 5), t.max_attempts IS NOT NULL, t.timeout_ms
+             coalesce(t.max_attempts, 5), t.max_attempts IS NOT NULL, t.timeout_ms, t.group_key
         FROM ROWS FROM (jsonb_to_recordset(specs)
                AS (task text, payload jsonb, queue text, run_at timestamptz, priority integer,
-                   max_attempts integer, timeout_ms integer))
-             WITH ORDINALITY AS t(task, payload, queue, run_at, priority, max_attempts, timeout_ms, ord)
+                   max_attempts integer, timeout_ms integer, group_key text))
+             WITH ORDINALITY AS t(task, payload, queue, run_at, priority, max_attempts, timeout_ms, group_key, ord)
        ORDER BY t.ord
       RETURNING id;
     RETURN;
@@ -93,8 +93,9 @@ BEGIN
   IF unkeyed THEN
     -- Jobs without a key in one INSERT; RETURNING gives their ids in the order inserted.
     WITH t AS (SELECT * FROM :SCHEMA.job_specs(specs) t WHERE t.key IS NULL),
-         ins AS (INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms)
-                 SELECT t.task, t.payload, t.queue, t.run_at, t.priority, t.max_attempts, t.max_attempts_given, t.timeout_ms FROM t ORDER BY t.ord
+         ins AS (INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, group_key)
+                 SELECT t.task, t.payload, t.queue, t.run_at, t.priority, t.max_attempts, t.max_attempts_given, t.timeout_ms, t.group_key
+                   FROM t ORDER BY t.ord
                  RETURNING id)
     SELECT ARRAY(SELECT t.ord FROM t ORDER BY t.ord), ARRAY(SELECT ins.id FROM ins) INTO found_ords, found_ids;
     FOR i IN 1 .. coalesce(cardinality(found_ords), 0) LOOP
@@ -120,14 +121,16 @@ BEGIN
     WITH f AS (SELECT DISTINCT ON (t.key) t.* FROM :SCHEMA.job_specs(specs) t JOIN unnest(todo) u(ord) ON u.ord = t.ord
                 ORDER BY t.key, t.ord),
          up AS (
-             INSERT INTO :SCHEMA.jobs AS j (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, key, key_mode, key_until)
-             SELECT f.task, f.payload, f.queue, f.run_at, f.priority, f.max_attempts, f.max_attempts_given, f.timeout_ms, f.key, f.key_mode, f.key_until
+             INSERT INTO :SCHEMA.jobs AS j (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, key, key_mode, key_until,
+                                            group_key)
+             SELECT f.task, f.payload, f.queue, f.run_at, f.priority, f.max_attempts, f.max_attempts_given, f.timeout_ms, f.key, f.key_mode, f.key_until,
+                    f.group_key
                FROM f WHERE f.key_mode IN ('replace', 'preserve_run_at') ORDER BY f.ord
              ON CONFLICT (key) WHERE key IS NOT NULL DO UPDATE
                SET task = excluded.task, payload = excluded.payload, queue = excluded.queue,
                    run_at = CASE WHEN excluded.key_mode = 'replace' THEN excluded.run_at ELSE j.run_at END,
                    priority = excluded.priority, max_attempts = excluded.max_attempts, max_attempts_given = excluded.max_attempts_given,
-                   timeout_ms = excluded.timeout_ms
+                   timeout_ms = excluded.timeout_ms, group_key = excluded.group_key
              WHERE CASE j.key_mode
                      WHEN 'dedupe_running' THEN j.state IN ('pending', 'running')
                      WHEN 'throttle' THEN j.key_until > now()
@@ -162,8 +165,10 @@ BEGIN
     IF cardinality(keeping) > 0 THEN
       WITH f AS (SELECT t.* FROM :SCHEMA.job_specs(specs) t JOIN unnest(keeping) u(ord) ON u.ord = t.ord),
            ins AS (
-             INSERT INTO :SCHEMA.jobs AS j (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, key, key_mode, key_until)
-             SELECT f.task, f.payload, f.queue, f.run_at, f.priority, f.max_attempts, f.max_attempts_given, f.timeout_ms, f.key, f.key_mode, f.key_until
+             INSERT INTO :SCHEMA.jobs AS j (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, key, key_mode, key_until,
+                                            group_key)
+             SELECT f.task, f.payload, f.queue, f.run_at, f.priority, f.max_attempts, f.max_attempts_given, f.timeout_ms, f.key, f.key_mode, f.key_until,
+                    f.group_key
                FROM f ORDER BY f.ord
              ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
              RETURNING j.id, j.key)

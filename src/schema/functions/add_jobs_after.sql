@@ -93,8 +93,9 @@ BEGIN
          SELECT DISTINCT a.value::text::bigint AS ord
            FROM jsonb_array_elements(specs) s(spec), jsonb_array_elements(coalesce(s.spec->'after', '[]')) a(value)),
        ins AS (
-         INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, timeout_ms, state, waiting_for, has_dependents)
-         SELECT t.task, t.payload, t.queue, t.run_at, t.priority, t.max_attempts, t.timeout_ms,
+         INSERT INTO :SCHEMA.jobs (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, group_key, state,
+                                   waiting_for, has_dependents)
+         SELECT t.task, t.payload, t.queue, t.run_at, t.priority, t.max_attempts, t.max_attempts_given, t.timeout_ms, t.group_key,
                 CASE WHEN deps.waiting_for > 0 THEN 'waiting' ELSE 'pending' END,
                 CASE WHEN deps.waiting_for > 0 THEN deps.waiting_for END,
                 EXISTS (SELECT 1 FROM referenced r WHERE r.ord = t.ord)

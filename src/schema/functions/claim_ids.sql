@@ -4,6 +4,11 @@
 -- then finds it taken; a waitForJob() mark), and a skipped id would only come
 -- back with the next sweep. lock_timeout bounds the wait should a user's
 -- transaction hold a row.
+--
+-- Ids of a queue with limits or paused (held_queues()) are not claimed as
+-- named: they stand for as many jobs of their queue, which claim_limited()
+-- picks in its order under the queue's limits (a serial group's next job is
+-- its oldest, not the one just announced).
 -- Dropped first: CREATE OR REPLACE cannot change the columns a function
 -- returns (0014 added scheduled_for, 0020 max_attempts_given), and nothing in the schema depends on it.
 DROP FUNCTION IF EXISTS :SCHEMA.claim_ids(bigint[], text[], text[], text, integer, integer);
@@ -13,7 +18,23 @@ RETURNS TABLE (id bigint, task text, queue text, payload jsonb, attempts integer
 LANGUAGE plpgsql
 SET lock_timeout = '500ms'
 AS $fn$
+DECLARE
+  held text[];
+  hq text;
+  wanted integer;
 BEGIN
+  PERFORM pg_advisory_xact_lock_shared(1735549298, hashtext(':SCHEMA'));
+  held := :SCHEMA.held_queues();
+  IF held IS NOT NULL THEN
+    FOR hq, wanted IN
+      SELECT x.queue, count(*) FROM :SCHEMA.jobs x
+       WHERE x.id = ANY(ids) AND x.state = 'pending' AND x.queue = ANY(held)
+         AND (queue_names IS NULL OR x.queue = ANY(queue_names))
+       GROUP BY x.queue ORDER BY x.queue
+    LOOP
+      RETURN QUERY SELECT * FROM :SCHEMA.claim_limited(hq, wanted, task_names, owner, thread, lease_ms);
+    END LOOP;
+  END IF;
   RETURN QUERY
   UPDATE :SCHEMA.jobs j
      SET state = 'running', attempts = j.attempts + 1, locked_by = owner, locked_thread = thread,
@@ -22,6 +43,7 @@ BEGIN
    WHERE j.id = ANY(ARRAY(SELECT x.id FROM :SCHEMA.jobs x
      WHERE x.id = ANY(ids) AND x.state = 'pending' AND x.run_at <= now()
        AND x.task = ANY(task_names) AND (queue_names IS NULL OR x.queue = ANY(queue_names))
+       AND (held IS NULL OR x.queue <> ALL(held))
      ORDER BY x.id
      FOR UPDATE))
   RETURNING j.id, j.task, j.queue, j.payload, j.attempts, j.max_attempts, j.max_attempts_given, j.timeout_ms, j.claim_token,

@@ -17,6 +17,12 @@
 -- function with SET options is planned again on every call, while PL/pgSQL
 -- keeps its plans for the session. Columns are qualified throughout, because
 -- the output columns are variables inside the function.
+-- Queues with limits or paused (held_queues()) are claimed first, each by
+-- claim_limited(); the walk below leaves them out. The shared advisory lock
+-- lets configure_queue() wait for the claims in flight before it counts the
+-- running jobs of a queue it starts limiting. JIT is off: a scan these
+-- settings disable is costed far above jit_above_cost, and a small table
+-- read that way (the queues table) would be compiled on every call.
 -- Dropped first: CREATE OR REPLACE cannot change the columns a function
 -- returns (0014 added scheduled_for, 0020 max_attempts_given), and nothing in the schema depends on it.
 DROP FUNCTION IF EXISTS :SCHEMA.claim_next(integer, text[], text[], text, integer, integer);
@@ -24,19 +30,40 @@ CREATE FUNCTION :SCHEMA.claim_next(n integer, task_names text[], queue_names tex
 RETURNS TABLE (id bigint, task text, queue text, payload jsonb, attempts integer, max_attempts integer, max_attempts_given boolean,
                timeout_ms integer, claim_token bigint, cancel_requested boolean, scheduled_for timestamptz)
 LANGUAGE plpgsql
-SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off
+SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off SET jit = off
 AS $fn$
 DECLARE
   picked bigint[] := '{}';
   p integer;
   visited integer := 0;
+  held text[];
+  hq text;
+  got integer;
+  claimed integer := 0;
 BEGIN
+  PERFORM pg_advisory_xact_lock_shared(1735549298, hashtext(':SCHEMA'));
+  held := :SCHEMA.held_queues();
+  IF held IS NOT NULL THEN
+    FOREACH hq IN ARRAY held LOOP
+      EXIT WHEN claimed >= n;
+      CONTINUE WHEN queue_names IS NOT NULL AND NOT hq = ANY(queue_names);
+      RETURN QUERY SELECT * FROM :SCHEMA.claim_limited(hq, n - claimed, task_names, owner, thread, lease_ms);
+      GET DIAGNOSTICS got = ROW_COUNT;
+      claimed := claimed + got;
+    END LOOP;
+    n := n - claimed;
+    -- The walk below would read every pending row of the held queues to find
+    -- none of theirs: when only held queues have pending jobs, it is skipped.
+    IF NOT EXISTS (SELECT 1 FROM :SCHEMA.pending_queues() pq WHERE pq <> ALL(held)) THEN
+      n := 0;
+    END IF;
+  END IF;
   SELECT x.priority INTO p FROM :SCHEMA.jobs x WHERE x.state = 'pending' ORDER BY x.priority DESC LIMIT 1;
   WHILE p IS NOT NULL AND cardinality(picked) < n LOOP
     IF visited = 16 THEN
       picked := picked || ARRAY(
         SELECT x.id FROM :SCHEMA.jobs x
-         WHERE x.state = 'pending' AND x.priority <= p AND x.run_at <= now() AND x.task = ANY(task_names) AND (queue_names IS NULL OR x.queue = ANY(queue_names))
+         WHERE x.state = 'pending' AND x.priority <= p AND x.run_at <= now() AND x.task = ANY(task_names) AND (queue_names IS NULL OR x.queue = ANY(queue_names)) AND (held IS NULL OR x.queue <> ALL(held))
          ORDER BY x.priority DESC, x.run_at, x.id
          LIMIT n - cardinality(picked)
          FOR UPDATE SKIP LOCKED);
@@ -44,7 +71,7 @@ BEGIN
     END IF;
     picked := picked || ARRAY(
       SELECT x.id FROM :SCHEMA.jobs x
-       WHERE x.state = 'pending' AND x.priority = p AND x.run_at <= now() AND x.task = ANY(task_names) AND (queue_names IS NULL OR x.queue = ANY(queue_names))
+       WHERE x.state = 'pending' AND x.priority = p AND x.run_at <= now() AND x.task = ANY(task_names) AND (queue_names IS NULL OR x.queue = ANY(queue_names)) AND (held IS NULL OR x.queue <> ALL(held))
        ORDER BY x.run_at, x.id
        LIMIT n - cardinality(picked)
        FOR UPDATE SKIP LOCKED);
