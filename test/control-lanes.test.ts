@@ -97,6 +97,18 @@ describe('an EVAL that never settles', () => {
   });
 });
 
+describe('a stop that is not a STOP message (stop(), as on SIGTERM)', () => {
+  it('does not wait for an EVAL that never settles, and answers it with an error', async () => {
+    const supervisor = await start({ allowEval: true });
+    const evalId = await control.send('EVAL', 'new Promise(() => {})', { supervisors: [supervisor.id] });
+    await handling(supervisor.id, 'EVAL', evalId);
+    await supervisor.stop();
+    expect(supervisor.status().state).toBe('EXITED');
+    expect((await control.getResponse(evalId))[supervisor.id]).toMatchObject({ ok: false, error: { code: 'GRAPEVINE_SHUTDOWN' } });
+    expect(await messageRows([evalId])).toEqual([{ id: evalId, processed: true }]);
+  });
+});
+
 describe('a REFRESH whose new threads never load', () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'grapevine-stuck-import-'));
   const gate = path.join(dir, 'stuck');
