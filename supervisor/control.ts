@@ -7,7 +7,7 @@ import { isDataError } from '../src/db.ts';
 import { throttledWarnings } from '../src/log.ts';
 import { describeConnection } from '../src/redact.ts';
 import { storableText } from '../src/text.ts';
-import { markProcessed, pendingMessages, respond, type MessageRow } from '../src/sql/control.ts';
+import { markProcessed, pendingMessages, respond, type MessageLane, type MessageRow } from '../src/sql/control.ts';
 import { serverConnections } from '../src/sql/server.ts';
 import { setSupervisorStatus } from '../src/sql/supervisors.ts';
 import { VERSION } from '../src/version.ts';
@@ -86,27 +86,49 @@ class CommandError extends Error {
 // it instead) still answers within this long.
 const SAFETY_DRAIN_MS = 10_000;
 const MAX_TIMEOUT_S = MAX_IDLE_TIMEOUT_MS / 1000;
-// Messages handled per read of the table. Each read takes urgent commands
-// first, so a PING or STOP sent behind a flood waits for at most this many
-// others (an ECHO costs one round trip).
+// Messages handled per read of the table, in each lane. Urgent commands have
+// a lane of their own, so a PING or STOP waits for no other kind of message.
 export const MESSAGES_PER_READ = 20;
+
+/** One lane's reader: at most one read-and-handle loop at a time, so a message is handled once however many wake-ups race. */
+interface Lane {
+  name: Exclude<MessageLane, 'all'>;
+  draining: Promise<void> | null;
+  again: boolean;
+}
+
+/** The message a lane is handling now, until its response is stored. */
+interface InFlight {
+  row: MessageRow;
+  lane: Lane['name'];
+  /** Ends the wait for a command that has not settled: the supervisor is stopping. */
+  abandon: () => void;
+  responding: boolean;
+}
 
 /**
  * Messages to this supervisor, handled on the main thread: the threads may
  * all be stuck in CPU-bound handlers and the supervisor still answers.
- * Messages are read from the table a few at a time and handled one at a
- * time: urgent commands (PING, STOP, PAUSE, RESUME) before the others, and
- * each kind in the order it was sent. NOTIFY only says "look". A message
- * that fails is answered with an error and marked done, so the next one
- * always runs (respondOrExplain).
+ * Two lanes read the table, each a few messages at a time and one message
+ * at a time: urgent commands (PING, STOP, PAUSE, RESUME), which are cheap,
+ * and the others, which may take long (an EVAL, a REFRESH whose threads do
+ * not start). So a slow command never holds up a PING or a STOP. Within a
+ * lane messages run in the order they were sent. NOTIFY only says "look".
+ * A message that fails is answered with an error and marked done, so the
+ * next one always runs (respondOrExplain); one still running when the
+ * supervisor stops is answered with GRAPEVINE_SHUTDOWN and marked done, so
+ * it never runs again after a restart.
  */
 export class ControlPlane {
   private readonly host: ControlHost;
   private readonly log: SupervisorLog;
   private readonly startedAt = Date.now();
   // All fields are owned by the main thread.
-  private draining: Promise<void> | null = null;
-  private again = false;
+  private readonly lanes: Lane[] = [
+    { name: 'urgent', draining: null, again: false },
+    { name: 'ordinary', draining: null, again: false },
+  ];
+  private readonly inFlight = new Set<InFlight>();
   private closed = false;
   private stopping = false;
   private safetyTimer: NodeJS.Timeout | null = null;
@@ -126,12 +148,17 @@ export class ControlPlane {
 
   /** Reads and handles every unprocessed message addressed to this supervisor. */
   wake(): void {
-    void this.drain();
+    for (const lane of this.lanes) void this.drain(lane);
   }
 
-  /** The supervisor began to stop: no commands that change it. */
+  /**
+   * The supervisor began to stop: no commands that change it, and a command
+   * still running (an EVAL that never settles, a REFRESH whose threads do
+   * not start) is answered with an error now rather than waited for.
+   */
   onStopping(): void {
     this.stopping = true;
+    this.abandonRunning();
   }
 
   /** Last step before the pool closes: answers what is left with an error. */
@@ -139,7 +166,8 @@ export class ControlPlane {
     this.closed = true;
     if (this.safetyTimer) clearInterval(this.safetyTimer);
     this.safetyTimer = null;
-    await this.draining?.catch(() => {});
+    this.abandonRunning();
+    await Promise.all(this.lanes.map((lane) => lane.draining?.catch(() => {})));
     try {
       const rows = await pendingMessages(this.host.pool, this.host.schema, { supervisor: this.host.id, limit: 1_000 });
       for (const row of rows) {
@@ -153,42 +181,69 @@ export class ControlPlane {
     }
   }
 
-  private drain(): Promise<void> {
+  /** Urgent commands are cheap and are let finish; the others may never settle. */
+  private abandonRunning(): void {
+    for (const running of this.inFlight) if (running.lane === 'ordinary' && !running.responding) running.abandon();
+  }
+
+  private drain(lane: Lane): Promise<void> {
     if (this.closed) return Promise.resolve();
-    if (this.draining) {
-      this.again = true;
-      return this.draining;
+    if (lane.draining) {
+      lane.again = true;
+      return lane.draining;
     }
     const run = async () => {
       do {
-        this.again = false;
+        lane.again = false;
         for (;;) {
-          const rows = await pendingMessages(this.host.pool, this.host.schema, { supervisor: this.host.id, limit: MESSAGES_PER_READ });
+          const rows = await pendingMessages(this.host.pool, this.host.schema, {
+            supervisor: this.host.id,
+            limit: MESSAGES_PER_READ,
+            lane: lane.name,
+          });
           if (rows.length === 0 || this.closed) break;
           for (const row of rows) {
             if (this.closed) return;
-            await this.process(row);
+            await this.process(row, lane.name);
           }
         }
-      } while (this.again && !this.closed);
+      } while (lane.again && !this.closed);
     };
-    this.draining = run()
+    lane.draining = run()
       .catch((err: Error) =>
         // The messages stay unprocessed in the table; the next wake-up (or the safety timer) retries.
         this.warnDb(this.host.logger, { err: err.message }, 'could not read or answer control messages'),
       )
       .finally(() => {
-        this.draining = null;
+        lane.draining = null;
       });
-    return this.draining;
+    return lane.draining;
   }
 
-  private async process(row: MessageRow): Promise<void> {
+  private async process(row: MessageRow, lane: Lane['name']): Promise<void> {
     this.log.append('MESSAGE', `${row.command}${describeArgs(row.args)} (message ${row.id})`);
     let outcome: Outcome | null = null;
     let error: CommandFailure | null = null;
+    let abandon = () => {};
+    const abandoned = new Promise<'abandoned'>((resolve) => {
+      abandon = () => resolve('abandoned');
+    });
+    const running: InFlight = { row, lane, abandon, responding: false };
+    this.inFlight.add(running);
     try {
-      outcome = await this.handle(row);
+      const handled = this.handle(row);
+      // What it comes to after it was abandoned is of no use to anyone: the message is answered already.
+      handled.catch(() => {});
+      const settled = await Promise.race([handled, abandoned]);
+      if (settled === 'abandoned') {
+        error = {
+          code: 'GRAPEVINE_SHUTDOWN',
+          message: `supervisor ${this.host.id} began to stop while this ${row.command} message was still running; it was not waited for, and what it did or will do is not known`,
+        };
+        this.host.logger.warn({ message: row.id, command: row.command }, 'stopping: answered a control message that was still running');
+      } else {
+        outcome = settled;
+      }
     } catch (err) {
       error =
         err instanceof CommandError
@@ -198,7 +253,13 @@ export class ControlPlane {
               message: `${row.command} failed on supervisor ${this.host.id}: ${(err as Error)?.message ?? String(err)}`,
             };
     }
-    const stored = await this.respondOrExplain(row, error === null, outcome ? outcome.value : null, error);
+    running.responding = true;
+    let stored: { error: CommandFailure | null };
+    try {
+      stored = await this.respondOrExplain(row, error === null, outcome ? outcome.value : null, error);
+    } finally {
+      this.inFlight.delete(running);
+    }
     this.log.append(
       'RESPONSE',
       `${row.command} ${stored.error ? `ERROR ${stored.error.code}` : summarize(outcome!.value)} (message ${row.id})`,

@@ -89,6 +89,11 @@ export class ThreadPool extends EventEmitter {
   /** New generation with `threads` threads (default: the same count); old one drains. */
   async replace(threads = this.threads): Promise<void> {
     const next = await this.spawnGeneration(threads);
+    if (this.destroyed) {
+      // The pool was destroyed while these threads started (a stop did not wait for a stuck REFRESH).
+      await this.destroyGeneration(next);
+      throw new Error('the thread pool was destroyed while new threads started');
+    }
     const old = this.current;
     this.current = next;
     this.threads = threads;

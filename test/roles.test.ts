@@ -249,6 +249,8 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
     ['pruneExitedSupervisors', (d, s) => sups.pruneExitedSupervisors(d, s)],
     ['setSupervisorStatus', (d, s) => sups.setSupervisorStatus(d, s, { id: 'w', status: 'IDLE' })],
     ['pendingMessages', (d, s) => control.pendingMessages(d, s, { supervisor: 'w', limit: 10 })],
+    ['pendingMessages urgent', (d, s) => control.pendingMessages(d, s, { supervisor: 'w', limit: 10, lane: 'urgent' })],
+    ['pendingMessages ordinary', (d, s) => control.pendingMessages(d, s, { supervisor: 'w', limit: 10, lane: 'ordinary' })],
     [
       'respond',
       (d, s) =>

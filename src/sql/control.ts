@@ -20,6 +20,8 @@ interface ControlStatements {
   unfollowLog: Statement;
   // Supervisor side.
   pending: Statement;
+  pendingUrgent: Statement;
+  pendingOrdinary: Statement;
   respond: Statement;
   markProcessed: Statement;
   appendLog: Statement;
@@ -140,6 +142,21 @@ function build(schema: string): ControlStatements {
            WHERE worker = $1 AND processed_at IS NULL AND NOT ${URGENT}
            ORDER BY id LIMIT $2)) m
         ORDER BY lane, id LIMIT $2`,
+    ),
+    // $1 supervisor, $2 how many. One lane each: a supervisor reads and
+    // handles urgent commands apart from the others, so a slow one of those
+    // never holds up a PING or a STOP. The urgent one walks messages_urgent_idx.
+    pendingUrgent: st(
+      'control_pending_urgent',
+      `SELECT id, command, args FROM ${s}.messages
+        WHERE worker = $1 AND processed_at IS NULL AND ${URGENT}
+        ORDER BY id LIMIT $2`,
+    ),
+    pendingOrdinary: st(
+      'control_pending_ordinary',
+      `SELECT id, command, args FROM ${s}.messages
+        WHERE worker = $1 AND processed_at IS NULL AND NOT ${URGENT}
+        ORDER BY id LIMIT $2`,
     ),
     // $1 message id, $2 supervisor, $3 command, $4 ok, $5 value, $6 error.
     // Marking the message processed and storing its response is one step, so
@@ -322,9 +339,18 @@ export async function unfollowLog(db: Queryable, schema: string, p: { follower: 
   await db.query(bind(controlStatements(schema).unfollowLog, [p.follower]));
 }
 
-/** Up to `limit` messages `supervisor` has not processed: urgent ones (URGENT_COMMANDS) first, each kind in id order. */
-export function pendingMessages(db: Queryable, schema: string, p: { supervisor: string; limit: number }): Promise<MessageRow[]> {
-  return rowsOf(db, bind(controlStatements(schema).pending, [p.supervisor, p.limit]));
+/** Which of a supervisor's unprocessed messages to read: urgent commands, the others, or all (urgent first). */
+export type MessageLane = 'urgent' | 'ordinary' | 'all';
+
+/** Up to `limit` messages `supervisor` has not processed, of one lane (default all: urgent ones (URGENT_COMMANDS) first), each kind in id order. */
+export function pendingMessages(
+  db: Queryable,
+  schema: string,
+  p: { supervisor: string; limit: number; lane?: MessageLane },
+): Promise<MessageRow[]> {
+  const st = controlStatements(schema);
+  const which = p.lane === 'urgent' ? st.pendingUrgent : p.lane === 'ordinary' ? st.pendingOrdinary : st.pending;
+  return rowsOf(db, bind(which, [p.supervisor, p.limit]));
 }
 
 /**
