@@ -1,4 +1,4 @@
-import { DEFAULTS, validateName, validateInt, validateSchemaName } from './config.ts';
+import { DEFAULTS, validateInt, validateName, validateSchemaName, validateTimeoutMs } from './config.ts';
 import {
   clientConnections,
   explainConnectionErrors,
@@ -80,7 +80,11 @@ export interface JobSpec extends Omit<AddJobOptions, 'db'> {
 }
 
 export interface WaitOptions {
-  /** Give up with GRAPEVINE_WAIT_TIMEOUT after this long (default 60 s). */
+  /**
+   * Give up with GRAPEVINE_WAIT_TIMEOUT after this long (default 60 s): 0 to
+   * 2147483647 ms (setTimeout's limit, about 24.8 days); others are refused
+   * with GRAPEVINE_CONFIG_INVALID.
+   */
   timeoutMs?: number;
   /**
    * Called with each new value the handler reports with helpers.progress()
@@ -280,6 +284,7 @@ export function createClient(options: ClientOptions = {}): Client {
 
     async waitForJob(id, { timeoutMs = 60_000, onProgress } = {}) {
       const jobId = toJobId(id);
+      validateTimeoutMs(timeoutMs);
       await ensureMigrated();
       const notFound = () =>
         new GrapevineError(

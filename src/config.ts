@@ -158,6 +158,23 @@ export function validateInt(field: string, value: unknown, { min = 1, max = 1_00
   return value;
 }
 
+/** The longest delay setTimeout holds: past it Node fires the timer at once (with a warning). */
+export const MAX_TIMER_MS = 2_147_483_647;
+
+/**
+ * A wait's limit in ms, from 0 to MAX_TIMER_MS (about 24.8 days), or a
+ * GRAPEVINE_CONFIG_INVALID error naming it: a larger one would make the wait
+ * give up at once rather than never.
+ */
+export function validateTimeoutMs(timeoutMs: unknown, field = 'timeoutMs'): number {
+  if (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs < 0 || timeoutMs > MAX_TIMER_MS) {
+    throw configError(
+      `${field} must be a number of milliseconds from 0 to ${MAX_TIMER_MS} (about 24.8 days), got ${typeof timeoutMs === 'number' ? timeoutMs : JSON.stringify(timeoutMs)}`,
+    );
+  }
+  return timeoutMs;
+}
+
 /** The connection string from options or DATABASE_URL, or a clear error saying how to give one. */
 export function resolveConnectionString(explicit: string | undefined): string {
   const value = explicit ?? process.env.DATABASE_URL;

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { DEFAULTS, validateSchemaName } from './config.ts';
+import { DEFAULTS, validateSchemaName, validateTimeoutMs } from './config.ts';
 import { clientConnections, explainConnectionErrors, type ConnectionOptions } from './db.ts';
 import { GrapevineError } from './errors.ts';
 import { Listener } from './listener.ts';
@@ -250,7 +250,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
     },
 
     async sendAndWait(command, args, opts = {}) {
-      const timeoutMs = validateTimeout(opts.timeoutMs ?? 10_000);
+      const timeoutMs = validateTimeoutMs(opts.timeoutMs ?? 10_000);
       const sent = await sendTo(command, args, opts.supervisors);
       return run(() => collect(sent.id, sent.command, sent.recipients, timeoutMs, opts.delete ?? true));
     },
@@ -278,7 +278,7 @@ export function createControl(options: ControlClientOptions = {}): Control {
 
     async getResponse(messageId, { supervisor, delete: remove = false, timeoutMs = 0 } = {}) {
       const id = toMessageId(messageId);
-      validateTimeout(timeoutMs);
+      validateTimeoutMs(timeoutMs);
       return run(async () => {
         const recipients = await recipientsOf(id);
         if (supervisor !== undefined && !recipients.supervisors.includes(supervisor)) {
@@ -416,16 +416,6 @@ function validateCommand(command: unknown): string {
     );
   }
   return command.toUpperCase();
-}
-
-function validateTimeout(timeoutMs: unknown): number {
-  if (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs < 0 || timeoutMs > 2_147_483_647) {
-    throw new GrapevineError(
-      'GRAPEVINE_CONFIG_INVALID',
-      `timeoutMs must be a number of milliseconds from 0 to 2147483647, got ${JSON.stringify(timeoutMs)}`,
-    );
-  }
-  return timeoutMs;
 }
 
 function encodeArgs(command: string, args: unknown): string | null {

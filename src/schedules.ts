@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { DEFAULTS, resolveConnectionString, validateSchemaName } from './config.ts';
+import { DEFAULTS, resolveConnectionString, resolvePreparedStatements, validateSchemaName } from './config.ts';
 import { createPool, explainConnectionErrors } from './db.ts';
 import { GrapevineError } from './errors.ts';
 import { parseSchedule, type MissedTicks, type ScheduleSpec } from './schedule/schedule.ts';
@@ -18,6 +18,12 @@ export interface SchedulesOptions {
   schema?: string;
   /** Bring your own pool; close() will not end it. */
   pool?: pg.Pool;
+  /**
+   * Named prepared statements for the pool it makes (default true, or
+   * GRAPEVINE_PREPARED_STATEMENTS), as createClient: false behind a pooler in
+   * transaction mode.
+   */
+  preparedStatements?: boolean;
   /** Apply migrations before first use (default true). */
   migrate?: boolean;
 }
@@ -64,7 +70,13 @@ export interface Schedules {
 export function createSchedules(options: SchedulesOptions = {}): Schedules {
   const schema = validateSchemaName(options.schema ?? DEFAULTS.schema);
   const connectionString = options.pool ? '' : resolveConnectionString(options.connectionString);
-  const pool = options.pool ?? createPool(connectionString, { max: 2, applicationName: 'grapevine-schedules' });
+  const pool =
+    options.pool ??
+    createPool(connectionString, {
+      max: 2,
+      applicationName: 'grapevine-schedules',
+      preparedStatements: resolvePreparedStatements(options.preparedStatements),
+    });
   let migrated: Promise<unknown> | undefined;
 
   const run = async <T>(fn: () => Promise<T>): Promise<T> => {

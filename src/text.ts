@@ -1,3 +1,5 @@
+import { types } from 'node:util';
+
 /** A NUL, or a UTF-16 surrogate of a pair that is not there: what PostgreSQL's text, json and jsonb refuse. */
 const UNSTORABLE = /\0|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
 /** A quick look first: most text has no NUL and no surrogate at all. */
@@ -47,4 +49,39 @@ export function unstorableInJson(json: string): { nul: true } | { surrogate: str
     if (m[2] !== undefined) return { surrogate: m[2].toLowerCase() };
   }
   return null;
+}
+
+/** How to turn what lostInJson finds into JSON, for the error that names it. */
+export const LOST_IN_JSON_FIX = 'convert it first, e.g. Object.fromEntries(map) or [...set]';
+
+/**
+ * The first Map, Set, WeakMap or WeakSet in `value`, as "Map" or
+ * 'Set (at "key")', or null: JSON.stringify turns them into {} without a
+ * word, losing what they hold. `json` is the value's JSON already made: with
+ * no {} in it nothing was lost, so the common case walks nothing again. One
+ * with a toJSON of its own is fine (the replacer sees what toJSON returns).
+ */
+export function lostInJson(value: unknown, json: string): string | null {
+  if (!json.includes('{}')) return null;
+  let found: string | null = null;
+  try {
+    JSON.stringify(value, (key, v: unknown) => {
+      if (found === null && typeof v === 'object' && v !== null) {
+        const kind = types.isMap(v)
+          ? 'Map'
+          : types.isSet(v)
+            ? 'Set'
+            : types.isWeakMap(v)
+              ? 'WeakMap'
+              : types.isWeakSet(v)
+                ? 'WeakSet'
+                : null;
+        if (kind) found = key === '' ? kind : `${kind} (at ${JSON.stringify(key)})`;
+      }
+      return v;
+    });
+  } catch {
+    // A toJSON that throws the second time round: the first JSON stands.
+  }
+  return found;
 }

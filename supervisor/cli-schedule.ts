@@ -131,7 +131,11 @@ async function withSchedules(
   fn: (schedules: Schedules) => Promise<number>,
 ): Promise<number> {
   const db = await tools.database(values as Parameters<CliTools['database']>[0]);
-  const schedules = createSchedules({ connectionString: db.connectionString, schema: values.schema as string | undefined });
+  const schedules = createSchedules({
+    connectionString: db.connectionString,
+    schema: values.schema as string | undefined,
+    preparedStatements: db.preparedStatements,
+  });
   try {
     return await fn(schedules);
   } finally {

@@ -6,6 +6,7 @@ import { throttledWarnings } from '../src/log.ts';
 import type { AbortKind, BatchEvent, FailureDetails, ThreadRequest, ThreadResponse } from '../src/protocol.ts';
 import { effectiveClaimLimit, firstClaimLimit, maxClaimLimit, nextClaimLimit, QUICK_HANDLER_MS } from './claim-limit.ts';
 import { decideCrashRelease, describeCrash, type Kill, type Release } from './crash-release.ts';
+import type { ReleasedRow } from '../src/sql/jobs.ts';
 import type { ThreadPool } from './threads.ts';
 
 export type { Release } from './crash-release.ts';
@@ -18,8 +19,13 @@ export interface DispatcherOptions {
   threads: number;
   concurrency: number;
   logger: Logger;
-  /** Gives jobs back (fenced on this supervisor); must not throw. */
-  release: (jobs: Release[]) => Promise<void>;
+  /** Gives jobs back (fenced on this supervisor); must not throw. What it changed, or null if it left them to the lease. */
+  release: (jobs: Release[]) => Promise<ReleasedRow | null>;
+  /**
+   * Called with the jobs a crash took (a thread nobody asked to end), once
+   * their release says how each ends: failed, cancelled, or pending again.
+   */
+  onCrashReleased?: (jobs: readonly CrashedJob[]) => void;
   /** Called when a job starts and ends, for the supervisor's status and idle timer. */
   onActivity?: () => void;
   /**
@@ -31,6 +37,14 @@ export interface DispatcherOptions {
   wantsDetails?: () => boolean;
   /** How long a cancelled or timed-out handler may take to stop before its thread is terminated. */
   killGraceMs: number;
+}
+
+/** A job a thread crash took, and what its release made of it. */
+export interface CrashedJob {
+  job: RunningJob;
+  /** The reason stored as its last error. */
+  reason: string;
+  state: 'failed' | 'cancelled' | 'pending';
 }
 
 /** Which execution of which job: what the supervisor log records. */
@@ -183,6 +197,8 @@ export class Dispatcher {
   private readonly warn = throttledWarnings(1_000);
   /** Threads whose crash has been logged (their other batches fail with the same error). */
   private readonly crashLogged = new Set<number>();
+  /** Jobs given back because their thread died, by thread, until forgetThread: for thread:crashed, which may come after. */
+  private readonly takenBy = new Map<number, string[]>();
   readonly counters: DispatchCounters = {
     notifiedIds: 0,
     duplicateIds: 0,
@@ -814,10 +830,18 @@ export class Dispatcher {
     for (const job of gone) {
       if (job.timer) clearTimeout(job.timer);
       this.running.delete(job.id);
+      const taken = this.takenBy.get(job.threadId);
+      if (taken) taken.push(job.id);
+      else this.takenBy.set(job.threadId, [job.id]);
     }
     if (gone.length > 0) this.options.onJobs?.('finished', gone);
     this.freeSlots(batch.slots);
-    if (releases.length > 0) await this.options.release(releases);
+    const released = releases.length > 0 ? await this.options.release(releases) : null;
+    if (crashed && released && this.options.onCrashReleased) {
+      // As the release stored it: a crash reason may echo the connection string.
+      const stored = releases.map((r) => ({ ...r, reason: this.options.pool.redact(r.reason) }));
+      this.options.onCrashReleased(crashedJobs(gone, stored, released));
+    }
     // A batch whose thread died before it claimed (or before it said so)
     // took its notified ids with it, and a claim whose commit did not
     // complete (its backend ended with the thread, or the server went away)
@@ -830,6 +854,13 @@ export class Dispatcher {
     if (!this.stopping) this.markBacklog();
   }
 
+  /** The jobs this supervisor knows the thread was running when it died: still running here, or given back already. */
+  jobsTakenBy(threadId: number): string[] {
+    const ids = new Set(this.takenBy.get(threadId));
+    for (const job of this.running.values()) if (job.threadId === threadId) ids.add(job.id);
+    return [...ids];
+  }
+
   /**
    * Called when a thread has exited. The thread's 'exit' event can arrive
    * before piscina's rejections of its batches are handled, so the record of
@@ -837,12 +868,28 @@ export class Dispatcher {
    */
   forgetThread(threadId: number): void {
     setTimeout(() => {
+      this.takenBy.delete(threadId);
       this.killing.delete(threadId);
       this.crashLogged.delete(threadId);
       this.limits.delete(threadId);
       this.quick.delete(threadId);
     }, 10_000).unref();
   }
+}
+
+/** The jobs a crash released, each with what the release made of it; a job the release did not find (its run already over) is left out. */
+function crashedJobs(gone: readonly RunningJob[], releases: readonly Release[], released: ReleasedRow): CrashedJob[] {
+  const changed = new Set(released.ids);
+  const failed = new Set(released.failed);
+  const cancelled = new Set(released.cancelled);
+  const reasons = new Map(releases.map((r) => [r.id, r.reason]));
+  return gone
+    .filter((job) => changed.has(job.id))
+    .map((job) => ({
+      job,
+      reason: reasons.get(job.id) ?? '',
+      state: failed.has(job.id) ? 'failed' : cancelled.has(job.id) ? 'cancelled' : 'pending',
+    }));
 }
 
 /**

@@ -6,7 +6,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import type { RunningJob } from './dispatcher.ts';
+import type { CrashedJob, RunningJob } from './dispatcher.ts';
 
 /** Which execution of which job: in every job event. */
 export interface JobEvent {
@@ -30,7 +30,8 @@ export interface SupervisorEvents {
   /** The job's success was recorded. */
   'job:succeeded': JobEndEvent;
   /**
-   * The attempt failed and the job will not run again (`willRetry` false), or
+   * The attempt failed (its thread crashed too: then `durationMs` is null and
+   * `error` is the crash) and the job will not run again (`willRetry` false), or
    * the attempt failed and whether it runs again is unknown (`willRetry`
    * null, `error` null): its batch was sent before the first listener was
    * attached, so its thread was not asked for details.
@@ -46,8 +47,14 @@ export interface SupervisorEvents {
    * thread was terminated (the job is then given back without a report).
    */
   'job:timedOut': JobEndEvent & { willRetry: boolean | null };
-  /** A thread ended without being asked to (a handler's process.exit(), an uncaught error, out of memory); its jobs are given back. */
-  'thread:crashed': { threadId: number; exitCode: number };
+  /**
+   * A thread ended without being asked to (a handler's process.exit(), an
+   * uncaught error, out of memory). `jobIds`: the jobs this supervisor knew it
+   * was running, which are given back (each then gets job:retried, or
+   * job:failed / job:cancelled if that ended it); a claim the thread made but
+   * never reported is not among them and is released later, with no job event.
+   */
+  'thread:crashed': { threadId: number; exitCode: number; jobIds: string[] };
   /** A new thread took a crashed or retired one's place. */
   'thread:replaced': { threadId: number; generation: number };
   /** The LISTEN connection was lost; the supervisor reconnects with backoff and sweeps the table meanwhile. */
@@ -116,7 +123,7 @@ export class SupervisorEventBus {
     for (const job of jobs) this.emit('job:started', jobEvent(job));
   }
 
-  /** Jobs that finished together (once per batch); jobs a crash took away are reported as thread:crashed instead. */
+  /** Jobs that finished together (once per batch); jobs a crash took away are reported by crashEnded once released. */
   finished(jobs: readonly RunningJob[]): void {
     if (!this.wantsOutcomes()) return;
     for (const job of jobs) {
@@ -129,6 +136,17 @@ export class SupervisorEventBus {
         if (detail?.willRetry) this.emit('job:retried', { ...end, error: detail.error });
         else this.emit('job:failed', { ...end, error: detail?.error ?? null, willRetry: detail ? false : null });
       }
+    }
+  }
+
+  /** Jobs a thread crash took, once their release said how each ends: the attempt failed with the crash. */
+  crashEnded(jobs: readonly CrashedJob[]): void {
+    if (!this.wantsOutcomes()) return;
+    for (const { job, reason, state } of jobs) {
+      const end = { ...jobEvent(job), durationMs: null };
+      if (state === 'pending') this.emit('job:retried', { ...end, error: reason });
+      else if (state === 'failed') this.emit('job:failed', { ...end, error: reason, willRetry: false });
+      else this.emit('job:cancelled', end);
     }
   }
 }

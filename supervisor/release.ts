@@ -9,7 +9,7 @@ import { backoffMs } from '../src/backoff.ts';
 import { withPipelinedTransaction } from '../src/db.ts';
 import { throttledWarnings, type Logger } from '../src/log.ts';
 import { redactSecret } from '../src/redact.ts';
-import { lockJobsQuery, releaseJobsQuery, releaseUnreported } from '../src/sql/jobs.ts';
+import { lockJobsQuery, releaseJobsQuery, releaseUnreported, type ReleasedRow } from '../src/sql/jobs.ts';
 import type { Release } from './dispatcher.ts';
 
 export interface ReleaseOptions {
@@ -32,8 +32,12 @@ export class JobRelease {
     this.o = options;
   }
 
-  /** Gives jobs back to the queue, retrying while the database is away; the lease is the last resort. */
-  async release(released: Release[]): Promise<void> {
+  /**
+   * Gives jobs back to the queue, retrying while the database is away; the
+   * lease is the last resort. What the release changed, or null if it was
+   * left to the lease (nobody knows then how those jobs end).
+   */
+  async release(released: Release[]): Promise<ReleasedRow | null> {
     const { pool, schema, id, logger } = this.o;
     // A crash reason is the handler's own error text, which may echo the connection string.
     const jobs = released.map((j) => ({ ...j, reason: redactSecret(j.reason, this.o.connectionString) }));
@@ -47,16 +51,18 @@ export class JobRelease {
           lockJobsQuery(schema, { ids }),
           releaseJobsQuery(schema, { owner: id, jobs }),
         ]);
-        const done = new Set(rows[0]?.ids ?? []);
+        const row = rows[0] ?? { ids: [], failed: [], cancelled: [] };
+        const done = new Set(row.ids);
         const back = jobs.filter((j) => done.has(j.id));
         if (back.length > 0) logger.warn({ jobs: back.map((j) => ({ id: j.id, reason: j.reason })) }, 'released jobs back to the queue');
-        return;
+        return row;
       } catch (err) {
         this.warnDb(logger, { err: (err as Error).message }, 'release failed; retrying');
         await new Promise((r) => setTimeout(r, backoffMs({ attempt, baseMs: 100, maxMs: 2_000 })));
       }
     }
     logger.error({ jobs: ids }, 'could not release jobs; their leases will expire and the reaper will return them');
+    return null;
   }
 
   /** Returns to the queue what this supervisor (one thread of it, or all with null) claimed and never reported; the ids released. */

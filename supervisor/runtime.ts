@@ -125,6 +125,7 @@ export class SupervisorRuntime implements Supervisor {
           this.events.finished(jobs);
         } else this.events.started(jobs);
       },
+      onCrashReleased: (jobs) => this.events.crashEnded(jobs),
       wantsDetails: () => this.events.wantsOutcomes(),
     });
     this.listener = new Listener({
@@ -258,7 +259,9 @@ export class SupervisorRuntime implements Supervisor {
     threadPool.on('exit', (threadId: number, code: number, expected: boolean) => {
       if (!expected) {
         logger.warn({ threadId, code }, 'thread exited unexpectedly; piscina is replacing it');
-        if (this.events.listening('thread:crashed')) this.events.emit('thread:crashed', { threadId, exitCode: code });
+        if (this.events.listening('thread:crashed')) {
+          this.events.emit('thread:crashed', { threadId, exitCode: code, jobIds: this.dispatcher.jobsTakenBy(threadId) });
+        }
       }
       this.dispatcher.forgetThread(threadId);
       this.releases.afterThreadDeath(threadId, code);

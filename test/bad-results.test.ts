@@ -32,6 +32,9 @@ describe('handlers that return what JSON cannot hold or throw what is not an Err
     { kind: 'return-function', lastError: /^result is not JSON-serializable: handler returned a function$/ },
     { kind: 'return-symbol', lastError: /^result is not JSON-serializable: handler returned a symbol$/ },
     { kind: 'return-bigint', lastError: /^result is not JSON-serializable: .*BigInt/ },
+    // JSON would store these as {}: refused rather than lost.
+    { kind: 'return-map', lastError: /^result is not JSON-serializable: it holds a Map, which JSON stores as \{\}: / },
+    { kind: 'return-nested-set', lastError: /^result is not JSON-serializable: it holds a Set \(at "ids"\), which JSON stores as \{\}: / },
     { kind: 'return-circular', lastError: /^result is not JSON-serializable: .*circular/ },
     // Resolving a handler's promise with it reads its `then`, which throws: a failure like any other.
     { kind: 'return-hostile-proxy', lastError: /^Error: refusing to be read\n/ },

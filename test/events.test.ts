@@ -86,12 +86,37 @@ describe('job events', () => {
 });
 
 describe('thread and LISTEN events', () => {
-  it('a thread that exits is reported crashed, and its replacement', async () => {
+  it('a thread that exits is reported crashed with the job it took, and its replacement; the job is reported retried', async () => {
     const id = await db.client.addJob('exit', { crashes: 1 });
     expect((await db.client.waitForJob(id)).state).toBe('succeeded');
     await eventually(() => seen.some((s) => s.name === 'thread:replaced'), 'thread:replaced');
     const crashed = seen.find((s) => s.name === 'thread:crashed');
-    expect(crashed?.event).toMatchObject({ threadId: expect.any(Number), exitCode: 1 });
+    expect(crashed?.event).toMatchObject({ threadId: expect.any(Number), exitCode: 1, jobIds: [id] });
+    await eventually(() => namesOf(id).includes('job:succeeded'), 'job:succeeded');
+    expect(namesOf(id)).toEqual(['job:started', 'job:retried', 'job:started', 'job:succeeded']);
+    expect(eventsOf(id)[1].event).toMatchObject({ id, attempt: 1, durationMs: null, error: expect.stringMatching(/^thread crashed: /) });
+  });
+
+  it("a thread that crashes on the job's last attempt: thread:crashed names it, and job:failed says it will not run again", async () => {
+    const id = await db.client.addJob('exit', { crashes: 5 }, { maxAttempts: 1 });
+    const job = await db.client.waitForJob(id);
+    expect(job).toMatchObject({ state: 'failed', attempts: 1 });
+    await eventually(() => namesOf(id).includes('job:failed'), 'job:failed');
+    expect(namesOf(id)).toEqual(['job:started', 'job:failed']);
+    expect(eventsOf(id)[1].event).toEqual({
+      id,
+      task: 'exit',
+      queue: 'default',
+      attempt: 1,
+      threadId: expect.any(Number),
+      durationMs: null,
+      error: job.lastError,
+      willRetry: false,
+    });
+    await eventually(
+      () => seen.some((s) => s.name === 'thread:crashed' && (s.event as { jobIds: string[] }).jobIds.includes(id)),
+      'thread:crashed naming the job',
+    );
   });
 
   it('a lost LISTEN connection, and its return', async () => {

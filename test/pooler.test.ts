@@ -3,7 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createPool, withTransaction } from '../src/db.ts';
 import { Listener } from '../src/listener.ts';
 import { silentLogger } from '../src/log.ts';
-import { createClient, DEFAULTS, startSupervisor, type Supervisor } from '../supervisor/public.ts';
+import { createClient, createSchedules, DEFAULTS, startSupervisor, type Supervisor } from '../supervisor/public.ts';
 import { createLedger, directDatabaseUrl, drained, FIXTURE_TASKS, untilSucceeded, useMigratedSchema } from './helpers/db.ts';
 import { CLI, run, start } from './helpers/process.ts';
 import { pgbouncerBinary, startPgBouncer, type RunningPgBouncer } from './helpers/pgbouncer.ts';
@@ -99,6 +99,35 @@ describe.skipIf(!pgbouncerBinary())('through PgBouncer in transaction mode', () 
       await expect(plain[1].query(named)).rejects.toMatchObject({ code: '42P05' });
     } finally {
       await Promise.all(plain.map((p) => p.end()));
+    }
+  });
+
+  it('createSchedules follows preparedStatements and GRAPEVINE_PREPARED_STATEMENTS as the client does', async () => {
+    const before = process.env.GRAPEVINE_PREPARED_STATEMENTS;
+    const spec = { name: 'pooler-nightly', cron: '0 3 * * *', task: 'noop' };
+    try {
+      for (const [how, options] of [
+        ['option', { preparedStatements: false }],
+        ['environment', {}],
+      ] as const) {
+        if (how === 'environment') process.env.GRAPEVINE_PREPARED_STATEMENTS = 'false';
+        else delete process.env.GRAPEVINE_PREPARED_STATEMENTS;
+        const schedules = createSchedules({ connectionString: single.url, schema: db.schema, migrate: false, ...options });
+        try {
+          await onAnotherClient(single, 'DEALLOCATE ALL');
+          await schedules.add(spec);
+          expect((await schedules.list()).map((x) => x.name)).toContain(spec.name);
+          await schedules.pause(spec.name);
+          await schedules.remove(spec.name);
+          // The one server connection it used: no statement of its left there for the next client.
+          expect(await onAnotherClient(single, 'SELECT count(*)::int AS n FROM pg_prepared_statements'), how).toEqual([{ n: 0 }]);
+        } finally {
+          await schedules.close();
+        }
+      }
+    } finally {
+      if (before === undefined) delete process.env.GRAPEVINE_PREPARED_STATEMENTS;
+      else process.env.GRAPEVINE_PREPARED_STATEMENTS = before;
     }
   });
 

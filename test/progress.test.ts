@@ -205,6 +205,18 @@ describe('helpers.progress()', () => {
     expect(bigJob.progress).toBeNull();
   });
 
+  it('refuses a Map or Set (which JSON would store as {}), anywhere in the value, naming the type', async () => {
+    const ids = await db.client.addJobs(
+      ['map', 'nested-set', 'empty'].map((invalid) => ({ task: 'progress', payload: { invalid }, maxAttempts: 1 })),
+    );
+    const [map, set, empty] = await Promise.all(ids.map((id) => db.client.waitForJob(id)));
+    expect(map).toMatchObject({ state: 'failed', progress: null });
+    expect(map.lastError).toMatch(/GRAPEVINE_PROGRESS_INVALID\]: progress holds a Map, which JSON stores as \{\}/);
+    expect(set).toMatchObject({ state: 'failed', progress: null });
+    expect(set.lastError).toMatch(/GRAPEVINE_PROGRESS_INVALID\]: progress holds a Set \(at "seen"\), which JSON stores as \{\}/);
+    expect(empty).toMatchObject({ state: 'succeeded', progress: { step: {}, map: { a: 1 } } });
+  });
+
   it('grapevine job ID --follow prints each value, then the job', async () => {
     const id = await db.client.addJob('progress', { gate: GATE, steps: 2 });
     const follow = start([CLI, 'job', id, '--follow', '--schema', db.schema], { DATABASE_URL: db.url });

@@ -137,6 +137,26 @@ describe('waitForJob', () => {
     expect((await client.getJob(id))!.state).toBe('pending');
   });
 
+  it('refuses a timeoutMs setTimeout cannot hold (over 2^31-1, negative, NaN, not a number) with GRAPEVINE_CONFIG_INVALID', async () => {
+    const id = await client.addJob('nobody_runs_this', {});
+    // Over 2^31-1 ms Node's setTimeout fires at once: without the check this wait gave up immediately.
+    for (const bad of [2 ** 31, 30 * 24 * 3600 * 1000, -1, Number.NaN, Number.POSITIVE_INFINITY, '5000']) {
+      const err = await client.waitForJob(id, { timeoutMs: bad as number }).then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expect(err, String(bad)).toBeInstanceOf(GrapevineError);
+      expect((err as GrapevineError).code).toBe('GRAPEVINE_CONFIG_INVALID');
+      expect((err as Error).message).toMatch(/^timeoutMs must be a number of milliseconds from 0 to 2147483647 \(about 24.8 days\), got /);
+    }
+    // The largest value is accepted and waits (the job is still pending when we stop looking).
+    const longest = track(client.waitForJob(id, { timeoutMs: 2 ** 31 - 1 }));
+    await new Promise((r) => setTimeout(r, 300));
+    expect(longest.settled()).toBe(false);
+    await client.cancelJob(id);
+    expect((await longest.promise).state).toBe('cancelled');
+  });
+
   it('rejects with GRAPEVINE_JOB_NOT_FOUND for ids that do not exist or are not ids', async () => {
     const missing = await client.waitForJob('987654321987', { timeoutMs: 5_000 }).then(
       () => null,

@@ -4,7 +4,7 @@ import { backoffMs } from '../src/backoff.ts';
 import { isDataError } from '../src/db.ts';
 import { serializeError, storedErrorText, type ErrorCode } from '../src/errors.ts';
 import { completeJobs, deleteSucceeded, failJobs, type CompletedJob, type FailedJob, type RecordedOutcomes } from '../src/sql/jobs.ts';
-import { storableText, unstorableInJson } from '../src/text.ts';
+import { LOST_IN_JSON_FIX, lostInJson, storableText, unstorableInJson } from '../src/text.ts';
 
 export { isDataError };
 
@@ -282,6 +282,9 @@ export function toJson(value: unknown): string | Error {
   try {
     const text = JSON.stringify(value);
     if (text === undefined) return new Error(`result is not JSON-serializable: handler returned a ${typeof value}`);
+    const lost = lostInJson(value, text);
+    if (lost !== null)
+      return new Error(`result is not JSON-serializable: it holds a ${lost}, which JSON stores as {}: ${LOST_IN_JSON_FIX}`);
     return text;
   } catch (err) {
     // A toJSON() may throw anything, null included.

@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { GrapevineError } from '../src/errors.ts';
 import { throttledWarnings } from '../src/log.ts';
 import { writeProgress, type ProgressUpdate } from '../src/sql/progress.ts';
-import { unstorableInJson } from '../src/text.ts';
+import { LOST_IN_JSON_FIX, lostInJson, unstorableInJson } from '../src/text.ts';
 import { isDataError } from './outcomes.ts';
 
 /** The largest progress value stored, in bytes of JSON: progress is a hint for a watcher, not a place for data. */
@@ -29,6 +29,9 @@ export function progressJson(value: unknown): string {
       'GRAPEVINE_PROGRESS_INVALID',
       `progress is not JSON (got ${typeof value}): pass a number or a small plain object`,
     );
+  const lost = lostInJson(value, json);
+  if (lost !== null)
+    throw new GrapevineError('GRAPEVINE_PROGRESS_INVALID', `progress holds a ${lost}, which JSON stores as {}: ${LOST_IN_JSON_FIX}`);
   if (json.length * 3 > MAX_PROGRESS_BYTES) {
     const bytes = Buffer.byteLength(json);
     if (bytes > MAX_PROGRESS_BYTES) {

@@ -241,7 +241,9 @@ function build(schema: string): JobStatements {
            FROM r
           WHERE j.id = r.id AND j.state = 'running' AND j.locked_by = $1 AND j.locked_thread = r.thread
          RETURNING j.id, j.state, j.run_at, j.watched, j.limited)
-       ${announce('done')}`,
+       ${announce('done')},
+       ARRAY(SELECT id::text FROM done WHERE state = 'failed') AS failed,
+       ARRAY(SELECT id::text FROM done WHERE state = 'cancelled') AS cancelled`,
     ),
 
     // $1 supervisor, $2 ids of jobs it knows are running, $3 lease ms. Only
@@ -458,6 +460,14 @@ export interface AnnouncedRow {
   ids: string[];
 }
 
+/** What a release changed: every job it gave back (ids), and those it ended rather than made pending again. */
+export interface ReleasedRow extends AnnouncedRow {
+  /** Out of attempts: failed for good. */
+  failed: string[];
+  /** A cancel had been asked for: cancelled. */
+  cancelled: string[];
+}
+
 export interface RenewedLeaseRow {
   id: string;
   cancel_requested: boolean;
@@ -637,7 +647,7 @@ export function lockJobsQuery(schema: string, p: { ids: readonly string[] }): Ty
 }
 
 /** Releases chosen running jobs of `owner`, each with its own reason. */
-export function releaseJobsQuery(schema: string, p: { owner: string; jobs: readonly ReleasedJob[] }): TypedQuery<AnnouncedRow> {
+export function releaseJobsQuery(schema: string, p: { owner: string; jobs: readonly ReleasedJob[] }): TypedQuery<ReleasedRow> {
   return bind(jobStatements(schema).releaseIds, [p.owner, JSON.stringify(p.jobs)]);
 }
 
