@@ -38,15 +38,18 @@ async function startWarm(options: Partial<SupervisorOptions> = {}): Promise<Supe
 
 /**
  * Runs one job whose outcome cannot be stored as it is between ordinary
- * ones, all claimed in one batch, and checks that only it fails, that the
+ * ones, all claimed in one batch (due at the same instant, a moment after
+ * they are enqueued, so no claim can take some of them before the others
+ * whatever the machine's load), and checks that only it fails, that the
  * others keep their results, and that a job enqueued afterwards runs.
  */
 async function runAmongOrdinary(
   kind: Record<string, unknown>,
   { maxAttempts = 3, timeoutMs = 30_000 } = {},
 ): Promise<{ lastError: string; id: string }> {
-  const ok = (n: number) => ({ task: 'unstorable', payload: { kind: 'ok', n }, maxAttempts: 3 });
-  const ids = await client.addJobs([ok(1), { task: 'unstorable', payload: kind, maxAttempts }, ok(2), ok(3)]);
+  const runAt = new Date(Date.now() + 300);
+  const ok = (n: number) => ({ task: 'unstorable', payload: { kind: 'ok', n }, maxAttempts: 3, runAt });
+  const ids = await client.addJobs([ok(1), { task: 'unstorable', payload: kind, maxAttempts, runAt }, ok(2), ok(3)]);
   const jobs = await Promise.all(ids.map((id) => client.waitForJob(id, { timeoutMs })));
 
   const { rows } = await db.pool.query(`SELECT count(DISTINCT claim_token)::int AS claims FROM ${db.s}.jobs WHERE id = ANY($1::bigint[])`, [
