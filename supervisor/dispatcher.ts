@@ -199,6 +199,8 @@ export class Dispatcher {
   private readonly crashLogged = new Set<number>();
   /** Jobs given back because their thread died, by thread, until forgetThread: for thread:crashed, which may come after. */
   private readonly takenBy = new Map<number, string[]>();
+  /** Batches whose port is open: a dead thread's last reports may still wait there (see jobsTakenBy). */
+  private readonly openBatches = new Set<Batch>();
   readonly counters: DispatchCounters = {
     notifiedIds: 0,
     duplicateIds: 0,
@@ -520,6 +522,7 @@ export class Dispatcher {
       type === 'claim-ids' ? { type, ids: slots.map((s) => s.id!), tasks, port: port2 } : { type, count: slots.length, tasks, port: port2 };
     if (this.options.wantsDetails?.()) request.details = true;
     port1.on('message', (event: BatchEvent) => this.onEvent(batch, event));
+    this.openBatches.add(batch);
     this.counters.batches++;
     void this.queue.add(() => {
       // A batch that waited here (every thread busy writing outcomes) must
@@ -533,6 +536,7 @@ export class Dispatcher {
   }
 
   private dropUnsentBatch(batch: Batch, port2: MessagePort): void {
+    this.openBatches.delete(batch);
     batch.port.close();
     port2.close();
     this.freeSlots(batch.slots);
@@ -731,13 +735,19 @@ export class Dispatcher {
    * supervisor log's record of the jobs or, for a dead thread, their release.
    */
   private closeBatchPort(batch: Batch): void {
+    this.readBatchPort(batch);
+    this.openBatches.delete(batch);
+    batch.port.close();
+  }
+
+  /** Handles the reports waiting on a batch's port now, in order, rather than at their 'message' events. */
+  private readBatchPort(batch: Batch): void {
     // Checked before every read: an 'exiting' event handled here ends the reading too.
     for (;;) {
       const m = batch.drained ? undefined : receiveMessageOnPort(batch.port);
       if (!m) break;
       this.onEvent(batch, m.message as BatchEvent);
     }
-    batch.port.close();
   }
 
   private onDone(batch: Batch, type: ThreadRequest['type'], response: ThreadResponse): void {
@@ -856,6 +866,8 @@ export class Dispatcher {
 
   /** The jobs this supervisor knows the thread was running when it died: still running here, or given back already. */
   jobsTakenBy(threadId: number): string[] {
+    // A thread's 'exit' can come before its last reports (the claim) are read off the ports.
+    for (const batch of this.openBatches) this.readBatchPort(batch);
     const ids = new Set(this.takenBy.get(threadId));
     for (const job of this.running.values()) if (job.threadId === threadId) ids.add(job.id);
     return [...ids];
