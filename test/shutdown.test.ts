@@ -162,8 +162,10 @@ describe('SIGTERM to a `grapevine run` process', () => {
         FIXTURE_TASKS,
         '--threads',
         '1',
+        // One slot, which the blocked job holds: no claim is in flight when the SIGTERM
+        // lands, so a job enqueued after it can only be claimed by a supervisor that ignored the stop.
         '--concurrency',
-        '2',
+        '1',
         '--grace-ms',
         String(graceMs),
         '--schema',

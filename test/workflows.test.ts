@@ -44,11 +44,6 @@ async function runsOf(id: string): Promise<number[]> {
   return rows.map((r) => r.attempt);
 }
 
-async function times(id: string): Promise<{ started: Date; finished: Date }> {
-  const { rows } = await db.pool.query(`SELECT started_at AS started, finished_at AS finished FROM ${s}.jobs WHERE id = $1`, [id]);
-  return rows[0];
-}
-
 describe('flows run by supervisors', () => {
   it('fans out and in across two supervisors, one deleting its successes: the fan-in runs once, after every child, and reads their results', async () => {
     await ensureLedger();
@@ -76,7 +71,9 @@ describe('flows run by supervisors', () => {
       [children.map((c) => ids[c.name]), children.length],
     );
     expect(rows).toHaveLength(1);
-    expect((await times(ids['fan-in'])).started.getTime()).toBeGreaterThanOrEqual(rows[0].last.getTime());
+    // That it ran after every child is shown by what it read: each child succeeded, with its result.
+    // (Its started_at, the claim transaction's now(), may precede the last child's finished_at: a
+    // claim begun earlier can wait on a lock the outcome write holds, then see the fan-in due.)
   });
 
   it('never strands a dependent enqueued while its dependency runs or finishes, with two supervisors and four enqueuers', async () => {
@@ -129,12 +126,8 @@ describe('flows run by supervisors', () => {
     const deps = (after.result as { deps: Array<{ task: string; state: string; result: { n: number } }> }).deps;
     expect(deps.map((d) => [d.task, d.state, d.result.n])).toEqual([1, 2, 3, 4, 5].map((n) => ['square', 'succeeded', n]));
     expect(await runsOf(continuation)).toEqual([1]);
-    // After every child's outcome (the parent's own outcome write may come later: it is written after its handler returned).
-    const { rows: children } = await db.pool.query(
-      `SELECT max(j.finished_at) AS last FROM ${s}.job_dependencies e JOIN ${s}.jobs j ON j.id = e.depends_on WHERE e.job_id = $1`,
-      [continuation],
-    );
-    expect((await times(continuation)).started.getTime()).toBeGreaterThanOrEqual(children[0].last.getTime());
+    // It ran after every child's outcome: it read each child succeeded, with its result (the
+    // parent's own outcome write may come later: it is written after its handler returned).
   });
 
   it('releases the dependent of a retried dependency (failed once, then succeeded) once, after the success', async () => {
@@ -155,7 +148,7 @@ describe('flows run by supervisors', () => {
         error: expect.stringMatching(/^Error: first attempt fails on purpose/),
       },
     ]);
-    expect(done.startedAt!.getTime()).toBeGreaterThanOrEqual((await times(dependency)).finished.getTime());
+    // The dependent read the second attempt's success: it was released by it, not by the failure.
   });
 
   it('runs the dependent of a job whose supervisor process was SIGKILLed mid-job once, after the re-run on another process', async () => {
