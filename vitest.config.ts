@@ -3,8 +3,9 @@ import { BUILT_THREAD_ENTRY } from './test/setup/build.ts';
 
 export default defineConfig({
   test: {
-    // Database-heavy files with their own thread pools: two at a time on a 2-core machine.
-    maxWorkers: 2,
+    // Database-heavy files with their own thread pools, which spend most of their time waiting
+    // on the database, leases and child processes: three at a time on a 2-core machine.
+    maxWorkers: 3,
     projects: [
       {
         // Pure logic: no database, no threads, no build. Its own project so
