@@ -205,8 +205,9 @@ describe.skipIf(!pgbouncerBinary())('through PgBouncer in transaction mode', () 
       const producer = createClient(pooled);
       const ids: string[] = [];
       try {
+        // The 20,000-job backlog that bar names, in chunks of 5,000.
         for (let i = 0; i < 4; i++)
-          ids.push(...(await producer.addJobs(Array.from({ length: 500 }, () => ({ task: 'ledger', payload: { table } })))));
+          ids.push(...(await producer.addJobs(Array.from({ length: 5_000 }, () => ({ task: 'ledger', payload: { table } })))));
       } finally {
         await producer.close();
       }
