@@ -1,5 +1,6 @@
 import { rowsOf, type Queryable } from '../db.ts';
 import { quoteIdent } from '../schema/channels.ts';
+import type { LogRow } from './control.ts';
 import type { QueueSettingsRow } from './queues.ts';
 import { bind, oneRow, perSchema, statement, type Statement } from './statement.ts';
 
@@ -100,14 +101,8 @@ export interface StateEstimateRow {
   shares: Record<string, number>;
 }
 
-export interface TimelineRow {
-  id: string;
-  supervisor: string;
-  at: Date;
-  event: string;
-  thread: number | null;
-  detail: string | null;
-}
+/** A job's timeline: the supervisors' log rows that name it. */
+export type TimelineRow = LogRow;
 
 /** Queues with pending or running jobs, jobs finished in the last five minutes, or settings. */
 export function queueActivity(db: Queryable, schema: string): Promise<QueueRow[]> {
