@@ -43,7 +43,7 @@ export class PgBossAdapter implements SystemAdapter {
       version: installedVersion('pg-boss'),
       constructor: `useListenNotify: true, max (pool): ${POOL_MAX}, other options default (supervise/schedule on)`,
       queues: `createQueue(name, { notify: true }) for noop, latency, cpu`,
-      worker: `work(name, { batchSize: ${BATCH_SIZE}, localConcurrency: ${LOCAL_CONCURRENCY}, burstWhenBatchFull: true, pollingIntervalSeconds: ${POLLING_INTERVAL_S} }) per queue, in-process (${POLLING_INTERVAL_S} s is the minimum pg-boss accepts; with NOTIFY on it is the fallback)`,
+      worker: `work(name, { batchSize: ${BATCH_SIZE}, localConcurrency: ${LOCAL_CONCURRENCY}, burstWhenBatchFull: true, pollingIntervalSeconds: ${POLLING_INTERVAL_S} }) per queue, in-process (${POLLING_INTERVAL_S} s is the minimum pg-boss accepts; with NOTIFY on, jobs arrive by notification and the backstop poll is notifyPollingIntervalSeconds, 30 s by default)`,
       'why these': `pg-boss documents no throughput preset; ${BATCH_SIZE} x ${LOCAL_CONCURRENCY} = ${BATCH_SIZE * LOCAL_CONCURRENCY} jobs held locally, as many as graphile-worker's documented localQueue.size (larger batches measured faster than smaller ones here: batchSize 50 ~8k/s, 200 ~15k/s on 20,000 jobs)`,
       enqueue: `bulk: insert(name, jobs) in chunks of ${BULK_CHUNK}; single: send(name, data)`,
       handlers: 'batch handler on the main thread, runs each job of the batch in turn; CPU work is single-threaded',
