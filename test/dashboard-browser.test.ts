@@ -69,6 +69,8 @@ describe.skipIf(!enabled)('the dashboard in chromium', () => {
     await expect.poll(() => page.locator('#jobs tr[data-job] td:nth-child(2)').allTextContents()).toEqual(['alpha']);
     expect(page.url()).toContain('task=alpha');
     await page.goto(`${site.url}/#/jobs`);
+    // The unfiltered view replaces the form: fill the new one, not the one it is about to replace.
+    await expect.poll(async () => (await rowIds(page)).length).toBeGreaterThanOrEqual(4);
     await page.fill('#filters input[name="error"]', 'BETA BROKE');
     await page.click('#filters button[type="submit"]');
     await expect.poll(() => page.locator('#jobs tr[data-job] td:nth-child(2)').allTextContents()).toEqual(['beta']);
