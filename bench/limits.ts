@@ -6,9 +6,12 @@
  *   queue's lock, finished_at by the outcome write, so overlapping stamps overlapped in fact).
  * - groups: G groups x K jobs at group concurrency 1, grapevine (one supervisor process) against
  *   pg-boss's groupConcurrency 1 (one instance, the tuned profile's fetch settings), same run.
+ * - unconstrained: 20,000 no-op jobs in a queue with no limit, drained by one supervisor process (2
+ *   threads), with no limits configured against with another queue limited (concurrency 10, group
+ *   concurrency 1, a rate): the claims then take the limited path first. Variants alternate per round.
  *
  *   npm run build && node bench/limits.ts [--jobs N] [--hold-ms MS] [--supervisors N] [--groups G] [--per-group K]
- *                                          [--only capped|groups] [--no-pgboss]
+ *                                          [--only capped|groups|unconstrained] [--no-pgboss] [--rounds N]
  *
  * Uses DATABASE_URL; works in the schemas bench_limits_*, dropped at the end. The full sizes
  * (2,000 capped jobs, 1,000 x 20 groups) are the defaults; pass smaller ones for a quick look.
@@ -30,8 +33,10 @@ const { values } = parseArgs({
     'per-group': { type: 'string' },
     only: { type: 'string' },
     'no-pgboss': { type: 'boolean' },
+    rounds: { type: 'string' },
   },
 });
+const ROUNDS = Number(values.rounds ?? 3);
 const JOBS = Number(values.jobs ?? 2_000);
 const HOLD_MS = Number(values['hold-ms'] ?? 5);
 const SUPERVISORS = Number(values.supervisors ?? 4);
@@ -165,9 +170,46 @@ async function groupsPgBoss(): Promise<number> {
   }
 }
 
+async function unconstrained(): Promise<void> {
+  const rates: Record<'none' | 'configured', number[]> = { none: [], configured: [] };
+  const count = 20_000;
+  for (let round = 0; round < ROUNDS; round++) {
+    const order = round % 2 === 0 ? (['none', 'configured'] as const) : (['configured', 'none'] as const);
+    for (const variant of order) {
+      const schema = 'bench_limits_unconstrained';
+      await fresh(schema);
+      if (variant === 'configured') {
+        const control = createControl({ connectionString: url!, schema });
+        await control.setQueue('limited-elsewhere', { concurrency: 10, groupConcurrency: 1, rate: '100/1s' });
+        await control.close();
+      }
+      const fleet = await grapevineFleet(schema, 1, 2);
+      try {
+        const ms = await drainGrapevine(
+          schema,
+          fleet,
+          Array.from({ length: count }, () => ({ task: 'hold', queue: 'default', payload: { ms: 0 } })),
+        );
+        rates[variant].push((count * 1000) / ms);
+      } finally {
+        await stopFleet(fleet);
+        await fresh(schema);
+      }
+    }
+  }
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const none = median(rates.none);
+  const configured = median(rates.configured);
+  console.log(
+    `unconstrained  ${count} jobs, no limits configured ${none.toFixed(0)} jobs/s (${rates.none.map((r) => r.toFixed(0)).join(', ')}), ` +
+      `another queue limited ${configured.toFixed(0)} jobs/s (${rates.configured.map((r) => r.toFixed(0)).join(', ')}), ratio ${(configured / none).toFixed(3)}`,
+  );
+}
+
 try {
-  if (ONLY !== 'groups') await capped();
-  if (ONLY !== 'capped') {
+  if (ONLY === 'unconstrained') await unconstrained();
+  else if (ONLY !== 'groups') await capped();
+  if (ONLY !== 'capped' && ONLY !== 'unconstrained') {
     const total = GROUPS * PER_GROUP;
     const gv = await groupsGrapevine();
     const line = `groups  ${GROUPS} x ${PER_GROUP} at group concurrency 1: grapevine ${((total * 1000) / gv).toFixed(0)} jobs/s`;
