@@ -158,7 +158,11 @@ async function groupsPgBoss(): Promise<number> {
     for (let g = 0; g < GROUPS; g++) for (let k = 0; k < PER_GROUP; k++) jobs.push({ data: {}, group: { id: `g${g}` } });
     for (let i = 0; i < jobs.length; i += 5_000) await boss.insert('grouped', jobs.slice(i, i + 5_000));
     const t0 = nowMs();
-    await boss.work('grouped', { batchSize: 250, localConcurrency: 2, pollingIntervalSeconds: 0.5, notifyPollingIntervalSeconds: 0.5, groupConcurrency: 1 }, async () => {});
+    await boss.work(
+      'grouped',
+      { batchSize: 250, localConcurrency: 2, pollingIntervalSeconds: 0.5, notifyPollingIntervalSeconds: 0.5, groupConcurrency: 1 },
+      async () => {},
+    );
     const t1 = await until('pg-boss drain', async () => {
       const { rows } = await pool.query(`SELECT count(*)::int AS n FROM "${schema}".job WHERE name = 'grouped' AND state <> 'completed'`);
       return rows[0].n === 0;

@@ -11,6 +11,8 @@ export interface JobFilter {
   queue?: string;
   /** The job's key; a job holds its key only while its mode does (docs/keys.md). */
   key?: string;
+  /** The job's group (docs/limits.md). */
+  group?: string;
   /** Created at or after this time. */
   createdAfter?: Date | string;
   /** Created before this time. */
@@ -226,6 +228,7 @@ function toParams(filter: JobFilter | null | undefined, ids: string[] | null): J
     errorContains: filter.errorContains === undefined || filter.errorContains === '' ? null : filter.errorContains,
     ids,
     key: filter.key === undefined || filter.key === '' ? null : filter.key,
+    group: filter.group === undefined || filter.group === '' ? null : filter.group,
   };
 }
 

@@ -15,6 +15,7 @@ const FILTER_OPTIONS = {
   task: { type: 'string' },
   queue: { type: 'string' },
   key: { type: 'string' },
+  group: { type: 'string' },
   since: { type: 'string' },
   until: { type: 'string' },
   error: { type: 'string' },
@@ -24,6 +25,7 @@ const FILTER_HELP = `  --state S       pending, running, succeeded, failed or ca
   --task T        jobs of this task
   --queue Q       jobs of this queue
   --key K         the job holding this key (docs/keys.md)
+  --group G       jobs of this group (docs/limits.md)
   --since ISO     created at or after this time, e.g. 2026-01-31T12:00:00Z
   --until ISO     created before this time
   --error TEXT    whose last error contains TEXT (case-insensitive)`;
@@ -177,6 +179,7 @@ function filterOf(values: Values): JobFilter {
     task: values.task as string | undefined,
     queue: values.queue as string | undefined,
     key: values.key as string | undefined,
+    group: values.group as string | undefined,
     createdAfter: values.since as string | undefined,
     createdBefore: values.until as string | undefined,
     errorContains: values.error as string | undefined,

@@ -40,10 +40,10 @@ async function finishedJob(
 }
 
 describe('listJobs', () => {
-  it('filters by state, task, queue, creation time and error text, newest first', async () => {
+  it('filters by state, task, queue, group, creation time and error text, newest first', async () => {
     await clearJobs();
     const a = await client.addJob('square', { n: 1 }, { runAt: later() });
-    const b = await client.addJob('square', { n: 2 }, { runAt: later(), queue: 'email' });
+    const b = await client.addJob('square', { n: 2 }, { runAt: later(), queue: 'email', group: 'customer-7' });
     const c = await finishedJob('fail', 'failed', 'Error: SMTP refused the connection');
     const d = await finishedJob('fail', 'failed', 'Error: timeout');
     const ids = async (filter: Parameters<typeof control.listJobs>[0]) => (await control.listJobs(filter)).jobs.map((j) => j.id);
@@ -51,6 +51,8 @@ describe('listJobs', () => {
     expect(await ids({ state: 'failed' })).toEqual([d, c]);
     expect(await ids({ state: ['pending', 'failed'], task: 'square' })).toEqual([b, a]);
     expect(await ids({ queue: 'email' })).toEqual([b]);
+    expect(await ids({ group: 'customer-7' })).toEqual([b]);
+    expect(await ids({ group: 'customer-8' })).toEqual([]);
     expect(await ids({ errorContains: 'smtp' })).toEqual([c]);
     const { rows } = await db.pool.query(`SELECT created_at FROM ${s}.jobs WHERE id = $1`, [c]);
     expect(await ids({ createdAfter: rows[0].created_at })).toEqual([d, c]);

@@ -148,6 +148,7 @@ function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
     errorContains: 'e',
     ids: null,
     key: null,
+    group: null,
   };
   if (kind === 'operator') {
     return [

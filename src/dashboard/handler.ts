@@ -292,6 +292,7 @@ function filterFrom(q: URLSearchParams): JobFilter {
     task: text('task'),
     queue: text('queue'),
     key: text('key'),
+    group: text('group'),
     createdAfter: text('since'),
     createdBefore: text('until'),
     errorContains: text('error'),

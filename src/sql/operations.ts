@@ -42,9 +42,11 @@ export interface JobFilterParams {
   ids: string[] | null;
   /** The job key (held only while the job holds it: docs/keys.md). */
   key: string | null;
+  /** The job's group (docs/limits.md). */
+  group: string | null;
 }
 
-/** The filter's parameters take $1..$10 of every statement that uses it. */
+/** The filter's parameters take $1..$11 of every statement that uses it. */
 const FILTER = `($1::text[] IS NULL OR j.state = ANY($1::text[]))
    AND ($2::text IS NULL OR j.task = $2)
    AND ($3::text IS NULL OR j.queue = $3)
@@ -54,10 +56,23 @@ const FILTER = `($1::text[] IS NULL OR j.state = ANY($1::text[]))
    AND ($7::timestamptz IS NULL OR j.finished_at < $7)
    AND ($8::text IS NULL OR strpos(lower(j.last_error), lower($8)) > 0)
    AND ($9::bigint[] IS NULL OR j.id = ANY($9::bigint[]))
-   AND ($10::text IS NULL OR j.key = $10)`;
+   AND ($10::text IS NULL OR j.key = $10)
+   AND ($11::text IS NULL OR j.group_key = $11)`;
 
 function filterValues(f: JobFilterParams): unknown[] {
-  return [f.states, f.task, f.queue, f.createdAfter, f.createdBefore, f.finishedAfter, f.finishedBefore, f.errorContains, f.ids, f.key];
+  return [
+    f.states,
+    f.task,
+    f.queue,
+    f.createdAfter,
+    f.createdBefore,
+    f.finishedAfter,
+    f.finishedBefore,
+    f.errorContains,
+    f.ids,
+    f.key,
+    f.group,
+  ];
 }
 
 function build(schema: string): OperationStatements {
@@ -66,13 +81,13 @@ function build(schema: string): OperationStatements {
 
   return {
     // Newest first by id, which follows insertion order: the primary key
-    // walked backwards finds a page by stopping after $12 matches. $11 the
+    // walked backwards finds a page by stopping after $13 matches. $12 the
     // cursor (the last id of the previous page).
     list: st(
       'ops_list',
       `SELECT j.* FROM ${s}.jobs j
-        WHERE ${FILTER} AND ($11::bigint IS NULL OR j.id < $11)
-        ORDER BY j.id DESC LIMIT $12`,
+        WHERE ${FILTER} AND ($12::bigint IS NULL OR j.id < $12)
+        ORDER BY j.id DESC LIMIT $13`,
     ),
     // One pass over the table for the counts (an operator's question, not a
     // hot path); the oldest due job comes from the pending index and the last
@@ -100,14 +115,14 @@ function build(schema: string): OperationStatements {
     ),
     // $1 ids, $2 the new run_at. Pending jobs only.
     reschedule: st('ops_reschedule', `SELECT ${s}.reschedule_jobs($1::bigint[], $2::timestamptz)::text[] AS ids`),
-    // Finished jobs only, $11 at a time so one statement never holds many
+    // Finished jobs only, $12 at a time so one statement never holds many
     // row locks; the caller repeats until a batch comes back short.
     purge: st(
       'ops_purge',
       `SELECT ${s}.purge_jobs(ARRAY(
          SELECT j.id FROM ${s}.jobs j
           WHERE ${FILTER} AND j.state IN ('succeeded', 'failed', 'cancelled')
-          LIMIT $11)) AS purged`,
+          LIMIT $12)) AS purged`,
     ),
     // The single cancel (jobs.ts `cancel` and `announceCancel`) for many
     // jobs: pending and waiting ones are cancelled on the spot, running ones

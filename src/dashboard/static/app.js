@@ -209,6 +209,7 @@ const FILTERS = [
   ['task', 'task'],
   ['queue', 'queue'],
   ['key', 'key'],
+  ['group', 'group'],
   ['since', 'created since', 'datetime-local'],
   ['until', 'created before', 'datetime-local'],
   ['error', 'error contains'],
