@@ -47,6 +47,9 @@ BEGIN
     FOREACH hq IN ARRAY held LOOP
       EXIT WHEN claimed >= n;
       CONTINUE WHEN queue_names IS NOT NULL AND NOT hq = ANY(queue_names);
+      -- A held queue with nothing pending has nothing to claim: its row lock,
+      -- which every claim of the fleet would take in turn, is not worth taking.
+      CONTINUE WHEN NOT EXISTS (SELECT 1 FROM :SCHEMA.jobs x WHERE x.state = 'pending' AND x.queue = hq);
       RETURN QUERY SELECT * FROM :SCHEMA.claim_limited(hq, n - claimed, task_names, owner, thread, lease_ms);
       GET DIAGNOSTICS got = ROW_COUNT;
       claimed := claimed + got;
