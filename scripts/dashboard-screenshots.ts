@@ -20,20 +20,11 @@ import { chromium } from 'playwright-core';
 import { createClient, createDashboardHandler, createSchedules, startSupervisor } from '../dist/supervisor/public.js';
 import { startEmbeddedDatabase } from '../dist/src/embedded.js';
 import { createLogger } from '../dist/src/log.js';
+import { CHROMIUM, CHROMIUM_ARGS } from '../test/helpers/browser.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const OUT = path.join(ROOT, 'docs', 'img');
 const SCHEMA = 'screenshots';
-const ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 
 const embedded = process.env.DATABASE_URL ? null : await startEmbeddedDatabase({ dir: '.grapevine/screenshots-db' });
 const url = process.env.DATABASE_URL ?? embedded!.connectionString;
@@ -96,9 +87,9 @@ const failed = (await admin.query(`SELECT id FROM ${SCHEMA}.jobs WHERE state = '
 
 const profile = mkdtempSync(path.join(os.tmpdir(), 'grapevine-chromium-'));
 const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: '/usr/bin/chromium',
+  executablePath: CHROMIUM,
   headless: true,
-  args: ARGS,
+  args: CHROMIUM_ARGS,
   viewport: { width: 1280, height: 760 },
 });
 const page = await browser.newPage();

@@ -18,16 +18,21 @@ export interface CliTools {
   database(values: Values): Promise<ResolvedDatabase>;
 }
 
-/** Runs fn with a control client on the database the command's flags name, closing both after. */
-export async function withControl(values: Values, tools: CliTools, fn: (control: Control) => Promise<number>): Promise<number> {
-  const db = await tools.database(values);
-  const control = createControl({
+/** The connection options of a client or control client on the database the command's flags name. */
+export function connectionOptions(db: ResolvedDatabase, values: Values) {
+  return {
     connectionString: db.connectionString,
     listenUrl: db.listenUrl,
     preparedStatements: db.preparedStatements,
     poll: db.poll,
     schema: values.schema as string | undefined,
-  });
+  };
+}
+
+/** Runs fn with a control client on the database the command's flags name, closing both after. */
+export async function withControl(values: Values, tools: CliTools, fn: (control: Control) => Promise<number>): Promise<number> {
+  const db = await tools.database(values);
+  const control = createControl(connectionOptions(db, values));
   try {
     return await fn(control);
   } finally {

@@ -20,7 +20,7 @@ import { PACKAGE_ROOT, VERSION } from '../src/version.ts';
 import { CONTROL_HELP, controlCommands } from './cli-control.ts';
 import { DASHBOARD_HELP, dashboardCommands } from './cli-dashboard.ts';
 import { JOBS_HELP, jobCommands } from './cli-jobs.ts';
-import { printableJson, withControl } from './cli-output.ts';
+import { connectionOptions, printableJson, withControl } from './cli-output.ts';
 import { QUEUE_HELP, queueCommands } from './cli-queue.ts';
 import { readCrontab, SCHEDULE_HELP, scheduleCommands } from './cli-schedule.ts';
 import { chooseDatabase, EMBEDDED_DIR, NO_DATABASE, resolveDatabase, type ResolvedDatabase } from './database.ts';
@@ -485,13 +485,7 @@ function logFormat(values: Values): LogFormat {
 
 async function withClient(values: Values, fn: (client: ReturnType<typeof createClient>) => Promise<number>): Promise<number> {
   const db = await openDatabase(values);
-  const client = createClient({
-    connectionString: db.connectionString,
-    listenUrl: db.listenUrl,
-    preparedStatements: db.preparedStatements,
-    poll: db.poll,
-    schema: values.schema as string | undefined,
-  });
+  const client = createClient(connectionOptions(db, values));
   try {
     return await fn(client);
   } finally {
