@@ -186,7 +186,7 @@ export function createClient(options: ClientOptions = {}): Client {
     }
     const row: NewJob = {
       task,
-      payload: JSON.parse(payloadJson),
+      payload: payloadJson,
       queue,
       run_at: toTimestamp(spec.runAt, task),
       priority: spec.priority === undefined ? DEFAULTS.priority : validateInt('priority', spec.priority, { min: -32768, max: 32767 }),

@@ -123,7 +123,7 @@ type Use = [name: string, call: (db: Queryable, schema: string) => Promise<unkno
  * it proves each kind has what its side needs.
  */
 function statementsOf(kind: 'enqueuer' | 'worker' | 'operator'): Use[] {
-  const job = { task: 'square', payload: {}, queue: 'default', run_at: null, priority: 0, max_attempts: 5, timeout_ms: null };
+  const job = { task: 'square', payload: '{}', queue: 'default', run_at: null, priority: 0, max_attempts: 5, timeout_ms: null };
   const claim = { tasks: ['square'], queues: null, owner: 'w', thread: 1, leaseMs: 1000 };
   const tickJob = { task: 'square', payload: {}, queue: 'default', priority: 0, max_attempts: 5 };
   const schedule = { name: 'nightly', cron: '0 2 * * *', tz: 'UTC', missed: 'skip', ...tickJob };
