@@ -292,7 +292,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     concurrency,
     config: threadConfig,
     budget,
-    resourceLimits: options.resourceLimits,
+    resourceLimits: { maxYoungGenerationSizeMb: DEFAULTS.threadYoungGenerationMb, ...options.resourceLimits },
     logger,
   });
   try {
