@@ -1,7 +1,7 @@
 // Tables for the terminal and BENCHMARKS.md (both markdown: it reads fine in a terminal).
 import type { Profile, SystemName } from '../systems/types.ts';
 import type { RateStat, Subject, Summary, Target } from './summary.ts';
-import { CLIENT_PATH, KEYED_PATH } from '../workloads/enqueue.ts';
+import { CLIENT_PATH, KEYED_PATH, SQL_PER_ROW_PATH } from '../workloads/enqueue.ts';
 
 export const LABEL: Record<Subject, string> = {
   grapevine: 'grapevine',
@@ -86,7 +86,7 @@ export function cappedNote(s: Summary, capMs: Record<Profile, number>): string {
   return `${CAPPED} The clock stopped at the cap (${capMs.tuned / 1000} s tuned, ${capMs.defaults / 1000} s defaults) before the last job finished, in at least one round; such a round's rate is jobs handled ÷ the cap.`;
 }
 
-/** Bulk enqueue: every path of every system against graphile-worker's addJobs (the keyed path against its keyed addJobs). */
+/** Bulk enqueue: every path of every system against graphile-worker's addJobs (the keyed and per-row paths against its own). */
 export function enqueueTable(s: Summary): string {
   const base = s.enqueue.find((e) => e.system === 'graphile' && e.path === CLIENT_PATH);
   const jobs = s.enqueue[0]?.jobs ?? 0;
@@ -96,11 +96,12 @@ export function enqueueTable(s: Summary): string {
       `enqueue ${int(jobs)} jobs in bulk`,
       's (median)',
       'jobs/s',
-      '× graphile-worker addJobs (keyed: its keyed addJobs)',
+      '× graphile-worker addJobs (keyed, per row: its own)',
       's per round',
     ],
     s.enqueue.map((e) => {
-      const against = e.path === KEYED_PATH ? s.enqueue.find((g) => g.system === 'graphile' && g.path === KEYED_PATH) : base;
+      const against =
+        e.path === KEYED_PATH || e.path === SQL_PER_ROW_PATH ? s.enqueue.find((g) => g.system === 'graphile' && g.path === e.path) : base;
       return [
         LABEL[e.system],
         e.path,

@@ -10,6 +10,7 @@ import { repoVersion } from '../lib/db.ts';
 import pino from 'pino';
 import { DEFAULTS, createClient, startSupervisor, type Client, type Supervisor } from 'grapevine-jobs';
 import { listenToThreads } from '../lib/channel.mjs';
+import { SQL_PER_ROW_PATH } from '../workloads/enqueue.ts';
 import type { AdapterContext, BenchPayload, EnqueuePath, Probe, SystemAdapter, TaskName, WorkerOptions } from './types.ts';
 
 export const TASKS_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'tasks');
@@ -29,7 +30,6 @@ export const GRAPEVINE_DELETE_SUCCEEDED = true;
 /** CPU-bound handlers want low concurrency (docs/deployment.md): 1 or 2 leave threads idle between jobs, many strand jobs on one thread at the end. */
 export const GRAPEVINE_CPU_CONCURRENCY = 4;
 
-const SQL_PER_ROW = 'SQL: SELECT add_job(...) FROM generate_series';
 const SQL_BULK = 'SQL: add_jobs(all jobs in one argument)';
 
 const concurrencyFor = (opts: WorkerOptions) => (opts.cpuBound ? GRAPEVINE_CPU_CONCURRENCY : GRAPEVINE_CONCURRENCY);
@@ -58,7 +58,7 @@ export class GrapevineAdapter implements SystemAdapter {
     return {
       version: `${repoVersion()} — this repository, run from its build (dist/, what the npm package runs; npm run bench builds first)`,
       supervisor,
-      enqueue: `bulk: client.addJobs (one statement per 5,000 jobs); single: client.addJob; the enqueue workload also times the rows "${SQL_PER_ROW}" and, when the schema has one, "${SQL_BULK}"`,
+      enqueue: `bulk: client.addJobs (one statement per 5,000 jobs); single: client.addJob; the enqueue workload also times the rows "${SQL_PER_ROW_PATH}" and, when the schema has one, "${SQL_BULK}"`,
       handlers: "task modules in bench/tasks/ run inside the supervisor's worker threads",
       finished: "state = 'succeeded', or the row deleted (deleteSucceeded)",
     };
@@ -84,7 +84,7 @@ export class GrapevineAdapter implements SystemAdapter {
     const s = `"${this.ctx.schema}"`;
     const paths: EnqueuePath[] = [
       {
-        name: SQL_PER_ROW,
+        name: SQL_PER_ROW_PATH,
         run: async (task, count) => {
           await this.pool.query(`SELECT ${s}.add_job($1, '{}'::jsonb) FROM generate_series(1, $2::int)`, [task, count]);
         },

@@ -6,7 +6,8 @@ import { Logger, makeWorkerUtils, run, type Runner, type WorkerUtils } from 'gra
 import pg from 'pg';
 import { installedVersion } from '../lib/db.ts';
 import { runBenchTask } from './handlers.ts';
-import type { AdapterContext, BenchPayload, Probe, SystemAdapter, TaskName, WorkerOptions } from './types.ts';
+import { SQL_PER_ROW_PATH } from '../workloads/enqueue.ts';
+import type { AdapterContext, BenchPayload, EnqueuePath, Probe, SystemAdapter, TaskName, WorkerOptions } from './types.ts';
 
 const CONCURRENT_JOBS = 24;
 const MAX_POOL_SIZE = 25;
@@ -65,7 +66,7 @@ export class GraphileAdapter implements SystemAdapter {
               'the configuration behind the numbers on graphile-worker\'s performance page. Its option docs (dist/index.d.ts) suggest localQueue.size "concurrentJobs + 1" as a start and "a much higher number" for very high throughput with extremely fast tasks, and completeJobBatchDelay "starting with … 250"; 250 measured slower than 0 here (5 of 5 interleaved 20,000-job runs)',
           }
         : {}),
-      enqueue: `bulk: WorkerUtils.addJobs in chunks of ${BULK_CHUNK}; single: WorkerUtils.addJob`,
+      enqueue: `bulk: WorkerUtils.addJobs in chunks of ${BULK_CHUNK}; single: WorkerUtils.addJob; the enqueue workload also times "${SQL_PER_ROW_PATH}" with its add_job()`,
       handlers: 'JS functions on the main thread (taskList); CPU work is therefore single-threaded',
       finished: 'row deleted from _private_jobs (graphile deletes completed jobs)',
     };
@@ -88,6 +89,19 @@ export class GraphileAdapter implements SystemAdapter {
     for (let i = 0; i < keys.length; i += BULK_CHUNK) {
       await this.utils!.addJobs(keys.slice(i, i + BULK_CHUNK).map((jobKey) => ({ identifier: task, payload: {}, jobKey })));
     }
+  }
+
+  /** Its SQL add_job() once per job in one statement, beside grapevine's. */
+  async enqueuePaths(): Promise<EnqueuePath[]> {
+    const s = `"${this.ctx.schema}"`;
+    return [
+      {
+        name: SQL_PER_ROW_PATH,
+        run: async (task, count) => {
+          await this.pool.query(`SELECT ${s}.add_job($1, '{}'::json) FROM generate_series(1, $2::int)`, [task, count]);
+        },
+      },
+    ];
   }
 
   async enqueueOne(task: TaskName, payload: BenchPayload): Promise<void> {

@@ -6,6 +6,8 @@ import type { EnqueuePath, SystemAdapter } from '../systems/types.ts';
 
 /** The client bulk API's row in the table (each system's own name for it is in its settings). */
 export const CLIENT_PATH = 'client bulk API';
+/** One add_job() call per job in one SQL statement: how a trigger or another language enqueues (grapevine, graphile-worker). */
+export const SQL_PER_ROW_PATH = 'SQL: SELECT add_job(...) FROM generate_series';
 /** Jobs with keys: the first half new, the second half the same keys again while their jobs are pending. */
 export const KEYED_PATH = 'client bulk API, keyed (half duplicates)';
 const WARMUP_JOBS = 100;
