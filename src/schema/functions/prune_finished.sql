@@ -1,10 +1,11 @@
 -- Deletes up to `batch` finished jobs older than the retention. It walks the
 -- BRIN index on finished_at; sequential scans are off because with no
 -- finished job old enough in a large table of pending ones the planner costs
--- the BRIN bitmap scan and a sequential scan alike and takes the scan.
+-- the BRIN bitmap scan and a sequential scan alike and takes the scan. JIT
+-- is off for the reason given in claim_next().
 CREATE OR REPLACE FUNCTION :SCHEMA.prune_finished(retention_ms bigint, batch integer) RETURNS bigint
 LANGUAGE plpgsql
-SET enable_seqscan = off
+SET enable_seqscan = off SET jit = off
 AS $fn$
 DECLARE
   pruned bigint[];
