@@ -69,6 +69,26 @@ describe('a supervisor with deleteSucceeded', () => {
     expect(await rowsOf([id])).toEqual([]);
   });
 
+  it('pairs each id with its own token in a batch: tokens that belong to other jobs of the batch delete nothing', async () => {
+    const ids = [await client.addJob('square', { n: 1 }), await client.addJob('square', { n: 2 })];
+    // Two claims, so the two jobs hold different tokens.
+    const tokens: string[] = [];
+    for (const id of ids) {
+      tokens.push(
+        (await claimByIds(db.pool, db.schema, { ids: [id], tasks: ['square'], queues: null, owner: 'sup-a', thread: 1, leaseMs: 60_000 }))[0]
+          .claim_token,
+      );
+    }
+    expect(tokens[0]).not.toBe(tokens[1]);
+
+    const swapped = [tokens[1], tokens[0]];
+    expect((await deleteSucceeded(db.pool, db.schema, { ids, tokens: swapped })).sort()).toEqual([...ids].sort());
+    expect((await rowsOf(ids)).map((r) => r.state)).toEqual(['running', 'running']);
+
+    expect(await deleteSucceeded(db.pool, db.schema, { ids, tokens })).toEqual([]);
+    expect(await rowsOf(ids)).toEqual([]);
+  });
+
   it('logs a deleted success as TASK_COMPLETE in the worker log, a failure and a crashed attempt as TASK_ERROR', async () => {
     const supervisor = await start();
     let stopped = false;
