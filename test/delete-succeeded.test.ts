@@ -75,8 +75,9 @@ describe('a supervisor with deleteSucceeded', () => {
     const tokens: string[] = [];
     for (const id of ids) {
       tokens.push(
-        (await claimByIds(db.pool, db.schema, { ids: [id], tasks: ['square'], queues: null, owner: 'sup-a', thread: 1, leaseMs: 60_000 }))[0]
-          .claim_token,
+        (
+          await claimByIds(db.pool, db.schema, { ids: [id], tasks: ['square'], queues: null, owner: 'sup-a', thread: 1, leaseMs: 60_000 })
+        )[0].claim_token,
       );
     }
     expect(tokens[0]).not.toBe(tokens[1]);
