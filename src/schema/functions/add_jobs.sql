@@ -184,7 +184,12 @@ BEGIN
     -- enqueue found only such, locked) loses the key, re-checked as it is
     -- cleared, and the next round inserts. A key whose job is gone
     -- meanwhile is also inserted by the next round.
-    unsettled := ARRAY(SELECT unnest(replacing || keeping) EXCEPT SELECT unnest(settled));
+    -- (Each job is settled at most once a round, so equal counts mean all of them.)
+    IF cardinality(settled) = cardinality(replacing) + cardinality(keeping) THEN
+      unsettled := '{}';
+    ELSE
+      unsettled := ARRAY(SELECT unnest(replacing || keeping) EXCEPT SELECT unnest(settled));
+    END IF;
     IF cardinality(unsettled) > 0 THEN
       SELECT array_agg(t.ord) FILTER (WHERE h.holding), array_agg(h.id) FILTER (WHERE h.holding),
              array_agg(h.id) FILTER (WHERE NOT h.holding)
@@ -212,7 +217,11 @@ BEGIN
                    END;
       END IF;
     END IF;
-    todo := ARRAY(SELECT unnest(todo) EXCEPT SELECT unnest(settled));
+    IF cardinality(settled) = cardinality(todo) THEN
+      todo := '{}';
+    ELSE
+      todo := ARRAY(SELECT unnest(todo) EXCEPT SELECT unnest(settled));
+    END IF;
   END LOOP;
 
   RETURN QUERY SELECT x FROM unnest(ids) x;
