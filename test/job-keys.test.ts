@@ -71,6 +71,24 @@ describe('job keys, each mode on a timeline', () => {
     expect(await client.waitForJob(id)).toMatchObject({ state: 'succeeded', payload: { v: 2 } });
   });
 
+  it('replace: the same job again writes no new row version, and a job already due keeps its run time', async () => {
+    // A task no supervisor handles, so the job stays pending.
+    const same = { task: 'keys-unhandled', payload: { v: 1 }, key: 'same-again' };
+    const version = async (id: string) => (await db.pool.query(`SELECT xmin::text, ctid::text FROM ${s}.jobs WHERE id = $1`, [id])).rows[0];
+    const id = await client.addJob(same.task, same.payload, { key: same.key });
+    const written = await version(id);
+    const dueAt = (await row(id)).run_at;
+
+    expect(await client.addJob(same.task, same.payload, { key: same.key })).toBe(id);
+    expect(await client.addJobs([same, { ...same, key: 'same-again-2' }])).toEqual([id, expect.any(String)]);
+    expect(await version(id)).toEqual(written);
+
+    // Something else to replace: replaced, and the due job keeps its place among the due jobs.
+    expect(await client.addJob(same.task, { v: 2 }, { key: same.key })).toBe(id);
+    expect(await version(id)).not.toEqual(written);
+    expect(await row(id)).toMatchObject({ payload: { v: 2 }, run_at: dueAt, state: 'pending' });
+  });
+
   it('preserve_run_at: the payload is replaced, the first run time stays', async () => {
     const runAt = LATER();
     const id = await client.addJob('noop', { v: 1 }, { key: 'preserve-1', keyMode: 'preserve_run_at', runAt });

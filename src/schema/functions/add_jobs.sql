@@ -114,7 +114,12 @@ BEGIN
     -- Replace modes: one statement per duplicate. The INSERT adds the keys no
     -- job has; a conflict locks the job with the key (so no claim starts it
     -- halfway) and replaces its fields if it holds the key; one that does not
-    -- hold is locked and left as it is, and not returned. xmax tells a
+    -- hold is locked and left as it is, and not returned; so is a holder the
+    -- replace would not change, so that the same job enqueued again writes
+    -- no new row version (the read below answers for it). A job already due
+    -- keeps its run time when the new one is due too, and with it its place
+    -- among the due jobs: a key enqueued again and again under a backlog would
+    -- otherwise go to the back each time and might never run. xmax tells a
     -- replaced row (its new version carries the conflict's lock) from an
     -- inserted one, which the insert trigger announces itself. The round's
     -- first occurrences are read (and split by mode) in the same statement.
@@ -128,7 +133,7 @@ BEGIN
                FROM f WHERE f.key_mode IN ('replace', 'preserve_run_at') ORDER BY f.ord
              ON CONFLICT (key) WHERE key IS NOT NULL DO UPDATE
                SET task = excluded.task, payload = excluded.payload, queue = excluded.queue,
-                   run_at = CASE WHEN excluded.key_mode = 'replace' THEN excluded.run_at ELSE j.run_at END,
+                   run_at = CASE WHEN excluded.key_mode = 'replace' AND (excluded.run_at > now() OR j.run_at > now()) THEN excluded.run_at ELSE j.run_at END,
                    priority = excluded.priority, max_attempts = excluded.max_attempts, max_attempts_given = excluded.max_attempts_given,
                    timeout_ms = excluded.timeout_ms, group_key = excluded.group_key
              WHERE CASE j.key_mode
@@ -136,6 +141,11 @@ BEGIN
                      WHEN 'throttle' THEN j.key_until > now()
                      ELSE j.state = 'pending' AND j.attempts = 0
                    END
+               AND (j.task, j.payload, j.queue, j.priority, j.max_attempts, j.max_attempts_given, j.timeout_ms, j.group_key,
+                    excluded.key_mode = 'replace' AND (excluded.run_at > now() OR j.run_at > now()) AND excluded.run_at <> j.run_at)
+                   IS DISTINCT FROM
+                   (excluded.task, excluded.payload, excluded.queue, excluded.priority, excluded.max_attempts, excluded.max_attempts_given,
+                    excluded.timeout_ms, excluded.group_key, false)
              RETURNING j.id, j.key, j.run_at, j.xmax <> 0 AS replaced),
          done AS (
            SELECT array_agg(f.ord) AS ords, array_agg(up.id) AS ids,
