@@ -47,8 +47,6 @@ async function runsOf(id: string): Promise<number[]> {
 describe('flows run by supervisors', () => {
   it('fans out and in across two supervisors, one deleting its successes: the fan-in runs once, after every child, and reads their results', async () => {
     await ensureLedger();
-    await supervise({ deleteSucceeded: true });
-    await supervise();
     const children = Array.from({ length: 40 }, (_, i) => ({
       name: `child-${i}`,
       task: 'square',
@@ -60,7 +58,17 @@ describe('flows run by supervisors', () => {
       ...children,
       { name: 'fan-in', task: 'collect', payload: { table: LEDGER }, after: children.map((c) => c.name) },
     ]);
-    const fanIn = await client.waitForJob(ids['fan-in'], { timeoutMs: 60_000 });
+    // The supervisors start once the wait is registered: the one deleting its
+    // successes keeps a job someone waits for, and the flow can end before a
+    // wait begun afterwards would have marked the fan-in.
+    const waiting = client.waitForJob(ids['fan-in'], { timeoutMs: 60_000 });
+    await eventually(
+      async () => (await db.pool.query(`SELECT watched FROM ${s}.jobs WHERE id = $1`, [ids['fan-in']])).rows[0]?.watched,
+      'the wait for the fan-in to be registered',
+    );
+    await supervise({ deleteSucceeded: true });
+    await supervise();
+    const fanIn = await waiting;
     expect([fanIn.state, fanIn.lastError]).toEqual(['succeeded', null]);
     const deps = (fanIn.result as { deps: Array<{ id: string; task: string; state: string; result: { root: number } }> }).deps;
     expect(deps.map((d) => [d.task, d.state, d.result.root])).toEqual(children.map((_, i) => ['square', 'succeeded', i + 1]));
