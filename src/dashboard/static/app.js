@@ -552,10 +552,23 @@ async function render(refresh = false) {
     content = h('p', { class: 'notice error-text', role: 'alert' }, err.message);
   }
   if (token !== current) return;
-  // A live refresh keeps what the user is typing in the filter form.
-  if (refresh === true && document.activeElement?.closest?.('input, select')) return;
+  // A live refresh keeps what the user is typing in the filter form, and a
+  // choice made there but not yet submitted.
+  if (refresh === true && (document.activeElement?.closest?.('input, select') || filtersEdited())) return;
   view.replaceChildren(...[content].flat(3).filter(Boolean));
   view.dataset.view = name;
+}
+
+/** Whether a field of the filter form differs from what it was drawn with (its attributes). */
+function filtersEdited() {
+  const form = document.getElementById('filters');
+  if (!form) return false;
+  for (const el of form.elements) {
+    if (el instanceof HTMLInputElement && el.value !== el.defaultValue) return true;
+    // A select drawn with no option marked shows its first.
+    if (el instanceof HTMLSelectElement && el.value !== ([...el.options].find((o) => o.defaultSelected) ?? el.options[0])?.value) return true;
+  }
+  return false;
 }
 
 /** What a live event re-renders: the overview and supervisors on every snapshot, the first page of jobs and a live job on changes. */
