@@ -566,7 +566,8 @@ function filtersEdited() {
   for (const el of form.elements) {
     if (el instanceof HTMLInputElement && el.value !== el.defaultValue) return true;
     // A select drawn with no option marked shows its first.
-    if (el instanceof HTMLSelectElement && el.value !== ([...el.options].find((o) => o.defaultSelected) ?? el.options[0])?.value) return true;
+    if (el instanceof HTMLSelectElement && el.value !== ([...el.options].find((o) => o.defaultSelected) ?? el.options[0])?.value)
+      return true;
   }
   return false;
 }
