@@ -89,6 +89,21 @@ describe('job keys, each mode on a timeline', () => {
     expect(await row(id)).toMatchObject({ payload: { v: 2 }, run_at: dueAt, state: 'pending' });
   });
 
+  it('replace: the same job again is answered without waiting for a transaction that holds the row', async () => {
+    const id = await client.addJob('keys-unhandled', { v: 1 }, { key: 'same-while-locked' });
+    const holder = new pg.Client({ connectionString: db.url });
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`SELECT 1 FROM ${s}.jobs WHERE id = $1 FOR UPDATE`, [id]);
+      // A replace would wait for the lock; one that changes nothing reads the committed row.
+      expect(await client.addJob('keys-unhandled', { v: 1 }, { key: 'same-while-locked' })).toBe(id);
+      await holder.query('ROLLBACK');
+    } finally {
+      await holder.end();
+    }
+  });
+
   it('preserve_run_at: the payload is replaced, the first run time stays', async () => {
     const runAt = LATER();
     const id = await client.addJob('noop', { v: 1 }, { key: 'preserve-1', keyMode: 'preserve_run_at', runAt });

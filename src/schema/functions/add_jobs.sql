@@ -27,6 +27,8 @@ DECLARE
   found_ords bigint[];
   found_ids bigint[];
   replacing bigint[];
+  same_ords bigint[];
+  same_ids bigint[];
   keeping bigint[];
   settled bigint[];
   unsettled bigint[];
@@ -123,8 +125,27 @@ BEGIN
     -- replaced row (its new version carries the conflict's lock) from an
     -- inserted one, which the insert trigger announces itself. The round's
     -- first occurrences are read (and split by mode) in the same statement.
-    WITH f AS (SELECT DISTINCT ON (t.key) t.* FROM :SCHEMA.job_specs(specs) t JOIN unnest(todo) u(ord) ON u.ord = t.ord
-                ORDER BY t.key, t.ord),
+    -- A replacing enqueue that the snapshot shows would change nothing of a
+    -- holder (the test repeats the conflict's) is answered by that read
+    -- (`same`), without the conflict's row lock: a burst of duplicates then
+    -- costs an index lookup each. The holder may start meanwhile, as it
+    -- could right after the answer; the conflict still catches a holder the
+    -- snapshot does not show.
+    WITH f0 AS (SELECT DISTINCT ON (t.key) t.* FROM :SCHEMA.job_specs(specs) t JOIN unnest(todo) u(ord) ON u.ord = t.ord
+                 ORDER BY t.key, t.ord),
+         same AS (
+           SELECT f0.ord, j.id FROM f0 JOIN :SCHEMA.jobs j ON j.key = f0.key
+            WHERE f0.key_mode IN ('replace', 'preserve_run_at')
+              AND CASE j.key_mode
+                    WHEN 'dedupe_running' THEN j.state IN ('pending', 'running')
+                    WHEN 'throttle' THEN j.key_until > now()
+                    ELSE j.state = 'pending' AND j.attempts = 0
+                  END
+              AND (j.task, j.payload, j.queue, j.priority, j.max_attempts, j.max_attempts_given, j.timeout_ms, j.group_key,
+                   f0.key_mode = 'replace' AND (f0.run_at > now() OR j.run_at > now()) AND f0.run_at <> j.run_at)
+                  IS NOT DISTINCT FROM
+                  (f0.task, f0.payload, f0.queue, f0.priority, f0.max_attempts, f0.max_attempts_given, f0.timeout_ms, f0.group_key, false)),
+         f AS (SELECT f0.* FROM f0 WHERE NOT EXISTS (SELECT 1 FROM same WHERE same.ord = f0.ord)),
          up AS (
              INSERT INTO :SCHEMA.jobs AS j (task, payload, queue, run_at, priority, max_attempts, max_attempts_given, timeout_ms, key, key_mode, key_until,
                                             group_key)
@@ -152,11 +173,14 @@ BEGIN
                   array_agg(up.id) FILTER (WHERE up.replaced AND up.run_at <= now()) AS due,
                   min(up.run_at) FILTER (WHERE up.replaced AND up.run_at > now()) AS next_due
              FROM up JOIN f ON f.key = up.key)
-    SELECT ARRAY(SELECT f.ord FROM f WHERE f.key_mode IN ('replace', 'preserve_run_at')),
+    SELECT ARRAY(SELECT f.ord FROM f WHERE f.key_mode IN ('replace', 'preserve_run_at') UNION ALL SELECT same.ord FROM same),
            ARRAY(SELECT f.ord FROM f WHERE f.key_mode NOT IN ('replace', 'preserve_run_at')),
-           done.ords, done.ids, done.due, done.next_due
-      INTO replacing, keeping, found_ords, found_ids, due, next_due
+           done.ords, done.ids, done.due, done.next_due,
+           ARRAY(SELECT same.ord FROM same), ARRAY(SELECT same.id FROM same)
+      INTO replacing, keeping, found_ords, found_ids, due, next_due, same_ords, same_ids
       FROM done;
+    found_ords := coalesce(found_ords, '{}') || same_ords;
+    found_ids := coalesce(found_ids, '{}') || same_ids;
     FOR i IN 1 .. coalesce(cardinality(found_ords), 0) LOOP
       ids[found_ords[i]] := found_ids[i];
     END LOOP;
