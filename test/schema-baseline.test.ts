@@ -164,6 +164,7 @@ const FUNCTIONS_SINCE_BASELINE = [
   'watch_progress',
   'cancel_job',
   'job_specs',
+  'key_held',
   'add_job',
   'held_queues',
   'pending_queues',

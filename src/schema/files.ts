@@ -51,6 +51,7 @@ const FUNCTION_ORDER = [
   'resolve_dependencies',
   'jobs_finished',
   'job_specs',
+  'key_held',
   'add_jobs_after',
   'add_jobs',
   'add_job',

@@ -106,10 +106,7 @@ BEGIN
   END IF;
 
   -- Each round settles the first unsettled occurrence of each key. A job
-  -- holds its key while its own mode says so (the holding expression,
-  -- repeated below):
-  --   dedupe_running: pending or running; throttle: until key_until;
-  --   the pending modes: pending and never started (attempts only grows).
+  -- holds its key while its own mode says so (key_held()).
   WHILE cardinality(todo) > 0 LOOP
     settled := '{}';
 
@@ -136,11 +133,7 @@ BEGIN
          same AS (
            SELECT f0.ord, j.id FROM f0 JOIN :SCHEMA.jobs j ON j.key = f0.key
             WHERE f0.key_mode IN ('replace', 'preserve_run_at')
-              AND CASE j.key_mode
-                    WHEN 'dedupe_running' THEN j.state IN ('pending', 'running')
-                    WHEN 'throttle' THEN j.key_until > now()
-                    ELSE j.state = 'pending' AND j.attempts = 0
-                  END
+              AND :SCHEMA.key_held(j.key_mode, j.state, j.attempts, j.key_until)
               AND (j.task, j.payload, j.queue, j.priority, j.max_attempts, j.max_attempts_given, j.timeout_ms, j.group_key,
                    f0.key_mode = 'replace' AND (f0.run_at > now() OR j.run_at > now()) AND f0.run_at <> j.run_at)
                   IS NOT DISTINCT FROM
@@ -157,11 +150,7 @@ BEGIN
                    run_at = CASE WHEN excluded.key_mode = 'replace' AND (excluded.run_at > now() OR j.run_at > now()) THEN excluded.run_at ELSE j.run_at END,
                    priority = excluded.priority, max_attempts = excluded.max_attempts, max_attempts_given = excluded.max_attempts_given,
                    timeout_ms = excluded.timeout_ms, group_key = excluded.group_key
-             WHERE CASE j.key_mode
-                     WHEN 'dedupe_running' THEN j.state IN ('pending', 'running')
-                     WHEN 'throttle' THEN j.key_until > now()
-                     ELSE j.state = 'pending' AND j.attempts = 0
-                   END
+             WHERE :SCHEMA.key_held(j.key_mode, j.state, j.attempts, j.key_until)
                AND (j.task, j.payload, j.queue, j.priority, j.max_attempts, j.max_attempts_given, j.timeout_ms, j.group_key,
                     excluded.key_mode = 'replace' AND (excluded.run_at > now() OR j.run_at > now()) AND excluded.run_at <> j.run_at)
                    IS DISTINCT FROM
@@ -231,11 +220,7 @@ BEGIN
         FROM :SCHEMA.job_specs(specs) t
         JOIN unnest(unsettled) u(ord) ON u.ord = t.ord
         JOIN LATERAL (
-          SELECT j.id, CASE j.key_mode
-                         WHEN 'dedupe_running' THEN j.state IN ('pending', 'running')
-                         WHEN 'throttle' THEN j.key_until > now()
-                         ELSE j.state = 'pending' AND j.attempts = 0
-                       END AS holding
+          SELECT j.id, :SCHEMA.key_held(j.key_mode, j.state, j.attempts, j.key_until) AS holding
             FROM :SCHEMA.jobs j WHERE j.key = t.key) h ON true;
       FOR i IN 1 .. coalesce(cardinality(found_ords), 0) LOOP
         ids[found_ords[i]] := found_ids[i];
@@ -244,11 +229,7 @@ BEGIN
       IF lost IS NOT NULL THEN
         UPDATE :SCHEMA.jobs j SET key = NULL
          WHERE j.id = ANY(lost)
-           AND NOT CASE j.key_mode
-                     WHEN 'dedupe_running' THEN j.state IN ('pending', 'running')
-                     WHEN 'throttle' THEN j.key_until > now()
-                     ELSE j.state = 'pending' AND j.attempts = 0
-                   END;
+           AND NOT :SCHEMA.key_held(j.key_mode, j.state, j.attempts, j.key_until);
       END IF;
     END IF;
     IF cardinality(settled) = cardinality(todo) THEN
